@@ -1,0 +1,427 @@
+#include "db/collection_impl.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cairn/status.h"
+#include "db/key_codec.h"
+#include "index/segment.h"
+
+namespace cairn::db {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr size_t kMaxStringId = 256;
+
+absl::Status CheckFinite(absl::Span<const float> v, std::string_view what) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!std::isfinite(v[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(what), " has a non-finite value (", v[i], ") at position ", i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Json> ParsePayloadObject(std::string_view text, std::string_view what) {
+  if (text.empty()) return Json::object();
+  Json j = Json::parse(text, nullptr, false);
+  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": payload is not valid JSON"));
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": payload must be a JSON object"));
+  return j;
+}
+
+}  // namespace
+
+CollectionImpl::CollectionImpl(std::string name, std::string dir, CollectionConfig config,
+                               DatabaseOptions options, std::function<void()> wake)
+    : name_(std::move(name)),
+      dir_(std::move(dir)),
+      config_(std::move(config)),
+      options_(options),
+      wake_maintenance_(std::move(wake)) {}
+
+CollectionImpl::~CollectionImpl() = default;
+
+absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
+    const std::string& name, const std::string& dir, const CollectionConfig& config,
+    const DatabaseOptions& options, std::function<void()> wake_maintenance) {
+  auto c = std::shared_ptr<CollectionImpl>(
+      new CollectionImpl(name, dir, config, options, std::move(wake_maintenance)));
+  ShardOptions so;
+  so.dimension = config.dimension;
+  so.metric = config.metric;
+  so.index = config.index;
+  so.payload_indexes = config.payload_indexes;
+  so.seal_threshold = config.seal_threshold;
+  so.compaction_deleted_ratio = config.compaction_deleted_ratio;
+  so.sync_writes = options.sync_writes;
+  so.index_threads = options.index_threads;
+  for (uint32_t i = 0; i < config.num_shards; ++i) {
+    std::string sdir = (fs::path(dir) / absl::StrFormat("shard-%04d", i)).string();
+    CAIRN_ASSIGN_OR_RETURN(auto shard, Shard::Open(sdir, so));
+    c->shards_.push_back(std::move(shard));
+  }
+  return c;
+}
+
+absl::Status CollectionImpl::CheckOpen() const {
+  if (closed_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("collection \"", name_, "\" was dropped or its database closed"));
+  }
+  return absl::OkStatus();
+}
+
+size_t CollectionImpl::ShardOf(const std::string& ext_key) const {
+  return shards_.size() == 1 ? 0 : StableHash(ext_key) % shards_.size();
+}
+
+absl::Status CollectionImpl::ValidateIds(absl::Span<const PointId> ids) const {
+  if (ids.size() > options_.max_batch_points) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request has ", ids.size(), " ids; the limit is ", options_.max_batch_points));
+  }
+  for (const auto& id : ids) {
+    if (!id.is_number() && (id.str().empty() || id.str().size() > kMaxStringId)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("string ids must be 1..", kMaxStringId, " bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void CollectionImpl::Close() {
+  std::unique_lock lock(close_mu_);
+  closed_ = true;
+  shards_.clear();
+}
+
+absl::StatusOr<CollectionInfo> CollectionImpl::Info() const {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CollectionInfo info;
+  info.name = name_;
+  info.config = config_;
+  for (const auto& s : shards_) {
+    ShardStats st = s->Stats();
+    info.points += st.points;
+    info.segments += st.segments;
+    info.sealed_segments += st.sealed_segments;
+    info.deleted_in_segments += st.deleted_in_segments;
+    info.index_memory_bytes += st.index_memory_bytes;
+  }
+  return info;
+}
+
+absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  if (points.empty()) return absl::InvalidArgumentError("upsert: the batch is empty");
+  if (points.size() > options_.max_batch_points) {
+    return absl::ResourceExhaustedError(absl::StrCat("upsert: batch of ", points.size(),
+                                                     " points is over the limit of ",
+                                                     options_.max_batch_points));
+  }
+  std::vector<std::vector<PreparedPoint>> per_shard(shards_.size());
+  absl::flat_hash_set<std::string> seen;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < points.size(); ++i) {
+    const Point& p = points[i];
+    std::string what = absl::StrCat("upsert: point ", i, " (id ", p.id.ToString(), ")");
+    if (!p.id.is_number() && (p.id.str().empty() || p.id.str().size() > kMaxStringId)) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": string ids must be 1..", kMaxStringId, " bytes"));
+    }
+    if (p.vector.size() != config_.dimension) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": vector has dimension ", p.vector.size(),
+                                                     "; the collection's is ", config_.dimension));
+    }
+    CAIRN_RETURN_IF_ERROR(CheckFinite(p.vector, what + ": vector"));
+    if (p.payload.size() > options_.max_payload_bytes || p.text.size() > options_.max_payload_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(what, ": payload or text over ",
+                                                       options_.max_payload_bytes, " bytes"));
+    }
+    bytes += p.vector.size() * sizeof(float) + p.payload.size() + p.text.size();
+    if (bytes > options_.max_batch_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("upsert: batch is over ",
+                                                       options_.max_batch_bytes, " bytes"));
+    }
+    PreparedPoint pp;
+    pp.id = p.id;
+    pp.ext_key = ExternalKey(p.id);
+    if (!seen.insert(pp.ext_key).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": the id appears more than once in the batch; send one point per id"));
+    }
+    CAIRN_ASSIGN_OR_RETURN(pp.payload, ParsePayloadObject(p.payload, what));
+    absl::Status ts = ValidatePayloadTypes(config_.payload_indexes, pp.payload);
+    if (!ts.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", ts.message()));
+    pp.payload_json = pp.payload.dump();
+    pp.vector = p.vector;
+    pp.text = p.text;
+    per_shard[ShardOf(pp.ext_key)].push_back(std::move(pp));
+  }
+  bool wake = false;
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    if (per_shard[s].empty()) continue;
+    CAIRN_RETURN_IF_ERROR(shards_[s]->Upsert(std::move(per_shard[s])));
+    wake = wake || shards_[s]->NeedsSeal();
+  }
+  if (wake && wake_maintenance_) wake_maintenance_();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::optional<Record>>> CollectionImpl::Get(
+    absl::Span<const PointId> ids, bool with_payload, bool with_vector) const {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(ValidateIds(ids));
+  std::vector<std::optional<Record>> out(ids.size());
+  std::vector<std::vector<std::string>> keys(shards_.size());
+  std::vector<std::vector<size_t>> where(shards_.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    std::string k = ExternalKey(ids[i]);
+    size_t s = ShardOf(k);
+    keys[s].push_back(std::move(k));
+    where[s].push_back(i);
+  }
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    if (keys[s].empty()) continue;
+    std::vector<std::optional<Record>> part;
+    CAIRN_RETURN_IF_ERROR(shards_[s]->Get(keys[s], with_payload, with_vector, &part));
+    for (size_t j = 0; j < part.size(); ++j) out[where[s][j]] = std::move(part[j]);
+  }
+  return out;
+}
+
+absl::StatusOr<uint64_t> CollectionImpl::Delete(absl::Span<const PointId> ids) {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(ValidateIds(ids));
+  std::vector<std::vector<std::string>> keys(shards_.size());
+  for (const auto& id : ids) {
+    std::string k = ExternalKey(id);
+    keys[ShardOf(k)].push_back(std::move(k));
+  }
+  uint64_t total = 0;
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    if (keys[s].empty()) continue;
+    CAIRN_ASSIGN_OR_RETURN(uint64_t n, shards_[s]->Delete(keys[s]));
+    total += n;
+  }
+  return total;
+}
+
+absl::StatusOr<uint64_t> CollectionImpl::DeleteByFilter(const Filter& filter) {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  if (filter.empty()) {
+    return absl::InvalidArgumentError("delete by filter: the filter is empty (it would delete every point)");
+  }
+  uint64_t total = 0;
+  for (auto& s : shards_) {
+    CAIRN_ASSIGN_OR_RETURN(uint64_t n, s->DeleteByFilter(filter));
+    total += n;
+  }
+  return total;
+}
+
+absl::Status CollectionImpl::SetPayloadImpl(absl::Span<const PointId> ids,
+                                            std::string_view payload_json, bool overwrite) {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(ValidateIds(ids));
+  if (ids.empty()) return absl::InvalidArgumentError("set payload: no ids given");
+  if (payload_json.size() > options_.max_payload_bytes) {
+    return absl::ResourceExhaustedError("set payload: payload over the size limit");
+  }
+  CAIRN_ASSIGN_OR_RETURN(Json payload, ParsePayloadObject(payload_json, "set payload"));
+  CAIRN_RETURN_IF_ERROR(ValidatePayloadTypes(config_.payload_indexes, payload));
+  std::vector<std::vector<std::string>> keys(shards_.size());
+  for (const auto& id : ids) {
+    std::string k = ExternalKey(id);
+    keys[ShardOf(k)].push_back(std::move(k));
+  }
+  // With several shards, check existence everywhere first so a missing id
+  // changes nothing.
+  if (shards_.size() > 1) {
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      std::vector<std::optional<Record>> recs;
+      CAIRN_RETURN_IF_ERROR(shards_[s]->Get(keys[s], false, false, &recs));
+      for (size_t j = 0; j < recs.size(); ++j) {
+        if (!recs[j]) {
+          auto pid = DecodeExternalKey(keys[s][j]);
+          return absl::NotFoundError(absl::StrCat("point ", pid.ok() ? pid->ToString() : "?", " does not exist"));
+        }
+      }
+    }
+  }
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    if (keys[s].empty()) continue;
+    CAIRN_RETURN_IF_ERROR(shards_[s]->SetPayload(keys[s], payload, overwrite));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CollectionImpl::SetPayload(absl::Span<const PointId> ids, std::string_view payload_json) {
+  return SetPayloadImpl(ids, payload_json, false);
+}
+
+absl::Status CollectionImpl::OverwritePayload(absl::Span<const PointId> ids,
+                                              std::string_view payload_json) {
+  return SetPayloadImpl(ids, payload_json, true);
+}
+
+absl::StatusOr<uint64_t> CollectionImpl::Count(const Filter* filter) const {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  uint64_t total = 0;
+  for (const auto& s : shards_) {
+    CAIRN_ASSIGN_OR_RETURN(uint64_t n, s->Count(filter));
+    total += n;
+  }
+  return total;
+}
+
+// Cursor: hex of (u16 shard, external key of the last point returned).
+absl::StatusOr<ScrollPage> CollectionImpl::Scroll(const ScrollRequest& req) const {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  if (req.limit < 1 || req.limit > options_.max_batch_points) {
+    return absl::InvalidArgumentError(absl::StrCat("scroll: limit must be 1..", options_.max_batch_points));
+  }
+  size_t shard = 0;
+  std::string after;
+  if (!req.cursor.empty()) {
+    std::string raw = absl::HexStringToBytes(req.cursor);
+    if (raw.size() < 2 || absl::BytesToHexString(raw) != req.cursor) {
+      return absl::InvalidArgumentError("scroll: malformed cursor");
+    }
+    shard = (static_cast<uint8_t>(raw[0]) << 8) | static_cast<uint8_t>(raw[1]);
+    after = raw.substr(2);
+    if (shard >= shards_.size()) return absl::InvalidArgumentError("scroll: cursor names no shard");
+  }
+  ScrollPage page;
+  while (shard < shards_.size()) {
+    uint32_t want = req.limit - static_cast<uint32_t>(page.points.size());
+    std::string last;
+    bool more = false;
+    CAIRN_RETURN_IF_ERROR(shards_[shard]->Scroll(after, want, req.filter, req.with_payload,
+                                                 req.with_vector, &page.points, &last, &more));
+    if (!last.empty()) after = last;
+    if (page.points.size() == req.limit) {
+      if (more) {
+        std::string raw;
+        raw.push_back(static_cast<char>(shard >> 8));
+        raw.push_back(static_cast<char>(shard & 0xff));
+        raw += after;
+        page.next_cursor = absl::BytesToHexString(raw);
+        return page;
+      }
+      // This shard is done; continue with the next one, if any.
+      ++shard;
+      if (shard < shards_.size()) {
+        std::string raw;
+        raw.push_back(static_cast<char>(shard >> 8));
+        raw.push_back(static_cast<char>(shard & 0xff));
+        page.next_cursor = absl::BytesToHexString(raw);
+      }
+      return page;
+    }
+    ++shard;
+    after.clear();
+  }
+  return page;
+}
+
+absl::StatusOr<std::vector<ScoredPoint>> CollectionImpl::Search(absl::Span<const float> query,
+                                                                const SearchParams& params) const {
+  CAIRN_ASSIGN_OR_RETURN(auto all, SearchBatch(query, params));
+  return std::move(all[0]);
+}
+
+absl::StatusOr<std::vector<std::vector<ScoredPoint>>> CollectionImpl::SearchBatch(
+    absl::Span<const float> queries, const SearchParams& params) const {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  const size_t dim = config_.dimension;
+  if (queries.empty() || queries.size() % dim != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("search: query has ", queries.size(),
+                                                   " floats; expected a multiple of the dimension ", dim));
+  }
+  const size_t nq = queries.size() / dim;
+  if (nq > static_cast<size_t>(options_.max_queries)) {
+    return absl::ResourceExhaustedError(absl::StrCat("search: ", nq, " queries; the limit is ",
+                                                     options_.max_queries));
+  }
+  if (params.k < 1 || params.k > options_.max_k) {
+    return absl::InvalidArgumentError(absl::StrCat("search: k must be 1..", options_.max_k, ", got ", params.k));
+  }
+  if (params.ef < 0 || params.ef > 65536) return absl::InvalidArgumentError("search: ef must be 0..65536");
+  if (params.nprobe < 0 || params.nprobe > (1 << 20)) return absl::InvalidArgumentError("search: nprobe must be >= 0");
+  CAIRN_RETURN_IF_ERROR(CheckFinite(queries, "search: query"));
+  std::vector<float> prepared(queries.begin(), queries.end());
+  index::PrepareVectors(config_.metric, prepared.data(), nq, dim);
+
+  std::vector<std::vector<ScoredPoint>> merged(nq);
+  for (const auto& s : shards_) {
+    std::vector<std::vector<ScoredPoint>> part;
+    CAIRN_RETURN_IF_ERROR(s->Search(prepared.data(), nq, params, &part));
+    for (size_t q = 0; q < nq; ++q) {
+      for (auto& p : part[q]) merged[q].push_back(std::move(p));
+    }
+  }
+  if (shards_.size() > 1) {
+    const Metric m = config_.metric;
+    for (auto& r : merged) {
+      std::stable_sort(r.begin(), r.end(), [m](const ScoredPoint& a, const ScoredPoint& b) {
+        return index::Better(m, a.score, b.score);
+      });
+      if (r.size() > static_cast<size_t>(params.k)) r.resize(static_cast<size_t>(params.k));
+    }
+  }
+  return merged;
+}
+
+absl::Status CollectionImpl::Seal() {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  for (auto& s : shards_) CAIRN_RETURN_IF_ERROR(s->Seal(/*force=*/true));
+  return absl::OkStatus();
+}
+
+absl::Status CollectionImpl::Compact(bool force) {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  for (auto& s : shards_) CAIRN_RETURN_IF_ERROR(s->Compact(force));
+  return absl::OkStatus();
+}
+
+void CollectionImpl::RunMaintenance() {
+  std::shared_lock lock(close_mu_);
+  if (closed_) return;
+  for (auto& s : shards_) {
+    absl::Status st = s->Seal(/*force=*/false);
+    if (st.ok()) st = s->Compact(/*force=*/false);
+    if (!st.ok()) {
+      fprintf(stderr, "cairn: maintenance of collection %s failed: %s\n", name_.c_str(),
+              st.ToString().c_str());
+    }
+  }
+}
+
+absl::Status CollectionImpl::SnapshotShards(const std::string& dir) {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    CAIRN_RETURN_IF_ERROR(shards_[i]->Snapshot((fs::path(dir) / absl::StrFormat("shard-%04d", i)).string()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace cairn::db

@@ -1,0 +1,75 @@
+// CollectionImpl: validates requests, routes points to shards by a stable
+// hash of their id, and merges per-shard results.
+#ifndef CAIRN_DB_COLLECTION_IMPL_H_
+#define CAIRN_DB_COLLECTION_IMPL_H_
+
+#include <functional>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "cairn/collection.h"
+#include "db/shard.h"
+
+namespace cairn::db {
+
+class CollectionImpl final : public Collection {
+ public:
+  // Opens (creating when absent) the shards under `dir`.
+  static absl::StatusOr<std::shared_ptr<CollectionImpl>> Open(
+      const std::string& name, const std::string& dir, const CollectionConfig& config,
+      const DatabaseOptions& options, std::function<void()> wake_maintenance);
+  ~CollectionImpl() override;
+
+  const std::string& name() const override { return name_; }
+  const CollectionConfig& config() const override { return config_; }
+  absl::StatusOr<CollectionInfo> Info() const override;
+  absl::Status Upsert(absl::Span<const Point> points) override;
+  absl::StatusOr<std::vector<std::optional<Record>>> Get(absl::Span<const PointId> ids,
+                                                         bool with_payload,
+                                                         bool with_vector) const override;
+  absl::StatusOr<uint64_t> Delete(absl::Span<const PointId> ids) override;
+  absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override;
+  absl::Status SetPayload(absl::Span<const PointId> ids, std::string_view payload_json) override;
+  absl::Status OverwritePayload(absl::Span<const PointId> ids,
+                                std::string_view payload_json) override;
+  absl::StatusOr<uint64_t> Count(const Filter* filter) const override;
+  absl::StatusOr<ScrollPage> Scroll(const ScrollRequest& request) const override;
+  absl::StatusOr<std::vector<ScoredPoint>> Search(absl::Span<const float> query,
+                                                  const SearchParams& params) const override;
+  absl::StatusOr<std::vector<std::vector<ScoredPoint>>> SearchBatch(
+      absl::Span<const float> queries, const SearchParams& params) const override;
+  absl::Status Seal() override;
+  absl::Status Compact(bool force) override;
+
+  // Background work: seal shards over the threshold, compact where due.
+  void RunMaintenance();
+  // Closes the shards; later calls return FailedPrecondition.
+  void Close();
+  // Consistent copy of every shard into `dir`/shard-NNNN.
+  absl::Status SnapshotShards(const std::string& dir);
+
+ private:
+  CollectionImpl(std::string name, std::string dir, CollectionConfig config,
+                 DatabaseOptions options, std::function<void()> wake);
+  absl::Status CheckOpen() const;
+  size_t ShardOf(const std::string& ext_key) const;
+  absl::Status ValidateIds(absl::Span<const PointId> ids) const;
+  absl::Status SetPayloadImpl(absl::Span<const PointId> ids, std::string_view payload_json,
+                              bool overwrite);
+
+  const std::string name_;
+  const std::string dir_;
+  const CollectionConfig config_;
+  const DatabaseOptions options_;
+  std::function<void()> wake_maintenance_;
+  // Shared by every call, exclusive for Close.
+  mutable std::shared_mutex close_mu_;
+  bool closed_ = false;  // guarded by close_mu_
+  std::vector<std::unique_ptr<Shard>> shards_;
+};
+
+}  // namespace cairn::db
+
+#endif  // CAIRN_DB_COLLECTION_IMPL_H_

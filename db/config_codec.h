@@ -1,0 +1,22 @@
+// CollectionConfig <-> JSON (the collection.json file, and the API's form),
+// and config validation.
+#ifndef CAIRN_DB_CONFIG_CODEC_H_
+#define CAIRN_DB_CONFIG_CODEC_H_
+
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "cairn/options.h"
+
+namespace cairn::db {
+
+std::string ConfigToJson(const CollectionConfig& config);
+absl::StatusOr<CollectionConfig> ConfigFromJson(std::string_view json);
+// InvalidArgument naming the first bad field.
+absl::Status ValidateConfig(const CollectionConfig& config);
+absl::Status ValidateCollectionName(std::string_view name);
+
+}  // namespace cairn::db
+
+#endif  // CAIRN_DB_CONFIG_CODEC_H_

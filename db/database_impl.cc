@@ -1,0 +1,276 @@
+// DatabaseImpl: the data directory, its lock and format file, the collection
+// catalog (one directory per collection), and the maintenance thread.
+//
+// Layout:
+//   DIR/LOCK                       advisory lock of the process that has it open
+//   DIR/CAIRN                      {"format_version": N}
+//   DIR/collections/NAME/collection.json
+//   DIR/collections/NAME/shard-NNNN/kv/          RocksDB
+//   DIR/collections/NAME/shard-NNNN/segments/    sealed segment files
+// A collection is created in collections/.tmp-NAME and renamed into place, and
+// dropped by renaming it to collections/.dropped-NAME-N before deleting it, so
+// a crash never leaves half a collection under its name.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "cairn/database.h"
+#include "cairn/status.h"
+#include "db/collection_impl.h"
+#include "db/config_codec.h"
+#include "storage/file_util.h"
+
+namespace cairn {
+namespace {
+
+namespace fs = std::filesystem;
+using db::CollectionImpl;
+
+class DatabaseImpl final : public Database {
+ public:
+  DatabaseImpl(std::string dir, DatabaseOptions options, std::unique_ptr<storage::FileLock> lock)
+      : dir_(std::move(dir)), options_(options), lock_(std::move(lock)) {}
+
+  ~DatabaseImpl() override {
+    {
+      std::lock_guard l(maint_mu_);
+      stop_ = true;
+    }
+    maint_cv_.notify_all();
+    if (maint_thread_.joinable()) maint_thread_.join();
+    std::lock_guard l(mu_);
+    for (auto& [name, c] : collections_) c->Close();
+  }
+
+  absl::Status Load() {
+    fs::path cdir = fs::path(dir_) / "collections";
+    std::error_code ec;
+    fs::create_directories(cdir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("create ", cdir.string(), ": ", ec.message()));
+    for (const auto& entry : fs::directory_iterator(cdir, ec)) {
+      std::string name = entry.path().filename().string();
+      if (absl::StartsWith(name, ".")) {  // interrupted create or drop
+        fs::remove_all(entry.path(), ec);
+        continue;
+      }
+      CAIRN_ASSIGN_OR_RETURN(std::string text,
+                             storage::ReadFile((entry.path() / "collection.json").string()));
+      auto config = db::ConfigFromJson(text);
+      if (!config.ok()) {
+        return absl::DataLossError(absl::StrCat("collection ", name, ": ", config.status().message()));
+      }
+      CAIRN_ASSIGN_OR_RETURN(auto c, CollectionImpl::Open(name, entry.path().string(), *config,
+                                                          options_, Waker()));
+      collections_[name] = std::move(c);
+    }
+    if (ec) return absl::InternalError(absl::StrCat("list ", cdir.string(), ": ", ec.message()));
+    if (options_.background_maintenance) {
+      maint_thread_ = std::thread([this] { MaintenanceLoop(); });
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::shared_ptr<Collection>> CreateCollection(
+      const std::string& name, const CollectionConfig& config) override {
+    CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
+    CAIRN_RETURN_IF_ERROR(db::ValidateConfig(config));
+    std::lock_guard l(mu_);
+    if (collections_.contains(name)) {
+      return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
+    }
+    fs::path cdir = fs::path(dir_) / "collections";
+    fs::path tmp = cdir / (".tmp-" + name);
+    fs::path final_dir = cdir / name;
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    if (ec) return absl::InternalError(absl::StrCat("create ", tmp.string(), ": ", ec.message()));
+    CAIRN_RETURN_IF_ERROR(storage::WriteFileSynced((tmp / "collection.json").string(),
+                                                   db::ConfigToJson(config)));
+    fs::rename(tmp, final_dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("rename to ", final_dir.string(), ": ", ec.message()));
+    CAIRN_RETURN_IF_ERROR(storage::SyncDir(cdir.string()));
+    auto c = CollectionImpl::Open(name, final_dir.string(), config, options_, Waker());
+    if (!c.ok()) {
+      fs::remove_all(final_dir, ec);
+      return c.status();
+    }
+    collections_[name] = *c;
+    return std::shared_ptr<Collection>(*c);
+  }
+
+  absl::StatusOr<std::shared_ptr<Collection>> GetCollection(const std::string& name) const override {
+    std::lock_guard l(mu_);
+    auto it = collections_.find(name);
+    if (it == collections_.end()) {
+      return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+    }
+    return std::shared_ptr<Collection>(it->second);
+  }
+
+  std::vector<std::string> ListCollections() const override {
+    std::lock_guard l(mu_);
+    std::vector<std::string> names;
+    for (const auto& [name, c] : collections_) names.push_back(name);
+    return names;
+  }
+
+  absl::StatusOr<CollectionInfo> DescribeCollection(const std::string& name) const override {
+    CAIRN_ASSIGN_OR_RETURN(auto c, GetCollection(name));
+    return c->Info();
+  }
+
+  absl::Status DropCollection(const std::string& name) override {
+    std::shared_ptr<CollectionImpl> c;
+    fs::path cdir = fs::path(dir_) / "collections";
+    fs::path doomed = cdir / absl::StrCat(".dropped-", name, "-", drop_counter_++);
+    {
+      std::lock_guard l(mu_);
+      auto it = collections_.find(name);
+      if (it == collections_.end()) {
+        return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+      }
+      c = it->second;
+      std::error_code ec;
+      fs::rename(cdir / name, doomed, ec);
+      if (ec) return absl::InternalError(absl::StrCat("drop ", name, ": ", ec.message()));
+      CAIRN_RETURN_IF_ERROR(storage::SyncDir(cdir.string()));
+      collections_.erase(it);
+    }
+    c->Close();  // waits for calls in flight
+    std::error_code ec;
+    fs::remove_all(doomed, ec);
+    return absl::OkStatus();
+  }
+
+  absl::Status Snapshot(const std::string& name, const std::string& target_dir) override {
+    CAIRN_ASSIGN_OR_RETURN(auto base, GetCollection(name));
+    auto* c = static_cast<CollectionImpl*>(base.get());
+    std::error_code ec;
+    if (fs::exists(target_dir, ec)) {
+      return absl::AlreadyExistsError(absl::StrCat("snapshot target ", target_dir, " already exists"));
+    }
+    fs::path tmp = fs::path(target_dir + ".tmp");
+    fs::remove_all(tmp, ec);
+    fs::path cdir = tmp / "collections" / name;
+    fs::create_directories(cdir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("create ", cdir.string(), ": ", ec.message()));
+    CAIRN_RETURN_IF_ERROR(WriteFormatFile(tmp.string()));
+    CAIRN_RETURN_IF_ERROR(storage::WriteFileSynced((cdir / "collection.json").string(),
+                                                   db::ConfigToJson(c->config())));
+    absl::Status s = c->SnapshotShards(cdir.string());
+    if (!s.ok()) {
+      fs::remove_all(tmp, ec);
+      return s;
+    }
+    fs::rename(tmp, target_dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("rename to ", target_dir, ": ", ec.message()));
+    return storage::SyncDir(fs::path(target_dir).parent_path().empty()
+                                ? "."
+                                : fs::path(target_dir).parent_path().string());
+  }
+
+  const std::string& dir() const override { return dir_; }
+
+  static absl::Status WriteFormatFile(const std::string& dir) {
+    nlohmann::json j{{"format_version", kFormatVersion}};
+    return storage::WriteFileAtomic((fs::path(dir) / "CAIRN").string(), j.dump() + "\n");
+  }
+
+ private:
+  std::function<void()> Waker() {
+    return [this] {
+      {
+        std::lock_guard l(maint_mu_);
+        maint_pending_ = true;
+      }
+      maint_cv_.notify_one();
+    };
+  }
+
+  void MaintenanceLoop() {
+    std::unique_lock l(maint_mu_);
+    while (!stop_) {
+      // Also wake periodically: compaction is due after deletes, which do not wake us.
+      maint_cv_.wait_for(l, std::chrono::seconds(30), [this] { return stop_ || maint_pending_; });
+      if (stop_) break;
+      maint_pending_ = false;
+      l.unlock();
+      std::vector<std::shared_ptr<CollectionImpl>> cs;
+      {
+        std::lock_guard g(mu_);
+        for (auto& [n, c] : collections_) cs.push_back(c);
+      }
+      for (auto& c : cs) c->RunMaintenance();
+      l.lock();
+    }
+  }
+
+  const std::string dir_;
+  const DatabaseOptions options_;
+  std::unique_ptr<storage::FileLock> lock_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<CollectionImpl>> collections_;  // guarded by mu_
+  std::atomic<uint64_t> drop_counter_{0};
+
+  std::mutex maint_mu_;
+  std::condition_variable maint_cv_;
+  bool maint_pending_ = false;  // guarded by maint_mu_
+  bool stop_ = false;           // guarded by maint_mu_
+  std::thread maint_thread_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
+                                                         const DatabaseOptions& options) {
+  std::error_code ec;
+  bool exists = fs::exists(dir, ec);
+  if (!exists) {
+    if (!options.create_if_missing) {
+      return absl::NotFoundError(absl::StrCat("data directory ", dir, " does not exist"));
+    }
+    fs::create_directories(dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("create ", dir, ": ", ec.message()));
+  } else if (!fs::is_directory(dir, ec)) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, " is not a directory"));
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto lock, storage::FileLock::Acquire((fs::path(dir) / "LOCK").string()));
+  fs::path format_file = fs::path(dir) / "CAIRN";
+  if (fs::exists(format_file, ec)) {
+    CAIRN_ASSIGN_OR_RETURN(std::string text, storage::ReadFile(format_file.string()));
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.contains("format_version") || !j["format_version"].is_number_integer()) {
+      return absl::DataLossError(absl::StrCat(format_file.string(), " is malformed"));
+    }
+    int version = j["format_version"].get<int>();
+    if (version != kFormatVersion) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data directory ", dir, " has format version ", version, "; this build of Cairn reads version ",
+          kFormatVersion, ". Use a matching Cairn version (or its upgrade tool)"));
+    }
+  } else {
+    // A new directory; refuse one that holds something else.
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      std::string n = e.path().filename().string();
+      if (n != "LOCK") {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "directory ", dir, " is not empty and not a Cairn data directory (found ", n, ")"));
+      }
+    }
+    CAIRN_RETURN_IF_ERROR(DatabaseImpl::WriteFormatFile(dir));
+  }
+  auto database = std::make_unique<DatabaseImpl>(dir, options, std::move(lock));
+  CAIRN_RETURN_IF_ERROR(database->Load());
+  return std::unique_ptr<Database>(std::move(database));
+}
+
+}  // namespace cairn

@@ -1,0 +1,953 @@
+#include "db/shard.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cairn/status.h"
+#include "db/key_codec.h"
+#include "storage/file_util.h"
+
+namespace cairn::db {
+namespace fs = std::filesystem;
+using storage::Cf;
+
+namespace {
+
+constexpr size_t kMaxGroupOps = 64;
+constexpr size_t kReplayChunk = 8192;
+// Filtered searches scan exactly when the filter matches at most this many
+// points, or this fraction of the shard: cheaper than a graph walk that skips
+// most of what it visits, and exact.
+constexpr uint64_t kExactScanMinPoints = 2048;
+constexpr double kExactScanFraction = 0.05;
+
+int Threads(int configured) {
+  if (configured > 0) return configured;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// Keeps the best k of (score, id) pairs.
+void KeepBest(Metric metric, size_t k, std::vector<std::pair<float, uint64_t>>* v) {
+  auto better = [metric](const auto& a, const auto& b) {
+    if (a.first != b.first) return index::Better(metric, a.first, b.first);
+    return a.second < b.second;
+  };
+  if (v->size() > k) {
+    std::partial_sort(v->begin(), v->begin() + static_cast<ptrdiff_t>(k), v->end(), better);
+    v->resize(k);
+  } else {
+    std::sort(v->begin(), v->end(), better);
+  }
+}
+
+}  // namespace
+
+// What one committed operation does to memory, applied after the write.
+struct Shard::Plan {
+  std::vector<uint64_t> delete_ids;
+  std::vector<std::string> index_remove;
+  std::vector<uint64_t> add_ids;
+  std::vector<float> add_vectors;  // prepared for the metric
+  std::vector<std::string> index_add;
+};
+
+// Reads through pending changes of the commit group, then the store.
+struct Shard::Txn {
+  Shard* shard;
+  storage::WriteBatch group_batch;
+  std::vector<Plan> plans;
+  // Group overlay: external key -> internal id (nullopt: deleted), and
+  // internal id -> encoded payload value.
+  absl::flat_hash_map<std::string, std::optional<uint64_t>> ids;
+  absl::flat_hash_map<uint64_t, std::string> payloads;
+  // The current operation's own layer, merged into the group on success.
+  storage::WriteBatch batch;
+  Plan plan;
+  absl::flat_hash_map<std::string, std::optional<uint64_t>> op_ids;
+  absl::flat_hash_map<uint64_t, std::string> op_payloads;
+
+  absl::StatusOr<std::optional<uint64_t>> LookupId(const std::string& ext) {
+    if (auto it = op_ids.find(ext); it != op_ids.end()) return it->second;
+    if (auto it = ids.find(ext); it != ids.end()) return it->second;
+    CAIRN_ASSIGN_OR_RETURN(auto v, shard->kv_->Get(Cf::kIds, ext));
+    if (!v) return std::optional<uint64_t>();
+    if (v->size() != 8) return absl::DataLossError("malformed id map entry");
+    return std::optional<uint64_t>(DecodeInternalKey(*v));
+  }
+  absl::StatusOr<std::string> LookupPayload(uint64_t id) {
+    if (auto it = op_payloads.find(id); it != op_payloads.end()) return it->second;
+    if (auto it = payloads.find(id); it != payloads.end()) return it->second;
+    CAIRN_ASSIGN_OR_RETURN(auto v, shard->kv_->Get(Cf::kPayloads, InternalKey(id)));
+    if (!v) return absl::DataLossError(absl::StrCat("point ", id, " has no payload record"));
+    return *std::move(v);
+  }
+  // Removes live point `old` (its vector, payload, index keys, reverse id).
+  absl::Status RemovePoint(uint64_t old) {
+    CAIRN_ASSIGN_OR_RETURN(std::string value, LookupPayload(old));
+    std::string_view pj, text;
+    if (!DecodePayloadValue(value, &pj, &text)) return absl::DataLossError("malformed payload record");
+    Json payload = Json::parse(pj, nullptr, false);
+    if (!payload.is_discarded()) {
+      for (auto& key : shard->payload_index_.KeysFor(payload, old)) {
+        batch.Delete(Cf::kPayloadIndex, key);
+        plan.index_remove.push_back(std::move(key));
+      }
+    }
+    const std::string ik = InternalKey(old);
+    batch.Delete(Cf::kRids, ik);
+    batch.Delete(Cf::kVectors, ik);
+    batch.Delete(Cf::kPayloads, ik);
+    plan.delete_ids.push_back(old);
+    return absl::OkStatus();
+  }
+  void BeginOp() {
+    batch.Clear();
+    plan = Plan();
+    op_ids.clear();
+    op_payloads.clear();
+  }
+  void EndOp(bool ok) {
+    if (!ok) return;
+    group_batch.Append(batch);
+    plans.push_back(std::move(plan));
+    for (auto& [k, v] : op_ids) ids[k] = v;
+    for (auto& [k, v] : op_payloads) payloads[k] = std::move(v);
+  }
+};
+
+struct Shard::Writer {
+  std::function<absl::Status(Txn&)> prepare;
+  absl::Status status;
+  bool done = false;
+  std::condition_variable cv;
+};
+
+Shard::Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvStore> kv)
+    : dir_(std::move(dir)),
+      options_(std::move(options)),
+      kv_(std::move(kv)),
+      payload_index_(options_.payload_indexes) {}
+
+Shard::~Shard() = default;
+
+std::string Shard::SegmentPath(const std::string& file) const {
+  return (fs::path(dir_) / "segments" / file).string();
+}
+
+absl::StatusOr<std::unique_ptr<Shard>> Shard::Open(const std::string& dir,
+                                                   const ShardOptions& options) {
+  std::error_code ec;
+  fs::create_directories(fs::path(dir) / "segments", ec);
+  if (ec) return absl::InternalError(absl::StrCat("create ", dir, ": ", ec.message()));
+  storage::KvOptions kv_options;
+  kv_options.sync = options.sync_writes;
+  CAIRN_ASSIGN_OR_RETURN(auto kv, storage::KvStore::Open((fs::path(dir) / "kv").string(), kv_options));
+  auto shard = std::unique_ptr<Shard>(new Shard(dir, options, std::move(kv)));
+  CAIRN_RETURN_IF_ERROR(shard->Load());
+  return shard;
+}
+
+absl::Status Shard::Load() {
+  // Meta: next id and manifest.
+  CAIRN_ASSIGN_OR_RETURN(auto next, kv_->Get(Cf::kMeta, kMetaNextId));
+  if (next) {
+    if (next->size() != 8) return absl::DataLossError("malformed next_id");
+    next_id_ = DecodeInternalKey(*next);
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto manifest_text, kv_->Get(Cf::kMeta, kMetaManifest));
+  std::vector<std::string> files;
+  if (manifest_text) {
+    Json m = Json::parse(*manifest_text, nullptr, false);
+    if (m.is_discarded() || !m.contains("segments")) return absl::DataLossError("malformed manifest");
+    sealed_through_ = m.value("sealed_through", uint64_t{0});
+    next_file_ = m.value("next_file", uint64_t{1});
+    for (const auto& s : m["segments"]) files.push_back(s.at("file").get<std::string>());
+  }
+  // Live set.
+  {
+    auto it = kv_->NewIterator(Cf::kRids);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) live_.add(DecodeInternalKey(it->key()));
+    CAIRN_RETURN_IF_ERROR(it->status());
+  }
+  // Payload index.
+  {
+    auto it = kv_->NewIterator(Cf::kPayloadIndex);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) payload_index_.AddKey(it->key());
+    CAIRN_RETURN_IF_ERROR(it->status());
+  }
+  // Sealed segments, with tombstones for points deleted since they were built.
+  for (const auto& file : files) {
+    CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Load(SegmentPath(file)));
+    if (seg->dim() != options_.dimension) {
+      return absl::DataLossError(absl::StrCat("segment ", file, " has dimension ", seg->dim()));
+    }
+    for (uint64_t id : seg->Ids()) {
+      if (!live_.contains(id)) seg->MarkDeleted(id);
+    }
+    sealed_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file});
+  }
+  // Files the manifest does not name are leftovers of an interrupted seal.
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::path(dir_) / "segments", ec)) {
+    std::string name = entry.path().filename().string();
+    if (std::find(files.begin(), files.end(), name) == files.end()) fs::remove(entry.path(), ec);
+  }
+  // Replay the writes after the sealed segments into a new growing segment.
+  CAIRN_ASSIGN_OR_RETURN(auto growing, index::Segment::CreateGrowing(options_.dimension,
+                                                                     options_.metric, options_.index));
+  growing_ = std::move(growing);
+  auto it = kv_->NewIterator(Cf::kVectors);
+  std::vector<uint64_t> ids;
+  std::vector<float> vecs;
+  const size_t dim = options_.dimension;
+  auto flush = [&]() -> absl::Status {
+    index::PrepareVectors(options_.metric, vecs.data(), ids.size(), dim);
+    CAIRN_RETURN_IF_ERROR(growing_->Add(vecs.data(), ids.data(), ids.size(), Threads(options_.index_threads)));
+    ids.clear();
+    vecs.clear();
+    return absl::OkStatus();
+  };
+  for (it->Seek(InternalKey(sealed_through_ + 1)); it->Valid(); it->Next()) {
+    if (it->value().size() != dim * sizeof(float)) {
+      return absl::DataLossError(absl::StrCat("vector record of ", it->value().size(), " bytes"));
+    }
+    ids.push_back(DecodeInternalKey(it->key()));
+    const float* f = reinterpret_cast<const float*>(it->value().data());
+    vecs.insert(vecs.end(), f, f + dim);
+    if (ids.size() == kReplayChunk) CAIRN_RETURN_IF_ERROR(flush());
+  }
+  CAIRN_RETURN_IF_ERROR(it->status());
+  if (!ids.empty()) CAIRN_RETURN_IF_ERROR(flush());
+  return absl::OkStatus();
+}
+
+// ---- writes ----------------------------------------------------------------
+
+absl::Status Shard::Commit(std::function<absl::Status(Txn&)> prepare) {
+  Writer w;
+  w.prepare = std::move(prepare);
+  std::unique_lock lk(queue_mu_);
+  writers_.push_back(&w);
+  while (!w.done && &w != writers_.front()) w.cv.wait(lk);
+  if (w.done) return w.status;
+
+  // Leader: take the queued writers (up to a limit) as one group.
+  std::vector<Writer*> group;
+  for (Writer* x : writers_) {
+    if (group.size() == kMaxGroupOps) break;
+    group.push_back(x);
+  }
+  lk.unlock();
+  {
+    std::lock_guard commit(commit_mu_);
+    Txn txn{this};
+    uint64_t first_id = next_id_;
+    for (Writer* x : group) {
+      txn.BeginOp();
+      x->status = x->prepare(txn);
+      txn.EndOp(x->status.ok());
+    }
+    if (txn.group_batch.size() > 0) {
+      txn.group_batch.Put(Cf::kMeta, kMetaNextId, InternalKey(next_id_));
+      absl::Status s = kv_->Write(txn.group_batch);
+      if (!s.ok()) {
+        next_id_ = first_id;
+        for (Writer* x : group) {
+          if (x->status.ok()) x->status = s;
+        }
+      } else {
+        for (const Plan& p : txn.plans) ApplyPlan(p);
+      }
+    }
+  }
+  lk.lock();
+  for (Writer* x : group) {
+    writers_.pop_front();
+    x->done = true;
+    if (x != &w) x->cv.notify_one();
+  }
+  if (!writers_.empty()) writers_.front()->cv.notify_one();
+  return w.status;
+}
+
+void Shard::ApplyPlan(const Plan& plan) {
+  // REQUIRES: commit_mu_ held (so growing_ and frozen_ do not change).
+  std::vector<std::shared_ptr<index::Segment>> segs;
+  {
+    std::unique_lock state(state_mu_);
+    for (uint64_t id : plan.delete_ids) live_.remove(id);
+    for (const auto& k : plan.index_remove) payload_index_.RemoveKey(k);
+    segs = AllSegmentsLocked();
+  }
+  for (uint64_t id : plan.delete_ids) {
+    for (auto& s : segs) {
+      if (id >= s->min_id() && id <= s->max_id() && s->MarkDeleted(id)) break;
+    }
+  }
+  if (!plan.add_ids.empty()) {
+    absl::Status s = growing_->Add(plan.add_vectors.data(), plan.add_ids.data(), plan.add_ids.size(),
+                                   Threads(options_.index_threads));
+    // The write is durable; an index failure here is a bug, not a user error.
+    if (!s.ok()) {
+      fprintf(stderr, "cairn: FATAL: growing segment add failed: %s\n", s.ToString().c_str());
+      std::abort();
+    }
+  }
+  std::unique_lock state(state_mu_);
+  for (uint64_t id : plan.add_ids) live_.add(id);
+  for (const auto& k : plan.index_add) payload_index_.AddKey(k);
+}
+
+absl::Status Shard::Upsert(std::vector<PreparedPoint> points) {
+  return Commit([&](Txn& txn) -> absl::Status {
+    const size_t dim = options_.dimension;
+    txn.plan.add_ids.reserve(points.size());
+    txn.plan.add_vectors.reserve(points.size() * dim);
+    for (const auto& p : points) {
+      CAIRN_ASSIGN_OR_RETURN(auto old, txn.LookupId(p.ext_key));
+      if (old) CAIRN_RETURN_IF_ERROR(txn.RemovePoint(*old));
+      uint64_t id = next_id_++;
+      const std::string ik = InternalKey(id);
+      txn.batch.Put(Cf::kIds, p.ext_key, ik);
+      txn.batch.Put(Cf::kRids, ik, p.ext_key);
+      txn.batch.Put(Cf::kVectors, ik, EncodeVector(p.vector));
+      std::string value = EncodePayloadValue(p.payload_json, p.text);
+      txn.batch.Put(Cf::kPayloads, ik, value);
+      for (auto& key : payload_index_.KeysFor(p.payload, id)) {
+        txn.batch.Put(Cf::kPayloadIndex, key, "");
+        txn.plan.index_add.push_back(std::move(key));
+      }
+      txn.op_ids[p.ext_key] = id;
+      txn.op_payloads[id] = std::move(value);
+      txn.plan.add_ids.push_back(id);
+      txn.plan.add_vectors.insert(txn.plan.add_vectors.end(), p.vector.begin(), p.vector.end());
+    }
+    index::PrepareVectors(options_.metric, txn.plan.add_vectors.data(), txn.plan.add_ids.size(), dim);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<uint64_t> Shard::Delete(const std::vector<std::string>& ext_keys) {
+  uint64_t deleted = 0;
+  CAIRN_RETURN_IF_ERROR(Commit([&](Txn& txn) -> absl::Status {
+    deleted = 0;
+    for (const auto& ext : ext_keys) {
+      CAIRN_ASSIGN_OR_RETURN(auto old, txn.LookupId(ext));
+      if (!old) continue;
+      CAIRN_RETURN_IF_ERROR(txn.RemovePoint(*old));
+      txn.batch.Delete(Cf::kIds, ext);
+      txn.op_ids[ext] = std::nullopt;
+      ++deleted;
+    }
+    return absl::OkStatus();
+  }));
+  return deleted;
+}
+
+absl::StatusOr<uint64_t> Shard::DeleteByFilter(const Filter& filter) {
+  // Evaluate, then delete by external key inside one commit; points that
+  // changed in between are re-checked there by id.
+  std::vector<std::string> keys;
+  {
+    std::shared_lock state(state_mu_);
+    CAIRN_ASSIGN_OR_RETURN(Bitmap match, EvalFilterLocked(filter));
+    std::vector<std::string> iks;
+    for (uint64_t id : match) iks.push_back(InternalKey(id));
+    std::vector<std::optional<std::string>> exts;
+    CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kRids, iks, &exts));
+    for (auto& e : exts) {
+      if (e) keys.push_back(std::move(*e));
+    }
+  }
+  return Delete(keys);
+}
+
+absl::Status Shard::SetPayload(const std::vector<std::string>& ext_keys, const Json& payload,
+                               bool overwrite) {
+  return Commit([&](Txn& txn) -> absl::Status {
+    std::vector<uint64_t> ids;
+    for (const auto& ext : ext_keys) {
+      CAIRN_ASSIGN_OR_RETURN(auto id, txn.LookupId(ext));
+      if (!id) {
+        auto pid = DecodeExternalKey(ext);
+        return absl::NotFoundError(absl::StrCat("point ", pid.ok() ? pid->ToString() : "?",
+                                                " does not exist"));
+      }
+      ids.push_back(*id);
+    }
+    for (uint64_t id : ids) {
+      CAIRN_ASSIGN_OR_RETURN(std::string value, txn.LookupPayload(id));
+      std::string_view pj, text;
+      if (!DecodePayloadValue(value, &pj, &text)) return absl::DataLossError("malformed payload record");
+      Json old = Json::parse(pj, nullptr, false);
+      if (old.is_discarded() || !old.is_object()) old = Json::object();
+      Json merged = overwrite ? payload : old;
+      if (!overwrite) merged.update(payload);
+      CAIRN_RETURN_IF_ERROR(ValidatePayloadTypes(options_.payload_indexes, merged));
+      for (auto& key : payload_index_.KeysFor(old, id)) {
+        txn.batch.Delete(Cf::kPayloadIndex, key);
+        txn.plan.index_remove.push_back(std::move(key));
+      }
+      for (auto& key : payload_index_.KeysFor(merged, id)) {
+        txn.batch.Put(Cf::kPayloadIndex, key, "");
+        txn.plan.index_add.push_back(std::move(key));
+      }
+      std::string nv = EncodePayloadValue(merged.dump(), text);
+      txn.batch.Put(Cf::kPayloads, InternalKey(id), nv);
+      txn.op_payloads[id] = std::move(nv);
+    }
+    return absl::OkStatus();
+  });
+}
+
+// ---- reads -----------------------------------------------------------------
+
+std::vector<std::shared_ptr<index::Segment>> Shard::AllSegmentsLocked() const {
+  std::vector<std::shared_ptr<index::Segment>> out;
+  for (const auto& s : sealed_) out.push_back(s.segment);
+  for (const auto& s : frozen_) out.push_back(s);
+  out.push_back(growing_);
+  return out;
+}
+
+absl::StatusOr<Bitmap> Shard::EvalConditionLocked(
+    const Condition& c, std::optional<std::vector<std::pair<uint64_t, Json>>>* scan) const {
+  switch (c.kind) {
+    case Condition::Kind::kNested:
+      return EvalFilterLocked(*c.nested);
+    case Condition::Kind::kHasId: {
+      std::vector<std::string> keys;
+      for (const auto& id : c.ids) keys.push_back(ExternalKey(id));
+      std::vector<std::optional<std::string>> vals;
+      CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kIds, keys, &vals));
+      Bitmap b;
+      for (const auto& v : vals) {
+        if (v && v->size() == 8) b.add(DecodeInternalKey(*v));
+      }
+      return b & live_;
+    }
+    default:
+      break;
+  }
+  if (auto b = payload_index_.Evaluate(c, live_)) return *std::move(b);
+  // Not indexed: scan every payload once per query (declare an index to avoid).
+  if (!scan->has_value()) {
+    scan->emplace();
+    auto it = kv_->NewIterator(Cf::kPayloads);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      std::string_view pj, text;
+      if (!DecodePayloadValue(it->value(), &pj, &text)) continue;
+      Json p = Json::parse(pj, nullptr, false);
+      if (p.is_discarded()) continue;
+      (*scan)->emplace_back(DecodeInternalKey(it->key()), std::move(p));
+    }
+    CAIRN_RETURN_IF_ERROR(it->status());
+  }
+  Bitmap b;
+  for (const auto& [id, payload] : **scan) {
+    if (MatchesCondition(c, payload)) b.add(id);
+  }
+  return b & live_;
+}
+
+absl::StatusOr<Bitmap> Shard::EvalFilterLocked(const Filter& filter) const {
+  std::optional<std::vector<std::pair<uint64_t, Json>>> scan;
+  Bitmap result = live_;
+  for (const auto& c : filter.must) {
+    CAIRN_ASSIGN_OR_RETURN(Bitmap b, EvalConditionLocked(c, &scan));
+    result &= b;
+  }
+  if (!filter.should.empty()) {
+    Bitmap any;
+    for (const auto& c : filter.should) {
+      CAIRN_ASSIGN_OR_RETURN(Bitmap b, EvalConditionLocked(c, &scan));
+      any |= b;
+    }
+    result &= any;
+  }
+  for (const auto& c : filter.must_not) {
+    CAIRN_ASSIGN_OR_RETURN(Bitmap b, EvalConditionLocked(c, &scan));
+    result -= b;
+  }
+  return result;
+}
+
+absl::Status Shard::RawVectors(const std::vector<uint64_t>& ids, std::vector<float>* out,
+                               std::vector<bool>* found) const {
+  const size_t dim = options_.dimension;
+  out->assign(ids.size() * dim, 0.0f);
+  found->assign(ids.size(), false);
+  std::vector<std::string> keys;
+  keys.reserve(ids.size());
+  for (uint64_t id : ids) keys.push_back(InternalKey(id));
+  std::vector<std::optional<std::string>> vals;
+  CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kVectors, keys, &vals));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!vals[i]) continue;
+    if (vals[i]->size() != dim * sizeof(float)) return absl::DataLossError("malformed vector record");
+    std::memcpy(out->data() + i * dim, vals[i]->data(), dim * sizeof(float));
+    (*found)[i] = true;
+  }
+  index::PrepareVectors(options_.metric, out->data(), ids.size(), dim);
+  return absl::OkStatus();
+}
+
+absl::Status Shard::ExactScan(const float* query, const std::vector<uint64_t>& ids, int k,
+                              std::vector<std::pair<float, uint64_t>>* best) const {
+  // REQUIRES: state_mu_ held (shared). `ids` ascending and live.
+  std::vector<std::pair<float, uint64_t>> cand;
+  cand.reserve(ids.size());
+  std::vector<uint64_t> need_raw;
+  for (const auto& seg : AllSegmentsLocked()) {
+    if (seg->size() == 0) continue;
+    auto lo = std::lower_bound(ids.begin(), ids.end(), seg->min_id());
+    auto hi = std::upper_bound(ids.begin(), ids.end(), seg->max_id());
+    if (lo >= hi) continue;
+    absl::Span<const uint64_t> part(&*lo, static_cast<size_t>(hi - lo));
+    if (seg->HasExactVectors()) {
+      seg->ScoreIds(query, part, &cand);
+    } else {
+      for (uint64_t id : part) {
+        if (seg->IsLive(id)) need_raw.push_back(id);
+      }
+    }
+  }
+  const size_t dim = options_.dimension;
+  for (size_t off = 0; off < need_raw.size(); off += 1024) {
+    std::vector<uint64_t> chunk(need_raw.begin() + static_cast<ptrdiff_t>(off),
+                                need_raw.begin() + static_cast<ptrdiff_t>(std::min(off + 1024, need_raw.size())));
+    std::vector<float> vecs;
+    std::vector<bool> found;
+    CAIRN_RETURN_IF_ERROR(RawVectors(chunk, &vecs, &found));
+    for (size_t i = 0; i < chunk.size(); ++i) {
+      if (found[i]) cand.emplace_back(index::Score(options_.metric, query, &vecs[i * dim], dim), chunk[i]);
+    }
+  }
+  KeepBest(options_.metric, static_cast<size_t>(k), &cand);
+  *best = std::move(cand);
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& params,
+                           std::vector<std::vector<ScoredPoint>>* out) const {
+  const size_t dim = options_.dimension;
+  const size_t k = static_cast<size_t>(params.k);
+  const int threads = Threads(options_.index_threads);
+  std::vector<std::vector<std::pair<float, uint64_t>>> hits(nq);
+  {
+    std::shared_lock state(state_mu_);
+    auto segs = AllSegmentsLocked();
+    std::optional<Bitmap> filter_ids;
+    std::vector<uint64_t> filter_list;
+    bool exact_scan = false;
+    if (params.filter != nullptr && !params.filter->empty()) {
+      CAIRN_ASSIGN_OR_RETURN(filter_ids, EvalFilterLocked(*params.filter));
+      uint64_t card = filter_ids->cardinality();
+      if (card == 0) {
+        out->assign(nq, {});
+        return absl::OkStatus();
+      }
+      filter_list.resize(card);
+      filter_ids->toUint64Array(filter_list.data());
+      uint64_t live = live_.cardinality();
+      exact_scan = params.exact || card <= kExactScanMinPoints ||
+                   static_cast<double>(card) <= kExactScanFraction * static_cast<double>(live);
+    }
+    if (exact_scan) {
+      for (size_t q = 0; q < nq; ++q) {
+        CAIRN_RETURN_IF_ERROR(ExactScan(queries + q * dim, filter_list, params.k, &hits[q]));
+      }
+    } else {
+      std::vector<float> scores(nq * k);
+      std::vector<int64_t> ids(nq * k);
+      for (const auto& seg : segs) {
+        if (seg->size() == 0 || seg->size() == seg->num_deleted()) continue;
+        index::SegmentSearchParams sp;
+        sp.k = params.k;
+        sp.ef = params.ef;
+        sp.nprobe = params.nprobe;
+        index::PositionSet allowed;
+        if (filter_ids) {
+          allowed.Resize(seg->size());
+          auto lo = std::lower_bound(filter_list.begin(), filter_list.end(), seg->min_id());
+          auto hi = std::upper_bound(filter_list.begin(), filter_list.end(), seg->max_id());
+          if (lo >= hi) continue;
+          for (auto it = lo; it != hi; ++it) {
+            if (auto pos = seg->PositionOf(*it)) allowed.Set(*pos);
+          }
+          sp.allowed = &allowed;
+          // A graph walk that must skip most nodes needs a longer candidate
+          // list to find k allowed ones.
+          double sel = static_cast<double>(hi - lo) / static_cast<double>(seg->size());
+          int base = std::max(params.ef > 0 ? params.ef : options_.index.ef_search, params.k);
+          sp.ef = static_cast<int>(base * std::min(8.0, 1.0 / std::sqrt(std::max(sel, 1e-6))));
+        }
+        const bool lossy = !seg->HasExactVectors();
+        const int rerank = options_.index.rerank_factor;
+        if (lossy && rerank > 1 && !params.exact) sp.k = params.k * rerank;
+        std::vector<float> s2(nq * static_cast<size_t>(sp.k));
+        std::vector<int64_t> i2(nq * static_cast<size_t>(sp.k));
+        absl::Status st;
+        if (params.exact) {
+          st = seg->SearchExact(queries, nq, sp, s2.data(), i2.data());
+          if (absl::IsUnimplemented(st)) {
+            // Exact over raw vectors from the store.
+            std::vector<uint64_t> seg_ids;
+            for (uint64_t id : seg->Ids()) {
+              if (seg->IsLive(id) && (!filter_ids || filter_ids->contains(id))) seg_ids.push_back(id);
+            }
+            for (size_t q = 0; q < nq; ++q) {
+              std::vector<std::pair<float, uint64_t>> best;
+              CAIRN_RETURN_IF_ERROR(ExactScan(queries + q * dim, seg_ids, params.k, &best));
+              hits[q].insert(hits[q].end(), best.begin(), best.end());
+            }
+            continue;
+          }
+        } else {
+          st = seg->Search(queries, nq, sp, s2.data(), i2.data(), threads);
+        }
+        CAIRN_RETURN_IF_ERROR(st);
+        for (size_t q = 0; q < nq; ++q) {
+          std::vector<std::pair<float, uint64_t>> part;
+          for (size_t j = 0; j < static_cast<size_t>(sp.k); ++j) {
+            int64_t id = i2[q * sp.k + j];
+            if (id != index::kNoId) part.emplace_back(s2[q * sp.k + j], static_cast<uint64_t>(id));
+          }
+          if (lossy && rerank > 1 && !params.exact && !part.empty()) {
+            std::vector<uint64_t> cids;
+            for (auto& p : part) cids.push_back(p.second);
+            std::vector<float> vecs;
+            std::vector<bool> found;
+            CAIRN_RETURN_IF_ERROR(RawVectors(cids, &vecs, &found));
+            std::vector<std::pair<float, uint64_t>> rescored;
+            for (size_t i = 0; i < cids.size(); ++i) {
+              if (found[i]) {
+                rescored.emplace_back(index::Score(options_.metric, queries + q * dim, &vecs[i * dim], dim), cids[i]);
+              }
+            }
+            part = std::move(rescored);
+          }
+          hits[q].insert(hits[q].end(), part.begin(), part.end());
+        }
+      }
+      for (size_t q = 0; q < nq; ++q) {
+        KeepBest(options_.metric, k, &hits[q]);
+        // A filtered graph walk may find fewer than k allowed points; the
+        // exact scan over the filter's ids always finds them.
+        if (filter_ids && hits[q].size() < std::min<uint64_t>(k, filter_list.size())) {
+          CAIRN_RETURN_IF_ERROR(ExactScan(queries + q * dim, filter_list, params.k, &hits[q]));
+        }
+      }
+    }
+  }
+  out->resize(nq);
+  for (size_t q = 0; q < nq; ++q) CAIRN_RETURN_IF_ERROR(Resolve(hits[q], params, &(*out)[q]));
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
+                            const SearchParams& params, std::vector<ScoredPoint>* out) const {
+  out->clear();
+  if (hits.empty()) return absl::OkStatus();
+  std::vector<std::string> keys;
+  keys.reserve(hits.size());
+  for (const auto& h : hits) keys.push_back(InternalKey(h.second));
+  std::vector<std::optional<std::string>> exts, payloads, vectors;
+  CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kRids, keys, &exts));
+  if (params.with_payload) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kPayloads, keys, &payloads));
+  if (params.with_vector) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kVectors, keys, &vectors));
+  for (size_t i = 0; i < hits.size(); ++i) {
+    if (!exts[i]) continue;  // deleted after the search saw it
+    ScoredPoint sp;
+    CAIRN_ASSIGN_OR_RETURN(sp.id, DecodeExternalKey(*exts[i]));
+    sp.score = hits[i].first;
+    if (params.with_payload && payloads[i]) {
+      std::string_view pj, text;
+      if (DecodePayloadValue(*payloads[i], &pj, &text)) {
+        sp.payload = std::string(pj);
+        sp.text = std::string(text);
+      }
+    }
+    if (params.with_vector && vectors[i]) {
+      const float* f = reinterpret_cast<const float*>(vectors[i]->data());
+      sp.vector.assign(f, f + vectors[i]->size() / sizeof(float));
+    }
+    out->push_back(std::move(sp));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Get(const std::vector<std::string>& ext_keys, bool with_payload,
+                        bool with_vector, std::vector<std::optional<Record>>* out) const {
+  out->assign(ext_keys.size(), std::nullopt);
+  std::vector<std::optional<std::string>> ids;
+  CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kIds, ext_keys, &ids));
+  std::vector<std::string> keys;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] && ids[i]->size() == 8) {
+      keys.push_back(*ids[i]);
+      where.push_back(i);
+    }
+  }
+  std::vector<std::optional<std::string>> payloads, vectors;
+  if (with_payload) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kPayloads, keys, &payloads));
+  if (with_vector) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kVectors, keys, &vectors));
+  for (size_t j = 0; j < keys.size(); ++j) {
+    Record r;
+    CAIRN_ASSIGN_OR_RETURN(r.id, DecodeExternalKey(ext_keys[where[j]]));
+    if (with_payload && payloads[j]) {
+      std::string_view pj, text;
+      if (DecodePayloadValue(*payloads[j], &pj, &text)) {
+        r.payload = std::string(pj);
+        r.text = std::string(text);
+      }
+    }
+    if (with_vector && vectors[j]) {
+      const float* f = reinterpret_cast<const float*>(vectors[j]->data());
+      r.vector.assign(f, f + vectors[j]->size() / sizeof(float));
+    }
+    (*out)[where[j]] = std::move(r);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Shard::Count(const Filter* filter) const {
+  std::shared_lock state(state_mu_);
+  if (filter == nullptr || filter->empty()) return live_.cardinality();
+  CAIRN_ASSIGN_OR_RETURN(Bitmap b, EvalFilterLocked(*filter));
+  return b.cardinality();
+}
+
+absl::Status Shard::Scroll(const std::string& after, uint32_t limit, const Filter* filter,
+                           bool with_payload, bool with_vector, std::vector<Record>* out,
+                           std::string* last_key, bool* more) const {
+  std::optional<Bitmap> match;
+  if (filter != nullptr && !filter->empty()) {
+    std::shared_lock state(state_mu_);
+    CAIRN_ASSIGN_OR_RETURN(match, EvalFilterLocked(*filter));
+  }
+  *more = false;
+  std::vector<std::string> ext_keys;
+  auto it = kv_->NewIterator(Cf::kIds);
+  if (after.empty()) it->SeekToFirst();
+  else it->Seek(after);
+  for (; it->Valid(); it->Next()) {
+    if (!after.empty() && it->key() == after) continue;
+    if (match && (it->value().size() != 8 || !match->contains(DecodeInternalKey(it->value())))) continue;
+    if (ext_keys.size() == limit) {
+      *more = true;
+      break;
+    }
+    ext_keys.emplace_back(it->key());
+  }
+  CAIRN_RETURN_IF_ERROR(it->status());
+  std::vector<std::optional<Record>> recs;
+  CAIRN_RETURN_IF_ERROR(Get(ext_keys, with_payload, with_vector, &recs));
+  for (auto& r : recs) {
+    if (r) out->push_back(std::move(*r));
+  }
+  if (!ext_keys.empty()) *last_key = ext_keys.back();
+  return absl::OkStatus();
+}
+
+// ---- maintenance -----------------------------------------------------------
+
+bool Shard::NeedsSeal() const {
+  std::shared_lock state(state_mu_);
+  return growing_->size() >= options_.seal_threshold;
+}
+
+absl::Status Shard::WriteManifestLocked() {
+  // REQUIRES: commit_mu_ held.
+  Json m;
+  m["format_version"] = 1;
+  m["sealed_through"] = sealed_through_;
+  m["next_file"] = next_file_;
+  Json segs = Json::array();
+  {
+    std::shared_lock state(state_mu_);
+    for (const auto& s : sealed_) {
+      segs.push_back({{"file", s.file},
+                      {"count", s.segment->size()},
+                      {"min_id", s.segment->min_id()},
+                      {"max_id", s.segment->max_id()},
+                      {"type", std::string(IndexTypeName(s.segment->type()))}});
+    }
+  }
+  m["segments"] = segs;
+  storage::WriteBatch b;
+  b.Put(Cf::kMeta, kMetaManifest, m.dump());
+  return kv_->Write(b);
+}
+
+absl::Status Shard::Seal(bool force) {
+  std::lock_guard maint(maintenance_mu_);
+  std::shared_ptr<index::Segment> frozen;
+  {
+    std::lock_guard commit(commit_mu_);
+    std::unique_lock state(state_mu_);
+    size_t n = growing_->size();
+    if (n == 0 || (!force && n < options_.seal_threshold)) return absl::OkStatus();
+    CAIRN_ASSIGN_OR_RETURN(auto fresh, index::Segment::CreateGrowing(options_.dimension, options_.metric,
+                                                                     options_.index));
+    frozen = growing_;
+    frozen->Freeze();
+    frozen_.push_back(frozen);
+    growing_ = std::move(fresh);
+  }
+  // Build the sealed segment without blocking writers or searches.
+  std::shared_ptr<index::Segment> sealed;
+  if (frozen->type() == options_.index.type) {
+    sealed = frozen;  // the growing index already is the target index
+  } else {
+    std::vector<uint64_t> ids;
+    for (uint64_t id : frozen->Ids()) {
+      if (frozen->IsLive(id)) ids.push_back(id);
+    }
+    std::vector<float> vecs;
+    std::vector<bool> found;
+    CAIRN_RETURN_IF_ERROR(RawVectors(ids, &vecs, &found));
+    // Points deleted meanwhile have no vector any more: leave them out.
+    size_t w = 0;
+    const size_t dim = options_.dimension;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (!found[i]) continue;
+      ids[w] = ids[i];
+      if (w != i) std::memcpy(&vecs[w * dim], &vecs[i * dim], dim * sizeof(float));
+      ++w;
+    }
+    ids.resize(w);
+    vecs.resize(w * dim);
+    CAIRN_ASSIGN_OR_RETURN(auto built, index::Segment::Build(options_.dimension, options_.metric,
+                                                             options_.index, vecs.data(), ids.data(),
+                                                             ids.size(), Threads(options_.index_threads)));
+    sealed = std::move(built);
+  }
+  std::string file;
+  {
+    std::lock_guard commit(commit_mu_);
+    file = absl::StrFormat("seg-%08d.cseg", next_file_++);
+  }
+  CAIRN_RETURN_IF_ERROR(sealed->Save(SegmentPath(file)));
+  std::lock_guard commit(commit_mu_);
+  {
+    std::unique_lock state(state_mu_);
+    frozen_.erase(std::find(frozen_.begin(), frozen_.end(), frozen));
+    sealed_.push_back(SealedRef{sealed, file});
+    for (uint64_t id : sealed->Ids()) {
+      if (!live_.contains(id)) sealed->MarkDeleted(id);
+    }
+  }
+  sealed_through_ = std::max(sealed_through_, frozen->max_id());
+  return WriteManifestLocked();
+}
+
+absl::Status Shard::Compact(bool force) {
+  std::lock_guard maint(maintenance_mu_);
+  std::vector<SealedRef> todo;
+  {
+    std::shared_lock state(state_mu_);
+    for (const auto& s : sealed_) {
+      size_t n = s.segment->size(), d = s.segment->num_deleted();
+      if (d == 0) continue;
+      if (force || static_cast<double>(d) >= options_.compaction_deleted_ratio * static_cast<double>(n)) {
+        todo.push_back(s);
+      }
+    }
+  }
+  for (const auto& old : todo) {
+    std::vector<uint64_t> ids;
+    for (uint64_t id : old.segment->Ids()) {
+      if (old.segment->IsLive(id)) ids.push_back(id);
+    }
+    std::vector<float> vecs;
+    std::vector<bool> found;
+    CAIRN_RETURN_IF_ERROR(RawVectors(ids, &vecs, &found));
+    size_t w = 0;
+    const size_t dim = options_.dimension;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (!found[i]) continue;
+      ids[w] = ids[i];
+      if (w != i) std::memcpy(&vecs[w * dim], &vecs[i * dim], dim * sizeof(float));
+      ++w;
+    }
+    ids.resize(w);
+    vecs.resize(w * dim);
+    std::shared_ptr<index::Segment> rebuilt;
+    std::string file;
+    if (!ids.empty()) {
+      CAIRN_ASSIGN_OR_RETURN(auto built, index::Segment::Build(options_.dimension, options_.metric,
+                                                               options_.index, vecs.data(), ids.data(),
+                                                               ids.size(), Threads(options_.index_threads)));
+      rebuilt = std::move(built);
+      {
+        std::lock_guard commit(commit_mu_);
+        file = absl::StrFormat("seg-%08d.cseg", next_file_++);
+      }
+      CAIRN_RETURN_IF_ERROR(rebuilt->Save(SegmentPath(file)));
+    }
+    {
+      std::lock_guard commit(commit_mu_);
+      {
+        std::unique_lock state(state_mu_);
+        auto it = std::find_if(sealed_.begin(), sealed_.end(),
+                               [&](const SealedRef& s) { return s.file == old.file; });
+        if (rebuilt) {
+          for (uint64_t id : rebuilt->Ids()) {
+            if (!live_.contains(id)) rebuilt->MarkDeleted(id);
+          }
+          *it = SealedRef{rebuilt, file};
+        } else {
+          sealed_.erase(it);
+        }
+      }
+      CAIRN_RETURN_IF_ERROR(WriteManifestLocked());
+    }
+    std::error_code ec;
+    fs::remove(SegmentPath(old.file), ec);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Snapshot(const std::string& target_dir) {
+  std::lock_guard maint(maintenance_mu_);  // segment files stay put
+  std::vector<std::string> files;
+  {
+    std::lock_guard commit(commit_mu_);  // no write lands mid-checkpoint
+    std::error_code ec;
+    fs::create_directories(fs::path(target_dir) / "segments", ec);
+    if (ec) return absl::InternalError(absl::StrCat("create ", target_dir, ": ", ec.message()));
+    CAIRN_RETURN_IF_ERROR(kv_->CreateCheckpoint((fs::path(target_dir) / "kv").string()));
+    std::shared_lock state(state_mu_);
+    for (const auto& s : sealed_) files.push_back(s.file);
+  }
+  for (const auto& f : files) {
+    CAIRN_RETURN_IF_ERROR(storage::LinkOrCopyFile(SegmentPath(f),
+                                                  (fs::path(target_dir) / "segments" / f).string()));
+  }
+  return storage::SyncDir((fs::path(target_dir) / "segments").string());
+}
+
+ShardStats Shard::Stats() const {
+  std::shared_lock state(state_mu_);
+  ShardStats st;
+  st.points = live_.cardinality();
+  auto segs = AllSegmentsLocked();
+  st.segments = segs.size();
+  st.sealed_segments = sealed_.size();
+  for (const auto& s : segs) {
+    st.deleted_in_segments += s->num_deleted();
+    st.index_memory_bytes += s->MemoryBytes();
+  }
+  st.index_memory_bytes += payload_index_.MemoryBytes() + live_.getSizeInBytes(false);
+  st.growing_points = growing_->size();
+  return st;
+}
+
+}  // namespace cairn::db

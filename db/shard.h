@@ -1,0 +1,164 @@
+// Shard: one partition of a collection. Owns a KvStore (the durable truth), a
+// growing segment that takes new writes, frozen segments being sealed, sealed
+// segments loaded from files named by the manifest, the live-point bitmap and
+// the payload index.
+//
+// Write path: writers queue up; the first becomes the leader, prepares every
+// queued operation against the store (through an overlay, so later operations
+// see earlier ones), writes them as one WriteBatch with one WAL sync, applies
+// them to memory, and wakes the others. Each operation is atomic.
+//
+// Invariants:
+//   - internal ids are allocated ascending and never reused (meta "next_id");
+//   - a point is live iff its internal id has a kRids key; its vector key is
+//     deleted in the same batch as its kRids key;
+//   - every id <= manifest.sealed_through that is live is in a sealed
+//     segment; live ids above it are in the growing or frozen segments and are
+//     replayed from kVectors on open;
+//   - the manifest is switched (one synced write) only after the segment files
+//     it names are synced; files it does not name are deleted on open.
+//
+// Thread-safety: all public methods are thread-safe.
+#ifndef CAIRN_DB_SHARD_H_
+#define CAIRN_DB_SHARD_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cairn/collection.h"
+#include "db/payload_index.h"
+#include "index/segment.h"
+#include "storage/kv_store.h"
+
+namespace cairn::db {
+
+struct ShardOptions {
+  uint32_t dimension = 0;
+  Metric metric = Metric::kL2;
+  IndexSpec index;
+  std::vector<PayloadIndexSpec> payload_indexes;
+  uint64_t seal_threshold = 500000;
+  double compaction_deleted_ratio = 0.2;
+  bool sync_writes = true;
+  int index_threads = 0;
+};
+
+// A point ready for a shard: validated, payload parsed and re-serialized.
+struct PreparedPoint {
+  PointId id;
+  std::string ext_key;
+  std::vector<float> vector;  // as given
+  Json payload;               // an object
+  std::string payload_json;   // payload.dump()
+  std::string text;
+};
+
+struct ShardStats {
+  uint64_t points = 0;
+  uint64_t segments = 0;
+  uint64_t sealed_segments = 0;
+  uint64_t deleted_in_segments = 0;
+  uint64_t index_memory_bytes = 0;
+  uint64_t growing_points = 0;
+};
+
+class Shard {
+ public:
+  static absl::StatusOr<std::unique_ptr<Shard>> Open(const std::string& dir,
+                                                     const ShardOptions& options);
+  ~Shard();
+
+  absl::Status Upsert(std::vector<PreparedPoint> points);
+  absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ext_keys);
+  absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter);
+  // Merge (or overwrite) `payload` into each point. NotFound if any is absent.
+  absl::Status SetPayload(const std::vector<std::string>& ext_keys, const Json& payload,
+                          bool overwrite);
+
+  absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
+                   std::vector<std::optional<Record>>* out) const;
+  absl::StatusOr<uint64_t> Count(const Filter* filter) const;
+  // Up to `limit` points with external key > `after` (all when empty), in
+  // external key order. `*last_key` is the last key returned; `*more` tells
+  // whether any point follows it.
+  absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter,
+                      bool with_payload, bool with_vector, std::vector<Record>* out,
+                      std::string* last_key, bool* more) const;
+
+  // `queries` are prepared for the metric (normalized for cosine).
+  absl::Status Search(const float* queries, size_t nq, const SearchParams& params,
+                      std::vector<std::vector<ScoredPoint>>* out) const;
+
+  // Seals the growing segment when it holds >= seal_threshold points (any
+  // number > 0 with `force`).
+  absl::Status Seal(bool force);
+  absl::Status Compact(bool force);
+  bool NeedsSeal() const;
+
+  // Copies this shard's data (RocksDB checkpoint and segment files) into
+  // `target_dir`. Writes wait while the checkpoint is taken.
+  absl::Status Snapshot(const std::string& target_dir);
+
+  ShardStats Stats() const;
+
+ private:
+  struct Plan;
+  struct Txn;
+  struct Writer;
+  struct SealedRef {
+    std::shared_ptr<index::Segment> segment;
+    std::string file;
+  };
+
+  Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvStore> kv);
+  absl::Status Load();
+  absl::Status Commit(std::function<absl::Status(Txn&)> prepare);
+  void ApplyPlan(const Plan& plan);
+  std::vector<std::shared_ptr<index::Segment>> AllSegmentsLocked() const;
+  absl::StatusOr<Bitmap> EvalFilterLocked(const Filter& filter) const;
+  absl::StatusOr<Bitmap> EvalConditionLocked(const Condition& c,
+                                              std::optional<std::vector<std::pair<uint64_t, Json>>>* scan) const;
+  absl::Status ExactScan(const float* query, const std::vector<uint64_t>& ids, int k,
+                         std::vector<std::pair<float, uint64_t>>* best) const;
+  absl::Status RawVectors(const std::vector<uint64_t>& ids, std::vector<float>* out,
+                          std::vector<bool>* found) const;
+  absl::Status Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
+                       const SearchParams& params, std::vector<ScoredPoint>* out) const;
+  absl::Status WriteManifestLocked();
+  std::string SegmentPath(const std::string& file) const;
+
+  const std::string dir_;
+  const ShardOptions options_;
+  std::unique_ptr<storage::KvStore> kv_;
+
+  // Writer queue (group commit).
+  std::mutex queue_mu_;
+  std::deque<Writer*> writers_;
+  // Held by the commit leader, and by seal/compaction/snapshot while they
+  // switch segments. Order: maintenance_mu_ -> commit_mu_ -> state_mu_.
+  std::mutex commit_mu_;
+  std::mutex maintenance_mu_;
+  uint64_t next_id_ = 1;        // guarded by commit_mu_
+  uint64_t sealed_through_ = 0; // guarded by commit_mu_
+  uint64_t next_file_ = 1;      // guarded by commit_mu_
+
+  mutable std::shared_mutex state_mu_;
+  std::shared_ptr<index::Segment> growing_;                // guarded by state_mu_
+  std::vector<std::shared_ptr<index::Segment>> frozen_;    // guarded by state_mu_
+  std::vector<SealedRef> sealed_;                          // guarded by state_mu_
+  Bitmap live_;                                            // guarded by state_mu_
+  PayloadIndex payload_index_;                             // guarded by state_mu_
+};
+
+}  // namespace cairn::db
+
+#endif  // CAIRN_DB_SHARD_H_

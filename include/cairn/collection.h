@@ -1,0 +1,130 @@
+// A collection: points of one dimension and metric, with an index and payload
+// indexes, split into shards.
+//
+// Thread-safety: every method may be called from any number of threads at
+// once. Writes to one shard are serialized and share WAL syncs; searches run
+// concurrently with each other and with writes. A write is visible to every
+// search that starts after it returns (read-your-writes).
+//
+// Lifetime: obtained from Database; stays usable until the collection is
+// dropped or the Database is destroyed, after which calls return
+// FailedPrecondition.
+#ifndef CAIRN_COLLECTION_H_
+#define CAIRN_COLLECTION_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cairn/filter.h"
+#include "cairn/options.h"
+#include "cairn/point.h"
+
+namespace cairn {
+
+struct SearchParams {
+  // Number of results. Required: 1..DatabaseOptions::max_k.
+  int k = 10;
+  // HNSW candidate list size; 0 uses the collection's ef_search.
+  int ef = 0;
+  // IVF lists to probe; 0 uses the collection's nprobe.
+  int nprobe = 0;
+  // Exact (brute-force) search over the raw vectors, ignoring the index.
+  bool exact = false;
+  // Only points matching this filter. Null for none.
+  const Filter* filter = nullptr;
+  // Return payload and text of each result. Default: true.
+  bool with_payload = true;
+  // Return each result's vector. Default: false.
+  bool with_vector = false;
+};
+
+struct ScrollRequest {
+  // Where to start: "" for the beginning, else ScrollPage::next_cursor.
+  std::string cursor;
+  // Points per page. Required: 1..DatabaseOptions::max_batch_points.
+  uint32_t limit = 100;
+  const Filter* filter = nullptr;
+  bool with_payload = true;
+  bool with_vector = false;
+};
+
+struct ScrollPage {
+  std::vector<Record> points;
+  // Cursor of the next page; empty when this page is the last.
+  std::string next_cursor;
+};
+
+struct CollectionInfo {
+  std::string name;
+  CollectionConfig config;
+  uint64_t points = 0;            // live points
+  uint64_t segments = 0;          // growing + sealed, over all shards
+  uint64_t sealed_segments = 0;
+  uint64_t deleted_in_segments = 0;  // tombstones not yet compacted away
+  uint64_t index_memory_bytes = 0;   // resident index memory (estimate)
+};
+
+class Collection {
+ public:
+  virtual ~Collection() = default;
+
+  virtual const std::string& name() const = 0;
+  virtual const CollectionConfig& config() const = 0;
+  virtual absl::StatusOr<CollectionInfo> Info() const = 0;
+
+  // Inserts or replaces points (vector, payload and text together). Atomic per
+  // shard: after a crash each shard has all of the batch's points or none.
+  // Durable when it returns OK (with DatabaseOptions::sync_writes).
+  // Errors, and nothing is changed: InvalidArgument for an empty batch, a wrong
+  // dimension, NaN/Inf, a payload that is not a JSON object, a payload value of
+  // the wrong type for an indexed field, or an id repeated within the batch
+  // (ambiguous: we refuse it rather than pick one); ResourceExhausted for a
+  // batch over max_batch_points / max_batch_bytes.
+  virtual absl::Status Upsert(absl::Span<const Point> points) = 0;
+
+  // Points by id, in the order asked; nullopt where an id is absent.
+  virtual absl::StatusOr<std::vector<std::optional<Record>>> Get(
+      absl::Span<const PointId> ids, bool with_payload = true,
+      bool with_vector = false) const = 0;
+
+  // Deletes points; ids that are absent are ignored. Returns how many existed.
+  virtual absl::StatusOr<uint64_t> Delete(absl::Span<const PointId> ids) = 0;
+  // Deletes every point matching `filter` (which must not be empty).
+  virtual absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) = 0;
+
+  // Merges the keys of `payload_json` (an object) into each point's payload.
+  // NotFound when an id is absent (then nothing is changed).
+  virtual absl::Status SetPayload(absl::Span<const PointId> ids,
+                                  std::string_view payload_json) = 0;
+  // Replaces each point's payload with `payload_json`.
+  virtual absl::Status OverwritePayload(absl::Span<const PointId> ids,
+                                        std::string_view payload_json) = 0;
+
+  // Live points, or those matching `filter` when not null.
+  virtual absl::StatusOr<uint64_t> Count(const Filter* filter = nullptr) const = 0;
+
+  // Pages through points in a stable order (by shard, then by id).
+  virtual absl::StatusOr<ScrollPage> Scroll(const ScrollRequest& request) const = 0;
+
+  // Nearest points to `query` (dimension floats), best first.
+  virtual absl::StatusOr<std::vector<ScoredPoint>> Search(
+      absl::Span<const float> query, const SearchParams& params) const = 0;
+  // Nearest points to each of n queries (n * dimension floats, row-major).
+  virtual absl::StatusOr<std::vector<std::vector<ScoredPoint>>> SearchBatch(
+      absl::Span<const float> queries, const SearchParams& params) const = 0;
+
+  // Seals every shard's growing segment now (blocking), whatever its size.
+  virtual absl::Status Seal() = 0;
+  // Rewrites sealed segments whose deleted fraction is over the configured
+  // ratio (or every segment with deletes when `force`), dropping tombstones.
+  virtual absl::Status Compact(bool force = false) = 0;
+};
+
+}  // namespace cairn
+
+#endif  // CAIRN_COLLECTION_H_

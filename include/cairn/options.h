@@ -1,0 +1,126 @@
+// Options and configuration for Cairn databases and collections.
+//
+// Every option is a plain field with its meaning and `Default:`. Options are
+// validated when they are used (Database::Open, CreateCollection, Search); an
+// invalid value is an InvalidArgument naming the field.
+#ifndef CAIRN_OPTIONS_H_
+#define CAIRN_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace cairn {
+
+// How two vectors are compared. Scores in results follow the metric:
+//   kL2            squared Euclidean distance; lower is closer.
+//   kInnerProduct  dot product; higher is closer.
+//   kCosine        cosine similarity in [-1, 1]; higher is closer. Vectors are
+//                  normalized for indexing; Get returns them as they were given.
+enum class Metric { kL2 = 0, kInnerProduct = 1, kCosine = 2 };
+
+// The index that sealed segments are built with (FAISS underneath).
+enum class IndexType {
+  kFlat = 0,     // exact search; no training
+  kHnsw = 1,     // graph index over full-precision vectors
+  kIvfFlat = 2,  // inverted lists of full-precision vectors; trained
+  kIvfPq = 3,    // inverted lists of product-quantized codes; trained
+  kIvfSq8 = 4,   // inverted lists of 8-bit scalar-quantized vectors; trained
+  kHnswSq = 5,   // graph index over 8-bit scalar-quantized vectors; trained
+};
+
+struct IndexSpec {
+  IndexType type = IndexType::kHnsw;
+  // HNSW graph degree (links per node on upper layers; twice that on layer 0).
+  // Default: 32. Range: 4..128.
+  int hnsw_m = 32;
+  // HNSW candidate list size while building. Default: 100. Range: 8..4096.
+  int ef_construction = 100;
+  // HNSW candidate list size while searching, when the request sets none.
+  // Raised to k when smaller. Default: 64.
+  int ef_search = 64;
+  // IVF number of inverted lists. Lowered at seal time to keep at least 39
+  // training points per list (FAISS's minimum for stable k-means). Default: 1024.
+  int nlist = 1024;
+  // IVF lists probed per query, when the request sets none. Default: 16.
+  int nprobe = 16;
+  // IVF-PQ sub-quantizers; must divide the dimension. 0 picks the largest
+  // divisor of the dimension that is <= dimension/4 and <= 64. Default: 0.
+  int pq_m = 0;
+  // IVF-PQ bits per sub-quantizer code. Default: 8. Range: 4..12.
+  int pq_nbits = 8;
+  // For lossy indexes (IVF-PQ, IVF-SQ8, HNSW-SQ): fetch k * rerank_factor
+  // candidates and re-rank them with exact distances from the raw vectors.
+  // 0 or 1 turns re-ranking off. Default: 0.
+  int rerank_factor = 0;
+};
+
+// Type of a declared (indexed) payload field.
+enum class PayloadType { kKeyword = 0, kInteger = 1, kFloat = 2, kBool = 3 };
+
+// A payload field to index. `field` is a top-level key or a dotted path
+// ("meta.lang"). Values must have the declared type (or be null/absent, or an
+// array of that type); an upsert with another type is an InvalidArgument.
+struct PayloadIndexSpec {
+  std::string field;
+  PayloadType type = PayloadType::kKeyword;
+};
+
+struct CollectionConfig {
+  // Vector dimension. Required: 1..65536.
+  uint32_t dimension = 0;
+  // Default: kL2.
+  Metric metric = Metric::kL2;
+  IndexSpec index;
+  std::vector<PayloadIndexSpec> payload_indexes;
+  // Number of shards; points go to shard hash(id) % num_shards. An upsert
+  // batch is atomic within each shard. Default: 1. Range: 1..256.
+  uint32_t num_shards = 1;
+  // Points in a shard's growing segment before it is sealed in the background
+  // into a segment of `index.type`. Default: 500000. Minimum: 1000.
+  uint64_t seal_threshold = 500000;
+  // Sealed segments whose deleted fraction passes this are rewritten by
+  // compaction. Default: 0.2.
+  double compaction_deleted_ratio = 0.2;
+};
+
+struct DatabaseOptions {
+  // Create the data directory when it does not exist. Default: true.
+  bool create_if_missing = true;
+  // Sync the write-ahead log before acknowledging a write. Turning this off
+  // trades durability of the last writes on power loss for speed; a process
+  // crash still loses nothing. Default: true.
+  bool sync_writes = true;
+  // Seal growing segments and compact in a background thread. When false,
+  // only Collection::Seal / Compact do it. Default: true.
+  bool background_maintenance = true;
+  // Threads FAISS may use inside one batch search or index build (OpenMP).
+  // Single-query searches always use one. 0 means the number of cores.
+  // Default: 0.
+  int index_threads = 0;
+  // Most points in one upsert or get or delete request. Default: 100000.
+  uint64_t max_batch_points = 100000;
+  // Most bytes (vectors + payloads + texts) in one upsert. Default: 256 MiB.
+  uint64_t max_batch_bytes = 256ull << 20;
+  // Most results one search may ask for (k). Default: 10000.
+  int max_k = 10000;
+  // Most queries in one batch search. Default: 10000.
+  int max_queries = 10000;
+  // Most bytes of one payload (JSON) or text chunk. Default: 1 MiB.
+  uint64_t max_payload_bytes = 1ull << 20;
+};
+
+// Names used in JSON configs, logs and errors ("l2", "hnsw", "keyword", ...).
+std::string_view MetricName(Metric m);
+std::string_view IndexTypeName(IndexType t);
+std::string_view PayloadTypeName(PayloadType t);
+absl::StatusOr<Metric> ParseMetric(std::string_view name);
+absl::StatusOr<IndexType> ParseIndexType(std::string_view name);
+absl::StatusOr<PayloadType> ParsePayloadType(std::string_view name);
+
+}  // namespace cairn
+
+#endif  // CAIRN_OPTIONS_H_

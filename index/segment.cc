@@ -1,0 +1,485 @@
+#include "index/segment.h"
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexScalarQuantizer.h>
+#include <faiss/impl/HNSW.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
+#include <faiss/utils/distances.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <numeric>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "cairn/status.h"
+#include "storage/file_util.h"
+
+namespace cairn::index {
+namespace {
+
+using idx_t = faiss::Index::idx_t;
+
+constexpr char kMagic[8] = {'C', 'A', 'I', 'R', 'N', 'S', 'E', 'G'};
+constexpr uint32_t kSegmentFormat = 1;
+// Trained index types need enough points for stable k-means; smaller
+// segments are stored flat, which is exact and as fast at that size.
+constexpr size_t kMinTrainPoints = 4096;
+
+// Sets this thread's OpenMP team size for the scope (FAISS reads it).
+class OmpThreads {
+ public:
+  explicit OmpThreads(int n) : prev_(omp_get_max_threads()) {
+    if (n > 0) omp_set_num_threads(n);
+  }
+  ~OmpThreads() { omp_set_num_threads(prev_); }
+
+ private:
+  int prev_;
+};
+
+struct PositionSelector final : faiss::IDSelector {
+  const std::vector<uint64_t>* deleted = nullptr;
+  const PositionSet* allowed = nullptr;
+  bool is_member(idx_t i) const override {
+    size_t p = static_cast<size_t>(i);
+    if (deleted && ((*deleted)[p >> 6] >> (p & 63)) & 1) return false;
+    if (allowed && !allowed->Test(p)) return false;
+    return true;
+  }
+};
+
+faiss::MetricType FaissMetric(Metric m) {
+  return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
+}
+
+bool IsTrained(IndexType t) {
+  return t == IndexType::kIvfFlat || t == IndexType::kIvfPq || t == IndexType::kIvfSq8 ||
+         t == IndexType::kHnswSq;
+}
+
+int PickPqM(uint32_t dim) {
+  int best = 1;
+  for (int m = 1; m <= 64 && static_cast<uint32_t>(m) <= dim / 4; ++m) {
+    if (dim % m == 0) best = m;
+  }
+  return best;
+}
+
+std::unique_ptr<faiss::Index> MakeIndex(uint32_t dim, Metric metric, IndexType type,
+                                        const IndexSpec& spec, size_t n) {
+  faiss::MetricType mt = FaissMetric(metric);
+  switch (type) {
+    case IndexType::kFlat:
+      return std::make_unique<faiss::IndexFlat>(dim, mt);
+    case IndexType::kHnsw: {
+      auto idx = std::make_unique<faiss::IndexHNSWFlat>(dim, spec.hnsw_m, mt);
+      idx->hnsw.efConstruction = spec.ef_construction;
+      idx->hnsw.efSearch = spec.ef_search;
+      return idx;
+    }
+    case IndexType::kHnswSq: {
+      auto idx = std::make_unique<faiss::IndexHNSWSQ>(dim, faiss::ScalarQuantizer::QT_8bit,
+                                                      spec.hnsw_m, mt);
+      idx->hnsw.efConstruction = spec.ef_construction;
+      idx->hnsw.efSearch = spec.ef_search;
+      return idx;
+    }
+    default:
+      break;
+  }
+  size_t nlist = std::max<size_t>(1, std::min<size_t>(spec.nlist, n / 39));
+  auto* quantizer = new faiss::IndexFlat(dim, mt);
+  std::unique_ptr<faiss::IndexIVF> ivf;
+  if (type == IndexType::kIvfFlat) {
+    ivf = std::make_unique<faiss::IndexIVFFlat>(quantizer, dim, nlist, mt);
+  } else if (type == IndexType::kIvfPq) {
+    int m = spec.pq_m > 0 ? spec.pq_m : PickPqM(dim);
+    ivf = std::make_unique<faiss::IndexIVFPQ>(quantizer, dim, nlist, m, spec.pq_nbits, mt);
+  } else {
+    ivf = std::make_unique<faiss::IndexIVFScalarQuantizer>(
+        quantizer, dim, nlist, faiss::ScalarQuantizer::QT_8bit, mt);
+  }
+  ivf->own_fields = true;
+  ivf->nprobe = spec.nprobe;
+  return ivf;
+}
+
+template <typename Fn>
+absl::Status CatchFaiss(std::string_view what, Fn&& fn) {
+  try {
+    fn();
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("FAISS ", std::string(what), ": ", e.what()));
+  }
+}
+
+void PutU32(std::string* out, uint32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
+void PutU64(std::string* out, uint64_t v) { out->append(reinterpret_cast<const char*>(&v), 8); }
+
+}  // namespace
+
+void PrepareVectors(Metric metric, float* x, size_t n, size_t dim) {
+  if (metric != Metric::kCosine) return;
+  for (size_t i = 0; i < n; ++i) {
+    float* v = x + i * dim;
+    float norm = std::sqrt(faiss::fvec_norm_L2sqr(v, dim));
+    if (norm > 0) {
+      float inv = 1.0f / norm;
+      for (size_t j = 0; j < dim; ++j) v[j] *= inv;
+    }
+  }
+}
+
+float Score(Metric metric, const float* a, const float* b, size_t dim) {
+  return metric == Metric::kL2 ? faiss::fvec_L2sqr(a, b, dim)
+                               : faiss::fvec_inner_product(a, b, dim);
+}
+
+Segment::Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
+                 std::unique_ptr<faiss::Index> index)
+    : dim_(dim), metric_(metric), type_(type), spec_(spec), index_(std::move(index)) {}
+
+Segment::~Segment() = default;
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::CreateGrowing(uint32_t dim, Metric metric,
+                                                                const IndexSpec& spec) {
+  IndexType type = spec.type == IndexType::kFlat ? IndexType::kFlat : IndexType::kHnsw;
+  std::unique_ptr<faiss::Index> idx;
+  CAIRN_RETURN_IF_ERROR(CatchFaiss("create", [&] { idx = MakeIndex(dim, metric, type, spec, 0); }));
+  return std::unique_ptr<Segment>(new Segment(dim, metric, type, spec, std::move(idx)));
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric metric,
+                                                        const IndexSpec& spec, const float* x,
+                                                        const uint64_t* ids, size_t n,
+                                                        int threads) {
+  IndexType type = spec.type;
+  if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
+  OmpThreads omp(threads);
+  std::unique_ptr<faiss::Index> idx;
+  CAIRN_RETURN_IF_ERROR(CatchFaiss("build", [&] {
+    idx = MakeIndex(dim, metric, type, spec, n);
+    if (!idx->is_trained) {
+      size_t sample = std::min(n, std::max<size_t>(100000, 64 * static_cast<size_t>(spec.nlist)));
+      if (sample == n) {
+        idx->train(static_cast<idx_t>(n), x);
+      } else {
+        std::vector<size_t> perm(n);
+        std::iota(perm.begin(), perm.end(), 0);
+        std::mt19937_64 rng(0x5eed);
+        for (size_t i = 0; i < sample; ++i) {
+          std::uniform_int_distribution<size_t> pick(i, n - 1);
+          std::swap(perm[i], perm[pick(rng)]);
+        }
+        std::vector<float> buf(sample * dim);
+        for (size_t i = 0; i < sample; ++i) {
+          std::memcpy(&buf[i * dim], x + perm[i] * dim, dim * sizeof(float));
+        }
+        idx->train(static_cast<idx_t>(sample), buf.data());
+      }
+    }
+    if (n > 0) idx->add(static_cast<idx_t>(n), x);
+  }));
+  auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, type, spec, std::move(idx)));
+  seg->ids_.assign(ids, ids + n);
+  seg->deleted_.assign((n + 63) / 64, 0);
+  seg->frozen_ = true;
+  return seg;
+}
+
+absl::Status Segment::Add(const float* x, const uint64_t* ids, size_t n, int threads) {
+  if (n == 0) return absl::OkStatus();
+  std::unique_lock lock(mu_);
+  if (frozen_) return absl::FailedPreconditionError("segment is frozen");
+  if (!ids_.empty() && ids[0] <= ids_.back()) {
+    return absl::InternalError("segment ids must ascend");
+  }
+  OmpThreads omp(threads);
+  CAIRN_RETURN_IF_ERROR(CatchFaiss("add", [&] { index_->add(static_cast<idx_t>(n), x); }));
+  ids_.insert(ids_.end(), ids, ids + n);
+  deleted_.resize((ids_.size() + 63) / 64, 0);
+  return absl::OkStatus();
+}
+
+void Segment::Freeze() {
+  std::unique_lock lock(mu_);
+  frozen_ = true;
+}
+
+bool Segment::frozen() const {
+  std::shared_lock lock(mu_);
+  return frozen_;
+}
+
+absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearchParams& params,
+                             float* scores, int64_t* ids, int threads) const {
+  const size_t k = static_cast<size_t>(params.k);
+  float worst = metric_ == Metric::kL2 ? INFINITY : -INFINITY;
+  std::fill(scores, scores + nq * k, worst);
+  std::fill(ids, ids + nq * k, kNoId);
+  std::shared_lock lock(mu_);
+  if (ids_.empty() || num_deleted_ == ids_.size()) return absl::OkStatus();
+
+  PositionSelector sel;
+  sel.deleted = num_deleted_ > 0 ? &deleted_ : nullptr;
+  sel.allowed = params.allowed;
+  faiss::IDSelector* selp = (sel.deleted || sel.allowed) ? &sel : nullptr;
+
+  faiss::SearchParametersHNSW hnsw_params;
+  faiss::SearchParametersIVF ivf_params;
+  faiss::SearchParameters flat_params;
+  faiss::SearchParameters* sp = &flat_params;
+  if (dynamic_cast<const faiss::IndexHNSW*>(index_.get()) != nullptr) {
+    hnsw_params.efSearch = std::max(params.ef > 0 ? params.ef : spec_.ef_search, params.k);
+    sp = &hnsw_params;
+  } else if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
+    ivf_params.nprobe = std::min<size_t>(params.nprobe > 0 ? params.nprobe : spec_.nprobe,
+                                         ivf->nlist);
+    sp = &ivf_params;
+  }
+  sp->sel = selp;
+
+  std::vector<idx_t> labels(nq * k);
+  OmpThreads omp(nq == 1 ? 1 : threads);
+  CAIRN_RETURN_IF_ERROR(CatchFaiss("search", [&] {
+    index_->search(static_cast<idx_t>(nq), queries, static_cast<idx_t>(k), scores,
+                   labels.data(), sp);
+  }));
+  for (size_t i = 0; i < nq * k; ++i) {
+    if (labels[i] < 0) {
+      scores[i] = worst;
+      continue;
+    }
+    ids[i] = static_cast<int64_t>(ids_[static_cast<size_t>(labels[i])]);
+  }
+  return absl::OkStatus();
+}
+
+const faiss::Index* Segment::FlatStorage() const {
+  if (type_ == IndexType::kFlat) return index_.get();
+  if (type_ == IndexType::kHnsw) {
+    return static_cast<const faiss::IndexHNSW*>(index_.get())->storage;
+  }
+  return nullptr;
+}
+
+bool Segment::HasExactVectors() const { return type_ == IndexType::kFlat || type_ == IndexType::kHnsw; }
+
+absl::Status Segment::SearchExact(const float* queries, size_t nq,
+                                  const SegmentSearchParams& params, float* scores,
+                                  int64_t* ids) const {
+  const faiss::Index* flat = FlatStorage();
+  if (flat == nullptr) {
+    return absl::UnimplementedError("segment does not keep full-precision vectors");
+  }
+  const size_t k = static_cast<size_t>(params.k);
+  float worst = metric_ == Metric::kL2 ? INFINITY : -INFINITY;
+  std::fill(scores, scores + nq * k, worst);
+  std::fill(ids, ids + nq * k, kNoId);
+  std::shared_lock lock(mu_);
+  if (ids_.empty()) return absl::OkStatus();
+  PositionSelector sel;
+  sel.deleted = num_deleted_ > 0 ? &deleted_ : nullptr;
+  sel.allowed = params.allowed;
+  faiss::SearchParameters sp;
+  sp.sel = (sel.deleted || sel.allowed) ? &sel : nullptr;
+  std::vector<idx_t> labels(nq * k);
+  OmpThreads omp(1);
+  CAIRN_RETURN_IF_ERROR(CatchFaiss("exact search", [&] {
+    flat->search(static_cast<idx_t>(nq), queries, static_cast<idx_t>(k), scores, labels.data(),
+                 &sp);
+  }));
+  for (size_t i = 0; i < nq * k; ++i) {
+    if (labels[i] < 0) {
+      scores[i] = worst;
+      continue;
+    }
+    ids[i] = static_cast<int64_t>(ids_[static_cast<size_t>(labels[i])]);
+  }
+  return absl::OkStatus();
+}
+
+void Segment::ScoreIds(const float* query, absl::Span<const uint64_t> ids,
+                       std::vector<std::pair<float, uint64_t>>* out) const {
+  std::shared_lock lock(mu_);
+  const auto* flat = dynamic_cast<const faiss::IndexFlat*>(FlatStorage());
+  if (flat == nullptr) return;
+  const float* xb = flat->get_xb();
+  for (uint64_t id : ids) {
+    auto pos = PositionOfLocked(id);
+    if (!pos || ((deleted_[*pos >> 6] >> (*pos & 63)) & 1)) continue;
+    out->emplace_back(Score(metric_, query, xb + *pos * dim_, dim_), id);
+  }
+}
+
+std::optional<size_t> Segment::PositionOfLocked(uint64_t id) const {
+  auto it = std::lower_bound(ids_.begin(), ids_.end(), id);
+  if (it == ids_.end() || *it != id) return std::nullopt;
+  return static_cast<size_t>(it - ids_.begin());
+}
+
+std::optional<size_t> Segment::PositionOf(uint64_t id) const {
+  std::shared_lock lock(mu_);
+  return PositionOfLocked(id);
+}
+
+bool Segment::MarkDeleted(uint64_t id) {
+  std::unique_lock lock(mu_);
+  auto pos = PositionOfLocked(id);
+  if (!pos) return false;
+  uint64_t bit = uint64_t{1} << (*pos & 63);
+  if (deleted_[*pos >> 6] & bit) return false;
+  deleted_[*pos >> 6] |= bit;
+  ++num_deleted_;
+  return true;
+}
+
+bool Segment::IsLive(uint64_t id) const {
+  std::shared_lock lock(mu_);
+  auto pos = PositionOfLocked(id);
+  return pos && !((deleted_[*pos >> 6] >> (*pos & 63)) & 1);
+}
+
+std::vector<uint64_t> Segment::Ids() const {
+  std::shared_lock lock(mu_);
+  return ids_;
+}
+
+size_t Segment::size() const {
+  std::shared_lock lock(mu_);
+  return ids_.size();
+}
+
+size_t Segment::num_deleted() const {
+  std::shared_lock lock(mu_);
+  return num_deleted_;
+}
+
+uint64_t Segment::min_id() const {
+  std::shared_lock lock(mu_);
+  return ids_.empty() ? 0 : ids_.front();
+}
+
+uint64_t Segment::max_id() const {
+  std::shared_lock lock(mu_);
+  return ids_.empty() ? 0 : ids_.back();
+}
+
+uint64_t Segment::MemoryBytes() const {
+  std::shared_lock lock(mu_);
+  uint64_t bytes = ids_.size() * sizeof(uint64_t) + deleted_.size() * 8;
+  if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(index_.get())) {
+    bytes += h->hnsw.neighbors.size() * sizeof(faiss::HNSW::storage_idx_t) +
+             h->hnsw.offsets.size() * sizeof(size_t) + h->hnsw.levels.size() * sizeof(int) +
+             static_cast<uint64_t>(h->storage->ntotal) * h->storage->sa_code_size();
+  } else if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
+    bytes += static_cast<uint64_t>(ivf->ntotal) * (ivf->code_size + sizeof(idx_t)) +
+             static_cast<uint64_t>(ivf->nlist) * dim_ * sizeof(float);
+  } else {
+    bytes += static_cast<uint64_t>(index_->ntotal) * dim_ * sizeof(float);
+  }
+  return bytes;
+}
+
+// File layout (little-endian):
+//   "CAIRNSEG" u32 format u32 dim u32 metric u32 type u64 n  u64 ids[n]
+//   u64 faiss_len  faiss_bytes[faiss_len]  u32 crc32(all of the above)
+absl::Status Segment::Save(const std::string& path) const {
+  std::string out;
+  {
+    std::shared_lock lock(mu_);
+    faiss::VectorIOWriter writer;
+    CAIRN_RETURN_IF_ERROR(CatchFaiss("write", [&] { faiss::write_index(index_.get(), &writer); }));
+    out.reserve(64 + ids_.size() * 8 + writer.data.size());
+    out.append(kMagic, sizeof(kMagic));
+    PutU32(&out, kSegmentFormat);
+    PutU32(&out, dim_);
+    PutU32(&out, static_cast<uint32_t>(metric_));
+    PutU32(&out, static_cast<uint32_t>(type_));
+    PutU64(&out, ids_.size());
+    out.append(reinterpret_cast<const char*>(ids_.data()), ids_.size() * 8);
+    PutU64(&out, writer.data.size());
+    out.append(reinterpret_cast<const char*>(writer.data.data()), writer.data.size());
+  }
+  PutU32(&out, storage::Crc32(out));
+  return storage::WriteFileSynced(path, out);
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path) {
+  CAIRN_ASSIGN_OR_RETURN(std::string data, storage::ReadFile(path));
+  auto corrupt = [&](std::string_view why) {
+    return absl::DataLossError(absl::StrCat("segment file ", path, " is corrupt: ", std::string(why)));
+  };
+  if (data.size() < sizeof(kMagic) + 4 * 4 + 8 + 8 + 4) return corrupt("truncated header");
+  if (std::memcmp(data.data(), kMagic, sizeof(kMagic)) != 0) return corrupt("bad magic");
+  uint32_t stored_crc;
+  std::memcpy(&stored_crc, data.data() + data.size() - 4, 4);
+  if (storage::Crc32(std::string_view(data.data(), data.size() - 4)) != stored_crc) {
+    return corrupt("checksum mismatch");
+  }
+  size_t off = sizeof(kMagic);
+  auto u32 = [&] {
+    uint32_t v;
+    std::memcpy(&v, data.data() + off, 4);
+    off += 4;
+    return v;
+  };
+  auto u64 = [&] {
+    uint64_t v;
+    std::memcpy(&v, data.data() + off, 8);
+    off += 8;
+    return v;
+  };
+  uint32_t format = u32();
+  if (format != kSegmentFormat) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "segment file ", path, " has format ", format, "; this build reads ", kSegmentFormat));
+  }
+  uint32_t dim = u32();
+  uint32_t metric = u32();
+  uint32_t type = u32();
+  uint64_t n = u64();
+  if (metric > 2 || type > 5) return corrupt("bad metric or type");
+  if (n > (data.size() - off) / 8) return corrupt("id count past end");
+  std::vector<uint64_t> ids(n);
+  std::memcpy(ids.data(), data.data() + off, n * 8);
+  off += n * 8;
+  if (data.size() - off < 12) return corrupt("truncated index");
+  uint64_t flen = u64();
+  if (flen != data.size() - off - 4) return corrupt("index length mismatch");
+  faiss::VectorIOReader reader;
+  reader.data.assign(data.begin() + static_cast<ptrdiff_t>(off),
+                     data.begin() + static_cast<ptrdiff_t>(off + flen));
+  std::unique_ptr<faiss::Index> idx;
+  CAIRN_RETURN_IF_ERROR(CatchFaiss("read", [&] { idx.reset(faiss::read_index(&reader)); }));
+  if (static_cast<uint64_t>(idx->ntotal) != n || idx->d != static_cast<int>(dim)) {
+    return corrupt("index does not match its id list");
+  }
+  IndexSpec spec;
+  spec.type = static_cast<IndexType>(type);
+  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) spec.ef_search = h->hnsw.efSearch;
+  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx.get())) {
+    spec.nprobe = static_cast<int>(ivf->nprobe);
+    spec.nlist = static_cast<int>(ivf->nlist);
+  }
+  auto seg = std::unique_ptr<Segment>(
+      new Segment(dim, static_cast<Metric>(metric), spec.type, spec, std::move(idx)));
+  seg->ids_ = std::move(ids);
+  seg->deleted_.assign((n + 63) / 64, 0);
+  seg->frozen_ = true;
+  return seg;
+}
+
+}  // namespace cairn::index

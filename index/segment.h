@@ -1,0 +1,140 @@
+// Segment: one FAISS index over a run of a shard's points, addressed by the
+// shard's internal ids. The only code in Cairn (with index/*.cc) that includes
+// FAISS; FAISS exceptions never leave this folder.
+//
+// A segment stores its points at positions 0..size()-1 in ascending internal
+// id order. Deletes are tombstones (a bit per position) applied as a FAISS
+// IDSelector; compaction builds a new segment without them.
+//
+// Vectors given to Add, Build and Search must already be prepared for the
+// metric (PrepareVectors: normalized for cosine).
+//
+// Thread-safety: all methods are thread-safe. Add and MarkDeleted take an
+// exclusive lock; searches share it.
+#ifndef CAIRN_INDEX_SEGMENT_H_
+#define CAIRN_INDEX_SEGMENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cairn/options.h"
+
+namespace faiss {
+struct Index;
+}
+
+namespace cairn::index {
+
+inline constexpr int64_t kNoId = -1;
+
+// Normalizes rows in place for kCosine; no-op otherwise. Zero vectors stay zero.
+void PrepareVectors(Metric metric, float* x, size_t n, size_t dim);
+// Distance or similarity of two prepared vectors by `metric` (the score).
+float Score(Metric metric, const float* a, const float* b, size_t dim);
+// True when `a` ranks before `b` for `metric` (smaller L2, larger similarity).
+inline bool Better(Metric metric, float a, float b) {
+  return metric == Metric::kL2 ? a < b : a > b;
+}
+
+// A set of allowed positions, one bit each (bit i of words[i / 64]).
+struct PositionSet {
+  std::vector<uint64_t> words;
+  void Resize(size_t n) { words.assign((n + 63) / 64, 0); }
+  void Set(size_t i) { words[i >> 6] |= uint64_t{1} << (i & 63); }
+  bool Test(size_t i) const { return (words[i >> 6] >> (i & 63)) & 1; }
+};
+
+struct SegmentSearchParams {
+  int k = 10;
+  int ef = 0;      // 0: the spec's ef_search
+  int nprobe = 0;  // 0: the spec's nprobe
+  // When set, only these positions may be returned (tombstones still apply).
+  const PositionSet* allowed = nullptr;
+};
+
+class Segment {
+ public:
+  ~Segment();
+
+  // An empty segment that takes writes: Flat for kFlat, HNSW over full vectors
+  // for every other type.
+  static absl::StatusOr<std::unique_ptr<Segment>> CreateGrowing(uint32_t dim, Metric metric,
+                                                                const IndexSpec& spec);
+  // A sealed segment of `spec.type` over n vectors with ascending `ids`,
+  // trained on a seeded sample of them when the type needs training.
+  static absl::StatusOr<std::unique_ptr<Segment>> Build(uint32_t dim, Metric metric,
+                                                        const IndexSpec& spec, const float* x,
+                                                        const uint64_t* ids, size_t n,
+                                                        int threads);
+  // DataLoss for a truncated or corrupt file, FailedPrecondition for a file of
+  // another format version.
+  static absl::StatusOr<std::unique_ptr<Segment>> Load(const std::string& path);
+  // Writes the segment (without tombstones) and fsyncs it.
+  absl::Status Save(const std::string& path) const;
+
+  // Appends n vectors. REQUIRES: ids ascending and above every id present;
+  // not frozen.
+  absl::Status Add(const float* x, const uint64_t* ids, size_t n, int threads);
+  // After Freeze, Add fails: the segment is being sealed or is sealed.
+  void Freeze();
+
+  // k nearest of each query among positions not deleted (and allowed). Results
+  // are internal ids, best first, padded with kNoId.
+  absl::Status Search(const float* queries, size_t nq, const SegmentSearchParams& params,
+                      float* scores, int64_t* ids, int threads) const;
+  // Exact search over the stored full-precision vectors. Unimplemented for
+  // segments that store vectors lossily (IVF-PQ, SQ8) or only in inverted
+  // lists (IVF-Flat): callers fall back to raw vectors.
+  absl::Status SearchExact(const float* queries, size_t nq, const SegmentSearchParams& params,
+                           float* scores, int64_t* ids) const;
+  bool HasExactVectors() const;
+  // Scores `query` against the listed internal ids (those present and not
+  // deleted), appending (score, id) pairs. REQUIRES: HasExactVectors().
+  void ScoreIds(const float* query, absl::Span<const uint64_t> ids,
+                std::vector<std::pair<float, uint64_t>>* out) const;
+
+  // Marks `id` deleted; returns false when it is not here or already deleted.
+  bool MarkDeleted(uint64_t id);
+  bool IsLive(uint64_t id) const;
+  std::optional<size_t> PositionOf(uint64_t id) const;
+  // Ids at positions, in position order (a copy).
+  std::vector<uint64_t> Ids() const;
+
+  size_t size() const;
+  size_t num_deleted() const;
+  uint64_t min_id() const;  // 0 when empty
+  uint64_t max_id() const;  // 0 when empty
+  IndexType type() const { return type_; }
+  Metric metric() const { return metric_; }
+  uint32_t dim() const { return dim_; }
+  bool frozen() const;
+  uint64_t MemoryBytes() const;
+
+ private:
+  Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
+          std::unique_ptr<faiss::Index> index);
+  std::optional<size_t> PositionOfLocked(uint64_t id) const;
+  const faiss::Index* FlatStorage() const;
+
+  const uint32_t dim_;
+  const Metric metric_;
+  const IndexType type_;
+  const IndexSpec spec_;
+  mutable std::shared_mutex mu_;
+  std::unique_ptr<faiss::Index> index_;
+  std::vector<uint64_t> ids_;   // position -> internal id, ascending
+  std::vector<uint64_t> deleted_;  // bitset over positions
+  size_t num_deleted_ = 0;
+  bool frozen_ = false;
+};
+
+}  // namespace cairn::index
+
+#endif  // CAIRN_INDEX_SEGMENT_H_

@@ -1,0 +1,113 @@
+// KvStore: one RocksDB instance (one shard replica's data) with Cairn's column
+// families. The only code in Cairn that includes RocksDB.
+//
+// Column families:
+//   kMeta          small metadata (next id, segment manifest, format version)
+//   kVectors       internal id -> raw float vector; kept in blob files so that
+//                  compaction does not rewrite the large values again and again
+//   kPayloads      internal id -> payload JSON and text chunk
+//   kIds           external id -> internal id
+//   kRids          internal id -> external id (the set of live points)
+//   kPayloadIndex  payload index keys (field, value, internal id)
+//
+// Thread-safety: all methods are thread-safe. After a failed write the store
+// refuses further writes (FailedPrecondition) until it is reopened, since the
+// state of a WAL after a failed fsync is unknown.
+#ifndef CAIRN_STORAGE_KV_STORE_H_
+#define CAIRN_STORAGE_KV_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace cairn::storage {
+
+enum class Cf : int { kMeta = 0, kVectors, kPayloads, kIds, kRids, kPayloadIndex };
+inline constexpr int kNumCf = 6;
+
+struct KvOptions {
+  bool create_if_missing = true;
+  // fsync the WAL before Write returns. Concurrent writers share a sync.
+  bool sync = true;
+};
+
+// A set of puts and deletes applied atomically by KvStore::Write.
+class WriteBatch {
+ public:
+  void Put(Cf cf, std::string_view key, std::string_view value);
+  void Delete(Cf cf, std::string_view key);
+  void Append(const WriteBatch& other);
+  size_t size() const { return ops_.size(); }
+  uint64_t bytes() const { return bytes_; }
+  void Clear() { ops_.clear(); bytes_ = 0; }
+
+ private:
+  friend class KvStore;
+  struct Op {
+    Cf cf;
+    bool is_delete;
+    std::string key;
+    std::string value;
+  };
+  std::vector<Op> ops_;
+  uint64_t bytes_ = 0;
+};
+
+// Ordered iteration over one column family, at a consistent point in time.
+class KvIterator {
+ public:
+  virtual ~KvIterator() = default;
+  virtual void SeekToFirst() = 0;
+  virtual void Seek(std::string_view target) = 0;
+  virtual bool Valid() const = 0;
+  virtual void Next() = 0;
+  virtual std::string_view key() const = 0;
+  virtual std::string_view value() const = 0;
+  // Not OK when iteration stopped on an error (e.g. a checksum mismatch).
+  virtual absl::Status status() const = 0;
+};
+
+class KvStore {
+ public:
+  // DataLoss when RocksDB reports corruption; FailedPrecondition when the
+  // directory is locked by another process.
+  static absl::StatusOr<std::unique_ptr<KvStore>> Open(const std::string& path,
+                                                       const KvOptions& options);
+  ~KvStore();
+
+  absl::Status Write(const WriteBatch& batch);
+  absl::StatusOr<std::optional<std::string>> Get(Cf cf, std::string_view key) const;
+  // out[i] is the value of keys[i], or nullopt when absent.
+  absl::Status MultiGet(Cf cf, absl::Span<const std::string> keys,
+                        std::vector<std::optional<std::string>>* out) const;
+  std::unique_ptr<KvIterator> NewIterator(Cf cf) const;
+
+  // A consistent copy (hard links where possible) in `dir`, which must not
+  // exist. The copy opens with KvStore::Open.
+  absl::Status CreateCheckpoint(const std::string& dir) const;
+  // Flushes memtables to SST files (shortens WAL replay on the next open).
+  absl::Status Flush();
+  // Memtables, table readers and block cache, in bytes (RocksDB's estimate).
+  uint64_t ApproximateMemoryBytes() const;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  struct Rep;
+  KvStore(std::string path, std::unique_ptr<Rep> rep);
+  std::string path_;
+  std::unique_ptr<Rep> rep_;
+  std::atomic<bool> write_failed_{false};
+};
+
+}  // namespace cairn::storage
+
+#endif  // CAIRN_STORAGE_KV_STORE_H_
