@@ -206,6 +206,10 @@ absl::Status Segment::Add(const float* x, const uint64_t* ids, size_t n, int thr
   if (!ids_.empty() && ids[0] <= ids_.back()) {
     return absl::InternalError("segment ids must ascend");
   }
+  // Within the batch too: PositionOf binary-searches ids_.
+  for (size_t i = 1; i < n; ++i) {
+    if (ids[i] <= ids[i - 1]) return absl::InternalError("segment ids must ascend");
+  }
   OmpThreads omp(threads);
   CAIRN_RETURN_IF_ERROR(CatchFaiss("add", [&] { index_->add(static_cast<idx_t>(n), x); }));
   ids_.insert(ids_.end(), ids, ids + n);
@@ -229,6 +233,21 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
   float worst = metric_ == Metric::kL2 ? INFINITY : -INFINITY;
   std::fill(scores, scores + nq * k, worst);
   std::fill(ids, ids + nq * k, kNoId);
+  const int want_ef = std::max(params.ef > 0 ? params.ef : spec_.ef_search, params.k);
+  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(index_.get())) {
+    // FAISS 1.7.3 sizes the candidate heap by the index's own efSearch and
+    // takes the smaller of it and the request's: raise it (never lower it,
+    // other searches may be running) so the request's ef takes effect.
+    bool raise;
+    {
+      std::shared_lock lock(mu_);
+      raise = h->hnsw.efSearch < want_ef;
+    }
+    if (raise) {
+      std::unique_lock lock(mu_);
+      h->hnsw.efSearch = std::max(h->hnsw.efSearch, want_ef);
+    }
+  }
   std::shared_lock lock(mu_);
   if (ids_.empty() || num_deleted_ == ids_.size()) return absl::OkStatus();
 
@@ -242,7 +261,7 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
   faiss::SearchParameters flat_params;
   faiss::SearchParameters* sp = &flat_params;
   if (dynamic_cast<const faiss::IndexHNSW*>(index_.get()) != nullptr) {
-    hnsw_params.efSearch = std::max(params.ef > 0 ? params.ef : spec_.ef_search, params.k);
+    hnsw_params.efSearch = want_ef;
     sp = &hnsw_params;
   } else if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
     ivf_params.nprobe = std::min<size_t>(params.nprobe > 0 ? params.nprobe : spec_.nprobe,

@@ -1,0 +1,33 @@
+# Quick start:
+#   make run    install missing apt packages (as root), build Release, load
+#               Fashion-MNIST into ./data, search it, print recall and latency
+#   make test   the same setup, then the default test suite
+#
+# Variables: BUILD (build directory, default build), SANITIZE (e.g.
+# address,undefined: builds into build-<name> and runs the unit and crash tests).
+
+SANITIZE ?=
+ifeq ($(SANITIZE),)
+BUILD ?= build
+BUILD_TYPE ?= Release
+TEST_LABELS ?=
+else
+BUILD ?= build-$(subst $(comma),-,$(SANITIZE))
+BUILD_TYPE ?= RelWithDebInfo
+TEST_LABELS ?= -L 'unit|crash'
+endif
+comma := ,
+JOBS ?= $(shell nproc)
+
+SETUP = scripts/install-deps.sh && \
+  cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCAIRN_SANITIZE=$(SANITIZE) >/dev/null && \
+  cmake --build $(BUILD) -j $(JOBS)
+
+.PHONY: run test
+run:
+	@$(SETUP)
+	$(BUILD)/bin/cairn_quickstart --data ./data
+
+test:
+	@$(SETUP)
+	ctest --test-dir $(BUILD) -LE slow $(TEST_LABELS) --output-on-failure -j $(JOBS) --timeout 900
