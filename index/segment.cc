@@ -23,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
+#include "index/distance.h"
 #include "storage/file_util.h"
 
 namespace cairn::index {
@@ -59,6 +60,102 @@ struct PositionSelector final : faiss::IDSelector {
   }
 };
 
+// Flat storage whose distances use Cairn's SIMD kernels (index/distance.h).
+// HNSW graphs built over it use them for construction and search alike. It
+// serializes as a plain faiss::IndexFlat, so files stay FAISS-readable.
+class FastFlat final : public faiss::IndexFlat {
+ public:
+  FastFlat(int d, faiss::MetricType metric) : faiss::IndexFlat(d, metric) {}
+
+  faiss::FlatCodesDistanceComputer* get_FlatCodesDistanceComputer() const override {
+    return new Dis(*this);
+  }
+
+  // Few queries: scan with the SIMD kernels. Many: FAISS's BLAS path.
+  void search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels,
+              const faiss::SearchParameters* params) const override {
+    if (n >= 20) {
+      faiss::IndexFlat::search(n, x, k, distances, labels, params);
+      return;
+    }
+    const faiss::IDSelector* sel = params ? params->sel : nullptr;
+    const bool l2 = metric_type == faiss::METRIC_L2;
+    const float* xb = get_xb();
+    const size_t dim = static_cast<size_t>(d);
+    std::vector<std::pair<float, idx_t>> heap;
+    for (idx_t q = 0; q < n; ++q) {
+      heap.clear();
+      const float* qv = x + q * d;
+      // heap.front() is the worst kept result.
+      auto worse = [l2](const std::pair<float, idx_t>& a, const std::pair<float, idx_t>& b) {
+        return l2 ? a.first < b.first : a.first > b.first;
+      };
+      for (idx_t i = 0; i < ntotal; ++i) {
+        if (sel && !sel->is_member(i)) continue;
+        float s = l2 ? L2Sqr(qv, xb + i * dim, dim) : InnerProduct(qv, xb + i * dim, dim);
+        if (static_cast<idx_t>(heap.size()) < k) {
+          heap.emplace_back(s, i);
+          std::push_heap(heap.begin(), heap.end(), worse);
+        } else if (l2 ? s < heap.front().first : s > heap.front().first) {
+          std::pop_heap(heap.begin(), heap.end(), worse);
+          heap.back() = {s, i};
+          std::push_heap(heap.begin(), heap.end(), worse);
+        }
+      }
+      std::sort_heap(heap.begin(), heap.end(), worse);
+      for (idx_t j = 0; j < k; ++j) {
+        if (j < static_cast<idx_t>(heap.size())) {
+          distances[q * k + j] = heap[j].first;
+          labels[q * k + j] = heap[j].second;
+        } else {
+          distances[q * k + j] = l2 ? INFINITY : -INFINITY;
+          labels[q * k + j] = -1;
+        }
+      }
+    }
+  }
+
+ private:
+  struct Dis final : faiss::FlatCodesDistanceComputer {
+    explicit Dis(const FastFlat& f)
+        : faiss::FlatCodesDistanceComputer(f.codes.data(), f.code_size),
+          d(static_cast<size_t>(f.d)),
+          l2(f.metric_type == faiss::METRIC_L2) {}
+    void set_query(const float* x) override { q = x; }
+    float distance_to_code(const uint8_t* code) override {
+      const float* v = reinterpret_cast<const float*>(code);
+      return l2 ? L2Sqr(q, v, d) : InnerProduct(q, v, d);
+    }
+    float symmetric_dis(idx_t i, idx_t j) override {
+      const float* a = reinterpret_cast<const float*>(codes + i * code_size);
+      const float* b = reinterpret_cast<const float*>(codes + j * code_size);
+      return l2 ? L2Sqr(a, b, d) : InnerProduct(a, b, d);
+    }
+    const float* q = nullptr;
+    size_t d;
+    bool l2;
+  };
+};
+
+// Moves a plain IndexFlat's vectors into a FastFlat.
+std::unique_ptr<FastFlat> ToFastFlat(faiss::IndexFlat* flat) {
+  auto fast = std::make_unique<FastFlat>(flat->d, flat->metric_type);
+  fast->codes.swap(flat->codes);
+  fast->ntotal = flat->ntotal;
+  flat->ntotal = 0;
+  return fast;
+}
+
+// Gives an HNSW-over-flat index FastFlat storage.
+void UseFastStorage(faiss::IndexHNSW* hnsw) {
+  auto* flat = dynamic_cast<faiss::IndexFlat*>(hnsw->storage);
+  if (flat == nullptr || dynamic_cast<FastFlat*>(flat) != nullptr) return;
+  auto fast = ToFastFlat(flat);
+  if (hnsw->own_fields) delete hnsw->storage;
+  hnsw->storage = fast.release();
+  hnsw->own_fields = true;
+}
+
 faiss::MetricType FaissMetric(Metric m) {
   return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
 }
@@ -81,9 +178,10 @@ std::unique_ptr<faiss::Index> MakeIndex(uint32_t dim, Metric metric, IndexType t
   faiss::MetricType mt = FaissMetric(metric);
   switch (type) {
     case IndexType::kFlat:
-      return std::make_unique<faiss::IndexFlat>(dim, mt);
+      return std::make_unique<FastFlat>(dim, mt);
     case IndexType::kHnsw: {
       auto idx = std::make_unique<faiss::IndexHNSWFlat>(dim, spec.hnsw_m, mt);
+      UseFastStorage(idx.get());
       idx->hnsw.efConstruction = spec.ef_construction;
       idx->hnsw.efSearch = spec.ef_search;
       return idx;
@@ -143,8 +241,7 @@ void PrepareVectors(Metric metric, float* x, size_t n, size_t dim) {
 }
 
 float Score(Metric metric, const float* a, const float* b, size_t dim) {
-  return metric == Metric::kL2 ? faiss::fvec_L2sqr(a, b, dim)
-                               : faiss::fvec_inner_product(a, b, dim);
+  return metric == Metric::kL2 ? L2Sqr(a, b, dim) : InnerProduct(a, b, dim);
 }
 
 Segment::Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
@@ -486,6 +583,8 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path) 
   if (static_cast<uint64_t>(idx->ntotal) != n || idx->d != static_cast<int>(dim)) {
     return corrupt("index does not match its id list");
   }
+  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) UseFastStorage(h);
+  if (auto* f = dynamic_cast<faiss::IndexFlat*>(idx.get())) idx = ToFastFlat(f);
   IndexSpec spec;
   spec.type = static_cast<IndexType>(type);
   if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) spec.ef_search = h->hnsw.efSearch;
