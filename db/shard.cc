@@ -573,13 +573,10 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
         sp.nprobe = params.nprobe;
         index::PositionSet allowed;
         if (filter_ids) {
-          allowed.Resize(seg->size());
           auto lo = std::lower_bound(filter_list.begin(), filter_list.end(), seg->min_id());
           auto hi = std::upper_bound(filter_list.begin(), filter_list.end(), seg->max_id());
           if (lo >= hi) continue;
-          for (auto it = lo; it != hi; ++it) {
-            if (auto pos = seg->PositionOf(*it)) allowed.Set(*pos);
-          }
+          seg->PositionsOf(absl::MakeConstSpan(&*lo, static_cast<size_t>(hi - lo)), &allowed);
           sp.allowed = &allowed;
           // A graph walk that must skip most nodes needs a longer candidate
           // list to find k allowed ones.

@@ -446,6 +446,25 @@ std::optional<size_t> Segment::PositionOfLocked(uint64_t id) const {
   return static_cast<size_t>(it - ids_.begin());
 }
 
+void Segment::PositionsOf(absl::Span<const uint64_t> sorted_ids, PositionSet* out) const {
+  std::shared_lock lock(mu_);
+  out->Resize(ids_.size());
+  if (ids_.empty()) return;
+  const uint64_t first = ids_.front(), last = ids_.back();
+  if (last - first + 1 == ids_.size()) {  // no gaps: position = id - first
+    for (uint64_t id : sorted_ids) {
+      if (id >= first && id <= last) out->Set(id - first);
+    }
+    return;
+  }
+  size_t p = 0;
+  for (uint64_t id : sorted_ids) {
+    while (p < ids_.size() && ids_[p] < id) ++p;
+    if (p == ids_.size()) break;
+    if (ids_[p] == id) out->Set(p);
+  }
+}
+
 std::optional<size_t> Segment::PositionOf(uint64_t id) const {
   std::shared_lock lock(mu_);
   return PositionOfLocked(id);

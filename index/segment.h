@@ -104,6 +104,9 @@ class Segment {
   bool MarkDeleted(uint64_t id);
   bool IsLive(uint64_t id) const;
   std::optional<size_t> PositionOf(uint64_t id) const;
+  // Sets `out` (resized to size()) to the positions of `sorted_ids` that are
+  // in this segment. REQUIRES: sorted_ids ascending.
+  void PositionsOf(absl::Span<const uint64_t> sorted_ids, PositionSet* out) const;
   // Ids at positions, in position order (a copy).
   std::vector<uint64_t> Ids() const;
 
