@@ -36,6 +36,70 @@ absl::StatusOr<Json> ParsePayloadObject(std::string_view text, std::string_view 
   return j;
 }
 
+absl::Status ValidateFilter(const Filter& f, const std::string& where, int depth);
+
+absl::Status ValidateCondition(const Condition& c, const std::string& where, int depth) {
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", std::string(why)));
+  };
+  auto finite = [](const FieldValue& v) {
+    const double* d = std::get_if<double>(&v);
+    return d == nullptr || std::isfinite(*d);
+  };
+  switch (c.kind) {
+    case Condition::Kind::kNested:
+      if (c.nested == nullptr) return bad("a nested condition needs a filter");
+      return ValidateFilter(*c.nested, where, depth + 1);
+    case Condition::Kind::kHasId:
+      return absl::OkStatus();
+    case Condition::Kind::kMatch:
+      if (!finite(c.value)) return bad("match value is not finite");
+      break;
+    case Condition::Kind::kMatchAny:
+      for (const auto& v : c.any) {
+        if (!finite(v)) return bad("match value is not finite");
+      }
+      break;
+    case Condition::Kind::kRange: {
+      // The same words as Filter::FromJson's errors.
+      const std::string range = where + ".range";
+      if (!c.gt && !c.gte && !c.lt && !c.lte) {
+        return absl::InvalidArgumentError(range + ": needs at least one of gt, gte, lt, lte");
+      }
+      for (const auto& b : {c.gt, c.gte, c.lt, c.lte}) {
+        if (b && !std::isfinite(*b)) return absl::InvalidArgumentError(range + ": not finite");
+      }
+      break;
+    }
+    case Condition::Kind::kIsNull:
+      break;
+    default:
+      return bad("unknown condition kind");
+  }
+  if (c.field.empty()) return bad("needs a field name");
+  return absl::OkStatus();
+}
+
+// Filters built in C++ skip the checks Filter::FromJson makes. Unchecked, a
+// null nested filter would crash and a range without bounds match every
+// number (DeleteByFilter would delete them all).
+absl::Status ValidateFilter(const Filter& f, const std::string& where, int depth) {
+  if (depth > 32) return absl::InvalidArgumentError(absl::StrCat(where, ": nested too deeply"));
+  const std::pair<const char*, const std::vector<Condition>*> lists[] = {
+      {"must", &f.must}, {"should", &f.should}, {"must_not", &f.must_not}};
+  for (const auto& [name, list] : lists) {
+    for (size_t i = 0; i < list->size(); ++i) {
+      CAIRN_RETURN_IF_ERROR(
+          ValidateCondition((*list)[i], absl::StrCat(where, ".", name, "[", i, "]"), depth));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateFilter(const Filter* f) {
+  return f == nullptr ? absl::OkStatus() : ValidateFilter(*f, "filter", 0);
+}
+
 }  // namespace
 
 CollectionImpl::CollectionImpl(std::string name, std::string dir, CollectionConfig config,
@@ -223,6 +287,7 @@ absl::StatusOr<uint64_t> CollectionImpl::DeleteByFilter(const Filter& filter) {
   if (filter.empty()) {
     return absl::InvalidArgumentError("delete by filter: the filter is empty (it would delete every point)");
   }
+  CAIRN_RETURN_IF_ERROR(ValidateFilter(&filter));
   uint64_t total = 0;
   for (auto& s : shards_) {
     CAIRN_ASSIGN_OR_RETURN(uint64_t n, s->DeleteByFilter(filter));
@@ -280,6 +345,7 @@ absl::Status CollectionImpl::OverwritePayload(absl::Span<const PointId> ids,
 absl::StatusOr<uint64_t> CollectionImpl::Count(const Filter* filter) const {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(ValidateFilter(filter));
   uint64_t total = 0;
   for (const auto& s : shards_) {
     CAIRN_ASSIGN_OR_RETURN(uint64_t n, s->Count(filter));
@@ -295,6 +361,7 @@ absl::StatusOr<ScrollPage> CollectionImpl::Scroll(const ScrollRequest& req) cons
   if (req.limit < 1 || req.limit > options_.max_batch_points) {
     return absl::InvalidArgumentError(absl::StrCat("scroll: limit must be 1..", options_.max_batch_points));
   }
+  CAIRN_RETURN_IF_ERROR(ValidateFilter(req.filter));
   size_t shard = 0;
   std::string after;
   if (!req.cursor.empty()) {
@@ -365,6 +432,7 @@ absl::StatusOr<std::vector<std::vector<ScoredPoint>>> CollectionImpl::SearchBatc
   if (params.ef < 0 || params.ef > 65536) return absl::InvalidArgumentError("search: ef must be 0..65536");
   if (params.nprobe < 0 || params.nprobe > (1 << 20)) return absl::InvalidArgumentError("search: nprobe must be >= 0");
   CAIRN_RETURN_IF_ERROR(CheckFinite(queries, "search: query"));
+  CAIRN_RETURN_IF_ERROR(ValidateFilter(params.filter));
   std::vector<float> prepared(queries.begin(), queries.end());
   index::PrepareVectors(config_.metric, prepared.data(), nq, dim);
 

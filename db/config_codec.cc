@@ -76,6 +76,8 @@ absl::Status ValidateConfig(const CollectionConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("config.", std::string(field), ": ", std::string(why)));
   };
   if (c.dimension < 1 || c.dimension > 65536) return bad("dimension", "must be 1..65536");
+  // An unknown metric would be persisted as "?" and fail the next open.
+  if (static_cast<int>(c.metric) < 0 || static_cast<int>(c.metric) > 2) return bad("metric", "unknown");
   if (c.num_shards < 1 || c.num_shards > 256) return bad("num_shards", "must be 1..256");
   if (c.seal_threshold < 1000) return bad("seal_threshold", "must be >= 1000");
   if (!(c.compaction_deleted_ratio > 0 && c.compaction_deleted_ratio <= 1)) {

@@ -64,8 +64,11 @@ class DatabaseImpl final : public Database {
       CAIRN_ASSIGN_OR_RETURN(std::string text,
                              storage::ReadFile((entry.path() / "collection.json").string()));
       auto config = db::ConfigFromJson(text);
-      if (!config.ok()) {
-        return absl::DataLossError(absl::StrCat("collection ", name, ": ", config.status().message()));
+      // A config that parses but is invalid (zero shards, say) is as corrupt
+      // as one that does not parse.
+      absl::Status valid = config.ok() ? db::ValidateConfig(*config) : config.status();
+      if (!valid.ok()) {
+        return absl::DataLossError(absl::StrCat("collection ", name, ": ", valid.message()));
       }
       CAIRN_ASSIGN_OR_RETURN(auto c, CollectionImpl::Open(name, entry.path().string(), *config,
                                                           options_, Waker()));
@@ -151,9 +154,14 @@ class DatabaseImpl final : public Database {
     return absl::OkStatus();
   }
 
-  absl::Status Snapshot(const std::string& name, const std::string& target_dir) override {
+  absl::Status Snapshot(const std::string& name, const std::string& target) override {
     CAIRN_ASSIGN_OR_RETURN(auto base, GetCollection(name));
     auto* c = static_cast<CollectionImpl*>(base.get());
+    // "snap/" names the directory "snap": without this, the temp directory
+    // would be "snap/.tmp", inside the target it is renamed to.
+    fs::path target_path = fs::path(target).lexically_normal();
+    if (!target_path.has_filename()) target_path = target_path.parent_path();
+    const std::string target_dir = target_path.string();
     std::error_code ec;
     if (fs::exists(target_dir, ec)) {
       return absl::AlreadyExistsError(absl::StrCat("snapshot target ", target_dir, " already exists"));
@@ -172,7 +180,11 @@ class DatabaseImpl final : public Database {
       return s;
     }
     fs::rename(tmp, target_dir, ec);
-    if (ec) return absl::InternalError(absl::StrCat("rename to ", target_dir, ": ", ec.message()));
+    if (ec) {
+      std::error_code ignored;
+      fs::remove_all(tmp, ignored);
+      return absl::InternalError(absl::StrCat("rename to ", target_dir, ": ", ec.message()));
+    }
     return storage::SyncDir(fs::path(target_dir).parent_path().empty()
                                 ? "."
                                 : fs::path(target_dir).parent_path().string());
@@ -243,8 +255,21 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
   } else if (!fs::is_directory(dir, ec)) {
     return absl::FailedPreconditionError(absl::StrCat(dir, " is not a directory"));
   }
-  CAIRN_ASSIGN_OR_RETURN(auto lock, storage::FileLock::Acquire((fs::path(dir) / "LOCK").string()));
   fs::path format_file = fs::path(dir) / "CAIRN";
+  // A new directory must be empty (but for our lock file).
+  auto check_empty = [&]() -> absl::Status {
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      std::string n = e.path().filename().string();
+      if (n != "LOCK") {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "directory ", dir, " is not empty and not a Cairn data directory (found ", n, ")"));
+      }
+    }
+    return absl::OkStatus();
+  };
+  // Refuse someone else's directory before the lock file is created in it.
+  if (!fs::exists(format_file, ec)) CAIRN_RETURN_IF_ERROR(check_empty());
+  CAIRN_ASSIGN_OR_RETURN(auto lock, storage::FileLock::Acquire((fs::path(dir) / "LOCK").string()));
   if (fs::exists(format_file, ec)) {
     CAIRN_ASSIGN_OR_RETURN(std::string text, storage::ReadFile(format_file.string()));
     auto j = nlohmann::json::parse(text, nullptr, false);
@@ -258,14 +283,8 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
           kFormatVersion, ". Use a matching Cairn version (or its upgrade tool)"));
     }
   } else {
-    // A new directory; refuse one that holds something else.
-    for (const auto& e : fs::directory_iterator(dir, ec)) {
-      std::string n = e.path().filename().string();
-      if (n != "LOCK") {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "directory ", dir, " is not empty and not a Cairn data directory (found ", n, ")"));
-      }
-    }
+    // A new directory; check again now that we hold the lock.
+    CAIRN_RETURN_IF_ERROR(check_empty());
     CAIRN_RETURN_IF_ERROR(DatabaseImpl::WriteFormatFile(dir));
   }
   auto database = std::make_unique<DatabaseImpl>(dir, options, std::move(lock));

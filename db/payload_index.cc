@@ -32,20 +32,32 @@ constexpr char kTagKeyword = 'k', kTagInt = 'i', kTagFloat = 'f', kTagBool = 'b'
 
 bool IsNumber(const Json& j) { return j.is_number(); }
 
-// Compares a JSON scalar with a condition value: numbers by value, strings and
-// bools by equality.
+// The int64 equal in value to `d`, if there is one. (Converting the other
+// way rounds above 2^53: 2^53 + 1 would equal 2^53.)
+std::optional<int64_t> ExactInt(double d) {
+  if (!(d >= -0x1p63 && d < 0x1p63) || std::floor(d) != d) return std::nullopt;
+  return static_cast<int64_t>(d);
+}
+
+// Compares a JSON scalar with a condition value: numbers by exact value,
+// strings and bools by equality.
 bool ValueEquals(const Json& j, const FieldValue& v) {
   if (const auto* s = std::get_if<std::string>(&v)) return j.is_string() && j.get_ref<const std::string&>() == *s;
   if (const auto* b = std::get_if<bool>(&v)) return j.is_boolean() && j.get<bool>() == *b;
   if (!IsNumber(j)) return false;
-  if (const auto* i = std::get_if<int64_t>(&v)) {
-    if (j.is_number_integer()) {
-      if (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return false;
-      return j.get<int64_t>() == *i;
+  if (j.is_number_integer()) {
+    if (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+      const double* d = std::get_if<double>(&v);
+      return d != nullptr && *d >= 0x1p63 && *d < 0x1p64 && std::floor(*d) == *d &&
+             static_cast<uint64_t>(*d) == j.get<uint64_t>();
     }
-    return j.get<double>() == static_cast<double>(*i);
+    const int64_t x = j.get<int64_t>();
+    if (const auto* i = std::get_if<int64_t>(&v)) return x == *i;
+    return ExactInt(std::get<double>(v)) == x;
   }
-  return j.get<double>() == std::get<double>(v);
+  const double x = j.get<double>();
+  if (const auto* i = std::get_if<int64_t>(&v)) return ExactInt(x) == *i;
+  return x == std::get<double>(v);
 }
 
 bool InRange(double x, const Condition& c) {
@@ -233,9 +245,7 @@ std::optional<Bitmap> PayloadIndex::MatchValue(const Field& f, const FieldValue&
     case PayloadType::kInteger: {
       std::optional<int64_t> want;
       if (const auto* i = std::get_if<int64_t>(&v)) want = *i;
-      if (const auto* d = std::get_if<double>(&v)) {
-        if (std::floor(*d) == *d && std::abs(*d) < 9.2e18) want = static_cast<int64_t>(*d);
-      }
+      if (const auto* d = std::get_if<double>(&v)) want = ExactInt(*d);
       if (want) {
         if (auto it = f.ints.find(*want); it != f.ints.end()) out = it->second;
       }
@@ -243,7 +253,10 @@ std::optional<Bitmap> PayloadIndex::MatchValue(const Field& f, const FieldValue&
     }
     case PayloadType::kFloat: {
       std::optional<double> want;
-      if (const auto* i = std::get_if<int64_t>(&v)) want = static_cast<double>(*i);
+      if (const auto* i = std::get_if<int64_t>(&v)) {
+        // Only a double equal in value to the integer can match it.
+        if (ExactInt(static_cast<double>(*i)) == *i) want = static_cast<double>(*i);
+      }
       if (const auto* d = std::get_if<double>(&v)) want = *d;
       if (want) {
         if (auto it = f.floats.find(*want); it != f.floats.end()) out = it->second;
@@ -273,9 +286,14 @@ std::optional<Bitmap> PayloadIndex::Evaluate(const Condition& c, const Bitmap& l
         double lo = -INFINITY;
         if (c.gte) lo = std::max(lo, *c.gte);
         if (c.gt) lo = std::max(lo, *c.gt);
-        auto start = lo <= -9.2e18  ? f.ints.begin()
-                     : lo >= 9.2e18 ? f.ints.end()
-                                    : f.ints.lower_bound(static_cast<int64_t>(std::floor(lo)));
+        // Ranges compare as doubles, and double(x) rounds by up to 1024 near
+        // 2^63: start a little below the bound; InRange decides exactly.
+        auto start = f.ints.begin();
+        if (lo >= 0x1p63) {
+          start = f.ints.lower_bound(INT64_MAX - 4096);
+        } else if (lo > -0x1p63 + 8192) {
+          start = f.ints.lower_bound(static_cast<int64_t>(std::floor(lo)) - 4096);
+        }
         for (auto i = start; i != f.ints.end(); ++i) {
           double x = static_cast<double>(i->first);
           if ((c.lt && x >= *c.lt) || (c.lte && x > *c.lte)) break;
