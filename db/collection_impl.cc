@@ -381,27 +381,25 @@ absl::StatusOr<ScrollPage> CollectionImpl::Scroll(const ScrollRequest& req) cons
     CAIRN_RETURN_IF_ERROR(shards_[shard]->Scroll(after, want, req.filter, req.with_payload,
                                                  req.with_vector, &page.points, &last, &more));
     if (!last.empty()) after = last;
-    if (page.points.size() == req.limit) {
-      if (more) {
-        std::string raw;
-        raw.push_back(static_cast<char>(shard >> 8));
-        raw.push_back(static_cast<char>(shard & 0xff));
-        raw += after;
-        page.next_cursor = absl::BytesToHexString(raw);
-        return page;
-      }
-      // This shard is done; continue with the next one, if any.
-      ++shard;
-      if (shard < shards_.size()) {
-        std::string raw;
-        raw.push_back(static_cast<char>(shard >> 8));
-        raw.push_back(static_cast<char>(shard & 0xff));
-        page.next_cursor = absl::BytesToHexString(raw);
-      }
+    auto cursor_at = [](size_t s, const std::string& key) {
+      std::string raw;
+      raw.push_back(static_cast<char>(s >> 8));
+      raw.push_back(static_cast<char>(s & 0xff));
+      return absl::BytesToHexString(raw + key);
+    };
+    if (more) {
+      // Points past `after` remain in this shard. A short page means some
+      // vanished between listing and reading them: read on from `after`.
+      if (page.points.size() < req.limit) continue;
+      page.next_cursor = cursor_at(shard, after);
       return page;
     }
     ++shard;
     after.clear();
+    if (page.points.size() == req.limit) {
+      if (shard < shards_.size()) page.next_cursor = cursor_at(shard, "");
+      return page;
+    }
   }
   return page;
 }

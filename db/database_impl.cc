@@ -242,8 +242,22 @@ class DatabaseImpl final : public Database {
 
 }  // namespace
 
+static absl::Status ValidateOptions(const DatabaseOptions& o) {
+  auto bad = [](const char* field, const char* why) {
+    return absl::InvalidArgumentError(absl::StrCat("options.", field, ": ", why));
+  };
+  if (o.index_threads < 0 || o.index_threads > 1024) return bad("index_threads", "must be 0..1024");
+  if (o.max_batch_points < 1) return bad("max_batch_points", "must be >= 1");
+  if (o.max_batch_bytes < 1024) return bad("max_batch_bytes", "must be >= 1024");
+  if (o.max_k < 1 || o.max_k > 1000000) return bad("max_k", "must be 1..1000000");
+  if (o.max_queries < 1) return bad("max_queries", "must be >= 1");
+  if (o.max_payload_bytes < 2) return bad("max_payload_bytes", "must be >= 2");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
                                                          const DatabaseOptions& options) {
+  CAIRN_RETURN_IF_ERROR(ValidateOptions(options));
   std::error_code ec;
   bool exists = fs::exists(dir, ec);
   if (!exists) {

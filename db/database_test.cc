@@ -191,6 +191,29 @@ TEST_F(DatabaseTest, SecondOpenOfSameDirIsFailedPrecondition) {
   EXPECT_EQ((*third)->ListCollections(), (std::vector<std::string>{"c"}));
 }
 
+TEST_F(DatabaseTest, BadOptionsAreInvalidArgumentAndCreateNothing) {
+  auto with = [](auto mutate) {
+    DatabaseOptions o = TestOptions();
+    mutate(o);
+    return o;
+  };
+  const std::vector<std::pair<std::string, DatabaseOptions>> cases = {
+      {"index_threads", with([](DatabaseOptions& o) { o.index_threads = -1; })},
+      {"max_batch_points", with([](DatabaseOptions& o) { o.max_batch_points = 0; })},
+      {"max_batch_bytes", with([](DatabaseOptions& o) { o.max_batch_bytes = 10; })},
+      {"max_k", with([](DatabaseOptions& o) { o.max_k = 0; })},
+      {"max_queries", with([](DatabaseOptions& o) { o.max_queries = 0; })},
+      {"max_payload_bytes", with([](DatabaseOptions& o) { o.max_payload_bytes = 0; })},
+  };
+  for (const auto& [field, options] : cases) {
+    auto db = Database::Open(dir_, options);
+    ASSERT_FALSE(db.ok()) << field;
+    EXPECT_EQ(db.status().code(), absl::StatusCode::kInvalidArgument) << db.status();
+    EXPECT_THAT(std::string(db.status().message()), ::testing::HasSubstr("options." + field));
+    EXPECT_FALSE(fs::exists(dir_)) << "a refused Open created " << dir_;
+  }
+}
+
 TEST_F(DatabaseTest, OtherFormatVersionIsFailedPrecondition) {
   fs::create_directories(dir_);
   ASSERT_TRUE(storage::WriteFileAtomic(dir_ + "/CAIRN", R"({"format_version": 999})").ok());

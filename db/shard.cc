@@ -58,7 +58,7 @@ struct Shard::Plan {
 
 // Reads through pending changes of the commit group, then the store.
 struct Shard::Txn {
-  Shard* shard;
+  Shard* shard = nullptr;
   storage::WriteBatch group_batch;
   std::vector<Plan> plans;
   // Group overlay: external key -> internal id (nullopt: deleted), and
@@ -182,7 +182,7 @@ absl::Status Shard::Load() {
   }
   // Sealed segments, with tombstones for points deleted since they were built.
   for (const auto& file : files) {
-    CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Load(SegmentPath(file)));
+    CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Load(SegmentPath(file), &options_.index));
     if (seg->dim() != options_.dimension) {
       return absl::DataLossError(absl::StrCat("segment ", file, " has dimension ", seg->dim()));
     }
@@ -245,7 +245,8 @@ absl::Status Shard::Commit(std::function<absl::Status(Txn&)> prepare) {
   lk.unlock();
   {
     std::lock_guard commit(commit_mu_);
-    Txn txn{this};
+    Txn txn;
+    txn.shard = this;
     uint64_t first_id = next_id_;
     for (Writer* x : group) {
       txn.BeginOp();
@@ -333,12 +334,20 @@ absl::Status Shard::Upsert(std::vector<PreparedPoint> points) {
 }
 
 absl::StatusOr<uint64_t> Shard::Delete(const std::vector<std::string>& ext_keys) {
+  return DeleteIf(ext_keys, {});
+}
+
+absl::StatusOr<uint64_t> Shard::DeleteIf(const std::vector<std::string>& ext_keys,
+                                         const std::vector<uint64_t>& expected) {
   uint64_t deleted = 0;
   CAIRN_RETURN_IF_ERROR(Commit([&](Txn& txn) -> absl::Status {
     deleted = 0;
-    for (const auto& ext : ext_keys) {
+    for (size_t i = 0; i < ext_keys.size(); ++i) {
+      const std::string& ext = ext_keys[i];
       CAIRN_ASSIGN_OR_RETURN(auto old, txn.LookupId(ext));
       if (!old) continue;
+      // Overwritten since the caller looked: the new version was not judged.
+      if (!expected.empty() && *old != expected[i]) continue;
       CAIRN_RETURN_IF_ERROR(txn.RemovePoint(*old));
       txn.batch.Delete(Cf::kIds, ext);
       txn.op_ids[ext] = std::nullopt;
@@ -350,21 +359,27 @@ absl::StatusOr<uint64_t> Shard::Delete(const std::vector<std::string>& ext_keys)
 }
 
 absl::StatusOr<uint64_t> Shard::DeleteByFilter(const Filter& filter) {
-  // Evaluate, then delete by external key inside one commit; points that
-  // changed in between are re-checked there by id.
+  // Evaluate, then delete inside one commit the points that still have the
+  // internal id the filter matched (a point overwritten in between is kept).
   std::vector<std::string> keys;
+  std::vector<uint64_t> ids;
   {
     std::shared_lock state(state_mu_);
     CAIRN_ASSIGN_OR_RETURN(Bitmap match, EvalFilterLocked(filter));
+    std::vector<uint64_t> matched(match.cardinality());
+    match.toUint64Array(matched.data());
     std::vector<std::string> iks;
-    for (uint64_t id : match) iks.push_back(InternalKey(id));
+    for (uint64_t id : matched) iks.push_back(InternalKey(id));
     std::vector<std::optional<std::string>> exts;
     CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kRids, iks, &exts));
-    for (auto& e : exts) {
-      if (e) keys.push_back(std::move(*e));
+    for (size_t i = 0; i < exts.size(); ++i) {
+      if (!exts[i]) continue;
+      keys.push_back(std::move(*exts[i]));
+      ids.push_back(matched[i]);
     }
   }
-  return Delete(keys);
+  if (keys.empty()) return uint64_t{0};
+  return DeleteIf(keys, ids);
 }
 
 absl::Status Shard::SetPayload(const std::vector<std::string>& ext_keys, const Json& payload,

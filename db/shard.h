@@ -122,6 +122,9 @@ class Shard {
   Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvStore> kv);
   absl::Status Load();
   absl::Status Commit(std::function<absl::Status(Txn&)> prepare);
+  // Deletes ext_keys[i] when its internal id is expected[i] (any, if empty).
+  absl::StatusOr<uint64_t> DeleteIf(const std::vector<std::string>& ext_keys,
+                                    const std::vector<uint64_t>& expected);
   void ApplyPlan(const Plan& plan);
   std::vector<std::shared_ptr<index::Segment>> AllSegmentsLocked() const;
   absl::StatusOr<Bitmap> EvalFilterLocked(const Filter& filter) const;

@@ -552,7 +552,8 @@ absl::Status Segment::Save(const std::string& path) const {
   return storage::WriteFileSynced(path, out);
 }
 
-absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path) {
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
+                                                       const IndexSpec* defaults) {
   CAIRN_ASSIGN_OR_RETURN(std::string data, storage::ReadFile(path));
   auto corrupt = [&](std::string_view why) {
     return absl::DataLossError(absl::StrCat("segment file ", path, " is corrupt: ", std::string(why)));
@@ -604,11 +605,15 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path) 
   }
   if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) UseFastStorage(h);
   if (auto* f = dynamic_cast<faiss::IndexFlat*>(idx.get())) idx = ToFastFlat(f);
-  IndexSpec spec;
+  IndexSpec spec = defaults ? *defaults : IndexSpec();
   spec.type = static_cast<IndexType>(type);
-  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) spec.ef_search = h->hnsw.efSearch;
+  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) {
+    // The saved efSearch may have been raised by searches (see Search).
+    if (!defaults) spec.ef_search = h->hnsw.efSearch;
+    h->hnsw.efSearch = spec.ef_search;
+  }
   if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx.get())) {
-    spec.nprobe = static_cast<int>(ivf->nprobe);
+    if (!defaults) spec.nprobe = static_cast<int>(ivf->nprobe);
     spec.nlist = static_cast<int>(ivf->nlist);
   }
   auto seg = std::unique_ptr<Segment>(

@@ -74,8 +74,10 @@ class Segment {
                                                         const uint64_t* ids, size_t n,
                                                         int threads);
   // DataLoss for a truncated or corrupt file, FailedPrecondition for a file of
-  // another format version.
-  static absl::StatusOr<std::unique_ptr<Segment>> Load(const std::string& path);
+  // another format version. Search defaults (ef_search, nprobe) come from
+  // `defaults` when given (the collection's current spec), else from the file.
+  static absl::StatusOr<std::unique_ptr<Segment>> Load(const std::string& path,
+                                                       const IndexSpec* defaults = nullptr);
   // Writes the segment (without tombstones) and fsyncs it.
   absl::Status Save(const std::string& path) const;
 
