@@ -484,10 +484,13 @@ void CollectionImpl::RunMaintenance() {
 absl::Status CollectionImpl::SnapshotShards(const std::string& dir) {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
+  std::vector<Shard*> shards;
+  std::vector<std::string> dirs;
   for (size_t i = 0; i < shards_.size(); ++i) {
-    CAIRN_RETURN_IF_ERROR(shards_[i]->Snapshot((fs::path(dir) / absl::StrFormat("shard-%04d", i)).string()));
+    shards.push_back(shards_[i].get());
+    dirs.push_back((fs::path(dir) / absl::StrFormat("shard-%04d", i)).string());
   }
-  return absl::OkStatus();
+  return Shard::SnapshotAll(shards, dirs);
 }
 
 }  // namespace cairn::db

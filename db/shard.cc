@@ -927,23 +927,31 @@ absl::Status Shard::Compact(bool force) {
   return absl::OkStatus();
 }
 
-absl::Status Shard::Snapshot(const std::string& target_dir) {
-  std::lock_guard maint(maintenance_mu_);  // segment files stay put
-  std::vector<std::string> files;
-  {
-    std::lock_guard commit(commit_mu_);  // no write lands mid-checkpoint
+absl::Status Shard::SnapshotAll(const std::vector<Shard*>& shards,
+                                const std::vector<std::string>& target_dirs) {
+  // Segment files stay put while any shard is copied; writes to every shard
+  // wait while the checkpoints are taken, so they show one moment.
+  std::vector<std::unique_lock<std::mutex>> maint, commit;
+  for (Shard* s : shards) maint.emplace_back(s->maintenance_mu_);
+  for (Shard* s : shards) commit.emplace_back(s->commit_mu_);
+  std::vector<std::vector<std::string>> files(shards.size());
+  for (size_t i = 0; i < shards.size(); ++i) {
     std::error_code ec;
-    fs::create_directories(fs::path(target_dir) / "segments", ec);
-    if (ec) return absl::InternalError(absl::StrCat("create ", target_dir, ": ", ec.message()));
-    CAIRN_RETURN_IF_ERROR(kv_->CreateCheckpoint((fs::path(target_dir) / "kv").string()));
-    std::shared_lock state(state_mu_);
-    for (const auto& s : sealed_) files.push_back(s.file);
+    fs::create_directories(fs::path(target_dirs[i]) / "segments", ec);
+    if (ec) return absl::InternalError(absl::StrCat("create ", target_dirs[i], ": ", ec.message()));
+    CAIRN_RETURN_IF_ERROR(shards[i]->kv_->CreateCheckpoint((fs::path(target_dirs[i]) / "kv").string()));
+    std::shared_lock state(shards[i]->state_mu_);
+    for (const auto& seg : shards[i]->sealed_) files[i].push_back(seg.file);
   }
-  for (const auto& f : files) {
-    CAIRN_RETURN_IF_ERROR(storage::LinkOrCopyFile(SegmentPath(f),
-                                                  (fs::path(target_dir) / "segments" / f).string()));
+  commit.clear();
+  for (size_t i = 0; i < shards.size(); ++i) {
+    for (const auto& f : files[i]) {
+      CAIRN_RETURN_IF_ERROR(storage::LinkOrCopyFile(
+          shards[i]->SegmentPath(f), (fs::path(target_dirs[i]) / "segments" / f).string()));
+    }
+    CAIRN_RETURN_IF_ERROR(storage::SyncDir((fs::path(target_dirs[i]) / "segments").string()));
   }
-  return storage::SyncDir((fs::path(target_dir) / "segments").string());
+  return absl::OkStatus();
 }
 
 ShardStats Shard::Stats() const {

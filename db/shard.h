@@ -104,9 +104,11 @@ class Shard {
   absl::Status Compact(bool force);
   bool NeedsSeal() const;
 
-  // Copies this shard's data (RocksDB checkpoint and segment files) into
-  // `target_dir`. Writes wait while the checkpoint is taken.
-  absl::Status Snapshot(const std::string& target_dir);
+  // Copies each shard's data (RocksDB checkpoint and segment files) into the
+  // matching target directory, all at one moment: writes to every listed
+  // shard wait while the checkpoints are taken.
+  static absl::Status SnapshotAll(const std::vector<Shard*>& shards,
+                                  const std::vector<std::string>& target_dirs);
 
   ShardStats Stats() const;
 
