@@ -34,6 +34,23 @@ void Die(const absl::Status& s) {
   std::exit(1);
 }
 
+// Runs every query one at a time through `coll`; fills found (nq x k ids)
+// and returns queries per second.
+double RunQueries(cairn::Collection& coll, const cairn::datasets::Dataset& data, size_t nq,
+                  const cairn::SearchParams& params, std::vector<int64_t>* found) {
+  const size_t dim = data.dim, k = static_cast<size_t>(params.k);
+  found->assign(nq * k, -1);
+  auto t0 = Clock::now();
+  for (size_t q = 0; q < nq; ++q) {
+    auto r = coll.Search(absl::MakeConstSpan(data.queries.data() + q * dim, dim), params);
+    if (!r.ok()) Die(r.status());
+    for (size_t j = 0; j < r->size() && j < k; ++j) {
+      (*found)[q * k + j] = static_cast<int64_t>((*r)[j].id.number());
+    }
+  }
+  return nq / Since(t0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -137,14 +154,7 @@ int main(int argc, char** argv) {
     p.k = static_cast<int>(k);
     p.ef = ef;
     p.with_payload = false;
-    std::fill(found.begin(), found.end(), -1);
-    t0 = Clock::now();
-    for (size_t q = 0; q < nq; ++q) {
-      auto r = (*coll)->Search(absl::MakeConstSpan(data.queries.data() + q * dim, dim), p);
-      if (!r.ok()) Die(r.status());
-      for (size_t j = 0; j < r->size(); ++j) found[q * k + j] = static_cast<int64_t>((*r)[j].id.number());
-    }
-    double cairn_qps = nq / Since(t0);
+    double cairn_qps = RunQueries(**coll, data, nq, p, &found);
     double cairn_recall = cairn::datasets::RecallAtK(truth, found, nq, k);
     std::printf("%-6d %-14.4f %-12.0f %-14.4f %-12.0f %-8.2f\n", ef, faiss_recall, faiss_qps, cairn_recall,
                 cairn_qps, cairn_qps / faiss_qps);
@@ -165,26 +175,13 @@ int main(int argc, char** argv) {
     ex.exact = true;
     ex.with_payload = false;
     ex.filter = &filter;
-    std::vector<int64_t> ftruth(nq * k, -1), found(nq * k, -1);
-    t0 = Clock::now();
-    for (size_t q = 0; q < nq; ++q) {
-      auto r = (*coll)->Search(absl::MakeConstSpan(data.queries.data() + q * dim, dim), ex);
-      if (!r.ok()) Die(r.status());
-      for (size_t j = 0; j < r->size(); ++j) ftruth[q * k + j] = static_cast<int64_t>((*r)[j].id.number());
-    }
-    double exact_qps = nq / Since(t0);
+    std::vector<int64_t> ftruth, found;
+    double exact_qps = RunQueries(**coll, data, nq, ex, &ftruth);
     for (int ef : {32, 64}) {
       cairn::SearchParams p = ex;
       p.exact = false;
       p.ef = ef;
-      std::fill(found.begin(), found.end(), -1);
-      t0 = Clock::now();
-      for (size_t q = 0; q < nq; ++q) {
-        auto r = (*coll)->Search(absl::MakeConstSpan(data.queries.data() + q * dim, dim), p);
-        if (!r.ok()) Die(r.status());
-        for (size_t j = 0; j < r->size(); ++j) found[q * k + j] = static_cast<int64_t>((*r)[j].id.number());
-      }
-      double qps = nq / Since(t0);
+      double qps = RunQueries(**coll, data, nq, p, &found);
       double recall = cairn::datasets::RecallAtK(ftruth, found, nq, k);
       std::printf("%-12.3f %-8d %-14.4f %-12.0f %-12.0f\n", buckets / 1000.0, ef, recall, qps, exact_qps);
       std::printf("{\"bench\":\"filtered\",\"dataset\":\"%s\",\"selectivity\":%.4f,\"ef\":%d,"

@@ -798,6 +798,28 @@ absl::Status Shard::WriteManifestLocked() {
   return kv_->Write(b);
 }
 
+absl::Status Shard::LiveVectorsOf(const index::Segment& segment, std::vector<uint64_t>* ids,
+                                  std::vector<float>* vecs) const {
+  ids->clear();
+  for (uint64_t id : segment.Ids()) {
+    if (segment.IsLive(id)) ids->push_back(id);
+  }
+  std::vector<bool> found;
+  CAIRN_RETURN_IF_ERROR(RawVectors(*ids, vecs, &found));
+  // Points deleted since the tombstone check have no vector any more.
+  size_t w = 0;
+  const size_t dim = options_.dimension;
+  for (size_t i = 0; i < ids->size(); ++i) {
+    if (!found[i]) continue;
+    (*ids)[w] = (*ids)[i];
+    if (w != i) std::memcpy(&(*vecs)[w * dim], &(*vecs)[i * dim], dim * sizeof(float));
+    ++w;
+  }
+  ids->resize(w);
+  vecs->resize(w * dim);
+  return absl::OkStatus();
+}
+
 absl::Status Shard::Seal(bool force) {
   std::lock_guard maint(maintenance_mu_);
   std::shared_ptr<index::Segment> frozen;
@@ -819,23 +841,8 @@ absl::Status Shard::Seal(bool force) {
     sealed = frozen;  // the growing index already is the target index
   } else {
     std::vector<uint64_t> ids;
-    for (uint64_t id : frozen->Ids()) {
-      if (frozen->IsLive(id)) ids.push_back(id);
-    }
     std::vector<float> vecs;
-    std::vector<bool> found;
-    CAIRN_RETURN_IF_ERROR(RawVectors(ids, &vecs, &found));
-    // Points deleted meanwhile have no vector any more: leave them out.
-    size_t w = 0;
-    const size_t dim = options_.dimension;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (!found[i]) continue;
-      ids[w] = ids[i];
-      if (w != i) std::memcpy(&vecs[w * dim], &vecs[i * dim], dim * sizeof(float));
-      ++w;
-    }
-    ids.resize(w);
-    vecs.resize(w * dim);
+    CAIRN_RETURN_IF_ERROR(LiveVectorsOf(*frozen, &ids, &vecs));
     CAIRN_ASSIGN_OR_RETURN(auto built, index::Segment::Build(options_.dimension, options_.metric,
                                                              options_.index, vecs.data(), ids.data(),
                                                              ids.size(), Threads(options_.index_threads)));
@@ -875,22 +882,8 @@ absl::Status Shard::Compact(bool force) {
   }
   for (const auto& old : todo) {
     std::vector<uint64_t> ids;
-    for (uint64_t id : old.segment->Ids()) {
-      if (old.segment->IsLive(id)) ids.push_back(id);
-    }
     std::vector<float> vecs;
-    std::vector<bool> found;
-    CAIRN_RETURN_IF_ERROR(RawVectors(ids, &vecs, &found));
-    size_t w = 0;
-    const size_t dim = options_.dimension;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (!found[i]) continue;
-      ids[w] = ids[i];
-      if (w != i) std::memcpy(&vecs[w * dim], &vecs[i * dim], dim * sizeof(float));
-      ++w;
-    }
-    ids.resize(w);
-    vecs.resize(w * dim);
+    CAIRN_RETURN_IF_ERROR(LiveVectorsOf(*old.segment, &ids, &vecs));
     std::shared_ptr<index::Segment> rebuilt;
     std::string file;
     if (!ids.empty()) {

@@ -134,6 +134,9 @@ class Shard {
                                               std::optional<std::vector<std::pair<uint64_t, Json>>>* scan) const;
   absl::Status ExactScan(const float* query, const std::vector<uint64_t>& ids, int k,
                          std::vector<std::pair<float, uint64_t>>* best) const;
+  // Live ids of `segment` and their vectors (prepared for the metric).
+  absl::Status LiveVectorsOf(const index::Segment& segment, std::vector<uint64_t>* ids,
+                             std::vector<float>* vecs) const;
   absl::Status RawVectors(const std::vector<uint64_t>& ids, std::vector<float>* out,
                           std::vector<bool>* found) const;
   absl::Status Resolve(const std::vector<std::pair<float, uint64_t>>& hits,

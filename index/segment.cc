@@ -373,14 +373,20 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
     index_->search(static_cast<idx_t>(nq), queries, static_cast<idx_t>(k), scores,
                    labels.data(), sp);
   }));
-  for (size_t i = 0; i < nq * k; ++i) {
+  LabelsToIds(labels, worst, scores, ids);
+  return absl::OkStatus();
+}
+
+void Segment::LabelsToIds(const std::vector<int64_t>& labels, float worst,
+                          float* scores, int64_t* ids) const {
+  for (size_t i = 0; i < labels.size(); ++i) {
     if (labels[i] < 0) {
       scores[i] = worst;
-      continue;
+      ids[i] = kNoId;
+    } else {
+      ids[i] = static_cast<int64_t>(ids_[static_cast<size_t>(labels[i])]);
     }
-    ids[i] = static_cast<int64_t>(ids_[static_cast<size_t>(labels[i])]);
   }
-  return absl::OkStatus();
 }
 
 const faiss::Index* Segment::FlatStorage() const {
@@ -417,13 +423,7 @@ absl::Status Segment::SearchExact(const float* queries, size_t nq,
     flat->search(static_cast<idx_t>(nq), queries, static_cast<idx_t>(k), scores, labels.data(),
                  &sp);
   }));
-  for (size_t i = 0; i < nq * k; ++i) {
-    if (labels[i] < 0) {
-      scores[i] = worst;
-      continue;
-    }
-    ids[i] = static_cast<int64_t>(ids_[static_cast<size_t>(labels[i])]);
-  }
+  LabelsToIds(labels, worst, scores, ids);
   return absl::OkStatus();
 }
 

@@ -127,6 +127,9 @@ class Segment {
           std::unique_ptr<faiss::Index> index);
   std::optional<size_t> PositionOfLocked(uint64_t id) const;
   const faiss::Index* FlatStorage() const;
+  // FAISS labels (positions, -1 for none) to internal ids. REQUIRES: mu_ held.
+  void LabelsToIds(const std::vector<int64_t>& labels, float worst, float* scores,
+                   int64_t* ids) const;
 
   const uint32_t dim_;
   const Metric metric_;
