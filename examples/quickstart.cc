@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "cairn/database.h"
 #include "examples/datasets.h"
 
@@ -106,6 +108,7 @@ int main(int argc, char** argv) {
 
     auto t0 = std::chrono::steady_clock::now();
     const size_t batch = 1000;
+    const bool tty = isatty(fileno(stdout));
     std::vector<cairn::Point> points;
     for (size_t start = 0; start < n; start += batch) {
       points.clear();
@@ -122,8 +125,10 @@ int main(int argc, char** argv) {
         points.push_back(std::move(p));
       }
       if (auto s = coll->Upsert(points); !s.ok()) return Fail(s);
-      std::printf("\ringest: %zu / %zu", std::min(n, start + batch), n);
-      std::fflush(stdout);
+      if (tty) {
+        std::printf("\ringest: %zu / %zu", std::min(n, start + batch), n);
+        std::fflush(stdout);
+      }
     }
     double secs = Seconds(t0);
     std::printf("\ringest: %zu vectors in %.2f s (%.0f vectors/s, durable)\n", n, secs, n / secs);
