@@ -9,6 +9,7 @@ PACKAGES=(
   librocksdb-dev zlib1g-dev
   libabsl-dev libroaring-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   dataset-fashion-mnist
 )
 

@@ -1,0 +1,149 @@
+// cairnd: the Cairn server. Serves the cairn.v1 gRPC API over a data
+// directory; see `cairnd --help`.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "api/service.h"
+#include "cairn/database.h"
+
+namespace {
+
+void Usage(FILE* out) {
+  std::fprintf(out,
+      "Usage: cairnd [flags]\n"
+      "\n"
+      "Serves the Cairn vector database over gRPC (package cairn.v1, with the standard\n"
+      "grpc.health.v1 health service and server reflection, so grpcurl works).\n"
+      "\n"
+      "Flags (each also read from the environment variable shown; flags win):\n"
+      "  --listen HOST:PORT      gRPC address (CAIRN_LISTEN; default 127.0.0.1:7600;\n"
+      "                          port 0 picks a free port)\n"
+      "  --data-dir DIR          data directory, created when missing (CAIRN_DATA_DIR;\n"
+      "                          default ./data)\n"
+      "  --workers N             request threads, 0 = cores (CAIRN_WORKERS; default 0)\n"
+      "  --max-request-mb N      largest request message (CAIRN_MAX_REQUEST_MB; default 64)\n"
+      "  --grace-seconds N       on SIGTERM/SIGINT, how long calls in flight may take to\n"
+      "                          finish before they are cancelled (CAIRN_GRACE_SECONDS;\n"
+      "                          default 30)\n"
+      "  --port-file PATH        write the bound port to PATH once listening\n"
+      "  --help                  this text\n"
+      "\n"
+      "Example:\n"
+      "  cairnd --data-dir /var/lib/cairn --listen 0.0.0.0:7600\n"
+      "  grpcurl -plaintext 127.0.0.1:7600 cairn.v1.Server/Info\n"
+      "\n"
+      "Exit status: 0 after a clean shutdown, 1 when it cannot start (address in use,\n"
+      "data directory locked by another process or of another format), 2 for bad flags.\n");
+}
+
+std::string Env(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+bool ParseInt(const std::string& s, long lo, long hi, long* out) {
+  char* end = nullptr;
+  long v = std::strtol(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string listen = Env("CAIRN_LISTEN", "127.0.0.1:7600");
+  std::string data_dir = Env("CAIRN_DATA_DIR", "./data");
+  std::string workers = Env("CAIRN_WORKERS", "0");
+  std::string max_mb = Env("CAIRN_MAX_REQUEST_MB", "64");
+  std::string grace = Env("CAIRN_GRACE_SECONDS", "30");
+  std::string port_file;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](std::string* dst) {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "cairnd: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      *dst = argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      Usage(stdout);
+      return 0;
+    } else if (a == "--listen") {
+      value(&listen);
+    } else if (a == "--data-dir") {
+      value(&data_dir);
+    } else if (a == "--workers") {
+      value(&workers);
+    } else if (a == "--max-request-mb") {
+      value(&max_mb);
+    } else if (a == "--grace-seconds") {
+      value(&grace);
+    } else if (a == "--port-file") {
+      value(&port_file);
+    } else {
+      std::fprintf(stderr, "cairnd: unknown flag %s (see cairnd --help)\n", a.c_str());
+      return 2;
+    }
+  }
+  long n_workers, n_max_mb, n_grace;
+  if (!ParseInt(workers, 0, 1024, &n_workers) || !ParseInt(max_mb, 1, 2047, &n_max_mb) ||
+      !ParseInt(grace, 0, 3600, &n_grace)) {
+    std::fprintf(stderr,
+                 "cairnd: --workers must be 0..1024, --max-request-mb 1..2047, "
+                 "--grace-seconds 0..3600\n");
+    return 2;
+  }
+
+  // SIGTERM and SIGINT are taken by sigwait below, in this thread alone.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  cairn::api::ServerOptions options;
+  options.listen = listen;
+  options.worker_threads = static_cast<int>(n_workers);
+  options.max_request_bytes = static_cast<int>(n_max_mb << 20);
+  cairn::api::CairnServer server(options);
+  auto port = server.Start();
+  if (!port.ok()) {
+    std::fprintf(stderr, "cairnd: %s\n", std::string(port.status().message()).c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "{\"event\":\"listening\",\"address\":\"%s\",\"port\":%d}\n", listen.c_str(), *port);
+  if (!port_file.empty()) {
+    std::ofstream(port_file + ".tmp") << *port << "\n";
+    std::rename((port_file + ".tmp").c_str(), port_file.c_str());
+  }
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto db = cairn::Database::Open(data_dir);
+  if (!db.ok()) {
+    std::fprintf(stderr, "cairnd: cannot open data directory %s: %s\n", data_dir.c_str(),
+                 std::string(db.status().message()).c_str());
+    server.Shutdown(std::chrono::milliseconds(0));
+    return 1;
+  }
+  size_t collections = (*db)->ListCollections().size();
+  server.Serve(std::move(*db));
+  std::fprintf(stderr, "{\"event\":\"serving\",\"data_dir\":\"%s\",\"collections\":%zu,\"load_seconds\":%.3f}\n",
+               data_dir.c_str(), collections,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "{\"event\":\"draining\",\"signal\":\"%s\",\"grace_seconds\":%ld}\n",
+               sig == SIGTERM ? "SIGTERM" : "SIGINT", n_grace);
+  server.Shutdown(std::chrono::seconds(n_grace));
+  std::fprintf(stderr, "{\"event\":\"stopped\"}\n");
+  return 0;
+}

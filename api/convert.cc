@@ -1,0 +1,213 @@
+#include "api/convert.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "cairn/status.h"
+
+namespace cairn::api {
+namespace {
+
+absl::Status Bad(const std::string& where, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(where, ": ", why));
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+absl::StatusOr<PointId> FromProto(const v1::PointId& id, const std::string& where) {
+  switch (id.kind_case()) {
+    case v1::PointId::kNum:
+      return PointId(id.num());
+    case v1::PointId::kStr:
+      if (id.str().empty() || id.str().size() > 256) return Bad(where, "string ids are 1..256 bytes");
+      return PointId(id.str());
+    default:
+      return Bad(where, "the id is not set (num or str)");
+  }
+}
+
+void ToProto(const PointId& id, v1::PointId* out) {
+  if (id.is_number()) out->set_num(id.number());
+  else out->set_str(id.str());
+}
+
+absl::StatusOr<std::vector<PointId>> FromProto(
+    const google::protobuf::RepeatedPtrField<v1::PointId>& ids, const std::string& where) {
+  std::vector<PointId> out;
+  out.reserve(ids.size());
+  for (int i = 0; i < ids.size(); ++i) {
+    CAIRN_ASSIGN_OR_RETURN(PointId id, FromProto(ids[i], absl::StrCat(where, "[", i, "]")));
+    out.push_back(std::move(id));
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> StructToJson(const google::protobuf::Struct& s, const std::string& where) {
+  std::string out;
+  auto st = google::protobuf::util::MessageToJsonString(s, &out);
+  if (!st.ok()) return Bad(where, std::string(st.message()));
+  return out;
+}
+
+void JsonToStruct(const std::string& json, google::protobuf::Struct* out) {
+  out->Clear();
+  if (json.empty()) return;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;
+  if (!google::protobuf::util::JsonStringToMessage(json, out, options).ok()) out->Clear();
+}
+
+absl::StatusOr<std::optional<Filter>> FromProto(const v1::Filter& f, bool has_filter) {
+  if (!has_filter || (f.must().empty() && f.should().empty() && f.must_not().empty())) {
+    return std::optional<Filter>();
+  }
+  // The proto's JSON form (with proto field names) is the filter's JSON form:
+  // one parser, one set of error messages for every client.
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  auto st = google::protobuf::util::MessageToJsonString(f, &json, options);
+  if (!st.ok()) return Bad("filter", std::string(st.message()));
+  CAIRN_ASSIGN_OR_RETURN(Filter filter, Filter::FromJson(json));
+  return std::optional<Filter>(std::move(filter));
+}
+
+absl::StatusOr<CollectionConfig> FromProto(const v1::CollectionConfig& c) {
+  CollectionConfig out;
+  out.dimension = c.dimension();
+  switch (c.metric()) {
+    case v1::METRIC_UNSPECIFIED:
+    case v1::METRIC_L2: out.metric = Metric::kL2; break;
+    case v1::METRIC_INNER_PRODUCT: out.metric = Metric::kInnerProduct; break;
+    case v1::METRIC_COSINE: out.metric = Metric::kCosine; break;
+    default: return Bad("config.metric", "unknown metric");
+  }
+  const v1::IndexSpec& ix = c.index();
+  switch (ix.type()) {
+    case v1::INDEX_TYPE_UNSPECIFIED:
+    case v1::INDEX_TYPE_HNSW: out.index.type = IndexType::kHnsw; break;
+    case v1::INDEX_TYPE_FLAT: out.index.type = IndexType::kFlat; break;
+    case v1::INDEX_TYPE_IVF_FLAT: out.index.type = IndexType::kIvfFlat; break;
+    case v1::INDEX_TYPE_IVF_PQ: out.index.type = IndexType::kIvfPq; break;
+    case v1::INDEX_TYPE_IVF_SQ8: out.index.type = IndexType::kIvfSq8; break;
+    case v1::INDEX_TYPE_HNSW_SQ: out.index.type = IndexType::kHnswSq; break;
+    default: return Bad("config.index.type", "unknown index type");
+  }
+  auto set = [](uint32_t v, int* field) {
+    if (v != 0) *field = v > 1u << 30 ? 1 << 30 : static_cast<int>(v);
+  };
+  set(ix.hnsw_m(), &out.index.hnsw_m);
+  set(ix.ef_construction(), &out.index.ef_construction);
+  set(ix.ef_search(), &out.index.ef_search);
+  set(ix.nlist(), &out.index.nlist);
+  set(ix.nprobe(), &out.index.nprobe);
+  set(ix.pq_m(), &out.index.pq_m);
+  set(ix.pq_nbits(), &out.index.pq_nbits);
+  set(ix.rerank_factor(), &out.index.rerank_factor);
+  for (int i = 0; i < c.payload_indexes_size(); ++i) {
+    const auto& p = c.payload_indexes(i);
+    PayloadIndexSpec spec;
+    spec.field = p.field();
+    switch (p.type()) {
+      case v1::PAYLOAD_TYPE_UNSPECIFIED:
+      case v1::PAYLOAD_TYPE_KEYWORD: spec.type = PayloadType::kKeyword; break;
+      case v1::PAYLOAD_TYPE_INTEGER: spec.type = PayloadType::kInteger; break;
+      case v1::PAYLOAD_TYPE_FLOAT: spec.type = PayloadType::kFloat; break;
+      case v1::PAYLOAD_TYPE_BOOL: spec.type = PayloadType::kBool; break;
+      default: return Bad(absl::StrCat("config.payload_indexes[", i, "].type"), "unknown type");
+    }
+    out.payload_indexes.push_back(std::move(spec));
+  }
+  if (c.num_shards() != 0) out.num_shards = c.num_shards();
+  if (c.seal_threshold() != 0) out.seal_threshold = c.seal_threshold();
+  return out;
+}
+
+void ToProto(const CollectionConfig& c, v1::CollectionConfig* out) {
+  out->set_dimension(c.dimension);
+  out->set_metric(c.metric == Metric::kL2             ? v1::METRIC_L2
+                  : c.metric == Metric::kInnerProduct ? v1::METRIC_INNER_PRODUCT
+                                                      : v1::METRIC_COSINE);
+  auto* ix = out->mutable_index();
+  static constexpr v1::IndexType kTypes[] = {v1::INDEX_TYPE_FLAT,     v1::INDEX_TYPE_HNSW,
+                                             v1::INDEX_TYPE_IVF_FLAT, v1::INDEX_TYPE_IVF_PQ,
+                                             v1::INDEX_TYPE_IVF_SQ8,  v1::INDEX_TYPE_HNSW_SQ};
+  ix->set_type(kTypes[static_cast<int>(c.index.type)]);
+  ix->set_hnsw_m(c.index.hnsw_m);
+  ix->set_ef_construction(c.index.ef_construction);
+  ix->set_ef_search(c.index.ef_search);
+  ix->set_nlist(c.index.nlist);
+  ix->set_nprobe(c.index.nprobe);
+  ix->set_pq_m(c.index.pq_m);
+  ix->set_pq_nbits(c.index.pq_nbits);
+  ix->set_rerank_factor(c.index.rerank_factor);
+  static constexpr v1::PayloadType kPayload[] = {v1::PAYLOAD_TYPE_KEYWORD, v1::PAYLOAD_TYPE_INTEGER,
+                                                 v1::PAYLOAD_TYPE_FLOAT, v1::PAYLOAD_TYPE_BOOL};
+  for (const auto& p : c.payload_indexes) {
+    auto* pi = out->add_payload_indexes();
+    pi->set_field(p.field);
+    pi->set_type(kPayload[static_cast<int>(p.type)]);
+  }
+  out->set_num_shards(c.num_shards);
+  out->set_seal_threshold(c.seal_threshold);
+}
+
+void ToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
+  out->set_name(info.name);
+  ToProto(info.config, out->mutable_config());
+  out->set_points(info.points);
+  out->set_segments(info.segments);
+  out->set_sealed_segments(info.sealed_segments);
+  out->set_deleted_in_segments(info.deleted_in_segments);
+  out->set_index_memory_bytes(info.index_memory_bytes);
+}
+
+absl::StatusOr<std::vector<Point>> FromProto(const v1::UpsertRequest& req) {
+  std::vector<Point> points;
+  points.reserve(req.points_size());
+  for (int i = 0; i < req.points_size(); ++i) {
+    const auto& p = req.points(i);
+    const std::string where = absl::StrCat("points[", i, "]");
+    Point out;
+    CAIRN_ASSIGN_OR_RETURN(out.id, FromProto(p.id(), where + ".id"));
+    out.vector.assign(p.vector().begin(), p.vector().end());
+    if (p.has_payload()) {
+      CAIRN_ASSIGN_OR_RETURN(out.payload, StructToJson(p.payload(), where + ".payload"));
+    }
+    out.text = p.text();
+    points.push_back(std::move(out));
+  }
+  return points;
+}
+
+void ToProto(const Record& r, v1::Record* out) {
+  ToProto(r.id, out->mutable_id());
+  out->mutable_vector()->Add(r.vector.begin(), r.vector.end());
+  if (!r.payload.empty()) JsonToStruct(r.payload, out->mutable_payload());
+  out->set_text(r.text);
+}
+
+void ToProto(const ScoredPoint& p, v1::ScoredPoint* out) {
+  ToProto(p.id, out->mutable_id());
+  out->set_score(p.score);
+  if (!p.payload.empty()) JsonToStruct(p.payload, out->mutable_payload());
+  out->set_text(p.text);
+  out->mutable_vector()->Add(p.vector.begin(), p.vector.end());
+}
+
+absl::Status FromProto(const v1::SearchParams& p, SearchParams* out) {
+  out->k = p.k() == 0 ? 10 : (p.k() > 1u << 30 ? 1 << 30 : static_cast<int>(p.k()));
+  out->ef = p.ef() > 65536 ? 65537 : static_cast<int>(p.ef());
+  out->nprobe = p.nprobe() > 1u << 20 ? (1 << 20) + 1 : static_cast<int>(p.nprobe());
+  out->exact = p.exact();
+  out->with_payload = p.with_payload();
+  out->with_vector = p.with_vector();
+  return absl::OkStatus();
+}
+
+}  // namespace cairn::api

@@ -1,0 +1,458 @@
+// End-to-end: a real cairnd process on a loopback port, driven through the
+// generated C++ client.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "cairn/v1/collections.grpc.pb.h"
+#include "cairn/v1/points.grpc.pb.h"
+#include "cairn/v1/search.grpc.pb.h"
+#include "cairn/v1/server.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace cairn::v1 {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A cairnd child process. Start() returns once it logs that it is serving.
+class Cairnd {
+ public:
+  explicit Cairnd(std::string data_dir) : data_dir_(std::move(data_dir)) {}
+  ~Cairnd() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (reader_.joinable()) reader_.join();
+  }
+
+  void Start() {
+    int fds[2];
+    ASSERT_EQ(pipe(fds), 0);
+    pid_ = fork();
+    ASSERT_GE(pid_, 0);
+    if (pid_ == 0) {
+      dup2(fds[1], STDERR_FILENO);
+      close(fds[0]);
+      close(fds[1]);
+      execl(CAIRND_PATH, CAIRND_PATH, "--listen", "127.0.0.1:0", "--data-dir", data_dir_.c_str(),
+            "--grace-seconds", "10", static_cast<char*>(nullptr));
+      std::_Exit(127);
+    }
+    close(fds[1]);
+    // Read the log until "serving" (or the end: it failed to start).
+    FILE* log = fdopen(fds[0], "r");
+    char line[4096];
+    while (fgets(line, sizeof(line), log)) {
+      std::string l = line;
+      log_ += l;
+      if (l.find("\"event\":\"listening\"") != std::string::npos) {
+        port_ = std::stoi(l.substr(l.find("\"port\":") + 7));
+      }
+      if (l.find("\"event\":\"serving\"") != std::string::npos) break;
+    }
+    ASSERT_GT(port_, 0) << "cairnd did not start:\n" << log_;
+    // Keep draining the log so the child never blocks on a full pipe.
+    reader_ = std::thread([this, log] {
+      char buf[4096];
+      while (fgets(buf, sizeof(buf), log)) {
+        std::lock_guard l(mu_);
+        log_ += buf;
+      }
+      fclose(log);
+    });
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
+  }
+
+  // SIGTERM, then the exit status.
+  int Stop() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    if (reader_.joinable()) reader_.join();
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  std::shared_ptr<grpc::Channel> channel() { return channel_; }
+  std::string log() {
+    std::lock_guard l(mu_);
+    return log_;
+  }
+
+ private:
+  std::string data_dir_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::mutex mu_;
+  std::string log_;
+  std::thread reader_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+class E2ETest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("cairnd-e2e-" + std::to_string(getpid()) + "-" +
+                                             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    StartServer();
+  }
+  void TearDown() override {
+    server_.reset();
+    fs::remove_all(dir_);
+  }
+  void StartServer() {
+    server_ = std::make_unique<Cairnd>((dir_ / "data").string());
+    server_->Start();
+    collections_ = Collections::NewStub(server_->channel());
+    points_ = Points::NewStub(server_->channel());
+    search_ = Search::NewStub(server_->channel());
+    info_ = Server::NewStub(server_->channel());
+  }
+
+  grpc::Status CreateCollection(const std::string& name, uint32_t dim) {
+    grpc::ClientContext ctx;
+    CreateCollectionRequest req;
+    req.set_name(name);
+    req.mutable_config()->set_dimension(dim);
+    auto* pi = req.mutable_config()->add_payload_indexes();
+    pi->set_field("lang");
+    pi->set_type(PAYLOAD_TYPE_KEYWORD);
+    CollectionInfo info;
+    return collections_->Create(&ctx, req, &info);
+  }
+
+  // Points 0..n-1 with vector (i, i, i, i) and payload {"lang": en|de, "i": i}.
+  grpc::Status UpsertPoints(const std::string& coll, int from, int to) {
+    grpc::ClientContext ctx;
+    UpsertRequest req;
+    req.set_collection(coll);
+    for (int i = from; i < to; ++i) {
+      auto* p = req.add_points();
+      p->mutable_id()->set_num(i);
+      for (int j = 0; j < 4; ++j) p->add_vector(static_cast<float>(i));
+      (*p->mutable_payload()->mutable_fields())["lang"].set_string_value(i % 2 ? "de" : "en");
+      (*p->mutable_payload()->mutable_fields())["i"].set_number_value(i);
+      p->set_text("chunk " + std::to_string(i));
+    }
+    UpsertResponse resp;
+    return points_->Upsert(&ctx, req, &resp);
+  }
+
+  uint64_t Count(const std::string& coll) {
+    grpc::ClientContext ctx;
+    CountRequest req;
+    req.set_collection(coll);
+    CountResponse resp;
+    auto s = points_->Count(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.count();
+  }
+
+  fs::path dir_;
+  std::unique_ptr<Cairnd> server_;
+  std::unique_ptr<Collections::Stub> collections_;
+  std::unique_ptr<Points::Stub> points_;
+  std::unique_ptr<Search::Stub> search_;
+  std::unique_ptr<Server::Stub> info_;
+};
+
+TEST_F(E2ETest, HealthIsServingAndInfoAnswers) {
+  auto health = grpc::health::v1::Health::NewStub(server_->channel());
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  grpc::ClientContext ctx2;
+  ServerInfo info;
+  ASSERT_TRUE(info_->Info(&ctx2, ServerInfoRequest(), &info).ok());
+  EXPECT_EQ(info.version(), "0.1.0");
+  EXPECT_EQ(info.format_version(), 1u);
+  EXPECT_FALSE(info.simd().empty());
+}
+
+TEST_F(E2ETest, CollectionsLifecycleAndErrors) {
+  ASSERT_TRUE(CreateCollection("docs", 4).ok());
+  auto again = CreateCollection("docs", 4);
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::ALREADY_EXISTS) << again.error_message();
+  auto bad_name = CreateCollection("no spaces", 4);
+  EXPECT_EQ(bad_name.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  auto bad_dim = CreateCollection("zero", 0);
+  EXPECT_EQ(bad_dim.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad_dim.error_message().find("dimension"), std::string::npos) << bad_dim.error_message();
+
+  grpc::ClientContext ctx;
+  GetCollectionRequest get;
+  get.set_name("docs");
+  CollectionInfo info;
+  ASSERT_TRUE(collections_->Get(&ctx, get, &info).ok());
+  EXPECT_EQ(info.config().dimension(), 4u);
+  EXPECT_EQ(info.config().index().type(), INDEX_TYPE_HNSW);
+  EXPECT_EQ(info.config().index().hnsw_m(), 32u);
+
+  grpc::ClientContext ctx2;
+  ListCollectionsResponse list;
+  ASSERT_TRUE(collections_->List(&ctx2, ListCollectionsRequest(), &list).ok());
+  ASSERT_EQ(list.names_size(), 1);
+  EXPECT_EQ(list.names(0), "docs");
+
+  grpc::ClientContext ctx3;
+  DeleteCollectionRequest del;
+  del.set_name("docs");
+  DeleteCollectionResponse dr;
+  ASSERT_TRUE(collections_->Delete(&ctx3, del, &dr).ok());
+  grpc::ClientContext ctx4;
+  auto gone = collections_->Get(&ctx4, get, &info);
+  EXPECT_EQ(gone.error_code(), grpc::StatusCode::NOT_FOUND);
+  grpc::ClientContext ctx5;
+  EXPECT_EQ(collections_->Delete(&ctx5, del, &dr).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(E2ETest, UpsertSearchFilterPayloadDeleteScroll) {
+  ASSERT_TRUE(CreateCollection("docs", 4).ok());
+  ASSERT_TRUE(UpsertPoints("docs", 0, 100).ok());
+  EXPECT_EQ(Count("docs"), 100u);
+
+  // Filtered search: nearest English point to (10.2,...) is 10.
+  grpc::ClientContext ctx;
+  SearchRequest sreq;
+  sreq.set_collection("docs");
+  for (int j = 0; j < 4; ++j) sreq.add_vector(11.2f);
+  sreq.mutable_params()->set_k(3);
+  sreq.mutable_params()->set_with_payload(true);
+  auto* cond = sreq.mutable_params()->mutable_filter()->add_must();
+  cond->set_key("lang");
+  cond->mutable_match()->mutable_value()->set_string_value("en");
+  SearchResponse sresp;
+  auto s = search_->Search(&ctx, sreq, &sresp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(sresp.hits_size(), 3);
+  EXPECT_EQ(sresp.hits(0).id().num(), 12u);
+  EXPECT_EQ(sresp.hits(1).id().num(), 10u);
+  EXPECT_EQ(sresp.hits(0).text(), "chunk 12");
+  EXPECT_EQ(sresp.hits(0).payload().fields().at("lang").string_value(), "en");
+  EXPECT_EQ(sresp.hits(0).payload().fields().at("i").number_value(), 12);
+
+  // Merge a payload key, then get it back.
+  grpc::ClientContext ctx2;
+  SetPayloadRequest sp;
+  sp.set_collection("docs");
+  sp.add_ids()->set_num(12);
+  (*sp.mutable_payload()->mutable_fields())["reviewed"].set_bool_value(true);
+  SetPayloadResponse spr;
+  ASSERT_TRUE(points_->SetPayload(&ctx2, sp, &spr).ok());
+  grpc::ClientContext ctx3;
+  GetPointsRequest gr;
+  gr.set_collection("docs");
+  gr.add_ids()->set_num(12);
+  gr.add_ids()->set_str("absent");
+  gr.set_with_payload(true);
+  gr.set_with_vector(true);
+  GetPointsResponse gresp;
+  ASSERT_TRUE(points_->Get(&ctx3, gr, &gresp).ok());
+  ASSERT_EQ(gresp.results_size(), 2);
+  ASSERT_TRUE(gresp.results(0).found());
+  EXPECT_FALSE(gresp.results(1).found());
+  EXPECT_TRUE(gresp.results(0).record().payload().fields().at("reviewed").bool_value());
+  EXPECT_EQ(gresp.results(0).record().payload().fields().at("lang").string_value(), "en");
+  EXPECT_EQ(gresp.results(0).record().vector_size(), 4);
+
+  // Delete by filter: every German point.
+  grpc::ClientContext ctx4;
+  DeletePointsRequest dr;
+  dr.set_collection("docs");
+  auto* dc = dr.mutable_filter()->add_must();
+  dc->set_key("lang");
+  dc->mutable_match()->mutable_value()->set_string_value("de");
+  DeletePointsResponse dresp;
+  ASSERT_TRUE(points_->Delete(&ctx4, dr, &dresp).ok());
+  EXPECT_EQ(dresp.deleted(), 50u);
+  EXPECT_EQ(Count("docs"), 50u);
+
+  // Scroll pages through the 50 left exactly once.
+  std::set<uint64_t> seen;
+  std::string cursor;
+  int pages = 0;
+  do {
+    grpc::ClientContext c;
+    ScrollRequest sr;
+    sr.set_collection("docs");
+    sr.set_limit(7);
+    sr.set_cursor(cursor);
+    ScrollResponse page;
+    ASSERT_TRUE(points_->Scroll(&c, sr, &page).ok());
+    for (const auto& r : page.points()) EXPECT_TRUE(seen.insert(r.id().num()).second);
+    cursor = page.next_cursor();
+    ++pages;
+  } while (!cursor.empty() && pages < 100);
+  EXPECT_EQ(seen.size(), 50u);
+  EXPECT_EQ(pages, 8);
+}
+
+TEST_F(E2ETest, BadRequestsGetClearCodesAndChangeNothing) {
+  ASSERT_TRUE(CreateCollection("docs", 4).ok());
+  ASSERT_TRUE(UpsertPoints("docs", 0, 10).ok());
+
+  {  // wrong dimension
+    grpc::ClientContext ctx;
+    UpsertRequest req;
+    req.set_collection("docs");
+    auto* p = req.add_points();
+    p->mutable_id()->set_num(100);
+    p->add_vector(1.0f);
+    UpsertResponse resp;
+    auto s = points_->Upsert(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("dimension"), std::string::npos) << s.error_message();
+  }
+  {  // NaN, in the second point: the first must not land either
+    grpc::ClientContext ctx;
+    UpsertRequest req;
+    req.set_collection("docs");
+    for (int i = 0; i < 2; ++i) {
+      auto* p = req.add_points();
+      p->mutable_id()->set_num(200 + i);
+      for (int j = 0; j < 4; ++j) p->add_vector(i == 1 && j == 2 ? NAN : 1.0f);
+    }
+    UpsertResponse resp;
+    EXPECT_EQ(points_->Upsert(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // unknown collection
+    grpc::ClientContext ctx;
+    SearchRequest req;
+    req.set_collection("nope");
+    for (int j = 0; j < 4; ++j) req.add_vector(1);
+    SearchResponse resp;
+    EXPECT_EQ(search_->Search(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {  // malformed filter: a range with no bounds, named in the message
+    grpc::ClientContext ctx;
+    CountRequest req;
+    req.set_collection("docs");
+    auto* c = req.mutable_filter()->add_must();
+    c->set_key("i");
+    c->mutable_range();
+    CountResponse resp;
+    auto s = points_->Count(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("filter.must[0]"), std::string::npos) << s.error_message();
+  }
+  {  // k out of range
+    grpc::ClientContext ctx;
+    SearchRequest req;
+    req.set_collection("docs");
+    for (int j = 0; j < 4; ++j) req.add_vector(1);
+    req.mutable_params()->set_k(100000000);
+    SearchResponse resp;
+    EXPECT_EQ(search_->Search(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // an id that is not set
+    grpc::ClientContext ctx;
+    GetPointsRequest req;
+    req.set_collection("docs");
+    req.add_ids();
+    GetPointsResponse resp;
+    auto s = points_->Get(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("ids[0]"), std::string::npos) << s.error_message();
+  }
+  {  // a deadline that has already passed
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() - std::chrono::seconds(1));
+    SearchRequest req;
+    req.set_collection("docs");
+    for (int j = 0; j < 4; ++j) req.add_vector(1);
+    SearchResponse resp;
+    EXPECT_EQ(search_->Search(&ctx, req, &resp).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  EXPECT_EQ(Count("docs"), 10u);
+}
+
+TEST_F(E2ETest, StreamingUpsertAndRestartKeepsData) {
+  ASSERT_TRUE(CreateCollection("docs", 4).ok());
+  {
+    grpc::ClientContext ctx;
+    UpsertResponse resp;
+    auto writer = points_->UpsertStream(&ctx, &resp);
+    for (int b = 0; b < 20; ++b) {
+      UpsertRequest req;
+      req.set_collection("docs");
+      for (int i = 0; i < 50; ++i) {
+        auto* p = req.add_points();
+        p->mutable_id()->set_str("doc-" + std::to_string(b) + "-" + std::to_string(i));
+        for (int j = 0; j < 4; ++j) p->add_vector(static_cast<float>(b * 50 + i));
+      }
+      ASSERT_TRUE(writer->Write(req));
+    }
+    writer->WritesDone();
+    auto s = writer->Finish();
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.points(), 1000u);
+  }
+  EXPECT_EQ(Count("docs"), 1000u);
+  {  // a bad batch ends the stream with its error; earlier batches stay
+    grpc::ClientContext ctx;
+    UpsertResponse resp;
+    auto writer = points_->UpsertStream(&ctx, &resp);
+    UpsertRequest good, bad;
+    good.set_collection("docs");
+    auto* p = good.add_points();
+    p->mutable_id()->set_str("extra");
+    for (int j = 0; j < 4; ++j) p->add_vector(0.5f);
+    bad.set_collection("docs");
+    bad.add_points()->mutable_id()->set_str("short-vector");
+    writer->Write(good);
+    writer->Write(bad);
+    writer->WritesDone();
+    auto s = writer->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("message 1"), std::string::npos) << s.error_message();
+  }
+  EXPECT_EQ(Count("docs"), 1001u);
+
+  EXPECT_EQ(server_->Stop(), 0) << server_->log();
+  EXPECT_NE(server_->log().find("\"event\":\"stopped\""), std::string::npos);
+  StartServer();
+  EXPECT_EQ(Count("docs"), 1001u);
+  grpc::ClientContext ctx;
+  SearchRequest req;
+  req.set_collection("docs");
+  for (int j = 0; j < 4; ++j) req.add_vector(777.0f);
+  req.mutable_params()->set_k(1);
+  SearchResponse resp;
+  ASSERT_TRUE(search_->Search(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.hits_size(), 1);
+  EXPECT_EQ(resp.hits(0).id().str(), "doc-15-27");
+}
+
+TEST_F(E2ETest, SecondServerOnTheSameDataDirRefusesToStart) {
+  // A second cairnd on the same directory must exit 1 and say why.
+  std::string cmd = std::string(CAIRND_PATH) + " --listen 127.0.0.1:0 --data-dir " +
+                    (dir_ / "data").string() + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[1024];
+  while (fgets(buf, sizeof(buf), p)) out += buf;
+  int status = pclose(p);
+  EXPECT_EQ(WEXITSTATUS(status), 1) << out;
+  EXPECT_NE(out.find("in use by another process"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace cairn::v1

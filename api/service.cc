@@ -1,0 +1,446 @@
+#include "api/service.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "api/convert.h"
+#include "cairn/status.h"
+#include "cairn/v1/collections.grpc.pb.h"
+#include "cairn/v1/points.grpc.pb.h"
+#include "cairn/v1/search.grpc.pb.h"
+#include "cairn/v1/server.grpc.pb.h"
+#include "index/distance.h"
+
+namespace cairn::api {
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+// A fixed set of threads and a bounded queue of tasks.
+class WorkerPool {
+ public:
+  WorkerPool(int threads, int max_queued) : max_queued_(max_queued) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~WorkerPool() {
+    {
+      std::lock_guard l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  // False when the queue is full.
+  bool Submit(std::function<void()> task) {
+    {
+      std::lock_guard l(mu_);
+      if (static_cast<int>(queue_.size()) >= max_queued_) return false;
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+    return true;
+  }
+
+ private:
+  void Run() {
+    while (true) {
+      std::function<void()> task;
+      {
+        std::unique_lock l(mu_);
+        cv_.wait(l, [this] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping, and nothing left to run
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  }
+  const int max_queued_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// What every service needs: the database (null while loading) and the pool.
+struct Backend {
+  std::atomic<Database*> db{nullptr};
+  std::unique_ptr<WorkerPool> pool;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  // Runs fn(db) on the pool and finishes the call with its status.
+  template <typename Fn>
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Fn fn) {
+    auto* reactor = ctx->DefaultReactor();
+    Database* database = db.load();
+    if (database == nullptr) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                   "cairnd is still loading its data; retry shortly"));
+      return reactor;
+    }
+    bool queued = pool->Submit([ctx, reactor, database, fn = std::move(fn)]() mutable {
+      if (ctx->IsCancelled()) {
+        reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
+        return;
+      }
+      if (std::chrono::system_clock::now() > ctx->deadline()) {
+        reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                     "the deadline passed before the request could run"));
+        return;
+      }
+      reactor->Finish(ToGrpc(fn(*database)));
+    });
+    if (!queued) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                   "cairnd is overloaded (request queue full); retry with backoff"));
+    }
+    return reactor;
+  }
+};
+
+absl::StatusOr<std::shared_ptr<Collection>> Open(Database& db, const std::string& name) {
+  if (name.empty()) return absl::InvalidArgumentError("collection: the name is empty");
+  return db.GetCollection(name);
+}
+
+class CollectionsService final : public v1::Collections::CallbackService {
+ public:
+  explicit CollectionsService(Backend* b) : b_(b) {}
+
+  grpc::ServerUnaryReactor* Create(grpc::CallbackServerContext* ctx,
+                                   const v1::CreateCollectionRequest* req,
+                                   v1::CollectionInfo* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(CollectionConfig config, FromProto(req->config()));
+      CAIRN_ASSIGN_OR_RETURN(auto c, db.CreateCollection(req->name(), config));
+      CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
+      ToProto(info, resp);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx,
+                                const v1::GetCollectionRequest* req,
+                                v1::CollectionInfo* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->name()));
+      CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
+      ToProto(info, resp);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx,
+                                 const v1::ListCollectionsRequest* req,
+                                 v1::ListCollectionsResponse* resp) override {
+    return b_->Run(ctx, [resp](Database& db) -> absl::Status {
+      for (const auto& n : db.ListCollections()) resp->add_names(n);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
+                                   const v1::DeleteCollectionRequest* req,
+                                   v1::DeleteCollectionResponse* resp) override {
+    return b_->Run(ctx, [req](Database& db) { return db.DropCollection(req->name()); });
+  }
+
+ private:
+  Backend* b_;
+};
+
+// Client-streaming upsert: each message is applied (durably) before the next
+// is read, so a failure leaves exactly the earlier batches applied.
+class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
+ public:
+  UpsertStreamReactor(Backend* b, Database* db, v1::UpsertResponse* resp)
+      : b_(b), db_(db), resp_(resp) {
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client has sent everything
+      Finish(grpc::Status::OK);
+      return;
+    }
+    bool queued = b_->pool->Submit([this] {
+      absl::Status s = Apply();
+      if (!s.ok()) {
+        Finish(ToGrpc(absl::Status(s.code(), absl::StrCat("message ", messages_, ": ", s.message()))));
+        return;
+      }
+      ++messages_;
+      StartRead(&req_);
+    });
+    if (!queued) {
+      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "cairnd is overloaded (request queue full); retry with backoff"));
+    }
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Apply() {
+    CAIRN_ASSIGN_OR_RETURN(auto c, Open(*db_, req_.collection()));
+    CAIRN_ASSIGN_OR_RETURN(std::vector<Point> points, FromProto(req_));
+    CAIRN_RETURN_IF_ERROR(c->Upsert(points));
+    resp_->set_points(resp_->points() + points.size());
+    return absl::OkStatus();
+  }
+
+  Backend* b_;
+  Database* db_;
+  v1::UpsertResponse* resp_;
+  v1::UpsertRequest req_;
+  uint64_t messages_ = 0;
+};
+
+class PointsService final : public v1::Points::CallbackService {
+ public:
+  explicit PointsService(Backend* b) : b_(b) {}
+
+  grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* ctx, const v1::UpsertRequest* req,
+                                   v1::UpsertResponse* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      CAIRN_ASSIGN_OR_RETURN(std::vector<Point> points, FromProto(*req));
+      CAIRN_RETURN_IF_ERROR(c->Upsert(points));
+      resp->set_points(points.size());
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerReadReactor<v1::UpsertRequest>* UpsertStream(grpc::CallbackServerContext* ctx,
+                                                           v1::UpsertResponse* resp) override {
+    Database* db = b_->db.load();
+    if (db == nullptr) {
+      class Refuse final : public grpc::ServerReadReactor<v1::UpsertRequest> {
+       public:
+        Refuse() {
+          Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "cairnd is still loading its data; retry shortly"));
+        }
+        void OnDone() override { delete this; }
+      };
+      return new Refuse();
+    }
+    return new UpsertStreamReactor(b_, db, resp);
+  }
+
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx, const v1::GetPointsRequest* req,
+                                v1::GetPointsResponse* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      CAIRN_ASSIGN_OR_RETURN(auto ids, FromProto(req->ids(), "ids"));
+      CAIRN_ASSIGN_OR_RETURN(auto records, c->Get(ids, req->with_payload(), req->with_vector()));
+      for (const auto& r : records) {
+        auto* l = resp->add_results();
+        l->set_found(r.has_value());
+        if (r) ToProto(*r, l->mutable_record());
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
+                                   const v1::DeletePointsRequest* req,
+                                   v1::DeletePointsResponse* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
+      if (filter && req->ids_size() > 0) {
+        return absl::InvalidArgumentError("delete: give ids or a filter, not both");
+      }
+      if (filter) {
+        CAIRN_ASSIGN_OR_RETURN(uint64_t n, c->DeleteByFilter(*filter));
+        resp->set_deleted(n);
+        return absl::OkStatus();
+      }
+      if (req->ids_size() == 0) return absl::InvalidArgumentError("delete: give ids or a non-empty filter");
+      CAIRN_ASSIGN_OR_RETURN(auto ids, FromProto(req->ids(), "ids"));
+      CAIRN_ASSIGN_OR_RETURN(uint64_t n, c->Delete(ids));
+      resp->set_deleted(n);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* SetPayload(grpc::CallbackServerContext* ctx,
+                                       const v1::SetPayloadRequest* req,
+                                       v1::SetPayloadResponse* resp) override {
+    return b_->Run(ctx, [req](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      CAIRN_ASSIGN_OR_RETURN(auto ids, FromProto(req->ids(), "ids"));
+      CAIRN_ASSIGN_OR_RETURN(std::string payload, StructToJson(req->payload(), "payload"));
+      return req->overwrite() ? c->OverwritePayload(ids, payload) : c->SetPayload(ids, payload);
+    });
+  }
+
+  grpc::ServerUnaryReactor* Count(grpc::CallbackServerContext* ctx, const v1::CountRequest* req,
+                                  v1::CountResponse* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
+      CAIRN_ASSIGN_OR_RETURN(uint64_t n, c->Count(filter ? &*filter : nullptr));
+      resp->set_count(n);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Scroll(grpc::CallbackServerContext* ctx, const v1::ScrollRequest* req,
+                                   v1::ScrollResponse* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
+      ScrollRequest sr;
+      sr.cursor = req->cursor();
+      sr.limit = req->limit() == 0 ? 100 : req->limit();
+      sr.filter = filter ? &*filter : nullptr;
+      sr.with_payload = req->with_payload();
+      sr.with_vector = req->with_vector();
+      CAIRN_ASSIGN_OR_RETURN(ScrollPage page, c->Scroll(sr));
+      for (const auto& r : page.points) ToProto(r, resp->add_points());
+      resp->set_next_cursor(page.next_cursor);
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  Backend* b_;
+};
+
+class SearchService final : public v1::Search::CallbackService {
+ public:
+  explicit SearchService(Backend* b) : b_(b) {}
+
+  grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* ctx, const v1::SearchRequest* req,
+                                   v1::SearchResponse* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      SearchParams params;
+      CAIRN_RETURN_IF_ERROR(FromProto(req->params(), &params));
+      CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->params().filter(), req->params().has_filter()));
+      params.filter = filter ? &*filter : nullptr;
+      CAIRN_ASSIGN_OR_RETURN(auto hits, c->Search(req->vector(), params));
+      for (const auto& h : hits) ToProto(h, resp->add_hits());
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* SearchBatch(grpc::CallbackServerContext* ctx,
+                                        const v1::SearchBatchRequest* req,
+                                        v1::SearchBatchResponse* resp) override {
+    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      SearchParams params;
+      CAIRN_RETURN_IF_ERROR(FromProto(req->params(), &params));
+      CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->params().filter(), req->params().has_filter()));
+      params.filter = filter ? &*filter : nullptr;
+      CAIRN_ASSIGN_OR_RETURN(auto results, c->SearchBatch(req->vectors(), params));
+      for (const auto& hits : results) {
+        auto* r = resp->add_results();
+        for (const auto& h : hits) ToProto(h, r->add_hits());
+      }
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  Backend* b_;
+};
+
+class ServerService final : public v1::Server::CallbackService {
+ public:
+  explicit ServerService(Backend* b) : b_(b) {}
+
+  grpc::ServerUnaryReactor* Info(grpc::CallbackServerContext* ctx, const v1::ServerInfoRequest* req,
+                                 v1::ServerInfo* resp) override {
+    Backend* b = b_;
+    return b_->Run(ctx, [b, resp](Database& db) -> absl::Status {
+      resp->set_version(kVersion);
+      resp->set_format_version(kFormatVersion);
+      resp->set_simd(index::SimdLevelName(index::ActiveSimdLevel()));
+      for (const auto& n : db.ListCollections()) resp->add_collections(n);
+      resp->set_uptime_seconds(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                                         std::chrono::steady_clock::now() - b->started)
+                                                         .count()));
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  Backend* b_;
+};
+
+}  // namespace
+
+struct CairnServer::Impl {
+  ServerOptions options;
+  Backend backend;
+  std::unique_ptr<Database> db;
+  CollectionsService collections{&backend};
+  PointsService points{&backend};
+  SearchService search{&backend};
+  ServerService server_service{&backend};
+  std::unique_ptr<grpc::Server> server;
+};
+
+CairnServer::CairnServer(ServerOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->options = std::move(options);
+  int threads = impl_->options.worker_threads > 0
+                    ? impl_->options.worker_threads
+                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  impl_->backend.pool = std::make_unique<WorkerPool>(threads, impl_->options.max_queued_requests);
+}
+
+CairnServer::~CairnServer() { Shutdown(std::chrono::milliseconds(0)); }
+
+absl::StatusOr<int> CairnServer::Start() {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(impl_->options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(impl_->options.max_request_bytes);
+  builder.RegisterService(&impl_->collections);
+  builder.RegisterService(&impl_->points);
+  builder.RegisterService(&impl_->search);
+  builder.RegisterService(&impl_->server_service);
+  impl_->server = builder.BuildAndStart();
+  if (impl_->server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", impl_->options.listen,
+                                               " (in use, or not an address of this host?)"));
+  }
+  impl_->server->GetHealthCheckService()->SetServingStatus(false);
+  return port;
+}
+
+void CairnServer::Serve(std::unique_ptr<Database> db) {
+  impl_->db = std::move(db);
+  impl_->backend.db.store(impl_->db.get());
+  impl_->server->GetHealthCheckService()->SetServingStatus(true);
+}
+
+void CairnServer::Shutdown(std::chrono::milliseconds grace) {
+  if (impl_->server) {
+    impl_->server->GetHealthCheckService()->SetServingStatus(false);
+    impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
+    impl_->server.reset();
+  }
+  impl_->backend.pool.reset();  // runs what was queued, then joins
+  impl_->backend.db.store(nullptr);
+  impl_->db.reset();
+}
+
+}  // namespace cairn::api

@@ -1,0 +1,57 @@
+// CairnServer: the cairn.v1 gRPC services over an embedded Database, with the
+// standard health service and server reflection.
+//
+// Requests run on a bounded worker pool, never on gRPC's callback threads: a
+// full queue answers RESOURCE_EXHAUSTED at once rather than queueing without
+// bound. Until the database is loaded, calls answer UNAVAILABLE and health
+// says NOT_SERVING; after Load, SERVING; during Shutdown, NOT_SERVING again.
+//
+// Thread-safety: Start, Load and Shutdown are called from one thread, in
+// that order; everything else is internal.
+#ifndef CAIRN_API_SERVICE_H_
+#define CAIRN_API_SERVICE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "cairn/database.h"
+
+namespace cairn::api {
+
+struct ServerOptions {
+  // host:port to listen on; port 0 picks a free one (Start returns it).
+  // Default: 127.0.0.1:7600.
+  std::string listen = "127.0.0.1:7600";
+  // Threads that run requests. 0: the number of cores. Default: 0.
+  int worker_threads = 0;
+  // Requests waiting for a worker before new ones are refused. Default: 1024.
+  int max_queued_requests = 1024;
+  // Largest request message, in bytes. Default: 64 MiB.
+  int max_request_bytes = 64 << 20;
+};
+
+class CairnServer {
+ public:
+  explicit CairnServer(ServerOptions options);
+  ~CairnServer();
+
+  // Binds and starts serving (health NOT_SERVING); returns the bound port.
+  // Unavailable when the address cannot be bound.
+  absl::StatusOr<int> Start();
+  // Takes the opened database and starts answering (health SERVING).
+  void Serve(std::unique_ptr<Database> db);
+  // Health NOT_SERVING, stop accepting calls, let calls in flight finish
+  // (cancelling them after `grace`), then close the database.
+  void Shutdown(std::chrono::milliseconds grace);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cairn::api
+
+#endif  // CAIRN_API_SERVICE_H_
