@@ -10,6 +10,7 @@
 #include <string>
 
 #include "api/service.h"
+#include "storage/file_util.h"
 #include "cairn/database.h"
 
 namespace {
@@ -32,11 +33,26 @@ void Usage(FILE* out) {
       "                          finish before they are cancelled (CAIRN_GRACE_SECONDS;\n"
       "                          default 30)\n"
       "  --port-file PATH        write the bound port to PATH once listening\n"
+      "\n"
+      "Security:\n"
+      "  --api-keys-file PATH    API keys with roles, one \"ROLE KEY\" per line; roles are\n"
+      "                          read, write, admin (CAIRN_API_KEYS_FILE; or the keys\n"
+      "                          themselves in CAIRN_API_KEYS as \"read:KEY,admin:KEY\")\n"
+      "  --insecure-no-auth      serve without API keys; refused unless listening on a\n"
+      "                          loopback address (CAIRN_INSECURE_NO_AUTH=1)\n"
+      "  --tls-cert PATH         PEM certificate chain; with --tls-key turns on TLS\n"
+      "                          (CAIRN_TLS_CERT)\n"
+      "  --tls-key PATH          PEM private key (CAIRN_TLS_KEY)\n"
+      "  --tls-client-ca PATH    PEM CA for client certificates: mTLS, every client must\n"
+      "                          present a certificate it signed (CAIRN_TLS_CLIENT_CA)\n"
+      "  Clients send their key as metadata \"authorization: Bearer KEY\".\n"
       "  --help                  this text\n"
       "\n"
       "Example:\n"
-      "  cairnd --data-dir /var/lib/cairn --listen 0.0.0.0:7600\n"
-      "  grpcurl -plaintext 127.0.0.1:7600 cairn.v1.Server/Info\n"
+      "  cairnd --data-dir /var/lib/cairn --listen 0.0.0.0:7600 --api-keys-file /etc/cairn/keys \\\n"
+      "         --tls-cert /etc/cairn/tls.crt --tls-key /etc/cairn/tls.key\n"
+      "  cairnd --insecure-no-auth      # development, on 127.0.0.1:7600\n"
+      "  grpcurl -plaintext -H 'authorization: Bearer KEY' 127.0.0.1:7600 cairn.v1.Server/Info\n"
       "\n"
       "Exit status: 0 after a clean shutdown, 1 when it cannot start (address in use,\n"
       "data directory locked by another process or of another format), 2 for bad flags.\n");
@@ -64,6 +80,11 @@ int main(int argc, char** argv) {
   std::string max_mb = Env("CAIRN_MAX_REQUEST_MB", "64");
   std::string grace = Env("CAIRN_GRACE_SECONDS", "30");
   std::string port_file;
+  std::string keys_file = Env("CAIRN_API_KEYS_FILE", "");
+  std::string keys_inline = Env("CAIRN_API_KEYS", "");
+  bool no_auth = Env("CAIRN_INSECURE_NO_AUTH", "") == "1";
+  std::string tls_cert = Env("CAIRN_TLS_CERT", ""), tls_key = Env("CAIRN_TLS_KEY", ""),
+              tls_client_ca = Env("CAIRN_TLS_CLIENT_CA", "");
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* dst) {
@@ -88,6 +109,16 @@ int main(int argc, char** argv) {
       value(&grace);
     } else if (a == "--port-file") {
       value(&port_file);
+    } else if (a == "--api-keys-file") {
+      value(&keys_file);
+    } else if (a == "--insecure-no-auth") {
+      no_auth = true;
+    } else if (a == "--tls-cert") {
+      value(&tls_cert);
+    } else if (a == "--tls-key") {
+      value(&tls_key);
+    } else if (a == "--tls-client-ca") {
+      value(&tls_client_ca);
     } else {
       std::fprintf(stderr, "cairnd: unknown flag %s (see cairnd --help)\n", a.c_str());
       return 2;
@@ -102,6 +133,49 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  cairn::api::ServerOptions options;
+  if (no_auth) {
+    std::string host = listen.substr(0, listen.rfind(':'));
+    if (host.rfind("127.", 0) != 0 && host != "localhost" && host != "[::1]") {
+      std::fprintf(stderr, "cairnd: --insecure-no-auth is only for loopback addresses (127.0.0.1, "
+                           "localhost, [::1]); %s is not one. Configure API keys instead.\n",
+                   listen.c_str());
+      return 2;
+    }
+    std::fprintf(stderr,
+                 "{\"event\":\"warning\",\"message\":\"AUTHENTICATION IS OFF (--insecure-no-auth): "
+                 "anyone who can reach %s can read, change and delete all data\"}\n",
+                 listen.c_str());
+  } else {
+    absl::StatusOr<cairn::api::ApiKeys> keys = absl::InvalidArgumentError(
+        "no API keys configured: give --api-keys-file or CAIRN_API_KEYS, or --insecure-no-auth "
+        "for development on a loopback address");
+    if (!keys_file.empty()) {
+      auto text = cairn::storage::ReadFile(keys_file);
+      keys = text.ok() ? cairn::api::ApiKeys::ParseFile(*text) : text.status();
+    } else if (!keys_inline.empty()) {
+      keys = cairn::api::ApiKeys::ParseList(keys_inline);
+    }
+    if (keys.ok() && keys->size() == 0) keys = absl::InvalidArgumentError("the API keys list is empty");
+    if (!keys.ok()) {
+      std::fprintf(stderr, "cairnd: %s\n", std::string(keys.status().message()).c_str());
+      return 2;
+    }
+    std::fprintf(stderr, "{\"event\":\"auth\",\"api_keys\":%zu}\n", keys->size());
+    options.api_keys = *std::move(keys);
+  }
+  for (auto [path, dst] : {std::pair{&tls_cert, &options.tls_cert_pem},
+                           std::pair{&tls_key, &options.tls_key_pem},
+                           std::pair{&tls_client_ca, &options.tls_client_ca_pem}}) {
+    if (path->empty()) continue;
+    auto pem = cairn::storage::ReadFile(*path);
+    if (!pem.ok()) {
+      std::fprintf(stderr, "cairnd: %s\n", std::string(pem.status().message()).c_str());
+      return 2;
+    }
+    *dst = *std::move(pem);
+  }
+
   // SIGTERM and SIGINT are taken by sigwait below, in this thread alone.
   sigset_t signals;
   sigemptyset(&signals);
@@ -109,7 +183,6 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  cairn::api::ServerOptions options;
   options.listen = listen;
   options.worker_threads = static_cast<int>(n_workers);
   options.max_request_bytes = static_cast<int>(n_max_mb << 20);
@@ -117,9 +190,11 @@ int main(int argc, char** argv) {
   auto port = server.Start();
   if (!port.ok()) {
     std::fprintf(stderr, "cairnd: %s\n", std::string(port.status().message()).c_str());
-    return 1;
+    return absl::IsInvalidArgument(port.status()) ? 2 : 1;
   }
-  std::fprintf(stderr, "{\"event\":\"listening\",\"address\":\"%s\",\"port\":%d}\n", listen.c_str(), *port);
+  std::fprintf(stderr, "{\"event\":\"listening\",\"address\":\"%s\",\"port\":%d,\"tls\":%s,\"mtls\":%s}\n",
+               listen.c_str(), *port, options.tls_cert_pem.empty() ? "false" : "true",
+               options.tls_client_ca_pem.empty() ? "false" : "true");
   if (!port_file.empty()) {
     std::ofstream(port_file + ".tmp") << *port << "\n";
     std::rename((port_file + ".tmp").c_str(), port_file.c_str());

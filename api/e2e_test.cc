@@ -11,8 +11,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "cairn/v1/collections.grpc.pb.h"
 #include "cairn/v1/points.grpc.pb.h"
@@ -29,7 +32,9 @@ namespace fs = std::filesystem;
 // A cairnd child process. Start() returns once it logs that it is serving.
 class Cairnd {
  public:
-  explicit Cairnd(std::string data_dir) : data_dir_(std::move(data_dir)) {}
+  explicit Cairnd(std::string data_dir, std::vector<std::string> args = {"--insecure-no-auth"},
+                  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials())
+      : data_dir_(std::move(data_dir)), args_(std::move(args)), creds_(std::move(creds)) {}
   ~Cairnd() {
     if (pid_ > 0) {
       kill(pid_, SIGKILL);
@@ -47,8 +52,13 @@ class Cairnd {
       dup2(fds[1], STDERR_FILENO);
       close(fds[0]);
       close(fds[1]);
-      execl(CAIRND_PATH, CAIRND_PATH, "--listen", "127.0.0.1:0", "--data-dir", data_dir_.c_str(),
-            "--grace-seconds", "10", static_cast<char*>(nullptr));
+      std::vector<std::string> all = {CAIRND_PATH, "--listen", "127.0.0.1:0", "--data-dir", data_dir_,
+                                      "--grace-seconds", "10"};
+      all.insert(all.end(), args_.begin(), args_.end());
+      std::vector<char*> argv;
+      for (auto& a : all) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(CAIRND_PATH, argv.data());
       std::_Exit(127);
     }
     close(fds[1]);
@@ -73,7 +83,7 @@ class Cairnd {
       }
       fclose(log);
     });
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), creds_);
   }
 
   // SIGTERM, then the exit status.
@@ -87,6 +97,7 @@ class Cairnd {
   }
 
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
+  int port() const { return port_; }
   std::string log() {
     std::lock_guard l(mu_);
     return log_;
@@ -94,6 +105,8 @@ class Cairnd {
 
  private:
   std::string data_dir_;
+  std::vector<std::string> args_;
+  std::shared_ptr<grpc::ChannelCredentials> creds_;
   pid_t pid_ = -1;
   int port_ = 0;
   std::mutex mu_;
@@ -101,6 +114,17 @@ class Cairnd {
   std::thread reader_;
   std::shared_ptr<grpc::Channel> channel_;
 };
+
+// Runs cairnd with `args` to completion (it must refuse to start).
+std::pair<int, std::string> RunCairnd(const std::string& args) {
+  std::string cmd = std::string(CAIRND_PATH) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[1024];
+  while (p && fgets(buf, sizeof(buf), p)) out += buf;
+  int status = p ? pclose(p) : -1;
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
 
 class E2ETest : public ::testing::Test {
  protected:
@@ -441,17 +465,176 @@ TEST_F(E2ETest, StreamingUpsertAndRestartKeepsData) {
 }
 
 TEST_F(E2ETest, SecondServerOnTheSameDataDirRefusesToStart) {
-  // A second cairnd on the same directory must exit 1 and say why.
-  std::string cmd = std::string(CAIRND_PATH) + " --listen 127.0.0.1:0 --data-dir " +
-                    (dir_ / "data").string() + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[1024];
-  while (fgets(buf, sizeof(buf), p)) out += buf;
-  int status = pclose(p);
-  EXPECT_EQ(WEXITSTATUS(status), 1) << out;
+  auto [code, out] = RunCairnd("--insecure-no-auth --listen 127.0.0.1:0 --data-dir " + (dir_ / "data").string());
+  EXPECT_EQ(code, 1) << out;
   EXPECT_NE(out.find("in use by another process"), std::string::npos) << out;
+}
+
+TEST_F(E2ETest, RefusesToStartWithoutKeysOrWithoutAuthOffLoopback) {
+  auto data = (dir_ / "other").string();
+  auto [code, out] = RunCairnd("--listen 127.0.0.1:0 --data-dir " + data);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("no API keys configured"), std::string::npos) << out;
+  std::tie(code, out) = RunCairnd("--insecure-no-auth --listen 0.0.0.0:0 --data-dir " + data);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("only for loopback"), std::string::npos) << out;
+  std::tie(code, out) = RunCairnd("--workers -3 --insecure-no-auth");
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_FALSE(fs::exists(data)) << "a refused start created the data directory";
+}
+
+// Writes `text` to `path`.
+void WriteFile(const fs::path& path, const std::string& text) {
+  FILE* f = fopen(path.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fputs(text.c_str(), f);
+  fclose(f);
+}
+
+class AuthTest : public E2ETest {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("cairnd-auth-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    WriteFile(dir_ / "keys", "# role key\nread   read-key-0123456789\nwrite  write-key-0123456789\n"
+                             "admin  admin-key-0123456789\n");
+    server_ = std::make_unique<Cairnd>((dir_ / "data").string(),
+                                       std::vector<std::string>{"--api-keys-file", (dir_ / "keys").string()});
+    server_->Start();
+    collections_ = Collections::NewStub(server_->channel());
+    points_ = Points::NewStub(server_->channel());
+    search_ = Search::NewStub(server_->channel());
+  }
+  grpc::Status CreateAs(const std::string& key) {
+    grpc::ClientContext ctx;
+    if (!key.empty()) ctx.AddMetadata("authorization", "Bearer " + key);
+    CreateCollectionRequest req;
+    req.set_name("c");
+    req.mutable_config()->set_dimension(2);
+    CollectionInfo info;
+    return collections_->Create(&ctx, req, &info);
+  }
+  grpc::Status UpsertAs(const std::string& key) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + key);
+    UpsertRequest req;
+    req.set_collection("c");
+    auto* p = req.add_points();
+    p->mutable_id()->set_num(1);
+    p->add_vector(1);
+    p->add_vector(2);
+    UpsertResponse resp;
+    return points_->Upsert(&ctx, req, &resp);
+  }
+  grpc::Status SearchAs(const std::string& key, bool x_api_key = false) {
+    grpc::ClientContext ctx;
+    if (x_api_key) ctx.AddMetadata("x-api-key", key);
+    else ctx.AddMetadata("authorization", "Bearer " + key);
+    SearchRequest req;
+    req.set_collection("c");
+    req.add_vector(1);
+    req.add_vector(2);
+    SearchResponse resp;
+    return search_->Search(&ctx, req, &resp);
+  }
+};
+
+TEST_F(AuthTest, RolesGateEachCall) {
+  EXPECT_EQ(CreateAs("").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(CreateAs("not-a-key-at-all-000").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  auto denied = CreateAs("write-key-0123456789");
+  EXPECT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(denied.error_message().find("admin"), std::string::npos) << denied.error_message();
+  EXPECT_EQ(CreateAs("read-key-0123456789").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(CreateAs("admin-key-0123456789").ok());
+
+  EXPECT_EQ(UpsertAs("read-key-0123456789").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(UpsertAs("write-key-0123456789").ok());
+  EXPECT_TRUE(UpsertAs("admin-key-0123456789").ok());
+  EXPECT_TRUE(SearchAs("read-key-0123456789").ok());
+  EXPECT_TRUE(SearchAs("read-key-0123456789", /*x_api_key=*/true).ok());
+  EXPECT_EQ(SearchAs("read-key-012345678").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  // The streaming upsert checks the key too.
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer read-key-0123456789");
+  UpsertResponse resp;
+  auto writer = points_->UpsertStream(&ctx, &resp);
+  writer->WritesDone();
+  EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // Keys never reach the log.
+  EXPECT_EQ(server_->log().find("key-0123456789"), std::string::npos) << server_->log();
+}
+
+// TLS and mTLS with certificates made for the test by openssl.
+class TlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("cairnd-tls-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    const std::string d = dir_.string();
+    const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    std::string script =
+        "set -e; cd " + d + ";"
+        "openssl req -x509 " + key + " -keyout ca.key -out ca.crt -days 2 -subj /CN=cairn-test-ca;"
+        "openssl req " + key + " -keyout server.key -out server.csr -subj /CN=localhost;"
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san.cnf;"
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt"
+        " -days 2 -extfile san.cnf;"
+        "openssl req " + key + " -keyout client.key -out client.csr -subj /CN=cairn-test-client;"
+        "openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2;"
+        "openssl req -x509 " + key + " -keyout rogue.key -out rogue.crt -days 2 -subj /CN=rogue";
+    ASSERT_EQ(std::system(("(" + script + ") >/dev/null 2>&1").c_str()), 0) << "openssl failed";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string Read(const std::string& name) {
+    std::ifstream f(dir_ / name);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+  bool InfoOk(std::shared_ptr<grpc::Channel> ch) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    ServerInfo info;
+    return Server::NewStub(ch)->Info(&ctx, ServerInfoRequest(), &info).ok();
+  }
+  fs::path dir_;
+};
+
+TEST_F(TlsTest, TlsServesTrustingClientsOnly) {
+  grpc::SslCredentialsOptions trust;
+  trust.pem_root_certs = Read("ca.crt");
+  Cairnd server((dir_ / "data").string(),
+                {"--insecure-no-auth", "--tls-cert", (dir_ / "server.crt").string(), "--tls-key",
+                 (dir_ / "server.key").string()},
+                grpc::SslCredentials(trust));
+  server.Start();
+  EXPECT_TRUE(InfoOk(server.channel()));
+  auto plain = grpc::CreateChannel("127.0.0.1:" + std::to_string(server.port()), grpc::InsecureChannelCredentials());
+  EXPECT_FALSE(InfoOk(plain)) << "a plaintext client got through a TLS port";
+}
+
+TEST_F(TlsTest, MutualTlsRequiresAClientCertificateFromTheCa) {
+  grpc::SslCredentialsOptions with_cert;
+  with_cert.pem_root_certs = Read("ca.crt");
+  with_cert.pem_private_key = Read("client.key");
+  with_cert.pem_cert_chain = Read("client.crt");
+  Cairnd server((dir_ / "data").string(),
+                {"--insecure-no-auth", "--tls-cert", (dir_ / "server.crt").string(), "--tls-key",
+                 (dir_ / "server.key").string(), "--tls-client-ca", (dir_ / "ca.crt").string()},
+                grpc::SslCredentials(with_cert));
+  server.Start();
+  EXPECT_TRUE(InfoOk(server.channel()));
+  const std::string target = "127.0.0.1:" + std::to_string(server.port());
+  grpc::SslCredentialsOptions no_cert;
+  no_cert.pem_root_certs = Read("ca.crt");
+  EXPECT_FALSE(InfoOk(grpc::CreateChannel(target, grpc::SslCredentials(no_cert))));
+  grpc::SslCredentialsOptions rogue;
+  rogue.pem_root_certs = Read("ca.crt");
+  rogue.pem_private_key = Read("rogue.key");
+  rogue.pem_cert_chain = Read("rogue.crt");
+  EXPECT_FALSE(InfoOk(grpc::CreateChannel(target, grpc::SslCredentials(rogue))));
 }
 
 }  // namespace

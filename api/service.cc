@@ -73,16 +73,48 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
-// What every service needs: the database (null while loading) and the pool.
+// What every service needs: the database (null while loading), the pool and
+// the keys.
 struct Backend {
   std::atomic<Database*> db{nullptr};
   std::unique_ptr<WorkerPool> pool;
+  std::optional<ApiKeys> keys;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
-  // Runs fn(db) on the pool and finishes the call with its status.
+  // OK when the call's key has at least role `need` (or auth is off).
+  grpc::Status Authorize(const grpc::CallbackServerContext* ctx, Role need) const {
+    if (!keys) return grpc::Status::OK;
+    const auto& md = ctx->client_metadata();
+    std::string key;
+    if (auto it = md.find("authorization"); it != md.end()) {
+      std::string v(it->second.data(), it->second.size());
+      if (v.rfind("Bearer ", 0) == 0) key = v.substr(7);
+    } else if (auto it2 = md.find("x-api-key"); it2 != md.end()) {
+      key.assign(it2->second.data(), it2->second.size());
+    }
+    if (key.empty()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "no API key: send metadata \"authorization: Bearer KEY\"");
+    }
+    std::optional<Role> role = keys->Lookup(key);
+    if (!role) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the API key is not valid");
+    if (static_cast<int>(*role) < static_cast<int>(need)) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          absl::StrCat("this call needs the ", RoleName(need), " role; the key has ",
+                                       RoleName(*role)));
+    }
+    return grpc::Status::OK;
+  }
+
+  // Checks the key, runs fn(db) on the pool and finishes the call with its
+  // status.
   template <typename Fn>
-  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Fn fn) {
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Role need, Fn fn) {
     auto* reactor = ctx->DefaultReactor();
+    if (grpc::Status auth = Authorize(ctx, need); !auth.ok()) {
+      reactor->Finish(auth);
+      return reactor;
+    }
     Database* database = db.load();
     if (database == nullptr) {
       reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -121,7 +153,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
   grpc::ServerUnaryReactor* Create(grpc::CallbackServerContext* ctx,
                                    const v1::CreateCollectionRequest* req,
                                    v1::CollectionInfo* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kAdmin, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(CollectionConfig config, FromProto(req->config()));
       CAIRN_ASSIGN_OR_RETURN(auto c, db.CreateCollection(req->name(), config));
       CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
@@ -133,7 +165,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx,
                                 const v1::GetCollectionRequest* req,
                                 v1::CollectionInfo* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->name()));
       CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
       ToProto(info, resp);
@@ -144,7 +176,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx,
                                  const v1::ListCollectionsRequest* req,
                                  v1::ListCollectionsResponse* resp) override {
-    return b_->Run(ctx, [resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, [resp](Database& db) -> absl::Status {
       for (const auto& n : db.ListCollections()) resp->add_names(n);
       return absl::OkStatus();
     });
@@ -153,7 +185,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
                                    const v1::DeleteCollectionRequest* req,
                                    v1::DeleteCollectionResponse* resp) override {
-    return b_->Run(ctx, [req](Database& db) { return db.DropCollection(req->name()); });
+    return b_->Run(ctx, Role::kAdmin, [req](Database& db) { return db.DropCollection(req->name()); });
   }
 
  private:
@@ -213,7 +245,7 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* ctx, const v1::UpsertRequest* req,
                                    v1::UpsertResponse* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kWrite, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(std::vector<Point> points, FromProto(*req));
       CAIRN_RETURN_IF_ERROR(c->Upsert(points));
@@ -224,24 +256,23 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerReadReactor<v1::UpsertRequest>* UpsertStream(grpc::CallbackServerContext* ctx,
                                                            v1::UpsertResponse* resp) override {
+    class Refuse final : public grpc::ServerReadReactor<v1::UpsertRequest> {
+     public:
+      explicit Refuse(const grpc::Status& s) { Finish(s); }
+      void OnDone() override { delete this; }
+    };
+    if (grpc::Status auth = b_->Authorize(ctx, Role::kWrite); !auth.ok()) return new Refuse(auth);
     Database* db = b_->db.load();
     if (db == nullptr) {
-      class Refuse final : public grpc::ServerReadReactor<v1::UpsertRequest> {
-       public:
-        Refuse() {
-          Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                              "cairnd is still loading its data; retry shortly"));
-        }
-        void OnDone() override { delete this; }
-      };
-      return new Refuse();
+      return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                     "cairnd is still loading its data; retry shortly"));
     }
     return new UpsertStreamReactor(b_, db, resp);
   }
 
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx, const v1::GetPointsRequest* req,
                                 v1::GetPointsResponse* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto ids, FromProto(req->ids(), "ids"));
       CAIRN_ASSIGN_OR_RETURN(auto records, c->Get(ids, req->with_payload(), req->with_vector()));
@@ -257,7 +288,7 @@ class PointsService final : public v1::Points::CallbackService {
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
                                    const v1::DeletePointsRequest* req,
                                    v1::DeletePointsResponse* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kWrite, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
       if (filter && req->ids_size() > 0) {
@@ -279,7 +310,7 @@ class PointsService final : public v1::Points::CallbackService {
   grpc::ServerUnaryReactor* SetPayload(grpc::CallbackServerContext* ctx,
                                        const v1::SetPayloadRequest* req,
                                        v1::SetPayloadResponse* resp) override {
-    return b_->Run(ctx, [req](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kWrite, [req](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto ids, FromProto(req->ids(), "ids"));
       CAIRN_ASSIGN_OR_RETURN(std::string payload, StructToJson(req->payload(), "payload"));
@@ -289,7 +320,7 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerUnaryReactor* Count(grpc::CallbackServerContext* ctx, const v1::CountRequest* req,
                                   v1::CountResponse* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
       CAIRN_ASSIGN_OR_RETURN(uint64_t n, c->Count(filter ? &*filter : nullptr));
@@ -300,7 +331,7 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerUnaryReactor* Scroll(grpc::CallbackServerContext* ctx, const v1::ScrollRequest* req,
                                    v1::ScrollResponse* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
       ScrollRequest sr;
@@ -326,7 +357,7 @@ class SearchService final : public v1::Search::CallbackService {
 
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* ctx, const v1::SearchRequest* req,
                                    v1::SearchResponse* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       SearchParams params;
       CAIRN_RETURN_IF_ERROR(FromProto(req->params(), &params));
@@ -341,7 +372,7 @@ class SearchService final : public v1::Search::CallbackService {
   grpc::ServerUnaryReactor* SearchBatch(grpc::CallbackServerContext* ctx,
                                         const v1::SearchBatchRequest* req,
                                         v1::SearchBatchResponse* resp) override {
-    return b_->Run(ctx, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       SearchParams params;
       CAIRN_RETURN_IF_ERROR(FromProto(req->params(), &params));
@@ -367,7 +398,7 @@ class ServerService final : public v1::Server::CallbackService {
   grpc::ServerUnaryReactor* Info(grpc::CallbackServerContext* ctx, const v1::ServerInfoRequest* req,
                                  v1::ServerInfo* resp) override {
     Backend* b = b_;
-    return b_->Run(ctx, [b, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, [b, resp](Database& db) -> absl::Status {
       resp->set_version(kVersion);
       resp->set_format_version(kFormatVersion);
       resp->set_simd(index::SimdLevelName(index::ActiveSimdLevel()));
@@ -402,6 +433,7 @@ CairnServer::CairnServer(ServerOptions options) : impl_(std::make_unique<Impl>()
                     ? impl_->options.worker_threads
                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   impl_->backend.pool = std::make_unique<WorkerPool>(threads, impl_->options.max_queued_requests);
+  impl_->backend.keys = impl_->options.api_keys;
 }
 
 CairnServer::~CairnServer() { Shutdown(std::chrono::milliseconds(0)); }
@@ -411,7 +443,22 @@ absl::StatusOr<int> CairnServer::Start() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(impl_->options.listen, grpc::InsecureServerCredentials(), &port);
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  const ServerOptions& o = impl_->options;
+  if (!o.tls_cert_pem.empty() || !o.tls_key_pem.empty()) {
+    if (o.tls_cert_pem.empty() || o.tls_key_pem.empty()) {
+      return absl::InvalidArgumentError("TLS needs both a certificate and its private key");
+    }
+    grpc::SslServerCredentialsOptions ssl(o.tls_client_ca_pem.empty()
+                                              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = o.tls_client_ca_pem;
+    ssl.pem_key_cert_pairs.push_back({o.tls_key_pem, o.tls_cert_pem});
+    creds = grpc::SslServerCredentials(ssl);
+  } else if (!o.tls_client_ca_pem.empty()) {
+    return absl::InvalidArgumentError("mTLS (a client CA) needs TLS: give a certificate and key too");
+  }
+  builder.AddListeningPort(o.listen, creds, &port);
   builder.SetMaxReceiveMessageSize(impl_->options.max_request_bytes);
   builder.RegisterService(&impl_->collections);
   builder.RegisterService(&impl_->points);

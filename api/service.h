@@ -14,9 +14,11 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "api/auth.h"
 #include "cairn/database.h"
 
 namespace cairn::api {
@@ -31,6 +33,14 @@ struct ServerOptions {
   int max_queued_requests = 1024;
   // Largest request message, in bytes. Default: 64 MiB.
   int max_request_bytes = 64 << 20;
+  // API keys; nullopt serves every call unauthenticated (loopback
+  // development only: cairnd refuses it on other addresses).
+  std::optional<ApiKeys> api_keys;
+  // TLS: PEM server certificate chain and private key (both or neither).
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  // mTLS: PEM CA that client certificates must chain to; empty for none.
+  std::string tls_client_ca_pem;
 };
 
 class CairnServer {
