@@ -25,6 +25,8 @@ void Usage(FILE* out) {
       "Flags (each also read from the environment variable shown; flags win):\n"
       "  --listen HOST:PORT      gRPC address (CAIRN_LISTEN; default 127.0.0.1:7600;\n"
       "                          port 0 picks a free port)\n"
+      "  --http-listen HOST:PORT HTTP address of /metrics (Prometheus), /healthz and /readyz\n"
+      "                          (CAIRN_HTTP_LISTEN; default 127.0.0.1:7601; empty: off)\n"
       "  --data-dir DIR          data directory, created when missing (CAIRN_DATA_DIR;\n"
       "                          default ./data)\n"
       "  --workers N             request threads, 0 = cores (CAIRN_WORKERS; default 0)\n"
@@ -75,6 +77,7 @@ bool ParseInt(const std::string& s, long lo, long hi, long* out) {
 
 int main(int argc, char** argv) {
   std::string listen = Env("CAIRN_LISTEN", "127.0.0.1:7600");
+  std::string http_listen = Env("CAIRN_HTTP_LISTEN", "127.0.0.1:7601");
   std::string data_dir = Env("CAIRN_DATA_DIR", "./data");
   std::string workers = Env("CAIRN_WORKERS", "0");
   std::string max_mb = Env("CAIRN_MAX_REQUEST_MB", "64");
@@ -99,6 +102,8 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--listen") {
       value(&listen);
+    } else if (a == "--http-listen") {
+      value(&http_listen);
     } else if (a == "--data-dir") {
       value(&data_dir);
     } else if (a == "--workers") {
@@ -184,6 +189,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   options.listen = listen;
+  options.http_listen = http_listen;
   options.worker_threads = static_cast<int>(n_workers);
   options.max_request_bytes = static_cast<int>(n_max_mb << 20);
   cairn::api::CairnServer server(options);
@@ -192,8 +198,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cairnd: %s\n", std::string(port.status().message()).c_str());
     return absl::IsInvalidArgument(port.status()) ? 2 : 1;
   }
-  std::fprintf(stderr, "{\"event\":\"listening\",\"address\":\"%s\",\"port\":%d,\"tls\":%s,\"mtls\":%s}\n",
-               listen.c_str(), *port, options.tls_cert_pem.empty() ? "false" : "true",
+  std::fprintf(stderr,
+               "{\"event\":\"listening\",\"address\":\"%s\",\"port\":%d,\"http_port\":%d,\"tls\":%s,"
+               "\"mtls\":%s}\n",
+               listen.c_str(), *port, server.http_port(), options.tls_cert_pem.empty() ? "false" : "true",
                options.tls_client_ca_pem.empty() ? "false" : "true");
   if (!port_file.empty()) {
     std::ofstream(port_file + ".tmp") << *port << "\n";

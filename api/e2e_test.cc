@@ -1,6 +1,9 @@
 // End-to-end: a real cairnd process on a loopback port, driven through the
 // generated C++ client.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,8 +55,8 @@ class Cairnd {
       dup2(fds[1], STDERR_FILENO);
       close(fds[0]);
       close(fds[1]);
-      std::vector<std::string> all = {CAIRND_PATH, "--listen", "127.0.0.1:0", "--data-dir", data_dir_,
-                                      "--grace-seconds", "10"};
+      std::vector<std::string> all = {CAIRND_PATH, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                                      "--data-dir", data_dir_, "--grace-seconds", "10"};
       all.insert(all.end(), args_.begin(), args_.end());
       std::vector<char*> argv;
       for (auto& a : all) argv.push_back(a.data());
@@ -70,6 +73,7 @@ class Cairnd {
       log_ += l;
       if (l.find("\"event\":\"listening\"") != std::string::npos) {
         port_ = std::stoi(l.substr(l.find("\"port\":") + 7));
+        http_port_ = std::stoi(l.substr(l.find("\"http_port\":") + 12));
       }
       if (l.find("\"event\":\"serving\"") != std::string::npos) break;
     }
@@ -98,6 +102,7 @@ class Cairnd {
 
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
   int port() const { return port_; }
+  int http_port() const { return http_port_; }
   std::string log() {
     std::lock_guard l(mu_);
     return log_;
@@ -109,15 +114,39 @@ class Cairnd {
   std::shared_ptr<grpc::ChannelCredentials> creds_;
   pid_t pid_ = -1;
   int port_ = 0;
+  int http_port_ = 0;
   std::mutex mu_;
   std::string log_;
   std::thread reader_;
   std::shared_ptr<grpc::Channel> channel_;
 };
 
+// GET http://127.0.0.1:port/path: (status, body).
+std::pair<int, std::string> HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return {-1, ""};
+  }
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
+  close(fd);
+  if (resp.size() < 12) return {-1, resp};
+  size_t body = resp.find("\r\n\r\n");
+  return {std::stoi(resp.substr(9, 3)), body == std::string::npos ? "" : resp.substr(body + 4)};
+}
+
 // Runs cairnd with `args` to completion (it must refuse to start).
 std::pair<int, std::string> RunCairnd(const std::string& args) {
-  std::string cmd = std::string(CAIRND_PATH) + " " + args + " 2>&1";
+  std::string cmd = std::string(CAIRND_PATH) + " --http-listen 127.0.0.1:0 " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[1024];
@@ -462,6 +491,31 @@ TEST_F(E2ETest, StreamingUpsertAndRestartKeepsData) {
   ASSERT_TRUE(search_->Search(&ctx, req, &resp).ok());
   ASSERT_EQ(resp.hits_size(), 1);
   EXPECT_EQ(resp.hits(0).id().str(), "doc-15-27");
+}
+
+TEST_F(E2ETest, MetricsHealthAndReadinessOverHttp) {
+  ASSERT_TRUE(CreateCollection("docs", 4).ok());
+  ASSERT_TRUE(UpsertPoints("docs", 0, 10).ok());
+  ASSERT_EQ(UpsertPoints("docs", 0, 1).error_code(), grpc::StatusCode::OK);
+  grpc::ClientContext ctx;
+  GetCollectionRequest get;
+  get.set_name("absent");
+  CollectionInfo info;
+  ASSERT_EQ(collections_->Get(&ctx, get, &info).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  auto [code, body] = HttpGet(server_->http_port(), "/metrics");
+  ASSERT_EQ(code, 200) << body;
+  EXPECT_NE(body.find("cairn_requests_total{method=\"Points/Upsert\",code=\"OK\"} 2"), std::string::npos) << body;
+  EXPECT_NE(body.find("cairn_requests_total{method=\"Collections/Get\",code=\"NOT_FOUND\"} 1"), std::string::npos)
+      << body;
+  EXPECT_NE(body.find("cairn_request_duration_seconds_count{method=\"Points/Upsert\"} 2"), std::string::npos);
+  EXPECT_NE(body.find("cairn_collection_points{collection=\"docs\"} 10"), std::string::npos) << body;
+  EXPECT_NE(body.find("cairn_points_upserted_total 11"), std::string::npos) << body;
+  EXPECT_NE(body.find("cairn_build_info{"), std::string::npos);
+  EXPECT_NE(body.find("cairn_ready 1"), std::string::npos);
+  EXPECT_EQ(HttpGet(server_->http_port(), "/healthz").first, 200);
+  EXPECT_EQ(HttpGet(server_->http_port(), "/readyz").first, 200);
+  EXPECT_EQ(HttpGet(server_->http_port(), "/nope").first, 404);
 }
 
 TEST_F(E2ETest, SecondServerOnTheSameDataDirRefusesToStart) {

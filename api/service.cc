@@ -14,6 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "api/convert.h"
+#include "api/http_server.h"
+#include "api/metrics.h"
 #include "cairn/status.h"
 #include "cairn/v1/collections.grpc.pb.h"
 #include "cairn/v1/points.grpc.pb.h"
@@ -79,7 +81,16 @@ struct Backend {
   std::atomic<Database*> db{nullptr};
   std::unique_ptr<WorkerPool> pool;
   std::optional<ApiKeys> keys;
+  RequestMetrics metrics;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  // Finishes a unary call and records it.
+  void Finish(grpc::ServerUnaryReactor* reactor, const char* method,
+              std::chrono::steady_clock::time_point t0, const grpc::Status& s) {
+    metrics.Record(method, static_cast<int>(s.error_code()),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    reactor->Finish(s);
+  }
 
   // OK when the call's key has at least role `need` (or auth is off).
   grpc::Status Authorize(const grpc::CallbackServerContext* ctx, Role need) const {
@@ -109,33 +120,36 @@ struct Backend {
   // Checks the key, runs fn(db) on the pool and finishes the call with its
   // status.
   template <typename Fn>
-  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Role need, Fn fn) {
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Role need, const char* method, Fn fn) {
+    auto t0 = std::chrono::steady_clock::now();
     auto* reactor = ctx->DefaultReactor();
     if (grpc::Status auth = Authorize(ctx, need); !auth.ok()) {
-      reactor->Finish(auth);
+      Finish(reactor, method, t0, auth);
       return reactor;
     }
     Database* database = db.load();
     if (database == nullptr) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                   "cairnd is still loading its data; retry shortly"));
+      Finish(reactor, method, t0,
+             grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is still loading its data; retry shortly"));
       return reactor;
     }
-    bool queued = pool->Submit([ctx, reactor, database, fn = std::move(fn)]() mutable {
+    bool queued = pool->Submit([this, ctx, reactor, database, method, t0, fn = std::move(fn)]() mutable {
       if (ctx->IsCancelled()) {
-        reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
+        Finish(reactor, method, t0, grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
         return;
       }
       if (std::chrono::system_clock::now() > ctx->deadline()) {
-        reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                     "the deadline passed before the request could run"));
+        Finish(reactor, method, t0,
+               grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                            "the deadline passed before the request could run"));
         return;
       }
-      reactor->Finish(ToGrpc(fn(*database)));
+      Finish(reactor, method, t0, ToGrpc(fn(*database)));
     });
     if (!queued) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                   "cairnd is overloaded (request queue full); retry with backoff"));
+      Finish(reactor, method, t0,
+             grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "cairnd is overloaded (request queue full); retry with backoff"));
     }
     return reactor;
   }
@@ -153,7 +167,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
   grpc::ServerUnaryReactor* Create(grpc::CallbackServerContext* ctx,
                                    const v1::CreateCollectionRequest* req,
                                    v1::CollectionInfo* resp) override {
-    return b_->Run(ctx, Role::kAdmin, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kAdmin, "Collections/Create", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(CollectionConfig config, FromProto(req->config()));
       CAIRN_ASSIGN_OR_RETURN(auto c, db.CreateCollection(req->name(), config));
       CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
@@ -165,7 +179,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx,
                                 const v1::GetCollectionRequest* req,
                                 v1::CollectionInfo* resp) override {
-    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, "Collections/Get", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->name()));
       CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
       ToProto(info, resp);
@@ -176,7 +190,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx,
                                  const v1::ListCollectionsRequest* req,
                                  v1::ListCollectionsResponse* resp) override {
-    return b_->Run(ctx, Role::kRead, [resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, "Collections/List", [resp](Database& db) -> absl::Status {
       for (const auto& n : db.ListCollections()) resp->add_names(n);
       return absl::OkStatus();
     });
@@ -185,7 +199,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
                                    const v1::DeleteCollectionRequest* req,
                                    v1::DeleteCollectionResponse* resp) override {
-    return b_->Run(ctx, Role::kAdmin, [req](Database& db) { return db.DropCollection(req->name()); });
+    return b_->Run(ctx, Role::kAdmin, "Collections/Delete", [req](Database& db) { return db.DropCollection(req->name()); });
   }
 
  private:
@@ -197,44 +211,51 @@ class CollectionsService final : public v1::Collections::CallbackService {
 class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
  public:
   UpsertStreamReactor(Backend* b, Database* db, v1::UpsertResponse* resp)
-      : b_(b), db_(db), resp_(resp) {
+      : b_(b), db_(db), resp_(resp), t0_(std::chrono::steady_clock::now()) {
     StartRead(&req_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client has sent everything
-      Finish(grpc::Status::OK);
+      Done(grpc::Status::OK);
       return;
     }
     bool queued = b_->pool->Submit([this] {
       absl::Status s = Apply();
       if (!s.ok()) {
-        Finish(ToGrpc(absl::Status(s.code(), absl::StrCat("message ", messages_, ": ", s.message()))));
+        Done(ToGrpc(absl::Status(s.code(), absl::StrCat("message ", messages_, ": ", s.message()))));
         return;
       }
       ++messages_;
       StartRead(&req_);
     });
     if (!queued) {
-      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "cairnd is overloaded (request queue full); retry with backoff"));
+      Done(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "cairnd is overloaded (request queue full); retry with backoff"));
     }
   }
 
   void OnDone() override { delete this; }
 
  private:
+  void Done(const grpc::Status& s) {
+    b_->metrics.Record("Points/UpsertStream", static_cast<int>(s.error_code()),
+                       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count());
+    Finish(s);
+  }
   absl::Status Apply() {
     CAIRN_ASSIGN_OR_RETURN(auto c, Open(*db_, req_.collection()));
     CAIRN_ASSIGN_OR_RETURN(std::vector<Point> points, FromProto(req_));
     CAIRN_RETURN_IF_ERROR(c->Upsert(points));
     resp_->set_points(resp_->points() + points.size());
+    b_->metrics.AddPointsUpserted(points.size());
     return absl::OkStatus();
   }
 
   Backend* b_;
   Database* db_;
   v1::UpsertResponse* resp_;
+  std::chrono::steady_clock::time_point t0_;
   v1::UpsertRequest req_;
   uint64_t messages_ = 0;
 };
@@ -245,11 +266,13 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* ctx, const v1::UpsertRequest* req,
                                    v1::UpsertResponse* resp) override {
-    return b_->Run(ctx, Role::kWrite, [req, resp](Database& db) -> absl::Status {
+    Backend* b = b_;
+    return b_->Run(ctx, Role::kWrite, "Points/Upsert", [b, req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(std::vector<Point> points, FromProto(*req));
       CAIRN_RETURN_IF_ERROR(c->Upsert(points));
       resp->set_points(points.size());
+      b->metrics.AddPointsUpserted(points.size());
       return absl::OkStatus();
     });
   }
@@ -272,7 +295,7 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx, const v1::GetPointsRequest* req,
                                 v1::GetPointsResponse* resp) override {
-    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, "Points/Get", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto ids, FromProto(req->ids(), "ids"));
       CAIRN_ASSIGN_OR_RETURN(auto records, c->Get(ids, req->with_payload(), req->with_vector()));
@@ -288,7 +311,7 @@ class PointsService final : public v1::Points::CallbackService {
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx,
                                    const v1::DeletePointsRequest* req,
                                    v1::DeletePointsResponse* resp) override {
-    return b_->Run(ctx, Role::kWrite, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kWrite, "Points/Delete", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
       if (filter && req->ids_size() > 0) {
@@ -310,7 +333,7 @@ class PointsService final : public v1::Points::CallbackService {
   grpc::ServerUnaryReactor* SetPayload(grpc::CallbackServerContext* ctx,
                                        const v1::SetPayloadRequest* req,
                                        v1::SetPayloadResponse* resp) override {
-    return b_->Run(ctx, Role::kWrite, [req](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kWrite, "Points/SetPayload", [req](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto ids, FromProto(req->ids(), "ids"));
       CAIRN_ASSIGN_OR_RETURN(std::string payload, StructToJson(req->payload(), "payload"));
@@ -320,7 +343,7 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerUnaryReactor* Count(grpc::CallbackServerContext* ctx, const v1::CountRequest* req,
                                   v1::CountResponse* resp) override {
-    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, "Points/Count", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
       CAIRN_ASSIGN_OR_RETURN(uint64_t n, c->Count(filter ? &*filter : nullptr));
@@ -331,7 +354,7 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerUnaryReactor* Scroll(grpc::CallbackServerContext* ctx, const v1::ScrollRequest* req,
                                    v1::ScrollResponse* resp) override {
-    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, "Points/Scroll", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
       ScrollRequest sr;
@@ -357,7 +380,7 @@ class SearchService final : public v1::Search::CallbackService {
 
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* ctx, const v1::SearchRequest* req,
                                    v1::SearchResponse* resp) override {
-    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, "Search/Search", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       SearchParams params;
       CAIRN_RETURN_IF_ERROR(FromProto(req->params(), &params));
@@ -372,7 +395,7 @@ class SearchService final : public v1::Search::CallbackService {
   grpc::ServerUnaryReactor* SearchBatch(grpc::CallbackServerContext* ctx,
                                         const v1::SearchBatchRequest* req,
                                         v1::SearchBatchResponse* resp) override {
-    return b_->Run(ctx, Role::kRead, [req, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, "Search/SearchBatch", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       SearchParams params;
       CAIRN_RETURN_IF_ERROR(FromProto(req->params(), &params));
@@ -398,7 +421,7 @@ class ServerService final : public v1::Server::CallbackService {
   grpc::ServerUnaryReactor* Info(grpc::CallbackServerContext* ctx, const v1::ServerInfoRequest* req,
                                  v1::ServerInfo* resp) override {
     Backend* b = b_;
-    return b_->Run(ctx, Role::kRead, [b, resp](Database& db) -> absl::Status {
+    return b_->Run(ctx, Role::kRead, "Server/Info", [b, resp](Database& db) -> absl::Status {
       resp->set_version(kVersion);
       resp->set_format_version(kFormatVersion);
       resp->set_simd(index::SimdLevelName(index::ActiveSimdLevel()));
@@ -425,7 +448,61 @@ struct CairnServer::Impl {
   SearchService search{&backend};
   ServerService server_service{&backend};
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<HttpServer> http;
+  int http_port = 0;
+  std::atomic<bool> draining{false};
+
+  HttpResponse HandleHttp(const std::string& path) {
+    Database* database = backend.db.load();
+    bool ready = database != nullptr && !draining.load();
+    if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+    if (path == "/readyz") {
+      return ready ? HttpResponse{200, "text/plain; charset=utf-8", "ready\n"}
+                   : HttpResponse{503, "text/plain; charset=utf-8",
+                                  draining.load() ? "draining\n" : "loading\n"};
+    }
+    if (path != "/metrics") return {404, "text/plain; charset=utf-8", "not found: try /metrics, /healthz, /readyz\n"};
+    std::string out;
+    absl::StrAppend(&out, "# HELP cairn_build_info Build of this server.\n# TYPE cairn_build_info gauge\n",
+                    "cairn_build_info{version=\"", kVersion, "\",simd=\"",
+                    index::SimdLevelName(index::ActiveSimdLevel()), "\",format_version=\"", kFormatVersion,
+                    "\"} 1\n");
+    absl::StrAppend(&out, "# HELP cairn_ready 1 when serving, 0 while loading or draining.\n",
+                    "# TYPE cairn_ready gauge\ncairn_ready ", ready ? 1 : 0, "\n");
+    absl::StrAppend(&out, "# HELP cairn_uptime_seconds Seconds since start.\n# TYPE cairn_uptime_seconds gauge\n",
+                    "cairn_uptime_seconds ",
+                    std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() -
+                                                                     backend.started).count(),
+                    "\n");
+    backend.metrics.AppendPrometheus(&out);
+    if (database != nullptr) {
+      std::string points, segments, sealed, deleted, memory;
+      for (const auto& name : database->ListCollections()) {
+        auto info = database->DescribeCollection(name);
+        if (!info.ok()) continue;
+        std::string label = absl::StrCat("{collection=\"", name, "\"} ");
+        absl::StrAppend(&points, "cairn_collection_points", label, info->points, "\n");
+        absl::StrAppend(&segments, "cairn_collection_segments", label, info->segments, "\n");
+        absl::StrAppend(&sealed, "cairn_collection_sealed_segments", label, info->sealed_segments, "\n");
+        absl::StrAppend(&deleted, "cairn_collection_deleted_in_segments", label, info->deleted_in_segments, "\n");
+        absl::StrAppend(&memory, "cairn_collection_index_memory_bytes", label, info->index_memory_bytes, "\n");
+      }
+      absl::StrAppend(&out, "# HELP cairn_collection_points Live points per collection.\n",
+                      "# TYPE cairn_collection_points gauge\n", points,
+                      "# HELP cairn_collection_segments Segments (growing and sealed) per collection.\n",
+                      "# TYPE cairn_collection_segments gauge\n", segments,
+                      "# HELP cairn_collection_sealed_segments Sealed segments per collection.\n",
+                      "# TYPE cairn_collection_sealed_segments gauge\n", sealed,
+                      "# HELP cairn_collection_deleted_in_segments Tombstones not yet compacted.\n",
+                      "# TYPE cairn_collection_deleted_in_segments gauge\n", deleted,
+                      "# HELP cairn_collection_index_memory_bytes Resident index memory (estimate).\n",
+                      "# TYPE cairn_collection_index_memory_bytes gauge\n", memory);
+    }
+    return {200, "text/plain; version=0.0.4; charset=utf-8", out};
+  }
 };
+
+int CairnServer::http_port() const { return impl_->http_port; }
 
 CairnServer::CairnServer(ServerOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->options = std::move(options);
@@ -470,6 +547,18 @@ absl::StatusOr<int> CairnServer::Start() {
                                                " (in use, or not an address of this host?)"));
   }
   impl_->server->GetHealthCheckService()->SetServingStatus(false);
+  if (!o.http_listen.empty()) {
+    impl_->http = std::make_unique<HttpServer>([impl = impl_.get()](const std::string& path) {
+      return impl->HandleHttp(path);
+    });
+    auto http_port = impl_->http->Start(o.http_listen);
+    if (!http_port.ok()) {
+      impl_->server->Shutdown();
+      impl_->server.reset();
+      return http_port.status();
+    }
+    impl_->http_port = *http_port;
+  }
   return port;
 }
 
@@ -480,6 +569,7 @@ void CairnServer::Serve(std::unique_ptr<Database> db) {
 }
 
 void CairnServer::Shutdown(std::chrono::milliseconds grace) {
+  impl_->draining = true;
   if (impl_->server) {
     impl_->server->GetHealthCheckService()->SetServingStatus(false);
     impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
@@ -487,6 +577,7 @@ void CairnServer::Shutdown(std::chrono::milliseconds grace) {
   }
   impl_->backend.pool.reset();  // runs what was queued, then joins
   impl_->backend.db.store(nullptr);
+  if (impl_->http) impl_->http->Stop();
   impl_->db.reset();
 }
 

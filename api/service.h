@@ -27,6 +27,9 @@ struct ServerOptions {
   // host:port to listen on; port 0 picks a free one (Start returns it).
   // Default: 127.0.0.1:7600.
   std::string listen = "127.0.0.1:7600";
+  // host:port of the HTTP endpoints /metrics (Prometheus), /healthz and
+  // /readyz; empty turns them off. Default: 127.0.0.1:7601.
+  std::string http_listen = "127.0.0.1:7601";
   // Threads that run requests. 0: the number of cores. Default: 0.
   int worker_threads = 0;
   // Requests waiting for a worker before new ones are refused. Default: 1024.
@@ -48,9 +51,11 @@ class CairnServer {
   explicit CairnServer(ServerOptions options);
   ~CairnServer();
 
-  // Binds and starts serving (health NOT_SERVING); returns the bound port.
-  // Unavailable when the address cannot be bound.
+  // Binds and starts serving (health NOT_SERVING); returns the bound gRPC
+  // port. Unavailable when an address cannot be bound.
   absl::StatusOr<int> Start();
+  // The bound HTTP port; 0 when HTTP is off.
+  int http_port() const;
   // Takes the opened database and starts answering (health SERVING).
   void Serve(std::unique_ptr<Database> db);
   // Health NOT_SERVING, stop accepting calls, let calls in flight finish
