@@ -1,6 +1,7 @@
 # Quick start:
 #   make run    install missing apt packages (as root), build Release, load
-#               Fashion-MNIST into ./data, search it, print recall and latency
+#               Fashion-MNIST into ./data, search it, print recall and latency,
+#               then serve ./data with cairnd on 127.0.0.1:7600 (Ctrl-C stops)
 #   make test   the same setup, then the default test suite
 #
 # Variables: BUILD (build directory, default build), SANITIZE (e.g.
@@ -27,6 +28,8 @@ SETUP = scripts/install-deps.sh && \
 run:
 	@$(SETUP)
 	$(BUILD)/bin/cairn_quickstart --data ./data
+	@echo "cairnd: serving ./data on 127.0.0.1:7600 (gRPC) and 127.0.0.1:7601 (/metrics); Ctrl-C stops it"
+	$(BUILD)/bin/cairnd --data-dir ./data --insecure-no-auth
 
 test:
 	@$(SETUP)

@@ -10,6 +10,7 @@ PACKAGES=(
   libabsl-dev libroaring-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  python3-grpcio python3-protobuf openssl
   dataset-fashion-mnist
 )
 
