@@ -24,6 +24,7 @@
 #include "cairn/v1/points.grpc.pb.h"
 #include "cairn/v1/search.grpc.pb.h"
 #include "cairn/v1/server.grpc.pb.h"
+#include "cairn/v1/snapshots.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -518,6 +519,90 @@ TEST_F(E2ETest, MetricsHealthAndReadinessOverHttp) {
   EXPECT_EQ(HttpGet(server_->http_port(), "/nope").first, 404);
 }
 
+TEST_F(E2ETest, SnapshotCreateListDownloadRestore) {
+  ASSERT_TRUE(CreateCollection("docs", 4).ok());
+  ASSERT_TRUE(UpsertPoints("docs", 0, 300).ok());
+  auto snaps = Snapshots::NewStub(server_->channel());
+  SnapshotInfo created;
+  {
+    grpc::ClientContext ctx;
+    CreateSnapshotRequest req;
+    req.set_collection("docs");
+    auto s = snaps->Create(&ctx, req, &created);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(created.collection(), "docs");
+    EXPECT_GT(created.size_bytes(), 0u);
+  }
+  ASSERT_TRUE(UpsertPoints("docs", 300, 310).ok());  // after the snapshot
+  {
+    grpc::ClientContext ctx;
+    ListSnapshotsResponse list;
+    ASSERT_TRUE(snaps->List(&ctx, ListSnapshotsRequest(), &list).ok());
+    ASSERT_EQ(list.snapshots_size(), 1);
+    EXPECT_EQ(list.snapshots(0).name(), created.name());
+  }
+  // Download: a tar archive that is itself a data directory.
+  const fs::path tar_path = dir_ / "snap.tar";
+  {
+    grpc::ClientContext ctx;
+    DownloadSnapshotRequest req;
+    req.set_name(created.name());
+    auto reader = snaps->Download(&ctx, req);
+    SnapshotChunk chunk;
+    std::ofstream out(tar_path, std::ios::binary);
+    uint64_t offset = 0;
+    while (reader->Read(&chunk)) {
+      ASSERT_EQ(chunk.offset(), offset);
+      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+      offset += chunk.data().size();
+    }
+    auto s = reader->Finish();
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(offset % 512, 0u);
+  }
+  const fs::path extracted = dir_ / "extracted";
+  fs::create_directories(extracted);
+  ASSERT_EQ(std::system(("tar -xf " + tar_path.string() + " -C " + extracted.string()).c_str()), 0);
+  EXPECT_TRUE(fs::exists(extracted / "CAIRN"));
+  EXPECT_TRUE(fs::exists(extracted / "collections" / "docs" / "collection.json"));
+  {
+    Cairnd other(extracted.string());
+    other.Start();
+    grpc::ClientContext ctx;
+    CountRequest req;
+    req.set_collection("docs");
+    CountResponse resp;
+    ASSERT_TRUE(Points::NewStub(other.channel())->Count(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.count(), 300u);
+  }
+  // Restore under a new name; path-like names are refused.
+  {
+    grpc::ClientContext ctx;
+    RestoreSnapshotRequest req;
+    req.set_name(created.name());
+    req.set_collection("docs_restored");
+    RestoreSnapshotResponse resp;
+    auto s = snaps->Restore(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  EXPECT_EQ(Count("docs_restored"), 300u);
+  EXPECT_EQ(Count("docs"), 310u);
+  for (const std::string bad : {"../data", "/etc", "a/b", ".."}) {
+    grpc::ClientContext ctx;
+    RestoreSnapshotRequest req;
+    req.set_name(bad);
+    req.set_collection("x");
+    RestoreSnapshotResponse resp;
+    EXPECT_EQ(snaps->Restore(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+  }
+  grpc::ClientContext ctx;
+  RestoreSnapshotRequest req;
+  req.set_name("docs-19700101T000000Z-9");
+  req.set_collection("x");
+  RestoreSnapshotResponse resp;
+  EXPECT_EQ(snaps->Restore(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 TEST_F(E2ETest, SecondServerOnTheSameDataDirRefusesToStart) {
   auto [code, out] = RunCairnd("--insecure-no-auth --listen 127.0.0.1:0 --data-dir " + (dir_ / "data").string());
   EXPECT_EQ(code, 1) << out;
@@ -617,6 +702,12 @@ TEST_F(AuthTest, RolesGateEachCall) {
   auto writer = points_->UpsertStream(&ctx, &resp);
   writer->WritesDone();
   EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // Snapshots are admin-only.
+  grpc::ClientContext sctx;
+  sctx.AddMetadata("authorization", "Bearer write-key-0123456789");
+  ListSnapshotsResponse list;
+  EXPECT_EQ(Snapshots::NewStub(server_->channel())->List(&sctx, ListSnapshotsRequest(), &list).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
   // Keys never reach the log.
   EXPECT_EQ(server_->log().find("key-0123456789"), std::string::npos) << server_->log();
 }

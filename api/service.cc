@@ -21,7 +21,12 @@
 #include "cairn/v1/points.grpc.pb.h"
 #include "cairn/v1/search.grpc.pb.h"
 #include "cairn/v1/server.grpc.pb.h"
+#include "cairn/v1/snapshots.grpc.pb.h"
+#include "api/tar_stream.h"
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include "index/distance.h"
+#include "storage/file_util.h"
 
 namespace cairn::api {
 namespace {
@@ -437,6 +442,172 @@ class ServerService final : public v1::Server::CallbackService {
   Backend* b_;
 };
 
+
+// Snapshots live in DATA/snapshots/NAME, each a data directory of one
+// collection plus snapshot.json ({"collection", "created_unix"}).
+namespace fs = std::filesystem;
+
+bool ValidSnapshotName(const std::string& name) {
+  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-') return false;
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  }
+  return name.find("..") == std::string::npos;
+}
+
+fs::path SnapshotRoot(Database& db) { return fs::path(db.dir()) / "snapshots"; }
+
+absl::StatusOr<v1::SnapshotInfo> ReadSnapshotInfo(const fs::path& dir) {
+  CAIRN_ASSIGN_OR_RETURN(std::string text, storage::ReadFile((dir / "snapshot.json").string()));
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded()) return absl::DataLossError(absl::StrCat("malformed ", (dir / "snapshot.json").string()));
+  v1::SnapshotInfo info;
+  info.set_name(dir.filename().string());
+  info.set_collection(j.value("collection", std::string()));
+  info.set_created_unix(j.value("created_unix", int64_t{0}));
+  uint64_t size = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (ec) break;
+    if (it->is_regular_file()) size += it->file_size();
+  }
+  info.set_size_bytes(size);
+  return info;
+}
+
+// Streams a snapshot's tar archive, one chunk per write, reading on the pool.
+class DownloadReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk> {
+ public:
+  DownloadReactor(Backend* b, TarStream tar) : b_(b), tar_(std::move(tar)) { Produce(); }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+      return;
+    }
+    Produce();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Produce() {
+    bool queued = b_->pool->Submit([this] {
+      chunk_.Clear();
+      chunk_.set_offset(offset_);
+      std::string* data = chunk_.mutable_data();
+      auto more = tar_.Next(1 << 20, data);
+      if (!more.ok()) {
+        Finish(ToGrpc(more.status()));
+        return;
+      }
+      if (!*more) {
+        Finish(grpc::Status::OK);
+        return;
+      }
+      offset_ += data->size();
+      StartWrite(&chunk_);
+    });
+    if (!queued) {
+      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "cairnd is overloaded; retry with backoff"));
+    }
+  }
+  Backend* b_;
+  TarStream tar_;
+  v1::SnapshotChunk chunk_;
+  uint64_t offset_ = 0;
+};
+
+class SnapshotsService final : public v1::Snapshots::CallbackService {
+ public:
+  explicit SnapshotsService(Backend* b) : b_(b) {}
+
+  grpc::ServerUnaryReactor* Create(grpc::CallbackServerContext* ctx, const v1::CreateSnapshotRequest* req,
+                                   v1::SnapshotInfo* resp) override {
+    return b_->Run(ctx, Role::kAdmin, "Snapshots/Create", [this, req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
+      (void)c;
+      auto now = std::chrono::system_clock::now();
+      int64_t unix_secs = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+      std::time_t t = static_cast<std::time_t>(unix_secs);
+      std::tm tm{};
+      gmtime_r(&t, &tm);
+      char stamp[32];
+      std::strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+      std::error_code ec;
+      fs::create_directories(SnapshotRoot(db), ec);
+      fs::path dir;
+      do {
+        dir = SnapshotRoot(db) / absl::StrCat(req->collection(), "-", stamp, "-", ++counter_);
+      } while (fs::exists(dir, ec));
+      CAIRN_RETURN_IF_ERROR(db.Snapshot(req->collection(), dir.string()));
+      nlohmann::json meta{{"collection", req->collection()}, {"created_unix", unix_secs}};
+      CAIRN_RETURN_IF_ERROR(storage::WriteFileAtomic((dir / "snapshot.json").string(), meta.dump() + "\n"));
+      CAIRN_ASSIGN_OR_RETURN(*resp, ReadSnapshotInfo(dir));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx, const v1::ListSnapshotsRequest* req,
+                                 v1::ListSnapshotsResponse* resp) override {
+    return b_->Run(ctx, Role::kAdmin, "Snapshots/List", [req, resp](Database& db) -> absl::Status {
+      std::vector<v1::SnapshotInfo> all;
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(SnapshotRoot(db), ec)) {
+        if (!e.is_directory() || !ValidSnapshotName(e.path().filename().string())) continue;
+        auto info = ReadSnapshotInfo(e.path());
+        if (!info.ok()) continue;  // interrupted: no snapshot.json yet
+        if (!req->collection().empty() && info->collection() != req->collection()) continue;
+        all.push_back(*std::move(info));
+      }
+      std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
+        return a.created_unix() != b.created_unix() ? a.created_unix() > b.created_unix() : a.name() > b.name();
+      });
+      for (auto& i : all) *resp->add_snapshots() = std::move(i);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerWriteReactor<v1::SnapshotChunk>* Download(grpc::CallbackServerContext* ctx,
+                                                        const v1::DownloadSnapshotRequest* req) override {
+    class Refuse final : public grpc::ServerWriteReactor<v1::SnapshotChunk> {
+     public:
+      explicit Refuse(const grpc::Status& s) { Finish(s); }
+      void OnDone() override { delete this; }
+    };
+    if (grpc::Status auth = b_->Authorize(ctx, Role::kAdmin); !auth.ok()) return new Refuse(auth);
+    Database* db = b_->db.load();
+    if (db == nullptr) return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is still loading"));
+    auto dir = Resolve(*db, req->name());
+    if (!dir.ok()) return new Refuse(ToGrpc(dir.status()));
+    auto tar = TarStream::Open(dir->string());
+    if (!tar.ok()) return new Refuse(ToGrpc(tar.status()));
+    return new DownloadReactor(b_, *std::move(tar));
+  }
+
+  grpc::ServerUnaryReactor* Restore(grpc::CallbackServerContext* ctx, const v1::RestoreSnapshotRequest* req,
+                                    v1::RestoreSnapshotResponse* resp) override {
+    return b_->Run(ctx, Role::kAdmin, "Snapshots/Restore", [req](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(fs::path dir, Resolve(db, req->name()));
+      return db.RestoreCollection(dir.string(), req->collection()).status();
+    });
+  }
+
+ private:
+  // The directory of snapshot `name`; never a path outside the snapshot root.
+  static absl::StatusOr<fs::path> Resolve(Database& db, const std::string& name) {
+    if (!ValidSnapshotName(name)) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", name, "\" is not a snapshot name (see Snapshots/List)"));
+    }
+    fs::path dir = SnapshotRoot(db) / name;
+    std::error_code ec;
+    if (!fs::exists(dir / "snapshot.json", ec)) {
+      return absl::NotFoundError(absl::StrCat("snapshot \"", name, "\" does not exist"));
+    }
+    return dir;
+  }
+  Backend* b_;
+  std::atomic<uint64_t> counter_{0};
+};
+
 }  // namespace
 
 struct CairnServer::Impl {
@@ -447,6 +618,7 @@ struct CairnServer::Impl {
   PointsService points{&backend};
   SearchService search{&backend};
   ServerService server_service{&backend};
+  SnapshotsService snapshots{&backend};
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<HttpServer> http;
   int http_port = 0;
@@ -541,6 +713,7 @@ absl::StatusOr<int> CairnServer::Start() {
   builder.RegisterService(&impl_->points);
   builder.RegisterService(&impl_->search);
   builder.RegisterService(&impl_->server_service);
+  builder.RegisterService(&impl_->snapshots);
   impl_->server = builder.BuildAndStart();
   if (impl_->server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", impl_->options.listen,

@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -190,7 +191,68 @@ class DatabaseImpl final : public Database {
                                 : fs::path(target_dir).parent_path().string());
   }
 
+  absl::StatusOr<std::shared_ptr<Collection>> RestoreCollection(const std::string& snapshot_dir,
+                                                                const std::string& name) override {
+    CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
+    std::error_code ec;
+    fs::path src_root = fs::path(snapshot_dir) / "collections";
+    std::vector<fs::path> found;
+    for (const auto& e : fs::directory_iterator(src_root, ec)) {
+      if (e.is_directory() && e.path().filename().string()[0] != '.') found.push_back(e.path());
+    }
+    if (ec || found.size() != 1 || !fs::exists(fs::path(snapshot_dir) / "CAIRN")) {
+      return absl::InvalidArgumentError(absl::StrCat(snapshot_dir, " is not a snapshot of one collection"));
+    }
+    CAIRN_ASSIGN_OR_RETURN(std::string text, storage::ReadFile((found[0] / "collection.json").string()));
+    auto config = db::ConfigFromJson(text);
+    absl::Status valid = config.ok() ? db::ValidateConfig(*config) : config.status();
+    if (!valid.ok()) return absl::DataLossError(absl::StrCat("snapshot config: ", valid.message()));
+
+    std::lock_guard l(mu_);
+    if (collections_.contains(name)) {
+      return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
+    }
+    fs::path cdir = fs::path(dir_) / "collections";
+    fs::path tmp = cdir / (".tmp-" + name);
+    fs::remove_all(tmp, ec);
+    CAIRN_RETURN_IF_ERROR(CopyTree(found[0], tmp));
+    fs::rename(tmp, cdir / name, ec);
+    if (ec) return absl::InternalError(absl::StrCat("rename to ", (cdir / name).string(), ": ", ec.message()));
+    CAIRN_RETURN_IF_ERROR(storage::SyncDir(cdir.string()));
+    auto c = CollectionImpl::Open(name, (cdir / name).string(), *config, options_, Waker());
+    if (!c.ok()) {
+      fs::remove_all(cdir / name, ec);
+      return c.status();
+    }
+    collections_[name] = *c;
+    return std::shared_ptr<Collection>(*c);
+  }
+
   const std::string& dir() const override { return dir_; }
+
+  // Copies a directory tree: files RocksDB and Cairn never change after
+  // writing them (SST, blob, segment files) are hard-linked, the rest copied.
+  static absl::Status CopyTree(const fs::path& from, const fs::path& to) {
+    std::error_code ec;
+    fs::create_directories(to, ec);
+    if (ec) return absl::InternalError(absl::StrCat("create ", to.string(), ": ", ec.message()));
+    for (const auto& e : fs::directory_iterator(from, ec)) {
+      fs::path target = to / e.path().filename();
+      if (e.is_directory()) {
+        CAIRN_RETURN_IF_ERROR(CopyTree(e.path(), target));
+        continue;
+      }
+      std::string ext = e.path().extension().string();
+      if (ext == ".sst" || ext == ".blob" || ext == ".cseg") {
+        CAIRN_RETURN_IF_ERROR(storage::LinkOrCopyFile(e.path().string(), target.string()));
+      } else {
+        CAIRN_ASSIGN_OR_RETURN(std::string data, storage::ReadFile(e.path().string()));
+        CAIRN_RETURN_IF_ERROR(storage::WriteFileSynced(target.string(), data));
+      }
+    }
+    if (ec) return absl::InternalError(absl::StrCat("list ", from.string(), ": ", ec.message()));
+    return storage::SyncDir(to.string());
+  }
 
   static absl::Status WriteFormatFile(const std::string& dir) {
     nlohmann::json j{{"format_version", kFormatVersion}};

@@ -326,6 +326,42 @@ TEST_F(MaintenanceTest, ExplicitMaintenanceAlongsideTheBackgroundThread) {
 // shards, while a snapshot is taken. A snapshot of one moment holds a prefix
 // of that sequence; shard-by-shard copies at different moments would leave
 // holes (a later point on one shard without an earlier one on another).
+TEST_F(MaintenanceTest, RestoreCollectionFromSnapshotKeepsTheSnapshotIntact) {
+  OpenDb();
+  auto c = CreateAndFill("c", IndexType::kHnsw, 2, 0, 1500);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->Seal().ok());
+  Fill(*c, 1500, 1700);
+  const auto contents = Contents(*c);
+  const auto results = Searches(*c, queries_);
+  const std::string snap = root_ + "/snap";
+  ASSERT_TRUE(db_->Snapshot("c", snap).ok());
+
+  auto restored = db_->RestoreCollection(snap, "copy");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(Contents(**restored), contents);
+  ExpectSame(Searches(**restored, queries_, /*with_index=*/false), ExactOnly(results), "restored exact");
+  EXPECT_EQ(db_->RestoreCollection(snap, "copy").status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(db_->RestoreCollection(snap, "../x").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(db_->RestoreCollection(root_ + "/nothing-here", "y").status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // Writes to the restored copy reach neither the original nor the snapshot.
+  ASSERT_TRUE((*restored)->Delete({PointId(1), PointId(2), PointId(1600)}).ok());
+  ASSERT_TRUE((*restored)->Compact(true).ok());
+  EXPECT_EQ(CountOf(**restored), 1697u);
+  EXPECT_EQ(CountOf(*c), 1700u);
+  CloseDb();
+  OpenDb();
+  EXPECT_EQ(CountOf(*Get("copy")), 1697u);
+  EXPECT_EQ(CountOf(*Get("c")), 1700u);
+  auto snap_db = Database::Open(snap, TestOptions());
+  ASSERT_TRUE(snap_db.ok()) << snap_db.status();
+  auto s = (*snap_db)->GetCollection("c");
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(Contents(**s), contents);
+}
+
 TEST_F(MaintenanceTest, SnapshotIsOneMomentAcrossShards) {
   OpenDb();
   auto config = Config(4, Metric::kL2, IndexType::kFlat, 4);

@@ -59,6 +59,14 @@ class Database {
   virtual absl::Status Snapshot(const std::string& name,
                                 const std::string& target_dir) = 0;
 
+  // Adds the collection held by `snapshot_dir` (a directory Snapshot wrote)
+  // to this database as collection `name`. Immutable files are hard-linked
+  // when on the same file system, so the snapshot stays as it was.
+  // AlreadyExists when `name` is taken; InvalidArgument when `snapshot_dir`
+  // is not a snapshot of exactly one collection; DataLoss for a corrupt one.
+  virtual absl::StatusOr<std::shared_ptr<Collection>> RestoreCollection(
+      const std::string& snapshot_dir, const std::string& name) = 0;
+
   virtual const std::string& dir() const = 0;
 };
 

@@ -1,0 +1,201 @@
+// grpc_bench: search through cairnd over gRPC on loopback against the same
+// search in-process, with 1..N client threads: QPS, p50/p99 latency, and the
+// ratio. Also the online ingest rate (client-streaming upsert).
+//
+//   build/bin/grpc_bench                      # Fashion-MNIST when installed
+//   build/bin/grpc_bench --synthetic 100000 128 --queries 2000 --threads 1,2,4
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "cairn/database.h"
+#include "cairn/v1/collections.grpc.pb.h"
+#include "cairn/v1/points.grpc.pb.h"
+#include "cairn/v1/search.grpc.pb.h"
+#include "examples/datasets.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "grpc_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+struct Result {
+  double qps, p50_ms, p99_ms;
+};
+
+// Runs nq queries split over `threads` threads; `one(q)` runs query q.
+Result Measure(size_t nq, int threads, const std::function<void(size_t)>& one) {
+  std::vector<double> lat(nq);
+  std::atomic<size_t> next{0};
+  auto t0 = Clock::now();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&] {
+      for (size_t q; (q = next++) < nq;) {
+        auto s = Clock::now();
+        one(q);
+        lat[q] = Since(s) * 1000;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  double secs = Since(t0);
+  std::sort(lat.begin(), lat.end());
+  return {nq / secs, lat[nq / 2], lat[std::min(nq - 1, nq * 99 / 100)]};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  size_t max_queries = 2000, syn_n = 0, syn_dim = 0;
+  std::vector<int> thread_counts = {1, 2, 4};
+  std::string dir = "/tmp/cairn-grpc-bench";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--queries" && i + 1 < argc) max_queries = std::strtoull(argv[++i], nullptr, 10);
+    else if (a == "--synthetic" && i + 2 < argc) {
+      syn_n = std::strtoull(argv[++i], nullptr, 10);
+      syn_dim = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--threads" && i + 1 < argc) {
+      thread_counts.clear();
+      for (auto p : absl::StrSplit(argv[++i], ',')) thread_counts.push_back(std::atoi(std::string(p).c_str()));
+    } else if (a == "--data" && i + 1 < argc) dir = argv[++i];
+    else {
+      std::printf("Usage: grpc_bench [--queries N] [--synthetic N DIM] [--threads 1,2,4] [--data DIR]\n");
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  cairn::datasets::Dataset data;
+  if (syn_n > 0) {
+    data = cairn::datasets::Synthetic(syn_n, 10000, syn_dim, 256, 7);
+  } else {
+    auto fm = cairn::datasets::LoadFashionMnist();
+    data = fm.ok() ? std::move(*fm) : cairn::datasets::Synthetic(60000, 10000, 128, 256, 7);
+  }
+  const size_t dim = data.dim, n = data.n(), nq = std::min(max_queries, data.nq());
+  std::printf("# %s: n=%zu dim=%zu queries=%zu, HNSW M=32 efC=100, search ef=64 k=10\n", data.name.c_str(), n,
+              dim, nq);
+  std::filesystem::remove_all(dir);
+
+  // 1. cairnd: online ingest by client-streaming upsert, then search over gRPC.
+  int fds[2];
+  if (pipe(fds) != 0) Die("pipe");
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    execl(CAIRND_PATH, CAIRND_PATH, "--listen", "127.0.0.1:0", "--http-listen", "", "--data-dir", dir.c_str(),
+          "--insecure-no-auth", static_cast<char*>(nullptr));
+    std::_Exit(127);
+  }
+  close(fds[1]);
+  FILE* log = fdopen(fds[0], "r");
+  char line[4096];
+  int port = 0;
+  while (fgets(line, sizeof(line), log)) {
+    std::string l = line;
+    if (auto p = l.find("\"port\":"); p != std::string::npos && l.find("listening") != std::string::npos) {
+      port = std::stoi(l.substr(p + 7));
+    }
+    if (l.find("\"event\":\"serving\"") != std::string::npos) break;
+  }
+  if (port == 0) Die("cairnd did not start");
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(), args);
+  auto collections = cairn::v1::Collections::NewStub(channel);
+  auto points = cairn::v1::Points::NewStub(channel);
+  auto search = cairn::v1::Search::NewStub(channel);
+  {
+    grpc::ClientContext ctx;
+    cairn::v1::CreateCollectionRequest req;
+    req.set_name("bench");
+    req.mutable_config()->set_dimension(static_cast<uint32_t>(dim));
+    cairn::v1::CollectionInfo info;
+    auto s = collections->Create(&ctx, req, &info);
+    if (!s.ok()) Die(s.error_message());
+  }
+  auto t0 = Clock::now();
+  {
+    grpc::ClientContext ctx;
+    cairn::v1::UpsertResponse resp;
+    auto writer = points->UpsertStream(&ctx, &resp);
+    for (size_t s = 0; s < n; s += 1000) {
+      cairn::v1::UpsertRequest req;
+      req.set_collection("bench");
+      for (size_t i = s; i < std::min(n, s + 1000); ++i) {
+        auto* p = req.add_points();
+        p->mutable_id()->set_num(i);
+        p->mutable_vector()->Add(data.base.begin() + i * dim, data.base.begin() + (i + 1) * dim);
+      }
+      if (!writer->Write(req)) break;
+    }
+    writer->WritesDone();
+    auto s = writer->Finish();
+    if (!s.ok()) Die(s.error_message());
+  }
+  double ingest = Since(t0);
+  std::printf("online ingest (client-streaming upsert, batches of 1000, durable): %.2f s, %.0f vectors/s, %.1f MB/s\n",
+              ingest, n / ingest, n * dim * 4 / ingest / 1e6);
+
+  auto grpc_search = [&](size_t q) {
+    grpc::ClientContext ctx;
+    cairn::v1::SearchRequest req;
+    req.set_collection("bench");
+    req.mutable_vector()->Add(data.queries.begin() + q * dim, data.queries.begin() + (q + 1) * dim);
+    req.mutable_params()->set_k(10);
+    req.mutable_params()->set_ef(64);
+    cairn::v1::SearchResponse resp;
+    auto s = search->Search(&ctx, req, &resp);
+    if (!s.ok() || resp.hits_size() != 10) Die("search failed: " + s.error_message());
+  };
+  std::vector<Result> remote;
+  for (int t : thread_counts) remote.push_back(Measure(nq, t, grpc_search));
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
+  fclose(log);
+
+  // 2. The same data and searches in-process.
+  auto db = cairn::Database::Open(dir);
+  if (!db.ok()) Die(db.status().ToString());
+  auto coll = (*db)->GetCollection("bench");
+  if (!coll.ok()) Die(coll.status().ToString());
+  cairn::SearchParams params;
+  params.k = 10;
+  params.ef = 64;
+  auto local_search = [&](size_t q) {
+    auto r = (*coll)->Search(absl::MakeConstSpan(data.queries.data() + q * dim, dim), params);
+    if (!r.ok() || r->size() != 10) Die("in-process search failed");
+  };
+  std::printf("\n%-8s %-12s %-10s %-10s %-12s %-10s %-10s %-8s\n", "threads", "grpc_qps", "grpc_p50", "grpc_p99",
+              "local_qps", "local_p50", "local_p99", "ratio");
+  for (size_t i = 0; i < thread_counts.size(); ++i) {
+    Result local = Measure(nq, thread_counts[i], local_search);
+    const Result& r = remote[i];
+    std::printf("%-8d %-12.0f %-10.3f %-10.3f %-12.0f %-10.3f %-10.3f %-8.2f\n", thread_counts[i], r.qps, r.p50_ms,
+                r.p99_ms, local.qps, local.p50_ms, local.p99_ms, r.qps / local.qps);
+    std::printf("{\"bench\":\"grpc_search\",\"dataset\":\"%s\",\"threads\":%d,\"grpc_qps\":%.1f,\"grpc_p50_ms\":%.3f,"
+                "\"grpc_p99_ms\":%.3f,\"local_qps\":%.1f,\"local_p50_ms\":%.3f,\"local_p99_ms\":%.3f}\n",
+                data.name.c_str(), thread_counts[i], r.qps, r.p50_ms, r.p99_ms, local.qps, local.p50_ms,
+                local.p99_ms);
+  }
+  return 0;
+}
