@@ -7,7 +7,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <set>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "api/service.h"
 #include "storage/file_util.h"
@@ -48,6 +52,9 @@ void Usage(FILE* out) {
       "  --tls-client-ca PATH    PEM CA for client certificates: mTLS, every client must\n"
       "                          present a certificate it signed (CAIRN_TLS_CLIENT_CA)\n"
       "  Clients send their key as metadata \"authorization: Bearer KEY\".\n"
+      "  --config PATH           JSON settings, keys named like the flags with underscores,\n"
+      "                          e.g. {\"listen\": \"0.0.0.0:7600\", \"data_dir\": \"/data\"}\n"
+      "                          (CAIRN_CONFIG); flags and CAIRN_* variables override it\n"
       "  --help                  this text\n"
       "\n"
       "Example:\n"
@@ -58,11 +65,6 @@ void Usage(FILE* out) {
       "\n"
       "Exit status: 0 after a clean shutdown, 1 when it cannot start (address in use,\n"
       "data directory locked by another process or of another format), 2 for bad flags.\n");
-}
-
-std::string Env(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? v : fallback;
 }
 
 bool ParseInt(const std::string& s, long lo, long hi, long* out) {
@@ -76,6 +78,41 @@ bool ParseInt(const std::string& s, long lo, long hi, long* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Precedence: flags, then CAIRN_* variables, then the config file, then
+  // defaults. The config file is JSON whose keys are the flag names with
+  // underscores: {"listen": "0.0.0.0:7600", "data_dir": "/var/lib/cairn"}.
+  std::string config_path = std::getenv("CAIRN_CONFIG") ? std::getenv("CAIRN_CONFIG") : "";
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::string(argv[i]) == "--config") config_path = argv[i + 1];
+  }
+  std::map<std::string, std::string> config;
+  if (!config_path.empty()) {
+    auto text = cairn::storage::ReadFile(config_path);
+    auto j = text.ok() ? nlohmann::json::parse(*text, nullptr, false) : nlohmann::json();
+    if (!text.ok() || j.is_discarded() || !j.is_object()) {
+      std::fprintf(stderr, "cairnd: config file %s: %s\n", config_path.c_str(),
+                   text.ok() ? "not a JSON object" : std::string(text.status().message()).c_str());
+      return 2;
+    }
+    static const std::set<std::string> kKeys = {
+        "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
+        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca"};
+    for (const auto& [k, v] : j.items()) {
+      if (!kKeys.contains(k)) {
+        std::fprintf(stderr, "cairnd: config file %s: unknown key \"%s\"\n", config_path.c_str(), k.c_str());
+        return 2;
+      }
+      config[k] = v.is_string() ? v.get<std::string>() : v.is_boolean() ? (v.get<bool>() ? "1" : "0") : v.dump();
+    }
+  }
+  auto Env = [&config](const char* name, const std::string& fallback) {
+    const char* v = std::getenv(name);
+    if (v && *v) return std::string(v);
+    std::string key = name + 6;  // CAIRN_LISTEN -> listen
+    for (char& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (auto it = config.find(key); it != config.end()) return it->second;
+    return fallback;
+  };
   std::string listen = Env("CAIRN_LISTEN", "127.0.0.1:7600");
   std::string http_listen = Env("CAIRN_HTTP_LISTEN", "127.0.0.1:7601");
   std::string data_dir = Env("CAIRN_DATA_DIR", "./data");
@@ -100,6 +137,9 @@ int main(int argc, char** argv) {
     if (a == "--help" || a == "-h") {
       Usage(stdout);
       return 0;
+    } else if (a == "--config") {
+      std::string ignored;
+      value(&ignored);  // read above
     } else if (a == "--listen") {
       value(&listen);
     } else if (a == "--http-listen") {

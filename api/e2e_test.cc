@@ -630,6 +630,19 @@ void WriteFile(const fs::path& path, const std::string& text) {
   fclose(f);
 }
 
+TEST_F(E2ETest, ConfigFileIsReadAndFlagsWin) {
+  WriteFile(dir_ / "cairnd.json", R"({"insecure_no_auth": true, "workers": 2, "data_dir": "/nonexistent/x"})");
+  // --data-dir (a flag) wins over the file's data_dir; the file turns auth off.
+  Cairnd configured((dir_ / "cfg-data").string(), {"--config", (dir_ / "cairnd.json").string()});
+  configured.Start();
+  EXPECT_NE(configured.log().find("AUTHENTICATION IS OFF"), std::string::npos) << configured.log();
+  EXPECT_TRUE(fs::exists(dir_ / "cfg-data" / "CAIRN"));
+  WriteFile(dir_ / "typo.json", R"({"insecure_no_auht": true})");
+  auto [code, out] = RunCairnd("--config " + (dir_ / "typo.json").string());
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("unknown key \"insecure_no_auht\""), std::string::npos) << out;
+}
+
 class AuthTest : public E2ETest {
  protected:
   void SetUp() override {
