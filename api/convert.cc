@@ -125,6 +125,7 @@ absl::StatusOr<CollectionConfig> FromProto(const v1::CollectionConfig& c) {
   }
   if (c.num_shards() != 0) out.num_shards = c.num_shards();
   if (c.seal_threshold() != 0) out.seal_threshold = c.seal_threshold();
+  if (c.compaction_deleted_ratio() != 0) out.compaction_deleted_ratio = c.compaction_deleted_ratio();
   return out;
 }
 
@@ -155,6 +156,7 @@ void ToProto(const CollectionConfig& c, v1::CollectionConfig* out) {
   }
   out->set_num_shards(c.num_shards);
   out->set_seal_threshold(c.seal_threshold);
+  out->set_compaction_deleted_ratio(c.compaction_deleted_ratio);
 }
 
 void ToProto(const CollectionInfo& info, v1::CollectionInfo* out) {

@@ -259,6 +259,21 @@ TEST_F(E2ETest, CollectionsLifecycleAndErrors) {
   EXPECT_EQ(info.config().index().type(), INDEX_TYPE_HNSW);
   EXPECT_EQ(info.config().index().hnsw_m(), 32u);
 
+  {
+    grpc::ClientContext uctx;
+    UpdateCollectionRequest up;
+    up.set_name("docs");
+    up.set_ef_search(256);
+    CollectionInfo updated;
+    auto s = collections_->Update(&uctx, up, &updated);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(updated.config().index().ef_search(), 256u);
+    EXPECT_EQ(updated.config().index().hnsw_m(), 32u);
+    grpc::ClientContext bctx;
+    up.set_ef_search(0);
+    EXPECT_EQ(collections_->Update(&bctx, up, &updated).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+
   grpc::ClientContext ctx2;
   ListCollectionsResponse list;
   ASSERT_TRUE(collections_->List(&ctx2, ListCollectionsRequest(), &list).ok());

@@ -207,6 +207,25 @@ class CollectionsService final : public v1::Collections::CallbackService {
     return b_->Run(ctx, Role::kAdmin, "Collections/Delete", [req](Database& db) { return db.DropCollection(req->name()); });
   }
 
+  grpc::ServerUnaryReactor* Update(grpc::CallbackServerContext* ctx,
+                                   const v1::UpdateCollectionRequest* req,
+                                   v1::CollectionInfo* resp) override {
+    return b_->Run(ctx, Role::kAdmin, "Collections/Update", [req, resp](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->name()));
+      CollectionConfig config = c->config();
+      auto clamp = [](uint64_t v) { return v > (1u << 30) ? (1 << 30) : static_cast<int>(v); };
+      if (req->has_ef_search()) config.index.ef_search = clamp(req->ef_search());
+      if (req->has_nprobe()) config.index.nprobe = clamp(req->nprobe());
+      if (req->has_rerank_factor()) config.index.rerank_factor = clamp(req->rerank_factor());
+      if (req->has_seal_threshold()) config.seal_threshold = req->seal_threshold();
+      if (req->has_compaction_deleted_ratio()) config.compaction_deleted_ratio = req->compaction_deleted_ratio();
+      CAIRN_RETURN_IF_ERROR(c->UpdateConfig(config));
+      CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
+      ToProto(info, resp);
+      return absl::OkStatus();
+    });
+  }
+
  private:
   Backend* b_;
 };

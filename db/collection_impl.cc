@@ -8,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cairn/status.h"
+#include "db/config_codec.h"
 #include "db/key_codec.h"
+#include "storage/file_util.h"
 #include "index/segment.h"
 
 namespace cairn::db {
@@ -134,6 +136,51 @@ absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
   return c;
 }
 
+CollectionConfig CollectionImpl::config() const {
+  std::lock_guard l(config_mu_);
+  return config_;
+}
+
+absl::Status CollectionImpl::UpdateConfig(const CollectionConfig& update) {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(ValidateConfig(update));
+  std::lock_guard l(config_mu_);
+  const CollectionConfig& c = config_;
+  auto fixed = [](const char* field) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.", field, " cannot change on an existing collection; create a new collection and re-ingest"));
+  };
+  if (update.dimension != c.dimension) return fixed("dimension");
+  if (update.metric != c.metric) return fixed("metric");
+  if (update.num_shards != c.num_shards) return fixed("num_shards");
+  if (update.index.type != c.index.type) return fixed("index.type");
+  if (update.index.hnsw_m != c.index.hnsw_m) return fixed("index.hnsw_m");
+  if (update.index.ef_construction != c.index.ef_construction) return fixed("index.ef_construction");
+  if (update.index.nlist != c.index.nlist) return fixed("index.nlist");
+  if (update.index.pq_m != c.index.pq_m) return fixed("index.pq_m");
+  if (update.index.pq_nbits != c.index.pq_nbits) return fixed("index.pq_nbits");
+  if (update.payload_indexes.size() != c.payload_indexes.size()) return fixed("payload_indexes");
+  for (size_t i = 0; i < c.payload_indexes.size(); ++i) {
+    if (update.payload_indexes[i].field != c.payload_indexes[i].field ||
+        update.payload_indexes[i].type != c.payload_indexes[i].type) {
+      return fixed("payload_indexes");
+    }
+  }
+  CAIRN_RETURN_IF_ERROR(storage::WriteFileAtomic((fs::path(dir_) / "collection.json").string(), ConfigToJson(update)));
+  // Only the tunables change: other threads read the fixed fields unlocked.
+  config_.index.ef_search = update.index.ef_search;
+  config_.index.nprobe = update.index.nprobe;
+  config_.index.rerank_factor = update.index.rerank_factor;
+  config_.seal_threshold = update.seal_threshold;
+  config_.compaction_deleted_ratio = update.compaction_deleted_ratio;
+  for (auto& s : shards_) {
+    s->SetTunables({update.index.ef_search, update.index.nprobe, update.index.rerank_factor, update.seal_threshold,
+                    update.compaction_deleted_ratio});
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CollectionImpl::CheckOpen() const {
   if (closed_) {
     return absl::FailedPreconditionError(
@@ -171,7 +218,7 @@ absl::StatusOr<CollectionInfo> CollectionImpl::Info() const {
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   CollectionInfo info;
   info.name = name_;
-  info.config = config_;
+  info.config = config();
   for (const auto& s : shards_) {
     ShardStats st = s->Stats();
     info.points += st.points;

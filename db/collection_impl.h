@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -23,7 +24,8 @@ class CollectionImpl final : public Collection {
   ~CollectionImpl() override;
 
   const std::string& name() const override { return name_; }
-  const CollectionConfig& config() const override { return config_; }
+  CollectionConfig config() const override;
+  absl::Status UpdateConfig(const CollectionConfig& config) override;
   absl::StatusOr<CollectionInfo> Info() const override;
   absl::Status Upsert(absl::Span<const Point> points) override;
   absl::StatusOr<std::vector<std::optional<Record>>> Get(absl::Span<const PointId> ids,
@@ -61,7 +63,10 @@ class CollectionImpl final : public Collection {
 
   const std::string name_;
   const std::string dir_;
-  const CollectionConfig config_;
+  // Immutable fields may be read without config_mu_; the tunables change
+  // under it (see UpdateConfig).
+  mutable std::mutex config_mu_;
+  CollectionConfig config_;
   const DatabaseOptions options_;
   std::function<void()> wake_maintenance_;
   // Shared by every call, exclusive for Close.

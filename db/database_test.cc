@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
@@ -212,6 +213,47 @@ TEST_F(DatabaseTest, BadOptionsAreInvalidArgumentAndCreateNothing) {
     EXPECT_THAT(std::string(db.status().message()), ::testing::HasSubstr("options." + field));
     EXPECT_FALSE(fs::exists(dir_)) << "a refused Open created " << dir_;
   }
+}
+
+TEST_F(DatabaseTest, UpdateConfigChangesTunablesPersistsAndRefusesFixedFields) {
+  OpenDb();
+  auto c = Create("c", Config(4));
+  ASSERT_TRUE(c);
+  CollectionConfig next = c->config();
+  next.index.ef_search = 200;
+  next.index.nprobe = 7;
+  next.seal_threshold = 5000;
+  next.compaction_deleted_ratio = 0.5;
+  ASSERT_TRUE(c->UpdateConfig(next).ok());
+  EXPECT_EQ(c->config().index.ef_search, 200);
+  EXPECT_EQ(c->config().seal_threshold, 5000u);
+
+  for (auto [field, mutate] : std::vector<std::pair<std::string, std::function<void(CollectionConfig&)>>>{
+           {"dimension", [](CollectionConfig& x) { x.dimension = 8; }},
+           {"metric", [](CollectionConfig& x) { x.metric = Metric::kCosine; }},
+           {"index.type", [](CollectionConfig& x) { x.index.type = IndexType::kFlat; }},
+           {"index.hnsw_m", [](CollectionConfig& x) { x.index.hnsw_m = 16; }},
+           {"num_shards", [](CollectionConfig& x) { x.num_shards = 2; }},
+           {"payload_indexes", [](CollectionConfig& x) { x.payload_indexes.push_back({"a", PayloadType::kBool}); }}}) {
+    CollectionConfig bad = c->config();
+    mutate(bad);
+    auto st = c->UpdateConfig(bad);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("config." + field)) << st;
+  }
+  CollectionConfig invalid = c->config();
+  invalid.index.ef_search = 0;
+  EXPECT_EQ(c->UpdateConfig(invalid).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->config().index.ef_search, 200);
+
+  CloseDb();
+  OpenDb();
+  auto again = Get("c");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->config().index.ef_search, 200);
+  EXPECT_EQ(again->config().index.nprobe, 7);
+  EXPECT_EQ(again->config().seal_threshold, 5000u);
+  EXPECT_DOUBLE_EQ(again->config().compaction_deleted_ratio, 0.5);
 }
 
 TEST_F(DatabaseTest, OtherFormatVersionIsFailedPrecondition) {

@@ -130,8 +130,20 @@ struct Shard::Writer {
 Shard::Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvStore> kv)
     : dir_(std::move(dir)),
       options_(std::move(options)),
+      tunables_{options_.index.ef_search, options_.index.nprobe, options_.index.rerank_factor,
+                options_.seal_threshold, options_.compaction_deleted_ratio},
       kv_(std::move(kv)),
       payload_index_(options_.payload_indexes) {}
+
+ShardTunables Shard::Tunables() const {
+  std::lock_guard l(tunables_mu_);
+  return tunables_;
+}
+
+void Shard::SetTunables(const ShardTunables& t) {
+  std::lock_guard l(tunables_mu_);
+  tunables_ = t;
+}
 
 Shard::~Shard() = default;
 
@@ -553,6 +565,7 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
   const size_t dim = options_.dimension;
   const size_t k = static_cast<size_t>(params.k);
   const int threads = Threads(options_.index_threads);
+  const ShardTunables tun = Tunables();
   std::vector<std::vector<std::pair<float, uint64_t>>> hits(nq);
   {
     std::shared_lock state(state_mu_);
@@ -584,8 +597,8 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
         if (seg->size() == 0 || seg->size() == seg->num_deleted()) continue;
         index::SegmentSearchParams sp;
         sp.k = params.k;
-        sp.ef = params.ef;
-        sp.nprobe = params.nprobe;
+        sp.ef = params.ef > 0 ? params.ef : tun.ef_search;
+        sp.nprobe = params.nprobe > 0 ? params.nprobe : tun.nprobe;
         index::PositionSet allowed;
         if (filter_ids) {
           auto lo = std::lower_bound(filter_list.begin(), filter_list.end(), seg->min_id());
@@ -596,11 +609,11 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
           // A graph walk that must skip most nodes needs a longer candidate
           // list to find k allowed ones.
           double sel = static_cast<double>(hi - lo) / static_cast<double>(seg->size());
-          int base = std::max(params.ef > 0 ? params.ef : options_.index.ef_search, params.k);
+          int base = std::max(sp.ef, params.k);
           sp.ef = static_cast<int>(base * std::min(8.0, 1.0 / std::sqrt(std::max(sel, 1e-6))));
         }
         const bool lossy = !seg->HasExactVectors();
-        const int rerank = options_.index.rerank_factor;
+        const int rerank = tun.rerank_factor;
         if (lossy && rerank > 1 && !params.exact) sp.k = params.k * rerank;
         std::vector<float> s2(nq * static_cast<size_t>(sp.k));
         std::vector<int64_t> i2(nq * static_cast<size_t>(sp.k));
@@ -772,7 +785,7 @@ absl::Status Shard::Scroll(const std::string& after, uint32_t limit, const Filte
 
 bool Shard::NeedsSeal() const {
   std::shared_lock state(state_mu_);
-  return growing_->size() >= options_.seal_threshold;
+  return growing_->size() >= Tunables().seal_threshold;
 }
 
 absl::Status Shard::WriteManifestLocked() {
@@ -827,7 +840,7 @@ absl::Status Shard::Seal(bool force) {
     std::lock_guard commit(commit_mu_);
     std::unique_lock state(state_mu_);
     size_t n = growing_->size();
-    if (n == 0 || (!force && n < options_.seal_threshold)) return absl::OkStatus();
+    if (n == 0 || (!force && n < Tunables().seal_threshold)) return absl::OkStatus();
     CAIRN_ASSIGN_OR_RETURN(auto fresh, index::Segment::CreateGrowing(options_.dimension, options_.metric,
                                                                      options_.index));
     frozen = growing_;
@@ -875,7 +888,7 @@ absl::Status Shard::Compact(bool force) {
     for (const auto& s : sealed_) {
       size_t n = s.segment->size(), d = s.segment->num_deleted();
       if (d == 0) continue;
-      if (force || static_cast<double>(d) >= options_.compaction_deleted_ratio * static_cast<double>(n)) {
+      if (force || static_cast<double>(d) >= Tunables().compaction_deleted_ratio * static_cast<double>(n)) {
         todo.push_back(s);
       }
     }

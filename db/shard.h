@@ -62,6 +62,15 @@ struct PreparedPoint {
   std::string text;
 };
 
+// Settings that may change while the shard is open.
+struct ShardTunables {
+  int ef_search;
+  int nprobe;
+  int rerank_factor;
+  uint64_t seal_threshold;
+  double compaction_deleted_ratio;
+};
+
 struct ShardStats {
   uint64_t points = 0;
   uint64_t segments = 0;
@@ -111,6 +120,7 @@ class Shard {
                                   const std::vector<std::string>& target_dirs);
 
   ShardStats Stats() const;
+  void SetTunables(const ShardTunables& t);
 
  private:
   struct Plan;
@@ -144,8 +154,12 @@ class Shard {
   absl::Status WriteManifestLocked();
   std::string SegmentPath(const std::string& file) const;
 
+  ShardTunables Tunables() const;
+
   const std::string dir_;
-  const ShardOptions options_;
+  const ShardOptions options_;  // the tunables in it are initial values only
+  mutable std::mutex tunables_mu_;
+  ShardTunables tunables_;  // guarded by tunables_mu_
   std::unique_ptr<storage::KvStore> kv_;
 
   // Writer queue (group commit).

@@ -74,7 +74,14 @@ class Collection {
   virtual ~Collection() = default;
 
   virtual const std::string& name() const = 0;
-  virtual const CollectionConfig& config() const = 0;
+  // The current configuration (a copy: UpdateConfig may change it).
+  virtual CollectionConfig config() const = 0;
+  // Changes the settings that need no rebuild: index.ef_search, index.nprobe,
+  // index.rerank_factor, seal_threshold and compaction_deleted_ratio. Every
+  // other field must equal the current value (InvalidArgument names the one
+  // that differs: changing it means a new collection and a re-ingest).
+  // Persisted before it returns; searches that start afterwards use it.
+  virtual absl::Status UpdateConfig(const CollectionConfig& config) = 0;
   virtual absl::StatusOr<CollectionInfo> Info() const = 0;
 
   // Inserts or replaces points (vector, payload and text together). Atomic per
