@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <set>
@@ -38,6 +39,7 @@ void Usage(FILE* out) {
       "  --grace-seconds N       on SIGTERM/SIGINT, how long calls in flight may take to\n"
       "                          finish before they are cancelled (CAIRN_GRACE_SECONDS;\n"
       "                          default 30)\n"
+      "  --log-format FORMAT     json (default) or logfmt: one line per event on stderr\n"
       "  --port-file PATH        write the bound port to PATH once listening\n"
       "\n"
       "Security:\n"
@@ -73,6 +75,32 @@ bool ParseInt(const std::string& s, long lo, long hi, long* out) {
   if (s.empty() || *end != '\0' || v < lo || v > hi) return false;
   *out = v;
   return true;
+}
+
+// One line per event on stderr: JSON (default) or logfmt (--log-format).
+bool g_logfmt = false;
+
+void LogEvent(const char* event, const nlohmann::ordered_json& fields = nlohmann::ordered_json::object()) {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char ts[32];
+  std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  nlohmann::ordered_json line;
+  line["time"] = ts;
+  line["event"] = event;
+  for (const auto& [k, v] : fields.items()) line[k] = v;
+  std::string out;
+  if (!g_logfmt) {
+    out = line.dump();
+  } else {
+    for (const auto& [k, v] : line.items()) {
+      if (!out.empty()) out += ' ';
+      out += k + "=" + (v.is_string() ? nlohmann::json(v.get<std::string>()).dump() : v.dump());
+    }
+  }
+  std::fprintf(stderr, "%s\n", out.c_str());
 }
 
 }  // namespace
@@ -140,6 +168,14 @@ int main(int argc, char** argv) {
     } else if (a == "--config") {
       std::string ignored;
       value(&ignored);  // read above
+    } else if (a == "--log-format") {
+      std::string f;
+      value(&f);
+      if (f != "json" && f != "logfmt") {
+        std::fprintf(stderr, "cairnd: --log-format is json or logfmt\n");
+        return 2;
+      }
+      g_logfmt = f == "logfmt";
     } else if (a == "--listen") {
       value(&listen);
     } else if (a == "--http-listen") {
@@ -187,10 +223,8 @@ int main(int argc, char** argv) {
                    listen.c_str());
       return 2;
     }
-    std::fprintf(stderr,
-                 "{\"event\":\"warning\",\"message\":\"AUTHENTICATION IS OFF (--insecure-no-auth): "
-                 "anyone who can reach %s can read, change and delete all data\"}\n",
-                 listen.c_str());
+    LogEvent("warning", {{"message", "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach " +
+                                             listen + " can read, change and delete all data"}});
   } else {
     absl::StatusOr<cairn::api::ApiKeys> keys = absl::InvalidArgumentError(
         "no API keys configured: give --api-keys-file or CAIRN_API_KEYS, or --insecure-no-auth "
@@ -206,7 +240,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "cairnd: %s\n", std::string(keys.status().message()).c_str());
       return 2;
     }
-    std::fprintf(stderr, "{\"event\":\"auth\",\"api_keys\":%zu}\n", keys->size());
+    LogEvent("auth", {{"api_keys", keys->size()}});
     options.api_keys = *std::move(keys);
   }
   for (auto [path, dst] : {std::pair{&tls_cert, &options.tls_cert_pem},
@@ -238,11 +272,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cairnd: %s\n", std::string(port.status().message()).c_str());
     return absl::IsInvalidArgument(port.status()) ? 2 : 1;
   }
-  std::fprintf(stderr,
-               "{\"event\":\"listening\",\"address\":\"%s\",\"port\":%d,\"http_port\":%d,\"tls\":%s,"
-               "\"mtls\":%s}\n",
-               listen.c_str(), *port, server.http_port(), options.tls_cert_pem.empty() ? "false" : "true",
-               options.tls_client_ca_pem.empty() ? "false" : "true");
+  LogEvent("listening", {{"address", listen}, {"port", *port}, {"http_port", server.http_port()},
+                         {"tls", !options.tls_cert_pem.empty()}, {"mtls", !options.tls_client_ca_pem.empty()}});
   if (!port_file.empty()) {
     std::ofstream(port_file + ".tmp") << *port << "\n";
     std::rename((port_file + ".tmp").c_str(), port_file.c_str());
@@ -258,15 +289,13 @@ int main(int argc, char** argv) {
   }
   size_t collections = (*db)->ListCollections().size();
   server.Serve(std::move(*db));
-  std::fprintf(stderr, "{\"event\":\"serving\",\"data_dir\":\"%s\",\"collections\":%zu,\"load_seconds\":%.3f}\n",
-               data_dir.c_str(), collections,
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  LogEvent("serving", {{"data_dir", data_dir}, {"collections", collections},
+                       {"load_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}});
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "{\"event\":\"draining\",\"signal\":\"%s\",\"grace_seconds\":%ld}\n",
-               sig == SIGTERM ? "SIGTERM" : "SIGINT", n_grace);
+  LogEvent("draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"grace_seconds", n_grace}});
   server.Shutdown(std::chrono::seconds(n_grace));
-  std::fprintf(stderr, "{\"event\":\"stopped\"}\n");
+  LogEvent("stopped");
   return 0;
 }

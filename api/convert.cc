@@ -167,6 +167,7 @@ void ToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
   out->set_sealed_segments(info.sealed_segments);
   out->set_deleted_in_segments(info.deleted_in_segments);
   out->set_index_memory_bytes(info.index_memory_bytes);
+  out->set_storage_memory_bytes(info.storage_memory_bytes);
 }
 
 absl::StatusOr<std::vector<Point>> FromProto(const v1::UpsertRequest& req) {

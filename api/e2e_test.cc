@@ -568,6 +568,8 @@ TEST_F(E2ETest, MetricsHealthAndReadinessOverHttp) {
   EXPECT_NE(body.find("cairn_collection_points{collection=\"docs\"} 10"), std::string::npos) << body;
   EXPECT_NE(body.find("cairn_points_upserted_total 11"), std::string::npos) << body;
   EXPECT_NE(body.find("cairn_build_info{"), std::string::npos);
+  EXPECT_NE(body.find("cairn_collection_storage_memory_bytes{collection=\"docs\"} "), std::string::npos);
+  EXPECT_EQ(body.find("cairn_collection_storage_memory_bytes{collection=\"docs\"} 0\n"), std::string::npos);
   EXPECT_NE(body.find("cairn_ready 1"), std::string::npos);
   EXPECT_EQ(HttpGet(server_->http_port(), "/healthz").first, 200);
   EXPECT_EQ(HttpGet(server_->http_port(), "/readyz").first, 200);

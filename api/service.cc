@@ -667,7 +667,7 @@ struct CairnServer::Impl {
                     "\n");
     backend.metrics.AppendPrometheus(&out);
     if (database != nullptr) {
-      std::string points, segments, sealed, deleted, memory;
+      std::string points, segments, sealed, deleted, memory, storage;
       for (const auto& name : database->ListCollections()) {
         auto info = database->DescribeCollection(name);
         if (!info.ok()) continue;
@@ -677,6 +677,7 @@ struct CairnServer::Impl {
         absl::StrAppend(&sealed, "cairn_collection_sealed_segments", label, info->sealed_segments, "\n");
         absl::StrAppend(&deleted, "cairn_collection_deleted_in_segments", label, info->deleted_in_segments, "\n");
         absl::StrAppend(&memory, "cairn_collection_index_memory_bytes", label, info->index_memory_bytes, "\n");
+        absl::StrAppend(&storage, "cairn_collection_storage_memory_bytes", label, info->storage_memory_bytes, "\n");
       }
       absl::StrAppend(&out, "# HELP cairn_collection_points Live points per collection.\n",
                       "# TYPE cairn_collection_points gauge\n", points,
@@ -687,7 +688,9 @@ struct CairnServer::Impl {
                       "# HELP cairn_collection_deleted_in_segments Tombstones not yet compacted.\n",
                       "# TYPE cairn_collection_deleted_in_segments gauge\n", deleted,
                       "# HELP cairn_collection_index_memory_bytes Resident index memory (estimate).\n",
-                      "# TYPE cairn_collection_index_memory_bytes gauge\n", memory);
+                      "# TYPE cairn_collection_index_memory_bytes gauge\n", memory,
+                      "# HELP cairn_collection_storage_memory_bytes RocksDB memtables, table readers, block cache.\n",
+                      "# TYPE cairn_collection_storage_memory_bytes gauge\n", storage);
     }
     return {200, "text/plain; version=0.0.4; charset=utf-8", out};
   }

@@ -226,6 +226,7 @@ absl::StatusOr<CollectionInfo> CollectionImpl::Info() const {
     info.sealed_segments += st.sealed_segments;
     info.deleted_in_segments += st.deleted_in_segments;
     info.index_memory_bytes += st.index_memory_bytes;
+    info.storage_memory_bytes += st.storage_memory_bytes;
   }
   return info;
 }

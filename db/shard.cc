@@ -973,6 +973,7 @@ ShardStats Shard::Stats() const {
   }
   st.index_memory_bytes += payload_index_.MemoryBytes() + live_.getSizeInBytes(false);
   st.growing_points = growing_->size();
+  st.storage_memory_bytes = kv_->ApproximateMemoryBytes();
   return st;
 }
 

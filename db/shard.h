@@ -77,6 +77,7 @@ struct ShardStats {
   uint64_t sealed_segments = 0;
   uint64_t deleted_in_segments = 0;
   uint64_t index_memory_bytes = 0;
+  uint64_t storage_memory_bytes = 0;
   uint64_t growing_points = 0;
 };
 

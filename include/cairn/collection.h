@@ -67,6 +67,7 @@ struct CollectionInfo {
   uint64_t sealed_segments = 0;
   uint64_t deleted_in_segments = 0;  // tombstones not yet compacted away
   uint64_t index_memory_bytes = 0;   // resident index memory (estimate)
+  uint64_t storage_memory_bytes = 0; // RocksDB memtables, table readers, block cache
 };
 
 class Collection {
