@@ -373,6 +373,91 @@ TEST_F(E2ETest, UpsertSearchFilterPayloadDeleteScroll) {
   EXPECT_EQ(pages, 8);
 }
 
+TEST_F(E2ETest, SearchBatchDeleteByIdsOverwritePayloadWithVector) {
+  ASSERT_TRUE(CreateCollection("docs", 4).ok());
+  ASSERT_TRUE(UpsertPoints("docs", 0, 50).ok());
+  {  // three queries at once, each answered in order, exactly
+    grpc::ClientContext ctx;
+    SearchBatchRequest req;
+    req.set_collection("docs");
+    for (float q : {3.0f, 20.0f, 41.0f}) {
+      for (int j = 0; j < 4; ++j) req.add_vectors(q);
+    }
+    req.mutable_params()->set_k(1);
+    req.mutable_params()->set_exact(true);
+    req.mutable_params()->set_with_vector(true);
+    SearchBatchResponse resp;
+    auto s = search_->SearchBatch(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(resp.results_size(), 3);
+    EXPECT_EQ(resp.results(0).hits(0).id().num(), 3u);
+    EXPECT_EQ(resp.results(1).hits(0).id().num(), 20u);
+    EXPECT_EQ(resp.results(2).hits(0).id().num(), 41u);
+    EXPECT_EQ(resp.results(2).hits(0).score(), 0.0f);
+    ASSERT_EQ(resp.results(2).hits(0).vector_size(), 4);
+    EXPECT_EQ(resp.results(2).hits(0).vector(0), 41.0f);
+  }
+  {  // a batch whose length is not a multiple of the dimension
+    grpc::ClientContext ctx;
+    SearchBatchRequest req;
+    req.set_collection("docs");
+    for (int j = 0; j < 6; ++j) req.add_vectors(1);
+    SearchBatchResponse resp;
+    EXPECT_EQ(search_->SearchBatch(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {  // delete by ids: counts only those that existed
+    grpc::ClientContext ctx;
+    DeletePointsRequest req;
+    req.set_collection("docs");
+    req.add_ids()->set_num(1);
+    req.add_ids()->set_num(2);
+    req.add_ids()->set_num(999);
+    DeletePointsResponse resp;
+    ASSERT_TRUE(points_->Delete(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.deleted(), 2u);
+  }
+  EXPECT_EQ(Count("docs"), 48u);
+  {  // overwrite replaces the payload; the keyword index follows
+    grpc::ClientContext ctx;
+    SetPayloadRequest req;
+    req.set_collection("docs");
+    req.add_ids()->set_num(10);
+    (*req.mutable_payload()->mutable_fields())["lang"].set_string_value("fr");
+    req.set_overwrite(true);
+    SetPayloadResponse resp;
+    ASSERT_TRUE(points_->SetPayload(&ctx, req, &resp).ok());
+    grpc::ClientContext gctx;
+    GetPointsRequest g;
+    g.set_collection("docs");
+    g.add_ids()->set_num(10);
+    g.set_with_payload(true);
+    GetPointsResponse gr;
+    ASSERT_TRUE(points_->Get(&gctx, g, &gr).ok());
+    const auto& fields = gr.results(0).record().payload().fields();
+    EXPECT_EQ(fields.size(), 1u);
+    EXPECT_EQ(fields.at("lang").string_value(), "fr");
+    grpc::ClientContext cctx;
+    CountRequest c;
+    c.set_collection("docs");
+    auto* cond = c.mutable_filter()->add_must();
+    cond->set_key("lang");
+    cond->mutable_match()->mutable_value()->set_string_value("fr");
+    CountResponse cr;
+    ASSERT_TRUE(points_->Count(&cctx, c, &cr).ok());
+    EXPECT_EQ(cr.count(), 1u);
+  }
+  {  // set payload on a missing id: NOT_FOUND, nothing changes
+    grpc::ClientContext ctx;
+    SetPayloadRequest req;
+    req.set_collection("docs");
+    req.add_ids()->set_num(10);
+    req.add_ids()->set_num(1);  // deleted above
+    (*req.mutable_payload()->mutable_fields())["lang"].set_string_value("xx");
+    SetPayloadResponse resp;
+    EXPECT_EQ(points_->SetPayload(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+}
+
 TEST_F(E2ETest, BadRequestsGetClearCodesAndChangeNothing) {
   ASSERT_TRUE(CreateCollection("docs", 4).ok());
   ASSERT_TRUE(UpsertPoints("docs", 0, 10).ok());
