@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -87,6 +88,30 @@ struct Backend {
   std::unique_ptr<WorkerPool> pool;
   std::optional<ApiKeys> keys;
   RequestMetrics metrics;
+  // Calls accepted and not yet finished, for draining; new calls are refused
+  // once draining starts.
+  std::mutex inflight_mu;
+  std::condition_variable inflight_cv;
+  int inflight = 0;        // guarded by inflight_mu
+  bool draining = false;   // guarded by inflight_mu
+
+  // False when draining: the caller answers UNAVAILABLE.
+  bool Enter() {
+    std::lock_guard l(inflight_mu);
+    if (draining) return false;
+    ++inflight;
+    return true;
+  }
+  void Leave() {
+    std::lock_guard l(inflight_mu);
+    if (--inflight == 0) inflight_cv.notify_all();
+  }
+  // Refuses new calls, then waits until none is in flight or `deadline`.
+  void Drain(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock l(inflight_mu);
+    draining = true;
+    inflight_cv.wait_until(l, deadline, [this] { return inflight == 0; });
+  }
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   // Finishes a unary call and records it.
@@ -138,22 +163,28 @@ struct Backend {
              grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is still loading its data; retry shortly"));
       return reactor;
     }
-    bool queued = pool->Submit([this, ctx, reactor, database, method, t0, fn = std::move(fn)]() mutable {
+    if (!Enter()) {
+      Finish(reactor, method, t0,
+             grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is shutting down; retry on another replica"));
+      return reactor;
+    }
+    auto finish = [this, reactor, method, t0](const grpc::Status& s) {
+      Finish(reactor, method, t0, s);
+      Leave();
+    };
+    bool queued = pool->Submit([ctx, database, finish, fn = std::move(fn)]() mutable {
       if (ctx->IsCancelled()) {
-        Finish(reactor, method, t0, grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
+        finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
         return;
       }
       if (std::chrono::system_clock::now() > ctx->deadline()) {
-        Finish(reactor, method, t0,
-               grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                            "the deadline passed before the request could run"));
+        finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the request could run"));
         return;
       }
-      Finish(reactor, method, t0, ToGrpc(fn(*database)));
+      finish(ToGrpc(fn(*database)));
     });
     if (!queued) {
-      Finish(reactor, method, t0,
-             grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+      finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                           "cairnd is overloaded (request queue full); retry with backoff"));
     }
     return reactor;
@@ -259,7 +290,11 @@ class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertReque
     }
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    Backend* b = b_;
+    delete this;
+    b->Leave();
+  }
 
  private:
   void Done(const grpc::Status& s) {
@@ -313,6 +348,9 @@ class PointsService final : public v1::Points::CallbackService {
     if (db == nullptr) {
       return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                      "cairnd is still loading its data; retry shortly"));
+    }
+    if (!b_->Enter()) {
+      return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is shutting down; retry on another replica"));
     }
     return new UpsertStreamReactor(b_, db, resp);
   }
@@ -505,7 +543,11 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk>
     }
     Produce();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    Backend* b = b_;
+    delete this;
+    b->Leave();
+  }
 
  private:
   void Produce() {
@@ -599,6 +641,9 @@ class SnapshotsService final : public v1::Snapshots::CallbackService {
     if (!dir.ok()) return new Refuse(ToGrpc(dir.status()));
     auto tar = TarStream::Open(dir->string());
     if (!tar.ok()) return new Refuse(ToGrpc(tar.status()));
+    if (!b_->Enter()) {
+      return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is shutting down; retry on another replica"));
+    }
     return new DownloadReactor(b_, *std::move(tar));
   }
 
@@ -767,7 +812,14 @@ void CairnServer::Shutdown(std::chrono::milliseconds grace) {
   impl_->draining = true;
   if (impl_->server) {
     impl_->server->GetHealthCheckService()->SetServingStatus(false);
-    impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
+    // Let calls in flight finish (refusing new ones), then stop gRPC with a
+    // short flush window: waiting in gRPC's own Shutdown also waits out idle
+    // client connections, seconds for nothing.
+    auto deadline = std::chrono::steady_clock::now() + grace;
+    impl_->backend.Drain(deadline);
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto flush = std::clamp(left, std::chrono::milliseconds(0), std::chrono::milliseconds(500));
+    impl_->server->Shutdown(std::chrono::system_clock::now() + flush);
     impl_->server.reset();
   }
   impl_->backend.pool.reset();  // runs what was queued, then joins
