@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The cairn CLI against a real cairnd on a loopback port: collections, ingest
+# of fvecs (plain and gzip) and JSON Lines, search, info, bad input.
+# Usage: cli_test.sh CAIRND CAIRN WORKDIR
+set -euo pipefail
+cairnd="$1"; cairn="$2"; work="$3"
+rm -rf "$work"; mkdir -p "$work"
+py="${PYTHON:-/usr/bin/python3}"
+
+coproc SERVER { exec "$cairnd" --listen 127.0.0.1:0 --http-listen "" --data-dir "$work/data" --insecure-no-auth 2>&1; }
+pid=$SERVER_PID
+trap 'kill "$pid" 2>/dev/null || true' EXIT
+port=""
+while IFS= read -r line <&"${SERVER[0]}"; do
+  if [[ $line =~ \"port\":([0-9]+) ]]; then port="${BASH_REMATCH[1]}"; fi
+  [[ $line == *'"event":"serving"'* ]] && break
+done
+export CAIRN_TARGET="127.0.0.1:$port"
+fail() { echo "FAIL: $*"; exit 1; }
+
+# 500 vectors of dimension 8: vector i is (i, i, ..., i).
+"$py" - "$work" <<'PY'
+import struct, sys, gzip, json
+w = sys.argv[1]
+with open(f"{w}/v.fvecs", "wb") as f:
+    for i in range(500):
+        f.write(struct.pack("<i", 8) + struct.pack("<8f", *([float(i)] * 8)))
+with open(f"{w}/v.fvecs", "rb") as f, gzip.open(f"{w}/v2.fvecs.gz", "wb") as g:
+    g.write(f.read())
+with open(f"{w}/docs.jsonl", "w") as f:
+    for i in range(20):
+        f.write(json.dumps({"id": f"doc-{i}", "vector": [1000.0 + i] * 8,
+                            "payload": {"lang": "en" if i % 2 == 0 else "de"}, "text": f"chunk {i}"}) + "\n")
+with open(f"{w}/bad.jsonl", "w") as f:
+    f.write(json.dumps({"id": "ok-1", "vector": [1.0] * 8}) + "\n")
+    f.write(json.dumps({"id": "bad-2", "vector": [1.0] * 7}) + "\n")
+with open(f"{w}/broken.jsonl", "w") as f:
+    f.write('{"id": "x", "vector": [1,2,3,4,5,6,7,8]}\n{not json\n')
+with open(f"{w}/trunc.fvecs", "wb") as f:
+    f.write(struct.pack("<i", 8) + struct.pack("<8f", *([1.0] * 8)) + struct.pack("<i", 8) + b"\0" * 10)
+PY
+
+"$cairn" collection create docs --dim 8 --payload-index lang:keyword | grep -q "created docs" || fail create
+"$cairn" collection list | grep -qx docs || fail list
+"$cairn" ingest --collection docs "$work/v.fvecs" 2>"$work/ingest.log" || fail "ingest fvecs: $(cat "$work/ingest.log")"
+grep -q "wrote 500 points" "$work/ingest.log" || fail "ingest log: $(cat "$work/ingest.log")"
+# Same ids again from the gzip copy (idempotent), then JSON Lines with a --json summary.
+"$cairn" ingest --collection docs "$work/v2.fvecs.gz" 2>/dev/null || fail "ingest gz"
+summary="$("$cairn" ingest --collection docs --json "$work/docs.jsonl")"
+"$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["records_written"]==20 and s["errors"]==0, s' "$summary" \
+  || fail "json summary: $summary"
+"$cairn" collection info docs | grep -q '"points": "520"' || fail "info: $("$cairn" collection info docs)"
+
+out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 1)"
+grep -qE '^7 +0 ' <<<"$out" || fail "search: $out"
+out="$("$cairn" search --collection docs --vector 1003,1003,1003,1003,1003,1003,1003,1003 --k 3 \
+  --filter '{"must":[{"key":"lang","match":{"value":"de"}}]}' --json)"
+"$py" -c 'import json,sys; h=json.loads(sys.argv[1])["hits"]; assert [x["id"]["str"] for x in h]==["doc-3","doc-1","doc-5"], h' "$out" \
+  || fail "filtered search: $out"
+
+# Bad input: exit 2, the file and record named, nothing past the last batch.
+set +e
+"$cairn" ingest --collection docs --batch 1 "$work/bad.jsonl" 2>"$work/bad.log"; code=$?
+set -e
+[[ $code == 2 ]] || fail "bad dimension exit $code"
+grep -q "bad.jsonl: record 2: vector has dimension 7; collection docs has 8" "$work/bad.log" || fail "bad: $(cat "$work/bad.log")"
+set +e
+"$cairn" ingest --collection docs "$work/broken.jsonl" 2>"$work/broken.log"; code=$?
+"$cairn" ingest --collection docs "$work/trunc.fvecs" 2>"$work/trunc.log"; code2=$?
+"$cairn" search --collection nope --vector 1,2 >/dev/null 2>&1; code3=$?
+"$cairn" frobnicate >/dev/null 2>&1; code4=$?
+set -e
+[[ $code == 2 ]] && grep -q "broken.jsonl: line 2: not a JSON object" "$work/broken.log" || fail "broken: $code $(cat "$work/broken.log")"
+[[ $code2 == 2 ]] && grep -q "trunc.fvecs: record 2 is truncated" "$work/trunc.log" || fail "trunc: $code2 $(cat "$work/trunc.log")"
+[[ $code3 == 3 ]] || fail "unknown collection exit $code3"
+[[ $code4 == 1 ]] || fail "unknown command exit $code4"
+# --batch 1 sent ok-1 before the bad record: it is in; nothing else is.
+"$cairn" collection info docs | grep -q '"points": "521"' || fail "bad input: $("$cairn" collection info docs)"
+"$cairn" info | grep -q "collections: docs" || fail info
+"$cairn" collection drop docs | grep -q "dropped docs" || fail drop
+
+kill -TERM "$pid"; wait "$pid"
+rm -rf "$work"
+echo "cli: ok"
