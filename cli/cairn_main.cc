@@ -42,7 +42,7 @@ const char* kUsageText =
     "  collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE]\n"
     "                    [--payload-index FIELD:TYPE]... [--shards N]\n"
     "  collection list | info NAME | drop NAME\n"
-    "  ingest --collection NAME [--format auto|fvecs|jsonl] [--batch N] [--json] FILE...\n"
+    "  ingest --collection NAME [--format auto|fvecs|ivecs|bvecs|jsonl] [--batch N] [--json] FILE...\n"
     "  search --collection NAME --vector 0.1,0.2,... [--k N] [--ef N] [--filter JSON] [--json]\n"
     "  info\n"
     "\n"
@@ -56,7 +56,50 @@ const char* kUsageText =
     "  cairn ingest --collection docs chunks.jsonl.gz\n"
     "  cairn search --collection docs --vector 0.1,0.3,... --filter '{\"must\":[{\"key\":\"lang\",\"match\":{\"value\":\"en\"}}]}'\n"
     "\n"
-    "Exit status: 0 ok, 1 usage error, 2 input error, 3 server error.\n";
+    "Exit status: 0 ok, 1 usage error, 2 input error, 3 server error.\n"
+    "`cairn COMMAND --help` explains each command.\n";
+
+const std::map<std::string, std::string> kCommandHelp = {
+    {"collection",
+     "Usage: cairn collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE]\n"
+     "                        [--payload-index FIELD:TYPE]... [--shards N]\n"
+     "       cairn collection list\n"
+     "       cairn collection info NAME\n"
+     "       cairn collection drop NAME\n"
+     "\n"
+     "TYPE of --index: hnsw (default), flat, ivf_flat, ivf_pq, ivf_sq8, hnsw_sq.\n"
+     "TYPE of --payload-index: keyword, integer, float, bool (repeat the flag per field).\n"
+     "\n"
+     "Example:\n"
+     "  cairn collection create docs --dim 384 --metric cosine --payload-index lang:keyword\n"},
+    {"ingest",
+     "Usage: cairn ingest --collection NAME [--format auto|fvecs|ivecs|bvecs|jsonl] [--batch N] [--json] FILE...\n"
+     "\n"
+     "Streams points to cairnd in batches (default 1000), durable as each batch is acknowledged.\n"
+     "Formats: fvecs, ivecs, bvecs (ids are record positions, from 0), and JSON Lines with\n"
+     "{\"id\": 7 or \"doc-7\", \"vector\": [...], \"payload\": {...}, \"text\": \"...\"}; any of them\n"
+     "gzip-compressed (.gz). --format auto (default) goes by the file name. An id repeated in\n"
+     "the input is written again: the last one wins.\n"
+     "Progress goes to stderr (a line that updates on a terminal, periodic lines otherwise);\n"
+     "--json prints a summary {records_sent, records_written, seconds, records_per_second, errors}.\n"
+     "A bad record stops the ingest with exit status 2, naming the file and record; full batches\n"
+     "sent before it are written, nothing after them.\n"
+     "\n"
+     "Example:\n"
+     "  cairn ingest --collection docs chunks.jsonl.gz\n"},
+    {"search",
+     "Usage: cairn search --collection NAME --vector X1,X2,... [--k N] [--ef N] [--filter JSON] [--json]\n"
+     "\n"
+     "Prints the k nearest points (default 10) with score and payload; --json prints the\n"
+     "response as JSON. --filter takes the API's filter JSON.\n"
+     "\n"
+     "Example:\n"
+     "  cairn search --collection docs --vector 0.1,0.9,0.1,0.1 --k 3 \\\n"
+     "    --filter '{\"must\":[{\"key\":\"lang\",\"match\":{\"value\":\"en\"}}]}'\n"},
+    {"info",
+     "Usage: cairn info\n\nPrints the server's version, format, SIMD level, uptime and collections.\n"
+     "\nExample:\n  CAIRN_TARGET=10.0.0.5:7600 CAIRN_API_KEY=... cairn info\n"},
+};
 
 struct Conn {
   std::shared_ptr<grpc::Channel> channel;
@@ -381,6 +424,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> all(argv + 1, argv + argc);
   for (const auto& a : all) {
     if (a == "--help" || a == "-h") {
+      // The command's own help when a command is named, else the overview.
+      for (const auto& w : all) {
+        if (auto it = kCommandHelp.find(w); it != kCommandHelp.end()) {
+          std::printf("%s", it->second.c_str());
+          return kOk;
+        }
+      }
       std::printf("%s", kUsageText);
       return kOk;
     }

@@ -84,11 +84,14 @@ absl::Status CheckFinite(const std::string& path, uint64_t rec, const std::vecto
   return absl::OkStatus();
 }
 
-// fvecs: each record is int32 d, then d float32, little-endian. Ids are the
-// record's position (0-based), as in the ANN benchmark files.
+// fvecs / ivecs / bvecs: each record is int32 d, then d float32 / int32 /
+// uint8 values, little-endian. Ids are the record's position (0-based), as in
+// the ANN benchmark files.
+enum class VecsType { kFloat, kInt, kByte };
+
 class FvecsReader final : public RecordReader {
  public:
-  explicit FvecsReader(std::unique_ptr<Input> in) : in_(std::move(in)) {}
+  FvecsReader(std::unique_ptr<Input> in, VecsType type) : in_(std::move(in)), type_(type) {}
   absl::StatusOr<std::optional<InputRecord>> Next() override {
     int32_t d = 0;
     auto more = in_->ReadExact(&d, 4, absl::StrCat("record ", n_ + 1));
@@ -108,9 +111,22 @@ class FvecsReader final : public RecordReader {
     r.number = n_;
     r.num_id = n_ - 1;
     r.vector.resize(static_cast<size_t>(d));
-    auto ok = in_->ReadExact(r.vector.data(), static_cast<size_t>(d) * 4, absl::StrCat("record ", n_));
+    const size_t width = type_ == VecsType::kByte ? 1 : 4;
+    buf_.resize(static_cast<size_t>(d) * width);
+    auto ok = in_->ReadExact(buf_.data(), buf_.size(), absl::StrCat("record ", n_));
     if (!ok.ok()) return ok.status();
     if (!*ok) return absl::DataLossError(absl::StrCat(in_->path(), ": record ", n_, " is truncated"));
+    for (size_t i = 0; i < r.vector.size(); ++i) {
+      if (type_ == VecsType::kFloat) {
+        std::memcpy(&r.vector[i], &buf_[i * 4], 4);
+      } else if (type_ == VecsType::kInt) {
+        int32_t v;
+        std::memcpy(&v, &buf_[i * 4], 4);
+        r.vector[i] = static_cast<float>(v);
+      } else {
+        r.vector[i] = static_cast<float>(static_cast<uint8_t>(buf_[i]));
+      }
+    }
     if (auto s = CheckFinite(in_->path(), n_, r.vector); !s.ok()) return s;
     return std::optional<InputRecord>(std::move(r));
   }
@@ -118,6 +134,8 @@ class FvecsReader final : public RecordReader {
 
  private:
   std::unique_ptr<Input> in_;
+  VecsType type_;
+  std::string buf_;
   uint64_t n_ = 0;
   int32_t dim_ = 0;
 };
@@ -184,17 +202,22 @@ absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path
     std::string name = path;
     if (absl::EndsWith(name, ".gz")) name = name.substr(0, name.size() - 3);
     if (absl::EndsWith(name, ".fvecs")) f = "fvecs";
+    else if (absl::EndsWith(name, ".ivecs")) f = "ivecs";
+    else if (absl::EndsWith(name, ".bvecs")) f = "bvecs";
     else if (absl::EndsWith(name, ".jsonl") || absl::EndsWith(name, ".ndjson")) f = "jsonl";
     else {
       return absl::InvalidArgumentError(absl::StrCat(
-          path, ": cannot tell the format from the name; pass --format fvecs or --format jsonl"));
+          path, ": cannot tell the format from the name; pass --format fvecs, ivecs, bvecs or jsonl"));
     }
   }
   auto in = Input::Open(path);
   if (!in.ok()) return in.status();
-  if (f == "fvecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in)));
+  if (f == "fvecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kFloat));
+  if (f == "ivecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kInt));
+  if (f == "bvecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kByte));
   if (f == "jsonl") return std::unique_ptr<RecordReader>(new JsonlReader(*std::move(in)));
-  return absl::InvalidArgumentError(absl::StrCat("unknown format \"", format, "\" (auto, fvecs, jsonl)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown format \"", format, "\" (auto, fvecs, ivecs, bvecs, jsonl)"));
 }
 
 }  // namespace cairn::cli

@@ -33,8 +33,8 @@ class RecordReader {
   virtual uint64_t bytes() const = 0;
 };
 
-// format: "auto" (from the name: .fvecs, .jsonl/.ndjson, optionally .gz),
-// "fvecs" or "jsonl".
+// format: "auto" (from the name: .fvecs, .ivecs, .bvecs, .jsonl/.ndjson,
+// optionally .gz), "fvecs", "ivecs", "bvecs" or "jsonl".
 absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path, const std::string& format);
 
 }  // namespace cairn::cli

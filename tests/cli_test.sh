@@ -27,6 +27,12 @@ with open(f"{w}/v.fvecs", "wb") as f:
         f.write(struct.pack("<i", 8) + struct.pack("<8f", *([float(i)] * 8)))
 with open(f"{w}/v.fvecs", "rb") as f, gzip.open(f"{w}/v2.fvecs.gz", "wb") as g:
     g.write(f.read())
+with open(f"{w}/v.bvecs", "wb") as f:
+    for i in range(3):
+        f.write(struct.pack("<i", 8) + bytes([200 + i] * 8))
+with open(f"{w}/v.ivecs", "wb") as f:
+    for i in range(3):
+        f.write(struct.pack("<i", 8) + struct.pack("<8i", *([-5 - i] * 8)))
 with open(f"{w}/docs.jsonl", "w") as f:
     for i in range(20):
         f.write(json.dumps({"id": f"doc-{i}", "vector": [1000.0 + i] * 8,
@@ -40,6 +46,9 @@ with open(f"{w}/trunc.fvecs", "wb") as f:
     f.write(struct.pack("<i", 8) + struct.pack("<8f", *([1.0] * 8)) + struct.pack("<i", 8) + b"\0" * 10)
 PY
 
+"$cairn" ingest --help | grep -q "Example:" || fail "ingest --help"
+"$cairn" search --help | grep -q "Usage: cairn search" || fail "search --help"
+"$cairn" --help | grep -q "COMMAND --help" || fail "--help"
 "$cairn" collection create docs --dim 8 --payload-index lang:keyword | grep -q "created docs" || fail create
 "$cairn" collection list | grep -qx docs || fail list
 "$cairn" ingest --collection docs "$work/v.fvecs" 2>"$work/ingest.log" || fail "ingest fvecs: $(cat "$work/ingest.log")"
@@ -50,6 +59,14 @@ summary="$("$cairn" ingest --collection docs --json "$work/docs.jsonl")"
 "$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["records_written"]==20 and s["errors"]==0, s' "$summary" \
   || fail "json summary: $summary"
 "$cairn" collection info docs | grep -q '"points": "520"' || fail "info: $("$cairn" collection info docs)"
+# bvecs and ivecs into a second collection: ids 0..2, values as floats.
+"$cairn" collection create small --dim 8 >/dev/null
+"$cairn" ingest --collection small "$work/v.bvecs" 2>/dev/null || fail "ingest bvecs"
+out="$("$cairn" search --collection small --vector 201,201,201,201,201,201,201,201 --k 1)"
+grep -qE '^1 +0 ' <<<"$out" || fail "bvecs search: $out"
+"$cairn" ingest --collection small --format ivecs "$work/v.ivecs" 2>/dev/null || fail "ingest ivecs"
+out="$("$cairn" search --collection small --vector -7,-7,-7,-7,-7,-7,-7,-7 --k 1)"
+grep -qE '^2 +0 ' <<<"$out" || fail "ivecs search: $out"
 
 out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 1)"
 grep -qE '^7 +0 ' <<<"$out" || fail "search: $out"
