@@ -42,7 +42,8 @@ const char* kUsageText =
     "  collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE]\n"
     "                    [--payload-index FIELD:TYPE]... [--shards N]\n"
     "  collection list | info NAME | drop NAME\n"
-    "  ingest --collection NAME [--format auto|fvecs|ivecs|bvecs|jsonl] [--batch N] [--json] FILE...\n"
+    "  ingest --collection NAME [--format auto|fvecs|ivecs|bvecs|npy|jsonl] [--batch N]\n"
+    "         [--skip-bad] [--json] FILE...\n"
     "  search --collection NAME --vector 0.1,0.2,... [--k N] [--ef N] [--filter JSON] [--json]\n"
     "  info\n"
     "\n"
@@ -73,17 +74,21 @@ const std::map<std::string, std::string> kCommandHelp = {
      "Example:\n"
      "  cairn collection create docs --dim 384 --metric cosine --payload-index lang:keyword\n"},
     {"ingest",
-     "Usage: cairn ingest --collection NAME [--format auto|fvecs|ivecs|bvecs|jsonl] [--batch N] [--json] FILE...\n"
+     "Usage: cairn ingest --collection NAME [--format auto|fvecs|ivecs|bvecs|npy|jsonl] [--batch N]\n"
+     "                    [--skip-bad] [--json] FILE...\n"
      "\n"
      "Streams points to cairnd in batches (default 1000), durable as each batch is acknowledged.\n"
-     "Formats: fvecs, ivecs, bvecs (ids are record positions, from 0), and JSON Lines with\n"
+     "Formats: fvecs, ivecs, bvecs, .npy of float32/float16/uint8 rows (ids are record\n"
+     "positions, from 0), and JSON Lines with\n"
      "{\"id\": 7 or \"doc-7\", \"vector\": [...], \"payload\": {...}, \"text\": \"...\"}; any of them\n"
      "gzip-compressed (.gz). --format auto (default) goes by the file name. An id repeated in\n"
      "the input is written again: the last one wins.\n"
      "Progress goes to stderr (a line that updates on a terminal, periodic lines otherwise);\n"
      "--json prints a summary {records_sent, records_written, seconds, records_per_second, errors}.\n"
      "A bad record stops the ingest with exit status 2, naming the file and record; full batches\n"
-     "sent before it are written, nothing after them.\n"
+     "sent before it are written, nothing after them. --skip-bad skips bad records instead\n"
+     "(a line that is not JSON, a wrong dimension, NaN) and reports how many, with examples;\n"
+     "a truncated or corrupt file still stops the ingest.\n"
      "\n"
      "Example:\n"
      "  cairn ingest --collection docs chunks.jsonl.gz\n"},
@@ -259,7 +264,13 @@ int IngestCmd(const Conn& c, const Args& a) {
   auto writer = stub->UpsertStream(&ctx, &resp);
   auto t0 = std::chrono::steady_clock::now();
   auto last_report = t0;
-  uint64_t records = 0, bytes = 0;
+  uint64_t records = 0, bytes = 0, skipped = 0;
+  std::vector<std::string> skipped_sample;
+  const bool skip_bad = a.Has("--skip-bad");
+  auto skip = [&](const std::string& why) {
+    ++skipped;
+    if (skipped_sample.size() < 5) skipped_sample.push_back(why);
+  };
   std::string input_error;
   auto report = [&](bool final) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -290,14 +301,23 @@ int IngestCmd(const Conn& c, const Args& a) {
     while (stream_ok) {
       auto rec = (*reader)->Next();
       if (!rec.ok()) {
+        if (skip_bad && absl::IsInvalidArgument(rec.status())) {
+          skip(std::string(rec.status().message()));
+          continue;
+        }
         input_error = std::string(rec.status().message());
         break;
       }
       if (!rec->has_value()) break;
       auto& r = **rec;
       if (r.vector.size() != dim) {
-        input_error = absl::StrCat(path, ": record ", r.number, ": vector has dimension ", r.vector.size(),
-                                   "; collection ", coll, " has ", dim);
+        std::string why = absl::StrCat(path, ": record ", r.number, ": vector has dimension ", r.vector.size(),
+                                       "; collection ", coll, " has ", dim);
+        if (skip_bad) {
+          skip(why);
+          continue;
+        }
+        input_error = why;
         break;
       }
       auto* p = req.add_points();
@@ -331,7 +351,9 @@ int IngestCmd(const Conn& c, const Args& a) {
              {"records_written", resp.points()},
              {"seconds", secs},
              {"records_per_second", secs > 0 ? resp.points() / secs : 0.0},
-             {"errors", input_error.empty() && s.ok() ? 0 : 1}};
+             {"errors", input_error.empty() && s.ok() ? 0 : 1},
+             {"skipped", skipped},
+             {"skipped_sample", skipped_sample}};
     if (!input_error.empty()) out["error"] = input_error;
     else if (!s.ok()) out["error"] = s.error_message();
     std::printf("%s\n", out.dump().c_str());
@@ -343,6 +365,11 @@ int IngestCmd(const Conn& c, const Args& a) {
   }
   if (!s.ok()) return ServerError(s);
   if (!json) std::fprintf(stderr, "ingest: wrote %llu points in %.2f s\n", static_cast<unsigned long long>(resp.points()), secs);
+  if (skipped > 0 && !json) {
+    std::fprintf(stderr, "ingest: skipped %llu bad records (--skip-bad), for example:\n",
+                 static_cast<unsigned long long>(skipped));
+    for (const auto& w : skipped_sample) std::fprintf(stderr, "  %s\n", w.c_str());
+  }
   return kOk;
 }
 
@@ -437,7 +464,7 @@ int main(int argc, char** argv) {
   }
   Args args;
   std::string error;
-  if (!Parse(all, {"--json"}, &args, &error)) return Usage(error);
+  if (!Parse(all, {"--json", "--skip-bad"}, &args, &error)) return Usage(error);
   if (args.rest.empty()) return Usage("no command");
   std::string target = args.Get("--target", Env("CAIRN_TARGET", "127.0.0.1:7600"));
   Conn conn;

@@ -99,13 +99,14 @@ class FvecsReader final : public RecordReader {
     if (!*more) return std::optional<InputRecord>();
     ++n_;
     if (d <= 0 || d > 65536) {
-      return absl::InvalidArgumentError(absl::StrCat(in_->path(), ": record ", n_, ": bad dimension ", d,
-                                                     " (is this an fvecs file?)"));
+      // The file's structure is broken: nothing after this can be read.
+      return absl::DataLossError(absl::StrCat(in_->path(), ": record ", n_, ": bad dimension ", d,
+                                              " (is this a *vecs file?)"));
     }
     if (dim_ == 0) dim_ = d;
     if (d != dim_) {
-      return absl::InvalidArgumentError(absl::StrCat(in_->path(), ": record ", n_, ": dimension ", d,
-                                                     " differs from the first record's ", dim_));
+      return absl::DataLossError(absl::StrCat(in_->path(), ": record ", n_, ": dimension ", d,
+                                              " differs from the first record's ", dim_));
     }
     InputRecord r;
     r.number = n_;
@@ -194,6 +195,91 @@ class JsonlReader final : public RecordReader {
   uint64_t n_ = 0;
 };
 
+// NumPy .npy: a 2-D C-order array of float32 ('<f4'), float16 ('<f2') or
+// uint8 ('|u1'); row i is the vector of id i.
+float HalfToFloat(uint16_t h) {
+  uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  float v;
+  if (exp == 0) v = std::ldexp(static_cast<float>(mant), -24);
+  else if (exp == 31) v = mant ? NAN : INFINITY;
+  else v = std::ldexp(static_cast<float>(mant | 0x400), static_cast<int>(exp) - 25);
+  return sign ? -v : v;
+}
+
+class NpyReader final : public RecordReader {
+ public:
+  static absl::StatusOr<std::unique_ptr<RecordReader>> Open(std::unique_ptr<Input> in) {
+    auto bad = [&](const std::string& why) {
+      return absl::InvalidArgumentError(absl::StrCat(in->path(), ": not a supported .npy file: ", why));
+    };
+    char magic[8];
+    auto ok = in->ReadExact(magic, 8, "header");
+    if (!ok.ok()) return ok.status();
+    if (!*ok || std::memcmp(magic, "\x93NUMPY", 6) != 0) return bad("no NUMPY magic");
+    uint32_t header_len = 0;
+    if (magic[6] == 1) {
+      uint16_t l;
+      ok = in->ReadExact(&l, 2, "header");
+      header_len = l;
+    } else {
+      ok = in->ReadExact(&header_len, 4, "header");
+    }
+    if (!ok.ok()) return ok.status();
+    if (!*ok || header_len > (1u << 20)) return bad("bad header length");
+    std::string header(header_len, '\0');
+    ok = in->ReadExact(header.data(), header_len, "header");
+    if (!ok.ok()) return ok.status();
+    if (!*ok) return bad("truncated header");
+    auto r = std::unique_ptr<NpyReader>(new NpyReader(std::move(in)));
+    if (header.find("'fortran_order': False") == std::string::npos) return bad("only C-order arrays");
+    if (header.find("'<f4'") != std::string::npos) r->width_ = 4, r->kind_ = 'f';
+    else if (header.find("'<f2'") != std::string::npos) r->width_ = 2, r->kind_ = 'h';
+    else if (header.find("'|u1'") != std::string::npos) r->width_ = 1, r->kind_ = 'u';
+    else return bad("dtype must be float32, float16 or uint8");
+    size_t sh = header.find("'shape': (");
+    if (sh == std::string::npos) return bad("no shape");
+    unsigned long long n = 0, d = 0;
+    if (std::sscanf(header.c_str() + sh + 10, "%llu, %llu)", &n, &d) != 2 || d == 0 || d > 65536) {
+      return bad("shape must be (rows, dimension)");
+    }
+    r->rows_ = n;
+    r->dim_ = d;
+    return std::unique_ptr<RecordReader>(std::move(r));
+  }
+  absl::StatusOr<std::optional<InputRecord>> Next() override {
+    if (n_ == rows_) return std::optional<InputRecord>();
+    ++n_;
+    buf_.resize(dim_ * width_);
+    auto ok = in_->ReadExact(buf_.data(), buf_.size(), absl::StrCat("row ", n_));
+    if (!ok.ok()) return ok.status();
+    if (!*ok) return absl::DataLossError(absl::StrCat(in_->path(), ": record ", n_, " is truncated"));
+    InputRecord r;
+    r.number = n_;
+    r.num_id = n_ - 1;
+    r.vector.resize(dim_);
+    for (size_t i = 0; i < dim_; ++i) {
+      if (kind_ == 'f') std::memcpy(&r.vector[i], &buf_[i * 4], 4);
+      else if (kind_ == 'u') r.vector[i] = static_cast<uint8_t>(buf_[i]);
+      else {
+        uint16_t h;
+        std::memcpy(&h, &buf_[i * 2], 2);
+        r.vector[i] = HalfToFloat(h);
+      }
+    }
+    if (auto s = CheckFinite(in_->path(), n_, r.vector); !s.ok()) return s;
+    return std::optional<InputRecord>(std::move(r));
+  }
+  uint64_t bytes() const override { return in_->bytes(); }
+
+ private:
+  explicit NpyReader(std::unique_ptr<Input> in) : in_(std::move(in)) {}
+  std::unique_ptr<Input> in_;
+  size_t width_ = 4, dim_ = 0;
+  char kind_ = 'f';
+  uint64_t rows_ = 0, n_ = 0;
+  std::string buf_;
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path, const std::string& format) {
@@ -204,10 +290,11 @@ absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path
     if (absl::EndsWith(name, ".fvecs")) f = "fvecs";
     else if (absl::EndsWith(name, ".ivecs")) f = "ivecs";
     else if (absl::EndsWith(name, ".bvecs")) f = "bvecs";
+    else if (absl::EndsWith(name, ".npy")) f = "npy";
     else if (absl::EndsWith(name, ".jsonl") || absl::EndsWith(name, ".ndjson")) f = "jsonl";
     else {
       return absl::InvalidArgumentError(absl::StrCat(
-          path, ": cannot tell the format from the name; pass --format fvecs, ivecs, bvecs or jsonl"));
+          path, ": cannot tell the format from the name; pass --format fvecs, ivecs, bvecs, npy or jsonl"));
     }
   }
   auto in = Input::Open(path);
@@ -215,9 +302,10 @@ absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path
   if (f == "fvecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kFloat));
   if (f == "ivecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kInt));
   if (f == "bvecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kByte));
+  if (f == "npy") return NpyReader::Open(*std::move(in));
   if (f == "jsonl") return std::unique_ptr<RecordReader>(new JsonlReader(*std::move(in)));
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown format \"", format, "\" (auto, fvecs, ivecs, bvecs, jsonl)"));
+      absl::StrCat("unknown format \"", format, "\" (auto, fvecs, ivecs, bvecs, npy, jsonl)"));
 }
 
 }  // namespace cairn::cli

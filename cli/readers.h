@@ -26,8 +26,9 @@ struct InputRecord {
 class RecordReader {
  public:
   virtual ~RecordReader() = default;
-  // The next record, nullopt at the end, or InvalidArgument/DataLoss naming
-  // the file and record.
+  // The next record, nullopt at the end, or an error naming the file and
+  // record: InvalidArgument for a bad record that reading can go on after,
+  // DataLoss when the file cannot be read further (truncated, corrupt).
   virtual absl::StatusOr<std::optional<InputRecord>> Next() = 0;
   // Bytes consumed so far (of the decompressed stream).
   virtual uint64_t bytes() const = 0;

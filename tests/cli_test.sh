@@ -33,6 +33,21 @@ with open(f"{w}/v.bvecs", "wb") as f:
 with open(f"{w}/v.ivecs", "wb") as f:
     for i in range(3):
         f.write(struct.pack("<i", 8) + struct.pack("<8i", *([-5 - i] * 8)))
+# .npy float32 and float16, written by hand (no numpy needed).
+def npy(path, descr, fmt, rows):
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%d, %d), }" % (descr, len(rows), len(rows[0]))
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
+        for r in rows:
+            f.write(struct.pack("<%d%s" % (len(r), fmt), *r))
+npy(f"{w}/v32.npy", "<f4", "f", [[float(300 + i)] * 8 for i in range(4)])
+npy(f"{w}/v16.npy", "<f2", "e", [[float(400 + i)] * 8 for i in range(4)])
+with open(f"{w}/mixed.jsonl", "w") as f:
+    f.write(json.dumps({"id": "m-1", "vector": [9.0] * 8}) + "\n")
+    f.write("not json\n")
+    f.write(json.dumps({"id": "m-3", "vector": [9.0] * 3}) + "\n")
+    f.write(json.dumps({"id": "m-4", "vector": [9.5] * 8}) + "\n")
 with open(f"{w}/docs.jsonl", "w") as f:
     for i in range(20):
         f.write(json.dumps({"id": f"doc-{i}", "vector": [1000.0 + i] * 8,
@@ -67,6 +82,16 @@ grep -qE '^1 +0 ' <<<"$out" || fail "bvecs search: $out"
 "$cairn" ingest --collection small --format ivecs "$work/v.ivecs" 2>/dev/null || fail "ingest ivecs"
 out="$("$cairn" search --collection small --vector -7,-7,-7,-7,-7,-7,-7,-7 --k 1)"
 grep -qE '^2 +0 ' <<<"$out" || fail "ivecs search: $out"
+"$cairn" ingest --collection small "$work/v32.npy" 2>/dev/null || fail "ingest npy f32"
+out="$("$cairn" search --collection small --vector 302,302,302,302,302,302,302,302 --k 1)"
+grep -qE '^2 +0 ' <<<"$out" || fail "npy f32 search: $out"
+"$cairn" ingest --collection small "$work/v16.npy" 2>/dev/null || fail "ingest npy f16"
+out="$("$cairn" search --collection small --vector 403,403,403,403,403,403,403,403 --k 1)"
+grep -qE '^3 +0 ' <<<"$out" || fail "npy f16 search: $out"
+# --skip-bad: two good records written, two bad ones counted with reasons.
+summary="$("$cairn" ingest --collection small --skip-bad --json "$work/mixed.jsonl")"
+"$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["records_written"]==2 and s["skipped"]==2 and "line 2" in s["skipped_sample"][0] and "record 3" in s["skipped_sample"][1], s' "$summary" \
+  || fail "skip-bad: $summary"
 
 out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 1)"
 grep -qE '^7 +0 ' <<<"$out" || fail "search: $out"
