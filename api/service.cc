@@ -81,6 +81,26 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
+// Answers shared by every service.
+grpc::Status Loading() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is still loading its data; retry shortly");
+}
+grpc::Status ShuttingDown() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is shutting down; retry on another replica");
+}
+grpc::Status Overloaded() {
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      "cairnd is overloaded (request queue full); retry with backoff");
+}
+
+// A streaming call answered at once with a status (auth, loading, draining).
+template <typename Reactor>
+class Refusal final : public Reactor {
+ public:
+  explicit Refusal(const grpc::Status& s) { this->Finish(s); }
+  void OnDone() override { delete this; }
+};
+
 // What every service needs: the database (null while loading), the pool and
 // the keys.
 struct Backend {
@@ -160,12 +180,12 @@ struct Backend {
     Database* database = db.load();
     if (database == nullptr) {
       Finish(reactor, method, t0,
-             grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is still loading its data; retry shortly"));
+             Loading());
       return reactor;
     }
     if (!Enter()) {
       Finish(reactor, method, t0,
-             grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is shutting down; retry on another replica"));
+             ShuttingDown());
       return reactor;
     }
     auto finish = [this, reactor, method, t0](const grpc::Status& s) {
@@ -184,8 +204,7 @@ struct Backend {
       finish(ToGrpc(fn(*database)));
     });
     if (!queued) {
-      finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "cairnd is overloaded (request queue full); retry with backoff"));
+      finish(Overloaded());
     }
     return reactor;
   }
@@ -285,8 +304,7 @@ class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertReque
       StartRead(&req_);
     });
     if (!queued) {
-      Done(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        "cairnd is overloaded (request queue full); retry with backoff"));
+      Done(Overloaded());
     }
   }
 
@@ -338,19 +356,14 @@ class PointsService final : public v1::Points::CallbackService {
 
   grpc::ServerReadReactor<v1::UpsertRequest>* UpsertStream(grpc::CallbackServerContext* ctx,
                                                            v1::UpsertResponse* resp) override {
-    class Refuse final : public grpc::ServerReadReactor<v1::UpsertRequest> {
-     public:
-      explicit Refuse(const grpc::Status& s) { Finish(s); }
-      void OnDone() override { delete this; }
-    };
+    using Refuse = Refusal<grpc::ServerReadReactor<v1::UpsertRequest>>;
     if (grpc::Status auth = b_->Authorize(ctx, Role::kWrite); !auth.ok()) return new Refuse(auth);
     Database* db = b_->db.load();
     if (db == nullptr) {
-      return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                     "cairnd is still loading its data; retry shortly"));
+      return new Refuse(Loading());
     }
     if (!b_->Enter()) {
-      return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is shutting down; retry on another replica"));
+      return new Refuse(ShuttingDown());
     }
     return new UpsertStreamReactor(b_, db, resp);
   }
@@ -568,7 +581,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk>
       StartWrite(&chunk_);
     });
     if (!queued) {
-      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "cairnd is overloaded; retry with backoff"));
+      Finish(Overloaded());
     }
   }
   Backend* b_;
@@ -629,20 +642,16 @@ class SnapshotsService final : public v1::Snapshots::CallbackService {
 
   grpc::ServerWriteReactor<v1::SnapshotChunk>* Download(grpc::CallbackServerContext* ctx,
                                                         const v1::DownloadSnapshotRequest* req) override {
-    class Refuse final : public grpc::ServerWriteReactor<v1::SnapshotChunk> {
-     public:
-      explicit Refuse(const grpc::Status& s) { Finish(s); }
-      void OnDone() override { delete this; }
-    };
+    using Refuse = Refusal<grpc::ServerWriteReactor<v1::SnapshotChunk>>;
     if (grpc::Status auth = b_->Authorize(ctx, Role::kAdmin); !auth.ok()) return new Refuse(auth);
     Database* db = b_->db.load();
-    if (db == nullptr) return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is still loading"));
+    if (db == nullptr) return new Refuse(Loading());
     auto dir = Resolve(*db, req->name());
     if (!dir.ok()) return new Refuse(ToGrpc(dir.status()));
     auto tar = TarStream::Open(dir->string());
     if (!tar.ok()) return new Refuse(ToGrpc(tar.status()));
     if (!b_->Enter()) {
-      return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cairnd is shutting down; retry on another replica"));
+      return new Refuse(ShuttingDown());
     }
     return new DownloadReactor(b_, *std::move(tar));
   }

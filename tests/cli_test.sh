@@ -7,14 +7,8 @@ cairnd="$1"; cairn="$2"; work="$3"
 rm -rf "$work"; mkdir -p "$work"
 py="${PYTHON:-/usr/bin/python3}"
 
-coproc SERVER { exec "$cairnd" --listen 127.0.0.1:0 --http-listen "" --data-dir "$work/data" --insecure-no-auth 2>&1; }
-pid=$SERVER_PID
-trap 'kill "$pid" 2>/dev/null || true' EXIT
-port=""
-while IFS= read -r line <&"${SERVER[0]}"; do
-  if [[ $line =~ \"port\":([0-9]+) ]]; then port="${BASH_REMATCH[1]}"; fi
-  [[ $line == *'"event":"serving"'* ]] && break
-done
+source "$(dirname "$0")/cairnd_lib.sh"
+start_cairnd "$cairnd" "$work/data" --http-listen "" --insecure-no-auth
 export CAIRN_TARGET="127.0.0.1:$port"
 fail() { echo "FAIL: $*"; exit 1; }
 

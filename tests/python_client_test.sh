@@ -9,16 +9,9 @@ rm -rf "$work"
 mkdir -p "$work"
 "$root/clients/python/generate.sh" "$work/gen"
 
-coproc SERVER { exec "$cairnd" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$work/data" \
-  --api-keys-file <(echo "admin python-example-admin-key") 2>&1; }
-pid=$SERVER_PID
-trap 'kill "$pid" 2>/dev/null || true' EXIT
-port=""
-while IFS= read -r line <&"${SERVER[0]}"; do
-  if [[ $line =~ \"port\":([0-9]+) ]]; then port="${BASH_REMATCH[1]}"; fi
-  [[ $line == *'"event":"serving"'* ]] && break
-done
-[[ -n $port ]] || { echo "cairnd did not start"; exit 1; }
+source "$root/tests/cairnd_lib.sh"
+start_cairnd "$cairnd" "$work/data" --http-listen 127.0.0.1:0 \
+  --api-keys-file <(echo "admin python-example-admin-key")
 
 out="$(CAIRN_PY_GEN="$work/gen" "${PYTHON:-/usr/bin/python3}" "$root/clients/python/agent_retrieval.py" \
   --target "127.0.0.1:$port" --api-key python-example-admin-key)"
