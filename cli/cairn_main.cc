@@ -3,7 +3,10 @@
 //
 // Exit status: 0 ok, 1 usage error, 2 input error (a bad file or record),
 // 3 server error (unreachable, or it refused the request).
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <grpcpp/grpcpp.h>
 
@@ -25,6 +28,7 @@
 #include "cairn/v1/points.grpc.pb.h"
 #include "cairn/v1/search.grpc.pb.h"
 #include "cairn/v1/server.grpc.pb.h"
+#include "cli/ingest.h"
 #include "cli/readers.h"
 #include <google/protobuf/util/json_util.h>
 
@@ -33,7 +37,37 @@ namespace {
 using Json = nlohmann::json;
 namespace v1 = cairn::v1;
 
-constexpr int kOk = 0, kUsage = 1, kInput = 2, kServer = 3;
+constexpr int kOk = 0, kUsage = 1, kInput = 2, kServer = 3, kInterrupted = 130;
+
+// The first Ctrl-C (or SIGTERM) asks the ingest to stop after what is in
+// flight, keeping its checkpoint; a second one exits at once.
+void OnInterrupt(int) {
+  if (cairn::cli::g_interrupted.exchange(true)) _exit(kInterrupted);
+}
+
+void InstallInterruptHandlers() {
+  struct sigaction sa = {};
+  sa.sa_handler = OnInterrupt;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// "--name N": false when present and not a whole number.
+template <typename Args>
+bool ParseCount(const Args& a, const std::string& name, uint64_t fallback, uint64_t* out) {
+  std::string v = a.Get(name);
+  if (v.empty()) {
+    *out = fallback;
+    return true;
+  }
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long x = std::strtoull(v.c_str(), &end, 10);
+  if (errno != 0 || *end != '\0' || v[0] == '-') return false;
+  *out = x;
+  return true;
+}
 
 const char* kUsageText =
     "Usage: cairn [connection flags] COMMAND [args]\n"
@@ -242,11 +276,32 @@ int IngestCmd(const Conn& c, const Args& a) {
   const std::string coll = a.Get("--collection");
   if (coll.empty()) return Usage("ingest: --collection NAME is required");
   if (a.rest.empty()) return Usage("ingest: which files?");
-  const size_t batch_size = static_cast<size_t>(std::max(1, std::atoi(a.Get("--batch", "1000").c_str())));
-  const bool json = a.Has("--json");
-  const bool tty = isatty(STDERR_FILENO) && !json;
+  cairn::cli::SourceOptions src;
+  src.files = a.rest;
+  if (auto it = a.flags.find("--payloads"); it != a.flags.end()) {
+    src.payload_files = it->second;
+    if (src.payload_files.size() != src.files.size()) {
+      return Usage("ingest: give one --payloads FILE per vector file, in the same order");
+    }
+  }
+  src.reader.format = a.Get("--format", "auto");
+  src.reader.hdf5_dataset = a.Get("--dataset", "train");
+  src.skip_bad = a.Has("--skip-bad");
+  uint64_t n = 0;
+  if (!ParseCount(a, "--start-id", 0, &n)) return Usage("ingest: --start-id is a number");
+  src.start_id = n;
+  cairn::cli::OnlineOptions o;
+  o.collection = coll;
+  o.json = a.Has("--json");
+  o.resume = a.Has("--resume");
+  o.checkpoint = a.Get("--checkpoint", ".cairn-ingest-" + coll + ".checkpoint");
+  if (!ParseCount(a, "--batch", 1000, &n) || n == 0) return Usage("ingest: --batch is a positive number");
+  o.batch = n;
+  if (!ParseCount(a, "--inflight", 4, &n) || n == 0 || n > 64) return Usage("ingest: --inflight is 1..64");
+  o.inflight = static_cast<int>(n);
+  if (!ParseCount(a, "--retries", 10, &n) || n > 1000) return Usage("ingest: --retries is 0..1000");
+  o.max_retries = static_cast<int>(n);
   // The collection's dimension, to name the file and record of a bad vector.
-  uint32_t dim = 0;
   {
     grpc::ClientContext ictx;
     c.Prepare(&ictx);
@@ -255,173 +310,165 @@ int IngestCmd(const Conn& c, const Args& a) {
     v1::CollectionInfo info;
     auto s = v1::Collections::NewStub(c.channel)->Get(&ictx, req, &info);
     if (!s.ok()) return ServerError(s);
-    dim = info.config().dimension();
+    src.dimension = info.config().dimension();
   }
-  auto stub = v1::Points::NewStub(c.channel);
-  grpc::ClientContext ctx;
-  c.Prepare(&ctx);
-  v1::UpsertResponse resp;
-  auto writer = stub->UpsertStream(&ctx, &resp);
-  auto t0 = std::chrono::steady_clock::now();
-  auto last_report = t0;
-  uint64_t records = 0, bytes = 0, skipped = 0;
-  std::vector<std::string> skipped_sample;
-  const bool skip_bad = a.Has("--skip-bad");
-  auto skip = [&](const std::string& why) {
-    ++skipped;
-    if (skipped_sample.size() < 5) skipped_sample.push_back(why);
-  };
-  std::string input_error;
-  auto report = [&](bool final) {
-    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (json) return;
-    if (tty) {
-      std::fprintf(stderr, "\r%llu records, %.1f MB, %.0f records/s%s", static_cast<unsigned long long>(records),
-                   bytes / 1e6, secs > 0 ? records / secs : 0.0, final ? "\n" : "");
-    } else {
-      std::fprintf(stderr, "ingest: %llu records, %.1f MB, %.0f records/s\n",
-                   static_cast<unsigned long long>(records), bytes / 1e6, secs > 0 ? records / secs : 0.0);
-    }
-  };
-  v1::UpsertRequest req;
-  req.set_collection(coll);
-  bool stream_ok = true;
-  auto flush = [&]() {
-    if (req.points_size() == 0) return;
-    if (!writer->Write(req)) stream_ok = false;
-    req.clear_points();
-  };
-  for (const auto& path : a.rest) {
-    auto reader = cairn::cli::OpenReader(path, a.Get("--format", "auto"));
-    if (!reader.ok()) {
-      input_error = std::string(reader.status().message());
-      break;
-    }
-    uint64_t file_bytes_before = bytes;
-    while (stream_ok) {
-      auto rec = (*reader)->Next();
-      if (!rec.ok()) {
-        if (skip_bad && absl::IsInvalidArgument(rec.status())) {
-          skip(std::string(rec.status().message()));
-          continue;
-        }
-        input_error = std::string(rec.status().message());
-        break;
-      }
-      if (!rec->has_value()) break;
-      auto& r = **rec;
-      if (r.vector.size() != dim) {
-        std::string why = absl::StrCat(path, ": record ", r.number, ": vector has dimension ", r.vector.size(),
-                                       "; collection ", coll, " has ", dim);
-        if (skip_bad) {
-          skip(why);
-          continue;
-        }
-        input_error = why;
-        break;
-      }
-      auto* p = req.add_points();
-      if (r.num_id) p->mutable_id()->set_num(*r.num_id);
-      else p->mutable_id()->set_str(*r.str_id);
-      p->mutable_vector()->Add(r.vector.begin(), r.vector.end());
-      if (!r.payload_json.empty()) {
-        (void)google::protobuf::util::JsonStringToMessage(r.payload_json, p->mutable_payload());
-      }
-      p->set_text(r.text);
-      ++records;
-      bytes = file_bytes_before + (*reader)->bytes();
-      if (static_cast<size_t>(req.points_size()) >= batch_size) flush();
-      auto now = std::chrono::steady_clock::now();
-      if (now - last_report > std::chrono::milliseconds(tty ? 200 : 5000)) {
-        report(false);
-        last_report = now;
-      }
-    }
-    if (!input_error.empty() || !stream_ok) break;
+  InstallInterruptHandlers();
+  auto st = cairn::cli::IngestOnline(c.channel, [&c](grpc::ClientContext* ctx) { c.Prepare(ctx); }, src, o);
+  if (!st.ok()) {
+    std::fprintf(stderr, "cairn: %s\n", std::string(st.status().message()).c_str());
+    return absl::IsNotFound(st.status()) || absl::IsFailedPrecondition(st.status()) ? kUsage : kInput;
   }
-  if (input_error.empty()) flush();
-  writer->WritesDone();
-  // Full batches sent before a bad record are applied; the partial batch
-  // holding the records just before it is not sent.
-  grpc::Status s = writer->Finish();
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  report(true);
-  if (json) {
-    Json out{{"records_sent", records},
-             {"records_written", resp.points()},
-             {"seconds", secs},
-             {"records_per_second", secs > 0 ? resp.points() / secs : 0.0},
-             {"errors", input_error.empty() && s.ok() ? 0 : 1},
-             {"skipped", skipped},
-             {"skipped_sample", skipped_sample}};
-    if (!input_error.empty()) out["error"] = input_error;
-    else if (!s.ok()) out["error"] = s.error_message();
+  const uint64_t total = st->resumed_records + st->records;
+  if (o.json) {
+    Json out{{"records", st->records},
+             {"records_total", total},
+             {"points_written", st->points_written},
+             {"seconds", st->seconds},
+             {"records_per_second", st->seconds > 0 ? st->records / st->seconds : 0.0},
+             {"mb_per_second", st->seconds > 0 ? st->bytes / 1e6 / st->seconds : 0.0},
+             {"errors", st->error.empty() ? 0 : 1},
+             {"retries", st->retries},
+             {"resumed", st->resumed},
+             {"interrupted", st->interrupted},
+             {"skipped", st->skipped},
+             {"skipped_sample", st->skipped_sample}};
+    if (!st->error.empty()) out["error"] = st->error;
     std::printf("%s\n", out.dump().c_str());
   }
-  if (!input_error.empty()) {
-    std::fprintf(stderr, "cairn: %s\ncairn: stopped; %llu points from earlier full batches were written, nothing after them\n",
-                 input_error.c_str(), static_cast<unsigned long long>(resp.points()));
-    return kInput;
-  }
-  if (!s.ok()) return ServerError(s);
-  if (!json) std::fprintf(stderr, "ingest: wrote %llu points in %.2f s\n", static_cast<unsigned long long>(resp.points()), secs);
-  if (skipped > 0 && !json) {
+  if (st->skipped > 0 && !o.json) {
     std::fprintf(stderr, "ingest: skipped %llu bad records (--skip-bad), for example:\n",
-                 static_cast<unsigned long long>(skipped));
-    for (const auto& w : skipped_sample) std::fprintf(stderr, "  %s\n", w.c_str());
+                 static_cast<unsigned long long>(st->skipped));
+    for (const auto& w : st->skipped_sample) std::fprintf(stderr, "  %s\n", w.c_str());
+  }
+  if (!st->error.empty()) {
+    std::fprintf(stderr,
+                 "cairn: %s\ncairn: stopped; the %llu records before it are written. Fix the cause and run the same "
+                 "command with --resume to continue from there.\n",
+                 st->error.c_str(), static_cast<unsigned long long>(total));
+    return st->error_kind == cairn::cli::IngestStats::ErrorKind::kInput ? kInput : kServer;
+  }
+  if (st->interrupted) {
+    std::fprintf(stderr, "cairn: interrupted; %llu records are written. Run the same command with --resume to "
+                         "continue.\n", static_cast<unsigned long long>(total));
+    return kInterrupted;
+  }
+  if (!o.json) {
+    std::fprintf(stderr, "ingest: wrote %llu points in %.2f s (%.0f records/s)\n",
+                 static_cast<unsigned long long>(st->records), st->seconds,
+                 st->seconds > 0 ? st->records / st->seconds : 0.0);
   }
   return kOk;
 }
 
-int SearchCmd(const Conn& c, const Args& a) {
-  const std::string coll = a.Get("--collection");
-  if (coll.empty()) return Usage("search: --collection NAME is required");
-  v1::SearchRequest req;
-  req.set_collection(coll);
-  const std::string vec = a.Get("--vector");
-  if (vec.empty()) return Usage("search: --vector 0.1,0.2,... is required");
-  for (absl::string_view part : absl::StrSplit(vec, ',')) {
-    char* end = nullptr;
-    std::string p(part);
-    float f = std::strtof(p.c_str(), &end);
-    if (p.empty() || *end != '\0') {
-      std::fprintf(stderr, "cairn: --vector: \"%s\" is not a number\n", p.c_str());
-      return kInput;
-    }
-    req.add_vector(f);
-  }
-  auto* params = req.mutable_params();
-  params->set_k(static_cast<uint32_t>(std::atoi(a.Get("--k", "10").c_str())));
-  params->set_ef(static_cast<uint32_t>(std::atoi(a.Get("--ef", "0").c_str())));
-  params->set_with_payload(true);
-  if (std::string f = a.Get("--filter"); !f.empty()) {
-    google::protobuf::util::JsonParseOptions o;
-    auto st = google::protobuf::util::JsonStringToMessage(f, params->mutable_filter(), o);
-    if (!st.ok()) {
-      std::fprintf(stderr, "cairn: --filter: %s\n", std::string(st.message()).c_str());
-      return kInput;
-    }
-  }
-  auto stub = v1::Search::NewStub(c.channel);
-  grpc::ClientContext ctx;
-  c.Prepare(&ctx);
-  v1::SearchResponse resp;
-  auto s = stub->Search(&ctx, req, &resp);
-  if (!s.ok()) return ServerError(s);
-  if (a.Has("--json")) {
+void PrintHits(const v1::SearchResponse& resp, bool json, long query) {
+  if (json) {
     std::string out;
     google::protobuf::util::JsonPrintOptions o;
     o.preserve_proto_field_names = true;
     (void)google::protobuf::util::MessageToJsonString(resp, &out, o);
+    if (query >= 0) out = absl::StrCat("{\"query\":", query, ",", out.substr(1));
     std::printf("%s\n", out.c_str());
-    return kOk;
+    return;
   }
+  if (query >= 0) std::printf("%squery %ld\n", query > 0 ? "\n" : "", query);
   std::printf("%-24s %-12s %s\n", "id", "score", "payload");
   for (const auto& h : resp.hits()) {
     std::string id = h.id().has_str() ? h.id().str() : std::to_string(h.id().num());
     std::string payload;
     (void)google::protobuf::util::MessageToJsonString(h.payload(), &payload);
     std::printf("%-24s %-12.6g %s\n", id.c_str(), h.score(), payload.c_str());
+  }
+}
+
+int SearchCmd(const Conn& c, const Args& a) {
+  const std::string coll = a.Get("--collection");
+  if (coll.empty()) return Usage("search: --collection NAME is required");
+  const std::string vec = a.Get("--vector"), queries = a.Get("--queries");
+  if (vec.empty() == queries.empty()) return Usage("search: give --vector X1,X2,... or --queries FILE");
+  v1::SearchParams params;
+  uint64_t n = 0;
+  if (!ParseCount(a, "--k", 10, &n) || n == 0 || n > 10000) return Usage("search: --k is 1..10000");
+  params.set_k(static_cast<uint32_t>(n));
+  if (!ParseCount(a, "--ef", 0, &n) || n > 1u << 20) return Usage("search: --ef is a number");
+  params.set_ef(static_cast<uint32_t>(n));
+  if (!ParseCount(a, "--nprobe", 0, &n) || n > 1u << 20) return Usage("search: --nprobe is a number");
+  params.set_nprobe(static_cast<uint32_t>(n));
+  params.set_exact(a.Has("--exact"));
+  params.set_with_payload(true);
+  if (std::string f = a.Get("--filter"); !f.empty()) {
+    google::protobuf::util::JsonParseOptions o;
+    auto st = google::protobuf::util::JsonStringToMessage(f, params.mutable_filter(), o);
+    if (!st.ok()) {
+      std::fprintf(stderr, "cairn: --filter: %s\n", std::string(st.message()).c_str());
+      return kInput;
+    }
+  }
+  const bool json = a.Has("--json");
+  auto stub = v1::Search::NewStub(c.channel);
+  if (!vec.empty()) {
+    v1::SearchRequest req;
+    req.set_collection(coll);
+    *req.mutable_params() = params;
+    for (absl::string_view part : absl::StrSplit(vec, ',')) {
+      char* end = nullptr;
+      std::string p(part);
+      float f = std::strtof(p.c_str(), &end);
+      if (p.empty() || *end != '\0') {
+        std::fprintf(stderr, "cairn: --vector: \"%s\" is not a number\n", p.c_str());
+        return kInput;
+      }
+      req.add_vector(f);
+    }
+    grpc::ClientContext ctx;
+    c.Prepare(&ctx);
+    v1::SearchResponse resp;
+    auto s = stub->Search(&ctx, req, &resp);
+    if (!s.ok()) return ServerError(s);
+    PrintHits(resp, json, -1);
+    return kOk;
+  }
+  // Queries from a file (any ingest format; "-" reads JSON Lines from stdin),
+  // sent in batches; results in file order, numbered from 0.
+  cairn::cli::ReaderOptions ro;
+  ro.format = a.Get("--format", queries == "-" ? "jsonl" : "auto");
+  ro.hdf5_dataset = a.Get("--dataset", "test");
+  auto reader = cairn::cli::OpenReader(queries, ro);
+  if (!reader.ok()) {
+    std::fprintf(stderr, "cairn: %s\n", std::string(reader.status().message()).c_str());
+    return kInput;
+  }
+  uint64_t max_queries = 0;
+  if (!ParseCount(a, "--max-queries", 0, &max_queries)) return Usage("search: --max-queries is a number");
+  long done = 0;
+  size_t dim = 0;
+  while (true) {
+    v1::SearchBatchRequest req;
+    req.set_collection(coll);
+    *req.mutable_params() = params;
+    int in_batch = 0;
+    for (; in_batch < 64 && (max_queries == 0 || done + in_batch < static_cast<long>(max_queries)); ++in_batch) {
+      auto rec = (*reader)->Next();
+      if (!rec.ok()) {
+        std::fprintf(stderr, "cairn: %s\n", std::string(rec.status().message()).c_str());
+        return kInput;
+      }
+      if (!rec->has_value()) break;
+      const auto& v = (*rec)->vector;
+      if (dim == 0) dim = v.size();
+      if (v.size() != dim) {
+        std::fprintf(stderr, "cairn: %s: record %llu: dimension %zu differs from the first query's %zu\n",
+                     queries.c_str(), static_cast<unsigned long long>((*rec)->number), v.size(), dim);
+        return kInput;
+      }
+      req.mutable_vectors()->Add(v.begin(), v.end());
+    }
+    if (in_batch == 0) break;
+    grpc::ClientContext ctx;
+    c.Prepare(&ctx);
+    v1::SearchBatchResponse resp;
+    auto s = stub->SearchBatch(&ctx, req, &resp);
+    if (!s.ok()) return ServerError(s);
+    for (const auto& r : resp.results()) PrintHits(r, json, done++);
   }
   return kOk;
 }
@@ -464,7 +511,7 @@ int main(int argc, char** argv) {
   }
   Args args;
   std::string error;
-  if (!Parse(all, {"--json", "--skip-bad"}, &args, &error)) return Usage(error);
+  if (!Parse(all, {"--json", "--skip-bad", "--resume", "--exact"}, &args, &error)) return Usage(error);
   if (args.rest.empty()) return Usage("no command");
   std::string target = args.Get("--target", Env("CAIRN_TARGET", "127.0.0.1:7600"));
   Conn conn;

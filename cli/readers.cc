@@ -1,8 +1,14 @@
 #include "cli/readers.h"
 
+#include <hdf5.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include <nlohmann/json.hpp>
@@ -17,10 +23,13 @@ namespace {
 class Input {
  public:
   static absl::StatusOr<std::unique_ptr<Input>> Open(const std::string& path) {
-    gzFile f = gzopen(path.c_str(), "rb");
+    gzFile f = path == "-" ? gzdopen(dup(STDIN_FILENO), "rb") : gzopen(path.c_str(), "rb");
     if (f == nullptr) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
     gzbuffer(f, 1 << 20);
-    return std::unique_ptr<Input>(new Input(path, f));
+    auto in = std::unique_ptr<Input>(new Input(path, f));
+    struct stat st;
+    if (path != "-" && ::stat(path.c_str(), &st) == 0) in->size_ = static_cast<uint64_t>(st.st_size);
+    return in;
   }
   ~Input() { gzclose(f_); }
   // Reads exactly n bytes: true; 0 bytes at the end: false; else an error.
@@ -59,8 +68,21 @@ class Input {
       }
     }
   }
+  // Up to n bytes; 0 at the end.
+  absl::StatusOr<size_t> ReadSome(void* buf, size_t n) {
+    int r = gzread(f_, buf, static_cast<unsigned>(n));
+    if (r < 0) return Error();
+    bytes_ += static_cast<size_t>(r);
+    return static_cast<size_t>(r);
+  }
   uint64_t bytes() const { return bytes_; }
+  // Share of the file read (compressed bytes for gzip), 0 when unknown.
+  double fraction() const {
+    if (size_ == 0) return 0;
+    return std::min(1.0, static_cast<double>(gzoffset(f_)) / static_cast<double>(size_));
+  }
   const std::string& path() const { return path_; }
+  bool compressed() { return gzdirect(f_) == 0; }
 
  private:
   Input(std::string path, gzFile f) : path_(std::move(path)), f_(f) {}
@@ -71,7 +93,7 @@ class Input {
   }
   std::string path_;
   gzFile f_;
-  uint64_t bytes_ = 0;
+  uint64_t bytes_ = 0, size_ = 0;
 };
 
 absl::Status CheckFinite(const std::string& path, uint64_t rec, const std::vector<float>& v) {
@@ -110,6 +132,7 @@ class FvecsReader final : public RecordReader {
     }
     InputRecord r;
     r.number = n_;
+    r.positional = true;
     r.num_id = n_ - 1;
     r.vector.resize(static_cast<size_t>(d));
     const size_t width = type_ == VecsType::kByte ? 1 : 4;
@@ -132,6 +155,7 @@ class FvecsReader final : public RecordReader {
     return std::optional<InputRecord>(std::move(r));
   }
   uint64_t bytes() const override { return in_->bytes(); }
+  double fraction() const override { return in_->fraction(); }
 
  private:
   std::unique_ptr<Input> in_;
@@ -189,6 +213,7 @@ class JsonlReader final : public RecordReader {
     return std::optional<InputRecord>(std::move(r));
   }
   uint64_t bytes() const override { return in_->bytes(); }
+  double fraction() const override { return in_->fraction(); }
 
  private:
   std::unique_ptr<Input> in_;
@@ -196,7 +221,7 @@ class JsonlReader final : public RecordReader {
 };
 
 // NumPy .npy: a 2-D C-order array of float32 ('<f4'), float16 ('<f2') or
-// uint8 ('|u1'); row i is the vector of id i.
+// uint8 ('|u1'); row i is the vector of id i. Also reads IDX rows (OpenIdx).
 float HalfToFloat(uint16_t h) {
   uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
   float v;
@@ -230,11 +255,12 @@ class NpyReader final : public RecordReader {
     ok = in->ReadExact(header.data(), header_len, "header");
     if (!ok.ok()) return ok.status();
     if (!*ok) return bad("truncated header");
-    auto r = std::unique_ptr<NpyReader>(new NpyReader(std::move(in)));
     if (header.find("'fortran_order': False") == std::string::npos) return bad("only C-order arrays");
-    if (header.find("'<f4'") != std::string::npos) r->width_ = 4, r->kind_ = 'f';
-    else if (header.find("'<f2'") != std::string::npos) r->width_ = 2, r->kind_ = 'h';
-    else if (header.find("'|u1'") != std::string::npos) r->width_ = 1, r->kind_ = 'u';
+    char kind;
+    size_t width;
+    if (header.find("'<f4'") != std::string::npos) width = 4, kind = 'f';
+    else if (header.find("'<f2'") != std::string::npos) width = 2, kind = 'h';
+    else if (header.find("'|u1'") != std::string::npos) width = 1, kind = 'u';
     else return bad("dtype must be float32, float16 or uint8");
     size_t sh = header.find("'shape': (");
     if (sh == std::string::npos) return bad("no shape");
@@ -242,9 +268,7 @@ class NpyReader final : public RecordReader {
     if (std::sscanf(header.c_str() + sh + 10, "%llu, %llu)", &n, &d) != 2 || d == 0 || d > 65536) {
       return bad("shape must be (rows, dimension)");
     }
-    r->rows_ = n;
-    r->dim_ = d;
-    return std::unique_ptr<RecordReader>(std::move(r));
+    return std::unique_ptr<RecordReader>(new NpyReader(std::move(in), kind, width, n, d));
   }
   absl::StatusOr<std::optional<InputRecord>> Next() override {
     if (n_ == rows_) return std::optional<InputRecord>();
@@ -255,6 +279,7 @@ class NpyReader final : public RecordReader {
     if (!*ok) return absl::DataLossError(absl::StrCat(in_->path(), ": record ", n_, " is truncated"));
     InputRecord r;
     r.number = n_;
+    r.positional = true;
     r.num_id = n_ - 1;
     r.vector.resize(dim_);
     for (size_t i = 0; i < dim_; ++i) {
@@ -270,42 +295,278 @@ class NpyReader final : public RecordReader {
     return std::optional<InputRecord>(std::move(r));
   }
   uint64_t bytes() const override { return in_->bytes(); }
+  double fraction() const override { return in_->fraction(); }
+  // Rows of `dim` values of `kind` ('f' float32, 'h' float16, 'u' uint8).
+  NpyReader(std::unique_ptr<Input> in, char kind, size_t width, uint64_t rows, size_t dim)
+      : in_(std::move(in)), width_(width), dim_(dim), kind_(kind), rows_(rows) {}
 
  private:
-  explicit NpyReader(std::unique_ptr<Input> in) : in_(std::move(in)) {}
   std::unique_ptr<Input> in_;
-  size_t width_ = 4, dim_ = 0;
-  char kind_ = 'f';
-  uint64_t rows_ = 0, n_ = 0;
+  size_t width_, dim_;
+  char kind_;
+  uint64_t rows_, n_ = 0;
   std::string buf_;
+};
+
+// IDX (the MNIST / Fashion-MNIST image files): big-endian magic 0x00000803
+// (unsigned bytes, 3 dimensions), then count, rows, columns; each image is
+// one vector of rows x columns values, read like a uint8 .npy.
+absl::StatusOr<std::unique_ptr<RecordReader>> OpenIdx(std::unique_ptr<Input> in) {
+  unsigned char h[16];
+  auto ok = in->ReadExact(h, 16, "header");
+  if (!ok.ok()) return ok.status();
+  auto be = [&](int i) {
+    return (uint32_t{h[i]} << 24) | (uint32_t{h[i + 1]} << 16) | (uint32_t{h[i + 2]} << 8) | h[i + 3];
+  };
+  if (!*ok || be(0) != 0x803) {
+    return absl::InvalidArgumentError(absl::StrCat(in->path(), ": not an IDX image file (unsigned bytes, 3 dimensions)"));
+  }
+  const size_t dim = size_t{be(8)} * be(12);
+  if (dim == 0 || dim > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat(in->path(), ": IDX image size ", dim, " is out of range"));
+  }
+  return std::unique_ptr<RecordReader>(new NpyReader(std::move(in), 'u', 1, be(4), dim));
+}
+
+// HDF5 in the ann-benchmarks layout: 2-D datasets "train", "test",
+// "neighbors", "distances" at the root. Any numeric element type is
+// converted to float32 by the library. Rows are read in blocks. HDF5 needs
+// random access, so a gzip-compressed file is first inflated to a temporary
+// file (in TMPDIR), removed when the reader closes.
+class Hdf5Reader final : public RecordReader {
+ public:
+  static absl::StatusOr<std::unique_ptr<RecordReader>> Open(const std::string& path, const std::string& dataset) {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors come back as statuses, not printed
+    auto r = std::unique_ptr<Hdf5Reader>(new Hdf5Reader(path));
+    std::string file = path;
+    {
+      auto in = Input::Open(path);
+      if (!in.ok()) return in.status();
+      if ((*in)->compressed()) {
+        if (auto s = r->Inflate(**in); !s.ok()) return s;
+        file = r->temp_;
+      }
+    }
+    r->file_ = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (r->file_ < 0) return absl::DataLossError(absl::StrCat(path, ": cannot open as HDF5 (not HDF5, or damaged)"));
+    if (H5Lexists(r->file_, dataset.c_str(), H5P_DEFAULT) <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": no dataset \"", dataset, "\" (the file has: ",
+                                                     r->DatasetNames(), "); pick one with --dataset"));
+    }
+    r->data_ = H5Dopen2(r->file_, dataset.c_str(), H5P_DEFAULT);
+    if (r->data_ < 0) return absl::DataLossError(absl::StrCat(path, ": cannot open dataset \"", dataset, "\""));
+    r->space_ = H5Dget_space(r->data_);
+    hsize_t dims[2] = {0, 0};
+    hid_t type = H5Dget_type(r->data_);
+    H5T_class_t cls = H5Tget_class(type);
+    H5Tclose(type);
+    if (r->space_ < 0 || H5Sget_simple_extent_ndims(r->space_) != 2 ||
+        H5Sget_simple_extent_dims(r->space_, dims, nullptr) != 2 || dims[1] == 0 || dims[1] > 65536 ||
+        (cls != H5T_FLOAT && cls != H5T_INTEGER)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": dataset \"", dataset, "\" is not a 2-D numeric array (rows, dimension)"));
+    }
+    r->rows_ = dims[0];
+    r->dim_ = dims[1];
+    return std::unique_ptr<RecordReader>(std::move(r));
+  }
+  ~Hdf5Reader() override {
+    if (space_ >= 0) H5Sclose(space_);
+    if (data_ >= 0) H5Dclose(data_);
+    if (file_ >= 0) H5Fclose(file_);
+    if (!temp_.empty()) std::remove(temp_.c_str());
+  }
+  absl::StatusOr<std::optional<InputRecord>> Next() override {
+    if (n_ == rows_) return std::optional<InputRecord>();
+    if (n_ == block_start_ + block_rows_) {
+      block_start_ = n_;
+      block_rows_ = std::min<uint64_t>(kBlock, rows_ - n_);
+      block_.resize(block_rows_ * dim_);
+      hsize_t start[2] = {block_start_, 0}, count[2] = {block_rows_, dim_};
+      hid_t mem = H5Screate_simple(2, count, nullptr);
+      herr_t st = H5Sselect_hyperslab(space_, H5S_SELECT_SET, start, nullptr, count, nullptr);
+      if (st >= 0) st = H5Dread(data_, H5T_NATIVE_FLOAT, mem, space_, H5P_DEFAULT, block_.data());
+      H5Sclose(mem);
+      if (st < 0) {
+        return absl::DataLossError(
+            absl::StrCat(path_, ": cannot read records ", n_ + 1, "..", n_ + block_rows_, " (damaged file?)"));
+      }
+    }
+    ++n_;
+    InputRecord r;
+    r.number = n_;
+    r.positional = true;
+    r.num_id = n_ - 1;
+    const float* row = block_.data() + (n_ - 1 - block_start_) * dim_;
+    r.vector.assign(row, row + dim_);
+    if (auto s = CheckFinite(path_, n_, r.vector); !s.ok()) return s;
+    return std::optional<InputRecord>(std::move(r));
+  }
+  uint64_t bytes() const override { return n_ * dim_ * sizeof(float); }
+  double fraction() const override { return rows_ ? static_cast<double>(n_) / static_cast<double>(rows_) : 1.0; }
+
+ private:
+  static constexpr uint64_t kBlock = 4096;
+  explicit Hdf5Reader(std::string path) : path_(std::move(path)) {}
+  absl::Status Inflate(Input& in) {
+    const char* dir = std::getenv("TMPDIR");
+    std::string tmpl = absl::StrCat(dir && *dir ? dir : "/tmp", "/cairn-hdf5-XXXXXX");
+    int fd = mkstemp(tmpl.data());
+    if (fd < 0) return absl::InternalError(absl::StrCat("cannot create a temporary file in ", tmpl));
+    temp_ = tmpl;
+    std::vector<char> buf(1 << 20);
+    while (true) {
+      auto some = in.ReadSome(buf.data(), buf.size());
+      if (!some.ok()) {
+        close(fd);
+        return some.status();
+      }
+      const auto got = static_cast<ssize_t>(*some);
+      if (got == 0) break;
+      if (write(fd, buf.data(), static_cast<size_t>(got)) != got) {
+        close(fd);
+        return absl::ResourceExhaustedError(absl::StrCat("cannot write ", temp_, " (disk full?)"));
+      }
+    }
+    close(fd);
+    return absl::OkStatus();
+  }
+  std::string DatasetNames() {
+    H5G_info_t info;
+    if (H5Gget_info(file_, &info) < 0) return "?";
+    std::vector<std::string> names;
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+      char name[256] = {0};
+      if (H5Lget_name_by_idx(file_, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT) > 0) {
+        names.emplace_back(name);
+      }
+    }
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out.empty() ? "nothing" : out;
+  }
+  std::string path_, temp_;
+  hid_t file_ = -1, data_ = -1, space_ = -1;
+  uint64_t rows_ = 0, dim_ = 0, n_ = 0, block_start_ = 0, block_rows_ = 0;
+  std::vector<float> block_;
+};
+
+// Joins a binary vector file with a JSON Lines file of payloads, one line a
+// record, in order.
+class PayloadJoinReader final : public RecordReader {
+ public:
+  PayloadJoinReader(std::unique_ptr<RecordReader> vectors, std::unique_ptr<Input> payloads)
+      : vectors_(std::move(vectors)), payloads_(std::move(payloads)) {}
+  absl::StatusOr<std::optional<InputRecord>> Next() override {
+    auto rec = vectors_->Next();
+    // A bad vector record still uses up its payload line, to keep the two in step.
+    std::string line;
+    bool have_line = false;
+    if (rec.ok() ? rec->has_value() : absl::IsInvalidArgument(rec.status())) {
+      auto more = payloads_->ReadLine(&line);
+      if (!more.ok()) return more.status();
+      have_line = *more;
+      ++lines_;
+      if (!have_line) {
+        return absl::DataLossError(absl::StrCat(payloads_->path(), ": has ", lines_ - 1,
+                                                " lines, fewer than the vector file's records"));
+      }
+    }
+    if (!rec.ok()) return rec.status();
+    if (!rec->has_value()) {
+      auto more = payloads_->ReadLine(&line);
+      if (!more.ok()) return more.status();
+      if (*more) {
+        return absl::DataLossError(
+            absl::StrCat(payloads_->path(), ": has more lines than the vector file has records (", lines_, ")"));
+      }
+      return rec;
+    }
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !(j.is_object() || j.is_null())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(payloads_->path(), ": line ", lines_, ": not a JSON object (or null)"));
+    }
+    if (j.is_object() && !j.empty()) (*rec)->payload_json = j.dump();
+    return rec;
+  }
+  uint64_t bytes() const override { return vectors_->bytes() + payloads_->bytes(); }
+  double fraction() const override { return vectors_->fraction(); }
+
+ private:
+  std::unique_ptr<RecordReader> vectors_;
+  std::unique_ptr<Input> payloads_;
+  uint64_t lines_ = 0;
 };
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path, const std::string& format) {
-  std::string f = format;
-  if (f == "auto") {
-    std::string name = path;
-    if (absl::EndsWith(name, ".gz")) name = name.substr(0, name.size() - 3);
-    if (absl::EndsWith(name, ".fvecs")) f = "fvecs";
-    else if (absl::EndsWith(name, ".ivecs")) f = "ivecs";
-    else if (absl::EndsWith(name, ".bvecs")) f = "bvecs";
-    else if (absl::EndsWith(name, ".npy")) f = "npy";
-    else if (absl::EndsWith(name, ".jsonl") || absl::EndsWith(name, ".ndjson")) f = "jsonl";
-    else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": cannot tell the format from the name; pass --format fvecs, ivecs, bvecs, npy or jsonl"));
-    }
+absl::StatusOr<std::string> DetectFormat(const std::string& path) {
+  std::string name = path;
+  if (absl::EndsWith(name, ".gz")) name = name.substr(0, name.size() - 3);
+  static const std::pair<const char*, const char*> kSuffixes[] = {
+      {".fvecs", "fvecs"}, {".ivecs", "ivecs"}, {".bvecs", "bvecs"}, {".npy", "npy"},
+      {".hdf5", "hdf5"},   {".h5", "hdf5"},     {".jsonl", "jsonl"}, {".ndjson", "jsonl"},
+      {"-idx3-ubyte", "idx"}};
+  for (const auto& [suffix, format] : kSuffixes) {
+    if (absl::EndsWith(name, suffix)) return std::string(format);
   }
+  // Not from the name: look at the first bytes (decompressed).
   auto in = Input::Open(path);
   if (!in.ok()) return in.status();
-  if (f == "fvecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kFloat));
-  if (f == "ivecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kInt));
-  if (f == "bvecs") return std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kByte));
-  if (f == "npy") return NpyReader::Open(*std::move(in));
-  if (f == "jsonl") return std::unique_ptr<RecordReader>(new JsonlReader(*std::move(in)));
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown format \"", format, "\" (auto, fvecs, ivecs, bvecs, npy, jsonl)"));
+  unsigned char h[8] = {0};
+  size_t got = 0;
+  for (; got < sizeof(h); ++got) {
+    auto ok = (*in)->ReadExact(&h[got], 1, "header");
+    if (!ok.ok() || !*ok) break;
+  }
+  auto unknown = absl::InvalidArgumentError(absl::StrCat(
+      path, ": cannot tell the format from the name or the content; pass --format fvecs, ivecs, bvecs, npy, hdf5, idx "
+            "or jsonl"));
+  if (got >= 6 && std::memcmp(h, "\x93NUMPY", 6) == 0) return std::string("npy");
+  if (got == 8 && std::memcmp(h, "\x89HDF\r\n\x1a\n", 8) == 0) return std::string("hdf5");
+  if (got >= 4 && h[0] == 0 && h[1] == 0 && h[2] == 8 && h[3] == 3) return std::string("idx");
+  size_t first = 0;
+  while (first < got && std::isspace(h[first])) ++first;
+  if (first < got && h[first] == '{') return std::string("jsonl");
+  if (got >= 4) {
+    int32_t d;
+    std::memcpy(&d, h, 4);
+    if (d > 0 && d <= 65536) return std::string("fvecs");  // *vecs: float is by far the commonest
+  }
+  return unknown;
+}
+
+absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path, const ReaderOptions& options) {
+  std::string f = options.format;
+  if (f == "auto") {
+    auto d = DetectFormat(path);
+    if (!d.ok()) return d.status();
+    f = *d;
+  }
+  absl::StatusOr<std::unique_ptr<RecordReader>> r = absl::InvalidArgumentError(absl::StrCat(
+      "unknown format \"", options.format, "\" (auto, fvecs, ivecs, bvecs, npy, hdf5, idx, jsonl)"));
+  if (f == "hdf5") {
+    if (path == "-") return absl::InvalidArgumentError("HDF5 cannot be read from stdin; name the file");
+    r = Hdf5Reader::Open(path, options.hdf5_dataset);
+  } else {
+    auto in = Input::Open(path);
+    if (!in.ok()) return in.status();
+    if (f == "fvecs") r = std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kFloat));
+    else if (f == "ivecs") r = std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kInt));
+    else if (f == "bvecs") r = std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kByte));
+    else if (f == "npy") r = NpyReader::Open(*std::move(in));
+    else if (f == "idx") r = OpenIdx(*std::move(in));
+    else if (f == "jsonl") r = std::unique_ptr<RecordReader>(new JsonlReader(*std::move(in)));
+  }
+  if (!r.ok() || options.payloads_path.empty()) return r;
+  if (f == "jsonl") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": --payloads goes with a binary vector file; JSON Lines records carry \"payload\" themselves"));
+  }
+  auto payloads = Input::Open(options.payloads_path);
+  if (!payloads.ok()) return payloads.status();
+  return std::unique_ptr<RecordReader>(new PayloadJoinReader(*std::move(r), *std::move(payloads)));
 }
 
 }  // namespace cairn::cli

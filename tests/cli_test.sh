@@ -65,7 +65,7 @@ grep -q "wrote 500 points" "$work/ingest.log" || fail "ingest log: $(cat "$work/
 # Same ids again from the gzip copy (idempotent), then JSON Lines with a --json summary.
 "$cairn" ingest --collection docs "$work/v2.fvecs.gz" 2>/dev/null || fail "ingest gz"
 summary="$("$cairn" ingest --collection docs --json "$work/docs.jsonl")"
-"$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["records_written"]==20 and s["errors"]==0, s' "$summary" \
+"$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["points_written"]==20 and s["errors"]==0, s' "$summary" \
   || fail "json summary: $summary"
 "$cairn" collection info docs | grep -q '"points": "520"' || fail "info: $("$cairn" collection info docs)"
 # bvecs and ivecs into a second collection: ids 0..2, values as floats.
@@ -84,7 +84,7 @@ out="$("$cairn" search --collection small --vector 403,403,403,403,403,403,403,4
 grep -qE '^3 +0 ' <<<"$out" || fail "npy f16 search: $out"
 # --skip-bad: two good records written, two bad ones counted with reasons.
 summary="$("$cairn" ingest --collection small --skip-bad --json "$work/mixed.jsonl")"
-"$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["records_written"]==2 and s["skipped"]==2 and "line 2" in s["skipped_sample"][0] and "record 3" in s["skipped_sample"][1], s' "$summary" \
+"$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["points_written"]==2 and s["skipped"]==2 and "line 2" in s["skipped_sample"][0] and "record 3" in s["skipped_sample"][1], s' "$summary" \
   || fail "skip-bad: $summary"
 
 out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 1)"
@@ -94,12 +94,13 @@ out="$("$cairn" search --collection docs --vector 1003,1003,1003,1003,1003,1003,
 "$py" -c 'import json,sys; h=json.loads(sys.argv[1])["hits"]; assert [x["id"]["str"] for x in h]==["doc-3","doc-1","doc-5"], h' "$out" \
   || fail "filtered search: $out"
 
-# Bad input: exit 2, the file and record named, nothing past the last batch.
+# Bad input: exit 2, the file and record named; the records before it are
+# written, nothing after it.
 set +e
-"$cairn" ingest --collection docs --batch 1 "$work/bad.jsonl" 2>"$work/bad.log"; code=$?
+"$cairn" ingest --collection docs "$work/bad.jsonl" 2>"$work/bad.log"; code=$?
 set -e
 [[ $code == 2 ]] || fail "bad dimension exit $code"
-grep -q "bad.jsonl: record 2: vector has dimension 7; collection docs has 8" "$work/bad.log" || fail "bad: $(cat "$work/bad.log")"
+grep -q "bad.jsonl: record 2: vector has dimension 7; the collection has 8" "$work/bad.log" || fail "bad: $(cat "$work/bad.log")"
 set +e
 "$cairn" ingest --collection docs "$work/broken.jsonl" 2>"$work/broken.log"; code=$?
 "$cairn" ingest --collection docs "$work/trunc.fvecs" 2>"$work/trunc.log"; code2=$?
@@ -110,8 +111,8 @@ set -e
 [[ $code2 == 2 ]] && grep -q "trunc.fvecs: record 2 is truncated" "$work/trunc.log" || fail "trunc: $code2 $(cat "$work/trunc.log")"
 [[ $code3 == 3 ]] || fail "unknown collection exit $code3"
 [[ $code4 == 1 ]] || fail "unknown command exit $code4"
-# --batch 1 sent ok-1 before the bad record: it is in; nothing else is.
-"$cairn" collection info docs | grep -q '"points": "521"' || fail "bad input: $("$cairn" collection info docs)"
+# ok-1 and x came before the bad records: they are in; nothing else is.
+"$cairn" collection info docs | grep -q '"points": "522"' || fail "bad input: $("$cairn" collection info docs)"
 "$cairn" info | grep -q "collections: docs" || fail info
 "$cairn" collection drop docs | grep -q "dropped docs" || fail drop
 
