@@ -28,6 +28,7 @@
 #include "cairn/v1/points.grpc.pb.h"
 #include "cairn/v1/search.grpc.pb.h"
 #include "cairn/v1/server.grpc.pb.h"
+#include "api/convert.h"
 #include "cli/ingest.h"
 #include "cli/readers.h"
 #include <google/protobuf/util/json_util.h>
@@ -194,6 +195,44 @@ bool Parse(const std::vector<std::string>& in, const std::set<std::string>& swit
   return true;
 }
 
+// The collection settings of `collection create` (and of an offline ingest
+// that creates its collection) from flags.
+int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig* cfg) {
+  int dim = std::atoi(a.Get("--dim", "0").c_str());
+  if (dim <= 0) return Usage(cmd + ": --dim N is required");
+  cfg->set_dimension(static_cast<uint32_t>(dim));
+  const std::string metric = a.Get("--metric", "l2");
+  if (metric == "l2") cfg->set_metric(v1::METRIC_L2);
+  else if (metric == "ip") cfg->set_metric(v1::METRIC_INNER_PRODUCT);
+  else if (metric == "cosine") cfg->set_metric(v1::METRIC_COSINE);
+  else return Usage("--metric is l2, ip or cosine");
+  static const std::map<std::string, v1::IndexType> kIndex = {
+      {"flat", v1::INDEX_TYPE_FLAT},       {"hnsw", v1::INDEX_TYPE_HNSW},       {"ivf_flat", v1::INDEX_TYPE_IVF_FLAT},
+      {"ivf_pq", v1::INDEX_TYPE_IVF_PQ},   {"ivf_sq8", v1::INDEX_TYPE_IVF_SQ8}, {"hnsw_sq", v1::INDEX_TYPE_HNSW_SQ}};
+  auto ix = kIndex.find(a.Get("--index", "hnsw"));
+  if (ix == kIndex.end()) return Usage("--index is flat, hnsw, ivf_flat, ivf_pq, ivf_sq8 or hnsw_sq");
+  cfg->mutable_index()->set_type(ix->second);
+  uint64_t n = 0;
+  if (!ParseCount(a, "--nlist", 0, &n) || n > 1u << 20) return Usage("--nlist is a number");
+  cfg->mutable_index()->set_nlist(static_cast<uint32_t>(n));
+  static const std::map<std::string, v1::PayloadType> kTypes = {{"keyword", v1::PAYLOAD_TYPE_KEYWORD},
+                                                                {"integer", v1::PAYLOAD_TYPE_INTEGER},
+                                                                {"float", v1::PAYLOAD_TYPE_FLOAT},
+                                                                {"bool", v1::PAYLOAD_TYPE_BOOL}};
+  if (auto it = a.flags.find("--payload-index"); it != a.flags.end()) {
+    for (const auto& spec : it->second) {
+      size_t colon = spec.rfind(':');
+      auto t = colon == std::string::npos ? kTypes.end() : kTypes.find(spec.substr(colon + 1));
+      if (t == kTypes.end()) return Usage("--payload-index is FIELD:TYPE with TYPE keyword, integer, float or bool");
+      auto* p = cfg->add_payload_indexes();
+      p->set_field(spec.substr(0, colon));
+      p->set_type(t->second);
+    }
+  }
+  cfg->set_num_shards(static_cast<uint32_t>(std::atoi(a.Get("--shards", "1").c_str())));
+  return kOk;
+}
+
 int CollectionCmd(const Conn& c, const Args& a) {
   if (a.rest.empty()) return Usage("collection: create, list, info or drop?");
   auto stub = v1::Collections::NewStub(c.channel);
@@ -235,36 +274,7 @@ int CollectionCmd(const Conn& c, const Args& a) {
   if (sub != "create") return Usage("collection: unknown subcommand " + sub);
   v1::CreateCollectionRequest req;
   req.set_name(name);
-  auto* cfg = req.mutable_config();
-  int dim = std::atoi(a.Get("--dim", "0").c_str());
-  if (dim <= 0) return Usage("collection create: --dim N is required");
-  cfg->set_dimension(static_cast<uint32_t>(dim));
-  const std::string metric = a.Get("--metric", "l2");
-  if (metric == "l2") cfg->set_metric(v1::METRIC_L2);
-  else if (metric == "ip") cfg->set_metric(v1::METRIC_INNER_PRODUCT);
-  else if (metric == "cosine") cfg->set_metric(v1::METRIC_COSINE);
-  else return Usage("--metric is l2, ip or cosine");
-  static const std::map<std::string, v1::IndexType> kIndex = {
-      {"flat", v1::INDEX_TYPE_FLAT},       {"hnsw", v1::INDEX_TYPE_HNSW},       {"ivf_flat", v1::INDEX_TYPE_IVF_FLAT},
-      {"ivf_pq", v1::INDEX_TYPE_IVF_PQ},   {"ivf_sq8", v1::INDEX_TYPE_IVF_SQ8}, {"hnsw_sq", v1::INDEX_TYPE_HNSW_SQ}};
-  auto ix = kIndex.find(a.Get("--index", "hnsw"));
-  if (ix == kIndex.end()) return Usage("--index is flat, hnsw, ivf_flat, ivf_pq, ivf_sq8 or hnsw_sq");
-  cfg->mutable_index()->set_type(ix->second);
-  static const std::map<std::string, v1::PayloadType> kTypes = {{"keyword", v1::PAYLOAD_TYPE_KEYWORD},
-                                                                {"integer", v1::PAYLOAD_TYPE_INTEGER},
-                                                                {"float", v1::PAYLOAD_TYPE_FLOAT},
-                                                                {"bool", v1::PAYLOAD_TYPE_BOOL}};
-  if (auto it = a.flags.find("--payload-index"); it != a.flags.end()) {
-    for (const auto& spec : it->second) {
-      size_t colon = spec.rfind(':');
-      auto t = colon == std::string::npos ? kTypes.end() : kTypes.find(spec.substr(colon + 1));
-      if (t == kTypes.end()) return Usage("--payload-index is FIELD:TYPE with TYPE keyword, integer, float or bool");
-      auto* p = cfg->add_payload_indexes();
-      p->set_field(spec.substr(0, colon));
-      p->set_type(t->second);
-    }
-  }
-  cfg->set_num_shards(static_cast<uint32_t>(std::atoi(a.Get("--shards", "1").c_str())));
+  if (int rc = ConfigFromFlags(a, "collection create", req.mutable_config()); rc != kOk) return rc;
   v1::CollectionInfo info;
   auto s = stub->Create(&ctx, req, &info);
   if (!s.ok()) return ServerError(s);
@@ -290,37 +300,65 @@ int IngestCmd(const Conn& c, const Args& a) {
   uint64_t n = 0;
   if (!ParseCount(a, "--start-id", 0, &n)) return Usage("ingest: --start-id is a number");
   src.start_id = n;
-  cairn::cli::OnlineOptions o;
-  o.collection = coll;
-  o.json = a.Has("--json");
-  o.resume = a.Has("--resume");
-  o.checkpoint = a.Get("--checkpoint", ".cairn-ingest-" + coll + ".checkpoint");
-  if (!ParseCount(a, "--batch", 1000, &n) || n == 0) return Usage("ingest: --batch is a positive number");
-  o.batch = n;
-  if (!ParseCount(a, "--inflight", 4, &n) || n == 0 || n > 64) return Usage("ingest: --inflight is 1..64");
-  o.inflight = static_cast<int>(n);
-  if (!ParseCount(a, "--retries", 10, &n) || n > 1000) return Usage("ingest: --retries is 0..1000");
-  o.max_retries = static_cast<int>(n);
-  // The collection's dimension, to name the file and record of a bad vector.
-  {
-    grpc::ClientContext ictx;
-    c.Prepare(&ictx);
-    v1::GetCollectionRequest req;
-    req.set_name(coll);
-    v1::CollectionInfo info;
-    auto s = v1::Collections::NewStub(c.channel)->Get(&ictx, req, &info);
-    if (!s.ok()) return ServerError(s);
-    src.dimension = info.config().dimension();
+  const bool offline = a.Has("--data-dir");
+  const bool json = a.Has("--json");
+  absl::StatusOr<cairn::cli::IngestStats> st;
+  if (offline) {
+    cairn::cli::OfflineOptions o;
+    o.data_dir = a.Get("--data-dir");
+    o.collection = coll;
+    o.json = json;
+    if (a.Has("--resume")) {
+      return Usage("ingest: --resume is for online ingest; an offline ingest is all or nothing (run it again)");
+    }
+    if (!ParseCount(a, "--segment-size", 0, &n)) return Usage("ingest: --segment-size is a number");
+    o.segment_size = n;
+    if (a.Has("--dim")) {
+      v1::CollectionConfig cfg;
+      if (int rc = ConfigFromFlags(a, "ingest", &cfg); rc != kOk) return rc;
+      auto config = cairn::api::FromProto(cfg);
+      if (!config.ok()) return Usage(absl::StrCat("ingest: ", std::string(config.status().message())));
+      o.create = *config;
+    }
+    InstallInterruptHandlers();
+    st = cairn::cli::IngestOffline(src, o);
+  } else {
+    cairn::cli::OnlineOptions o;
+    o.collection = coll;
+    o.json = json;
+    o.resume = a.Has("--resume");
+    o.checkpoint = a.Get("--checkpoint", ".cairn-ingest-" + coll + ".checkpoint");
+    if (!ParseCount(a, "--batch", 1000, &n) || n == 0) return Usage("ingest: --batch is a positive number");
+    o.batch = n;
+    if (!ParseCount(a, "--inflight", 4, &n) || n == 0 || n > 64) return Usage("ingest: --inflight is 1..64");
+    o.inflight = static_cast<int>(n);
+    if (!ParseCount(a, "--retries", 10, &n) || n > 1000) return Usage("ingest: --retries is 0..1000");
+    o.max_retries = static_cast<int>(n);
+    // The collection's dimension, to name the file and record of a bad vector.
+    {
+      grpc::ClientContext ictx;
+      c.Prepare(&ictx);
+      v1::GetCollectionRequest req;
+      req.set_name(coll);
+      v1::CollectionInfo info;
+      auto s = v1::Collections::NewStub(c.channel)->Get(&ictx, req, &info);
+      if (!s.ok()) return ServerError(s);
+      src.dimension = info.config().dimension();
+    }
+    InstallInterruptHandlers();
+    st = cairn::cli::IngestOnline(c.channel, [&c](grpc::ClientContext* ctx) { c.Prepare(ctx); }, src, o);
   }
-  InstallInterruptHandlers();
-  auto st = cairn::cli::IngestOnline(c.channel, [&c](grpc::ClientContext* ctx) { c.Prepare(ctx); }, src, o);
   if (!st.ok()) {
     std::fprintf(stderr, "cairn: %s\n", std::string(st.status().message()).c_str());
-    return absl::IsNotFound(st.status()) || absl::IsFailedPrecondition(st.status()) ? kUsage : kInput;
+    return absl::IsNotFound(st.status()) || absl::IsFailedPrecondition(st.status()) ||
+                   absl::IsInvalidArgument(st.status())
+               ? kUsage
+               : kInput;
   }
   const uint64_t total = st->resumed_records + st->records;
-  if (o.json) {
-    Json out{{"records", st->records},
+  if (json) {
+    Json out{{"mode", offline ? "offline" : "online"},
+             {"records", st->records},
              {"records_total", total},
              {"points_written", st->points_written},
              {"seconds", st->seconds},
@@ -335,10 +373,15 @@ int IngestCmd(const Conn& c, const Args& a) {
     if (!st->error.empty()) out["error"] = st->error;
     std::printf("%s\n", out.dump().c_str());
   }
-  if (st->skipped > 0 && !o.json) {
+  if (st->skipped > 0 && !json) {
     std::fprintf(stderr, "ingest: skipped %llu bad records (--skip-bad), for example:\n",
                  static_cast<unsigned long long>(st->skipped));
     for (const auto& w : st->skipped_sample) std::fprintf(stderr, "  %s\n", w.c_str());
+  }
+  if (!st->error.empty() && offline) {
+    std::fprintf(stderr, "cairn: %s\ncairn: stopped; nothing was loaded (an offline ingest is all or nothing).\n",
+                 st->error.c_str());
+    return st->error_kind == cairn::cli::IngestStats::ErrorKind::kInput ? kInput : kServer;
   }
   if (!st->error.empty()) {
     std::fprintf(stderr,
@@ -347,12 +390,16 @@ int IngestCmd(const Conn& c, const Args& a) {
                  st->error.c_str(), static_cast<unsigned long long>(total));
     return st->error_kind == cairn::cli::IngestStats::ErrorKind::kInput ? kInput : kServer;
   }
+  if (st->interrupted && offline) {
+    std::fprintf(stderr, "cairn: interrupted; nothing was loaded (an offline ingest is all or nothing).\n");
+    return kInterrupted;
+  }
   if (st->interrupted) {
     std::fprintf(stderr, "cairn: interrupted; %llu records are written. Run the same command with --resume to "
                          "continue.\n", static_cast<unsigned long long>(total));
     return kInterrupted;
   }
-  if (!o.json) {
+  if (!json) {
     std::fprintf(stderr, "ingest: wrote %llu points in %.2f s (%.0f records/s)\n",
                  static_cast<unsigned long long>(st->records), st->seconds,
                  st->seconds > 0 ? st->records / st->seconds : 0.0);

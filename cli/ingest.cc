@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "cairn/database.h"
 #include "cairn/v1/points.grpc.pb.h"
 #include "storage/file_util.h"
 
@@ -545,6 +546,101 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
   st.skipped_sample = in.skipped_sample();
   progress.Update(start.records + st.records, st.bytes, st.error.empty() && !st.interrupted ? 1.0 : in.fraction(),
                   true);
+  return st;
+}
+
+absl::StatusOr<IngestStats> IngestOffline(SourceOptions source, const OfflineOptions& o) {
+  DatabaseOptions dbo;
+  dbo.background_maintenance = false;
+  auto db = Database::Open(o.data_dir, dbo);
+  if (!db.ok()) {
+    if (absl::IsFailedPrecondition(db.status())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          o.data_dir, " is in use (", db.status().message(),
+          "); an offline ingest needs the directory to itself: stop the server, or ingest online with --target"));
+    }
+    return db.status();
+  }
+  auto coll = (*db)->GetCollection(o.collection);
+  if (absl::IsNotFound(coll.status()) && o.create) {
+    coll = (*db)->CreateCollection(o.collection, *o.create);
+  } else if (absl::IsNotFound(coll.status())) {
+    return absl::NotFoundError(absl::StrCat("collection ", o.collection, " is not in ", o.data_dir,
+                                            "; give --dim (and --metric, --index, ...) to create it"));
+  }
+  if (!coll.ok()) return coll.status();
+  const CollectionConfig config = (*coll)->config();
+  if (o.create && o.create->dimension != config.dimension) {
+    return absl::InvalidArgumentError(absl::StrCat("collection ", o.collection, " has dimension ", config.dimension,
+                                                   ", not ", o.create->dimension));
+  }
+  source.dimension = config.dimension;
+  BulkLoadOptions blo;
+  blo.segment_size = o.segment_size;
+  auto loader = (*coll)->BeginBulkLoad(blo);
+  if (!loader.ok()) return loader.status();
+
+  IngestStats st;
+  InputSource in(source);
+  Progress progress(o.json, isatty(STDERR_FILENO) != 0);
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<Point> batch;
+  auto flush = [&]() -> absl::Status {
+    if (batch.empty()) return absl::OkStatus();
+    absl::Status s = (*loader)->Add(batch);
+    batch.clear();
+    return s;
+  };
+  while (!g_interrupted.load()) {
+    auto rec = in.Next();
+    if (!rec.ok()) {
+      st.error_kind = IngestStats::ErrorKind::kInput;
+      st.error = std::string(rec.status().message());
+      break;
+    }
+    if (!rec->has_value()) break;
+    InputRecord& r = **rec;
+    Point p;
+    p.id = r.num_id ? PointId(*r.num_id) : PointId(std::move(*r.str_id));
+    p.vector = std::move(r.vector);
+    p.payload = std::move(r.payload_json);
+    p.text = std::move(r.text);
+    batch.push_back(std::move(p));
+    ++st.records;
+    if (batch.size() >= 1000) {
+      if (auto s = flush(); !s.ok()) {
+        st.error_kind = IngestStats::ErrorKind::kInput;
+        st.error = std::string(s.message());
+        break;
+      }
+      progress.Update(st.records, in.bytes(), in.fraction(), false);
+    }
+  }
+  st.interrupted = g_interrupted.load();
+  if (st.error.empty() && !st.interrupted) {
+    if (auto s = flush(); !s.ok()) {
+      st.error_kind = IngestStats::ErrorKind::kInput;
+      st.error = std::string(s.message());
+    }
+  }
+  if (st.error.empty() && !st.interrupted) {
+    if (!o.json) std::fprintf(stderr, "%singest: building the last index segments and writing storage...\n",
+                              isatty(STDERR_FILENO) ? "\n" : "");
+    auto n = (*loader)->Finish();
+    if (!n.ok()) {
+      st.error_kind = IngestStats::ErrorKind::kServer;
+      st.error = std::string(n.status().message());
+    } else {
+      st.points_written = *n;
+    }
+  }
+  loader->reset();  // abandons an unfinished load: the collection stays empty
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  st.bytes = in.bytes();
+  st.skipped = in.skipped();
+  st.skipped_sample = in.skipped_sample();
+  if (!st.error.empty() || st.interrupted) st.records = 0;
+  progress.Update(st.records, st.bytes, st.error.empty() && !st.interrupted ? 1.0 : in.fraction(), true);
   return st;
 }
 

@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cairn/options.h"
 #include "cli/readers.h"
 
 namespace cairn::cli {
@@ -109,6 +110,21 @@ struct OnlineOptions {
   bool resume = false;
   bool json = false;
 };
+
+struct OfflineOptions {
+  std::string data_dir;
+  std::string collection;
+  // Settings to create the collection with when it does not exist.
+  std::optional<CollectionConfig> create;
+  uint64_t segment_size = 0;  // 0: the collection's seal_threshold
+  bool json = false;
+};
+
+// Loads the input straight into a data directory that no server holds,
+// through the engine's bulk load (Collection::BeginBulkLoad) into an empty
+// collection. All or nothing: interrupted or failed, it leaves the collection
+// empty. stats.error says why it stopped; bad settings are an error status.
+absl::StatusOr<IngestStats> IngestOffline(SourceOptions source, const OfflineOptions& options);
 
 // Set by SIGINT/SIGTERM: stop reading, finish what is in flight, keep the
 // checkpoint.

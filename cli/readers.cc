@@ -36,10 +36,10 @@ class Input {
   absl::StatusOr<bool> ReadExact(void* buf, size_t n, const std::string& what) {
     size_t got = 0;
     while (got < n) {
-      int r = gzread(f_, static_cast<char*>(buf) + got, static_cast<unsigned>(n - got));
-      if (r < 0) return Error();
-      if (r == 0) break;
-      got += static_cast<size_t>(r);
+      auto r = Raw(static_cast<char*>(buf) + got, n - got);
+      if (!r.ok()) return r.status();
+      if (*r == 0) break;
+      got += *r;
     }
     bytes_ += got;
     if (got == 0) return false;
@@ -49,6 +49,12 @@ class Input {
   // The next line without its newline; false at the end.
   absl::StatusOr<bool> ReadLine(std::string* line) {
     line->clear();
+    if (!ahead_.empty()) {
+      size_t nl = ahead_.find('\n');
+      line->append(ahead_, 0, nl == std::string::npos ? ahead_.size() : nl + 1);
+      ahead_.erase(0, line->size());
+      if (nl != std::string::npos) return EndLine(line);
+    }
     char buf[1 << 16];
     while (true) {
       if (gzgets(f_, buf, sizeof(buf)) == nullptr) {
@@ -60,20 +66,26 @@ class Input {
       }
       size_t n = std::strlen(buf);
       line->append(buf, n);
-      if (n > 0 && buf[n - 1] == '\n') {
-        bytes_ += line->size();
-        line->pop_back();
-        if (!line->empty() && line->back() == '\r') line->pop_back();
-        return true;
-      }
+      if (n > 0 && buf[n - 1] == '\n') return EndLine(line);
     }
   }
   // Up to n bytes; 0 at the end.
   absl::StatusOr<size_t> ReadSome(void* buf, size_t n) {
-    int r = gzread(f_, buf, static_cast<unsigned>(n));
-    if (r < 0) return Error();
-    bytes_ += static_cast<size_t>(r);
-    return static_cast<size_t>(r);
+    auto r = Raw(buf, n);
+    if (r.ok()) bytes_ += *r;
+    return r;
+  }
+  // Up to n bytes from the start, left to be read again (format detection;
+  // works on stdin too).
+  absl::StatusOr<std::string_view> Peek(size_t n) {
+    while (ahead_.size() < n) {
+      char buf[64];
+      int r = gzread(f_, buf, static_cast<unsigned>(std::min(sizeof(buf), n - ahead_.size())));
+      if (r < 0) return Error();
+      if (r == 0) break;
+      ahead_.append(buf, static_cast<size_t>(r));
+    }
+    return std::string_view(ahead_);
   }
   uint64_t bytes() const { return bytes_; }
   // Share of the file read (compressed bytes for gzip), 0 when unknown.
@@ -86,6 +98,30 @@ class Input {
 
  private:
   Input(std::string path, gzFile f) : path_(std::move(path)), f_(f) {}
+  absl::StatusOr<bool> EndLine(std::string* line) {
+    bytes_ += line->size();
+    line->pop_back();
+    if (!line->empty() && line->back() == '\r') line->pop_back();
+    return true;
+  }
+  // Up to n bytes, peeked ones first. zlib's gzread returns 0 both at the end
+  // and for a stream cut short: only gzerror tells them apart.
+  absl::StatusOr<size_t> Raw(void* buf, size_t n) {
+    if (!ahead_.empty()) {
+      size_t k = std::min(n, ahead_.size());
+      std::memcpy(buf, ahead_.data(), k);
+      ahead_.erase(0, k);
+      return k;
+    }
+    int r = gzread(f_, buf, static_cast<unsigned>(n));
+    if (r < 0) return Error();
+    if (r == 0) {
+      int err = Z_OK;
+      gzerror(f_, &err);
+      if (err != Z_OK && err != Z_STREAM_END) return Error();
+    }
+    return static_cast<size_t>(r);
+  }
   absl::Status Error() {
     int err = 0;
     const char* msg = gzerror(f_, &err);
@@ -94,13 +130,15 @@ class Input {
   std::string path_;
   gzFile f_;
   uint64_t bytes_ = 0, size_ = 0;
+  std::string ahead_;  // peeked, not yet read
 };
 
-absl::Status CheckFinite(const std::string& path, uint64_t rec, const std::vector<float>& v) {
+absl::Status CheckFinite(const std::string& path, uint64_t rec, const std::vector<float>& v,
+                         const char* unit = "record") {
   for (size_t i = 0; i < v.size(); ++i) {
     if (!std::isfinite(v[i])) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": record ", rec, ": vector value ", i, " is not finite"));
+          absl::StrCat(path, ": ", unit, " ", rec, ": vector value ", i, " is not finite"));
     }
   }
   return absl::OkStatus();
@@ -126,10 +164,6 @@ class FvecsReader final : public RecordReader {
                                               " (is this a *vecs file?)"));
     }
     if (dim_ == 0) dim_ = d;
-    if (d != dim_) {
-      return absl::DataLossError(absl::StrCat(in_->path(), ": record ", n_, ": dimension ", d,
-                                              " differs from the first record's ", dim_));
-    }
     InputRecord r;
     r.number = n_;
     r.positional = true;
@@ -150,6 +184,10 @@ class FvecsReader final : public RecordReader {
       } else {
         r.vector[i] = static_cast<float>(static_cast<uint8_t>(buf_[i]));
       }
+    }
+    if (d != dim_) {  // read whole, so the next record can still be read
+      return absl::InvalidArgumentError(absl::StrCat(in_->path(), ": record ", n_, ": dimension ", d,
+                                                     " differs from the first record's ", dim_));
     }
     if (auto s = CheckFinite(in_->path(), n_, r.vector); !s.ok()) return s;
     return std::optional<InputRecord>(std::move(r));
@@ -201,7 +239,7 @@ class JsonlReader final : public RecordReader {
       if (!x.is_number()) return bad("\"vector\" holds something that is not a number");
       r.vector.push_back(x.get<float>());
     }
-    if (auto s = CheckFinite(in_->path(), n_, r.vector); !s.ok()) return s;
+    if (auto s = CheckFinite(in_->path(), n_, r.vector, "line"); !s.ok()) return s;
     if (auto p = j.find("payload"); p != j.end() && !p->is_null()) {
       if (!p->is_object()) return bad("\"payload\" must be an object");
       r.payload_json = p->dump();
@@ -271,10 +309,24 @@ class NpyReader final : public RecordReader {
     return std::unique_ptr<RecordReader>(new NpyReader(std::move(in), kind, width, n, d));
   }
   absl::StatusOr<std::optional<InputRecord>> Next() override {
-    if (n_ == rows_) return std::optional<InputRecord>();
+    if (n_ == rows_) {
+      // The header's count is reached: the file must end here, and a gzip
+      // stream must end whole (its trailer checked).
+      if (!checked_end_) {
+        checked_end_ = true;
+        char c;
+        auto more = in_->ReadSome(&c, 1);
+        if (!more.ok()) return more.status();
+        if (*more > 0) {
+          return absl::DataLossError(
+              absl::StrCat(in_->path(), ": data after the last of the header's ", rows_, " records"));
+        }
+      }
+      return std::optional<InputRecord>();
+    }
     ++n_;
     buf_.resize(dim_ * width_);
-    auto ok = in_->ReadExact(buf_.data(), buf_.size(), absl::StrCat("row ", n_));
+    auto ok = in_->ReadExact(buf_.data(), buf_.size(), absl::StrCat("record ", n_));
     if (!ok.ok()) return ok.status();
     if (!*ok) return absl::DataLossError(absl::StrCat(in_->path(), ": record ", n_, " is truncated"));
     InputRecord r;
@@ -305,6 +357,7 @@ class NpyReader final : public RecordReader {
   size_t width_, dim_;
   char kind_;
   uint64_t rows_, n_ = 0;
+  bool checked_end_ = false;
   std::string buf_;
 };
 
@@ -501,7 +554,9 @@ class PayloadJoinReader final : public RecordReader {
 
 }  // namespace
 
-absl::StatusOr<std::string> DetectFormat(const std::string& path) {
+namespace {
+
+std::optional<std::string> FormatFromName(const std::string& path) {
   std::string name = path;
   if (absl::EndsWith(name, ".gz")) name = name.substr(0, name.size() - 3);
   static const std::pair<const char*, const char*> kSuffixes[] = {
@@ -511,46 +566,67 @@ absl::StatusOr<std::string> DetectFormat(const std::string& path) {
   for (const auto& [suffix, format] : kSuffixes) {
     if (absl::EndsWith(name, suffix)) return std::string(format);
   }
-  // Not from the name: look at the first bytes (decompressed).
-  auto in = Input::Open(path);
-  if (!in.ok()) return in.status();
-  unsigned char h[8] = {0};
-  size_t got = 0;
-  for (; got < sizeof(h); ++got) {
-    auto ok = (*in)->ReadExact(&h[got], 1, "header");
-    if (!ok.ok() || !*ok) break;
-  }
-  auto unknown = absl::InvalidArgumentError(absl::StrCat(
-      path, ": cannot tell the format from the name or the content; pass --format fvecs, ivecs, bvecs, npy, hdf5, idx "
-            "or jsonl"));
-  if (got >= 6 && std::memcmp(h, "\x93NUMPY", 6) == 0) return std::string("npy");
-  if (got == 8 && std::memcmp(h, "\x89HDF\r\n\x1a\n", 8) == 0) return std::string("hdf5");
-  if (got >= 4 && h[0] == 0 && h[1] == 0 && h[2] == 8 && h[3] == 3) return std::string("idx");
-  size_t first = 0;
-  while (first < got && std::isspace(h[first])) ++first;
-  if (first < got && h[first] == '{') return std::string("jsonl");
-  if (got >= 4) {
+  return std::nullopt;
+}
+
+// From the first bytes (decompressed), left in `in` to be read again.
+absl::StatusOr<std::string> FormatFromContent(Input& in) {
+  auto peek = in.Peek(8);
+  if (!peek.ok()) return peek.status();
+  std::string_view h = *peek;
+  auto starts = [&](std::string_view magic) { return h.substr(0, magic.size()) == magic; };
+  if (starts("\x93NUMPY")) return std::string("npy");
+  if (starts(std::string_view("\x89HDF\r\n\x1a\n", 8))) return std::string("hdf5");
+  if (starts(std::string_view("\0\0\x08\x03", 4))) return std::string("idx");
+  size_t first = h.find_first_not_of(" \t\r\n");
+  if (first != std::string_view::npos && h[first] == '{') return std::string("jsonl");
+  if (h.size() >= 4) {
     int32_t d;
-    std::memcpy(&d, h, 4);
+    std::memcpy(&d, h.data(), 4);
     if (d > 0 && d <= 65536) return std::string("fvecs");  // *vecs: float is by far the commonest
   }
-  return unknown;
+  return absl::InvalidArgumentError(absl::StrCat(
+      in.path(), ": cannot tell the format from the name or the content; pass --format fvecs, ivecs, bvecs, npy, "
+                 "hdf5, idx or jsonl"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> DetectFormat(const std::string& path) {
+  if (auto f = FormatFromName(path)) return *f;
+  auto in = Input::Open(path);
+  if (!in.ok()) return in.status();
+  return FormatFromContent(**in);
 }
 
 absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path, const ReaderOptions& options) {
-  std::string f = options.format;
-  if (f == "auto") {
-    auto d = DetectFormat(path);
-    if (!d.ok()) return d.status();
-    f = *d;
+  static const char* kFormats[] = {"auto", "fvecs", "ivecs", "bvecs", "npy", "hdf5", "idx", "jsonl"};
+  if (std::find(std::begin(kFormats), std::end(kFormats), options.format) == std::end(kFormats)) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown format \"", options.format,
+                                                   "\" (auto, fvecs, ivecs, bvecs, npy, hdf5, idx, jsonl)"));
   }
-  absl::StatusOr<std::unique_ptr<RecordReader>> r = absl::InvalidArgumentError(absl::StrCat(
-      "unknown format \"", options.format, "\" (auto, fvecs, ivecs, bvecs, npy, hdf5, idx, jsonl)"));
+  std::string f = options.format;
+  std::unique_ptr<Input> input;
+  if (f == "auto") {
+    if (auto by_name = FormatFromName(path)) {
+      f = *by_name;
+    } else {
+      auto in = Input::Open(path);
+      if (!in.ok()) return in.status();
+      auto by_content = FormatFromContent(**in);
+      if (!by_content.ok()) return by_content.status();
+      f = *by_content;
+      input = *std::move(in);
+    }
+  }
+  absl::StatusOr<std::unique_ptr<RecordReader>> r;
   if (f == "hdf5") {
     if (path == "-") return absl::InvalidArgumentError("HDF5 cannot be read from stdin; name the file");
+    input.reset();
     r = Hdf5Reader::Open(path, options.hdf5_dataset);
   } else {
-    auto in = Input::Open(path);
+    absl::StatusOr<std::unique_ptr<Input>> in = std::move(input);
+    if (*in == nullptr) in = Input::Open(path);
     if (!in.ok()) return in.status();
     if (f == "fvecs") r = std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kFloat));
     else if (f == "ivecs") r = std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kInt));

@@ -10,6 +10,7 @@
 #include "cairn/status.h"
 #include "db/config_codec.h"
 #include "db/key_codec.h"
+#include "db/shard_loader.h"
 #include "storage/file_util.h"
 #include "index/segment.h"
 
@@ -231,6 +232,98 @@ absl::StatusOr<CollectionInfo> CollectionImpl::Info() const {
   return info;
 }
 
+absl::StatusOr<PreparedPoint> CollectionImpl::PreparePoint(const Point& p, size_t i) const {
+  std::string what = absl::StrCat("upsert: point ", i, " (id ", p.id.ToString(), ")");
+  if (!p.id.is_number() && (p.id.str().empty() || p.id.str().size() > kMaxStringId)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": string ids must be 1..", kMaxStringId, " bytes"));
+  }
+  if (p.vector.size() != config_.dimension) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": vector has dimension ", p.vector.size(),
+                                                   "; the collection's is ", config_.dimension));
+  }
+  CAIRN_RETURN_IF_ERROR(CheckFinite(p.vector, what + ": vector"));
+  if (p.payload.size() > options_.max_payload_bytes || p.text.size() > options_.max_payload_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": payload or text over ",
+                                                     options_.max_payload_bytes, " bytes"));
+  }
+  PreparedPoint pp;
+  pp.id = p.id;
+  pp.ext_key = ExternalKey(p.id);
+  CAIRN_ASSIGN_OR_RETURN(pp.payload, ParsePayloadObject(p.payload, what));
+  absl::Status ts = ValidatePayloadTypes(config_.payload_indexes, pp.payload);
+  if (!ts.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", ts.message()));
+  pp.payload_json = pp.payload.dump();
+  pp.vector = p.vector;
+  pp.text = p.text;
+  return pp;
+}
+
+namespace {
+
+// One shard loader per shard; points go to the shard of their id.
+class CollectionBulkLoader final : public BulkLoader {
+ public:
+  using Prepare = std::function<absl::StatusOr<PreparedPoint>(const Point&, size_t)>;
+  CollectionBulkLoader(std::vector<std::unique_ptr<Shard::Loader>> loaders, Prepare prepare,
+                       std::function<size_t(const std::string&)> shard_of)
+      : loaders_(std::move(loaders)), prepare_(std::move(prepare)), shard_of_(std::move(shard_of)) {}
+
+  absl::Status Add(absl::Span<const Point> points) override {
+    if (done_) return absl::FailedPreconditionError("bulk load: already finished");
+    std::vector<PreparedPoint> prepared;
+    prepared.reserve(points.size());
+    for (size_t i = 0; i < points.size(); ++i) {
+      CAIRN_ASSIGN_OR_RETURN(PreparedPoint pp, prepare_(points[i], i));
+      prepared.push_back(std::move(pp));
+    }
+    for (auto& pp : prepared) {
+      size_t s = shard_of_(pp.ext_key);
+      CAIRN_RETURN_IF_ERROR(loaders_[s]->Add(std::move(pp)));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint64_t> Finish() override {
+    if (done_) return absl::FailedPreconditionError("bulk load: already finished");
+    done_ = true;
+    uint64_t n = 0;
+    for (auto& l : loaders_) {
+      CAIRN_ASSIGN_OR_RETURN(uint64_t k, l->Finish());
+      n += k;
+    }
+    return n;
+  }
+
+ private:
+  std::vector<std::unique_ptr<Shard::Loader>> loaders_;
+  Prepare prepare_;
+  std::function<size_t(const std::string&)> shard_of_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<BulkLoader>> CollectionImpl::BeginBulkLoad(const BulkLoadOptions& options) {
+  std::shared_lock lock(close_mu_);
+  CAIRN_RETURN_IF_ERROR(CheckOpen());
+  uint64_t segment_size = options.segment_size;
+  if (segment_size == 0) {
+    std::lock_guard l(config_mu_);
+    segment_size = config_.seal_threshold;
+  }
+  std::vector<std::unique_ptr<Shard::Loader>> loaders;
+  for (auto& shard : shards_) {
+    auto l = shard->BeginBulkLoad(segment_size);
+    if (!l.ok()) {
+      return absl::Status(l.status().code(), absl::StrCat("collection ", name_, ": ", l.status().message()));
+    }
+    loaders.push_back(*std::move(l));
+  }
+  return std::unique_ptr<BulkLoader>(new CollectionBulkLoader(
+      std::move(loaders), [this](const Point& p, size_t i) { return PreparePoint(p, i); },
+      [this](const std::string& k) { return ShardOf(k); }));
+}
+
 absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
@@ -245,37 +338,16 @@ absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {
   uint64_t bytes = 0;
   for (size_t i = 0; i < points.size(); ++i) {
     const Point& p = points[i];
-    std::string what = absl::StrCat("upsert: point ", i, " (id ", p.id.ToString(), ")");
-    if (!p.id.is_number() && (p.id.str().empty() || p.id.str().size() > kMaxStringId)) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": string ids must be 1..", kMaxStringId, " bytes"));
-    }
-    if (p.vector.size() != config_.dimension) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": vector has dimension ", p.vector.size(),
-                                                     "; the collection's is ", config_.dimension));
-    }
-    CAIRN_RETURN_IF_ERROR(CheckFinite(p.vector, what + ": vector"));
-    if (p.payload.size() > options_.max_payload_bytes || p.text.size() > options_.max_payload_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(what, ": payload or text over ",
-                                                       options_.max_payload_bytes, " bytes"));
-    }
     bytes += p.vector.size() * sizeof(float) + p.payload.size() + p.text.size();
     if (bytes > options_.max_batch_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat("upsert: batch is over ",
                                                        options_.max_batch_bytes, " bytes"));
     }
-    PreparedPoint pp;
-    pp.id = p.id;
-    pp.ext_key = ExternalKey(p.id);
+    CAIRN_ASSIGN_OR_RETURN(PreparedPoint pp, PreparePoint(p, i));
     if (!seen.insert(pp.ext_key).second) {
       return absl::InvalidArgumentError(absl::StrCat(
-          what, ": the id appears more than once in the batch; send one point per id"));
+          "upsert: point ", i, " (id ", p.id.ToString(), "): the id appears more than once in the batch; send one point per id"));
     }
-    CAIRN_ASSIGN_OR_RETURN(pp.payload, ParsePayloadObject(p.payload, what));
-    absl::Status ts = ValidatePayloadTypes(config_.payload_indexes, pp.payload);
-    if (!ts.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", ts.message()));
-    pp.payload_json = pp.payload.dump();
-    pp.vector = p.vector;
-    pp.text = p.text;
     per_shard[ShardOf(pp.ext_key)].push_back(std::move(pp));
   }
   bool wake = false;

@@ -44,6 +44,7 @@ class CollectionImpl final : public Collection {
       absl::Span<const float> queries, const SearchParams& params) const override;
   absl::Status Seal() override;
   absl::Status Compact(bool force) override;
+  absl::StatusOr<std::unique_ptr<BulkLoader>> BeginBulkLoad(const BulkLoadOptions& options) override;
 
   // Background work: seal shards over the threshold, compact where due.
   void RunMaintenance();
@@ -57,6 +58,8 @@ class CollectionImpl final : public Collection {
                  DatabaseOptions options, std::function<void()> wake);
   absl::Status CheckOpen() const;
   size_t ShardOf(const std::string& ext_key) const;
+  // Checks point i of a batch and prepares it for its shard.
+  absl::StatusOr<PreparedPoint> PreparePoint(const Point& p, size_t i) const;
   absl::Status ValidateIds(absl::Span<const PointId> ids) const;
   absl::Status SetPayloadImpl(absl::Span<const PointId> ids, std::string_view payload_json,
                               bool overwrite);

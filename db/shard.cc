@@ -26,11 +26,6 @@ constexpr size_t kReplayChunk = 8192;
 constexpr uint64_t kExactScanMinPoints = 2048;
 constexpr double kExactScanFraction = 0.05;
 
-int Threads(int configured) {
-  if (configured > 0) return configured;
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
 // Keeps the best k of (score, id) pairs.
 void KeepBest(Metric metric, size_t k, std::vector<std::pair<float, uint64_t>>* v) {
   auto better = [metric](const auto& a, const auto& b) {
@@ -46,6 +41,11 @@ void KeepBest(Metric metric, size_t k, std::vector<std::pair<float, uint64_t>>* 
 }
 
 }  // namespace
+
+int IndexThreads(int configured) {
+  if (configured > 0) return configured;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 // What one committed operation does to memory, applied after the write.
 struct Shard::Plan {
@@ -219,7 +219,7 @@ absl::Status Shard::Load() {
   const size_t dim = options_.dimension;
   auto flush = [&]() -> absl::Status {
     index::PrepareVectors(options_.metric, vecs.data(), ids.size(), dim);
-    CAIRN_RETURN_IF_ERROR(growing_->Add(vecs.data(), ids.data(), ids.size(), Threads(options_.index_threads)));
+    CAIRN_RETURN_IF_ERROR(growing_->Add(vecs.data(), ids.data(), ids.size(), IndexThreads(options_.index_threads)));
     ids.clear();
     vecs.clear();
     return absl::OkStatus();
@@ -262,7 +262,8 @@ absl::Status Shard::Commit(std::function<absl::Status(Txn&)> prepare) {
     uint64_t first_id = next_id_;
     for (Writer* x : group) {
       txn.BeginOp();
-      x->status = x->prepare(txn);
+      x->status = bulk_loading_ ? absl::UnavailableError("a bulk load into this collection is running; write when it is done")
+                                : x->prepare(txn);
       txn.EndOp(x->status.ok());
     }
     if (txn.group_batch.size() > 0) {
@@ -304,7 +305,7 @@ void Shard::ApplyPlan(const Plan& plan) {
   }
   if (!plan.add_ids.empty()) {
     absl::Status s = growing_->Add(plan.add_vectors.data(), plan.add_ids.data(), plan.add_ids.size(),
-                                   Threads(options_.index_threads));
+                                   IndexThreads(options_.index_threads));
     // The write is durable; an index failure here is a bug, not a user error.
     if (!s.ok()) {
       fprintf(stderr, "cairn: FATAL: growing segment add failed: %s\n", s.ToString().c_str());
@@ -564,7 +565,7 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
                            std::vector<std::vector<ScoredPoint>>* out) const {
   const size_t dim = options_.dimension;
   const size_t k = static_cast<size_t>(params.k);
-  const int threads = Threads(options_.index_threads);
+  const int threads = IndexThreads(options_.index_threads);
   const ShardTunables tun = Tunables();
   std::vector<std::vector<std::pair<float, uint64_t>>> hits(nq);
   {
@@ -858,7 +859,7 @@ absl::Status Shard::Seal(bool force) {
     CAIRN_RETURN_IF_ERROR(LiveVectorsOf(*frozen, &ids, &vecs));
     CAIRN_ASSIGN_OR_RETURN(auto built, index::Segment::Build(options_.dimension, options_.metric,
                                                              options_.index, vecs.data(), ids.data(),
-                                                             ids.size(), Threads(options_.index_threads)));
+                                                             ids.size(), IndexThreads(options_.index_threads)));
     sealed = std::move(built);
   }
   std::string file;
@@ -902,7 +903,7 @@ absl::Status Shard::Compact(bool force) {
     if (!ids.empty()) {
       CAIRN_ASSIGN_OR_RETURN(auto built, index::Segment::Build(options_.dimension, options_.metric,
                                                                options_.index, vecs.data(), ids.data(),
-                                                               ids.size(), Threads(options_.index_threads)));
+                                                               ids.size(), IndexThreads(options_.index_threads)));
       rebuilt = std::move(built);
       {
         std::lock_guard commit(commit_mu_);

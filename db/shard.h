@@ -81,8 +81,12 @@ struct ShardStats {
   uint64_t growing_points = 0;
 };
 
+// Threads for index builds: `configured`, or every core when 0.
+int IndexThreads(int configured);
+
 class Shard {
  public:
+  class Loader;
   static absl::StatusOr<std::unique_ptr<Shard>> Open(const std::string& dir,
                                                      const ShardOptions& options);
   ~Shard();
@@ -122,6 +126,12 @@ class Shard {
 
   ShardStats Stats() const;
   void SetTunables(const ShardTunables& t);
+
+  // Starts a bulk load into this shard, which must hold no points
+  // (FailedPrecondition otherwise). Writes fail with Unavailable until the
+  // loader finishes or is destroyed. Sealed segments of `segment_size`
+  // points are built as points arrive.
+  absl::StatusOr<std::unique_ptr<Loader>> BeginBulkLoad(uint64_t segment_size);
 
  private:
   struct Plan;
@@ -173,6 +183,7 @@ class Shard {
   uint64_t next_id_ = 1;        // guarded by commit_mu_
   uint64_t sealed_through_ = 0; // guarded by commit_mu_
   uint64_t next_file_ = 1;      // guarded by commit_mu_
+  bool bulk_loading_ = false;   // guarded by commit_mu_
 
   mutable std::shared_mutex state_mu_;
   std::shared_ptr<index::Segment> growing_;                // guarded by state_mu_

@@ -3,6 +3,7 @@
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
+#include <rocksdb/sst_file_writer.h>
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
@@ -84,6 +85,7 @@ struct KvStore::Rep {
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::WriteOptions write_options;
   std::shared_ptr<rocksdb::Cache> cache;
+  std::vector<rocksdb::ColumnFamilyOptions> cf_options;
 
   ~Rep() {
     if (db) {
@@ -134,6 +136,7 @@ absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
       cf.compression = rocksdb::kLZ4Compression;
     }
     cfs.emplace_back(kCfNames[i], cf);
+    rep->cf_options.push_back(cf);
   }
 
   rocksdb::DB* raw = nullptr;
@@ -162,6 +165,56 @@ absl::Status KvStore::Write(const WriteBatch& batch) {
     return FromRocks(s, absl::StrCat("write to ", path_));
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+class RocksSstWriter final : public SstWriter {
+ public:
+  RocksSstWriter(Cf cf, std::string path, const rocksdb::Options& options)
+      : cf_(cf), path_(std::move(path)), writer_(rocksdb::EnvOptions(), options) {}
+  absl::Status Open() { return FromRocks(writer_.Open(path_), absl::StrCat("create ", path_)); }
+  absl::Status Put(std::string_view key, std::string_view value) override {
+    ++entries_;
+    return FromRocks(writer_.Put(ToSlice(key), ToSlice(value)), absl::StrCat("write ", path_));
+  }
+  uint64_t entries() const override { return entries_; }
+  Cf cf() const override { return cf_; }
+  const std::string& path() const override { return path_; }
+  absl::Status Finish() override {
+    if (entries_ == 0) return absl::OkStatus();
+    return FromRocks(writer_.Finish(), absl::StrCat("finish ", path_));
+  }
+
+ private:
+  Cf cf_;
+  std::string path_;
+  rocksdb::SstFileWriter writer_;
+  uint64_t entries_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SstWriter>> KvStore::NewSstWriter(Cf cf, const std::string& path) const {
+  rocksdb::Options options(rocksdb::DBOptions(), rep_->cf_options[static_cast<int>(cf)]);
+  auto w = std::make_unique<RocksSstWriter>(cf, path, options);
+  if (auto s = w->Open(); !s.ok()) return s;
+  return std::unique_ptr<SstWriter>(std::move(w));
+}
+
+absl::Status KvStore::IngestFiles(const std::vector<SstWriter*>& files) {
+  std::vector<rocksdb::IngestExternalFileArg> args;
+  for (const SstWriter* f : files) {
+    if (f->entries() == 0) continue;
+    rocksdb::IngestExternalFileArg a;
+    a.column_family = rep_->handles[static_cast<int>(f->cf())];
+    a.external_files = {f->path()};
+    a.options.move_files = true;
+    a.options.snapshot_consistency = false;
+    args.push_back(std::move(a));
+  }
+  if (args.empty()) return absl::OkStatus();
+  return FromRocks(rep_->db->IngestExternalFiles(args), absl::StrCat("ingest files into ", path_));
 }
 
 absl::StatusOr<std::optional<std::string>> KvStore::Get(Cf cf, std::string_view key) const {

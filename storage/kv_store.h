@@ -75,6 +75,21 @@ class KvIterator {
   virtual absl::Status status() const = 0;
 };
 
+// A sorted file of one column family's keys, built outside the database and
+// added to it with KvStore::IngestFiles (the fast path of a bulk load: no
+// write-ahead log, no memtable, no compaction of the data).
+class SstWriter {
+ public:
+  virtual ~SstWriter() = default;
+  // REQUIRES: each key greater than the one before.
+  virtual absl::Status Put(std::string_view key, std::string_view value) = 0;
+  virtual uint64_t entries() const = 0;
+  virtual Cf cf() const = 0;
+  virtual const std::string& path() const = 0;
+  // Completes the file (nothing is written when no key was put).
+  virtual absl::Status Finish() = 0;
+};
+
 class KvStore {
  public:
   // DataLoss when RocksDB reports corruption; FailedPrecondition when the
@@ -93,6 +108,13 @@ class KvStore {
   // A consistent copy (hard links where possible) in `dir`, which must not
   // exist. The copy opens with KvStore::Open.
   absl::Status CreateCheckpoint(const std::string& dir) const;
+  // A writer of a sorted file at `path` for column family `cf`.
+  absl::StatusOr<std::unique_ptr<SstWriter>> NewSstWriter(Cf cf, const std::string& path) const;
+  // Adds finished files to their column families, all at once (atomically:
+  // after a crash either every file is in or none is). The files are moved
+  // (hard-linked) into the store. REQUIRES: their keys are not in the store.
+  absl::Status IngestFiles(const std::vector<SstWriter*>& files);
+
   // Flushes memtables to SST files (shortens WAL replay on the next open).
   absl::Status Flush();
   // Memtables, table readers and block cache, in bytes (RocksDB's estimate).

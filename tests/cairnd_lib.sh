@@ -15,3 +15,7 @@ start_cairnd() {
   done
   [[ -n $port ]] || { echo "cairnd did not start"; exit 1; }
 }
+
+# Debian's python3 (it sees python3-grpcio and friends); a failing check.
+py="${PYTHON:-/usr/bin/python3}"
+fail() { echo "FAIL: $*"; exit 1; }

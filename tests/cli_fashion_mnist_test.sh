@@ -6,14 +6,12 @@
 # Usage: cli_fashion_mnist_test.sh CAIRND CAIRN WORKDIR
 set -euo pipefail
 cairnd="$1"; cairn="$2"; work="$3"
-py="${PYTHON:-/usr/bin/python3}"
 fm=/usr/share/datasets/fashion-mnist
 [[ -f $fm/train-images-idx3-ubyte.gz ]] || { echo "SKIP: dataset-fashion-mnist is not installed"; exit 77; }
 rm -rf "$work"; mkdir -p "$work"
 source "$(dirname "$0")/cairnd_lib.sh"
 start_cairnd "$cairnd" "$work/data" --http-listen "" --insecure-no-auth
 export CAIRN_TARGET="127.0.0.1:$port"
-fail() { echo "FAIL: $*"; exit 1; }
 
 "$cairn" collection create fm --dim 784 >/dev/null
 summary="$("$cairn" ingest --collection fm --json "$fm/train-images-idx3-ubyte.gz")"

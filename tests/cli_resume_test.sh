@@ -9,9 +9,7 @@
 set -euo pipefail
 cairnd="$1"; cairn="$2"; work="$3"
 rm -rf "$work"; mkdir -p "$work"
-py="${PYTHON:-/usr/bin/python3}"
 source "$(dirname "$0")/cairnd_lib.sh"
-fail() { echo "FAIL: $*"; exit 1; }
 
 # 120,000 records of dimension 8: vector of "p-i" is (i, 2i mod 7919, ...).
 # Ids p-0..p-999 come again near the end with new vectors (the last one wins).

@@ -5,12 +5,10 @@
 set -euo pipefail
 cairnd="$1"; cairn="$2"; work="$3"
 rm -rf "$work"; mkdir -p "$work"
-py="${PYTHON:-/usr/bin/python3}"
 
 source "$(dirname "$0")/cairnd_lib.sh"
 start_cairnd "$cairnd" "$work/data" --http-listen "" --insecure-no-auth
 export CAIRN_TARGET="127.0.0.1:$port"
-fail() { echo "FAIL: $*"; exit 1; }
 
 # 500 vectors of dimension 8: vector i is (i, i, ..., i).
 "$py" - "$work" <<'PY'

@@ -13,6 +13,7 @@
 #define CAIRN_COLLECTION_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -70,6 +71,25 @@ struct CollectionInfo {
   uint64_t storage_memory_bytes = 0; // RocksDB memtables, table readers, block cache
 };
 
+// Loads points in bulk into an empty collection: see Collection::BeginBulkLoad.
+class BulkLoader {
+ public:
+  // Without a successful Finish, abandons the load: the collection stays empty.
+  virtual ~BulkLoader() = default;
+  // Adds points, checked as by Upsert (all of them before any is taken), except
+  // that an id may repeat, within a call and across calls: the last point with
+  // an id wins. Nothing is visible until Finish.
+  virtual absl::Status Add(absl::Span<const Point> points) = 0;
+  // Writes what was added and makes it visible; returns the number of
+  // distinct points. Durable when it returns.
+  virtual absl::StatusOr<uint64_t> Finish() = 0;
+};
+
+struct BulkLoadOptions {
+  // Points per sealed segment; 0: the collection's seal_threshold.
+  uint64_t segment_size = 0;
+};
+
 class Collection {
  public:
   virtual ~Collection() = default;
@@ -125,6 +145,18 @@ class Collection {
   // Nearest points to each of n queries (n * dimension floats, row-major).
   virtual absl::StatusOr<std::vector<std::vector<ScoredPoint>>> SearchBatch(
       absl::Span<const float> queries, const SearchParams& params) const = 0;
+
+  // Starts a bulk load, the fastest way to fill an empty collection (a first
+  // load of millions of points): storage is written as sorted files ingested
+  // at once, and sealed index segments are built directly (trained on a
+  // sample), one in the background while the next fills, instead of going
+  // through the write-ahead log and the growing segment. FailedPrecondition
+  // when the collection holds points or another load runs. Until the loader
+  // finishes or is destroyed, writes to the collection fail with Unavailable.
+  // After a crash the collection holds all of the finished load or none.
+  // REQUIRES: the loader is destroyed before the collection is dropped or the
+  // database closed.
+  virtual absl::StatusOr<std::unique_ptr<BulkLoader>> BeginBulkLoad(const BulkLoadOptions& options = {}) = 0;
 
   // Seals every shard's growing segment now (blocking), whatever its size.
   virtual absl::Status Seal() = 0;

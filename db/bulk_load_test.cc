@@ -1,0 +1,157 @@
+// Collection::BeginBulkLoad: the offline fast path must end with exactly the
+// data that the same points upserted one batch at a time give.
+#include <filesystem>
+
+#include "db/test_util.h"
+
+namespace cairn {
+namespace {
+
+using testing_util::Clustered;
+using testing_util::Config;
+using testing_util::DbTest;
+using testing_util::Pt;
+using testing_util::Row;
+
+constexpr uint32_t kDim = 16;
+
+CollectionConfig LoadConfig(IndexType type, uint32_t shards) {
+  CollectionConfig c = Config(kDim, Metric::kL2, type, shards);
+  c.payload_indexes.push_back(PayloadIndexSpec{"group", PayloadType::kInteger});
+  return c;
+}
+
+std::string GroupPayload(size_t i) { return "{\"group\":" + std::to_string(i % 10) + "}"; }
+
+class BulkLoadTest : public DbTest, public ::testing::WithParamInterface<IndexType> {};
+
+// 3000 points with string ids over 2 shards, segments of 500; ids s-0..s-99
+// come again at the end with other vectors and payloads (the last one wins).
+TEST_P(BulkLoadTest, LoadsWhatUpsertWouldWithLastOneWinning) {
+  OpenDb();
+  auto c = Create("bulk", LoadConfig(GetParam(), 2));
+  ASSERT_NE(c, nullptr);
+  const size_t n = 3000;
+  auto x = Clustered(n + 100, kDim, testing_util::TestSeed());
+  {
+    BulkLoadOptions o;
+    o.segment_size = 500;
+    auto loader = c->BeginBulkLoad(o);
+    ASSERT_TRUE(loader.ok()) << loader.status();
+    for (size_t s = 0; s < n + 100; s += 250) {
+      std::vector<Point> batch;
+      for (size_t i = s; i < std::min(n + 100, s + 250); ++i) {
+        size_t id = i < n ? i : i - n;
+        batch.push_back(Pt(PointId("s-" + std::to_string(id)), Row(x, i, kDim), GroupPayload(i), "t" + std::to_string(i)));
+      }
+      ASSERT_TRUE((*loader)->Add(batch).ok());
+    }
+    auto loaded = (*loader)->Finish();
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(*loaded, n);
+  }
+  auto check = [&](Collection& col) {
+    auto count = col.Count();
+    ASSERT_TRUE(count.ok());
+    EXPECT_EQ(*count, n);
+    auto info = col.Info();
+    ASSERT_TRUE(info.ok());
+    EXPECT_GE(info->sealed_segments, 6u);  // 3100 points in segments of 500, over 2 shards
+    // Each repeated id holds its last point; the others their only one.
+    for (size_t id : {size_t{0}, size_t{57}, size_t{99}, size_t{100}, size_t{2999}}) {
+      auto got = col.Get({PointId("s-" + std::to_string(id))}, true, true);
+      ASSERT_TRUE(got.ok());
+      ASSERT_TRUE((*got)[0].has_value()) << id;
+      size_t row = id < 100 ? n + id : id;
+      EXPECT_EQ((*got)[0]->vector, Row(x, row, kDim)) << id;
+      EXPECT_EQ((*got)[0]->text, "t" + std::to_string(row));
+      EXPECT_EQ(nlohmann::json::parse((*got)[0]->payload)["group"], static_cast<int>(row % 10));
+    }
+    // Search finds a point's own vector first; the replaced vectors are gone.
+    SearchParams p;
+    p.k = 1;
+    p.ef = 64;
+    p.nprobe = 64;
+    auto hit = col.Search(Row(x, 1234, kDim), p);
+    ASSERT_TRUE(hit.ok());
+    ASSERT_EQ(hit->size(), 1u);
+    EXPECT_EQ((*hit)[0].id, PointId("s-1234"));
+    p.exact = true;
+    auto old = col.Search(Row(x, 5, kDim), p);
+    ASSERT_TRUE(old.ok());
+    EXPECT_NE((*old)[0].id, PointId("s-5"));
+    // The payload index was loaded: group 3 filters to 300 points exactly.
+    auto f = Filter::FromJson(R"({"must":[{"key":"group","match":{"value":3}}]})");
+    ASSERT_TRUE(f.ok());
+    auto in_group = col.Count(&*f);
+    ASSERT_TRUE(in_group.ok());
+    EXPECT_EQ(*in_group, 300u);
+  };
+  check(*c);
+  c.reset();
+  OpenDb();  // everything is durable and reloads from the manifest
+  auto again = Get("bulk");
+  ASSERT_NE(again, nullptr);
+  check(*again);
+  // Ordinary writes work after a load.
+  ASSERT_TRUE(again->Upsert({Pt(PointId("s-new"), Row(x, 7, kDim), GroupPayload(3))}).ok());
+  EXPECT_EQ(*again->Count(), n + 1);
+  ASSERT_TRUE(again->Seal().ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, BulkLoadTest, ::testing::Values(IndexType::kHnsw, IndexType::kIvfFlat, IndexType::kFlat),
+                         [](const auto& info) { return std::string(IndexTypeName(info.param)); });
+
+TEST_F(DbTest, BulkLoadNeedsAnEmptyCollectionAndBlocksWrites) {
+  OpenDb();
+  auto c = Create("c", LoadConfig(IndexType::kHnsw, 1));
+  ASSERT_NE(c, nullptr);
+  auto x = Clustered(10, kDim, 1);
+  {
+    auto loader = c->BeginBulkLoad();
+    ASSERT_TRUE(loader.ok());
+    // A second load, and writes, are refused while one runs.
+    EXPECT_EQ(c->BeginBulkLoad().status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(c->Upsert({Pt(PointId(uint64_t{1}), Row(x, 1, kDim))}).code(), absl::StatusCode::kUnavailable);
+    // A bad point: the whole call is refused, nothing of it is taken.
+    std::vector<Point> bad = {Pt(PointId(uint64_t{1}), Row(x, 1, kDim)), Pt(PointId(uint64_t{2}), {1.0f, 2.0f})};
+    EXPECT_EQ((*loader)->Add(bad).code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_TRUE((*loader)->Add({Pt(PointId(uint64_t{3}), Row(x, 3, kDim))}).ok());
+    auto n = (*loader)->Finish();
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(*n, 1u);
+    EXPECT_EQ((*loader)->Finish().status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_EQ(*c->Count(), 1u);
+  EXPECT_EQ(c->BeginBulkLoad().status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(DbTest, AbandonedBulkLoadLeavesNothing) {
+  OpenDb();
+  auto c = Create("c", LoadConfig(IndexType::kHnsw, 1));
+  ASSERT_NE(c, nullptr);
+  auto x = Clustered(300, kDim, 2);
+  {
+    BulkLoadOptions o;
+    o.segment_size = 100;  // segment files are written before Finish
+    auto loader = c->BeginBulkLoad(o);
+    ASSERT_TRUE(loader.ok());
+    std::vector<Point> pts;
+    for (size_t i = 0; i < 300; ++i) pts.push_back(Pt(PointId(uint64_t{i}), Row(x, i, kDim)));
+    ASSERT_TRUE((*loader)->Add(pts).ok());
+  }  // destroyed without Finish
+  EXPECT_EQ(*c->Count(), 0u);
+  ASSERT_TRUE(c->Upsert({Pt(PointId(uint64_t{1}), Row(x, 1, kDim))}).ok());
+  c.reset();
+  OpenDb();
+  EXPECT_EQ(*Get("c")->Count(), 1u);
+  size_t files = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().find("bulk-load"), std::string::npos) << e.path();
+    if (e.path().extension() == ".cseg") ++files;
+  }
+  EXPECT_EQ(files, 0u);
+}
+
+}  // namespace
+}  // namespace cairn

@@ -1,0 +1,177 @@
+// Shard::Loader: the bulk-load path. Instead of write batches through the WAL
+// and a growing HNSW graph, points go to sorted files (RocksDB SSTs) and to
+// sealed segments built directly, a segment at a time in the background
+// while the next one fills. Finish ingests every file at once and switches
+// the manifest, so a crash leaves the shard with none of the points or all.
+//
+// Internal ids are assigned in arrival order, so the vectors and payloads
+// files are written in key order as points arrive; the id maps and payload
+// index keys are sorted at the end. An external id that arrives more than
+// once keeps its last point: the earlier ones are left out of the id maps,
+// their vectors and payloads deleted and their segment slots tombstoned.
+#include <filesystem>
+#include <future>
+#include <unordered_set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cairn/status.h"
+#include "db/key_codec.h"
+#include "db/shard_loader.h"
+
+namespace cairn::db {
+namespace fs = std::filesystem;
+using storage::Cf;
+
+Shard::Loader::~Loader() {
+  if (pending_.valid()) pending_.wait();
+  std::error_code ec;
+  fs::remove_all(tmp_, ec);
+  if (!finished_) {
+    // Abandoned: segment files not in the manifest go on the next open;
+    // remove them now all the same.
+    for (const auto& s : built_) fs::remove(shard_->SegmentPath(s.file), ec);
+  }
+  std::lock_guard commit(shard_->commit_mu_);
+  shard_->bulk_loading_ = false;
+}
+
+absl::Status Shard::Loader::Start() {
+  tmp_ = (fs::path(shard_->dir_) / "bulk-load").string();
+  std::error_code ec;
+  fs::remove_all(tmp_, ec);
+  fs::create_directories(tmp_, ec);
+  if (ec) return absl::InternalError(absl::StrCat("create ", tmp_, ": ", ec.message()));
+  {
+    std::lock_guard commit(shard_->commit_mu_);
+    first_id_ = next_id_ = shard_->next_id_;
+  }
+  CAIRN_ASSIGN_OR_RETURN(vectors_, shard_->kv_->NewSstWriter(Cf::kVectors, tmp_ + "/vectors.sst"));
+  CAIRN_ASSIGN_OR_RETURN(payloads_, shard_->kv_->NewSstWriter(Cf::kPayloads, tmp_ + "/payloads.sst"));
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Loader::Add(PreparedPoint p) {
+  const uint64_t id = next_id_++;
+  const std::string ik = InternalKey(id);
+  CAIRN_RETURN_IF_ERROR(vectors_->Put(ik, EncodeVector(p.vector)));
+  CAIRN_RETURN_IF_ERROR(payloads_->Put(ik, EncodePayloadValue(p.payload_json, p.text)));
+  for (auto& key : shard_->payload_index_.KeysFor(p.payload, id)) index_keys_.push_back(std::move(key));
+  ids_.emplace_back(std::move(p.ext_key), id);
+  seg_ids_.push_back(id);
+  seg_vecs_.insert(seg_vecs_.end(), p.vector.begin(), p.vector.end());
+  if (seg_ids_.size() >= segment_size_) return StartSegment();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Shard::Loader::Finish() {
+  if (!seg_ids_.empty()) CAIRN_RETURN_IF_ERROR(StartSegment());
+  CAIRN_RETURN_IF_ERROR(WaitSegment());
+  // Id maps: the last point of each external id wins.
+  std::sort(ids_.begin(), ids_.end());
+  std::vector<uint64_t> dead;
+  std::vector<std::pair<uint64_t, size_t>> live;  // internal id, index into ids_
+  for (size_t i = 0; i < ids_.size(); ++i) {
+    if (i + 1 < ids_.size() && ids_[i + 1].first == ids_[i].first) {
+      dead.push_back(ids_[i].second);
+    } else {
+      live.emplace_back(ids_[i].second, i);
+    }
+  }
+  std::sort(dead.begin(), dead.end());
+  std::sort(live.begin(), live.end());
+  CAIRN_ASSIGN_OR_RETURN(auto ids_w, shard_->kv_->NewSstWriter(Cf::kIds, tmp_ + "/ids.sst"));
+  for (size_t i = 0; i < ids_.size(); ++i) {
+    if (i + 1 < ids_.size() && ids_[i + 1].first == ids_[i].first) continue;
+    CAIRN_RETURN_IF_ERROR(ids_w->Put(ids_[i].first, InternalKey(ids_[i].second)));
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto rids_w, shard_->kv_->NewSstWriter(Cf::kRids, tmp_ + "/rids.sst"));
+  for (const auto& [id, i] : live) CAIRN_RETURN_IF_ERROR(rids_w->Put(InternalKey(id), ids_[i].first));
+  auto is_dead = [&](std::string_view key) {
+    return std::binary_search(dead.begin(), dead.end(), DecodeInternalKey(key.substr(key.size() - 8)));
+  };
+  std::erase_if(index_keys_, is_dead);
+  std::sort(index_keys_.begin(), index_keys_.end());
+  CAIRN_ASSIGN_OR_RETURN(auto index_w, shard_->kv_->NewSstWriter(Cf::kPayloadIndex, tmp_ + "/pindex.sst"));
+  for (const auto& k : index_keys_) CAIRN_RETURN_IF_ERROR(index_w->Put(k, ""));
+  std::vector<storage::SstWriter*> files = {vectors_.get(), payloads_.get(), ids_w.get(), rids_w.get(),
+                                            index_w.get()};
+  for (auto* f : files) CAIRN_RETURN_IF_ERROR(f->Finish());
+  CAIRN_RETURN_IF_ERROR(shard_->kv_->IngestFiles(files));
+
+  std::lock_guard commit(shard_->commit_mu_);
+  // Points that a later one replaced, and the new next id, in one write;
+  // then the manifest that names the segments. A crash between the two
+  // leaves no manifest: the next open replays the points from storage.
+  storage::WriteBatch b;
+  for (uint64_t id : dead) {
+    b.Delete(Cf::kVectors, InternalKey(id));
+    b.Delete(Cf::kPayloads, InternalKey(id));
+  }
+  b.Put(Cf::kMeta, kMetaNextId, InternalKey(next_id_));
+  CAIRN_RETURN_IF_ERROR(shard_->kv_->Write(b));
+  shard_->next_id_ = next_id_;
+  {
+    std::unique_lock state(shard_->state_mu_);
+    for (const auto& [id, i] : live) shard_->live_.add(id);
+    for (const auto& k : index_keys_) shard_->payload_index_.AddKey(k);
+    for (auto& s : built_) {
+      for (uint64_t id : dead) {
+        if (id >= s.segment->min_id() && id <= s.segment->max_id()) s.segment->MarkDeleted(id);
+      }
+      shard_->sealed_.push_back(std::move(s));
+    }
+  }
+  if (next_id_ > first_id_) shard_->sealed_through_ = next_id_ - 1;
+  finished_ = true;
+  CAIRN_RETURN_IF_ERROR(shard_->WriteManifestLocked());
+  return static_cast<uint64_t>(live.size());
+}
+
+// Builds and saves a sealed segment of the buffered points in the
+// background (waiting for the one before: one build at a time).
+absl::Status Shard::Loader::StartSegment() {
+  CAIRN_RETURN_IF_ERROR(WaitSegment());
+  std::string file;
+  {
+    std::lock_guard commit(shard_->commit_mu_);
+    file = absl::StrFormat("seg-%08d.cseg", shard_->next_file_++);
+  }
+  const ShardOptions& o = shard_->options_;
+  index::PrepareVectors(o.metric, seg_vecs_.data(), seg_ids_.size(), o.dimension);
+  pending_ = std::async(std::launch::async, [this, file, ids = std::move(seg_ids_),
+                                             vecs = std::move(seg_vecs_)]() -> absl::Status {
+    const ShardOptions& o = shard_->options_;
+    CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Build(o.dimension, o.metric, o.index, vecs.data(), ids.data(),
+                                                           ids.size(), IndexThreads(o.index_threads)));
+    CAIRN_RETURN_IF_ERROR(seg->Save(shard_->SegmentPath(file)));
+    built_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file});
+    return absl::OkStatus();
+  });
+  seg_ids_ = {};
+  seg_vecs_ = {};
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Loader::WaitSegment() {
+  if (!pending_.valid()) return absl::OkStatus();
+  return pending_.get();
+}
+
+
+absl::StatusOr<std::unique_ptr<Shard::Loader>> Shard::BeginBulkLoad(uint64_t segment_size) {
+  {
+    std::lock_guard commit(commit_mu_);
+    std::shared_lock state(state_mu_);
+    if (bulk_loading_) return absl::FailedPreconditionError("a bulk load is already running");
+    if (!live_.isEmpty() || !sealed_.empty() || !frozen_.empty() || growing_->size() > 0) {
+      return absl::FailedPreconditionError("a bulk load needs an empty collection; this one holds points");
+    }
+    bulk_loading_ = true;
+  }
+  auto loader = std::make_unique<Loader>(this, std::max<uint64_t>(1, segment_size));
+  CAIRN_RETURN_IF_ERROR(loader->Start());
+  return loader;
+}
+
+}  // namespace cairn::db

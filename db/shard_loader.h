@@ -1,0 +1,46 @@
+// Shard::Loader: the bulk-load path of a shard (see shard_loader.cc).
+#ifndef CAIRN_DB_SHARD_LOADER_H_
+#define CAIRN_DB_SHARD_LOADER_H_
+
+#include <future>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "db/shard.h"
+
+namespace cairn::db {
+
+class Shard::Loader {
+ public:
+  Loader(Shard* shard, uint64_t segment_size) : shard_(shard), segment_size_(segment_size) {}
+  // Abandons the load when Finish did not succeed: nothing of it stays.
+  ~Loader();
+  absl::Status Start();
+  // Adds a prepared point (validated by the caller). Ids may repeat.
+  absl::Status Add(PreparedPoint p);
+  // Writes everything; returns the number of distinct points loaded.
+  absl::StatusOr<uint64_t> Finish();
+
+ private:
+  absl::Status StartSegment();
+  absl::Status WaitSegment();
+
+  Shard* shard_;
+  const uint64_t segment_size_;
+  std::string tmp_;
+  uint64_t first_id_ = 0, next_id_ = 0;
+  bool finished_ = false;
+  std::unique_ptr<storage::SstWriter> vectors_, payloads_;
+  std::vector<std::pair<std::string, uint64_t>> ids_;  // external key, internal id
+  std::vector<std::string> index_keys_;
+  std::vector<uint64_t> seg_ids_;
+  std::vector<float> seg_vecs_;
+  std::future<absl::Status> pending_;
+  std::vector<SealedRef> built_;  // written by the build thread, read after WaitSegment
+};
+
+}  // namespace cairn::db
+
+#endif  // CAIRN_DB_SHARD_LOADER_H_
