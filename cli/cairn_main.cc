@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+#include <ctime>
 
 #include <grpcpp/grpcpp.h>
 
@@ -22,12 +24,14 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cairn/v1/collections.grpc.pb.h"
 #include "cairn/v1/points.grpc.pb.h"
 #include "cairn/v1/search.grpc.pb.h"
 #include "cairn/v1/server.grpc.pb.h"
+#include "cairn/v1/snapshots.grpc.pb.h"
 #include "api/convert.h"
 #include "cli/ingest.h"
 #include "cli/readers.h"
@@ -77,9 +81,11 @@ const char* kUsageText =
     "  collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE]\n"
     "                    [--payload-index FIELD:TYPE]... [--shards N]\n"
     "  collection list | info NAME | drop NAME\n"
-    "  ingest --collection NAME [--format auto|fvecs|ivecs|bvecs|npy|jsonl] [--batch N]\n"
-    "         [--skip-bad] [--json] FILE...\n"
-    "  search --collection NAME --vector 0.1,0.2,... [--k N] [--ef N] [--filter JSON] [--json]\n"
+    "  ingest --collection NAME [options] FILE...   load vectors: online to cairnd, or\n"
+    "         offline into a data directory with --data-dir DIR\n"
+    "  search --collection NAME (--vector X1,X2,... | --queries FILE) [--k N] [--filter JSON]\n"
+    "  snapshot create NAME | list [NAME] | download SNAPSHOT [--output FILE] |\n"
+    "           restore SNAPSHOT NEW_NAME\n"
     "  info\n"
     "\n"
     "Connection flags (or environment variables):\n"
@@ -92,12 +98,12 @@ const char* kUsageText =
     "  cairn ingest --collection docs chunks.jsonl.gz\n"
     "  cairn search --collection docs --vector 0.1,0.3,... --filter '{\"must\":[{\"key\":\"lang\",\"match\":{\"value\":\"en\"}}]}'\n"
     "\n"
-    "Exit status: 0 ok, 1 usage error, 2 input error, 3 server error.\n"
+    "Exit status: 0 ok, 1 usage error, 2 input error, 3 server error, 130 interrupted.\n"
     "`cairn COMMAND --help` explains each command.\n";
 
 const std::map<std::string, std::string> kCommandHelp = {
     {"collection",
-     "Usage: cairn collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE]\n"
+     "Usage: cairn collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE] [--nlist N]\n"
      "                        [--payload-index FIELD:TYPE]... [--shards N]\n"
      "       cairn collection list\n"
      "       cairn collection info NAME\n"
@@ -109,39 +115,88 @@ const std::map<std::string, std::string> kCommandHelp = {
      "Example:\n"
      "  cairn collection create docs --dim 384 --metric cosine --payload-index lang:keyword\n"},
     {"ingest",
-     "Usage: cairn ingest --collection NAME [--format auto|fvecs|ivecs|bvecs|npy|jsonl] [--batch N]\n"
-     "                    [--skip-bad] [--json] FILE...\n"
+     "Usage: cairn ingest --collection NAME [options] FILE...\n"
      "\n"
-     "Streams points to cairnd in batches (default 1000), durable as each batch is acknowledged.\n"
-     "Formats: fvecs, ivecs, bvecs, .npy of float32/float16/uint8 rows (ids are record\n"
-     "positions, from 0), and JSON Lines with\n"
-     "{\"id\": 7 or \"doc-7\", \"vector\": [...], \"payload\": {...}, \"text\": \"...\"}; any of them\n"
-     "gzip-compressed (.gz). --format auto (default) goes by the file name. An id repeated in\n"
+     "Loads the files, in order, into collection NAME.\n"
+     "\n"
+     "Input:\n"
+     "  --format F        auto (default: from the name, else the first bytes), fvecs, ivecs, bvecs,\n"
+     "                    npy (float32/float16/uint8 rows), hdf5 (ann-benchmarks layout), idx\n"
+     "                    (MNIST images), jsonl; any of them gzip-compressed (.gz). FILE - is stdin.\n"
+     "  --dataset NAME    HDF5 dataset to read (default train)\n"
+     "  --payloads FILE   JSON Lines payloads for a binary file: line i is record i's payload\n"
+     "                    object (or null); once per FILE, in the same order\n"
+     "  --start-id N      first id of binary records (default 0)\n"
+     "  --skip-bad        skip bad records (not JSON, wrong dimension, NaN) and report how many\n"
+     "  --json            print a summary {records, points_written, seconds, records_per_second,\n"
+     "                    mb_per_second, errors, retries, skipped, ...} on stdout\n"
+     "\n"
+     "Ids: JSON Lines records carry \"id\" (a number or a string); records of binary files get\n"
+     "their position in the input, counted across all FILEs from --start-id. An id repeated in\n"
      "the input is written again: the last one wins.\n"
-     "Progress goes to stderr (a line that updates on a terminal, periodic lines otherwise);\n"
-     "--json prints a summary {records_sent, records_written, seconds, records_per_second, errors}.\n"
-     "A bad record stops the ingest with exit status 2, naming the file and record; full batches\n"
-     "sent before it are written, nothing after them. --skip-bad skips bad records instead\n"
-     "(a line that is not JSON, a wrong dimension, NaN) and reports how many, with examples;\n"
-     "a truncated or corrupt file still stops the ingest.\n"
      "\n"
-     "Example:\n"
-     "  cairn ingest --collection docs chunks.jsonl.gz\n"},
+     "Online (default): to cairnd at --target, over client-streaming upserts.\n"
+     "  --batch N         points per message (default 1000)\n"
+     "  --inflight N      requests in flight, each 8 messages acknowledged together (default 4)\n"
+     "  --retries N       retries of a failed request, with exponential backoff (default 10)\n"
+     "  --checkpoint FILE where acknowledged progress is recorded\n"
+     "                    (default ./.cairn-ingest-NAME-HASH.checkpoint, HASH from the target and the\n"
+     "                    files, so parallel ingests of other files do not meet; removed when the\n"
+     "                    ingest completes). Two ingests cannot share a checkpoint at once.\n"
+     "  --resume          continue an interrupted ingest (Ctrl-C, kill, lost server) from its\n"
+     "                    checkpoint; give the same files. The result equals an uninterrupted run.\n"
+     "  A bad record stops the ingest with exit status 2, naming the file and record; the records\n"
+     "  before it are written, nothing after it (fix it, then --resume).\n"
+     "\n"
+     "Offline: --data-dir DIR loads straight into a data directory no server holds (the fastest\n"
+     "first load: sorted storage files and sealed index segments built directly). The collection\n"
+     "must be empty; it is created when absent from --dim, --metric, --index, --nlist,\n"
+     "--payload-index and --shards as for `collection create`. --segment-size N sets the points per\n"
+     "sealed segment (default: the collection's seal threshold). All or nothing: a bad record,\n"
+     "an error or Ctrl-C leaves the collection empty. Then serve it with `cairnd --data-dir DIR`.\n"
+     "\n"
+     "Progress goes to stderr: a bar on a terminal, a line every 5 s otherwise.\n"
+     "Exit status: 0 ok, 1 usage error, 2 input error, 3 server error, 130 interrupted.\n"
+     "\n"
+     "Examples:\n"
+     "  cairn ingest --collection docs chunks.jsonl.gz\n"
+     "  cairn ingest --collection images --payloads meta.jsonl embeddings.npy\n"
+     "  cairn ingest --data-dir /var/lib/cairn --collection sift --dim 128 --index ivf_flat sift_base.fvecs\n"},
     {"search",
-     "Usage: cairn search --collection NAME --vector X1,X2,... [--k N] [--ef N] [--filter JSON] [--json]\n"
+     "Usage: cairn search --collection NAME (--vector X1,X2,... | --queries FILE) [--k N] [--ef N]\n"
+     "                    [--nprobe N] [--exact] [--filter JSON] [--json]\n"
      "\n"
      "Prints the k nearest points (default 10) with score and payload; --json prints the\n"
-     "response as JSON. --filter takes the API's filter JSON.\n"
+     "response as JSON (one line per query). --filter takes the API's filter JSON.\n"
+     "--queries reads query vectors from a file in any ingest format (- is JSON Lines on stdin;\n"
+     "--format, --dataset (HDF5, default test) and --max-queries N apply), sent in batches.\n"
+     "--exact searches by brute force (the ground truth for recall checks).\n"
+     "\n"
+     "Examples:\n"
+     "  cairn search --collection docs --vector 0.1,0.9,0.1,0.1 --k 3 \\\n"
+     "    --filter '{\"must\":[{\"key\":\"lang\",\"match\":{\"value\":\"en\"}}]}'\n"
+     "  cairn search --collection sift --queries sift_query.fvecs --k 100 --json > hits.jsonl\n"},
+    {"snapshot",
+     "Usage: cairn snapshot create COLLECTION\n"
+     "       cairn snapshot list [COLLECTION]\n"
+     "       cairn snapshot download SNAPSHOT [--output FILE]\n"
+     "       cairn snapshot restore SNAPSHOT NEW_COLLECTION\n"
+     "\n"
+     "A snapshot is one consistent moment of a collection, kept by the server. download\n"
+     "streams it as a tar (default SNAPSHOT.tar; - for stdout) that is itself a data directory:\n"
+     "extract it and run cairnd on it. restore (admin) makes a new collection from it. --json\n"
+     "prints snapshot details as JSON.\n"
      "\n"
      "Example:\n"
-     "  cairn search --collection docs --vector 0.1,0.9,0.1,0.1 --k 3 \\\n"
-     "    --filter '{\"must\":[{\"key\":\"lang\",\"match\":{\"value\":\"en\"}}]}'\n"},
+     "  cairn snapshot create docs && cairn snapshot list docs\n"
+     "  cairn snapshot download docs-20261129T230501Z --output docs.tar\n"},
     {"info",
      "Usage: cairn info\n\nPrints the server's version, format, SIMD level, uptime and collections.\n"
      "\nExample:\n  CAIRN_TARGET=10.0.0.5:7600 CAIRN_API_KEY=... cairn info\n"},
 };
 
 struct Conn {
+  std::string target;
   std::shared_ptr<grpc::Channel> channel;
   std::string api_key;
   void Prepare(grpc::ClientContext* ctx) const {
@@ -193,6 +248,17 @@ bool Parse(const std::vector<std::string>& in, const std::set<std::string>& swit
     }
   }
   return true;
+}
+
+// A message as JSON with the .proto field names (the API's JSON form).
+std::string ProtoJson(const google::protobuf::Message& m, bool pretty = false, bool all_fields = false) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = pretty;
+  o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = all_fields;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
 }
 
 // The collection settings of `collection create` (and of an offline ingest
@@ -254,12 +320,7 @@ int CollectionCmd(const Conn& c, const Args& a) {
     v1::CollectionInfo info;
     auto s = stub->Get(&ctx, req, &info);
     if (!s.ok()) return ServerError(s);
-    std::string json;
-    google::protobuf::util::JsonPrintOptions o;
-    o.add_whitespace = true;
-    o.preserve_proto_field_names = true;
-    (void)google::protobuf::util::MessageToJsonString(info, &json, o);
-    std::printf("%s", json.c_str());
+    std::printf("%s", ProtoJson(info, /*pretty=*/true).c_str());
     return kOk;
   }
   if (sub == "drop") {
@@ -327,7 +388,7 @@ int IngestCmd(const Conn& c, const Args& a) {
     o.collection = coll;
     o.json = json;
     o.resume = a.Has("--resume");
-    o.checkpoint = a.Get("--checkpoint", ".cairn-ingest-" + coll + ".checkpoint");
+    o.checkpoint = a.Get("--checkpoint", cairn::cli::DefaultCheckpointPath(c.target, coll, src.files));
     if (!ParseCount(a, "--batch", 1000, &n) || n == 0) return Usage("ingest: --batch is a positive number");
     o.batch = n;
     if (!ParseCount(a, "--inflight", 4, &n) || n == 0 || n > 64) return Usage("ingest: --inflight is 1..64");
@@ -362,6 +423,7 @@ int IngestCmd(const Conn& c, const Args& a) {
              {"records_total", total},
              {"points_written", st->points_written},
              {"seconds", st->seconds},
+             {"finish_seconds", st->finish_seconds},
              {"records_per_second", st->seconds > 0 ? st->records / st->seconds : 0.0},
              {"mb_per_second", st->seconds > 0 ? st->bytes / 1e6 / st->seconds : 0.0},
              {"errors", st->error.empty() ? 0 : 1},
@@ -409,10 +471,7 @@ int IngestCmd(const Conn& c, const Args& a) {
 
 void PrintHits(const v1::SearchResponse& resp, bool json, long query) {
   if (json) {
-    std::string out;
-    google::protobuf::util::JsonPrintOptions o;
-    o.preserve_proto_field_names = true;
-    (void)google::protobuf::util::MessageToJsonString(resp, &out, o);
+    std::string out = ProtoJson(resp);
     if (query >= 0) out = absl::StrCat("{\"query\":", query, ",", out.substr(1));
     std::printf("%s\n", out.c_str());
     return;
@@ -520,6 +579,110 @@ int SearchCmd(const Conn& c, const Args& a) {
   return kOk;
 }
 
+int SnapshotCmd(const Conn& c, const Args& a) {
+  if (a.rest.empty()) return Usage("snapshot: create, list, download or restore?");
+  auto stub = v1::Snapshots::NewStub(c.channel);
+  const std::string& sub = a.rest[0];
+  grpc::ClientContext ctx;
+  c.Prepare(&ctx);
+  const bool json = a.Has("--json");
+  auto print_info = [&](const v1::SnapshotInfo& i) {
+    if (json) {
+      std::printf("%s\n", ProtoJson(i, false, /*all_fields=*/true).c_str());
+      return;
+    }
+    char when[32] = "?";
+    time_t t = static_cast<time_t>(i.created_unix());
+    struct tm tm;
+    if (gmtime_r(&t, &tm) != nullptr) std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    const double b = static_cast<double>(i.size_bytes());
+    std::string size = b >= 1e9 ? absl::StrFormat("%.1f GB", b / 1e9)
+                       : b >= 1e6 ? absl::StrFormat("%.1f MB", b / 1e6)
+                                  : absl::StrFormat("%.1f kB", b / 1e3);
+    std::printf("%-40s %-20s %-22s %s\n", i.name().c_str(), i.collection().c_str(), when, size.c_str());
+  };
+  if (sub == "create") {
+    if (a.rest.size() < 2) return Usage("snapshot create: which collection?");
+    v1::CreateSnapshotRequest req;
+    req.set_collection(a.rest[1]);
+    v1::SnapshotInfo info;
+    auto s = stub->Create(&ctx, req, &info);
+    if (!s.ok()) return ServerError(s);
+    print_info(info);
+    return kOk;
+  }
+  if (sub == "list") {
+    v1::ListSnapshotsRequest req;
+    if (a.rest.size() >= 2) req.set_collection(a.rest[1]);
+    v1::ListSnapshotsResponse resp;
+    auto s = stub->List(&ctx, req, &resp);
+    if (!s.ok()) return ServerError(s);
+    for (const auto& i : resp.snapshots()) print_info(i);
+    return kOk;
+  }
+  if (sub == "restore") {
+    if (a.rest.size() < 3) return Usage("snapshot restore: NAME NEW_COLLECTION");
+    v1::RestoreSnapshotRequest req;
+    req.set_name(a.rest[1]);
+    req.set_collection(a.rest[2]);
+    v1::RestoreSnapshotResponse resp;
+    auto s = stub->Restore(&ctx, req, &resp);
+    if (!s.ok()) return ServerError(s);
+    std::printf("restored %s as %s\n", a.rest[1].c_str(), a.rest[2].c_str());
+    return kOk;
+  }
+  if (sub != "download") return Usage("snapshot: unknown subcommand " + sub);
+  if (a.rest.size() < 2) return Usage("snapshot download: which snapshot (a name from snapshot list)?");
+  const std::string name = a.rest[1];
+  std::string path = a.Get("--output", name + ".tar");
+  // Written to a temporary name and renamed when complete: a failed download
+  // leaves no file that looks whole.
+  const bool to_stdout = path == "-";
+  const std::string tmp = path + ".part";
+  std::FILE* f = to_stdout ? stdout : std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) {
+    std::fprintf(stderr, "cairn: cannot create %s: %s\n", tmp.c_str(), std::strerror(errno));
+    return kInput;
+  }
+  v1::DownloadSnapshotRequest req;
+  req.set_name(name);
+  auto reader = stub->Download(&ctx, req);
+  v1::SnapshotChunk chunk;
+  uint64_t bytes = 0;
+  bool write_ok = true;
+  while (reader->Read(&chunk)) {
+    if (chunk.offset() != bytes) {
+      ctx.TryCancel();
+      write_ok = false;
+      std::fprintf(stderr, "cairn: download: chunk at offset %llu, expected %llu\n",
+                   static_cast<unsigned long long>(chunk.offset()), static_cast<unsigned long long>(bytes));
+      break;
+    }
+    if (std::fwrite(chunk.data().data(), 1, chunk.data().size(), f) != chunk.data().size()) {
+      ctx.TryCancel();
+      write_ok = false;
+      std::fprintf(stderr, "cairn: cannot write %s: %s\n", tmp.c_str(), std::strerror(errno));
+      break;
+    }
+    bytes += chunk.data().size();
+  }
+  grpc::Status s = reader->Finish();
+  if (to_stdout) {
+    std::fflush(stdout);
+  } else {
+    write_ok = std::fflush(f) == 0 && fsync(fileno(f)) == 0 && write_ok;
+    std::fclose(f);
+    if (!s.ok() || !write_ok || std::rename(tmp.c_str(), path.c_str()) != 0) std::remove(tmp.c_str());
+  }
+  if (!write_ok) return kInput;
+  if (!s.ok()) return ServerError(s);
+  if (!to_stdout) {
+    std::fprintf(stderr, "downloaded %s to %s (%.1f MB); it is a data directory as a tar: `tar -xf %s -C DIR` "
+                         "then `cairnd --data-dir DIR`\n", name.c_str(), path.c_str(), bytes / 1e6, path.c_str());
+  }
+  return kOk;
+}
+
 int InfoCmd(const Conn& c) {
   auto stub = v1::Server::NewStub(c.channel);
   grpc::ClientContext ctx;
@@ -562,6 +725,7 @@ int main(int argc, char** argv) {
   if (args.rest.empty()) return Usage("no command");
   std::string target = args.Get("--target", Env("CAIRN_TARGET", "127.0.0.1:7600"));
   Conn conn;
+  conn.target = target;
   conn.api_key = args.Get("--api-key", Env("CAIRN_API_KEY", ""));
   std::string ca = args.Get("--tls-ca", Env("CAIRN_TLS_CA", ""));
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
@@ -585,5 +749,6 @@ int main(int argc, char** argv) {
   if (cmd == "ingest") return IngestCmd(conn, args);
   if (cmd == "search") return SearchCmd(conn, args);
   if (cmd == "info") return InfoCmd(conn);
+  if (cmd == "snapshot") return SnapshotCmd(conn, args);
   return Usage("unknown command " + cmd);
 }

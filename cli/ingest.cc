@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <random>
@@ -436,10 +437,34 @@ class Pipeline {
 
 }  // namespace
 
+std::string DefaultCheckpointPath(const std::string& target, const std::string& collection,
+                                  const std::vector<std::string>& files) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  auto mix = [&](const std::string& s) {
+    for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+  };
+  mix(target);
+  for (const auto& f : files) {
+    std::error_code ec;
+    auto abs = f == "-" ? std::filesystem::path(f) : std::filesystem::absolute(f, ec);
+    mix(abs.string());
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+  return absl::StrCat(".cairn-ingest-", collection, "-", std::string(hex, 8), ".checkpoint");
+}
+
 absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
                                          std::function<void(grpc::ClientContext*)> prepare, SourceOptions source,
                                          const OnlineOptions& o) {
   IngestStats st;
+  // One ingest per checkpoint at a time.
+  auto lock = storage::FileLock::Acquire(o.checkpoint + ".lock");
+  if (!lock.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("another cairn ingest is using the checkpoint ", o.checkpoint,
+                                                      " (", lock.status().message(), ")"));
+  }
   CheckpointFile ckpt(o.checkpoint, o.collection, source);
   Checkpoint start;
   InputSource in(source);
@@ -536,6 +561,7 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
     st.interrupted = g_interrupted.load();
     if (st.error.empty() && !st.interrupted && !more) {
       ckpt.Remove();
+      std::remove((o.checkpoint + ".lock").c_str());
     }
     st.resumed_records = start.records;
     st.records = done.records - start.records;
@@ -626,7 +652,9 @@ absl::StatusOr<IngestStats> IngestOffline(SourceOptions source, const OfflineOpt
   if (st.error.empty() && !st.interrupted) {
     if (!o.json) std::fprintf(stderr, "%singest: building the last index segments and writing storage...\n",
                               isatty(STDERR_FILENO) ? "\n" : "");
+    auto f0 = std::chrono::steady_clock::now();
     auto n = (*loader)->Finish();
+    st.finish_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
     if (!n.ok()) {
       st.error_kind = IngestStats::ErrorKind::kServer;
       st.error = std::string(n.status().message());

@@ -81,7 +81,7 @@ class Progress {
 
  private:
   bool quiet_, tty_;
-  double start_ = Now(), last_ = 0;
+  double start_ = Now(), last_ = start_;
   static double Now();
 };
 
@@ -93,6 +93,7 @@ struct IngestStats {
   uint64_t skipped = 0;
   std::vector<std::string> skipped_sample;
   double seconds = 0;
+  double finish_seconds = 0;     // offline: the final step (last segments, files ingested)
   bool resumed = false;
   uint64_t resumed_records = 0;  // records already loaded before this run
   bool interrupted = false;
@@ -129,6 +130,11 @@ absl::StatusOr<IngestStats> IngestOffline(SourceOptions source, const OfflineOpt
 // Set by SIGINT/SIGTERM: stop reading, finish what is in flight, keep the
 // checkpoint.
 extern std::atomic<bool> g_interrupted;
+
+// ./.cairn-ingest-COLLECTION-HASH.checkpoint, HASH of the target and the
+// files' absolute paths.
+std::string DefaultCheckpointPath(const std::string& target, const std::string& collection,
+                                  const std::vector<std::string>& files);
 
 // Sends the input to cairnd. `prepare` adds credentials to each call.
 // Returns stats; stats.error says why it stopped early (the checkpoint then

@@ -531,25 +531,65 @@ uint64_t Segment::MemoryBytes() const {
 // File layout (little-endian):
 //   "CAIRNSEG" u32 format u32 dim u32 metric u32 type u64 n  u64 ids[n]
 //   u64 faiss_len  faiss_bytes[faiss_len]  u32 crc32(all of the above)
-absl::Status Segment::Save(const std::string& path) const {
-  std::string out;
-  {
-    std::shared_lock lock(mu_);
-    faiss::VectorIOWriter writer;
-    CAIRN_RETURN_IF_ERROR(CatchFaiss("write", [&] { faiss::write_index(index_.get(), &writer); }));
-    out.reserve(64 + ids_.size() * 8 + writer.data.size());
-    out.append(kMagic, sizeof(kMagic));
-    PutU32(&out, kSegmentFormat);
-    PutU32(&out, dim_);
-    PutU32(&out, static_cast<uint32_t>(metric_));
-    PutU32(&out, static_cast<uint32_t>(type_));
-    PutU64(&out, ids_.size());
-    out.append(reinterpret_cast<const char*>(ids_.data()), ids_.size() * 8);
-    PutU64(&out, writer.data.size());
-    out.append(reinterpret_cast<const char*>(writer.data.data()), writer.data.size());
+namespace {
+
+// Streams FAISS's serialization into a file, with a running CRC.
+class StreamWriter final : public faiss::IOWriter {
+ public:
+  explicit StreamWriter(storage::SyncedFile* f) : f_(f) {}
+  size_t operator()(const void* ptr, size_t size, size_t nitems) override {
+    std::string_view chunk(static_cast<const char*>(ptr), size * nitems);
+    if (!status_.ok()) return 0;
+    status_ = f_->Append(chunk);
+    if (!status_.ok()) return 0;
+    crc_ = storage::Crc32(chunk, crc_);
+    bytes_ += chunk.size();
+    return nitems;
   }
-  PutU32(&out, storage::Crc32(out));
-  return storage::WriteFileSynced(path, out);
+  const absl::Status& status() const { return status_; }
+  uint32_t crc() const { return crc_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  storage::SyncedFile* f_;
+  absl::Status status_;
+  uint32_t crc_ = 0;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace
+
+absl::Status Segment::Save(const std::string& path) const {
+  // Layout: header (magic, format, dim, metric, type, count, ids, index
+  // size), the FAISS index, CRC32 of everything before it. The index is
+  // streamed after a placeholder header, which is filled in once its size is
+  // known; the CRCs of the two parts are combined.
+  CAIRN_ASSIGN_OR_RETURN(auto file, storage::SyncedFile::Create(path));
+  std::shared_lock lock(mu_);
+  auto header = [&](uint64_t index_bytes) {
+    std::string h;
+    h.reserve(64 + ids_.size() * 8);
+    h.append(kMagic, sizeof(kMagic));
+    PutU32(&h, kSegmentFormat);
+    PutU32(&h, dim_);
+    PutU32(&h, static_cast<uint32_t>(metric_));
+    PutU32(&h, static_cast<uint32_t>(type_));
+    PutU64(&h, ids_.size());
+    h.append(reinterpret_cast<const char*>(ids_.data()), ids_.size() * 8);
+    PutU64(&h, index_bytes);
+    return h;
+  };
+  CAIRN_RETURN_IF_ERROR(file->Append(header(0)));
+  StreamWriter writer(file.get());
+  absl::Status written = CatchFaiss("write", [&] { faiss::write_index(index_.get(), &writer); });
+  CAIRN_RETURN_IF_ERROR(writer.status());  // the cause, when the file write failed
+  CAIRN_RETURN_IF_ERROR(written);
+  const std::string h = header(writer.bytes());
+  CAIRN_RETURN_IF_ERROR(file->WriteAt(0, h));
+  std::string crc;
+  PutU32(&crc, storage::Crc32Combine(storage::Crc32(h), writer.crc(), writer.bytes()));
+  CAIRN_RETURN_IF_ERROR(file->Append(crc));
+  return file->Close();
 }
 
 absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,

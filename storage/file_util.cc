@@ -122,6 +122,67 @@ uint32_t Crc32(std::string_view data, uint32_t seed) {
   return static_cast<uint32_t>(crc);
 }
 
+uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+  return static_cast<uint32_t>(::crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(length_b)));
+}
+
+absl::StatusOr<std::unique_ptr<SyncedFile>> SyncedFile::Create(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus("create", path);
+  return std::unique_ptr<SyncedFile>(new SyncedFile(path, fd));
+}
+
+SyncedFile::~SyncedFile() {
+  if (!closed_) {
+    ::close(fd_);
+    ::unlink(path_.c_str());
+  }
+}
+
+absl::Status SyncedFile::Append(std::string_view data) {
+  constexpr size_t kBuffer = 4 << 20;
+  size_ += data.size();
+  if (buf_.size() + data.size() < kBuffer) {
+    buf_.append(data);
+    return absl::OkStatus();
+  }
+  if (absl::Status s = Flush(); !s.ok()) return s;
+  if (data.size() >= kBuffer) return WriteAll(fd_, data, path_);
+  buf_.append(data);
+  return absl::OkStatus();
+}
+
+absl::Status SyncedFile::Flush() {
+  if (buf_.empty()) return absl::OkStatus();
+  absl::Status s = WriteAll(fd_, buf_, path_);
+  buf_.clear();
+  return s;
+}
+
+absl::Status SyncedFile::WriteAt(uint64_t offset, std::string_view data) {
+  if (absl::Status s = Flush(); !s.ok()) return s;
+  while (!data.empty()) {
+    ssize_t n = ::pwrite(fd_, data.data(), data.size(), static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus("write", path_);
+    data.remove_prefix(static_cast<size_t>(n));
+    offset += static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SyncedFile::Close() {
+  if (absl::Status s = Flush(); !s.ok()) return s;
+  if (::fsync(fd_) != 0) return ErrnoStatus("fsync", path_);
+  if (::close(fd_) != 0) {
+    closed_ = true;
+    ::unlink(path_.c_str());
+    return ErrnoStatus("close", path_);
+  }
+  closed_ = true;
+  return SyncDir(ParentDir(path_));
+}
+
 absl::StatusOr<std::unique_ptr<FileLock>> FileLock::Acquire(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus("open lock file", path);

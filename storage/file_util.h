@@ -24,6 +24,34 @@ absl::Status SyncDir(const std::string& dir);
 absl::Status LinkOrCopyFile(const std::string& from, const std::string& to);
 
 uint32_t Crc32(std::string_view data, uint32_t seed = 0);
+// The CRC of A followed by B, from Crc32(A), Crc32(B) and B's length.
+uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b);
+
+// A file written as a stream (for large files: no copy of the whole content
+// in memory), with writes at earlier offsets allowed, fsynced (with its
+// directory) by Close. Without a successful Close the file is removed.
+class SyncedFile {
+ public:
+  static absl::StatusOr<std::unique_ptr<SyncedFile>> Create(const std::string& path);
+  ~SyncedFile();
+  SyncedFile(const SyncedFile&) = delete;
+  SyncedFile& operator=(const SyncedFile&) = delete;
+  // Buffered append at the end.
+  absl::Status Append(std::string_view data);
+  // Writes at `offset`, which must lie within what was appended.
+  absl::Status WriteAt(uint64_t offset, std::string_view data);
+  absl::Status Close();
+  uint64_t size() const { return size_; }
+
+ private:
+  SyncedFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  absl::Status Flush();
+  std::string path_;
+  int fd_;
+  std::string buf_;
+  uint64_t size_ = 0;
+  bool closed_ = false;
+};
 
 // An exclusive advisory lock (flock) on a file, held until destruction.
 // Acquire fails with FailedPrecondition when another process holds it.

@@ -72,7 +72,7 @@ points() { "$cairn" collection info "$1" | "$py" -c 'import json,sys; print(json
 [[ $(points docs) == 3000 ]] || fail "docs points: $(points docs)"
 [[ $(points vec) == 500 ]] || fail "vec points: $(points vec)"
 [[ $(points big) == 0 ]] || fail "big points after Ctrl-C: $(points big)"
-out="$("$cairn" search --collection docs --vector 4,19,7,1,0,0,0,0 --k 1 --json)"   # d-4's last vector
+out="$("$cairn" search --collection docs --vector 4,19,7,1,0,0,0,0 --k 1 --json --exact)"   # d-4's last vector
 "$py" -c 'import json,sys; h=json.loads(sys.argv[1])["hits"][0]; assert h["id"]["str"]=="d-4" and h["payload"]["lang"]=="fr", h' "$out" \
   || fail "last one wins: $out"
 out="$("$cairn" search --collection docs --vector 1501,59,0,1,0,0,0,0 --k 5 --json \

@@ -36,19 +36,19 @@ check() {
   local c="$1"
   [[ $(count "$c") == "$UNIQUE" ]] || fail "$c: $(count "$c") points, want $UNIQUE"
   for i in 0 7 999; do
-    out="$("$cairn" search --collection "$c" --vector "$i,$(((2 * i + 1) % 7919)),1,1,2,3,4,5" --k 1)"
+    out="$("$cairn" search --collection "$c" --vector "$i,$(((2 * i + 1) % 7919)),1,1,2,3,4,5" --k 1 --exact)"
     grep -qE "^p-$i +0 " <<<"$out" || fail "$c: p-$i does not hold its last vector: $out"
   done
   for i in 1000 65432 $((UNIQUE - 1)); do
-    out="$("$cairn" search --collection "$c" --vector "$i,$(((2 * i) % 7919)),0,1,2,3,4,5" --k 1)"
+    out="$("$cairn" search --collection "$c" --vector "$i,$(((2 * i) % 7919)),0,1,2,3,4,5" --k 1 --exact)"
     grep -qE "^p-$i +0 " <<<"$out" || fail "$c: p-$i: $out"
   done
 }
 # Waits until the checkpoint of collection $1 records some progress.
 wait_progress() {
   for _ in $(seq 400); do
-    if [[ -f "$work/.cairn-ingest-$1.checkpoint" ]] &&
-       grep -qE '"records": [1-9]' "$work/.cairn-ingest-$1.checkpoint"; then return 0; fi
+    if compgen -G "$work/.cairn-ingest-$1-*.checkpoint" >/dev/null &&
+       grep -qE '"records": [1-9]' "$work"/.cairn-ingest-"$1"-*.checkpoint; then return 0; fi
     sleep 0.025
   done
   fail "no progress in the checkpoint of $1"
@@ -64,7 +64,7 @@ kill -INT "$ing"
 set +e; wait "$ing"; code=$?; set -e
 [[ $code == 130 ]] || fail "SIGINT: exit $code: $(cat int.log)"
 grep -q "with --resume to continue" int.log || fail "SIGINT message: $(cat int.log)"
-[[ -f .cairn-ingest-a.checkpoint ]] || fail "SIGINT: no checkpoint"
+compgen -G ".cairn-ingest-a-*.checkpoint" >/dev/null || fail "SIGINT: no checkpoint"
 before=$(count a)
 (( before > 0 && before < UNIQUE )) || fail "SIGINT: $before points written"
 
@@ -77,7 +77,7 @@ grep -q "resuming after" kill.log || fail "resume message: $(cat kill.log)"
 summary="$("$cairn" ingest --collection a --batch 200 --inflight 3 --resume --json in.jsonl)"
 "$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["resumed"] and s["errors"]==0 and s["records_total"]==int(sys.argv[2]) and 0 < s["records"] < int(sys.argv[2]), s' \
   "$summary" "$N" || fail "resume summary: $summary"
-[[ ! -f .cairn-ingest-a.checkpoint ]] || fail "checkpoint left after a complete ingest"
+! compgen -G ".cairn-ingest-a-*" >/dev/null || fail "checkpoint left after a complete ingest: $(ls -a)"
 check a
 # --resume with nothing to resume, or with other files: a clear refusal.
 set +e
@@ -87,8 +87,16 @@ set -e
 
 # 2. The same ingest uninterrupted, for comparison, and the same data again
 # over it (idempotent).
+# A second ingest of the same files into the same collection meanwhile is
+# refused: they would share a checkpoint.
 "$cairn" collection create b --dim 8 >/dev/null
-"$cairn" ingest --collection b --inflight 2 in.jsonl 2>/dev/null || fail "uninterrupted ingest"
+"$cairn" ingest --collection b --inflight 2 in.jsonl 2>/dev/null & ing=$!
+wait_progress b
+set +e
+"$cairn" ingest --collection b in.jsonl 2>twice.log; code=$?
+set -e
+[[ $code == 1 ]] && grep -q "another cairn ingest is using the checkpoint" twice.log || fail "same checkpoint twice: $code $(cat twice.log)"
+wait "$ing" || fail "uninterrupted ingest"
 check b
 
 # 3. cairnd dies mid-ingest and comes back on the same port: the CLI retries.

@@ -53,7 +53,7 @@ with open(f"{w}/trunc.fvecs", "wb") as f:
     f.write(struct.pack("<i", 8) + struct.pack("<8f", *([1.0] * 8)) + struct.pack("<i", 8) + b"\0" * 10)
 PY
 
-"$cairn" ingest --help | grep -q "Example:" || fail "ingest --help"
+"$cairn" ingest --help | grep -q "Examples:" || fail "ingest --help"
 "$cairn" search --help | grep -q "Usage: cairn search" || fail "search --help"
 "$cairn" --help | grep -q "COMMAND --help" || fail "--help"
 "$cairn" collection create docs --dim 8 --payload-index lang:keyword | grep -q "created docs" || fail create
@@ -85,7 +85,7 @@ summary="$("$cairn" ingest --collection small --skip-bad --json "$work/mixed.jso
 "$py" -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["points_written"]==2 and s["skipped"]==2 and "line 2" in s["skipped_sample"][0] and "record 3" in s["skipped_sample"][1], s' "$summary" \
   || fail "skip-bad: $summary"
 
-out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 1)"
+out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 1 --exact)"
 grep -qE '^7 +0 ' <<<"$out" || fail "search: $out"
 out="$("$cairn" search --collection docs --vector 1003,1003,1003,1003,1003,1003,1003,1003 --k 3 \
   --filter '{"must":[{"key":"lang","match":{"value":"de"}}]}' --json)"
@@ -112,6 +112,18 @@ set -e
 # ok-1 and x came before the bad records: they are in; nothing else is.
 "$cairn" collection info docs | grep -q '"points": "522"' || fail "bad input: $("$cairn" collection info docs)"
 "$cairn" info | grep -q "collections: docs" || fail info
+# Snapshots: create, list, download as a tar that is a data directory, restore.
+"$cairn" snapshot create docs | grep -q "^docs-" || fail "snapshot create"
+snap="$("$cairn" snapshot list docs --json | "$py" -c 'import json,sys; print(json.loads(sys.stdin.readline())["name"])')"
+"$cairn" snapshot download "$snap" --output "$work/snap.tar" 2>/dev/null || fail "snapshot download"
+tar -tf "$work/snap.tar" | grep -q "^collections/docs/collection.json$" || fail "snapshot tar: $(tar -tf "$work/snap.tar" | head)"
+[[ ! -e "$work/snap.tar.part" ]] || fail "download left its .part file"
+set +e
+"$cairn" snapshot download no-such-snapshot --output "$work/none.tar" 2>/dev/null; code=$?
+set -e
+[[ $code == 3 && ! -e "$work/none.tar" && ! -e "$work/none.tar.part" ]] || fail "download of an unknown snapshot: $code"
+"$cairn" snapshot restore "$snap" docs2 | grep -q "restored" || fail "snapshot restore"
+"$cairn" collection info docs2 | grep -q '"points": "522"' || fail "restored: $("$cairn" collection info docs2)"
 "$cairn" collection drop docs | grep -q "dropped docs" || fail drop
 
 kill -TERM "$pid"; wait "$pid"
