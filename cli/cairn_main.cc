@@ -212,7 +212,7 @@ int Usage(const std::string& why) {
 int ServerError(const grpc::Status& s) {
   std::fprintf(stderr, "cairn: server: %s: %s\n", s.error_code() == grpc::StatusCode::UNAVAILABLE
                                                        ? "UNAVAILABLE (is cairnd running at the target?)"
-                                                       : std::to_string(s.error_code()).c_str(),
+                                                       : cairn::cli::GrpcCodeName(s.error_code()).c_str(),
                s.error_message().c_str());
   return kServer;
 }

@@ -274,14 +274,6 @@ bool Retryable(const grpc::Status& s) {
   }
 }
 
-std::string CodeName(grpc::StatusCode c) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  int i = static_cast<int>(c);
-  return i >= 0 && i < 17 ? kNames[i] : std::to_string(i);
-}
 
 // One request: several messages sent over one UpsertStream call and
 // acknowledged together.
@@ -410,7 +402,7 @@ class Pipeline {
       backoff = std::min(backoff * 2, 15.0);
       ++retries_;
       std::fprintf(stderr, "\ncairn: request failed (%s: %s); retry %d of %d in %.1f s\n",
-                   CodeName(s.error_code()).c_str(), s.error_message().c_str(), attempt + 1, o_.max_retries, wait);
+                   GrpcCodeName(s.error_code()).c_str(), s.error_message().c_str(), attempt + 1, o_.max_retries, wait);
       for (double slept = 0; slept < wait && !g_interrupted.load(); slept += 0.05) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
@@ -436,6 +428,15 @@ class Pipeline {
 };
 
 }  // namespace
+
+std::string GrpcCodeName(grpc::StatusCode c) {
+  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  int i = static_cast<int>(c);
+  return i >= 0 && i < 17 ? kNames[i] : std::to_string(i);
+}
 
 std::string DefaultCheckpointPath(const std::string& target, const std::string& collection,
                                   const std::vector<std::string>& files) {
@@ -553,7 +554,7 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
     Checkpoint done = pipe.committed();
     if (!err.ok()) {
       st.error_kind = IngestStats::ErrorKind::kServer;
-      st.error = absl::StrCat(CodeName(err.error_code()), ": ", err.error_message());
+      st.error = absl::StrCat(GrpcCodeName(err.error_code()), ": ", err.error_message());
     } else if (!input_error.empty()) {
       st.error_kind = IngestStats::ErrorKind::kInput;
       st.error = input_error;

@@ -131,6 +131,9 @@ absl::StatusOr<IngestStats> IngestOffline(SourceOptions source, const OfflineOpt
 // checkpoint.
 extern std::atomic<bool> g_interrupted;
 
+// "UNAVAILABLE", "PERMISSION_DENIED", ...
+std::string GrpcCodeName(grpc::StatusCode code);
+
 // ./.cairn-ingest-COLLECTION-HASH.checkpoint, HASH of the target and the
 // files' absolute paths.
 std::string DefaultCheckpointPath(const std::string& target, const std::string& collection,
