@@ -282,6 +282,9 @@ std::optional<Bitmap> PayloadIndex::Evaluate(const Condition& c, const Bitmap& l
       for (const auto& v : c.any) out |= *MatchValue(f, v);
       return out;
     case Condition::Kind::kRange: {
+      // Collect the bitmaps in range, then union them in one pass (far
+      // faster than OR-ing hundreds of small bitmaps one by one).
+      std::vector<const Bitmap*> parts;
       if (f.type == PayloadType::kInteger) {
         double lo = -INFINITY;
         if (c.gte) lo = std::max(lo, *c.gte);
@@ -297,7 +300,7 @@ std::optional<Bitmap> PayloadIndex::Evaluate(const Condition& c, const Bitmap& l
         for (auto i = start; i != f.ints.end(); ++i) {
           double x = static_cast<double>(i->first);
           if ((c.lt && x >= *c.lt) || (c.lte && x > *c.lte)) break;
-          if (InRange(x, c)) out |= i->second;
+          if (InRange(x, c)) parts.push_back(&i->second);
         }
       } else if (f.type == PayloadType::kFloat) {
         double lo = -INFINITY;
@@ -305,9 +308,11 @@ std::optional<Bitmap> PayloadIndex::Evaluate(const Condition& c, const Bitmap& l
         if (c.gt) lo = std::max(lo, *c.gt);
         for (auto i = f.floats.lower_bound(lo); i != f.floats.end(); ++i) {
           if ((c.lt && i->first >= *c.lt) || (c.lte && i->first > *c.lte)) break;
-          if (InRange(i->first, c)) out |= i->second;
+          if (InRange(i->first, c)) parts.push_back(&i->second);
         }
       }
+      if (parts.size() == 1) out = *parts[0];
+      else if (!parts.empty()) out = Bitmap::fastunion(parts.size(), parts.data());
       return out;  // ranges never match keywords or bools
     }
     default:

@@ -493,3 +493,55 @@ INSTANTIATE_TEST_SUITE_P(Types, LossyIndexTest,
 
 }  // namespace
 }  // namespace cairn
+
+namespace cairn {
+namespace {
+
+using testing_util::Config;
+using testing_util::DbTest;
+using testing_util::ParseFilter;
+using testing_util::Pt;
+
+// Filter results are cached per shard between writes: every kind of write,
+// and seal and compaction, must be seen by the next filtered search.
+TEST_F(DbTest, RepeatedFilterSeesEveryWrite) {
+  OpenDb();
+  CollectionConfig cfg = Config(2);
+  cfg.payload_indexes.push_back({"tag", PayloadType::kKeyword});
+  auto c = Create("c", cfg);
+  ASSERT_NE(c, nullptr);
+  std::vector<Point> pts;
+  for (uint64_t i = 0; i < 3000; ++i) {
+    pts.push_back(Pt(PointId(i), {static_cast<float>(i), 0.0f}, i % 2 ? R"({"tag":"odd"})" : R"({"tag":"even"})"));
+  }
+  ASSERT_TRUE(c->Upsert(pts).ok());
+  Filter odd = ParseFilter(R"({"must":[{"key":"tag","match":{"value":"odd"}}]})");
+  SearchParams p;
+  p.k = 1;
+  p.filter = &odd;
+  auto top = [&](std::vector<float> q) {
+    auto r = c->Search(q, p);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() && !r->empty() ? (*r)[0].id.number() : uint64_t{999999};
+  };
+  EXPECT_EQ(top({10.2f, 0}), 11u);
+  // An upsert that makes a point match.
+  ASSERT_TRUE(c->Upsert({Pt(PointId(uint64_t{10}), {10.0f, 0.0f}, R"({"tag":"odd"})")}).ok());
+  EXPECT_EQ(top({10.2f, 0}), 10u);
+  // A payload change that makes it stop matching.
+  ASSERT_TRUE(c->OverwritePayload({PointId(uint64_t{10})}, R"({"tag":"even"})").ok());
+  EXPECT_EQ(top({10.2f, 0}), 11u);
+  // A delete.
+  ASSERT_EQ(*c->Delete({PointId(uint64_t{11})}), 1u);
+  EXPECT_EQ(top({10.9f, 0}), 9u);
+  // Seal and compaction move points into new segments.
+  ASSERT_TRUE(c->Seal().ok());
+  EXPECT_EQ(top({10.9f, 0}), 9u);
+  ASSERT_TRUE(c->Compact(true).ok());
+  EXPECT_EQ(top({10.9f, 0}), 9u);
+  ASSERT_TRUE(c->SetPayload({PointId(uint64_t{12})}, R"({"tag":"odd"})").ok());
+  EXPECT_EQ(top({12.1f, 0}), 12u);
+}
+
+}  // namespace
+}  // namespace cairn

@@ -25,6 +25,8 @@ constexpr size_t kReplayChunk = 8192;
 // most of what it visits, and exact.
 constexpr uint64_t kExactScanMinPoints = 2048;
 constexpr double kExactScanFraction = 0.05;
+constexpr uint64_t kExactScanFloats = 2'500'000;
+const std::vector<uint64_t> kNoIds;
 
 // Keeps the best k of (score, id) pairs.
 void KeepBest(Metric metric, size_t k, std::vector<std::pair<float, uint64_t>>* v) {
@@ -294,6 +296,7 @@ void Shard::ApplyPlan(const Plan& plan) {
   std::vector<std::shared_ptr<index::Segment>> segs;
   {
     std::unique_lock state(state_mu_);
+    ++epoch_;
     for (uint64_t id : plan.delete_ids) live_.remove(id);
     for (const auto& k : plan.index_remove) payload_index_.RemoveKey(k);
     segs = AllSegmentsLocked();
@@ -313,6 +316,7 @@ void Shard::ApplyPlan(const Plan& plan) {
     }
   }
   std::unique_lock state(state_mu_);
+  ++epoch_;
   for (uint64_t id : plan.add_ids) live_.add(id);
   for (const auto& k : plan.index_add) payload_index_.AddKey(k);
 }
@@ -483,6 +487,34 @@ absl::StatusOr<Bitmap> Shard::EvalConditionLocked(
   return b & live_;
 }
 
+absl::StatusOr<std::shared_ptr<const Shard::FilterResult>> Shard::CachedFilterLocked(const Filter& filter) const {
+  constexpr size_t kCacheEntries = 16;
+  std::string key = filter.ToJson();
+  {
+    std::lock_guard l(filter_cache_mu_);
+    for (auto it = filter_cache_.begin(); it != filter_cache_.end(); ++it) {
+      if (it->epoch == epoch_ && it->key == key) {
+        auto hit = it->result;
+        if (it != filter_cache_.begin()) {
+          CachedFilter e = std::move(*it);
+          filter_cache_.erase(it);
+          filter_cache_.push_front(std::move(e));
+        }
+        return hit;
+      }
+    }
+  }
+  auto r = std::make_shared<FilterResult>();
+  CAIRN_ASSIGN_OR_RETURN(r->ids, EvalFilterLocked(filter));
+  r->list.resize(r->ids.cardinality());
+  r->ids.toUint64Array(r->list.data());
+  std::lock_guard l(filter_cache_mu_);
+  std::erase_if(filter_cache_, [&](const CachedFilter& e) { return e.epoch != epoch_ || e.key == key; });
+  filter_cache_.push_front(CachedFilter{std::move(key), epoch_, r});
+  if (filter_cache_.size() > kCacheEntries) filter_cache_.pop_back();
+  return std::shared_ptr<const FilterResult>(std::move(r));
+}
+
 absl::StatusOr<Bitmap> Shard::EvalFilterLocked(const Filter& filter) const {
   std::optional<std::vector<std::pair<uint64_t, Json>>> scan;
   Bitmap result = live_;
@@ -571,22 +603,27 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
   {
     std::shared_lock state(state_mu_);
     auto segs = AllSegmentsLocked();
-    std::optional<Bitmap> filter_ids;
-    std::vector<uint64_t> filter_list;
+    std::shared_ptr<const FilterResult> filtered;
     bool exact_scan = false;
     if (params.filter != nullptr && !params.filter->empty()) {
-      CAIRN_ASSIGN_OR_RETURN(filter_ids, EvalFilterLocked(*params.filter));
-      uint64_t card = filter_ids->cardinality();
+      CAIRN_ASSIGN_OR_RETURN(filtered, CachedFilterLocked(*params.filter));
+      uint64_t card = filtered->list.size();
       if (card == 0) {
         out->assign(nq, {});
         return absl::OkStatus();
       }
-      filter_list.resize(card);
-      filter_ids->toUint64Array(filter_list.data());
       uint64_t live = live_.cardinality();
+      // With every vector in memory, scoring the matches directly is cheaper
+      // than a graph walk that must skip most of what it visits, up to about
+      // kExactScanFloats floats (measured: bench/micro BM_FilteredSearch).
+      const bool in_memory = std::all_of(segs.begin(), segs.end(), [](const auto& seg) {
+        return seg->size() == 0 || seg->HasExactVectors();
+      });
       exact_scan = params.exact || card <= kExactScanMinPoints ||
-                   static_cast<double>(card) <= kExactScanFraction * static_cast<double>(live);
+                   static_cast<double>(card) <= kExactScanFraction * static_cast<double>(live) ||
+                   (in_memory && card * dim <= kExactScanFloats);
     }
+    const std::vector<uint64_t>& filter_list = filtered ? filtered->list : kNoIds;
     if (exact_scan) {
       for (size_t q = 0; q < nq; ++q) {
         CAIRN_RETURN_IF_ERROR(ExactScan(queries + q * dim, filter_list, params.k, &hits[q]));
@@ -601,7 +638,7 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
         sp.ef = params.ef > 0 ? params.ef : tun.ef_search;
         sp.nprobe = params.nprobe > 0 ? params.nprobe : tun.nprobe;
         index::PositionSet allowed;
-        if (filter_ids) {
+        if (filtered) {
           auto lo = std::lower_bound(filter_list.begin(), filter_list.end(), seg->min_id());
           auto hi = std::upper_bound(filter_list.begin(), filter_list.end(), seg->max_id());
           if (lo >= hi) continue;
@@ -625,7 +662,7 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
             // Exact over raw vectors from the store.
             std::vector<uint64_t> seg_ids;
             for (uint64_t id : seg->Ids()) {
-              if (seg->IsLive(id) && (!filter_ids || filter_ids->contains(id))) seg_ids.push_back(id);
+              if (seg->IsLive(id) && (!filtered || filtered->ids.contains(id))) seg_ids.push_back(id);
             }
             for (size_t q = 0; q < nq; ++q) {
               std::vector<std::pair<float, uint64_t>> best;
@@ -665,7 +702,7 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
         KeepBest(options_.metric, k, &hits[q]);
         // A filtered graph walk may find fewer than k allowed points; the
         // exact scan over the filter's ids always finds them.
-        if (filter_ids && hits[q].size() < std::min<uint64_t>(k, filter_list.size())) {
+        if (filtered && hits[q].size() < std::min<uint64_t>(k, filter_list.size())) {
           CAIRN_RETURN_IF_ERROR(ExactScan(queries + q * dim, filter_list, params.k, &hits[q]));
         }
       }
@@ -844,6 +881,7 @@ absl::Status Shard::Seal(bool force) {
     if (n == 0 || (!force && n < Tunables().seal_threshold)) return absl::OkStatus();
     CAIRN_ASSIGN_OR_RETURN(auto fresh, index::Segment::CreateGrowing(options_.dimension, options_.metric,
                                                                      options_.index));
+    ++epoch_;
     frozen = growing_;
     frozen->Freeze();
     frozen_.push_back(frozen);
@@ -871,6 +909,7 @@ absl::Status Shard::Seal(bool force) {
   std::lock_guard commit(commit_mu_);
   {
     std::unique_lock state(state_mu_);
+    ++epoch_;
     frozen_.erase(std::find(frozen_.begin(), frozen_.end(), frozen));
     sealed_.push_back(SealedRef{sealed, file});
     for (uint64_t id : sealed->Ids()) {
@@ -925,6 +964,7 @@ absl::Status Shard::Compact(bool force) {
         } else {
           sealed_.erase(it);
         }
+        ++epoch_;
       }
       CAIRN_RETURN_IF_ERROR(WriteManifestLocked());
     }

@@ -151,6 +151,13 @@ class Shard {
   void ApplyPlan(const Plan& plan);
   std::vector<std::shared_ptr<index::Segment>> AllSegmentsLocked() const;
   absl::StatusOr<Bitmap> EvalFilterLocked(const Filter& filter) const;
+  // The points matching `filter`, from a small cache of recent filters
+  // (valid while epoch_ is unchanged). REQUIRES: state_mu_ held.
+  struct FilterResult {
+    Bitmap ids;
+    std::vector<uint64_t> list;  // ids, ascending
+  };
+  absl::StatusOr<std::shared_ptr<const FilterResult>> CachedFilterLocked(const Filter& filter) const;
   absl::StatusOr<Bitmap> EvalConditionLocked(const Condition& c,
                                               std::optional<std::vector<std::pair<uint64_t, Json>>>* scan) const;
   absl::Status ExactScan(const float* query, const std::vector<uint64_t>& ids, int k,
@@ -191,6 +198,16 @@ class Shard {
   std::vector<SealedRef> sealed_;                          // guarded by state_mu_
   Bitmap live_;                                            // guarded by state_mu_
   PayloadIndex payload_index_;                             // guarded by state_mu_
+  // Bumped by every change to the points, the payload index or the segment
+  // set: cached filter results name the epoch they were computed at.
+  uint64_t epoch_ = 0;                                     // guarded by state_mu_
+  struct CachedFilter {
+    std::string key;  // Filter::ToJson()
+    uint64_t epoch;
+    std::shared_ptr<const FilterResult> result;
+  };
+  mutable std::mutex filter_cache_mu_;
+  mutable std::deque<CachedFilter> filter_cache_;          // most recent first
 };
 
 }  // namespace cairn::db

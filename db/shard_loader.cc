@@ -113,6 +113,7 @@ absl::StatusOr<uint64_t> Shard::Loader::Finish() {
   shard_->next_id_ = next_id_;
   {
     std::unique_lock state(shard_->state_mu_);
+    ++shard_->epoch_;
     for (const auto& [id, i] : live) shard_->live_.add(id);
     for (const auto& k : index_keys_) shard_->payload_index_.AddKey(k);
     for (auto& s : built_) {

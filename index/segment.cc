@@ -433,10 +433,28 @@ void Segment::ScoreIds(const float* query, absl::Span<const uint64_t> ids,
   const auto* flat = dynamic_cast<const faiss::IndexFlat*>(FlatStorage());
   if (flat == nullptr) return;
   const float* xb = flat->get_xb();
-  for (uint64_t id : ids) {
-    auto pos = PositionOfLocked(id);
-    if (!pos || ((deleted_[*pos >> 6] >> (*pos & 63)) & 1)) continue;
-    out->emplace_back(Score(metric_, query, xb + *pos * dim_, dim_), id);
+  if (ids_.empty()) return;
+  out->reserve(out->size() + ids.size());
+  // `ids` ascend, like ids_: walk both once (position = id - first when the
+  // segment's ids have no gaps) instead of a binary search per id.
+  const uint64_t first = ids_.front();
+  const bool dense = ids_.back() - first + 1 == ids_.size();
+  size_t p = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint64_t id = ids[i];
+    if (dense) {
+      if (id < first || id - first >= ids_.size()) continue;
+      p = static_cast<size_t>(id - first);
+    } else {
+      while (p < ids_.size() && ids_[p] < id) ++p;
+      if (p == ids_.size()) break;
+      if (ids_[p] != id) continue;
+    }
+    if ((deleted_[p >> 6] >> (p & 63)) & 1) continue;
+    if (dense && i + 1 < ids.size() && ids[i + 1] >= first && ids[i + 1] - first < ids_.size()) {
+      __builtin_prefetch(xb + (ids[i + 1] - first) * dim_);
+    }
+    out->emplace_back(Score(metric_, query, xb + p * dim_, dim_), id);
   }
 }
 
