@@ -56,26 +56,16 @@ emit() { echo "$1" | tee -a "$results"; }
 # ---- data and exact neighbours (cached) -------------------------------------
 if [[ ! -f $data/gt.npy ]]; then
   echo "generating $n x $dim clustered vectors and exact neighbours of $nq queries..." >&2
-  "$py" - "$data" "$n" "$dim" "$nq" <<'PY'
+  "$py" - "$data" "$n" "$dim" "$nq" "$root/bench/ann" <<'PY'
 import sys, numpy as np, faiss
 out, n, d, nq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = np.random.default_rng(20261129)
-k = 2000                                    # clusters of varied size and spread
-centers = rng.normal(0, 1, size=(k, d)).astype(np.float32)
-weights = rng.pareto(1.5, size=k) + 1; weights /= weights.sum()
-spread = rng.uniform(0.3, 0.8, size=k).astype(np.float32)
-def draw(m):
-    x = np.empty((m, d), dtype=np.float32)
-    for s in range(0, m, 100000):
-        e = min(m, s + 100000)
-        c = rng.choice(k, size=e - s, p=weights)
-        x[s:e] = centers[c] + rng.normal(0, 1, size=(e - s, d)).astype(np.float32) * spread[c, None]
-    return x
-np.save(f"{out}/base.npy", draw(n))
-q = draw(nq)
+sys.path.insert(0, sys.argv[5])
+from run import synthetic                   # the ANN harness's clustered generator
+base, q = synthetic(n, d, nq, 20261129)
+np.save(f"{out}/base.npy", base)
 np.save(f"{out}/queries.npy", q)
 flat = faiss.IndexFlatL2(d)
-flat.add(np.load(f"{out}/base.npy"))
+flat.add(base)
 np.save(f"{out}/gt.npy", flat.search(q, 10)[1].astype(np.int64))
 PY
 fi
