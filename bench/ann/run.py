@@ -268,6 +268,7 @@ def main():
     ap.add_argument("--datasets", default="fashion-mnist")
     ap.add_argument("--engines", default="cairn,faiss-hnsw,faiss-ivf,faiss-ivfpq,hnswlib,lancedb,usearch")
     ap.add_argument("--paths", default="filtered,grpc", help="Cairn's extra paths: filtered, grpc (or none)")
+    ap.add_argument("--append", action="store_true", help="add to results.jsonl instead of starting it anew")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--max-queries", type=int, default=10000)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "ann"))
@@ -287,11 +288,16 @@ def main():
         return 1
     os.makedirs(args.out, exist_ok=True)
     results = os.path.join(args.out, "results.jsonl")
-    open(results, "w").close()
+    if not args.append:
+        open(results, "w").close()
+    with open(results, "a") as f:
+        f.write(json.dumps({"kind": "run", "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+                            "utc": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M")}) + "\n")
     engines = args.engines.split(",")
     paths = args.paths.split(",")
     threads = [int(t) for t in args.threads.split(",")]
     have_hnswlib = "hnswlib" not in engines or ensure_apt(["hnswlib"], ["python3-hnswlib"])
+    ensure_apt(["matplotlib"], ["python3-matplotlib"])  # the plots; tables are written without it
     node_ok = False
     if "lancedb" in engines or "usearch" in engines:
         node_ok = subprocess.run([os.path.join(ROOT, "bench", "ann", "node", "install.sh")]).returncode == 0
