@@ -39,10 +39,13 @@ def versions():
                                       text=True).stdout.strip()
     except OSError:
         pass
-    for mod in ("faiss", "hnswlib", "numpy"):
+    for mod, deb in (("faiss", "python3-faiss"), ("hnswlib", "python3-hnswlib"), ("numpy", "python3-numpy")):
         try:
             m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
+            v = getattr(m, "__version__", None)
+            if v is None:  # hnswlib has none: ask dpkg
+                v = subprocess.run(["dpkg-query", "-W", "-f=${Version}", deb], capture_output=True, text=True).stdout or "?"
+            out[mod] = v
         except ImportError:
             pass
     pkg = os.path.join(ROOT, "bench", "ann", "node", "package.json")
@@ -92,8 +95,9 @@ def write(results_path, md_path, plots_dir, command, seconds):
                 th = f"{threads}" + (f" ({clients} clients)" if clients else "")
                 r100 = f"{r['recall100']:.4f}" if r.get("recall100", -1) >= 0 else "-"
                 qb = f"{r['qps_batch']:.0f}" if r.get("qps_batch", -1) > 0 else "-"
+                qs = f"{r['qps_single']:.0f}" if r.get("qps_single", -1) > 0 else "-"
                 md.append(f"| {engine} | {index} | {path} | {th} | {r['param']} | {r['recall10']:.4f} | {r100} | "
-                          f"{r['qps_single']:.0f} | {qb} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
+                          f"{qs} | {qb} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
         md.append("")
         md += goals(ds, groups, builds)
         plot(ds, groups, os.path.join(plots_dir, f"{ds}.png"))

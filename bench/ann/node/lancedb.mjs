@@ -32,7 +32,7 @@ async function sweep(table, common, values, setParam) {
   for (let i = 0; i < nq; i++) qs.push(Array.from(queries.data.subarray(i * dim, (i + 1) * dim)));
   for (const v of values) {
     const run = async (q, k) => {
-      const r = await setParam(table.query().nearestTo(qs[q]).distanceType(distanceType), v).limit(k).select(["id"]).toArray();
+      const r = await setParam(table.query().nearestTo(qs[q]).distanceType(distanceType), v, k).limit(k).select(["id"]).toArray();
       return r.map((x) => x.id);
     };
     const found100 = [];
@@ -72,6 +72,7 @@ for (const kind of ["ivf_pq", "ivf_hnsw_sq"]) {
   if (kind === "ivf_pq") {
     await sweep(table, { ...common, param: "nprobe" }, [1, 2, 4, 8, 16, 32, 64], (q, v) => q.nprobes(v).refineFactor(10));
   } else {
-    await sweep(table, { ...common, param: "ef" }, [10, 16, 24, 32, 48, 64, 96, 128, 256], (q, v) => q.ef(v));
+    // LanceDB needs ef >= k (Cairn and FAISS raise it to k themselves).
+    await sweep(table, { ...common, param: "ef" }, [10, 16, 24, 32, 48, 64, 96, 128, 256], (q, v, k) => q.ef(Math.max(v, k)));
   }
 }
