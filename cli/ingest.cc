@@ -371,9 +371,21 @@ class Pipeline {
           moved = true;
         }
         if (moved && ckpt_ != nullptr) {
-          if (auto w = ckpt_->Save(committed_); !w.ok()) {
-            std::fprintf(stderr, "cairn: warning: cannot write the checkpoint: %s\n", std::string(w.message()).c_str());
+          // The file is written (and fsynced) outside mu_, so the other
+          // senders and Submit do not wait on the disk; save_mu_ keeps an
+          // older position from overwriting a newer one.
+          const Checkpoint at = committed_;
+          const uint64_t seq = next_commit_;
+          cv_.notify_all();
+          l.unlock();
+          std::lock_guard save(save_mu_);
+          if (seq > saved_seq_) {
+            saved_seq_ = seq;
+            if (auto w = ckpt_->Save(at); !w.ok()) {
+              std::fprintf(stderr, "cairn: warning: cannot write the checkpoint: %s\n", std::string(w.message()).c_str());
+            }
           }
+          continue;
         }
       }
       cv_.notify_all();
@@ -420,6 +432,8 @@ class Pipeline {
   bool closed_ = false;
   std::unordered_map<uint64_t, int> ids_;
   std::map<uint64_t, Checkpoint> done_;
+  std::mutex save_mu_;     // held while the checkpoint file is written
+  uint64_t saved_seq_ = 0;  // guarded by save_mu_: next_commit_ of the last save
   uint64_t next_seq_ = 0, next_commit_ = 0;
   Checkpoint committed_;
   grpc::Status error_;
@@ -430,12 +444,8 @@ class Pipeline {
 }  // namespace
 
 std::string GrpcCodeName(grpc::StatusCode c) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  int i = static_cast<int>(c);
-  return i >= 0 && i < 17 ? kNames[i] : std::to_string(i);
+  // gRPC's codes are absl's, number for number.
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(c));
 }
 
 std::string DefaultCheckpointPath(const std::string& target, const std::string& collection,

@@ -258,26 +258,22 @@ absl::StatusOr<PreparedPoint> CollectionImpl::PreparePoint(const Point& p, size_
   return pp;
 }
 
-namespace {
-
 // One shard loader per shard; points go to the shard of their id.
-class CollectionBulkLoader final : public BulkLoader {
+class CollectionImpl::Loader final : public BulkLoader {
  public:
-  using Prepare = std::function<absl::StatusOr<PreparedPoint>(const Point&, size_t)>;
-  CollectionBulkLoader(std::vector<std::unique_ptr<Shard::Loader>> loaders, Prepare prepare,
-                       std::function<size_t(const std::string&)> shard_of)
-      : loaders_(std::move(loaders)), prepare_(std::move(prepare)), shard_of_(std::move(shard_of)) {}
+  Loader(const CollectionImpl* coll, std::vector<std::unique_ptr<Shard::Loader>> loaders)
+      : coll_(coll), loaders_(std::move(loaders)) {}
 
   absl::Status Add(absl::Span<const Point> points) override {
     if (done_) return absl::FailedPreconditionError("bulk load: already finished");
     std::vector<PreparedPoint> prepared;
     prepared.reserve(points.size());
     for (size_t i = 0; i < points.size(); ++i) {
-      CAIRN_ASSIGN_OR_RETURN(PreparedPoint pp, prepare_(points[i], i));
+      CAIRN_ASSIGN_OR_RETURN(PreparedPoint pp, coll_->PreparePoint(points[i], i));
       prepared.push_back(std::move(pp));
     }
     for (auto& pp : prepared) {
-      size_t s = shard_of_(pp.ext_key);
+      size_t s = coll_->ShardOf(pp.ext_key);
       CAIRN_RETURN_IF_ERROR(loaders_[s]->Add(std::move(pp)));
     }
     return absl::OkStatus();
@@ -295,13 +291,10 @@ class CollectionBulkLoader final : public BulkLoader {
   }
 
  private:
+  const CollectionImpl* coll_;
   std::vector<std::unique_ptr<Shard::Loader>> loaders_;
-  Prepare prepare_;
-  std::function<size_t(const std::string&)> shard_of_;
   bool done_ = false;
 };
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<BulkLoader>> CollectionImpl::BeginBulkLoad(const BulkLoadOptions& options) {
   std::shared_lock lock(close_mu_);
@@ -319,9 +312,7 @@ absl::StatusOr<std::unique_ptr<BulkLoader>> CollectionImpl::BeginBulkLoad(const 
     }
     loaders.push_back(*std::move(l));
   }
-  return std::unique_ptr<BulkLoader>(new CollectionBulkLoader(
-      std::move(loaders), [this](const Point& p, size_t i) { return PreparePoint(p, i); },
-      [this](const std::string& k) { return ShardOf(k); }));
+  return std::unique_ptr<BulkLoader>(new Loader(this, std::move(loaders)));
 }
 
 absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {

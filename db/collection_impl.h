@@ -54,6 +54,7 @@ class CollectionImpl final : public Collection {
   absl::Status SnapshotShards(const std::string& dir);
 
  private:
+  class Loader;  // the BulkLoader
   CollectionImpl(std::string name, std::string dir, CollectionConfig config,
                  DatabaseOptions options, std::function<void()> wake);
   absl::Status CheckOpen() const;

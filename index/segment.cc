@@ -584,28 +584,27 @@ absl::Status Segment::Save(const std::string& path) const {
   // known; the CRCs of the two parts are combined.
   CAIRN_ASSIGN_OR_RETURN(auto file, storage::SyncedFile::Create(path));
   std::shared_lock lock(mu_);
-  auto header = [&](uint64_t index_bytes) {
-    std::string h;
-    h.reserve(64 + ids_.size() * 8);
-    h.append(kMagic, sizeof(kMagic));
-    PutU32(&h, kSegmentFormat);
-    PutU32(&h, dim_);
-    PutU32(&h, static_cast<uint32_t>(metric_));
-    PutU32(&h, static_cast<uint32_t>(type_));
-    PutU64(&h, ids_.size());
-    h.append(reinterpret_cast<const char*>(ids_.data()), ids_.size() * 8);
-    PutU64(&h, index_bytes);
-    return h;
-  };
-  CAIRN_RETURN_IF_ERROR(file->Append(header(0)));
+  std::string header;
+  header.reserve(64 + ids_.size() * 8);
+  header.append(kMagic, sizeof(kMagic));
+  PutU32(&header, kSegmentFormat);
+  PutU32(&header, dim_);
+  PutU32(&header, static_cast<uint32_t>(metric_));
+  PutU32(&header, static_cast<uint32_t>(type_));
+  PutU64(&header, ids_.size());
+  header.append(reinterpret_cast<const char*>(ids_.data()), ids_.size() * 8);
+  PutU64(&header, 0);  // the index's size, filled in below
+  CAIRN_RETURN_IF_ERROR(file->Append(header));
   StreamWriter writer(file.get());
   absl::Status written = CatchFaiss("write", [&] { faiss::write_index(index_.get(), &writer); });
   CAIRN_RETURN_IF_ERROR(writer.status());  // the cause, when the file write failed
   CAIRN_RETURN_IF_ERROR(written);
-  const std::string h = header(writer.bytes());
-  CAIRN_RETURN_IF_ERROR(file->WriteAt(0, h));
+  const size_t size_at = header.size() - 8;
+  header.resize(size_at);
+  PutU64(&header, writer.bytes());
+  CAIRN_RETURN_IF_ERROR(file->WriteAt(size_at, std::string_view(header).substr(size_at)));
   std::string crc;
-  PutU32(&crc, storage::Crc32Combine(storage::Crc32(h), writer.crc(), writer.bytes()));
+  PutU32(&crc, storage::Crc32Combine(storage::Crc32(header), writer.crc(), writer.bytes()));
   CAIRN_RETURN_IF_ERROR(file->Append(crc));
   return file->Close();
 }

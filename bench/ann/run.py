@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -328,11 +329,13 @@ def main():
                                 "--metric", "l2" if metric == "l2" else "ip", "--threads", str(t),
                                 "--max-queries", str(args.max_queries)], results, f"{e} (threads={t})")
                 elif e in ("lancedb", "usearch") and node_ok:
+                    work = os.path.join(args.out, f"{e}-data")
                     run_engine(["node", os.path.join(ROOT, "bench", "ann", "node", f"{e}.mjs"), d, name,
-                                "l2" if metric == "l2" else "ip", str(t), str(args.max_queries),
-                                os.path.join(args.out, f"{e}-data")], results, f"{e} (threads={t})",
+                                "l2" if metric == "l2" else "ip", str(t), str(args.max_queries), work],
+                               results, f"{e} (threads={t})",
                                env={**os.environ, "LANCE_CPU_THREADS": str(t), "RAYON_NUM_THREADS": str(t),
                                     "LANCE_IO_THREADS": str(max(2, t))})
+                    shutil.rmtree(work, ignore_errors=True)  # the peer's index files, not results
     report(results, args, time.time() - started)
     return 0
 
