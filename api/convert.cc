@@ -109,6 +109,7 @@ absl::StatusOr<CollectionConfig> FromProto(const v1::CollectionConfig& c) {
   set(ix.pq_m(), &out.index.pq_m);
   set(ix.pq_nbits(), &out.index.pq_nbits);
   set(ix.rerank_factor(), &out.index.rerank_factor);
+  if (ix.has_hnsw_int8()) out.index.hnsw_int8 = ix.hnsw_int8();
   for (int i = 0; i < c.payload_indexes_size(); ++i) {
     const auto& p = c.payload_indexes(i);
     PayloadIndexSpec spec;
@@ -147,6 +148,7 @@ void ToProto(const CollectionConfig& c, v1::CollectionConfig* out) {
   ix->set_pq_m(c.index.pq_m);
   ix->set_pq_nbits(c.index.pq_nbits);
   ix->set_rerank_factor(c.index.rerank_factor);
+  ix->set_hnsw_int8(c.index.hnsw_int8);
   static constexpr v1::PayloadType kPayload[] = {v1::PAYLOAD_TYPE_KEYWORD, v1::PAYLOAD_TYPE_INTEGER,
                                                  v1::PAYLOAD_TYPE_FLOAT, v1::PAYLOAD_TYPE_BOOL};
   for (const auto& p : c.payload_indexes) {

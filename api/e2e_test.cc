@@ -258,6 +258,23 @@ TEST_F(E2ETest, CollectionsLifecycleAndErrors) {
   EXPECT_EQ(info.config().dimension(), 4u);
   EXPECT_EQ(info.config().index().type(), INDEX_TYPE_HNSW);
   EXPECT_EQ(info.config().index().hnsw_m(), 32u);
+  EXPECT_TRUE(info.config().index().has_hnsw_int8());
+  EXPECT_TRUE(info.config().index().hnsw_int8());  // unset means the default, on
+  {
+    grpc::ClientContext fctx;
+    CreateCollectionRequest req;
+    req.set_name("floats");
+    req.mutable_config()->set_dimension(4);
+    req.mutable_config()->mutable_index()->set_hnsw_int8(false);
+    CollectionInfo made;
+    ASSERT_TRUE(collections_->Create(&fctx, req, &made).ok());
+    EXPECT_FALSE(made.config().index().hnsw_int8());
+    grpc::ClientContext dctx;
+    DeleteCollectionRequest del;
+    del.set_name("floats");
+    DeleteCollectionResponse dr;
+    ASSERT_TRUE(collections_->Delete(&dctx, del, &dr).ok());
+  }
 
   {
     grpc::ClientContext uctx;

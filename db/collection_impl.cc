@@ -161,6 +161,7 @@ absl::Status CollectionImpl::UpdateConfig(const CollectionConfig& update) {
   if (update.index.nlist != c.index.nlist) return fixed("index.nlist");
   if (update.index.pq_m != c.index.pq_m) return fixed("index.pq_m");
   if (update.index.pq_nbits != c.index.pq_nbits) return fixed("index.pq_nbits");
+  if (update.index.hnsw_int8 != c.index.hnsw_int8) return fixed("index.hnsw_int8");
   if (update.payload_indexes.size() != c.payload_indexes.size()) return fixed("payload_indexes");
   for (size_t i = 0; i < c.payload_indexes.size(); ++i) {
     if (update.payload_indexes[i].field != c.payload_indexes[i].field ||

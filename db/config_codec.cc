@@ -24,7 +24,8 @@ std::string ConfigToJson(const CollectionConfig& c) {
                 {"nprobe", c.index.nprobe},
                 {"pq_m", c.index.pq_m},
                 {"pq_nbits", c.index.pq_nbits},
-                {"rerank_factor", c.index.rerank_factor}};
+                {"rerank_factor", c.index.rerank_factor},
+                {"hnsw_int8", c.index.hnsw_int8}};
   Json p = Json::array();
   for (const auto& f : c.payload_indexes) {
     p.push_back({{"field", f.field}, {"type", std::string(PayloadTypeName(f.type))}});
@@ -56,6 +57,8 @@ absl::StatusOr<CollectionConfig> ConfigFromJson(std::string_view text) {
       c.index.pq_m = ix.value("pq_m", c.index.pq_m);
       c.index.pq_nbits = ix.value("pq_nbits", c.index.pq_nbits);
       c.index.rerank_factor = ix.value("rerank_factor", c.index.rerank_factor);
+      // Collections created before the option walk on floats, as they did.
+      c.index.hnsw_int8 = ix.value("hnsw_int8", false);
     }
     if (j.contains("payload_indexes")) {
       for (const auto& p : j["payload_indexes"]) {

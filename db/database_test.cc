@@ -233,6 +233,7 @@ TEST_F(DatabaseTest, UpdateConfigChangesTunablesPersistsAndRefusesFixedFields) {
            {"metric", [](CollectionConfig& x) { x.metric = Metric::kCosine; }},
            {"index.type", [](CollectionConfig& x) { x.index.type = IndexType::kFlat; }},
            {"index.hnsw_m", [](CollectionConfig& x) { x.index.hnsw_m = 16; }},
+           {"index.hnsw_int8", [](CollectionConfig& x) { x.index.hnsw_int8 = !x.index.hnsw_int8; }},
            {"num_shards", [](CollectionConfig& x) { x.num_shards = 2; }},
            {"payload_indexes", [](CollectionConfig& x) { x.payload_indexes.push_back({"a", PayloadType::kBool}); }}}) {
     CollectionConfig bad = c->config();
@@ -274,6 +275,32 @@ TEST_F(DatabaseTest, MalformedFormatFileIsDataLoss) {
   fs::create_directories(dir_);
   ASSERT_TRUE(storage::WriteFileAtomic(dir_ + "/CAIRN", "{not json").ok());
   EXPECT_EQ(Database::Open(dir_, TestOptions()).status().code(), absl::StatusCode::kDataLoss);
+}
+
+// hnsw_int8 defaults on, persists either way, and a collection.json from
+// before the option (no key) reads as off: such collections keep walking on
+// floats as they did.
+TEST_F(DatabaseTest, HnswInt8PersistsAndOlderConfigsReadAsOff) {
+  OpenDb();
+  CollectionConfig on = Config(4);
+  EXPECT_TRUE(on.index.hnsw_int8);
+  CollectionConfig off = Config(4);
+  off.index.hnsw_int8 = false;
+  ASSERT_NE(Create("on", on), nullptr);
+  ASSERT_NE(Create("off", off), nullptr);
+  ASSERT_NE(Create("old", on), nullptr);
+  CloseDb();
+  const std::string path = dir_ + "/collections/old/collection.json";
+  auto text = storage::ReadFile(path);
+  ASSERT_TRUE(text.ok());
+  auto j = nlohmann::json::parse(*text);
+  ASSERT_TRUE(j["index"].contains("hnsw_int8"));
+  j["index"].erase("hnsw_int8");
+  ASSERT_TRUE(storage::WriteFileAtomic(path, j.dump()).ok());
+  OpenDb();
+  EXPECT_TRUE(Get("on")->config().index.hnsw_int8);
+  EXPECT_FALSE(Get("off")->config().index.hnsw_int8);
+  EXPECT_FALSE(Get("old")->config().index.hnsw_int8);
 }
 
 TEST_F(DatabaseTest, CorruptCollectionConfigIsDataLoss) {

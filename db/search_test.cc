@@ -140,6 +140,42 @@ TEST_F(DbTest, CosineScoresAreSimilaritiesOfTheRawVectors) {
   EXPECT_NEAR((*hits)[3].score, -1.0, 1e-6);
 }
 
+// Search results name their points through a cache of internal -> external
+// ids: a deleted point is not returned once its delete is acknowledged, an
+// overwritten point is returned once under its id, and string ids resolve.
+TEST_F(DbTest, ResolvedIdsFollowDeletesAndOverwrites) {
+  OpenDb();
+  for (bool sealed : {false, true}) {
+    auto c = Create(sealed ? "sealed" : "growing", Config(2, Metric::kL2, IndexType::kHnsw));
+    ASSERT_NE(c, nullptr);
+    std::vector<Point> pts;
+    for (int i = 0; i < 50; ++i) pts.push_back(Pt(i, {static_cast<float>(i), 0}));
+    pts.push_back(Pt("doc-a", {100, 0}));
+    ASSERT_TRUE(c->Upsert(pts).ok());
+    if (sealed) ASSERT_TRUE(c->Seal().ok());
+    auto ids_near = [&](float x) {
+      auto r = c->Search(std::vector<float>{x, 0}, {.k = 3});
+      EXPECT_TRUE(r.ok()) << r.status();
+      std::vector<PointId> out;
+      for (const auto& h : *r) out.push_back(h.id);
+      return out;
+    };
+    // Twice: the second search resolves from the cache.
+    for (int round = 0; round < 2; ++round) {
+      EXPECT_EQ(ids_near(10), (std::vector<PointId>{10, 9, 11})) << round;  // ties: lower id first
+      EXPECT_EQ(ids_near(100)[0], PointId("doc-a"));
+    }
+    ASSERT_EQ(*c->Delete({PointId(10)}), 1u);
+    EXPECT_EQ(ids_near(10), (std::vector<PointId>{9, 11, 8}));
+    // Point 9 moves far away: it is found there, once, and no longer near 10.
+    ASSERT_TRUE(c->Upsert({Pt(9, {-50, 0})}).ok());
+    EXPECT_EQ(ids_near(10), (std::vector<PointId>{11, 8, 12}));
+    EXPECT_EQ(ids_near(-50), (std::vector<PointId>{9, 0, 1}));
+    ASSERT_EQ(*c->Delete({PointId("doc-a")}), 1u);
+    EXPECT_EQ(ids_near(100)[0], PointId(49));
+  }
+}
+
 TEST_F(DbTest, SearchingAnEmptyCollectionFindsNothing) {
   OpenDb();
   for (IndexType type : {IndexType::kHnsw, IndexType::kFlat, IndexType::kIvfPq}) {

@@ -297,7 +297,10 @@ void Shard::ApplyPlan(const Plan& plan) {
   {
     std::unique_lock state(state_mu_);
     ++epoch_;
-    for (uint64_t id : plan.delete_ids) live_.remove(id);
+    for (uint64_t id : plan.delete_ids) {
+      live_.remove(id);
+      id_cache_.Erase(id);
+    }
     for (const auto& k : plan.index_remove) payload_index_.RemoveKey(k);
     segs = AllSegmentsLocked();
   }
@@ -720,14 +723,34 @@ absl::Status Shard::Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
   std::vector<std::string> keys;
   keys.reserve(hits.size());
   for (const auto& h : hits) keys.push_back(InternalKey(h.second));
-  std::vector<std::optional<std::string>> exts, payloads, vectors;
-  CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kRids, keys, &exts));
+  // External ids from the cache, the rest from the rids column family.
+  std::vector<std::optional<PointId>> ext_ids(hits.size());
+  std::vector<std::string> missing;
+  std::vector<size_t> missing_at;
+  for (size_t i = 0; i < hits.size(); ++i) {
+    ext_ids[i] = id_cache_.Find(hits[i].second);
+    if (!ext_ids[i]) {
+      missing.push_back(keys[i]);
+      missing_at.push_back(i);
+    }
+  }
+  if (!missing.empty()) {
+    std::vector<std::optional<std::string>> exts;
+    CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kRids, missing, &exts));
+    for (size_t j = 0; j < missing.size(); ++j) {
+      if (!exts[j]) continue;  // deleted after the search saw it
+      CAIRN_ASSIGN_OR_RETURN(PointId id, DecodeExternalKey(*exts[j]));
+      id_cache_.Insert(hits[missing_at[j]].second, id);
+      ext_ids[missing_at[j]] = std::move(id);
+    }
+  }
+  std::vector<std::optional<std::string>> payloads, vectors;
   if (params.with_payload) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kPayloads, keys, &payloads));
   if (params.with_vector) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kVectors, keys, &vectors));
   for (size_t i = 0; i < hits.size(); ++i) {
-    if (!exts[i]) continue;  // deleted after the search saw it
+    if (!ext_ids[i]) continue;
     ScoredPoint sp;
-    CAIRN_ASSIGN_OR_RETURN(sp.id, DecodeExternalKey(*exts[i]));
+    sp.id = std::move(*ext_ids[i]);
     sp.score = hits[i].first;
     if (params.with_payload && payloads[i]) {
       std::string_view pj, text;
@@ -891,6 +914,7 @@ absl::Status Shard::Seal(bool force) {
   std::shared_ptr<index::Segment> sealed;
   if (frozen->type() == options_.index.type) {
     sealed = frozen;  // the growing index already is the target index
+    sealed->BuildSearchCodes();
   } else {
     std::vector<uint64_t> ids;
     std::vector<float> vecs;

@@ -35,6 +35,7 @@
 
 #include "absl/status/statusor.h"
 #include "cairn/collection.h"
+#include "db/id_cache.h"
 #include "db/payload_index.h"
 #include "index/segment.h"
 #include "storage/kv_store.h"
@@ -206,6 +207,7 @@ class Shard {
     uint64_t epoch;
     std::shared_ptr<const FilterResult> result;
   };
+  mutable ExternalIdCache id_cache_;
   mutable std::mutex filter_cache_mu_;
   mutable std::deque<CachedFilter> filter_cache_;          // most recent first
 };

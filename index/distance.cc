@@ -146,7 +146,9 @@ SimdLevel Choose() {
   return level;
 }
 
-const SimdLevel kLevel = Choose();
+// Through ActiveSimdLevel's function-local static, so that other files'
+// static initializers may call it safely.
+const SimdLevel kLevel = ActiveSimdLevel();
 const DistanceFn kL2 = L2SqrKernel(kLevel);
 const DistanceFn kIp = InnerProductKernel(kLevel);
 
@@ -172,7 +174,10 @@ DistanceFn InnerProductKernel(SimdLevel level) {
 
 float L2Sqr(const float* a, const float* b, size_t d) { return kL2(a, b, d); }
 float InnerProduct(const float* a, const float* b, size_t d) { return kIp(a, b, d); }
-SimdLevel ActiveSimdLevel() { return kLevel; }
+SimdLevel ActiveSimdLevel() {
+  static const SimdLevel level = Choose();
+  return level;
+}
 
 const char* SimdLevelName(SimdLevel level) {
   switch (level) {

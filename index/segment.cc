@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
 #include "index/distance.h"
+#include "index/hnsw_search.h"
 #include "storage/file_util.h"
 
 namespace cairn::index {
@@ -293,6 +294,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
   seg->ids_.assign(ids, ids + n);
   seg->deleted_.assign((n + 63) / 64, 0);
   seg->frozen_ = true;
+  seg->BuildSearchCodes();
   return seg;
 }
 
@@ -319,6 +321,21 @@ void Segment::Freeze() {
   frozen_ = true;
 }
 
+void Segment::BuildSearchCodes() {
+  if (type_ != IndexType::kHnsw || !spec_.hnsw_int8 || dim_ > Int8Codes::kMaxDim) return;
+  std::shared_ptr<const Int8Codes> codes;
+  {
+    std::shared_lock lock(mu_);
+    if (!frozen_ || codes_) return;
+    const auto* flat = static_cast<const faiss::IndexFlat*>(
+        static_cast<const faiss::IndexHNSW*>(index_.get())->storage);
+    codes = std::make_shared<const Int8Codes>(Int8Codes::Build(
+        reinterpret_cast<const float*>(flat->codes.data()), static_cast<size_t>(flat->ntotal), dim_));
+  }
+  std::unique_lock lock(mu_);
+  codes_ = std::move(codes);
+}
+
 bool Segment::frozen() const {
   std::shared_lock lock(mu_);
   return frozen_;
@@ -331,7 +348,7 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
   std::fill(scores, scores + nq * k, worst);
   std::fill(ids, ids + nq * k, kNoId);
   const int want_ef = std::max(params.ef > 0 ? params.ef : spec_.ef_search, params.k);
-  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(index_.get())) {
+  if (auto* h = type_ == IndexType::kHnsw ? nullptr : dynamic_cast<faiss::IndexHNSW*>(index_.get())) {
     // FAISS 1.7.3 sizes the candidate heap by the index's own efSearch and
     // takes the smaller of it and the request's: raise it (never lower it,
     // other searches may be running) so the request's ef takes effect.
@@ -347,6 +364,42 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
   }
   std::shared_lock lock(mu_);
   if (ids_.empty() || num_deleted_ == ids_.size()) return absl::OkStatus();
+
+  if (type_ == IndexType::kHnsw) {
+    // Cairn's own walk over the graph (index/hnsw_search.h).
+    const auto* h = static_cast<const faiss::IndexHNSW*>(index_.get());
+    HnswGraph g;
+    g.neighbors = h->hnsw.neighbors.data();
+    g.offsets = h->hnsw.offsets.data();
+    g.cum_neighbors = h->hnsw.cum_nneighbor_per_level.data();
+    g.entry_point = h->hnsw.entry_point;
+    g.max_level = h->hnsw.max_level;
+    g.size = static_cast<size_t>(h->ntotal);
+    HnswQuery hq;
+    hq.base = reinterpret_cast<const float*>(static_cast<const faiss::IndexFlat*>(h->storage)->codes.data());
+    hq.dim = dim_;
+    hq.metric = metric_;
+    hq.codes = codes_.get();
+    hq.deleted = num_deleted_ > 0 ? &deleted_ : nullptr;
+    hq.allowed = params.allowed;
+    hq.ef = want_ef;
+    hq.k = k;
+    auto one = [&](size_t q) {
+      thread_local std::vector<std::pair<float, int64_t>> found;
+      HnswSearch(g, hq, queries + q * dim_, &found);
+      for (size_t j = 0; j < found.size(); ++j) {
+        scores[q * k + j] = found[j].first;
+        ids[q * k + j] = static_cast<int64_t>(ids_[static_cast<size_t>(found[j].second)]);
+      }
+    };
+    if (nq == 1 || threads <= 1) {
+      for (size_t q = 0; q < nq; ++q) one(q);
+    } else {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
+      for (size_t q = 0; q < nq; ++q) one(q);
+    }
+    return absl::OkStatus();
+  }
 
   PositionSelector sel;
   sel.deleted = num_deleted_ > 0 ? &deleted_ : nullptr;
@@ -537,6 +590,7 @@ uint64_t Segment::MemoryBytes() const {
     bytes += h->hnsw.neighbors.size() * sizeof(faiss::HNSW::storage_idx_t) +
              h->hnsw.offsets.size() * sizeof(size_t) + h->hnsw.levels.size() * sizeof(int) +
              static_cast<uint64_t>(h->storage->ntotal) * h->storage->sa_code_size();
+    if (codes_) bytes += codes_->MemoryBytes();
   } else if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
     bytes += static_cast<uint64_t>(ivf->ntotal) * (ivf->code_size + sizeof(idx_t)) +
              static_cast<uint64_t>(ivf->nlist) * dim_ * sizeof(float);
@@ -678,6 +732,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
   seg->ids_ = std::move(ids);
   seg->deleted_.assign((n + 63) / 64, 0);
   seg->frozen_ = true;
+  seg->BuildSearchCodes();
   return seg;
 }
 

@@ -32,6 +32,8 @@ struct Index;
 
 namespace cairn::index {
 
+class Int8Codes;
+
 inline constexpr int64_t kNoId = -1;
 
 // Normalizes rows in place for kCosine; no-op otherwise. Zero vectors stay zero.
@@ -86,6 +88,10 @@ class Segment {
   absl::Status Add(const float* x, const uint64_t* ids, size_t n, int threads);
   // After Freeze, Add fails: the segment is being sealed or is sealed.
   void Freeze();
+  // For a frozen HNSW segment (Build and Load do this themselves): derives the
+  // int8 codes its searches walk the graph with (see index/hnsw_search.h),
+  // unless the spec turns them off or the dimension is too large.
+  void BuildSearchCodes();
 
   // k nearest of each query among positions not deleted (and allowed). Results
   // are internal ids, best first, padded with kNoId.
@@ -139,6 +145,7 @@ class Segment {
   std::unique_ptr<faiss::Index> index_;
   std::vector<uint64_t> ids_;   // position -> internal id, ascending
   std::vector<uint64_t> deleted_;  // bitset over positions
+  std::shared_ptr<const Int8Codes> codes_;  // HNSW walk codes, once frozen
   size_t num_deleted_ = 0;
   bool frozen_ = false;
 };

@@ -190,11 +190,13 @@ int main(int argc, char** argv) {
   config.index.ef_construction = std::atoi(get("--ef-construction", "100").c_str());
   if (a.count("--nlist")) config.index.nlist = std::atoi(get("--nlist").c_str());
   if (a.count("--rerank")) config.index.rerank_factor = std::atoi(get("--rerank").c_str());
+  config.index.hnsw_int8 = get("--hnsw-int8", "1") != "0";
   config.payload_indexes = {{"bucket", cairn::PayloadType::kInteger}};
   config.seal_threshold = std::max<uint64_t>(1000, n);
   const bool ivf = index_name.rfind("ivf", 0) == 0;
   std::string index_desc = ivf ? absl::StrCat(index_name, "(nlist=", config.index.nlist, ")")
-                               : absl::StrCat(index_name, "(M=", config.index.hnsw_m, ",efC=", config.index.ef_construction, ")");
+                               : absl::StrCat(index_name, "(M=", config.index.hnsw_m, ",efC=", config.index.ef_construction,
+                                              index_name == "hnsw" ? (config.index.hnsw_int8 ? ",int8 walk" : ",f32 walk") : "", ")");
   const std::string common = Common(dataset, index_desc, threads);
 
   // Build: the bulk load (storage written and the index built, durable), one segment.

@@ -148,14 +148,24 @@ def goals(ds, groups, builds):
                     out.append(f"- cairnd over gRPC, 2 client threads, {r['param']}: {r['qps_single']:.0f} QPS against "
                                f"{e['qps_single']:.0f} in-process with 2 threads: {ratio:.2f} (goal >= 0.70): "
                                f"{'met' if ratio >= 0.7 else 'NOT met'}")
-    cb = [b for b in builds if b["dataset"] == ds and b["engine"] == "cairn" and b["threads"] == 1]
-    pb = [b for b in builds if b["dataset"] == ds and b["engine"] != "cairn" and b["threads"] == 1
-          and best_at(peers.get(next((k for k in peers if k[0] == b["engine"] and k[1] == b["index"]), None), []), 0.95)]
+    def reaching(engine_is_cairn):
+        # Builds (1 thread) whose index reaches recall@10 0.95 on this dataset.
+        got = []
+        for b in builds:
+            if b["dataset"] != ds or b["threads"] != 1 or (b["engine"] == "cairn") != engine_is_cairn:
+                continue
+            key = next((k for k in one if k[0] == b["engine"] and k[1] == b["index"]), None)
+            if key and best_at(one[key], 0.95):
+                got.append(b)
+        return got
+    cb, pb = reaching(True), reaching(False)
     if cb and pb:
+        mine = min(cb, key=lambda b: b["build_seconds"])
         fastest = min(pb, key=lambda b: b["build_seconds"])
-        out.append(f"- build, 1 thread: Cairn {cb[0]['build_seconds']:.1f} s (durable) against the fastest peer reaching "
-                   f"recall 0.95, {fastest['engine']} {fastest['build_seconds']:.1f} s (in memory): "
-                   f"{'met' if cb[0]['build_seconds'] <= fastest['build_seconds'] else 'NOT met'}")
+        out.append(f"- build, 1 thread, fastest index reaching recall 0.95: Cairn {mine['index']} "
+                   f"{mine['build_seconds']:.1f} s (durable) against {fastest['engine']} {fastest['index']} "
+                   f"{fastest['build_seconds']:.1f} s (in memory): "
+                   f"{'met' if mine['build_seconds'] <= fastest['build_seconds'] else 'NOT met'}")
     out.append("")
     return out
 

@@ -65,6 +65,11 @@ def nlist_for(n):
     return max(16, int(n ** 0.5))
 
 
+def rows_of(npy):
+    import numpy as np
+    return np.load(npy, mmap_mode="r").shape[0]
+
+
 def read_idx(path):
     import numpy as np
     with gzip.open(path, "rb") as f:
@@ -267,7 +272,7 @@ def run_engine(cmd, results, label, env=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="fashion-mnist")
-    ap.add_argument("--engines", default="cairn,faiss-hnsw,faiss-ivf,faiss-ivfpq,hnswlib,lancedb,usearch")
+    ap.add_argument("--engines", default="cairn,cairn-f32,cairn-ivf,faiss-hnsw,faiss-ivf,faiss-ivfpq,hnswlib,lancedb,usearch")
     ap.add_argument("--paths", default="filtered,grpc", help="Cairn's extra paths: filtered, grpc (or none)")
     ap.add_argument("--append", action="store_true", help="add to results.jsonl instead of starting it anew")
     ap.add_argument("--threads", default="1,2")
@@ -322,6 +327,16 @@ def main():
                     if t == threads[-1] and "grpc" in paths:
                         cmd += ["--grpc", "1,2"]
                     run_engine(cmd, results, f"cairn (threads={t})")
+                elif e in ("cairn-f32", "cairn-ivf"):
+                    # HNSW walking on float32 vectors instead of int8 codes,
+                    # and IVF-Flat with the peers' nlist: embedded only.
+                    cmd = [os.path.join(args.bin, "cairn_runner"), "--dataset", name, "--base", f"{d}/base.npy",
+                           "--queries", f"{d}/queries.npy", "--gt", f"{d}/gt.npy", "--metric",
+                           "ip" if metric == "cosine" else metric, "--threads", str(t),
+                           "--max-queries", str(args.max_queries), "--data-dir", os.path.join(args.out, "cairn-data")]
+                    cmd += ["--index", "hnsw", "--hnsw-int8", "0"] if e == "cairn-f32" else \
+                           ["--index", "ivf_flat", "--nlist", str(nlist_for(rows_of(f"{d}/base.npy")))]
+                    run_engine(cmd, results, f"{e} (threads={t})")
                 elif e in ("faiss-hnsw", "faiss-ivf", "faiss-ivfpq", "hnswlib"):
                     if e == "hnswlib" and not have_hnswlib:
                         continue

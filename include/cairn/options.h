@@ -56,6 +56,12 @@ struct IndexSpec {
   // candidates and re-rank them with exact distances from the raw vectors.
   // 0 or 1 turns re-ranking off. Default: 0.
   int rerank_factor = 0;
+  // HNSW: walk sealed segments' graphs on 8-bit codes of the vectors (a
+  // quarter of the memory traffic of float32), then re-rank the ef candidates
+  // with the full-precision vectors, so returned scores stay exact. Costs one
+  // byte per dimension per point of memory; dimensions above 4096 always walk
+  // on floats. Default: true.
+  bool hnsw_int8 = true;
 };
 
 // Type of a declared (indexed) payload field.

@@ -1,0 +1,335 @@
+#include "index/hnsw_search.h"
+
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+
+#include "index/distance.h"
+#include "index/segment.h"
+
+namespace cairn::index {
+namespace {
+
+// ---- code kernels (stride is a multiple of 64, padding is zero) ----
+
+int32_t CodeL2Scalar(const uint8_t* c, const int16_t* q, size_t stride) {
+  int32_t s = 0;
+  for (size_t i = 0; i < stride; ++i) {
+    int32_t d = static_cast<int32_t>(c[i]) - q[i];
+    s += d * d;
+  }
+  return s;
+}
+
+int32_t CodeDotScalar(const uint8_t* c, const int16_t* q, size_t stride) {
+  int32_t s = 0;
+  for (size_t i = 0; i < stride; ++i) s += static_cast<int32_t>(c[i]) * q[i];
+  return s;
+}
+
+__attribute__((target("avx2"))) int32_t Sum256(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+__attribute__((target("avx2"))) int32_t CodeL2Avx2(const uint8_t* c, const int16_t* q, size_t stride) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+  for (size_t i = 0; i < stride; i += 32) {
+    __m256i c0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
+    __m256i c1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i + 16)));
+    __m256i d0 = _mm256_sub_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i)));
+    __m256i d1 = _mm256_sub_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i + 16)));
+    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(d0, d0));
+    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(d1, d1));
+  }
+  return Sum256(_mm256_add_epi32(a0, a1));
+}
+
+__attribute__((target("avx2"))) int32_t CodeDotAvx2(const uint8_t* c, const int16_t* q, size_t stride) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+  for (size_t i = 0; i < stride; i += 32) {
+    __m256i c0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
+    __m256i c1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i + 16)));
+    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i))));
+    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i + 16))));
+  }
+  return Sum256(_mm256_add_epi32(a0, a1));
+}
+
+__attribute__((target("avx512f,avx512bw"))) int32_t CodeL2Avx512(const uint8_t* c, const int16_t* q,
+                                                                  size_t stride) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+  for (size_t i = 0; i < stride; i += 64) {
+    __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i)));
+    __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 32)));
+    __m512i d0 = _mm512_sub_epi16(c0, _mm512_loadu_si512(q + i));
+    __m512i d1 = _mm512_sub_epi16(c1, _mm512_loadu_si512(q + i + 32));
+    a0 = _mm512_add_epi32(a0, _mm512_madd_epi16(d0, d0));
+    a1 = _mm512_add_epi32(a1, _mm512_madd_epi16(d1, d1));
+  }
+  return _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
+}
+
+__attribute__((target("avx512f,avx512bw"))) int32_t CodeDotAvx512(const uint8_t* c, const int16_t* q,
+                                                                   size_t stride) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+  for (size_t i = 0; i < stride; i += 64) {
+    __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i)));
+    __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 32)));
+    a0 = _mm512_add_epi32(a0, _mm512_madd_epi16(c0, _mm512_loadu_si512(q + i)));
+    a1 = _mm512_add_epi32(a1, _mm512_madd_epi16(c1, _mm512_loadu_si512(q + i + 32)));
+  }
+  return _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
+}
+
+struct CodeKernels {
+  CodeFn l2;
+  CodeFn dot;
+};
+
+CodeKernels KernelsFor(SimdLevel level) {
+  __builtin_cpu_init();
+  if (level == SimdLevel::kAvx512 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw")) {
+    return {CodeL2Avx512, CodeDotAvx512};
+  }
+  if (level >= SimdLevel::kAvx2 && __builtin_cpu_supports("avx2")) return {CodeL2Avx2, CodeDotAvx2};
+  return {CodeL2Scalar, CodeDotScalar};
+}
+
+const CodeKernels kCode = KernelsFor(ActiveSimdLevel());  // honours CAIRN_SIMD
+
+// ---- per-thread scratch ----
+
+// Visited marks: a position is visited in this query when its tag equals the
+// query's tag; tags only need clearing when the counter wraps.
+struct Scratch {
+  std::vector<uint16_t> tags;
+  uint16_t tag = 0;
+  std::vector<std::pair<float, int32_t>> candidates;  // min-heap
+  std::vector<std::pair<float, int32_t>> top;         // max-heap
+  std::vector<int32_t> fresh;
+  std::vector<int16_t> qcode;
+
+  void Begin(size_t n) {
+    if (tags.size() < n) tags.resize(n, 0);
+    if (++tag == 0) {
+      std::fill(tags.begin(), tags.end(), 0);
+      tag = 1;
+    }
+    candidates.clear();
+    top.clear();
+  }
+  bool Visit(int32_t i) {
+    if (tags[static_cast<size_t>(i)] == tag) return false;
+    tags[static_cast<size_t>(i)] = tag;
+    return true;
+  }
+};
+
+Scratch& ThreadScratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+inline void Prefetch(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
+}
+
+// Distances where smaller is better: L2, or the negated inner product.
+struct FloatDistance {
+  const float* base;
+  size_t dim;
+  const float* q;
+  bool l2;
+  size_t prefetch_bytes;
+  float operator()(int32_t i) const {
+    const float* v = base + static_cast<size_t>(i) * dim;
+    return l2 ? L2Sqr(q, v, dim) : -InnerProduct(q, v, dim);
+  }
+  const void* Address(int32_t i) const { return base + static_cast<size_t>(i) * dim; }
+};
+
+struct CodeDistance {
+  const Int8Codes* codes;
+  const int16_t* q;
+  bool l2;
+  size_t prefetch_bytes;
+  float operator()(int32_t i) const {
+    const uint8_t* c = codes->row(static_cast<size_t>(i));
+    return l2 ? static_cast<float>(kCode.l2(c, q, codes->stride()))
+              : -static_cast<float>(kCode.dot(c, q, codes->stride()));
+  }
+  const void* Address(int32_t i) const { return codes->row(static_cast<size_t>(i)); }
+};
+
+using Pair = std::pair<float, int32_t>;
+constexpr auto kMinFirst = std::greater<Pair>();  // for a min-heap
+constexpr auto kMaxFirst = std::less<Pair>();     // for a max-heap
+
+template <typename Dist>
+void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s) {
+  auto ok = [&](int32_t i) {
+    size_t p = static_cast<size_t>(i);
+    if (hq.deleted && (((*hq.deleted)[p >> 6] >> (p & 63)) & 1)) return false;
+    return hq.allowed == nullptr || hq.allowed->Test(p);
+  };
+
+  // Greedy descent through the upper layers.
+  int32_t cur = static_cast<int32_t>(g.entry_point);
+  float cur_d = dist(cur);
+  for (int level = g.max_level; level > 0; --level) {
+    bool moved = true;
+    while (moved) {
+      moved = false;
+      const int32_t* nb = g.neighbors + g.offsets[cur] + g.cum_neighbors[level];
+      const int32_t* end = g.neighbors + g.offsets[cur] + g.cum_neighbors[level + 1];
+      for (; nb < end && *nb >= 0; ++nb) {
+        float d = dist(*nb);
+        if (d < cur_d) {
+          cur_d = d;
+          cur = *nb;
+          moved = true;
+        }
+      }
+    }
+  }
+
+  // Beam search on layer 0: candidates to expand, and the ef best allowed.
+  const size_t ef = static_cast<size_t>(std::max(hq.ef, 1));
+  s.Visit(cur);
+  s.candidates.push_back({cur_d, cur});
+  if (ok(cur)) s.top.push_back({cur_d, cur});
+  float bound = s.top.empty() ? std::numeric_limits<float>::infinity() : cur_d;
+  const bool filtering = hq.deleted != nullptr || hq.allowed != nullptr;
+  while (!s.candidates.empty()) {
+    Pair c = s.candidates.front();
+    if (c.first > bound && (s.top.size() >= ef || !filtering)) break;
+    std::pop_heap(s.candidates.begin(), s.candidates.end(), kMinFirst);
+    s.candidates.pop_back();
+
+    const int32_t* nb = g.neighbors + g.offsets[c.second];
+    const int32_t* end = g.neighbors + g.offsets[c.second] + g.cum_neighbors[1];
+    s.fresh.clear();
+    for (; nb < end && *nb >= 0; ++nb) {
+      if (s.Visit(*nb)) s.fresh.push_back(*nb);
+    }
+    const size_t nf = s.fresh.size();
+    for (size_t j = 0; j < nf && j < 2; ++j) Prefetch(dist.Address(s.fresh[j]), dist.prefetch_bytes);
+    for (size_t j = 0; j < nf; ++j) {
+      if (j + 2 < nf) Prefetch(dist.Address(s.fresh[j + 2]), dist.prefetch_bytes);
+      const int32_t v = s.fresh[j];
+      const float d = dist(v);
+      if (s.top.size() < ef || d < bound) {
+        s.candidates.push_back({d, v});
+        std::push_heap(s.candidates.begin(), s.candidates.end(), kMinFirst);
+        if (ok(v)) {
+          s.top.push_back({d, v});
+          std::push_heap(s.top.begin(), s.top.end(), kMaxFirst);
+          if (s.top.size() > ef) {
+            std::pop_heap(s.top.begin(), s.top.end(), kMaxFirst);
+            s.top.pop_back();
+          }
+          bound = s.top.front().first;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Int8Codes Int8Codes::Build(const float* x, size_t n, size_t dim) {
+  Int8Codes c;
+  c.dim_ = dim;
+  c.stride_ = (dim + 63) / 64 * 64;
+  c.lo_.assign(dim, std::numeric_limits<float>::infinity());
+  std::vector<float> hi(dim, -std::numeric_limits<float>::infinity());
+  for (size_t i = 0; i < n; ++i) {
+    const float* v = x + i * dim;
+    for (size_t d = 0; d < dim; ++d) {
+      c.lo_[d] = std::min(c.lo_[d], v[d]);
+      hi[d] = std::max(hi[d], v[d]);
+    }
+  }
+  float range = 0;
+  for (size_t d = 0; d < dim; ++d) {
+    if (n == 0) c.lo_[d] = 0, hi[d] = 0;
+    range = std::max(range, hi[d] - c.lo_[d]);
+  }
+  c.scale_ = range > 0 ? range / 255.0f : 1.0f;
+  const float inv = 1.0f / c.scale_;
+  c.codes_.assign(n * c.stride_, 0);
+  for (size_t i = 0; i < n; ++i) {
+    const float* v = x + i * dim;
+    uint8_t* out = c.codes_.data() + i * c.stride_;
+    for (size_t d = 0; d < dim; ++d) {
+      float t = std::nearbyint((v[d] - c.lo_[d]) * inv);
+      out[d] = static_cast<uint8_t>(std::clamp(t, 0.0f, 255.0f));
+    }
+  }
+  return c;
+}
+
+void Int8Codes::EncodeQuery(const float* q, Metric metric, int16_t* out) const {
+  std::fill(out, out + stride_, 0);
+  if (metric == Metric::kL2) {
+    // On the codes' grid; clamped so that (code - q)^2 sums stay in int32.
+    const float inv = 1.0f / scale_;
+    for (size_t d = 0; d < dim_; ++d) {
+      float t = std::nearbyint((q[d] - lo_[d]) * inv);
+      out[d] = static_cast<int16_t>(std::clamp(t, -255.0f, 510.0f));
+    }
+    return;
+  }
+  // q . x = q . lo + scale * (q . code): rank by q . code, q scaled to +-1023.
+  float m = 0;
+  for (size_t d = 0; d < dim_; ++d) m = std::max(m, std::fabs(q[d]));
+  if (m == 0) return;
+  const float f = 1023.0f / m;
+  for (size_t d = 0; d < dim_; ++d) out[d] = static_cast<int16_t>(std::nearbyint(q[d] * f));
+}
+
+CodeFn CodeL2Kernel(SimdLevel level) { return KernelsFor(level).l2; }
+CodeFn CodeDotKernel(SimdLevel level) { return KernelsFor(level).dot; }
+int32_t CodeL2(const uint8_t* c, const int16_t* q, size_t stride) { return kCode.l2(c, q, stride); }
+int32_t CodeDot(const uint8_t* c, const int16_t* q, size_t stride) { return kCode.dot(c, q, stride); }
+
+void HnswSearch(const HnswGraph& g, const HnswQuery& hq, const float* query,
+                std::vector<std::pair<float, int64_t>>* out) {
+  out->clear();
+  if (g.entry_point < 0 || g.size == 0) return;
+  Scratch& s = ThreadScratch();
+  s.Begin(g.size);
+  const bool l2 = hq.metric == Metric::kL2;
+  const size_t k = hq.k;
+  if (hq.codes != nullptr && hq.codes->size() == g.size) {
+    s.qcode.resize(hq.codes->stride());
+    hq.codes->EncodeQuery(query, hq.metric, s.qcode.data());
+    CodeDistance dist{hq.codes, s.qcode.data(), l2, hq.codes->stride()};
+    Walk(g, hq, dist, s);
+    // Re-rank the walk's best with the full-precision vectors.
+    for (auto& [d, i] : s.top) {
+      const float* v = hq.base + static_cast<size_t>(i) * hq.dim;
+      d = l2 ? L2Sqr(query, v, hq.dim) : -InnerProduct(query, v, hq.dim);
+    }
+  } else {
+    FloatDistance dist{hq.base, hq.dim, query, l2, std::min<size_t>(hq.dim * sizeof(float), 1024)};
+    Walk(g, hq, dist, s);
+  }
+  std::sort(s.top.begin(), s.top.end());
+  const size_t m = std::min(k, s.top.size());
+  out->reserve(m);
+  for (size_t j = 0; j < m; ++j) {
+    out->emplace_back(l2 ? s.top[j].first : -s.top[j].first, static_cast<int64_t>(s.top[j].second));
+  }
+}
+
+}  // namespace cairn::index
