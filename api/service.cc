@@ -167,10 +167,19 @@ struct Backend {
     return grpc::Status::OK;
   }
 
-  // Checks the key, runs fn(db) on the pool and finishes the call with its
-  // status.
+  // Calls running on gRPC's own threads now (see Run's `inline_ok`), at
+  // most max_inline at once.
+  std::atomic<int> inline_running{0};
+  int max_inline = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
+  // Checks the key, runs fn(db) and finishes the call with its status. With
+  // `inline_ok` (short calls of bounded cost: a plain vector search) fn runs
+  // on the gRPC thread that took the call, saving the two thread hand-offs of
+  // the pool, as long as fewer than max_inline such calls run; otherwise, and
+  // for every other call, on the pool.
   template <typename Fn>
-  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Role need, const char* method, Fn fn) {
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Role need, const char* method, Fn fn,
+                                bool inline_ok = false) {
     auto t0 = std::chrono::steady_clock::now();
     auto* reactor = ctx->DefaultReactor();
     if (grpc::Status auth = Authorize(ctx, need); !auth.ok()) {
@@ -192,6 +201,15 @@ struct Backend {
       Finish(reactor, method, t0, s);
       Leave();
     };
+    if (inline_ok) {
+      if (inline_running.fetch_add(1, std::memory_order_acq_rel) < max_inline) {
+        grpc::Status st = ToGrpc(fn(*database));
+        inline_running.fetch_sub(1, std::memory_order_acq_rel);
+        finish(st);
+        return reactor;
+      }
+      inline_running.fetch_sub(1, std::memory_order_acq_rel);
+    }
     bool queued = pool->Submit([ctx, database, finish, fn = std::move(fn)]() mutable {
       if (ctx->IsCancelled()) {
         finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
@@ -464,7 +482,8 @@ class SearchService final : public v1::Search::CallbackService {
       CAIRN_ASSIGN_OR_RETURN(auto hits, c->Search(req->vector(), params));
       for (const auto& h : hits) ToProto(h, resp->add_hits());
       return absl::OkStatus();
-    });
+    }, /*inline_ok=*/!req->params().has_filter() && !req->params().exact() && req->params().k() <= 100 &&
+                         req->params().ef() <= 512);
   }
 
   grpc::ServerUnaryReactor* SearchBatch(grpc::CallbackServerContext* ctx,

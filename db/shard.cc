@@ -490,6 +490,23 @@ absl::StatusOr<Bitmap> Shard::EvalConditionLocked(
   return b & live_;
 }
 
+std::shared_ptr<const index::PositionSet> Shard::FilterResult::PositionsIn(const index::Segment& seg) const {
+  {
+    std::lock_guard l(positions_mu);
+    if (auto it = positions.find(&seg); it != positions.end()) return it->second;
+  }
+  auto set = std::make_shared<index::PositionSet>();
+  auto lo = std::lower_bound(list.begin(), list.end(), seg.min_id());
+  auto hi = std::upper_bound(list.begin(), list.end(), seg.max_id());
+  if (lo < hi) {
+    seg.PositionsOf(absl::MakeConstSpan(&*lo, static_cast<size_t>(hi - lo)), set.get());
+  } else {
+    set->Resize(seg.size());
+  }
+  std::lock_guard l(positions_mu);
+  return positions.try_emplace(&seg, std::move(set)).first->second;
+}
+
 absl::StatusOr<std::shared_ptr<const Shard::FilterResult>> Shard::CachedFilterLocked(const Filter& filter) const {
   constexpr size_t kCacheEntries = 16;
   std::string key = filter.ToJson();
@@ -640,18 +657,22 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
         sp.k = params.k;
         sp.ef = params.ef > 0 ? params.ef : tun.ef_search;
         sp.nprobe = params.nprobe > 0 ? params.nprobe : tun.nprobe;
-        index::PositionSet allowed;
+        std::shared_ptr<const index::PositionSet> allowed;
         if (filtered) {
           auto lo = std::lower_bound(filter_list.begin(), filter_list.end(), seg->min_id());
           auto hi = std::upper_bound(filter_list.begin(), filter_list.end(), seg->max_id());
           if (lo >= hi) continue;
-          seg->PositionsOf(absl::MakeConstSpan(&*lo, static_cast<size_t>(hi - lo)), &allowed);
-          sp.allowed = &allowed;
-          // A graph walk that must skip most nodes needs a longer candidate
-          // list to find k allowed ones.
-          double sel = static_cast<double>(hi - lo) / static_cast<double>(seg->size());
-          int base = std::max(sp.ef, params.k);
-          sp.ef = static_cast<int>(base * std::min(8.0, 1.0 / std::sqrt(std::max(sel, 1e-6))));
+          allowed = filtered->PositionsIn(*seg);
+          sp.allowed = allowed.get();
+          // FAISS's walk (HNSW-SQ) stops after about ef steps whatever it
+          // skips, so it needs a longer candidate list to find k allowed
+          // points. Cairn's own walk (HNSW) already goes on until it holds ef
+          // allowed ones (index/hnsw_search.h).
+          if (seg->type() != IndexType::kHnsw) {
+            double sel = static_cast<double>(hi - lo) / static_cast<double>(seg->size());
+            int base = std::max(sp.ef, params.k);
+            sp.ef = static_cast<int>(base * std::min(8.0, 1.0 / std::sqrt(std::max(sel, 1e-6))));
+          }
         }
         const bool lossy = !seg->HasExactVectors();
         const int rerank = tun.rerank_factor;

@@ -157,6 +157,12 @@ class Shard {
   struct FilterResult {
     Bitmap ids;
     std::vector<uint64_t> list;  // ids, ascending
+    // The matches as positions in each segment, made on first use. Segments
+    // do not change positions within an epoch (writes, seals and compactions
+    // bump it), so these stay valid as long as the result does.
+    std::shared_ptr<const index::PositionSet> PositionsIn(const index::Segment& seg) const;
+    mutable std::mutex positions_mu;
+    mutable absl::flat_hash_map<const index::Segment*, std::shared_ptr<const index::PositionSet>> positions;
   };
   absl::StatusOr<std::shared_ptr<const FilterResult>> CachedFilterLocked(const Filter& filter) const;
   absl::StatusOr<Bitmap> EvalConditionLocked(const Condition& c,

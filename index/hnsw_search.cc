@@ -115,6 +115,7 @@ struct Scratch {
   std::vector<std::pair<float, int32_t>> candidates;  // min-heap
   std::vector<std::pair<float, int32_t>> top;         // max-heap
   std::vector<int32_t> fresh;
+  std::vector<int32_t> skipped;
   std::vector<int16_t> qcode;
 
   void Begin(size_t n) {
@@ -126,6 +127,7 @@ struct Scratch {
     candidates.clear();
     top.clear();
   }
+  bool Seen(int32_t i) const { return tags[static_cast<size_t>(i)] == tag; }
   bool Visit(int32_t i) {
     if (tags[static_cast<size_t>(i)] == tag) return false;
     tags[static_cast<size_t>(i)] = tag;
@@ -170,12 +172,40 @@ struct CodeDistance {
   const void* Address(int32_t i) const { return codes->row(static_cast<size_t>(i)); }
 };
 
+// Filters that keep less than this fraction of a segment walk in two hops
+// (see Walk). Above it, the one-hop walk is faster at the same recall
+// (Fashion-MNIST, bench/ann: at 50% one hop reached recall 0.966 at 15,300
+// QPS and two hops 0.974 at 11,500; at 10% one hop 0.992 at 6,500 and two
+// hops 0.966 at 13,000).
+constexpr double kTwoHopBelow = 0.3;
+
 using Pair = std::pair<float, int32_t>;
 constexpr auto kMinFirst = std::greater<Pair>();  // for a min-heap
 constexpr auto kMaxFirst = std::less<Pair>();     // for a max-heap
 
 template <typename Dist>
+void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s, bool two_hop);
+
+// Walks in two hops under a selective filter, and again in one hop when that
+// found fewer allowed nodes than it should have: on strongly clustered data
+// the graph the filter induces can fall apart into islands.
+template <typename Dist>
 void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s) {
+  // Not for inner product: the best matches of unnormalized vectors are the
+  // long ones wherever they lie, not a neighbourhood the two hops stay in.
+  const bool two_hop = hq.allowed != nullptr && hq.allowed_fraction < kTwoHopBelow &&
+                       hq.metric != Metric::kInnerProduct;
+  Walk(g, hq, dist, s, two_hop);
+  if (!two_hop) return;
+  const double expected = std::min<double>(static_cast<double>(std::max(hq.ef, 1)),
+                                           hq.allowed_fraction * static_cast<double>(g.size));
+  if (static_cast<double>(s.top.size()) >= expected) return;
+  s.Begin(g.size);
+  Walk(g, hq, dist, s, false);
+}
+
+template <typename Dist>
+void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s, bool two_hop) {
   auto ok = [&](int32_t i) {
     size_t p = static_cast<size_t>(i);
     if (hq.deleted && (((*hq.deleted)[p >> 6] >> (p & 63)) & 1)) return false;
@@ -218,8 +248,36 @@ void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s)
     const int32_t* nb = g.neighbors + g.offsets[c.second];
     const int32_t* end = g.neighbors + g.offsets[c.second] + g.cum_neighbors[1];
     s.fresh.clear();
-    for (; nb < end && *nb >= 0; ++nb) {
-      if (s.Visit(*nb)) s.fresh.push_back(*nb);
+    if (!two_hop) {
+      for (; nb < end && *nb >= 0; ++nb) {
+        if (s.Visit(*nb)) s.fresh.push_back(*nb);
+      }
+    } else {
+      // A selective filter: only allowed nodes get a distance. A neighbor
+      // the filter excludes is stepped through, its own neighbors standing
+      // in for it (two hops), up to a full neighbor list of allowed nodes per
+      // expansion. The walk then moves on the graph the filter induces,
+      // without paying for the nodes it skips.
+      const size_t cap = static_cast<size_t>(g.cum_neighbors[1]);
+      s.skipped.clear();
+      for (; nb < end && *nb >= 0; ++nb) {
+        if (ok(*nb)) {
+          if (s.Visit(*nb)) s.fresh.push_back(*nb);
+        } else if (!s.Seen(*nb)) {
+          s.skipped.push_back(*nb);
+        }
+      }
+      // An excluded node is marked only once stepped through, so one left
+      // over here (the cap reached) can still be stepped through later.
+      for (size_t j = 0; j < s.skipped.size() && s.fresh.size() < cap; ++j) {
+        const int32_t u = s.skipped[j];
+        if (!s.Visit(u)) continue;
+        const int32_t* nb2 = g.neighbors + g.offsets[u];
+        const int32_t* end2 = nb2 + g.cum_neighbors[1];
+        for (; nb2 < end2 && *nb2 >= 0 && s.fresh.size() < cap; ++nb2) {
+          if (ok(*nb2) && s.Visit(*nb2)) s.fresh.push_back(*nb2);
+        }
+      }
     }
     const size_t nf = s.fresh.size();
     for (size_t j = 0; j < nf && j < 2; ++j) Prefetch(dist.Address(s.fresh[j]), dist.prefetch_bytes);

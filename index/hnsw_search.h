@@ -78,6 +78,7 @@ struct HnswQuery {
   const Int8Codes* codes = nullptr;    // when set, walk on codes and re-rank
   const std::vector<uint64_t>* deleted = nullptr;  // bitset of positions, or null
   const PositionSet* allowed = nullptr;
+  double allowed_fraction = 1.0;       // of the graph's nodes in `allowed`
   int ef = 64;
   size_t k = 10;
 };

@@ -382,6 +382,11 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
     hq.codes = codes_.get();
     hq.deleted = num_deleted_ > 0 ? &deleted_ : nullptr;
     hq.allowed = params.allowed;
+    if (params.allowed != nullptr) {
+      size_t n = 0;
+      for (uint64_t w : params.allowed->words) n += static_cast<size_t>(__builtin_popcountll(w));
+      hq.allowed_fraction = static_cast<double>(n) / static_cast<double>(g.size);
+    }
     hq.ef = want_ef;
     hq.k = k;
     auto one = [&](size_t q) {

@@ -46,11 +46,13 @@ inline bool Better(Metric metric, float a, float b) {
 }
 
 // A set of allowed positions, one bit each (bit i of words[i / 64]).
+// Positions past the end are not in the set: a set made before a growing
+// segment took more points stays valid for it.
 struct PositionSet {
   std::vector<uint64_t> words;
   void Resize(size_t n) { words.assign((n + 63) / 64, 0); }
   void Set(size_t i) { words[i >> 6] |= uint64_t{1} << (i & 63); }
-  bool Test(size_t i) const { return (words[i >> 6] >> (i & 63)) & 1; }
+  bool Test(size_t i) const { return (i >> 6) < words.size() && ((words[i >> 6] >> (i & 63)) & 1); }
 };
 
 struct SegmentSearchParams {
