@@ -1,10 +1,13 @@
 // grpc_bench: search through cairnd over gRPC on loopback against the same
 // search in-process, with 1..N client threads: QPS, p50/p99 latency, and the
-// ratio. Also the online ingest rate (client-streaming upsert).
+// ratio. Also the online ingest rate (client-streaming upsert), and the floor:
+// the same unary calls to a server that answers without searching, with the
+// CPU time each call costs client and server together.
 //
 //   build/bin/grpc_bench                      # Fashion-MNIST when installed
 //   build/bin/grpc_bench --synthetic 100000 128 --queries 2000 --threads 1,2,4
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -60,6 +63,25 @@ Result Measure(size_t nq, int threads, const std::function<void(size_t)>& one) {
   double secs = Since(t0);
   std::sort(lat.begin(), lat.end());
   return {nq / secs, lat[nq / 2], lat[std::min(nq - 1, nq * 99 / 100)]};
+}
+
+// cairn.v1.Search answering every call at once with 10 empty hits: what a
+// unary call costs on this machine before any search runs.
+class NoopSearch final : public cairn::v1::Search::CallbackService {
+  grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* ctx, const cairn::v1::SearchRequest*,
+                                   cairn::v1::SearchResponse* resp) override {
+    for (int i = 0; i < 10; ++i) resp->add_hits()->mutable_id()->set_num(static_cast<uint64_t>(i));
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+double CpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 }  // namespace
@@ -185,17 +207,43 @@ int main(int argc, char** argv) {
     auto r = (*coll)->Search(absl::MakeConstSpan(data.queries.data() + q * dim, dim), params);
     if (!r.ok() || r->size() != 10) Die("in-process search failed");
   };
-  std::printf("\n%-8s %-12s %-10s %-10s %-12s %-10s %-10s %-8s\n", "threads", "grpc_qps", "grpc_p50", "grpc_p99",
-              "local_qps", "local_p50", "local_p99", "ratio");
+  // 3. The floor: the same calls to a server that does no work (in this
+  // process, so its CPU time covers client and server).
+  NoopSearch noop;
+  grpc::ServerBuilder builder;
+  int noop_port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &noop_port);
+  builder.RegisterService(&noop);
+  auto noop_server = builder.BuildAndStart();
+  if (!noop_server) Die("cannot start the no-op server");
+  auto noop_stub = cairn::v1::Search::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(noop_port), grpc::InsecureChannelCredentials()));
+  auto noop_call = [&](size_t q) {
+    grpc::ClientContext ctx;
+    cairn::v1::SearchRequest req;
+    req.set_collection("bench");
+    req.mutable_vector()->Add(data.queries.begin() + q * dim, data.queries.begin() + (q + 1) * dim);
+    req.mutable_params()->set_k(10);
+    cairn::v1::SearchResponse resp;
+    if (!noop_stub->Search(&ctx, req, &resp).ok()) Die("no-op call failed");
+  };
+
+  std::printf("\n%-8s %-10s %-9s %-9s %-10s %-9s %-9s %-6s %-10s %-12s\n", "threads", "grpc_qps", "grpc_p50",
+              "grpc_p99", "local_qps", "local_p50", "local_p99", "ratio", "floor_qps", "floor_cpu_us");
   for (size_t i = 0; i < thread_counts.size(); ++i) {
     Result local = Measure(nq, thread_counts[i], local_search);
+    const double cpu0 = CpuSeconds();
+    Result floor = Measure(nq, thread_counts[i], noop_call);
+    const double floor_cpu_us = (CpuSeconds() - cpu0) / static_cast<double>(nq) * 1e6;
     const Result& r = remote[i];
-    std::printf("%-8d %-12.0f %-10.3f %-10.3f %-12.0f %-10.3f %-10.3f %-8.2f\n", thread_counts[i], r.qps, r.p50_ms,
-                r.p99_ms, local.qps, local.p50_ms, local.p99_ms, r.qps / local.qps);
+    std::printf("%-8d %-10.0f %-9.3f %-9.3f %-10.0f %-9.3f %-9.3f %-6.2f %-10.0f %-12.0f\n", thread_counts[i], r.qps,
+                r.p50_ms, r.p99_ms, local.qps, local.p50_ms, local.p99_ms, r.qps / local.qps, floor.qps, floor_cpu_us);
     std::printf("{\"bench\":\"grpc_search\",\"dataset\":\"%s\",\"threads\":%d,\"grpc_qps\":%.1f,\"grpc_p50_ms\":%.3f,"
-                "\"grpc_p99_ms\":%.3f,\"local_qps\":%.1f,\"local_p50_ms\":%.3f,\"local_p99_ms\":%.3f}\n",
+                "\"grpc_p99_ms\":%.3f,\"local_qps\":%.1f,\"local_p50_ms\":%.3f,\"local_p99_ms\":%.3f,"
+                "\"floor_qps\":%.1f,\"floor_p50_ms\":%.3f,\"floor_cpu_us_per_call\":%.1f}\n",
                 data.name.c_str(), thread_counts[i], r.qps, r.p50_ms, r.p99_ms, local.qps, local.p50_ms,
-                local.p99_ms);
+                local.p99_ms, floor.qps, floor.p50_ms, floor_cpu_us);
   }
+  noop_server->Shutdown();
   return 0;
 }
