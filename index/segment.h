@@ -135,6 +135,10 @@ class Segment {
           std::unique_ptr<faiss::Index> index);
   std::optional<size_t> PositionOfLocked(uint64_t id) const;
   const faiss::Index* FlatStorage() const;
+  // One query against an IVF-Flat index over a flat quantizer: scores and
+  // ids (k slots, pre-filled with the worst score and kNoId).
+  void IvfFlatScan(const float* query, size_t nprobe, const PositionSet* allowed, size_t k, float* scores,
+                   int64_t* ids) const;
   // FAISS labels (positions, -1 for none) to internal ids. REQUIRES: mu_ held.
   void LabelsToIds(const std::vector<int64_t>& labels, float worst, float* scores,
                    int64_t* ids) const;

@@ -100,10 +100,63 @@ def write(results_path, md_path, plots_dir, command, seconds):
                           f"{qs} | {qb} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
         md.append("")
         md += goals(ds, groups, builds)
+        md += before_after(ds, searches)
         plot(ds, groups, os.path.join(plots_dir, f"{ds}.png"))
         md += [f"![{ds}: recall@10 against single-query QPS, 1 thread](plots/{ds}.png)", ""]
+    md += micro_section(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(results_path))), "micro.json"))
     with open(md_path, "w") as f:
         f.write("\n".join(md) + "\n")
+
+
+BASELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "baseline.jsonl")
+
+
+def before_after(ds, searches):
+    """Cairn's default HNSW now against the rows in baseline.jsonl (an earlier
+    run of this harness: the commit is named in each row), 1 thread."""
+    if not os.path.exists(BASELINE):
+        return []
+    base = [json.loads(l) for l in open(BASELINE) if l.strip()]
+    base = [b for b in base if b["dataset"] == ds and b["threads"] == 1]
+    now = {(r["path"], r["param"]): r for r in searches
+           if r["dataset"] == ds and r["engine"] == "cairn" and r["threads"] == 1 and "int8" in r["index"]}
+    rows = []
+    for b in base:
+        r = now.get((b["path"], b["param"]))
+        if r and r.get("qps_single", -1) > 0 and b["qps_single"] > 0:
+            rows.append(f"| {b['path']} | {b['param']} | {b['recall10']:.4f} | {b['qps_single']:.0f} | "
+                        f"{r['recall10']:.4f} | {r['qps_single']:.0f} | {r['qps_single'] / b['qps_single']:.2f}x |")
+    if not rows:
+        return []
+    commits = ", ".join(sorted({b.get("commit", "?") for b in base}))
+    return ["### Before and after", "",
+            f"Cairn's HNSW, 1 thread, one query per call: before (commit {commits}: FAISS's own HNSW search over",
+            "Cairn's SIMD distance kernels, and a RocksDB lookup per hit for its external id) and now (Cairn's walk",
+            "on int8 codes with an exact re-rank, a two-hop walk under selective filters, the id cache).", "",
+            "| path | param | recall@10 before | QPS before | recall@10 now | QPS now | speed-up |",
+            "|---|---|---|---|---|---|---|"] + rows + [""]
+
+
+def micro_section(path):
+    """A table of Google Benchmark JSON (build/bin/micro_bench --benchmark_out=PATH)."""
+    if not os.path.exists(path):
+        return []
+    data = json.load(open(path))
+    ctx = data.get("context", {})
+    out = ["## Micro benchmarks", "",
+           f"`build/bin/micro_bench --benchmark_format=json --benchmark_out={os.path.relpath(path, ROOT)}` "
+           f"({ctx.get('date', '?')}, {ctx.get('num_cpus', '?')} CPUs). Distance rows: one query against 1000 vectors "
+           "per iteration.", "",
+           "| benchmark | time per iteration | items/s | bytes/s |", "|---|---|---|---|"]
+    for b in data.get("benchmarks", []):
+        if b.get("run_type") == "aggregate":
+            continue
+        t = b["real_time"]
+        unit = b.get("time_unit", "ns")
+        ips = f"{b['items_per_second'] / 1e6:.1f} M" if "items_per_second" in b else "-"
+        bps = f"{b['bytes_per_second'] / 1e9:.1f} GB" if "bytes_per_second" in b else "-"
+        out.append(f"| {b['name']} | {t:.0f} {unit} | {ips} | {bps} |")
+    return out + [""]
 
 
 def goals(ds, groups, builds):

@@ -1,6 +1,7 @@
 // Microbenchmarks (Google Benchmark) of the engine's hot paths:
 //   distance kernels: Cairn's dispatch (and each SIMD level) against FAISS's
-//     fvec_L2sqr / fvec_inner_product as Debian builds them;
+//     fvec_L2sqr / fvec_inner_product as Debian builds them, and the int8
+//     code kernels of the HNSW walk;
 //   segment search: an HNSW segment, one query, by ef;
 //   filter bitmaps: a payload-index range over 1000 integer values at 50%,
 //     10%, 1% and 0.1% selectivity, and the union alone;
@@ -21,6 +22,7 @@
 #include "db/key_codec.h"
 #include "db/payload_index.h"
 #include "index/distance.h"
+#include "index/hnsw_search.h"
 #include "index/segment.h"
 #include "storage/kv_store.h"
 
@@ -68,6 +70,30 @@ BENCHMARK(BM_L2_CairnAvx512)->Arg(128)->Arg(768);
 BENCHMARK(BM_L2_Faiss)->Arg(128)->Arg(768)->Arg(784);
 BENCHMARK(BM_IP_Cairn)->Arg(128)->Arg(768);
 BENCHMARK(BM_IP_Faiss)->Arg(128)->Arg(768);
+
+// The int8 code kernels the HNSW walk uses (index/hnsw_search.h): one query
+// against 1000 code rows, a quarter of the bytes of float rows.
+void CodeDistances(benchmark::State& state, cairn::Metric metric) {
+  const size_t d = static_cast<size_t>(state.range(0));
+  auto base = Random(kBase * d, 1), q = Random(d, 2);
+  const auto codes = cairn::index::Int8Codes::Build(base.data(), kBase, d);
+  std::vector<int16_t> qc(codes.stride());
+  codes.EncodeQuery(q.data(), metric, qc.data());
+  for (auto _ : state) {
+    int64_t acc = 0;
+    for (size_t i = 0; i < kBase; ++i) {
+      acc += metric == cairn::Metric::kL2 ? cairn::index::CodeL2(codes.row(i), qc.data(), codes.stride())
+                                          : cairn::index::CodeDot(codes.row(i), qc.data(), codes.stride());
+    }
+    benchmark::DoNotOptimize(acc);
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBase));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBase * codes.stride()));
+}
+void BM_CodeL2(benchmark::State& s) { CodeDistances(s, cairn::Metric::kL2); }
+void BM_CodeDot(benchmark::State& s) { CodeDistances(s, cairn::Metric::kInnerProduct); }
+BENCHMARK(BM_CodeL2)->Arg(128)->Arg(768)->Arg(784);
+BENCHMARK(BM_CodeDot)->Arg(128)->Arg(768);
 
 // ---- segment search -----------------------------------------------------------------
 void BM_SegmentSearchHnsw(benchmark::State& state) {
