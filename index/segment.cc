@@ -225,6 +225,17 @@ std::unique_ptr<faiss::Index> MakeIndex(uint32_t dim, Metric metric, IndexType t
   return ivf;
 }
 
+// Runs one(q) for every query, on up to `threads` OpenMP threads.
+template <typename Fn>
+void ForEachQuery(size_t nq, int threads, const Fn& one) {
+  if (nq == 1 || threads <= 1) {
+    for (size_t q = 0; q < nq; ++q) one(q);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
+  for (size_t q = 0; q < nq; ++q) one(q);
+}
+
 template <typename Fn>
 absl::Status CatchFaiss(std::string_view what, Fn&& fn) {
   try {
@@ -409,12 +420,7 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
         ids[q * k + j] = static_cast<int64_t>(ids_[static_cast<size_t>(found[j].second)]);
       }
     };
-    if (nq == 1 || threads <= 1) {
-      for (size_t q = 0; q < nq; ++q) one(q);
-    } else {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
-      for (size_t q = 0; q < nq; ++q) one(q);
-    }
+    ForEachQuery(nq, threads, one);
     return absl::OkStatus();
   }
 
@@ -425,12 +431,7 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
       auto one = [&](size_t q) {
         IvfFlatScan(queries + q * dim_, nprobe, params.allowed, k, scores + q * k, ids + q * k);
       };
-      if (nq == 1 || threads <= 1) {
-        for (size_t q = 0; q < nq; ++q) one(q);
-      } else {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
-        for (size_t q = 0; q < nq; ++q) one(q);
-      }
+      ForEachQuery(nq, threads, one);
       return absl::OkStatus();
     }
   }
