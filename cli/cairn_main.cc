@@ -104,13 +104,16 @@ const char* kUsageText =
 const std::map<std::string, std::string> kCommandHelp = {
     {"collection",
      "Usage: cairn collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE] [--nlist N]\n"
-     "                        [--payload-index FIELD:TYPE]... [--shards N]\n"
+     "                        [--payload-index FIELD:TYPE]... [--shards N] [--hnsw-int8 on|off]\n"
      "       cairn collection list\n"
      "       cairn collection info NAME\n"
      "       cairn collection drop NAME\n"
      "\n"
      "TYPE of --index: hnsw (default), flat, ivf_flat, ivf_pq, ivf_sq8, hnsw_sq.\n"
      "TYPE of --payload-index: keyword, integer, float, bool (repeat the flag per field).\n"
+     "--hnsw-int8: HNSW walks sealed segments on 8-bit codes of the vectors and re-ranks the\n"
+     "  candidates exactly (default on; off walks on float32, without the extra byte per\n"
+     "  dimension per point of memory). Fixed once the collection exists.\n"
      "\n"
      "Example:\n"
      "  cairn collection create docs --dim 384 --metric cosine --payload-index lang:keyword\n"},
@@ -151,7 +154,7 @@ const std::map<std::string, std::string> kCommandHelp = {
      "Offline: --data-dir DIR loads straight into a data directory no server holds (the fastest\n"
      "first load: sorted storage files and sealed index segments built directly). The collection\n"
      "must be empty; it is created when absent from --dim, --metric, --index, --nlist,\n"
-     "--payload-index and --shards as for `collection create`. --segment-size N sets the points per\n"
+     "--payload-index, --shards and --hnsw-int8 as for `collection create`. --segment-size N sets the points per\n"
      "sealed segment (default: the collection's seal threshold). All or nothing: a bad record,\n"
      "an error or Ctrl-C leaves the collection empty. Then serve it with `cairnd --data-dir DIR`.\n"
      "\n"
@@ -296,6 +299,11 @@ int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig*
     }
   }
   cfg->set_num_shards(static_cast<uint32_t>(std::atoi(a.Get("--shards", "1").c_str())));
+  if (a.flags.count("--hnsw-int8")) {
+    const std::string v = a.Get("--hnsw-int8");
+    if (v != "on" && v != "off") return Usage("--hnsw-int8 is on or off");
+    cfg->mutable_index()->set_hnsw_int8(v == "on");
+  }
   return kOk;
 }
 

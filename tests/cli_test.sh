@@ -68,6 +68,11 @@ summary="$("$cairn" ingest --collection docs --json "$work/docs.jsonl")"
 "$cairn" collection info docs | grep -c >/dev/null '"points": "520"' || fail "info: $("$cairn" collection info docs)"
 # bvecs and ivecs into a second collection: ids 0..2, values as floats.
 "$cairn" collection create small --dim 8 >/dev/null
+"$cairn" collection info small | grep -c >/dev/null '"hnsw_int8": true' || fail "hnsw_int8 default: $("$cairn" collection info small)"
+"$cairn" collection create floats --dim 8 --hnsw-int8 off >/dev/null || fail "--hnsw-int8 off"
+"$cairn" collection info floats | grep -c >/dev/null '"hnsw_int8": false' || fail "hnsw_int8 off: $("$cairn" collection info floats)"
+"$cairn" collection create bad --dim 8 --hnsw-int8 maybe 2>/dev/null && fail "--hnsw-int8 maybe accepted"
+"$cairn" collection drop floats >/dev/null || fail "drop floats"
 "$cairn" ingest --collection small "$work/v.bvecs" 2>/dev/null || fail "ingest bvecs"
 out="$("$cairn" search --collection small --vector 201,201,201,201,201,201,201,201 --k 1)"
 grep -qE '^1 +0 ' <<<"$out" || fail "bvecs search: $out"

@@ -102,7 +102,8 @@ def write(results_path, md_path, plots_dir, command, seconds):
         md += goals(ds, groups, builds)
         md += before_after(ds, searches)
         plot(ds, groups, os.path.join(plots_dir, f"{ds}.png"))
-        md += [f"![{ds}: recall@10 against single-query QPS, 1 thread](plots/{ds}.png)", ""]
+        fewest = min((k[3] for k in groups if k[2] == "embedded"), default=1)
+        md += [f"![{ds}: recall@10 against single-query QPS, {fewest} thread(s)](plots/{ds}.png)", ""]
     md += micro_section(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(results_path))), "micro.json"))
     with open(md_path, "w") as f:
         f.write("\n".join(md) + "\n")
@@ -161,7 +162,11 @@ def micro_section(path):
 
 def goals(ds, groups, builds):
     out = ["### Goals", ""]
-    one = {k: v for k, v in groups.items() if k[2] == "embedded" and k[3] == 1}
+    # The goals are set for 1 thread; a dataset run only with more is judged
+    # at the fewest it ran with, and says so.
+    fewest = min((k[3] for k in groups if k[2] == "embedded"), default=1)
+    th = f"{fewest} thread" + ("s" if fewest > 1 else "")
+    one = {k: v for k, v in groups.items() if k[2] == "embedded" and k[3] == fewest}
     cairn = [r for k, v in one.items() if k[0] == "cairn" for r in v]
     peers = {k: v for k, v in one.items() if k[0] != "cairn"}
     for target, factor in ((0.95, 1.5), (0.99, 1.0)):
@@ -174,14 +179,14 @@ def goals(ds, groups, builds):
         if c and best_peer:
             ratio = c["qps_single"] / best_peer["qps_single"]
             verdict = "met" if ratio >= factor and (factor > 1 or ratio > 1) else "NOT met"
-            out.append(f"- recall@10 >= {target}, 1 thread: Cairn {c['qps_single']:.0f} QPS ({c['param']}), best peer "
+            out.append(f"- recall@10 >= {target}, {th}: Cairn {c['qps_single']:.0f} QPS ({c['param']}), best peer "
                        f"{best_peer['engine']} {best_peer['qps_single']:.0f} ({best_peer['param']}): {ratio:.2f}x "
                        f"(goal {'>= ' + str(factor) + 'x' if factor > 1 else 'ahead'}): {verdict}")
         elif c:
             out.append(f"- recall@10 >= {target}: Cairn {c['qps_single']:.0f} QPS; no peer reaches it")
     unf = best_at(cairn, 0.95)
     for k, v in groups.items():
-        if k[0] == "cairn" and k[2].startswith("filtered"):
+        if k[0] == "cairn" and k[2].startswith("filtered") and k[3] == fewest:
             f = best_at(v, 0.95)
             sel = k[2].split("-", 1)[1]
             if f and unf:
@@ -205,7 +210,7 @@ def goals(ds, groups, builds):
         # Builds (1 thread) whose index reaches recall@10 0.95 on this dataset.
         got = []
         for b in builds:
-            if b["dataset"] != ds or b["threads"] != 1 or (b["engine"] == "cairn") != engine_is_cairn:
+            if b["dataset"] != ds or b["threads"] != fewest or (b["engine"] == "cairn") != engine_is_cairn:
                 continue
             key = next((k for k in one if k[0] == b["engine"] and k[1] == b["index"]), None)
             if key and best_at(one[key], 0.95):
@@ -215,7 +220,7 @@ def goals(ds, groups, builds):
     if cb and pb:
         mine = min(cb, key=lambda b: b["build_seconds"])
         fastest = min(pb, key=lambda b: b["build_seconds"])
-        out.append(f"- build, 1 thread, fastest index reaching recall 0.95: Cairn {mine['index']} "
+        out.append(f"- build, {th}, fastest index reaching recall 0.95: Cairn {mine['index']} "
                    f"{mine['build_seconds']:.1f} s (durable) against {fastest['engine']} {fastest['index']} "
                    f"{fastest['build_seconds']:.1f} s (in memory): "
                    f"{'met' if mine['build_seconds'] <= fastest['build_seconds'] else 'NOT met'}")
@@ -230,16 +235,20 @@ def plot(ds, groups, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    # The fewest threads this dataset ran with (1 for the goals' runs).
+    fewest = min((k[3] for k in groups if k[2] == "embedded"), default=1)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for (engine, index, p, threads, clients), rs in groups.items():
-        if p != "embedded" or threads != 1:
+        if p != "embedded" or threads != fewest:
             continue
-        rs = sorted(rs, key=lambda r: r["recall10"])
+        rs = sorted((r for r in rs if r.get("qps_single", -1) > 0), key=lambda r: r["recall10"])
+        if not rs:
+            continue
         ax.plot([r["recall10"] for r in rs], [r["qps_single"] for r in rs], marker="o", markersize=3,
                 label=f"{engine} {index}", linewidth=2.2 if engine == "cairn" else 1.2)
     ax.set_yscale("log")
     ax.set_xlabel("recall@10")
-    ax.set_ylabel("queries per second (1 thread, one query per call, log)")
+    ax.set_ylabel(f"queries per second ({fewest} thread{'s' if fewest > 1 else ''}, one query per call, log)")
     ax.set_title(f"{ds}: recall against throughput")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
