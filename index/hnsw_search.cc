@@ -179,6 +179,10 @@ struct CodeDistance {
 // hops 0.966 at 13,000).
 constexpr double kTwoHopBelow = 0.3;
 
+// Vectors prefetched ahead of the one being scored: enough to cover a trip to
+// memory on indexes larger than the caches.
+constexpr size_t kAhead = 6;
+
 using Pair = std::pair<float, int32_t>;
 constexpr auto kMinFirst = std::greater<Pair>();  // for a min-heap
 constexpr auto kMaxFirst = std::less<Pair>();     // for a max-heap
@@ -269,6 +273,9 @@ void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s,
       }
       // An excluded node is marked only once stepped through, so one left
       // over here (the cap reached) can still be stepped through later.
+      for (size_t j = 0; j < s.skipped.size() && j < 16; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(g.neighbors + g.offsets[s.skipped[j]]), _MM_HINT_T0);
+      }
       for (size_t j = 0; j < s.skipped.size() && s.fresh.size() < cap; ++j) {
         const int32_t u = s.skipped[j];
         if (!s.Visit(u)) continue;
@@ -280,9 +287,9 @@ void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s,
       }
     }
     const size_t nf = s.fresh.size();
-    for (size_t j = 0; j < nf && j < 2; ++j) Prefetch(dist.Address(s.fresh[j]), dist.prefetch_bytes);
+    for (size_t j = 0; j < nf && j < kAhead; ++j) Prefetch(dist.Address(s.fresh[j]), dist.prefetch_bytes);
     for (size_t j = 0; j < nf; ++j) {
-      if (j + 2 < nf) Prefetch(dist.Address(s.fresh[j + 2]), dist.prefetch_bytes);
+      if (j + kAhead < nf) Prefetch(dist.Address(s.fresh[j + kAhead]), dist.prefetch_bytes);
       const int32_t v = s.fresh[j];
       const float d = dist(v);
       if (s.top.size() < ef || d < bound) {
