@@ -271,11 +271,12 @@ void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s,
           s.skipped.push_back(*nb);
         }
       }
-      // An excluded node is marked only once stepped through, so one left
-      // over here (the cap reached) can still be stepped through later.
+      // The neighbour lists the steps read, fetched together.
       for (size_t j = 0; j < s.skipped.size() && j < 16; ++j) {
         _mm_prefetch(reinterpret_cast<const char*>(g.neighbors + g.offsets[s.skipped[j]]), _MM_HINT_T0);
       }
+      // An excluded node is marked only once stepped through, so one left
+      // over here (the cap reached) can still be stepped through later.
       for (size_t j = 0; j < s.skipped.size() && s.fresh.size() < cap; ++j) {
         const int32_t u = s.skipped[j];
         if (!s.Visit(u)) continue;
