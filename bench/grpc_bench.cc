@@ -178,15 +178,19 @@ int main(int argc, char** argv) {
   std::printf("online ingest (client-streaming upsert, batches of 1000, durable): %.2f s, %.0f vectors/s, %.1f MB/s\n",
               ingest, n / ingest, n * dim * 4 / ingest / 1e6);
 
-  auto grpc_search = [&](size_t q) {
-    grpc::ClientContext ctx;
+  // Query q as a Search request (k=10, ef=64).
+  auto request = [&](size_t q) {
     cairn::v1::SearchRequest req;
     req.set_collection("bench");
     req.mutable_vector()->Add(data.queries.begin() + q * dim, data.queries.begin() + (q + 1) * dim);
     req.mutable_params()->set_k(10);
     req.mutable_params()->set_ef(64);
+    return req;
+  };
+  auto grpc_search = [&](size_t q) {
+    grpc::ClientContext ctx;
     cairn::v1::SearchResponse resp;
-    auto s = search->Search(&ctx, req, &resp);
+    auto s = search->Search(&ctx, request(q), &resp);
     if (!s.ok() || resp.hits_size() != 10) Die("search failed: " + s.error_message());
   };
   std::vector<Result> remote;
@@ -220,12 +224,8 @@ int main(int argc, char** argv) {
       grpc::CreateChannel("127.0.0.1:" + std::to_string(noop_port), grpc::InsecureChannelCredentials()));
   auto noop_call = [&](size_t q) {
     grpc::ClientContext ctx;
-    cairn::v1::SearchRequest req;
-    req.set_collection("bench");
-    req.mutable_vector()->Add(data.queries.begin() + q * dim, data.queries.begin() + (q + 1) * dim);
-    req.mutable_params()->set_k(10);
     cairn::v1::SearchResponse resp;
-    if (!noop_stub->Search(&ctx, req, &resp).ok()) Die("no-op call failed");
+    if (!noop_stub->Search(&ctx, request(q), &resp).ok()) Die("no-op call failed");
   };
 
   std::printf("\n%-8s %-10s %-9s %-9s %-10s %-9s %-9s %-6s %-10s %-12s\n", "threads", "grpc_qps", "grpc_p50",

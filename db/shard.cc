@@ -664,15 +664,6 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
           if (lo >= hi) continue;
           allowed = filtered->PositionsIn(*seg);
           sp.allowed = allowed.get();
-          // FAISS's walk (HNSW-SQ) stops after about ef steps whatever it
-          // skips, so it needs a longer candidate list to find k allowed
-          // points. Cairn's own walk (HNSW) already goes on until it holds ef
-          // allowed ones (index/hnsw_search.h).
-          if (seg->type() != IndexType::kHnsw) {
-            double sel = static_cast<double>(hi - lo) / static_cast<double>(seg->size());
-            int base = std::max(sp.ef, params.k);
-            sp.ef = static_cast<int>(base * std::min(8.0, 1.0 / std::sqrt(std::max(sel, 1e-6))));
-          }
         }
         const bool lossy = !seg->HasExactVectors();
         const int rerank = tun.rerank_factor;
@@ -741,9 +732,6 @@ absl::Status Shard::Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
                             const SearchParams& params, std::vector<ScoredPoint>* out) const {
   out->clear();
   if (hits.empty()) return absl::OkStatus();
-  std::vector<std::string> keys;
-  keys.reserve(hits.size());
-  for (const auto& h : hits) keys.push_back(InternalKey(h.second));
   // External ids from the cache, the rest from the rids column family.
   std::vector<std::optional<PointId>> ext_ids(hits.size());
   std::vector<std::string> missing;
@@ -751,7 +739,7 @@ absl::Status Shard::Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
   for (size_t i = 0; i < hits.size(); ++i) {
     ext_ids[i] = id_cache_.Find(hits[i].second);
     if (!ext_ids[i]) {
-      missing.push_back(keys[i]);
+      missing.push_back(InternalKey(hits[i].second));
       missing_at.push_back(i);
     }
   }
@@ -764,6 +752,11 @@ absl::Status Shard::Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
       id_cache_.Insert(hits[missing_at[j]].second, id);
       ext_ids[missing_at[j]] = std::move(id);
     }
+  }
+  std::vector<std::string> keys;  // only to read payloads or vectors
+  if (params.with_payload || params.with_vector) {
+    keys.reserve(hits.size());
+    for (const auto& h : hits) keys.push_back(InternalKey(h.second));
   }
   std::vector<std::optional<std::string>> payloads, vectors;
   if (params.with_payload) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kPayloads, keys, &payloads));

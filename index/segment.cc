@@ -370,7 +370,16 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
   float worst = metric_ == Metric::kL2 ? INFINITY : -INFINITY;
   std::fill(scores, scores + nq * k, worst);
   std::fill(ids, ids + nq * k, kNoId);
-  const int want_ef = std::max(params.ef > 0 ? params.ef : spec_.ef_search, params.k);
+  int want_ef = std::max(params.ef > 0 ? params.ef : spec_.ef_search, params.k);
+  const double allowed_fraction =
+      params.allowed == nullptr ? 1.0
+                                : static_cast<double>(params.allowed->count) / static_cast<double>(std::max<size_t>(size(), 1));
+  if (params.allowed != nullptr && type_ != IndexType::kHnsw) {
+    // FAISS's walk (HNSW-SQ) stops after about ef steps whatever it skips,
+    // so it needs a longer candidate list to find k allowed points. Cairn's
+    // own walk (HNSW) goes on until it holds ef allowed ones.
+    want_ef = static_cast<int>(want_ef * std::min(8.0, 1.0 / std::sqrt(std::max(allowed_fraction, 1e-6))));
+  }
   if (auto* h = type_ == IndexType::kHnsw ? nullptr : dynamic_cast<faiss::IndexHNSW*>(index_.get())) {
     // FAISS 1.7.3 sizes the candidate heap by the index's own efSearch and
     // takes the smaller of it and the request's: raise it (never lower it,
@@ -405,11 +414,7 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
     hq.codes = codes_.get();
     hq.deleted = num_deleted_ > 0 ? &deleted_ : nullptr;
     hq.allowed = params.allowed;
-    if (params.allowed != nullptr) {
-      size_t n = 0;
-      for (uint64_t w : params.allowed->words) n += static_cast<size_t>(__builtin_popcountll(w));
-      hq.allowed_fraction = static_cast<double>(n) / static_cast<double>(g.size);
-    }
+    hq.allowed_fraction = allowed_fraction;
     hq.ef = want_ef;
     hq.k = k;
     auto one = [&](size_t q) {

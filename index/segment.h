@@ -50,8 +50,17 @@ inline bool Better(Metric metric, float a, float b) {
 // segment took more points stays valid for it.
 struct PositionSet {
   std::vector<uint64_t> words;
-  void Resize(size_t n) { words.assign((n + 63) / 64, 0); }
-  void Set(size_t i) { words[i >> 6] |= uint64_t{1} << (i & 63); }
+  size_t count = 0;  // positions set
+  void Resize(size_t n) {
+    words.assign((n + 63) / 64, 0);
+    count = 0;
+  }
+  void Set(size_t i) {
+    uint64_t& w = words[i >> 6];
+    const uint64_t bit = uint64_t{1} << (i & 63);
+    count += (w & bit) == 0;
+    w |= bit;
+  }
   bool Test(size_t i) const { return (i >> 6) < words.size() && ((words[i >> 6] >> (i & 63)) & 1); }
 };
 

@@ -55,6 +55,11 @@ def versions():
     return out
 
 
+def fewest_threads(groups):
+    """The fewest threads a dataset's embedded runs used (1 for the goals' runs)."""
+    return min((k[3] for k in groups if k[2] == "embedded"), default=1)
+
+
 def best_at(rows, min_recall, key="qps_single"):
     ok = [r for r in rows if r["recall10"] >= min_recall and r.get(key, -1) > 0]
     return max(ok, key=lambda r: r[key]) if ok else None
@@ -102,7 +107,7 @@ def write(results_path, md_path, plots_dir, command, seconds):
         md += goals(ds, groups, builds)
         md += before_after(ds, searches)
         plot(ds, groups, os.path.join(plots_dir, f"{ds}.png"))
-        fewest = min((k[3] for k in groups if k[2] == "embedded"), default=1)
+        fewest = fewest_threads(groups)
         md += [f"![{ds}: recall@10 against single-query QPS, {fewest} thread(s)](plots/{ds}.png)", ""]
     md += micro_section(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(results_path))), "micro.json"))
     with open(md_path, "w") as f:
@@ -164,7 +169,7 @@ def goals(ds, groups, builds):
     out = ["### Goals", ""]
     # The goals are set for 1 thread; a dataset run only with more is judged
     # at the fewest it ran with, and says so.
-    fewest = min((k[3] for k in groups if k[2] == "embedded"), default=1)
+    fewest = fewest_threads(groups)
     th = f"{fewest} thread" + ("s" if fewest > 1 else "")
     one = {k: v for k, v in groups.items() if k[2] == "embedded" and k[3] == fewest}
     cairn = [r for k, v in one.items() if k[0] == "cairn" for r in v]
@@ -235,8 +240,7 @@ def plot(ds, groups, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    # The fewest threads this dataset ran with (1 for the goals' runs).
-    fewest = min((k[3] for k in groups if k[2] == "embedded"), default=1)
+    fewest = fewest_threads(groups)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for (engine, index, p, threads, clients), rs in groups.items():
         if p != "embedded" or threads != fewest:

@@ -314,14 +314,15 @@ def main():
         log(f"{name}:")
         for t in threads:
             for e in engines:
+                runner = [os.path.join(args.bin, "cairn_runner"), "--dataset", name, "--base", f"{d}/base.npy",
+                          "--queries", f"{d}/queries.npy", "--gt", f"{d}/gt.npy", "--metric",
+                          "ip" if metric == "cosine" else metric, "--threads", str(t),
+                          "--max-queries", str(args.max_queries), "--data-dir", os.path.join(args.out, "cairn-data")]
                 if e == "cairn":
                     # One build per thread count: embedded, plus filtered
                     # search with the first count and cairnd over gRPC (1 and
                     # 2 client threads) with the last.
-                    cmd = [os.path.join(args.bin, "cairn_runner"), "--dataset", name, "--base", f"{d}/base.npy",
-                           "--queries", f"{d}/queries.npy", "--gt", f"{d}/gt.npy", "--metric",
-                           "ip" if metric == "cosine" else metric, "--index", "hnsw", "--threads", str(t),
-                           "--max-queries", str(args.max_queries), "--data-dir", os.path.join(args.out, "cairn-data")]
+                    cmd = runner + ["--index", "hnsw"]
                     if t == threads[0] and "filtered" in paths:
                         cmd += ["--filtered", d]
                     if t == threads[-1] and "grpc" in paths:
@@ -330,12 +331,8 @@ def main():
                 elif e in ("cairn-f32", "cairn-ivf"):
                     # HNSW walking on float32 vectors instead of int8 codes,
                     # and IVF-Flat with the peers' nlist: embedded only.
-                    cmd = [os.path.join(args.bin, "cairn_runner"), "--dataset", name, "--base", f"{d}/base.npy",
-                           "--queries", f"{d}/queries.npy", "--gt", f"{d}/gt.npy", "--metric",
-                           "ip" if metric == "cosine" else metric, "--threads", str(t),
-                           "--max-queries", str(args.max_queries), "--data-dir", os.path.join(args.out, "cairn-data")]
-                    cmd += ["--index", "hnsw", "--hnsw-int8", "0"] if e == "cairn-f32" else \
-                           ["--index", "ivf_flat", "--nlist", str(nlist_for(rows_of(f"{d}/base.npy")))]
+                    cmd = runner + (["--index", "hnsw", "--hnsw-int8", "0"] if e == "cairn-f32" else
+                                    ["--index", "ivf_flat", "--nlist", str(nlist_for(rows_of(f"{d}/base.npy")))])
                     run_engine(cmd, results, f"{e} (threads={t})")
                 elif e in ("faiss-hnsw", "faiss-ivf", "faiss-ivfpq", "hnswlib"):
                     if e == "hnswlib" and not have_hnswlib:
