@@ -5,7 +5,8 @@
 #   make test   the same setup, then the default test suite
 #
 # Variables: BUILD (build directory, default build), SANITIZE (e.g.
-# address,undefined: builds into build-<name> and runs the unit and crash tests).
+# address,undefined: builds into build-<name> and runs the unit, crash and
+# simulation tests).
 
 SANITIZE ?=
 ifeq ($(SANITIZE),)
@@ -15,7 +16,7 @@ TEST_LABELS ?=
 else
 BUILD ?= build-$(subst $(comma),-,$(SANITIZE))
 BUILD_TYPE ?= RelWithDebInfo
-TEST_LABELS ?= -L 'unit|crash'
+TEST_LABELS ?= -L 'unit|crash|simulation'
 endif
 comma := ,
 JOBS ?= $(shell nproc)

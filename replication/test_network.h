@@ -1,0 +1,158 @@
+// TestNetwork: a few Raft nodes over MemoryStorage with a synchronous,
+// lossless (unless cut) network, for the core's unit tests. Settle()
+// handles every Ready and delivers every message until nothing is left.
+#ifndef CAIRN_REPLICATION_TEST_NETWORK_H_
+#define CAIRN_REPLICATION_TEST_NETWORK_H_
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "replication/log_storage.h"
+#include "replication/raft.h"
+
+namespace cairn::raft {
+
+class TestNetwork {
+ public:
+  using Tweak = std::function<void(Config&)>;
+
+  // Nodes `voters`, bootstrapped as one group.
+  explicit TestNetwork(std::vector<uint64_t> voters, Tweak tweak = nullptr) : tweak_(std::move(tweak)) {
+    for (uint64_t id : voters) {
+      auto& n = nodes_[id];
+      n.storage = std::make_unique<MemoryStorage>();
+      EXPECT_TRUE(Bootstrap(n.storage.get(), voters).ok());
+      Start(id);
+    }
+  }
+
+  // A node with an empty log, to be added by a membership change.
+  void AddEmptyNode(uint64_t id) {
+    nodes_[id].storage = std::make_unique<MemoryStorage>();
+    Start(id);
+  }
+
+  Raft& raft(uint64_t id) { return *nodes_.at(id).raft; }
+  MemoryStorage& storage(uint64_t id) { return *nodes_.at(id).storage; }
+  // Data of the normal, non-empty entries node `id` applied, in order.
+  const std::vector<std::string>& applied(uint64_t id) { return nodes_.at(id).applied; }
+  std::vector<ReadState>& reads(uint64_t id) { return nodes_.at(id).reads; }
+
+  // Messages between a and b are dropped (both ways) until Heal().
+  void Cut(uint64_t a, uint64_t b) {
+    cut_.insert({a, b});
+    cut_.insert({b, a});
+  }
+  void Isolate(uint64_t id) {
+    for (auto& [other, n] : nodes_) {
+      if (other != id) Cut(id, other);
+    }
+  }
+  void Heal() { cut_.clear(); }
+  // Drops every message of this type until Allow().
+  void Block(MessageType t) { blocked_.insert(t); }
+  void Allow(MessageType t) { blocked_.erase(t); }
+
+  // Restarts a node from what it persisted.
+  void Restart(uint64_t id) {
+    nodes_.at(id).applied.clear();
+    Start(id);
+  }
+
+  void Settle() {
+    for (int rounds = 0; rounds < 100000; ++rounds) {
+      bool any = false;
+      for (auto& [id, n] : nodes_) any |= Process(id);
+      if (!queue_.empty()) {
+        Message m = std::move(queue_.front());
+        queue_.pop_front();
+        if (cut_.count({m.from, m.to}) || blocked_.count(m.type) || !nodes_.count(m.to)) continue;
+        EXPECT_TRUE(nodes_.at(m.to).raft->Step(m).ok());
+        any = true;
+      }
+      if (!any) return;
+    }
+    ADD_FAILURE() << "the network did not settle";
+  }
+
+  // Ticks every node n times, settling after each tick.
+  void TickAll(int n) {
+    for (int i = 0; i < n; ++i) {
+      for (auto& [id, node] : nodes_) node.raft->Tick();
+      Settle();
+    }
+  }
+  void Tick(uint64_t id, int n) {
+    for (int i = 0; i < n; ++i) {
+      nodes_.at(id).raft->Tick();
+      Settle();
+    }
+  }
+
+  // Elects `id`: it campaigns and the network settles.
+  void Elect(uint64_t id) {
+    raft(id).Campaign();
+    Settle();
+  }
+
+  uint64_t Leader() {
+    for (auto& [id, n] : nodes_) {
+      if (n.raft->role() == Role::kLeader) return id;
+    }
+    return kNone;
+  }
+
+ private:
+  struct Node {
+    std::unique_ptr<MemoryStorage> storage;
+    std::unique_ptr<Raft> raft;
+    std::vector<std::string> applied;
+    std::vector<ReadState> reads;
+  };
+
+  void Start(uint64_t id) {
+    Config c;
+    c.id = id;
+    c.storage = nodes_.at(id).storage.get();
+    if (tweak_) tweak_(c);
+    auto r = Raft::Create(c);
+    ASSERT_TRUE(r.ok()) << r.status();
+    nodes_.at(id).raft = std::move(*r);
+  }
+
+  bool Process(uint64_t id) {
+    Node& n = nodes_.at(id);
+    if (!n.raft->HasReady()) return false;
+    Ready rd = n.raft->GetReady();
+    if (rd.snapshot) {
+      EXPECT_TRUE(n.storage->ApplySnapshot(*rd.snapshot).ok());
+    }
+    EXPECT_TRUE(n.storage->Append(rd.entries).ok());
+    if (rd.hard_state) {
+      EXPECT_TRUE(n.storage->SetHardState(*rd.hard_state).ok());
+    }
+    for (Message& m : rd.messages) queue_.push_back(std::move(m));
+    for (const Entry& e : rd.committed) {
+      if (e.type == EntryType::kNormal && !e.data.empty()) n.applied.push_back(e.data);
+    }
+    n.reads.insert(n.reads.end(), rd.reads.begin(), rd.reads.end());
+    n.raft->Advance(rd);
+    return true;
+  }
+
+  Tweak tweak_;
+  std::map<uint64_t, Node> nodes_;
+  std::deque<Message> queue_;
+  std::set<std::pair<uint64_t, uint64_t>> cut_;
+  std::set<MessageType> blocked_;
+};
+
+}  // namespace cairn::raft
+
+#endif  // CAIRN_REPLICATION_TEST_NETWORK_H_
