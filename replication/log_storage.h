@@ -8,8 +8,8 @@
 // through Term(FirstIndex() - 1). An empty log has FirstIndex() ==
 // LastIndex() + 1.
 //
-// MemoryStorage is for tests and the simulator; RocksDB-backed storage lives
-// in rocksdb_log_storage.h. Neither is thread-safe: one driver owns each.
+// MemoryStorage is for tests and the simulator; RocksLogStorage
+// (rocksdb_log_storage.h) keeps the log in its own RocksDB instance. Neither is thread-safe: one driver owns each.
 #ifndef CAIRN_REPLICATION_LOG_STORAGE_H_
 #define CAIRN_REPLICATION_LOG_STORAGE_H_
 
@@ -49,6 +49,11 @@ class LogStorage {
   // and drops the entries it covers, keeping `keep` entries before it for
   // followers that are only a little behind.
   virtual absl::Status CreateSnapshot(uint64_t index, const ConfState& conf, std::string data, uint64_t keep) = 0;
+
+  // Persists what a Ready asks for: its snapshot, entries and hard state.
+  // Durable storage does it in one synced write; the default calls the
+  // three methods above in that order.
+  virtual absl::Status SaveReady(const Ready& rd);
 };
 
 // Makes an empty log the first state of a new group whose voters are

@@ -20,6 +20,13 @@ absl::Status Bootstrap(LogStorage* storage, std::vector<uint64_t> voters) {
   return storage->SetHardState(HardState{.term = 1, .vote = kNone, .commit = 1});
 }
 
+absl::Status LogStorage::SaveReady(const Ready& rd) {
+  if (rd.snapshot) CAIRN_RETURN_IF_ERROR(ApplySnapshot(*rd.snapshot));
+  CAIRN_RETURN_IF_ERROR(Append(rd.entries));
+  if (rd.hard_state) CAIRN_RETURN_IF_ERROR(SetHardState(*rd.hard_state));
+  return absl::OkStatus();
+}
+
 MemoryStorage::MemoryStorage() { ents_.push_back(Entry{}); }
 
 absl::StatusOr<std::vector<Entry>> MemoryStorage::Entries(uint64_t lo, uint64_t hi, uint64_t max_bytes) const {

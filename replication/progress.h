@@ -7,6 +7,7 @@
 #define CAIRN_REPLICATION_PROGRESS_H_
 
 #include <cstdint>
+#include <algorithm>
 #include <deque>
 #include <string_view>
 
@@ -28,6 +29,10 @@ class Progress {
   bool recent_active() const { return recent_active_; }
   void set_recent_active(bool v) { recent_active_ = v; }
   size_t inflight() const { return inflight_.size(); }
+  // The leader's tick at which the newest heartbeat this follower answered
+  // was sent (lease reads).
+  uint64_t heartbeat_acked_at() const { return heartbeat_acked_at_; }
+  void AckedHeartbeatSentAt(uint64_t tick) { heartbeat_acked_at_ = std::max(heartbeat_acked_at_, tick); }
 
   // Nothing more may be sent until the follower answers.
   bool IsPaused() const;
@@ -59,6 +64,7 @@ class Progress {
   bool probe_sent_ = false;
   uint64_t pending_snapshot_ = 0;
   bool recent_active_ = false;
+  uint64_t heartbeat_acked_at_ = 0;
   size_t max_inflight_;
   bool learner_;
   std::deque<uint64_t> inflight_;  // last index of each unacked message

@@ -1,6 +1,8 @@
 #include "replication/raft.h"
 
 #include <algorithm>
+#include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,6 +12,22 @@ namespace cairn::raft {
 namespace {
 
 constexpr std::string_view kTransferContext = "transfer";
+
+// Where the state machine starts: the snapshot's index (a snapshot covers
+// committed entries only, even if the hard state saying so was not synced).
+uint64_t SnapshotIndex(const LogStorage& s) {
+  const Snapshot snap = s.GetSnapshot();
+  return snap.empty() ? s.FirstIndex() - 1 : std::max(snap.meta.index, s.FirstIndex() - 1);
+}
+
+std::string EncodeReadSeq(uint64_t seq) { return std::string(reinterpret_cast<const char*>(&seq), 8); }
+
+std::optional<uint64_t> DecodeReadSeq(const std::string& ctx) {
+  if (ctx.size() != 8) return std::nullopt;
+  uint64_t seq;
+  std::memcpy(&seq, ctx.data(), 8);
+  return seq;
+}
 
 MessageType VoteRespType(MessageType t) {
   return t == MessageType::kPreVote ? MessageType::kPreVoteResp : MessageType::kVoteResp;
@@ -96,19 +114,18 @@ absl::Status Config::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("raft: stored commit ", hs.commit, " is past the last entry ",
                                                    storage->LastIndex()));
   }
-  if (applied > hs.commit) {
-    return absl::InvalidArgumentError(absl::StrCat("raft: applied ", applied, " is past the commit index ", hs.commit));
+  const uint64_t commit = std::max(hs.commit, SnapshotIndex(*storage));
+  if (applied > commit) {
+    return absl::InvalidArgumentError(absl::StrCat("raft: applied ", applied, " is past the commit index ", commit));
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Raft>> Raft::Create(Config config) {
   if (absl::Status st = config.Validate(); !st.ok()) return st;
-  const uint64_t snap_index = config.storage->FirstIndex() - 1;
-  if (config.applied < snap_index) config.applied = snap_index;
-  if (config.applied > config.storage->InitialHardState().commit) {
-    return absl::InvalidArgumentError("raft: the snapshot is past the stored commit index");
-  }
+  // The state machine starts from the snapshot, which may be past the first
+  // entry kept (compaction lags it).
+  if (config.applied < SnapshotIndex(*config.storage)) config.applied = SnapshotIndex(*config.storage);
   if (!config.rand) {
     uint64_t state = config.id * 0x9E3779B97F4A7C15ull + 1;
     config.rand = [state](uint64_t n) mutable {
@@ -125,7 +142,8 @@ absl::StatusOr<std::unique_ptr<Raft>> Raft::Create(Config config) {
 Raft::Raft(Config config)
     : cfg_(std::move(config)),
       id_(cfg_.id),
-      log_(cfg_.storage, cfg_.storage->InitialHardState().commit, cfg_.applied) {
+      log_(cfg_.storage, std::max(cfg_.storage->InitialHardState().commit, SnapshotIndex(*cfg_.storage)),
+           cfg_.applied) {
   const HardState hs = cfg_.storage->InitialHardState();
   term_ = hs.term;
   vote_ = hs.vote;
@@ -134,7 +152,11 @@ Raft::Raft(Config config)
   // Membership as of the commit index: replay the committed changes the
   // snapshot does not cover, so a restarted node never campaigns or counts
   // votes with an old configuration.
-  conf_applied_index_ = log_.FirstIndex() - 1;
+  conf_applied_index_ = SnapshotIndex(*cfg_.storage);
+  // With lease reads, a node that just started may have acknowledged a
+  // leader's heartbeat before it stopped: it grants no vote for an election
+  // timeout, as if it had heard from a leader (dissertation §6.4.1).
+  startup_guard_ = cfg_.lease_reads;
   if (log_.committed() > conf_applied_index_) {
     auto ents = log_.Slice(conf_applied_index_ + 1, log_.committed() + 1, UINT64_MAX);
     CAIRN_CHECK(ents.ok(), "raft: committed entries unreadable at start: %s", ents.status().ToString().c_str());
@@ -177,8 +199,8 @@ void Raft::Reset(uint64_t term) {
   pending_conf_index_ = 0;
   uncommitted_bytes_ = 0;
   pending_reads_.clear();
-  read_queue_.clear();
   reads_before_commit_.clear();
+  transferred_in_term_ = false;
 }
 
 void Raft::BecomeFollower(uint64_t term, uint64_t leader) {
@@ -347,6 +369,7 @@ void Raft::SendHeartbeat(uint64_t to, const std::string& context) {
   m.type = MessageType::kHeartbeat;
   m.to = to;
   m.commit = std::min(prs_.at(to).match(), log_.committed());
+  m.index = ticks_;  // echoed back: when the acknowledged heartbeat left (lease reads)
   m.context = context;
   Send(std::move(m));
 }
@@ -399,8 +422,10 @@ absl::Status Raft::AppendProposal(std::vector<Entry> entries) {
                                                      " bytes proposed and not yet committed; retry later"));
   }
   uint64_t index = log_.LastIndex();
+  int changes = 0;
   for (Entry& e : entries) {
     if (e.type == EntryType::kConfChange) {
+      if (++changes > 1) return absl::InvalidArgumentError("raft: one membership change per proposal");
       auto cc = ConfChange::Decode(e.data);
       if (!cc.ok()) return absl::InvalidArgumentError(cc.status().message());
       if (pending_conf_index_ > log_.applied()) {
@@ -458,8 +483,9 @@ absl::Status Raft::TransferLeadership(uint64_t to) {
   if (lead_transferee_ == to) return absl::OkStatus();
   AbortTransfer();
   // The transfer must finish within one election timeout or it is abandoned.
-  election_elapsed_ = 0;
+  transfer_deadline_ = ticks_ + static_cast<uint64_t>(cfg_.election_tick);
   lead_transferee_ = to;
+  transferred_in_term_ = true;
   const Progress& pr = prs_.at(to);
   if (pr.match() == log_.LastIndex()) {
     Message m;
@@ -502,7 +528,8 @@ absl::Status Raft::Step(const Message& m) {
       // leader within the minimum election timeout ignores votes (leader
       // stickiness), unless the vote is a leadership transfer.
       const bool force = m.context == kTransferContext;
-      const bool in_lease = cfg_.check_quorum && leader_ != kNone && election_elapsed_ < cfg_.election_tick;
+      const bool in_lease = cfg_.check_quorum && (leader_ != kNone || startup_guard_) &&
+                            election_elapsed_ < cfg_.election_tick;
       if (!force && in_lease) return absl::OkStatus();
     }
     if (m.type == MessageType::kPreVote) {
@@ -638,15 +665,17 @@ absl::Status Raft::StepLeader(const Message& m) {
     }
     case MessageType::kHeartbeatResp: {
       pr.set_recent_active(true);
+      pr.AckedHeartbeatSentAt(m.index);
       pr.OnHeartbeatResponse();
       if (pr.match() < log_.LastIndex()) SendAppend(m.from, true);
-      if (!m.context.empty()) {
-        auto r = pending_reads_.find(m.context);
+      if (auto seq = DecodeReadSeq(m.context)) {
+        // The ack confirms the read it carried and every earlier one.
+        auto r = pending_reads_.find(*seq);
         if (r != pending_reads_.end()) {
           r->second.acks.insert(m.from);
           size_t acks = 0;
           for (uint64_t v : r->second.acks) acks += IsVoter(v) ? 1 : 0;
-          if (acks >= Quorum()) ReleaseReads(m.context);
+          if (acks >= Quorum()) ReleaseReads(*seq);
         }
       }
       return absl::OkStatus();
@@ -669,28 +698,41 @@ void Raft::AnswerRead(uint64_t to, uint64_t index, std::string context) {
   Send(std::move(r));
 }
 
+bool Raft::LeaseValid() const {
+  // A quorum acknowledged heartbeats sent within the last election timeout
+  // (less a tick for drift): none of them votes for anyone else before that
+  // timeout has passed since they heard them. Never while leadership is
+  // being handed over, nor after, in this term: the target's votes pass the
+  // followers' leases, even when its TimeoutNow arrives late.
+  if (!cfg_.lease_reads || transferred_in_term_) return false;
+  std::vector<uint64_t> sent;
+  for (uint64_t v : conf_.voters) {
+    auto it = prs_.find(v);
+    sent.push_back(v == id_ ? ticks_ : it == prs_.end() ? 0 : it->second.heartbeat_acked_at());
+  }
+  std::sort(sent.begin(), sent.end(), std::greater<>());
+  const uint64_t oldest_in_quorum = sent[Quorum() - 1];
+  return oldest_in_quorum > 0 && ticks_ + 1 < oldest_in_quorum + static_cast<uint64_t>(cfg_.election_tick);
+}
+
 void Raft::LeaderReadIndex(uint64_t from, std::string context) {
   const uint64_t index = log_.committed();
-  if (cfg_.lease_reads) {
+  if (LeaseValid()) {
     AnswerRead(from, index, std::move(context));
     return;
   }
-  if (pending_reads_.count(context)) return;  // the same read asked twice
-  PendingRead pr{.index = index, .from = from, .acks = {id_}};
-  pending_reads_.emplace(context, std::move(pr));
-  read_queue_.push_back(context);
-  BroadcastHeartbeat(context);
+  // §6.4: a heartbeat round; the read is safe once a quorum acknowledges it.
+  // Reads are told apart by a sequence number of ours, never reused, so two
+  // clients' equal contexts or a stale ack cannot mix them up.
+  const uint64_t seq = ++read_seq_;
+  pending_reads_.emplace(seq, PendingRead{.index = index, .from = from, .context = std::move(context), .acks = {id_}});
+  BroadcastHeartbeat(EncodeReadSeq(seq));
 }
 
-void Raft::ReleaseReads(const std::string& context) {
-  // A quorum acked `context`'s heartbeat, and so every earlier read's too.
-  while (!read_queue_.empty()) {
-    std::string ctx = std::move(read_queue_.front());
-    read_queue_.pop_front();
-    auto node = pending_reads_.extract(ctx);
-    const bool last = ctx == context;
-    AnswerRead(node.mapped().from, node.mapped().index, std::move(ctx));
-    if (last) break;
+void Raft::ReleaseReads(uint64_t seq) {
+  while (!pending_reads_.empty() && pending_reads_.begin()->first <= seq) {
+    auto node = pending_reads_.extract(pending_reads_.begin());
+    AnswerRead(node.mapped().from, node.mapped().index, std::move(node.mapped().context));
   }
 }
 
@@ -812,6 +854,7 @@ void Raft::HandleHeartbeat(const Message& m) {
   Message r;
   r.type = MessageType::kHeartbeatResp;
   r.to = m.from;
+  r.index = m.index;
   r.context = m.context;
   Send(std::move(r));
 }
@@ -844,6 +887,9 @@ bool Raft::Restore(const Snapshot& snap) {
 // ---- time --------------------------------------------------------------------------
 
 void Raft::Tick() {
+  ++ticks_;
+  if (ticks_ >= static_cast<uint64_t>(cfg_.election_tick)) startup_guard_ = false;
+  if (lead_transferee_ != kNone && ticks_ >= transfer_deadline_) AbortTransfer();
   if (role_ != Role::kLeader) {
     ++election_elapsed_;
     if (election_elapsed_ >= randomized_election_timeout_) {
@@ -869,12 +915,11 @@ void Raft::Tick() {
         return;
       }
     }
-    AbortTransfer();
   }
   if (heartbeat_elapsed_ >= cfg_.heartbeat_tick) {
     heartbeat_elapsed_ = 0;
     // Carry the newest pending read, so ordinary heartbeats confirm it too.
-    BroadcastHeartbeat(read_queue_.empty() ? std::string() : read_queue_.back());
+    BroadcastHeartbeat(pending_reads_.empty() ? std::string() : EncodeReadSeq(pending_reads_.rbegin()->first));
   }
 }
 
@@ -905,10 +950,11 @@ void Raft::ApplyConfChange(const ConfChange& cc) {
       ++it;
     }
   }
-  for (uint64_t n : conf_.voters) prs_.try_emplace(n, log_.LastIndex() + 1, cfg_.max_inflight_msgs, false);
-  for (uint64_t n : conf_.learners) prs_.try_emplace(n, log_.LastIndex() + 1, cfg_.max_inflight_msgs, true);
-  for (auto& [id, pr] : prs_) {
-    if (pr.match() == 0 && id != id_) pr.set_recent_active(true);  // new: give it an election timeout
+  for (const auto* ids : {&conf_.voters, &conf_.learners}) {
+    for (uint64_t n : *ids) {
+      auto [it, added] = prs_.try_emplace(n, log_.LastIndex() + 1, cfg_.max_inflight_msgs, ids == &conf_.learners);
+      if (added) it->second.set_recent_active(true);  // a new member gets an election timeout to answer
+    }
   }
   if (!IsVoter(id_)) {
     // Removed or demoted: a leader must be a voter.

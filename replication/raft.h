@@ -77,10 +77,14 @@ struct Config {
   // steps down; followers that hear from a leader ignore votes meanwhile.
   // Default: on.
   bool check_quorum = true;
-  // Lease reads answer ReadIndex without a heartbeat round, trusting that no
-  // other leader can be elected within an election timeout. Safe only when
-  // clocks drift by less than the gap between election_tick and the real
-  // time a tick takes. Requires check_quorum. Default: off (quorum round).
+  // Lease reads answer ReadIndex without a heartbeat round while a quorum
+  // has acknowledged a heartbeat sent less than election_tick - 1 ticks ago:
+  // those followers vote for no one until an election timeout after hearing
+  // it, and a restarted node votes for no one for its first election
+  // timeout. Safe only while the nodes' tick rates differ by less than one
+  // tick per election timeout (bounded clock drift). Never used in a term in
+  // which this leader began a leadership transfer. Requires check_quorum.
+  // Default: off (a heartbeat round per read batch).
   bool lease_reads = false;
   // Followers reject proposals instead of forwarding them to the leader.
   // Default: off (forward).
@@ -180,7 +184,9 @@ class Raft {
 
   // ReadIndex on the leader, for itself (from == id_) or a follower.
   void LeaderReadIndex(uint64_t from, std::string context);
-  void ReleaseReads(const std::string& context);
+  void ReleaseReads(uint64_t seq);
+  // Lease reads: a quorum acknowledged a heartbeat recent enough.
+  bool LeaseValid() const;
   // A read is safe at `index`: a ReadState here, or the answer to a follower.
   void AnswerRead(uint64_t to, uint64_t index, std::string context);
   void ApplyConfChange(const ConfChange& cc);
@@ -205,6 +211,10 @@ class Raft {
   int heartbeat_elapsed_ = 0;
   int randomized_election_timeout_ = 0;
   uint64_t lead_transferee_ = kNone;
+  uint64_t transfer_deadline_ = 0;
+  uint64_t ticks_ = 0;  // ticks since this object was created
+  bool startup_guard_ = false;
+  bool transferred_in_term_ = false;  // a transfer began: no lease reads this term
   uint64_t pending_conf_index_ = 0;
   uint64_t uncommitted_bytes_ = 0;
 
@@ -212,10 +222,11 @@ class Raft {
   struct PendingRead {
     uint64_t index;
     uint64_t from;
+    std::string context;
     std::set<uint64_t> acks;
   };
-  std::map<std::string, PendingRead> pending_reads_;
-  std::deque<std::string> read_queue_;
+  std::map<uint64_t, PendingRead> pending_reads_;  // by our sequence number
+  uint64_t read_seq_ = 0;                          // never reset: never reused
   // Reads that arrived before the leader committed an entry of its term.
   std::vector<std::pair<uint64_t, std::string>> reads_before_commit_;
 };

@@ -164,7 +164,8 @@ TEST(RaftTest, Section5_3_ConflictingSuffixIsReplaced) {
 
 // §5.4.1: a node does not vote for a candidate whose log is behind its own.
 TEST(RaftTest, Section5_4_1_ElectionRestriction) {
-  TestNetwork net({1, 2, 3});
+  // Without check-quorum, node 2 judges node 3's (pre-)vote by the logs alone.
+  TestNetwork net({1, 2, 3}, [](Config& c) { c.check_quorum = false; });
   net.Elect(1);
   net.Cut(1, 3);
   ASSERT_TRUE(net.raft(1).Propose("a").ok());  // on 1 and 2, not 3
@@ -310,16 +311,6 @@ TEST(RaftTest, Section6_4_NewLeaderReadsWaitForItsFirstCommit) {
   net.Tick(1, 2);
   ASSERT_EQ(net.reads(1).size(), 1u);
   EXPECT_EQ(net.reads(1)[0].index, net.raft(1).log().committed());
-}
-
-// Lease reads answer at once (they trust bounded clock drift).
-TEST(RaftTest, LeaseReadsAnswerWithoutAHeartbeatRound) {
-  TestNetwork net({1, 2, 3}, [](Config& c) { c.lease_reads = true; });
-  net.Elect(1);
-  net.Isolate(1);
-  ASSERT_TRUE(net.raft(1).ReadIndex("r").ok());
-  net.Settle();
-  EXPECT_EQ(net.reads(1).size(), 1u);
 }
 
 // Dissertation §3.10: leadership transfer to a caught-up voter; proposals are
@@ -498,6 +489,155 @@ TEST(RaftTest, StaleLeaderLearnsTheNewTerm) {
   net.TickAll(2);
   EXPECT_EQ(net.raft(1).term(), net.raft(leader).term());
   EXPECT_EQ(net.raft(1).leader(), leader);
+}
+
+// A follower relays a proposal to the node it believes leads; if that node
+// has meanwhile become a candidate or follower, the relay is dropped (the
+// client retries), not an error of Step.
+TEST(RaftTest, RelayedProposalsToANonLeaderAreDropped) {
+  TestNetwork net({1, 2, 3}, [](Config& c) { c.pre_vote = false; });
+  net.Elect(1);
+  Message relay;
+  relay.type = MessageType::kProp;
+  relay.from = 2;
+  relay.to = 3;
+  relay.entries.push_back(Entry{.term = 0, .index = 0, .data = "x"});
+  EXPECT_TRUE(net.raft(3).Step(relay).ok());  // a follower
+  net.Isolate(3);
+  net.raft(3).Campaign();
+  ASSERT_EQ(net.raft(3).role(), Role::kCandidate);
+  EXPECT_TRUE(net.raft(3).Step(relay).ok());  // a candidate
+  relay.type = MessageType::kReadIndex;
+  EXPECT_TRUE(net.raft(3).Step(relay).ok());
+  // Its own proposal, though, is refused: there is no leader to take it.
+  EXPECT_EQ(net.raft(3).Propose("y").code(), absl::StatusCode::kUnavailable);
+}
+
+// The state machine restarts from the snapshot, and compaction may keep
+// entries before it: those are not handed out again.
+TEST(RaftTest, RestartResumesAfterTheSnapshotNotTheFirstEntryKept) {
+  TestNetwork net({1, 2, 3});
+  net.Elect(1);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(net.raft(1).Propose(absl::StrCat("e", i)).ok());
+  net.Settle();
+  const uint64_t applied = net.raft(2).log().applied();
+  ASSERT_TRUE(net.storage(2).CreateSnapshot(applied, net.raft(2).conf(), "sm", /*keep=*/5).ok());
+  ASSERT_LT(net.storage(2).FirstIndex(), applied);
+  net.Restart(2);
+  EXPECT_EQ(net.raft(2).log().applied(), applied);
+  net.Settle();
+  EXPECT_TRUE(net.applied(2).empty());
+  ASSERT_TRUE(net.raft(1).Propose("next").ok());
+  net.Settle();
+  EXPECT_EQ(net.applied(2), (std::vector<std::string>{"next"}));
+}
+
+// A snapshot covers committed entries only: a node whose hard state did not
+// record that commit (separate, unsynced writes) still starts, at the snapshot.
+TEST(RaftTest, StartsFromASnapshotPastTheStoredCommit) {
+  MemoryStorage s;
+  ASSERT_TRUE(Bootstrap(&s, {1, 2, 3}).ok());
+  Snapshot snap;
+  snap.meta = SnapshotMeta{.index = 5, .term = 2, .conf = ConfState{.voters = {1, 2, 3}, .learners = {}}};
+  ASSERT_TRUE(s.ApplySnapshot(snap).ok());  // the hard state still says commit 1
+  Config c;
+  c.id = 1;
+  c.storage = &s;
+  auto r = Raft::Create(c);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->log().committed(), 5u);
+  EXPECT_EQ((*r)->log().applied(), 5u);
+}
+
+TEST(RaftTest, OneMembershipChangePerProposal) {
+  TestNetwork net({1, 2, 3});
+  net.Elect(1);
+  const uint64_t last = net.raft(1).log().LastIndex();
+  Message m;
+  m.type = MessageType::kProp;
+  m.from = 1;
+  for (uint64_t node : {4, 5}) {
+    m.entries.push_back(Entry{.term = 0, .index = 0, .type = EntryType::kConfChange,
+                              .data = ConfChange{ConfChange::Type::kAddLearner, node}.Encode()});
+  }
+  EXPECT_EQ(net.raft(1).Step(m).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(net.raft(1).log().LastIndex(), last);
+}
+
+// §6.4: reads are matched to heartbeat acks by the leader's own sequence
+// numbers, so two followers' reads with equal contexts are both answered.
+TEST(RaftTest, Section6_4_EqualContextsFromTwoFollowersAreBothAnswered) {
+  TestNetwork net({1, 2, 3});
+  net.Elect(1);
+  ASSERT_TRUE(net.raft(2).ReadIndex("same").ok());
+  ASSERT_TRUE(net.raft(3).ReadIndex("same").ok());
+  ASSERT_TRUE(net.raft(1).ReadIndex("").ok());
+  net.Settle();
+  EXPECT_EQ(net.reads(2).size(), 1u);
+  EXPECT_EQ(net.reads(3).size(), 1u);
+  EXPECT_EQ(net.reads(1).size(), 1u);
+}
+
+// Lease reads need a quorum's ack of a heartbeat sent within the last
+// election timeout, and are off for the rest of a term once a transfer began.
+void LeaseConfig(Config& c) {
+  c.lease_reads = true;
+  c.rand = [](uint64_t n) { return n - 1; };  // no election of its own before 19 ticks
+}
+
+TEST(RaftTest, LeaseReadsNeedRecentAcksAndNoTransfer) {
+  TestNetwork net({1, 2, 3}, LeaseConfig);
+  net.TickAll(10);  // past the first election timeout, in which nobody votes
+  net.Elect(1);
+  net.Isolate(1);
+  ASSERT_TRUE(net.raft(1).ReadIndex("r1").ok());  // nothing acked after a tick yet
+  net.Settle();
+  EXPECT_TRUE(net.reads(1).empty());
+  net.Heal();
+  net.Tick(1, 1);  // the heartbeat of tick 1 is acked and answers r1
+  ASSERT_EQ(net.reads(1).size(), 1u);
+  net.Isolate(1);
+  ASSERT_TRUE(net.raft(1).ReadIndex("r2").ok());  // within the lease: at once
+  net.Settle();
+  ASSERT_EQ(net.reads(1).size(), 2u);
+  net.Tick(1, 9);  // tick 10: the acks of tick 1 are too old
+  ASSERT_EQ(net.raft(1).role(), Role::kLeader);
+  ASSERT_TRUE(net.raft(1).ReadIndex("r3").ok());
+  net.Settle();
+  EXPECT_EQ(net.reads(1).size(), 2u);
+  net.Heal();
+  net.Tick(1, 1);
+  ASSERT_EQ(net.reads(1).size(), 3u);
+  // A transfer that cannot finish: no lease reads in this term any more.
+  net.Isolate(1);
+  ASSERT_TRUE(net.raft(1).TransferLeadership(3).ok());
+  ASSERT_TRUE(net.raft(1).ReadIndex("r4").ok());
+  net.Settle();
+  EXPECT_EQ(net.reads(1).size(), 3u);
+}
+
+// With lease reads, a restarted node grants no vote for an election timeout:
+// it may have acknowledged a leader's heartbeat just before it stopped.
+TEST(RaftTest, LeaseReadsRestartedNodeWaitsBeforeVoting) {
+  TestNetwork net({1, 2, 3}, [](Config& c) {
+    LeaseConfig(c);
+    c.pre_vote = false;
+  });
+  net.raft(1).Campaign();  // nobody votes in its first election timeout
+  net.Settle();
+  EXPECT_NE(net.raft(1).role(), Role::kLeader);
+  net.TickAll(10);
+  net.Elect(1);
+  ASSERT_EQ(net.raft(1).role(), Role::kLeader);
+  net.Restart(2);
+  net.Isolate(1);
+  net.raft(3).Campaign();  // node 3 has not heard from 1 for a while, say
+  net.Settle();
+  EXPECT_NE(net.raft(3).role(), Role::kLeader);
+  net.Tick(2, 10);  // node 2's first election timeout passes
+  net.raft(3).Campaign();
+  net.Settle();
+  EXPECT_EQ(net.raft(3).role(), Role::kLeader);
 }
 
 TEST(RaftTest, UncommittedBytesAreBounded) {

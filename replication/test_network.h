@@ -18,28 +18,41 @@
 
 namespace cairn::raft {
 
+// Entries with the given (index, term) pairs and data "d<index>".
+inline std::vector<Entry> TestEntries(std::initializer_list<std::pair<uint64_t, uint64_t>> index_term) {
+  std::vector<Entry> out;
+  for (auto [i, t] : index_term) out.push_back(Entry{.term = t, .index = i, .data = "d" + std::to_string(i)});
+  return out;
+}
+
 class TestNetwork {
  public:
   using Tweak = std::function<void(Config&)>;
+  // Each node's log storage (default: a MemoryStorage).
+  using StorageFactory = std::function<std::unique_ptr<LogStorage>(uint64_t id)>;
 
-  // Nodes `voters`, bootstrapped as one group.
-  explicit TestNetwork(std::vector<uint64_t> voters, Tweak tweak = nullptr) : tweak_(std::move(tweak)) {
+  // Nodes `voters`, bootstrapped as one group (or, with bootstrap false,
+  // started from what their storage already holds).
+  explicit TestNetwork(std::vector<uint64_t> voters, Tweak tweak = nullptr, StorageFactory factory = nullptr,
+                       bool bootstrap = true)
+      : tweak_(std::move(tweak)), factory_(std::move(factory)) {
+    if (!factory_) factory_ = [](uint64_t) { return std::make_unique<MemoryStorage>(); };
     for (uint64_t id : voters) {
       auto& n = nodes_[id];
-      n.storage = std::make_unique<MemoryStorage>();
-      EXPECT_TRUE(Bootstrap(n.storage.get(), voters).ok());
+      n.storage = factory_(id);
+      if (bootstrap) EXPECT_TRUE(Bootstrap(n.storage.get(), voters).ok());
       Start(id);
     }
   }
 
   // A node with an empty log, to be added by a membership change.
   void AddEmptyNode(uint64_t id) {
-    nodes_[id].storage = std::make_unique<MemoryStorage>();
+    nodes_[id].storage = factory_(id);
     Start(id);
   }
 
   Raft& raft(uint64_t id) { return *nodes_.at(id).raft; }
-  MemoryStorage& storage(uint64_t id) { return *nodes_.at(id).storage; }
+  LogStorage& storage(uint64_t id) { return *nodes_.at(id).storage; }
   // Data of the normal, non-empty entries node `id` applied, in order.
   const std::vector<std::string>& applied(uint64_t id) { return nodes_.at(id).applied; }
   std::vector<ReadState>& reads(uint64_t id) { return nodes_.at(id).reads; }
@@ -110,7 +123,7 @@ class TestNetwork {
 
  private:
   struct Node {
-    std::unique_ptr<MemoryStorage> storage;
+    std::unique_ptr<LogStorage> storage;
     std::unique_ptr<Raft> raft;
     std::vector<std::string> applied;
     std::vector<ReadState> reads;
@@ -130,13 +143,7 @@ class TestNetwork {
     Node& n = nodes_.at(id);
     if (!n.raft->HasReady()) return false;
     Ready rd = n.raft->GetReady();
-    if (rd.snapshot) {
-      EXPECT_TRUE(n.storage->ApplySnapshot(*rd.snapshot).ok());
-    }
-    EXPECT_TRUE(n.storage->Append(rd.entries).ok());
-    if (rd.hard_state) {
-      EXPECT_TRUE(n.storage->SetHardState(*rd.hard_state).ok());
-    }
+    EXPECT_TRUE(n.storage->SaveReady(rd).ok());
     for (Message& m : rd.messages) queue_.push_back(std::move(m));
     for (const Entry& e : rd.committed) {
       if (e.type == EntryType::kNormal && !e.data.empty()) n.applied.push_back(e.data);
@@ -147,6 +154,7 @@ class TestNetwork {
   }
 
   Tweak tweak_;
+  StorageFactory factory_;
   std::map<uint64_t, Node> nodes_;
   std::deque<Message> queue_;
   std::set<std::pair<uint64_t, uint64_t>> cut_;

@@ -203,7 +203,7 @@ def goals(ds, groups, builds):
                 out.append(f"- filtered {float(sel) * 100:g}%: recall >= 0.95 not reached (best {max(r['recall10'] for r in v):.4f}): NOT met")
     emb2 = {r["param"]: r for k, v in groups.items() if k[0] == "cairn" and k[2] == "embedded" and k[3] == 2 for r in v}
     for k, v in groups.items():
-        if k[0] == "cairn" and k[2] == "grpc" and k[4] == 2:
+        if k[0] == "cairn" and k[2] == "grpc" and k[3] == 2 and k[4] == 2:
             for r in v:
                 e = emb2.get(r["param"])
                 if e and r["param"] in ("ef=64",):

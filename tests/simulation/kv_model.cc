@@ -3,43 +3,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "replication/byte_codec.h"
 
 namespace cairn::sim {
-namespace {
-
-void PutU64(std::string* out, uint64_t v) { out->append(reinterpret_cast<const char*>(&v), 8); }
-void PutStr(std::string* out, std::string_view s) {
-  PutU64(out, s.size());
-  out->append(s);
-}
-
-struct Reader {
-  std::string_view in;
-  bool ok = true;
-  uint64_t U64() {
-    if (in.size() < 8) {
-      ok = false;
-      return 0;
-    }
-    uint64_t v;
-    std::memcpy(&v, in.data(), 8);
-    in.remove_prefix(8);
-    return v;
-  }
-  std::string Str() {
-    uint64_t n = U64();
-    if (!ok || in.size() < n) {
-      ok = false;
-      return {};
-    }
-    std::string s(in.substr(0, n));
-    in.remove_prefix(n);
-    return s;
-  }
-};
-
-}  // namespace
-
 std::string DescribeOp(const KvOp& op) {
   switch (op.kind) {
     case KvOp::Kind::kPut:
@@ -54,27 +20,27 @@ std::string DescribeOp(const KvOp& op) {
 
 std::string EncodeCommand(const Command& c) {
   std::string out = "kv1";
-  PutU64(&out, c.client);
-  PutU64(&out, c.seq);
+  raft::PutU64(&out, c.client);
+  raft::PutU64(&out, c.seq);
   out.push_back(static_cast<char>(c.op.kind));
-  PutStr(&out, c.op.key);
-  PutStr(&out, c.op.value);
-  PutStr(&out, c.op.expected);
+  raft::PutBytes(&out, c.op.key);
+  raft::PutBytes(&out, c.op.value);
+  raft::PutBytes(&out, c.op.expected);
   return out;
 }
 
 std::optional<Command> DecodeCommand(std::string_view data) {
   if (data.substr(0, 3) != "kv1") return std::nullopt;
-  Reader r{data.substr(3)};
+  raft::ByteReader r{data.substr(3)};
   Command c;
   c.client = r.U64();
   c.seq = r.U64();
   if (r.in.empty()) return std::nullopt;
   c.op.kind = static_cast<KvOp::Kind>(r.in[0]);
   r.in.remove_prefix(1);
-  c.op.key = r.Str();
-  c.op.value = r.Str();
-  c.op.expected = r.Str();
+  c.op.key = r.Bytes();
+  c.op.value = r.Bytes();
+  c.op.expected = r.Bytes();
   if (!r.ok || !r.in.empty()) return std::nullopt;
   return c;
 }
@@ -114,16 +80,16 @@ std::string KvStateMachine::Read(const std::string& key) const {
 
 std::string KvStateMachine::Serialize() const {
   std::string out;
-  PutU64(&out, data_.size());
+  raft::PutU64(&out, data_.size());
   for (const auto& [k, v] : data_) {
-    PutStr(&out, k);
-    PutStr(&out, v);
+    raft::PutBytes(&out, k);
+    raft::PutBytes(&out, v);
   }
-  PutU64(&out, sessions_.size());
+  raft::PutU64(&out, sessions_.size());
   for (const auto& [client, s] : sessions_) {
-    PutU64(&out, client);
-    PutU64(&out, s.first);
-    PutStr(&out, s.second);
+    raft::PutU64(&out, client);
+    raft::PutU64(&out, s.first);
+    raft::PutBytes(&out, s.second);
   }
   return out;
 }
@@ -131,15 +97,15 @@ std::string KvStateMachine::Serialize() const {
 KvStateMachine KvStateMachine::Restore(std::string_view data) {
   KvStateMachine sm;
   if (data.empty()) return sm;
-  Reader r{data};
+  raft::ByteReader r{data};
   for (uint64_t n = r.U64(); r.ok && n > 0; --n) {
-    std::string k = r.Str();
-    sm.data_[k] = r.Str();
+    std::string k = r.Bytes();
+    sm.data_[k] = r.Bytes();
   }
   for (uint64_t n = r.U64(); r.ok && n > 0; --n) {
     uint64_t client = r.U64();
     uint64_t seq = r.U64();
-    sm.sessions_[client] = {seq, r.Str()};
+    sm.sessions_[client] = {seq, r.Bytes()};
   }
   return sm;
 }

@@ -23,7 +23,7 @@ the history is linearizable. The same seed always replays the same run.
   --nodes N         node slots; 0 draws 3 or 5 per seed (default 0)
   --fault-ticks N   ticks with faults (default 500)
   --quiet-ticks N   healed ticks in which everything must finish (default 400)
-  --clients N       concurrent clients (default 3)
+  --clients N       concurrent clients (default 5)
   --no-partitions, --no-crashes, --no-message-faults, --no-membership, --no-snapshots
   --trace N         print the last N events of a failing seed (default 0)
   --keep-going      run every seed even after a failure

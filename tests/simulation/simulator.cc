@@ -87,6 +87,7 @@ class Simulation {
     try {
       Setup();
       const uint64_t fault_end = static_cast<uint64_t>(o_.fault_ticks) * kUnitsPerTick;
+      fault_end_ = fault_end;
       const uint64_t end = fault_end + static_cast<uint64_t>(o_.quiet_ticks) * kUnitsPerTick;
       ops_end_ = fault_end + static_cast<uint64_t>(o_.quiet_ticks) * kUnitsPerTick / 2;
       for (now_ = 0; now_ < end; ++now_) {
@@ -139,6 +140,7 @@ class Simulation {
     snapshot_keep_ = Rand(8);
     pre_vote_ = Rand(4) != 0;
     check_quorum_ = Rand(4) != 0;
+    lease_reads_ = check_quorum_ && Rand(2) == 0;
     std::vector<uint64_t> initial;
     for (int i = 1; i <= voters; ++i) initial.push_back(static_cast<uint64_t>(i));
     for (int i = 1; i <= n; ++i) {
@@ -158,7 +160,8 @@ class Simulation {
       clients_.push_back(cl);
     }
     Trace("nodes=", n, " voters=", voters, " drop=", drop_, " dup=", dup_, " max_delay=", max_delay_,
-          " snapshot_every=", snapshot_every_, " pre_vote=", pre_vote_, " check_quorum=", check_quorum_);
+          " snapshot_every=", snapshot_every_, " pre_vote=", pre_vote_, " check_quorum=", check_quorum_,
+          " lease_reads=", lease_reads_);
   }
 
   void Start(Node& node) {
@@ -169,6 +172,7 @@ class Simulation {
     cfg.heartbeat_tick = 1;
     cfg.pre_vote = pre_vote_;
     cfg.check_quorum = check_quorum_;
+    cfg.lease_reads = lease_reads_;
     cfg.max_size_per_msg = 1 + Rand(2) * 400;  // one entry per message, or a few
     cfg.max_inflight_msgs = 1 + Rand(8);
     auto node_rng = std::make_shared<std::mt19937_64>(rng_());
@@ -177,8 +181,11 @@ class Simulation {
     if (!r.ok()) Fail(absl::StrCat("node ", node.id, " does not start: ", r.status().ToString()));
     node.raft = std::move(*r);
     node.incarnation++;
-    node.sm = KvStateMachine::Restore(node.storage->GetSnapshot().data);
-    node.applied = node.storage->FirstIndex() - 1;
+    // The state machine restarts from the snapshot; the entries after it are
+    // handed out again (compaction may keep entries before it: not those).
+    const raft::Snapshot snap = node.storage->GetSnapshot();
+    node.sm = KvStateMachine::Restore(snap.data);
+    node.applied = snap.empty() ? node.storage->FirstIndex() - 1 : snap.meta.index;
     node.role = Role::kFollower;
     node.term = node.raft->term();
     const uint64_t commit = node.storage->InitialHardState().commit;
@@ -204,9 +211,11 @@ class Simulation {
           const size_t k = 1 + Rand(ids.size() - 1);
           partition_.insert(ids.begin(), ids.begin() + static_cast<ptrdiff_t>(k));
         }
+        // Some failures are one-way: the cut-off side still hears the rest.
+        one_way_ = Chance(0.3);
         heal_at_ = now_ + (5 + Rand(60)) * kUnitsPerTick;
         stats_.partitions++;
-        Trace("partition {", absl::StrJoin(partition_, ","), "}");
+        Trace(one_way_ ? "one-way " : "", "partition {", absl::StrJoin(partition_, ","), "}");
       } else if (!partition_.empty() && now_ >= heal_at_) {
         partition_.clear();
         Trace("partition healed");
@@ -222,7 +231,10 @@ class Simulation {
         }
       }
     }
-    if (membership_ && now_ % kUnitsPerTick == 0 && Chance(0.02)) ChangeMembership();
+    if (membership_ && now_ % kUnitsPerTick == 0 && Chance(0.04)) {
+      ChangeMembership();
+      if (Chance(0.3)) ChangeMembership();  // the second must wait for the first
+    }
   }
 
   void Crash(Node& node) {
@@ -285,7 +297,11 @@ class Simulation {
     }
   }
 
-  bool Connected(uint64_t a, uint64_t b) const { return partition_.count(a) == partition_.count(b); }
+  // Can a message from `a` reach `b`?
+  bool Connected(uint64_t a, uint64_t b) const {
+    if (partition_.count(a) == partition_.count(b)) return true;
+    return one_way_ && !partition_.count(a);
+  }
 
   // ---- network ------------------------------------------------------------------------
 
@@ -367,8 +383,10 @@ class Simulation {
         }
         if (auto st = node.storage->SetHardState(hs); !st.ok()) Fail(st.ToString());
       }
+      if (CrashMidReady(node, "after persisting a Ready, before sending it")) return;
       // 2. Send.
       for (Message& m : rd.messages) Send(node, std::move(m));
+      if (CrashMidReady(node, "after sending a Ready, before applying it")) return;
       // 3. Apply.
       if (rd.snapshot) {
         node.sm = KvStateMachine::Restore(rd.snapshot->data);
@@ -381,6 +399,16 @@ class Simulation {
       node.raft->Advance(rd);
       MaybeSnapshot(node);
     }
+  }
+
+  // Crashes in the middle of handling a Ready: what was persisted stays,
+  // what was not done is lost, and Advance never happens.
+  bool CrashMidReady(Node& node, const char* where) {
+    if (!o_.crashes || now_ >= fault_end_ || !Chance(0.0005)) return false;
+    Trace("node ", node.id, " crashes ", where);
+    Crash(node);
+    node.down_until = now_ + (1 + Rand(40)) * kUnitsPerTick;
+    return true;
   }
 
   void CheckRole(Node& node, const Ready& rd) {
@@ -531,7 +559,7 @@ class Simulation {
 
   void Submit(Client& c) {
     stats_.steps++;
-    c.deadline = now_ + (20 + Rand(20)) * kUnitsPerTick;
+    c.deadline = now_ + (10 + Rand(20)) * kUnitsPerTick;
     c.next_try = 0;
     Node& node = nodes_.at(c.target);
     if (!node.raft) {
@@ -603,6 +631,7 @@ class Simulation {
   std::vector<Client> clients_;
   std::priority_queue<InFlight, std::vector<InFlight>, std::greater<>> net_;
   std::set<uint64_t> partition_;
+  bool one_way_ = false;
   uint64_t heal_at_ = 0;
   std::map<uint64_t, uint64_t> leaders_;  // term -> leader
   std::map<uint64_t, Entry> global_;      // index -> the entry applied there
@@ -615,12 +644,13 @@ class Simulation {
   uint64_t seq_ = 0;
   uint64_t event_clock_ = 0;
   uint64_t ops_end_ = 0;
+  uint64_t fault_end_ = 0;
   bool membership_ = false;
   double drop_ = 0, dup_ = 0;
   uint64_t max_delay_ = 1;
   uint64_t snapshot_every_ = 0;
   uint64_t snapshot_keep_ = 0;
-  bool pre_vote_ = true, check_quorum_ = true;
+  bool pre_vote_ = true, check_quorum_ = true, lease_reads_ = false;
 };
 
 }  // namespace

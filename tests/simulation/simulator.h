@@ -35,7 +35,7 @@ struct SimOptions {
   // Ticks with faults, then ticks healed and quiet in which everything must finish.
   int fault_ticks = 500;
   int quiet_ticks = 400;
-  int clients = 3;
+  int clients = 5;
   int keys = 3;
   bool partitions = true;
   bool crashes = true;
