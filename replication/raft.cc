@@ -892,7 +892,10 @@ void Raft::Tick() {
   if (lead_transferee_ != kNone && ticks_ >= transfer_deadline_) AbortTransfer();
   if (role_ != Role::kLeader) {
     ++election_elapsed_;
-    if (election_elapsed_ >= randomized_election_timeout_) {
+    // A node that cannot campaign (a learner, or one that believes so) keeps
+    // counting: past an election timeout it no longer defends a leader it
+    // stopped hearing from, and grants votes again.
+    if (Promotable() && election_elapsed_ >= randomized_election_timeout_) {
       election_elapsed_ = 0;
       Hup(/*transfer=*/false);
     }

@@ -640,6 +640,35 @@ TEST(RaftTest, LeaseReadsRestartedNodeWaitsBeforeVoting) {
   EXPECT_EQ(net.raft(3).role(), Role::kLeader);
 }
 
+// Found by the simulator (seed 1002345): node 4 missed its own promotion and
+// still believes it is a learner; the leader then removed itself. Node 4
+// must not defend the departed leader's lease forever: once it has not heard
+// from it for an election timeout, it grants its vote, and the group (2, 3,
+// 4, with 3 cut off) elects node 2.
+TEST(RaftTest, ANodeThatCannotCampaignStillVotesOnceItsLeaderIsGone) {
+  TestNetwork net({1, 2, 3}, [](Config& c) {
+    // Node 4's timeout is exactly election_tick; the others' the longest.
+    c.rand = [id = c.id](uint64_t n) { return id == 4 ? 0 : n - 1; };
+  });
+  net.Elect(1);
+  net.AddEmptyNode(4);
+  ASSERT_TRUE(net.raft(1).ProposeConfChange({ConfChange::Type::kAddLearner, 4}).ok());
+  net.Settle();
+  net.Cut(1, 4);
+  ASSERT_TRUE(net.raft(1).ProposeConfChange({ConfChange::Type::kAddVoter, 4}).ok());
+  net.Settle();
+  ASSERT_EQ(net.raft(2).conf().voters, (std::vector<uint64_t>{1, 2, 3, 4}));
+  ASSERT_EQ(net.raft(4).conf().learners, (std::vector<uint64_t>{4}));
+  ASSERT_TRUE(net.raft(1).ProposeConfChange({ConfChange::Type::kRemove, 1}).ok());
+  net.Settle();
+  ASSERT_EQ(net.raft(2).conf().voters, (std::vector<uint64_t>{2, 3, 4}));
+  ASSERT_EQ(net.raft(4).leader(), 1u);
+  net.Isolate(1);
+  net.Isolate(3);
+  net.TickAll(60);
+  EXPECT_EQ(net.raft(2).role(), Role::kLeader);
+}
+
 TEST(RaftTest, UncommittedBytesAreBounded) {
   TestNetwork net({1, 2, 3}, [](Config& c) { c.max_uncommitted_bytes = 100; });
   net.Elect(1);

@@ -599,16 +599,33 @@ class Simulation {
 
   // ---- the end ----------------------------------------------------------------------------
 
+  // Each node's view, for a person reading a liveness failure.
+  std::string Nodes() const {
+    std::string out;
+    for (const auto& [id, n] : nodes_) {
+      if (!n.raft) {
+        absl::StrAppend(&out, "\n  node ", id, n.decommissioned ? ": removed, shut down" : ": down");
+        continue;
+      }
+      const auto& r = *n.raft;
+      absl::StrAppend(&out, "\n  node ", id, ": ", std::string(raft::RoleName(r.role())), " term ", r.term(),
+                      " leader ", r.leader(), " voters ", absl::StrJoin(r.conf().voters, ","), " learners ",
+                      absl::StrJoin(r.conf().learners, ","), " commit ", r.log().committed(), " applied ",
+                      r.log().applied(), " last ", r.log().LastIndex(), " first ", r.log().FirstIndex());
+    }
+    return out;
+  }
+
   void Finish() {
     for (const Client& c : clients_) {
       if (c.busy) {
         Fail(absl::StrCat("liveness: client ", c.id, "'s ", DescribeOp(c.kvop), " (seq ", c.seq,
-                          ") did not finish in ", o_.quiet_ticks, " healed ticks"));
+                          ") did not finish in ", o_.quiet_ticks, " healed ticks", Nodes()));
       }
     }
     // Every member converges on the same state once healed.
     const uint64_t leader = CurrentLeader();
-    if (leader == 0) Fail(absl::StrCat("liveness: no leader after ", o_.quiet_ticks, " healed ticks"));
+    if (leader == 0) Fail(absl::StrCat("liveness: no leader after ", o_.quiet_ticks, " healed ticks", Nodes()));
     const raft::ConfState conf = nodes_.at(leader).raft->conf();
     const Node* ref = nullptr;
     uint64_t top = 0;
