@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <utility>
 
@@ -539,7 +540,14 @@ absl::Status Raft::Step(const Message& m) {
     } else if (m.type == MessageType::kApp || m.type == MessageType::kHeartbeat || m.type == MessageType::kSnap) {
       BecomeFollower(m.term, m.from);
     } else {
+      // Figure 2: only a current leader's AppendEntries or a granted vote
+      // restarts the election timer, not a higher term alone. Otherwise nodes
+      // with stale logs that keep campaigning (pre-vote off) hold back the
+      // timer of the one node that could win.
+      const int elapsed = election_elapsed_;
+      const bool was_leader = role_ == Role::kLeader;
       BecomeFollower(m.term, kNone);
+      if (!was_leader) election_elapsed_ = elapsed;
     }
   } else if (m.term < term_) {
     if ((cfg_.check_quorum || cfg_.pre_vote) && (m.type == MessageType::kHeartbeat || m.type == MessageType::kApp)) {
@@ -891,7 +899,7 @@ void Raft::Tick() {
   if (ticks_ >= static_cast<uint64_t>(cfg_.election_tick)) startup_guard_ = false;
   if (lead_transferee_ != kNone && ticks_ >= transfer_deadline_) AbortTransfer();
   if (role_ != Role::kLeader) {
-    ++election_elapsed_;
+    if (election_elapsed_ < std::numeric_limits<int>::max()) ++election_elapsed_;
     // A node that cannot campaign (a learner, or one that believes so) keeps
     // counting: past an election timeout it no longer defends a leader it
     // stopped hearing from, and grants votes again.
@@ -960,7 +968,10 @@ void Raft::ApplyConfChange(const ConfChange& cc) {
     }
   }
   if (!IsVoter(id_)) {
-    // Removed or demoted: a leader must be a voter.
+    // Removed or demoted: a leader must be a voter. Its last heartbeats tell
+    // every follower, paused or not, that the change is committed; without
+    // them the group could keep counting this node toward its quorum.
+    BroadcastHeartbeat(std::string());
     BecomeFollower(term_, kNone);
     return;
   }

@@ -669,6 +669,49 @@ TEST(RaftTest, ANodeThatCannotCampaignStillVotesOnceItsLeaderIsGone) {
   EXPECT_EQ(net.raft(2).role(), Role::kLeader);
 }
 
+// Found by the 100,000-seed run: a leader that removes itself steps down as
+// soon as it applies the change. Followers it had paused never heard that
+// the change committed, kept counting it toward their quorum and, with it
+// gone, needed every other voter to agree. Its last heartbeats now tell
+// them, whatever their replication state.
+TEST(RaftTest, ARemovedLeaderTellsEveryFollowerTheChangeCommitted) {
+  TestNetwork net({1, 2, 3});
+  net.Elect(1);
+  // The change's entries reach 2 and 3; the AppendEntries that would carry
+  // the new commit index are lost.
+  net.PassThenBlock(MessageType::kApp, 2);
+  ASSERT_TRUE(net.raft(1).ProposeConfChange({ConfChange::Type::kRemove, 1}).ok());
+  net.Settle();
+  EXPECT_EQ(net.raft(1).role(), Role::kFollower);
+  // Node 2's acknowledgement made the commit, so its match covers the change
+  // (node 3's arrived after the leader had stepped down).
+  EXPECT_EQ(net.raft(2).conf().voters, (std::vector<uint64_t>{2, 3}));
+  net.Allow(MessageType::kApp);
+  net.TickAll(30);
+  const uint64_t leader = net.Leader();
+  ASSERT_TRUE(leader == 2 || leader == 3);
+  EXPECT_EQ(net.raft(3).conf().voters, (std::vector<uint64_t>{2, 3}));
+}
+
+// Found the same way, Figure 2: a higher term alone does not restart the
+// election timer. Node 3, whose log is stale, times out first again and
+// again (pre-vote off); if each of its vote requests restarted node 2's
+// timer, node 2, the only node that can win, would never campaign.
+TEST(RaftTest, StaleCandidatesDoNotHoldBackTheNodeThatCanWin) {
+  TestNetwork net({1, 2, 3}, [](Config& c) {
+    c.pre_vote = false;
+    c.check_quorum = false;
+    c.rand = [id = c.id](uint64_t n) { return id == 3 ? 0 : n - 1; };  // 3: 10 ticks, 2: 19
+  });
+  net.Elect(1);
+  net.Cut(1, 3);
+  ASSERT_TRUE(net.raft(1).Propose("a").ok());  // on 1 and 2 only
+  net.Settle();
+  net.Isolate(1);
+  net.TickAll(100);
+  EXPECT_EQ(net.raft(2).role(), Role::kLeader);
+}
+
 TEST(RaftTest, UncommittedBytesAreBounded) {
   TestNetwork net({1, 2, 3}, [](Config& c) { c.max_uncommitted_bytes = 100; });
   net.Elect(1);

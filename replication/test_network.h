@@ -70,7 +70,13 @@ class TestNetwork {
   void Heal() { cut_.clear(); }
   // Drops every message of this type until Allow().
   void Block(MessageType t) { blocked_.insert(t); }
-  void Allow(MessageType t) { blocked_.erase(t); }
+  void Allow(MessageType t) {
+    blocked_.erase(t);
+    pass_before_block_.erase(t);
+  }
+  // Lets the next n messages of this type through, then drops the rest
+  // until Allow().
+  void PassThenBlock(MessageType t, int n) { pass_before_block_[t] = n; }
 
   // Restarts a node from what it persisted.
   void Restart(uint64_t id) {
@@ -85,6 +91,7 @@ class TestNetwork {
       if (!queue_.empty()) {
         Message m = std::move(queue_.front());
         queue_.pop_front();
+        if (auto p = pass_before_block_.find(m.type); p != pass_before_block_.end() && p->second-- <= 0) continue;
         if (cut_.count({m.from, m.to}) || blocked_.count(m.type) || !nodes_.count(m.to)) continue;
         EXPECT_TRUE(nodes_.at(m.to).raft->Step(m).ok());
         any = true;
@@ -159,6 +166,7 @@ class TestNetwork {
   std::deque<Message> queue_;
   std::set<std::pair<uint64_t, uint64_t>> cut_;
   std::set<MessageType> blocked_;
+  std::map<MessageType, int> pass_before_block_;
 };
 
 }  // namespace cairn::raft

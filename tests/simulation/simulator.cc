@@ -611,7 +611,7 @@ class Simulation {
       absl::StrAppend(&out, "\n  node ", id, ": ", std::string(raft::RoleName(r.role())), " term ", r.term(),
                       " leader ", r.leader(), " voters ", absl::StrJoin(r.conf().voters, ","), " learners ",
                       absl::StrJoin(r.conf().learners, ","), " commit ", r.log().committed(), " applied ",
-                      r.log().applied(), " last ", r.log().LastIndex(), " first ", r.log().FirstIndex());
+                      r.log().applied(), " last ", r.log().LastIndex(), " (term ", r.log().LastTerm(), ") first ", r.log().FirstIndex(), " vote ", r.vote());
     }
     return out;
   }
