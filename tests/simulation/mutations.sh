@@ -43,4 +43,5 @@ PYEOF
   scen=$("$WORK/build/bin/simulation_test" --gtest_filter='Scen*' 2>/dev/null | grep -c '^\[  FAILED  \] Scen.*ms)$' || true)
   printf '%-58s simulator %4s of %s seeds   unit tests %2s   scenarios %s\n' "$name:" "$sim" "$SEEDS" "$unit" "$scen"
   mv "$WORK/$file.orig" "$WORK/$file"
+  touch "$WORK/$file"  # newer than the mutant's objects, so the next build recompiles it
 done
