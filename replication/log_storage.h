@@ -39,6 +39,8 @@ class LogStorage {
   virtual uint64_t FirstIndex() const = 0;
   virtual uint64_t LastIndex() const = 0;
   virtual Snapshot GetSnapshot() const = 0;
+  // The same snapshot's index, term and membership, without copying its data.
+  virtual SnapshotMeta GetSnapshotMeta() const = 0;
 
   // Driver side. Append replaces any entries at or after entries[0].index.
   virtual absl::Status Append(const std::vector<Entry>& entries) = 0;
@@ -75,6 +77,7 @@ class MemoryStorage final : public LogStorage {
   uint64_t FirstIndex() const override { return ents_[0].index + 1; }
   uint64_t LastIndex() const override { return ents_[0].index + ents_.size() - 1; }
   Snapshot GetSnapshot() const override { return snap_; }
+  SnapshotMeta GetSnapshotMeta() const override { return snap_.meta; }
 
   absl::Status Append(const std::vector<Entry>& entries) override;
   absl::Status SetHardState(const HardState& hs) override;

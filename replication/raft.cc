@@ -16,10 +16,7 @@ constexpr std::string_view kTransferContext = "transfer";
 
 // Where the state machine starts: the snapshot's index (a snapshot covers
 // committed entries only, even if the hard state saying so was not synced).
-uint64_t SnapshotIndex(const LogStorage& s) {
-  const Snapshot snap = s.GetSnapshot();
-  return snap.empty() ? s.FirstIndex() - 1 : std::max(snap.meta.index, s.FirstIndex() - 1);
-}
+uint64_t SnapshotIndex(const LogStorage& s) { return std::max(s.GetSnapshotMeta().index, s.FirstIndex() - 1); }
 
 std::string EncodeReadSeq(uint64_t seq) { return std::string(reinterpret_cast<const char*>(&seq), 8); }
 
@@ -395,11 +392,7 @@ bool Raft::MaybeCommit() {
   }
   if (matches.empty()) return false;
   std::sort(matches.begin(), matches.end(), std::greater<>());
-  const uint64_t before = log_.committed();
   if (!log_.MaybeCommit(matches[Quorum() - 1], term_)) return false;
-  // Proposals committed: their bytes no longer count against the limit.
-  auto ents = log_.Slice(std::max(before + 1, log_.FirstIndex()), log_.committed() + 1, UINT64_MAX);
-  if (ents.ok()) uncommitted_bytes_ -= std::min(uncommitted_bytes_, DataBytes(*ents));
   if (!reads_before_commit_.empty() && CommittedInCurrentTerm()) {
     auto waiting = std::move(reads_before_commit_);
     reads_before_commit_.clear();
@@ -1023,6 +1016,9 @@ void Raft::Advance(const Ready& rd) {
     ApplyConfChange(*cc);
   }
   if (!rd.committed.empty()) {
+    // Committed proposals no longer count against the leader's limit (the
+    // entries are in hand here; MaybeCommit would have to read them back).
+    if (role_ == Role::kLeader) uncommitted_bytes_ -= std::min(uncommitted_bytes_, DataBytes(rd.committed));
     const uint64_t last = rd.committed.back().index;
     if (last > conf_applied_index_) conf_applied_index_ = last;
     log_.AppliedTo(last);

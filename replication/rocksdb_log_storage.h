@@ -45,6 +45,7 @@ class RocksLogStorage final : public LogStorage {
   uint64_t FirstIndex() const override { return prefix_index_ + 1; }
   uint64_t LastIndex() const override { return prefix_index_ + terms_.size(); }
   Snapshot GetSnapshot() const override { return snap_; }
+  SnapshotMeta GetSnapshotMeta() const override { return snap_.meta; }
 
   absl::Status Append(const std::vector<Entry>& entries) override;
   absl::Status SetHardState(const HardState& hs) override;

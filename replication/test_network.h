@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "replication/log_storage.h"
 #include "replication/raft.h"
@@ -21,7 +22,7 @@ namespace cairn::raft {
 // Entries with the given (index, term) pairs and data "d<index>".
 inline std::vector<Entry> TestEntries(std::initializer_list<std::pair<uint64_t, uint64_t>> index_term) {
   std::vector<Entry> out;
-  for (auto [i, t] : index_term) out.push_back(Entry{.term = t, .index = i, .data = "d" + std::to_string(i)});
+  for (auto [i, t] : index_term) out.push_back(Entry{.term = t, .index = i, .data = absl::StrCat("d", i)});
   return out;
 }
 
@@ -40,7 +41,9 @@ class TestNetwork {
     for (uint64_t id : voters) {
       auto& n = nodes_[id];
       n.storage = factory_(id);
-      if (bootstrap) EXPECT_TRUE(Bootstrap(n.storage.get(), voters).ok());
+      if (bootstrap) {
+        EXPECT_TRUE(Bootstrap(n.storage.get(), voters).ok());
+      }
       Start(id);
     }
   }

@@ -329,14 +329,21 @@ int main(int argc, char** argv) {
       Die("cairnd did not start; see " + log);
     }
     auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+    // Queries [q0, q1) in one SearchBatch request; v is ef or nprobe (0: the collection's).
+    auto batch_request = [&](size_t q0, size_t q1, int v) {
+      cairn::v1::SearchBatchRequest req;
+      req.set_collection("bench");
+      req.mutable_vectors()->Add(&qv[q0 * dim], &qv[q1 * dim]);
+      req.mutable_params()->set_k(10);
+      if (ivf) req.mutable_params()->set_nprobe(static_cast<uint32_t>(v));
+      else req.mutable_params()->set_ef(static_cast<uint32_t>(v));
+      return req;
+    };
     {
       // Untimed warm-up of the server's index, as for the in-process runs.
       auto stub = cairn::v1::Search::NewStub(channel);
       for (size_t q0 = 0; q0 < nq; q0 += 100) {
-        cairn::v1::SearchBatchRequest req;
-        req.set_collection("bench");
-        req.mutable_vectors()->Add(&qv[q0 * dim], &qv[std::min(nq, q0 + 100) * dim]);
-        req.mutable_params()->set_k(10);
+        const cairn::v1::SearchBatchRequest req = batch_request(q0, std::min(nq, q0 + 100), 0);
         cairn::v1::SearchBatchResponse resp;
         grpc::ClientContext ctx;
         if (auto s = stub->SearchBatch(&ctx, req, &resp); !s.ok()) Die("grpc warm-up: " + s.error_message());
@@ -371,12 +378,7 @@ int main(int argc, char** argv) {
         auto tb = Clock::now();
         SingleQueries(calls, clients, [&](size_t c, int t) {
           const size_t q0 = c * kPerCall, q1 = std::min(nq, q0 + kPerCall);
-          cairn::v1::SearchBatchRequest req;
-          req.set_collection("bench");
-          req.mutable_vectors()->Add(&qv[q0 * dim], &qv[q1 * dim]);
-          req.mutable_params()->set_k(10);
-          if (ivf) req.mutable_params()->set_nprobe(static_cast<uint32_t>(v));
-          else req.mutable_params()->set_ef(static_cast<uint32_t>(v));
+          const cairn::v1::SearchBatchRequest req = batch_request(q0, q1, v);
           cairn::v1::SearchBatchResponse resp;
           grpc::ClientContext ctx;
           auto s = stubs[static_cast<size_t>(t)]->SearchBatch(&ctx, req, &resp);

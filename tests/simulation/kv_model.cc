@@ -1,6 +1,5 @@
 #include "tests/simulation/kv_model.h"
 
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "replication/byte_codec.h"
