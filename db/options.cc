@@ -35,6 +35,22 @@ std::string_view PayloadTypeName(PayloadType t) {
   return "?";
 }
 
+std::string_view DeviceName(Device d) {
+  switch (d) {
+    case Device::kAuto: return "auto";
+    case Device::kCpu: return "cpu";
+    case Device::kGpu: return "gpu";
+  }
+  return "?";
+}
+
+absl::StatusOr<Device> ParseDevice(std::string_view name) {
+  for (Device d : {Device::kAuto, Device::kCpu, Device::kGpu}) {
+    if (DeviceName(d) == name) return d;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown device \"", std::string(name), "\" (auto, cpu, gpu)"));
+}
+
 absl::StatusOr<Metric> ParseMetric(std::string_view name) {
   for (Metric m : {Metric::kL2, Metric::kInnerProduct, Metric::kCosine}) {
     if (MetricName(m) == name) return m;

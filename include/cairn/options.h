@@ -32,6 +32,12 @@ enum class IndexType {
   kHnswSq = 5,   // graph index over 8-bit scalar-quantized vectors; trained
 };
 
+// Where index work runs (see index/gpu/). kAuto: on a GPU when the process
+// finds a usable one, else on the CPU; kCpu: always the CPU; kGpu: a GPU is
+// required (creating a collection fails without one; a collection opened on
+// a node without one is served by the CPU, with a warning).
+enum class Device { kAuto = 0, kCpu = 1, kGpu = 2 };
+
 struct IndexSpec {
   IndexType type = IndexType::kHnsw;
   // HNSW graph degree (links per node on upper layers; twice that on layer 0).
@@ -62,6 +68,11 @@ struct IndexSpec {
   // byte per dimension per point of memory; dimensions above 4096 always walk
   // on floats. Default: true.
   bool hnsw_int8 = true;
+  // Where IVF k-means training and the searches of sealed Flat and IVF-Flat
+  // segments run. kAuto defers to DatabaseOptions::device. HNSW graphs are
+  // built and searched on the CPU either way; the index files are the same.
+  // Default: kAuto.
+  Device device = Device::kAuto;
 };
 
 // Type of a declared (indexed) payload field.
@@ -117,15 +128,21 @@ struct DatabaseOptions {
   int max_queries = 10000;
   // Most bytes of one payload (JSON) or text chunk. Default: 1 MiB.
   uint64_t max_payload_bytes = 1ull << 20;
+  // The device of collections whose index spec says kAuto: kAuto uses a GPU
+  // when one is usable (logged once), kCpu never does, kGpu requires one
+  // (Open fails without it). Default: kAuto.
+  Device device = Device::kAuto;
 };
 
 // Names used in JSON configs, logs and errors ("l2", "hnsw", "keyword", ...).
 std::string_view MetricName(Metric m);
 std::string_view IndexTypeName(IndexType t);
 std::string_view PayloadTypeName(PayloadType t);
+std::string_view DeviceName(Device d);
 absl::StatusOr<Metric> ParseMetric(std::string_view name);
 absl::StatusOr<IndexType> ParseIndexType(std::string_view name);
 absl::StatusOr<PayloadType> ParsePayloadType(std::string_view name);
+absl::StatusOr<Device> ParseDevice(std::string_view name);
 
 }  // namespace cairn
 

@@ -1,0 +1,126 @@
+// The CUDA side of index/gpu: plain C++ types only (no Abseil, no CUDA
+// headers), so that nvcc compiles the .cu files that implement it without
+// seeing the rest of Cairn. gpu.cc wraps it in absl::Status; nothing outside
+// index/gpu includes this header.
+//
+// Conventions: row-major float32 input; distances are "lower is better"
+// (L2 squared, or the negated dot product for inner product); labels are
+// positions 0..n-1 in the base, -1 for an empty slot. Bitsets hold bit i of
+// position i in words[i / 64].
+//
+// Thread-safety: backends serialize their own calls (one mutex each).
+#ifndef CAIRN_INDEX_GPU_CUDA_BACKEND_H_
+#define CAIRN_INDEX_GPU_CUDA_BACKEND_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace cairn::index::gpu::cuda {
+
+enum class Code { kOk, kUnavailable, kResourceExhausted, kInvalidArgument, kInternal };
+
+struct Result {
+  Code code = Code::kOk;
+  std::string message;
+  bool ok() const { return code == Code::kOk; }
+};
+
+struct DeviceProps {
+  std::string name;
+  int ordinal = 0;
+  int cc_major = 0;
+  int cc_minor = 0;
+  int sm_count = 0;
+  size_t total_bytes = 0;
+  size_t free_bytes = 0;
+  int driver_version = 0;  // e.g. 13000
+};
+
+// Unavailable (with the reason: no driver, no device, no cuBLAS) when the
+// device cannot run Cairn's kernels.
+Result Probe(int device, DeviceProps* out);
+
+enum class Storage { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Largest k the selection kernel takes.
+inline constexpr int kMaxK = 1024;
+
+class FlatBackend {
+ public:
+  virtual ~FlatBackend() = default;
+  // k (1..kMaxK) nearest positions per query; `allow` (nullable) limits them.
+  virtual Result Search(const float* queries, size_t nq, int k, const uint64_t* allow, float* dist,
+                        int64_t* labels) = 0;
+  virtual bool resident() const = 0;     // base held on the device (else streamed)
+  virtual size_t device_bytes() const = 0;  // device memory held
+};
+
+struct FlatConfig {
+  int device = 0;
+  bool inner_product = false;
+  Storage storage = Storage::kFloat32;
+  size_t memory_budget = 0;  // 0: 80% of the free device memory
+  size_t max_batch = 4096;   // queries per device batch
+  // Largest chunk of base rows one GEMM covers (0: by memory). Tests set it
+  // small to run the chunked paths on small data.
+  size_t max_chunk = 0;
+  bool force_streaming = false;  // keep the base in host memory even if it fits
+};
+
+Result MakeFlat(const float* x, size_t n, uint32_t dim, const FlatConfig& config,
+                std::unique_ptr<FlatBackend>* out);
+
+struct KMeansConfig {
+  int device = 0;
+  bool inner_product = false;  // assign by largest dot product, renormalize centroids
+  int iterations = 25;
+  uint64_t seed = 1234;
+  size_t memory_budget = 0;
+};
+
+struct KMeansStats {
+  double objective = 0;     // sum of distances to the assigned centroid, last iteration
+  int empty_splits = 0;     // empty clusters re-seeded by splitting a large one
+  double seconds = 0;
+};
+
+// Lloyd's k-means of n points into k centroids (out: k * dim floats).
+Result KMeans(const float* x, size_t n, uint32_t dim, size_t k, const KMeansConfig& config,
+              float* centroids, KMeansStats* stats);
+
+// The nearest centroid of each of n points (out: n labels), as k-means assigns.
+Result Assign(const float* x, size_t n, uint32_t dim, const float* centroids, size_t k,
+              const KMeansConfig& config, int64_t* labels);
+
+class IvfFlatBackend {
+ public:
+  virtual ~IvfFlatBackend() = default;
+  virtual Result Search(const float* queries, size_t nq, int k, int nprobe, const uint64_t* allow,
+                        float* dist, int64_t* labels) = 0;
+  virtual size_t device_bytes() const = 0;
+};
+
+// One inverted list: `size` vectors of dim floats and their positions.
+struct IvfList {
+  const float* vectors = nullptr;
+  const int64_t* positions = nullptr;
+  size_t size = 0;
+};
+
+struct IvfConfig {
+  int device = 0;
+  bool inner_product = false;
+  size_t memory_budget = 0;
+  size_t max_batch = 1024;
+};
+
+// `n_positions`: one past the largest position (the size of `allow`).
+Result MakeIvfFlat(const float* centroids, size_t nlist, uint32_t dim, const IvfList* lists,
+                   size_t n_positions, const IvfConfig& config,
+                   std::unique_ptr<IvfFlatBackend>* out);
+
+}  // namespace cairn::index::gpu::cuda
+
+#endif  // CAIRN_INDEX_GPU_CUDA_BACKEND_H_

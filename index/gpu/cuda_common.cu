@@ -1,0 +1,140 @@
+#include "index/gpu/cuda_common.cuh"
+
+#include <dlfcn.h>
+
+#include <mutex>
+
+namespace cairn::index::gpu::cuda {
+
+void ThrowCuda(cudaError_t e, const char* expr, const char* file, int line) {
+  Code code = Code::kInternal;
+  if (e == cudaErrorMemoryAllocation) code = Code::kResourceExhausted;
+  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver || e == cudaErrorInvalidDevice ||
+      e == cudaErrorDevicesUnavailable || e == cudaErrorSystemDriverMismatch ||
+      e == cudaErrorCompatNotSupportedOnDevice || e == cudaErrorNoKernelImageForDevice) {
+    code = Code::kUnavailable;
+  }
+  throw CudaFailure(code, std::string("CUDA: ") + cudaGetErrorString(e) + " (" + expr + " at " + file +
+                              ":" + std::to_string(line) + ")");
+}
+
+void ThrowBlas(cublasStatus_t s, const char* expr, const char* file, int line) {
+  const Blas* blas = LoadBlas(nullptr);
+  std::string what = blas != nullptr ? blas->status_string(s) : std::to_string(static_cast<int>(s));
+  Code code = s == CUBLAS_STATUS_ALLOC_FAILED ? Code::kResourceExhausted : Code::kInternal;
+  throw CudaFailure(code, "cuBLAS: " + what + " (" + expr + " at " + file + ":" + std::to_string(line) + ")");
+}
+
+namespace {
+
+struct Loaded {
+  Blas api{};
+  bool ok = false;
+  std::string why;
+};
+
+template <typename F>
+bool Sym(void* lib, const char* name, F* out, std::string* why) {
+  void* p = dlsym(lib, name);
+  if (p == nullptr) {
+    *why = std::string("libcublas has no symbol ") + name;
+    return false;
+  }
+  *out = reinterpret_cast<F>(p);
+  return true;
+}
+
+const Loaded& LoadOnce() {
+  static const Loaded* loaded = [] {
+    auto* l = new Loaded;
+    void* lib = nullptr;
+    // The soname of the toolkit Cairn was built with first, then any.
+    for (const char* name : {"libcublas.so." CAIRN_CUBLAS_SOVERSION, "libcublas.so"}) {
+      lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (lib != nullptr) break;
+    }
+    if (lib == nullptr) {
+      const char* err = dlerror();
+      l->why = std::string("cannot load libcublas.so." CAIRN_CUBLAS_SOVERSION ": ") + (err ? err : "not found") +
+               " (install the CUDA toolkit's cuBLAS or add its folder to LD_LIBRARY_PATH)";
+      return l;
+    }
+    l->ok = Sym(lib, "cublasCreate_v2", &l->api.create, &l->why) &&
+            Sym(lib, "cublasDestroy_v2", &l->api.destroy, &l->why) &&
+            Sym(lib, "cublasSetStream_v2", &l->api.set_stream, &l->why) &&
+            Sym(lib, "cublasSgemm_v2", &l->api.sgemm, &l->why) &&
+            Sym(lib, "cublasGemmEx", &l->api.gemm_ex, &l->why) &&
+            Sym(lib, "cublasSetMathMode", &l->api.set_math_mode, &l->why) &&
+            Sym(lib, "cublasGetStatusString", &l->api.status_string, &l->why);
+    return l;
+  }();
+  return *loaded;
+}
+
+}  // namespace
+
+const Blas* LoadBlas(std::string* why) {
+  const Loaded& l = LoadOnce();
+  if (!l.ok) {
+    if (why != nullptr) *why = l.why;
+    return nullptr;
+  }
+  return &l.api;
+}
+
+void UseDevice(int device) { CAIRN_CUDA(cudaSetDevice(device)); }
+
+BlasHandle::BlasHandle() {
+  std::string why;
+  api_ = LoadBlas(&why);
+  if (api_ == nullptr) throw CudaFailure(Code::kUnavailable, why);
+  CAIRN_CUBLAS(api_->create(&h_));
+  // Float32 GEMMs stay float32 (no TF32): results match the CPU path.
+  CAIRN_CUBLAS(api_->set_math_mode(h_, CUBLAS_DEFAULT_MATH));
+}
+
+BlasHandle::~BlasHandle() {
+  if (h_ != nullptr) api_->destroy(h_);
+}
+
+size_t UsableBytes(int device, size_t budget) {
+  size_t free_b = 0, total_b = 0;
+  CAIRN_CUDA(cudaMemGetInfo(&free_b, &total_b));
+  const size_t cap = free_b / 10 * 8;
+  return budget == 0 ? cap : std::min(budget, free_b);
+}
+
+Result Probe(int device, DeviceProps* out) {
+  return Guard([&] {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw CudaFailure(Code::kUnavailable, std::string("no usable CUDA driver or device: ") + cudaGetErrorString(e));
+    }
+    if (count == 0) throw CudaFailure(Code::kUnavailable, "no CUDA device");
+    if (device < 0 || device >= count) {
+      throw CudaFailure(Code::kUnavailable, "CUDA device " + std::to_string(device) + " does not exist (" +
+                                                std::to_string(count) + " present)");
+    }
+    cudaDeviceProp p{};
+    CAIRN_CUDA(cudaGetDeviceProperties(&p, device));
+    if (p.major < 7 || (p.major == 7 && p.minor < 5)) {
+      throw CudaFailure(Code::kUnavailable, std::string(p.name) + " has compute capability " +
+                                                std::to_string(p.major) + "." + std::to_string(p.minor) +
+                                                "; Cairn's GPU code needs 7.5 or newer");
+    }
+    UseDevice(device);
+    std::string why;
+    if (LoadBlas(&why) == nullptr) throw CudaFailure(Code::kUnavailable, why);
+    out->name = p.name;
+    out->ordinal = device;
+    out->cc_major = p.major;
+    out->cc_minor = p.minor;
+    out->sm_count = p.multiProcessorCount;
+    CAIRN_CUDA(cudaMemGetInfo(&out->free_bytes, &out->total_bytes));
+    CAIRN_CUDA(cudaDriverGetVersion(&out->driver_version));
+  });
+}
+
+}  // namespace cairn::index::gpu::cuda

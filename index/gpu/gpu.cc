@@ -1,0 +1,219 @@
+#include "index/gpu/gpu.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "index/segment.h"
+
+namespace cairn::index::gpu {
+namespace {
+
+absl::Status ToStatus(const cuda::Result& r) {
+  switch (r.code) {
+    case cuda::Code::kOk: return absl::OkStatus();
+    case cuda::Code::kUnavailable: return absl::UnavailableError(r.message);
+    case cuda::Code::kResourceExhausted: return absl::ResourceExhaustedError(r.message);
+    case cuda::Code::kInvalidArgument: return absl::InvalidArgumentError(r.message);
+    case cuda::Code::kInternal: break;
+  }
+  return absl::InternalError(r.message);
+}
+
+[[maybe_unused]] absl::Status NotBuilt() {
+  return absl::UnavailableError("this build of Cairn has no CUDA code (built without the CUDA toolkit)");
+}
+
+bool InnerProduct(Metric m) { return m != Metric::kL2; }
+
+// The allowed set as a bitset of exactly `n` positions.
+const uint64_t* AllowBits(const PositionSet* allowed, size_t n, std::vector<uint64_t>* scratch) {
+  if (allowed == nullptr) return nullptr;
+  const size_t words = (n + 63) / 64;
+  if (allowed->words.size() >= words) return allowed->words.data();
+  scratch->assign(words, 0);
+  std::memcpy(scratch->data(), allowed->words.data(), allowed->words.size() * sizeof(uint64_t));
+  return scratch->data();
+}
+
+// Back to the metric's scores: the backend ranks by lower-is-better.
+void ToScores(Metric metric, size_t count, float* scores, const int64_t* labels) {
+  for (size_t i = 0; i < count; ++i) {
+    if (labels[i] < 0) {
+      scores[i] = metric == Metric::kL2 ? INFINITY : -INFINITY;
+    } else if (metric != Metric::kL2) {
+      scores[i] = -scores[i];
+    }
+  }
+}
+
+absl::Status CheckK(int k) {
+  if (k < 1 || k > kMaxK) return absl::InvalidArgumentError(absl::StrCat("k must be in 1..", kMaxK, " on the GPU"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool Built() {
+#ifdef CAIRN_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+const absl::StatusOr<DeviceInfo>& ProcessDevice() {
+  static const absl::StatusOr<DeviceInfo>* device = [] {
+#ifdef CAIRN_HAVE_CUDA
+    int ordinal = 0;
+    if (const char* env = std::getenv("CAIRN_GPU_DEVICE"); env != nullptr && *env != '\0') {
+      ordinal = std::atoi(env);
+    }
+    cuda::DeviceProps p;
+    cuda::Result r = cuda::Probe(ordinal, &p);
+    if (!r.ok()) return new absl::StatusOr<DeviceInfo>(ToStatus(r));
+    DeviceInfo info;
+    info.ordinal = p.ordinal;
+    info.name = p.name;
+    info.cc_major = p.cc_major;
+    info.cc_minor = p.cc_minor;
+    info.sm_count = p.sm_count;
+    info.total_bytes = p.total_bytes;
+    info.free_bytes = p.free_bytes;
+    return new absl::StatusOr<DeviceInfo>(info);
+#else
+    return new absl::StatusOr<DeviceInfo>(NotBuilt());
+#endif
+  }();
+  return *device;
+}
+
+std::string Describe(const DeviceInfo& info) {
+  return absl::StrFormat("%s (device %d, compute %d.%d, %d SMs, %d GiB)", info.name, info.ordinal, info.cc_major,
+                         info.cc_minor, info.sm_count, static_cast<int>(info.total_bytes >> 30));
+}
+
+bool UseGpu(Device want, std::string* why) {
+  if (want == Device::kCpu) return false;
+  const auto& dev = ProcessDevice();
+  static std::once_flag logged;
+  std::call_once(logged, [&] {
+    if (dev.ok()) {
+      std::fprintf(stderr, "cairn: GPU path: %s\n", Describe(*dev).c_str());
+    } else {
+      std::fprintf(stderr, "cairn: CPU path: no usable GPU (%s)\n", std::string(dev.status().message()).c_str());
+    }
+  });
+  if (!dev.ok() && why != nullptr) *why = std::string(dev.status().message());
+  return dev.ok();
+}
+
+absl::StatusOr<std::unique_ptr<ExactIndex>> ExactIndex::Create(const float* x, size_t n, uint32_t dim,
+                                                               Metric metric, const ExactOptions& options) {
+  if (n == 0 || dim == 0) return absl::InvalidArgumentError("exact GPU index over an empty base");
+  if (!ProcessDevice().ok()) return ProcessDevice().status();
+#ifdef CAIRN_HAVE_CUDA
+  cuda::FlatConfig c;
+  c.device = ProcessDevice()->ordinal;
+  c.inner_product = InnerProduct(metric);
+  c.storage = options.storage;
+  c.memory_budget = options.memory_budget;
+  c.max_batch = options.max_batch;
+  c.max_chunk = options.max_chunk;
+  c.force_streaming = options.force_streaming;
+  std::unique_ptr<cuda::FlatBackend> b;
+  if (auto r = cuda::MakeFlat(x, n, dim, c, &b); !r.ok()) return ToStatus(r);
+  return std::unique_ptr<ExactIndex>(new ExactIndex(std::move(b), n, metric));
+#else
+  return NotBuilt();
+#endif
+}
+
+absl::Status ExactIndex::Search(const float* queries, size_t nq, int k, const PositionSet* allowed, float* scores,
+                                int64_t* labels) const {
+  if (auto s = CheckK(k); !s.ok()) return s;
+  if (nq == 0) return absl::OkStatus();
+  std::vector<uint64_t> scratch;
+  const uint64_t* allow = AllowBits(allowed, n_, &scratch);
+  if (auto s = ToStatus(backend_->Search(queries, nq, k, allow, scores, labels)); !s.ok()) return s;
+  ToScores(metric_, nq * static_cast<size_t>(k), scores, labels);
+  return absl::OkStatus();
+}
+
+bool ExactIndex::resident() const { return backend_->resident(); }
+size_t ExactIndex::device_bytes() const { return backend_->device_bytes(); }
+
+absl::StatusOr<KMeansReport> TrainKMeans(const float* x, size_t n, uint32_t dim, size_t k, Metric metric,
+                                         const KMeansOptions& options, float* centroids) {
+  if (!ProcessDevice().ok()) return ProcessDevice().status();
+#ifdef CAIRN_HAVE_CUDA
+  cuda::KMeansConfig c;
+  c.device = ProcessDevice()->ordinal;
+  c.inner_product = InnerProduct(metric);
+  c.iterations = options.iterations;
+  c.seed = options.seed;
+  c.memory_budget = options.memory_budget;
+  cuda::KMeansStats st;
+  if (auto r = cuda::KMeans(x, n, dim, k, c, centroids, &st); !r.ok()) return ToStatus(r);
+  KMeansReport rep;
+  rep.objective = st.objective;
+  rep.empty_splits = st.empty_splits;
+  rep.seconds = st.seconds;
+  return rep;
+#else
+  return NotBuilt();
+#endif
+}
+
+absl::Status AssignNearest(const float* x, size_t n, uint32_t dim, const float* centroids, size_t k,
+                           Metric metric, int64_t* labels) {
+  if (!ProcessDevice().ok()) return ProcessDevice().status();
+#ifdef CAIRN_HAVE_CUDA
+  cuda::KMeansConfig c;
+  c.device = ProcessDevice()->ordinal;
+  c.inner_product = InnerProduct(metric);
+  return ToStatus(cuda::Assign(x, n, dim, centroids, k, c, labels));
+#else
+  return NotBuilt();
+#endif
+}
+
+absl::StatusOr<std::unique_ptr<IvfFlatIndex>> IvfFlatIndex::Create(const float* centroids, size_t nlist,
+                                                                   uint32_t dim, Metric metric,
+                                                                   const std::vector<cuda::IvfList>& lists,
+                                                                   size_t n_positions, const IvfOptions& options) {
+  if (lists.size() != nlist) return absl::InvalidArgumentError("one list per centroid");
+  if (!ProcessDevice().ok()) return ProcessDevice().status();
+#ifdef CAIRN_HAVE_CUDA
+  cuda::IvfConfig c;
+  c.device = ProcessDevice()->ordinal;
+  c.inner_product = InnerProduct(metric);
+  c.memory_budget = options.memory_budget;
+  c.max_batch = options.max_batch;
+  std::unique_ptr<cuda::IvfFlatBackend> b;
+  if (auto r = cuda::MakeIvfFlat(centroids, nlist, dim, lists.data(), n_positions, c, &b); !r.ok()) {
+    return ToStatus(r);
+  }
+  return std::unique_ptr<IvfFlatIndex>(new IvfFlatIndex(std::move(b), n_positions, metric));
+#else
+  return NotBuilt();
+#endif
+}
+
+absl::Status IvfFlatIndex::Search(const float* queries, size_t nq, int k, int nprobe, const PositionSet* allowed,
+                                  float* scores, int64_t* labels) const {
+  if (auto s = CheckK(k); !s.ok()) return s;
+  if (nq == 0) return absl::OkStatus();
+  std::vector<uint64_t> scratch;
+  const uint64_t* allow = AllowBits(allowed, n_positions_, &scratch);
+  if (auto s = ToStatus(backend_->Search(queries, nq, k, nprobe, allow, scores, labels)); !s.ok()) return s;
+  ToScores(metric_, nq * static_cast<size_t>(k), scores, labels);
+  return absl::OkStatus();
+}
+
+size_t IvfFlatIndex::device_bytes() const { return backend_->device_bytes(); }
+
+}  // namespace cairn::index::gpu

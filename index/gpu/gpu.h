@@ -1,0 +1,141 @@
+// index/gpu: CUDA acceleration of exact search, IVF-Flat search and k-means
+// training, behind absl::Status. Built when the CUDA toolkit is found; in a
+// build without it, and on a machine without a usable GPU (no driver, no
+// device, no libcublas), every entry point returns Unavailable and callers
+// take the CPU path, so one binary serves both kinds of node.
+//
+// Scores follow the metric as everywhere in Cairn: squared L2 distance (lower
+// is better) or the dot product (higher is better; cosine vectors arrive
+// normalized). Labels are positions in the base, kNoId (-1) for empty slots.
+//
+// Thread-safety: the index classes are thread-safe; calls on one index run
+// one at a time on its device.
+#ifndef CAIRN_INDEX_GPU_GPU_H_
+#define CAIRN_INDEX_GPU_GPU_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "cairn/options.h"
+#include "index/gpu/cuda_backend.h"
+
+namespace cairn::index {
+struct PositionSet;
+}
+
+namespace cairn::index::gpu {
+
+using VectorStorage = cuda::Storage;
+inline constexpr int kMaxK = cuda::kMaxK;
+
+// True when this binary carries the CUDA code.
+bool Built();
+
+struct DeviceInfo {
+  int ordinal = 0;
+  std::string name;
+  int cc_major = 0, cc_minor = 0;
+  int sm_count = 0;
+  size_t total_bytes = 0;
+  size_t free_bytes = 0;  // when probed
+};
+
+// The GPU this process uses (device 0, or CAIRN_GPU_DEVICE), probed once.
+// Unavailable, with the reason, when there is none that Cairn can use.
+const absl::StatusOr<DeviceInfo>& ProcessDevice();
+// "NVIDIA H200 (device 0, compute 9.0, 132 SMs, 140 GiB)".
+std::string Describe(const DeviceInfo& info);
+
+// Resolves a configured device to a path: kCpu never uses the GPU; kAuto
+// uses it when ProcessDevice() is usable; kGpu too, and otherwise returns
+// false with the reason in *why (callers decide whether that is an error).
+// The first resolution of kAuto or kGpu in a process logs which path runs.
+bool UseGpu(Device want, std::string* why = nullptr);
+
+struct ExactOptions {
+  VectorStorage storage = VectorStorage::kFloat32;
+  // Device memory this index may hold (base + workspace). 0: 80% of what is
+  // free at creation. A base that does not fit stays in pinned host memory
+  // and is streamed through the GPU chunk by chunk.
+  size_t memory_budget = 0;
+  size_t max_batch = 4096;  // queries per device batch
+  size_t max_chunk = 0;     // testing: cap on base rows per GEMM
+  bool force_streaming = false;  // testing: stream even when the base fits
+};
+
+// Exact (flat) k-nearest-neighbour search over a fixed base on the GPU.
+class ExactIndex {
+ public:
+  // x: n prepared vectors of dim floats (copied). Unavailable without a GPU,
+  // ResourceExhausted when even streaming does not fit the budget.
+  static absl::StatusOr<std::unique_ptr<ExactIndex>> Create(const float* x, size_t n, uint32_t dim,
+                                                            Metric metric, const ExactOptions& options);
+  // scores, labels: nq * k. `allowed` (nullable): positions that may be
+  // returned. k in 1..kMaxK.
+  absl::Status Search(const float* queries, size_t nq, int k, const PositionSet* allowed, float* scores,
+                      int64_t* labels) const;
+  bool resident() const;
+  size_t device_bytes() const;
+  size_t size() const { return n_; }
+
+ private:
+  ExactIndex(std::unique_ptr<cuda::FlatBackend> b, size_t n, Metric m) : backend_(std::move(b)), n_(n), metric_(m) {}
+  std::unique_ptr<cuda::FlatBackend> backend_;
+  size_t n_;
+  Metric metric_;
+};
+
+struct KMeansOptions {
+  int iterations = 25;
+  uint64_t seed = 1234;
+  size_t memory_budget = 0;
+};
+
+struct KMeansReport {
+  double objective = 0;  // sum of squared distances (L2), or minus the sum of dots
+  int empty_splits = 0;
+  double seconds = 0;
+};
+
+// k-means of n prepared vectors into k centroids (k * dim floats written to
+// `centroids`). Inner product and cosine assign by the largest dot product
+// and keep centroids normalized, as FAISS's spherical k-means for IVF.
+absl::StatusOr<KMeansReport> TrainKMeans(const float* x, size_t n, uint32_t dim, size_t k, Metric metric,
+                                         const KMeansOptions& options, float* centroids);
+// The nearest of k centroids for each of n vectors.
+absl::Status AssignNearest(const float* x, size_t n, uint32_t dim, const float* centroids, size_t k,
+                           Metric metric, int64_t* labels);
+
+struct IvfOptions {
+  size_t memory_budget = 0;
+  size_t max_batch = 1024;
+};
+
+// IVF-Flat search on the GPU over lists copied from a CPU index.
+class IvfFlatIndex {
+ public:
+  // ResourceExhausted when the lists do not fit the budget.
+  static absl::StatusOr<std::unique_ptr<IvfFlatIndex>> Create(const float* centroids, size_t nlist,
+                                                              uint32_t dim, Metric metric,
+                                                              const std::vector<cuda::IvfList>& lists,
+                                                              size_t n_positions, const IvfOptions& options);
+  absl::Status Search(const float* queries, size_t nq, int k, int nprobe, const PositionSet* allowed,
+                      float* scores, int64_t* labels) const;
+  size_t device_bytes() const;
+
+ private:
+  IvfFlatIndex(std::unique_ptr<cuda::IvfFlatBackend> b, size_t n, Metric m)
+      : backend_(std::move(b)), n_positions_(n), metric_(m) {}
+  std::unique_ptr<cuda::IvfFlatBackend> backend_;
+  size_t n_positions_;
+  Metric metric_;
+};
+
+}  // namespace cairn::index::gpu
+
+#endif  // CAIRN_INDEX_GPU_GPU_H_

@@ -1,0 +1,411 @@
+// GPU tests: every GPU result is compared with a CPU reference (float64
+// brute force, FAISS's k-means, the CPU IVF-Flat of Segment). Without a
+// usable GPU they skip with the reason, except the tests of the fallback
+// itself, which run everywhere.
+//
+// CAIRN_TEST_SEED replays a run's random data.
+#include "index/gpu/gpu.h"
+
+#include <faiss/Clustering.h>
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIVFFlat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "index/segment.h"
+
+namespace cairn::index::gpu {
+namespace {
+
+uint64_t TestSeed() {
+  static const uint64_t seed = [] {
+    const char* env = std::getenv("CAIRN_TEST_SEED");
+    uint64_t s = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
+    std::cout << "[ seed     ] CAIRN_TEST_SEED=" << s << std::endl;
+    return s;
+  }();
+  return seed;
+}
+
+#define SKIP_WITHOUT_GPU()                                                                   \
+  do {                                                                                       \
+    if (!ProcessDevice().ok()) GTEST_SKIP() << "no usable GPU: " << ProcessDevice().status(); \
+  } while (0)
+
+// n points around `clusters` random centers in [-1, 1]^dim.
+std::vector<float> Clustered(size_t n, uint32_t dim, std::mt19937_64& rng, int clusters = 50) {
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::normal_distribution<float> noise(0, 0.2f);
+  std::vector<float> centers(static_cast<size_t>(clusters) * dim);
+  for (auto& c : centers) c = u(rng);
+  std::vector<float> x(n * dim);
+  for (size_t i = 0; i < n; ++i) {
+    const size_t c = rng() % clusters;
+    for (uint32_t j = 0; j < dim; ++j) x[i * dim + j] = centers[c * dim + j] + noise(rng);
+  }
+  return x;
+}
+
+void Normalize(std::vector<float>* x, uint32_t dim) { PrepareVectors(Metric::kCosine, x->data(), x->size() / dim, dim); }
+
+// Lower is better, in float64.
+double RefDistance(Metric m, const float* a, const float* b, uint32_t dim) {
+  double s = 0;
+  for (uint32_t j = 0; j < dim; ++j) {
+    s += m == Metric::kL2 ? (double(a[j]) - b[j]) * (double(a[j]) - b[j]) : -double(a[j]) * b[j];
+  }
+  return s;
+}
+
+// Checks GPU results (scores in the metric's convention) against float64
+// brute force: the score at every rank matches the reference's within `tol`
+// relative, every returned label is allowed, distinct and truly that close,
+// and slots are empty exactly when fewer than k points are allowed. Labels
+// may differ from the reference only between exact ties.
+void ExpectExact(Metric m, const std::vector<float>& base, const std::vector<float>& queries, uint32_t dim,
+                 int k, const PositionSet* allowed, const std::vector<float>& scores,
+                 const std::vector<int64_t>& labels, double tol = 2e-4) {
+  const size_t n = base.size() / dim, nq = queries.size() / dim;
+  int failures = 0;
+  for (size_t q = 0; q < nq && failures < 5; ++q) {
+    std::vector<std::pair<double, int64_t>> ref;
+    for (size_t i = 0; i < n; ++i) {
+      if (allowed != nullptr && !allowed->Test(i)) continue;
+      ref.emplace_back(RefDistance(m, &queries[q * dim], &base[i * dim], dim), static_cast<int64_t>(i));
+    }
+    std::sort(ref.begin(), ref.end());
+    std::set<int64_t> seen;
+    for (int j = 0; j < k; ++j) {
+      const float got = scores[q * k + j];
+      const int64_t label = labels[q * k + j];
+      if (static_cast<size_t>(j) >= ref.size()) {
+        EXPECT_EQ(label, kNoId) << "query " << q << " rank " << j;
+        continue;
+      }
+      const double want = ref[j].first;
+      const double got_lower = m == Metric::kL2 ? got : -double(got);
+      const double scale = std::max(1.0, std::abs(want));
+      bool ok = label >= 0 && static_cast<size_t>(label) < n && seen.insert(label).second &&
+                std::abs(got_lower - want) <= tol * scale &&
+                std::abs(RefDistance(m, &queries[q * dim], &base[label * dim], dim) - want) <= tol * scale &&
+                (allowed == nullptr || allowed->Test(static_cast<size_t>(label)));
+      if (!ok) {
+        ADD_FAILURE() << "query " << q << " rank " << j << ": got label " << label << " score " << got
+                      << ", reference label " << ref[j].second << " distance " << want;
+        ++failures;
+        break;
+      }
+    }
+  }
+}
+
+TEST(GpuDeviceTest, PathIsChosenAndExplained) {
+  std::string why;
+  EXPECT_FALSE(UseGpu(Device::kCpu, &why));
+  const bool present = ProcessDevice().ok();
+  EXPECT_EQ(UseGpu(Device::kAuto), present);
+  EXPECT_EQ(UseGpu(Device::kGpu, &why), present);
+  if (!present) {
+    EXPECT_FALSE(why.empty());
+    EXPECT_EQ(ProcessDevice().status().code(), absl::StatusCode::kUnavailable);
+    std::vector<float> x(64, 1.0f);
+    auto idx = ExactIndex::Create(x.data(), 8, 8, Metric::kL2, {});
+    EXPECT_EQ(idx.status().code(), absl::StatusCode::kUnavailable);
+    std::vector<float> c(8);
+    EXPECT_EQ(TrainKMeans(x.data(), 8, 8, 1, Metric::kL2, {}, c.data()).status().code(),
+              absl::StatusCode::kUnavailable);
+    std::cout << "CPU path: " << why << std::endl;
+  } else {
+    std::cout << "GPU path: " << Describe(*ProcessDevice()) << std::endl;
+  }
+}
+
+struct ExactCase {
+  Metric metric;
+  int k;
+  size_t max_batch;
+  size_t max_chunk;
+  bool streaming;
+  bool filtered;
+};
+
+class GpuExactTest : public ::testing::TestWithParam<ExactCase> {};
+
+TEST_P(GpuExactTest, MatchesFloat64BruteForce) {
+  SKIP_WITHOUT_GPU();
+  const ExactCase& c = GetParam();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 100;
+  const size_t n = 20011, nq = 37;
+  auto base = Clustered(n, dim, rng);
+  auto queries = Clustered(nq, dim, rng);
+  if (c.metric == Metric::kCosine) {
+    Normalize(&base, dim);
+    Normalize(&queries, dim);
+  }
+  ExactOptions o;
+  o.max_batch = c.max_batch;
+  o.max_chunk = c.max_chunk;
+  o.force_streaming = c.streaming;
+  auto idx = ExactIndex::Create(base.data(), n, dim, c.metric, o);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  EXPECT_EQ((*idx)->resident(), !c.streaming);
+  PositionSet allowed;
+  if (c.filtered) {
+    allowed.Resize(n - 7);  // shorter than the base: the tail is not allowed
+    for (size_t i = 0; i + 7 < n; ++i) {
+      if (rng() % 50 == 0) allowed.Set(i);
+    }
+  }
+  std::vector<float> scores(nq * c.k, 12345.0f);
+  std::vector<int64_t> labels(nq * c.k, 777);
+  ASSERT_TRUE((*idx)->Search(queries.data(), nq, c.k, c.filtered ? &allowed : nullptr, scores.data(),
+                             labels.data())
+                  .ok());
+  ExpectExact(c.metric, base, queries, dim, c.k, c.filtered ? &allowed : nullptr, scores, labels);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Paths, GpuExactTest,
+    ::testing::Values(ExactCase{Metric::kL2, 10, 4096, 0, false, false},
+                      ExactCase{Metric::kInnerProduct, 10, 4096, 0, false, false},
+                      ExactCase{Metric::kCosine, 100, 4096, 0, false, false},
+                      ExactCase{Metric::kL2, 1, 4096, 0, false, false},
+                      ExactCase{Metric::kL2, 1024, 4096, 0, false, false},
+                      // several chunks and a merge; two lanes of small batches
+                      ExactCase{Metric::kL2, 64, 5, 3000, false, false},
+                      ExactCase{Metric::kInnerProduct, 10, 8, 1500, true, false},
+                      // a 2% allow-list; k above what is allowed pads with empties
+                      ExactCase{Metric::kL2, 10, 4096, 0, false, true},
+                      ExactCase{Metric::kL2, 1000, 16, 4000, false, true}));
+
+TEST(GpuExactHalfTest, HalfPrecisionStorageKeepsRecall) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 128;
+  const size_t n = 30000, nq = 100;
+  const int k = 10;
+  auto base = Clustered(n, dim, rng, 200);
+  auto queries = Clustered(nq, dim, rng, 200);
+  auto exact = ExactIndex::Create(base.data(), n, dim, Metric::kL2, {});
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  std::vector<float> s0(nq * k), s1(nq * k);
+  std::vector<int64_t> l0(nq * k), l1(nq * k);
+  ASSERT_TRUE((*exact)->Search(queries.data(), nq, k, nullptr, s0.data(), l0.data()).ok());
+  for (VectorStorage st : {VectorStorage::kFloat16, VectorStorage::kBFloat16}) {
+    ExactOptions o;
+    o.storage = st;
+    auto half = ExactIndex::Create(base.data(), n, dim, Metric::kL2, o);
+    ASSERT_TRUE(half.ok()) << half.status();
+    ASSERT_TRUE((*half)->Search(queries.data(), nq, k, nullptr, s1.data(), l1.data()).ok());
+    size_t hits = 0;
+    for (size_t q = 0; q < nq; ++q) {
+      std::set<int64_t> truth(l0.begin() + q * k, l0.begin() + (q + 1) * k);
+      for (int j = 0; j < k; ++j) hits += truth.count(l1[q * k + j]);
+    }
+    const double recall = double(hits) / (nq * k);
+    std::cout << "storage " << static_cast<int>(st) << " recall@10 " << recall << std::endl;
+    EXPECT_GE(recall, st == VectorStorage::kFloat16 ? 0.97 : 0.90);
+  }
+}
+
+TEST(GpuExactTest, BudgetTooSmallIsResourceExhausted) {
+  SKIP_WITHOUT_GPU();
+  std::vector<float> x(1000 * 16, 0.5f);
+  ExactOptions o;
+  o.memory_budget = 1 << 20;
+  auto idx = ExactIndex::Create(x.data(), 1000, 16, Metric::kL2, o);
+  EXPECT_EQ(idx.status().code(), absl::StatusCode::kResourceExhausted) << idx.status();
+}
+
+TEST(GpuKMeansTest, ObjectiveMatchesFaissCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 64;
+  const size_t n = 50000, k = 256;
+  auto x = Clustered(n, dim, rng, 300);
+  std::vector<float> gpu_c(k * dim);
+  KMeansOptions o;
+  o.iterations = 20;
+  o.seed = TestSeed();
+  auto rep = TrainKMeans(x.data(), n, dim, k, Metric::kL2, o, gpu_c.data());
+  ASSERT_TRUE(rep.ok()) << rep.status();
+
+  faiss::ClusteringParameters cp;
+  cp.niter = 20;
+  cp.seed = static_cast<int>(TestSeed() & 0x7fffffff);
+  cp.max_points_per_centroid = 1 << 20;  // no subsampling: the same points
+  faiss::Clustering clus(dim, k, cp);
+  faiss::IndexFlatL2 assigner(dim);
+  clus.train(n, x.data(), assigner);
+  const double cpu_obj = clus.iteration_stats.back().obj;
+  std::cout << "k-means objective: GPU " << rep->objective << " FAISS CPU " << cpu_obj << " (" << rep->seconds
+            << " s on the GPU, " << rep->empty_splits << " splits)" << std::endl;
+  EXPECT_LE(rep->objective, cpu_obj * 1.02);
+  EXPECT_GE(rep->objective, cpu_obj * 0.90);
+
+  // The reported objective is the distance of every point to its nearest
+  // returned centroid (the last assignment precedes the last update, so
+  // the final centroids can only be as good or better).
+  std::vector<int64_t> assign(n);
+  ASSERT_TRUE(AssignNearest(x.data(), n, dim, gpu_c.data(), k, Metric::kL2, assign.data()).ok());
+  double obj = 0;
+  std::vector<size_t> sizes(k);
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_GE(assign[i], 0);
+    ASSERT_LT(static_cast<size_t>(assign[i]), k);
+    const double d = RefDistance(Metric::kL2, &x[i * dim], &gpu_c[assign[i] * dim], dim);
+    double best = d;
+    for (size_t c = 0; c < k; c += 17) best = std::min(best, RefDistance(Metric::kL2, &x[i * dim], &gpu_c[c * dim], dim));
+    ASSERT_LE(d, best * (1 + 1e-4) + 1e-4) << "point " << i << " not assigned to its nearest centroid";
+    obj += d;
+    ++sizes[assign[i]];
+  }
+  EXPECT_LE(obj, rep->objective * (1 + 1e-3));
+  EXPECT_EQ(std::count(sizes.begin(), sizes.end(), 0u), 0) << "empty clusters after k-means";
+}
+
+TEST(GpuKMeansTest, InnerProductCentroidsAreNormalized) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 32;
+  const size_t n = 8000, k = 64;
+  auto x = Clustered(n, dim, rng);
+  Normalize(&x, dim);
+  std::vector<float> c(k * dim);
+  auto rep = TrainKMeans(x.data(), n, dim, k, Metric::kCosine, {}, c.data());
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  for (size_t i = 0; i < k; ++i) {
+    double s = 0;
+    for (uint32_t j = 0; j < dim; ++j) s += double(c[i * dim + j]) * c[i * dim + j];
+    EXPECT_NEAR(s, 1.0, 1e-4) << "centroid " << i;
+  }
+  EXPECT_LT(rep->objective, 0);  // minus the sum of dot products
+}
+
+TEST(GpuKMeansTest, EmptyClustersAreSplit) {
+  SKIP_WITHOUT_GPU();
+  // 64 centroids over 8 distinct points, each repeated: most clusters start
+  // as duplicates and come out empty on the first assignment.
+  const uint32_t dim = 8;
+  std::vector<float> x;
+  for (int rep = 0; rep < 100; ++rep) {
+    for (int p = 0; p < 8; ++p) {
+      for (uint32_t j = 0; j < dim; ++j) x.push_back(static_cast<float>((p * 7 + j) % 5));
+    }
+  }
+  std::vector<float> c(64 * dim);
+  auto rep = TrainKMeans(x.data(), 800, dim, 64, Metric::kL2, {}, c.data());
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  EXPECT_GT(rep->empty_splits, 0);
+  for (float v : c) EXPECT_TRUE(std::isfinite(v));
+}
+
+TEST(GpuKMeansTest, TooFewPointsIsInvalidArgument) {
+  SKIP_WITHOUT_GPU();
+  std::vector<float> x(10 * 4, 1.0f), c(20 * 4);
+  EXPECT_EQ(TrainKMeans(x.data(), 10, 4, 20, Metric::kL2, {}, c.data()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+class GpuIvfTest : public ::testing::TestWithParam<Metric> {};
+
+TEST_P(GpuIvfTest, MatchesTheCpuScanOfTheSameLists) {
+  SKIP_WITHOUT_GPU();
+  const Metric metric = GetParam();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 48;
+  const size_t n = 30000, nq = 200, nlist = 128;
+  const int k = 20, nprobe = 9;
+  auto x = Clustered(n, dim, rng, 100);
+  auto queries = Clustered(nq, dim, rng, 100);
+  if (metric == Metric::kCosine) {
+    Normalize(&x, dim);
+    Normalize(&queries, dim);
+  }
+  const auto fm = metric == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
+  faiss::IndexFlat quantizer(dim, fm);
+  faiss::IndexIVFFlat ivf(&quantizer, dim, nlist, fm);
+  ivf.train(n, x.data());
+  ivf.add(n, x.data());
+  std::vector<cuda::IvfList> lists(nlist);
+  for (size_t l = 0; l < nlist; ++l) {
+    lists[l].vectors = reinterpret_cast<const float*>(ivf.invlists->get_codes(l));
+    lists[l].positions = ivf.invlists->get_ids(l);
+    lists[l].size = ivf.invlists->list_size(l);
+  }
+  auto gpu = IvfFlatIndex::Create(quantizer.get_xb(), nlist, dim, metric, lists, n, {});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+
+  // The reference: exact distances over the lists of the nprobe nearest
+  // centroids (what FAISS's IVF-Flat scan computes), in float64.
+  PositionSet allowed;
+  allowed.Resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (rng() % 4 != 0) allowed.Set(i);
+  }
+  for (bool filtered : {false, true}) {
+    std::vector<float> scores(nq * k);
+    std::vector<int64_t> labels(nq * k);
+    ASSERT_TRUE((*gpu)->Search(queries.data(), nq, k, nprobe, filtered ? &allowed : nullptr, scores.data(),
+                               labels.data())
+                    .ok());
+    int bad = 0;
+    for (size_t q = 0; q < nq && bad < 5; ++q) {
+      std::vector<std::pair<double, size_t>> cd;
+      for (size_t l = 0; l < nlist; ++l) cd.emplace_back(RefDistance(metric, &queries[q * dim], quantizer.get_xb() + l * dim, dim), l);
+      std::sort(cd.begin(), cd.end());
+      std::vector<std::pair<double, int64_t>> ref;
+      for (int p = 0; p < nprobe; ++p) {
+        const auto& L = lists[cd[p].second];
+        for (size_t i = 0; i < L.size; ++i) {
+          if (filtered && !allowed.Test(L.positions[i])) continue;
+          ref.emplace_back(RefDistance(metric, &queries[q * dim], L.vectors + i * dim, dim), L.positions[i]);
+        }
+      }
+      std::sort(ref.begin(), ref.end());
+      for (int j = 0; j < k; ++j) {
+        const double got = metric == Metric::kL2 ? scores[q * k + j] : -double(scores[q * k + j]);
+        if (static_cast<size_t>(j) >= ref.size()) {
+          EXPECT_EQ(labels[q * k + j], kNoId);
+          continue;
+        }
+        const double tol = 2e-4 * std::max(1.0, std::abs(ref[j].first));
+        if (std::abs(got - ref[j].first) > tol ||
+            (labels[q * k + j] != ref[j].second &&
+             std::abs(RefDistance(metric, &queries[q * dim], &x[labels[q * k + j] * dim], dim) - ref[j].first) > tol)) {
+          ADD_FAILURE() << "filtered=" << filtered << " query " << q << " rank " << j << ": got " << labels[q * k + j]
+                        << " (" << got << "), want " << ref[j].second << " (" << ref[j].first << ")";
+          ++bad;
+          break;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Metrics, GpuIvfTest, ::testing::Values(Metric::kL2, Metric::kInnerProduct, Metric::kCosine));
+
+TEST(GpuIvfTest, ListsBeyondTheBudgetAreResourceExhausted) {
+  SKIP_WITHOUT_GPU();
+  std::vector<float> c(4 * 8, 0.0f), v(1000 * 8, 1.0f);
+  std::vector<int64_t> pos(1000);
+  std::iota(pos.begin(), pos.end(), 0);
+  std::vector<cuda::IvfList> lists(4);
+  lists[0] = {v.data(), pos.data(), 1000};
+  IvfOptions o;
+  o.memory_budget = 1 << 20;
+  auto idx = IvfFlatIndex::Create(c.data(), 4, 8, Metric::kL2, lists, 1000, o);
+  EXPECT_EQ(idx.status().code(), absl::StatusCode::kResourceExhausted) << idx.status();
+}
+
+}  // namespace
+}  // namespace cairn::index::gpu

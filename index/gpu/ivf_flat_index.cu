@@ -1,0 +1,284 @@
+// IVF-Flat search on the GPU. The inverted lists are copied to the device
+// back to back (vectors in float32, their positions beside them); a batch of
+// queries finds its nprobe nearest centroids (GEMM + select), every probed
+// list is scanned by one block per (query, list) writing exact distances into
+// a per-query row, and a last select keeps the k best of each row.
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "index/gpu/cuda_common.cuh"
+#include "index/gpu/ops.cuh"
+#include "index/gpu/select.cuh"
+
+namespace cairn::index::gpu::cuda {
+namespace {
+
+constexpr size_t kWorkspaceBytes = 1ull << 30;
+constexpr int kScanThreads = 256;
+constexpr uint32_t kSharedQueryDims = 12 * 1024;  // 48 KiB of floats
+
+// For each query: where each probed list's distances start in its row, and
+// the row's length.
+__global__ void ProbeOffsetsKernel(const int64_t* probes, int nq, int nprobe, const int64_t* list_off,
+                                   int64_t* probe_start, int64_t* row_len) {
+  const int q = blockIdx.x * blockDim.x + threadIdx.x;
+  if (q >= nq) return;
+  int64_t at = 0;
+  for (int p = 0; p < nprobe; ++p) {
+    const int64_t list = probes[static_cast<int64_t>(q) * nprobe + p];
+    probe_start[static_cast<int64_t>(q) * nprobe + p] = at;
+    if (list >= 0) at += list_off[list + 1] - list_off[list];
+  }
+  row_len[q] = at;
+}
+
+// Block (q, p): the distances from query q to every vector of its p-th list.
+// A warp per vector, lanes over dimensions.
+__global__ void __launch_bounds__(kScanThreads) ScanKernel(
+    const float* queries, uint32_t d, const int64_t* probes, int nprobe, const int64_t* probe_start,
+    const float* data, const int64_t* positions, const int64_t* list_off, const uint64_t* allow, bool l2,
+    float* dist, int64_t* labels, int64_t row_cap) {
+  extern __shared__ float sq[];
+  const int64_t q = blockIdx.x;
+  const int p = blockIdx.y;
+  const int64_t list = probes[q * nprobe + p];
+  if (list < 0) return;
+  const float* query = queries + q * d;
+  const bool shared = d <= kSharedQueryDims;
+  if (shared) {
+    for (uint32_t j = threadIdx.x; j < d; j += blockDim.x) sq[j] = query[j];
+    __syncthreads();
+    query = sq;
+  }
+  const int64_t begin = list_off[list], len = list_off[list + 1] - begin;
+  float* out_d = dist + q * row_cap + probe_start[q * nprobe + p];
+  int64_t* out_l = labels + q * row_cap + probe_start[q * nprobe + p];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  for (int64_t i = warp; i < len; i += kScanThreads / 32) {
+    const int64_t pos = positions[begin + i];
+    if (allow != nullptr && !((allow[pos >> 6] >> (pos & 63)) & 1ull)) {
+      if (lane == 0) out_l[i] = -1;
+      continue;
+    }
+    const float* v = data + (begin + i) * d;
+    float s = 0;
+    if (l2) {
+      for (uint32_t j = lane; j < d; j += 32) {
+        const float t = query[j] - v[j];
+        s += t * t;
+      }
+    } else {
+      for (uint32_t j = lane; j < d; j += 32) s += query[j] * v[j];
+    }
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) {
+      out_d[i] = l2 ? s : -s;
+      out_l[i] = pos;
+    }
+  }
+}
+
+class IvfFlatCuda final : public IvfFlatBackend {
+ public:
+  IvfFlatCuda(const IvfConfig& cfg, size_t nlist, uint32_t d, size_t n_positions)
+      : cfg_(cfg), nlist_(nlist), d_(d), n_positions_(n_positions) {}
+
+  void Init(const float* centroids, const IvfList* lists) {
+    UseDevice(cfg_.device);
+    std::vector<int64_t> off(nlist_ + 1, 0);
+    lens_.resize(nlist_);
+    for (size_t l = 0; l < nlist_; ++l) {
+      lens_[l] = lists[l].size;
+      off[l + 1] = off[l] + static_cast<int64_t>(lists[l].size);
+    }
+    total_ = static_cast<size_t>(off[nlist_]);
+    std::vector<size_t> sorted = lens_;
+    std::sort(sorted.rbegin(), sorted.rend());
+    longest_prefix_.assign(nlist_ + 1, 0);
+    for (size_t i = 0; i < nlist_; ++i) longest_prefix_[i + 1] = longest_prefix_[i] + sorted[i];
+
+    const size_t usable = UsableBytes(cfg_.device, cfg_.memory_budget);
+    const size_t lists_bytes = total_ * (d_ * sizeof(float) + sizeof(int64_t)) + nlist_ * d_ * sizeof(float) +
+                               (nlist_ + 1) * sizeof(int64_t) + (n_positions_ + 63) / 64 * 8;
+    const size_t min_ws = 64ull << 20;
+    if (lists_bytes + min_ws > usable) {
+      throw CudaFailure(Code::kResourceExhausted,
+                        "IVF-Flat segment of " + std::to_string(total_) + " vectors needs " +
+                            std::to_string((lists_bytes + min_ws) >> 20) + " MiB of GPU memory; the budget allows " +
+                            std::to_string(usable >> 20) + " MiB");
+    }
+    ws_bytes_ = std::clamp(usable - lists_bytes, min_ws, kWorkspaceBytes);
+
+    data_.Reset(std::max<size_t>(total_, 1) * d_);
+    positions_.Reset(std::max<size_t>(total_, 1));
+    list_off_.Reset(nlist_ + 1);
+    centroids_.Reset(nlist_ * d_);
+    cnorm_.Reset(nlist_);
+    cudaStream_t s = stream_.get();
+    CAIRN_CUDA(cudaMemcpyAsync(list_off_.get(), off.data(), off.size() * sizeof(int64_t), cudaMemcpyHostToDevice, s));
+    CAIRN_CUDA(cudaMemcpyAsync(centroids_.get(), centroids, nlist_ * d_ * sizeof(float), cudaMemcpyHostToDevice, s));
+    RowSquaredNorms(centroids_.get(), nlist_, d_, Storage::kFloat32, cnorm_.get(), s);
+    // Lists go up through one pinned staging buffer, a few lists at a time.
+    const size_t stage_rows = std::max<size_t>(1, (64ull << 20) / (d_ * sizeof(float)));
+    PinnedArray<float> stage(stage_rows * d_);
+    PinnedArray<int64_t> stage_pos(stage_rows);
+    size_t filled = 0, dst_row = 0;
+    auto flush = [&] {
+      if (filled == 0) return;
+      CAIRN_CUDA(cudaMemcpyAsync(data_.get() + dst_row * d_, stage.get(), filled * d_ * sizeof(float),
+                                 cudaMemcpyHostToDevice, s));
+      CAIRN_CUDA(cudaMemcpyAsync(positions_.get() + dst_row, stage_pos.get(), filled * sizeof(int64_t),
+                                 cudaMemcpyHostToDevice, s));
+      stream_.Sync();
+      dst_row += filled;
+      filled = 0;
+    };
+    for (size_t l = 0; l < nlist_; ++l) {
+      for (size_t i = 0; i < lists[l].size;) {
+        const size_t take = std::min(lists[l].size - i, stage_rows - filled);
+        std::memcpy(stage.get() + filled * d_, lists[l].vectors + i * d_, take * d_ * sizeof(float));
+        std::memcpy(stage_pos.get() + filled, lists[l].positions + i, take * sizeof(int64_t));
+        filled += take;
+        i += take;
+        if (filled == stage_rows) flush();
+      }
+    }
+    flush();
+    stream_.Sync();
+  }
+
+  Result Search(const float* queries, size_t nq, int k, int nprobe, const uint64_t* allow, float* dist,
+                int64_t* labels) override {
+    std::lock_guard lock(mu_);
+    return Guard([&] { SearchLocked(queries, nq, k, nprobe, allow, dist, labels); });
+  }
+
+  size_t device_bytes() const override {
+    return data_.bytes() + positions_.bytes() + list_off_.bytes() + centroids_.bytes() + cnorm_.bytes() +
+           allow_.bytes() + q_.bytes() + coarse_.bytes() + probe_v_.bytes() + probe_i_.bytes() +
+           probe_start_.bytes() + row_len_.bytes() + dist_.bytes() + labels_.bytes() + out_v_.bytes() +
+           out_i_.bytes();
+  }
+
+ private:
+  template <typename T>
+  static void Grow(DeviceArray<T>* a, size_t n) {
+    if (a->size() < n) a->Reset(n);
+  }
+
+  void SearchLocked(const float* queries, size_t nq, int k, int nprobe, const uint64_t* allow, float* dist,
+                    int64_t* labels) {
+    if (k < 1 || k > kMaxK) throw CudaFailure(Code::kInvalidArgument, "k must be in 1..1024 on the GPU");
+    UseDevice(cfg_.device);
+    nprobe = static_cast<int>(std::clamp<size_t>(static_cast<size_t>(std::max(nprobe, 1)), 1,
+                                                 std::min<size_t>(nlist_, kMaxK)));
+    cudaStream_t s = stream_.get();
+    const uint64_t* allow_dev = nullptr;
+    if (allow != nullptr) {
+      const size_t words = (n_positions_ + 63) / 64;
+      Grow(&allow_, words);
+      CAIRN_CUDA(cudaMemcpyAsync(allow_.get(), allow, words * sizeof(uint64_t), cudaMemcpyHostToDevice, s));
+      allow_dev = allow_.get();
+    }
+    // Every query's row fits the nprobe longest lists.
+    const size_t row_cap = std::max<size_t>(1, longest_prefix_[nprobe]);
+    const size_t per_query = row_cap * (sizeof(float) + sizeof(int64_t)) + nlist_ * sizeof(float);
+    const size_t qb_max = std::clamp<size_t>(ws_bytes_ / per_query, 1, cfg_.max_batch);
+    for (size_t q0 = 0; q0 < nq; q0 += qb_max) {
+      const size_t qb = std::min(qb_max, nq - q0);
+      Grow(&q_, qb * d_);
+      Grow(&coarse_, qb * nlist_);
+      Grow(&probe_v_, qb * nprobe);
+      Grow(&probe_i_, qb * nprobe);
+      Grow(&probe_start_, qb * nprobe);
+      Grow(&row_len_, qb);
+      Grow(&dist_, qb * row_cap);
+      Grow(&labels_, qb * row_cap);
+      Grow(&out_v_, qb * k);
+      Grow(&out_i_, qb * k);
+      if (h_q_.size() < qb * d_) h_q_.Reset(qb * d_);
+      if (h_v_.size() < qb * k) h_v_.Reset(qb * k);
+      if (h_i_.size() < qb * k) h_i_.Reset(qb * k);
+      std::memcpy(h_q_.get(), queries + q0 * d_, qb * d_ * sizeof(float));
+      CAIRN_CUDA(cudaMemcpyAsync(q_.get(), h_q_.get(), qb * d_ * sizeof(float), cudaMemcpyHostToDevice, s));
+
+      const bool l2 = !cfg_.inner_product;
+      GemmScaledDots(blas_, s, Storage::kFloat32, centroids_.get(), nlist_, q_.get(), qb, d_, l2 ? -2.0f : -1.0f,
+                     coarse_.get(), nlist_);
+      SelectArgs c;
+      c.v = coarse_.get();
+      c.ld = static_cast<int64_t>(nlist_);
+      c.rows = static_cast<int>(qb);
+      c.cols = static_cast<int64_t>(nlist_);
+      c.col_add = l2 ? cnorm_.get() : nullptr;
+      c.k = nprobe;
+      c.out_v = probe_v_.get();
+      c.out_i = probe_i_.get();
+      c.out_ld = nprobe;
+      LaunchSelect(c, s);
+
+      ProbeOffsetsKernel<<<static_cast<unsigned>(CeilDiv(qb, 128)), 128, 0, s>>>(
+          probe_i_.get(), static_cast<int>(qb), nprobe, list_off_.get(), probe_start_.get(), row_len_.get());
+      CAIRN_CUDA_LAUNCHED();
+      const size_t shmem = d_ <= kSharedQueryDims ? d_ * sizeof(float) : 0;
+      ScanKernel<<<dim3(static_cast<unsigned>(qb), static_cast<unsigned>(nprobe)), kScanThreads, shmem, s>>>(
+          q_.get(), d_, probe_i_.get(), nprobe, probe_start_.get(), data_.get(), positions_.get(), list_off_.get(),
+          allow_dev, l2, dist_.get(), labels_.get(), static_cast<int64_t>(row_cap));
+      CAIRN_CUDA_LAUNCHED();
+
+      SelectArgs a;
+      a.v = dist_.get();
+      a.ld = static_cast<int64_t>(row_cap);
+      a.rows = static_cast<int>(qb);
+      a.cols = static_cast<int64_t>(row_cap);
+      a.row_len = row_len_.get();
+      a.in_ids = labels_.get();
+      a.k = k;
+      a.out_v = out_v_.get();
+      a.out_i = out_i_.get();
+      a.out_ld = k;
+      LaunchSelect(a, s);
+      CAIRN_CUDA(cudaMemcpyAsync(h_v_.get(), out_v_.get(), qb * k * sizeof(float), cudaMemcpyDeviceToHost, s));
+      CAIRN_CUDA(cudaMemcpyAsync(h_i_.get(), out_i_.get(), qb * k * sizeof(int64_t), cudaMemcpyDeviceToHost, s));
+      stream_.Sync();
+      std::memcpy(dist + q0 * k, h_v_.get(), qb * k * sizeof(float));
+      std::memcpy(labels + q0 * k, h_i_.get(), qb * k * sizeof(int64_t));
+    }
+  }
+
+  const IvfConfig cfg_;
+  const size_t nlist_;
+  const uint32_t d_;
+  const size_t n_positions_;
+  std::mutex mu_;
+  Stream stream_;
+  BlasHandle blas_;
+  size_t total_ = 0;
+  size_t ws_bytes_ = 0;
+  std::vector<size_t> lens_;
+  std::vector<size_t> longest_prefix_;
+  DeviceArray<float> data_, centroids_, cnorm_;
+  DeviceArray<int64_t> positions_, list_off_;
+  DeviceArray<uint64_t> allow_;
+  DeviceArray<float> q_, coarse_, probe_v_, dist_, out_v_;
+  DeviceArray<int64_t> probe_i_, probe_start_, row_len_, labels_, out_i_;
+  PinnedArray<float> h_q_, h_v_;
+  PinnedArray<int64_t> h_i_;
+};
+
+}  // namespace
+
+Result MakeIvfFlat(const float* centroids, size_t nlist, uint32_t dim, const IvfList* lists, size_t n_positions,
+                   const IvfConfig& config, std::unique_ptr<IvfFlatBackend>* out) {
+  return Guard([&] {
+    if (nlist == 0 || dim == 0) throw CudaFailure(Code::kInvalidArgument, "IVF index without lists");
+    UseDevice(config.device);
+    auto idx = std::make_unique<IvfFlatCuda>(config, nlist, dim, n_positions);
+    idx->Init(centroids, lists);
+    *out = std::move(idx);
+  });
+}
+
+}  // namespace cairn::index::gpu::cuda
