@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -24,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
 #include "index/distance.h"
+#include "index/gpu/gpu.h"
 #include "index/hnsw_search.h"
 #include "storage/file_util.h"
 
@@ -249,6 +251,30 @@ absl::Status CatchFaiss(std::string_view what, Fn&& fn) {
 void PutU32(std::string* out, uint32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
 void PutU64(std::string* out, uint64_t v) { out->append(reinterpret_cast<const char*>(&v), 8); }
 
+// Trains the IVF coarse centroids on the GPU and installs them in the
+// quantizer, so that FAISS's train() skips its own k-means (it does when the
+// quantizer is trained and holds nlist centroids) and trains only the PQ or
+// SQ codebooks. Returns the centroids, or nothing (after logging why) when
+// the GPU failed and FAISS should train on the CPU.
+std::vector<float> TrainCentroidsOnGpu(faiss::IndexIVF* ivf, Metric metric, const float* x, size_t n) {
+  const size_t nlist = ivf->nlist;
+  const auto dim = static_cast<uint32_t>(ivf->d);
+  std::vector<float> centroids(nlist * dim);
+  gpu::KMeansOptions opts;
+  opts.iterations = ivf->cp.niter;
+  opts.seed = static_cast<uint64_t>(ivf->cp.seed);
+  auto report = gpu::TrainKMeans(x, n, dim, nlist, metric, opts, centroids.data());
+  if (!report.ok()) {
+    std::fprintf(stderr, "cairn: GPU k-means failed, training on the CPU: %s\n",
+                 report.status().ToString().c_str());
+    return {};
+  }
+  ivf->quantizer->reset();
+  ivf->quantizer->add(static_cast<idx_t>(nlist), centroids.data());
+  ivf->quantizer->is_trained = true;
+  return centroids;
+}
+
 }  // namespace
 
 void PrepareVectors(Metric metric, float* x, size_t n, size_t dim) {
@@ -289,12 +315,17 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
   if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
   OmpThreads omp(threads);
   std::unique_ptr<faiss::Index> idx;
+  // IVF-PQ/SQ8 train their codebooks on the CPU after the GPU's centroids.
+  const bool gpu_train = (type == IndexType::kIvfFlat || type == IndexType::kIvfPq ||
+                          type == IndexType::kIvfSq8) && gpu::UseGpu(spec.device);
+  std::vector<float> gpu_centroids;
   CAIRN_RETURN_IF_ERROR(CatchFaiss("build", [&] {
     idx = MakeIndex(dim, metric, type, spec, n);
     if (!idx->is_trained) {
       auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx.get());
       size_t sample = std::min(n, TrainingSample(type, ivf ? ivf->nlist : 1));
       if (sample == n) {
+        if (ivf != nullptr && gpu_train) gpu_centroids = TrainCentroidsOnGpu(ivf, metric, x, n);
         idx->train(static_cast<idx_t>(n), x);
       } else {
         std::vector<size_t> perm(n);
@@ -308,8 +339,20 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
         for (size_t i = 0; i < sample; ++i) {
           std::memcpy(&buf[i * dim], x + perm[i] * dim, dim * sizeof(float));
         }
+        if (ivf != nullptr && gpu_train) gpu_centroids = TrainCentroidsOnGpu(ivf, metric, buf.data(), sample);
         idx->train(static_cast<idx_t>(sample), buf.data());
       }
+    }
+    if (n > 0 && !gpu_centroids.empty()) {
+      auto* ivf = static_cast<faiss::IndexIVF*>(idx.get());
+      std::vector<int64_t> lists(n);
+      absl::Status st = gpu::AssignNearest(x, n, dim, gpu_centroids.data(), ivf->nlist, metric, lists.data());
+      if (st.ok()) {
+        std::vector<idx_t> assign(lists.begin(), lists.end());
+        ivf->add_core(static_cast<idx_t>(n), x, nullptr, assign.data());
+        return;
+      }
+      std::fprintf(stderr, "cairn: GPU assignment failed, adding on the CPU: %s\n", st.ToString().c_str());
     }
     if (n > 0) idx->add(static_cast<idx_t>(n), x);
   }));
@@ -370,6 +413,12 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
   float worst = metric_ == Metric::kL2 ? INFINITY : -INFINITY;
   std::fill(scores, scores + nq * k, worst);
   std::fill(ids, ids + nq * k, kNoId);
+  if ((type_ == IndexType::kFlat || type_ == IndexType::kIvfFlat) && params.k <= gpu::kMaxK && !params.force_cpu) {
+    if (auto g = GpuCopyForSearch()) {
+      absl::Status st = SearchOnGpu(*g, queries, nq, params, scores, ids);
+      if (st.ok() || !absl::IsUnavailable(st)) return st;
+    }
+  }
   int want_ef = std::max(params.ef > 0 ? params.ef : spec_.ef_search, params.k);
   const double allowed_fraction =
       params.allowed == nullptr ? 1.0
@@ -514,6 +563,90 @@ void Segment::IvfFlatScan(const float* query, size_t nprobe, const PositionSet* 
     scores[j] = l2 ? heap[j].first : -heap[j].first;
     ids[j] = static_cast<int64_t>(ids_[static_cast<size_t>(heap[j].second)]);
   }
+}
+
+struct Segment::GpuCopy {
+  std::unique_ptr<gpu::ExactIndex> exact;
+  std::unique_ptr<gpu::IvfFlatIndex> ivf;
+};
+
+bool Segment::OnGpu() const {
+  std::lock_guard lock(gpu_mu_);
+  return gpu_ != nullptr;
+}
+
+std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {
+  if (spec_.device == Device::kCpu) return nullptr;
+  std::lock_guard g(gpu_mu_);
+  if (gpu_tried_) return gpu_;
+  if (!gpu::UseGpu(spec_.device)) {
+    gpu_tried_ = true;
+    return nullptr;
+  }
+  std::shared_lock lock(mu_);
+  if (!frozen_ || ids_.empty()) return nullptr;  // growing: try again once sealed
+  gpu_tried_ = true;
+  auto copy = std::make_shared<GpuCopy>();
+  absl::Status st;
+  if (type_ == IndexType::kFlat) {
+    const auto* flat = static_cast<const faiss::IndexFlat*>(index_.get());
+    auto made = gpu::ExactIndex::Create(flat->get_xb(), static_cast<size_t>(flat->ntotal), dim_, metric_, {});
+    if (made.ok()) copy->exact = *std::move(made);
+    st = made.status();
+  } else {
+    const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
+    const auto* centroids = dynamic_cast<const faiss::IndexFlat*>(ivf->quantizer);
+    if (centroids == nullptr) return nullptr;
+    std::vector<gpu::cuda::IvfList> lists(ivf->nlist);
+    for (size_t l = 0; l < ivf->nlist; ++l) {
+      lists[l].vectors = reinterpret_cast<const float*>(ivf->invlists->get_codes(l));
+      lists[l].positions = ivf->invlists->get_ids(l);
+      lists[l].size = ivf->invlists->list_size(l);
+    }
+    auto made = gpu::IvfFlatIndex::Create(centroids->get_xb(), ivf->nlist, dim_, metric_, lists, ids_.size(), {});
+    if (made.ok()) copy->ivf = *std::move(made);
+    st = made.status();
+  }
+  if (!st.ok()) {
+    std::fprintf(stderr, "cairn: %s segment of %zu vectors is searched on the CPU: %s\n",
+                 type_ == IndexType::kFlat ? "flat" : "ivf_flat", ids_.size(), st.ToString().c_str());
+    return nullptr;
+  }
+  gpu_ = std::move(copy);
+  return gpu_;
+}
+
+absl::Status Segment::SearchOnGpu(const GpuCopy& gpu, const float* queries, size_t nq,
+                                  const SegmentSearchParams& params, float* scores, int64_t* ids) const {
+  std::shared_lock lock(mu_);
+  const size_t n = ids_.size();
+  PositionSet allowed;
+  const PositionSet* allow = params.allowed;
+  if (num_deleted_ > 0) {
+    // One bitset for the device: allowed and not deleted.
+    allowed.words.assign((n + 63) / 64, ~uint64_t{0});
+    if (params.allowed != nullptr) {
+      for (size_t w = 0; w < allowed.words.size(); ++w) {
+        allowed.words[w] = w < params.allowed->words.size() ? params.allowed->words[w] : 0;
+      }
+    }
+    for (size_t w = 0; w < allowed.words.size(); ++w) allowed.words[w] &= ~deleted_[w];
+    allow = &allowed;
+  }
+  const size_t k = static_cast<size_t>(params.k);
+  std::vector<int64_t> labels(nq * k);
+  absl::Status st;
+  if (gpu.exact) {
+    st = gpu.exact->Search(queries, nq, params.k, allow, scores, labels.data());
+  } else {
+    const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
+    const int nprobe = static_cast<int>(
+        std::min<size_t>(params.nprobe > 0 ? params.nprobe : spec_.nprobe, ivf->nlist));
+    st = gpu.ivf->Search(queries, nq, params.k, nprobe, allow, scores, labels.data());
+  }
+  if (!st.ok()) return st;
+  LabelsToIds(labels, metric_ == Metric::kL2 ? INFINITY : -INFINITY, scores, ids);
+  return absl::OkStatus();
 }
 
 void Segment::LabelsToIds(const std::vector<int64_t>& labels, float worst,

@@ -9,6 +9,11 @@
 // Vectors given to Add, Build and Search must already be prepared for the
 // metric (PrepareVectors: normalized for cosine).
 //
+// With spec.device resolving to a GPU (index/gpu), IVF types train their
+// coarse centroids and assign points on the GPU, and sealed Flat and IVF-Flat
+// segments are searched on a device copy made at their first search; files
+// are the same either way, and any GPU failure falls back to the CPU.
+//
 // Thread-safety: all methods are thread-safe. Add and MarkDeleted take an
 // exclusive lock; searches share it.
 #ifndef CAIRN_INDEX_SEGMENT_H_
@@ -16,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <string>
@@ -70,6 +76,8 @@ struct SegmentSearchParams {
   int nprobe = 0;  // 0: the spec's nprobe
   // When set, only these positions may be returned (tombstones still apply).
   const PositionSet* allowed = nullptr;
+  // Search on the CPU even when the segment has a GPU copy (benchmarks).
+  bool force_cpu = false;
 };
 
 class Segment {
@@ -138,8 +146,11 @@ class Segment {
   uint32_t dim() const { return dim_; }
   bool frozen() const;
   uint64_t MemoryBytes() const;
+  // True once searches of this segment run on a GPU (after its first search).
+  bool OnGpu() const;
 
  private:
+  struct GpuCopy;  // device copies of the segment's vectors (segment.cc)
   Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
           std::unique_ptr<faiss::Index> index);
   std::optional<size_t> PositionOfLocked(uint64_t id) const;
@@ -151,6 +162,12 @@ class Segment {
   // FAISS labels (positions, -1 for none) to internal ids. REQUIRES: mu_ held.
   void LabelsToIds(const std::vector<int64_t>& labels, float worst, float* scores,
                    int64_t* ids) const;
+  // The GPU copy searches use: made on first call for a frozen Flat or
+  // IVF-Flat segment whose device resolves to a GPU; nullptr otherwise or when
+  // making it failed (logged once).
+  std::shared_ptr<const GpuCopy> GpuCopyForSearch() const;
+  absl::Status SearchOnGpu(const GpuCopy& gpu, const float* queries, size_t nq,
+                           const SegmentSearchParams& params, float* scores, int64_t* ids) const;
 
   const uint32_t dim_;
   const Metric metric_;
@@ -163,6 +180,9 @@ class Segment {
   std::shared_ptr<const Int8Codes> codes_;  // HNSW walk codes, once frozen
   size_t num_deleted_ = 0;
   bool frozen_ = false;
+  mutable std::mutex gpu_mu_;
+  mutable std::shared_ptr<const GpuCopy> gpu_;  // guarded by gpu_mu_
+  mutable bool gpu_tried_ = false;               // guarded by gpu_mu_
 };
 
 }  // namespace cairn::index

@@ -44,6 +44,17 @@ Result Probe(int device, DeviceProps* out);
 
 enum class Storage { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// What the device reaches on this machine, measured: device-to-device copy
+// (bytes read + written per second) and square GEMMs (float32 SIMT, float16
+// and bfloat16 tensor cores with float32 accumulation).
+struct Ceilings {
+  double copy_bytes_per_s = 0;
+  double sgemm_flops = 0;
+  double hgemm_flops = 0;
+  double bgemm_flops = 0;
+};
+Result MeasureCeilings(int device, Ceilings* out);
+
 // Largest k the selection kernel takes.
 inline constexpr int kMaxK = 1024;
 

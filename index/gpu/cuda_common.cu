@@ -1,8 +1,11 @@
 #include "index/gpu/cuda_common.cuh"
 
+#include "index/gpu/ops.cuh"
+
 #include <dlfcn.h>
 
 #include <mutex>
+#include <vector>
 
 namespace cairn::index::gpu::cuda {
 
@@ -49,7 +52,9 @@ const Loaded& LoadOnce() {
     auto* l = new Loaded;
     void* lib = nullptr;
     // The soname of the toolkit Cairn was built with first, then any.
-    for (const char* name : {"libcublas.so." CAIRN_CUBLAS_SOVERSION, "libcublas.so"}) {
+    // The loader's search path first, then where the toolkit installs it.
+    for (const char* name : {"libcublas.so." CAIRN_CUBLAS_SOVERSION, "libcublas.so",
+                             "/usr/local/cuda/lib64/libcublas.so." CAIRN_CUBLAS_SOVERSION}) {
       lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
       if (lib != nullptr) break;
     }
@@ -102,6 +107,65 @@ size_t UsableBytes(int device, size_t budget) {
   CAIRN_CUDA(cudaMemGetInfo(&free_b, &total_b));
   const size_t cap = free_b / 10 * 8;
   return budget == 0 ? cap : std::min(budget, free_b);
+}
+
+Result MeasureCeilings(int device, Ceilings* out) {
+  return Guard([&] {
+    UseDevice(device);
+    Stream s;
+    cudaEvent_t t0, t1;
+    CAIRN_CUDA(cudaEventCreate(&t0));
+    CAIRN_CUDA(cudaEventCreate(&t1));
+    auto time_ms = [&](auto&& body, int reps) {
+      body();  // warm-up
+      CAIRN_CUDA(cudaEventRecord(t0, s.get()));
+      for (int i = 0; i < reps; ++i) body();
+      CAIRN_CUDA(cudaEventRecord(t1, s.get()));
+      CAIRN_CUDA(cudaEventSynchronize(t1));
+      float ms = 0;
+      CAIRN_CUDA(cudaEventElapsedTime(&ms, t0, t1));
+      return static_cast<double>(ms) / reps;
+    };
+    const size_t bytes = 2ull << 30;
+    {
+      DeviceArray<char> a(bytes), b(bytes);
+      CAIRN_CUDA(cudaMemsetAsync(a.get(), 1, bytes, s.get()));
+      const double ms = time_ms([&] { CAIRN_CUDA(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, s.get())); }, 10);
+      out->copy_bytes_per_s = 2.0 * bytes / (ms / 1e3);
+    }
+    BlasHandle blas;
+    CAIRN_CUBLAS(blas.api().set_stream(blas.get(), s.get()));
+    const int m = 8192;
+    const double flops = 2.0 * m * m * m;
+    DeviceArray<float> a(size_t{m} * m), b(size_t{m} * m), c(size_t{m} * m);
+    DeviceArray<char> ha(size_t{m} * m * 2), hb(size_t{m} * m * 2);
+    // Random-looking inputs (zeros run faster than real data).
+    std::vector<float> host(size_t{m} * m);
+    uint32_t x = 12345;
+    for (auto& v : host) {
+      x = x * 1664525u + 1013904223u;
+      v = static_cast<float>(x >> 8) / 16777216.0f - 0.5f;
+    }
+    CAIRN_CUDA(cudaMemcpy(a.get(), host.data(), host.size() * 4, cudaMemcpyHostToDevice));
+    CAIRN_CUDA(cudaMemcpy(b.get(), host.data(), host.size() * 4, cudaMemcpyHostToDevice));
+    const float one = 1, zero = 0;
+    out->sgemm_flops = flops / (time_ms([&] {
+      CAIRN_CUBLAS(blas.api().sgemm(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, m, m, m, &one, a.get(), m, b.get(), m, &zero, c.get(), m));
+    }, 5) / 1e3);
+    for (int pass = 0; pass < 2; ++pass) {
+      const Storage st = pass == 0 ? Storage::kFloat16 : Storage::kBFloat16;
+      ConvertFloats(a.get(), ha.get(), size_t{m} * m, st, s.get());
+      ConvertFloats(b.get(), hb.get(), size_t{m} * m, st, s.get());
+      const cudaDataType_t t = pass == 0 ? CUDA_R_16F : CUDA_R_16BF;
+      const double f = flops / (time_ms([&] {
+        CAIRN_CUBLAS(blas.api().gemm_ex(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, m, m, m, &one, ha.get(), t, m, hb.get(), t, m,
+                                        &zero, c.get(), CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      }, 10) / 1e3);
+      (pass == 0 ? out->hgemm_flops : out->bgemm_flops) = f;
+    }
+    cudaEventDestroy(t0);
+    cudaEventDestroy(t1);
+  });
 }
 
 Result Probe(int device, DeviceProps* out) {

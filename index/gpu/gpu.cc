@@ -1,5 +1,6 @@
 #include "index/gpu/gpu.h"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -28,6 +29,18 @@ absl::Status ToStatus(const cuda::Result& r) {
 }
 
 bool InnerProduct(Metric m) { return m != Metric::kL2; }
+
+std::atomic<size_t> g_budget{0};
+std::atomic<size_t> g_in_use{0};
+
+// The budget an index may take: its own, within what the process has left.
+size_t BudgetFor(size_t own) {
+  const size_t cap = g_budget.load();
+  if (cap == 0) return own;
+  const size_t used = g_in_use.load();
+  const size_t left = cap > used ? cap - used : 1;  // 1 byte: fails as ResourceExhausted
+  return own == 0 ? left : std::min(own, left);
+}
 
 // The allowed set as a bitset of exactly `n` positions.
 const uint64_t* AllowBits(const PositionSet* allowed, size_t n, std::vector<uint64_t>* scratch) {
@@ -111,6 +124,23 @@ bool UseGpu(Device want, std::string* why) {
   return dev.ok();
 }
 
+absl::StatusOr<cuda::Ceilings> MeasureCeilings() {
+  if (!ProcessDevice().ok()) return ProcessDevice().status();
+#ifdef CAIRN_HAVE_CUDA
+  cuda::Ceilings c;
+  if (auto r = cuda::MeasureCeilings(ProcessDevice()->ordinal, &c); !r.ok()) return ToStatus(r);
+  return c;
+#else
+  return NotBuilt();
+#endif
+}
+
+void SetProcessMemoryBudget(size_t bytes) { g_budget.store(bytes); }
+size_t ProcessMemoryInUse() { return g_in_use.load(); }
+
+ExactIndex::~ExactIndex() { g_in_use -= accounted_; }
+IvfFlatIndex::~IvfFlatIndex() { g_in_use -= accounted_; }
+
 absl::StatusOr<std::unique_ptr<ExactIndex>> ExactIndex::Create(const float* x, size_t n, uint32_t dim,
                                                                Metric metric, const ExactOptions& options) {
   if (n == 0 || dim == 0) return absl::InvalidArgumentError("exact GPU index over an empty base");
@@ -120,13 +150,16 @@ absl::StatusOr<std::unique_ptr<ExactIndex>> ExactIndex::Create(const float* x, s
   c.device = ProcessDevice()->ordinal;
   c.inner_product = InnerProduct(metric);
   c.storage = options.storage;
-  c.memory_budget = options.memory_budget;
+  c.memory_budget = BudgetFor(options.memory_budget);
   c.max_batch = options.max_batch;
   c.max_chunk = options.max_chunk;
   c.force_streaming = options.force_streaming;
   std::unique_ptr<cuda::FlatBackend> b;
   if (auto r = cuda::MakeFlat(x, n, dim, c, &b); !r.ok()) return ToStatus(r);
-  return std::unique_ptr<ExactIndex>(new ExactIndex(std::move(b), n, metric));
+  auto idx = std::unique_ptr<ExactIndex>(new ExactIndex(std::move(b), n, metric));
+  idx->accounted_ = idx->device_bytes();
+  g_in_use += idx->accounted_;
+  return idx;
 #else
   return NotBuilt();
 #endif
@@ -155,7 +188,7 @@ absl::StatusOr<KMeansReport> TrainKMeans(const float* x, size_t n, uint32_t dim,
   c.inner_product = InnerProduct(metric);
   c.iterations = options.iterations;
   c.seed = options.seed;
-  c.memory_budget = options.memory_budget;
+  c.memory_budget = BudgetFor(options.memory_budget);
   cuda::KMeansStats st;
   if (auto r = cuda::KMeans(x, n, dim, k, c, centroids, &st); !r.ok()) return ToStatus(r);
   KMeansReport rep;
@@ -175,6 +208,7 @@ absl::Status AssignNearest(const float* x, size_t n, uint32_t dim, const float* 
   cuda::KMeansConfig c;
   c.device = ProcessDevice()->ordinal;
   c.inner_product = InnerProduct(metric);
+  c.memory_budget = BudgetFor(0);
   return ToStatus(cuda::Assign(x, n, dim, centroids, k, c, labels));
 #else
   return NotBuilt();
@@ -191,13 +225,16 @@ absl::StatusOr<std::unique_ptr<IvfFlatIndex>> IvfFlatIndex::Create(const float* 
   cuda::IvfConfig c;
   c.device = ProcessDevice()->ordinal;
   c.inner_product = InnerProduct(metric);
-  c.memory_budget = options.memory_budget;
+  c.memory_budget = BudgetFor(options.memory_budget);
   c.max_batch = options.max_batch;
   std::unique_ptr<cuda::IvfFlatBackend> b;
   if (auto r = cuda::MakeIvfFlat(centroids, nlist, dim, lists.data(), n_positions, c, &b); !r.ok()) {
     return ToStatus(r);
   }
-  return std::unique_ptr<IvfFlatIndex>(new IvfFlatIndex(std::move(b), n_positions, metric));
+  auto idx = std::unique_ptr<IvfFlatIndex>(new IvfFlatIndex(std::move(b), n_positions, metric));
+  idx->accounted_ = idx->device_bytes();
+  g_in_use += idx->accounted_;
+  return idx;
 #else
   return NotBuilt();
 #endif

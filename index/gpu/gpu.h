@@ -57,6 +57,16 @@ std::string Describe(const DeviceInfo& info);
 // The first resolution of kAuto or kGpu in a process logs which path runs.
 bool UseGpu(Device want, std::string* why = nullptr);
 
+// Measured ceilings of ProcessDevice() (takes about a second; for benchmarks).
+absl::StatusOr<cuda::Ceilings> MeasureCeilings();
+
+// Caps the device memory that all GPU indexes of this process hold together
+// (0: no cap beyond each index's own budget). Indexes made later see what is
+// left; an index over the cap is ResourceExhausted (segments then stay on
+// the CPU). Default: 0.
+void SetProcessMemoryBudget(size_t bytes);
+size_t ProcessMemoryInUse();
+
 struct ExactOptions {
   VectorStorage storage = VectorStorage::kFloat32;
   // Device memory this index may hold (base + workspace). 0: 80% of what is
@@ -71,6 +81,7 @@ struct ExactOptions {
 // Exact (flat) k-nearest-neighbour search over a fixed base on the GPU.
 class ExactIndex {
  public:
+  ~ExactIndex();
   // x: n prepared vectors of dim floats (copied). Unavailable without a GPU,
   // ResourceExhausted when even streaming does not fit the budget.
   static absl::StatusOr<std::unique_ptr<ExactIndex>> Create(const float* x, size_t n, uint32_t dim,
@@ -88,6 +99,7 @@ class ExactIndex {
   std::unique_ptr<cuda::FlatBackend> backend_;
   size_t n_;
   Metric metric_;
+  size_t accounted_ = 0;  // bytes counted against the process budget
 };
 
 struct KMeansOptions {
@@ -119,6 +131,7 @@ struct IvfOptions {
 // IVF-Flat search on the GPU over lists copied from a CPU index.
 class IvfFlatIndex {
  public:
+  ~IvfFlatIndex();
   // ResourceExhausted when the lists do not fit the budget.
   static absl::StatusOr<std::unique_ptr<IvfFlatIndex>> Create(const float* centroids, size_t nlist,
                                                               uint32_t dim, Metric metric,
@@ -134,6 +147,7 @@ class IvfFlatIndex {
   std::unique_ptr<cuda::IvfFlatBackend> backend_;
   size_t n_positions_;
   Metric metric_;
+  size_t accounted_ = 0;
 };
 
 }  // namespace cairn::index::gpu

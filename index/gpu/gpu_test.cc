@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <numeric>
 #include <random>
@@ -405,6 +406,114 @@ TEST(GpuIvfTest, ListsBeyondTheBudgetAreResourceExhausted) {
   o.memory_budget = 1 << 20;
   auto idx = IvfFlatIndex::Create(c.data(), 4, 8, Metric::kL2, lists, 1000, o);
   EXPECT_EQ(idx.status().code(), absl::StatusCode::kResourceExhausted) << idx.status();
+}
+
+
+// Segment end to end: the same sealed segment searched on the GPU and on the
+// CPU gives the same results (except exact ties), with tombstones and an
+// allow-list; and a segment trained on the GPU is saved in the same format
+// and served by the CPU.
+class GpuSegmentTest : public ::testing::TestWithParam<IndexType> {};
+
+TEST_P(GpuSegmentTest, GpuAndCpuSearchesAgree) {
+  SKIP_WITHOUT_GPU();
+  const IndexType type = GetParam();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 40;
+  const size_t n = 20000, nq = 64;
+  const int k = 10;
+  auto x = Clustered(n, dim, rng, 80);
+  auto queries = Clustered(nq, dim, rng, 80);
+  std::vector<uint64_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = 5 + 3 * i;
+  IndexSpec spec;
+  spec.type = type;
+  spec.nlist = 100;
+  spec.nprobe = 8;
+  spec.device = Device::kGpu;
+  auto on_gpu = Segment::Build(dim, Metric::kL2, spec, x.data(), ids.data(), n, 2);
+  ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
+  const std::string path = ::testing::TempDir() + "/gpu_segment_" + std::to_string(static_cast<int>(type));
+  ASSERT_TRUE((*on_gpu)->Save(path).ok());
+  IndexSpec cpu_spec = spec;
+  cpu_spec.device = Device::kCpu;
+  auto on_cpu = Segment::Load(path, &cpu_spec);
+  ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
+  for (size_t i = 0; i < n; i += 7) {
+    (*on_gpu)->MarkDeleted(ids[i]);
+    (*on_cpu)->MarkDeleted(ids[i]);
+  }
+  PositionSet allowed;
+  allowed.Resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (i % 3 != 0) allowed.Set(i);
+  }
+  for (const PositionSet* allow : std::vector<const PositionSet*>{nullptr, &allowed}) {
+    SegmentSearchParams p;
+    p.k = k;
+    p.allowed = allow;
+    std::vector<float> s_gpu(nq * k), s_cpu(nq * k);
+    std::vector<int64_t> i_gpu(nq * k), i_cpu(nq * k);
+    ASSERT_TRUE((*on_gpu)->Search(queries.data(), nq, p, s_gpu.data(), i_gpu.data(), 2).ok());
+    EXPECT_TRUE((*on_gpu)->OnGpu());
+    ASSERT_TRUE((*on_cpu)->Search(queries.data(), nq, p, s_cpu.data(), i_cpu.data(), 2).ok());
+    EXPECT_FALSE((*on_cpu)->OnGpu());
+    for (size_t j = 0; j < nq * k; ++j) {
+      EXPECT_NEAR(s_gpu[j], s_cpu[j], 2e-4 * std::max(1.0f, std::abs(s_cpu[j]))) << "slot " << j;
+      if (i_gpu[j] != i_cpu[j]) {
+        // Only an exact tie may swap two ids.
+        EXPECT_NEAR(s_gpu[j], s_cpu[j], 1e-6f) << "slot " << j;
+      }
+      if (i_gpu[j] >= 0) {
+        const size_t at = (static_cast<size_t>(i_gpu[j]) - 5) / 3;
+        EXPECT_NE(at % 7, 0u) << "a deleted id came back";
+        if (allow != nullptr) EXPECT_TRUE(allow->Test(at)) << "an id outside the allow-list came back";
+      }
+    }
+  }
+  std::filesystem::remove(path);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GpuSegmentTest, ::testing::Values(IndexType::kFlat, IndexType::kIvfFlat));
+
+TEST(GpuSegmentTest, IvfPqTrainedOnTheGpuKeepsRecall) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 32;
+  const size_t n = 20000, nq = 100;
+  const int k = 10;
+  auto x = Clustered(n, dim, rng, 60);
+  auto queries = Clustered(nq, dim, rng, 60);
+  std::vector<uint64_t> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  double recall[2];
+  for (Device device : {Device::kCpu, Device::kGpu}) {
+    IndexSpec spec;
+    spec.type = IndexType::kIvfPq;
+    spec.nlist = 64;
+    spec.nprobe = 16;
+    spec.pq_m = 16;
+    spec.device = device;
+    auto seg = Segment::Build(dim, Metric::kL2, spec, x.data(), ids.data(), n, 2);
+    ASSERT_TRUE(seg.ok()) << seg.status();
+    SegmentSearchParams p;
+    p.k = k;
+    std::vector<float> s(nq * k);
+    std::vector<int64_t> got(nq * k);
+    ASSERT_TRUE((*seg)->Search(queries.data(), nq, p, s.data(), got.data(), 2).ok());
+    size_t hits = 0;
+    for (size_t q = 0; q < nq; ++q) {
+      std::vector<std::pair<double, int64_t>> ref;
+      for (size_t i = 0; i < n; ++i) ref.emplace_back(RefDistance(Metric::kL2, &queries[q * dim], &x[i * dim], dim), i);
+      std::partial_sort(ref.begin(), ref.begin() + k, ref.end());
+      std::set<int64_t> truth;
+      for (int j = 0; j < k; ++j) truth.insert(ref[j].second);
+      for (int j = 0; j < k; ++j) hits += truth.count(got[q * k + j]);
+    }
+    recall[device == Device::kGpu] = double(hits) / (nq * k);
+  }
+  std::cout << "IVF-PQ recall@10: CPU-trained " << recall[0] << ", GPU-trained " << recall[1] << std::endl;
+  EXPECT_GE(recall[1], recall[0] - 0.05);
 }
 
 }  // namespace
