@@ -41,6 +41,13 @@ void Usage(FILE* out) {
       "                          default 30)\n"
       "  --log-format FORMAT     json (default) or logfmt: one line per event on stderr\n"
       "  --port-file PATH        write the bound port to PATH once listening\n"
+      "  --device DEVICE         auto, cpu or gpu: where IVF training and searches of sealed\n"
+      "                          flat and IVF-Flat segments run for collections created with\n"
+      "                          device auto (CAIRN_DEVICE; default auto: a GPU when one is\n"
+      "                          usable, logged at start; gpu: refuse to start without one)\n"
+      "  --gpu-memory-mb N       GPU memory all index copies may hold together; segments past\n"
+      "                          it are searched on the CPU (CAIRN_GPU_MEMORY_MB; default 0:\n"
+      "                          each copy up to 80% of the free memory)\n"
       "\n"
       "Security:\n"
       "  --api-keys-file PATH    API keys with roles, one \"ROLE KEY\" per line; roles are\n"
@@ -124,7 +131,7 @@ int main(int argc, char** argv) {
     }
     static const std::set<std::string> kKeys = {
         "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
-        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca"};
+        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb"};
     for (const auto& [k, v] : j.items()) {
       if (!kKeys.contains(k)) {
         std::fprintf(stderr, "cairnd: config file %s: unknown key \"%s\"\n", config_path.c_str(), k.c_str());
@@ -148,6 +155,8 @@ int main(int argc, char** argv) {
   std::string max_mb = Env("CAIRN_MAX_REQUEST_MB", "64");
   std::string grace = Env("CAIRN_GRACE_SECONDS", "30");
   std::string port_file;
+  std::string device = Env("CAIRN_DEVICE", "auto");
+  std::string gpu_mb = Env("CAIRN_GPU_MEMORY_MB", "0");
   std::string keys_file = Env("CAIRN_API_KEYS_FILE", "");
   std::string keys_inline = Env("CAIRN_API_KEYS", "");
   bool no_auth = Env("CAIRN_INSECURE_NO_AUTH", "") == "1";
@@ -190,6 +199,10 @@ int main(int argc, char** argv) {
       value(&grace);
     } else if (a == "--port-file") {
       value(&port_file);
+    } else if (a == "--device") {
+      value(&device);
+    } else if (a == "--gpu-memory-mb") {
+      value(&gpu_mb);
     } else if (a == "--api-keys-file") {
       value(&keys_file);
     } else if (a == "--insecure-no-auth") {
@@ -205,14 +218,22 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  long n_workers, n_max_mb, n_grace;
+  long n_workers, n_max_mb, n_grace, n_gpu_mb;
   if (!ParseInt(workers, 0, 1024, &n_workers) || !ParseInt(max_mb, 1, 2047, &n_max_mb) ||
-      !ParseInt(grace, 0, 3600, &n_grace)) {
+      !ParseInt(grace, 0, 3600, &n_grace) || !ParseInt(gpu_mb, 0, 1L << 30, &n_gpu_mb)) {
     std::fprintf(stderr,
                  "cairnd: --workers must be 0..1024, --max-request-mb 1..2047, "
-                 "--grace-seconds 0..3600\n");
+                 "--grace-seconds 0..3600, --gpu-memory-mb 0 or more\n");
     return 2;
   }
+  cairn::DatabaseOptions db_options;
+  if (auto d = cairn::ParseDevice(device); d.ok()) {
+    db_options.device = *d;
+  } else {
+    std::fprintf(stderr, "cairnd: --device is auto, cpu or gpu\n");
+    return 2;
+  }
+  db_options.gpu_memory_budget = static_cast<uint64_t>(n_gpu_mb) << 20;
 
   cairn::api::ServerOptions options;
   if (no_auth) {
@@ -280,7 +301,7 @@ int main(int argc, char** argv) {
   }
 
   auto t0 = std::chrono::steady_clock::now();
-  auto db = cairn::Database::Open(data_dir);
+  auto db = cairn::Database::Open(data_dir, db_options);
   if (!db.ok()) {
     std::fprintf(stderr, "cairnd: cannot open data directory %s: %s\n", data_dir.c_str(),
                  std::string(db.status().message()).c_str());

@@ -110,6 +110,12 @@ absl::StatusOr<CollectionConfig> FromProto(const v1::CollectionConfig& c) {
   set(ix.pq_nbits(), &out.index.pq_nbits);
   set(ix.rerank_factor(), &out.index.rerank_factor);
   if (ix.has_hnsw_int8()) out.index.hnsw_int8 = ix.hnsw_int8();
+  switch (ix.device()) {
+    case v1::DEVICE_AUTO: out.index.device = Device::kAuto; break;
+    case v1::DEVICE_CPU: out.index.device = Device::kCpu; break;
+    case v1::DEVICE_GPU: out.index.device = Device::kGpu; break;
+    default: return Bad("config.index.device", "unknown device");
+  }
   for (int i = 0; i < c.payload_indexes_size(); ++i) {
     const auto& p = c.payload_indexes(i);
     PayloadIndexSpec spec;
@@ -149,6 +155,9 @@ void ToProto(const CollectionConfig& c, v1::CollectionConfig* out) {
   ix->set_pq_nbits(c.index.pq_nbits);
   ix->set_rerank_factor(c.index.rerank_factor);
   ix->set_hnsw_int8(c.index.hnsw_int8);
+  ix->set_device(c.index.device == Device::kCpu   ? v1::DEVICE_CPU
+                 : c.index.device == Device::kGpu ? v1::DEVICE_GPU
+                                                  : v1::DEVICE_AUTO);
   static constexpr v1::PayloadType kPayload[] = {v1::PAYLOAD_TYPE_KEYWORD, v1::PAYLOAD_TYPE_INTEGER,
                                                  v1::PAYLOAD_TYPE_FLOAT, v1::PAYLOAD_TYPE_BOOL};
   for (const auto& p : c.payload_indexes) {

@@ -260,6 +260,29 @@ TEST_F(E2ETest, CollectionsLifecycleAndErrors) {
   EXPECT_EQ(info.config().index().hnsw_m(), 32u);
   EXPECT_TRUE(info.config().index().has_hnsw_int8());
   EXPECT_TRUE(info.config().index().hnsw_int8());  // unset means the default, on
+  EXPECT_EQ(info.config().index().device(), DEVICE_AUTO);
+  {
+    // device gpu: refused by a server without a usable GPU, kept by one with.
+    grpc::ClientContext gctx;
+    CreateCollectionRequest req;
+    req.set_name("on-gpu");
+    req.mutable_config()->set_dimension(4);
+    req.mutable_config()->mutable_index()->set_type(INDEX_TYPE_IVF_FLAT);
+    req.mutable_config()->mutable_index()->set_device(DEVICE_GPU);
+    CollectionInfo made;
+    grpc::Status st = collections_->Create(&gctx, req, &made);
+    if (st.ok()) {
+      EXPECT_EQ(made.config().index().device(), DEVICE_GPU);
+      grpc::ClientContext dctx;
+      DeleteCollectionRequest del;
+      del.set_name("on-gpu");
+      DeleteCollectionResponse dr;
+      ASSERT_TRUE(collections_->Delete(&dctx, del, &dr).ok());
+    } else {
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+      EXPECT_NE(st.error_message().find("no usable GPU"), std::string::npos) << st.error_message();
+    }
+  }
   {
     grpc::ClientContext fctx;
     CreateCollectionRequest req;

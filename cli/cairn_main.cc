@@ -105,6 +105,7 @@ const std::map<std::string, std::string> kCommandHelp = {
     {"collection",
      "Usage: cairn collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE] [--nlist N]\n"
      "                        [--payload-index FIELD:TYPE]... [--shards N] [--hnsw-int8 on|off]\n"
+     "                        [--device auto|cpu|gpu]\n"
      "       cairn collection list\n"
      "       cairn collection info NAME\n"
      "       cairn collection drop NAME\n"
@@ -114,6 +115,9 @@ const std::map<std::string, std::string> kCommandHelp = {
      "--hnsw-int8: HNSW walks sealed segments on 8-bit codes of the vectors and re-ranks the\n"
      "  candidates exactly (default on; off walks on float32, without the extra byte per\n"
      "  dimension per point of memory). Fixed once the collection exists.\n"
+     "--device: where IVF k-means training and searches of sealed flat and IVF-Flat segments run:\n"
+     "  auto (default: the server's --device, by default a GPU when it has one), cpu, or gpu\n"
+     "  (refused by a server without a GPU). Fixed once the collection exists.\n"
      "\n"
      "Example:\n"
      "  cairn collection create docs --dim 384 --metric cosine --payload-index lang:keyword\n"},
@@ -303,6 +307,13 @@ int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig*
     const std::string v = a.Get("--hnsw-int8");
     if (v != "on" && v != "off") return Usage("--hnsw-int8 is on or off");
     cfg->mutable_index()->set_hnsw_int8(v == "on");
+  }
+  if (a.flags.count("--device")) {
+    static const std::map<std::string, v1::Device> kDevices = {
+        {"auto", v1::DEVICE_AUTO}, {"cpu", v1::DEVICE_CPU}, {"gpu", v1::DEVICE_GPU}};
+    auto d = kDevices.find(a.Get("--device"));
+    if (d == kDevices.end()) return Usage("--device is auto, cpu or gpu");
+    cfg->mutable_index()->set_device(d->second);
   }
   return kOk;
 }

@@ -1,6 +1,7 @@
 #include "db/collection_impl.h"
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "absl/container/flat_hash_set.h"
@@ -11,8 +12,9 @@
 #include "db/config_codec.h"
 #include "db/key_codec.h"
 #include "db/shard_loader.h"
-#include "storage/file_util.h"
+#include "index/gpu/gpu.h"
 #include "index/segment.h"
+#include "storage/file_util.h"
 
 namespace cairn::db {
 namespace fs = std::filesystem;
@@ -124,6 +126,15 @@ absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
   so.dimension = config.dimension;
   so.metric = config.metric;
   so.index = config.index;
+  if (so.index.device == Device::kAuto) so.index.device = options.device;
+  if (so.index.device != Device::kCpu) {
+    std::string why;
+    if (!index::gpu::UseGpu(so.index.device, &why) && so.index.device == Device::kGpu) {
+      // Same index files either way: serve from the CPU rather than not at all.
+      std::fprintf(stderr, "cairn: collection %s asks for device gpu, but this node has no usable GPU (%s); "
+                   "its searches and index builds run on the CPU\n", name.c_str(), why.c_str());
+    }
+  }
   so.payload_indexes = config.payload_indexes;
   so.seal_threshold = config.seal_threshold;
   so.compaction_deleted_ratio = config.compaction_deleted_ratio;
@@ -162,6 +173,7 @@ absl::Status CollectionImpl::UpdateConfig(const CollectionConfig& update) {
   if (update.index.pq_m != c.index.pq_m) return fixed("index.pq_m");
   if (update.index.pq_nbits != c.index.pq_nbits) return fixed("index.pq_nbits");
   if (update.index.hnsw_int8 != c.index.hnsw_int8) return fixed("index.hnsw_int8");
+  if (update.index.device != c.index.device) return fixed("index.device");
   if (update.payload_indexes.size() != c.payload_indexes.size()) return fixed("payload_indexes");
   for (size_t i = 0; i < c.payload_indexes.size(); ++i) {
     if (update.payload_indexes[i].field != c.payload_indexes[i].field ||

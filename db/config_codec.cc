@@ -25,7 +25,8 @@ std::string ConfigToJson(const CollectionConfig& c) {
                 {"pq_m", c.index.pq_m},
                 {"pq_nbits", c.index.pq_nbits},
                 {"rerank_factor", c.index.rerank_factor},
-                {"hnsw_int8", c.index.hnsw_int8}};
+                {"hnsw_int8", c.index.hnsw_int8},
+                {"device", std::string(DeviceName(c.index.device))}};
   Json p = Json::array();
   for (const auto& f : c.payload_indexes) {
     p.push_back({{"field", f.field}, {"type", std::string(PayloadTypeName(f.type))}});
@@ -59,6 +60,7 @@ absl::StatusOr<CollectionConfig> ConfigFromJson(std::string_view text) {
       c.index.rerank_factor = ix.value("rerank_factor", c.index.rerank_factor);
       // Collections created before the option walk on floats, as they did.
       c.index.hnsw_int8 = ix.value("hnsw_int8", false);
+      CAIRN_ASSIGN_OR_RETURN(c.index.device, ParseDevice(ix.value("device", std::string("auto"))));
     }
     if (j.contains("payload_indexes")) {
       for (const auto& p : j["payload_indexes"]) {

@@ -27,6 +27,7 @@
 #include "cairn/status.h"
 #include "db/collection_impl.h"
 #include "db/config_codec.h"
+#include "index/gpu/gpu.h"
 #include "storage/file_util.h"
 
 namespace cairn {
@@ -86,6 +87,11 @@ class DatabaseImpl final : public Database {
       const std::string& name, const CollectionConfig& config) override {
     CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
     CAIRN_RETURN_IF_ERROR(db::ValidateConfig(config));
+    if (std::string why; config.index.device == Device::kGpu && !index::gpu::UseGpu(Device::kGpu, &why)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("config.index.device is gpu, but this node has no usable GPU: ", why,
+                       "; use auto (GPU when present) or cpu"));
+    }
     std::lock_guard l(mu_);
     if (collections_.contains(name)) {
       return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
@@ -320,6 +326,13 @@ static absl::Status ValidateOptions(const DatabaseOptions& o) {
 absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
                                                          const DatabaseOptions& options) {
   CAIRN_RETURN_IF_ERROR(ValidateOptions(options));
+  // Resolving the device logs, once per process, which path runs.
+  if (std::string why; options.device != Device::kCpu && !index::gpu::UseGpu(options.device, &why) &&
+                       options.device == Device::kGpu) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("options.device is gpu, but this node has no usable GPU: ", why));
+  }
+  if (options.gpu_memory_budget > 0) index::gpu::SetProcessMemoryBudget(options.gpu_memory_budget);
   std::error_code ec;
   bool exists = fs::exists(dir, ec);
   if (!exists) {

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "db/test_util.h"
+#include "index/gpu/gpu.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "storage/file_util.h"
@@ -234,6 +235,7 @@ TEST_F(DatabaseTest, UpdateConfigChangesTunablesPersistsAndRefusesFixedFields) {
            {"index.type", [](CollectionConfig& x) { x.index.type = IndexType::kFlat; }},
            {"index.hnsw_m", [](CollectionConfig& x) { x.index.hnsw_m = 16; }},
            {"index.hnsw_int8", [](CollectionConfig& x) { x.index.hnsw_int8 = !x.index.hnsw_int8; }},
+           {"index.device", [](CollectionConfig& x) { x.index.device = Device::kCpu; }},
            {"num_shards", [](CollectionConfig& x) { x.num_shards = 2; }},
            {"payload_indexes", [](CollectionConfig& x) { x.payload_indexes.push_back({"a", PayloadType::kBool}); }}}) {
     CollectionConfig bad = c->config();
@@ -301,6 +303,77 @@ TEST_F(DatabaseTest, HnswInt8PersistsAndOlderConfigsReadAsOff) {
   EXPECT_TRUE(Get("on")->config().index.hnsw_int8);
   EXPECT_FALSE(Get("off")->config().index.hnsw_int8);
   EXPECT_FALSE(Get("old")->config().index.hnsw_int8);
+}
+
+// The device choice persists (a collection.json without it reads as auto);
+// "gpu" is refused at creation and at open on a node without a usable GPU;
+// and a collection created on a GPU node (its collection.json says gpu) opens
+// on a node without one and serves the same results from the CPU.
+TEST_F(DatabaseTest, DeviceChoicePersistsAndGpuCollectionsFallBackToTheCpu) {
+  const bool has_gpu = index::gpu::ProcessDevice().ok();
+  OpenDb();
+  const uint32_t dim = 8;
+  const std::vector<float> x = testing_util::Clustered(5000, dim, 77);
+  CollectionConfig cfg = Config(dim, Metric::kL2, IndexType::kIvfFlat);
+  cfg.index.nlist = 16;
+  cfg.index.nprobe = 16;  // every list: exact results whichever device runs it
+  cfg.index.device = Device::kCpu;
+  auto c = Create("moved", cfg);
+  ASSERT_NE(c, nullptr);
+  testing_util::UpsertRows(*c, x, dim);
+  ASSERT_TRUE(c->Seal().ok());
+  const std::vector<float> query = testing_util::Row(x, 42, dim);
+  auto before = c->Search(query, {.k = 5});
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_EQ(before->size(), 5u);
+  EXPECT_EQ(before->front().id, PointId(uint64_t{42}));
+
+  CollectionConfig gpu = cfg;
+  gpu.index.device = Device::kGpu;
+  auto made = db_->CreateCollection("gpu", gpu);
+  if (!has_gpu) {
+    EXPECT_EQ(made.status().code(), absl::StatusCode::kFailedPrecondition) << made.status();
+    EXPECT_THAT(std::string(made.status().message()), HasSubstr("no usable GPU"));
+    EXPECT_FALSE(db_->GetCollection("gpu").ok());
+  } else {
+    EXPECT_TRUE(made.ok()) << made.status();
+  }
+  CloseDb();
+
+  const std::string path = dir_ + "/collections/moved/collection.json";
+  auto text = storage::ReadFile(path);
+  ASSERT_TRUE(text.ok());
+  auto j = nlohmann::json::parse(*text);
+  EXPECT_EQ(j["index"]["device"], "cpu");
+  j["index"]["device"] = "gpu";
+  ASSERT_TRUE(storage::WriteFileAtomic(path, j.dump()).ok());
+  OpenDb();
+  auto moved = Get("moved");
+  ASSERT_NE(moved, nullptr);
+  EXPECT_EQ(moved->config().index.device, Device::kGpu);
+  auto after = moved->Search(query, {.k = 5});
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->size(), before->size());
+  for (size_t i = 0; i < after->size(); ++i) {
+    EXPECT_EQ((*after)[i].id, (*before)[i].id) << i;
+    EXPECT_NEAR((*after)[i].score, (*before)[i].score, 1e-4) << i;
+  }
+  CloseDb();
+
+  j["index"].erase("device");
+  ASSERT_TRUE(storage::WriteFileAtomic(path, j.dump()).ok());
+  OpenDb();
+  EXPECT_EQ(Get("moved")->config().index.device, Device::kAuto);
+  CloseDb();
+
+  DatabaseOptions want_gpu = TestOptions();
+  want_gpu.device = Device::kGpu;
+  auto db = Database::Open(dir_, want_gpu);
+  if (!has_gpu) {
+    EXPECT_EQ(db.status().code(), absl::StatusCode::kFailedPrecondition) << db.status();
+  } else {
+    EXPECT_TRUE(db.ok()) << db.status();
+  }
 }
 
 TEST_F(DatabaseTest, CorruptCollectionConfigIsDataLoss) {

@@ -132,6 +132,10 @@ struct DatabaseOptions {
   // when one is usable (logged once), kCpu never does, kGpu requires one
   // (Open fails without it). Default: kAuto.
   Device device = Device::kAuto;
+  // Device memory, in bytes, that all GPU index copies of this process may
+  // hold together; a segment that does not fit is searched on the CPU. 0: each
+  // copy may take up to 80% of the memory free when it is made. Default: 0.
+  uint64_t gpu_memory_budget = 0;
 };
 
 // Names used in JSON configs, logs and errors ("l2", "hnsw", "keyword", ...).

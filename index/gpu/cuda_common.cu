@@ -174,7 +174,12 @@ Result Probe(int device, DeviceProps* out) {
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
       cudaGetLastError();
-      throw CudaFailure(Code::kUnavailable, std::string("no usable CUDA driver or device: ") + cudaGetErrorString(e));
+      if (void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL); driver == nullptr) {
+        throw CudaFailure(Code::kUnavailable, "no NVIDIA driver (libcuda.so.1 not found)");
+      } else {
+        dlclose(driver);
+      }
+      throw CudaFailure(Code::kUnavailable, std::string("no usable CUDA device: ") + cudaGetErrorString(e));
     }
     if (count == 0) throw CudaFailure(Code::kUnavailable, "no CUDA device");
     if (device < 0 || device >= count) {

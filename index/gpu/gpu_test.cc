@@ -467,7 +467,9 @@ TEST_P(GpuSegmentTest, GpuAndCpuSearchesAgree) {
       if (i_gpu[j] >= 0) {
         const size_t at = (static_cast<size_t>(i_gpu[j]) - 5) / 3;
         EXPECT_NE(at % 7, 0u) << "a deleted id came back";
-        if (allow != nullptr) EXPECT_TRUE(allow->Test(at)) << "an id outside the allow-list came back";
+        if (allow != nullptr) {
+          EXPECT_TRUE(allow->Test(at)) << "an id outside the allow-list came back";
+        }
       }
     }
   }
