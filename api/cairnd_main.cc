@@ -17,6 +17,7 @@
 #include "api/service.h"
 #include "storage/file_util.h"
 #include "cairn/database.h"
+#include "index/gpu/gpu.h"
 
 namespace {
 
@@ -308,6 +309,8 @@ int main(int argc, char** argv) {
     server.Shutdown(std::chrono::milliseconds(0));
     return 1;
   }
+  LogEvent("device", {{"setting", std::string(cairn::DeviceName(db_options.device))},
+                      {"path", cairn::index::gpu::PathSummary(db_options.device)}});
   size_t collections = (*db)->ListCollections().size();
   server.Serve(std::move(*db));
   LogEvent("serving", {{"data_dir", data_dir}, {"collections", collections},

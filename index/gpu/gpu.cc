@@ -6,6 +6,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "index/segment.h"
@@ -22,6 +23,14 @@ absl::Status ToStatus(const cuda::Result& r) {
     case cuda::Code::kInternal: break;
   }
   return absl::InternalError(r.message);
+}
+
+constexpr char kNoDriver[] = "no NVIDIA driver";
+
+// True when the reason is that this machine or build has no GPU support at
+// all (as opposed to a GPU that is present but unusable).
+bool NoGpuHere(const absl::Status& s) {
+  return !Built() || absl::StartsWith(s.message(), kNoDriver);
 }
 
 [[maybe_unused]] absl::Status NotBuilt() {
@@ -104,6 +113,13 @@ const absl::StatusOr<DeviceInfo>& ProcessDevice() {
   return *device;
 }
 
+std::string PathSummary(Device want) {
+  if (want == Device::kCpu) return "cpu (device cpu)";
+  const auto& dev = ProcessDevice();
+  if (dev.ok()) return "gpu: " + Describe(*dev);
+  return "cpu: no usable GPU (" + std::string(dev.status().message()) + ")";
+}
+
 std::string Describe(const DeviceInfo& info) {
   return absl::StrFormat("%s (device %d, compute %d.%d, %d SMs, %d GiB)", info.name, info.ordinal, info.cc_major,
                          info.cc_minor, info.sm_count, static_cast<int>(info.total_bytes >> 30));
@@ -112,11 +128,14 @@ std::string Describe(const DeviceInfo& info) {
 bool UseGpu(Device want, std::string* why) {
   if (want == Device::kCpu) return false;
   const auto& dev = ProcessDevice();
+  // Logged once: the GPU taken, or why a GPU that seems present is not used.
+  // A machine with no NVIDIA driver (or a build without CUDA) stays quiet:
+  // the CPU is the only path there; cairnd states it at start (PathSummary).
   static std::once_flag logged;
   std::call_once(logged, [&] {
     if (dev.ok()) {
       std::fprintf(stderr, "cairn: GPU path: %s\n", Describe(*dev).c_str());
-    } else {
+    } else if (!NoGpuHere(dev.status())) {
       std::fprintf(stderr, "cairn: CPU path: no usable GPU (%s)\n", std::string(dev.status().message()).c_str());
     }
   });

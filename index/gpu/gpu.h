@@ -50,11 +50,15 @@ struct DeviceInfo {
 const absl::StatusOr<DeviceInfo>& ProcessDevice();
 // "NVIDIA H200 (device 0, compute 9.0, 132 SMs, 140 GiB)".
 std::string Describe(const DeviceInfo& info);
+// One line for logs: the path `want` resolves to here, and why.
+std::string PathSummary(Device want);
 
 // Resolves a configured device to a path: kCpu never uses the GPU; kAuto
 // uses it when ProcessDevice() is usable; kGpu too, and otherwise returns
 // false with the reason in *why (callers decide whether that is an error).
-// The first resolution of kAuto or kGpu in a process logs which path runs.
+// The first resolution of kAuto or kGpu in a process logs the GPU taken, or
+// why a GPU that seems present is not used (machines without an NVIDIA
+// driver stay quiet).
 bool UseGpu(Device want, std::string* why = nullptr);
 
 // Measured ceilings of ProcessDevice() (takes about a second; for benchmarks).
