@@ -78,6 +78,7 @@ struct FlatConfig {
   // small to run the chunked paths on small data.
   size_t max_chunk = 0;
   bool force_streaming = false;  // keep the base in host memory even if it fits
+  size_t merge_every = 0;        // chunks between merges of partial results (0: by memory)
 };
 
 Result MakeFlat(const float* x, size_t n, uint32_t dim, const FlatConfig& config,

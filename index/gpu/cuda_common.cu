@@ -95,7 +95,10 @@ BlasHandle::BlasHandle() {
   if (api_ == nullptr) throw CudaFailure(Code::kUnavailable, why);
   CAIRN_CUBLAS(api_->create(&h_));
   // Float32 GEMMs stay float32 (no TF32): results match the CPU path.
-  CAIRN_CUBLAS(api_->set_math_mode(h_, CUBLAS_DEFAULT_MATH));
+  if (cublasStatus_t st = api_->set_math_mode(h_, CUBLAS_DEFAULT_MATH); st != CUBLAS_STATUS_SUCCESS) {
+    api_->destroy(h_);
+    ThrowBlas(st, "cublasSetMathMode", __FILE__, __LINE__);
+  }
 }
 
 BlasHandle::~BlasHandle() {
@@ -106,16 +109,19 @@ size_t UsableBytes(int device, size_t budget) {
   size_t free_b = 0, total_b = 0;
   CAIRN_CUDA(cudaMemGetInfo(&free_b, &total_b));
   const size_t cap = free_b / 10 * 8;
-  return budget == 0 ? cap : std::min(budget, free_b);
+  return budget == 0 ? cap : std::min(budget, cap);
 }
 
 Result MeasureCeilings(int device, Ceilings* out) {
   return Guard([&] {
     UseDevice(device);
     Stream s;
-    cudaEvent_t t0, t1;
-    CAIRN_CUDA(cudaEventCreate(&t0));
-    CAIRN_CUDA(cudaEventCreate(&t1));
+    struct TimingEvent {
+      cudaEvent_t e = nullptr;
+      TimingEvent() { CAIRN_CUDA(cudaEventCreate(&e)); }
+      ~TimingEvent() { cudaEventDestroy(e); }
+    } ev0, ev1;
+    cudaEvent_t t0 = ev0.e, t1 = ev1.e;
     auto time_ms = [&](auto&& body, int reps) {
       body();  // warm-up
       CAIRN_CUDA(cudaEventRecord(t0, s.get()));
@@ -163,8 +169,6 @@ Result MeasureCeilings(int device, Ceilings* out) {
       }, 10) / 1e3);
       (pass == 0 ? out->hgemm_flops : out->bgemm_flops) = f;
     }
-    cudaEventDestroy(t0);
-    cudaEventDestroy(t1);
   });
 }
 

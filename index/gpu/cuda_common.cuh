@@ -58,6 +58,8 @@ Result Guard(Fn&& fn) {
     return {f.code(), f.what()};
   } catch (const std::bad_alloc&) {
     return {Code::kResourceExhausted, "out of host memory"};
+  } catch (const std::exception& e) {
+    return {Code::kInternal, e.what()};
   }
 }
 

@@ -22,6 +22,10 @@ namespace {
 // share the budget, and large enough for 4096 queries x 16384 base rows.
 constexpr size_t kMinDistBytes = 64ull << 20;
 constexpr size_t kMaxDistBytes = 1ull << 30;
+// Per-chunk top-k results waiting to be merged, per lane: chunks are merged
+// into a running top-k whenever this fills, so it stays bounded for any base.
+constexpr size_t kPartBytes = 256ull << 20;
+constexpr size_t kResultBytes = sizeof(float) + sizeof(int64_t);
 
 template <typename T>
 void Grow(DeviceArray<T>* a, size_t n) {
@@ -66,7 +70,8 @@ class FlatIndexCuda final : public FlatBackend {
     const size_t row_bytes = static_cast<size_t>(d_) * elem_;
     const size_t base_bytes = n_ * row_bytes;
     const size_t norm_bytes = n_ * sizeof(float);
-    const size_t lane_fixed = cfg_.max_batch * d_ * (sizeof(float) + elem_) + (2 << 20);
+    const size_t lane_fixed = cfg_.max_batch * (d_ * (sizeof(float) + elem_) + sizeof(float) + kMaxK * kResultBytes) +
+                              kPartBytes + (2 << 20);
     if (usable < norm_bytes + 2 * (kMinDistBytes + lane_fixed)) {
       throw CudaFailure(Code::kResourceExhausted,
                         "GPU memory budget of " + std::to_string(usable >> 20) + " MiB is too small for exact search over " +
@@ -88,6 +93,11 @@ class FlatIndexCuda final : public FlatBackend {
       left -= 2 * stream_rows_ * row_bytes;
     }
     dist_elems_ = std::clamp(left / 2, kMinDistBytes, kMaxDistBytes) / sizeof(float);
+    // At least 128 base rows per GEMM for a full batch.
+    batch_ = std::max<size_t>(1, std::min(cfg_.max_batch, dist_elems_ / 128));
+    nlanes_ = resident_ ? 2 : 1;
+    planned_bytes_ = norm_bytes + (resident_ ? base_bytes : 2 * stream_rows_ * row_bytes) +
+                     nlanes_ * (lane_fixed + dist_elems_ * sizeof(float));
 
     norms_.Reset(n_);
     Stream upload;
@@ -119,12 +129,13 @@ class FlatIndexCuda final : public FlatBackend {
     if (!resident_) {
       for (auto& b : chunk_buf_) b.Reset(stream_rows_ * row_bytes);
     }
-    for (auto& lane : lanes_) {
-      lane.q32.Reset(cfg_.max_batch * d_);
-      if (cfg_.storage != Storage::kFloat32) lane.qconv.Reset(cfg_.max_batch * row_bytes);
-      lane.qnorm.Reset(cfg_.max_batch);
+    for (int l = 0; l < nlanes_; ++l) {
+      Lane& lane = lanes_[l];
+      lane.q32.Reset(batch_ * d_);
+      if (cfg_.storage != Storage::kFloat32) lane.qconv.Reset(batch_ * row_bytes);
+      lane.qnorm.Reset(batch_);
       lane.dist.Reset(dist_elems_);
-      lane.h_q.Reset(cfg_.max_batch * d_);
+      lane.h_q.Reset(batch_ * d_);
     }
   }
 
@@ -141,13 +152,14 @@ class FlatIndexCuda final : public FlatBackend {
   }
 
   bool resident() const override { return resident_; }
+  // What Init planned for (workspaces grow to it on use), or more if grown past.
   size_t device_bytes() const override {
     size_t b = base_.bytes() + norms_.bytes() + allow_.bytes() + chunk_buf_[0].bytes() + chunk_buf_[1].bytes();
     for (const auto& l : lanes_) {
       b += l.q32.bytes() + l.qconv.bytes() + l.qnorm.bytes() + l.dist.bytes() + l.part_v.bytes() +
            l.part_i.bytes() + l.out_v.bytes() + l.out_i.bytes();
     }
-    return b;
+    return std::max(b, planned_bytes_);
   }
 
  private:
@@ -157,17 +169,21 @@ class FlatIndexCuda final : public FlatBackend {
     UseDevice(cfg_.device);
     const uint64_t* allow_dev = nullptr;
     if (allow != nullptr) {
+      // On lane 0's stream; lane 1 waits for it (the lanes' streams do not
+      // synchronize with the legacy default stream).
       const size_t words = (n_ + 63) / 64;
       Grow(&allow_, words);
-      CAIRN_CUDA(cudaMemcpy(allow_.get(), allow, words * sizeof(uint64_t), cudaMemcpyHostToDevice));
+      CAIRN_CUDA(cudaMemcpyAsync(allow_.get(), allow, words * sizeof(uint64_t), cudaMemcpyHostToDevice,
+                                 lanes_[0].stream.get()));
+      allow_ready_.Record(lanes_[0].stream.get());
+      CAIRN_CUDA(cudaStreamWaitEvent(lanes_[1].stream.get(), allow_ready_.get(), 0));
       allow_dev = allow_.get();
     }
-    const int nlanes = resident_ ? 2 : 1;
     size_t batch_no = 0;
-    for (size_t q0 = 0; q0 < nq; q0 += cfg_.max_batch, ++batch_no) {
-      Lane& lane = lanes_[batch_no % nlanes];
+    for (size_t q0 = 0; q0 < nq; q0 += batch_, ++batch_no) {
+      Lane& lane = lanes_[batch_no % nlanes_];
       Collect(&lane, k, dist, labels);
-      const size_t qb = std::min(cfg_.max_batch, nq - q0);
+      const size_t qb = std::min(batch_, nq - q0);
       std::memcpy(lane.h_q.get(), queries + q0 * d_, qb * d_ * sizeof(float));
       CAIRN_CUDA(cudaMemcpyAsync(lane.q32.get(), lane.h_q.get(), qb * d_ * sizeof(float), cudaMemcpyHostToDevice,
                                  lane.stream.get()));
@@ -212,7 +228,14 @@ class FlatIndexCuda final : public FlatBackend {
     const size_t nchunks = CeilDiv(n_, chunk);
     const int slices = PickSlices(static_cast<int>(qb), static_cast<int64_t>(chunk), k, sm_count_);
     const bool single = nchunks * slices == 1;
-    const size_t part_ld = nchunks * slices * k;
+    // Chunk results wait in `part` behind the running top-k (columns 0..k-1)
+    // and are merged into it whenever `part` is full, and after the last chunk.
+    const size_t per_chunk = static_cast<size_t>(slices) * k;
+    const size_t room = kPartBytes / kResultBytes / qb;
+    const size_t chunks_per_merge =
+        std::min(nchunks, cfg_.merge_every > 0 ? cfg_.merge_every
+                                               : std::max<size_t>(1, room > static_cast<size_t>(k) ? (room - k) / per_chunk : 1));
+    const size_t part_ld = k + chunks_per_merge * per_chunk;
     Grow(&lane->out_v, qb * k);
     Grow(&lane->out_i, qb * k);
     if (!single) {
@@ -220,6 +243,8 @@ class FlatIndexCuda final : public FlatBackend {
       Grow(&lane->part_i, qb * part_ld);
     }
     const size_t row_bytes = static_cast<size_t>(d_) * elem_;
+    size_t waiting = 0;  // chunks in `part` not yet merged
+    bool running = false;  // columns 0..k-1 of `part` hold a running top-k
     for (size_t ci = 0; ci < nchunks; ++ci) {
       const size_t c0 = ci * chunk, cn = std::min(chunk, n_ - c0);
       const char* b;
@@ -251,25 +276,38 @@ class FlatIndexCuda final : public FlatBackend {
         a.out_v = lane->out_v.get();
         a.out_i = lane->out_i.get();
         a.out_ld = k;
-      } else {
-        a.out_v = lane->part_v.get() + ci * slices * k;
-        a.out_i = lane->part_i.get() + ci * slices * k;
-        a.out_ld = static_cast<int64_t>(part_ld);
+        LaunchSelect(a, s);
+        continue;
       }
+      const size_t col = k + waiting * per_chunk;
+      a.out_v = lane->part_v.get() + col;
+      a.out_i = lane->part_i.get() + col;
+      a.out_ld = static_cast<int64_t>(part_ld);
       LaunchSelect(a, s);
-    }
-    if (!single) {
-      SelectArgs a;
-      a.v = lane->part_v.get();
-      a.ld = static_cast<int64_t>(part_ld);
-      a.rows = static_cast<int>(qb);
-      a.cols = static_cast<int64_t>(part_ld);
-      a.in_ids = lane->part_i.get();
-      a.k = k;
-      a.out_v = lane->out_v.get();
-      a.out_i = lane->out_i.get();
-      a.out_ld = k;
-      LaunchSelect(a, s);
+      ++waiting;
+      const bool last = ci + 1 == nchunks;
+      if (waiting < chunks_per_merge && !last) continue;
+      // Merge: the running top-k (if any) and the waiting chunks' results.
+      const size_t first = running ? 0 : k;
+      SelectArgs m;
+      m.v = lane->part_v.get() + first;
+      m.in_ids = lane->part_i.get() + first;
+      m.ld = static_cast<int64_t>(part_ld);
+      m.rows = static_cast<int>(qb);
+      m.cols = static_cast<int64_t>(k + waiting * per_chunk - first);
+      m.k = k;
+      m.out_v = lane->out_v.get();
+      m.out_i = lane->out_i.get();
+      m.out_ld = k;
+      LaunchSelect(m, s);
+      waiting = 0;
+      if (!last) {
+        CAIRN_CUDA(cudaMemcpy2DAsync(lane->part_v.get(), part_ld * sizeof(float), lane->out_v.get(),
+                                     k * sizeof(float), k * sizeof(float), qb, cudaMemcpyDeviceToDevice, s));
+        CAIRN_CUDA(cudaMemcpy2DAsync(lane->part_i.get(), part_ld * sizeof(int64_t), lane->out_i.get(),
+                                     k * sizeof(int64_t), k * sizeof(int64_t), qb, cudaMemcpyDeviceToDevice, s));
+        running = true;
+      }
     }
     if (l2) AddRowValues(lane->out_v.get(), qb, k, lane->qnorm.get(), true, s);
   }
@@ -278,6 +316,10 @@ class FlatIndexCuda final : public FlatBackend {
   const size_t n_;
   const uint32_t d_;
   std::mutex mu_;
+  size_t batch_ = 1;        // queries per device batch
+  int nlanes_ = 2;          // 1 when streaming: the copy engine is busy with the base
+  size_t planned_bytes_ = 0;
+  Event allow_ready_;
   int sm_count_ = 1;
   size_t elem_ = 4;
   bool resident_ = true;

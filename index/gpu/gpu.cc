@@ -173,6 +173,7 @@ absl::StatusOr<std::unique_ptr<ExactIndex>> ExactIndex::Create(const float* x, s
   c.max_batch = options.max_batch;
   c.max_chunk = options.max_chunk;
   c.force_streaming = options.force_streaming;
+  c.merge_every = options.merge_every;
   std::unique_ptr<cuda::FlatBackend> b;
   if (auto r = cuda::MakeFlat(x, n, dim, c, &b); !r.ok()) return ToStatus(r);
   auto idx = std::unique_ptr<ExactIndex>(new ExactIndex(std::move(b), n, metric));

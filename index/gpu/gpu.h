@@ -80,6 +80,7 @@ struct ExactOptions {
   size_t max_batch = 4096;  // queries per device batch
   size_t max_chunk = 0;     // testing: cap on base rows per GEMM
   bool force_streaming = false;  // testing: stream even when the base fits
+  size_t merge_every = 0;        // testing: merge partial results every this many chunks
 };
 
 // Exact (flat) k-nearest-neighbour search over a fixed base on the GPU.

@@ -136,6 +136,7 @@ struct ExactCase {
   size_t max_chunk;
   bool streaming;
   bool filtered;
+  size_t merge_every = 0;
 };
 
 class GpuExactTest : public ::testing::TestWithParam<ExactCase> {};
@@ -156,6 +157,7 @@ TEST_P(GpuExactTest, MatchesFloat64BruteForce) {
   o.max_batch = c.max_batch;
   o.max_chunk = c.max_chunk;
   o.force_streaming = c.streaming;
+  o.merge_every = c.merge_every;
   auto idx = ExactIndex::Create(base.data(), n, dim, c.metric, o);
   ASSERT_TRUE(idx.ok()) << idx.status();
   EXPECT_EQ((*idx)->resident(), !c.streaming);
@@ -184,6 +186,9 @@ INSTANTIATE_TEST_SUITE_P(
                       // several chunks and a merge; two lanes of small batches
                       ExactCase{Metric::kL2, 64, 5, 3000, false, false},
                       ExactCase{Metric::kInnerProduct, 10, 8, 1500, true, false},
+                      // a running top-k merged with two chunks at a time
+                      ExactCase{Metric::kL2, 100, 37, 1000, false, false, 2},
+                      ExactCase{Metric::kCosine, 10, 3, 700, true, true, 3},
                       // a 2% allow-list; k above what is allowed pads with empties
                       ExactCase{Metric::kL2, 10, 4096, 0, false, true},
                       ExactCase{Metric::kL2, 1000, 16, 4000, false, true}));

@@ -87,6 +87,9 @@ class IvfFlatCuda final : public IvfFlatBackend {
 
   void Init(const float* centroids, const IvfList* lists) {
     UseDevice(cfg_.device);
+    cudaDeviceProp props{};
+    CAIRN_CUDA(cudaGetDeviceProperties(&props, cfg_.device));
+    sm_count_ = props.multiProcessorCount;
     std::vector<int64_t> off(nlist_ + 1, 0);
     lens_.resize(nlist_);
     for (size_t l = 0; l < nlist_; ++l) {
@@ -110,6 +113,7 @@ class IvfFlatCuda final : public IvfFlatBackend {
                             std::to_string(usable >> 20) + " MiB");
     }
     ws_bytes_ = std::clamp(usable - lists_bytes, min_ws, kWorkspaceBytes);
+    planned_bytes_ = lists_bytes + ws_bytes_ + cfg_.max_batch * (d_ * sizeof(float) + kMaxK * 24);
 
     data_.Reset(std::max<size_t>(total_, 1) * d_);
     positions_.Reset(std::max<size_t>(total_, 1));
@@ -156,10 +160,10 @@ class IvfFlatCuda final : public IvfFlatBackend {
   }
 
   size_t device_bytes() const override {
-    return data_.bytes() + positions_.bytes() + list_off_.bytes() + centroids_.bytes() + cnorm_.bytes() +
+    return std::max(planned_bytes_, data_.bytes() + positions_.bytes() + list_off_.bytes() + centroids_.bytes() + cnorm_.bytes() +
            allow_.bytes() + q_.bytes() + coarse_.bytes() + probe_v_.bytes() + probe_i_.bytes() +
            probe_start_.bytes() + row_len_.bytes() + dist_.bytes() + labels_.bytes() + out_v_.bytes() +
-           out_i_.bytes();
+           out_i_.bytes() + part_v_.bytes() + part_i_.bytes());
   }
 
  private:
@@ -228,6 +232,8 @@ class IvfFlatCuda final : public IvfFlatBackend {
           allow_dev, l2, dist_.get(), labels_.get(), static_cast<int64_t>(row_cap));
       CAIRN_CUDA_LAUNCHED();
 
+      // Long rows and few queries: slices in parallel, then their merge.
+      const int slices = PickSlices(static_cast<int>(qb), static_cast<int64_t>(row_cap), k, sm_count_);
       SelectArgs a;
       a.v = dist_.get();
       a.ld = static_cast<int64_t>(row_cap);
@@ -236,10 +242,33 @@ class IvfFlatCuda final : public IvfFlatBackend {
       a.row_len = row_len_.get();
       a.in_ids = labels_.get();
       a.k = k;
-      a.out_v = out_v_.get();
-      a.out_i = out_i_.get();
-      a.out_ld = k;
-      LaunchSelect(a, s);
+      a.slices = slices;
+      a.slice_len = static_cast<int64_t>(CeilDiv(row_cap, slices));
+      if (slices == 1) {
+        a.out_v = out_v_.get();
+        a.out_i = out_i_.get();
+        a.out_ld = k;
+        LaunchSelect(a, s);
+      } else {
+        const size_t part_ld = static_cast<size_t>(slices) * k;
+        Grow(&part_v_, qb * part_ld);
+        Grow(&part_i_, qb * part_ld);
+        a.out_v = part_v_.get();
+        a.out_i = part_i_.get();
+        a.out_ld = static_cast<int64_t>(part_ld);
+        LaunchSelect(a, s);
+        SelectArgs m;
+        m.v = part_v_.get();
+        m.in_ids = part_i_.get();
+        m.ld = static_cast<int64_t>(part_ld);
+        m.rows = static_cast<int>(qb);
+        m.cols = static_cast<int64_t>(part_ld);
+        m.k = k;
+        m.out_v = out_v_.get();
+        m.out_i = out_i_.get();
+        m.out_ld = k;
+        LaunchSelect(m, s);
+      }
       CAIRN_CUDA(cudaMemcpyAsync(h_v_.get(), out_v_.get(), qb * k * sizeof(float), cudaMemcpyDeviceToHost, s));
       CAIRN_CUDA(cudaMemcpyAsync(h_i_.get(), out_i_.get(), qb * k * sizeof(int64_t), cudaMemcpyDeviceToHost, s));
       stream_.Sync();
@@ -257,13 +286,15 @@ class IvfFlatCuda final : public IvfFlatBackend {
   BlasHandle blas_;
   size_t total_ = 0;
   size_t ws_bytes_ = 0;
+  size_t planned_bytes_ = 0;
+  int sm_count_ = 1;
   std::vector<size_t> lens_;
   std::vector<size_t> longest_prefix_;
   DeviceArray<float> data_, centroids_, cnorm_;
   DeviceArray<int64_t> positions_, list_off_;
   DeviceArray<uint64_t> allow_;
-  DeviceArray<float> q_, coarse_, probe_v_, dist_, out_v_;
-  DeviceArray<int64_t> probe_i_, probe_start_, row_len_, labels_, out_i_;
+  DeviceArray<float> q_, coarse_, probe_v_, dist_, out_v_, part_v_;
+  DeviceArray<int64_t> probe_i_, probe_start_, row_len_, labels_, out_i_, part_i_;
   PinnedArray<float> h_q_, h_v_;
   PinnedArray<int64_t> h_i_;
 };

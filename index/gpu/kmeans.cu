@@ -2,7 +2,8 @@
 // indexes: each iteration assigns every point to its nearest centroid by
 // GEMM + argmin, then recomputes each centroid as the mean of its points
 // (points grouped by a counting sort, one block per centroid, no atomics on
-// the sums). Empty clusters are re-seeded by splitting a cluster picked with
+// the sums; the order of points within a cluster follows atomics, so sums
+// may differ in the last bits between runs). Empty clusters are re-seeded by splitting a cluster picked with
 // probability proportional to its size.
 #include <algorithm>
 #include <chrono>
@@ -75,11 +76,11 @@ __global__ void MeanKernel(const float* x, uint32_t d, const uint32_t* order, co
   const size_t c = blockIdx.x;
   const uint32_t begin = offsets[c], end = offsets[c + 1];
   if (begin == end) return;
-  const float inv = 1.0f / static_cast<float>(end - begin);
+  const double count = static_cast<double>(end - begin);
   for (uint32_t j = threadIdx.x; j < d; j += blockDim.x) {
-    float s = 0;
+    double s = 0;  // large clusters: float would lose the small terms
     for (uint32_t m = begin; m < end; ++m) s += x[static_cast<size_t>(order[m]) * d + j];
-    centroids[c * d + j] = s * inv;
+    centroids[c * d + j] = static_cast<float>(s / count);
   }
 }
 
@@ -277,7 +278,7 @@ Result KMeans(const float* x, size_t n, uint32_t dim, size_t k, const KMeansConf
 Result Assign(const float* x, size_t n, uint32_t dim, const float* centroids, size_t k, const KMeansConfig& cfg,
               int64_t* labels) {
   return Guard([&] {
-    if (k == 0) throw CudaFailure(Code::kInvalidArgument, "no centroids");
+    if (k == 0 || k > 0x7fffffff) throw CudaFailure(Code::kInvalidArgument, "centroid count out of range");
     if (n == 0) return;
     UseDevice(cfg.device);
     const size_t dist_rows = std::min(n, std::max<size_t>(1, kDistBytes / sizeof(float) / k));

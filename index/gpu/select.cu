@@ -172,7 +172,7 @@ void LaunchSelect(const SelectArgs& a, cudaStream_t stream) {
   if (a.k < 1 || a.k > kMaxK) throw CudaFailure(Code::kInvalidArgument, "k must be in 1..1024 on the GPU");
   if (a.slices < 1 || a.slices > 65535) throw CudaFailure(Code::kInternal, "bad slice count");
   if (a.slices > 1 && a.slice_len * a.slices < a.cols) throw CudaFailure(Code::kInternal, "slices do not cover the row");
-  if ((a.slice_len > 0 ? a.slice_len : a.cols) > static_cast<int64_t>(UINT32_MAX)) {
+  if (a.cols >= static_cast<int64_t>(UINT32_MAX)) {  // columns are kept as uint32, 0xffffffff pads
     throw CudaFailure(Code::kInternal, "select row too long");
   }
   dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(a.slices));
