@@ -37,13 +37,13 @@ bool NoGpuHere(const absl::Status& s) {
   return absl::UnavailableError("this build of Cairn has no CUDA code (built without the CUDA toolkit)");
 }
 
-bool InnerProduct(Metric m) { return m != Metric::kL2; }
+[[maybe_unused]] bool InnerProduct(Metric m) { return m != Metric::kL2; }
 
 std::atomic<size_t> g_budget{0};
 std::atomic<size_t> g_in_use{0};
 
 // The budget an index may take: its own, within what the process has left.
-size_t BudgetFor(size_t own) {
+[[maybe_unused]] size_t BudgetFor(size_t own) {
   const size_t cap = g_budget.load();
   if (cap == 0) return own;
   const size_t used = g_in_use.load();
