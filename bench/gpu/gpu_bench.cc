@@ -46,11 +46,16 @@ struct Flags {
   std::string out;
 };
 
-std::string report;
+// The report goes to stdout and, as it is written, to --out: a run cut short
+// keeps what it measured.
+FILE* g_out = nullptr;
 void Print(const std::string& s) {
   std::fputs(s.c_str(), stdout);
   std::fflush(stdout);
-  report += s;
+  if (g_out != nullptr) {
+    std::fputs(s.c_str(), g_out);
+    std::fflush(g_out);
+  }
 }
 
 // n points around `centers` random centers, noise 0.35 per coordinate; the
@@ -324,12 +329,6 @@ int Run(const Flags& f) {
       exact_ok ? "equal" : "DIFFERENT", exact_ok ? "met" : "NOT MET", best_large_roofline,
       best_large_roofline >= 0.5 ? "met" : "not met", cores, kmeans_speedup, kmeans_speedup >= 20 ? "met" : "not met",
       speedup_at_095, speedup_at_095 >= 10 ? "met" : "not met"));
-  if (!f.out.empty()) {
-    if (FILE* fp = std::fopen(f.out.c_str(), "w")) {
-      std::fputs(report.c_str(), fp);
-      std::fclose(fp);
-    }
-  }
   return exact_ok ? 0 : 1;
 }
 
@@ -382,5 +381,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gpu_bench: need n >= kmeans-k and n >= 39 * nlist, and queries >= 1\n");
     return 2;
   }
-  return Run(f);
+  if (!f.out.empty()) {
+    g_out = std::fopen(f.out.c_str(), "w");
+    if (g_out == nullptr) {
+      std::fprintf(stderr, "gpu_bench: cannot write %s\n", f.out.c_str());
+      return 2;
+    }
+  }
+  const int rc = Run(f);
+  if (g_out != nullptr) std::fclose(g_out);
+  return rc;
 }

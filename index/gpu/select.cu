@@ -57,7 +57,12 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(SelectArgs a) {
     __syncthreads();
     for (int64_t c = begin + tid; c < end; c += kThreads) {
       uint32_t key;
-      if (key_of(c, &key) && (key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      const bool counted = key_of(c, &key) && (key & mask) == prefix;
+      // Distances close in value share their top key bits, so most lanes hit
+      // one bin: lanes with the same bin add once, through their lowest lane.
+      const uint32_t bin = counted ? (key >> shift) & 255u : 256u;
+      const unsigned same = __match_any_sync(__activemask(), bin);
+      if (counted && static_cast<int>(threadIdx.x & 31) == __ffs(same) - 1) atomicAdd(&hist[bin], __popc(same));
     }
     __syncthreads();
     const uint32_t h = hist[tid];
