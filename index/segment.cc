@@ -576,11 +576,12 @@ bool Segment::OnGpu() const {
 }
 
 std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {
-  if (spec_.device == Device::kCpu) return nullptr;
+  if (spec_.device == Device::kCpu || cpu_only_.load(std::memory_order_acquire)) return nullptr;
   std::lock_guard g(gpu_mu_);
   if (gpu_tried_) return gpu_;
   if (!gpu::UseGpu(spec_.device)) {
     gpu_tried_ = true;
+    cpu_only_.store(true, std::memory_order_release);
     return nullptr;
   }
   std::shared_lock lock(mu_);
@@ -596,7 +597,10 @@ std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {
   } else {
     const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
     const auto* centroids = dynamic_cast<const faiss::IndexFlat*>(ivf->quantizer);
-    if (centroids == nullptr) return nullptr;
+    if (centroids == nullptr) {
+      cpu_only_.store(true, std::memory_order_release);
+      return nullptr;
+    }
     std::vector<gpu::cuda::IvfList> lists(ivf->nlist);
     for (size_t l = 0; l < ivf->nlist; ++l) {
       lists[l].vectors = reinterpret_cast<const float*>(ivf->invlists->get_codes(l));
@@ -608,6 +612,7 @@ std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {
     st = made.status();
   }
   if (!st.ok()) {
+    cpu_only_.store(true, std::memory_order_release);
     std::fprintf(stderr, "cairn: %s segment of %zu vectors is searched on the CPU: %s\n",
                  type_ == IndexType::kFlat ? "flat" : "ivf_flat", ids_.size(), st.ToString().c_str());
     return nullptr;

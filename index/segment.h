@@ -19,6 +19,7 @@
 #ifndef CAIRN_INDEX_SEGMENT_H_
 #define CAIRN_INDEX_SEGMENT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -183,6 +184,8 @@ class Segment {
   mutable std::mutex gpu_mu_;
   mutable std::shared_ptr<const GpuCopy> gpu_;  // guarded by gpu_mu_
   mutable bool gpu_tried_ = false;               // guarded by gpu_mu_
+  // Set once gpu_tried_ is and gpu_ stayed null: CPU searches skip gpu_mu_.
+  mutable std::atomic<bool> cpu_only_{false};
 };
 
 }  // namespace cairn::index
