@@ -255,7 +255,8 @@ TEST(GpuKMeansTest, ObjectiveMatchesFaissCpu) {
   const double cpu_obj = clus.iteration_stats.back().obj;
   std::cout << "k-means objective: GPU " << rep->objective << " FAISS CPU " << cpu_obj << " (" << rep->seconds
             << " s on the GPU, " << rep->empty_splits << " splits)" << std::endl;
-  EXPECT_LE(rep->objective, cpu_obj * 1.02);
+  // Different random starts: local optima differ by a few percent at most.
+  EXPECT_LE(rep->objective, cpu_obj * 1.05);
   EXPECT_GE(rep->objective, cpu_obj * 0.90);
 
   // The reported objective is the distance of every point to its nearest
@@ -464,10 +465,14 @@ TEST_P(GpuSegmentTest, GpuAndCpuSearchesAgree) {
     ASSERT_TRUE((*on_cpu)->Search(queries.data(), nq, p, s_cpu.data(), i_cpu.data(), 2).ok());
     EXPECT_FALSE((*on_cpu)->OnGpu());
     for (size_t j = 0; j < nq * k; ++j) {
-      EXPECT_NEAR(s_gpu[j], s_cpu[j], 2e-4 * std::max(1.0f, std::abs(s_cpu[j]))) << "slot " << j;
-      if (i_gpu[j] != i_cpu[j]) {
-        // Only an exact tie may swap two ids.
-        EXPECT_NEAR(s_gpu[j], s_cpu[j], 1e-6f) << "slot " << j;
+      const double tol = 2e-4 * std::max(1.0f, std::abs(s_cpu[j]));
+      EXPECT_NEAR(s_gpu[j], s_cpu[j], tol) << "slot " << j;
+      if (i_gpu[j] != i_cpu[j] && i_gpu[j] >= 0) {
+        // Two ids swap only between points at the same distance (within
+        // float rounding of the two computations).
+        const size_t at = (static_cast<size_t>(i_gpu[j]) - 5) / 3;
+        EXPECT_NEAR(RefDistance(Metric::kL2, &queries[(j / k) * dim], &x[at * dim], dim), s_cpu[j], tol)
+            << "slot " << j;
       }
       if (i_gpu[j] >= 0) {
         const size_t at = (static_cast<size_t>(i_gpu[j]) - 5) / 3;
@@ -521,6 +526,33 @@ TEST(GpuSegmentTest, IvfPqTrainedOnTheGpuKeepsRecall) {
   }
   std::cout << "IVF-PQ recall@10: CPU-trained " << recall[0] << ", GPU-trained " << recall[1] << std::endl;
   EXPECT_GE(recall[1], recall[0] - 0.05);
+}
+
+
+TEST(GpuSegmentTest, SegmentsBeyondTheProcessBudgetStayOnTheCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 16;
+  const size_t n = 5000, nq = 10;
+  auto x = Clustered(n, dim, rng);
+  auto queries = Clustered(nq, dim, rng);
+  std::vector<uint64_t> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  IndexSpec spec;
+  spec.type = IndexType::kFlat;
+  spec.device = Device::kGpu;
+  auto seg = Segment::Build(dim, Metric::kL2, spec, x.data(), ids.data(), n, 1);
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  SetProcessMemoryBudget(1 << 20);
+  SegmentSearchParams p;
+  p.k = 5;
+  std::vector<float> s(nq * 5);
+  std::vector<int64_t> got(nq * 5);
+  EXPECT_TRUE((*seg)->Search(queries.data(), nq, p, s.data(), got.data(), 1).ok());
+  SetProcessMemoryBudget(0);
+  EXPECT_FALSE((*seg)->OnGpu());
+  ExpectExact(Metric::kL2, x, queries, dim, 5, nullptr, s, got);
+  EXPECT_EQ(ProcessMemoryInUse(), 0u);
 }
 
 }  // namespace
