@@ -332,7 +332,7 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
     return absl::FailedPreconditionError(
         absl::StrCat("options.device is gpu, but this node has no usable GPU: ", why));
   }
-  if (options.gpu_memory_budget > 0) index::gpu::SetProcessMemoryBudget(options.gpu_memory_budget);
+  index::gpu::SetProcessMemoryBudget(options.gpu_memory_budget);
   std::error_code ec;
   bool exists = fs::exists(dir, ec);
   if (!exists) {

@@ -14,6 +14,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -39,6 +40,14 @@ constexpr uint32_t kSegmentFormat = 1;
 // Trained index types need enough points for stable k-means; smaller
 // segments are stored flat, which is exact and as fast at that size.
 constexpr size_t kMinTrainPoints = 4096;
+// Smaller segments are searched on the CPU even on a GPU node: a GPU copy's
+// workspace would cost more device memory than it saves time.
+constexpr size_t kMinGpuPoints = 4096;
+// Queries per call from which a segment whose base is streamed from host
+// memory (larger than the GPU budget) is searched on the GPU.
+constexpr size_t kMinStreamedBatch = 64;
+// A GPU copy that did not fit is tried again after this long.
+constexpr std::chrono::seconds kGpuRetryAfter(60);
 
 // Sets this thread's OpenMP team size for the scope (FAISS reads it).
 class OmpThreads {
@@ -277,6 +286,12 @@ std::vector<float> TrainCentroidsOnGpu(faiss::IndexIVF* ivf, Metric metric, cons
 
 }  // namespace
 
+// A segment's vectors on the GPU: one of the two.
+struct Segment::GpuCopy {
+  std::unique_ptr<gpu::ExactIndex> exact;
+  std::unique_ptr<gpu::IvfFlatIndex> ivf;
+};
+
 void PrepareVectors(Metric metric, float* x, size_t n, size_t dim) {
   if (metric != Metric::kCosine) return;
   for (size_t i = 0; i < n; ++i) {
@@ -413,10 +428,16 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
   float worst = metric_ == Metric::kL2 ? INFINITY : -INFINITY;
   std::fill(scores, scores + nq * k, worst);
   std::fill(ids, ids + nq * k, kNoId);
-  if ((type_ == IndexType::kFlat || type_ == IndexType::kIvfFlat) && params.k <= gpu::kMaxK && !params.force_cpu) {
-    if (auto g = GpuCopyForSearch()) {
+  if ((type_ == IndexType::kFlat || type_ == IndexType::kIvfFlat) && params.k <= gpu::kMaxK && !params.force_cpu &&
+      (type_ != IndexType::kIvfFlat || GpuNprobe(params) <= gpu::kMaxK)) {
+    auto g = GpuCopyForSearch();
+    // A base streamed over PCIe pays for itself only over large batches.
+    if (g != nullptr && (g->ivf != nullptr || g->exact->resident() || nq >= kMinStreamedBatch)) {
       absl::Status st = SearchOnGpu(*g, queries, nq, params, scores, ids);
-      if (st.ok() || !absl::IsUnavailable(st)) return st;
+      if (st.ok()) return st;
+      DisableGpu(st);
+      std::fill(scores, scores + nq * k, worst);
+      std::fill(ids, ids + nq * k, kNoId);
     }
   }
   int want_ef = std::max(params.ef > 0 ? params.ef : spec_.ef_search, params.k);
@@ -565,28 +586,23 @@ void Segment::IvfFlatScan(const float* query, size_t nprobe, const PositionSet* 
   }
 }
 
-struct Segment::GpuCopy {
-  std::unique_ptr<gpu::ExactIndex> exact;
-  std::unique_ptr<gpu::IvfFlatIndex> ivf;
-};
-
-bool Segment::OnGpu() const {
-  std::lock_guard lock(gpu_mu_);
-  return gpu_ != nullptr;
-}
+bool Segment::OnGpu() const { return gpu_.load(std::memory_order_acquire) != nullptr; }
 
 std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {
-  if (spec_.device == Device::kCpu || cpu_only_.load(std::memory_order_acquire)) return nullptr;
-  std::lock_guard g(gpu_mu_);
-  if (gpu_tried_) return gpu_;
-  if (!gpu::UseGpu(spec_.device)) {
-    gpu_tried_ = true;
+  if (spec_.device == Device::kCpu) return nullptr;
+  if (auto copy = gpu_.load(std::memory_order_acquire)) return copy;
+  if (cpu_only_.load(std::memory_order_acquire)) return nullptr;
+  const int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+  if (now < gpu_retry_at_.load(std::memory_order_relaxed)) return nullptr;
+  if (!frozen()) return nullptr;  // growing: considered again once sealed
+  std::unique_lock making(gpu_mu_, std::try_to_lock);
+  if (!making.owns_lock()) return nullptr;  // another search is making it
+  if (auto copy = gpu_.load(std::memory_order_acquire)) return copy;
+  if (!gpu::UseGpu(spec_.device) || size() < kMinGpuPoints) {
     cpu_only_.store(true, std::memory_order_release);
     return nullptr;
   }
   std::shared_lock lock(mu_);
-  if (!frozen_ || ids_.empty()) return nullptr;  // growing: try again once sealed
-  gpu_tried_ = true;
   auto copy = std::make_shared<GpuCopy>();
   absl::Status st;
   if (type_ == IndexType::kFlat) {
@@ -612,31 +628,50 @@ std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {
     st = made.status();
   }
   if (!st.ok()) {
-    cpu_only_.store(true, std::memory_order_release);
-    std::fprintf(stderr, "cairn: %s segment of %zu vectors is searched on the CPU: %s\n",
-                 type_ == IndexType::kFlat ? "flat" : "ivf_flat", ids_.size(), st.ToString().c_str());
+    const bool retry = absl::IsResourceExhausted(st);
+    if (retry) {
+      gpu_retry_at_.store(now + std::chrono::nanoseconds(kGpuRetryAfter).count(), std::memory_order_relaxed);
+    } else {
+      cpu_only_.store(true, std::memory_order_release);
+    }
+    std::fprintf(stderr, "cairn: %s segment of %zu vectors is searched on the CPU%s: %s\n",
+                 type_ == IndexType::kFlat ? "flat" : "ivf_flat", ids_.size(),
+                 retry ? " (the GPU copy is tried again in a minute)" : "", st.ToString().c_str());
     return nullptr;
   }
-  gpu_ = std::move(copy);
-  return gpu_;
+  std::shared_ptr<const GpuCopy> made = std::move(copy);
+  gpu_.store(made, std::memory_order_release);
+  return made;
+}
+
+void Segment::DisableGpu(const absl::Status& why) const {
+  std::fprintf(stderr, "cairn: a GPU search failed; this segment is searched on the CPU from now on: %s\n",
+               why.ToString().c_str());
+  cpu_only_.store(true, std::memory_order_release);
+  gpu_.store(nullptr, std::memory_order_release);
 }
 
 absl::Status Segment::SearchOnGpu(const GpuCopy& gpu, const float* queries, size_t nq,
                                   const SegmentSearchParams& params, float* scores, int64_t* ids) const {
-  std::shared_lock lock(mu_);
+  // Frozen: ids_ never changes; only the tombstones are read under the lock,
+  // which is not held while the GPU works (writers would wait on it).
   const size_t n = ids_.size();
   PositionSet allowed;
   const PositionSet* allow = params.allowed;
-  if (num_deleted_ > 0) {
-    // One bitset for the device: allowed and not deleted.
-    allowed.words.assign((n + 63) / 64, ~uint64_t{0});
-    if (params.allowed != nullptr) {
-      for (size_t w = 0; w < allowed.words.size(); ++w) {
-        allowed.words[w] = w < params.allowed->words.size() ? params.allowed->words[w] : 0;
+  {
+    std::shared_lock lock(mu_);
+    if (num_deleted_ > 0) {
+      // One bitset for the device: allowed and not deleted.
+      allowed.words.assign((n + 63) / 64, ~uint64_t{0});
+      if (params.allowed != nullptr) {
+        for (size_t w = 0; w < allowed.words.size(); ++w) {
+          allowed.words[w] = w < params.allowed->words.size() ? params.allowed->words[w] : 0;
+        }
       }
+      for (size_t w = 0; w < allowed.words.size(); ++w) allowed.words[w] &= ~deleted_[w];
+      if (n % 64 != 0) allowed.words.back() &= (uint64_t{1} << (n % 64)) - 1;
+      allow = &allowed;
     }
-    for (size_t w = 0; w < allowed.words.size(); ++w) allowed.words[w] &= ~deleted_[w];
-    allow = &allowed;
   }
   const size_t k = static_cast<size_t>(params.k);
   std::vector<int64_t> labels(nq * k);
@@ -644,14 +679,19 @@ absl::Status Segment::SearchOnGpu(const GpuCopy& gpu, const float* queries, size
   if (gpu.exact) {
     st = gpu.exact->Search(queries, nq, params.k, allow, scores, labels.data());
   } else {
-    const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
-    const int nprobe = static_cast<int>(
-        std::min<size_t>(params.nprobe > 0 ? params.nprobe : spec_.nprobe, ivf->nlist));
-    st = gpu.ivf->Search(queries, nq, params.k, nprobe, allow, scores, labels.data());
+    st = gpu.ivf->Search(queries, nq, params.k, GpuNprobe(params), allow, scores, labels.data());
   }
   if (!st.ok()) return st;
+  for (int64_t label : labels) {
+    if (label >= static_cast<int64_t>(n)) return absl::InternalError("GPU search returned a position past the segment");
+  }
   LabelsToIds(labels, metric_ == Metric::kL2 ? INFINITY : -INFINITY, scores, ids);
   return absl::OkStatus();
+}
+
+int Segment::GpuNprobe(const SegmentSearchParams& params) const {
+  const auto* ivf = static_cast<const faiss::IndexIVF*>(index_.get());
+  return static_cast<int>(std::min<size_t>(params.nprobe > 0 ? params.nprobe : spec_.nprobe, ivf->nlist));
 }
 
 void Segment::LabelsToIds(const std::vector<int64_t>& labels, float worst,

@@ -167,6 +167,9 @@ class Segment {
   // IVF-Flat segment whose device resolves to a GPU; nullptr otherwise or when
   // making it failed (logged once).
   std::shared_ptr<const GpuCopy> GpuCopyForSearch() const;
+  // After a failed GPU search: logs it and keeps this segment on the CPU.
+  void DisableGpu(const absl::Status& why) const;
+  int GpuNprobe(const SegmentSearchParams& params) const;  // REQUIRES: IVF type
   absl::Status SearchOnGpu(const GpuCopy& gpu, const float* queries, size_t nq,
                            const SegmentSearchParams& params, float* scores, int64_t* ids) const;
 
@@ -181,11 +184,15 @@ class Segment {
   std::shared_ptr<const Int8Codes> codes_;  // HNSW walk codes, once frozen
   size_t num_deleted_ = 0;
   bool frozen_ = false;
+  // The GPU copy, once made; searches read it without locks. gpu_mu_ is held
+  // by the one search making it (the others search on the CPU meanwhile).
+  mutable std::atomic<std::shared_ptr<const GpuCopy>> gpu_;
   mutable std::mutex gpu_mu_;
-  mutable std::shared_ptr<const GpuCopy> gpu_;  // guarded by gpu_mu_
-  mutable bool gpu_tried_ = false;               // guarded by gpu_mu_
-  // Set once gpu_tried_ is and gpu_ stayed null: CPU searches skip gpu_mu_.
+  // Set when this segment stays on the CPU for good (no GPU, or a GPU
+  // failure other than memory); a copy that did not fit is retried after
+  // gpu_retry_at_ (steady-clock nanoseconds).
   mutable std::atomic<bool> cpu_only_{false};
+  mutable std::atomic<int64_t> gpu_retry_at_{0};
 };
 
 }  // namespace cairn::index

@@ -70,8 +70,9 @@ class FlatIndexCuda final : public FlatBackend {
     const size_t row_bytes = static_cast<size_t>(d_) * elem_;
     const size_t base_bytes = n_ * row_bytes;
     const size_t norm_bytes = n_ * sizeof(float);
-    const size_t lane_fixed = cfg_.max_batch * (d_ * (sizeof(float) + elem_) + sizeof(float) + kMaxK * kResultBytes) +
-                              kPartBytes + (2 << 20);
+    // Per lane: queries, their norms and the final results of a batch.
+    const size_t lane_fixed =
+        cfg_.max_batch * (d_ * (sizeof(float) + elem_) + sizeof(float) + kMaxK * kResultBytes) + (2 << 20);
     if (usable < norm_bytes + 2 * (kMinDistBytes + lane_fixed)) {
       throw CudaFailure(Code::kResourceExhausted,
                         "GPU memory budget of " + std::to_string(usable >> 20) + " MiB is too small for exact search over " +
@@ -92,12 +93,20 @@ class FlatIndexCuda final : public FlatBackend {
       }
       left -= 2 * stream_rows_ * row_bytes;
     }
+    // The distance workspace: what a full batch over the whole base needs, up
+    // to what the budget leaves (small segments take little).
     dist_elems_ = std::clamp(left / 2, kMinDistBytes, kMaxDistBytes) / sizeof(float);
+    dist_elems_ = std::min(dist_elems_, std::max<size_t>(cfg_.max_batch * n_, 1 << 20));
     // At least 128 base rows per GEMM for a full batch.
     batch_ = std::max<size_t>(1, std::min(cfg_.max_batch, dist_elems_ / 128));
     nlanes_ = resident_ ? 2 : 1;
+    // Partial results: bounded by kPartBytes when a batch spans chunks, else
+    // only the slices of small batches.
+    const bool chunked = !resident_ || cfg_.max_chunk > 0 || n_ > dist_elems_ / batch_;
+    const size_t part_bytes =
+        chunked ? kPartBytes : (batch_ + 4 * static_cast<size_t>(sm_count_)) * kMaxK * kResultBytes;
     planned_bytes_ = norm_bytes + (resident_ ? base_bytes : 2 * stream_rows_ * row_bytes) +
-                     nlanes_ * (lane_fixed + dist_elems_ * sizeof(float));
+                     nlanes_ * (lane_fixed + dist_elems_ * sizeof(float) + part_bytes);
 
     norms_.Reset(n_);
     Stream upload;

@@ -105,15 +105,20 @@ class IvfFlatCuda final : public IvfFlatBackend {
     const size_t usable = UsableBytes(cfg_.device, cfg_.memory_budget);
     const size_t lists_bytes = total_ * (d_ * sizeof(float) + sizeof(int64_t)) + nlist_ * d_ * sizeof(float) +
                                (nlist_ + 1) * sizeof(int64_t) + (n_positions_ + 63) / 64 * 8;
-    const size_t min_ws = 64ull << 20;
-    if (lists_bytes + min_ws > usable) {
+    // Workspace: distance rows of a batch of queries probing the longest
+    // lists (at most kMaxK of them), within what the budget leaves.
+    const size_t max_probe = std::min<size_t>(nlist_, kMaxK);
+    const size_t per_query =
+        longest_prefix_[max_probe] * (sizeof(float) + sizeof(int64_t)) + nlist_ * sizeof(float) + kMaxK * 24;
+    const size_t io = cfg_.max_batch * (d_ * sizeof(float) + kMaxK * 24);
+    if (lists_bytes + io + per_query > usable) {
       throw CudaFailure(Code::kResourceExhausted,
                         "IVF-Flat segment of " + std::to_string(total_) + " vectors needs " +
-                            std::to_string((lists_bytes + min_ws) >> 20) + " MiB of GPU memory; the budget allows " +
-                            std::to_string(usable >> 20) + " MiB");
+                            std::to_string((lists_bytes + io + per_query) >> 20) +
+                            " MiB of GPU memory; the budget allows " + std::to_string(usable >> 20) + " MiB");
     }
-    ws_bytes_ = std::clamp(usable - lists_bytes, min_ws, kWorkspaceBytes);
-    planned_bytes_ = lists_bytes + ws_bytes_ + cfg_.max_batch * (d_ * sizeof(float) + kMaxK * 24);
+    ws_bytes_ = std::min({usable - lists_bytes - io, kWorkspaceBytes, cfg_.max_batch * per_query});
+    planned_bytes_ = lists_bytes + io + ws_bytes_;
 
     data_.Reset(std::max<size_t>(total_, 1) * d_);
     positions_.Reset(std::max<size_t>(total_, 1));
