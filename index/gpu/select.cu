@@ -26,6 +26,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(SelectArgs a) {
   __shared__ uint32_t sh_prefix, sh_remaining, sh_total, sh_lt, sh_eq;
 
   const int tid = threadIdx.x;
+  const int lane = tid & 31;
   const int64_t r = blockIdx.x;
   const int64_t s = blockIdx.y;
   const int k = a.k;
@@ -55,14 +56,17 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(SelectArgs a) {
     const int shift = 24 - 8 * pass;
     hist[tid] = 0;
     __syncthreads();
-    for (int64_t c = begin + tid; c < end; c += kThreads) {
+    // The whole warp steps together (the bound is the same for its lanes), so
+    // the match below can name all 32 lanes.
+    for (int64_t base = begin + (tid & ~31); base < end; base += kThreads) {
+      const int64_t c = base + lane;
       uint32_t key;
-      const bool counted = key_of(c, &key) && (key & mask) == prefix;
+      const bool counted = c < end && key_of(c, &key) && (key & mask) == prefix;
       // Distances close in value share their top key bits, so most lanes hit
       // one bin: lanes with the same bin add once, through their lowest lane.
       const uint32_t bin = counted ? (key >> shift) & 255u : 256u;
-      const unsigned same = __match_any_sync(__activemask(), bin);
-      if (counted && static_cast<int>(threadIdx.x & 31) == __ffs(same) - 1) atomicAdd(&hist[bin], __popc(same));
+      const unsigned same = __match_any_sync(0xffffffffu, bin);
+      if (counted && lane == __ffs(same) - 1) atomicAdd(&hist[bin], __popc(same));
     }
     __syncthreads();
     const uint32_t h = hist[tid];
