@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(SelectArgs a) {
     // the match below can name all 32 lanes.
     for (int64_t base = begin + (tid & ~31); base < end; base += kThreads) {
       const int64_t c = base + lane;
-      uint32_t key;
+      uint32_t key = 0;
       const bool counted = c < end && key_of(c, &key) && (key & mask) == prefix;
       // Distances close in value share their top key bits, so most lanes hit
       // one bin: lanes with the same bin add once, through their lowest lane.
