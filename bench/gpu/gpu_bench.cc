@@ -236,6 +236,9 @@ int Run(const Flags& f) {
     std::fprintf(stderr, "gpu_bench: %s\n", km.status().ToString().c_str());
     return 1;
   }
+  gpu::KMeansOptions ko32 = ko;
+  ko32.tf32 = false;
+  auto km32 = gpu::TrainKMeans(base.data(), f.n, d, f.kmeans_k, Metric::kL2, ko32, centroids.data());
   ko.iterations = f.cpu_kmeans_iters;
   std::vector<float> centroids_short(f.kmeans_k * d);
   auto km_short = gpu::TrainKMeans(base.data(), f.n, d, f.kmeans_k, Metric::kL2, ko, centroids_short.data());
@@ -251,15 +254,19 @@ int Run(const Flags& f) {
   const double gpu_per_iter = km->seconds / f.kmeans_iters;
   Print(absl::StrFormat(
       "| | iterations | seconds | s/iteration | objective |\n|---|---|---|---|---|\n"
-      "| GPU (Cairn) | %d | %.2f | %.3f | %.6g |\n"
-      "| GPU (Cairn) | %d | %.2f | %.3f | %.6g |\n"
+      "| GPU (Cairn, TF32 distances, the default) | %d | %.2f | %.3f | %.6g |\n"
+      "| GPU (Cairn, float32 distances) | %d | %.2f | %.3f | %.6g |\n"
+      "| GPU (Cairn, TF32) | %d | %.2f | %.3f | %.6g |\n"
       "| CPU (FAISS, %d threads) | %d | %.2f | %.3f | %.6g |\n\n"
-      "Speed-up per iteration: %.1fx (the CPU's %d-iteration time is %.0f s by extrapolation). "
+      "Speed-up per iteration, TF32 (float32 %.1fx): %.1fx (the CPU's %d-iteration time is %.0f s by "
+      "extrapolation). "
       "GPU seconds include uploading the points.\n\n",
-      f.kmeans_iters, km->seconds, gpu_per_iter, km->objective, f.cpu_kmeans_iters,
+      f.kmeans_iters, km->seconds, gpu_per_iter, km->objective, f.kmeans_iters, km32.ok() ? km32->seconds : -1.0,
+      km32.ok() ? km32->seconds / f.kmeans_iters : -1.0, km32.ok() ? km32->objective : -1.0, f.cpu_kmeans_iters,
       km_short.ok() ? km_short->seconds : -1.0, km_short.ok() ? km_short->seconds / f.cpu_kmeans_iters : -1.0,
       km_short.ok() ? km_short->objective : -1.0, cores, f.cpu_kmeans_iters, cpu_s, cpu_per_iter,
-      clus.iteration_stats.back().obj, cpu_per_iter / gpu_per_iter, f.kmeans_iters, cpu_per_iter * f.kmeans_iters));
+      clus.iteration_stats.back().obj, km32.ok() ? cpu_per_iter / (km32->seconds / f.kmeans_iters) : 0.0,
+      cpu_per_iter / gpu_per_iter, f.kmeans_iters, cpu_per_iter * f.kmeans_iters));
   const double kmeans_speedup = cpu_per_iter / gpu_per_iter;
 
   // ---- IVF-Flat ------------------------------------------------------------

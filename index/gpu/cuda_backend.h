@@ -90,6 +90,10 @@ struct KMeansConfig {
   int iterations = 25;
   uint64_t seed = 1234;
   size_t memory_budget = 0;
+  // Training iterations compute distances in TF32 (assignment by Assign()
+  // stays float32). Ties between nearly equidistant centroids may go either
+  // way; the clustering is as good.
+  bool tf32 = true;
 };
 
 struct KMeansStats {

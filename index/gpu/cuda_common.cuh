@@ -202,6 +202,11 @@ class BlasHandle {
   BlasHandle& operator=(const BlasHandle&) = delete;
   const Blas& api() const { return *api_; }
   cublasHandle_t get() const { return h_; }
+  // Float32 GEMMs on the tensor cores in TF32 (10-bit mantissas, float32
+  // accumulation): several times faster, about 1e-3 relative error.
+  void AllowTf32(bool on) {
+    CAIRN_CUBLAS(api_->set_math_mode(h_, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  }
 
  private:
   const Blas* api_ = nullptr;

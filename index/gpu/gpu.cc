@@ -208,6 +208,7 @@ absl::StatusOr<KMeansReport> TrainKMeans(const float* x, size_t n, uint32_t dim,
   c.inner_product = InnerProduct(metric);
   c.iterations = options.iterations;
   c.seed = options.seed;
+  c.tf32 = options.tf32;
   c.memory_budget = BudgetFor(options.memory_budget);
   cuda::KMeansStats st;
   if (auto r = cuda::KMeans(x, n, dim, k, c, centroids, &st); !r.ok()) return ToStatus(r);

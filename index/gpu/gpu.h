@@ -111,6 +111,9 @@ struct KMeansOptions {
   int iterations = 25;
   uint64_t seed = 1234;
   size_t memory_budget = 0;
+  // Distances of the training iterations in TF32 on the tensor cores (see
+  // cuda::KMeansConfig::tf32). Default: true.
+  bool tf32 = true;
 };
 
 struct KMeansReport {

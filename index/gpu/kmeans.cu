@@ -91,7 +91,10 @@ unsigned GridFor(size_t work, unsigned threads) {
 // Device-resident points and centroids, and the assignment step.
 class Lloyd {
  public:
-  Lloyd(const KMeansConfig& cfg, size_t n, uint32_t d, size_t k) : cfg_(cfg), n_(n), d_(d), k_(k) {}
+  Lloyd(const KMeansConfig& cfg, size_t n, uint32_t d, size_t k, bool tf32)
+      : cfg_(cfg), n_(n), d_(d), k_(k) {
+    blas_.AllowTf32(tf32);
+  }
 
   // Uploads n points (pieces of at most `piece_rows` go through pinned memory).
   void UploadPoints(const float* x, size_t rows) {
@@ -183,7 +186,7 @@ Result KMeans(const float* x, size_t n, uint32_t dim, size_t k, const KMeansConf
     CheckFits(cfg, n * dim * 4 + n * 16 + 2 * k * dim * 4 + k * 12 + dist_rows * k * 4 + (64ull << 20),
               "k-means over these points");
     const auto start = std::chrono::steady_clock::now();
-    Lloyd ll(cfg, n, dim, k);
+    Lloyd ll(cfg, n, dim, k, cfg.tf32);
     ll.UploadPoints(x, n);
 
     // Seeded start: k distinct points.
@@ -285,7 +288,7 @@ Result Assign(const float* x, size_t n, uint32_t dim, const float* centroids, si
     const size_t piece = std::min(n, std::max<size_t>(dist_rows, 1));
     CheckFits(cfg, piece * (dim * 4 + 12) + k * dim * 4 + k * 4 + dist_rows * k * 4 + (64ull << 20),
               "assigning points to centroids");
-    Lloyd ll(cfg, n, dim, k);
+    Lloyd ll(cfg, n, dim, k, /*tf32=*/false);
     ll.SetCentroids(centroids);
     DeviceArray<float> xs(piece * dim);
     DeviceArray<int32_t> a(piece);
