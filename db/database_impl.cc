@@ -345,11 +345,12 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
     return absl::FailedPreconditionError(absl::StrCat(dir, " is not a directory"));
   }
   fs::path format_file = fs::path(dir) / "CAIRN";
-  // A new directory must be empty (but for our lock file).
+  // A new directory must be empty, but for our lock file and the format
+  // file's temporary copy, left by a process killed while creating it.
   auto check_empty = [&]() -> absl::Status {
     for (const auto& e : fs::directory_iterator(dir, ec)) {
       std::string n = e.path().filename().string();
-      if (n != "LOCK") {
+      if (n != "LOCK" && n != "CAIRN.tmp") {
         return absl::FailedPreconditionError(absl::StrCat(
             "directory ", dir, " is not empty and not a Cairn data directory (found ", n, ")"));
       }
@@ -374,6 +375,7 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
   } else {
     // A new directory; check again now that we hold the lock.
     CAIRN_RETURN_IF_ERROR(check_empty());
+    fs::remove(fs::path(dir) / "CAIRN.tmp", ec);
     CAIRN_RETURN_IF_ERROR(DatabaseImpl::WriteFormatFile(dir));
   }
   auto database = std::make_unique<DatabaseImpl>(dir, options, std::move(lock));

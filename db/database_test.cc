@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <map>
@@ -271,6 +272,25 @@ TEST_F(DatabaseTest, OtherFormatVersionIsFailedPrecondition) {
   ASSERT_TRUE(text.ok());
   EXPECT_EQ(*text, R"({"format_version": 999})");
   EXPECT_FALSE(fs::exists(dir_ + "/collections"));
+}
+
+// A process killed while creating a data directory leaves the format file's
+// temporary copy behind (found by the crash test); the next Open finishes
+// creating it instead of calling the directory someone else's.
+TEST_F(DatabaseTest, InterruptedCreationIsCompletedByTheNextOpen) {
+  fs::create_directories(dir_);
+  std::ofstream(dir_ + "/CAIRN.tmp") << "{\"format_ver";
+  auto db = Database::Open(dir_, TestOptions());
+  ASSERT_TRUE(db.ok()) << db.status();
+  EXPECT_FALSE(fs::exists(dir_ + "/CAIRN.tmp"));
+  EXPECT_TRUE(fs::exists(dir_ + "/CAIRN"));
+  // Anything else still marks another program's directory.
+  db->reset();
+  const std::string other = dir_ + "-other";
+  fs::create_directories(other);
+  std::ofstream(other + "/notes.txt") << "x";
+  EXPECT_EQ(Database::Open(other, TestOptions()).status().code(), absl::StatusCode::kFailedPrecondition);
+  fs::remove_all(other);
 }
 
 TEST_F(DatabaseTest, MalformedFormatFileIsDataLoss) {
