@@ -22,6 +22,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
@@ -360,11 +361,11 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
     }
     if (n > 0 && !gpu_centroids.empty()) {
       auto* ivf = static_cast<faiss::IndexIVF*>(idx.get());
-      std::vector<int64_t> lists(n);
+      static_assert(std::is_same_v<idx_t, int64_t>);
+      std::vector<idx_t> lists(n);
       absl::Status st = gpu::AssignNearest(x, n, dim, gpu_centroids.data(), ivf->nlist, metric, lists.data());
       if (st.ok()) {
-        std::vector<idx_t> assign(lists.begin(), lists.end());
-        ivf->add_core(static_cast<idx_t>(n), x, nullptr, assign.data());
+        ivf->add_core(static_cast<idx_t>(n), x, nullptr, lists.data());
         return;
       }
       std::fprintf(stderr, "cairn: GPU assignment failed, adding on the CPU: %s\n", st.ToString().c_str());
@@ -589,9 +590,9 @@ void Segment::IvfFlatScan(const float* query, size_t nprobe, const PositionSet* 
 bool Segment::OnGpu() const { return gpu_.load(std::memory_order_acquire) != nullptr; }
 
 std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {
-  if (spec_.device == Device::kCpu) return nullptr;
+  // The plain flag first: on CPU nodes every search stops here.
+  if (spec_.device == Device::kCpu || cpu_only_.load(std::memory_order_acquire)) return nullptr;
   if (auto copy = gpu_.load(std::memory_order_acquire)) return copy;
-  if (cpu_only_.load(std::memory_order_acquire)) return nullptr;
   const int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
   if (now < gpu_retry_at_.load(std::memory_order_relaxed)) return nullptr;
   if (!frozen()) return nullptr;  // growing: considered again once sealed

@@ -19,7 +19,8 @@
 
 namespace cairn::index::gpu::cuda {
 
-enum class Code { kOk, kUnavailable, kResourceExhausted, kInvalidArgument, kInternal };
+// kNoDriver: Unavailable because the machine has no NVIDIA driver at all.
+enum class Code { kOk, kUnavailable, kNoDriver, kResourceExhausted, kInvalidArgument, kInternal };
 
 struct Result {
   Code code = Code::kOk;

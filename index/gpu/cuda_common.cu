@@ -179,8 +179,7 @@ Result Probe(int device, DeviceProps* out) {
     if (e != cudaSuccess) {
       cudaGetLastError();
       if (void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL); driver == nullptr) {
-        // gpu.cc keys on this prefix (kNoDriver).
-        throw CudaFailure(Code::kUnavailable, "no NVIDIA driver (libcuda.so.1 not found)");
+        throw CudaFailure(Code::kNoDriver, "no NVIDIA driver (libcuda.so.1 not found)");
       } else {
         dlclose(driver);
       }

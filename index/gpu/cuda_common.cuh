@@ -162,6 +162,16 @@ class PinnedArray {
   size_t n_ = 0;
 };
 
+// Grow-only workspaces: reallocated (contents dropped) only when too small.
+template <typename T>
+void Grow(DeviceArray<T>* a, size_t n) {
+  if (a->size() < n) a->Reset(n);
+}
+template <typename T>
+void Grow(PinnedArray<T>* a, size_t n) {
+  if (a->size() < n) a->Reset(n);
+}
+
 class Stream {
  public:
   Stream() { CAIRN_CUDA(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }

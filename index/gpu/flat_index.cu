@@ -27,15 +27,6 @@ constexpr size_t kMaxDistBytes = 1ull << 30;
 constexpr size_t kPartBytes = 256ull << 20;
 constexpr size_t kResultBytes = sizeof(float) + sizeof(int64_t);
 
-template <typename T>
-void Grow(DeviceArray<T>* a, size_t n) {
-  if (a->size() < n) a->Reset(n);
-}
-template <typename T>
-void GrowPinned(PinnedArray<T>* a, size_t n) {
-  if (a->size() < n) a->Reset(n);
-}
-
 struct Lane {
   Stream stream;
   BlasHandle blas;
@@ -197,8 +188,8 @@ class FlatIndexCuda final : public FlatBackend {
       CAIRN_CUDA(cudaMemcpyAsync(lane.q32.get(), lane.h_q.get(), qb * d_ * sizeof(float), cudaMemcpyHostToDevice,
                                  lane.stream.get()));
       RunBatch(&lane, qb, k, allow_dev);
-      GrowPinned(&lane.h_v, qb * k);
-      GrowPinned(&lane.h_i, qb * k);
+      Grow(&lane.h_v, qb * k);
+      Grow(&lane.h_i, qb * k);
       CAIRN_CUDA(cudaMemcpyAsync(lane.h_v.get(), lane.out_v.get(), qb * k * sizeof(float), cudaMemcpyDeviceToHost,
                                  lane.stream.get()));
       CAIRN_CUDA(cudaMemcpyAsync(lane.h_i.get(), lane.out_i.get(), qb * k * sizeof(int64_t),

@@ -6,7 +6,6 @@
 #include <cstring>
 #include <mutex>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "index/segment.h"
@@ -17,7 +16,8 @@ namespace {
 absl::Status ToStatus(const cuda::Result& r) {
   switch (r.code) {
     case cuda::Code::kOk: return absl::OkStatus();
-    case cuda::Code::kUnavailable: return absl::UnavailableError(r.message);
+    case cuda::Code::kUnavailable:
+    case cuda::Code::kNoDriver: return absl::UnavailableError(r.message);
     case cuda::Code::kResourceExhausted: return absl::ResourceExhaustedError(r.message);
     case cuda::Code::kInvalidArgument: return absl::InvalidArgumentError(r.message);
     case cuda::Code::kInternal: break;
@@ -25,13 +25,9 @@ absl::Status ToStatus(const cuda::Result& r) {
   return absl::InternalError(r.message);
 }
 
-constexpr char kNoDriver[] = "no NVIDIA driver";
-
-// True when the reason is that this machine or build has no GPU support at
-// all (as opposed to a GPU that is present but unusable).
-bool NoGpuHere(const absl::Status& s) {
-  return !Built() || absl::StartsWith(s.message(), kNoDriver);
-}
+// Set by ProcessDevice(): this machine or build has no GPU support at all
+// (as opposed to a GPU that is present but unusable).
+bool g_no_gpu_support = false;
 
 [[maybe_unused]] absl::Status NotBuilt() {
   return absl::UnavailableError("this build of Cairn has no CUDA code (built without the CUDA toolkit)");
@@ -43,6 +39,12 @@ std::atomic<size_t> g_budget{0};
 std::atomic<size_t> g_in_use{0};
 
 // The budget an index may take: its own, within what the process has left.
+// Counts a new index's device memory against the process; returns it.
+[[maybe_unused]] size_t Account(size_t bytes) {
+  g_in_use += bytes;
+  return bytes;
+}
+
 [[maybe_unused]] size_t BudgetFor(size_t own) {
   const size_t cap = g_budget.load();
   if (cap == 0) return own;
@@ -96,6 +98,7 @@ const absl::StatusOr<DeviceInfo>& ProcessDevice() {
     }
     cuda::DeviceProps p;
     cuda::Result r = cuda::Probe(ordinal, &p);
+    g_no_gpu_support = r.code == cuda::Code::kNoDriver;
     if (!r.ok()) return new absl::StatusOr<DeviceInfo>(ToStatus(r));
     DeviceInfo info;
     info.ordinal = p.ordinal;
@@ -107,6 +110,7 @@ const absl::StatusOr<DeviceInfo>& ProcessDevice() {
     info.free_bytes = p.free_bytes;
     return new absl::StatusOr<DeviceInfo>(info);
 #else
+    g_no_gpu_support = true;
     return new absl::StatusOr<DeviceInfo>(NotBuilt());
 #endif
   }();
@@ -135,7 +139,7 @@ bool UseGpu(Device want, std::string* why) {
   std::call_once(logged, [&] {
     if (dev.ok()) {
       std::fprintf(stderr, "cairn: GPU path: %s\n", Describe(*dev).c_str());
-    } else if (!NoGpuHere(dev.status())) {
+    } else if (!g_no_gpu_support) {
       std::fprintf(stderr, "cairn: CPU path: no usable GPU (%s)\n", std::string(dev.status().message()).c_str());
     }
   });
@@ -177,8 +181,7 @@ absl::StatusOr<std::unique_ptr<ExactIndex>> ExactIndex::Create(const float* x, s
   std::unique_ptr<cuda::FlatBackend> b;
   if (auto r = cuda::MakeFlat(x, n, dim, c, &b); !r.ok()) return ToStatus(r);
   auto idx = std::unique_ptr<ExactIndex>(new ExactIndex(std::move(b), n, metric));
-  idx->accounted_ = idx->device_bytes();
-  g_in_use += idx->accounted_;
+  idx->accounted_ = Account(idx->device_bytes());
   return idx;
 #else
   return NotBuilt();
@@ -253,8 +256,7 @@ absl::StatusOr<std::unique_ptr<IvfFlatIndex>> IvfFlatIndex::Create(const float* 
     return ToStatus(r);
   }
   auto idx = std::unique_ptr<IvfFlatIndex>(new IvfFlatIndex(std::move(b), n_positions, metric));
-  idx->accounted_ = idx->device_bytes();
-  g_in_use += idx->accounted_;
+  idx->accounted_ = Account(idx->device_bytes());
   return idx;
 #else
   return NotBuilt();

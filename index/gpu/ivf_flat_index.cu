@@ -172,11 +172,6 @@ class IvfFlatCuda final : public IvfFlatBackend {
   }
 
  private:
-  template <typename T>
-  static void Grow(DeviceArray<T>* a, size_t n) {
-    if (a->size() < n) a->Reset(n);
-  }
-
   void SearchLocked(const float* queries, size_t nq, int k, int nprobe, const uint64_t* allow, float* dist,
                     int64_t* labels) {
     if (k < 1 || k > kMaxK) throw CudaFailure(Code::kInvalidArgument, "k must be in 1..1024 on the GPU");
@@ -207,9 +202,9 @@ class IvfFlatCuda final : public IvfFlatBackend {
       Grow(&labels_, qb * row_cap);
       Grow(&out_v_, qb * k);
       Grow(&out_i_, qb * k);
-      if (h_q_.size() < qb * d_) h_q_.Reset(qb * d_);
-      if (h_v_.size() < qb * k) h_v_.Reset(qb * k);
-      if (h_i_.size() < qb * k) h_i_.Reset(qb * k);
+      Grow(&h_q_, qb * d_);
+      Grow(&h_v_, qb * k);
+      Grow(&h_i_, qb * k);
       std::memcpy(h_q_.get(), queries + q0 * d_, qb * d_ * sizeof(float));
       CAIRN_CUDA(cudaMemcpyAsync(q_.get(), h_q_.get(), qb * d_ * sizeof(float), cudaMemcpyHostToDevice, s));
 
