@@ -48,7 +48,7 @@ void Usage(FILE* out) {
       "                          usable, logged at start; gpu: refuse to start without one)\n"
       "  --gpu-memory-mb N       GPU memory all index copies may hold together; segments past\n"
       "                          it are searched on the CPU (CAIRN_GPU_MEMORY_MB; default 0:\n"
-      "                          each copy up to 80% of the free memory)\n"
+      "                          each copy up to 80%% of the free memory)\n"
       "\n"
       "Security:\n"
       "  --api-keys-file PATH    API keys with roles, one \"ROLE KEY\" per line; roles are\n"
