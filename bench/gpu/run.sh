@@ -7,12 +7,34 @@
 # call.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The driver's libcuda.so.1 may sit outside the loader's default paths
+# (/usr/local/nvidia/lib64 on some container images).
+libs="$here/lib:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/nvidia/lib64:/usr/local/nvidia/lib"
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 OUT=${OUT:-/tmp/cairn-gpu-out}
 mkdir -p "$OUT"
+# The binaries come from Debian 12 (glibc 2.36, GCC 12). Where the machine's C
+# or C++ runtime is older, they start through the loader and runtime packed in
+# rt/ instead (CAIRN_PACKED_RUNTIME=1 forces that); the sanitizers then run
+# only if they accept that.
+run=()
+if [[ ${CAIRN_PACKED_RUNTIME:-0} == 1 ]] || ! "$here/gpu_test" --gtest_list_tests >"$OUT/start.log" 2>&1; then
+  if [[ ${CAIRN_PACKED_RUNTIME:-0} != 1 ]]; then
+    echo "the binaries do not start with this machine's runtime:"
+    head -5 "$OUT/start.log"
+  fi
+  run=("$here/rt/ld-linux-x86-64.so.2" --library-path "$here/rt:$libs:/usr/lib/x86_64-linux-gnu:/usr/lib64")
+  if "${run[@]}" "$here/gpu_test" --gtest_list_tests >"$OUT/start.log" 2>&1; then
+    echo "using the packed runtime (rt/)"
+  else
+    echo "they do not start with the packed runtime either:"
+    head -5 "$OUT/start.log"
+    exit 1
+  fi
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,clocks.mem --format=csv || true
 echo "== gpu_test"
-timeout 120 "$here/gpu_test" >"$OUT/gpu_test.log" 2>&1
+timeout 120 "${run[@]}" "$here/gpu_test" >"$OUT/gpu_test.log" 2>&1
 test_rc=$?
 grep -E '^\[  (PASSED|FAILED) |^\[==========\]|Failure|recall|objective|GPU path|CPU path' "$OUT/gpu_test.log" | head -60
 echo "gpu_test exit code: $test_rc"
@@ -21,16 +43,16 @@ san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
 if [[ -x $san ]]; then
   echo "== compute-sanitizer"
   small='Paths/GpuExactTest.MatchesFloat64BruteForce/0:Paths/GpuExactTest.MatchesFloat64BruteForce/6:Metrics/GpuIvfTest.MatchesTheCpuScanOfTheSameLists/0:GpuKMeansTest.EmptyClustersAreSplit'
-  timeout 80 "$san" --tool memcheck --error-exitcode 3 "$here/gpu_test" --gtest_filter="$small" >"$OUT/memcheck.log" 2>&1
+  timeout 80 "$san" --tool memcheck --error-exitcode 3 "${run[@]}" "$here/gpu_test" --gtest_filter="$small" >"$OUT/memcheck.log" 2>&1
   echo "memcheck exit code: $? (0 clean, 3 errors, 124 out of time)"
   grep -E 'ERROR SUMMARY|Invalid|Program hit' "$OUT/memcheck.log" | head -12
-  timeout 60 "$san" --tool racecheck --error-exitcode 3 "$here/gpu_test" \
+  timeout 60 "$san" --tool racecheck --error-exitcode 3 "${run[@]}" "$here/gpu_test" \
     --gtest_filter='Paths/GpuExactTest.MatchesFloat64BruteForce/3' >"$OUT/racecheck.log" 2>&1
   echo "racecheck exit code: $? (0 clean, 3 hazards, 124 out of time)"
   grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|Race' "$OUT/racecheck.log" | head -6
 fi
 echo "== gpu_bench $*"
-timeout 320 "$here/gpu_bench" --out "$OUT/gpu_bench.md" "$@" 2>"$OUT/gpu_bench.err"
+timeout 320 "${run[@]}" "$here/gpu_bench" --out "$OUT/gpu_bench.md" "$@" 2>"$OUT/gpu_bench.err"
 bench_rc=$?
 tail -20 "$OUT/gpu_bench.err"
 echo "gpu_test exit code: $test_rc; gpu_bench exit code: $bench_rc"
