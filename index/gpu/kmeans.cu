@@ -14,75 +14,13 @@
 #include <vector>
 
 #include "index/gpu/cuda_common.cuh"
+#include "index/gpu/kmeans_kernels.cuh"
 #include "index/gpu/ops.cuh"
 
 namespace cairn::index::gpu::cuda {
 namespace {
 
 constexpr size_t kDistBytes = 1ull << 30;
-
-// One warp per row: the column with the smallest dist[r][j] + col_add[j]
-// (ties to the lower column). best[r] gets that value plus row_add[r].
-__global__ void ArgMinKernel(const float* dist, size_t rows, size_t cols, const float* col_add,
-                             const float* row_add, int32_t* assign, float* best) {
-  const size_t r = (blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x & 31;
-  if (r >= rows) return;
-  const float* row = dist + r * cols;
-  float bv = __int_as_float(0x7f800000);
-  int32_t bi = 0x7fffffff;
-  for (size_t j = lane; j < cols; j += 32) {
-    const float v = row[j] + (col_add != nullptr ? col_add[j] : 0.0f);
-    if (v < bv) {
-      bv = v;
-      bi = static_cast<int32_t>(j);
-    }
-  }
-  for (int off = 16; off > 0; off >>= 1) {
-    const float ov = __shfl_down_sync(0xffffffffu, bv, off);
-    const int32_t oi = __shfl_down_sync(0xffffffffu, bi, off);
-    if (ov < bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  if (lane == 0) {
-    if (bi == 0x7fffffff) bi = 0;  // every value NaN: any centroid
-    assign[r] = bi;
-    if (best != nullptr) {
-      float v = bv + (row_add != nullptr ? row_add[r] : 0.0f);
-      best[r] = row_add != nullptr ? fmaxf(v, 0.0f) : v;
-    }
-  }
-}
-
-__global__ void CountKernel(const int32_t* assign, size_t n, uint32_t* counts) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    atomicAdd(&counts[assign[i]], 1u);
-  }
-}
-
-__global__ void ScatterKernel(const int32_t* assign, size_t n, uint32_t* cursor, uint32_t* order) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    order[atomicAdd(&cursor[assign[i]], 1u)] = static_cast<uint32_t>(i);
-  }
-}
-
-// One block per centroid: the mean of its points, or unchanged when empty.
-__global__ void MeanKernel(const float* x, uint32_t d, const uint32_t* order, const uint32_t* offsets,
-                           float* centroids) {
-  const size_t c = blockIdx.x;
-  const uint32_t begin = offsets[c], end = offsets[c + 1];
-  if (begin == end) return;
-  const double count = static_cast<double>(end - begin);
-  for (uint32_t j = threadIdx.x; j < d; j += blockDim.x) {
-    double s = 0;  // large clusters: float would lose the small terms
-    for (uint32_t m = begin; m < end; ++m) s += x[static_cast<size_t>(order[m]) * d + j];
-    centroids[c * d + j] = static_cast<float>(s / count);
-  }
-}
 
 unsigned GridFor(size_t work, unsigned threads) {
   return static_cast<unsigned>(std::min<size_t>((work + threads - 1) / threads, 1u << 16));
@@ -135,9 +73,9 @@ class Lloyd {
                      l2 ? -2.0f : -1.0f, dist_.get(), k_);
       const unsigned threads = 256;
       const unsigned blocks = static_cast<unsigned>((rn * 32 + threads - 1) / threads);
-      ArgMinKernel<<<blocks, threads, 0, stream_.get()>>>(dist_.get(), rn, k_, l2 ? cnorm_.get() : nullptr,
-                                                          l2 && xnorm != nullptr ? xnorm + r0 : nullptr,
-                                                          assign + r0, best != nullptr ? best + r0 : nullptr);
+      kernels::ArgMinKernel<<<blocks, threads, 0, stream_.get()>>>(
+          dist_.get(), rn, k_, l2 ? cnorm_.get() : nullptr, l2 && xnorm != nullptr ? xnorm + r0 : nullptr,
+          assign + r0, best != nullptr ? best + r0 : nullptr);
       CAIRN_CUDA_LAUNCHED();
     }
   }
@@ -214,7 +152,7 @@ Result KMeans(const float* x, size_t n, uint32_t dim, size_t k, const KMeansConf
       const bool last = it + 1 == iterations;
       ll.AssignRows(ll.x_.get(), ll.xnorm_.get(), n, assign.get(), last ? best.get() : nullptr);
       CAIRN_CUDA(cudaMemsetAsync(counts.get(), 0, k * sizeof(uint32_t), s));
-      CountKernel<<<GridFor(n, 256), 256, 0, s>>>(assign.get(), n, counts.get());
+      kernels::CountKernel<<<GridFor(n, 256), 256, 0, s>>>(assign.get(), n, counts.get());
       CAIRN_CUDA_LAUNCHED();
       CAIRN_CUDA(cudaMemcpyAsync(h_counts.data(), counts.get(), k * sizeof(uint32_t), cudaMemcpyDeviceToHost, s));
       ll.stream_.Sync();
@@ -224,10 +162,10 @@ Result KMeans(const float* x, size_t n, uint32_t dim, size_t k, const KMeansConf
                                  cudaMemcpyHostToDevice, s));
       // counts becomes the scatter cursor, starting at each cluster's offset.
       CAIRN_CUDA(cudaMemcpyAsync(counts.get(), h_offsets.data(), k * sizeof(uint32_t), cudaMemcpyHostToDevice, s));
-      ScatterKernel<<<GridFor(n, 256), 256, 0, s>>>(assign.get(), n, counts.get(), order.get());
+      kernels::ScatterKernel<<<GridFor(n, 256), 256, 0, s>>>(assign.get(), n, counts.get(), order.get());
       CAIRN_CUDA_LAUNCHED();
-      MeanKernel<<<static_cast<unsigned>(k), 256, 0, s>>>(ll.x_.get(), dim, order.get(), offsets.get(),
-                                                         ll.centroids_.get());
+      kernels::MeanKernel<<<static_cast<unsigned>(k), 256, 0, s>>>(ll.x_.get(), dim, order.get(), offsets.get(),
+                                                                   ll.centroids_.get());
       CAIRN_CUDA_LAUNCHED();
       CAIRN_CUDA(cudaMemcpyAsync(c.data(), ll.centroids_.get(), k * dim * sizeof(float), cudaMemcpyDeviceToHost, s));
       if (last) {
