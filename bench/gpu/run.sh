@@ -10,6 +10,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 # The driver's libcuda.so.1 may sit outside the loader's default paths
 # (/usr/local/nvidia/lib64 on some container images).
 libs="$here/lib:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/nvidia/lib64:/usr/local/nvidia/lib"
+# cuBLAS 13 from the CUDA toolkit, or else from a Python wheel (nvidia-cublas).
+if [[ ! -e /usr/local/cuda/lib64/libcublas.so.13 ]]; then
+  cublas=$(find /usr/local /opt /usr/lib -maxdepth 9 -name 'libcublas.so.13' 2>/dev/null | head -1)
+  if [[ -n $cublas ]]; then libs="$libs:$(dirname "$cublas")"; else echo "no libcublas.so.13 found"; fi
+fi
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 OUT=${OUT:-/tmp/cairn-gpu-out}
 mkdir -p "$OUT"
