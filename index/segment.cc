@@ -29,6 +29,7 @@
 #include "index/distance.h"
 #include "index/gpu/gpu.h"
 #include "index/hnsw_search.h"
+#include "index/ivf_parts.h"
 #include "storage/file_util.h"
 
 namespace cairn::index {
@@ -261,6 +262,21 @@ absl::Status CatchFaiss(std::string_view what, Fn&& fn) {
 void PutU32(std::string* out, uint32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
 void PutU64(std::string* out, uint64_t v) { out->append(reinterpret_cast<const char*>(&v), 8); }
 
+// `count` of the n rows of x, drawn without replacement by a seeded
+// partial shuffle.
+std::vector<float> RandomRows(const float* x, size_t n, size_t dim, size_t count, uint64_t seed) {
+  std::vector<size_t> perm(n);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::mt19937_64 rng(seed);
+  for (size_t i = 0; i < count; ++i) {
+    std::uniform_int_distribution<size_t> pick(i, n - 1);
+    std::swap(perm[i], perm[pick(rng)]);
+  }
+  std::vector<float> rows(count * dim);
+  for (size_t i = 0; i < count; ++i) std::memcpy(&rows[i * dim], x + perm[i] * dim, dim * sizeof(float));
+  return rows;
+}
+
 // Trains the IVF coarse centroids on the GPU and installs them in the
 // quantizer, so that FAISS's train() skips its own k-means (it does when the
 // quantizer is trained and holds nlist centroids) and trains only the PQ or
@@ -274,15 +290,73 @@ std::vector<float> TrainCentroidsOnGpu(faiss::IndexIVF* ivf, Metric metric, cons
   opts.iterations = ivf->cp.niter;
   opts.seed = static_cast<uint64_t>(ivf->cp.seed);
   auto report = gpu::TrainKMeans(x, n, dim, nlist, metric, opts, centroids.data());
-  if (!report.ok()) {
-    std::fprintf(stderr, "cairn: GPU k-means failed, training on the CPU: %s\n",
-                 report.status().ToString().c_str());
+  absl::Status st = report.ok() ? InstallCoarseCentroids(ivf, centroids.data()) : report.status();
+  if (!st.ok()) {
+    std::fprintf(stderr, "cairn: GPU k-means failed, training on the CPU: %s\n", st.ToString().c_str());
     return {};
   }
-  ivf->quantizer->reset();
-  ivf->quantizer->add(static_cast<idx_t>(nlist), centroids.data());
-  ivf->quantizer->is_trained = true;
   return centroids;
+}
+
+// Trains an IVF-PQ index's codebooks on the GPU, after its coarse centroids
+// (TrainCentroidsOnGpu): the k-means of each sub-space over the residuals of
+// as many training vectors as FAISS takes (max_points_per_centroid * ksub),
+// with FAISS's iterations and seed. False (after logging why) when FAISS
+// should train them on the CPU.
+bool TrainPqOnGpu(faiss::IndexIVFPQ* ivf, Metric metric, const std::vector<float>& centroids, const float* x,
+                  size_t n) {
+  faiss::ProductQuantizer& pq = ivf->pq;
+  if (!ivf->by_residual || n <= pq.ksub) return false;
+  const auto dim = static_cast<uint32_t>(ivf->d);
+  const size_t rows = std::min(n, pq.ksub * static_cast<size_t>(std::max(pq.cp.max_points_per_centroid, 1)));
+  std::vector<float> part = RandomRows(x, n, dim, rows, static_cast<uint64_t>(pq.cp.seed));
+  std::vector<idx_t> lists(rows);
+  absl::Status st = gpu::AssignNearest(part.data(), rows, dim, centroids.data(), ivf->nlist, metric, lists.data());
+  std::vector<float> codebooks(pq.M * pq.ksub * pq.dsub);
+  if (st.ok()) {
+    std::vector<float> residuals(rows * dim);
+    IvfResiduals(*ivf, rows, part.data(), lists.data(), residuals.data());
+    gpu::KMeansOptions opts;
+    opts.iterations = pq.cp.niter;
+    opts.seed = static_cast<uint64_t>(pq.cp.seed);
+    opts.tf32 = false;  // small sub-spaces: float32 costs little
+    st = gpu::TrainPqCodebooks(residuals.data(), rows, dim, pq.M, pq.ksub, opts, codebooks.data()).status();
+  }
+  if (st.ok()) st = TrainIvfPqWithCodebooks(ivf, codebooks.data(), x, n);
+  if (!st.ok()) {
+    std::fprintf(stderr, "cairn: GPU PQ training failed, training the codebooks on the CPU: %s\n",
+                 st.ToString().c_str());
+    return false;
+  }
+  return true;
+}
+
+// Adds n vectors to an IVF index given their lists (from the GPU). IVF-PQ
+// encodes the residuals on the GPU too, block by block; a block the GPU
+// fails and the rest are encoded by FAISS on the CPU.
+void AddWithLists(faiss::IndexIVF* ivf, const float* x, size_t n, const idx_t* lists) {
+  auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(ivf);
+  size_t done = 0;
+  if (ivfpq != nullptr && ivfpq->by_residual) {
+    const size_t dim = static_cast<size_t>(ivf->d), m = ivfpq->pq.M;
+    constexpr size_t kBlock = 65536;
+    std::vector<float> residuals;
+    std::vector<int32_t> codes;
+    for (; done < n; done += std::min(kBlock, n - done)) {
+      const size_t rn = std::min(kBlock, n - done);
+      residuals.resize(rn * dim);
+      codes.resize(rn * m);
+      IvfResiduals(*ivf, rn, x + done * dim, lists + done, residuals.data());
+      absl::Status st = gpu::EncodePq(residuals.data(), rn, static_cast<uint32_t>(dim), m, ivfpq->pq.ksub,
+                                      ivfpq->pq.centroids.data(), codes.data());
+      if (st.ok()) st = AddIvfPqCodes(ivfpq, rn, lists + done, codes.data());
+      if (!st.ok()) {
+        std::fprintf(stderr, "cairn: GPU PQ encoding failed, encoding on the CPU: %s\n", st.ToString().c_str());
+        break;
+      }
+    }
+  }
+  if (done < n) ivf->add_core(static_cast<idx_t>(n - done), x + done * ivf->d, nullptr, lists + done);
 }
 
 }  // namespace
@@ -331,7 +405,8 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
   if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
   OmpThreads omp(threads);
   std::unique_ptr<faiss::Index> idx;
-  // IVF-PQ/SQ8 train their codebooks on the CPU after the GPU's centroids.
+  // IVF-PQ also trains its codebooks and encodes its points on the GPU;
+  // IVF-SQ8 trains its (cheap) scalar quantizer on the CPU.
   const bool gpu_train = (type == IndexType::kIvfFlat || type == IndexType::kIvfPq ||
                           type == IndexType::kIvfSq8) && gpu::UseGpu(spec.device);
   std::vector<float> gpu_centroids;
@@ -339,25 +414,15 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
     idx = MakeIndex(dim, metric, type, spec, n);
     if (!idx->is_trained) {
       auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx.get());
-      size_t sample = std::min(n, TrainingSample(type, ivf ? ivf->nlist : 1));
-      if (sample == n) {
-        if (ivf != nullptr && gpu_train) gpu_centroids = TrainCentroidsOnGpu(ivf, metric, x, n);
-        idx->train(static_cast<idx_t>(n), x);
-      } else {
-        std::vector<size_t> perm(n);
-        std::iota(perm.begin(), perm.end(), 0);
-        std::mt19937_64 rng(0x5eed);
-        for (size_t i = 0; i < sample; ++i) {
-          std::uniform_int_distribution<size_t> pick(i, n - 1);
-          std::swap(perm[i], perm[pick(rng)]);
-        }
-        std::vector<float> buf(sample * dim);
-        for (size_t i = 0; i < sample; ++i) {
-          std::memcpy(&buf[i * dim], x + perm[i] * dim, dim * sizeof(float));
-        }
-        if (ivf != nullptr && gpu_train) gpu_centroids = TrainCentroidsOnGpu(ivf, metric, buf.data(), sample);
-        idx->train(static_cast<idx_t>(sample), buf.data());
-      }
+      const size_t sample = std::min(n, TrainingSample(type, ivf ? ivf->nlist : 1));
+      std::vector<float> buf;
+      if (sample < n) buf = RandomRows(x, n, dim, sample, 0x5eed);
+      const float* tx = sample < n ? buf.data() : x;
+      if (ivf != nullptr && gpu_train) gpu_centroids = TrainCentroidsOnGpu(ivf, metric, tx, sample);
+      auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(idx.get());
+      const bool trained = ivfpq != nullptr && !gpu_centroids.empty() &&
+                           TrainPqOnGpu(ivfpq, metric, gpu_centroids, tx, sample);
+      if (!trained) idx->train(static_cast<idx_t>(sample), tx);
     }
     if (n > 0 && !gpu_centroids.empty()) {
       auto* ivf = static_cast<faiss::IndexIVF*>(idx.get());
@@ -365,7 +430,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
       std::vector<idx_t> lists(n);
       absl::Status st = gpu::AssignNearest(x, n, dim, gpu_centroids.data(), ivf->nlist, metric, lists.data());
       if (st.ok()) {
-        ivf->add_core(static_cast<idx_t>(n), x, nullptr, lists.data());
+        AddWithLists(ivf, x, n, lists.data());
         return;
       }
       std::fprintf(stderr, "cairn: GPU assignment failed, adding on the CPU: %s\n", st.ToString().c_str());

@@ -10,7 +10,8 @@
 // metric (PrepareVectors: normalized for cosine).
 //
 // With spec.device resolving to a GPU (index/gpu), IVF types train their
-// coarse centroids and assign points on the GPU, and sealed Flat and IVF-Flat
+// coarse centroids and assign points on the GPU (IVF-PQ also its codebooks
+// and codes, assembled into the FAISS index by ivf_parts.h), and sealed Flat and IVF-Flat
 // segments are searched on a device copy made at their first search; files
 // are the same either way, and any GPU failure falls back to the CPU.
 //

@@ -111,6 +111,13 @@ Result KMeans(const float* x, size_t n, uint32_t dim, size_t k, const KMeansConf
 Result Assign(const float* x, size_t n, uint32_t dim, const float* centroids, size_t k,
               const KMeansConfig& config, int64_t* labels);
 
+// Product-quantizer codes: dim is cut into m sub-spaces of dim / m
+// consecutive values, each with ksub centroids (codebooks: m * ksub *
+// (dim / m) floats, sub-space after sub-space). codes[i * m + j] is the
+// centroid of sub-space j nearest (L2) to that part of point i.
+Result PqEncode(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
+                const KMeansConfig& config, int32_t* codes);
+
 class IvfFlatBackend {
  public:
   virtual ~IvfFlatBackend() = default;

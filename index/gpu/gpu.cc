@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -234,6 +235,37 @@ absl::Status AssignNearest(const float* x, size_t n, uint32_t dim, const float* 
   c.inner_product = InnerProduct(metric);
   c.memory_budget = BudgetFor(0);
   return ToStatus(cuda::Assign(x, n, dim, centroids, k, c, labels));
+#else
+  return NotBuilt();
+#endif
+}
+
+absl::StatusOr<KMeansReport> TrainPqCodebooks(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub,
+                                              const KMeansOptions& options, float* codebooks) {
+  if (m == 0 || dim % m != 0) return absl::InvalidArgumentError("the dimension must be a multiple of m");
+  if (!ProcessDevice().ok()) return ProcessDevice().status();
+  const uint32_t dsub = dim / static_cast<uint32_t>(m);
+  std::vector<float> part(n * dsub);
+  KMeansReport total;
+  for (size_t j = 0; j < m; ++j) {
+    for (size_t i = 0; i < n; ++i) std::memcpy(&part[i * dsub], x + i * dim + j * dsub, dsub * sizeof(float));
+    auto r = TrainKMeans(part.data(), n, dsub, ksub, Metric::kL2, options, codebooks + j * ksub * dsub);
+    if (!r.ok()) return r.status();
+    total.objective += r->objective;
+    total.empty_splits += r->empty_splits;
+    total.seconds += r->seconds;
+  }
+  return total;
+}
+
+absl::Status EncodePq(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
+                      int32_t* codes) {
+  if (!ProcessDevice().ok()) return ProcessDevice().status();
+#ifdef CAIRN_HAVE_CUDA
+  cuda::KMeansConfig c;
+  c.device = ProcessDevice()->ordinal;
+  c.memory_budget = BudgetFor(0);
+  return ToStatus(cuda::PqEncode(x, n, dim, m, ksub, codebooks, c, codes));
 #else
   return NotBuilt();
 #endif

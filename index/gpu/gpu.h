@@ -131,6 +131,18 @@ absl::StatusOr<KMeansReport> TrainKMeans(const float* x, size_t n, uint32_t dim,
 absl::Status AssignNearest(const float* x, size_t n, uint32_t dim, const float* centroids, size_t k,
                            Metric metric, int64_t* labels);
 
+// Product-quantizer codebooks as FAISS's ProductQuantizer::train makes them:
+// dim is cut into m sub-spaces of dim / m consecutive values, and each
+// sub-space's parts of the n vectors are clustered (L2 k-means) into ksub
+// centroids. `codebooks` gets m * ksub * (dim / m) floats, sub-space after
+// sub-space (FAISS's layout). The report sums the sub-spaces' objectives.
+absl::StatusOr<KMeansReport> TrainPqCodebooks(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub,
+                                              const KMeansOptions& options, float* codebooks);
+// codes[i * m + j]: the centroid of sub-space j nearest to vector i's part
+// (codebooks as TrainPqCodebooks writes them).
+absl::Status EncodePq(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
+                      int32_t* codes);
+
 struct IvfOptions {
   size_t memory_budget = 0;
   size_t max_batch = 1024;

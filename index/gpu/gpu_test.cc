@@ -9,6 +9,7 @@
 #include <faiss/Clustering.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVFFlat.h>
+#include <faiss/impl/ProductQuantizer.h>
 
 #include <algorithm>
 #include <cmath>
@@ -278,6 +279,45 @@ TEST(GpuKMeansTest, ObjectiveMatchesFaissCpu) {
   }
   EXPECT_LE(obj, rep->objective * (1 + 1e-3));
   EXPECT_EQ(std::count(sizes.begin(), sizes.end(), 0u), 0) << "empty clusters after k-means";
+}
+
+TEST(GpuPqTest, CodebooksMatchFaissCpuAndCodesAreNearest) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 64;
+  const size_t n = 20000, m = 8, ksub = 256, dsub = dim / m;
+  auto x = Clustered(n, dim, rng, 100);
+  std::vector<float> codebooks(m * ksub * dsub);
+  KMeansOptions o;
+  o.tf32 = false;
+  auto rep = TrainPqCodebooks(x.data(), n, dim, m, ksub, o, codebooks.data());
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  std::vector<int32_t> codes(n * m);
+  ASSERT_TRUE(EncodePq(x.data(), n, dim, m, ksub, codebooks.data(), codes.data()).ok());
+
+  faiss::ProductQuantizer cpu(dim, m, 8);
+  cpu.train(static_cast<int>(n), x.data());
+  std::vector<uint8_t> cpu_codes(n * cpu.code_size);
+  cpu.compute_codes(x.data(), cpu_codes.data(), n);
+  double gpu_err = 0, cpu_err = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j < m; ++j) {
+      const float* part = &x[i * dim + j * dsub];
+      const int32_t c = codes[i * m + j];
+      ASSERT_GE(c, 0);
+      ASSERT_LT(static_cast<size_t>(c), ksub);
+      const double d = RefDistance(Metric::kL2, part, &codebooks[(j * ksub + c) * dsub], dsub);
+      double best = d;
+      for (size_t e = 0; e < ksub; ++e) best = std::min(best, RefDistance(Metric::kL2, part, &codebooks[(j * ksub + e) * dsub], dsub));
+      ASSERT_LE(d, best * (1 + 1e-4) + 1e-5) << "point " << i << " sub-space " << j << ": code not the nearest";
+      gpu_err += d;
+      cpu_err += RefDistance(Metric::kL2, part, cpu.get_centroids(j, cpu_codes[i * m + j]), dsub);
+    }
+  }
+  std::cout << "PQ quantization error: GPU codebooks " << gpu_err / n << ", FAISS CPU " << cpu_err / n << " ("
+            << rep->seconds << " s on the GPU for " << m << " sub-spaces)" << std::endl;
+  EXPECT_LE(gpu_err, cpu_err * 1.03);
+  EXPECT_NEAR(rep->objective, gpu_err, gpu_err * 0.05);  // the last assignment precedes the last update
 }
 
 TEST(GpuKMeansTest, InnerProductCentroidsAreNormalized) {

@@ -245,4 +245,50 @@ Result Assign(const float* x, size_t n, uint32_t dim, const float* centroids, si
   });
 }
 
+Result PqEncode(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
+                const KMeansConfig& cfg, int32_t* codes) {
+  return Guard([&] {
+    if (m == 0 || dim % m != 0) throw CudaFailure(Code::kInvalidArgument, "dimension not a multiple of m");
+    if (ksub == 0 || ksub > 0x7fffffff) throw CudaFailure(Code::kInvalidArgument, "ksub out of range");
+    if (n == 0) return;
+    UseDevice(cfg.device);
+    const auto dsub = static_cast<uint32_t>(dim / m);
+    // Per row: the point, one sub-space's distances, and its m codes.
+    const size_t row_bytes = dim * 4 + ksub * 4 + m * 8;
+    const size_t piece = std::min(n, std::max<size_t>(1, kDistBytes / row_bytes));
+    CheckFits(cfg, piece * row_bytes + m * ksub * (dsub + 1) * 4 + (64ull << 20), "PQ encoding");
+    Stream stream;
+    BlasHandle blas;
+    cudaStream_t s = stream.get();
+    DeviceArray<float> cb(m * ksub * dsub), cbnorm(m * ksub), xs(piece * dim), dist(piece * ksub);
+    DeviceArray<int32_t> a(piece * m);  // sub-space by sub-space
+    CAIRN_CUDA(cudaMemcpyAsync(cb.get(), codebooks, m * ksub * dsub * sizeof(float), cudaMemcpyHostToDevice, s));
+    RowSquaredNorms(cb.get(), m * ksub, dsub, Storage::kFloat32, cbnorm.get(), s);
+    PinnedArray<float> staging(piece * dim);
+    PinnedArray<int32_t> out(piece * m);
+    const unsigned threads = 256;
+    for (size_t r0 = 0; r0 < n; r0 += piece) {
+      const size_t rn = std::min(piece, n - r0);
+      std::memcpy(staging.get(), x + r0 * dim, rn * dim * sizeof(float));
+      CAIRN_CUDA(cudaMemcpyAsync(xs.get(), staging.get(), rn * dim * sizeof(float), cudaMemcpyHostToDevice, s));
+      for (size_t j = 0; j < m; ++j) {
+        // ||x_j - c||^2 = ||x_j||^2 - 2 x_j.c + ||c||^2: the first term does not change the argmin.
+        GemmScaledDots(blas, s, Storage::kFloat32, cb.get() + j * ksub * dsub, ksub, xs.get() + j * dsub, rn, dsub,
+                       -2.0f, dist.get(), ksub, dim);
+        kernels::ArgMinKernel<<<static_cast<unsigned>((rn * 32 + threads - 1) / threads), threads, 0, s>>>(
+            dist.get(), rn, ksub, cbnorm.get() + j * ksub, nullptr, a.get() + j * piece, nullptr);
+        CAIRN_CUDA_LAUNCHED();
+      }
+      for (size_t j = 0; j < m; ++j) {
+        CAIRN_CUDA(cudaMemcpyAsync(out.get() + j * rn, a.get() + j * piece, rn * sizeof(int32_t),
+                                   cudaMemcpyDeviceToHost, s));
+      }
+      stream.Sync();
+      for (size_t i = 0; i < rn; ++i) {
+        for (size_t j = 0; j < m; ++j) codes[(r0 + i) * m + j] = out.get()[j * rn + i];
+      }
+    }
+  });
+}
+
 }  // namespace cairn::index::gpu::cuda

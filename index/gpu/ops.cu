@@ -51,20 +51,21 @@ void RowSquaredNorms(const void* x, size_t n, uint32_t d, Storage st, float* out
 }
 
 void GemmScaledDots(const BlasHandle& blas, cudaStream_t stream, Storage st, const void* b, size_t nb,
-                    const void* q, size_t nq, uint32_t d, float alpha, float* out, size_t ldo) {
+                    const void* q, size_t nq, uint32_t d, float alpha, float* out, size_t ldo, size_t ldq) {
   if (nb == 0 || nq == 0) return;
+  const int ldqi = static_cast<int>(ldq == 0 ? d : ldq);
   // Column-major view: out^T (nb x nq, ld ldo) = B (d x nb)^T * Q (d x nq).
   const float beta = 0;
   CAIRN_CUBLAS(blas.api().set_stream(blas.get(), stream));
   const int m = static_cast<int>(nb), n = static_cast<int>(nq), kd = static_cast<int>(d);
   if (st == Storage::kFloat32) {
     CAIRN_CUBLAS(blas.api().sgemm(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, m, n, kd, &alpha,
-                                  static_cast<const float*>(b), kd, static_cast<const float*>(q), kd, &beta,
+                                  static_cast<const float*>(b), kd, static_cast<const float*>(q), ldqi, &beta,
                                   out, static_cast<int>(ldo)));
     return;
   }
   const cudaDataType_t t = st == Storage::kFloat16 ? CUDA_R_16F : CUDA_R_16BF;
-  CAIRN_CUBLAS(blas.api().gemm_ex(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, m, n, kd, &alpha, b, t, kd, q, t, kd,
+  CAIRN_CUBLAS(blas.api().gemm_ex(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, m, n, kd, &alpha, b, t, kd, q, t, ldqi,
                                   &beta, out, CUDA_R_32F, static_cast<int>(ldo), CUBLAS_COMPUTE_32F,
                                   CUBLAS_GEMM_DEFAULT));
 }

@@ -21,9 +21,10 @@ void ConvertFloats(const float* in, void* out, size_t count, Storage st, cudaStr
 void RowSquaredNorms(const void* x, size_t n, uint32_t d, Storage st, float* out, cudaStream_t stream);
 
 // out[i * ldo + j] = alpha * dot(q_i, b_j) for nq query rows q and nb base rows
-// b, both row-major of d values of `st`; accumulates in float32.
+// b, row-major of d values of `st`; accumulates in float32. Query row i
+// starts at q + i * ldq (0: d), so q may be d columns of wider rows.
 void GemmScaledDots(const BlasHandle& blas, cudaStream_t stream, Storage st, const void* b, size_t nb,
-                    const void* q, size_t nq, uint32_t d, float alpha, float* out, size_t ldo);
+                    const void* q, size_t nq, uint32_t d, float alpha, float* out, size_t ldo, size_t ldq = 0);
 
 // v[r * k + j] += row_add[r] for finite entries, clamped at 0 when `clamp`.
 void AddRowValues(float* v, size_t rows, size_t k, const float* row_add, bool clamp, cudaStream_t stream);
