@@ -42,6 +42,11 @@ absl::Status TrainIvfPqWithCodebooks(faiss::IndexIVFPQ* ivf, const float* codebo
   if (!ivf->quantizer->is_trained || static_cast<size_t>(ivf->quantizer->ntotal) != ivf->nlist) {
     return absl::FailedPreconditionError("the quantizer does not hold the index's centroids");
   }
+  if (ivf->do_polysemous_training) {
+    // FAISS would reorder the codebooks after training them.
+    return absl::FailedPreconditionError("polysemous training reorders the codebooks");
+  }
+  // With exactly ksub rows FAISS copies them into the centroids instead.
   if (n <= pq.ksub) {
     return absl::InvalidArgumentError(
         absl::StrCat("training an IVF-PQ index takes more than ", pq.ksub, " vectors, not ", n));

@@ -27,14 +27,17 @@ absl::Status InstallCoarseCentroids(faiss::IndexIVF* ivf, const float* centroids
 // PQ codebooks (M * ksub * dsub floats, FAISS's layout) in place of FAISS's
 // k-means of the sub-spaces. FAISS's train() still does the rest (the
 // precomputed tables), on at most ksub * 39 rows of x (n of them, which must
-// be more than ksub). Internal if FAISS changed the codebooks.
+// be more than ksub). FailedPrecondition for polysemous training (FAISS
+// reorders the codebooks); Internal if FAISS changed them.
 absl::Status TrainIvfPqWithCodebooks(faiss::IndexIVFPQ* ivf, const float* codebooks, const float* x,
                                      size_t n);
 
 // Adds n vectors to a trained IVF-PQ index from each one's list and the PQ
 // code of its residual (codes[i * M + j]: sub-space j's centroid for vector i,
 // as the index's pq.compute_codes would give). Ids are positions ntotal,
-// ntotal + 1..., as add() gives them.
+// ntotal + 1..., as add() gives them. Bad lists or codes are InvalidArgument
+// and add nothing; a FAISS failure while adding (Internal) may leave part of
+// the codes in the lists, and the index should then be dropped.
 absl::Status AddIvfPqCodes(faiss::IndexIVFPQ* ivf, size_t n, const int64_t* lists, const int32_t* codes);
 
 // The residuals of n vectors (n * d floats, out) from their lists' centroids

@@ -37,9 +37,9 @@ std::vector<float> Clustered(size_t n, uint64_t seed) {
   return x;
 }
 
-std::unique_ptr<faiss::IndexIVFPQ> MakeIvfPq(faiss::MetricType metric, int nbits) {
-  auto idx = std::make_unique<faiss::IndexIVFPQ>(new faiss::IndexFlat(kDim, metric), kDim, kNlist, kM, nbits,
-                                                 metric);
+std::unique_ptr<faiss::IndexIVFPQ> MakeIvfPq(faiss::MetricType metric, int nbits, size_t m = kM,
+                                             size_t nlist = kNlist) {
+  auto idx = std::make_unique<faiss::IndexIVFPQ>(new faiss::IndexFlat(kDim, metric), kDim, nlist, m, nbits, metric);
   idx->own_fields = true;
   idx->nprobe = 8;
   return idx;
@@ -61,20 +61,23 @@ std::vector<int32_t> FaissCodes(const faiss::IndexIVFPQ& idx, const std::vector<
 struct Params {
   faiss::MetricType metric;
   int nbits;
+  size_t m = kM;
+  size_t nlist = kNlist;
+  bool mixed = false;  // the second part added by FAISS's add_core
 };
 
 class IvfPartsTest : public ::testing::TestWithParam<Params> {};
 
 TEST_P(IvfPartsTest, AssembledIndexEqualsFaissOwn) {
-  const auto [metric, nbits] = GetParam();
+  const Params p = GetParam();
   const std::vector<float> x = Clustered(kN, 7);
-  auto own = MakeIvfPq(metric, nbits);
+  auto own = MakeIvfPq(p.metric, p.nbits, p.m, p.nlist);
   own->train(static_cast<idx_t>(kN), x.data());
   own->add(static_cast<idx_t>(kN), x.data());
 
-  auto made = MakeIvfPq(metric, nbits);
-  std::vector<float> centroids(kNlist * kDim);
-  own->quantizer->reconstruct_n(0, static_cast<idx_t>(kNlist), centroids.data());
+  auto made = MakeIvfPq(p.metric, p.nbits, p.m, p.nlist);
+  std::vector<float> centroids(p.nlist * kDim);
+  own->quantizer->reconstruct_n(0, static_cast<idx_t>(p.nlist), centroids.data());
   ASSERT_TRUE(InstallCoarseCentroids(made.get(), centroids.data()).ok());
   auto st = TrainIvfPqWithCodebooks(made.get(), own->pq.centroids.data(), x.data(), kN);
   ASSERT_TRUE(st.ok()) << st;
@@ -93,10 +96,14 @@ TEST_P(IvfPartsTest, AssembledIndexEqualsFaissOwn) {
   const std::vector<int32_t> codes = FaissCodes(*made, residuals, kN);
   // In two calls: ids continue from ntotal.
   ASSERT_TRUE(AddIvfPqCodes(made.get(), 5000, lists.data(), codes.data()).ok());
-  st = AddIvfPqCodes(made.get(), kN - 5000, lists.data() + 5000, codes.data() + 5000 * kM);
-  ASSERT_TRUE(st.ok()) << st;
+  if (p.mixed) {
+    made->add_core(static_cast<idx_t>(kN - 5000), x.data() + 5000 * kDim, nullptr, lists.data() + 5000);
+  } else {
+    st = AddIvfPqCodes(made.get(), kN - 5000, lists.data() + 5000, codes.data() + 5000 * p.m);
+    ASSERT_TRUE(st.ok()) << st;
+  }
   ASSERT_EQ(made->ntotal, own->ntotal);
-  for (size_t l = 0; l < kNlist; ++l) {
+  for (size_t l = 0; l < p.nlist; ++l) {
     const size_t len = own->invlists->list_size(l);
     ASSERT_EQ(made->invlists->list_size(l), len) << "list " << l;
     for (size_t e = 0; e < len; ++e) {
@@ -116,9 +123,12 @@ TEST_P(IvfPartsTest, AssembledIndexEqualsFaissOwn) {
   EXPECT_EQ(d1, d2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Metrics, IvfPartsTest,
-                         ::testing::Values(Params{faiss::METRIC_L2, 8}, Params{faiss::METRIC_INNER_PRODUCT, 8},
-                                           Params{faiss::METRIC_L2, 6}));
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, IvfPartsTest,
+    ::testing::Values(Params{faiss::METRIC_L2, 8}, Params{faiss::METRIC_INNER_PRODUCT, 8},
+                      // Codes that end inside a byte, list numbers of two bytes.
+                      Params{faiss::METRIC_L2, 5, 3, 300}, Params{faiss::METRIC_INNER_PRODUCT, 4, 16, 300},
+                      Params{faiss::METRIC_L2, 8, kM, kNlist, /*mixed=*/true}));
 
 TEST(IvfPartsErrorsTest, BadPartsAreRefusedAndChangeNothing) {
   const std::vector<float> x = Clustered(10000, 9);
@@ -129,6 +139,10 @@ TEST(IvfPartsErrorsTest, BadPartsAreRefusedAndChangeNothing) {
             absl::StatusCode::kFailedPrecondition);
   std::vector<float> centroids(x.begin(), x.begin() + kNlist * kDim);
   ASSERT_TRUE(InstallCoarseCentroids(idx.get(), centroids.data()).ok());
+  idx->do_polysemous_training = true;  // would reorder the codebooks
+  EXPECT_EQ(TrainIvfPqWithCodebooks(idx.get(), codebooks.data(), x.data(), 10000).code(),
+            absl::StatusCode::kFailedPrecondition);
+  idx->do_polysemous_training = false;
   // No more rows than centroids per sub-space.
   EXPECT_EQ(TrainIvfPqWithCodebooks(idx.get(), codebooks.data(), x.data(), 256).code(),
             absl::StatusCode::kInvalidArgument);

@@ -22,6 +22,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
@@ -333,7 +334,9 @@ bool TrainPqOnGpu(faiss::IndexIVFPQ* ivf, Metric metric, const std::vector<float
 
 // Adds n vectors to an IVF index given their lists (from the GPU). IVF-PQ
 // encodes the residuals on the GPU too, block by block; a block the GPU
-// fails and the rest are encoded by FAISS on the CPU.
+// fails to encode and the rest are encoded by FAISS on the CPU. A block
+// whose codes FAISS fails to add may be in the lists in part: that fails
+// the build (no fallback, which would add it twice).
 void AddWithLists(faiss::IndexIVF* ivf, const float* x, size_t n, const idx_t* lists) {
   auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(ivf);
   size_t done = 0;
@@ -349,11 +352,12 @@ void AddWithLists(faiss::IndexIVF* ivf, const float* x, size_t n, const idx_t* l
       IvfResiduals(*ivf, rn, x + done * dim, lists + done, residuals.data());
       absl::Status st = gpu::EncodePq(residuals.data(), rn, static_cast<uint32_t>(dim), m, ivfpq->pq.ksub,
                                       ivfpq->pq.centroids.data(), codes.data());
-      if (st.ok()) st = AddIvfPqCodes(ivfpq, rn, lists + done, codes.data());
       if (!st.ok()) {
         std::fprintf(stderr, "cairn: GPU PQ encoding failed, encoding on the CPU: %s\n", st.ToString().c_str());
         break;
       }
+      st = AddIvfPqCodes(ivfpq, rn, lists + done, codes.data());
+      if (!st.ok()) throw std::runtime_error(st.ToString());
     }
   }
   if (done < n) ivf->add_core(static_cast<idx_t>(n - done), x + done * ivf->d, nullptr, lists + done);

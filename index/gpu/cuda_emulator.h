@@ -4,7 +4,8 @@
 //
 // The model it follows:
 // - one std::thread per CUDA thread of a block, all running at once; blocks
-//   run one after another (a valid CUDA schedule);
+//   run one after another, in a shuffled order (a valid CUDA schedule; races
+//   between blocks are not seen);
 // - __shared__ becomes `static`, so a block's threads share it; between
 //   blocks it keeps its contents (a kernel that reads shared memory before
 //   writing it is not caught here: compute-sanitizer's initcheck does that
@@ -15,8 +16,10 @@
 // - warp intrinsics (__shfl_down_sync, __match_any_sync) exchange values
 //   through a barrier of the 32 lanes. Only full masks are emulated: a warp
 //   operation with a lane that has returned, or in a warp of under 32
-//   threads, fails the process, as it is undefined behaviour on a GPU;
-// - atomics are std::atomic_ref.
+//   threads, fails the process, as it is undefined behaviour on a GPU. The
+//   barrier also orders memory, which a shuffle does not on a GPU: a missing
+//   __syncwarp is not caught;
+// - atomics are relaxed std::atomic_ref operations, as on a GPU.
 // Built with ThreadSanitizer, every missing barrier between threads that
 // share memory shows as a data race; built with AddressSanitizer, every
 // out-of-bounds access to shared or global memory shows. A barrier that some
@@ -29,6 +32,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -40,6 +44,8 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
+#include <random>
 #include <mutex>
 #include <thread>
 #include <tuple>
@@ -72,9 +78,12 @@ class Barrier {
   }
 
   // Waits for every remaining thread; `last` runs once, in the thread that
-  // arrives last, before any is released.
-  void Wait(const std::function<void()>& last = nullptr) {
+  // arrives last, before any is released. With `need` > 0, fails unless
+  // that many threads remain (checked as the caller arrives, under the same
+  // lock as Leave, so a thread leaving at any moment is caught).
+  void Wait(const std::function<void()>& last = nullptr, int need = 0) {
     std::unique_lock<std::mutex> lock(mu_);
+    if (need > 0 && expected_ != need) Fail("warp operation with a full mask after a lane of the warp returned");
     const uint64_t gen = gen_;
     if (++arrived_ >= expected_) {
       if (last) last();
@@ -112,19 +121,33 @@ class Barrier {
 };
 
 struct Warp {
-  Barrier barrier;
+  Barrier barrier;  // its lanes that have not returned
   int size = 0;     // threads of the block in this warp
-  int live = 0;     // of them, those that have not returned
-  std::mutex mu;    // guards live
   uint64_t slot[32] = {};
 };
 
+// Exactly the requested bytes (so that AddressSanitizer sees an access past
+// them), 16-byte aligned like CUDA's dynamic shared memory.
+class DynamicBytes {
+ public:
+  explicit DynamicBytes(size_t n) : n_(n), p_(::operator new[](n, std::align_val_t{16})) {}
+  ~DynamicBytes() { ::operator delete[](p_, std::align_val_t{16}); }
+  DynamicBytes(const DynamicBytes&) = delete;
+  DynamicBytes& operator=(const DynamicBytes&) = delete;
+  void* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  size_t n_;
+  void* p_;
+};
+
 struct Block {
-  Barrier sync;       // __syncthreads
-  Barrier next;       // all threads between two blocks
+  explicit Block(size_t dynamic_bytes) : dynamic_shared(dynamic_bytes) {}
+  Barrier sync;  // __syncthreads
+  Barrier next;  // all threads between two blocks
   std::vector<std::unique_ptr<Warp>> warps;
-  std::vector<std::max_align_t> dynamic_shared;
-  size_t dynamic_bytes = 0;
+  DynamicBytes dynamic_shared;
 };
 
 struct ThreadState {
@@ -133,23 +156,16 @@ struct ThreadState {
 };
 inline thread_local ThreadState t_state;
 
-inline Warp& CurrentWarp() {
-  Warp& w = *t_state.block->warps[t_state.tid / 32];
-  std::lock_guard<std::mutex> lock(w.mu);
-  if (w.size != 32) Fail("warp operation in a warp of under 32 threads (block size not a multiple of 32)");
-  if (w.live != 32) Fail("warp operation with a full mask after a lane of the warp returned");
-  return w;
-}
-
 // Every lane puts `value`; each gets f(slots) once all have.
 template <typename F>
 auto WarpExchange(uint64_t value, F f) {
-  Warp& w = CurrentWarp();
+  Warp& w = *t_state.block->warps[t_state.tid / 32];
+  if (w.size != 32) Fail("warp operation in a warp of under 32 threads (block size not a multiple of 32)");
   const int lane = t_state.tid & 31;
   w.slot[lane] = value;
-  w.barrier.Wait();
+  w.barrier.Wait(nullptr, 32);
   auto result = f(w.slot, lane);
-  w.barrier.Wait();
+  w.barrier.Wait(nullptr, 32);
   return result;
 }
 
@@ -169,7 +185,7 @@ T FromBits(uint64_t b) {
 
 template <typename T>
 T* DynamicShared() {
-  return reinterpret_cast<T*>(t_state.block->dynamic_shared.data());
+  return static_cast<T*>(t_state.block->dynamic_shared.get());
 }
 
 inline void CheckLaunch(dim3 grid, dim3 block, size_t dynamic_shared) {
@@ -189,9 +205,7 @@ void Launch(dim3 grid, dim3 block_dim, size_t dynamic_shared, void (*kernel)(Par
   CheckLaunch(grid, block_dim, dynamic_shared);
   const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
   const int n = static_cast<int>(block_dim.x * block_dim.y * block_dim.z);
-  Block block;
-  block.dynamic_bytes = dynamic_shared;
-  block.dynamic_shared.resize((dynamic_shared + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t) + 1);
+  Block block(dynamic_shared);
   for (int t = 0; t < n; t += 32) {
     auto w = std::make_unique<Warp>();
     w->size = std::min(32, n - t);
@@ -199,14 +213,23 @@ void Launch(dim3 grid, dim3 block_dim, size_t dynamic_shared, void (*kernel)(Par
   }
   auto reset = [&] {
     block.sync.Reset(n);
-    for (auto& w : block.warps) {
-      w->barrier.Reset(w->size);
-      w->live = w->size;
-    }
-    std::memset(block.dynamic_shared.data(), 0xff, block.dynamic_shared.size() * sizeof(std::max_align_t));
+    for (auto& w : block.warps) w->barrier.Reset(w->size);
+    std::memset(block.dynamic_shared.get(), 0xff, block.dynamic_shared.size());
   };
   reset();
   block.next.Reset(n);
+  // Blocks in a shuffled order (seeded per launch, so runs repeat): a kernel
+  // that depends on the order of its blocks shows it.
+  std::vector<uint3> order;
+  order.reserve(static_cast<size_t>(grid.x) * grid.y * grid.z);
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) order.push_back(uint3{x, y, z});
+    }
+  }
+  static std::atomic<uint64_t> launches{0};
+  std::mt19937_64 rng(0x5eed + launches.fetch_add(1, std::memory_order_relaxed));
+  std::shuffle(order.begin(), order.end(), rng);
   std::vector<std::thread> threads;
   threads.reserve(n);
   for (int t = 0; t < n; ++t) {
@@ -215,21 +238,12 @@ void Launch(dim3 grid, dim3 block_dim, size_t dynamic_shared, void (*kernel)(Par
       ::threadIdx = uint3{t % block_dim.x, (t / block_dim.x) % block_dim.y, t / (block_dim.x * block_dim.y)};
       ::blockDim = block_dim;
       ::gridDim = grid;
-      for (unsigned z = 0; z < grid.z; ++z) {
-        for (unsigned y = 0; y < grid.y; ++y) {
-          for (unsigned x = 0; x < grid.x; ++x) {
-            ::blockIdx = uint3{x, y, z};
-            std::apply(kernel, params);
-            Warp& w = *block.warps[t / 32];
-            {
-              std::lock_guard<std::mutex> lock(w.mu);
-              --w.live;
-            }
-            w.barrier.Leave(/*strict=*/true);
-            block.sync.Leave(/*strict=*/false);
-            block.next.Wait(reset);
-          }
-        }
+      for (const uint3& b : order) {
+        ::blockIdx = b;
+        std::apply(kernel, params);
+        block.warps[t / 32]->barrier.Leave(/*strict=*/true);
+        block.sync.Leave(/*strict=*/false);
+        block.next.Wait(reset);
       }
       t_state = ThreadState{};
     });
@@ -270,7 +284,10 @@ inline unsigned __match_any_sync(unsigned mask, unsigned value) {
   });
 }
 
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+// Relaxed, as on a GPU: an atomic orders nothing else (that takes a fence).
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  return std::atomic_ref<unsigned>(*p).fetch_add(v, std::memory_order_relaxed);
+}
 
 inline int __ffs(unsigned x) { return x == 0 ? 0 : std::countr_zero(x) + 1; }
 inline int __popc(unsigned x) { return std::popcount(x); }
