@@ -332,34 +332,45 @@ bool TrainPqOnGpu(faiss::IndexIVFPQ* ivf, Metric metric, const std::vector<float
   return true;
 }
 
-// Adds n vectors to an IVF index given their lists (from the GPU). IVF-PQ
-// encodes the residuals on the GPU too, block by block; a block the GPU
-// fails to encode and the rest are encoded by FAISS on the CPU. A block
-// whose codes FAISS fails to add may be in the lists in part: that fails
-// the build (no fallback, which would add it twice).
+// Adds the first of n vectors to an IVF-PQ index with codes made on the
+// GPU, block by block, and returns how many it added: all of them, or those
+// before a block the GPU failed to encode (the caller adds the rest). A
+// block whose codes FAISS fails to add may be in the lists in part: that
+// fails the build (no fallback, which would add it twice).
+size_t AddPqCodesFromGpu(faiss::IndexIVFPQ* ivf, const float* x, size_t n, const idx_t* lists) {
+  const size_t dim = static_cast<size_t>(ivf->d), m = ivf->pq.M;
+  auto encoder = gpu::PqEncoder::Create(static_cast<uint32_t>(dim), m, ivf->pq.ksub, ivf->pq.centroids.data());
+  if (!encoder.ok()) {
+    std::fprintf(stderr, "cairn: GPU PQ encoding failed, encoding on the CPU: %s\n",
+                 encoder.status().ToString().c_str());
+    return 0;
+  }
+  constexpr size_t kBlock = 65536;
+  std::vector<float> residuals;
+  std::vector<int32_t> codes;
+  size_t done = 0;
+  while (done < n) {
+    const size_t rn = std::min(kBlock, n - done);
+    residuals.resize(rn * dim);
+    codes.resize(rn * m);
+    IvfResiduals(*ivf, rn, x + done * dim, lists + done, residuals.data());
+    absl::Status st = (*encoder)->Encode(residuals.data(), rn, codes.data());
+    if (!st.ok()) {
+      std::fprintf(stderr, "cairn: GPU PQ encoding failed, encoding on the CPU: %s\n", st.ToString().c_str());
+      return done;
+    }
+    st = AddIvfPqCodes(ivf, rn, lists + done, codes.data());
+    if (!st.ok()) throw std::runtime_error(st.ToString());
+    done += rn;
+  }
+  return done;
+}
+
+// Adds n vectors to an IVF index given their lists (from the GPU); IVF-PQ
+// encodes them on the GPU too, and FAISS encodes what the GPU did not.
 void AddWithLists(faiss::IndexIVF* ivf, const float* x, size_t n, const idx_t* lists) {
   auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(ivf);
-  size_t done = 0;
-  if (ivfpq != nullptr && ivfpq->by_residual) {
-    const size_t dim = static_cast<size_t>(ivf->d), m = ivfpq->pq.M;
-    constexpr size_t kBlock = 65536;
-    std::vector<float> residuals;
-    std::vector<int32_t> codes;
-    for (; done < n; done += std::min(kBlock, n - done)) {
-      const size_t rn = std::min(kBlock, n - done);
-      residuals.resize(rn * dim);
-      codes.resize(rn * m);
-      IvfResiduals(*ivf, rn, x + done * dim, lists + done, residuals.data());
-      absl::Status st = gpu::EncodePq(residuals.data(), rn, static_cast<uint32_t>(dim), m, ivfpq->pq.ksub,
-                                      ivfpq->pq.centroids.data(), codes.data());
-      if (!st.ok()) {
-        std::fprintf(stderr, "cairn: GPU PQ encoding failed, encoding on the CPU: %s\n", st.ToString().c_str());
-        break;
-      }
-      st = AddIvfPqCodes(ivfpq, rn, lists + done, codes.data());
-      if (!st.ok()) throw std::runtime_error(st.ToString());
-    }
-  }
+  const size_t done = ivfpq != nullptr && ivfpq->by_residual ? AddPqCodesFromGpu(ivfpq, x, n, lists) : 0;
   if (done < n) ivf->add_core(static_cast<idx_t>(n - done), x + done * ivf->d, nullptr, lists + done);
 }
 

@@ -113,10 +113,19 @@ Result Assign(const float* x, size_t n, uint32_t dim, const float* centroids, si
 
 // Product-quantizer codes: dim is cut into m sub-spaces of dim / m
 // consecutive values, each with ksub centroids (codebooks: m * ksub *
-// (dim / m) floats, sub-space after sub-space). codes[i * m + j] is the
-// centroid of sub-space j nearest (L2) to that part of point i.
-Result PqEncode(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
-                const KMeansConfig& config, int32_t* codes);
+// (dim / m) floats, sub-space after sub-space). Encode writes
+// codes[i * m + j], the centroid of sub-space j nearest (L2) to that part of
+// point i. The codebooks and a pass's buffers stay on the device between
+// calls; calls on one encoder must not overlap.
+class PqEncoderBackend {
+ public:
+  virtual ~PqEncoderBackend() = default;
+  virtual Result Encode(const float* x, size_t n, int32_t* codes) = 0;
+};
+
+// max_rows: points per device pass (0: 65536).
+Result MakePqEncoder(uint32_t dim, size_t m, size_t ksub, const float* codebooks, const KMeansConfig& config,
+                     size_t max_rows, std::unique_ptr<PqEncoderBackend>* out);
 
 class IvfFlatBackend {
  public:

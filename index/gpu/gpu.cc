@@ -258,17 +258,36 @@ absl::StatusOr<KMeansReport> TrainPqCodebooks(const float* x, size_t n, uint32_t
   return total;
 }
 
-absl::Status EncodePq(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
-                      int32_t* codes) {
+PqEncoder::~PqEncoder() = default;
+
+absl::StatusOr<std::unique_ptr<PqEncoder>> PqEncoder::Create(uint32_t dim, size_t m, size_t ksub,
+                                                             const float* codebooks, size_t max_rows) {
   if (!ProcessDevice().ok()) return ProcessDevice().status();
 #ifdef CAIRN_HAVE_CUDA
   cuda::KMeansConfig c;
   c.device = ProcessDevice()->ordinal;
   c.memory_budget = BudgetFor(0);
-  return ToStatus(cuda::PqEncode(x, n, dim, m, ksub, codebooks, c, codes));
+  std::unique_ptr<cuda::PqEncoderBackend> b;
+  if (auto r = cuda::MakePqEncoder(dim, m, ksub, codebooks, c, max_rows, &b); !r.ok()) return ToStatus(r);
+  return std::unique_ptr<PqEncoder>(new PqEncoder(std::move(b)));
 #else
   return NotBuilt();
 #endif
+}
+
+absl::Status PqEncoder::Encode(const float* x, size_t n, int32_t* codes) const {
+#ifdef CAIRN_HAVE_CUDA
+  return ToStatus(backend_->Encode(x, n, codes));
+#else
+  return NotBuilt();
+#endif
+}
+
+absl::Status EncodePq(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
+                      int32_t* codes) {
+  auto enc = PqEncoder::Create(dim, m, ksub, codebooks);
+  if (!enc.ok()) return enc.status();
+  return (*enc)->Encode(x, n, codes);
 }
 
 absl::StatusOr<std::unique_ptr<IvfFlatIndex>> IvfFlatIndex::Create(const float* centroids, size_t nlist,

@@ -138,8 +138,23 @@ absl::Status AssignNearest(const float* x, size_t n, uint32_t dim, const float* 
 // sub-space (FAISS's layout). The report sums the sub-spaces' objectives.
 absl::StatusOr<KMeansReport> TrainPqCodebooks(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub,
                                               const KMeansOptions& options, float* codebooks);
-// codes[i * m + j]: the centroid of sub-space j nearest to vector i's part
-// (codebooks as TrainPqCodebooks writes them).
+// Encodes vectors with fixed PQ codebooks (as TrainPqCodebooks writes them)
+// on the GPU. The codebooks and the buffers of a pass stay on the device, so
+// one encoder serves many calls. Not thread-safe.
+class PqEncoder {
+ public:
+  ~PqEncoder();
+  // max_rows: vectors per device pass (0: 65536; tests use fewer).
+  static absl::StatusOr<std::unique_ptr<PqEncoder>> Create(uint32_t dim, size_t m, size_t ksub,
+                                                           const float* codebooks, size_t max_rows = 0);
+  // codes[i * m + j]: the centroid of sub-space j nearest to vector i's part.
+  absl::Status Encode(const float* x, size_t n, int32_t* codes) const;
+
+ private:
+  explicit PqEncoder(std::unique_ptr<cuda::PqEncoderBackend> b) : backend_(std::move(b)) {}
+  std::unique_ptr<cuda::PqEncoderBackend> backend_;
+};
+// PqEncoder::Create, then one Encode.
 absl::Status EncodePq(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
                       int32_t* codes);
 

@@ -294,6 +294,13 @@ TEST(GpuPqTest, CodebooksMatchFaissCpuAndCodesAreNearest) {
   ASSERT_TRUE(rep.ok()) << rep.status();
   std::vector<int32_t> codes(n * m);
   ASSERT_TRUE(EncodePq(x.data(), n, dim, m, ksub, codebooks.data(), codes.data()).ok());
+  // One encoder, several calls of several passes each: the same codes.
+  auto encoder = PqEncoder::Create(dim, m, ksub, codebooks.data(), /*max_rows=*/3000);
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  std::vector<int32_t> in_passes(n * m, -1);
+  ASSERT_TRUE((*encoder)->Encode(x.data(), 7001, in_passes.data()).ok());
+  ASSERT_TRUE((*encoder)->Encode(x.data() + 7001 * dim, n - 7001, in_passes.data() + 7001 * m).ok());
+  EXPECT_EQ(in_passes, codes);
 
   faiss::ProductQuantizer cpu(dim, m, 8);
   cpu.train(static_cast<int>(n), x.data());

@@ -245,49 +245,87 @@ Result Assign(const float* x, size_t n, uint32_t dim, const float* centroids, si
   });
 }
 
-Result PqEncode(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
-                const KMeansConfig& cfg, int32_t* codes) {
+namespace {
+
+// The codebooks and the buffers of one pass stay on the device between calls.
+class PqEncoderCuda final : public PqEncoderBackend {
+ public:
+  PqEncoderCuda(const KMeansConfig& cfg, uint32_t dim, size_t m, size_t ksub, size_t piece)
+      : cfg_(cfg), dim_(dim), m_(m), ksub_(ksub), dsub_(dim / static_cast<uint32_t>(m)), piece_(piece) {}
+
+  void Init(const float* codebooks) {
+    cb_.Reset(m_ * ksub_ * dsub_);
+    cbnorm_.Reset(m_ * ksub_);
+    xs_.Reset(piece_ * dim_);
+    dist_.Reset(piece_ * ksub_);
+    a_.Reset(piece_ * m_);
+    staging_.Reset(piece_ * dim_);
+    out_.Reset(piece_ * m_);
+    CAIRN_CUDA(cudaMemcpyAsync(cb_.get(), codebooks, m_ * ksub_ * dsub_ * sizeof(float), cudaMemcpyHostToDevice,
+                               stream_.get()));
+    RowSquaredNorms(cb_.get(), m_ * ksub_, dsub_, Storage::kFloat32, cbnorm_.get(), stream_.get());
+    stream_.Sync();
+  }
+
+  Result Encode(const float* x, size_t n, int32_t* codes) override {
+    return Guard([&] {
+      UseDevice(cfg_.device);
+      cudaStream_t s = stream_.get();
+      const unsigned threads = 256;
+      for (size_t r0 = 0; r0 < n; r0 += piece_) {
+        const size_t rn = std::min(piece_, n - r0);
+        std::memcpy(staging_.get(), x + r0 * dim_, rn * dim_ * sizeof(float));
+        CAIRN_CUDA(cudaMemcpyAsync(xs_.get(), staging_.get(), rn * dim_ * sizeof(float), cudaMemcpyHostToDevice, s));
+        for (size_t j = 0; j < m_; ++j) {
+          // ||x_j - c||^2 = ||x_j||^2 - 2 x_j.c + ||c||^2: the first term does not change the argmin.
+          GemmScaledDots(blas_, s, Storage::kFloat32, cb_.get() + j * ksub_ * dsub_, ksub_, xs_.get() + j * dsub_,
+                         rn, dsub_, -2.0f, dist_.get(), ksub_, dim_);
+          kernels::ArgMinKernel<<<static_cast<unsigned>((rn * 32 + threads - 1) / threads), threads, 0, s>>>(
+              dist_.get(), rn, ksub_, cbnorm_.get() + j * ksub_, nullptr, a_.get() + j * piece_, nullptr);
+          CAIRN_CUDA_LAUNCHED();
+        }
+        for (size_t j = 0; j < m_; ++j) {
+          CAIRN_CUDA(cudaMemcpyAsync(out_.get() + j * rn, a_.get() + j * piece_, rn * sizeof(int32_t),
+                                     cudaMemcpyDeviceToHost, s));
+        }
+        stream_.Sync();
+        for (size_t i = 0; i < rn; ++i) {
+          for (size_t j = 0; j < m_; ++j) codes[(r0 + i) * m_ + j] = out_.get()[j * rn + i];
+        }
+      }
+    });
+  }
+
+ private:
+  const KMeansConfig cfg_;
+  const uint32_t dim_;
+  const size_t m_, ksub_;
+  const uint32_t dsub_;
+  const size_t piece_;
+  Stream stream_;
+  BlasHandle blas_;  // float32, no TF32
+  DeviceArray<float> cb_, cbnorm_, xs_, dist_;
+  DeviceArray<int32_t> a_;  // a pass's codes, sub-space by sub-space
+  PinnedArray<float> staging_;
+  PinnedArray<int32_t> out_;
+};
+
+}  // namespace
+
+Result MakePqEncoder(uint32_t dim, size_t m, size_t ksub, const float* codebooks, const KMeansConfig& cfg,
+                     size_t max_rows, std::unique_ptr<PqEncoderBackend>* out) {
   return Guard([&] {
     if (m == 0 || dim % m != 0) throw CudaFailure(Code::kInvalidArgument, "dimension not a multiple of m");
     if (ksub == 0 || ksub > 0x7fffffff) throw CudaFailure(Code::kInvalidArgument, "ksub out of range");
-    if (n == 0) return;
     UseDevice(cfg.device);
-    const auto dsub = static_cast<uint32_t>(dim / m);
-    // Per row: the point, one sub-space's distances, and its m codes.
+    // Per row of a pass: the point, one sub-space's distances, its m codes
+    // (on the device and in pinned memory).
     const size_t row_bytes = dim * 4 + ksub * 4 + m * 8;
-    const size_t piece = std::min(n, std::max<size_t>(1, kDistBytes / row_bytes));
-    CheckFits(cfg, piece * row_bytes + m * ksub * (dsub + 1) * 4 + (64ull << 20), "PQ encoding");
-    Stream stream;
-    BlasHandle blas;
-    cudaStream_t s = stream.get();
-    DeviceArray<float> cb(m * ksub * dsub), cbnorm(m * ksub), xs(piece * dim), dist(piece * ksub);
-    DeviceArray<int32_t> a(piece * m);  // sub-space by sub-space
-    CAIRN_CUDA(cudaMemcpyAsync(cb.get(), codebooks, m * ksub * dsub * sizeof(float), cudaMemcpyHostToDevice, s));
-    RowSquaredNorms(cb.get(), m * ksub, dsub, Storage::kFloat32, cbnorm.get(), s);
-    PinnedArray<float> staging(piece * dim);
-    PinnedArray<int32_t> out(piece * m);
-    const unsigned threads = 256;
-    for (size_t r0 = 0; r0 < n; r0 += piece) {
-      const size_t rn = std::min(piece, n - r0);
-      std::memcpy(staging.get(), x + r0 * dim, rn * dim * sizeof(float));
-      CAIRN_CUDA(cudaMemcpyAsync(xs.get(), staging.get(), rn * dim * sizeof(float), cudaMemcpyHostToDevice, s));
-      for (size_t j = 0; j < m; ++j) {
-        // ||x_j - c||^2 = ||x_j||^2 - 2 x_j.c + ||c||^2: the first term does not change the argmin.
-        GemmScaledDots(blas, s, Storage::kFloat32, cb.get() + j * ksub * dsub, ksub, xs.get() + j * dsub, rn, dsub,
-                       -2.0f, dist.get(), ksub, dim);
-        kernels::ArgMinKernel<<<static_cast<unsigned>((rn * 32 + threads - 1) / threads), threads, 0, s>>>(
-            dist.get(), rn, ksub, cbnorm.get() + j * ksub, nullptr, a.get() + j * piece, nullptr);
-        CAIRN_CUDA_LAUNCHED();
-      }
-      for (size_t j = 0; j < m; ++j) {
-        CAIRN_CUDA(cudaMemcpyAsync(out.get() + j * rn, a.get() + j * piece, rn * sizeof(int32_t),
-                                   cudaMemcpyDeviceToHost, s));
-      }
-      stream.Sync();
-      for (size_t i = 0; i < rn; ++i) {
-        for (size_t j = 0; j < m; ++j) codes[(r0 + i) * m + j] = out.get()[j * rn + i];
-      }
-    }
+    const size_t piece = std::max<size_t>(1, std::min(max_rows == 0 ? 65536 : max_rows, kDistBytes / row_bytes));
+    CheckFits(cfg, piece * row_bytes + m * ksub * (dim / m + 1) * 4 + (64ull << 20), "PQ encoding");
+    auto enc = std::make_unique<PqEncoderCuda>(cfg, dim, m, ksub, piece);
+    enc->Init(codebooks);
+    *out = std::move(enc);
   });
 }
 
