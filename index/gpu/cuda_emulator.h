@@ -272,13 +272,18 @@ T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
   });
 }
 
-inline unsigned __match_any_sync(unsigned mask, unsigned value) {
+// Lanes whose values have the same bits (CUDA's overloads: 32- and 64-bit
+// integers and floats).
+template <typename T>
+unsigned __match_any_sync(unsigned mask, T value) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "__match_any_sync takes 32- or 64-bit values");
   namespace emu = cairn::index::gpu::emu;
   if (mask != 0xffffffffu) emu::Fail("only full warp masks are emulated");
-  return emu::WarpExchange(value, [&](const uint64_t* slot, int) {
+  const uint64_t bits = emu::ToBits(value);
+  return emu::WarpExchange(bits, [&](const uint64_t* slot, int) {
     unsigned same = 0;
     for (int l = 0; l < 32; ++l) {
-      if (static_cast<unsigned>(slot[l]) == value) same |= 1u << l;
+      if (slot[l] == bits) same |= 1u << l;
     }
     return same;
   });
@@ -303,5 +308,10 @@ template <typename T>
 T max(T a, T b) {
   return a < b ? b : a;
 }
+// As on a GPU, min and max of floats are fminf and fmaxf (a NaN loses).
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }
 
 #endif  // CAIRN_INDEX_GPU_CUDA_EMULATOR_H_
