@@ -238,6 +238,9 @@ TEST_F(E2ETest, HealthIsServingAndInfoAnswers) {
   EXPECT_EQ(info.version(), "0.1.0");
   EXPECT_EQ(info.format_version(), 1u);
   EXPECT_FALSE(info.simd().empty());
+  // The server's device is auto (the default): the GPU it uses, or why none.
+  EXPECT_TRUE(info.device().rfind("gpu: ", 0) == 0 || info.device().rfind("cpu: no usable GPU (", 0) == 0)
+      << info.device();
 }
 
 TEST_F(E2ETest, CollectionsLifecycleAndErrors) {

@@ -27,6 +27,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include "index/distance.h"
+#include "index/gpu/gpu.h"
 #include "storage/file_util.h"
 
 namespace cairn::api {
@@ -519,6 +520,7 @@ class ServerService final : public v1::Server::CallbackService {
       resp->set_version(kVersion);
       resp->set_format_version(kFormatVersion);
       resp->set_simd(index::SimdLevelName(index::ActiveSimdLevel()));
+      resp->set_device(index::gpu::PathSummary(db.options().device));
       for (const auto& n : db.ListCollections()) resp->add_collections(n);
       resp->set_uptime_seconds(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
                                                          std::chrono::steady_clock::now() - b->started)

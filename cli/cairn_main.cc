@@ -115,7 +115,8 @@ const std::map<std::string, std::string> kCommandHelp = {
      "--hnsw-int8: HNSW walks sealed segments on 8-bit codes of the vectors and re-ranks the\n"
      "  candidates exactly (default on; off walks on float32, without the extra byte per\n"
      "  dimension per point of memory). Fixed once the collection exists.\n"
-     "--device: where IVF k-means training and searches of sealed flat and IVF-Flat segments run:\n"
+     "--device: where IVF training (k-means; IVF-PQ codebooks and codes) and searches of sealed\n"
+     "  flat and IVF-Flat segments run:\n"
      "  auto (default: the server's --device, by default a GPU when it has one), cpu, or gpu\n"
      "  (refused by a server without a GPU). Fixed once the collection exists.\n"
      "\n"
@@ -199,7 +200,8 @@ const std::map<std::string, std::string> kCommandHelp = {
      "  cairn snapshot create docs && cairn snapshot list docs\n"
      "  cairn snapshot download docs-20261129T230501Z --output docs.tar\n"},
     {"info",
-     "Usage: cairn info\n\nPrints the server's version, format, SIMD level, uptime and collections.\n"
+     "Usage: cairn info\n\nPrints the server's version, format, SIMD level, uptime and collections, and the device\n"
+     "its indexes use (the GPU, or why it has none).\n"
      "\nExample:\n  CAIRN_TARGET=10.0.0.5:7600 CAIRN_API_KEY=... cairn info\n"},
 };
 
@@ -710,10 +712,10 @@ int InfoCmd(const Conn& c) {
   v1::ServerInfo info;
   auto s = stub->Info(&ctx, v1::ServerInfoRequest(), &info);
   if (!s.ok()) return ServerError(s);
-  std::printf("version %s, format %u, simd %s, up %llu s, collections: %s\n", info.version().c_str(),
+  std::printf("version %s, format %u, simd %s, up %llu s, collections: %s\ndevice: %s\n", info.version().c_str(),
               info.format_version(), info.simd().c_str(), static_cast<unsigned long long>(info.uptime_seconds()),
-              info.collections().empty() ? "(none)"
-                                         : absl::StrJoin(info.collections(), ", ").c_str());
+              info.collections().empty() ? "(none)" : absl::StrJoin(info.collections(), ", ").c_str(),
+              info.device().empty() ? "(not reported)" : info.device().c_str());
   return kOk;
 }
 

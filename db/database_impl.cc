@@ -235,6 +235,7 @@ class DatabaseImpl final : public Database {
   }
 
   const std::string& dir() const override { return dir_; }
+  const DatabaseOptions& options() const override { return options_; }
 
   // Copies a directory tree: files RocksDB and Cairn never change after
   // writing them (SST, blob, segment files) are hard-linked, the rest copied.

@@ -121,6 +121,7 @@ set -e
 # ok-1 and x came before the bad records: they are in; nothing else is.
 "$cairn" collection info docs | grep -c >/dev/null '"points": "522"' || fail "bad input: $("$cairn" collection info docs)"
 "$cairn" info | grep -c >/dev/null "collections: docs" || fail info
+"$cairn" info | grep -Ec >/dev/null "^device: (gpu: |cpu: no usable GPU)" || fail "info device: $("$cairn" info)"
 # Snapshots: create, list, download as a tar that is a data directory, restore.
 "$cairn" snapshot create docs | grep -c >/dev/null "^docs-" || fail "snapshot create"
 snap="$("$cairn" snapshot list docs --json | "$py" -c 'import json,sys; print(json.loads(sys.stdin.readline())["name"])')"

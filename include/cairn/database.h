@@ -68,6 +68,8 @@ class Database {
       const std::string& snapshot_dir, const std::string& name) = 0;
 
   virtual const std::string& dir() const = 0;
+  // The options it was opened with.
+  virtual const DatabaseOptions& options() const = 0;
 };
 
 }  // namespace cairn

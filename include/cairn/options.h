@@ -68,8 +68,8 @@ struct IndexSpec {
   // byte per dimension per point of memory; dimensions above 4096 always walk
   // on floats. Default: true.
   bool hnsw_int8 = true;
-  // Where IVF k-means training and the searches of sealed Flat and IVF-Flat
-  // segments run. kAuto defers to DatabaseOptions::device. HNSW graphs are
+  // Where IVF training (k-means; for IVF-PQ also the codebooks and codes) and
+  // the searches of sealed Flat and IVF-Flat segments run. kAuto defers to DatabaseOptions::device. HNSW graphs are
   // built and searched on the CPU either way; the index files are the same.
   // Default: kAuto.
   Device device = Device::kAuto;
