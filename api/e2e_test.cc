@@ -699,6 +699,14 @@ TEST_F(E2ETest, MetricsHealthAndReadinessOverHttp) {
   EXPECT_NE(body.find("cairn_collection_storage_memory_bytes{collection=\"docs\"} "), std::string::npos);
   EXPECT_EQ(body.find("cairn_collection_storage_memory_bytes{collection=\"docs\"} 0\n"), std::string::npos);
   EXPECT_NE(body.find("cairn_ready 1"), std::string::npos);
+  // No GPU here (or one that these small collections never reach: segments
+  // under 4096 points stay on the CPU).
+  EXPECT_TRUE(body.find("\ncairn_gpu_available 0\n") != std::string::npos ||
+              body.find("\ncairn_gpu_available 1\n") != std::string::npos)
+      << body;
+  EXPECT_NE(body.find("\ncairn_gpu_memory_bytes 0\n"), std::string::npos) << body;
+  EXPECT_NE(body.find("\ncairn_gpu_segment_searches_total 0\n"), std::string::npos) << body;
+  EXPECT_NE(body.find("\ncairn_gpu_search_fallbacks_total 0\n"), std::string::npos) << body;
   EXPECT_EQ(HttpGet(server_->http_port(), "/healthz").first, 200);
   EXPECT_EQ(HttpGet(server_->http_port(), "/readyz").first, 200);
   EXPECT_EQ(HttpGet(server_->http_port(), "/nope").first, 404);

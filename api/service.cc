@@ -741,6 +741,17 @@ struct CairnServer::Impl {
                                                                      backend.started).count(),
                     "\n");
     backend.metrics.AppendPrometheus(&out);
+    const index::gpu::UseCounts gpu_use = index::gpu::GetUseCounts();
+    absl::StrAppend(
+        &out, "# HELP cairn_gpu_available 1 when a usable GPU can serve this server's indexes (see Server/Info).\n",
+        "# TYPE cairn_gpu_available gauge\ncairn_gpu_available ", index::gpu::ProcessDevice().ok() ? 1 : 0, "\n",
+        "# HELP cairn_gpu_memory_bytes Device memory held by GPU copies of segments.\n",
+        "# TYPE cairn_gpu_memory_bytes gauge\ncairn_gpu_memory_bytes ", index::gpu::ProcessMemoryInUse(), "\n",
+        "# HELP cairn_gpu_segment_searches_total Segment searches served by the GPU.\n",
+        "# TYPE cairn_gpu_segment_searches_total counter\ncairn_gpu_segment_searches_total ", gpu_use.searches, "\n",
+        "# HELP cairn_gpu_search_fallbacks_total GPU searches that failed and were served by the CPU.\n",
+        "# TYPE cairn_gpu_search_fallbacks_total counter\ncairn_gpu_search_fallbacks_total ", gpu_use.fallbacks,
+        "\n");
     if (database != nullptr) {
       std::string points, segments, sealed, deleted, memory, storage;
       for (const auto& name : database->ListCollections()) {

@@ -515,7 +515,11 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
     // A base streamed over PCIe pays for itself only over large batches.
     if (g != nullptr && (g->ivf != nullptr || g->exact->resident() || nq >= kMinStreamedBatch)) {
       absl::Status st = SearchOnGpu(*g, queries, nq, params, scores, ids);
-      if (st.ok()) return st;
+      if (st.ok()) {
+        gpu::CountSearch();
+        return st;
+      }
+      gpu::CountFallback();
       DisableGpu(st);
       std::fill(scores, scores + nq * k, worst);
       std::fill(ids, ids + nq * k, kNoId);

@@ -162,6 +162,16 @@ absl::StatusOr<cuda::Ceilings> MeasureCeilings() {
 void SetProcessMemoryBudget(size_t bytes) { g_budget.store(bytes); }
 size_t ProcessMemoryInUse() { return g_in_use.load(); }
 
+namespace {
+std::atomic<uint64_t> g_searches{0}, g_fallbacks{0};
+}  // namespace
+
+UseCounts GetUseCounts() {
+  return UseCounts{g_searches.load(std::memory_order_relaxed), g_fallbacks.load(std::memory_order_relaxed)};
+}
+void CountSearch() { g_searches.fetch_add(1, std::memory_order_relaxed); }
+void CountFallback() { g_fallbacks.fetch_add(1, std::memory_order_relaxed); }
+
 ExactIndex::~ExactIndex() { g_in_use -= accounted_; }
 IvfFlatIndex::~IvfFlatIndex() { g_in_use -= accounted_; }
 

@@ -71,6 +71,15 @@ absl::StatusOr<cuda::Ceilings> MeasureCeilings();
 void SetProcessMemoryBudget(size_t bytes);
 size_t ProcessMemoryInUse();
 
+// Process-wide counts, for metrics.
+struct UseCounts {
+  uint64_t searches = 0;   // segment searches served by the GPU (calls, not queries)
+  uint64_t fallbacks = 0;  // GPU searches that failed and were served by the CPU
+};
+UseCounts GetUseCounts();
+void CountSearch();
+void CountFallback();
+
 struct ExactOptions {
   VectorStorage storage = VectorStorage::kFloat32;
   // Device memory this index may hold (base + workspace). 0: 80% of what is

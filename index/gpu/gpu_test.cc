@@ -507,8 +507,11 @@ TEST_P(GpuSegmentTest, GpuAndCpuSearchesAgree) {
     p.allowed = allow;
     std::vector<float> s_gpu(nq * k), s_cpu(nq * k);
     std::vector<int64_t> i_gpu(nq * k), i_cpu(nq * k);
+    const UseCounts before = GetUseCounts();
     ASSERT_TRUE((*on_gpu)->Search(queries.data(), nq, p, s_gpu.data(), i_gpu.data(), 2).ok());
     EXPECT_TRUE((*on_gpu)->OnGpu());
+    EXPECT_EQ(GetUseCounts().searches, before.searches + 1);  // the metric cairn_gpu_segment_searches_total
+    EXPECT_EQ(GetUseCounts().fallbacks, before.fallbacks);
     ASSERT_TRUE((*on_cpu)->Search(queries.data(), nq, p, s_cpu.data(), i_cpu.data(), 2).ok());
     EXPECT_FALSE((*on_cpu)->OnGpu());
     for (size_t j = 0; j < nq * k; ++j) {
