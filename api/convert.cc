@@ -179,6 +179,8 @@ void ToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
   out->set_deleted_in_segments(info.deleted_in_segments);
   out->set_index_memory_bytes(info.index_memory_bytes);
   out->set_storage_memory_bytes(info.storage_memory_bytes);
+  out->set_gpu_segments(info.gpu_segments);
+  out->set_gpu_memory_bytes(info.gpu_memory_bytes);
 }
 
 absl::StatusOr<std::vector<Point>> FromProto(const v1::UpsertRequest& req) {

@@ -707,6 +707,7 @@ TEST_F(E2ETest, MetricsHealthAndReadinessOverHttp) {
   EXPECT_NE(body.find("\ncairn_gpu_memory_bytes 0\n"), std::string::npos) << body;
   EXPECT_NE(body.find("\ncairn_gpu_segment_searches_total 0\n"), std::string::npos) << body;
   EXPECT_NE(body.find("\ncairn_gpu_search_fallbacks_total 0\n"), std::string::npos) << body;
+  EXPECT_NE(body.find("\ncairn_collection_gpu_segments{collection=\"docs\"} 0\n"), std::string::npos) << body;
   EXPECT_EQ(HttpGet(server_->http_port(), "/healthz").first, 200);
   EXPECT_EQ(HttpGet(server_->http_port(), "/readyz").first, 200);
   EXPECT_EQ(HttpGet(server_->http_port(), "/nope").first, 404);

@@ -753,7 +753,7 @@ struct CairnServer::Impl {
         "# TYPE cairn_gpu_search_fallbacks_total counter\ncairn_gpu_search_fallbacks_total ", gpu_use.fallbacks,
         "\n");
     if (database != nullptr) {
-      std::string points, segments, sealed, deleted, memory, storage;
+      std::string points, segments, sealed, deleted, memory, storage, gpu_segments;
       for (const auto& name : database->ListCollections()) {
         auto info = database->DescribeCollection(name);
         if (!info.ok()) continue;
@@ -764,6 +764,7 @@ struct CairnServer::Impl {
         absl::StrAppend(&deleted, "cairn_collection_deleted_in_segments", label, info->deleted_in_segments, "\n");
         absl::StrAppend(&memory, "cairn_collection_index_memory_bytes", label, info->index_memory_bytes, "\n");
         absl::StrAppend(&storage, "cairn_collection_storage_memory_bytes", label, info->storage_memory_bytes, "\n");
+        absl::StrAppend(&gpu_segments, "cairn_collection_gpu_segments", label, info->gpu_segments, "\n");
       }
       absl::StrAppend(&out, "# HELP cairn_collection_points Live points per collection.\n",
                       "# TYPE cairn_collection_points gauge\n", points,
@@ -776,7 +777,9 @@ struct CairnServer::Impl {
                       "# HELP cairn_collection_index_memory_bytes Resident index memory (estimate).\n",
                       "# TYPE cairn_collection_index_memory_bytes gauge\n", memory,
                       "# HELP cairn_collection_storage_memory_bytes RocksDB memtables, table readers, block cache.\n",
-                      "# TYPE cairn_collection_storage_memory_bytes gauge\n", storage);
+                      "# TYPE cairn_collection_storage_memory_bytes gauge\n", storage,
+                      "# HELP cairn_collection_gpu_segments Sealed segments searched on a GPU copy.\n",
+                      "# TYPE cairn_collection_gpu_segments gauge\n", gpu_segments);
     }
     return {200, "text/plain; version=0.0.4; charset=utf-8", out};
   }

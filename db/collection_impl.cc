@@ -241,6 +241,8 @@ absl::StatusOr<CollectionInfo> CollectionImpl::Info() const {
     info.deleted_in_segments += st.deleted_in_segments;
     info.index_memory_bytes += st.index_memory_bytes;
     info.storage_memory_bytes += st.storage_memory_bytes;
+    info.gpu_segments += st.gpu_segments;
+    info.gpu_memory_bytes += st.gpu_memory_bytes;
   }
   return info;
 }

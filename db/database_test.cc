@@ -378,6 +378,12 @@ TEST_F(DatabaseTest, DeviceChoicePersistsAndGpuCollectionsFallBackToTheCpu) {
     EXPECT_EQ((*after)[i].id, (*before)[i].id) << i;
     EXPECT_NEAR((*after)[i].score, (*before)[i].score, 1e-4) << i;
   }
+  // After a search, its sealed segment has a GPU copy where there is a GPU.
+  auto info = db_->DescribeCollection("moved");
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_GT(info->sealed_segments, 0u);
+  EXPECT_EQ(info->gpu_segments, has_gpu ? info->sealed_segments : 0u);
+  EXPECT_EQ(info->gpu_memory_bytes > 0, has_gpu);
   CloseDb();
 
   j["index"].erase("device");

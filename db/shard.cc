@@ -1049,6 +1049,10 @@ ShardStats Shard::Stats() const {
   for (const auto& s : segs) {
     st.deleted_in_segments += s->num_deleted();
     st.index_memory_bytes += s->MemoryBytes();
+    if (const uint64_t gpu = s->GpuBytes(); gpu > 0) {
+      ++st.gpu_segments;
+      st.gpu_memory_bytes += gpu;
+    }
   }
   st.index_memory_bytes += payload_index_.MemoryBytes() + live_.getSizeInBytes(false);
   st.growing_points = growing_->size();

@@ -80,6 +80,8 @@ struct ShardStats {
   uint64_t index_memory_bytes = 0;
   uint64_t storage_memory_bytes = 0;
   uint64_t growing_points = 0;
+  uint64_t gpu_segments = 0;      // sealed segments searched on a GPU copy
+  uint64_t gpu_memory_bytes = 0;  // device memory of those copies
 };
 
 // Threads for index builds: `configured`, or every core when 0.

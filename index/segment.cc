@@ -673,6 +673,12 @@ void Segment::IvfFlatScan(const float* query, size_t nprobe, const PositionSet* 
 
 bool Segment::OnGpu() const { return gpu_.load(std::memory_order_acquire) != nullptr; }
 
+uint64_t Segment::GpuBytes() const {
+  auto copy = gpu_.load(std::memory_order_acquire);
+  if (copy == nullptr) return 0;
+  return copy->exact != nullptr ? copy->exact->device_bytes() : copy->ivf->device_bytes();
+}
+
 std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {
   // The plain flag first: on CPU nodes every search stops here.
   if (spec_.device == Device::kCpu || cpu_only_.load(std::memory_order_acquire)) return nullptr;

@@ -150,6 +150,8 @@ class Segment {
   uint64_t MemoryBytes() const;
   // True once searches of this segment run on a GPU (after its first search).
   bool OnGpu() const;
+  // Device memory its GPU copy holds (0 without one).
+  uint64_t GpuBytes() const;
 
  private:
   struct GpuCopy;  // device copies of the segment's vectors (segment.cc)

@@ -69,6 +69,8 @@ struct CollectionInfo {
   uint64_t deleted_in_segments = 0;  // tombstones not yet compacted away
   uint64_t index_memory_bytes = 0;   // resident index memory (estimate)
   uint64_t storage_memory_bytes = 0; // RocksDB memtables, table readers, block cache
+  uint64_t gpu_segments = 0;         // sealed segments searched on a GPU copy (see IndexSpec::device)
+  uint64_t gpu_memory_bytes = 0;     // device memory those copies hold
 };
 
 // Loads points in bulk into an empty collection: see Collection::BeginBulkLoad.

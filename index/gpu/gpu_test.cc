@@ -512,6 +512,7 @@ TEST_P(GpuSegmentTest, GpuAndCpuSearchesAgree) {
     EXPECT_TRUE((*on_gpu)->OnGpu());
     EXPECT_EQ(GetUseCounts().searches, before.searches + 1);  // the metric cairn_gpu_segment_searches_total
     EXPECT_EQ(GetUseCounts().fallbacks, before.fallbacks);
+    EXPECT_GT((*on_gpu)->GpuBytes(), 0u);  // CollectionInfo::gpu_memory_bytes
     ASSERT_TRUE((*on_cpu)->Search(queries.data(), nq, p, s_cpu.data(), i_cpu.data(), 2).ok());
     EXPECT_FALSE((*on_cpu)->OnGpu());
     for (size_t j = 0; j < nq * k; ++j) {
