@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds gpu_test and gpu_bench and packs them, with the shared libraries they
+# Builds gpu_test, gpu_bench and db_test (for its device tests) and packs them, with the shared libraries they
 # need from Debian (BLAS, Abseil, OpenMP...), into .gpu-pack/pack.tar.xz: what
 # a GPU machine that has the NVIDIA driver and CUDA but none of Cairn's apt
 # packages needs to run bench/gpu/run.sh. cuBLAS comes from the machine's CUDA.
@@ -19,16 +19,16 @@ grep -q '^CAIRN_NVCC:FILEPATH=.*nvcc' "$BUILD/CMakeCache.txt" || {
   echo "pack.sh: $BUILD was configured without CUDA (nvcc not found); the pack would have no GPU code" >&2
   exit 1
 }
-cmake --build "$BUILD" --target gpu_test gpu_bench
+cmake --build "$BUILD" --target gpu_test gpu_bench db_test
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/lib"
-cp "$BUILD/bin/gpu_test" "$BUILD/bin/gpu_bench" bench/gpu/run.sh "$stage/"
-ldd "$BUILD/bin/gpu_test" "$BUILD/bin/gpu_bench" | awk '/=> \// {print $3}' | sort -u |
+cp "$BUILD/bin/gpu_test" "$BUILD/bin/gpu_bench" "$BUILD/bin/db_test" bench/gpu/run.sh "$stage/"
+ldd "$BUILD/bin/gpu_test" "$BUILD/bin/gpu_bench" "$BUILD/bin/db_test" | awk '/=> \// {print $3}' | sort -u |
   grep -Ev '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux-x86-64)\.so' |
   while read -r lib; do cp -L "$lib" "$stage/lib/"; done
 mkdir -p "$stage/rt"
-ldd "$BUILD/bin/gpu_test" "$BUILD/bin/gpu_bench" | grep -oE '/[^ ]*/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux-x86-64)\.so[^ ]*' |
+ldd "$BUILD/bin/gpu_test" "$BUILD/bin/gpu_bench" "$BUILD/bin/db_test" | grep -oE '/[^ ]*/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux-x86-64)\.so[^ ]*' |
   sort -u | while read -r lib; do cp -L "$lib" "$stage/rt/"; done
 [[ -f $stage/rt/ld-linux-x86-64.so.2 ]] || { echo "pack.sh: the loader was not found by ldd" >&2; exit 1; }
 for lib in libdl.so.2 libpthread.so.0 librt.so.1; do  # glibc's stubs, loaded by dlopen'ed libraries
