@@ -339,13 +339,14 @@ bool TrainPqOnGpu(faiss::IndexIVFPQ* ivf, Metric metric, const std::vector<float
 // fails the build (no fallback, which would add it twice).
 size_t AddPqCodesFromGpu(faiss::IndexIVFPQ* ivf, const float* x, size_t n, const idx_t* lists) {
   const size_t dim = static_cast<size_t>(ivf->d), m = ivf->pq.M;
-  auto encoder = gpu::PqEncoder::Create(static_cast<uint32_t>(dim), m, ivf->pq.ksub, ivf->pq.centroids.data());
+  constexpr size_t kBlock = 65536;
+  auto encoder = gpu::PqEncoder::Create(static_cast<uint32_t>(dim), m, ivf->pq.ksub, ivf->pq.centroids.data(),
+                                        std::min(n, kBlock));
   if (!encoder.ok()) {
     std::fprintf(stderr, "cairn: GPU PQ encoding failed, encoding on the CPU: %s\n",
                  encoder.status().ToString().c_str());
     return 0;
   }
-  constexpr size_t kBlock = 65536;
   std::vector<float> residuals;
   std::vector<int32_t> codes;
   size_t done = 0;
@@ -676,7 +677,8 @@ bool Segment::OnGpu() const { return gpu_.load(std::memory_order_acquire) != nul
 uint64_t Segment::GpuBytes() const {
   auto copy = gpu_.load(std::memory_order_acquire);
   if (copy == nullptr) return 0;
-  return copy->exact != nullptr ? copy->exact->device_bytes() : copy->ivf->device_bytes();
+  // Searches may be growing the copy's workspaces: read what its creation counted.
+  return copy->exact != nullptr ? copy->exact->budgeted_bytes() : copy->ivf->budgeted_bytes();
 }
 
 std::shared_ptr<const Segment::GpuCopy> Segment::GpuCopyForSearch() const {

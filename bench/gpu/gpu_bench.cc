@@ -415,7 +415,10 @@ int Run(const Flags& f) {
     std::vector<float> psc(pq_nq * ivf_k);
     std::vector<int64_t> pgot(pq_nq * ivf_k);
     t = Clock::now();
-    (void)(*pq_seg)->Search(queries.data(), pq_nq, pp, psc.data(), pgot.data(), cores);
+    if (auto s = (*pq_seg)->Search(queries.data(), pq_nq, pp, psc.data(), pgot.data(), cores); !s.ok()) {
+      std::fprintf(stderr, "gpu_bench: IVF-PQ search: %s\n", s.ToString().c_str());
+      return 1;
+    }
     const double pq_qps = pq_nq / Since(t);
     Print(absl::StrFormat(
         "IVF-PQ segment (nlist %zu, M=%zu) built on the GPU end to end: %.1f s. Searched on the CPU at nprobe 32: "

@@ -295,7 +295,8 @@ absl::Status PqEncoder::Encode(const float* x, size_t n, int32_t* codes) const {
 
 absl::Status EncodePq(const float* x, size_t n, uint32_t dim, size_t m, size_t ksub, const float* codebooks,
                       int32_t* codes) {
-  auto enc = PqEncoder::Create(dim, m, ksub, codebooks);
+  if (n == 0) return absl::OkStatus();
+  auto enc = PqEncoder::Create(dim, m, ksub, codebooks, std::min<size_t>(n, 65536));
   if (!enc.ok()) return enc.status();
   return (*enc)->Encode(x, n, codes);
 }

@@ -105,7 +105,12 @@ class ExactIndex {
   absl::Status Search(const float* queries, size_t nq, int k, const PositionSet* allowed, float* scores,
                       int64_t* labels) const;
   bool resident() const;
+  // Device memory now held; not to be called while searches run (they grow
+  // their workspaces).
   size_t device_bytes() const;
+  // Device memory counted for this index at creation, against the process
+  // budget (its planned peak); safe to read at any time.
+  size_t budgeted_bytes() const { return accounted_; }
   size_t size() const { return n_; }
 
  private:
@@ -183,7 +188,9 @@ class IvfFlatIndex {
                                                               size_t n_positions, const IvfOptions& options);
   absl::Status Search(const float* queries, size_t nq, int k, int nprobe, const PositionSet* allowed,
                       float* scores, int64_t* labels) const;
+  // As ExactIndex's.
   size_t device_bytes() const;
+  size_t budgeted_bytes() const { return accounted_; }
 
  private:
   IvfFlatIndex(std::unique_ptr<cuda::IvfFlatBackend> b, size_t n, Metric m)

@@ -300,7 +300,23 @@ TEST(GpuPqTest, CodebooksMatchFaissCpuAndCodesAreNearest) {
   std::vector<int32_t> in_passes(n * m, -1);
   ASSERT_TRUE((*encoder)->Encode(x.data(), 7001, in_passes.data()).ok());
   ASSERT_TRUE((*encoder)->Encode(x.data() + 7001 * dim, n - 7001, in_passes.data() + 7001 * m).ok());
-  EXPECT_EQ(in_passes, codes);
+  // Other pass shapes may take other GEMM kernels: codes may differ only
+  // between sub-centroids at the same distance (within float rounding).
+  size_t differ = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j < m; ++j) {
+      const int32_t a = codes[i * m + j], b = in_passes[i * m + j];
+      ASSERT_GE(b, 0);
+      ASSERT_LT(static_cast<size_t>(b), ksub);
+      if (a == b) continue;
+      ++differ;
+      const float* part = &x[i * dim + j * dsub];
+      const double da = RefDistance(Metric::kL2, part, &codebooks[(j * ksub + a) * dsub], dsub);
+      const double db = RefDistance(Metric::kL2, part, &codebooks[(j * ksub + b) * dsub], dsub);
+      ASSERT_NEAR(da, db, 1e-4 * (1 + da)) << "point " << i << " sub-space " << j;
+    }
+  }
+  EXPECT_LE(differ, n * m / 1000) << "codes from several passes differ from one pass's";
 
   faiss::ProductQuantizer cpu(dim, m, 8);
   cpu.train(static_cast<int>(n), x.data());
