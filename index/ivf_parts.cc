@@ -6,30 +6,17 @@
 
 #include <algorithm>
 #include <cstring>
-#include <exception>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "index/catch_faiss.h"
 
 namespace cairn::index {
-namespace {
 
 using idx_t = faiss::Index::idx_t;
 
-template <typename Fn>
-absl::Status Faiss(const char* what, const Fn& fn) {
-  try {
-    fn();
-    return absl::OkStatus();
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("FAISS ", what, ": ", e.what()));
-  }
-}
-
-}  // namespace
-
 absl::Status InstallCoarseCentroids(faiss::IndexIVF* ivf, const float* centroids) {
-  return Faiss("installing centroids", [&] {
+  return CatchFaiss("installing centroids", [&] {
     ivf->quantizer->reset();
     ivf->quantizer->add(static_cast<idx_t>(ivf->nlist), centroids);
     ivf->quantizer->is_trained = true;
@@ -63,7 +50,7 @@ absl::Status TrainIvfPqWithCodebooks(faiss::IndexIVFPQ* ivf, const float* codebo
   const int niter = pq.cp.niter;
   pq.train_type = faiss::ProductQuantizer::Train_hot_start;
   pq.cp.niter = 0;
-  absl::Status st = Faiss("training", [&] { ivf->train(static_cast<idx_t>(rows), x); });
+  absl::Status st = CatchFaiss("training", [&] { ivf->train(static_cast<idx_t>(rows), x); });
   pq.train_type = train_type;
   pq.cp.niter = niter;
   if (!st.ok()) return st;
@@ -94,7 +81,7 @@ absl::Status AddIvfPqCodes(faiss::IndexIVFPQ* ivf, size_t n, const int64_t* list
       enc.encode(static_cast<uint64_t>(c));
     }
   }
-  return Faiss("adding codes", [&] { ivf->add_sa_codes(static_cast<idx_t>(n), packed.data(), nullptr); });
+  return CatchFaiss("adding codes", [&] { ivf->add_sa_codes(static_cast<idx_t>(n), packed.data(), nullptr); });
 }
 
 void IvfResiduals(const faiss::IndexIVF& ivf, size_t n, const float* x, const int64_t* lists, float* out) {

@@ -27,6 +27,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
+#include "index/catch_faiss.h"
 #include "index/distance.h"
 #include "index/gpu/gpu.h"
 #include "index/hnsw_search.h"
@@ -248,16 +249,6 @@ void ForEachQuery(size_t nq, int threads, const Fn& one) {
   }
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 4)
   for (size_t q = 0; q < nq; ++q) one(q);
-}
-
-template <typename Fn>
-absl::Status CatchFaiss(std::string_view what, Fn&& fn) {
-  try {
-    fn();
-    return absl::OkStatus();
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("FAISS ", std::string(what), ": ", e.what()));
-  }
 }
 
 void PutU32(std::string* out, uint32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
