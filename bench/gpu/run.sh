@@ -24,17 +24,24 @@ mkdir -p "$OUT"
 # rt/ instead (CAIRN_PACKED_RUNTIME=1 forces that); the sanitizers then run
 # only if they accept that.
 run=()
-if [[ ${CAIRN_PACKED_RUNTIME:-0} == 1 ]] || ! "$here/gpu_test" --gtest_list_tests >"$OUT/start.log" 2>&1; then
+# Each binary must start: gpu_test's list of suites lands in start.log, what
+# the loader says in start.err.
+starts() {
+  "${run[@]}" "$here/gpu_test" --gtest_list_tests >"$OUT/start.log" 2>"$OUT/start.err" &&
+    "${run[@]}" "$here/db_test" --gtest_list_tests >/dev/null 2>>"$OUT/start.err" &&
+    "${run[@]}" "$here/gpu_bench" --help >/dev/null 2>>"$OUT/start.err"
+}
+if [[ ${CAIRN_PACKED_RUNTIME:-0} == 1 ]] || ! starts; then
   if [[ ${CAIRN_PACKED_RUNTIME:-0} != 1 ]]; then
     echo "the binaries do not start with this machine's runtime:"
-    head -5 "$OUT/start.log"
+    tail -5 "$OUT/start.err"
   fi
   run=("$here/rt/ld-linux-x86-64.so.2" --library-path "$here/rt:$libs:/usr/lib/x86_64-linux-gnu:/usr/lib64")
-  if "${run[@]}" "$here/gpu_test" --gtest_list_tests >"$OUT/start.log" 2>&1; then
+  if starts; then
     echo "using the packed runtime (rt/)"
   else
     echo "they do not start with the packed runtime either:"
-    head -5 "$OUT/start.log"
+    tail -5 "$OUT/start.err"
     exit 1
   fi
 fi
