@@ -763,7 +763,7 @@ absl::Status Segment::SearchOnGpu(const GpuCopy& gpu, const float* queries, size
   if (gpu.exact) {
     st = gpu.exact->Search(queries, nq, params.k, allow, scores, labels.data());
   } else {
-    st = gpu.ivf->Search(queries, nq, params.k, GpuNprobe(params), allow, scores, labels.data());
+    st = gpu.ivf->Search(queries, nq, params.k, GpuNprobe(params), allow, scores, labels.data(), params.gpu_ivf_scan);
   }
   if (!st.ok()) return st;
   for (int64_t label : labels) {

@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "cairn/options.h"
+#include "index/gpu/cuda_backend.h"
 
 namespace faiss {
 struct Index;
@@ -80,6 +81,9 @@ struct SegmentSearchParams {
   const PositionSet* allowed = nullptr;
   // Search on the CPU even when the segment has a GPU copy (benchmarks).
   bool force_cpu = false;
+  // How a GPU copy of an IVF-Flat segment scans its lists (benchmarks; the
+  // results are the same).
+  gpu::cuda::IvfScan gpu_ivf_scan = gpu::cuda::IvfScan::kAuto;
 };
 
 class Segment {

@@ -86,7 +86,9 @@ echo "gpu_test exit code: $test_rc"
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [[ -x $san ]]; then
   echo "== compute-sanitizer"
-  small='Paths/GpuExactTest.MatchesFloat64BruteForce/0:Paths/GpuExactTest.MatchesFloat64BruteForce/6:Metrics/GpuIvfTest.MatchesTheCpuScanOfTheSameLists/0:GpuKMeansTest.EmptyClustersAreSplit'
+  small='Paths/GpuExactTest.MatchesFloat64BruteForce/0:Paths/GpuExactTest.MatchesFloat64BruteForce/6'
+  small="$small:Metrics/GpuIvfTest.MatchesTheCpuScanOfTheSameLists/L2_ByQuery"
+  small="$small:Metrics/GpuIvfTest.MatchesTheCpuScanOfTheSameLists/L2_ByList:GpuKMeansTest.EmptyClustersAreSplit"
   timeout -k 10 70 "$san" --tool memcheck --error-exitcode 3 "${run[@]}" "$here/gpu_test" --gtest_filter="$small" >"$OUT/memcheck.log" 2>&1
   echo "memcheck exit code: $? (0 clean, 3 errors, 124 out of time)"
   grep -E 'ERROR SUMMARY|Invalid|Program hit' "$OUT/memcheck.log" | head -12

@@ -127,11 +127,19 @@ class PqEncoderBackend {
 Result MakePqEncoder(uint32_t dim, size_t m, size_t ksub, const float* codebooks, const KMeansConfig& config,
                      size_t max_rows, std::unique_ptr<PqEncoderBackend>* out);
 
+// How the probed lists are scanned. By query: a block per (query, list),
+// reading the list once per query that probes it (few queries per list:
+// small batches). By list: the batch's (query, list) pairs grouped by list,
+// a block per list and up to 32 of its queries, reading the list once for
+// them all (many queries per list: large batches). Auto picks by the
+// batch's pairs per probed list. The results are the same.
+enum class IvfScan { kAuto = 0, kByQuery = 1, kByList = 2 };
+
 class IvfFlatBackend {
  public:
   virtual ~IvfFlatBackend() = default;
   virtual Result Search(const float* queries, size_t nq, int k, int nprobe, const uint64_t* allow,
-                        float* dist, int64_t* labels) = 0;
+                        float* dist, int64_t* labels, IvfScan scan) = 0;
   virtual size_t device_bytes() const = 0;
 };
 

@@ -13,6 +13,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -227,6 +228,11 @@ class BlasHandle {
 size_t UsableBytes(int device, size_t budget);
 
 inline size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
+
+// Blocks for a grid-stride loop over `work` items (at most 65,536).
+inline unsigned GridFor(size_t work, unsigned threads) {
+  return static_cast<unsigned>(std::min<size_t>(CeilDiv(work, threads), 1u << 16));
+}
 
 }  // namespace cairn::index::gpu::cuda
 

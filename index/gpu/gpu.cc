@@ -326,12 +326,12 @@ absl::StatusOr<std::unique_ptr<IvfFlatIndex>> IvfFlatIndex::Create(const float* 
 }
 
 absl::Status IvfFlatIndex::Search(const float* queries, size_t nq, int k, int nprobe, const PositionSet* allowed,
-                                  float* scores, int64_t* labels) const {
+                                  float* scores, int64_t* labels, cuda::IvfScan scan) const {
   if (auto s = CheckK(k); !s.ok()) return s;
   if (nq == 0) return absl::OkStatus();
   std::vector<uint64_t> scratch;
   const uint64_t* allow = AllowBits(allowed, n_positions_, &scratch);
-  if (auto s = ToStatus(backend_->Search(queries, nq, k, nprobe, allow, scores, labels)); !s.ok()) return s;
+  if (auto s = ToStatus(backend_->Search(queries, nq, k, nprobe, allow, scores, labels, scan)); !s.ok()) return s;
   ToScores(metric_, nq * static_cast<size_t>(k), scores, labels);
   return absl::OkStatus();
 }

@@ -187,7 +187,7 @@ class IvfFlatIndex {
                                                               const std::vector<cuda::IvfList>& lists,
                                                               size_t n_positions, const IvfOptions& options);
   absl::Status Search(const float* queries, size_t nq, int k, int nprobe, const PositionSet* allowed,
-                      float* scores, int64_t* labels) const;
+                      float* scores, int64_t* labels, cuda::IvfScan scan = cuda::IvfScan::kAuto) const;
   // As ExactIndex's.
   size_t device_bytes() const;
   size_t budgeted_bytes() const { return accounted_; }

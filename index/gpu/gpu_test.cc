@@ -19,6 +19,8 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -386,11 +388,12 @@ TEST(GpuKMeansTest, TooFewPointsIsInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
 }
 
-class GpuIvfTest : public ::testing::TestWithParam<Metric> {};
+// Both scans of the probed lists (by query, by list) against the CPU.
+class GpuIvfTest : public ::testing::TestWithParam<std::tuple<Metric, cuda::IvfScan>> {};
 
 TEST_P(GpuIvfTest, MatchesTheCpuScanOfTheSameLists) {
   SKIP_WITHOUT_GPU();
-  const Metric metric = GetParam();
+  const auto [metric, scan] = GetParam();
   std::mt19937_64 rng(TestSeed());
   const uint32_t dim = 48;
   const size_t n = 30000, nq = 200, nlist = 128;
@@ -426,7 +429,7 @@ TEST_P(GpuIvfTest, MatchesTheCpuScanOfTheSameLists) {
     std::vector<float> scores(nq * k);
     std::vector<int64_t> labels(nq * k);
     ASSERT_TRUE((*gpu)->Search(queries.data(), nq, k, nprobe, filtered ? &allowed : nullptr, scores.data(),
-                               labels.data())
+                               labels.data(), scan)
                     .ok());
     int bad = 0;
     for (size_t q = 0; q < nq && bad < 5; ++q) {
@@ -462,7 +465,14 @@ TEST_P(GpuIvfTest, MatchesTheCpuScanOfTheSameLists) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Metrics, GpuIvfTest, ::testing::Values(Metric::kL2, Metric::kInnerProduct, Metric::kCosine));
+INSTANTIATE_TEST_SUITE_P(Metrics, GpuIvfTest,
+                         ::testing::Combine(::testing::Values(Metric::kL2, Metric::kInnerProduct, Metric::kCosine),
+                                            ::testing::Values(cuda::IvfScan::kByQuery, cuda::IvfScan::kByList)),
+                         [](const auto& info) {
+                           const Metric m = std::get<0>(info.param);
+                           return std::string(m == Metric::kL2 ? "L2" : m == Metric::kCosine ? "Cosine" : "IP") +
+                                  (std::get<1>(info.param) == cuda::IvfScan::kByList ? "_ByList" : "_ByQuery");
+                         });
 
 TEST(GpuIvfTest, ListsBeyondTheBudgetAreResourceExhausted) {
   SKIP_WITHOUT_GPU();

@@ -1,8 +1,11 @@
 // IVF-Flat search on the GPU. The inverted lists are copied to the device
 // back to back (vectors in float32, their positions beside them); a batch of
 // queries finds its nprobe nearest centroids (GEMM + select), every probed
-// list is scanned by one block per (query, list) writing exact distances into
-// a per-query row, and a last select keeps the k best of each row.
+// list is scanned, writing exact distances into a per-query row, and a last
+// select keeps the k best of each row. The scan goes by query (a block per
+// query and list) or, when the batch's queries share lists, by list (a block
+// per list and up to 32 of its queries, reading the list once for them all);
+// see IvfScan.
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -17,6 +20,13 @@ namespace cairn::index::gpu::cuda {
 namespace {
 
 constexpr size_t kWorkspaceBytes = 1ull << 30;
+// Device bytes per (query, list) pair for the scan by list: its place in the
+// grouping, and at most one block's work.
+constexpr size_t kPairBytes = sizeof(int64_t) + sizeof(kernels::TileWork);
+// In auto mode the scan goes by list from this many pairs per probed list on
+// average: each list is then read once for several queries, which outweighs
+// the work of the block's unused query slots.
+constexpr int64_t kMinPairsPerList = 4;
 
 class IvfFlatCuda final : public IvfFlatBackend {
  public:
@@ -46,9 +56,9 @@ class IvfFlatCuda final : public IvfFlatBackend {
     // Workspace: distance rows of a batch of queries probing the longest
     // lists (at most kMaxK of them), within what the budget leaves.
     const size_t max_probe = std::min<size_t>(nlist_, kMaxK);
-    const size_t per_query =
-        longest_prefix_[max_probe] * (sizeof(float) + sizeof(int64_t)) + nlist_ * sizeof(float) + kMaxK * 24;
-    const size_t io = cfg_.max_batch * (d_ * sizeof(float) + kMaxK * 24);
+    const size_t per_query = longest_prefix_[max_probe] * (sizeof(float) + sizeof(int64_t)) +
+                             nlist_ * sizeof(float) + kMaxK * 24 + max_probe * kPairBytes;
+    const size_t io = cfg_.max_batch * (d_ * sizeof(float) + kMaxK * 24) + 2 * nlist_ * sizeof(uint32_t);
     if (lists_bytes + io + per_query > usable) {
       throw CudaFailure(Code::kResourceExhausted,
                         "IVF-Flat segment of " + std::to_string(total_) + " vectors needs " +
@@ -97,21 +107,21 @@ class IvfFlatCuda final : public IvfFlatBackend {
   }
 
   Result Search(const float* queries, size_t nq, int k, int nprobe, const uint64_t* allow, float* dist,
-                int64_t* labels) override {
+                int64_t* labels, IvfScan scan) override {
     std::lock_guard lock(mu_);
-    return Guard([&] { SearchLocked(queries, nq, k, nprobe, allow, dist, labels); });
+    return Guard([&] { SearchLocked(queries, nq, k, nprobe, allow, dist, labels, scan); });
   }
 
   size_t device_bytes() const override {
     return std::max(planned_bytes_, data_.bytes() + positions_.bytes() + list_off_.bytes() + centroids_.bytes() + cnorm_.bytes() +
            allow_.bytes() + q_.bytes() + coarse_.bytes() + probe_v_.bytes() + probe_i_.bytes() +
            probe_start_.bytes() + row_len_.bytes() + dist_.bytes() + labels_.bytes() + out_v_.bytes() +
-           out_i_.bytes() + part_v_.bytes() + part_i_.bytes());
+           out_i_.bytes() + part_v_.bytes() + part_i_.bytes() + counts_.bytes() + order_.bytes() + work_.bytes());
   }
 
  private:
   void SearchLocked(const float* queries, size_t nq, int k, int nprobe, const uint64_t* allow, float* dist,
-                    int64_t* labels) {
+                    int64_t* labels, IvfScan scan) {
     if (k < 1 || k > kMaxK) throw CudaFailure(Code::kInvalidArgument, "k must be in 1..1024 on the GPU");
     UseDevice(cfg_.device);
     nprobe = static_cast<int>(std::clamp<size_t>(static_cast<size_t>(std::max(nprobe, 1)), 1,
@@ -126,7 +136,8 @@ class IvfFlatCuda final : public IvfFlatBackend {
     }
     // Every query's row fits the nprobe longest lists.
     const size_t row_cap = std::max<size_t>(1, longest_prefix_[nprobe]);
-    const size_t per_query = row_cap * (sizeof(float) + sizeof(int64_t)) + nlist_ * sizeof(float);
+    const size_t per_query =
+        row_cap * (sizeof(float) + sizeof(int64_t)) + nlist_ * sizeof(float) + nprobe * kPairBytes;
     const size_t qb_max = std::clamp<size_t>(ws_bytes_ / per_query, 1, cfg_.max_batch);
     for (size_t q0 = 0; q0 < nq; q0 += qb_max) {
       const size_t qb = std::min(qb_max, nq - q0);
@@ -164,12 +175,24 @@ class IvfFlatCuda final : public IvfFlatBackend {
       kernels::ProbeOffsetsKernel<<<static_cast<unsigned>(CeilDiv(qb, 128)), 128, 0, s>>>(
           probe_i_.get(), static_cast<int>(qb), nprobe, list_off_.get(), probe_start_.get(), row_len_.get());
       CAIRN_CUDA_LAUNCHED();
-      const size_t shmem = d_ <= kernels::kSharedQueryDims ? d_ * sizeof(float) : 0;
-      const dim3 scan_grid(static_cast<unsigned>(qb), static_cast<unsigned>(nprobe));
-      kernels::ScanKernel<<<scan_grid, kernels::kScanThreads, shmem, s>>>(
-          q_.get(), d_, probe_i_.get(), nprobe, probe_start_.get(), data_.get(), positions_.get(), list_off_.get(),
-          allow_dev, l2, dist_.get(), labels_.get(), static_cast<int64_t>(row_cap));
-      CAIRN_CUDA_LAUNCHED();
+      const int64_t npairs = static_cast<int64_t>(qb) * nprobe;
+      size_t n_work = 0;
+      if (GroupPairsByList(npairs, scan, &n_work)) {
+        if (n_work > 0) {
+          auto* scan = l2 ? &kernels::TiledScanKernel<true> : &kernels::TiledScanKernel<false>;
+          scan<<<static_cast<unsigned>(n_work), kernels::kTileThreads, 0, s>>>(
+              q_.get(), d_, nprobe, probe_start_.get(), work_.get(), order_.get(), data_.get(), positions_.get(),
+              list_off_.get(), allow_dev, dist_.get(), labels_.get(), static_cast<int64_t>(row_cap));
+          CAIRN_CUDA_LAUNCHED();
+        }
+      } else {
+        const size_t shmem = d_ <= kernels::kSharedQueryDims ? d_ * sizeof(float) : 0;
+        const dim3 scan_grid(static_cast<unsigned>(qb), static_cast<unsigned>(nprobe));
+        kernels::ScanKernel<<<scan_grid, kernels::kScanThreads, shmem, s>>>(
+            q_.get(), d_, probe_i_.get(), nprobe, probe_start_.get(), data_.get(), positions_.get(),
+            list_off_.get(), allow_dev, l2, dist_.get(), labels_.get(), static_cast<int64_t>(row_cap));
+        CAIRN_CUDA_LAUNCHED();
+      }
 
       // Long rows and few queries: slices in parallel, then their merge.
       const int slices = PickSlices(static_cast<int>(qb), static_cast<int64_t>(row_cap), k, sm_count_);
@@ -216,6 +239,46 @@ class IvfFlatCuda final : public IvfFlatBackend {
     }
   }
 
+  // Whether the scan of the batch's npairs (query, list) pairs in probe_i_
+  // goes by list; if so, groups the pairs by list (order_) and plans the
+  // blocks (work_, n_work of them). Auto mode decides on the pairs' counts.
+  bool GroupPairsByList(int64_t npairs, IvfScan scan, size_t* n_work) {
+    // The counters are 32-bit; a batch that small in pairs has little to share.
+    if (scan == IvfScan::kByQuery || npairs > INT32_MAX) return false;
+    if (scan == IvfScan::kAuto &&
+        npairs < std::max<int64_t>(2 * kernels::kTileQueries, static_cast<int64_t>(nlist_ / 4))) {
+      return false;
+    }
+    cudaStream_t s = stream_.get();
+    Grow(&counts_, 2 * nlist_);  // counts, then cursors
+    Grow(&h_counts_, 2 * nlist_);
+    CAIRN_CUDA(cudaMemsetAsync(counts_.get(), 0, nlist_ * sizeof(uint32_t), s));
+    kernels::CountPairsKernel<<<GridFor(npairs, 256), 256, 0, s>>>(probe_i_.get(), npairs, counts_.get());
+    CAIRN_CUDA_LAUNCHED();
+    CAIRN_CUDA(cudaMemcpyAsync(h_counts_.get(), counts_.get(), nlist_ * sizeof(uint32_t), cudaMemcpyDeviceToHost, s));
+    stream_.Sync();
+    int64_t pairs = 0, probed = 0;
+    for (size_t l = 0; l < nlist_; ++l) {
+      pairs += h_counts_.get()[l];
+      probed += h_counts_.get()[l] > 0;
+    }
+    if (scan == IvfScan::kAuto && pairs < kMinPairsPerList * probed) return false;
+    const size_t max_work = static_cast<size_t>(pairs) / kernels::kTileQueries + static_cast<size_t>(probed) + 1;
+    Grow(&h_work_, max_work);
+    uint32_t* cursor = h_counts_.get() + nlist_;
+    kernels::PlanTiles(h_counts_.get(), nlist_, cursor, h_work_.get(), n_work);
+    if (*n_work == 0) return true;
+    Grow(&work_, *n_work);
+    Grow(&order_, static_cast<size_t>(pairs));
+    CAIRN_CUDA(cudaMemcpyAsync(counts_.get() + nlist_, cursor, nlist_ * sizeof(uint32_t), cudaMemcpyHostToDevice, s));
+    CAIRN_CUDA(cudaMemcpyAsync(work_.get(), h_work_.get(), *n_work * sizeof(kernels::TileWork),
+                               cudaMemcpyHostToDevice, s));
+    kernels::ScatterPairsKernel<<<GridFor(npairs, 256), 256, 0, s>>>(probe_i_.get(), npairs,
+                                                                      counts_.get() + nlist_, order_.get());
+    CAIRN_CUDA_LAUNCHED();
+    return true;
+  }
+
   const IvfConfig cfg_;
   const size_t nlist_;
   const uint32_t d_;
@@ -234,8 +297,13 @@ class IvfFlatCuda final : public IvfFlatBackend {
   DeviceArray<uint64_t> allow_;
   DeviceArray<float> q_, coarse_, probe_v_, dist_, out_v_, part_v_;
   DeviceArray<int64_t> probe_i_, probe_start_, row_len_, labels_, out_i_, part_i_;
+  DeviceArray<uint32_t> counts_;  // pairs per list, then each list's cursor
+  DeviceArray<int64_t> order_;    // the batch's pairs grouped by list
+  DeviceArray<kernels::TileWork> work_;
   PinnedArray<float> h_q_, h_v_;
   PinnedArray<int64_t> h_i_;
+  PinnedArray<uint32_t> h_counts_;
+  PinnedArray<kernels::TileWork> h_work_;
 };
 
 }  // namespace

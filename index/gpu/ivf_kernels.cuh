@@ -9,6 +9,14 @@
 
 // The block's dynamic shared memory as an array of `type` (the emulator
 // defines its own).
+// Loops over register arrays unrolled by nvcc (so the arrays stay in
+// registers); plain loops for the host compiler.
+#if defined(__CUDACC__)
+#define CAIRN_UNROLL _Pragma("unroll")
+#else
+#define CAIRN_UNROLL
+#endif
+
 #ifndef CAIRN_DYNAMIC_SHARED
 #define CAIRN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
@@ -75,6 +83,142 @@ __global__ void __launch_bounds__(kScanThreads) ScanKernel(
     if (lane == 0) {
       out_d[i] = l2 ? s : -s;
       out_l[i] = pos;
+    }
+  }
+}
+
+// ---- Scan by list --------------------------------------------------------
+// With many queries per probed list (large batches), each list's vectors are
+// read once for up to kTileQueries of the queries that probe it, instead of
+// once per query: the scan becomes a tiled product of queries by vectors in
+// shared memory, bound by arithmetic rather than by memory. A pair
+// j = q * nprobe + p names the p-th list query q probes; the pairs are
+// grouped by list (counted, then scattered) and each block takes one
+// TileWork: a list and up to kTileQueries of its pairs. It writes the same
+// rows, in the same places, as ScanKernel.
+
+constexpr int kTileQueries = 32;   // pairs per block
+constexpr int kTileVectors = 128;  // list vectors per step
+constexpr int kTileDims = 32;      // dimensions per step
+constexpr int kTileThreads = 256;  // 8 warps: warp w takes queries 4w..4w+3, lane l vectors l, l+32, l+64, l+96
+
+struct TileWork {
+  int64_t list = 0;
+  int64_t pair_begin = 0;  // into the pairs grouped by list
+  int32_t pairs = 0;       // 1..kTileQueries
+};
+
+__global__ void CountPairsKernel(const int64_t* probes, int64_t npairs, uint32_t* counts) {
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < npairs;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (probes[j] >= 0) atomicAdd(&counts[probes[j]], 1u);
+  }
+}
+
+// cursor: where each list's pairs start (the exclusive sum of the counts).
+__global__ void ScatterPairsKernel(const int64_t* probes, int64_t npairs, uint32_t* cursor, int64_t* order) {
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < npairs;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (probes[j] >= 0) order[atomicAdd(&cursor[probes[j]], 1u)] = j;
+  }
+}
+
+// The host's half of the grouping: from the counts of pairs per list, each
+// list's first pair (cursor, for ScatterPairsKernel) and the blocks' work.
+// Returns the number of pairs.
+inline int64_t PlanTiles(const uint32_t* counts, size_t nlist, uint32_t* cursor, TileWork* work, size_t* n_work) {
+  int64_t at = 0;
+  size_t w = 0;
+  for (size_t l = 0; l < nlist; ++l) {
+    cursor[l] = static_cast<uint32_t>(at);
+    for (uint32_t t = 0; t < counts[l]; t += kTileQueries) {
+      work[w].list = static_cast<int64_t>(l);
+      work[w].pair_begin = at + t;
+      work[w].pairs = static_cast<int32_t>(counts[l] - t < static_cast<uint32_t>(kTileQueries) ? counts[l] - t
+                                                                                              : kTileQueries);
+      ++w;
+    }
+    at += counts[l];
+  }
+  *n_work = w;
+  return at;
+}
+
+template <bool kL2>
+__global__ void __launch_bounds__(kTileThreads) TiledScanKernel(
+    const float* queries, uint32_t d, int nprobe, const int64_t* probe_start, const TileWork* work,
+    const int64_t* order, const float* data, const int64_t* positions, const int64_t* list_off,
+    const uint64_t* allow, float* dist, int64_t* labels, int64_t row_cap) {
+  // Padded so that the stores of a warp (one row of 32 dims) and the loads of
+  // a warp (32 consecutive vectors) fall in distinct banks; qs rows stay
+  // 16-byte aligned for the float4 loads.
+  __shared__ __align__(16) float qs[kTileDims][kTileQueries + 4];
+  __shared__ float vs[kTileDims][kTileVectors + 1];
+  __shared__ int64_t qrow[kTileQueries];    // the pair's query, -1 past the block's pairs
+  __shared__ int64_t out_at[kTileQueries];  // where the pair's distances start in dist / labels
+  const TileWork w = work[blockIdx.x];
+  const int64_t begin = list_off[w.list], len = list_off[w.list + 1] - begin;
+  const int t = threadIdx.x, warp = t / 32, lane = t & 31;
+  if (t < kTileQueries) {
+    if (t < w.pairs) {
+      const int64_t pair = order[w.pair_begin + t];
+      qrow[t] = pair / nprobe;
+      out_at[t] = pair / nprobe * row_cap + probe_start[pair];
+    } else {
+      qrow[t] = -1;
+      out_at[t] = -1;
+    }
+  }
+  __syncthreads();
+  for (int64_t v0 = 0; v0 < len; v0 += kTileVectors) {
+    float acc[4][4] = {};
+    for (uint32_t d0 = 0; d0 < d; d0 += kTileDims) {
+      // A warp reads 32 consecutive dimensions of one query or one vector.
+      for (int e = t; e < kTileQueries * kTileDims; e += kTileThreads) {
+        const int qi = e / kTileDims, j = e % kTileDims;
+        const int64_t q = qrow[qi];
+        qs[j][qi] = q >= 0 && d0 + j < d ? queries[q * d + d0 + j] : 0.0f;
+      }
+      for (int e = t; e < kTileVectors * kTileDims; e += kTileThreads) {
+        const int vi = e / kTileDims, j = e % kTileDims;
+        vs[j][vi] = v0 + vi < len && d0 + j < d ? data[(begin + v0 + vi) * d + d0 + j] : 0.0f;
+      }
+      __syncthreads();
+      CAIRN_UNROLL
+      for (int j = 0; j < kTileDims; ++j) {
+        const float4 q4 = *reinterpret_cast<const float4*>(&qs[j][warp * 4]);
+        const float qv[4] = {q4.x, q4.y, q4.z, q4.w};
+        float vv[4];
+        CAIRN_UNROLL
+        for (int c = 0; c < 4; ++c) vv[c] = vs[j][lane + 32 * c];
+        CAIRN_UNROLL
+        for (int r = 0; r < 4; ++r) {
+          CAIRN_UNROLL
+          for (int c = 0; c < 4; ++c) {
+            if constexpr (kL2) {
+              const float diff = qv[r] - vv[c];
+              acc[r][c] += diff * diff;
+            } else {
+              acc[r][c] += qv[r] * vv[c];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+    CAIRN_UNROLL
+    for (int c = 0; c < 4; ++c) {
+      const int64_t i = v0 + lane + 32 * c;
+      if (i >= len) break;
+      const int64_t pos = positions[begin + i];
+      const bool allowed = allow == nullptr || ((allow[pos >> 6] >> (pos & 63)) & 1ull);
+      CAIRN_UNROLL
+      for (int r = 0; r < 4; ++r) {
+        const int64_t at = out_at[warp * 4 + r];
+        if (at < 0) continue;
+        labels[at + i] = allowed ? pos : -1;
+        if (allowed) dist[at + i] = kL2 ? acc[r][c] : -acc[r][c];
+      }
     }
   }
 }

@@ -282,16 +282,24 @@ struct IvfScanCase {
   uint32_t d;
   bool l2;
   bool allow;
+  bool by_list = false;  // TiledScanKernel over the pairs grouped by list, else ScanKernel
+  int nq = 5;
+  int max_len = 40;  // list lengths 1..max_len, and some empty lists
 };
+
+void PrintTo(const IvfScanCase& c, std::ostream* os) {
+  *os << (c.by_list ? "by list" : "by query") << " d=" << c.d << (c.l2 ? " L2" : " IP")
+      << (c.allow ? " allow-list" : "") << " nq=" << c.nq << " lists<=" << c.max_len;
+}
 
 class EmulatedIvfScanTest : public ::testing::TestWithParam<IvfScanCase> {};
 
 TEST_P(EmulatedIvfScanTest, WritesEveryProbedListsDistancesInItsPlace) {
   const IvfScanCase& c = GetParam();
-  std::mt19937_64 rng(c.d * 2 + c.l2);
-  const int nlist = 12, nprobe = 4, nq = 5;
+  std::mt19937_64 rng(c.d * 2 + c.l2 + 7 * c.nq);
+  const int nlist = 12, nprobe = 4, nq = c.nq;
   std::vector<int64_t> list_off(nlist + 1, 0);
-  for (int l = 0; l < nlist; ++l) list_off[l + 1] = list_off[l] + (l % 5 == 2 ? 0 : 1 + rng() % 40);
+  for (int l = 0; l < nlist; ++l) list_off[l + 1] = list_off[l] + (l % 5 == 2 ? 0 : 1 + rng() % c.max_len);
   const int64_t total = list_off[nlist];
   std::vector<int64_t> positions(static_cast<size_t>(total));
   std::iota(positions.begin(), positions.end(), 100);
@@ -329,10 +337,48 @@ TEST_P(EmulatedIvfScanTest, WritesEveryProbedListsDistancesInItsPlace) {
 
   std::vector<float> dist(static_cast<size_t>(nq * row_cap), -123.0f);
   std::vector<int64_t> labels(dist.size(), -123);
-  const size_t shmem = c.d <= kernels::kSharedQueryDims ? c.d * sizeof(float) : 0;
-  Launch(dim3(nq, nprobe), dim3(kernels::kScanThreads), shmem, &kernels::ScanKernel, queries.data(), c.d,
-         probes.data(), nprobe, probe_start.data(), data.data(), positions.data(), list_off.data(),
-         c.allow ? allow.data() : nullptr, c.l2, dist.data(), labels.data(), row_cap);
+  if (c.by_list) {
+    const int64_t npairs = nq * nprobe;
+    std::vector<uint32_t> counts(nlist, 0), cursor(nlist, 0);
+    Launch(dim3(2), dim3(64), 0, &kernels::CountPairsKernel, probes.data(), npairs, counts.data());
+    std::vector<kernels::TileWork> work(npairs);
+    size_t n_work = 0;
+    const int64_t pairs = kernels::PlanTiles(counts.data(), nlist, cursor.data(), work.data(), &n_work);
+    ASSERT_EQ(pairs, npairs - 1);  // one probe is -1
+    // Every list's pairs, in blocks of at most kTileQueries, back to back.
+    std::vector<int> seen(nlist, 0);
+    int64_t next = 0;
+    for (size_t w = 0; w < n_work; ++w) {
+      ASSERT_EQ(work[w].pair_begin, next);
+      ASSERT_GE(work[w].pairs, 1);
+      ASSERT_LE(work[w].pairs, kernels::kTileQueries);
+      seen[work[w].list] += work[w].pairs;
+      next += work[w].pairs;
+    }
+    ASSERT_EQ(next, pairs);
+    for (int l = 0; l < nlist; ++l) ASSERT_EQ(seen[l], static_cast<int>(counts[l])) << "list " << l;
+    std::vector<int64_t> order(pairs, -1);
+    Launch(dim3(3), dim3(64), 0, &kernels::ScatterPairsKernel, probes.data(), npairs, cursor.data(), order.data());
+    for (size_t w = 0; w < n_work; ++w) {
+      for (int i = 0; i < work[w].pairs; ++i) {
+        const int64_t pair = order[work[w].pair_begin + i];
+        ASSERT_GE(pair, 0);
+        ASSERT_EQ(probes[pair], work[w].list) << "pair " << pair << " grouped under the wrong list";
+      }
+    }
+    std::vector<int64_t> sorted = order;
+    std::sort(sorted.begin(), sorted.end());
+    ASSERT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "a pair grouped twice";
+    auto* kernel = c.l2 ? &kernels::TiledScanKernel<true> : &kernels::TiledScanKernel<false>;
+    Launch(dim3(static_cast<unsigned>(n_work)), dim3(kernels::kTileThreads), 0, kernel, queries.data(), c.d, nprobe,
+           probe_start.data(), work.data(), order.data(), data.data(), positions.data(), list_off.data(),
+           c.allow ? allow.data() : nullptr, dist.data(), labels.data(), row_cap);
+  } else {
+    const size_t shmem = c.d <= kernels::kSharedQueryDims ? c.d * sizeof(float) : 0;
+    Launch(dim3(nq, nprobe), dim3(kernels::kScanThreads), shmem, &kernels::ScanKernel, queries.data(), c.d,
+           probes.data(), nprobe, probe_start.data(), data.data(), positions.data(), list_off.data(),
+           c.allow ? allow.data() : nullptr, c.l2, dist.data(), labels.data(), row_cap);
+  }
   for (int q = 0; q < nq; ++q) {
     for (int p = 0; p < nprobe; ++p) {
       const int64_t l = probes[q * nprobe + p];
@@ -364,7 +410,14 @@ INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedIvfScanTest,
                          ::testing::Values(IvfScanCase{40, true, false}, IvfScanCase{40, false, true},
                                            IvfScanCase{1, true, true},
                                            // Over 48 KiB of query: read from global memory.
-                                           IvfScanCase{kernels::kSharedQueryDims + 1, true, true}));
+                                           IvfScanCase{kernels::kSharedQueryDims + 1, true, true},
+                                           // By list: lists longer than a block's 128 vectors, and over
+                                           // 32 queries per list (several blocks per list).
+                                           IvfScanCase{40, true, false, true, 120, 300},
+                                           IvfScanCase{40, false, true, true, 120, 300},
+                                           // Dimensions not a multiple of 32; one dimension.
+                                           IvfScanCase{70, true, true, true, 40, 150},
+                                           IvfScanCase{1, true, true, true, 9, 40}));
 
 // ---- element-wise ops -------------------------------------------------------
 

@@ -22,10 +22,6 @@ namespace {
 
 constexpr size_t kDistBytes = 1ull << 30;
 
-unsigned GridFor(size_t work, unsigned threads) {
-  return static_cast<unsigned>(std::min<size_t>((work + threads - 1) / threads, 1u << 16));
-}
-
 // Device-resident points and centroids, and the assignment step.
 class Lloyd {
  public:
