@@ -388,6 +388,26 @@ TEST(GpuKMeansTest, TooFewPointsIsInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// FAISS's CPU IVF-Flat over x, and its lists as the GPU index takes them.
+struct CpuIvf {
+  CpuIvf(Metric metric, uint32_t dim, size_t nlist, const std::vector<float>& x)
+      : quantizer(dim, metric == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT),
+        ivf(&quantizer, dim, nlist, quantizer.metric_type),
+        lists(nlist) {
+    const auto n = static_cast<faiss::Index::idx_t>(x.size() / dim);
+    ivf.train(n, x.data());
+    ivf.add(n, x.data());
+    for (size_t l = 0; l < nlist; ++l) {
+      lists[l].vectors = reinterpret_cast<const float*>(ivf.invlists->get_codes(l));
+      lists[l].positions = ivf.invlists->get_ids(l);
+      lists[l].size = ivf.invlists->list_size(l);
+    }
+  }
+  faiss::IndexFlat quantizer;
+  faiss::IndexIVFFlat ivf;
+  std::vector<cuda::IvfList> lists;
+};
+
 // Both scans of the probed lists (by query, by list) against the CPU.
 class GpuIvfTest : public ::testing::TestWithParam<std::tuple<Metric, cuda::IvfScan>> {};
 
@@ -404,17 +424,9 @@ TEST_P(GpuIvfTest, MatchesTheCpuScanOfTheSameLists) {
     Normalize(&x, dim);
     Normalize(&queries, dim);
   }
-  const auto fm = metric == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
-  faiss::IndexFlat quantizer(dim, fm);
-  faiss::IndexIVFFlat ivf(&quantizer, dim, nlist, fm);
-  ivf.train(n, x.data());
-  ivf.add(n, x.data());
-  std::vector<cuda::IvfList> lists(nlist);
-  for (size_t l = 0; l < nlist; ++l) {
-    lists[l].vectors = reinterpret_cast<const float*>(ivf.invlists->get_codes(l));
-    lists[l].positions = ivf.invlists->get_ids(l);
-    lists[l].size = ivf.invlists->list_size(l);
-  }
+  CpuIvf cpu(metric, dim, nlist, x);
+  const faiss::IndexFlat& quantizer = cpu.quantizer;
+  const std::vector<cuda::IvfList>& lists = cpu.lists;
   auto gpu = IvfFlatIndex::Create(quantizer.get_xb(), nlist, dim, metric, lists, n, {});
   ASSERT_TRUE(gpu.ok()) << gpu.status();
 
@@ -473,6 +485,59 @@ INSTANTIATE_TEST_SUITE_P(Metrics, GpuIvfTest,
                            return std::string(m == Metric::kL2 ? "L2" : m == Metric::kCosine ? "Cosine" : "IP") +
                                   (std::get<1>(info.param) == cuda::IvfScan::kByList ? "_ByList" : "_ByQuery");
                          });
+
+// Many small batches (the last one short), 768 dimensions and 32+ queries
+// per list: the scans by query, by list and auto agree on every batch.
+TEST(GpuIvfTest, ScansAgreeOverManyBatches) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(TestSeed());
+  const uint32_t dim = 768;
+  const size_t n = 20000, nq = 1000, nlist = 64;
+  const int k = 10, nprobe = 32;
+  auto x = Clustered(n, dim, rng, 64);
+  auto queries = Clustered(nq, dim, rng, 64);
+  CpuIvf cpu(Metric::kL2, dim, nlist, x);
+  IvfOptions options;
+  options.max_batch = 64;  // 16 batches, the last of 40 queries
+  auto gpu = IvfFlatIndex::Create(cpu.quantizer.get_xb(), nlist, dim, Metric::kL2, cpu.lists, n, options);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  PositionSet allowed;
+  allowed.Resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (i % 5 != 0) allowed.Set(i);
+  }
+  for (const PositionSet* allow : std::vector<const PositionSet*>{nullptr, &allowed}) {
+    std::vector<float> want_s(nq * k);
+    std::vector<int64_t> want_l(nq * k);
+    ASSERT_TRUE((*gpu)->Search(queries.data(), nq, k, nprobe, allow, want_s.data(), want_l.data(),
+                               cuda::IvfScan::kByQuery)
+                    .ok());
+    for (cuda::IvfScan scan : {cuda::IvfScan::kByList, cuda::IvfScan::kAuto}) {
+      std::vector<float> got_s(nq * k);
+      std::vector<int64_t> got_l(nq * k);
+      ASSERT_TRUE(
+          (*gpu)->Search(queries.data(), nq, k, nprobe, allow, got_s.data(), got_l.data(), scan).ok());
+      int bad = 0;
+      for (size_t j = 0; j < nq * k && bad < 5; ++j) {
+        const double tol = 2e-4 * std::max(1.0f, std::abs(want_s[j]));
+        // Ids may differ only between points at the same distance.
+        const bool same = got_l[j] == want_l[j] ||
+                          (got_l[j] >= 0 && want_l[j] >= 0 &&
+                           std::abs(RefDistance(Metric::kL2, &queries[(j / k) * dim], &x[got_l[j] * dim], dim) -
+                                    want_s[j]) <= tol);
+        if (std::abs(got_s[j] - want_s[j]) > tol || !same) {
+          ADD_FAILURE() << "scan " << static_cast<int>(scan) << " filtered=" << (allow != nullptr) << " slot " << j
+                        << ": got " << got_l[j] << " (" << got_s[j] << "), by query " << want_l[j] << " ("
+                        << want_s[j] << ")";
+          ++bad;
+        }
+        if (allow != nullptr && got_l[j] >= 0) {
+          EXPECT_TRUE(allow->Test(got_l[j])) << "slot " << j;
+        }
+      }
+    }
+  }
+}
 
 TEST(GpuIvfTest, ListsBeyondTheBudgetAreResourceExhausted) {
   SKIP_WITHOUT_GPU();

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <numeric>
 #include <vector>
 
 #include "index/gpu/cuda_common.cuh"
@@ -45,10 +46,12 @@ class IvfFlatCuda final : public IvfFlatBackend {
       off[l + 1] = off[l] + static_cast<int64_t>(lists[l].size);
     }
     total_ = static_cast<size_t>(off[nlist_]);
-    std::vector<size_t> sorted = lens_;
-    std::sort(sorted.rbegin(), sorted.rend());
+    longest_first_.resize(nlist_);
+    std::iota(longest_first_.begin(), longest_first_.end(), 0u);
+    std::stable_sort(longest_first_.begin(), longest_first_.end(),
+                     [&](uint32_t a, uint32_t b) { return lens_[a] > lens_[b]; });
     longest_prefix_.assign(nlist_ + 1, 0);
-    for (size_t i = 0; i < nlist_; ++i) longest_prefix_[i + 1] = longest_prefix_[i] + sorted[i];
+    for (size_t i = 0; i < nlist_; ++i) longest_prefix_[i + 1] = longest_prefix_[i] + lens_[longest_first_[i]];
 
     const size_t usable = UsableBytes(cfg_.device, cfg_.memory_budget);
     const size_t lists_bytes = total_ * (d_ * sizeof(float) + sizeof(int64_t)) + nlist_ * d_ * sizeof(float) +
@@ -179,8 +182,8 @@ class IvfFlatCuda final : public IvfFlatBackend {
       size_t n_work = 0;
       if (GroupPairsByList(npairs, scan, &n_work)) {
         if (n_work > 0) {
-          auto* scan = l2 ? &kernels::TiledScanKernel<true> : &kernels::TiledScanKernel<false>;
-          scan<<<static_cast<unsigned>(n_work), kernels::kTileThreads, 0, s>>>(
+          auto* tiled = l2 ? &kernels::TiledScanKernel<true> : &kernels::TiledScanKernel<false>;
+          tiled<<<static_cast<unsigned>(n_work), kernels::kTileThreads, 0, s>>>(
               q_.get(), d_, nprobe, probe_start_.get(), work_.get(), order_.get(), data_.get(), positions_.get(),
               list_off_.get(), allow_dev, dist_.get(), labels_.get(), static_cast<int64_t>(row_cap));
           CAIRN_CUDA_LAUNCHED();
@@ -266,7 +269,7 @@ class IvfFlatCuda final : public IvfFlatBackend {
     const size_t max_work = static_cast<size_t>(pairs) / kernels::kTileQueries + static_cast<size_t>(probed) + 1;
     Grow(&h_work_, max_work);
     uint32_t* cursor = h_counts_.get() + nlist_;
-    kernels::PlanTiles(h_counts_.get(), nlist_, cursor, h_work_.get(), n_work);
+    kernels::PlanTiles(h_counts_.get(), longest_first_.data(), nlist_, cursor, h_work_.get(), n_work);
     if (*n_work == 0) return true;
     Grow(&work_, *n_work);
     Grow(&order_, static_cast<size_t>(pairs));
@@ -291,7 +294,8 @@ class IvfFlatCuda final : public IvfFlatBackend {
   size_t planned_bytes_ = 0;
   int sm_count_ = 1;
   std::vector<size_t> lens_;
-  std::vector<size_t> longest_prefix_;
+  std::vector<uint32_t> longest_first_;  // list numbers, longest list first
+  std::vector<size_t> longest_prefix_;   // lengths of the i longest lists together
   DeviceArray<float> data_, centroids_, cnorm_;
   DeviceArray<int64_t> positions_, list_off_;
   DeviceArray<uint64_t> allow_;

@@ -7,8 +7,6 @@
 #include <cstddef>
 #include <cstdint>
 
-// The block's dynamic shared memory as an array of `type` (the emulator
-// defines its own).
 // Loops over register arrays unrolled by nvcc (so the arrays stay in
 // registers); plain loops for the host compiler.
 #if defined(__CUDACC__)
@@ -17,6 +15,8 @@
 #define CAIRN_UNROLL
 #endif
 
+// The block's dynamic shared memory as an array of `type` (the emulator
+// defines its own).
 #ifndef CAIRN_DYNAMIC_SHARED
 #define CAIRN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
@@ -101,6 +101,8 @@ constexpr int kTileQueries = 32;   // pairs per block
 constexpr int kTileVectors = 128;  // list vectors per step
 constexpr int kTileDims = 32;      // dimensions per step
 constexpr int kTileThreads = 256;  // 8 warps: warp w takes queries 4w..4w+3, lane l vectors l, l+32, l+64, l+96
+static_assert(kTileThreads == 256 && kTileQueries == 32 && kTileVectors == 128 && kTileDims == 32,
+              "TiledScanKernel's loads and tiles are laid out for these sizes");
 
 struct TileWork {
   int64_t list = 0;
@@ -124,12 +126,16 @@ __global__ void ScatterPairsKernel(const int64_t* probes, int64_t npairs, uint32
 }
 
 // The host's half of the grouping: from the counts of pairs per list, each
-// list's first pair (cursor, for ScatterPairsKernel) and the blocks' work.
-// Returns the number of pairs.
-inline int64_t PlanTiles(const uint32_t* counts, size_t nlist, uint32_t* cursor, TileWork* work, size_t* n_work) {
+// list's first pair (cursor, for ScatterPairsKernel) and the blocks' work,
+// the lists taken in `list_order` (longest first, so that the longest blocks
+// do not start last and leave the GPU idle at the end). Returns the number
+// of pairs.
+inline int64_t PlanTiles(const uint32_t* counts, const uint32_t* list_order, size_t nlist, uint32_t* cursor,
+                         TileWork* work, size_t* n_work) {
   int64_t at = 0;
   size_t w = 0;
-  for (size_t l = 0; l < nlist; ++l) {
+  for (size_t o = 0; o < nlist; ++o) {
+    const uint32_t l = list_order[o];
     cursor[l] = static_cast<uint32_t>(at);
     for (uint32_t t = 0; t < counts[l]; t += kTileQueries) {
       work[w].list = static_cast<int64_t>(l);
@@ -144,14 +150,16 @@ inline int64_t PlanTiles(const uint32_t* counts, size_t nlist, uint32_t* cursor,
   return at;
 }
 
+// Four blocks per SM: 64 registers a thread, which nvcc 13 reaches without
+// spilling.
 template <bool kL2>
-__global__ void __launch_bounds__(kTileThreads) TiledScanKernel(
+__global__ void __launch_bounds__(kTileThreads, 4) TiledScanKernel(
     const float* queries, uint32_t d, int nprobe, const int64_t* probe_start, const TileWork* work,
     const int64_t* order, const float* data, const int64_t* positions, const int64_t* list_off,
     const uint64_t* allow, float* dist, int64_t* labels, int64_t row_cap) {
-  // Padded so that the stores of a warp (one row of 32 dims) and the loads of
-  // a warp (32 consecutive vectors) fall in distinct banks; qs rows stay
-  // 16-byte aligned for the float4 loads.
+  // Padded so that a warp's stores (4 queries x 8 dimensions; 32 dimensions
+  // of 8 vectors) and loads (32 consecutive vectors) fall in distinct banks;
+  // qs rows stay 16-byte aligned for the float4 loads.
   __shared__ __align__(16) float qs[kTileDims][kTileQueries + 4];
   __shared__ float vs[kTileDims][kTileVectors + 1];
   __shared__ int64_t qrow[kTileQueries];    // the pair's query, -1 past the block's pairs
@@ -170,42 +178,56 @@ __global__ void __launch_bounds__(kTileThreads) TiledScanKernel(
     }
   }
   __syncthreads();
+  // Loads: this thread takes dimensions (lane & 7) + 8i of query 4 * warp + lane / 8
+  // (i < 4), and dimension `lane` of vectors warp + 8i (i < 16).
+  const int qi = warp * 4 + lane / 8, qj = lane & 7;
+  const float* qp = qrow[qi] >= 0 ? queries + qrow[qi] * d + qj : nullptr;
+  // The block's pairs fill its slots from 0: warps past them only load.
+  const bool active = warp * 4 < w.pairs;
   for (int64_t v0 = 0; v0 < len; v0 += kTileVectors) {
+    const float* vp = data + (begin + v0 + warp) * d + lane;
+    const int64_t vstride = 8 * static_cast<int64_t>(d), vleft = len - v0 - warp;
     float acc[4][4] = {};
     for (uint32_t d0 = 0; d0 < d; d0 += kTileDims) {
-      // A warp reads 32 consecutive dimensions of one query or one vector.
-      for (int e = t; e < kTileQueries * kTileDims; e += kTileThreads) {
-        const int qi = e / kTileDims, j = e % kTileDims;
-        const int64_t q = qrow[qi];
-        qs[j][qi] = q >= 0 && d0 + j < d ? queries[q * d + d0 + j] : 0.0f;
-      }
-      for (int e = t; e < kTileVectors * kTileDims; e += kTileThreads) {
-        const int vi = e / kTileDims, j = e % kTileDims;
-        vs[j][vi] = v0 + vi < len && d0 + j < d ? data[(begin + v0 + vi) * d + d0 + j] : 0.0f;
-      }
-      __syncthreads();
+      float ql[kTileDims / 8], vl[kTileVectors / 8];
       CAIRN_UNROLL
-      for (int j = 0; j < kTileDims; ++j) {
-        const float4 q4 = *reinterpret_cast<const float4*>(&qs[j][warp * 4]);
-        const float qv[4] = {q4.x, q4.y, q4.z, q4.w};
-        float vv[4];
+      for (int i = 0; i < kTileDims / 8; ++i) {
+        ql[i] = qp != nullptr && d0 + qj + 8 * i < d ? qp[d0 + 8 * i] : 0.0f;
+      }
+      CAIRN_UNROLL
+      for (int i = 0; i < kTileVectors / 8; ++i) {
+        vl[i] = d0 + lane < d && 8 * i < vleft ? vp[i * vstride + d0] : 0.0f;
+      }
+      CAIRN_UNROLL
+      for (int i = 0; i < kTileDims / 8; ++i) qs[qj + 8 * i][qi] = ql[i];
+      CAIRN_UNROLL
+      for (int i = 0; i < kTileVectors / 8; ++i) vs[lane][warp + 8 * i] = vl[i];
+      __syncthreads();
+      if (active) {
         CAIRN_UNROLL
-        for (int c = 0; c < 4; ++c) vv[c] = vs[j][lane + 32 * c];
-        CAIRN_UNROLL
-        for (int r = 0; r < 4; ++r) {
+        for (int j = 0; j < kTileDims; ++j) {
+          const float4 q4 = *reinterpret_cast<const float4*>(&qs[j][warp * 4]);
+          const float qv[4] = {q4.x, q4.y, q4.z, q4.w};
+          float vv[4];
           CAIRN_UNROLL
-          for (int c = 0; c < 4; ++c) {
-            if constexpr (kL2) {
-              const float diff = qv[r] - vv[c];
-              acc[r][c] += diff * diff;
-            } else {
-              acc[r][c] += qv[r] * vv[c];
+          for (int c = 0; c < 4; ++c) vv[c] = vs[j][lane + 32 * c];
+          CAIRN_UNROLL
+          for (int r = 0; r < 4; ++r) {
+            CAIRN_UNROLL
+            for (int c = 0; c < 4; ++c) {
+              if constexpr (kL2) {
+                const float diff = qv[r] - vv[c];
+                acc[r][c] += diff * diff;
+              } else {
+                acc[r][c] += qv[r] * vv[c];
+              }
             }
           }
         }
       }
       __syncthreads();
     }
+    if (!active) continue;
     CAIRN_UNROLL
     for (int c = 0; c < 4; ++c) {
       const int64_t i = v0 + lane + 32 * c;

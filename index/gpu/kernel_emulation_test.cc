@@ -278,6 +278,131 @@ TEST(EmulatedKMeansTest, CountScatterAndMeanGroupPointsByCluster) {
 
 // ---- IVF-Flat scan ----------------------------------------------------------
 
+// An IVF layout: lists back to back (list_off), their vectors and positions,
+// and a batch's probes (nq x nprobe list numbers, -1 for none).
+struct IvfLayout {
+  uint32_t d = 0;
+  int nlist = 0, nq = 0, nprobe = 0;
+  std::vector<int64_t> list_off, positions, probes;
+  std::vector<float> data, queries;
+  std::vector<uint64_t> allow;
+};
+
+IvfLayout MakeLayout(uint32_t d, const std::vector<int64_t>& lens, int nq, int nprobe, std::mt19937_64& rng) {
+  IvfLayout L;
+  L.d = d;
+  L.nlist = static_cast<int>(lens.size());
+  L.nq = nq;
+  L.nprobe = nprobe;
+  L.list_off.assign(lens.size() + 1, 0);
+  for (size_t l = 0; l < lens.size(); ++l) L.list_off[l + 1] = L.list_off[l] + lens[l];
+  const int64_t total = L.list_off.back();
+  L.positions.resize(static_cast<size_t>(total));
+  std::iota(L.positions.begin(), L.positions.end(), 100);
+  std::shuffle(L.positions.begin(), L.positions.end(), rng);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  L.data.resize(static_cast<size_t>(total) * d);
+  L.queries.resize(static_cast<size_t>(nq) * d);
+  for (auto& e : L.data) e = normal(rng);
+  for (auto& e : L.queries) e = normal(rng);
+  L.probes.assign(static_cast<size_t>(nq) * nprobe, -1);
+  L.allow.assign((100 + total) / 64 + 1, 0);
+  for (int64_t pos = 0; pos < 100 + total; ++pos) {
+    if (rng() % 3 != 0) L.allow[pos >> 6] |= 1ull << (pos & 63);
+  }
+  return L;
+}
+
+// Runs ProbeOffsetsKernel, then the scan by query (ScanKernel) or by list
+// (CountPairsKernel, PlanTiles, ScatterPairsKernel, TiledScanKernel), and
+// checks every row entry against float64 distances, and that nothing is
+// written past a row's length.
+void ScanAndCheck(const IvfLayout& L, bool l2, bool use_allow, bool by_list) {
+  const int nq = L.nq, nprobe = L.nprobe, nlist = L.nlist;
+  std::vector<int64_t> probe_start(nq * nprobe, -9), row_len(nq, -9);
+  Launch(dim3(1), dim3(128), 0, &kernels::ProbeOffsetsKernel, L.probes.data(), nq, nprobe, L.list_off.data(),
+         probe_start.data(), row_len.data());
+  int64_t row_cap = 0;
+  for (int q = 0; q < nq; ++q) {
+    int64_t at = 0;
+    for (int p = 0; p < nprobe; ++p) {
+      ASSERT_EQ(probe_start[q * nprobe + p], at);
+      const int64_t l = L.probes[q * nprobe + p];
+      if (l >= 0) at += L.list_off[l + 1] - L.list_off[l];
+    }
+    ASSERT_EQ(row_len[q], at);
+    row_cap = std::max(row_cap, at);
+  }
+
+  std::vector<float> dist(static_cast<size_t>(nq * row_cap), -123.0f);
+  std::vector<int64_t> labels(dist.size(), -123);
+  const uint64_t* allow = use_allow ? L.allow.data() : nullptr;
+  if (by_list) {
+    const int64_t npairs = nq * nprobe;
+    std::vector<uint32_t> counts(nlist, 0), cursor(nlist, 0), list_order(nlist);
+    Launch(dim3(2), dim3(64), 0, &kernels::CountPairsKernel, L.probes.data(), npairs, counts.data());
+    std::iota(list_order.begin(), list_order.end(), 0u);
+    std::stable_sort(list_order.begin(), list_order.end(), [&](uint32_t a, uint32_t b) {
+      return L.list_off[a + 1] - L.list_off[a] > L.list_off[b + 1] - L.list_off[b];
+    });
+    std::vector<kernels::TileWork> work(npairs);
+    size_t n_work = 0;
+    const int64_t pairs = kernels::PlanTiles(counts.data(), list_order.data(), nlist, cursor.data(), work.data(),
+                                             &n_work);
+    ASSERT_EQ(pairs, std::count_if(L.probes.begin(), L.probes.end(), [](int64_t l) { return l >= 0; }));
+    std::vector<int64_t> order(std::max<int64_t>(pairs, 1), -1);
+    Launch(dim3(3), dim3(64), 0, &kernels::ScatterPairsKernel, L.probes.data(), npairs, cursor.data(),
+           order.data());
+    // Every pair grouped once, under its own list.
+    std::vector<int64_t> sorted(order.begin(), order.begin() + pairs);
+    std::sort(sorted.begin(), sorted.end());
+    ASSERT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "a pair grouped twice";
+    for (size_t w = 0; w < n_work; ++w) {
+      for (int i = 0; i < work[w].pairs; ++i) {
+        const int64_t pair = order[work[w].pair_begin + i];
+        ASSERT_GE(pair, 0);
+        ASSERT_EQ(L.probes[pair], work[w].list) << "pair " << pair << " grouped under the wrong list";
+      }
+    }
+    if (n_work > 0) {
+      auto* kernel = l2 ? &kernels::TiledScanKernel<true> : &kernels::TiledScanKernel<false>;
+      Launch(dim3(static_cast<unsigned>(n_work)), dim3(kernels::kTileThreads), 0, kernel, L.queries.data(), L.d,
+             nprobe, probe_start.data(), work.data(), order.data(), L.data.data(), L.positions.data(),
+             L.list_off.data(), allow, dist.data(), labels.data(), row_cap);
+    }
+  } else {
+    const size_t shmem = L.d <= kernels::kSharedQueryDims ? L.d * sizeof(float) : 0;
+    Launch(dim3(nq, nprobe), dim3(kernels::kScanThreads), shmem, &kernels::ScanKernel, L.queries.data(), L.d,
+           L.probes.data(), nprobe, probe_start.data(), L.data.data(), L.positions.data(), L.list_off.data(), allow,
+           l2, dist.data(), labels.data(), row_cap);
+  }
+  for (int q = 0; q < nq; ++q) {
+    for (int p = 0; p < nprobe; ++p) {
+      const int64_t l = L.probes[q * nprobe + p];
+      if (l < 0) continue;
+      for (int64_t i = 0; i < L.list_off[l + 1] - L.list_off[l]; ++i) {
+        const int64_t at = q * row_cap + probe_start[q * nprobe + p] + i;
+        const int64_t pos = L.positions[L.list_off[l] + i];
+        if (use_allow && !((L.allow[pos >> 6] >> (pos & 63)) & 1)) {
+          ASSERT_EQ(labels[at], -1) << "query " << q << " list " << l << " entry " << i;
+          continue;
+        }
+        ASSERT_EQ(labels[at], pos) << "query " << q << " list " << l << " entry " << i;
+        double s = 0;
+        for (uint32_t j = 0; j < L.d; ++j) {
+          const double a = L.queries[q * L.d + j], b = L.data[(L.list_off[l] + i) * L.d + j];
+          s += l2 ? (a - b) * (a - b) : a * b;
+        }
+        const double want = l2 ? s : -s;
+        ASSERT_NEAR(dist[at], want, 1e-4 * (1 + std::abs(want))) << "query " << q << " list " << l;
+      }
+    }
+    for (int64_t at = q * row_cap + row_len[q]; at < (q + 1) * row_cap; ++at) {
+      ASSERT_EQ(labels[at], -123) << "written past the row's length";
+    }
+  }
+}
+
 struct IvfScanCase {
   uint32_t d;
   bool l2;
@@ -294,116 +419,21 @@ void PrintTo(const IvfScanCase& c, std::ostream* os) {
 
 class EmulatedIvfScanTest : public ::testing::TestWithParam<IvfScanCase> {};
 
+// Random lists, each query probing 4 distinct lists (one probe is -1).
 TEST_P(EmulatedIvfScanTest, WritesEveryProbedListsDistancesInItsPlace) {
   const IvfScanCase& c = GetParam();
   std::mt19937_64 rng(c.d * 2 + c.l2 + 7 * c.nq);
-  const int nlist = 12, nprobe = 4, nq = c.nq;
-  std::vector<int64_t> list_off(nlist + 1, 0);
-  for (int l = 0; l < nlist; ++l) list_off[l + 1] = list_off[l] + (l % 5 == 2 ? 0 : 1 + rng() % c.max_len);
-  const int64_t total = list_off[nlist];
-  std::vector<int64_t> positions(static_cast<size_t>(total));
-  std::iota(positions.begin(), positions.end(), 100);
-  std::shuffle(positions.begin(), positions.end(), rng);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> data(static_cast<size_t>(total) * c.d), queries(static_cast<size_t>(nq) * c.d);
-  for (auto& e : data) e = normal(rng);
-  for (auto& e : queries) e = normal(rng);
-  std::vector<int64_t> probes(nq * nprobe);
-  for (int q = 0; q < nq; ++q) {
+  const int nlist = 12, nprobe = 4;
+  std::vector<int64_t> lens(nlist);
+  for (int l = 0; l < nlist; ++l) lens[l] = l % 5 == 2 ? 0 : 1 + static_cast<int64_t>(rng() % c.max_len);
+  IvfLayout L = MakeLayout(c.d, lens, c.nq, nprobe, rng);
+  for (int q = 0; q < c.nq; ++q) {
     std::vector<int64_t> lists(nlist);
     std::iota(lists.begin(), lists.end(), 0);
     std::shuffle(lists.begin(), lists.end(), rng);
-    for (int p = 0; p < nprobe; ++p) probes[q * nprobe + p] = (q == 1 && p == 2) ? -1 : lists[p];
+    for (int p = 0; p < nprobe; ++p) L.probes[q * nprobe + p] = (q == 1 && p == 2) ? -1 : lists[p];
   }
-  std::vector<uint64_t> allow((100 + total) / 64 + 1, 0);
-  for (int64_t pos = 0; pos < 100 + total; ++pos) {
-    if (rng() % 3 != 0) allow[pos >> 6] |= 1ull << (pos & 63);
-  }
-
-  std::vector<int64_t> probe_start(nq * nprobe, -9), row_len(nq, -9);
-  Launch(dim3(1), dim3(128), 0, &kernels::ProbeOffsetsKernel, probes.data(), nq, nprobe, list_off.data(),
-         probe_start.data(), row_len.data());
-  int64_t row_cap = 0;
-  for (int q = 0; q < nq; ++q) {
-    int64_t at = 0;
-    for (int p = 0; p < nprobe; ++p) {
-      ASSERT_EQ(probe_start[q * nprobe + p], at);
-      const int64_t l = probes[q * nprobe + p];
-      if (l >= 0) at += list_off[l + 1] - list_off[l];
-    }
-    ASSERT_EQ(row_len[q], at);
-    row_cap = std::max(row_cap, at);
-  }
-
-  std::vector<float> dist(static_cast<size_t>(nq * row_cap), -123.0f);
-  std::vector<int64_t> labels(dist.size(), -123);
-  if (c.by_list) {
-    const int64_t npairs = nq * nprobe;
-    std::vector<uint32_t> counts(nlist, 0), cursor(nlist, 0);
-    Launch(dim3(2), dim3(64), 0, &kernels::CountPairsKernel, probes.data(), npairs, counts.data());
-    std::vector<kernels::TileWork> work(npairs);
-    size_t n_work = 0;
-    const int64_t pairs = kernels::PlanTiles(counts.data(), nlist, cursor.data(), work.data(), &n_work);
-    ASSERT_EQ(pairs, npairs - 1);  // one probe is -1
-    // Every list's pairs, in blocks of at most kTileQueries, back to back.
-    std::vector<int> seen(nlist, 0);
-    int64_t next = 0;
-    for (size_t w = 0; w < n_work; ++w) {
-      ASSERT_EQ(work[w].pair_begin, next);
-      ASSERT_GE(work[w].pairs, 1);
-      ASSERT_LE(work[w].pairs, kernels::kTileQueries);
-      seen[work[w].list] += work[w].pairs;
-      next += work[w].pairs;
-    }
-    ASSERT_EQ(next, pairs);
-    for (int l = 0; l < nlist; ++l) ASSERT_EQ(seen[l], static_cast<int>(counts[l])) << "list " << l;
-    std::vector<int64_t> order(pairs, -1);
-    Launch(dim3(3), dim3(64), 0, &kernels::ScatterPairsKernel, probes.data(), npairs, cursor.data(), order.data());
-    for (size_t w = 0; w < n_work; ++w) {
-      for (int i = 0; i < work[w].pairs; ++i) {
-        const int64_t pair = order[work[w].pair_begin + i];
-        ASSERT_GE(pair, 0);
-        ASSERT_EQ(probes[pair], work[w].list) << "pair " << pair << " grouped under the wrong list";
-      }
-    }
-    std::vector<int64_t> sorted = order;
-    std::sort(sorted.begin(), sorted.end());
-    ASSERT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "a pair grouped twice";
-    auto* kernel = c.l2 ? &kernels::TiledScanKernel<true> : &kernels::TiledScanKernel<false>;
-    Launch(dim3(static_cast<unsigned>(n_work)), dim3(kernels::kTileThreads), 0, kernel, queries.data(), c.d, nprobe,
-           probe_start.data(), work.data(), order.data(), data.data(), positions.data(), list_off.data(),
-           c.allow ? allow.data() : nullptr, dist.data(), labels.data(), row_cap);
-  } else {
-    const size_t shmem = c.d <= kernels::kSharedQueryDims ? c.d * sizeof(float) : 0;
-    Launch(dim3(nq, nprobe), dim3(kernels::kScanThreads), shmem, &kernels::ScanKernel, queries.data(), c.d,
-           probes.data(), nprobe, probe_start.data(), data.data(), positions.data(), list_off.data(),
-           c.allow ? allow.data() : nullptr, c.l2, dist.data(), labels.data(), row_cap);
-  }
-  for (int q = 0; q < nq; ++q) {
-    for (int p = 0; p < nprobe; ++p) {
-      const int64_t l = probes[q * nprobe + p];
-      if (l < 0) continue;
-      for (int64_t i = 0; i < list_off[l + 1] - list_off[l]; ++i) {
-        const int64_t at = q * row_cap + probe_start[q * nprobe + p] + i;
-        const int64_t pos = positions[list_off[l] + i];
-        if (c.allow && !((allow[pos >> 6] >> (pos & 63)) & 1)) {
-          ASSERT_EQ(labels[at], -1) << "query " << q << " list " << l << " entry " << i;
-          continue;
-        }
-        ASSERT_EQ(labels[at], pos) << "query " << q << " list " << l << " entry " << i;
-        double s = 0;
-        for (uint32_t j = 0; j < c.d; ++j) {
-          const double a = queries[q * c.d + j], b = data[(list_off[l] + i) * c.d + j];
-          s += c.l2 ? (a - b) * (a - b) : a * b;
-        }
-        const double want = c.l2 ? s : -s;
-        ASSERT_NEAR(dist[at], want, 1e-4 * (1 + std::abs(want))) << "query " << q << " list " << l;
-      }
-    }
-    for (int64_t at = q * row_cap + row_len[q]; at < (q + 1) * row_cap; ++at) {
-      ASSERT_EQ(labels[at], -123) << "written past the row's length";
-    }
-  }
+  ScanAndCheck(L, c.l2, c.allow, c.by_list);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedIvfScanTest,
@@ -415,9 +445,52 @@ INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedIvfScanTest,
                                            // 32 queries per list (several blocks per list).
                                            IvfScanCase{40, true, false, true, 120, 300},
                                            IvfScanCase{40, false, true, true, 120, 300},
-                                           // Dimensions not a multiple of 32; one dimension.
+                                           // Dimensions not a multiple of 32; one dimension; many.
                                            IvfScanCase{70, true, true, true, 40, 150},
-                                           IvfScanCase{1, true, true, true, 9, 40}));
+                                           IvfScanCase{1, true, true, true, 9, 40},
+                                           IvfScanCase{1000, false, true, true, 9, 20}));
+
+// The by-list scan at its tile edges: lists of exactly 128 and 256 vectors
+// (and 127, 129, 1, 0), exactly 32 and 64 queries on a list, and 32 or 64
+// dimensions (whole steps).
+TEST(EmulatedIvfScanTest, TileEdges) {
+  for (uint32_t d : {32u, 64u}) {
+    std::mt19937_64 rng(d);
+    IvfLayout L = MakeLayout(d, {128, 256, 127, 129, 1, 0}, 64, 3, rng);
+    for (int q = 0; q < 64; ++q) {
+      L.probes[q * 3 + 0] = 1;               // 64 queries on the 256-vector list
+      L.probes[q * 3 + 1] = q < 32 ? 0 : 2;  // 32 on the 128, 32 on the 127
+      L.probes[q * 3 + 2] = q % 4 == 0 ? 3 : q % 4 == 1 ? 4 : q % 4 == 2 ? 5 : -1;
+    }
+    SCOPED_TRACE(testing::Message() << "d=" << d);
+    ScanAndCheck(L, /*l2=*/true, /*use_allow=*/true, /*by_list=*/true);
+    ScanAndCheck(L, /*l2=*/false, /*use_allow=*/false, /*by_list=*/true);
+  }
+}
+
+TEST(EmulatedIvfScanTest, PlanTilesCutsEachListsPairsIntoBlocksOf32LongestFirst) {
+  const std::vector<uint32_t> counts = {0, 1, 32, 33, 64, 5};
+  const std::vector<uint32_t> order = {4, 3, 2, 5, 1, 0};  // as by list length
+  std::vector<uint32_t> cursor(counts.size(), 999);
+  std::vector<kernels::TileWork> work(16);
+  size_t n_work = 0;
+  EXPECT_EQ(kernels::PlanTiles(counts.data(), order.data(), counts.size(), cursor.data(), work.data(), &n_work),
+            135);
+  // Cursors: each list's first pair, lists back to back in `order`.
+  EXPECT_EQ(cursor, (std::vector<uint32_t>{135, 134, 97, 64, 0, 129}));
+  struct Want {
+    int64_t list, begin;
+    int32_t pairs;
+  };
+  const std::vector<Want> want = {{4, 0, 32},  {4, 32, 32}, {3, 64, 32}, {3, 96, 1},
+                                  {2, 97, 32}, {5, 129, 5}, {1, 134, 1}};
+  ASSERT_EQ(n_work, want.size());
+  for (size_t w = 0; w < want.size(); ++w) {
+    EXPECT_EQ(work[w].list, want[w].list) << "block " << w;
+    EXPECT_EQ(work[w].pair_begin, want[w].begin) << "block " << w;
+    EXPECT_EQ(work[w].pairs, want[w].pairs) << "block " << w;
+  }
+}
 
 // ---- element-wise ops -------------------------------------------------------
 
