@@ -147,7 +147,8 @@ std::pair<int, std::string> HttpGet(int port, const std::string& path) {
 
 // Runs cairnd with `args` to completion (it must refuse to start).
 std::pair<int, std::string> RunCairnd(const std::string& args) {
-  std::string cmd = std::string(CAIRND_PATH) + " --http-listen 127.0.0.1:0 " + args + " 2>&1";
+  // A cairnd that starts after all is stopped (exit 124) instead of hanging the test.
+  std::string cmd = "timeout -k 5 30 " + std::string(CAIRND_PATH) + " --http-listen 127.0.0.1:0 " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[1024];
@@ -801,6 +802,13 @@ TEST_F(E2ETest, SecondServerOnTheSameDataDirRefusesToStart) {
   auto [code, out] = RunCairnd("--insecure-no-auth --listen 127.0.0.1:0 --data-dir " + (dir_ / "data").string());
   EXPECT_EQ(code, 1) << out;
   EXPECT_NE(out.find("in use by another process"), std::string::npos) << out;
+}
+
+TEST_F(E2ETest, SecondServerOnTheSamePortRefusesToStart) {
+  const std::string listen = "127.0.0.1:" + std::to_string(server_->port());
+  auto [code, out] = RunCairnd("--insecure-no-auth --listen " + listen + " --data-dir " + (dir_ / "other").string());
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("cannot listen on " + listen), std::string::npos) << out;
 }
 
 TEST_F(E2ETest, RefusesToStartWithoutKeysOrWithoutAuthOffLoopback) {

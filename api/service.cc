@@ -818,6 +818,9 @@ absl::StatusOr<int> CairnServer::Start() {
   } else if (!o.tls_client_ca_pem.empty()) {
     return absl::InvalidArgumentError("mTLS (a client CA) needs TLS: give a certificate and key too");
   }
+  // gRPC sets SO_REUSEPORT by default on Linux: a second server on the same
+  // port would start, and clients would reach either at random.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(o.listen, creds, &port);
   builder.SetMaxReceiveMessageSize(impl_->options.max_request_bytes);
   builder.RegisterService(&impl_->collections);
