@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <ctime>
 
@@ -260,6 +261,71 @@ bool Parse(const std::vector<std::string>& in, const std::set<std::string>& swit
   return true;
 }
 
+// The flags (beyond the connection flags) and the most bare arguments each
+// command takes; anything else is a usage error, so that a misspelled flag
+// (--fitler) is never silently ignored.
+struct CommandShape {
+  std::set<std::string> flags;
+  size_t max_args;  // after the command word(s); SIZE_MAX: any number (files)
+};
+
+const std::set<std::string>& CreateFlags() {
+  static const std::set<std::string> f = {"--dim",    "--metric",    "--index",     "--nlist",
+                                          "--shards", "--hnsw-int8", "--device",    "--payload-index"};
+  return f;
+}
+
+// The shape of `cmd` (with its subcommand, as "collection create"), or null.
+const CommandShape* ShapeOf(const std::string& cmd) {
+  static const std::map<std::string, CommandShape> kShapes = [] {
+    std::set<std::string> ingest = {"--collection", "--format",  "--dataset",    "--payloads",
+                                    "--start-id",   "--skip-bad", "--json",      "--batch",
+                                    "--inflight",   "--retries", "--checkpoint", "--resume",
+                                    "--data-dir",   "--segment-size"};
+    ingest.insert(CreateFlags().begin(), CreateFlags().end());
+    return std::map<std::string, CommandShape>{
+        {"collection create", {CreateFlags(), 1}},
+        {"collection list", {{}, 0}},
+        {"collection info", {{}, 1}},
+        {"collection drop", {{}, 1}},
+        {"ingest", {ingest, SIZE_MAX}},
+        {"search",
+         {{"--collection", "--vector", "--queries", "--k", "--ef", "--nprobe", "--exact", "--filter", "--json",
+           "--format", "--dataset", "--max-queries"},
+          0}},
+        {"info", {{}, 0}},
+        {"snapshot create", {{"--json"}, 1}},
+        {"snapshot list", {{"--json"}, 1}},
+        {"snapshot download", {{"--output"}, 1}},
+        {"snapshot restore", {{}, 2}},
+    };
+  }();
+  auto it = kShapes.find(cmd);
+  return it == kShapes.end() ? nullptr : &it->second;
+}
+
+// An empty string, or what is wrong with the flags and bare arguments given
+// to `cmd` (`args` after the command word; `words`: 1, or 2 with a subcommand).
+std::string CheckShape(const std::string& cmd, const Args& args, size_t words) {
+  const CommandShape* shape = ShapeOf(cmd);
+  if (shape == nullptr) return "";  // an unknown subcommand: the command says so
+  static const std::set<std::string> kConnection = {"--target", "--api-key", "--tls-ca"};
+  auto known = [&](const std::string& f) { return shape->flags.count(f) > 0 || kConnection.count(f) > 0; };
+  for (const auto& [flag, values] : args.flags) {
+    if (!known(flag)) return "unknown flag " + flag + " for `cairn " + cmd + "`";
+  }
+  for (const auto& flag : args.switches) {
+    if (!known(flag)) return "unknown flag " + flag + " for `cairn " + cmd + "`";
+  }
+  const size_t given = args.rest.size() >= words - 1 ? args.rest.size() - (words - 1) : 0;
+  if (given > shape->max_args) {
+    return "`cairn " + cmd + "` takes " +
+           (shape->max_args == 0 ? std::string("no") : "at most " + std::to_string(shape->max_args)) +
+           " bare argument" + (shape->max_args == 1 ? "" : "s") + "; unexpected: " + args.rest[words - 1 + shape->max_args];
+  }
+  return "";
+}
+
 // A message as JSON with the .proto field names (the API's JSON form).
 std::string ProtoJson(const google::protobuf::Message& m, bool pretty = false, bool all_fields = false) {
   std::string out;
@@ -274,8 +340,11 @@ std::string ProtoJson(const google::protobuf::Message& m, bool pretty = false, b
 // The collection settings of `collection create` (and of an offline ingest
 // that creates its collection) from flags.
 int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig* cfg) {
-  int dim = std::atoi(a.Get("--dim", "0").c_str());
-  if (dim <= 0) return Usage(cmd + ": --dim N is required");
+  uint64_t dim = 0;
+  if (!a.flags.count("--dim")) return Usage(cmd + ": --dim N is required");
+  if (!ParseCount(a, "--dim", 0, &dim) || dim == 0 || dim > UINT32_MAX) {
+    return Usage(cmd + ": --dim is a positive integer, got '" + a.Get("--dim") + "'");
+  }
   cfg->set_dimension(static_cast<uint32_t>(dim));
   const std::string metric = a.Get("--metric", "l2");
   if (metric == "l2") cfg->set_metric(v1::METRIC_L2);
@@ -289,7 +358,9 @@ int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig*
   if (ix == kIndex.end()) return Usage("--index is flat, hnsw, ivf_flat, ivf_pq, ivf_sq8 or hnsw_sq");
   cfg->mutable_index()->set_type(ix->second);
   uint64_t n = 0;
-  if (!ParseCount(a, "--nlist", 0, &n) || n > 1u << 20) return Usage("--nlist is a number");
+  if (!ParseCount(a, "--nlist", 0, &n) || n > 1u << 20) {
+    return Usage("--nlist is 0 (automatic) to 1048576, got '" + a.Get("--nlist") + "'");
+  }
   cfg->mutable_index()->set_nlist(static_cast<uint32_t>(n));
   static const std::map<std::string, v1::PayloadType> kTypes = {{"keyword", v1::PAYLOAD_TYPE_KEYWORD},
                                                                 {"integer", v1::PAYLOAD_TYPE_INTEGER},
@@ -305,7 +376,10 @@ int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig*
       p->set_type(t->second);
     }
   }
-  cfg->set_num_shards(static_cast<uint32_t>(std::atoi(a.Get("--shards", "1").c_str())));
+  if (!ParseCount(a, "--shards", 1, &n) || n == 0 || n > UINT32_MAX) {
+    return Usage("--shards is a positive integer, got '" + a.Get("--shards") + "'");
+  }
+  cfg->set_num_shards(static_cast<uint32_t>(n));
   if (a.flags.count("--hnsw-int8")) {
     const std::string v = a.Get("--hnsw-int8");
     if (v != "on" && v != "off") return Usage("--hnsw-int8 is on or off");
@@ -515,11 +589,17 @@ int SearchCmd(const Conn& c, const Args& a) {
   if (vec.empty() == queries.empty()) return Usage("search: give --vector X1,X2,... or --queries FILE");
   v1::SearchParams params;
   uint64_t n = 0;
-  if (!ParseCount(a, "--k", 10, &n) || n == 0 || n > 10000) return Usage("search: --k is 1..10000");
+  if (!ParseCount(a, "--k", 10, &n) || n == 0 || n > 10000) {
+    return Usage("search: --k is 1..10000, got '" + a.Get("--k") + "'");
+  }
   params.set_k(static_cast<uint32_t>(n));
-  if (!ParseCount(a, "--ef", 0, &n) || n > 1u << 20) return Usage("search: --ef is a number");
+  if (!ParseCount(a, "--ef", 0, &n) || n > 1u << 20) {
+    return Usage("search: --ef is 0 (the collection's default) to 1048576, got '" + a.Get("--ef") + "'");
+  }
   params.set_ef(static_cast<uint32_t>(n));
-  if (!ParseCount(a, "--nprobe", 0, &n) || n > 1u << 20) return Usage("search: --nprobe is a number");
+  if (!ParseCount(a, "--nprobe", 0, &n) || n > 1u << 20) {
+    return Usage("search: --nprobe is 0 (the collection's default) to 1048576, got '" + a.Get("--nprobe") + "'");
+  }
   params.set_nprobe(static_cast<uint32_t>(n));
   params.set_exact(a.Has("--exact"));
   params.set_with_payload(true);
@@ -767,6 +847,11 @@ int main(int argc, char** argv) {
   conn.channel = grpc::CreateCustomChannel(target, creds, ch_args);
   std::string cmd = args.rest[0];
   args.rest.erase(args.rest.begin());
+  const bool has_sub = cmd == "collection" || cmd == "snapshot";
+  const std::string shape = has_sub && !args.rest.empty() ? cmd + " " + args.rest[0] : cmd;
+  if (std::string bad = CheckShape(shape, args, has_sub ? 2 : 1); !bad.empty()) {
+    return Usage(bad + " (see cairn " + cmd + " --help)");
+  }
   if (cmd == "collection") return CollectionCmd(conn, args);
   if (cmd == "ingest") return IngestCmd(conn, args);
   if (cmd == "search") return SearchCmd(conn, args);

@@ -118,6 +118,20 @@ set -e
 [[ $code2 == 2 ]] && grep -q "trunc.fvecs: record 2 is truncated" "$work/trunc.log" || fail "trunc: $code2 $(cat "$work/trunc.log")"
 [[ $code3 == 3 ]] || fail "unknown collection exit $code3"
 [[ $code4 == 1 ]] || fail "unknown command exit $code4"
+# A misspelled flag or a stray argument is a usage error, never ignored (a
+# search without its filter, a collection without its metric).
+set +e
+"$cairn" search --collection docs --vector 1,1,1,1,1,1,1,1 --fitler '{}' >/dev/null 2>"$work/usage.log"; code=$?
+"$cairn" collection create typo --dim 8 --metirc cosine >/dev/null 2>>"$work/usage.log"; code2=$?
+"$cairn" collection info docs extra >/dev/null 2>>"$work/usage.log"; code3=$?
+"$cairn" collection create typo2 --dim abc >/dev/null 2>>"$work/usage.log"; code4=$?
+set -e
+[[ $code == 1 && $code2 == 1 && $code3 == 1 && $code4 == 1 ]] || fail "usage errors exit $code $code2 $code3 $code4"
+grep -q "unknown flag --fitler for \`cairn search\`" "$work/usage.log" || fail "--fitler: $(cat "$work/usage.log")"
+grep -q "unknown flag --metirc" "$work/usage.log" || fail "--metirc: $(cat "$work/usage.log")"
+grep -q "takes at most 1 bare argument; unexpected: extra" "$work/usage.log" || fail "extra: $(cat "$work/usage.log")"
+grep -q -- "--dim is a positive integer, got 'abc'" "$work/usage.log" || fail "--dim abc: $(cat "$work/usage.log")"
+if "$cairn" collection list | grep -q typo; then fail "a collection was created despite a usage error"; fi
 # ok-1 and x came before the bad records: they are in; nothing else is.
 "$cairn" collection info docs | grep -c >/dev/null '"points": "522"' || fail "bad input: $("$cairn" collection info docs)"
 "$cairn" info | grep -c >/dev/null "collections: docs" || fail info
