@@ -217,7 +217,12 @@ void ToProto(const ScoredPoint& p, v1::ScoredPoint* out) {
 }
 
 absl::Status FromProto(const v1::SearchParams& p, SearchParams* out) {
-  out->k = p.k() == 0 ? 10 : (p.k() > 1u << 30 ? 1 << 30 : static_cast<int>(p.k()));
+  // Beyond int: refused here, naming the value asked for (the database's
+  // checks name the limits of its options).
+  if (p.k() > 1u << 30) {
+    return absl::InvalidArgumentError(absl::StrCat("search: k must be 1..the server's max_k, got ", p.k()));
+  }
+  out->k = p.k() == 0 ? 10 : static_cast<int>(p.k());
   out->ef = p.ef() > 65536 ? 65537 : static_cast<int>(p.ef());
   out->nprobe = p.nprobe() > 1u << 20 ? (1 << 20) + 1 : static_cast<int>(p.nprobe());
   out->exact = p.exact();

@@ -557,7 +557,26 @@ TEST_F(E2ETest, BadRequestsGetClearCodesAndChangeNothing) {
     for (int j = 0; j < 4; ++j) req.add_vector(1);
     req.mutable_params()->set_k(100000000);
     SearchResponse resp;
-    EXPECT_EQ(search_->Search(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    auto s = search_->Search(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("got 100000000"), std::string::npos) << s.error_message();
+  }
+  {  // k and nprobe beyond int: the messages name what was asked
+    grpc::ClientContext ctx;
+    SearchRequest req;
+    req.set_collection("docs");
+    for (int j = 0; j < 4; ++j) req.add_vector(1);
+    req.mutable_params()->set_k(4294967295u);
+    SearchResponse resp;
+    auto s = search_->Search(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("got 4294967295"), std::string::npos) << s.error_message();
+    grpc::ClientContext ctx2;
+    req.mutable_params()->set_k(10);
+    req.mutable_params()->set_nprobe(4294967295u);
+    s = search_->Search(&ctx2, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("nprobe must be 0..1048576"), std::string::npos) << s.error_message();
   }
   {  // an id that is not set
     grpc::ClientContext ctx;

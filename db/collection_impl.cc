@@ -554,7 +554,9 @@ absl::StatusOr<std::vector<std::vector<ScoredPoint>>> CollectionImpl::SearchBatc
     return absl::InvalidArgumentError(absl::StrCat("search: k must be 1..", options_.max_k, ", got ", params.k));
   }
   if (params.ef < 0 || params.ef > 65536) return absl::InvalidArgumentError("search: ef must be 0..65536");
-  if (params.nprobe < 0 || params.nprobe > (1 << 20)) return absl::InvalidArgumentError("search: nprobe must be >= 0");
+  if (params.nprobe < 0 || params.nprobe > (1 << 20)) {
+    return absl::InvalidArgumentError("search: nprobe must be 0..1048576");
+  }
   CAIRN_RETURN_IF_ERROR(CheckFinite(queries, "search: query"));
   CAIRN_RETURN_IF_ERROR(ValidateFilter(params.filter));
   std::vector<float> prepared(queries.begin(), queries.end());
