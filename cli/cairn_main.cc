@@ -179,7 +179,8 @@ const std::map<std::string, std::string> kCommandHelp = {
      "Prints the k nearest points (default 10) with score and payload; --json prints the\n"
      "response as JSON (one line per query). --filter takes the API's filter JSON.\n"
      "--queries reads query vectors from a file in any ingest format (- is JSON Lines on stdin;\n"
-     "--format, --dataset (HDF5, default test) and --max-queries N apply), sent in batches.\n"
+     "--format, --dataset (HDF5, default test) and --max-queries N apply), sent in batches. A JSON\n"
+     "Lines query is {\"vector\": [...]} (\"id\" optional) or a bare [...].\n"
      "--exact searches by brute force (the ground truth for recall checks).\n"
      "\n"
      "Examples:\n"
@@ -640,6 +641,7 @@ int SearchCmd(const Conn& c, const Args& a) {
   cairn::cli::ReaderOptions ro;
   ro.format = a.Get("--format", queries == "-" ? "jsonl" : "auto");
   ro.hdf5_dataset = a.Get("--dataset", "test");
+  ro.vectors_only = true;
   auto reader = cairn::cli::OpenReader(queries, ro);
   if (!reader.ok()) {
     std::fprintf(stderr, "cairn: %s\n", std::string(reader.status().message()).c_str());

@@ -204,9 +204,10 @@ class FvecsReader final : public RecordReader {
 };
 
 // JSON Lines: {"id": 7 or "doc-7", "vector": [...], "payload": {...}, "text": "..."}
+// (vectors_only: "id" optional, or a bare array [...] as the vector).
 class JsonlReader final : public RecordReader {
  public:
-  explicit JsonlReader(std::unique_ptr<Input> in) : in_(std::move(in)) {}
+  JsonlReader(std::unique_ptr<Input> in, bool vectors_only) : in_(std::move(in)), vectors_only_(vectors_only) {}
   absl::StatusOr<std::optional<InputRecord>> Next() override {
     std::string line;
     while (true) {
@@ -220,12 +221,16 @@ class JsonlReader final : public RecordReader {
       return absl::InvalidArgumentError(absl::StrCat(in_->path(), ": line ", n_, ": ", why));
     };
     auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+    if (vectors_only_ && j.is_array()) j = nlohmann::json{{"vector", std::move(j)}};
+    if (j.is_discarded() || !j.is_object()) {
+      return bad(vectors_only_ ? "not a JSON object or array" : "not a JSON object");
+    }
     InputRecord r;
     r.number = n_;
     auto id = j.find("id");
-    if (id == j.end()) return bad("no \"id\"");
-    if (id->is_number_unsigned() || (id->is_number_integer() && id->get<int64_t>() >= 0)) {
+    if (id == j.end()) {
+      if (!vectors_only_) return bad("no \"id\"");
+    } else if (id->is_number_unsigned() || (id->is_number_integer() && id->get<int64_t>() >= 0)) {
       r.num_id = id->get<uint64_t>();
     } else if (id->is_string() && !id->get<std::string>().empty()) {
       r.str_id = id->get<std::string>();
@@ -255,6 +260,7 @@ class JsonlReader final : public RecordReader {
 
  private:
   std::unique_ptr<Input> in_;
+  bool vectors_only_;
   uint64_t n_ = 0;
 };
 
@@ -633,7 +639,7 @@ absl::StatusOr<std::unique_ptr<RecordReader>> OpenReader(const std::string& path
     else if (f == "bvecs") r = std::unique_ptr<RecordReader>(new FvecsReader(*std::move(in), VecsType::kByte));
     else if (f == "npy") r = NpyReader::Open(*std::move(in));
     else if (f == "idx") r = OpenIdx(*std::move(in));
-    else if (f == "jsonl") r = std::unique_ptr<RecordReader>(new JsonlReader(*std::move(in)));
+    else if (f == "jsonl") r = std::unique_ptr<RecordReader>(new JsonlReader(*std::move(in), options.vectors_only));
   }
   if (!r.ok() || options.payloads_path.empty()) return r;
   if (f == "jsonl") {

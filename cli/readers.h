@@ -49,6 +49,9 @@ struct ReaderOptions {
   // A JSON Lines file whose line i is the payload object (or null) of record
   // i of a binary vector file; it must have exactly one line per record.
   std::string payloads_path;
+  // JSON Lines of query vectors: "id" may be absent, and a line may be a bare
+  // array of numbers (the vector).
+  bool vectors_only = false;
 };
 
 // Opens `path` ("-" is stdin, for the streaming formats).

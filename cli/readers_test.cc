@@ -823,6 +823,24 @@ TEST_F(ReadersTest, JsonlBadRecordsAreInvalidArgument) {
   }
 }
 
+TEST_F(ReadersTest, JsonlQueriesNeedNoIdAndMayBeBareArrays) {
+  ReaderOptions o;
+  o.vectors_only = true;
+  auto r = ReadAll(Write("queries.jsonl", "{\"vector\": [1, 2]}\n[3, 4]\n{\"id\": \"q\", \"vector\": [5, 6]}\n"), o);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_EQ(r.records.size(), 3u);
+  EXPECT_EQ(r.records[0].vector, std::vector<float>({1, 2}));
+  EXPECT_FALSE(r.records[0].num_id.has_value() || r.records[0].str_id.has_value());
+  EXPECT_EQ(r.records[1].vector, std::vector<float>({3, 4}));
+  EXPECT_EQ(r.records[1].number, 2u);
+  EXPECT_EQ(r.records[2].str_id, std::optional<std::string>("q"));
+  // Still checked: the vector, and what is neither an object nor an array.
+  auto bad = ReadAll(Write("bad-queries.jsonl", "[1, \"x\"]\n"), o);
+  ExpectError(bad.status, absl::StatusCode::kInvalidArgument, {"line 1", "\"vector\""});
+  bad = ReadAll(Write("bad-queries2.jsonl", "7\n"), o);
+  ExpectError(bad.status, absl::StatusCode::kInvalidArgument, {"line 1", "not a JSON object or array"});
+}
+
 // ---- Corrupt gzip --------------------------------------------------------------
 
 // A valid gzip member header, then bytes that are not a deflate stream.
