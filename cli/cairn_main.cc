@@ -163,7 +163,7 @@ const std::map<std::string, std::string> kCommandHelp = {
      "--payload-index, --shards, --hnsw-int8 and --device as for `collection create`.\n"
      "--segment-size N sets the points per sealed segment (default: the collection's seal\n"
      "threshold). All or nothing: a bad record, an error or Ctrl-C leaves the collection\n"
-     "empty. Then serve it with `cairnd --data-dir DIR`.\n"
+     "empty (or absent, when this ingest created it). Then serve it with `cairnd --data-dir DIR`.\n"
      "\n"
      "Progress goes to stderr: a bar on a terminal, a line every 5 s otherwise.\n"
      "Exit status: 0 ok, 1 usage error, 2 input error, 3 server error, 130 interrupted.\n"

@@ -599,8 +599,10 @@ absl::StatusOr<IngestStats> IngestOffline(SourceOptions source, const OfflineOpt
     return db.status();
   }
   auto coll = (*db)->GetCollection(o.collection);
+  bool created = false;  // by this ingest: dropped again if it fails (all or nothing)
   if (absl::IsNotFound(coll.status()) && o.create) {
     coll = (*db)->CreateCollection(o.collection, *o.create);
+    created = coll.ok();
   } else if (absl::IsNotFound(coll.status())) {
     return absl::NotFoundError(absl::StrCat("collection ", o.collection, " is not in ", o.data_dir,
                                             "; give --dim (and --metric, --index, ...) to create it"));
@@ -615,7 +617,18 @@ absl::StatusOr<IngestStats> IngestOffline(SourceOptions source, const OfflineOpt
   BulkLoadOptions blo;
   blo.segment_size = o.segment_size;
   auto loader = (*coll)->BeginBulkLoad(blo);
-  if (!loader.ok()) return loader.status();
+  auto drop_created = [&] {
+    if (!created) return;
+    coll = absl::NotFoundError("dropped");  // the handle goes before the collection
+    if (auto s = (*db)->DropCollection(o.collection); !s.ok()) {
+      std::fprintf(stderr, "cairn: could not drop collection %s, created by this failed ingest: %s\n",
+                   o.collection.c_str(), std::string(s.message()).c_str());
+    }
+  };
+  if (!loader.ok()) {
+    drop_created();
+    return loader.status();
+  }
 
   IngestStats st;
   InputSource in(source);
@@ -674,6 +687,7 @@ absl::StatusOr<IngestStats> IngestOffline(SourceOptions source, const OfflineOpt
     }
   }
   loader->reset();  // abandons an unfinished load: the collection stays empty
+  if (!st.error.empty() || st.interrupted) drop_created();  // or absent, if it was created for this load
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   st.bytes = in.bytes();
   st.skipped = in.skipped();
