@@ -417,7 +417,7 @@ int CollectionCmd(const Conn& c, const Args& a) {
     v1::CollectionInfo info;
     auto s = stub->Get(&ctx, req, &info);
     if (!s.ok()) return ServerError(s);
-    std::printf("%s", ProtoJson(info, /*pretty=*/true).c_str());
+    std::printf("%s", ProtoJson(info, /*pretty=*/true, /*all_fields=*/true).c_str());
     return kOk;
   }
   if (sub == "drop") {

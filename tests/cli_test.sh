@@ -68,6 +68,7 @@ summary="$("$cairn" ingest --collection docs --json "$work/docs.jsonl")"
 "$cairn" collection info docs | grep -c >/dev/null '"points": "520"' || fail "info: $("$cairn" collection info docs)"
 # bvecs and ivecs into a second collection: ids 0..2, values as floats.
 "$cairn" collection create small --dim 8 >/dev/null
+"$cairn" collection info small | grep -c >/dev/null '"points": "0"' || fail "empty collection info: $("$cairn" collection info small)"
 "$cairn" collection info small | grep -c >/dev/null '"hnsw_int8": true' || fail "hnsw_int8 default: $("$cairn" collection info small)"
 "$cairn" collection create floats --dim 8 --hnsw-int8 off >/dev/null || fail "--hnsw-int8 off"
 "$cairn" collection info floats | grep -c >/dev/null '"hnsw_int8": false' || fail "hnsw_int8 off: $("$cairn" collection info floats)"
