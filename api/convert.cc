@@ -62,10 +62,42 @@ void JsonToStruct(const std::string& json, google::protobuf::Struct* out) {
   if (!google::protobuf::util::JsonStringToMessage(json, out, options).ok()) out->Clear();
 }
 
+namespace {
+
+absl::Status CheckExactIds(const google::protobuf::RepeatedPtrField<v1::Condition>& conds, const std::string& where);
+
+// has_id numbers travel as doubles (google.protobuf.Value): from 2^53 they
+// are not the number the client wrote, and would match some other id or none.
+absl::Status CheckExactIds(const v1::Condition& c, const std::string& where) {
+  for (int i = 0; i < c.has_id().values_size(); ++i) {
+    const auto& v = c.has_id().values(i);
+    // 2^53 itself may be 2^53 + 1 rounded.
+    if (v.kind_case() == google::protobuf::Value::kNumberValue && v.number_value() >= 9007199254740992.0) {
+      return Bad(absl::StrCat(where, ".has_id[", i, "]"),
+                 "a number id of 2^53 or more is not exact as a JSON number; give it as {\"num\": \"N\"}");
+    }
+  }
+  CAIRN_RETURN_IF_ERROR(CheckExactIds(c.must(), where + ".must"));
+  CAIRN_RETURN_IF_ERROR(CheckExactIds(c.should(), where + ".should"));
+  return CheckExactIds(c.must_not(), where + ".must_not");
+}
+
+absl::Status CheckExactIds(const google::protobuf::RepeatedPtrField<v1::Condition>& conds, const std::string& where) {
+  for (int i = 0; i < conds.size(); ++i) {
+    CAIRN_RETURN_IF_ERROR(CheckExactIds(conds[i], absl::StrCat(where, "[", i, "]")));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::optional<Filter>> FromProto(const v1::Filter& f, bool has_filter) {
   if (!has_filter || (f.must().empty() && f.should().empty() && f.must_not().empty())) {
     return std::optional<Filter>();
   }
+  CAIRN_RETURN_IF_ERROR(CheckExactIds(f.must(), "filter.must"));
+  CAIRN_RETURN_IF_ERROR(CheckExactIds(f.should(), "filter.should"));
+  CAIRN_RETURN_IF_ERROR(CheckExactIds(f.must_not(), "filter.must_not"));
   // The proto's JSON form (with proto field names) is the filter's JSON form:
   // one parser, one set of error messages for every client.
   std::string json;

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <set>
 #include <string>
@@ -815,6 +816,55 @@ TEST_F(E2ETest, SnapshotCreateListDownloadRestore) {
   req.set_collection("x");
   RestoreSnapshotResponse resp;
   EXPECT_EQ(snaps->Restore(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// Ids from 2^53 in has_id: a JSON number (a double in google.protobuf.Value)
+// is refused, not rounded to some other id; {"num": "N"} names them exactly.
+TEST_F(E2ETest, HasIdFromTwoTo53NeedsTheIdObject) {
+  ASSERT_TRUE(CreateCollection("big_ids", 4).ok());
+  const uint64_t big = (uint64_t{1} << 53) + 1;
+  {
+    grpc::ClientContext ctx;
+    UpsertRequest req;
+    req.set_collection("big_ids");
+    for (uint64_t id : {big - 2, big, ~uint64_t{0}}) {
+      auto* p = req.add_points();
+      p->mutable_id()->set_num(id);
+      for (int j = 0; j < 4; ++j) p->add_vector(1.0f);
+    }
+    UpsertResponse resp;
+    ASSERT_TRUE(points_->Upsert(&ctx, req, &resp).ok());
+  }
+  auto count = [&](const std::function<void(google::protobuf::ListValue*)>& ids, uint64_t* n) {
+    grpc::ClientContext ctx;
+    CountRequest req;
+    req.set_collection("big_ids");
+    ids(req.mutable_filter()->add_must()->mutable_has_id());
+    CountResponse resp;
+    auto s = points_->Count(&ctx, req, &resp);
+    *n = resp.count();
+    return s;
+  };
+  uint64_t n = 0;
+  auto s = count([&](google::protobuf::ListValue* l) { l->add_values()->set_number_value(static_cast<double>(big)); },
+                 &n);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("filter.must[0].has_id[0]"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("{\"num\": \"N\"}"), std::string::npos) << s.error_message();
+  for (uint64_t id : {big, ~uint64_t{0}}) {
+    s = count(
+        [&](google::protobuf::ListValue* l) {
+          (*l->add_values()->mutable_struct_value()->mutable_fields())["num"].set_string_value(std::to_string(id));
+        },
+        &n);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(n, 1u) << "id " << id;
+  }
+  // Below 2^53 a plain number is exact.
+  s = count([&](google::protobuf::ListValue* l) { l->add_values()->set_number_value(static_cast<double>(big - 2)); },
+            &n);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(n, 1u);
 }
 
 TEST_F(E2ETest, SecondServerOnTheSameDataDirRefusesToStart) {

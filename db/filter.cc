@@ -4,6 +4,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
 
@@ -31,11 +32,30 @@ absl::StatusOr<FieldValue> ParseValue(const json& j, const std::string& where) {
   return Bad(where, "expected a string, number or bool");
 }
 
+// An id: a number, a string, or the API's id object {"num": N or "N"} /
+// {"str": "S"} (the form for numbers above 2^53, which JSON clients that
+// keep numbers as doubles cannot send exactly).
 absl::StatusOr<PointId> ParseId(const json& j, const std::string& where) {
   if (j.is_number_unsigned()) return PointId(j.get<uint64_t>());
   if (j.is_number_integer() && j.get<int64_t>() >= 0) return PointId(j.get<uint64_t>());
   if (j.is_string() && !j.get<std::string>().empty()) return PointId(j.get<std::string>());
-  return Bad(where, "ids are unsigned integers or non-empty strings");
+  if (j.is_object() && j.size() == 1) {
+    if (auto s = j.find("str"); s != j.end() && s->is_string() && !s->get<std::string>().empty()) {
+      return PointId(s->get<std::string>());
+    }
+    if (auto n = j.find("num"); n != j.end()) {
+      if (n->is_number_unsigned()) return PointId(n->get<uint64_t>());
+      if (n->is_string()) {
+        const std::string& d = n->get_ref<const std::string&>();
+        uint64_t v = 0;
+        if (!d.empty() && d.size() <= 20 && d.find_first_not_of("0123456789") == std::string::npos &&
+            absl::SimpleAtoi(d, &v)) {
+          return PointId(v);
+        }
+      }
+    }
+  }
+  return Bad(where, "ids are unsigned integers, non-empty strings, {\"num\": \"N\"} or {\"str\": \"S\"}");
 }
 
 absl::StatusOr<Filter> ParseFilter(const json& j, const std::string& where, int depth,

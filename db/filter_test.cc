@@ -67,6 +67,21 @@ TEST(FilterJsonTest, RangeBounds) {
   EXPECT_EQ(q.lte, 3.0);
 }
 
+TEST(FilterJsonTest, HasIdTakesTheApisIdObjects) {
+  Filter f = ParseOrDie(R"({"must": [{"has_id": [{"num": "18446744073709551615"}, {"num": 9007199254740993},
+                                                  {"str": "doc-7"}, {"num": "0"}]}]})");
+  ASSERT_EQ(f.must.size(), 1u);
+  EXPECT_EQ(f.must[0].ids, (std::vector<PointId>{PointId(~uint64_t{0}), PointId(uint64_t{9007199254740993}),
+                                                 PointId("doc-7"), PointId(0)}));
+  for (const char* bad : {R"({"num": "-1"})", R"({"num": "18446744073709551616"})", R"({"num": "1x"})",
+                          R"({"num": ""})", R"({"str": ""})", R"({})", R"({"num": 1, "str": "a"})", R"({"num": 1.5})"}) {
+    SCOPED_TRACE(bad);
+    auto r = Filter::FromJson(std::string(R"({"must": [{"has_id": [)") + bad + "]}]}");
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("filter.must[0].has_id[0]"), std::string::npos) << r.status();
+  }
+}
+
 TEST(FilterJsonTest, IsNullAndHasId) {
   Filter f = ParseOrDie(R"({"must_not": [{"is_null": {"key": "deleted_at"}},
                                          {"has_id": [1, 2, "doc-7", 18446744073709551615]}]})");

@@ -152,7 +152,9 @@ TEST_F(DbTest, ResolvedIdsFollowDeletesAndOverwrites) {
     for (int i = 0; i < 50; ++i) pts.push_back(Pt(i, {static_cast<float>(i), 0}));
     pts.push_back(Pt("doc-a", {100, 0}));
     ASSERT_TRUE(c->Upsert(pts).ok());
-    if (sealed) ASSERT_TRUE(c->Seal().ok());
+    if (sealed) {
+      ASSERT_TRUE(c->Seal().ok());
+    }
     auto ids_near = [&](float x) {
       auto r = c->Search(std::vector<float>{x, 0}, {.k = 3});
       EXPECT_TRUE(r.ok()) << r.status();

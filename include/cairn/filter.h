@@ -14,7 +14,7 @@
 //      {"key": "tag",  "match": {"any": ["faq", "howto"]}},
 //      {"key": "year", "range": {"gte": 2020, "lt": 2025}},
 //      {"is_null": {"key": "deleted_at"}},
-//      {"has_id": [1, 2, "doc-7"]},
+//      {"has_id": [1, 2, "doc-7", {"num": "18446744073709551615"}]},
 //      {"should": [...], "must_not": [...]}          (a nested filter)
 //   ],
 //   "should": [...], "must_not": [...]}
