@@ -639,7 +639,9 @@ TEST_F(E2ETest, StreamingUpsertAndRestartKeepsData) {
     writer->WritesDone();
     auto s = writer->Finish();
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_NE(s.error_message().find("message 1"), std::string::npos) << s.error_message();
+    EXPECT_NE(s.error_message().find("message 1 (counting from 0; applied before it: 1 message, 1 point): "),
+              std::string::npos)
+        << s.error_message();
   }
   EXPECT_EQ(Count("docs"), 1001u);
 

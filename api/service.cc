@@ -316,7 +316,13 @@ class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertReque
     bool queued = b_->pool->Submit([this] {
       absl::Status s = Apply();
       if (!s.ok()) {
-        Done(ToGrpc(absl::Status(s.code(), absl::StrCat("message ", messages_, ": ", s.message()))));
+        // The status is all a failed call returns (no response message):
+        // it says what was applied.
+        const uint64_t points = resp_->points();
+        Done(ToGrpc(absl::Status(
+            s.code(), absl::StrCat("message ", messages_, " (counting from 0; applied before it: ", messages_,
+                                   messages_ == 1 ? " message, " : " messages, ", points,
+                                   points == 1 ? " point): " : " points): ", s.message()))));
         return;
       }
       ++messages_;
