@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -167,6 +168,9 @@ struct Checkpoint {
   InputPosition pos;
   uint64_t records = 0;  // records loaded up to pos
   uint64_t skipped = 0;
+  // For progress only (not saved): input bytes and fraction read up to pos.
+  uint64_t bytes = 0;
+  double fraction = 0;
 };
 
 Json Fingerprint(const std::vector<std::string>& files) {
@@ -284,6 +288,8 @@ struct Chunk {
   InputPosition end;          // input position after the chunk
   uint64_t records_end = 0;   // records loaded once this chunk and all before it are
   uint64_t skipped_end = 0;
+  uint64_t bytes_end = 0;     // input bytes read, and the fraction of the input, at `end`
+  double fraction_end = 0;
 };
 
 // Requests in flight on several threads. Requests that share an id are never
@@ -361,7 +367,7 @@ class Pipeline {
       if (!s.ok()) {
         if (error_.ok()) error_ = s;
       } else {
-        done_[c.seq] = Checkpoint{c.end, c.records_end, c.skipped_end};
+        done_[c.seq] = Checkpoint{c.end, c.records_end, c.skipped_end, c.bytes_end, c.fraction_end};
         // The checkpoint moves over the unbroken run of acknowledged requests.
         bool moved = false;
         while (!done_.empty() && done_.begin()->first == next_commit_) {
@@ -504,6 +510,31 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
   std::string input_error;
   {
     Pipeline pipe(std::move(channel), std::move(prepare), o, &ckpt, start);
+    // Progress shows what the server has acknowledged (reading runs ahead by
+    // the requests in flight), from its own thread: a send that waits on a
+    // slow server does not stop it.
+    std::mutex tick_mu;
+    std::condition_variable tick_cv;
+    bool ticking = true;
+    std::thread ticker([&] {
+      std::unique_lock l(tick_mu);
+      while (!tick_cv.wait_for(l, std::chrono::milliseconds(200), [&] { return !ticking; })) {
+        const Checkpoint c = pipe.committed();
+        progress.Update(c.records, c.bytes, c.fraction, false);
+      }
+    });
+    auto stop_ticker = [&] {
+      {
+        std::lock_guard l(tick_mu);
+        ticking = false;
+      }
+      tick_cv.notify_all();
+      if (ticker.joinable()) ticker.join();
+    };
+    struct StopOnExit {  // before `pipe` goes, however the block is left
+      std::function<void()> stop;
+      ~StopOnExit() { stop(); }
+    } stop_on_exit{stop_ticker};
     const size_t per_request = o.batch * std::max<size_t>(1, o.batches_per_request);
     bool more = true;
     while (more && !g_interrupted.load()) {
@@ -550,12 +581,13 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
       c.end = in.position();
       c.records_end = records;
       c.skipped_end = in.skipped();
+      c.bytes_end = in.bytes();
+      c.fraction_end = in.fraction();
       if (!c.messages.empty()) {
         std::sort(c.ids.begin(), c.ids.end());
         c.ids.erase(std::unique(c.ids.begin(), c.ids.end()), c.ids.end());
         if (!pipe.Submit(std::move(c))) break;
       }
-      progress.Update(pipe.committed().records, in.bytes(), in.fraction(), false);
     }
     pipe.Close();
     st.points_written = pipe.points();
@@ -576,6 +608,7 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
     }
     st.resumed_records = start.records;
     st.records = done.records - start.records;
+    stop_ticker();
   }
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   st.bytes = in.bytes();
