@@ -452,6 +452,16 @@ int IngestCmd(const Conn& c, const Args& a) {
       return Usage("ingest: give one --payloads FILE per vector file, in the same order");
     }
   }
+  // Every file readable before anything is written (not only the first).
+  for (const auto* files : {&src.files, &src.payload_files}) {
+    for (const auto& f : *files) {
+      if (f != "-" && ::access(f.c_str(), R_OK) != 0) {
+        std::fprintf(stderr, "cairn: %s: cannot open: %s\ncairn: nothing was written.\n", f.c_str(),
+                     std::strerror(errno));
+        return kInput;
+      }
+    }
+  }
   src.reader.format = a.Get("--format", "auto");
   src.reader.hdf5_dataset = a.Get("--dataset", "train");
   src.skip_bad = a.Has("--skip-bad");
@@ -540,6 +550,10 @@ int IngestCmd(const Conn& c, const Args& a) {
   if (!st->error.empty() && offline) {
     std::fprintf(stderr, "cairn: %s\ncairn: stopped; nothing was loaded (an offline ingest is all or nothing).\n",
                  st->error.c_str());
+    return st->error_kind == cairn::cli::IngestStats::ErrorKind::kInput ? kInput : kServer;
+  }
+  if (!st->error.empty() && total == 0) {
+    std::fprintf(stderr, "cairn: %s\ncairn: stopped; nothing was written.\n", st->error.c_str());
     return st->error_kind == cairn::cli::IngestStats::ErrorKind::kInput ? kInput : kServer;
   }
   if (!st->error.empty()) {

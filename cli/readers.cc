@@ -23,8 +23,12 @@ namespace {
 class Input {
  public:
   static absl::StatusOr<std::unique_ptr<Input>> Open(const std::string& path) {
+    errno = 0;
     gzFile f = path == "-" ? gzdopen(dup(STDIN_FILENO), "rb") : gzopen(path.c_str(), "rb");
-    if (f == nullptr) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+    if (f == nullptr) {
+      const int e = errno;
+      return absl::NotFoundError(absl::StrCat(path, ": cannot open", e != 0 ? ": " : "", e != 0 ? std::strerror(e) : ""));
+    }
     gzbuffer(f, 1 << 20);
     auto in = std::unique_ptr<Input>(new Input(path, f));
     struct stat st;

@@ -118,7 +118,11 @@ set +e
 "$cairn" ingest --collection docs "$work/trunc.fvecs" 2>"$work/trunc.log"; code2=$?
 "$cairn" search --collection nope --vector 1,2 >/dev/null 2>&1; code3=$?
 "$cairn" frobnicate >/dev/null 2>&1; code4=$?
+# A missing second file is found before the first is loaded.
+"$cairn" ingest --collection docs "$work/docs.jsonl" "$work/missing.fvecs" 2>"$work/missing.log"; code5=$?
 set -e
+[[ $code5 == 2 ]] && grep -q "missing.fvecs: cannot open: No such file or directory" "$work/missing.log" \
+  && grep -q "nothing was written" "$work/missing.log" || fail "missing file: $code5 $(cat "$work/missing.log")"
 [[ $code == 2 ]] && grep -q "broken.jsonl: line 2: not a JSON object" "$work/broken.log" || fail "broken: $code $(cat "$work/broken.log")"
 [[ $code2 == 2 ]] && grep -q "trunc.fvecs: record 2 is truncated" "$work/trunc.log" || fail "trunc: $code2 $(cat "$work/trunc.log")"
 [[ $code3 == 3 ]] || fail "unknown collection exit $code3"
