@@ -593,7 +593,11 @@ void PrintHits(const v1::SearchResponse& resp, bool json, long query) {
     std::string id = h.id().has_str() ? h.id().str() : std::to_string(h.id().num());
     std::string payload;
     (void)google::protobuf::util::MessageToJsonString(h.payload(), &payload);
-    std::printf("%-24s %-12.6g %s\n", id.c_str(), h.score(), payload.c_str());
+    // Padded to 24 characters, not bytes (UTF-8 ids).
+    size_t chars = 0;
+    for (unsigned char ch : id) chars += (ch & 0xC0) != 0x80;
+    std::printf("%s%s %-12.6g %s\n", id.c_str(), std::string(chars < 24 ? 24 - chars : 0, ' ').c_str(), h.score(),
+                payload.c_str());
   }
 }
 

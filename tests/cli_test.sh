@@ -97,6 +97,13 @@ summary="$("$cairn" ingest --collection small --skip-bad --json "$work/mixed.jso
 
 out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 1 --exact)"
 grep -qE '^7 +0 ' <<<"$out" || fail "search: $out"
+# The table's columns line up with UTF-8 ids (padding counts characters).
+echo '{"id": "äöü-7", "vector": [7.25,7.25,7.25,7.25,7.25,7.25,7.25,7.25]}' | "$cairn" ingest --collection docs - 2>/dev/null \
+  || fail "ingest a UTF-8 id"
+out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 2 --exact)"
+"$py" -c 'import sys; rows=sys.argv[1].splitlines()[1:]; assert len(rows)==2 and "äöü-7" in sys.argv[1] and len({r.index(r.split()[1], 24) for r in rows})==1, rows' "$out" \
+  || fail "table with a UTF-8 id: $out"
+"$cairn" collection info docs >/dev/null
 # Queries on stdin: {"vector": ...} without an id, or a bare array.
 out="$(printf '{"vector": [7,7,7,7,7,7,7,7]}\n[9,9,9,9,9,9,9,9]\n' | "$cairn" search --collection docs --queries - --k 1 --exact --json)"
 "$py" -c 'import sys,json; h=[json.loads(l)["hits"][0]["id"]["num"] for l in sys.argv[1].splitlines()]; assert h==["7","9"], h' "$out" \
@@ -141,8 +148,8 @@ grep -q "unknown flag --metirc" "$work/usage.log" || fail "--metirc: $(cat "$wor
 grep -q "takes at most 1 bare argument; unexpected: extra" "$work/usage.log" || fail "extra: $(cat "$work/usage.log")"
 grep -q -- "--dim is a positive integer, got 'abc'" "$work/usage.log" || fail "--dim abc: $(cat "$work/usage.log")"
 if "$cairn" collection list | grep -q typo; then fail "a collection was created despite a usage error"; fi
-# ok-1 and x came before the bad records: they are in; nothing else is.
-"$cairn" collection info docs | grep -c >/dev/null '"points": "522"' || fail "bad input: $("$cairn" collection info docs)"
+# ok-1 and x came before the bad records: they are in; nothing else is (523: 520 + äöü-7 + those two).
+"$cairn" collection info docs | grep -c >/dev/null '"points": "523"' || fail "bad input: $("$cairn" collection info docs)"
 "$cairn" info | grep -c >/dev/null "collections: docs" || fail info
 "$cairn" info | grep -Ec >/dev/null "^device: (gpu: |cpu: no usable GPU)" || fail "info device: $("$cairn" info)"
 # Snapshots: create, list, download as a tar that is a data directory, restore.
@@ -156,7 +163,7 @@ set +e
 set -e
 [[ $code == 3 && ! -e "$work/none.tar" && ! -e "$work/none.tar.part" ]] || fail "download of an unknown snapshot: $code"
 "$cairn" snapshot restore "$snap" docs2 | grep -c >/dev/null "restored" || fail "snapshot restore"
-"$cairn" collection info docs2 | grep -c >/dev/null '"points": "522"' || fail "restored: $("$cairn" collection info docs2)"
+"$cairn" collection info docs2 | grep -c >/dev/null '"points": "523"' || fail "restored: $("$cairn" collection info docs2)"
 "$cairn" collection drop docs | grep -c >/dev/null "dropped docs" || fail drop
 
 kill -TERM "$pid"; wait "$pid"
