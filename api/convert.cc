@@ -2,6 +2,8 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
 
@@ -64,27 +66,45 @@ void JsonToStruct(const std::string& json, google::protobuf::Struct* out) {
 
 namespace {
 
-absl::Status CheckExactIds(const google::protobuf::RepeatedPtrField<v1::Condition>& conds, const std::string& where);
+absl::Status ExactIds(google::protobuf::RepeatedPtrField<v1::Condition>* conds, const std::string& where);
 
-// has_id numbers travel as doubles (google.protobuf.Value): from 2^53 they
-// are not the number the client wrote, and would match some other id or none.
-absl::Status CheckExactIds(const v1::Condition& c, const std::string& where) {
-  for (int i = 0; i < c.has_id().values_size(); ++i) {
-    const auto& v = c.has_id().values(i);
-    // 2^53 itself may be 2^53 + 1 rounded.
-    if (v.kind_case() == google::protobuf::Value::kNumberValue && v.number_value() >= 9007199254740992.0) {
-      return Bad(absl::StrCat(where, ".has_id[", i, "]"),
-                 "a number id of 2^53 or more is not exact as a JSON number; give it as {\"num\": \"N\"}");
-    }
+// has_id numbers travel as doubles (google.protobuf.Value), plain or as
+// {"num": N}. From 2^53 they may not be the number the client wrote (2^53
+// itself may be 2^53 + 1 rounded): refused, rather than matching some other
+// id. Below it they are exact, and are rewritten as {"num": "N"} because the
+// JSON printer writes some of them in exponent form (1e+15).
+absl::Status ExactId(google::protobuf::Value* v, const std::string& where) {
+  google::protobuf::Value* num = v;
+  if (v->has_struct_value()) {
+    auto& fields = *v->mutable_struct_value()->mutable_fields();
+    auto it = fields.find("num");
+    if (it == fields.end() || fields.size() != 1) return absl::OkStatus();
+    num = &it->second;
   }
-  CAIRN_RETURN_IF_ERROR(CheckExactIds(c.must(), where + ".must"));
-  CAIRN_RETURN_IF_ERROR(CheckExactIds(c.should(), where + ".should"));
-  return CheckExactIds(c.must_not(), where + ".must_not");
+  if (num->kind_case() != google::protobuf::Value::kNumberValue) return absl::OkStatus();
+  const double d = num->number_value();
+  if (d >= 9007199254740992.0) {
+    return Bad(where, "a number id of 2^53 or more is not exact as a JSON number; give it as {\"num\": \"N\"}");
+  }
+  if (d < 0 || d != std::floor(d)) return absl::OkStatus();  // the filter parser says what is wrong
+  const std::string digits = absl::StrCat(static_cast<uint64_t>(d));
+  v->mutable_struct_value()->mutable_fields()->clear();
+  (*v->mutable_struct_value()->mutable_fields())["num"].set_string_value(digits);
+  return absl::OkStatus();
 }
 
-absl::Status CheckExactIds(const google::protobuf::RepeatedPtrField<v1::Condition>& conds, const std::string& where) {
-  for (int i = 0; i < conds.size(); ++i) {
-    CAIRN_RETURN_IF_ERROR(CheckExactIds(conds[i], absl::StrCat(where, "[", i, "]")));
+absl::Status ExactIds(v1::Condition* c, const std::string& where) {
+  for (int i = 0; i < c->has_id().values_size(); ++i) {
+    CAIRN_RETURN_IF_ERROR(ExactId(c->mutable_has_id()->mutable_values(i), absl::StrCat(where, ".has_id[", i, "]")));
+  }
+  CAIRN_RETURN_IF_ERROR(ExactIds(c->mutable_must(), where + ".must"));
+  CAIRN_RETURN_IF_ERROR(ExactIds(c->mutable_should(), where + ".should"));
+  return ExactIds(c->mutable_must_not(), where + ".must_not");
+}
+
+absl::Status ExactIds(google::protobuf::RepeatedPtrField<v1::Condition>* conds, const std::string& where) {
+  for (int i = 0; i < conds->size(); ++i) {
+    CAIRN_RETURN_IF_ERROR(ExactIds(conds->Mutable(i), absl::StrCat(where, "[", i, "]")));
   }
   return absl::OkStatus();
 }
@@ -95,15 +115,16 @@ absl::StatusOr<std::optional<Filter>> FromProto(const v1::Filter& f, bool has_fi
   if (!has_filter || (f.must().empty() && f.should().empty() && f.must_not().empty())) {
     return std::optional<Filter>();
   }
-  CAIRN_RETURN_IF_ERROR(CheckExactIds(f.must(), "filter.must"));
-  CAIRN_RETURN_IF_ERROR(CheckExactIds(f.should(), "filter.should"));
-  CAIRN_RETURN_IF_ERROR(CheckExactIds(f.must_not(), "filter.must_not"));
+  v1::Filter exact = f;
+  CAIRN_RETURN_IF_ERROR(ExactIds(exact.mutable_must(), "filter.must"));
+  CAIRN_RETURN_IF_ERROR(ExactIds(exact.mutable_should(), "filter.should"));
+  CAIRN_RETURN_IF_ERROR(ExactIds(exact.mutable_must_not(), "filter.must_not"));
   // The proto's JSON form (with proto field names) is the filter's JSON form:
   // one parser, one set of error messages for every client.
   std::string json;
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
-  auto st = google::protobuf::util::MessageToJsonString(f, &json, options);
+  auto st = google::protobuf::util::MessageToJsonString(exact, &json, options);
   if (!st.ok()) return Bad("filter", std::string(st.message()));
   CAIRN_ASSIGN_OR_RETURN(Filter filter, Filter::FromJson(json));
   return std::optional<Filter>(std::move(filter));

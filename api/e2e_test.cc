@@ -862,11 +862,36 @@ TEST_F(E2ETest, HasIdFromTwoTo53NeedsTheIdObject) {
     ASSERT_TRUE(s.ok()) << s.error_message();
     EXPECT_EQ(n, 1u) << "id " << id;
   }
-  // Below 2^53 a plain number is exact.
-  s = count([&](google::protobuf::ListValue* l) { l->add_values()->set_number_value(static_cast<double>(big - 2)); },
-            &n);
-  ASSERT_TRUE(s.ok()) << s.error_message();
-  EXPECT_EQ(n, 1u);
+  // {"num": N} with N a JSON number is the same double: refused from 2^53.
+  s = count(
+      [&](google::protobuf::ListValue* l) {
+        (*l->add_values()->mutable_struct_value()->mutable_fields())["num"].set_number_value(static_cast<double>(big));
+      },
+      &n);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "{\"num\": 2^53 + 1} as a number";
+  // Below 2^53 a number is exact, round ones too (1e15 prints as "1e+15").
+  for (uint64_t id : {big - 2, uint64_t{1000000000000000}}) {
+    if (id != big - 2) {
+      grpc::ClientContext ctx;
+      UpsertRequest req;
+      req.set_collection("big_ids");
+      auto* p = req.add_points();
+      p->mutable_id()->set_num(id);
+      for (int j = 0; j < 4; ++j) p->add_vector(1.0f);
+      UpsertResponse resp;
+      ASSERT_TRUE(points_->Upsert(&ctx, req, &resp).ok());
+    }
+    s = count([&](google::protobuf::ListValue* l) { l->add_values()->set_number_value(static_cast<double>(id)); }, &n);
+    ASSERT_TRUE(s.ok()) << id << ": " << s.error_message();
+    EXPECT_EQ(n, 1u) << id;
+    s = count(
+        [&](google::protobuf::ListValue* l) {
+          (*l->add_values()->mutable_struct_value()->mutable_fields())["num"].set_number_value(static_cast<double>(id));
+        },
+        &n);
+    ASSERT_TRUE(s.ok()) << id << ": " << s.error_message();
+    EXPECT_EQ(n, 1u) << id;
+  }
 }
 
 TEST_F(E2ETest, SecondServerOnTheSameDataDirRefusesToStart) {

@@ -329,7 +329,11 @@ class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertReque
       StartRead(&req_);
     });
     if (!queued) {
-      Done(Overloaded());
+      const grpc::Status o = Overloaded();
+      Done(grpc::Status(o.error_code(),
+                        absl::StrCat(o.error_message(), "; message ", messages_, " was not applied (counting from 0; ",
+                                     "applied before it: ", messages_, messages_ == 1 ? " message, " : " messages, ",
+                                     resp_->points(), resp_->points() == 1 ? " point)" : " points)")));
     }
   }
 

@@ -470,6 +470,18 @@ int IngestCmd(const Conn& c, const Args& a) {
   src.start_id = n;
   const bool offline = a.Has("--data-dir");
   const bool json = a.Has("--json");
+  // Each mode's own flags are refused in the other, not ignored.
+  for (const std::string f : {"--batch", "--inflight", "--retries", "--checkpoint"}) {
+    if (offline && a.Has(f)) return Usage("ingest: " + f + " is for an online ingest (without --data-dir)");
+  }
+  std::set<std::string> offline_only = CreateFlags();
+  offline_only.insert("--segment-size");
+  for (const auto& f : offline_only) {
+    if (!offline && a.Has(f)) {
+      return Usage("ingest: " + f + " is for an offline ingest (--data-dir) that creates its collection; online, "
+                   "create the collection first (cairn collection create)");
+    }
+  }
   absl::StatusOr<cairn::cli::IngestStats> st;
   if (offline) {
     cairn::cli::OfflineOptions o;
@@ -552,8 +564,11 @@ int IngestCmd(const Conn& c, const Args& a) {
                  st->error.c_str());
     return st->error_kind == cairn::cli::IngestStats::ErrorKind::kInput ? kInput : kServer;
   }
-  if (!st->error.empty() && total == 0) {
-    std::fprintf(stderr, "cairn: %s\ncairn: stopped; nothing was written.\n", st->error.c_str());
+  if (!st->error.empty() && total == 0 && st->points_written == 0) {
+    std::fprintf(stderr,
+                 "cairn: %s\ncairn: stopped before any request was acknowledged; once the cause is fixed, run the "
+                 "same command again (it rewrites whatever may have been written).\n",
+                 st->error.c_str());
     return st->error_kind == cairn::cli::IngestStats::ErrorKind::kInput ? kInput : kServer;
   }
   if (!st->error.empty()) {

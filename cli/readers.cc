@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 
 #include <nlohmann/json.hpp>
@@ -588,8 +589,13 @@ absl::StatusOr<std::string> FormatFromContent(Input& in) {
   if (starts("\x93NUMPY")) return std::string("npy");
   if (starts(std::string_view("\x89HDF\r\n\x1a\n", 8))) return std::string("hdf5");
   if (starts(std::string_view("\0\0\x08\x03", 4))) return std::string("idx");
+  // JSON Lines: an object, or (queries) a bare array. Text, not the first
+  // bytes of a *vecs file whose dimension reads as '{' or '[' (123, 91).
   size_t first = h.find_first_not_of(" \t\r\n");
-  if (first != std::string_view::npos && h[first] == '{') return std::string("jsonl");
+  if (first != std::string_view::npos && (h[first] == '{' || h[first] == '[') &&
+      (first + 1 >= h.size() || h[first + 1] != '\0')) {
+    return std::string("jsonl");
+  }
   if (h.size() >= 4) {
     int32_t d;
     std::memcpy(&d, h.data(), 4);

@@ -956,7 +956,11 @@ TEST_F(ReadersTest, DetectFormatByContent) {
       {Idx(1, 1, 2, {1, 2}), "idx"},
       {"{\"id\": 1, \"vector\": [1]}\n", "jsonl"},
       {" \n\t{\"id\": 1, \"vector\": [1]}\n", "jsonl"},
+      {"[1, 2]\n[3, 4]\n", "jsonl"},  // queries as bare arrays
       {Fvecs(kRows), "fvecs"},
+      // Dimensions whose first byte reads '[' or '{' (91, 123): still fvecs.
+      {Fvecs(Rows(2, std::vector<float>(91, 1.0f))), "fvecs"},
+      {Fvecs(Rows(2, std::vector<float>(123, 1.0f))), "fvecs"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     const auto& [bytes, want] = cases[i];

@@ -141,8 +141,15 @@ set +e
 "$cairn" collection create typo --dim 8 --metirc cosine >/dev/null 2>>"$work/usage.log"; code2=$?
 "$cairn" collection info docs extra >/dev/null 2>>"$work/usage.log"; code3=$?
 "$cairn" collection create typo2 --dim abc >/dev/null 2>>"$work/usage.log"; code4=$?
+# Each ingest mode refuses the other's flags.
+"$cairn" ingest --collection docs --metric cosine "$work/docs.jsonl" 2>>"$work/usage.log"; code5=$?
+"$cairn" ingest --data-dir "$work/offline" --collection c --dim 8 --batch 5 "$work/docs.jsonl" 2>>"$work/usage.log"; code6=$?
 set -e
-[[ $code == 1 && $code2 == 1 && $code3 == 1 && $code4 == 1 ]] || fail "usage errors exit $code $code2 $code3 $code4"
+[[ $code == 1 && $code2 == 1 && $code3 == 1 && $code4 == 1 && $code5 == 1 && $code6 == 1 ]] \
+  || fail "usage errors exit $code $code2 $code3 $code4 $code5 $code6"
+grep -q -- "--metric is for an offline ingest" "$work/usage.log" || fail "online --metric: $(cat "$work/usage.log")"
+grep -q -- "--batch is for an online ingest" "$work/usage.log" || fail "offline --batch: $(cat "$work/usage.log")"
+[[ ! -e "$work/offline" ]] || fail "a refused offline ingest created its data directory"
 grep -q "unknown flag --fitler for \`cairn search\`" "$work/usage.log" || fail "--fitler: $(cat "$work/usage.log")"
 grep -q "unknown flag --metirc" "$work/usage.log" || fail "--metirc: $(cat "$work/usage.log")"
 grep -q "takes at most 1 bare argument; unexpected: extra" "$work/usage.log" || fail "extra: $(cat "$work/usage.log")"
