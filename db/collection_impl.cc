@@ -221,6 +221,18 @@ absl::Status CollectionImpl::ValidateIds(absl::Span<const PointId> ids) const {
   return absl::OkStatus();
 }
 
+void CollectionImpl::SealOnClose(uint64_t min_points) {
+  std::shared_lock lock(close_mu_);
+  if (closed_) return;
+  for (auto& s : shards_) {
+    if (auto st = s->SealIfOnlyAWrite(min_points); !st.ok()) {
+      // The points are safe in storage: the next Open rebuilds the segment.
+      std::fprintf(stderr, "cairn: collection %s: sealing at close failed (%s); the next open rebuilds it\n",
+                   name_.c_str(), st.ToString().c_str());
+    }
+  }
+}
+
 void CollectionImpl::Close() {
   std::unique_lock lock(close_mu_);
   closed_ = true;

@@ -49,7 +49,10 @@ class DatabaseImpl final : public Database {
     maint_cv_.notify_all();
     if (maint_thread_.joinable()) maint_thread_.join();
     std::lock_guard l(mu_);
-    for (auto& [name, c] : collections_) c->Close();
+    for (auto& [name, c] : collections_) {
+      c->SealOnClose(options_.seal_on_close_points);
+      c->Close();
+    }
   }
 
   absl::Status Load() {

@@ -470,6 +470,58 @@ TEST_F(DatabaseTest, EmptyDirectoryBecomesADataDirectory) {
   OpenDb(no_create);
 }
 
+// A clean close seals growing segments of seal_on_close_points or more that
+// already are the collection's index (a file write), so the next Open loads
+// them instead of rebuilding; smaller ones, and IVF (which would need a build),
+// stay growing. Everything is there after reopening either way.
+TEST_F(DatabaseTest, CloseSealsLargeGrowingSegmentsThatAreAlreadyTheIndex) {
+  const uint32_t dim = 8;
+  const auto x = Clustered(3000, dim, TestSeed());
+  DatabaseOptions o = TestOptions();
+  o.seal_on_close_points = 2000;
+  std::map<std::string, std::vector<std::string>> before;
+  const std::vector<std::pair<std::string, IndexType>> kinds = {
+      {"hnsw", IndexType::kHnsw}, {"flat", IndexType::kFlat}, {"ivf", IndexType::kIvfFlat}, {"small", IndexType::kHnsw}};
+  {
+    OpenDb(o);
+    for (const auto& [name, type] : kinds) {
+      CollectionConfig c = Config(dim, Metric::kL2, type);
+      c.index.nlist = 16;
+      auto coll = Create(name, c);
+      ASSERT_TRUE(coll);
+      const size_t n = name == "small" ? 1999 : 3000;
+      testing_util::UpsertRows(
+          *coll, x, dim, 0, n, [](size_t i) { return PointId(uint64_t{i}); }, [](size_t) { return std::string(); },
+          1000);
+      ASSERT_TRUE(coll->Delete({PointId(5)}).ok());
+      before[name] = Contents(*coll);
+      ASSERT_EQ(coll->Info()->sealed_segments, 0u) << name;
+    }
+    CloseDb();
+  }
+  OpenDb(o);
+  for (const auto& [name, type] : kinds) {
+    auto coll = Get(name);
+    ASSERT_TRUE(coll);
+    const bool sealed = name == "hnsw" || name == "flat";
+    EXPECT_EQ(coll->Info()->sealed_segments, sealed ? 1u : 0u) << name;
+    EXPECT_EQ(Contents(*coll), before[name]) << name;
+    auto hits = coll->Search(Row(x, 42, dim), {.k = 1, .exact = true});
+    ASSERT_TRUE(hits.ok()) << hits.status();
+    ASSERT_EQ(hits->size(), 1u);
+    EXPECT_EQ((*hits)[0].id, PointId(42)) << name;
+    // Writes go on into a new growing segment, and survive another reopen.
+    ASSERT_TRUE(coll->Upsert({Pt(uint64_t{100000}, Row(x, 7, dim))}).ok());
+  }
+  CloseDb();
+  OpenDb(o);
+  for (const auto& [name, type] : kinds) {
+    auto coll = Get(name);
+    ASSERT_TRUE(coll);
+    EXPECT_EQ(CountOf(*coll), (name == "small" ? 1999u : 3000u)) << name;  // 1 deleted, 1 added
+  }
+}
+
 TEST_F(DatabaseTest, ReopenKeepsCollectionsAndPoints) {
   const uint32_t dim = 16;
   const auto x = Clustered(1500, dim, TestSeed());

@@ -958,6 +958,16 @@ absl::Status Shard::Seal(bool force) {
   return WriteManifestLocked();
 }
 
+absl::Status Shard::SealIfOnlyAWrite(uint64_t min_points) {
+  {
+    std::shared_lock state(state_mu_);
+    if (min_points == 0 || growing_->size() < min_points || growing_->type() != options_.index.type) {
+      return absl::OkStatus();
+    }
+  }
+  return Seal(/*force=*/true);
+}
+
 absl::Status Shard::Compact(bool force) {
   std::lock_guard maint(maintenance_mu_);
   std::vector<SealedRef> todo;

@@ -118,6 +118,9 @@ class Shard {
   // Seals the growing segment when it holds >= seal_threshold points (any
   // number > 0 with `force`).
   absl::Status Seal(bool force);
+  // At close: seals the growing segment if it holds >= min_points and sealing
+  // it is only a file write (it already is the target index).
+  absl::Status SealIfOnlyAWrite(uint64_t min_points);
   absl::Status Compact(bool force);
   bool NeedsSeal() const;
 

@@ -114,6 +114,13 @@ struct DatabaseOptions {
   // Seal growing segments and compact in a background thread. When false,
   // only Collection::Seal / Compact do it. Default: true.
   bool background_maintenance = true;
+  // When the database is closed, a shard's growing segment of at least this
+  // many points is sealed if it already is the collection's index (HNSW), a
+  // file write: the next Open loads it instead of rebuilding it from storage
+  // (minutes for hundreds of thousands of points). Smaller ones, and those
+  // that would need an index build (IVF types), are rebuilt on Open. 0: never.
+  // Default: 50000.
+  uint64_t seal_on_close_points = 50000;
   // Threads FAISS may use inside one batch search or index build (OpenMP).
   // Single-query searches always use one. 0 means the number of cores.
   // Default: 0.
