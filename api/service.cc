@@ -316,13 +316,8 @@ class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertReque
     bool queued = b_->pool->Submit([this] {
       absl::Status s = Apply();
       if (!s.ok()) {
-        // The status is all a failed call returns (no response message):
-        // it says what was applied.
-        const uint64_t points = resp_->points();
-        Done(ToGrpc(absl::Status(
-            s.code(), absl::StrCat("message ", messages_, " (counting from 0; applied before it: ", messages_,
-                                   messages_ == 1 ? " message, " : " messages, ", points,
-                                   points == 1 ? " point): " : " points): ", s.message()))));
+        Done(ToGrpc(absl::Status(s.code(), absl::StrCat("message ", messages_, " (", AppliedSoFar(), "): ",
+                                                        s.message()))));
         return;
       }
       ++messages_;
@@ -330,10 +325,8 @@ class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertReque
     });
     if (!queued) {
       const grpc::Status o = Overloaded();
-      Done(grpc::Status(o.error_code(),
-                        absl::StrCat(o.error_message(), "; message ", messages_, " was not applied (counting from 0; ",
-                                     "applied before it: ", messages_, messages_ == 1 ? " message, " : " messages, ",
-                                     resp_->points(), resp_->points() == 1 ? " point)" : " points)")));
+      Done(grpc::Status(o.error_code(), absl::StrCat(o.error_message(), "; message ", messages_, " was not applied (",
+                                                     AppliedSoFar(), ")")));
     }
   }
 
@@ -348,6 +341,13 @@ class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertReque
     b_->metrics.Record("Points/UpsertStream", static_cast<int>(s.error_code()),
                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count());
     Finish(s);
+  }
+  // What a failed stream's status says was applied (a failed call returns
+  // no response message).
+  std::string AppliedSoFar() const {
+    const uint64_t points = resp_->points();
+    return absl::StrCat("counting from 0; applied before it: ", messages_, messages_ == 1 ? " message, " : " messages, ",
+                        points, points == 1 ? " point" : " points");
   }
   absl::Status Apply() {
     CAIRN_ASSIGN_OR_RETURN(auto c, Open(*db_, req_.collection()));

@@ -276,14 +276,28 @@ const std::set<std::string>& CreateFlags() {
   return f;
 }
 
+// Ingest's flags for one mode only: online (to cairnd), and offline
+// (--data-dir, which creates the collection from the create flags).
+const std::set<std::string>& IngestOnlineOnly() {
+  static const std::set<std::string> f = {"--batch", "--inflight", "--retries", "--checkpoint"};
+  return f;
+}
+const std::set<std::string>& IngestOfflineOnly() {
+  static const std::set<std::string> f = [] {
+    std::set<std::string> s = CreateFlags();
+    s.insert("--segment-size");
+    return s;
+  }();
+  return f;
+}
+
 // The shape of `cmd` (with its subcommand, as "collection create"), or null.
 const CommandShape* ShapeOf(const std::string& cmd) {
   static const std::map<std::string, CommandShape> kShapes = [] {
-    std::set<std::string> ingest = {"--collection", "--format",  "--dataset",    "--payloads",
-                                    "--start-id",   "--skip-bad", "--json",      "--batch",
-                                    "--inflight",   "--retries", "--checkpoint", "--resume",
-                                    "--data-dir",   "--segment-size"};
-    ingest.insert(CreateFlags().begin(), CreateFlags().end());
+    std::set<std::string> ingest = {"--collection", "--format", "--dataset", "--payloads", "--start-id",
+                                    "--skip-bad",   "--json",   "--resume",  "--data-dir"};
+    ingest.insert(IngestOnlineOnly().begin(), IngestOnlineOnly().end());
+    ingest.insert(IngestOfflineOnly().begin(), IngestOfflineOnly().end());
     return std::map<std::string, CommandShape>{
         {"collection create", {CreateFlags(), 1}},
         {"collection list", {{}, 0}},
@@ -471,12 +485,10 @@ int IngestCmd(const Conn& c, const Args& a) {
   const bool offline = a.Has("--data-dir");
   const bool json = a.Has("--json");
   // Each mode's own flags are refused in the other, not ignored.
-  for (const std::string f : {"--batch", "--inflight", "--retries", "--checkpoint"}) {
+  for (const auto& f : IngestOnlineOnly()) {
     if (offline && a.Has(f)) return Usage("ingest: " + f + " is for an online ingest (without --data-dir)");
   }
-  std::set<std::string> offline_only = CreateFlags();
-  offline_only.insert("--segment-size");
-  for (const auto& f : offline_only) {
+  for (const auto& f : IngestOfflineOnly()) {
     if (!offline && a.Has(f)) {
       return Usage("ingest: " + f + " is for an offline ingest (--data-dir) that creates its collection; online, "
                    "create the collection first (cairn collection create)");

@@ -608,7 +608,6 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
     }
     st.resumed_records = start.records;
     st.records = done.records - start.records;
-    stop_ticker();
   }
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   st.bytes = in.bytes();
