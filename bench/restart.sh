@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Restart time of cairnd over N growing (unsealed) HNSW points of dimension
-# 128: after kill -9 (the growing segment is rebuilt from storage) and after
-# SIGTERM (a clean close seals it: DatabaseOptions::seal_on_close_points).
+# 128: after kill -9 (the growing segment's copy saved in the background is
+# loaded and the points after it are rebuilt from storage:
+# DatabaseOptions::growing_checkpoint_points) and after SIGTERM (a clean
+# close seals it: DatabaseOptions::seal_on_close_points).
 # Usage: bench/restart.sh [N=100000] [PORT=7741]   (after `make build`)
 set -euo pipefail
 n=${1:-100000}; port=${2:-7741}
@@ -36,6 +38,8 @@ t0=$(now_ms)
 "$bin/cairn" ingest --collection v "$work/v.fvecs" 2>/dev/null
 echo "ingest of $n points: $(secs "$t0") s"
 kill -9 $pid; wait $pid 2>/dev/null || true
+copies=$(find "$work/data" -name 'grow-*.cseg' -printf '%f %s bytes\n' | tr '\n' ' ')
+echo "growing segment's saved copy at the kill: ${copies:-none}"
 start after-kill-9
 t0=$(now_ms)
 kill -TERM $pid; wait $pid || true

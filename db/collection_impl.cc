@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/escaping.h"
@@ -23,12 +24,24 @@ namespace {
 
 constexpr size_t kMaxStringId = 256;
 
-absl::Status CheckFinite(absl::Span<const float> v, std::string_view what) {
+// Largest vector norm taken: any two such vectors' L2 distance (at most
+// (|a| + |b|)^2), inner product and squared norms stay finite in float32.
+const double kMaxNorm = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / 4);
+
+// Values every metric can score: finite, and a norm of at most kMaxNorm.
+absl::Status CheckVectorValues(absl::Span<const float> v, std::string_view what) {
+  double norm2 = 0;
   for (size_t i = 0; i < v.size(); ++i) {
     if (!std::isfinite(v[i])) {
       return absl::InvalidArgumentError(
           absl::StrCat(std::string(what), " has a non-finite value (", v[i], ") at position ", i));
     }
+    norm2 += static_cast<double>(v[i]) * v[i];
+  }
+  if (norm2 > kMaxNorm * kMaxNorm) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        std::string(what), " has a norm of ", absl::SixDigits(std::sqrt(norm2)), ", above the ",
+        absl::SixDigits(kMaxNorm), " whose distances float32 can hold; scale the vectors down"));
   }
   return absl::OkStatus();
 }
@@ -140,6 +153,7 @@ absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
   so.compaction_deleted_ratio = config.compaction_deleted_ratio;
   so.sync_writes = options.sync_writes;
   so.index_threads = options.index_threads;
+  so.checkpoint_points = options.growing_checkpoint_points;
   for (uint32_t i = 0; i < config.num_shards; ++i) {
     std::string sdir = (fs::path(dir) / absl::StrFormat("shard-%04d", i)).string();
     CAIRN_ASSIGN_OR_RETURN(auto shard, Shard::Open(sdir, so));
@@ -225,10 +239,12 @@ void CollectionImpl::SealOnClose(uint64_t min_points) {
   std::shared_lock lock(close_mu_);
   if (closed_) return;
   for (auto& s : shards_) {
-    if (auto st = s->SealIfOnlyAWrite(min_points); !st.ok()) {
+    absl::Status st = s->SealIfOnlyAWrite(min_points);
+    if (st.ok()) st = s->CheckpointGrowing(/*at_close=*/true);
+    if (!st.ok()) {
       // The points are safe in storage: the next Open rebuilds the segment.
-      std::fprintf(stderr, "cairn: collection %s: sealing at close failed (%s); the next open rebuilds it\n",
-                   name_.c_str(), st.ToString().c_str());
+      std::fprintf(stderr, "cairn: collection %s: saving the growing segment at close failed (%s); "
+                   "the next open rebuilds it\n", name_.c_str(), st.ToString().c_str());
     }
   }
 }
@@ -268,7 +284,7 @@ absl::StatusOr<PreparedPoint> CollectionImpl::PreparePoint(const Point& p, size_
     return absl::InvalidArgumentError(absl::StrCat(what, ": vector has dimension ", p.vector.size(),
                                                    "; the collection's is ", config_.dimension));
   }
-  CAIRN_RETURN_IF_ERROR(CheckFinite(p.vector, what + ": vector"));
+  CAIRN_RETURN_IF_ERROR(CheckVectorValues(p.vector, what + ": vector"));
   if (p.payload.size() > options_.max_payload_bytes || p.text.size() > options_.max_payload_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": payload or text over ",
                                                      options_.max_payload_bytes, " bytes"));
@@ -372,7 +388,7 @@ absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {
   for (size_t s = 0; s < shards_.size(); ++s) {
     if (per_shard[s].empty()) continue;
     CAIRN_RETURN_IF_ERROR(shards_[s]->Upsert(std::move(per_shard[s])));
-    wake = wake || shards_[s]->NeedsSeal();
+    wake = wake || shards_[s]->NeedsSeal() || shards_[s]->NeedsCheckpoint();
   }
   if (wake && wake_maintenance_) wake_maintenance_();
   return absl::OkStatus();
@@ -569,7 +585,10 @@ absl::StatusOr<std::vector<std::vector<ScoredPoint>>> CollectionImpl::SearchBatc
   if (params.nprobe < 0 || params.nprobe > (1 << 20)) {
     return absl::InvalidArgumentError("search: nprobe must be 0..1048576");
   }
-  CAIRN_RETURN_IF_ERROR(CheckFinite(queries, "search: query"));
+  for (size_t q = 0; q < nq; ++q) {
+    CAIRN_RETURN_IF_ERROR(CheckVectorValues(queries.subspan(q * dim, dim),
+                                            nq == 1 ? std::string("search: query") : absl::StrCat("search: query ", q)));
+  }
   CAIRN_RETURN_IF_ERROR(ValidateFilter(params.filter));
   std::vector<float> prepared(queries.begin(), queries.end());
   index::PrepareVectors(config_.metric, prepared.data(), nq, dim);
@@ -614,6 +633,7 @@ void CollectionImpl::RunMaintenance() {
   for (auto& s : shards_) {
     absl::Status st = s->Seal(/*force=*/false);
     if (st.ok()) st = s->Compact(/*force=*/false);
+    if (st.ok()) st = s->CheckpointGrowing(/*at_close=*/false);
     if (!st.ok()) {
       fprintf(stderr, "cairn: maintenance of collection %s failed: %s\n", name_.c_str(),
               st.ToString().c_str());

@@ -50,7 +50,8 @@ class CollectionImpl final : public Collection {
   void RunMaintenance();
   // Closes the shards; later calls return FailedPrecondition.
   void Close();
-  // Before Close, on a clean shutdown (DatabaseOptions::seal_on_close_points).
+  // Before Close, on a clean shutdown: seals or saves growing segments
+  // (DatabaseOptions::seal_on_close_points, growing_checkpoint_points).
   void SealOnClose(uint64_t min_points);
   // Consistent copy of every shard into `dir`/shard-NNNN.
   absl::Status SnapshotShards(const std::string& dir);

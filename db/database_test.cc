@@ -473,7 +473,8 @@ TEST_F(DatabaseTest, EmptyDirectoryBecomesADataDirectory) {
 // A clean close seals growing segments of seal_on_close_points or more that
 // already are the collection's index (a file write), so the next Open loads
 // them instead of rebuilding; smaller ones, and IVF (which would need a build),
-// stay growing. Everything is there after reopening either way.
+// stay growing, saved to a file (growing_checkpoint_points) that the next
+// Open loads. Everything is there after reopening either way.
 TEST_F(DatabaseTest, CloseSealsLargeGrowingSegmentsThatAreAlreadyTheIndex) {
   const uint32_t dim = 8;
   const auto x = Clustered(3000, dim, TestSeed());
@@ -505,6 +506,11 @@ TEST_F(DatabaseTest, CloseSealsLargeGrowingSegmentsThatAreAlreadyTheIndex) {
     ASSERT_TRUE(coll);
     const bool sealed = name == "hnsw" || name == "flat";
     EXPECT_EQ(coll->Info()->sealed_segments, sealed ? 1u : 0u) << name;
+    size_t saved_copies = 0;
+    for (const auto& f : fs::recursive_directory_iterator(dir_ + "/collections/" + name)) {
+      saved_copies += f.path().filename().string().rfind("grow-", 0) == 0;
+    }
+    EXPECT_EQ(saved_copies, sealed ? 0u : 1u) << name;
     EXPECT_EQ(Contents(*coll), before[name]) << name;
     auto hits = coll->Search(Row(x, 42, dim), {.k = 1, .exact = true});
     ASSERT_TRUE(hits.ok()) << hits.status();
@@ -665,6 +671,27 @@ TEST_P(BadInputTest, UpsertWithNonFiniteValues) {
   }
 }
 
+// Values whose distances would overflow float32 (inf scores, or cosine
+// normalizing to zero) are refused; large but scoreable ones are taken.
+TEST_P(BadInputTest, UpsertWithHugeValues) {
+  for (float big : {3e38f, -1e30f, 1e19f}) {
+    std::vector<float> v = Vec(kDim, 1);
+    v[0] = big;
+    ExpectUpsertFails(Around(Pt(50, v)), absl::StatusCode::kInvalidArgument, std::to_string(big));
+  }
+  std::vector<float> spread(kDim, 4e18f);  // each value fine, the norm too large
+  ExpectUpsertFails(Around(Pt(50, spread)), absl::StatusCode::kInvalidArgument, "large norm");
+  std::vector<float> ok = Vec(kDim, 1);
+  ok[0] = 1e18f;
+  ASSERT_TRUE(c_->Upsert({Pt(PointId(uint64_t{300}), ok)}).ok());
+  std::vector<float> q = Vec(kDim, 1);
+  q[0] = -1e18f;
+  auto hits = c_->Search(q, {.k = 1, .exact = true});
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_FALSE(hits->empty());
+  EXPECT_TRUE(std::isfinite((*hits)[0].score)) << (*hits)[0].score;
+}
+
 TEST_P(BadInputTest, EmptyAndOversizedBatches) {
   ExpectUpsertFails({}, absl::StatusCode::kInvalidArgument, "empty batch");
   std::vector<Point> big;
@@ -719,6 +746,14 @@ TEST_P(BadInputTest, BadSearches) {
   std::vector<float> nan = q;
   nan[0] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_EQ(c_->Search(nan, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<float> huge = q;
+  huge[1] = 1e30f;
+  std::vector<float> batch = q;  // a good query, then a bad one
+  batch.insert(batch.end(), huge.begin(), huge.end());
+  EXPECT_EQ(c_->Search(huge, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto st = c_->SearchBatch(batch, {}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("query 1"), std::string::npos) << st;
   EXPECT_EQ(c_->Search(q, {.ef = -1}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(c_->Search(q, {.nprobe = -1}).status().code(), absl::StatusCode::kInvalidArgument);
   ExpectUnchanged("bad searches");

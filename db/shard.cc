@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <thread>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -175,12 +177,18 @@ absl::Status Shard::Load() {
   }
   CAIRN_ASSIGN_OR_RETURN(auto manifest_text, kv_->Get(Cf::kMeta, kMetaManifest));
   std::vector<std::string> files;
+  std::string growing_file;
+  uint64_t growing_max_id = 0;
   if (manifest_text) {
     Json m = Json::parse(*manifest_text, nullptr, false);
     if (m.is_discarded() || !m.contains("segments")) return absl::DataLossError("malformed manifest");
     sealed_through_ = m.value("sealed_through", uint64_t{0});
     next_file_ = m.value("next_file", uint64_t{1});
     for (const auto& s : m["segments"]) files.push_back(s.at("file").get<std::string>());
+    if (m.contains("growing") && m["growing"].is_object()) {
+      growing_file = m["growing"].value("file", std::string());
+      growing_max_id = m["growing"].value("max_id", uint64_t{0});
+    }
   }
   // Live set.
   {
@@ -205,16 +213,44 @@ absl::Status Shard::Load() {
     }
     sealed_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file});
   }
-  // Files the manifest does not name are leftovers of an interrupted seal.
+  // The growing segment: its saved copy when there is a good one, with
+  // tombstones for points deleted since; then the writes after it.
+  uint64_t replay_from = sealed_through_ + 1;
+  if (!growing_file.empty()) {
+    auto saved = index::Segment::LoadGrowing(SegmentPath(growing_file), options_.dimension, options_.metric,
+                                             options_.index);
+    if (saved.ok() && ((*saved)->size() == 0 || (*saved)->min_id() <= sealed_through_ ||
+                       (*saved)->max_id() != growing_max_id)) {
+      saved = absl::DataLossError(absl::StrCat("it holds ids ", (*saved)->min_id(), "..", (*saved)->max_id(),
+                                               "; the manifest expects ", sealed_through_ + 1, "..", growing_max_id));
+    }
+    if (saved.ok()) {
+      for (uint64_t id : (*saved)->Ids()) {
+        if (!live_.contains(id)) (*saved)->MarkDeleted(id);
+      }
+      growing_saved_ = (*saved)->size();
+      growing_ = std::move(*saved);
+      growing_file_ = growing_file;
+      growing_saved_max_id_ = growing_max_id;
+      replay_from = growing_max_id + 1;
+      files.push_back(growing_file);
+    } else {
+      std::fprintf(stderr, "cairn: %s: the growing segment's saved copy %s is not usable (%s); rebuilding it from storage\n",
+                   dir_.c_str(), growing_file.c_str(), saved.status().ToString().c_str());
+    }
+  }
+  if (growing_ == nullptr) {
+    CAIRN_ASSIGN_OR_RETURN(auto growing, index::Segment::CreateGrowing(options_.dimension, options_.metric,
+                                                                       options_.index));
+    growing_ = std::move(growing);
+  }
+  // Files the manifest does not name are leftovers of an interrupted seal or
+  // save (or an unusable saved copy).
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(fs::path(dir_) / "segments", ec)) {
     std::string name = entry.path().filename().string();
     if (std::find(files.begin(), files.end(), name) == files.end()) fs::remove(entry.path(), ec);
   }
-  // Replay the writes after the sealed segments into a new growing segment.
-  CAIRN_ASSIGN_OR_RETURN(auto growing, index::Segment::CreateGrowing(options_.dimension,
-                                                                     options_.metric, options_.index));
-  growing_ = std::move(growing);
   auto it = kv_->NewIterator(Cf::kVectors);
   std::vector<uint64_t> ids;
   std::vector<float> vecs;
@@ -226,7 +262,7 @@ absl::Status Shard::Load() {
     vecs.clear();
     return absl::OkStatus();
   };
-  for (it->Seek(InternalKey(sealed_through_ + 1)); it->Valid(); it->Next()) {
+  for (it->Seek(InternalKey(replay_from)); it->Valid(); it->Next()) {
     if (it->value().size() != dim * sizeof(float)) {
       return absl::DataLossError(absl::StrCat("vector record of ", it->value().size(), " bytes"));
     }
@@ -881,6 +917,9 @@ absl::Status Shard::WriteManifestLocked() {
     }
   }
   m["segments"] = segs;
+  if (!growing_file_.empty()) {
+    m["growing"] = {{"file", growing_file_}, {"count", growing_saved_.load()}, {"max_id", growing_saved_max_id_}};
+  }
   storage::WriteBatch b;
   b.Put(Cf::kMeta, kMetaManifest, m.dump());
   return kv_->Write(b);
@@ -955,7 +994,16 @@ absl::Status Shard::Seal(bool force) {
     }
   }
   sealed_through_ = std::max(sealed_through_, frozen->max_id());
-  return WriteManifestLocked();
+  // The growing segment's saved copy was of the segment just sealed.
+  std::string dropped;
+  if (!growing_file_.empty() && growing_saved_max_id_ <= sealed_through_) {
+    dropped = std::exchange(growing_file_, std::string());
+    growing_saved_ = 0;
+  }
+  CAIRN_RETURN_IF_ERROR(WriteManifestLocked());
+  std::error_code ec;
+  if (!dropped.empty()) fs::remove(SegmentPath(dropped), ec);
+  return absl::OkStatus();
 }
 
 absl::Status Shard::SealIfOnlyAWrite(uint64_t min_points) {
@@ -966,6 +1014,52 @@ absl::Status Shard::SealIfOnlyAWrite(uint64_t min_points) {
     }
   }
   return Seal(/*force=*/true);
+}
+
+bool Shard::NeedsCheckpoint() const {
+  if (options_.checkpoint_points == 0) return false;
+  const uint64_t saved = growing_saved_.load();
+  std::shared_lock state(state_mu_);
+  const uint64_t n = growing_->size();
+  return growing_->type() != IndexType::kFlat && n > saved &&
+         n - saved >= std::max(options_.checkpoint_points, saved / 2);
+}
+
+absl::Status Shard::CheckpointGrowing(bool at_close) {
+  if (options_.checkpoint_points == 0) return absl::OkStatus();
+  std::lock_guard maint(maintenance_mu_);
+  std::shared_ptr<index::Segment> growing;
+  std::string file;
+  {
+    std::lock_guard commit(commit_mu_);
+    std::shared_lock state(state_mu_);
+    // A frozen segment not yet sealed holds ids below the growing one's: a
+    // copy of the growing segment alone would make open skip them.
+    if (!frozen_.empty() || growing_->type() == IndexType::kFlat) return absl::OkStatus();
+    const uint64_t n = growing_->size(), saved = growing_saved_.load();
+    const uint64_t due = at_close ? std::min<uint64_t>(options_.checkpoint_points, kMinPointsToSaveAtClose)
+                                  : std::max(options_.checkpoint_points, saved / 2);
+    if (n <= saved || n - saved < due) return absl::OkStatus();
+    growing = growing_;
+    file = absl::StrFormat("grow-%08d.cseg", next_file_++);
+  }
+  index::Segment::SavedExtent extent;
+  CAIRN_RETURN_IF_ERROR(growing->Save(SegmentPath(file), &extent));
+  // growing_ is still `growing`: seals wait for maintenance_mu_.
+  std::lock_guard commit(commit_mu_);
+  std::string old = std::exchange(growing_file_, file);
+  const uint64_t old_saved = growing_saved_.exchange(extent.count);
+  const uint64_t old_max_id = std::exchange(growing_saved_max_id_, extent.max_id);
+  std::error_code ec;
+  if (absl::Status st = WriteManifestLocked(); !st.ok()) {
+    growing_file_ = std::move(old);
+    growing_saved_ = old_saved;
+    growing_saved_max_id_ = old_max_id;
+    fs::remove(SegmentPath(file), ec);
+    return st;
+  }
+  if (!old.empty()) fs::remove(SegmentPath(old), ec);
+  return absl::OkStatus();
 }
 
 absl::Status Shard::Compact(bool force) {
@@ -1037,6 +1131,7 @@ absl::Status Shard::SnapshotAll(const std::vector<Shard*>& shards,
     CAIRN_RETURN_IF_ERROR(shards[i]->kv_->CreateCheckpoint((fs::path(target_dirs[i]) / "kv").string()));
     std::shared_lock state(shards[i]->state_mu_);
     for (const auto& seg : shards[i]->sealed_) files[i].push_back(seg.file);
+    if (!shards[i]->growing_file_.empty()) files[i].push_back(shards[i]->growing_file_);
   }
   commit.clear();
   for (size_t i = 0; i < shards.size(); ++i) {
@@ -1066,6 +1161,7 @@ ShardStats Shard::Stats() const {
   }
   st.index_memory_bytes += payload_index_.MemoryBytes() + live_.getSizeInBytes(false);
   st.growing_points = growing_->size();
+  st.growing_saved_points = growing_saved_.load();
   st.storage_memory_bytes = kv_->ApproximateMemoryBytes();
   return st;
 }

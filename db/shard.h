@@ -16,12 +16,17 @@
 //     segment; live ids above it are in the growing or frozen segments and are
 //     replayed from kVectors on open;
 //   - the manifest is switched (one synced write) only after the segment files
-//     it names are synced; files it does not name are deleted on open.
+//     it names are synced; files it does not name are deleted on open;
+//   - the manifest may also name a saved copy of the growing segment (its
+//     first points, up to some id above sealed_through): open loads it and
+//     replays only the writes after it. It is a cache of what storage holds:
+//     when it cannot be read, open rebuilds the growing segment instead.
 //
 // Thread-safety: all public methods are thread-safe.
 #ifndef CAIRN_DB_SHARD_H_
 #define CAIRN_DB_SHARD_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -51,6 +56,8 @@ struct ShardOptions {
   double compaction_deleted_ratio = 0.2;
   bool sync_writes = true;
   int index_threads = 0;
+  // DatabaseOptions::growing_checkpoint_points.
+  uint64_t checkpoint_points = 50000;
 };
 
 // A point ready for a shard: validated, payload parsed and re-serialized.
@@ -80,6 +87,7 @@ struct ShardStats {
   uint64_t index_memory_bytes = 0;
   uint64_t storage_memory_bytes = 0;
   uint64_t growing_points = 0;
+  uint64_t growing_saved_points = 0;  // of them, in the growing segment's saved copy
   uint64_t gpu_segments = 0;      // sealed segments searched on a GPU copy
   uint64_t gpu_memory_bytes = 0;  // device memory of those copies
 };
@@ -121,6 +129,17 @@ class Shard {
   // At close: seals the growing segment if it holds >= min_points and sealing
   // it is only a file write (it already is the target index).
   absl::Status SealIfOnlyAWrite(uint64_t min_points);
+  // Saves the growing segment (when it is an HNSW graph, costly to rebuild)
+  // so that the next open loads it instead of rebuilding it from storage: in
+  // the background when it holds checkpoint_points more points than its last
+  // copy, and at least half again as many (so the copies written add up to a
+  // few times the segment); at close when its copy lacks checkpoint_points or
+  // kMinPointsToSaveAtClose points, whichever is fewer.
+  // Writes wait while the segment is copied to the file (not while it is
+  // synced). Does nothing when checkpoint_points is 0.
+  absl::Status CheckpointGrowing(bool at_close);
+  static constexpr uint64_t kMinPointsToSaveAtClose = 1000;  // fewer rebuild in well under a second
+  bool NeedsCheckpoint() const;
   absl::Status Compact(bool force);
   bool NeedsSeal() const;
 
@@ -202,6 +221,11 @@ class Shard {
   uint64_t next_id_ = 1;        // guarded by commit_mu_
   uint64_t sealed_through_ = 0; // guarded by commit_mu_
   uint64_t next_file_ = 1;      // guarded by commit_mu_
+  // The growing segment's saved copy named by the manifest ("" when none):
+  // its first growing_saved_ points, up to internal id growing_saved_max_id_.
+  std::string growing_file_;           // guarded by commit_mu_
+  uint64_t growing_saved_max_id_ = 0;  // guarded by commit_mu_
+  std::atomic<uint64_t> growing_saved_{0};
   bool bulk_loading_ = false;   // guarded by commit_mu_
 
   mutable std::shared_mutex state_mu_;

@@ -979,28 +979,33 @@ class StreamWriter final : public faiss::IOWriter {
 
 }  // namespace
 
-absl::Status Segment::Save(const std::string& path) const {
+absl::Status Segment::Save(const std::string& path, SavedExtent* extent) const {
   // Layout: header (magic, format, dim, metric, type, count, ids, index
   // size), the FAISS index, CRC32 of everything before it. The index is
   // streamed after a placeholder header, which is filled in once its size is
   // known; the CRCs of the two parts are combined.
   CAIRN_ASSIGN_OR_RETURN(auto file, storage::SyncedFile::Create(path));
-  std::shared_lock lock(mu_);
   std::string header;
-  header.reserve(64 + ids_.size() * 8);
-  header.append(kMagic, sizeof(kMagic));
-  PutU32(&header, kSegmentFormat);
-  PutU32(&header, dim_);
-  PutU32(&header, static_cast<uint32_t>(metric_));
-  PutU32(&header, static_cast<uint32_t>(type_));
-  PutU64(&header, ids_.size());
-  header.append(reinterpret_cast<const char*>(ids_.data()), ids_.size() * 8);
-  PutU64(&header, 0);  // the index's size, filled in below
-  CAIRN_RETURN_IF_ERROR(file->Append(header));
   StreamWriter writer(file.get());
-  absl::Status written = CatchFaiss("write", [&] { faiss::write_index(index_.get(), &writer); });
-  CAIRN_RETURN_IF_ERROR(writer.status());  // the cause, when the file write failed
-  CAIRN_RETURN_IF_ERROR(written);
+  {
+    // Held while the segment is read, not during the fsync: a growing
+    // segment's Add waits only for the copy into the page cache.
+    std::shared_lock lock(mu_);
+    header.reserve(64 + ids_.size() * 8);
+    header.append(kMagic, sizeof(kMagic));
+    PutU32(&header, kSegmentFormat);
+    PutU32(&header, dim_);
+    PutU32(&header, static_cast<uint32_t>(metric_));
+    PutU32(&header, static_cast<uint32_t>(type_));
+    PutU64(&header, ids_.size());
+    header.append(reinterpret_cast<const char*>(ids_.data()), ids_.size() * 8);
+    PutU64(&header, 0);  // the index's size, filled in below
+    CAIRN_RETURN_IF_ERROR(file->Append(header));
+    absl::Status written = CatchFaiss("write", [&] { faiss::write_index(index_.get(), &writer); });
+    CAIRN_RETURN_IF_ERROR(writer.status());  // the cause, when the file write failed
+    CAIRN_RETURN_IF_ERROR(written);
+    if (extent != nullptr) *extent = {ids_.size(), ids_.empty() ? 0 : ids_.back()};
+  }
   const size_t size_at = header.size() - 8;
   header.resize(size_at);
   PutU64(&header, writer.bytes());
@@ -1011,7 +1016,7 @@ absl::Status Segment::Save(const std::string& path) const {
   return file->Close();
 }
 
-absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
                                                        const IndexSpec* defaults) {
   CAIRN_ASSIGN_OR_RETURN(std::string data, storage::ReadFile(path));
   auto corrupt = [&](std::string_view why) {
@@ -1079,8 +1084,25 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
       new Segment(dim, static_cast<Metric>(metric), spec.type, spec, std::move(idx)));
   seg->ids_ = std::move(ids);
   seg->deleted_.assign((n + 63) / 64, 0);
+  return seg;
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
+                                                       const IndexSpec* defaults) {
+  CAIRN_ASSIGN_OR_RETURN(auto seg, Read(path, defaults));
   seg->frozen_ = true;
   seg->BuildSearchCodes();
+  return seg;
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::LoadGrowing(const std::string& path, uint32_t dim,
+                                                              Metric metric, const IndexSpec& spec) {
+  CAIRN_ASSIGN_OR_RETURN(auto seg, Read(path, &spec));
+  const IndexType type = spec.type == IndexType::kFlat ? IndexType::kFlat : IndexType::kHnsw;
+  if (seg->dim_ != dim || seg->metric_ != metric || seg->type_ != type) {
+    return absl::DataLossError(absl::StrCat("segment file ", path, " (dimension ", seg->dim_,
+                                            ") is not a growing segment of this collection"));
+  }
   return seg;
 }
 

@@ -105,8 +105,21 @@ class Segment {
   // `defaults` when given (the collection's current spec), else from the file.
   static absl::StatusOr<std::unique_ptr<Segment>> Load(const std::string& path,
                                                        const IndexSpec* defaults = nullptr);
-  // Writes the segment (without tombstones) and fsyncs it.
-  absl::Status Save(const std::string& path) const;
+  // A growing segment (as CreateGrowing's) read from a file Save wrote of
+  // one: it takes writes after the points it holds. DataLoss when the file is
+  // corrupt or holds another kind of segment than CreateGrowing(dim, metric,
+  // spec) would make.
+  static absl::StatusOr<std::unique_ptr<Segment>> LoadGrowing(const std::string& path, uint32_t dim,
+                                                              Metric metric, const IndexSpec& spec);
+
+  // What Save wrote: the first `count` points, up to internal id `max_id`.
+  struct SavedExtent {
+    size_t count = 0;
+    uint64_t max_id = 0;
+  };
+  // Writes the segment (without tombstones) and fsyncs it. Adds to it wait
+  // while it is read, not during the fsync.
+  absl::Status Save(const std::string& path, SavedExtent* extent = nullptr) const;
 
   // Appends n vectors. REQUIRES: ids ascending and above every id present;
   // not frozen.
@@ -162,6 +175,8 @@ class Segment {
   Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
           std::unique_ptr<faiss::Index> index);
   std::optional<size_t> PositionOfLocked(uint64_t id) const;
+  // Reads a file Save wrote: a segment that is not frozen and has no search codes.
+  static absl::StatusOr<std::unique_ptr<Segment>> Read(const std::string& path, const IndexSpec* defaults);
   const faiss::Index* FlatStorage() const;
   // One query against an IVF-Flat index over a flat quantizer: scores and
   // ids (k slots, pre-filled with the worst score and kNoId).

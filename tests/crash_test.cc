@@ -7,7 +7,8 @@
 //     did not acknowledge may or may not have happened, wholly);
 //   - no batch is there in part (acknowledged or not);
 //   - searches still work and find stored vectors.
-// The child also seals and compacts now and then, so kills land in those too.
+// The child also seals and compacts now and then, and in half the runs saves
+// its growing segment in the background, so kills land in those too.
 // Repeats for many kills; the seed is printed and CAIRN_CRASH_SEED replays it.
 #include <fcntl.h>
 #include <signal.h>
@@ -63,6 +64,7 @@ cairn::CollectionConfig Config() {
 int ChildMain(const std::string& dir, int first_batch, int ack_fd, uint64_t seed) {
   cairn::DatabaseOptions options;
   options.background_maintenance = (seed % 2) == 0;  // half the runs seal in the background
+  options.growing_checkpoint_points = 60;             // and save growing segments there
   auto db = cairn::Database::Open(dir, options);
   if (!db.ok()) {
     std::fprintf(stderr, "child: open: %s\n", db.status().ToString().c_str());

@@ -121,6 +121,15 @@ struct DatabaseOptions {
   // that would need an index build (IVF types), are rebuilt on Open. 0: never.
   // Default: 50000.
   uint64_t seal_on_close_points = 50000;
+  // A shard's growing HNSW segment is saved to a file in the background each
+  // time it has gained this many points (and half again what its last copy
+  // held) since that copy, and at close when it is not sealed then and its
+  // copy lacks this many points or 1,000: after a crash, the next Open loads
+  // the copy and rebuilds only the points after it (for IVF collections, also
+  // after a clean close). Writes to the shard wait while the segment is
+  // copied into the file (not while it is synced). 0: never; every Open then
+  // rebuilds growing segments from storage. Default: 50000.
+  uint64_t growing_checkpoint_points = 50000;
   // Threads FAISS may use inside one batch search or index build (OpenMP).
   // Single-query searches always use one. 0 means the number of cores.
   // Default: 0.
