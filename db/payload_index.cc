@@ -70,22 +70,37 @@ bool InRange(double x, const Condition& c) {
 
 }  // namespace
 
+namespace {
+
+// Values at parts[i..] below `cur`: at each object, the next part alone and
+// each run of parts joined by '.' (a key that itself holds dots).
+void CollectValues(const Json& cur, const std::vector<absl::string_view>& parts, size_t i,
+                   std::vector<const Json*>* out) {
+  if (i == parts.size()) {
+    if (cur.is_array()) {
+      for (const auto& e : cur) {
+        if (!e.is_null()) out->push_back(&e);
+      }
+    } else if (!cur.is_null()) {
+      out->push_back(&cur);
+    }
+    return;
+  }
+  if (!cur.is_object()) return;
+  std::string key;
+  for (size_t j = i; j < parts.size(); ++j) {
+    if (j > i) key += '.';
+    key.append(parts[j].data(), parts[j].size());
+    if (auto it = cur.find(key); it != cur.end()) CollectValues(*it, parts, j + 1, out);
+  }
+}
+
+}  // namespace
+
 std::vector<const Json*> FieldValues(const Json& payload, const std::string& path) {
   std::vector<const Json*> out;
-  const Json* cur = &payload;
-  for (absl::string_view part : absl::StrSplit(path, '.')) {
-    if (!cur->is_object()) return out;
-    auto it = cur->find(std::string(part));
-    if (it == cur->end()) return out;
-    cur = &*it;
-  }
-  if (cur->is_array()) {
-    for (const auto& e : *cur) {
-      if (!e.is_null()) out.push_back(&e);
-    }
-  } else if (!cur->is_null()) {
-    out.push_back(cur);
-  }
+  const std::vector<absl::string_view> parts = absl::StrSplit(path, '.');
+  CollectValues(payload, parts, 0, &out);
   return out;
 }
 

@@ -30,7 +30,8 @@ using Bitmap = Roaring64Map;
 using Json = nlohmann::json;
 
 // Scalars at `path` ("a.b.c"): the value itself, or the elements of an array.
-// Empty when the field is absent or null.
+// Empty when the field is absent or null. A key holding dots is found too:
+// "a.b" reaches {"a": {"b": 1}} and {"a.b": 1} (both, when both are there).
 std::vector<const Json*> FieldValues(const Json& payload, const std::string& path);
 
 // Whether a point (its payload, already parsed) matches one condition.

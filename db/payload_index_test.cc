@@ -38,6 +38,17 @@ TEST(FieldValuesTest, TopLevelDottedArraysAndMissing) {
   EXPECT_TRUE(FieldValues(p, "arr_of_obj.b").empty());  // paths do not enter arrays
 }
 
+TEST(FieldValuesTest, KeysThatHoldDots) {
+  Json p = Json::parse(R"({"a.b": 1, "x": {"y.z": {"w": 2}}, "m": {"n": 3}, "m.n": 4, "u.v.w": 5})");
+  EXPECT_THAT(Dump(FieldValues(p, "a.b")), ::testing::ElementsAre("1"));
+  EXPECT_THAT(Dump(FieldValues(p, "x.y.z.w")), ::testing::ElementsAre("2"));
+  EXPECT_THAT(Dump(FieldValues(p, "m.n")), ::testing::UnorderedElementsAre("3", "4"));
+  EXPECT_THAT(Dump(FieldValues(p, "u.v.w")), ::testing::ElementsAre("5"));
+  EXPECT_TRUE(FieldValues(p, "a").empty());
+  EXPECT_TRUE(FieldValues(p, "u.v").empty());
+  EXPECT_TRUE(MatchesCondition(Condition::Match("a.b", int64_t{1}), p));
+}
+
 TEST(MatchesConditionTest, Basics) {
   Json p = Json::parse(R"({"lang": "en", "year": 2021, "score": 0.5, "ok": true,
                            "tags": ["a", "b"], "nums": [1, 5.5], "meta": {"x": 3}})");
