@@ -28,8 +28,12 @@ constexpr size_t kMaxStringId = 256;
 // (|a| + |b|)^2), inner product and squared norms stay finite in float32.
 const double kMaxNorm = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / 4);
 
-// Values every metric can score: finite, and a norm of at most kMaxNorm.
-absl::Status CheckVectorValues(absl::Span<const float> v, std::string_view what) {
+// Smallest norm cosine takes: it has to divide by it.
+constexpr double kMinCosineNorm = 1e-18;
+
+// Values `metric` can score: finite, a norm of at most kMaxNorm, and for
+// cosine a direction.
+absl::Status CheckVectorValues(absl::Span<const float> v, std::string_view what, Metric metric) {
   double norm2 = 0;
   for (size_t i = 0; i < v.size(); ++i) {
     if (!std::isfinite(v[i])) {
@@ -42,6 +46,11 @@ absl::Status CheckVectorValues(absl::Span<const float> v, std::string_view what)
     return absl::InvalidArgumentError(absl::StrCat(
         std::string(what), " has a norm of ", absl::SixDigits(std::sqrt(norm2)), ", above the ",
         absl::SixDigits(kMaxNorm), " whose distances float32 can hold; scale the vectors down"));
+  }
+  if (metric == Metric::kCosine && norm2 < kMinCosineNorm * kMinCosineNorm) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        std::string(what), norm2 == 0 ? " is all zeros" : " is too close to zero to normalize",
+        ": cosine similarity needs a direction (a vector with no content has none)"));
   }
   return absl::OkStatus();
 }
@@ -206,6 +215,8 @@ absl::Status CollectionImpl::UpdateConfig(const CollectionConfig& update) {
     s->SetTunables({update.index.ef_search, update.index.nprobe, update.index.rerank_factor, update.seal_threshold,
                     update.compaction_deleted_ratio});
   }
+  // A lower threshold may make a seal or compaction due now, not at the next write.
+  if (wake_maintenance_) wake_maintenance_();
   return absl::OkStatus();
 }
 
@@ -284,7 +295,7 @@ absl::StatusOr<PreparedPoint> CollectionImpl::PreparePoint(const Point& p, size_
     return absl::InvalidArgumentError(absl::StrCat(what, ": vector has dimension ", p.vector.size(),
                                                    "; the collection's is ", config_.dimension));
   }
-  CAIRN_RETURN_IF_ERROR(CheckVectorValues(p.vector, what + ": vector"));
+  CAIRN_RETURN_IF_ERROR(CheckVectorValues(p.vector, what + ": vector", config_.metric));
   if (p.payload.size() > options_.max_payload_bytes || p.text.size() > options_.max_payload_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": payload or text over ",
                                                      options_.max_payload_bytes, " bytes"));
@@ -560,6 +571,10 @@ absl::StatusOr<ScrollPage> CollectionImpl::Scroll(const ScrollRequest& req) cons
 
 absl::StatusOr<std::vector<ScoredPoint>> CollectionImpl::Search(absl::Span<const float> query,
                                                                 const SearchParams& params) const {
+  if (query.size() != config_.dimension) {
+    return absl::InvalidArgumentError(absl::StrCat("search: query has dimension ", query.size(),
+                                                   "; the collection's is ", config_.dimension));
+  }
   CAIRN_ASSIGN_OR_RETURN(auto all, SearchBatch(query, params));
   return std::move(all[0]);
 }
@@ -570,8 +585,8 @@ absl::StatusOr<std::vector<std::vector<ScoredPoint>>> CollectionImpl::SearchBatc
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   const size_t dim = config_.dimension;
   if (queries.empty() || queries.size() % dim != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("search: query has ", queries.size(),
-                                                   " floats; expected a multiple of the dimension ", dim));
+    return absl::InvalidArgumentError(absl::StrCat("search: the queries hold ", queries.size(),
+                                                   " floats, not a multiple of the collection's dimension ", dim));
   }
   const size_t nq = queries.size() / dim;
   if (nq > static_cast<size_t>(options_.max_queries)) {
@@ -587,7 +602,8 @@ absl::StatusOr<std::vector<std::vector<ScoredPoint>>> CollectionImpl::SearchBatc
   }
   for (size_t q = 0; q < nq; ++q) {
     CAIRN_RETURN_IF_ERROR(CheckVectorValues(queries.subspan(q * dim, dim),
-                                            nq == 1 ? std::string("search: query") : absl::StrCat("search: query ", q)));
+                                            nq == 1 ? std::string("search: query") : absl::StrCat("search: query ", q),
+                                            config_.metric));
   }
   CAIRN_RETURN_IF_ERROR(ValidateFilter(params.filter));
   std::vector<float> prepared(queries.begin(), queries.end());

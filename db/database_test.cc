@@ -692,6 +692,30 @@ TEST_P(BadInputTest, UpsertWithHugeValues) {
   EXPECT_TRUE(std::isfinite((*hits)[0].score)) << (*hits)[0].score;
 }
 
+// Cosine divides by the norm: a zero (or all but zero) vector has no
+// direction and would score 0 against everything.
+TEST_F(DatabaseTest, CosineRefusesVectorsWithNoDirection) {
+  OpenDb();
+  auto c = Create("cos", Config(4, Metric::kCosine, IndexType::kHnsw));
+  ASSERT_NE(c, nullptr);
+  for (float tiny : {0.0f, 1e-20f}) {
+    absl::Status st = c->Upsert({Pt(1, {tiny, 0, 0, 0})});
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << tiny;
+    EXPECT_NE(st.message().find("cosine"), std::string::npos) << st;
+    EXPECT_EQ(c->Search({tiny, 0, 0, 0}, {}).status().code(), absl::StatusCode::kInvalidArgument) << tiny;
+  }
+  EXPECT_EQ(CountOf(*c), 0u);
+  ASSERT_TRUE(c->Upsert({Pt(1, {1e-10f, 0, 0, 0})}).ok());  // small, but it has a direction
+  auto hits = c->Search({1, 0, 0, 0}, {.k = 1});
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 1u);
+  EXPECT_NEAR((*hits)[0].score, 1.0f, 1e-5);
+  // L2 and inner product take the zero vector.
+  auto l2 = Create("l2", Config(4, Metric::kL2, IndexType::kHnsw));
+  ASSERT_NE(l2, nullptr);
+  EXPECT_TRUE(l2->Upsert({Pt(1, {0, 0, 0, 0})}).ok());
+}
+
 TEST_P(BadInputTest, EmptyAndOversizedBatches) {
   ExpectUpsertFails({}, absl::StatusCode::kInvalidArgument, "empty batch");
   std::vector<Point> big;
@@ -742,6 +766,8 @@ TEST_P(BadInputTest, BadSearches) {
   }
   EXPECT_TRUE(c_->Search(q, {.k = 50}).ok());
   EXPECT_EQ(c_->Search(Vec(kDim - 1, 1), {}).status().code(), absl::StatusCode::kInvalidArgument);
+  // Twice the dimension is two queries' worth, not one query.
+  EXPECT_EQ(c_->Search(Vec(2 * kDim, 1), {}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(c_->Search({}, {}).status().code(), absl::StatusCode::kInvalidArgument);
   std::vector<float> nan = q;
   nan[0] = std::numeric_limits<float>::quiet_NaN();

@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "cairn/status.h"
 
 namespace cairn {
@@ -78,6 +79,24 @@ absl::StatusOr<Condition> ParseCondition(const json& j, const std::string& where
     CAIRN_ASSIGN_OR_RETURN(Filter nested, ParseFilter(j, where, depth + 1, count));
     return Condition::Nested(std::move(nested));
   }
+  // Exactly one kind per condition, and no key that would be ignored.
+  std::vector<std::string> kinds;
+  for (const auto& [k, v] : j.items()) {
+    if (k == "has_id" || k == "is_null" || k == "match" || k == "range") {
+      kinds.push_back(k);
+    } else if (k != "key") {
+      return Bad(where, absl::StrCat("unknown key \"", k, "\" (expected key with match or range, is_null, has_id, "
+                                     "or a nested filter)"));
+    }
+  }
+  if (kinds.size() > 1) {
+    return Bad(where, absl::StrCat("a condition takes one of match, range, is_null, has_id; this one has ",
+                                   absl::StrJoin(kinds, " and "), ": put each in its own condition"));
+  }
+  if (!kinds.empty() && (kinds[0] == "has_id" || kinds[0] == "is_null") && j.contains("key")) {
+    return Bad(where, kinds[0] == "is_null" ? "is_null takes its key inside: {\"is_null\": {\"key\": ...}}"
+                                            : "has_id takes no key");
+  }
   if (auto it = j.find("has_id"); it != j.end()) {
     if (!it->is_array() || it->empty()) return Bad(where + ".has_id", "a non-empty array of ids");
     std::vector<PointId> ids;
@@ -91,6 +110,7 @@ absl::StatusOr<Condition> ParseCondition(const json& j, const std::string& where
     absl::Status s;
     std::string key = it->is_object() ? KeyOf(*it, where + ".is_null", &s) : "";
     if (!it->is_object()) s = Bad(where + ".is_null", "expected {\"key\": ...}");
+    if (s.ok() && it->size() != 1) s = Bad(where + ".is_null", "expected {\"key\": ...} and nothing else");
     if (!s.ok()) return s;
     return Condition::IsNull(std::move(key));
   }
@@ -99,6 +119,7 @@ absl::StatusOr<Condition> ParseCondition(const json& j, const std::string& where
   if (!s.ok()) return s;
   if (auto it = j.find("match"); it != j.end()) {
     if (!it->is_object()) return Bad(where + ".match", "expected {\"value\": v} or {\"any\": [...]}");
+    if (it->size() != 1) return Bad(where + ".match", "expected \"value\" or \"any\", one of them");
     if (auto v = it->find("value"); v != it->end()) {
       CAIRN_ASSIGN_OR_RETURN(FieldValue value, ParseValue(*v, where + ".match.value"));
       return Condition::Match(std::move(key), std::move(value));

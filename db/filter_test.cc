@@ -173,6 +173,16 @@ TEST(FilterJsonTest, ErrorsNameThePath) {
                                 {"must": [{"key": "b", "range": {"lt": "z"}}]}]}]})",
        "filter.must[0].should[1].must[0].range.lt", "expected a number"},
       {R"({"must": [{"should": [], "bogus": 1}]})", "filter.must[0]", "unknown key \"bogus\""},
+      // One kind per condition: a second one would be ignored.
+      {R"({"must": [{"key": "a", "match": {"value": "en"}, "range": {"gte": 1}}]})", "filter.must[0]",
+       "match and range"},
+      {R"({"must": [{"key": "a", "match": {"value": "en", "any": ["de"]}}]})", "filter.must[0].match",
+       "one of them"},
+      {R"({"must": [{"has_id": [1], "key": "a", "match": {"value": 1}}]})", "filter.must[0]", "has_id and match"},
+      {R"({"must": [{"has_id": [1], "key": "a"}]})", "filter.must[0]", "has_id takes no key"},
+      {R"({"must": [{"key": "m", "is_null": {"key": "m"}}]})", "filter.must[0]", "is_null takes its key inside"},
+      {R"({"must": [{"is_null": {"key": "m", "x": 1}}]})", "filter.must[0].is_null", "nothing else"},
+      {R"({"must": [{"key": "a", "match": {"value": 1}, "bogus": 2}]})", "filter.must[0]", "unknown key \"bogus\""},
   };
   for (const auto& c : cases) {
     auto f = Filter::FromJson(c.json);

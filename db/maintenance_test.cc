@@ -1,6 +1,7 @@
 // Sealing, reopening, compaction and snapshots: state survives each of them
 // and search results stay the same.
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <thread>
 
@@ -320,6 +321,29 @@ TEST_F(MaintenanceTest, ExplicitMaintenanceAlongsideTheBackgroundThread) {
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(Contents(*c), contents);
   ExpectSame(Searches(*c, queries_, false), exact, "after reopen");
+}
+
+// Lowering seal_threshold below the growing segment's size seals it soon,
+// without waiting for a write or the background thread's 30 s period.
+TEST_F(MaintenanceTest, LoweringTheSealThresholdSealsWithoutAWrite) {
+  DatabaseOptions options = TestOptions();
+  options.background_maintenance = true;
+  OpenDb(options);
+  CollectionConfig config = Config(kDim, Metric::kL2, IndexType::kHnsw);
+  config.seal_threshold = 5000;
+  auto c = Create("c", config);
+  ASSERT_NE(c, nullptr);
+  Fill(*c, 0, 1500);
+  ASSERT_EQ(c->Info()->sealed_segments, 0u);
+  CollectionConfig lower = c->Info()->config;
+  lower.seal_threshold = 1000;
+  ASSERT_TRUE(c->UpdateConfig(lower).ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (c->Info()->sealed_segments == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(c->Info()->sealed_segments, 1u);
+  EXPECT_EQ(c->Info()->points, 1500u);
 }
 
 // One writer upserts points 0, 1, 2, ... one at a time, spread over 4
