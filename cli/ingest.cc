@@ -266,9 +266,14 @@ uint64_t IdHash(const InputRecord& r) {
   return std::hash<std::string>()(*r.str_id) ^ 0x5bd1e995ull;
 }
 
+// Upserts are idempotent, so anything transient is worth another try.
+// CANCELLED is among them: a server that shuts down cancels the calls it has
+// received but not yet started (gRPC core answers them "CANCELLED"); this
+// program never cancels its own calls.
 bool Retryable(const grpc::Status& s) {
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::CANCELLED:
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
     case grpc::StatusCode::DEADLINE_EXCEEDED:
     case grpc::StatusCode::ABORTED:

@@ -2,7 +2,8 @@
 # cairn ingest against failures, with a real cairnd on loopback:
 #   1. Ctrl-C (SIGINT) stops it cleanly with exit 130 and a checkpoint;
 #   2. SIGKILL of the CLI mid-file, then --resume;
-#   3. cairnd killed and restarted mid-ingest: the CLI retries with backoff.
+#   3. cairnd killed and restarted mid-ingest: the CLI retries with backoff;
+#   4. cairnd stopped with SIGTERM and restarted mid-ingest: likewise.
 # Each run must end with exactly the data of an uninterrupted ingest, repeated
 # ids included (the last one wins).
 # Usage: cli_resume_test.sh CAIRND CAIRN WORKDIR
@@ -110,6 +111,18 @@ set +e; wait "$ing"; code=$?; set -e
 [[ $code == 0 ]] || fail "ingest across a cairnd restart: exit $code: $(cat retry.log)"
 grep -q "retry 1 of 10" retry.log || fail "no retry logged: $(cat retry.log)"
 check c
+
+# 4. cairnd is stopped gracefully (SIGTERM) mid-ingest and comes back: calls
+# refused while it drains (UNAVAILABLE) or cancelled by gRPC as it stops
+# (CANCELLED, without having run) are retried.
+"$cairn" collection create d --dim 8 >/dev/null
+"$cairn" ingest --collection d --batch 200 --inflight 4 in.jsonl 2>term.log & ing=$!
+wait_progress d
+kill -TERM "$pid"; wait "$pid" || fail "cairnd's drain under ingest exited $?"
+start_cairnd "$cairnd" "$work/data" --http-listen "" --insecure-no-auth --listen "127.0.0.1:$port"
+set +e; wait "$ing"; code=$?; set -e
+[[ $code == 0 ]] || fail "ingest across a graceful cairnd restart: exit $code: $(cat term.log)"
+check d
 
 kill -TERM "$pid"; wait "$pid" || true
 cd /; rm -rf "$work"
