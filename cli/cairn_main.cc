@@ -616,7 +616,8 @@ int IngestCmd(const Conn& c, const Args& a) {
 
 void PrintHits(const v1::SearchResponse& resp, bool json, long query) {
   if (json) {
-    std::string out = ProtoJson(resp);
+    // Every field, so that an exact match shows "score": 0 rather than no score.
+    std::string out = ProtoJson(resp, /*pretty=*/false, /*all_fields=*/true);
     if (query >= 0) out = absl::StrCat("{\"query\":", query, ",", out.substr(1));
     std::printf("%s\n", out.c_str());
     return;

@@ -112,6 +112,9 @@ out="$("$cairn" search --collection docs --vector 7,7,7,7,7,7,7,7 --k 2 --exact)
 out="$(printf '{"vector": [7,7,7,7,7,7,7,7]}\n[9,9,9,9,9,9,9,9]\n' | "$cairn" search --collection docs --queries - --k 1 --exact --json)"
 "$py" -c 'import sys,json; h=[json.loads(l)["hits"][0]["id"]["num"] for l in sys.argv[1].splitlines()]; assert h==["7","9"], h' "$out" \
   || fail "queries on stdin: $out"
+# An exact match scores 0, and the JSON says so.
+"$py" -c 'import sys,json; s=[json.loads(l)["hits"][0]["score"] for l in sys.argv[1].splitlines()]; assert s==[0,0], s' "$out" \
+  || fail "score 0 in --json: $out"
 out="$("$cairn" search --collection docs --vector 1003,1003,1003,1003,1003,1003,1003,1003 --k 3 \
   --filter '{"must":[{"key":"lang","match":{"value":"de"}}]}' --json)"
 "$py" -c 'import json,sys; h=json.loads(sys.argv[1])["hits"]; assert [x["id"]["str"] for x in h]==["doc-3","doc-1","doc-5"], h' "$out" \
