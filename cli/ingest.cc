@@ -607,7 +607,9 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
       st.error = input_error;
     }
     st.interrupted = g_interrupted.load();
-    if (st.error.empty() && !st.interrupted && !more) {
+    // Done, or stopped before anything was acknowledged: a checkpoint at the
+    // start is worth nothing to --resume.
+    if ((st.error.empty() && !st.interrupted && !more) || done.records == 0) {
       ckpt.Remove();
       std::remove((o.checkpoint + ".lock").c_str());
     }

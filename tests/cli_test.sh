@@ -47,6 +47,8 @@ with open(f"{w}/docs.jsonl", "w") as f:
 with open(f"{w}/bad.jsonl", "w") as f:
     f.write(json.dumps({"id": "ok-1", "vector": [1.0] * 8}) + "\n")
     f.write(json.dumps({"id": "bad-2", "vector": [1.0] * 7}) + "\n")
+with open(f"{w}/first_bad.jsonl", "w") as f:
+    f.write(json.dumps({"id": "fb-1", "vector": [1.0] * 5}) + "\n")
 with open(f"{w}/broken.jsonl", "w") as f:
     f.write('{"id": "x", "vector": [1,2,3,4,5,6,7,8]}\n{not json\n')
 with open(f"{w}/trunc.fvecs", "wb") as f:
@@ -126,6 +128,12 @@ set +e
 "$cairn" ingest --collection docs "$work/bad.jsonl" 2>"$work/bad.log"; code=$?
 set -e
 [[ $code == 2 ]] || fail "bad dimension exit $code"
+# A failure before anything was acknowledged leaves no checkpoint behind.
+set +e
+(cd "$work" && "$cairn" ingest --collection docs first_bad.jsonl 2>first_bad.log); code=$?
+set -e
+[[ $code == 2 ]] || fail "first record bad: exit $code $(cat "$work/first_bad.log")"
+if ls -a "$work" | grep -q '^\.cairn-ingest-'; then fail "checkpoint files left: $(ls -a "$work")"; fi
 grep -q "bad.jsonl: record 2: vector has dimension 7; the collection has 8" "$work/bad.log" || fail "bad: $(cat "$work/bad.log")"
 set +e
 "$cairn" ingest --collection docs "$work/broken.jsonl" 2>"$work/broken.log"; code=$?
