@@ -127,7 +127,8 @@ class Collection {
   // Deletes every point matching `filter` (which must not be empty).
   virtual absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) = 0;
 
-  // Merges the keys of `payload_json` (an object) into each point's payload.
+  // Merges the top-level keys of `payload_json` (an object) into each point's
+  // payload: a key given replaces that key's whole value, an object included.
   // NotFound when an id is absent (then nothing is changed).
   virtual absl::Status SetPayload(absl::Span<const PointId> ids,
                                   std::string_view payload_json) = 0;
