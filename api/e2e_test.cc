@@ -103,6 +103,7 @@ class Cairnd {
   }
 
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
+  const std::string& data_dir() const { return data_dir_; }
   int port() const { return port_; }
   int http_port() const { return http_port_; }
   std::string log() {
@@ -818,6 +819,34 @@ TEST_F(E2ETest, SnapshotCreateListDownloadRestore) {
   req.set_collection("x");
   RestoreSnapshotResponse resp;
   EXPECT_EQ(snaps->Restore(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  // Delete frees the snapshot's files; the collection restored from it stays.
+  auto remove = [&](const std::string& name) {
+    grpc::ClientContext dctx;
+    DeleteSnapshotRequest dreq;
+    dreq.set_name(name);
+    DeleteSnapshotResponse dresp;
+    return snaps->Delete(&dctx, dreq, &dresp).error_code();
+  };
+  for (const std::string bad : {"../data", "/etc", "a/b", "..", ""}) {
+    EXPECT_EQ(remove(bad), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+  }
+  EXPECT_EQ(remove("docs-19700101T000000Z-9"), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(remove(created.name()), grpc::StatusCode::OK);
+  EXPECT_EQ(remove(created.name()), grpc::StatusCode::NOT_FOUND);
+  {
+    grpc::ClientContext lctx;
+    ListSnapshotsResponse list;
+    ASSERT_TRUE(snaps->List(&lctx, ListSnapshotsRequest(), &list).ok());
+    EXPECT_EQ(list.snapshots_size(), 0);
+  }
+  size_t left = 0;
+  for (const auto& e : std::filesystem::directory_iterator(server_->data_dir() + "/snapshots")) {
+    ++left;
+    ADD_FAILURE() << "left in the snapshot directory: " << e.path();
+  }
+  EXPECT_EQ(left, 0u);
+  EXPECT_EQ(Count("docs_restored"), 300u);
 }
 
 // Ids from 2^53 in has_id: a JSON number (a double in google.protobuf.Value)

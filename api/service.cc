@@ -695,6 +695,23 @@ class SnapshotsService final : public v1::Snapshots::CallbackService {
     });
   }
 
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx, const v1::DeleteSnapshotRequest* req,
+                                   v1::DeleteSnapshotResponse* resp) override {
+    return b_->Run(ctx, Role::kAdmin, "Snapshots/Delete", [this, req](Database& db) -> absl::Status {
+      CAIRN_ASSIGN_OR_RETURN(fs::path dir, Resolve(db, req->name()));
+      // Out of sight first (one rename; List skips names starting with '.'),
+      // then removed; what an earlier call left half removed goes too.
+      std::error_code ec;
+      const fs::path doomed = SnapshotRoot(db) / absl::StrCat(".deleting-", req->name(), "-", ++counter_);
+      fs::rename(dir, doomed, ec);
+      if (ec) return absl::InternalError(absl::StrCat("delete snapshot ", req->name(), ": ", ec.message()));
+      for (const auto& e : fs::directory_iterator(SnapshotRoot(db), ec)) {
+        if (e.path().filename().string().rfind(".deleting-", 0) == 0) fs::remove_all(e.path(), ec);
+      }
+      return absl::OkStatus();
+    });
+  }
+
  private:
   // The directory of snapshot `name`; never a path outside the snapshot root.
   static absl::StatusOr<fs::path> Resolve(Database& db, const std::string& name) {

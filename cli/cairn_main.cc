@@ -195,11 +195,13 @@ const std::map<std::string, std::string> kCommandHelp = {
      "       cairn snapshot list [COLLECTION]\n"
      "       cairn snapshot download SNAPSHOT [--output FILE]\n"
      "       cairn snapshot restore SNAPSHOT NEW_COLLECTION\n"
+     "       cairn snapshot delete SNAPSHOT\n"
      "\n"
-     "A snapshot is one consistent moment of a collection, kept by the server. download\n"
-     "streams it as a tar (default SNAPSHOT.tar; - for stdout) that is itself a data directory:\n"
-     "extract it and run cairnd on it. restore (admin) makes a new collection from it. --json\n"
-     "prints snapshot details as JSON.\n"
+     "A snapshot is one consistent moment of a collection, kept by the server (in its data\n"
+     "directory, until deleted). download streams it as a tar (default SNAPSHOT.tar; - for\n"
+     "stdout) that is itself a data directory: extract it and run cairnd on it. restore makes a\n"
+     "new collection from it; delete frees its space. Every snapshot command needs the admin\n"
+     "role. --json prints snapshot details as JSON.\n"
      "\n"
      "Example:\n"
      "  cairn snapshot create docs && cairn snapshot list docs\n"
@@ -316,6 +318,7 @@ const CommandShape* ShapeOf(const std::string& cmd) {
         {"snapshot list", {{"--json"}, 1}},
         {"snapshot download", {{"--output"}, 1}},
         {"snapshot restore", {{}, 2}},
+        {"snapshot delete", {{}, 1}},
     };
   }();
   auto it = kShapes.find(cmd);
@@ -737,7 +740,7 @@ int SearchCmd(const Conn& c, const Args& a) {
 }
 
 int SnapshotCmd(const Conn& c, const Args& a) {
-  if (a.rest.empty()) return Usage("snapshot: create, list, download or restore?");
+  if (a.rest.empty()) return Usage("snapshot: create, list, download, restore or delete?");
   auto stub = v1::Snapshots::NewStub(c.channel);
   const std::string& sub = a.rest[0];
   grpc::ClientContext ctx;
@@ -786,6 +789,16 @@ int SnapshotCmd(const Conn& c, const Args& a) {
     auto s = stub->Restore(&ctx, req, &resp);
     if (!s.ok()) return ServerError(s);
     std::printf("restored %s as %s\n", a.rest[1].c_str(), a.rest[2].c_str());
+    return kOk;
+  }
+  if (sub == "delete") {
+    if (a.rest.size() < 2) return Usage("snapshot delete: which snapshot (a name from snapshot list)?");
+    v1::DeleteSnapshotRequest req;
+    req.set_name(a.rest[1]);
+    v1::DeleteSnapshotResponse resp;
+    auto s = stub->Delete(&ctx, req, &resp);
+    if (!s.ok()) return ServerError(s);
+    std::printf("deleted %s\n", a.rest[1].c_str());
     return kOk;
   }
   if (sub != "download") return Usage("snapshot: unknown subcommand " + sub);

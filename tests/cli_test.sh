@@ -186,6 +186,13 @@ set -e
 [[ $code == 3 && ! -e "$work/none.tar" && ! -e "$work/none.tar.part" ]] || fail "download of an unknown snapshot: $code"
 "$cairn" snapshot restore "$snap" docs2 | grep -c >/dev/null "restored" || fail "snapshot restore"
 "$cairn" collection info docs2 | grep -c >/dev/null '"points": "523"' || fail "restored: $("$cairn" collection info docs2)"
+"$cairn" snapshot delete "$snap" | grep -c >/dev/null "deleted $snap" || fail "snapshot delete"
+[[ -z "$("$cairn" snapshot list docs)" ]] || fail "deleted snapshot still listed: $("$cairn" snapshot list docs)"
+set +e
+"$cairn" snapshot delete "$snap" 2>/dev/null; code=$?
+set -e
+[[ $code == 3 ]] || fail "second delete of a snapshot: exit $code"
+"$cairn" collection info docs2 | grep -c >/dev/null '"points": "523"' || fail "restored after its snapshot's delete"
 "$cairn" collection drop docs | grep -c >/dev/null "dropped docs" || fail drop
 
 kill -TERM "$pid"; wait "$pid"
