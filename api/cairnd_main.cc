@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -288,6 +289,16 @@ int main(int argc, char** argv) {
   options.http_listen = http_listen;
   options.worker_threads = static_cast<int>(n_workers);
   options.max_request_bytes = static_cast<int>(n_max_mb << 20);
+  // A data directory another process holds: say so before taking the ports
+  // (Database::Open below takes the lock for good).
+  if (std::filesystem::exists(std::filesystem::path(data_dir) / "LOCK")) {
+    if (auto probe = cairn::storage::FileLock::Acquire((std::filesystem::path(data_dir) / "LOCK").string());
+        !probe.ok()) {
+      std::fprintf(stderr, "cairnd: cannot open data directory %s: %s\n", data_dir.c_str(),
+                   std::string(probe.status().message()).c_str());
+      return 1;
+    }
+  }
   cairn::api::CairnServer server(options);
   auto port = server.Start();
   if (!port.ok()) {

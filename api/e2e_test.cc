@@ -927,6 +927,7 @@ TEST_F(E2ETest, SecondServerOnTheSameDataDirRefusesToStart) {
   auto [code, out] = RunCairnd("--insecure-no-auth --listen 127.0.0.1:0 --data-dir " + (dir_ / "data").string());
   EXPECT_EQ(code, 1) << out;
   EXPECT_NE(out.find("in use by another process"), std::string::npos) << out;
+  EXPECT_EQ(out.find("\"listening\""), std::string::npos) << "it took its ports first: " << out;
 }
 
 TEST_F(E2ETest, SecondServerOnTheSamePortRefusesToStart) {
