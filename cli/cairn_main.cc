@@ -86,7 +86,7 @@ const char* kUsageText =
     "         offline into a data directory with --data-dir DIR\n"
     "  search --collection NAME (--vector X1,X2,... | --queries FILE) [--k N] [--filter JSON]\n"
     "  snapshot create NAME | list [NAME] | download SNAPSHOT [--output FILE] |\n"
-    "           restore SNAPSHOT NEW_NAME\n"
+    "           restore SNAPSHOT NEW_NAME | delete SNAPSHOT\n"
     "  info\n"
     "\n"
     "Connection flags (or environment variables):\n"
@@ -221,8 +221,15 @@ struct Conn {
   }
 };
 
+// A usage error: the reason and where help is (the whole overview only when
+// no command was given).
 int Usage(const std::string& why) {
-  std::fprintf(stderr, "cairn: %s\n\n%s", why.c_str(), kUsageText);
+  if (why == "no command") {
+    std::fprintf(stderr, "cairn: %s\n\n%s", why.c_str(), kUsageText);
+  } else {
+    std::fprintf(stderr, "cairn: %s\n(`cairn --help` lists the commands; `cairn COMMAND --help` explains one)\n",
+                 why.c_str());
+  }
   return kUsage;
 }
 
