@@ -234,6 +234,13 @@ TEST_F(E2ETest, HealthIsServingAndInfoAnswers) {
   grpc::health::v1::HealthCheckResponse resp;
   ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
   EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  for (const char* name : {"cairn.v1.Points", "cairn.v1.Search", "cairn.v1.Snapshots"}) {
+    grpc::ClientContext sctx;
+    req.set_service(name);
+    grpc::Status st = health->Check(&sctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << name << ": " << st.error_message();
+    EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << name;
+  }
 
   grpc::ClientContext ctx2;
   ServerInfo info;

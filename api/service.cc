@@ -860,6 +860,12 @@ absl::StatusOr<int> CairnServer::Start() {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", impl_->options.listen,
                                                " (in use, or not an address of this host?)"));
   }
+  // The server as a whole ("") and each service by name; SetServingStatus(bool)
+  // below switches them all.
+  for (const char* name : {"cairn.v1.Collections", "cairn.v1.Points", "cairn.v1.Search", "cairn.v1.Server",
+                           "cairn.v1.Snapshots"}) {
+    impl_->server->GetHealthCheckService()->SetServingStatus(name, false);
+  }
   impl_->server->GetHealthCheckService()->SetServingStatus(false);
   if (!o.http_listen.empty()) {
     impl_->http = std::make_unique<HttpServer>([impl = impl_.get()](const std::string& path) {
