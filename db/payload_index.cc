@@ -146,9 +146,16 @@ absl::Status ValidatePayloadTypes(const std::vector<PayloadIndexSpec>& specs,
         case PayloadType::kBool: ok = v->is_boolean(); break;
       }
       if (!ok) {
+        // A whole number from 2^53 up that arrived as a double (JSON through
+        // google.protobuf.Struct) is no longer exact: say why it is refused.
+        const bool inexact = spec.type == PayloadType::kInteger && v->is_number_float() &&
+                             std::abs(v->get<double>()) >= 9007199254740992.0;
         return absl::InvalidArgumentError(absl::StrCat(
             "payload field \"", spec.field, "\" is indexed as ", std::string(PayloadTypeName(spec.type)),
-            " but holds ", v->dump()));
+            " but holds ", v->dump(),
+            inexact ? " (a number from 2^53 up that came as a double, as through google.protobuf.Struct, "
+                      "is not an exact integer; send such values as strings and index them as keyword)"
+                    : ""));
       }
     }
   }

@@ -89,6 +89,12 @@ TEST(ValidatePayloadTypesTest, AcceptsDeclaredTypesAndRejectsOthers) {
     absl::Status s = ValidatePayloadTypes(specs, Json::parse(bad));
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
   }
+  // 2^60 as a double (how google.protobuf.Struct carries it): the message says why.
+  absl::Status s = ValidatePayloadTypes(specs, Json::parse(R"({"i": 1.152921504606847e+18})"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("not an exact integer"), std::string::npos) << s;
+  s = ValidatePayloadTypes(specs, Json::parse(R"({"i": 1.5})"));
+  EXPECT_EQ(s.message().find("not an exact integer"), std::string::npos) << s;
 }
 
 // ---- index vs scan agreement on random data ---------------------------------
