@@ -237,6 +237,11 @@ absl::Status Shard::Load() {
     } else {
       std::fprintf(stderr, "cairn: %s: the growing segment's saved copy %s is not usable (%s); rebuilding it from storage\n",
                    dir_.c_str(), growing_file.c_str(), saved.status().ToString().c_str());
+      // A manifest without it, so the next open does not say this again.
+      std::lock_guard commit(commit_mu_);
+      if (absl::Status st = WriteManifestLocked(); !st.ok()) {
+        std::fprintf(stderr, "cairn: %s: cannot drop it from the manifest: %s\n", dir_.c_str(), st.ToString().c_str());
+      }
     }
   }
   if (growing_ == nullptr) {
@@ -949,6 +954,17 @@ absl::Status Shard::LiveVectorsOf(const index::Segment& segment, std::vector<uin
 
 absl::Status Shard::Seal(bool force) {
   std::lock_guard maint(maintenance_mu_);
+  // A segment left frozen by a seal that failed (a build or file error) is
+  // sealed first: sealed_through_ must not pass ids no sealed segment holds.
+  for (;;) {
+    std::shared_ptr<index::Segment> stuck;
+    {
+      std::shared_lock state(state_mu_);
+      if (!frozen_.empty()) stuck = frozen_.front();
+    }
+    if (stuck == nullptr) break;
+    CAIRN_RETURN_IF_ERROR(SealFrozen(stuck));
+  }
   std::shared_ptr<index::Segment> frozen;
   {
     std::lock_guard commit(commit_mu_);
@@ -963,6 +979,10 @@ absl::Status Shard::Seal(bool force) {
     frozen_.push_back(frozen);
     growing_ = std::move(fresh);
   }
+  return SealFrozen(frozen);
+}
+
+absl::Status Shard::SealFrozen(const std::shared_ptr<index::Segment>& frozen) {
   // Build the sealed segment without blocking writers or searches.
   std::shared_ptr<index::Segment> sealed;
   if (frozen->type() == options_.index.type) {
@@ -983,25 +1003,27 @@ absl::Status Shard::Seal(bool force) {
     file = absl::StrFormat("seg-%08d.cseg", next_file_++);
   }
   CAIRN_RETURN_IF_ERROR(sealed->Save(SegmentPath(file)));
-  std::lock_guard commit(commit_mu_);
-  {
-    std::unique_lock state(state_mu_);
-    ++epoch_;
-    frozen_.erase(std::find(frozen_.begin(), frozen_.end(), frozen));
-    sealed_.push_back(SealedRef{sealed, file});
-    for (uint64_t id : sealed->Ids()) {
-      if (!live_.contains(id)) sealed->MarkDeleted(id);
-    }
-  }
-  sealed_through_ = std::max(sealed_through_, frozen->max_id());
-  // The growing segment's saved copy was of the segment just sealed.
   std::string dropped;
-  if (!growing_file_.empty() && growing_saved_max_id_ <= sealed_through_) {
-    dropped = std::exchange(growing_file_, std::string());
-    growing_saved_ = 0;
+  {
+    std::lock_guard commit(commit_mu_);
+    {
+      std::unique_lock state(state_mu_);
+      ++epoch_;
+      frozen_.erase(std::find(frozen_.begin(), frozen_.end(), frozen));
+      sealed_.push_back(SealedRef{sealed, file});
+      for (uint64_t id : sealed->Ids()) {
+        if (!live_.contains(id)) sealed->MarkDeleted(id);
+      }
+    }
+    sealed_through_ = std::max(sealed_through_, frozen->max_id());
+    // The growing segment's saved copy was of the segment just sealed.
+    if (!growing_file_.empty() && growing_saved_max_id_ <= sealed_through_) {
+      dropped = std::exchange(growing_file_, std::string());
+      growing_saved_ = 0;
+    }
+    CAIRN_RETURN_IF_ERROR(WriteManifestLocked());
   }
-  CAIRN_RETURN_IF_ERROR(WriteManifestLocked());
-  std::error_code ec;
+  std::error_code ec;  // a large file: removed with no lock held
   if (!dropped.empty()) fs::remove(SegmentPath(dropped), ec);
   return absl::OkStatus();
 }
@@ -1021,7 +1043,7 @@ bool Shard::NeedsCheckpoint() const {
   const uint64_t saved = growing_saved_.load();
   std::shared_lock state(state_mu_);
   const uint64_t n = growing_->size();
-  return growing_->type() != IndexType::kFlat && n > saved &&
+  return frozen_.empty() && growing_->type() != IndexType::kFlat && n > saved &&
          n - saved >= std::max(options_.checkpoint_points, saved / 2);
 }
 
@@ -1045,21 +1067,24 @@ absl::Status Shard::CheckpointGrowing(bool at_close) {
   }
   index::Segment::SavedExtent extent;
   CAIRN_RETURN_IF_ERROR(growing->Save(SegmentPath(file), &extent));
-  // growing_ is still `growing`: seals wait for maintenance_mu_.
-  std::lock_guard commit(commit_mu_);
-  std::string old = std::exchange(growing_file_, file);
-  const uint64_t old_saved = growing_saved_.exchange(extent.count);
-  const uint64_t old_max_id = std::exchange(growing_saved_max_id_, extent.max_id);
-  std::error_code ec;
-  if (absl::Status st = WriteManifestLocked(); !st.ok()) {
-    growing_file_ = std::move(old);
-    growing_saved_ = old_saved;
-    growing_saved_max_id_ = old_max_id;
-    fs::remove(SegmentPath(file), ec);
-    return st;
+  std::string old;
+  absl::Status st;
+  {
+    // growing_ is still `growing`: seals wait for maintenance_mu_.
+    std::lock_guard commit(commit_mu_);
+    old = std::exchange(growing_file_, file);
+    const uint64_t old_saved = growing_saved_.exchange(extent.count);
+    const uint64_t old_max_id = std::exchange(growing_saved_max_id_, extent.max_id);
+    st = WriteManifestLocked();
+    if (!st.ok()) {
+      growing_file_ = std::exchange(old, file);  // the new file is the one to remove
+      growing_saved_ = old_saved;
+      growing_saved_max_id_ = old_max_id;
+    }
   }
+  std::error_code ec;  // a large file: removed with no lock held
   if (!old.empty()) fs::remove(SegmentPath(old), ec);
-  return absl::OkStatus();
+  return st;
 }
 
 absl::Status Shard::Compact(bool force) {

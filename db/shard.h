@@ -135,8 +135,9 @@ class Shard {
   // copy, and at least half again as many (so the copies written add up to a
   // few times the segment); at close when its copy lacks checkpoint_points or
   // kMinPointsToSaveAtClose points, whichever is fewer.
-  // Writes wait while the segment is copied to the file (not while it is
-  // synced). Does nothing when checkpoint_points is 0.
+  // Writes wait while the segment is written to the file (not while it is
+  // synced). Does nothing when checkpoint_points is 0, or while a segment
+  // is frozen (a copy would make open skip the frozen ids).
   absl::Status CheckpointGrowing(bool at_close);
   static constexpr uint64_t kMinPointsToSaveAtClose = 1000;  // fewer rebuild in well under a second
   bool NeedsCheckpoint() const;
@@ -201,6 +202,9 @@ class Shard {
   absl::Status Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
                        const SearchParams& params, std::vector<ScoredPoint>* out) const;
   absl::Status WriteManifestLocked();
+  // Seals `frozen` (in frozen_) into a segment file and switches the
+  // manifest. REQUIRES: maintenance_mu_ held.
+  absl::Status SealFrozen(const std::shared_ptr<index::Segment>& frozen);
   std::string SegmentPath(const std::string& file) const;
 
   ShardTunables Tunables() const;

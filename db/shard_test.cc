@@ -256,11 +256,47 @@ TEST_F(ShardCheckpointTest, DamagedOrMissingCopyIsRebuiltFromStorage) {
     EXPECT_EQ(shard_->Stats().points, 350u);
     EXPECT_EQ(IndexedIds().size(), 350u);
     EXPECT_TRUE(Files("grow-").empty());
+    // The manifest no longer names it: the next open has nothing to say.
+    testing::internal::CaptureStderr();
+    Open(Options(IndexType::kHnsw));
+    EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
     // And saving works again.
     ASSERT_TRUE(shard_->CheckpointGrowing(true).ok());
     Open(Options(IndexType::kHnsw));
     EXPECT_EQ(shard_->Stats().growing_saved_points, 350u);
   }
+}
+
+// A seal that fails after freezing the growing segment (here: its file
+// cannot be created) leaves that segment frozen. No copy of the next growing
+// segment may be saved meanwhile (open would skip the frozen ids), and the
+// next seal finishes the frozen one first; every point stays indexed across
+// crashes all along.
+TEST_F(ShardCheckpointTest, FailedSealIsFinishedFirstAndBlocksCopies) {
+  Open(Options(IndexType::kHnsw));
+  Upsert(0, 300, 0);
+  std::vector<fs::path> blockers;
+  for (int i = 1; i <= 8; ++i) {
+    blockers.push_back(fs::path(dir_) / "segments" / ("seg-0000000" + std::to_string(i) + ".cseg"));
+    fs::create_directories(blockers.back() / "x");  // not empty: open leaves it
+  }
+  EXPECT_FALSE(shard_->Seal(/*force=*/true).ok());
+  Upsert(300, 400, 0);
+  EXPECT_FALSE(shard_->NeedsCheckpoint());
+  ASSERT_TRUE(shard_->CheckpointGrowing(/*at_close=*/true).ok());
+  EXPECT_TRUE(Files("grow-").empty());
+  std::set<uint64_t> all;
+  for (uint64_t i = 0; i < 400; ++i) all.insert(i);
+  EXPECT_EQ(IndexedIds(), all);
+
+  EXPECT_FALSE(shard_->Seal(/*force=*/true).ok());  // still blocked
+  for (const auto& b : blockers) fs::remove_all(b);
+  ASSERT_TRUE(shard_->Seal(/*force=*/true).ok());
+  EXPECT_EQ(shard_->Stats().sealed_segments, 2u);  // the stuck one, then the growing one
+  EXPECT_EQ(shard_->Stats().growing_points, 0u);
+  Open(Options(IndexType::kHnsw));
+  EXPECT_EQ(shard_->Stats().sealed_segments, 2u);
+  EXPECT_EQ(IndexedIds(), all);
 }
 
 // Sealing the growing segment drops its copy, in the manifest and on disk.
