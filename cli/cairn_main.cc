@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -636,6 +637,8 @@ void PrintHits(const v1::SearchResponse& resp, bool json, long query) {
   std::printf("%-24s %-12s %s\n", "id", "score", "payload");
   for (const auto& h : resp.hits()) {
     std::string id = h.id().has_str() ? h.id().str() : std::to_string(h.id().num());
+    // A string id that reads as a number is quoted: "7" and 7 are different points.
+    if (uint64_t unused; h.id().has_str() && absl::SimpleAtoi(id, &unused)) id = absl::StrCat("\"", id, "\"");
     std::string payload;
     (void)google::protobuf::util::MessageToJsonString(h.payload(), &payload);
     // Padded to 24 characters, not bytes (UTF-8 ids).

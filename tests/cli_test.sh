@@ -117,6 +117,13 @@ out="$(printf '{"vector": [7,7,7,7,7,7,7,7]}\n[9,9,9,9,9,9,9,9]\n' | "$cairn" se
 # An exact match scores 0, and the JSON says so.
 "$py" -c 'import sys,json; s=[json.loads(l)["hits"][0]["score"] for l in sys.argv[1].splitlines()]; assert s==[0,0], s' "$out" \
   || fail "score 0 in --json: $out"
+# A string id that reads as a number is quoted in the table; the number is not.
+"$cairn" collection create ids --dim 2 >/dev/null
+printf '{"id": "42", "vector": [1, 1]}\n{"id": 42, "vector": [5, 5]}\n' >"$work/ids.jsonl"
+"$cairn" ingest --collection ids "$work/ids.jsonl" 2>/dev/null || fail "ingest ids"
+out="$("$cairn" search --collection ids --vector 1,1 --k 2 --exact)"
+grep -qE '^"42" +0 ' <<<"$out" && grep -qE '^42 +32 ' <<<"$out" || fail "string vs number ids: $out"
+"$cairn" collection drop ids >/dev/null
 out="$("$cairn" search --collection docs --vector 1003,1003,1003,1003,1003,1003,1003,1003 --k 3 \
   --filter '{"must":[{"key":"lang","match":{"value":"de"}}]}' --json)"
 "$py" -c 'import json,sys; h=json.loads(sys.argv[1])["hits"]; assert [x["id"]["str"] for x in h]==["doc-3","doc-1","doc-5"], h' "$out" \
