@@ -620,8 +620,12 @@ absl::StatusOr<IngestStats> IngestOnline(std::shared_ptr<grpc::Channel> channel,
   st.bytes = in.bytes();
   st.skipped = in.skipped();
   st.skipped_sample = in.skipped_sample();
-  progress.Update(start.records + st.records, st.bytes, st.error.empty() && !st.interrupted ? 1.0 : in.fraction(),
-                  true);
+  // Stopped early: how far reading got (a little ahead of what was
+  // acknowledged), or nothing when nothing was.
+  const double fraction = st.error.empty() && !st.interrupted ? 1.0
+                          : start.records + st.records == 0  ? 0.0
+                                                             : in.fraction();
+  progress.Update(start.records + st.records, st.bytes, fraction, true);
   return st;
 }
 
