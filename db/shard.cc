@@ -923,7 +923,7 @@ absl::Status Shard::WriteManifestLocked() {
   }
   m["segments"] = segs;
   if (!growing_file_.empty()) {
-    m["growing"] = {{"file", growing_file_}, {"count", growing_saved_.load()}, {"max_id", growing_saved_max_id_}};
+    m["growing"] = {{"file", growing_file_}, {"max_id", growing_saved_max_id_}};
   }
   storage::WriteBatch b;
   b.Put(Cf::kMeta, kMetaManifest, m.dump());
@@ -1038,13 +1038,19 @@ absl::Status Shard::SealIfOnlyAWrite(uint64_t min_points) {
   return Seal(/*force=*/true);
 }
 
+bool Shard::CheckpointDueLocked(bool at_close) const {
+  // A frozen segment not yet sealed holds ids below the growing one's: a
+  // copy of the growing segment alone would make open skip them.
+  if (options_.checkpoint_points == 0 || !frozen_.empty() || growing_->type() == IndexType::kFlat) return false;
+  const uint64_t n = growing_->size(), saved = growing_saved_.load();
+  const uint64_t due = at_close ? std::min<uint64_t>(options_.checkpoint_points, kMinPointsToSaveAtClose)
+                                : std::max(options_.checkpoint_points, saved / 2);
+  return n > saved && n - saved >= due;
+}
+
 bool Shard::NeedsCheckpoint() const {
-  if (options_.checkpoint_points == 0) return false;
-  const uint64_t saved = growing_saved_.load();
   std::shared_lock state(state_mu_);
-  const uint64_t n = growing_->size();
-  return frozen_.empty() && growing_->type() != IndexType::kFlat && n > saved &&
-         n - saved >= std::max(options_.checkpoint_points, saved / 2);
+  return CheckpointDueLocked(/*at_close=*/false);
 }
 
 absl::Status Shard::CheckpointGrowing(bool at_close) {
@@ -1055,13 +1061,7 @@ absl::Status Shard::CheckpointGrowing(bool at_close) {
   {
     std::lock_guard commit(commit_mu_);
     std::shared_lock state(state_mu_);
-    // A frozen segment not yet sealed holds ids below the growing one's: a
-    // copy of the growing segment alone would make open skip them.
-    if (!frozen_.empty() || growing_->type() == IndexType::kFlat) return absl::OkStatus();
-    const uint64_t n = growing_->size(), saved = growing_saved_.load();
-    const uint64_t due = at_close ? std::min<uint64_t>(options_.checkpoint_points, kMinPointsToSaveAtClose)
-                                  : std::max(options_.checkpoint_points, saved / 2);
-    if (n <= saved || n - saved < due) return absl::OkStatus();
+    if (!CheckpointDueLocked(at_close)) return absl::OkStatus();
     growing = growing_;
     file = absl::StrFormat("grow-%08d.cseg", next_file_++);
   }

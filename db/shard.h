@@ -202,6 +202,9 @@ class Shard {
   absl::Status Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
                        const SearchParams& params, std::vector<ScoredPoint>* out) const;
   absl::Status WriteManifestLocked();
+  // Whether CheckpointGrowing(at_close) has a copy to write. REQUIRES:
+  // state_mu_ held.
+  bool CheckpointDueLocked(bool at_close) const;
   // Seals `frozen` (in frozen_) into a segment file and switches the
   // manifest. REQUIRES: maintenance_mu_ held.
   absl::Status SealFrozen(const std::shared_ptr<index::Segment>& frozen);

@@ -396,9 +396,18 @@ Segment::Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& s
 
 Segment::~Segment() = default;
 
+namespace {
+
+// The index type of a growing segment of a collection whose index is `spec`.
+IndexType GrowingType(const IndexSpec& spec) {
+  return spec.type == IndexType::kFlat ? IndexType::kFlat : IndexType::kHnsw;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Segment>> Segment::CreateGrowing(uint32_t dim, Metric metric,
                                                                 const IndexSpec& spec) {
-  IndexType type = spec.type == IndexType::kFlat ? IndexType::kFlat : IndexType::kHnsw;
+  const IndexType type = GrowingType(spec);
   std::unique_ptr<faiss::Index> idx;
   CAIRN_RETURN_IF_ERROR(CatchFaiss("create", [&] { idx = MakeIndex(dim, metric, type, spec, 0); }));
   return std::unique_ptr<Segment>(new Segment(dim, metric, type, spec, std::move(idx)));
@@ -1098,8 +1107,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
 absl::StatusOr<std::unique_ptr<Segment>> Segment::LoadGrowing(const std::string& path, uint32_t dim,
                                                               Metric metric, const IndexSpec& spec) {
   CAIRN_ASSIGN_OR_RETURN(auto seg, Read(path, &spec));
-  const IndexType type = spec.type == IndexType::kFlat ? IndexType::kFlat : IndexType::kHnsw;
-  if (seg->dim_ != dim || seg->metric_ != metric || seg->type_ != type) {
+  if (seg->dim_ != dim || seg->metric_ != metric || seg->type_ != GrowingType(spec)) {
     return absl::DataLossError(absl::StrCat("segment file ", path, " (dimension ", seg->dim_,
                                             ") is not a growing segment of this collection"));
   }
