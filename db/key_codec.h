@@ -37,6 +37,8 @@ uint64_t StableHash(std::string_view bytes);
 // Meta keys.
 inline constexpr std::string_view kMetaNextId = "next_id";
 inline constexpr std::string_view kMetaManifest = "manifest";
+// The index of the last replicated log entry applied (cluster mode only).
+inline constexpr std::string_view kMetaApplied = "applied";
 
 }  // namespace cairn::db
 

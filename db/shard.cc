@@ -12,11 +12,15 @@
 #include "absl/strings/str_format.h"
 #include "cairn/status.h"
 #include "db/key_codec.h"
+#include "db/shard_command.h"
+#include "storage/byte_codec.h"
 #include "storage/file_util.h"
 
 namespace cairn::db {
 namespace fs = std::filesystem;
 using storage::Cf;
+using storage::PutBytes;
+using storage::PutU64;
 
 namespace {
 
@@ -175,6 +179,11 @@ absl::Status Shard::Load() {
     if (next->size() != 8) return absl::DataLossError("malformed next_id");
     next_id_ = DecodeInternalKey(*next);
   }
+  CAIRN_ASSIGN_OR_RETURN(auto applied, kv_->Get(Cf::kMeta, kMetaApplied));
+  if (applied) {
+    if (applied->size() != 8) return absl::DataLossError("malformed applied index");
+    applied_index_ = DecodeInternalKey(*applied);
+  }
   CAIRN_ASSIGN_OR_RETURN(auto manifest_text, kv_->Get(Cf::kMeta, kMetaManifest));
   std::vector<std::string> files;
   std::string growing_file;
@@ -309,16 +318,9 @@ absl::Status Shard::Commit(std::function<absl::Status(Txn&)> prepare) {
                                 : x->prepare(txn);
       txn.EndOp(x->status.ok());
     }
-    if (txn.group_batch.size() > 0) {
-      txn.group_batch.Put(Cf::kMeta, kMetaNextId, InternalKey(next_id_));
-      absl::Status s = kv_->Write(txn.group_batch);
-      if (!s.ok()) {
-        next_id_ = first_id;
-        for (Writer* x : group) {
-          if (x->status.ok()) x->status = s;
-        }
-      } else {
-        for (const Plan& p : txn.plans) ApplyPlan(p);
+    if (absl::Status s = WriteTxnLocked(txn, first_id, 0); !s.ok()) {
+      for (Writer* x : group) {
+        if (x->status.ok()) x->status = s;
       }
     }
   }
@@ -330,6 +332,19 @@ absl::Status Shard::Commit(std::function<absl::Status(Txn&)> prepare) {
   }
   if (!writers_.empty()) writers_.front()->cv.notify_one();
   return w.status;
+}
+
+absl::Status Shard::WriteTxnLocked(Txn& txn, uint64_t first_id, uint64_t applied) {
+  if (txn.group_batch.size() == 0 && applied == 0) return absl::OkStatus();
+  txn.group_batch.Put(Cf::kMeta, kMetaNextId, InternalKey(next_id_));
+  if (applied != 0) txn.group_batch.Put(Cf::kMeta, kMetaApplied, InternalKey(applied));
+  if (absl::Status s = kv_->Write(txn.group_batch); !s.ok()) {
+    next_id_ = first_id;
+    return s;
+  }
+  for (const Plan& p : txn.plans) ApplyPlan(p);
+  if (applied != 0) applied_index_.store(applied, std::memory_order_release);
+  return absl::OkStatus();
 }
 
 void Shard::ApplyPlan(const Plan& plan) {
@@ -365,33 +380,105 @@ void Shard::ApplyPlan(const Plan& plan) {
   for (const auto& k : plan.index_add) payload_index_.AddKey(k);
 }
 
-absl::Status Shard::Upsert(std::vector<PreparedPoint> points) {
-  return Commit([&](Txn& txn) -> absl::Status {
-    const size_t dim = options_.dimension;
-    txn.plan.add_ids.reserve(points.size());
-    txn.plan.add_vectors.reserve(points.size() * dim);
-    for (const auto& p : points) {
-      CAIRN_ASSIGN_OR_RETURN(auto old, txn.LookupId(p.ext_key));
-      if (old) CAIRN_RETURN_IF_ERROR(txn.RemovePoint(*old));
-      uint64_t id = next_id_++;
-      const std::string ik = InternalKey(id);
-      txn.batch.Put(Cf::kIds, p.ext_key, ik);
-      txn.batch.Put(Cf::kRids, ik, p.ext_key);
-      txn.batch.Put(Cf::kVectors, ik, EncodeVector(p.vector));
-      std::string value = EncodePayloadValue(p.payload_json, p.text);
-      txn.batch.Put(Cf::kPayloads, ik, value);
-      for (auto& key : payload_index_.KeysFor(p.payload, id)) {
-        txn.batch.Put(Cf::kPayloadIndex, key, "");
-        txn.plan.index_add.push_back(std::move(key));
-      }
-      txn.op_ids[p.ext_key] = id;
-      txn.op_payloads[id] = std::move(value);
-      txn.plan.add_ids.push_back(id);
-      txn.plan.add_vectors.insert(txn.plan.add_vectors.end(), p.vector.begin(), p.vector.end());
+absl::Status Shard::PrepareUpsert(Txn& txn, const std::vector<PreparedPoint>& points) {
+  const size_t dim = options_.dimension;
+  txn.plan.add_ids.reserve(points.size());
+  txn.plan.add_vectors.reserve(points.size() * dim);
+  for (const auto& p : points) {
+    CAIRN_ASSIGN_OR_RETURN(auto old, txn.LookupId(p.ext_key));
+    if (old) CAIRN_RETURN_IF_ERROR(txn.RemovePoint(*old));
+    uint64_t id = next_id_++;
+    const std::string ik = InternalKey(id);
+    txn.batch.Put(Cf::kIds, p.ext_key, ik);
+    txn.batch.Put(Cf::kRids, ik, p.ext_key);
+    txn.batch.Put(Cf::kVectors, ik, EncodeVector(p.vector));
+    std::string value = EncodePayloadValue(p.payload_json, p.text);
+    txn.batch.Put(Cf::kPayloads, ik, value);
+    for (auto& key : payload_index_.KeysFor(p.payload, id)) {
+      txn.batch.Put(Cf::kPayloadIndex, key, "");
+      txn.plan.index_add.push_back(std::move(key));
     }
-    index::PrepareVectors(options_.metric, txn.plan.add_vectors.data(), txn.plan.add_ids.size(), dim);
-    return absl::OkStatus();
-  });
+    txn.op_ids[p.ext_key] = id;
+    txn.op_payloads[id] = std::move(value);
+    txn.plan.add_ids.push_back(id);
+    txn.plan.add_vectors.insert(txn.plan.add_vectors.end(), p.vector.begin(), p.vector.end());
+  }
+  index::PrepareVectors(options_.metric, txn.plan.add_vectors.data(), txn.plan.add_ids.size(), dim);
+  return absl::OkStatus();
+}
+
+absl::Status Shard::PrepareDelete(Txn& txn, const std::vector<std::string>& ext_keys,
+                                  const std::vector<uint64_t>& expected, uint64_t* deleted) {
+  *deleted = 0;
+  for (size_t i = 0; i < ext_keys.size(); ++i) {
+    const std::string& ext = ext_keys[i];
+    CAIRN_ASSIGN_OR_RETURN(auto old, txn.LookupId(ext));
+    if (!old) continue;
+    // Overwritten since the caller looked: the new version was not judged.
+    if (!expected.empty() && *old != expected[i]) continue;
+    CAIRN_RETURN_IF_ERROR(txn.RemovePoint(*old));
+    txn.batch.Delete(Cf::kIds, ext);
+    txn.op_ids[ext] = std::nullopt;
+    ++*deleted;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Shard::PrepareSetPayload(Txn& txn, const std::vector<std::string>& ext_keys, const Json& payload,
+                                      bool overwrite) {
+  std::vector<uint64_t> ids;
+  for (const auto& ext : ext_keys) {
+    CAIRN_ASSIGN_OR_RETURN(auto id, txn.LookupId(ext));
+    if (!id) {
+      auto pid = DecodeExternalKey(ext);
+      return absl::NotFoundError(absl::StrCat("point ", pid.ok() ? pid->ToString() : "?", " does not exist"));
+    }
+    ids.push_back(*id);
+  }
+  for (uint64_t id : ids) {
+    CAIRN_ASSIGN_OR_RETURN(std::string value, txn.LookupPayload(id));
+    std::string_view pj, text;
+    if (!DecodePayloadValue(value, &pj, &text)) return absl::DataLossError("malformed payload record");
+    Json old = Json::parse(pj, nullptr, false);
+    if (old.is_discarded() || !old.is_object()) old = Json::object();
+    Json merged = overwrite ? payload : old;
+    if (!overwrite) merged.update(payload);
+    CAIRN_RETURN_IF_ERROR(ValidatePayloadTypes(options_.payload_indexes, merged));
+    for (auto& key : payload_index_.KeysFor(old, id)) {
+      txn.batch.Delete(Cf::kPayloadIndex, key);
+      txn.plan.index_remove.push_back(std::move(key));
+    }
+    for (auto& key : payload_index_.KeysFor(merged, id)) {
+      txn.batch.Put(Cf::kPayloadIndex, key, "");
+      txn.plan.index_add.push_back(std::move(key));
+    }
+    std::string nv = EncodePayloadValue(merged.dump(), text);
+    txn.batch.Put(Cf::kPayloads, InternalKey(id), nv);
+    txn.op_payloads[id] = std::move(nv);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Shard::MatchFilter(const Filter& filter, std::vector<std::string>* keys,
+                                std::vector<uint64_t>* ids) const {
+  std::shared_lock state(state_mu_);
+  CAIRN_ASSIGN_OR_RETURN(Bitmap match, EvalFilterLocked(filter));
+  std::vector<uint64_t> matched(match.cardinality());
+  match.toUint64Array(matched.data());
+  std::vector<std::string> iks;
+  for (uint64_t id : matched) iks.push_back(InternalKey(id));
+  std::vector<std::optional<std::string>> exts;
+  CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kRids, iks, &exts));
+  for (size_t i = 0; i < exts.size(); ++i) {
+    if (!exts[i]) continue;
+    keys->push_back(std::move(*exts[i]));
+    ids->push_back(matched[i]);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Upsert(std::vector<PreparedPoint> points) {
+  return Commit([&](Txn& txn) { return PrepareUpsert(txn, points); });
 }
 
 absl::StatusOr<uint64_t> Shard::Delete(const std::vector<std::string>& ext_keys) {
@@ -401,21 +488,7 @@ absl::StatusOr<uint64_t> Shard::Delete(const std::vector<std::string>& ext_keys)
 absl::StatusOr<uint64_t> Shard::DeleteIf(const std::vector<std::string>& ext_keys,
                                          const std::vector<uint64_t>& expected) {
   uint64_t deleted = 0;
-  CAIRN_RETURN_IF_ERROR(Commit([&](Txn& txn) -> absl::Status {
-    deleted = 0;
-    for (size_t i = 0; i < ext_keys.size(); ++i) {
-      const std::string& ext = ext_keys[i];
-      CAIRN_ASSIGN_OR_RETURN(auto old, txn.LookupId(ext));
-      if (!old) continue;
-      // Overwritten since the caller looked: the new version was not judged.
-      if (!expected.empty() && *old != expected[i]) continue;
-      CAIRN_RETURN_IF_ERROR(txn.RemovePoint(*old));
-      txn.batch.Delete(Cf::kIds, ext);
-      txn.op_ids[ext] = std::nullopt;
-      ++deleted;
-    }
-    return absl::OkStatus();
-  }));
+  CAIRN_RETURN_IF_ERROR(Commit([&](Txn& txn) { return PrepareDelete(txn, ext_keys, expected, &deleted); }));
   return deleted;
 }
 
@@ -424,61 +497,124 @@ absl::StatusOr<uint64_t> Shard::DeleteByFilter(const Filter& filter) {
   // internal id the filter matched (a point overwritten in between is kept).
   std::vector<std::string> keys;
   std::vector<uint64_t> ids;
-  {
-    std::shared_lock state(state_mu_);
-    CAIRN_ASSIGN_OR_RETURN(Bitmap match, EvalFilterLocked(filter));
-    std::vector<uint64_t> matched(match.cardinality());
-    match.toUint64Array(matched.data());
-    std::vector<std::string> iks;
-    for (uint64_t id : matched) iks.push_back(InternalKey(id));
-    std::vector<std::optional<std::string>> exts;
-    CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kRids, iks, &exts));
-    for (size_t i = 0; i < exts.size(); ++i) {
-      if (!exts[i]) continue;
-      keys.push_back(std::move(*exts[i]));
-      ids.push_back(matched[i]);
-    }
-  }
+  CAIRN_RETURN_IF_ERROR(MatchFilter(filter, &keys, &ids));
   if (keys.empty()) return uint64_t{0};
   return DeleteIf(keys, ids);
 }
 
 absl::Status Shard::SetPayload(const std::vector<std::string>& ext_keys, const Json& payload,
                                bool overwrite) {
-  return Commit([&](Txn& txn) -> absl::Status {
-    std::vector<uint64_t> ids;
-    for (const auto& ext : ext_keys) {
-      CAIRN_ASSIGN_OR_RETURN(auto id, txn.LookupId(ext));
-      if (!id) {
-        auto pid = DecodeExternalKey(ext);
-        return absl::NotFoundError(absl::StrCat("point ", pid.ok() ? pid->ToString() : "?",
-                                                " does not exist"));
-      }
-      ids.push_back(*id);
-    }
-    for (uint64_t id : ids) {
-      CAIRN_ASSIGN_OR_RETURN(std::string value, txn.LookupPayload(id));
-      std::string_view pj, text;
-      if (!DecodePayloadValue(value, &pj, &text)) return absl::DataLossError("malformed payload record");
-      Json old = Json::parse(pj, nullptr, false);
-      if (old.is_discarded() || !old.is_object()) old = Json::object();
-      Json merged = overwrite ? payload : old;
-      if (!overwrite) merged.update(payload);
-      CAIRN_RETURN_IF_ERROR(ValidatePayloadTypes(options_.payload_indexes, merged));
-      for (auto& key : payload_index_.KeysFor(old, id)) {
-        txn.batch.Delete(Cf::kPayloadIndex, key);
-        txn.plan.index_remove.push_back(std::move(key));
-      }
-      for (auto& key : payload_index_.KeysFor(merged, id)) {
-        txn.batch.Put(Cf::kPayloadIndex, key, "");
-        txn.plan.index_add.push_back(std::move(key));
-      }
-      std::string nv = EncodePayloadValue(merged.dump(), text);
-      txn.batch.Put(Cf::kPayloads, InternalKey(id), nv);
-      txn.op_payloads[id] = std::move(nv);
-    }
+  return Commit([&](Txn& txn) { return PrepareSetPayload(txn, ext_keys, payload, overwrite); });
+}
+
+// ---- replicated apply ------------------------------------------------------
+
+namespace {
+// Errors that every replica meets alike for the same entry on the same data:
+// the entry is refused and changes nothing. Anything else is this replica's.
+bool SameOnEveryReplica(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kNotFound || s.code() == absl::StatusCode::kInvalidArgument;
+}
+}  // namespace
+
+absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<ApplyResult>* results) {
+  results->assign(entries.size(), ApplyResult{});
+  std::lock_guard commit(commit_mu_);
+  if (bulk_loading_) return absl::FailedPreconditionError("a bulk load is running; a replicated shard takes none");
+  Txn txn;
+  txn.shard = this;
+  uint64_t first_id = next_id_;
+  uint64_t through = applied_index_.load(std::memory_order_relaxed);  // applied, or staged in txn
+  uint64_t written = through;
+  auto flush = [&]() -> absl::Status {
+    if (through == written && txn.group_batch.size() == 0) return absl::OkStatus();
+    CAIRN_RETURN_IF_ERROR(WriteTxnLocked(txn, first_id, through));
+    written = through;
+    txn = Txn();
+    txn.shard = this;
+    first_id = next_id_;
     return absl::OkStatus();
-  });
+  };
+  uint64_t prev = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const LogEntry& e = entries[i];
+    if (e.index <= prev) return absl::InternalError(absl::StrCat("apply: entry ", e.index, " after ", prev));
+    prev = e.index;
+    ApplyResult& r = (*results)[i];
+    if (e.index <= through) {
+      r.skipped = true;
+      continue;
+    }
+    if (e.command != nullptr) {
+      const ShardCommand& c = *e.command;
+      absl::Status s;
+      txn.BeginOp();
+      switch (c.kind) {
+        case ShardCommand::Kind::kUpsert:
+          s = PrepareUpsert(txn, c.points);
+          r.count = c.points.size();
+          break;
+        case ShardCommand::Kind::kDelete:
+          s = PrepareDelete(txn, c.ext_keys, {}, &r.count);
+          break;
+        case ShardCommand::Kind::kDeleteByFilter: {
+          auto filter = Filter::FromJson(c.filter_json);
+          if (!filter.ok()) {
+            s = filter.status();
+            break;
+          }
+          // The filter reads memory, which holds the entries before it only
+          // once they are written.
+          CAIRN_RETURN_IF_ERROR(flush());
+          txn.BeginOp();
+          std::vector<std::string> keys;
+          std::vector<uint64_t> ids;
+          CAIRN_RETURN_IF_ERROR(MatchFilter(*filter, &keys, &ids));
+          s = PrepareDelete(txn, keys, ids, &r.count);
+          break;
+        }
+        case ShardCommand::Kind::kSetPayload:
+          s = PrepareSetPayload(txn, c.ext_keys, c.payload, c.overwrite);
+          r.count = c.ext_keys.size();
+          break;
+      }
+      if (!s.ok() && !SameOnEveryReplica(s)) {
+        next_id_ = first_id;
+        return s;
+      }
+      txn.EndOp(s.ok());
+      if (!s.ok()) {
+        r.status = s;
+        r.count = 0;
+      }
+    }
+    through = e.index;
+  }
+  return flush();
+}
+
+absl::StatusOr<Shard::Checksum> Shard::DataChecksum() const {
+  // No write runs while commit_mu_ is held: the column families are read at
+  // one applied index.
+  std::lock_guard commit(commit_mu_);
+  Checksum c;
+  c.applied_index = applied_index_.load(std::memory_order_relaxed);
+  uint64_t h = StableHash(InternalKey(next_id_));
+  for (Cf cf : {Cf::kIds, Cf::kRids, Cf::kVectors, Cf::kPayloads, Cf::kPayloadIndex}) {
+    auto it = kv_->NewIterator(cf);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      std::string rec;
+      PutU64(&rec, h);
+      rec.push_back(static_cast<char>(cf));
+      PutBytes(&rec, it->key());
+      PutBytes(&rec, it->value());
+      h = StableHash(rec);
+      if (cf == Cf::kRids) ++c.points;
+    }
+    CAIRN_RETURN_IF_ERROR(it->status());
+  }
+  c.hash = h;
+  return c;
 }
 
 // ---- reads -----------------------------------------------------------------

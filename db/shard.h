@@ -22,6 +22,13 @@
 //     replays only the writes after it. It is a cache of what storage holds:
 //     when it cannot be read, open rebuilds the growing segment instead.
 //
+// Replicated mode: a Raft group's replicas call Apply with the committed log
+// entries instead of Upsert, Delete and SetPayload. The shard's applied index
+// is written in the same WriteBatch as the data it produced, so Apply is
+// idempotent (entries at or below it are skipped) and a crash between the two
+// cannot happen; applying the same entries in the same order gives every
+// replica the same data (DataChecksum), whatever each one sealed or compacted.
+//
 // Thread-safety: all public methods are thread-safe.
 #ifndef CAIRN_DB_SHARD_H_
 #define CAIRN_DB_SHARD_H_
@@ -92,6 +99,8 @@ struct ShardStats {
   uint64_t gpu_memory_bytes = 0;  // device memory of those copies
 };
 
+struct ShardCommand;
+
 // Threads for index builds: `configured`, or every core when 0.
 int IndexThreads(int configured);
 
@@ -108,6 +117,40 @@ class Shard {
   // Merge (or overwrite) `payload` into each point. NotFound if any is absent.
   absl::Status SetPayload(const std::vector<std::string>& ext_keys, const Json& payload,
                           bool overwrite);
+
+  // A committed log entry for Apply: its index and its command, or null for
+  // an entry with nothing for the shard (a leader's no-op, a membership
+  // change), which only moves the applied index.
+  struct LogEntry {
+    uint64_t index = 0;
+    const ShardCommand* command = nullptr;
+  };
+  // What applying one entry did: the points written or deleted, or the
+  // error every replica reports for it alike (NotFound, InvalidArgument),
+  // in which case the entry changed nothing.
+  struct ApplyResult {
+    absl::Status status;
+    uint64_t count = 0;
+    bool skipped = false;  // at or below the applied index: applied before
+  };
+  // Applies `entries` (ascending indexes) as few WriteBatches as it can (a
+  // delete by filter starts a new one, so it sees every entry before it),
+  // each holding the applied index. Fills `results`, one per entry.
+  // A non-OK return is a failure of this replica (its disk, or a command it
+  // cannot read), not of the entries: the entries from the first one not
+  // applied must be applied again after a reopen.
+  absl::Status Apply(const std::vector<LogEntry>& entries, std::vector<ApplyResult>* results);
+  // The last log index Apply wrote (0 when none).
+  uint64_t applied_index() const { return applied_index_.load(std::memory_order_acquire); }
+  // A hash of the shard's points (ids, vectors, payloads, payload index) and
+  // its id counter, with the applied index it was taken at: replicas that
+  // applied the same entries have the same checksum. Reads every record.
+  struct Checksum {
+    uint64_t applied_index = 0;
+    uint64_t points = 0;
+    uint64_t hash = 0;
+  };
+  absl::StatusOr<Checksum> DataChecksum() const;
 
   absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
                    std::vector<std::optional<Record>>* out) const;
@@ -171,6 +214,18 @@ class Shard {
   Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvStore> kv);
   absl::Status Load();
   absl::Status Commit(std::function<absl::Status(Txn&)> prepare);
+  // Writes `txn` (with the id counter and, when nonzero, `applied` as the
+  // applied index) and applies its plans to memory; on failure restores the
+  // id counter to `first_id`. REQUIRES: commit_mu_ held.
+  absl::Status WriteTxnLocked(Txn& txn, uint64_t first_id, uint64_t applied);
+  // The operations, each as one step of a commit group.
+  absl::Status PrepareUpsert(Txn& txn, const std::vector<PreparedPoint>& points);
+  absl::Status PrepareDelete(Txn& txn, const std::vector<std::string>& ext_keys,
+                             const std::vector<uint64_t>& expected, uint64_t* deleted);
+  absl::Status PrepareSetPayload(Txn& txn, const std::vector<std::string>& ext_keys, const Json& payload,
+                                 bool overwrite);
+  // The live points matching `filter`: external keys and internal ids.
+  absl::Status MatchFilter(const Filter& filter, std::vector<std::string>* keys, std::vector<uint64_t>* ids) const;
   // Deletes ext_keys[i] when its internal id is expected[i] (any, if empty).
   absl::StatusOr<uint64_t> DeleteIf(const std::vector<std::string>& ext_keys,
                                     const std::vector<uint64_t>& expected);
@@ -223,7 +278,7 @@ class Shard {
   std::deque<Writer*> writers_;
   // Held by the commit leader, and by seal/compaction/snapshot while they
   // switch segments. Order: maintenance_mu_ -> commit_mu_ -> state_mu_.
-  std::mutex commit_mu_;
+  mutable std::mutex commit_mu_;
   std::mutex maintenance_mu_;
   uint64_t next_id_ = 1;        // guarded by commit_mu_
   uint64_t sealed_through_ = 0; // guarded by commit_mu_
@@ -234,6 +289,7 @@ class Shard {
   uint64_t growing_saved_max_id_ = 0;  // guarded by commit_mu_
   std::atomic<uint64_t> growing_saved_{0};
   bool bulk_loading_ = false;   // guarded by commit_mu_
+  std::atomic<uint64_t> applied_index_{0};  // written with commit_mu_ held
 
   mutable std::shared_mutex state_mu_;
   std::shared_ptr<index::Segment> growing_;                // guarded by state_mu_

@@ -4,13 +4,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
-#include "replication/byte_codec.h"
+#include "storage/byte_codec.h"
 #include "storage/kv_store.h"
 
 namespace cairn::raft {
 namespace {
 
+using storage::ByteReader;
 using storage::Cf;
+using storage::PutU64;
 
 constexpr std::string_view kHardKey = "raft/hard";
 constexpr std::string_view kSnapKey = "raft/snap";

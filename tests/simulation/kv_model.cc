@@ -2,9 +2,12 @@
 
 
 #include "absl/strings/str_cat.h"
-#include "replication/byte_codec.h"
+#include "storage/byte_codec.h"
 
 namespace cairn::sim {
+using storage::ByteReader;
+using storage::PutBytes;
+using storage::PutU64;
 std::string DescribeOp(const KvOp& op) {
   switch (op.kind) {
     case KvOp::Kind::kPut:
@@ -19,18 +22,18 @@ std::string DescribeOp(const KvOp& op) {
 
 std::string EncodeCommand(const Command& c) {
   std::string out = "kv1";
-  raft::PutU64(&out, c.client);
-  raft::PutU64(&out, c.seq);
+  PutU64(&out, c.client);
+  PutU64(&out, c.seq);
   out.push_back(static_cast<char>(c.op.kind));
-  raft::PutBytes(&out, c.op.key);
-  raft::PutBytes(&out, c.op.value);
-  raft::PutBytes(&out, c.op.expected);
+  PutBytes(&out, c.op.key);
+  PutBytes(&out, c.op.value);
+  PutBytes(&out, c.op.expected);
   return out;
 }
 
 std::optional<Command> DecodeCommand(std::string_view data) {
   if (data.substr(0, 3) != "kv1") return std::nullopt;
-  raft::ByteReader r{data.substr(3)};
+  ByteReader r{data.substr(3)};
   Command c;
   c.client = r.U64();
   c.seq = r.U64();
@@ -79,16 +82,16 @@ std::string KvStateMachine::Read(const std::string& key) const {
 
 std::string KvStateMachine::Serialize() const {
   std::string out;
-  raft::PutU64(&out, data_.size());
+  PutU64(&out, data_.size());
   for (const auto& [k, v] : data_) {
-    raft::PutBytes(&out, k);
-    raft::PutBytes(&out, v);
+    PutBytes(&out, k);
+    PutBytes(&out, v);
   }
-  raft::PutU64(&out, sessions_.size());
+  PutU64(&out, sessions_.size());
   for (const auto& [client, s] : sessions_) {
-    raft::PutU64(&out, client);
-    raft::PutU64(&out, s.first);
-    raft::PutBytes(&out, s.second);
+    PutU64(&out, client);
+    PutU64(&out, s.first);
+    PutBytes(&out, s.second);
   }
   return out;
 }
@@ -96,7 +99,7 @@ std::string KvStateMachine::Serialize() const {
 KvStateMachine KvStateMachine::Restore(std::string_view data) {
   KvStateMachine sm;
   if (data.empty()) return sm;
-  raft::ByteReader r{data};
+  ByteReader r{data};
   for (uint64_t n = r.U64(); r.ok && n > 0; --n) {
     std::string k = r.Bytes();
     sm.data_[k] = r.Bytes();

@@ -1,15 +1,15 @@
-// Little-endian fields for the records Raft code writes: a writer that
-// appends, and a reader that takes fields off the front and remembers
-// whether any was cut short.
-#ifndef CAIRN_REPLICATION_BYTE_CODEC_H_
-#define CAIRN_REPLICATION_BYTE_CODEC_H_
+// Little-endian fields for the records Cairn encodes itself (the Raft log,
+// replicated shard commands): a writer that appends, and a reader that takes
+// fields off the front and remembers whether any was cut short.
+#ifndef CAIRN_STORAGE_BYTE_CODEC_H_
+#define CAIRN_STORAGE_BYTE_CODEC_H_
 
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace cairn::raft {
+namespace cairn::storage {
 
 inline void PutU64(std::string* out, uint64_t v) {
   for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -58,6 +58,6 @@ struct ByteReader {
   }
 };
 
-}  // namespace cairn::raft
+}  // namespace cairn::storage
 
-#endif  // CAIRN_REPLICATION_BYTE_CODEC_H_
+#endif  // CAIRN_STORAGE_BYTE_CODEC_H_

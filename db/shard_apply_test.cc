@@ -1,0 +1,361 @@
+// Replicated apply (Shard::Apply, ShardCommand): the same committed entries
+// give every replica the same data, however they are batched, whatever each
+// replica sealed, and across a crash; an entry is never applied twice; an
+// entry every replica refuses alike changes nothing; a command that cannot be
+// read is refused before anything of it is applied.
+#include <stdlib.h>
+
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "db/key_codec.h"
+#include "db/shard.h"
+#include "db/shard_command.h"
+#include "absl/strings/str_cat.h"
+#include "db/test_util.h"
+#include "gtest/gtest.h"
+
+namespace cairn::db {
+namespace {
+
+namespace fs = std::filesystem;
+using testing_util::ParseFilter;
+using testing_util::TestSeed;
+
+constexpr uint32_t kDim = 4;
+
+PreparedPoint Point(uint64_t id, float x, Json payload, std::string text = "") {
+  PreparedPoint p;
+  p.id = PointId(id);
+  p.ext_key = ExternalKey(p.id);
+  p.vector = {x, x + 1, x * 2, -x};
+  p.payload = std::move(payload);
+  p.payload_json = p.payload.dump();
+  p.text = std::move(text);
+  return p;
+}
+
+ShardCommand UpsertCmd(std::vector<PreparedPoint> points) {
+  ShardCommand c;
+  c.kind = ShardCommand::Kind::kUpsert;
+  c.points = std::move(points);
+  return c;
+}
+
+ShardCommand DeleteCmd(std::vector<uint64_t> ids) {
+  ShardCommand c;
+  c.kind = ShardCommand::Kind::kDelete;
+  for (uint64_t id : ids) c.ext_keys.push_back(ExternalKey(PointId(id)));
+  return c;
+}
+
+ShardCommand DeleteByFilterCmd(std::string filter_json) {
+  ShardCommand c;
+  c.kind = ShardCommand::Kind::kDeleteByFilter;
+  c.filter_json = std::move(filter_json);
+  return c;
+}
+
+ShardCommand SetPayloadCmd(std::vector<uint64_t> ids, Json payload, bool overwrite) {
+  ShardCommand c;
+  c.kind = ShardCommand::Kind::kSetPayload;
+  for (uint64_t id : ids) c.ext_keys.push_back(ExternalKey(PointId(id)));
+  c.payload = std::move(payload);
+  c.overwrite = overwrite;
+  return c;
+}
+
+class ShardApplyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::path(::testing::TempDir()) / "cairn-apply-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  static ShardOptions Options() {
+    ShardOptions o;
+    o.dimension = kDim;
+    o.index.type = IndexType::kHnsw;
+    o.index.hnsw_m = 8;
+    o.index.ef_construction = 40;
+    o.payload_indexes = {{"color", PayloadType::kKeyword}};
+    o.seal_threshold = 1u << 30;
+    o.index_threads = 1;
+    o.sync_writes = false;  // the replicated log is the WAL
+    return o;
+  }
+
+  std::unique_ptr<Shard> Open(const std::string& name) {
+    auto s = Shard::Open((fs::path(dir_) / name).string(), Options());
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  // Applies commands [from, to) of `cmds` (entry i has index i + 1) in one call.
+  static std::vector<Shard::ApplyResult> ApplyRange(Shard& shard, const std::vector<ShardCommand>& cmds,
+                                                    size_t from, size_t to) {
+    std::vector<Shard::LogEntry> entries;
+    for (size_t i = from; i < to; ++i) entries.push_back({i + 1, &cmds[i]});
+    std::vector<Shard::ApplyResult> results;
+    absl::Status s = shard.Apply(entries, &results);
+    EXPECT_TRUE(s.ok()) << s;
+    return results;
+  }
+
+  static Shard::Checksum ChecksumOf(const Shard& shard) {
+    auto c = shard.DataChecksum();
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *c : Shard::Checksum{};
+  }
+
+  static std::optional<Record> GetOne(const Shard& shard, uint64_t id) {
+    std::vector<std::optional<Record>> out;
+    EXPECT_TRUE(shard.Get({ExternalKey(PointId(id))}, true, true, &out).ok());
+    return out.at(0);
+  }
+
+  std::string dir_;
+};
+
+TEST(ShardCommandTest, EveryKindRoundTrips) {
+  std::vector<ShardCommand> cmds = {
+      UpsertCmd({Point(1, 0.5f, Json{{"a", 1}}, "chunk"), Point(2, 1.5f, Json::object())}),
+      DeleteCmd({1, 7}),
+      DeleteByFilterCmd(R"({"must":[{"key":"a","match":{"value":1}}]})"),
+      SetPayloadCmd({2}, Json{{"b", "x"}}, true),
+  };
+  {
+    ShardCommand s;
+    s.kind = ShardCommand::Kind::kUpsert;
+    PreparedPoint p = Point(0, 0, Json::object());
+    p.id = PointId(std::string("doc-7"));
+    p.ext_key = ExternalKey(p.id);
+    s.points.push_back(p);
+    cmds.push_back(s);
+  }
+  for (const auto& c : cmds) {
+    auto d = ShardCommand::Decode(c.Encode());
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_EQ(d->kind, c.kind);
+    EXPECT_EQ(d->ext_keys, c.ext_keys);
+    EXPECT_EQ(d->filter_json, c.filter_json);
+    EXPECT_EQ(d->overwrite, c.overwrite);
+    if (c.kind == ShardCommand::Kind::kSetPayload) {
+      EXPECT_EQ(d->payload, c.payload);
+    }
+    ASSERT_EQ(d->points.size(), c.points.size());
+    for (size_t i = 0; i < c.points.size(); ++i) {
+      EXPECT_EQ(d->points[i].id, c.points[i].id);
+      EXPECT_EQ(d->points[i].ext_key, c.points[i].ext_key);
+      EXPECT_EQ(d->points[i].vector, c.points[i].vector);
+      EXPECT_EQ(d->points[i].payload, c.points[i].payload);
+      EXPECT_EQ(d->points[i].payload_json, c.points[i].payload_json);
+      EXPECT_EQ(d->points[i].text, c.points[i].text);
+    }
+    // Every proper prefix, and any trailing byte, is refused.
+    const std::string enc = c.Encode();
+    for (size_t n = 0; n < enc.size(); ++n) {
+      EXPECT_EQ(ShardCommand::Decode(enc.substr(0, n)).status().code(), absl::StatusCode::kDataLoss) << n;
+    }
+    EXPECT_EQ(ShardCommand::Decode(enc + "x").status().code(), absl::StatusCode::kDataLoss);
+  }
+  EXPECT_EQ(ShardCommand::Decode(std::string("\x01\x09", 2)).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ShardCommand::Decode(std::string("\x02\x01", 2)).status().code(), absl::StatusCode::kDataLoss);
+  // A count far larger than the bytes that follow is refused, not allocated.
+  std::string huge("\x01\x02", 2);
+  huge.append(8, '\xff');
+  EXPECT_EQ(ShardCommand::Decode(huge).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(ShardApplyTest, AppliesEachKindAndRecordsTheIndex) {
+  auto shard = Open("a");
+  ASSERT_NE(shard, nullptr);
+  EXPECT_EQ(shard->applied_index(), 0u);
+  std::vector<ShardCommand> cmds = {
+      UpsertCmd({Point(1, 1, Json{{"color", "red"}}), Point(2, 2, Json{{"color", "blue"}}),
+                 Point(3, 3, Json{{"color", "red"}})}),
+      SetPayloadCmd({2}, Json{{"size", 9}}, false),
+      DeleteCmd({3, 99}),
+      // Sees point 4, upserted by an earlier entry of the same call.
+      UpsertCmd({Point(4, 4, Json{{"color", "green"}})}),
+      DeleteByFilterCmd(R"({"must":[{"key":"color","match":{"any":["red","green"]}}]})"),
+  };
+  auto results = ApplyRange(*shard, cmds, 0, cmds.size());
+  ASSERT_EQ(results.size(), 5u);
+  for (const auto& r : results) EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(results[0].count, 3u);
+  EXPECT_EQ(results[2].count, 1u);  // 99 does not exist
+  EXPECT_EQ(results[4].count, 2u);  // 1 and 4
+  EXPECT_EQ(shard->applied_index(), 5u);
+  EXPECT_FALSE(GetOne(*shard, 1));
+  EXPECT_FALSE(GetOne(*shard, 3));
+  EXPECT_FALSE(GetOne(*shard, 4));
+  auto two = GetOne(*shard, 2);
+  ASSERT_TRUE(two);
+  EXPECT_EQ(two->payload, R"({"color":"blue","size":9})");
+  auto count = shard->Count(nullptr);
+  ASSERT_TRUE(count.ok());
+  EXPECT_EQ(*count, 1u);
+}
+
+TEST_F(ShardApplyTest, AnEntryRefusedAlikeChangesNothingAndTheRestApply) {
+  auto shard = Open("a");
+  ASSERT_NE(shard, nullptr);
+  std::vector<ShardCommand> cmds = {
+      UpsertCmd({Point(1, 1, Json{{"color", "red"}})}),
+      SetPayloadCmd({1, 2}, Json{{"note", "x"}}, false),  // 2 is missing: NotFound
+      SetPayloadCmd({1}, Json{{"color", 5}}, false),       // wrong type for the keyword index
+      DeleteByFilterCmd(R"({"must":[{"key":"color","nonsense":1}]})"),
+      UpsertCmd({Point(5, 5, Json::object())}),
+  };
+  auto results = ApplyRange(*shard, cmds, 0, cmds.size());
+  EXPECT_TRUE(results[0].status.ok());
+  EXPECT_EQ(results[1].status.code(), absl::StatusCode::kNotFound) << results[1].status;
+  EXPECT_EQ(results[2].status.code(), absl::StatusCode::kInvalidArgument) << results[2].status;
+  EXPECT_EQ(results[3].status.code(), absl::StatusCode::kInvalidArgument) << results[3].status;
+  EXPECT_TRUE(results[4].status.ok());
+  EXPECT_EQ(shard->applied_index(), 5u);
+  auto one = GetOne(*shard, 1);
+  ASSERT_TRUE(one);
+  EXPECT_EQ(one->payload, R"({"color":"red"})");  // neither refused change is there
+  EXPECT_TRUE(GetOne(*shard, 5));
+  Filter red = ParseFilter(R"({"must":[{"key":"color","match":{"value":"red"}}]})");
+  auto n = shard->Count(&red);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 1u);
+}
+
+TEST_F(ShardApplyTest, EntriesAtOrBelowTheAppliedIndexAreSkippedAcrossAReopen) {
+  std::vector<ShardCommand> cmds = {
+      UpsertCmd({Point(1, 1, Json::object())}),
+      DeleteCmd({1}),
+      UpsertCmd({Point(1, 7, Json{{"v", 2}})}),
+  };
+  Shard::Checksum before;
+  {
+    auto shard = Open("a");
+    ASSERT_NE(shard, nullptr);
+    ApplyRange(*shard, cmds, 0, 3);
+    before = ChecksumOf(*shard);
+    EXPECT_EQ(before.applied_index, 3u);
+    EXPECT_EQ(before.points, 1u);
+  }  // dropped without a close: what a crash leaves
+  auto shard = Open("a");
+  ASSERT_NE(shard, nullptr);
+  EXPECT_EQ(shard->applied_index(), 3u);
+  // The log hands out everything after the last index it knows is applied;
+  // applying it again must not resurrect the deleted version.
+  auto results = ApplyRange(*shard, cmds, 0, 3);
+  for (const auto& r : results) EXPECT_TRUE(r.skipped);
+  EXPECT_EQ(ChecksumOf(*shard).hash, before.hash);
+  auto one = GetOne(*shard, 1);
+  ASSERT_TRUE(one);
+  EXPECT_EQ(one->vector, (std::vector<float>{7, 8, 14, -7}));
+}
+
+TEST_F(ShardApplyTest, EntriesWithoutACommandMoveTheAppliedIndex) {
+  auto shard = Open("a");
+  ASSERT_NE(shard, nullptr);
+  ShardCommand up = UpsertCmd({Point(1, 1, Json::object())});
+  std::vector<Shard::ApplyResult> results;
+  ASSERT_TRUE(shard->Apply({{1, nullptr}, {2, &up}, {3, nullptr}}, &results).ok());
+  EXPECT_EQ(shard->applied_index(), 3u);
+  ASSERT_TRUE(shard->Apply({{4, nullptr}}, &results).ok());
+  EXPECT_EQ(shard->applied_index(), 4u);
+  // Out of order is a driver bug, refused before anything is written.
+  EXPECT_EQ(shard->Apply({{6, &up}, {5, &up}}, &results).code(), absl::StatusCode::kInternal);
+}
+
+// Replicas that apply the same entries, batched differently, one of them
+// sealing and compacting in between, hold the same data and answer searches
+// alike; a replica that crashed half-way and applies everything again agrees.
+TEST_F(ShardApplyTest, ReplicasAgreeHoweverTheyBatchSealOrCrash) {
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  std::vector<ShardCommand> cmds;
+  const char* colors[] = {"red", "blue", "green"};
+  for (int i = 0; i < 400; ++i) {
+    const int op = static_cast<int>(rng() % 10);
+    const uint64_t id = rng() % 60;
+    if (op < 6) {
+      std::vector<PreparedPoint> pts;
+      for (int j = 0; j < 1 + static_cast<int>(rng() % 4); ++j) {
+        const uint64_t pid = (id + static_cast<uint64_t>(j) * 17) % 60;
+        bool dup = false;
+        for (const auto& p : pts) dup = dup || p.id == PointId(pid);
+        if (dup) continue;
+        pts.push_back(Point(pid, static_cast<float>(rng() % 1000) / 10.0f,
+                            Json{{"color", colors[rng() % 3]}, {"n", static_cast<int>(rng() % 100)}}));
+      }
+      cmds.push_back(UpsertCmd(std::move(pts)));
+    } else if (op < 8) {
+      cmds.push_back(DeleteCmd({id, (id + 1) % 60}));
+    } else if (op < 9) {
+      cmds.push_back(SetPayloadCmd({id}, Json{{"n", static_cast<int>(rng() % 100)}}, rng() % 2 == 0));
+    } else {
+      cmds.push_back(DeleteByFilterCmd(absl::StrCat(R"({"must":[{"key":"n","range":{"lt":)", rng() % 8, "}}]})")));
+    }
+  }
+  auto a = Open("a");  // everything in one call
+  auto b = Open("b");  // one entry per call, sealing and compacting as it goes
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ApplyRange(*a, cmds, 0, cmds.size());
+  for (size_t i = 0; i < cmds.size(); ++i) {
+    ApplyRange(*b, cmds, i, i + 1);
+    if (i % 97 == 50) {
+      ASSERT_TRUE(b->Seal(true).ok());
+      ASSERT_TRUE(b->Compact(true).ok());
+    }
+  }
+  {
+    auto c = Open("c");  // half, a crash, then everything again
+    ASSERT_NE(c, nullptr);
+    ApplyRange(*c, cmds, 0, cmds.size() / 2);
+  }
+  auto c = Open("c");
+  ASSERT_NE(c, nullptr);
+  ApplyRange(*c, cmds, 0, cmds.size());
+
+  const Shard::Checksum ca = ChecksumOf(*a);
+  EXPECT_EQ(ca.applied_index, cmds.size());
+  EXPECT_GT(ca.points, 0u) << "seed " << seed;
+  for (const Shard* s : {b.get(), c.get()}) {
+    const Shard::Checksum cs = ChecksumOf(*s);
+    EXPECT_EQ(cs.applied_index, ca.applied_index) << "seed " << seed;
+    EXPECT_EQ(cs.points, ca.points) << "seed " << seed;
+    EXPECT_EQ(cs.hash, ca.hash) << "seed " << seed;
+  }
+  // The checksum sees a difference in one vector.
+  ShardCommand extra = UpsertCmd({Point(1, 123, Json{{"color", "red"}})});
+  std::vector<Shard::ApplyResult> r;
+  ASSERT_TRUE(b->Apply({{cmds.size() + 1, &extra}}, &r).ok());
+  EXPECT_NE(ChecksumOf(*b).hash, ca.hash);
+
+  // Exact searches agree between a (never sealed) and c.
+  SearchParams params;
+  params.k = 10;
+  params.exact = true;
+  params.with_payload = false;
+  for (float q : {0.0f, 25.0f, 80.0f}) {
+    const std::vector<float> query = {q, q + 1, q * 2, -q};
+    std::vector<std::vector<ScoredPoint>> ra, rc;
+    ASSERT_TRUE(a->Search(query.data(), 1, params, &ra).ok());
+    ASSERT_TRUE(c->Search(query.data(), 1, params, &rc).ok());
+    ASSERT_EQ(ra[0].size(), rc[0].size());
+    for (size_t i = 0; i < ra[0].size(); ++i) {
+      EXPECT_EQ(ra[0][i].id, rc[0][i].id);
+      EXPECT_FLOAT_EQ(ra[0][i].score, rc[0][i].score);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cairn::db

@@ -1,0 +1,40 @@
+// ShardCommand: one write to a shard, in the form a replicated log entry
+// carries it. The node that takes a client's request validates and prepares
+// it (ids, dimension, NaN, payload types) and encodes a ShardCommand; every
+// replica decodes it and hands it to Shard::Apply, which does the same thing
+// on every replica (see shard.h).
+//
+// Encoding (little-endian, storage/byte_codec.h): a format byte (1), a kind
+// byte, then the kind's fields. Decode refuses anything else with DataLoss:
+// a replica must never apply half of a command it cannot read.
+#ifndef CAIRN_DB_SHARD_COMMAND_H_
+#define CAIRN_DB_SHARD_COMMAND_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "db/shard.h"
+
+namespace cairn::db {
+
+struct ShardCommand {
+  enum class Kind : uint8_t { kUpsert = 1, kDelete = 2, kDeleteByFilter = 3, kSetPayload = 4 };
+  Kind kind = Kind::kUpsert;
+  std::vector<PreparedPoint> points;  // kUpsert
+  std::vector<std::string> ext_keys;  // kDelete, kSetPayload (ExternalKey form)
+  std::string filter_json;            // kDeleteByFilter (Filter::ToJson form)
+  Json payload;                       // kSetPayload: an object
+  bool overwrite = false;             // kSetPayload: replace instead of merge
+
+  std::string Encode() const;
+  // DataLoss when `data` is not an encoded command.
+  static absl::StatusOr<ShardCommand> Decode(std::string_view data);
+};
+
+}  // namespace cairn::db
+
+#endif  // CAIRN_DB_SHARD_COMMAND_H_
