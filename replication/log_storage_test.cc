@@ -137,7 +137,8 @@ TEST(RocksLogStorageTest, MalformedRecordsAreDataLoss) {
     auto kv = storage::KvStore::Open(dir + "/log", storage::KvOptions{});
     ASSERT_TRUE(kv.ok());
     storage::WriteBatch b;
-    b.Put(storage::Cf::kMeta, "raft/hard", "short");
+    // Group 1's hard state ('g', the group id big-endian, 'h'), cut short.
+    b.Put(storage::Cf::kMeta, std::string("g\0\0\0\0\0\0\0\1h", 10), "short");
     ASSERT_TRUE((*kv)->Write(b).ok());
   }
   EXPECT_EQ(RocksLogStorage::Open(dir + "/log").status().code(), absl::StatusCode::kDataLoss);
@@ -169,6 +170,68 @@ TEST(RocksLogStorageTest, AGroupSurvivesARestartFromDisk) {
   ASSERT_TRUE(net.raft(2).Propose("c").ok());
   net.Settle();
   EXPECT_EQ(net.applied(1), (std::vector<std::string>{"a", "b", "c"}));
+  std::filesystem::remove_all(dir);
+}
+
+// Many groups in one store: each keeps its own log, one SaveReadies writes
+// them all, a dropped group leaves the others as they were, and the node's
+// own records sit beside them.
+TEST(LogStoreTest, GroupsShareOneStoreAndOneWrite) {
+  const std::string dir = NewTempDir();
+  {
+    auto store = LogStore::Open(dir + "/log");
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_EQ((*store)->OpenGroup(0).status().code(), absl::StatusCode::kInvalidArgument);
+    std::vector<std::unique_ptr<RocksLogStorage>> logs;
+    for (uint64_t gid : {7u, 3u, 256u}) {
+      auto g = (*store)->OpenGroup(gid);
+      ASSERT_TRUE(g.ok()) << g.status();
+      ASSERT_TRUE(Bootstrap(g->get(), {1, 2, 3}).ok());
+      logs.push_back(std::move(*g));
+    }
+    // One write for three groups' Readies, each with its own entries.
+    std::vector<Ready> readies(3);
+    std::vector<std::pair<RocksLogStorage*, const Ready*>> work;
+    for (size_t i = 0; i < 3; ++i) {
+      readies[i].entries = TestEntries({{2, 2}, {3, 2}});
+      readies[i].entries[1].data = absl::StrCat("group-", logs[i]->group());
+      readies[i].hard_state = HardState{.term = 2, .vote = i + 1, .commit = 3};
+      work.push_back({logs[i].get(), &readies[i]});
+    }
+    ASSERT_TRUE((*store)->SaveReadies(work).ok());
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(logs[i]->LastIndex(), 3u);
+    ASSERT_TRUE((*store)->PutMeta("cluster_id", "c-1").ok());
+    auto groups = (*store)->ListGroups();
+    ASSERT_TRUE(groups.ok());
+    EXPECT_EQ(*groups, (std::vector<uint64_t>{3, 7, 256}));
+    // Dropping group 7 leaves 3 and 256 whole.
+    logs.erase(logs.begin());
+    ASSERT_TRUE((*store)->DropGroup(7).ok());
+  }
+  auto store = LogStore::Open(dir + "/log");
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto groups = (*store)->ListGroups();
+  ASSERT_TRUE(groups.ok());
+  EXPECT_EQ(*groups, (std::vector<uint64_t>{3, 256}));
+  for (uint64_t gid : {3u, 256u}) {
+    auto g = (*store)->OpenGroup(gid);
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ((*g)->LastIndex(), 3u);
+    EXPECT_EQ((*g)->InitialConfState().voters, (std::vector<uint64_t>{1, 2, 3}));
+    auto e = (*g)->Entries(3, 4, UINT64_MAX);
+    ASSERT_TRUE(e.ok());
+    EXPECT_EQ((*e)[0].data, absl::StrCat("group-", gid));
+  }
+  auto seven = (*store)->OpenGroup(7);
+  ASSERT_TRUE(seven.ok());
+  EXPECT_EQ((*seven)->LastIndex(), 0u);  // gone: an empty log
+  auto id = (*store)->GetMeta("cluster_id");
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(id->value_or(""), "c-1");
+  auto none = (*store)->GetMeta("other");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  store->reset();
   std::filesystem::remove_all(dir);
 }
 

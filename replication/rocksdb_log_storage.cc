@@ -14,14 +14,26 @@ using storage::ByteReader;
 using storage::Cf;
 using storage::PutU64;
 
-constexpr std::string_view kHardKey = "raft/hard";
-constexpr std::string_view kSnapKey = "raft/snap";
-constexpr std::string_view kPrefixKey = "raft/prefix";
-constexpr std::string_view kEntryPrefix = "raft/e/";
+constexpr char kGroupTag = 'g';
+constexpr char kHard = 'h';
+constexpr char kSnap = 's';
+constexpr char kPrefix = 'p';
+constexpr char kEntry = 'e';
+constexpr std::string_view kNodeMetaPrefix = "n/";
 
-std::string EntryKey(uint64_t index) {
-  std::string k(kEntryPrefix);
-  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>((index >> (8 * i)) & 0xff));
+void PutBigEndian(std::string* k, uint64_t v) {
+  for (int i = 7; i >= 0; --i) k->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+uint64_t GetBigEndian(std::string_view k) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(k[i]);
+  return v;
+}
+
+std::string GroupPrefix(uint64_t gid) {
+  std::string k(1, kGroupTag);
+  PutBigEndian(&k, gid);
   return k;
 }
 
@@ -70,26 +82,109 @@ absl::StatusOr<Entry> DecodeEntry(uint64_t index, std::string_view v) {
 
 }  // namespace
 
-RocksLogStorage::RocksLogStorage(std::unique_ptr<storage::KvStore> kv) : kv_(std::move(kv)) {}
-RocksLogStorage::~RocksLogStorage() = default;
+// ---- LogStore ---------------------------------------------------------------
 
-absl::StatusOr<std::unique_ptr<RocksLogStorage>> RocksLogStorage::Open(const std::string& dir) {
+LogStore::LogStore(std::unique_ptr<storage::KvStore> kv) : kv_(std::move(kv)) {}
+LogStore::~LogStore() = default;
+
+absl::StatusOr<std::unique_ptr<LogStore>> LogStore::Open(const std::string& dir) {
   storage::KvOptions opts;
   opts.sync = true;
   CAIRN_ASSIGN_OR_RETURN(auto kv, storage::KvStore::Open(dir, opts));
-  std::unique_ptr<RocksLogStorage> s(new RocksLogStorage(std::move(kv)));
+  return std::unique_ptr<LogStore>(new LogStore(std::move(kv)));
+}
+
+absl::StatusOr<std::unique_ptr<RocksLogStorage>> LogStore::OpenGroup(uint64_t gid) {
+  if (gid == 0) return absl::InvalidArgumentError("raft log: group 0 is not a group id");
+  std::unique_ptr<RocksLogStorage> s(new RocksLogStorage(kv_.get(), gid));
   CAIRN_RETURN_IF_ERROR(s->Load());
   return s;
 }
 
+absl::StatusOr<std::vector<uint64_t>> LogStore::ListGroups() const {
+  std::vector<uint64_t> out;
+  auto it = kv_->NewIterator(Cf::kMeta);
+  // One seek per group: from each group's first key to past its last.
+  for (it->Seek(std::string(1, kGroupTag)); it->Valid();) {
+    const std::string_view key = it->key();
+    if (key.size() < 9 || key[0] != kGroupTag) break;
+    const uint64_t gid = GetBigEndian(key.substr(1));
+    out.push_back(gid);
+    if (gid == UINT64_MAX) break;
+    it->Seek(GroupPrefix(gid + 1));
+  }
+  CAIRN_RETURN_IF_ERROR(it->status());
+  return out;
+}
+
+absl::Status LogStore::DropGroup(uint64_t gid) {
+  const std::string prefix = GroupPrefix(gid);
+  storage::WriteBatch batch;
+  auto it = kv_->NewIterator(Cf::kMeta);
+  for (it->Seek(prefix); it->Valid() && it->key().substr(0, prefix.size()) == prefix; it->Next()) {
+    batch.Delete(Cf::kMeta, it->key());
+  }
+  CAIRN_RETURN_IF_ERROR(it->status());
+  if (batch.size() == 0) return absl::OkStatus();
+  return kv_->Write(batch);
+}
+
+absl::Status LogStore::SaveReadies(const std::vector<std::pair<RocksLogStorage*, const Ready*>>& work) {
+  storage::WriteBatch batch;
+  std::vector<RocksLogStorage::Plan> plans;
+  plans.reserve(work.size());
+  for (const auto& [log, rd] : work) {
+    if (log->kv_ != kv_.get()) return absl::InternalError("raft log: a group of another store");
+    plans.push_back(log->NewPlan());
+    CAIRN_RETURN_IF_ERROR(log->StageReady(*rd, &plans.back(), &batch));
+  }
+  if (batch.size() > 0) CAIRN_RETURN_IF_ERROR(kv_->Write(batch));  // synced
+  for (size_t i = 0; i < work.size(); ++i) work[i].first->Install(std::move(plans[i]));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<std::string>> LogStore::GetMeta(const std::string& name) const {
+  return kv_->Get(Cf::kMeta, absl::StrCat(std::string(kNodeMetaPrefix), name));
+}
+
+absl::Status LogStore::PutMeta(const std::string& name, const std::string& value) {
+  storage::WriteBatch batch;
+  batch.Put(Cf::kMeta, absl::StrCat(std::string(kNodeMetaPrefix), name), value);
+  return kv_->Write(batch);
+}
+
+// ---- RocksLogStorage ---------------------------------------------------------
+
+RocksLogStorage::RocksLogStorage(storage::KvStore* kv, uint64_t gid) : kv_(kv), gid_(gid) {}
+RocksLogStorage::~RocksLogStorage() = default;
+
+absl::StatusOr<std::unique_ptr<RocksLogStorage>> RocksLogStorage::Open(const std::string& dir) {
+  CAIRN_ASSIGN_OR_RETURN(auto store, LogStore::Open(dir));
+  CAIRN_ASSIGN_OR_RETURN(auto log, store->OpenGroup(1));
+  log->owned_store_ = std::move(store);
+  return log;
+}
+
+std::string RocksLogStorage::Key(char kind) const {
+  std::string k = GroupPrefix(gid_);
+  k.push_back(kind);
+  return k;
+}
+
+std::string RocksLogStorage::EntryKey(uint64_t index) const {
+  std::string k = Key(kEntry);
+  PutBigEndian(&k, index);
+  return k;
+}
+
 absl::Status RocksLogStorage::Load() {
-  CAIRN_ASSIGN_OR_RETURN(auto hard, kv_->Get(Cf::kMeta, kHardKey));
+  CAIRN_ASSIGN_OR_RETURN(auto hard, kv_->Get(Cf::kMeta, Key(kHard)));
   if (hard) {
     ByteReader r{*hard};
     hard_ = HardState{r.U64(), r.U64(), r.U64()};
     if (!r.ok || !r.in.empty()) return Corrupt("hard state");
   }
-  CAIRN_ASSIGN_OR_RETURN(auto snap, kv_->Get(Cf::kMeta, kSnapKey));
+  CAIRN_ASSIGN_OR_RETURN(auto snap, kv_->Get(Cf::kMeta, Key(kSnap)));
   if (snap) {
     ByteReader r{*snap};
     snap_.meta.index = r.U64();
@@ -99,17 +194,18 @@ absl::Status RocksLogStorage::Load() {
     if (!r.ok) return Corrupt("snapshot");
     snap_.data = std::string(r.in);
   }
-  CAIRN_ASSIGN_OR_RETURN(auto prefix, kv_->Get(Cf::kMeta, kPrefixKey));
+  CAIRN_ASSIGN_OR_RETURN(auto prefix, kv_->Get(Cf::kMeta, Key(kPrefix)));
   if (prefix) {
     ByteReader r{*prefix};
     prefix_index_ = r.U64();
     prefix_term_ = r.U64();
     if (!r.ok || !r.in.empty()) return Corrupt("log prefix");
   }
+  const std::string entry_prefix = Key(kEntry);
   auto it = kv_->NewIterator(Cf::kMeta);
   for (it->Seek(EntryKey(prefix_index_ + 1)); it->Valid(); it->Next()) {
     const std::string_view key = it->key();
-    if (key.substr(0, kEntryPrefix.size()) != kEntryPrefix) break;
+    if (key.substr(0, entry_prefix.size()) != entry_prefix) break;
     if (key != EntryKey(LastIndex() + 1)) {
       return absl::DataLossError(absl::StrCat("raft log: entries are not contiguous after ", LastIndex()));
     }
@@ -155,11 +251,11 @@ absl::StatusOr<uint64_t> RocksLogStorage::Term(uint64_t i) const {
 absl::Status RocksLogStorage::StageSnapshot(const Snapshot& snap, Plan* plan, storage::WriteBatch* batch) const {
   if (snap.meta.index <= snap_.meta.index) return absl::OkStatus();  // older than what we have
   for (uint64_t i = plan->prefix_index + 1; i <= plan->last; ++i) batch->Delete(Cf::kMeta, EntryKey(i));
-  batch->Put(Cf::kMeta, kSnapKey, EncodeSnapshot(snap));
+  batch->Put(Cf::kMeta, Key(kSnap), EncodeSnapshot(snap));
   std::string prefix;
   PutU64(&prefix, snap.meta.index);
   PutU64(&prefix, snap.meta.term);
-  batch->Put(Cf::kMeta, kPrefixKey, prefix);
+  batch->Put(Cf::kMeta, Key(kPrefix), prefix);
   plan->snap = snap;
   plan->prefix_index = snap.meta.index;
   plan->prefix_term = snap.meta.term;
@@ -188,9 +284,7 @@ absl::Status RocksLogStorage::StageAppend(const std::vector<Entry>& entries, Pla
   return absl::OkStatus();
 }
 
-absl::Status RocksLogStorage::Commit(Plan plan, const storage::WriteBatch& batch) {
-  if (batch.size() == 0) return absl::OkStatus();
-  CAIRN_RETURN_IF_ERROR(kv_->Write(batch));  // synced
+void RocksLogStorage::Install(Plan plan) {
   if (plan.snap) {
     snap_ = std::move(*plan.snap);
     terms_.clear();
@@ -202,6 +296,12 @@ absl::Status RocksLogStorage::Commit(Plan plan, const storage::WriteBatch& batch
     terms_.insert(terms_.end(), plan.appended.begin(), plan.appended.end());
   }
   if (plan.hard) hard_ = *plan.hard;
+}
+
+absl::Status RocksLogStorage::Commit(Plan plan, const storage::WriteBatch& batch) {
+  if (batch.size() == 0) return absl::OkStatus();
+  CAIRN_RETURN_IF_ERROR(kv_->Write(batch));  // synced
+  Install(std::move(plan));
   return absl::OkStatus();
 }
 
@@ -215,7 +315,7 @@ absl::Status RocksLogStorage::Append(const std::vector<Entry>& entries) {
 absl::Status RocksLogStorage::SetHardState(const HardState& hs) {
   Plan plan = NewPlan();
   storage::WriteBatch batch;
-  batch.Put(Cf::kMeta, kHardKey, EncodeHard(hs));
+  batch.Put(Cf::kMeta, Key(kHard), EncodeHard(hs));
   plan.hard = hs;
   return Commit(std::move(plan), batch);
 }
@@ -227,15 +327,20 @@ absl::Status RocksLogStorage::ApplySnapshot(const Snapshot& snap) {
   return Commit(std::move(plan), batch);
 }
 
+absl::Status RocksLogStorage::StageReady(const Ready& rd, Plan* plan, storage::WriteBatch* batch) const {
+  if (rd.snapshot) CAIRN_RETURN_IF_ERROR(StageSnapshot(*rd.snapshot, plan, batch));
+  CAIRN_RETURN_IF_ERROR(StageAppend(rd.entries, plan, batch));
+  if (rd.hard_state) {
+    batch->Put(Cf::kMeta, Key(kHard), EncodeHard(*rd.hard_state));
+    plan->hard = *rd.hard_state;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RocksLogStorage::SaveReady(const Ready& rd) {
   Plan plan = NewPlan();
   storage::WriteBatch batch;
-  if (rd.snapshot) CAIRN_RETURN_IF_ERROR(StageSnapshot(*rd.snapshot, &plan, &batch));
-  CAIRN_RETURN_IF_ERROR(StageAppend(rd.entries, &plan, &batch));
-  if (rd.hard_state) {
-    batch.Put(Cf::kMeta, kHardKey, EncodeHard(*rd.hard_state));
-    plan.hard = *rd.hard_state;
-  }
+  CAIRN_RETURN_IF_ERROR(StageReady(rd, &plan, &batch));
   return Commit(std::move(plan), batch);
 }
 
@@ -249,7 +354,7 @@ absl::Status RocksLogStorage::CreateSnapshot(uint64_t index, const ConfState& co
   snap.meta = SnapshotMeta{.index = index, .term = term, .conf = conf};
   snap.data = std::move(data);
   storage::WriteBatch batch;
-  batch.Put(Cf::kMeta, kSnapKey, EncodeSnapshot(snap));
+  batch.Put(Cf::kMeta, Key(kSnap), EncodeSnapshot(snap));
   const uint64_t compact_to = index > keep ? index - keep : 0;
   uint64_t new_prefix = prefix_index_, new_prefix_term = prefix_term_;
   if (compact_to > prefix_index_) {
@@ -259,7 +364,7 @@ absl::Status RocksLogStorage::CreateSnapshot(uint64_t index, const ConfState& co
     std::string prefix;
     PutU64(&prefix, new_prefix);
     PutU64(&prefix, new_prefix_term);
-    batch.Put(Cf::kMeta, kPrefixKey, prefix);
+    batch.Put(Cf::kMeta, Key(kPrefix), prefix);
   }
   CAIRN_RETURN_IF_ERROR(kv_->Write(batch));
   snap_ = std::move(snap);

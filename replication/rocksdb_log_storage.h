@@ -1,17 +1,23 @@
-// RocksLogStorage: the Raft log, hard state and latest snapshot in a RocksDB
-// instance of their own (a directory beside the shard's data, so that log
-// truncation never fights the data's compaction). Every write is synced
-// before it returns, and SaveReady makes a whole Ready one atomic, synced
+// LogStore and RocksLogStorage: the Raft logs of every group on a node in one
+// RocksDB instance (a directory apart from the shards' data, so that log
+// truncation never fights the data's compaction), written with one fsync for
+// all the groups that have work at once.
+//
+// LogStore is the instance; RocksLogStorage is one group's log in it (the
+// LogStorage the core reads). Every write is synced before it returns, and
+// LogStore::SaveReadies makes the Readies of many groups one atomic, synced
 // write: after a crash either all of it is there or none of it.
 //
-// Layout (storage::KvStore, meta column family):
-//   raft/hard           term, vote, commit
-//   raft/snap           the latest snapshot: index, term, membership, data
-//   raft/prefix         index and term of the entry just before the first
-//   raft/e/<index BE>   term, type, data of each entry
+// Layout (storage::KvStore, meta column family), <gid> 8 bytes big-endian:
+//   g<gid>h              term, vote, commit
+//   g<gid>s              the latest snapshot: index, term, membership, data
+//   g<gid>p              index and term of the entry just before the first
+//   g<gid>e<index BE>    term, type, data of each entry
+//   n/<name>             the node's own records (LogStore::GetMeta/PutMeta)
 //
 // Terms of the entries held are cached in memory (8 bytes an entry), so
-// Term() never reads the disk. Not thread-safe: one driver owns it.
+// Term() never reads the disk. Not thread-safe: one driver owns the store and
+// its groups.
 #ifndef CAIRN_REPLICATION_ROCKSDB_LOG_STORAGE_H_
 #define CAIRN_REPLICATION_ROCKSDB_LOG_STORAGE_H_
 
@@ -19,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "replication/log_storage.h"
@@ -30,13 +37,47 @@ class WriteBatch;
 
 namespace cairn::raft {
 
+class RocksLogStorage;
+
+class LogStore {
+ public:
+  // Opens the store in `dir`, creating it when missing. FailedPrecondition
+  // when another process holds the directory; DataLoss when RocksDB reports
+  // corruption.
+  static absl::StatusOr<std::unique_ptr<LogStore>> Open(const std::string& dir);
+  ~LogStore();
+
+  // The log of group `gid` (nonzero), read from disk (empty when the group
+  // has nothing there). DataLoss when a record is malformed or the entries
+  // are not contiguous. The store must outlive it; at most one per group.
+  absl::StatusOr<std::unique_ptr<RocksLogStorage>> OpenGroup(uint64_t gid);
+  // The groups with anything on disk, ascending.
+  absl::StatusOr<std::vector<uint64_t>> ListGroups() const;
+  // Removes everything of group `gid`. REQUIRES: its RocksLogStorage is gone.
+  absl::Status DropGroup(uint64_t gid);
+
+  // Persists each group's Ready (its snapshot, entries and hard state) in one
+  // synced write. REQUIRES: every log was opened from this store.
+  absl::Status SaveReadies(const std::vector<std::pair<RocksLogStorage*, const Ready*>>& work);
+
+  // The node's own small records, beside the logs (synced).
+  absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& name) const;
+  absl::Status PutMeta(const std::string& name, const std::string& value);
+
+ private:
+  friend class RocksLogStorage;
+  explicit LogStore(std::unique_ptr<storage::KvStore> kv);
+  std::unique_ptr<storage::KvStore> kv_;
+};
+
 class RocksLogStorage final : public LogStorage {
  public:
-  // Opens the log in `dir`, creating it when missing. DataLoss when a record
-  // is malformed or the entries are not contiguous; FailedPrecondition when
-  // another process holds the directory.
+  // A store of its own in `dir` holding one group: for a process or a test
+  // that runs a single group.
   static absl::StatusOr<std::unique_ptr<RocksLogStorage>> Open(const std::string& dir);
   ~RocksLogStorage() override;
+
+  uint64_t group() const { return gid_; }
 
   HardState InitialHardState() const override { return hard_; }
   ConfState InitialConfState() const override { return snap_.meta.conf; }
@@ -54,7 +95,8 @@ class RocksLogStorage final : public LogStorage {
   absl::Status SaveReady(const Ready& rd) override;
 
  private:
-  explicit RocksLogStorage(std::unique_ptr<storage::KvStore> kv);
+  friend class LogStore;
+  RocksLogStorage(storage::KvStore* kv, uint64_t gid);
   absl::Status Load();
 
   // A write in preparation: the batch, and the in-memory changes to make
@@ -71,9 +113,16 @@ class RocksLogStorage final : public LogStorage {
   Plan NewPlan() const { return Plan{prefix_index_, prefix_term_, LastIndex(), {}, {}, {}, {}}; }
   absl::Status StageSnapshot(const Snapshot& snap, Plan* plan, storage::WriteBatch* batch) const;
   absl::Status StageAppend(const std::vector<Entry>& entries, Plan* plan, storage::WriteBatch* batch) const;
+  absl::Status StageReady(const Ready& rd, Plan* plan, storage::WriteBatch* batch) const;
+  // Makes the plan's changes in memory. REQUIRES: its batch is on disk.
+  void Install(Plan plan);
   absl::Status Commit(Plan plan, const storage::WriteBatch& batch);
+  std::string Key(char kind) const;
+  std::string EntryKey(uint64_t index) const;
 
-  std::unique_ptr<storage::KvStore> kv_;
+  std::unique_ptr<LogStore> owned_store_;  // only when made by Open(dir)
+  storage::KvStore* kv_;
+  const uint64_t gid_;
   HardState hard_;
   Snapshot snap_;
   uint64_t prefix_index_ = 0;
