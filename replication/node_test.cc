@@ -1,0 +1,356 @@
+// The node loop with real RocksDB logs: three nodes hosting two groups over
+// an in-process network. Every proposal that was acknowledged is applied, once
+// and in the same order, on every replica; a leader's crash and restart, an
+// isolated leader and a lagging follower do not change that; a linearizable
+// read on a follower sees every write acknowledged before it began.
+#include <stdlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "replication/local_transport.h"
+#include "replication/node.h"
+#include "replication/rocksdb_log_storage.h"
+
+namespace cairn::raft {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+constexpr auto kWait = 20s;  // generous: sanitizer builds on two busy cores
+
+// A state machine that keeps what it applied, in memory, across a restart of
+// its node (as a shard keeps its data on its own disk).
+class RecordingMachine final : public StateMachine {
+ public:
+  absl::Status Apply(const std::vector<Entry>& entries, std::vector<absl::StatusOr<uint64_t>>* results) override {
+    std::lock_guard l(mu_);
+    for (const auto& e : entries) {
+      if (e.index <= applied_) return absl::InternalError(absl::StrCat("entry ", e.index, " applied twice"));
+      applied_ = e.index;
+      if (e.type == EntryType::kNormal && !e.data.empty()) {
+        if (e.data == "refuse") {
+          results->push_back(absl::InvalidArgumentError("refused"));
+          continue;
+        }
+        log_.push_back(e.data);
+      }
+      results->push_back(static_cast<uint64_t>(log_.size()));
+    }
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
+  uint64_t AppliedIndex() const override {
+    std::lock_guard l(mu_);
+    return applied_;
+  }
+  absl::Status Restore(const Snapshot& snapshot) override {
+    std::lock_guard l(mu_);
+    if (!snapshot.data.empty()) return absl::UnimplementedError("no snapshots with data here");
+    applied_ = snapshot.meta.index;
+    return absl::OkStatus();
+  }
+  std::vector<std::string> log() const {
+    std::lock_guard l(mu_);
+    return log_;
+  }
+  bool Contains(const std::string& s) const {
+    std::lock_guard l(mu_);
+    return std::find(log_.begin(), log_.end(), s) != log_.end();
+  }
+  // Waits until the log holds `n` entries.
+  bool WaitFor(size_t n) const {
+    std::unique_lock l(mu_);
+    return cv_.wait_for(l, kWait, [&] { return log_.size() >= n; });
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  uint64_t applied_ = 0;
+  std::vector<std::string> log_;
+};
+
+// The result of an asynchronous call, waited for.
+template <typename T>
+class Waiter {
+ public:
+  std::function<void(T)> Callback() {
+    return [this](T v) {
+      std::lock_guard l(mu_);
+      value_ = std::move(v);
+      cv_.notify_all();
+    };
+  }
+  T Get() {
+    std::unique_lock l(mu_);
+    EXPECT_TRUE(cv_.wait_for(l, kWait + 10s, [&] { return value_.has_value(); })) << "callback never ran";
+    return value_.has_value() ? *value_ : T(absl::InternalError("no callback"));
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<T> value_;
+};
+
+constexpr uint64_t kGroupA = 10;
+constexpr uint64_t kGroupB = 20;
+
+class NodeTest : public ::testing::Test {
+ protected:
+  static constexpr uint64_t kNodes[] = {1, 2, 3};
+
+  void SetUp() override {
+    std::string tmpl = (fs::path(::testing::TempDir()) / "cairn-node-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    for (uint64_t n : kNodes) StartNode(n, /*first=*/true);
+  }
+  void TearDown() override {
+    for (uint64_t n : kNodes) StopNode(n);
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  // Replica ids differ from node ids: group A's replica on node n is 100 + n.
+  static uint64_t ReplicaOf(uint64_t group, uint64_t node) { return group * 10 + node; }
+  static std::map<uint64_t, uint64_t> Members(uint64_t group) {
+    std::map<uint64_t, uint64_t> m;
+    for (uint64_t n : kNodes) m[ReplicaOf(group, n)] = n;
+    return m;
+  }
+
+  void StartNode(uint64_t n, bool first) {
+    auto store = LogStore::Open(absl::StrCat(dir_, "/node-", n));
+    ASSERT_TRUE(store.ok()) << store.status();
+    stores_[n] = std::move(*store);
+    NodeOptions o;
+    o.node_id = n;
+    o.store = stores_[n].get();
+    o.transport = hub_.TransportFor(n);
+    o.tick = 5ms;
+    o.election_tick = 10;
+    o.seed = n;
+    auto node = Node::Start(o);
+    ASSERT_TRUE(node.ok()) << node.status();
+    nodes_[n] = std::move(*node);
+    hub_.Attach(n, nodes_[n].get());
+    for (uint64_t g : {kGroupA, kGroupB}) {
+      auto& sm = machines_[{g, n}];
+      if (!sm) sm = std::make_unique<RecordingMachine>();
+      GroupSpec spec;
+      spec.group = g;
+      spec.replica = ReplicaOf(g, n);
+      spec.nodes = Members(g);
+      if (first) {
+        for (const auto& [r, node_id] : spec.nodes) spec.initial_voters.push_back(r);
+      }
+      spec.state_machine = sm.get();
+      ASSERT_TRUE(nodes_[n]->AddGroup(spec).ok());
+    }
+  }
+
+  // What a crash leaves: the log store and the state machine, nothing else.
+  void StopNode(uint64_t n) {
+    hub_.Attach(n, nullptr);
+    nodes_.erase(n);
+    stores_.erase(n);
+  }
+
+  RecordingMachine& Machine(uint64_t group, uint64_t node) { return *machines_.at({group, node}); }
+
+  // The node whose replica leads `group`, once the live nodes agree on one.
+  uint64_t WaitForLeader(uint64_t group) {
+    const auto deadline = Clock::now() + kWait;
+    while (Clock::now() < deadline) {
+      for (auto& [n, node] : nodes_) {
+        auto s = node->GroupStatusOf(group);
+        if (s.ok() && s->role == Role::kLeader) return n;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+    ADD_FAILURE() << "no leader for group " << group;
+    return 0;
+  }
+
+  absl::StatusOr<uint64_t> Propose(uint64_t node, uint64_t group, std::string data,
+                                   std::chrono::milliseconds timeout = kWait) {
+    Waiter<absl::StatusOr<uint64_t>> w;
+    nodes_.at(node)->Propose(group, std::move(data), Clock::now() + timeout, w.Callback());
+    return w.Get();
+  }
+
+  // Proposes until acknowledged (a leader change in between is retried, as a
+  // client would within its deadline).
+  void ProposeUntilAcked(uint64_t node, uint64_t group, const std::string& data) {
+    const auto deadline = Clock::now() + kWait;
+    while (Clock::now() < deadline) {
+      auto r = Propose(node, group, data, 500ms);
+      if (r.ok()) return;
+      ASSERT_TRUE(absl::IsUnavailable(r.status()) || absl::IsDeadlineExceeded(r.status())) << r.status();
+      std::this_thread::sleep_for(10ms);
+    }
+    FAIL() << "never acknowledged: " << data;
+  }
+
+  absl::Status Read(uint64_t node, uint64_t group) {
+    Waiter<absl::Status> w;
+    nodes_.at(node)->ReadIndex(group, Clock::now() + kWait, w.Callback());
+    return w.Get();
+  }
+
+  // Every replica of `group` applied the same entries; returns them.
+  std::vector<std::string> Converged(uint64_t group) {
+    size_t most = 0;
+    for (uint64_t n : kNodes) most = std::max(most, Machine(group, n).log().size());
+    for (uint64_t n : kNodes) EXPECT_TRUE(Machine(group, n).WaitFor(most)) << "node " << n;
+    const auto want = Machine(group, 1).log();
+    for (uint64_t n : kNodes) EXPECT_EQ(Machine(group, n).log(), want) << "node " << n << " group " << group;
+    return want;
+  }
+
+  std::string dir_;
+  LocalHub hub_;
+  std::map<uint64_t, std::unique_ptr<LogStore>> stores_;
+  std::map<uint64_t, std::unique_ptr<Node>> nodes_;
+  std::map<std::pair<uint64_t, uint64_t>, std::unique_ptr<RecordingMachine>> machines_;
+};
+
+TEST_F(NodeTest, ProposalsFromEveryNodeApplyOnceInOneOrderEverywhere) {
+  WaitForLeader(kGroupA);
+  WaitForLeader(kGroupB);
+  // Concurrent proposals from every node to both groups: followers forward.
+  std::vector<std::thread> threads;
+  std::mutex mu;
+  std::set<std::string> acked;
+  for (uint64_t n : kNodes) {
+    threads.emplace_back([&, n] {
+      for (int i = 0; i < 40; ++i) {
+        const uint64_t g = i % 2 == 0 ? kGroupA : kGroupB;
+        const std::string data = absl::StrCat("n", n, "-", i);
+        auto r = Propose(n, g, data);
+        if (r.ok()) {
+          std::lock_guard l(mu);
+          acked.insert(data);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(acked.size(), 120u);  // a stable leader: nothing is lost or late
+  auto a = Converged(kGroupA);
+  auto b = Converged(kGroupB);
+  std::multiset<std::string> all(a.begin(), a.end());
+  all.insert(b.begin(), b.end());
+  for (const auto& d : acked) EXPECT_EQ(all.count(d), 1u) << d;
+  EXPECT_EQ(all.size(), 120u);
+  // The state machine's result comes back to the proposer, refusals too.
+  auto r = Propose(2, kGroupA, "refuse");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  auto ok = Propose(3, kGroupA, "after");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(*ok, a.size() + 1);
+  // The status pages agree with what was applied.
+  auto st = nodes_.at(WaitForLeader(kGroupA))->GroupStatusOf(kGroupA);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->peers.size(), 3u);
+  EXPECT_GE(st->commit, a.size() + 2);
+  EXPECT_EQ(Propose(1, 99, "x").status().code(), absl::StatusCode::kUnavailable);  // not hosted
+}
+
+TEST_F(NodeTest, ALeaderCrashLosesNothingAcknowledgedAndItCatchesUpAfterRestart) {
+  std::vector<std::string> acked;
+  for (int round = 0; round < 2; ++round) {
+    const uint64_t leader = WaitForLeader(kGroupA);
+    for (int i = 0; i < 10; ++i) {
+      const std::string d = absl::StrCat("r", round, "-", i);
+      ProposeUntilAcked(leader, kGroupA, d);
+      acked.push_back(d);
+    }
+    StopNode(leader);  // kill -9: whatever it had in flight is its log's business
+    uint64_t other = 0;
+    for (uint64_t n : kNodes) {
+      if (n != leader) other = n;
+    }
+    // The two left elect a leader and take writes, through any node.
+    for (int i = 0; i < 10; ++i) {
+      const std::string d = absl::StrCat("r", round, "-after-", i);
+      ProposeUntilAcked(other, kGroupA, d);
+      acked.push_back(d);
+    }
+    StartNode(leader, /*first=*/false);
+  }
+  auto log = Converged(kGroupA);
+  for (const auto& d : acked) EXPECT_EQ(std::count(log.begin(), log.end(), d), 1) << d;
+}
+
+TEST_F(NodeTest, AnIsolatedLeaderCommitsNothingAndTheMajorityGoesOn) {
+  const uint64_t old = WaitForLeader(kGroupA);
+  ProposeUntilAcked(old, kGroupA, "before");
+  hub_.Isolate(old, {1, 2, 3});
+  auto lost = Propose(old, kGroupA, "lost", 500ms);
+  EXPECT_FALSE(lost.ok());
+  uint64_t other = old == 1 ? 2 : 1;
+  ProposeUntilAcked(other, kGroupA, "majority");
+  hub_.Heal();
+  ProposeUntilAcked(old, kGroupA, "healed");
+  auto log = Converged(kGroupA);
+  EXPECT_EQ(log, (std::vector<std::string>{"before", "majority", "healed"}));
+}
+
+TEST_F(NodeTest, AReadOnALaggingFollowerWaitsForWhatWasAcknowledged) {
+  const uint64_t leader = WaitForLeader(kGroupA);
+  const uint64_t follower = leader == 3 ? 2 : 3;
+  hub_.Isolate(follower, {1, 2, 3});
+  for (int i = 0; i < 20; ++i) ProposeUntilAcked(leader, kGroupA, absl::StrCat("w", i));
+  EXPECT_FALSE(Machine(kGroupA, follower).Contains("w19"));
+  // Cut off, the follower cannot learn a read index: it must not answer.
+  Waiter<absl::Status> blocked;
+  nodes_.at(follower)->ReadIndex(kGroupA, Clock::now() + 300ms, blocked.Callback());
+  EXPECT_FALSE(blocked.Get().ok());
+  hub_.Heal();
+  absl::Status r = Read(follower, kGroupA);
+  // Unavailable until a heartbeat tells the follower who leads.
+  for (int i = 0; i < 1000 && absl::IsUnavailable(r); ++i) {
+    std::this_thread::sleep_for(5ms);
+    r = Read(follower, kGroupA);
+  }
+  ASSERT_TRUE(r.ok()) << r;
+  EXPECT_TRUE(Machine(kGroupA, follower).Contains("w19"));
+}
+
+TEST_F(NodeTest, BadGroupsAreRefused) {
+  GroupSpec spec;
+  spec.group = kGroupA;
+  spec.replica = ReplicaOf(kGroupA, 1);
+  spec.nodes = Members(kGroupA);
+  RecordingMachine sm;
+  spec.state_machine = &sm;
+  EXPECT_EQ(nodes_.at(1)->AddGroup(spec).code(), absl::StatusCode::kAlreadyExists);
+  spec.group = 77;
+  spec.replica = ReplicaOf(kGroupA, 2);  // another node's replica
+  EXPECT_EQ(nodes_.at(1)->AddGroup(spec).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nodes_.at(1)->RemoveGroup(77, true).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(nodes_.at(1)->RemoveGroup(kGroupB, /*drop_log=*/true).ok());
+  EXPECT_EQ(Propose(1, kGroupB, "x").status().code(), absl::StatusCode::kUnavailable);
+  auto groups = stores_.at(1)->ListGroups();
+  ASSERT_TRUE(groups.ok());
+  EXPECT_EQ(*groups, (std::vector<uint64_t>{kGroupA}));
+}
+
+}  // namespace
+}  // namespace cairn::raft
