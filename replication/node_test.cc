@@ -22,6 +22,7 @@
 #include "replication/local_transport.h"
 #include "replication/node.h"
 #include "replication/rocksdb_log_storage.h"
+#include "replication/test_state_machine.h"
 
 namespace cairn::raft {
 namespace {
@@ -30,59 +31,7 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-constexpr auto kWait = 20s;  // generous: sanitizer builds on two busy cores
-
-// A state machine that keeps what it applied, in memory, across a restart of
-// its node (as a shard keeps its data on its own disk).
-class RecordingMachine final : public StateMachine {
- public:
-  absl::Status Apply(const std::vector<Entry>& entries, std::vector<absl::StatusOr<uint64_t>>* results) override {
-    std::lock_guard l(mu_);
-    for (const auto& e : entries) {
-      if (e.index <= applied_) return absl::InternalError(absl::StrCat("entry ", e.index, " applied twice"));
-      applied_ = e.index;
-      if (e.type == EntryType::kNormal && !e.data.empty()) {
-        if (e.data == "refuse") {
-          results->push_back(absl::InvalidArgumentError("refused"));
-          continue;
-        }
-        log_.push_back(e.data);
-      }
-      results->push_back(static_cast<uint64_t>(log_.size()));
-    }
-    cv_.notify_all();
-    return absl::OkStatus();
-  }
-  uint64_t AppliedIndex() const override {
-    std::lock_guard l(mu_);
-    return applied_;
-  }
-  absl::Status Restore(const Snapshot& snapshot) override {
-    std::lock_guard l(mu_);
-    if (!snapshot.data.empty()) return absl::UnimplementedError("no snapshots with data here");
-    applied_ = snapshot.meta.index;
-    return absl::OkStatus();
-  }
-  std::vector<std::string> log() const {
-    std::lock_guard l(mu_);
-    return log_;
-  }
-  bool Contains(const std::string& s) const {
-    std::lock_guard l(mu_);
-    return std::find(log_.begin(), log_.end(), s) != log_.end();
-  }
-  // Waits until the log holds `n` entries.
-  bool WaitFor(size_t n) const {
-    std::unique_lock l(mu_);
-    return cv_.wait_for(l, kWait, [&] { return log_.size() >= n; });
-  }
-
- private:
-  mutable std::mutex mu_;
-  mutable std::condition_variable cv_;
-  uint64_t applied_ = 0;
-  std::vector<std::string> log_;
-};
+constexpr auto kWait = RecordingMachine::kWait;
 
 // The result of an asynchronous call, waited for.
 template <typename T>

@@ -1,0 +1,75 @@
+// RecordingMachine: a raft::StateMachine for tests that keeps, in memory, the
+// data of every entry it applied, in order, and refuses to apply an index
+// twice. It outlives its node's restarts, as a shard keeps its data on its own
+// disk. The data "refuse" is refused (InvalidArgument) and changes nothing.
+#ifndef CAIRN_REPLICATION_TEST_STATE_MACHINE_H_
+#define CAIRN_REPLICATION_TEST_STATE_MACHINE_H_
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "replication/node.h"
+
+namespace cairn::raft {
+
+class RecordingMachine final : public StateMachine {
+ public:
+  // How long WaitFor waits: generous, for sanitizer builds on two busy cores.
+  static constexpr std::chrono::seconds kWait{20};
+
+  absl::Status Apply(const std::vector<Entry>& entries, std::vector<absl::StatusOr<uint64_t>>* results) override {
+    std::lock_guard l(mu_);
+    for (const auto& e : entries) {
+      if (e.index <= applied_) return absl::InternalError(absl::StrCat("entry ", e.index, " applied twice"));
+      applied_ = e.index;
+      if (e.type == EntryType::kNormal && !e.data.empty()) {
+        if (e.data == "refuse") {
+          results->push_back(absl::InvalidArgumentError("refused"));
+          continue;
+        }
+        log_.push_back(e.data);
+      }
+      results->push_back(static_cast<uint64_t>(log_.size()));
+    }
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
+  uint64_t AppliedIndex() const override {
+    std::lock_guard l(mu_);
+    return applied_;
+  }
+  absl::Status Restore(const Snapshot& snapshot) override {
+    std::lock_guard l(mu_);
+    if (!snapshot.data.empty()) return absl::UnimplementedError("no snapshots with data here");
+    applied_ = snapshot.meta.index;
+    return absl::OkStatus();
+  }
+  std::vector<std::string> log() const {
+    std::lock_guard l(mu_);
+    return log_;
+  }
+  bool Contains(const std::string& s) const {
+    std::lock_guard l(mu_);
+    return std::find(log_.begin(), log_.end(), s) != log_.end();
+  }
+  // Waits until the log holds `n` entries.
+  bool WaitFor(size_t n) const {
+    std::unique_lock l(mu_);
+    return cv_.wait_for(l, kWait, [&] { return log_.size() >= n; });
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  uint64_t applied_ = 0;
+  std::vector<std::string> log_;
+};
+
+}  // namespace cairn::raft
+
+#endif  // CAIRN_REPLICATION_TEST_STATE_MACHINE_H_
