@@ -166,9 +166,26 @@ absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
   for (uint32_t i = 0; i < config.num_shards; ++i) {
     std::string sdir = (fs::path(dir) / absl::StrFormat("shard-%04d", i)).string();
     CAIRN_ASSIGN_OR_RETURN(auto shard, Shard::Open(sdir, so));
+    c->access_.push_back(shard.get());
     c->shards_.push_back(std::move(shard));
   }
   return c;
+}
+
+std::shared_ptr<CollectionImpl> CollectionImpl::OverShards(const std::string& name, const CollectionConfig& config,
+                                                           const DatabaseOptions& options,
+                                                           std::vector<std::shared_ptr<ShardAccess>> shards) {
+  auto c = std::shared_ptr<CollectionImpl>(new CollectionImpl(name, "", config, options, nullptr));
+  c->remote_ = std::move(shards);
+  for (auto& s : c->remote_) c->access_.push_back(s.get());
+  return c;
+}
+
+absl::Status CollectionImpl::CheckLocal(const char* what) const {
+  if (!remote_.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(what, " is not available for a replicated collection"));
+  }
+  return absl::OkStatus();
 }
 
 CollectionConfig CollectionImpl::config() const {
@@ -179,6 +196,7 @@ CollectionConfig CollectionImpl::config() const {
 absl::Status CollectionImpl::UpdateConfig(const CollectionConfig& update) {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(CheckLocal("UpdateConfig here"));
   CAIRN_RETURN_IF_ERROR(ValidateConfig(update));
   std::lock_guard l(config_mu_);
   const CollectionConfig& c = config_;
@@ -229,7 +247,7 @@ absl::Status CollectionImpl::CheckOpen() const {
 }
 
 size_t CollectionImpl::ShardOf(const std::string& ext_key) const {
-  return shards_.size() == 1 ? 0 : StableHash(ext_key) % shards_.size();
+  return access_.size() == 1 ? 0 : StableHash(ext_key) % access_.size();
 }
 
 absl::Status CollectionImpl::ValidateIds(absl::Span<const PointId> ids) const {
@@ -263,7 +281,9 @@ void CollectionImpl::SealOnClose(uint64_t min_points) {
 void CollectionImpl::Close() {
   std::unique_lock lock(close_mu_);
   closed_ = true;
+  access_.clear();
   shards_.clear();
+  remote_.clear();
 }
 
 absl::StatusOr<CollectionInfo> CollectionImpl::Info() const {
@@ -272,8 +292,8 @@ absl::StatusOr<CollectionInfo> CollectionImpl::Info() const {
   CollectionInfo info;
   info.name = name_;
   info.config = config();
-  for (const auto& s : shards_) {
-    ShardStats st = s->Stats();
+  for (const auto* s : access_) {
+    CAIRN_ASSIGN_OR_RETURN(ShardStats st, s->ReadStats());
     info.points += st.points;
     info.segments += st.segments;
     info.sealed_segments += st.sealed_segments;
@@ -353,6 +373,7 @@ class CollectionImpl::Loader final : public BulkLoader {
 absl::StatusOr<std::unique_ptr<BulkLoader>> CollectionImpl::BeginBulkLoad(const BulkLoadOptions& options) {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(CheckLocal("a bulk load"));
   uint64_t segment_size = options.segment_size;
   if (segment_size == 0) {
     std::lock_guard l(config_mu_);
@@ -378,7 +399,7 @@ absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {
                                                      " points is over the limit of ",
                                                      options_.max_batch_points));
   }
-  std::vector<std::vector<PreparedPoint>> per_shard(shards_.size());
+  std::vector<std::vector<PreparedPoint>> per_shard(access_.size());
   absl::flat_hash_set<std::string> seen;
   uint64_t bytes = 0;
   for (size_t i = 0; i < points.size(); ++i) {
@@ -396,10 +417,10 @@ absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {
     per_shard[ShardOf(pp.ext_key)].push_back(std::move(pp));
   }
   bool wake = false;
-  for (size_t s = 0; s < shards_.size(); ++s) {
+  for (size_t s = 0; s < access_.size(); ++s) {
     if (per_shard[s].empty()) continue;
-    CAIRN_RETURN_IF_ERROR(shards_[s]->Upsert(std::move(per_shard[s])));
-    wake = wake || shards_[s]->NeedsSeal() || shards_[s]->NeedsCheckpoint();
+    CAIRN_RETURN_IF_ERROR(access_[s]->Upsert(std::move(per_shard[s])));
+    wake = wake || (s < shards_.size() && (shards_[s]->NeedsSeal() || shards_[s]->NeedsCheckpoint()));
   }
   if (wake && wake_maintenance_) wake_maintenance_();
   return absl::OkStatus();
@@ -411,18 +432,18 @@ absl::StatusOr<std::vector<std::optional<Record>>> CollectionImpl::Get(
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   CAIRN_RETURN_IF_ERROR(ValidateIds(ids));
   std::vector<std::optional<Record>> out(ids.size());
-  std::vector<std::vector<std::string>> keys(shards_.size());
-  std::vector<std::vector<size_t>> where(shards_.size());
+  std::vector<std::vector<std::string>> keys(access_.size());
+  std::vector<std::vector<size_t>> where(access_.size());
   for (size_t i = 0; i < ids.size(); ++i) {
     std::string k = ExternalKey(ids[i]);
     size_t s = ShardOf(k);
     keys[s].push_back(std::move(k));
     where[s].push_back(i);
   }
-  for (size_t s = 0; s < shards_.size(); ++s) {
+  for (size_t s = 0; s < access_.size(); ++s) {
     if (keys[s].empty()) continue;
     std::vector<std::optional<Record>> part;
-    CAIRN_RETURN_IF_ERROR(shards_[s]->Get(keys[s], with_payload, with_vector, &part));
+    CAIRN_RETURN_IF_ERROR(access_[s]->Get(keys[s], with_payload, with_vector, &part));
     for (size_t j = 0; j < part.size(); ++j) out[where[s][j]] = std::move(part[j]);
   }
   return out;
@@ -432,15 +453,15 @@ absl::StatusOr<uint64_t> CollectionImpl::Delete(absl::Span<const PointId> ids) {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   CAIRN_RETURN_IF_ERROR(ValidateIds(ids));
-  std::vector<std::vector<std::string>> keys(shards_.size());
+  std::vector<std::vector<std::string>> keys(access_.size());
   for (const auto& id : ids) {
     std::string k = ExternalKey(id);
     keys[ShardOf(k)].push_back(std::move(k));
   }
   uint64_t total = 0;
-  for (size_t s = 0; s < shards_.size(); ++s) {
+  for (size_t s = 0; s < access_.size(); ++s) {
     if (keys[s].empty()) continue;
-    CAIRN_ASSIGN_OR_RETURN(uint64_t n, shards_[s]->Delete(keys[s]));
+    CAIRN_ASSIGN_OR_RETURN(uint64_t n, access_[s]->Delete(keys[s]));
     total += n;
   }
   return total;
@@ -454,7 +475,7 @@ absl::StatusOr<uint64_t> CollectionImpl::DeleteByFilter(const Filter& filter) {
   }
   CAIRN_RETURN_IF_ERROR(ValidateFilter(&filter));
   uint64_t total = 0;
-  for (auto& s : shards_) {
+  for (auto* s : access_) {
     CAIRN_ASSIGN_OR_RETURN(uint64_t n, s->DeleteByFilter(filter));
     total += n;
   }
@@ -472,17 +493,18 @@ absl::Status CollectionImpl::SetPayloadImpl(absl::Span<const PointId> ids,
   }
   CAIRN_ASSIGN_OR_RETURN(Json payload, ParsePayloadObject(payload_json, "set payload"));
   CAIRN_RETURN_IF_ERROR(ValidatePayloadTypes(config_.payload_indexes, payload));
-  std::vector<std::vector<std::string>> keys(shards_.size());
+  std::vector<std::vector<std::string>> keys(access_.size());
   for (const auto& id : ids) {
     std::string k = ExternalKey(id);
     keys[ShardOf(k)].push_back(std::move(k));
   }
   // With several shards, check existence everywhere first so a missing id
   // changes nothing.
-  if (shards_.size() > 1) {
-    for (size_t s = 0; s < shards_.size(); ++s) {
+  if (access_.size() > 1) {
+    for (size_t s = 0; s < access_.size(); ++s) {
+      if (keys[s].empty()) continue;
       std::vector<std::optional<Record>> recs;
-      CAIRN_RETURN_IF_ERROR(shards_[s]->Get(keys[s], false, false, &recs));
+      CAIRN_RETURN_IF_ERROR(access_[s]->Get(keys[s], false, false, &recs));
       for (size_t j = 0; j < recs.size(); ++j) {
         if (!recs[j]) {
           auto pid = DecodeExternalKey(keys[s][j]);
@@ -491,9 +513,9 @@ absl::Status CollectionImpl::SetPayloadImpl(absl::Span<const PointId> ids,
       }
     }
   }
-  for (size_t s = 0; s < shards_.size(); ++s) {
+  for (size_t s = 0; s < access_.size(); ++s) {
     if (keys[s].empty()) continue;
-    CAIRN_RETURN_IF_ERROR(shards_[s]->SetPayload(keys[s], payload, overwrite));
+    CAIRN_RETURN_IF_ERROR(access_[s]->SetPayload(keys[s], payload, overwrite));
   }
   return absl::OkStatus();
 }
@@ -512,7 +534,7 @@ absl::StatusOr<uint64_t> CollectionImpl::Count(const Filter* filter) const {
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   CAIRN_RETURN_IF_ERROR(ValidateFilter(filter));
   uint64_t total = 0;
-  for (const auto& s : shards_) {
+  for (const auto* s : access_) {
     CAIRN_ASSIGN_OR_RETURN(uint64_t n, s->Count(filter));
     total += n;
   }
@@ -536,14 +558,14 @@ absl::StatusOr<ScrollPage> CollectionImpl::Scroll(const ScrollRequest& req) cons
     }
     shard = (static_cast<uint8_t>(raw[0]) << 8) | static_cast<uint8_t>(raw[1]);
     after = raw.substr(2);
-    if (shard >= shards_.size()) return absl::InvalidArgumentError("scroll: cursor names no shard");
+    if (shard >= access_.size()) return absl::InvalidArgumentError("scroll: cursor names no shard");
   }
   ScrollPage page;
-  while (shard < shards_.size()) {
+  while (shard < access_.size()) {
     uint32_t want = req.limit - static_cast<uint32_t>(page.points.size());
     std::string last;
     bool more = false;
-    CAIRN_RETURN_IF_ERROR(shards_[shard]->Scroll(after, want, req.filter, req.with_payload,
+    CAIRN_RETURN_IF_ERROR(access_[shard]->Scroll(after, want, req.filter, req.with_payload,
                                                  req.with_vector, &page.points, &last, &more));
     if (!last.empty()) after = last;
     auto cursor_at = [](size_t s, const std::string& key) {
@@ -562,7 +584,7 @@ absl::StatusOr<ScrollPage> CollectionImpl::Scroll(const ScrollRequest& req) cons
     ++shard;
     after.clear();
     if (page.points.size() == req.limit) {
-      if (shard < shards_.size()) page.next_cursor = cursor_at(shard, "");
+      if (shard < access_.size()) page.next_cursor = cursor_at(shard, "");
       return page;
     }
   }
@@ -610,14 +632,14 @@ absl::StatusOr<std::vector<std::vector<ScoredPoint>>> CollectionImpl::SearchBatc
   index::PrepareVectors(config_.metric, prepared.data(), nq, dim);
 
   std::vector<std::vector<ScoredPoint>> merged(nq);
-  for (const auto& s : shards_) {
+  for (const auto* s : access_) {
     std::vector<std::vector<ScoredPoint>> part;
     CAIRN_RETURN_IF_ERROR(s->Search(prepared.data(), nq, params, &part));
     for (size_t q = 0; q < nq; ++q) {
       for (auto& p : part[q]) merged[q].push_back(std::move(p));
     }
   }
-  if (shards_.size() > 1) {
+  if (access_.size() > 1) {
     const Metric m = config_.metric;
     for (auto& r : merged) {
       std::stable_sort(r.begin(), r.end(), [m](const ScoredPoint& a, const ScoredPoint& b) {
@@ -632,6 +654,7 @@ absl::StatusOr<std::vector<std::vector<ScoredPoint>>> CollectionImpl::SearchBatc
 absl::Status CollectionImpl::Seal() {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(CheckLocal("Seal here"));
   for (auto& s : shards_) CAIRN_RETURN_IF_ERROR(s->Seal(/*force=*/true));
   return absl::OkStatus();
 }
@@ -639,6 +662,7 @@ absl::Status CollectionImpl::Seal() {
 absl::Status CollectionImpl::Compact(bool force) {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(CheckLocal("Compact here"));
   for (auto& s : shards_) CAIRN_RETURN_IF_ERROR(s->Compact(force));
   return absl::OkStatus();
 }
@@ -660,6 +684,7 @@ void CollectionImpl::RunMaintenance() {
 absl::Status CollectionImpl::SnapshotShards(const std::string& dir) {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
+  CAIRN_RETURN_IF_ERROR(CheckLocal("a snapshot here"));
   std::vector<Shard*> shards;
   std::vector<std::string> dirs;
   for (size_t i = 0; i < shards_.size(); ++i) {

@@ -21,6 +21,14 @@ class CollectionImpl final : public Collection {
   static absl::StatusOr<std::shared_ptr<CollectionImpl>> Open(
       const std::string& name, const std::string& dir, const CollectionConfig& config,
       const DatabaseOptions& options, std::function<void()> wake_maintenance);
+  // A collection whose shards live elsewhere (replicated, in cluster mode):
+  // it checks requests, routes them and merges results as for local shards.
+  // What needs the shards themselves (UpdateConfig, Seal, Compact, bulk
+  // loads, snapshots) is the owner's to do, and fails here with
+  // FailedPrecondition.
+  static std::shared_ptr<CollectionImpl> OverShards(const std::string& name, const CollectionConfig& config,
+                                                    const DatabaseOptions& options,
+                                                    std::vector<std::shared_ptr<ShardAccess>> shards);
   ~CollectionImpl() override;
 
   const std::string& name() const override { return name_; }
@@ -79,7 +87,10 @@ class CollectionImpl final : public Collection {
   // Shared by every call, exclusive for Close.
   mutable std::shared_mutex close_mu_;
   bool closed_ = false;  // guarded by close_mu_
-  std::vector<std::unique_ptr<Shard>> shards_;
+  std::vector<std::unique_ptr<Shard>> shards_;  // local shards (empty over remote ones)
+  std::vector<std::shared_ptr<ShardAccess>> remote_;  // OverShards: the shards
+  std::vector<ShardAccess*> access_;  // the data path: shards_ or remote_
+  absl::Status CheckLocal(const char* what) const;
 };
 
 }  // namespace cairn::db

@@ -104,19 +104,45 @@ struct ShardCommand;
 // Threads for index builds: `configured`, or every core when 0.
 int IndexThreads(int configured);
 
-class Shard {
+// What a collection asks of one of its shards: the data path. Implemented by
+// the Shard itself (embedded), and by a shard whose replicas are reached
+// through its Raft group (cluster mode). Thread-safe.
+class ShardAccess {
+ public:
+  virtual ~ShardAccess() = default;
+  virtual absl::Status Upsert(std::vector<PreparedPoint> points) = 0;
+  virtual absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ext_keys) = 0;
+  virtual absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) = 0;
+  // Merge (or overwrite) `payload` into each point. NotFound if any is absent.
+  virtual absl::Status SetPayload(const std::vector<std::string>& ext_keys, const Json& payload,
+                                  bool overwrite) = 0;
+  virtual absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
+                           std::vector<std::optional<Record>>* out) const = 0;
+  virtual absl::StatusOr<uint64_t> Count(const Filter* filter) const = 0;
+  // Up to `limit` points with external key > `after` (all when empty), in
+  // external key order. `*last_key` is the last key returned; `*more` tells
+  // whether any point follows it.
+  virtual absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter, bool with_payload,
+                              bool with_vector, std::vector<Record>* out, std::string* last_key,
+                              bool* more) const = 0;
+  // `queries` are prepared for the metric (normalized for cosine).
+  virtual absl::Status Search(const float* queries, size_t nq, const SearchParams& params,
+                              std::vector<std::vector<ScoredPoint>>* out) const = 0;
+  virtual absl::StatusOr<ShardStats> ReadStats() const = 0;
+};
+
+class Shard final : public ShardAccess {
  public:
   class Loader;
   static absl::StatusOr<std::unique_ptr<Shard>> Open(const std::string& dir,
                                                      const ShardOptions& options);
   ~Shard();
 
-  absl::Status Upsert(std::vector<PreparedPoint> points);
-  absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ext_keys);
-  absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter);
-  // Merge (or overwrite) `payload` into each point. NotFound if any is absent.
+  absl::Status Upsert(std::vector<PreparedPoint> points) override;
+  absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ext_keys) override;
+  absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override;
   absl::Status SetPayload(const std::vector<std::string>& ext_keys, const Json& payload,
-                          bool overwrite);
+                          bool overwrite) override;
 
   // A committed log entry for Apply: its index and its command, or null for
   // an entry with nothing for the shard (a leader's no-op, a membership
@@ -153,18 +179,14 @@ class Shard {
   absl::StatusOr<Checksum> DataChecksum() const;
 
   absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
-                   std::vector<std::optional<Record>>* out) const;
-  absl::StatusOr<uint64_t> Count(const Filter* filter) const;
-  // Up to `limit` points with external key > `after` (all when empty), in
-  // external key order. `*last_key` is the last key returned; `*more` tells
-  // whether any point follows it.
+                   std::vector<std::optional<Record>>* out) const override;
+  absl::StatusOr<uint64_t> Count(const Filter* filter) const override;
   absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter,
                       bool with_payload, bool with_vector, std::vector<Record>* out,
-                      std::string* last_key, bool* more) const;
-
-  // `queries` are prepared for the metric (normalized for cosine).
+                      std::string* last_key, bool* more) const override;
   absl::Status Search(const float* queries, size_t nq, const SearchParams& params,
-                      std::vector<std::vector<ScoredPoint>>* out) const;
+                      std::vector<std::vector<ScoredPoint>>* out) const override;
+  absl::StatusOr<ShardStats> ReadStats() const override { return Stats(); }
 
   // Seals the growing segment when it holds >= seal_threshold points (any
   // number > 0 with `force`).
