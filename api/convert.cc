@@ -184,6 +184,7 @@ absl::StatusOr<CollectionConfig> FromProto(const v1::CollectionConfig& c) {
     out.payload_indexes.push_back(std::move(spec));
   }
   if (c.num_shards() != 0) out.num_shards = c.num_shards();
+  out.replication_factor = c.replication_factor();
   if (c.seal_threshold() != 0) out.seal_threshold = c.seal_threshold();
   if (c.compaction_deleted_ratio() != 0) out.compaction_deleted_ratio = c.compaction_deleted_ratio();
   return out;
@@ -219,6 +220,7 @@ void ToProto(const CollectionConfig& c, v1::CollectionConfig* out) {
     pi->set_type(kPayload[static_cast<int>(p.type)]);
   }
   out->set_num_shards(c.num_shards);
+  out->set_replication_factor(c.replication_factor);
   out->set_seal_threshold(c.seal_threshold);
   out->set_compaction_deleted_ratio(c.compaction_deleted_ratio);
 }

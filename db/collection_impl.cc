@@ -129,21 +129,8 @@ absl::Status ValidateFilter(const Filter* f) {
 
 }  // namespace
 
-CollectionImpl::CollectionImpl(std::string name, std::string dir, CollectionConfig config,
-                               DatabaseOptions options, std::function<void()> wake)
-    : name_(std::move(name)),
-      dir_(std::move(dir)),
-      config_(std::move(config)),
-      options_(options),
-      wake_maintenance_(std::move(wake)) {}
-
-CollectionImpl::~CollectionImpl() = default;
-
-absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
-    const std::string& name, const std::string& dir, const CollectionConfig& config,
-    const DatabaseOptions& options, std::function<void()> wake_maintenance) {
-  auto c = std::shared_ptr<CollectionImpl>(
-      new CollectionImpl(name, dir, config, options, std::move(wake_maintenance)));
+ShardOptions ShardOptionsFor(const std::string& name, const CollectionConfig& config,
+                             const DatabaseOptions& options) {
   ShardOptions so;
   so.dimension = config.dimension;
   so.metric = config.metric;
@@ -163,6 +150,25 @@ absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
   so.sync_writes = options.sync_writes;
   so.index_threads = options.index_threads;
   so.checkpoint_points = options.growing_checkpoint_points;
+  return so;
+}
+
+CollectionImpl::CollectionImpl(std::string name, std::string dir, CollectionConfig config,
+                               DatabaseOptions options, std::function<void()> wake)
+    : name_(std::move(name)),
+      dir_(std::move(dir)),
+      config_(std::move(config)),
+      options_(options),
+      wake_maintenance_(std::move(wake)) {}
+
+CollectionImpl::~CollectionImpl() = default;
+
+absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
+    const std::string& name, const std::string& dir, const CollectionConfig& config,
+    const DatabaseOptions& options, std::function<void()> wake_maintenance) {
+  auto c = std::shared_ptr<CollectionImpl>(
+      new CollectionImpl(name, dir, config, options, std::move(wake_maintenance)));
+  const ShardOptions so = ShardOptionsFor(name, config, options);
   for (uint32_t i = 0; i < config.num_shards; ++i) {
     std::string sdir = (fs::path(dir) / absl::StrFormat("shard-%04d", i)).string();
     CAIRN_ASSIGN_OR_RETURN(auto shard, Shard::Open(sdir, so));
@@ -199,29 +205,7 @@ absl::Status CollectionImpl::UpdateConfig(const CollectionConfig& update) {
   CAIRN_RETURN_IF_ERROR(CheckLocal("UpdateConfig here"));
   CAIRN_RETURN_IF_ERROR(ValidateConfig(update));
   std::lock_guard l(config_mu_);
-  const CollectionConfig& c = config_;
-  auto fixed = [](const char* field) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config.", field, " cannot change on an existing collection; create a new collection and re-ingest"));
-  };
-  if (update.dimension != c.dimension) return fixed("dimension");
-  if (update.metric != c.metric) return fixed("metric");
-  if (update.num_shards != c.num_shards) return fixed("num_shards");
-  if (update.index.type != c.index.type) return fixed("index.type");
-  if (update.index.hnsw_m != c.index.hnsw_m) return fixed("index.hnsw_m");
-  if (update.index.ef_construction != c.index.ef_construction) return fixed("index.ef_construction");
-  if (update.index.nlist != c.index.nlist) return fixed("index.nlist");
-  if (update.index.pq_m != c.index.pq_m) return fixed("index.pq_m");
-  if (update.index.pq_nbits != c.index.pq_nbits) return fixed("index.pq_nbits");
-  if (update.index.hnsw_int8 != c.index.hnsw_int8) return fixed("index.hnsw_int8");
-  if (update.index.device != c.index.device) return fixed("index.device");
-  if (update.payload_indexes.size() != c.payload_indexes.size()) return fixed("payload_indexes");
-  for (size_t i = 0; i < c.payload_indexes.size(); ++i) {
-    if (update.payload_indexes[i].field != c.payload_indexes[i].field ||
-        update.payload_indexes[i].type != c.payload_indexes[i].type) {
-      return fixed("payload_indexes");
-    }
-  }
+  CAIRN_RETURN_IF_ERROR(CheckConfigUpdate(config_, update));
   CAIRN_RETURN_IF_ERROR(storage::WriteFileAtomic((fs::path(dir_) / "collection.json").string(), ConfigToJson(update)));
   // Only the tunables change: other threads read the fixed fields unlocked.
   config_.index.ef_search = update.index.ef_search;

@@ -15,6 +15,10 @@
 
 namespace cairn::db {
 
+// The options of collection `name`'s shards (says once when it asks for a
+// GPU this node lacks).
+ShardOptions ShardOptionsFor(const std::string& name, const CollectionConfig& config, const DatabaseOptions& options);
+
 class CollectionImpl final : public Collection {
  public:
   // Opens (creating when absent) the shards under `dir`.

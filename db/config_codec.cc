@@ -14,6 +14,7 @@ std::string ConfigToJson(const CollectionConfig& c) {
   j["dimension"] = c.dimension;
   j["metric"] = std::string(MetricName(c.metric));
   j["num_shards"] = c.num_shards;
+  if (c.replication_factor != 0) j["replication_factor"] = c.replication_factor;
   j["seal_threshold"] = c.seal_threshold;
   j["compaction_deleted_ratio"] = c.compaction_deleted_ratio;
   j["index"] = {{"type", std::string(IndexTypeName(c.index.type))},
@@ -45,6 +46,7 @@ absl::StatusOr<CollectionConfig> ConfigFromJson(std::string_view text) {
     c.dimension = j.at("dimension").get<uint32_t>();
     CAIRN_ASSIGN_OR_RETURN(c.metric, ParseMetric(j.value("metric", std::string("l2"))));
     c.num_shards = j.value("num_shards", c.num_shards);
+    c.replication_factor = j.value("replication_factor", c.replication_factor);
     c.seal_threshold = j.value("seal_threshold", c.seal_threshold);
     c.compaction_deleted_ratio = j.value("compaction_deleted_ratio", c.compaction_deleted_ratio);
     if (j.contains("index")) {
@@ -84,6 +86,7 @@ absl::Status ValidateConfig(const CollectionConfig& c) {
   // An unknown metric would be persisted as "?" and fail the next open.
   if (static_cast<int>(c.metric) < 0 || static_cast<int>(c.metric) > 2) return bad("metric", "unknown");
   if (c.num_shards < 1 || c.num_shards > 256) return bad("num_shards", "must be 1..256");
+  if (c.replication_factor > 7) return bad("replication_factor", "must be 0 (the default) to 7");
   if (c.seal_threshold < 1000) return bad("seal_threshold", "must be >= 1000");
   if (!(c.compaction_deleted_ratio > 0 && c.compaction_deleted_ratio <= 1)) {
     return bad("compaction_deleted_ratio", "must be in (0, 1]");
@@ -124,6 +127,35 @@ absl::Status ValidateCollectionName(std::string_view name) {
     return absl::InvalidArgumentError(absl::StrCat(
         "collection name \"", std::string(name), "\" is invalid: use 1..64 characters of A-Z a-z 0-9 _ -, "
         "starting with a letter or digit"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckConfigUpdate(const CollectionConfig& c, const CollectionConfig& update) {
+  auto fixed = [](const char* field) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.", field, " cannot change on an existing collection; create a new collection and re-ingest"));
+  };
+  if (update.dimension != c.dimension) return fixed("dimension");
+  if (update.metric != c.metric) return fixed("metric");
+  if (update.num_shards != c.num_shards) return fixed("num_shards");
+  if (update.index.type != c.index.type) return fixed("index.type");
+  if (update.index.hnsw_m != c.index.hnsw_m) return fixed("index.hnsw_m");
+  if (update.index.ef_construction != c.index.ef_construction) return fixed("index.ef_construction");
+  if (update.index.nlist != c.index.nlist) return fixed("index.nlist");
+  if (update.index.pq_m != c.index.pq_m) return fixed("index.pq_m");
+  if (update.index.pq_nbits != c.index.pq_nbits) return fixed("index.pq_nbits");
+  if (update.index.hnsw_int8 != c.index.hnsw_int8) return fixed("index.hnsw_int8");
+  if (update.index.device != c.index.device) return fixed("index.device");
+  if (update.payload_indexes.size() != c.payload_indexes.size()) return fixed("payload_indexes");
+  for (size_t i = 0; i < c.payload_indexes.size(); ++i) {
+    if (update.payload_indexes[i].field != c.payload_indexes[i].field ||
+        update.payload_indexes[i].type != c.payload_indexes[i].type) {
+      return fixed("payload_indexes");
+    }
+  }
+  if (update.replication_factor != 0 && update.replication_factor != c.replication_factor) {
+    return fixed("replication_factor");
   }
   return absl::OkStatus();
 }

@@ -16,6 +16,10 @@ absl::StatusOr<CollectionConfig> ConfigFromJson(std::string_view json);
 // InvalidArgument naming the first bad field.
 absl::Status ValidateConfig(const CollectionConfig& config);
 absl::Status ValidateCollectionName(std::string_view name);
+// Whether `update` changes only what UpdateConfig may change on a collection
+// configured as `current` (the tunables); InvalidArgument names the first
+// other field that differs.
+absl::Status CheckConfigUpdate(const CollectionConfig& current, const CollectionConfig& update);
 
 }  // namespace cairn::db
 

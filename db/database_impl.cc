@@ -90,6 +90,11 @@ class DatabaseImpl final : public Database {
       const std::string& name, const CollectionConfig& config) override {
     CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
     CAIRN_RETURN_IF_ERROR(db::ValidateConfig(config));
+    if (config.replication_factor > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.replication_factor is ", config.replication_factor,
+          ", but this database keeps one copy of each shard; replicas need a cluster (cairnd --cluster)"));
+    }
     if (std::string why; config.index.device == Device::kGpu && !index::gpu::UseGpu(Device::kGpu, &why)) {
       return absl::FailedPreconditionError(
           absl::StrCat("config.index.device is gpu, but this node has no usable GPU: ", why,

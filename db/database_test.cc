@@ -127,6 +127,9 @@ TEST_F(DatabaseTest, BadConfigsAreInvalidArgumentNamingTheField) {
       {"metric", [](auto& c) { c.metric = static_cast<Metric>(7); }},
       {"num_shards", [](auto& c) { c.num_shards = 0; }},
       {"num_shards", [](auto& c) { c.num_shards = 257; }},
+      {"replication_factor", [](auto& c) { c.replication_factor = 8; }},
+      // One copy here: replicas need a cluster.
+      {"replication_factor", [](auto& c) { c.replication_factor = 3; }},
       {"seal_threshold", [](auto& c) { c.seal_threshold = 999; }},
       {"compaction_deleted_ratio", [](auto& c) { c.compaction_deleted_ratio = 0; }},
       {"compaction_deleted_ratio", [](auto& c) { c.compaction_deleted_ratio = 1.5; }},

@@ -59,10 +59,10 @@ class LogStorage {
 };
 
 // Makes an empty log the first state of a new group whose voters are
-// `voters`: a snapshot at index 1, term 1, holding that membership (and an
+// `voters` (and learners `learners`): a snapshot at index 1, term 1, holding that membership (and an
 // empty state machine). Nodes that join later start empty and receive it,
 // or a newer snapshot, from the leader. FailedPrecondition if not empty.
-absl::Status Bootstrap(LogStorage* storage, std::vector<uint64_t> voters);
+absl::Status Bootstrap(LogStorage* storage, std::vector<uint64_t> voters, std::vector<uint64_t> learners = {});
 
 // Everything in memory; "stable" means "in this object". The simulator keeps
 // it across a simulated crash and drops the node's Raft object.

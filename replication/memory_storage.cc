@@ -6,7 +6,7 @@
 
 namespace cairn::raft {
 
-absl::Status Bootstrap(LogStorage* storage, std::vector<uint64_t> voters) {
+absl::Status Bootstrap(LogStorage* storage, std::vector<uint64_t> voters, std::vector<uint64_t> learners) {
   if (storage->LastIndex() != 0 || storage->InitialHardState() != HardState{}) {
     return absl::FailedPreconditionError("raft: bootstrap needs an empty log");
   }
@@ -14,8 +14,15 @@ absl::Status Bootstrap(LogStorage* storage, std::vector<uint64_t> voters) {
   std::sort(voters.begin(), voters.end());
   voters.erase(std::unique(voters.begin(), voters.end()), voters.end());
   if (voters.front() == kNone) return absl::InvalidArgumentError("raft: node ids must be nonzero");
+  std::sort(learners.begin(), learners.end());
+  learners.erase(std::unique(learners.begin(), learners.end()), learners.end());
+  for (uint64_t l : learners) {
+    if (l == kNone || std::binary_search(voters.begin(), voters.end(), l)) {
+      return absl::InvalidArgumentError("raft: learners must be nonzero and not voters");
+    }
+  }
   Snapshot snap;
-  snap.meta = SnapshotMeta{.index = 1, .term = 1, .conf = ConfState{.voters = std::move(voters), .learners = {}}};
+  snap.meta = SnapshotMeta{.index = 1, .term = 1, .conf = ConfState{.voters = std::move(voters), .learners = std::move(learners)}};
   CAIRN_RETURN_IF_ERROR(storage->ApplySnapshot(snap));
   return storage->SetHardState(HardState{.term = 1, .vote = kNone, .commit = 1});
 }

@@ -347,12 +347,14 @@ absl::Status Node::OpenGroup(GroupSpec spec) {
   CAIRN_ASSIGN_OR_RETURN(g->log, options_.store->OpenGroup(spec.group));
   const bool empty = g->log->LastIndex() == 0 && g->log->GetSnapshotMeta().index == 0;
   if (empty && !spec.initial_voters.empty()) {
-    for (uint64_t v : spec.initial_voters) {
-      if (!spec.nodes.count(v)) {
-        return absl::InvalidArgumentError(absl::StrCat("group ", spec.group, ": voter ", v, " has no node"));
+    for (const auto* ids : {&spec.initial_voters, &spec.initial_learners}) {
+      for (uint64_t v : *ids) {
+        if (!spec.nodes.count(v)) {
+          return absl::InvalidArgumentError(absl::StrCat("group ", spec.group, ": member ", v, " has no node"));
+        }
       }
     }
-    CAIRN_RETURN_IF_ERROR(Bootstrap(g->log.get(), spec.initial_voters));
+    CAIRN_RETURN_IF_ERROR(Bootstrap(g->log.get(), spec.initial_voters, spec.initial_learners));
   }
   Config c;
   c.id = spec.replica;

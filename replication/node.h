@@ -110,6 +110,7 @@ struct GroupSpec {
   // same list. Empty: start from the log as it is (a restart, or a replica
   // that joins and waits for the leader to send it the state).
   std::vector<uint64_t> initial_voters;
+  std::vector<uint64_t> initial_learners;  // with initial_voters: members that do not vote
   // Borrowed; outlives the group.
   StateMachine* state_machine = nullptr;
 };

@@ -96,6 +96,11 @@ struct CollectionConfig {
   // Number of shards; points go to shard hash(id) % num_shards. An upsert
   // batch is atomic within each shard. Default: 1. Range: 1..256.
   uint32_t num_shards = 1;
+  // Copies of each shard, each on another node, kept alike by Raft (cairnd
+  // --cluster only). 0 means the default: 3, or the number of nodes when
+  // fewer. Above the number of nodes it is refused. The embedded library and
+  // single-node cairnd keep one copy and refuse more than 1. Default: 0.
+  uint32_t replication_factor = 0;
   // Points in a shard's growing segment before it is sealed in the background
   // into a segment of `index.type`. Default: 500000. Minimum: 1000.
   uint64_t seal_threshold = 500000;

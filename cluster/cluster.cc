@@ -1,0 +1,1051 @@
+#include "cluster/cluster.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <future>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "cairn/status.h"
+#include "db/collection_impl.h"
+#include "db/config_codec.h"
+#include "db/shard_command.h"
+#include "grpcpp/grpcpp.h"
+#include "storage/file_util.h"
+
+namespace cairn::cluster {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+constexpr char kMembershipKey[] = "membership";
+
+void Log(const std::string& what) { std::fprintf(stderr, "cairn: cluster: %s\n", what.c_str()); }
+
+// Errors a retry (on this replica or another) may cure.
+bool Retryable(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsCancelled(s) || absl::IsAborted(s);
+}
+
+absl::Status FromShardResponse(const pb::ShardResponse& r) {
+  if (r.code() == 0) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(r.code()), r.message());
+}
+
+void SetStatus(const absl::Status& s, pb::ShardResponse* r) {
+  r->set_code(static_cast<int32_t>(s.code()));
+  r->set_message(std::string(s.message()));
+}
+
+std::string HostOf(const std::string& address) {
+  auto colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+}  // namespace
+
+// ---- a small pool for peer requests that must not run on gRPC's threads --
+
+class Cluster::Executor {
+ public:
+  explicit Executor(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~Executor() {
+    {
+      std::lock_guard l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void Post(std::function<void()> fn) {
+    {
+      std::lock_guard l(mu_);
+      queue_.push_back(std::move(fn));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Run() {
+    std::unique_lock l(mu_);
+    while (true) {
+      cv_.wait(l, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      auto fn = std::move(queue_.front());
+      queue_.pop_front();
+      l.unlock();
+      fn();
+      l.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// ---- one replica of one shard on this node -----------------------------------
+
+class ShardReplica final : public raft::StateMachine {
+ public:
+  ShardReplica(uint64_t group, std::string collection, std::unique_ptr<db::Shard> shard)
+      : group_(group), collection_(std::move(collection)), shard_(std::move(shard)) {}
+
+  absl::Status Apply(const std::vector<raft::Entry>& entries,
+                     std::vector<absl::StatusOr<uint64_t>>* results) override {
+    std::vector<db::ShardCommand> cmds;
+    cmds.reserve(entries.size());
+    std::vector<db::Shard::LogEntry> log;
+    log.reserve(entries.size());
+    for (const auto& e : entries) {
+      db::Shard::LogEntry le{e.index, nullptr};
+      if (e.type == raft::EntryType::kNormal && !e.data.empty()) {
+        auto c = db::ShardCommand::Decode(e.data);
+        if (!c.ok()) return absl::DataLossError(absl::StrCat("entry ", e.index, ": ", c.status().message()));
+        cmds.push_back(*std::move(c));
+      }
+      log.push_back(le);
+    }
+    // Pointers into cmds once it no longer grows.
+    size_t next = 0;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (entries[i].type == raft::EntryType::kNormal && !entries[i].data.empty()) log[i].command = &cmds[next++];
+    }
+    std::vector<db::Shard::ApplyResult> res;
+    CAIRN_RETURN_IF_ERROR(shard_->Apply(log, &res));
+    for (const auto& r : res) {
+      if (r.status.ok()) {
+        results->push_back(r.count);
+      } else {
+        results->push_back(r.status);
+      }
+    }
+    return absl::OkStatus();
+  }
+  uint64_t AppliedIndex() const override { return shard_->applied_index(); }
+  absl::Status Restore(const raft::Snapshot& snapshot) override {
+    // The only snapshot a shard group has yet is its first state: empty.
+    if (snapshot.data.empty() && snapshot.meta.index <= 1) return absl::OkStatus();
+    return absl::UnimplementedError("installing a shard snapshot from files is not supported by this version");
+  }
+
+  uint64_t group() const { return group_; }
+  const std::string& collection() const { return collection_; }
+  db::Shard& shard() { return *shard_; }
+
+ private:
+  const uint64_t group_;
+  const std::string collection_;
+  std::unique_ptr<db::Shard> shard_;
+};
+
+namespace {
+
+// A shard of a replicated collection, reached through its Raft group.
+class ReplicatedShard final : public db::ShardAccess {
+ public:
+  ReplicatedShard(Cluster* cluster, const std::string& collection, uint32_t shard, uint64_t group)
+      : cluster_(cluster), group_(group), what_(absl::StrCat("shard ", shard, " of collection \"", collection,
+                                                            "\" (group ", group, ")")) {}
+
+  absl::Status Upsert(std::vector<db::PreparedPoint> points) override {
+    db::ShardCommand c;
+    c.kind = db::ShardCommand::Kind::kUpsert;
+    c.points = std::move(points);
+    return cluster_->ProposeToShard(group_, c.Encode(), what_).status();
+  }
+  absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ext_keys) override {
+    db::ShardCommand c;
+    c.kind = db::ShardCommand::Kind::kDelete;
+    c.ext_keys = ext_keys;
+    return cluster_->ProposeToShard(group_, c.Encode(), what_);
+  }
+  absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override {
+    db::ShardCommand c;
+    c.kind = db::ShardCommand::Kind::kDeleteByFilter;
+    c.filter_json = filter.ToJson();
+    return cluster_->ProposeToShard(group_, c.Encode(), what_);
+  }
+  absl::Status SetPayload(const std::vector<std::string>& ext_keys, const db::Json& payload,
+                          bool overwrite) override {
+    db::ShardCommand c;
+    c.kind = db::ShardCommand::Kind::kSetPayload;
+    c.ext_keys = ext_keys;
+    c.payload = payload;
+    c.overwrite = overwrite;
+    return cluster_->ProposeToShard(group_, c.Encode(), what_).status();
+  }
+
+  absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
+                   std::vector<std::optional<Record>>* out) const override {
+    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+    if (local) return local->shard().Get(ext_keys, with_payload, with_vector, out);
+    ShardReadRequest q;
+    q.op = ShardReadRequest::Op::kGet;
+    q.keys = ext_keys;
+    q.with_payload = with_payload;
+    q.with_vector = with_vector;
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    CAIRN_ASSIGN_OR_RETURN(*out, DecodeGetAnswer(body));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<uint64_t> Count(const Filter* filter) const override {
+    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+    if (local) return local->shard().Count(filter);
+    ShardReadRequest q;
+    q.op = ShardReadRequest::Op::kCount;
+    if (filter) q.filter_json = filter->ToJson();
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    return DecodeCountAnswer(body);
+  }
+  absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter, bool with_payload,
+                      bool with_vector, std::vector<Record>* out, std::string* last_key, bool* more) const override {
+    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+    if (local) return local->shard().Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
+    ShardReadRequest q;
+    q.op = ShardReadRequest::Op::kScroll;
+    q.after = after;
+    q.limit = limit;
+    if (filter) q.filter_json = filter->ToJson();
+    q.with_payload = with_payload;
+    q.with_vector = with_vector;
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    CAIRN_ASSIGN_OR_RETURN(ScrollAnswer a, DecodeScrollAnswer(body));
+    for (auto& r : a.records) out->push_back(std::move(r));
+    *last_key = a.last_key;
+    *more = a.more;
+    return absl::OkStatus();
+  }
+  absl::Status Search(const float* queries, size_t nq, const SearchParams& params,
+                      std::vector<std::vector<ScoredPoint>>* out) const override {
+    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+    if (local) return local->shard().Search(queries, nq, params, out);
+    ShardReadRequest q;
+    q.op = ShardReadRequest::Op::kSearch;
+    q.nq = static_cast<uint32_t>(nq);
+    q.queries.assign(queries, queries + nq * dim_);
+    q.k = params.k;
+    q.ef = params.ef;
+    q.nprobe = params.nprobe;
+    q.exact = params.exact;
+    q.with_payload = params.with_payload;
+    q.with_vector = params.with_vector;
+    if (params.filter) q.filter_json = params.filter->ToJson();
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    CAIRN_ASSIGN_OR_RETURN(*out, DecodeSearchAnswer(body));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<db::ShardStats> ReadStats() const override {
+    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+    if (local) return local->shard().Stats();
+    ShardReadRequest q;
+    q.op = ShardReadRequest::Op::kStats;
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    return DecodeStatsAnswer(body);
+  }
+
+  void set_dimension(size_t dim) { dim_ = dim; }
+
+ private:
+  Cluster* const cluster_;
+  const uint64_t group_;
+  const std::string what_;
+  size_t dim_ = 0;
+};
+
+// A collection of the cluster: requests are checked, routed and merged by a
+// CollectionImpl over the collection's replicated shards; what changes the
+// collection itself goes through the metadata group.
+class ClusterCollection final : public Collection {
+ public:
+  ClusterCollection(Cluster* cluster, std::string name, CollectionConfig config,
+                    const std::vector<uint64_t>& groups, std::function<absl::Status(const CollectionConfig&)> update)
+      : cluster_(cluster), name_(std::move(name)), config_(std::move(config)), update_(std::move(update)) {
+    std::vector<std::shared_ptr<db::ShardAccess>> shards;
+    for (size_t s = 0; s < groups.size(); ++s) {
+      auto rs = std::make_shared<ReplicatedShard>(cluster, name_, static_cast<uint32_t>(s), groups[s]);
+      rs->set_dimension(config_.dimension);
+      shards.push_back(std::move(rs));
+    }
+    impl_ = db::CollectionImpl::OverShards(name_, config_, cluster->options(), std::move(shards));
+  }
+
+  const std::string& name() const override { return name_; }
+  CollectionConfig config() const override {
+    auto c = cluster_->CurrentConfig(name_);
+    return c.ok() ? *c : config_;
+  }
+  absl::Status UpdateConfig(const CollectionConfig& config) override { return update_(config); }
+  absl::StatusOr<CollectionInfo> Info() const override {
+    CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, impl_->Info());
+    info.config = config();
+    return info;
+  }
+  absl::Status Upsert(absl::Span<const Point> points) override { return impl_->Upsert(points); }
+  absl::StatusOr<std::vector<std::optional<Record>>> Get(absl::Span<const PointId> ids, bool with_payload,
+                                                         bool with_vector) const override {
+    return impl_->Get(ids, with_payload, with_vector);
+  }
+  absl::StatusOr<uint64_t> Delete(absl::Span<const PointId> ids) override { return impl_->Delete(ids); }
+  absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override { return impl_->DeleteByFilter(filter); }
+  absl::Status SetPayload(absl::Span<const PointId> ids, std::string_view payload_json) override {
+    return impl_->SetPayload(ids, payload_json);
+  }
+  absl::Status OverwritePayload(absl::Span<const PointId> ids, std::string_view payload_json) override {
+    return impl_->OverwritePayload(ids, payload_json);
+  }
+  absl::StatusOr<uint64_t> Count(const Filter* filter) const override { return impl_->Count(filter); }
+  absl::StatusOr<ScrollPage> Scroll(const ScrollRequest& request) const override { return impl_->Scroll(request); }
+  absl::StatusOr<std::vector<ScoredPoint>> Search(absl::Span<const float> query,
+                                                  const SearchParams& params) const override {
+    return impl_->Search(query, params);
+  }
+  absl::StatusOr<std::vector<std::vector<ScoredPoint>>> SearchBatch(absl::Span<const float> queries,
+                                                                    const SearchParams& params) const override {
+    return impl_->SearchBatch(queries, params);
+  }
+  absl::Status Seal() override {
+    return absl::FailedPreconditionError(
+        "in a cluster every replica seals its growing segment on its own once it holds seal_threshold points");
+  }
+  absl::Status Compact(bool) override {
+    return absl::FailedPreconditionError("in a cluster every replica compacts its segments on its own");
+  }
+  absl::StatusOr<std::unique_ptr<BulkLoader>> BeginBulkLoad(const BulkLoadOptions&) override {
+    return absl::FailedPreconditionError(
+        "bulk loads write files beside the replicated log and are not available in a cluster; use upserts "
+        "(cairn ingest without --offline)");
+  }
+
+ private:
+  Cluster* const cluster_;
+  const std::string name_;
+  const CollectionConfig config_;
+  std::function<absl::Status(const CollectionConfig&)> update_;
+  std::shared_ptr<db::CollectionImpl> impl_;
+};
+
+}  // namespace
+
+// ---- start -------------------------------------------------------------------
+
+Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(ClusterOptions options) {
+  if (options.data_dir.empty()) return absl::InvalidArgumentError("cluster: a data directory is required");
+  if (options.node_name.empty()) return absl::InvalidArgumentError("cluster: a node name is required");
+  if (options.advertise.empty()) {
+    for (const auto& s : options.seeds) {
+      const std::string host = HostOf(s);
+      if (host == options.node_name || absl::StartsWith(host, options.node_name + ".")) options.advertise = s;
+    }
+    if (options.advertise.empty()) options.advertise = options.peer_listen;
+  }
+  std::unique_ptr<Cluster> c(new Cluster(std::move(options)));
+  CAIRN_RETURN_IF_ERROR(c->Start());
+  return c;
+}
+
+int Cluster::peer_port() const { return server_ ? server_->port() : 0; }
+
+absl::Status Cluster::Start() {
+  std::error_code ec;
+  fs::create_directories(options_.data_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("create ", options_.data_dir, ": ", ec.message()));
+  CAIRN_ASSIGN_OR_RETURN(lock_, storage::FileLock::Acquire((fs::path(options_.data_dir) / "LOCK").string()));
+  CAIRN_ASSIGN_OR_RETURN(self_, LoadOrCreateIdentity(options_.data_dir, options_.node_name));
+  CAIRN_ASSIGN_OR_RETURN(store_, raft::LogStore::Open((fs::path(options_.data_dir) / "raftlog").string()));
+  executor_ = std::make_unique<Executor>(4);
+  clients_ = std::make_unique<PeerClients>(self_.id, options_.security);
+  CAIRN_ASSIGN_OR_RETURN(server_, PeerServer::Start(options_.peer_listen, options_.security, this));
+  Log(absl::StrCat("node \"", self_.name, "\" (id ", self_.id, ") peer port ", options_.peer_listen, ", reached at ",
+                   options_.advertise));
+  CAIRN_RETURN_IF_ERROR(AwaitMembership());
+
+  clients_->SetClusterId(membership_.cluster_id);
+  std::map<uint64_t, uint64_t> meta_nodes;
+  std::vector<uint64_t> learners;
+  for (const auto& s : membership_.seeds) {
+    meta_nodes[s.node_id] = s.node_id;
+    if (s.node_id != self_.id) clients_->SetAddress(s.node_id, s.address);
+    if (std::find(membership_.initial_voters.begin(), membership_.initial_voters.end(), s.node_id) ==
+        membership_.initial_voters.end()) {
+      learners.push_back(s.node_id);
+    }
+  }
+  if (!meta_nodes.count(self_.id)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this node (id ", self_.id, ") is not among the members its membership record names; joining an existing "
+        "cluster as a new member is not supported by this version"));
+  }
+  meta_ = std::make_unique<MetadataMachine>([this] {
+    {
+      std::lock_guard l(loop_mu_);
+      dirty_ = true;
+    }
+    loop_cv_.notify_all();
+  });
+  meta_->SetClusterId(membership_.cluster_id);
+  raft::NodeOptions no;
+  no.node_id = self_.id;
+  no.store = store_.get();
+  no.transport = clients_.get();
+  no.tick = options_.tick;
+  no.election_tick = options_.election_tick;
+  CAIRN_ASSIGN_OR_RETURN(node_, raft::Node::Start(no));
+  clients_->SetNode(node_.get());
+  node_ptr_.store(node_.get());
+  raft::GroupSpec spec;
+  spec.group = kMetadataGroup;
+  spec.replica = self_.id;
+  spec.nodes = meta_nodes;
+  spec.initial_voters = membership_.initial_voters;
+  spec.initial_learners = learners;
+  spec.state_machine = meta_.get();
+  CAIRN_RETURN_IF_ERROR(node_->AddGroup(spec));
+
+  reconciler_ = std::thread([this] { ReconcileLoop(); });
+  maintenance_ = std::thread([this] { MaintenanceLoop(); });
+
+  // Say who and where this node is (every start: the address may change),
+  // then catch up with the metadata and open this node's replicas.
+  NodeInfo info{self_.id, self_.name, options_.advertise, options_.zone};
+  auto last_log = Clock::now();
+  while (true) {
+    absl::Status s = ProposeMetadata(AddNodeCommand(info), nullptr);
+    if (s.ok()) break;
+    if (!Retryable(s)) return s;
+    if (Clock::now() - last_log > 10s) {
+      Log(absl::StrCat("waiting for a quorum of the metadata group to register this node: ", s.ToString()));
+      last_log = Clock::now();
+    }
+    std::lock_guard l(loop_mu_);
+    if (stop_) return absl::CancelledError("stopping");
+  }
+  Reconcile();
+  Log(absl::StrCat("node \"", self_.name, "\" is a member of cluster ", membership_.cluster_id));
+  return absl::OkStatus();
+}
+
+pb::HelloResponse Cluster::SelfHello() const {
+  pb::HelloResponse r;
+  r.set_node_id(self_.id);
+  r.set_name(self_.name);
+  for (const auto& s : options_.seeds) r.add_seeds(s);
+  if (member_.load(std::memory_order_acquire)) {
+    r.set_cluster_id(membership_.cluster_id);
+    for (uint64_t v : membership_.initial_voters) r.add_initial_voters(v);
+    for (const auto& s : membership_.seeds) {
+      auto* m = r.add_members();
+      m->set_node_id(s.node_id);
+      m->set_name(s.name);
+      m->set_peer_address(s.address);
+    }
+  }
+  return r;
+}
+
+absl::Status Cluster::AwaitMembership() {
+  CAIRN_ASSIGN_OR_RETURN(auto record, store_->GetMeta(kMembershipKey));
+  if (record) {
+    CAIRN_ASSIGN_OR_RETURN(membership_, Membership::Decode(*record));
+    member_.store(true, std::memory_order_release);
+    Log(absl::StrCat("restarting as a member of cluster ", membership_.cluster_id, " (--seeds is not consulted)"));
+    return absl::OkStatus();
+  }
+  if (options_.seeds.empty()) {
+    return absl::InvalidArgumentError("this node has no cluster yet: give --seeds, the peer addresses of the nodes "
+                                      "that form it (the same list on each)");
+  }
+  auto last_log = Clock::now() - 1h;
+  std::string last_why;
+  while (true) {
+    std::vector<SeedAnswer> answers;
+    for (const auto& seed : options_.seeds) {
+      SeedAnswer a;
+      a.address = seed;
+      if (seed == options_.advertise) {
+        a.response = SelfHello();
+      } else {
+        auto stub = clients_->StubFor(seed);
+        auto ctx = clients_->NewContext(2s);
+        pb::HelloRequest req;
+        req.set_node_id(self_.id);
+        req.set_name(self_.name);
+        req.set_peer_address(options_.advertise);
+        for (const auto& s : options_.seeds) req.add_seeds(s);
+        pb::HelloResponse resp;
+        grpc::Status st = stub->Hello(ctx.get(), req, &resp);
+        if (st.ok()) {
+          a.response = resp;
+        } else {
+          a.error = st.error_message();
+        }
+      }
+      answers.push_back(std::move(a));
+    }
+    Decision d = Decide(self_, options_.seeds, answers);
+    if (d.kind == Decision::Kind::kForm || d.kind == Decision::Kind::kAdopt) {
+      CAIRN_RETURN_IF_ERROR(store_->PutMeta(kMembershipKey, d.membership.Encode()));
+      membership_ = d.membership;
+      member_.store(true, std::memory_order_release);
+      Log(absl::StrCat(d.kind == Decision::Kind::kForm ? "formed" : "joined the forming of", " cluster ",
+                       membership_.cluster_id, " with metadata voters ",
+                       absl::StrJoin(membership_.initial_voters, ",")));
+      return absl::OkStatus();
+    }
+    const std::string why = d.kind == Decision::Kind::kJoin
+                                ? absl::StrCat(d.why, "; this node is not one of its members and adding members "
+                                                      "is not supported by this version, so it waits")
+                                : d.why;
+    if (why != last_why || Clock::now() - last_log > 10s) {
+      Log(why);
+      last_why = why;
+      last_log = Clock::now();
+    }
+    std::unique_lock l(loop_mu_);
+    if (loop_cv_.wait_for(l, 500ms, [this] { return stop_; })) return absl::CancelledError("stopping");
+  }
+}
+
+Cluster::~Cluster() {
+  {
+    std::lock_guard l(loop_mu_);
+    stop_ = true;
+  }
+  loop_cv_.notify_all();
+  if (reconciler_.joinable()) reconciler_.join();
+  if (maintenance_.joinable()) maintenance_.join();
+  // Receiving stops first, then the loop (which sends through the clients),
+  // then the clients, then the replicas.
+  if (server_) server_->Shutdown(1s);
+  if (clients_) clients_->SetNode(nullptr);
+  node_ptr_.store(nullptr);
+  node_.reset();
+  executor_.reset();
+  clients_.reset();
+  std::lock_guard l(mu_);
+  for (auto& [gid, r] : replicas_) {
+    // A clean close: growing segments are saved so that the next start loads them.
+    absl::Status s = r->shard().SealIfOnlyAWrite(options_.db.seal_on_close_points);
+    if (s.ok()) s = r->shard().CheckpointGrowing(/*at_close=*/true);
+    if (!s.ok()) Log(absl::StrCat("group ", gid, ": saving the growing segment at close failed: ", s.ToString()));
+  }
+  replicas_.clear();
+}
+
+// ---- proposals and reads -----------------------------------------------------
+
+absl::StatusOr<uint64_t> Cluster::ProposeAndWait(uint64_t gid, const std::string& data, Clock::time_point deadline) {
+  auto p = std::make_shared<std::promise<absl::StatusOr<uint64_t>>>();
+  auto f = p->get_future();
+  node_->Propose(gid, data, deadline, [p](absl::StatusOr<uint64_t> r) { p->set_value(std::move(r)); });
+  return f.get();
+}
+
+absl::Status Cluster::ReadIndexAndWait(uint64_t gid, Clock::time_point deadline) {
+  auto p = std::make_shared<std::promise<absl::Status>>();
+  auto f = p->get_future();
+  node_->ReadIndex(gid, deadline, [p](absl::Status s) { p->set_value(std::move(s)); });
+  return f.get();
+}
+
+absl::Status Cluster::ProposeMetadata(const MetadataCommand& cmd, uint64_t* result) {
+  const auto deadline = Clock::now() + options_.request_timeout;
+  absl::Status last;
+  auto backoff = 20ms;
+  while (Clock::now() < deadline) {
+    auto r = ProposeAndWait(kMetadataGroup, cmd.json, std::min(deadline, Clock::now() + 2s));
+    if (r.ok()) {
+      if (result) *result = *r;
+      return absl::OkStatus();
+    }
+    last = r.status();
+    if (!Retryable(last) || absl::IsAborted(last)) return last;
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
+  }
+  return absl::UnavailableError(absl::StrCat("the metadata group accepted no change within ",
+                                             options_.request_timeout.count(), " ms: no leader or no quorum (",
+                                             last.message(), ")"));
+}
+
+std::shared_ptr<ShardReplica> Cluster::LocalReplica(uint64_t gid) const {
+  std::lock_guard l(mu_);
+  auto it = replicas_.find(gid);
+  return it == replicas_.end() ? nullptr : it->second;
+}
+
+std::vector<uint64_t> Cluster::NodesOf(uint64_t gid) const {
+  MetadataState st = meta_->State();
+  std::vector<uint64_t> out;
+  auto it = st.groups.find(gid);
+  if (it == st.groups.end()) return out;
+  // The preferred leader first.
+  for (uint64_t v : it->second.initial_voters) {
+    auto r = it->second.replicas.find(v);
+    if (r != it->second.replicas.end()) out.push_back(r->second);
+  }
+  for (const auto& [replica, node] : it->second.replicas) {
+    if (std::find(out.begin(), out.end(), node) == out.end()) out.push_back(node);
+  }
+  return out;
+}
+
+absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string& command, const std::string& what) {
+  const auto deadline = Clock::now() + options_.request_timeout;
+  absl::Status last = absl::UnavailableError("not tried");
+  auto backoff = 10ms;
+  size_t next_node = 0;
+  while (Clock::now() < deadline) {
+    if (!meta_->State().groups.count(gid)) {
+      return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
+    }
+    absl::StatusOr<uint64_t> r;
+    if (LocalReplica(gid)) {
+      r = ProposeAndWait(gid, command, std::min(deadline, Clock::now() + 2s));
+    } else {
+      std::vector<uint64_t> nodes = NodesOf(gid);
+      if (nodes.empty()) return absl::FailedPreconditionError(absl::StrCat(what, " has no replicas"));
+      const uint64_t node = nodes[next_node++ % nodes.size()];
+      MetadataState st = meta_->State();
+      auto n = st.nodes.find(node);
+      if (n == st.nodes.end()) {
+        r = absl::UnavailableError(absl::StrCat("node ", node, " has no address yet"));
+      } else {
+        pb::ShardRequest req;
+        req.set_cluster_id(membership_.cluster_id);
+        req.set_group(gid);
+        req.set_timeout_ms(2000);
+        req.set_command(command);
+        pb::ShardResponse resp;
+        auto ctx = clients_->NewContext(3s);
+        grpc::Status gs = clients_->StubFor(n->second.peer_address)->Shard(ctx.get(), req, &resp);
+        if (!gs.ok()) {
+          r = absl::UnavailableError(absl::StrCat("node ", n->second.name, ": ", gs.error_message()));
+        } else if (absl::Status s = FromShardResponse(resp); !s.ok()) {
+          r = s;
+        } else {
+          r = resp.result();
+        }
+      }
+    }
+    if (r.ok() || !Retryable(r.status())) return r;
+    last = r.status();
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
+  }
+  return absl::UnavailableError(absl::StrCat(what, " took no write within ", options_.request_timeout.count(),
+                                             " ms: it has no leader or no quorum (", last.message(), ")"));
+}
+
+absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::ReadableReplica(uint64_t gid, const std::string& what) {
+  auto local = LocalReplica(gid);
+  if (!local) {
+    if (!meta_->State().groups.count(gid)) {
+      return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
+    }
+    return std::shared_ptr<ShardReplica>();
+  }
+  const auto deadline = Clock::now() + options_.request_timeout;
+  absl::Status last;
+  auto backoff = 10ms;
+  while (Clock::now() < deadline) {
+    last = ReadIndexAndWait(gid, std::min(deadline, Clock::now() + 2s));
+    if (last.ok()) return local;
+    if (!Retryable(last)) return last;
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
+  }
+  return absl::UnavailableError(absl::StrCat(what, " could not confirm a linearizable read within ",
+                                             options_.request_timeout.count(), " ms: it has no leader or no quorum (",
+                                             last.message(), ")"));
+}
+
+absl::StatusOr<std::string> Cluster::RemoteRead(uint64_t gid, const ShardReadRequest& q, const std::string& what) {
+  const auto deadline = Clock::now() + options_.request_timeout;
+  absl::Status last = absl::UnavailableError("not tried");
+  const std::string request = q.Encode();
+  size_t next_node = 0;
+  auto backoff = 10ms;
+  while (Clock::now() < deadline) {
+    std::vector<uint64_t> nodes = NodesOf(gid);
+    if (nodes.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
+    }
+    const uint64_t node = nodes[next_node++ % nodes.size()];
+    MetadataState st = meta_->State();
+    auto n = st.nodes.find(node);
+    if (n != st.nodes.end()) {
+      pb::ShardRequest req;
+      req.set_cluster_id(membership_.cluster_id);
+      req.set_group(gid);
+      req.set_timeout_ms(2000);
+      req.mutable_read()->set_consistency(0);
+      req.mutable_read()->set_request(request);
+      pb::ShardResponse resp;
+      auto ctx = clients_->NewContext(3s);
+      grpc::Status gs = clients_->StubFor(n->second.peer_address)->Shard(ctx.get(), req, &resp);
+      if (!gs.ok()) {
+        last = absl::UnavailableError(absl::StrCat("node ", n->second.name, ": ", gs.error_message()));
+      } else if (absl::Status s = FromShardResponse(resp); !s.ok()) {
+        if (!Retryable(s)) return s;
+        last = s;
+      } else {
+        return resp.body();
+      }
+    }
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
+  }
+  return absl::UnavailableError(absl::StrCat(what, " answered no read within ", options_.request_timeout.count(),
+                                             " ms (", last.message(), ")"));
+}
+
+// ---- the peer port's requests ------------------------------------------------
+
+std::string Cluster::ClusterId() const {
+  return member_.load(std::memory_order_acquire) ? membership_.cluster_id : std::string();
+}
+
+pb::HelloResponse Cluster::Hello(const pb::HelloRequest&) { return SelfHello(); }
+
+void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardResponse)> done) {
+  raft::Node* node = node_ptr_.load();
+  const uint64_t gid = req.group();
+  auto deadline = Clock::now() + std::chrono::milliseconds(std::clamp<uint64_t>(req.timeout_ms(), 1, 60000));
+  pb::ShardResponse resp;
+  if (node == nullptr) {
+    SetStatus(absl::UnavailableError("this node is starting"), &resp);
+    return done(resp);
+  }
+  switch (req.kind_case()) {
+    case pb::ShardRequest::kCommand:
+      if (!LocalReplica(gid)) {
+        SetStatus(absl::UnavailableError(absl::StrCat("group ", gid, " has no replica on node ", self_.name)), &resp);
+        return done(resp);
+      }
+      node->Propose(gid, req.command(), deadline, [done](absl::StatusOr<uint64_t> r) {
+        pb::ShardResponse resp;
+        if (r.ok()) {
+          resp.set_result(*r);
+        } else {
+          SetStatus(r.status(), &resp);
+        }
+        done(resp);
+      });
+      return;
+    case pb::ShardRequest::kRead: {
+      auto local = LocalReplica(gid);
+      if (!local) {
+        SetStatus(absl::UnavailableError(absl::StrCat("group ", gid, " has no replica on node ", self_.name)), &resp);
+        return done(resp);
+      }
+      auto q = ShardReadRequest::Decode(req.read().request());
+      if (!q.ok()) {
+        SetStatus(q.status(), &resp);
+        return done(resp);
+      }
+      // The read runs on the executor, not on the node loop's thread.
+      auto run = [this, local, q = *std::move(q), done] {
+        pb::ShardResponse resp;
+        auto body = ExecuteRead(local->shard(), q);
+        if (body.ok()) {
+          resp.set_body(*std::move(body));
+        } else {
+          SetStatus(body.status(), &resp);
+        }
+        done(resp);
+      };
+      if (req.read().consistency() == 1) {
+        executor_->Post(std::move(run));
+        return;
+      }
+      node->ReadIndex(gid, deadline, [this, run = std::move(run), done](absl::Status s) mutable {
+        if (!s.ok()) {
+          pb::ShardResponse resp;
+          SetStatus(s, &resp);
+          return done(resp);
+        }
+        executor_->Post(std::move(run));
+      });
+      return;
+    }
+    default:
+      SetStatus(absl::InvalidArgumentError("peer: a shard request without a command or a read"), &resp);
+      return done(resp);
+  }
+}
+
+// ---- the metadata's consequences on this node ---------------------------------
+
+void Cluster::ReconcileLoop() {
+  std::unique_lock l(loop_mu_);
+  while (!stop_) {
+    loop_cv_.wait_for(l, 1s, [this] { return stop_ || dirty_; });
+    if (stop_) break;
+    dirty_ = false;
+    l.unlock();
+    Reconcile();
+    l.lock();
+  }
+}
+
+void Cluster::Reconcile() {
+  std::lock_guard rl(reconcile_mu_);
+  const MetadataState st = meta_->State();
+  for (const auto& [id, n] : st.nodes) {
+    if (id != self_.id) clients_->SetAddress(id, n.peer_address);
+  }
+  // Replicas the map places here and this node does not have yet.
+  for (const ShardGroup* g : st.GroupsOn(self_.id)) {
+    if (LocalReplica(g->group)) continue;
+    auto coll = st.collections.find(g->collection);
+    if (coll == st.collections.end()) continue;
+    uint64_t replica = 0;
+    for (const auto& [r, n] : g->replicas) {
+      if (n == self_.id) replica = r;
+    }
+    db::ShardOptions so = db::ShardOptionsFor(g->collection, coll->second.config, options_.db);
+    so.sync_writes = false;  // the Raft log is the write-ahead log
+    const std::string dir = (fs::path(options_.data_dir) / "groups" / std::to_string(g->group)).string();
+    auto shard = db::Shard::Open(dir, so);
+    if (!shard.ok()) {
+      Log(absl::StrCat("cannot open the replica of group ", g->group, " in ", dir, ": ", shard.status().ToString()));
+      continue;
+    }
+    auto rep = std::make_shared<ShardReplica>(g->group, g->collection, std::move(*shard));
+    raft::GroupSpec spec;
+    spec.group = g->group;
+    spec.replica = replica;
+    spec.nodes = g->replicas;
+    spec.initial_voters = g->initial_voters;
+    spec.state_machine = rep.get();
+    {
+      std::lock_guard l(mu_);
+      replicas_[g->group] = rep;
+    }
+    if (absl::Status s = node_->AddGroup(spec); !s.ok()) {
+      Log(absl::StrCat("cannot start group ", g->group, ": ", s.ToString()));
+      std::lock_guard l(mu_);
+      replicas_.erase(g->group);
+    }
+  }
+  // Replicas of dropped collections; tunables of the others.
+  std::vector<uint64_t> gone;
+  {
+    std::lock_guard l(mu_);
+    for (auto& [gid, rep] : replicas_) {
+      auto g = st.groups.find(gid);
+      if (g == st.groups.end()) {
+        gone.push_back(gid);
+        continue;
+      }
+      auto coll = st.collections.find(g->second.collection);
+      if (coll != st.collections.end()) {
+        const CollectionConfig& c = coll->second.config;
+        rep->shard().SetTunables(
+            {c.index.ef_search, c.index.nprobe, c.index.rerank_factor, c.seal_threshold, c.compaction_deleted_ratio});
+      }
+    }
+  }
+  for (uint64_t gid : gone) {
+    (void)node_->RemoveGroup(gid, /*drop_log=*/true);
+    std::lock_guard l(mu_);
+    dropped_.push_back({replicas_[gid], (fs::path(options_.data_dir) / "groups" / std::to_string(gid)).string()});
+    replicas_.erase(gid);
+  }
+  // Files of dropped replicas go once no request holds them.
+  std::lock_guard l(mu_);
+  for (auto it = dropped_.begin(); it != dropped_.end();) {
+    if (it->first.use_count() == 1) {
+      it->first.reset();
+      std::error_code ec;
+      fs::remove_all(it->second, ec);
+      it = dropped_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Cluster::MaintenanceLoop() {
+  std::unique_lock l(loop_mu_);
+  while (!stop_) {
+    loop_cv_.wait_for(l, 1s, [this] { return stop_; });
+    if (stop_) break;
+    l.unlock();
+    std::vector<std::shared_ptr<ShardReplica>> reps;
+    {
+      std::lock_guard ml(mu_);
+      for (auto& [gid, r] : replicas_) reps.push_back(r);
+    }
+    for (auto& r : reps) {
+      absl::Status s = r->shard().Seal(/*force=*/false);
+      if (s.ok()) s = r->shard().Compact(/*force=*/false);
+      if (s.ok()) s = r->shard().CheckpointGrowing(/*at_close=*/false);
+      if (!s.ok()) Log(absl::StrCat("maintenance of group ", r->group(), " failed: ", s.ToString()));
+    }
+    l.lock();
+  }
+}
+
+// ---- Database ----------------------------------------------------------------
+
+absl::StatusOr<std::shared_ptr<Collection>> Cluster::CreateCollection(const std::string& name,
+                                                                      const CollectionConfig& config) {
+  CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
+  CAIRN_RETURN_IF_ERROR(db::ValidateConfig(config));
+  CAIRN_RETURN_IF_ERROR(ReadIndexAndWait(kMetadataGroup, Clock::now() + options_.request_timeout));
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    MetadataState st = meta_->State();
+    if (st.collections.count(name)) return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
+    CollectionConfig c = config;
+    if (c.replication_factor == 0) {
+      c.replication_factor = static_cast<uint32_t>(std::min<size_t>(3, st.nodes.size() - st.removed_nodes.size()));
+    }
+    CAIRN_ASSIGN_OR_RETURN(auto placement, PlaceShards(st, c.num_shards, c.replication_factor));
+    absl::Status s = ProposeMetadata(CreateCollectionCommand(st, name, c, placement), nullptr);
+    if (absl::IsAborted(s)) continue;  // the map moved on: place again
+    CAIRN_RETURN_IF_ERROR(s);
+    Reconcile();
+    return GetCollection(name);
+  }
+  return absl::AbortedError("the cluster's map kept changing while the collection was placed; retry");
+}
+
+absl::StatusOr<std::shared_ptr<Collection>> Cluster::GetCollection(const std::string& name) const {
+  auto* self = const_cast<Cluster*>(this);
+  MetadataState st = meta_->State();
+  auto it = st.collections.find(name);
+  if (it == st.collections.end()) {
+    // Created through another node a moment ago? Catch up, then look again.
+    CAIRN_RETURN_IF_ERROR(self->ReadIndexAndWait(kMetadataGroup, Clock::now() + options_.request_timeout));
+    st = meta_->State();
+    it = st.collections.find(name);
+    if (it == st.collections.end()) {
+      return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+    }
+  }
+  auto update = [self, name](const CollectionConfig& update) -> absl::Status {
+    MetadataState st = self->meta_->State();
+    auto it = st.collections.find(name);
+    if (it == st.collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+    CAIRN_RETURN_IF_ERROR(db::ValidateConfig(update));
+    CAIRN_RETURN_IF_ERROR(db::CheckConfigUpdate(it->second.config, update));
+    CollectionConfig next = it->second.config;
+    next.index.ef_search = update.index.ef_search;
+    next.index.nprobe = update.index.nprobe;
+    next.index.rerank_factor = update.index.rerank_factor;
+    next.seal_threshold = update.seal_threshold;
+    next.compaction_deleted_ratio = update.compaction_deleted_ratio;
+    CAIRN_RETURN_IF_ERROR(self->ProposeMetadata(UpdateConfigCommand(name, next), nullptr));
+    self->Reconcile();
+    return absl::OkStatus();
+  };
+  return std::shared_ptr<Collection>(
+      std::make_shared<ClusterCollection>(self, name, it->second.config, it->second.groups, update));
+}
+
+absl::StatusOr<CollectionConfig> Cluster::CurrentConfig(const std::string& name) const {
+  MetadataState st = meta_->State();
+  auto it = st.collections.find(name);
+  if (it == st.collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+  return it->second.config;
+}
+
+std::vector<std::string> Cluster::ListCollections() const {
+  std::vector<std::string> out;
+  for (const auto& [name, c] : meta_->State().collections) out.push_back(name);
+  return out;
+}
+
+absl::StatusOr<CollectionInfo> Cluster::DescribeCollection(const std::string& name) const {
+  CAIRN_ASSIGN_OR_RETURN(auto c, GetCollection(name));
+  return c->Info();
+}
+
+absl::Status Cluster::DropCollection(const std::string& name) {
+  CAIRN_RETURN_IF_ERROR(ProposeMetadata(DropCollectionCommand(name), nullptr));
+  Reconcile();
+  return absl::OkStatus();
+}
+
+absl::Status Cluster::Snapshot(const std::string&, const std::string&) {
+  return absl::FailedPreconditionError(
+      "snapshots of a replicated collection are not supported by this version; every shard has "
+      "replication_factor copies on distinct nodes");
+}
+
+absl::StatusOr<std::shared_ptr<Collection>> Cluster::RestoreCollection(const std::string&, const std::string&) {
+  return absl::FailedPreconditionError(
+      "restoring a snapshot into a cluster is not supported by this version; restore it on a single node and "
+      "re-ingest");
+}
+
+absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> Cluster::LocalChecksums() const {
+  std::vector<std::shared_ptr<ShardReplica>> reps;
+  {
+    std::lock_guard l(mu_);
+    for (auto& [gid, r] : replicas_) reps.push_back(r);
+  }
+  std::map<uint64_t, db::Shard::Checksum> out;
+  for (auto& r : reps) {
+    CAIRN_ASSIGN_OR_RETURN(out[r->group()], r->shard().DataChecksum());
+  }
+  return out;
+}
+
+ClusterStatus Cluster::Status() const {
+  ClusterStatus out;
+  out.cluster_id = ClusterId();
+  out.node_id = self_.id;
+  out.node_name = self_.name;
+  if (!meta_) return out;
+  MetadataState st = meta_->State();
+  for (const auto& [id, n] : st.nodes) {
+    out.nodes.push_back({id, n.name, n.peer_address, n.zone, st.removed_nodes.count(id) ? "removed" : "active"});
+  }
+  std::map<uint64_t, raft::GroupStatus> local;
+  if (node_) {
+    for (auto& g : node_->Status()) local[g.group] = g;
+  }
+  auto fill = [&](ClusterStatus::Group& g) {
+    auto it = local.find(g.group);
+    if (it == local.end()) return;
+    const raft::GroupStatus& s = it->second;
+    g.hosted_here = true;
+    auto leader = g.replicas.find(s.leader);
+    g.leader_node = leader == g.replicas.end() ? 0 : leader->second;
+    g.term = s.term;
+    g.commit = s.commit;
+    g.applied = s.applied;
+    g.leader_changes = s.leader_changes;
+    for (const auto& p : s.peers) g.match[p.node] = p.match;
+  };
+  ClusterStatus::Group meta;
+  meta.group = kMetadataGroup;
+  for (const auto& s : membership_.seeds) meta.replicas[s.node_id] = s.node_id;
+  fill(meta);
+  out.groups.push_back(meta);
+  for (const auto& [gid, g] : st.groups) {
+    ClusterStatus::Group cg;
+    cg.group = gid;
+    cg.collection = g.collection;
+    cg.shard = g.shard;
+    cg.replicas = g.replicas;
+    fill(cg);
+    out.groups.push_back(std::move(cg));
+  }
+  return out;
+}
+
+}  // namespace cairn::cluster

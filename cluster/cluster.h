@@ -1,0 +1,200 @@
+// Cluster: one node of a replicated, sharded Cairn (cairnd --cluster), seen
+// through the same cairn::Database interface as the embedded engine, so the
+// gRPC service and the CLI work unchanged against any node.
+//
+// Each collection is split into shards and each shard is a Raft group of
+// replication_factor replicas on distinct nodes (db::Shard::Apply applies its
+// committed entries). The metadata group (metadata.h) holds the nodes, the
+// collections and the shard map; every node follows it and opens the replicas
+// the map places on it. A request may arrive at any node: writes go to the
+// shard's group (proposed here when this node holds a replica, else passed to
+// a node that does), reads are linearizable (ReadIndex) on whichever replica
+// serves them, searches go to every shard and their top-k are merged.
+//
+// Open forms or rejoins the cluster (bootstrap.h) and returns once this node
+// follows the metadata group and has opened its replicas. Requests that find
+// no leader or no quorum are retried until options.request_timeout, then end
+// with Unavailable naming the shard.
+//
+// Thread-safety: all methods are thread-safe.
+#ifndef CAIRN_CLUSTER_CLUSTER_H_
+#define CAIRN_CLUSTER_CLUSTER_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cairn/database.h"
+#include "cluster/bootstrap.h"
+#include "cluster/metadata.h"
+#include "cluster/peer.h"
+#include "cluster/shard_wire.h"
+#include "db/shard.h"
+#include "replication/node.h"
+
+namespace cairn::storage {
+class FileLock;
+}
+
+namespace cairn::cluster {
+
+struct ClusterOptions {
+  // This node's data directory. Required.
+  std::string data_dir;
+  // This node's name, unique in the cluster (a StatefulSet pod's name).
+  // Required.
+  std::string node_name;
+  // Where the peer port listens. Default: 127.0.0.1:7602.
+  std::string peer_listen = "127.0.0.1:7602";
+  // This node's peer address as the others reach it; when it is one of
+  // `seeds`, this node is that seed. Default: the seed whose host is the node
+  // name or starts with "<node name>.", else peer_listen.
+  std::string advertise;
+  // The peer addresses of the nodes that form the cluster, the same list on
+  // every node. Required on a node that has no cluster yet.
+  std::vector<std::string> seeds;
+  PeerSecurity security;
+  // Failure domain of this node (a zone), shown in the cluster's status.
+  std::string zone;
+  // Options of the shards this node holds (sync_writes is ignored: the Raft
+  // log is the write-ahead log).
+  DatabaseOptions db;
+  // The Raft clock: a tick, and an election timeout of election_tick to
+  // 2 * election_tick ticks. Defaults: 100 ms, 10.
+  std::chrono::milliseconds tick{100};
+  int election_tick = 10;
+  // How long a request retries a shard with no leader or no quorum before
+  // it fails with Unavailable. Default: 10 s.
+  std::chrono::milliseconds request_timeout{10000};
+};
+
+// What `cairn cluster status` shows, as this node sees it.
+struct ClusterStatus {
+  std::string cluster_id;
+  uint64_t node_id = 0;
+  std::string node_name;
+  struct Node {
+    uint64_t id = 0;
+    std::string name;
+    std::string address;
+    std::string zone;
+    std::string state;  // "active" or "removed"
+  };
+  std::vector<Node> nodes;
+  struct Group {
+    uint64_t group = 0;
+    std::string collection;  // "" for the metadata group
+    uint32_t shard = 0;
+    std::map<uint64_t, uint64_t> replicas;  // replica id -> node id
+    bool hosted_here = false;  // the fields below are known only then
+    uint64_t leader_node = 0;  // 0: none known
+    uint64_t term = 0;
+    uint64_t commit = 0;
+    uint64_t applied = 0;
+    uint64_t leader_changes = 0;
+    std::map<uint64_t, uint64_t> match;  // node -> last index replicated there (when this node leads)
+  };
+  std::vector<Group> groups;
+};
+
+class ShardReplica;
+
+class Cluster final : public Database, private PeerHandler {
+ public:
+  // InvalidArgument for bad options; FailedPrecondition when the directory
+  // is locked or belongs to another node; Unavailable when the peer port
+  // cannot be bound. Waits (logging why) while the cluster cannot form yet.
+  static absl::StatusOr<std::unique_ptr<Cluster>> Open(ClusterOptions options);
+  ~Cluster() override;
+
+  // Database.
+  absl::StatusOr<std::shared_ptr<Collection>> CreateCollection(const std::string& name,
+                                                               const CollectionConfig& config) override;
+  absl::StatusOr<std::shared_ptr<Collection>> GetCollection(const std::string& name) const override;
+  std::vector<std::string> ListCollections() const override;
+  absl::StatusOr<CollectionInfo> DescribeCollection(const std::string& name) const override;
+  absl::Status DropCollection(const std::string& name) override;
+  absl::Status Snapshot(const std::string& name, const std::string& target_dir) override;
+  absl::StatusOr<std::shared_ptr<Collection>> RestoreCollection(const std::string& snapshot_dir,
+                                                                const std::string& name) override;
+  const std::string& dir() const override { return options_.data_dir; }
+  const DatabaseOptions& options() const override { return options_.db; }
+
+  // Collection `name`'s configuration as this node knows it now.
+  absl::StatusOr<CollectionConfig> CurrentConfig(const std::string& name) const;
+  ClusterStatus Status() const;
+  // The data checksum of each replica this node holds, by group.
+  absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> LocalChecksums() const;
+  uint64_t node_id() const { return self_.id; }
+  const std::string& cluster_id() const { return membership_.cluster_id; }
+  int peer_port() const;
+
+  // For ReplicatedShard: a write to group `gid` (an encoded ShardCommand),
+  // retried until the request timeout; the apply result. `what` names the
+  // shard in errors.
+  absl::StatusOr<uint64_t> ProposeToShard(uint64_t gid, const std::string& command, const std::string& what);
+  // For ReplicatedShard: the local replica of `gid` once a linearizable read
+  // of it is safe, or null when this node holds none.
+  absl::StatusOr<std::shared_ptr<ShardReplica>> ReadableReplica(uint64_t gid, const std::string& what);
+  // For ReplicatedShard: a read run on a node holding a replica of `gid`.
+  absl::StatusOr<std::string> RemoteRead(uint64_t gid, const ShardReadRequest& req, const std::string& what);
+
+ private:
+  class Executor;
+  explicit Cluster(ClusterOptions options);
+  absl::Status Start();
+  absl::Status AwaitMembership();
+  pb::HelloResponse SelfHello() const;
+  absl::Status ProposeMetadata(const MetadataCommand& cmd, uint64_t* result);
+  absl::StatusOr<uint64_t> ProposeAndWait(uint64_t gid, const std::string& data,
+                                          std::chrono::steady_clock::time_point deadline);
+  absl::Status ReadIndexAndWait(uint64_t gid, std::chrono::steady_clock::time_point deadline);
+  void Reconcile();
+  void ReconcileLoop();
+  void MaintenanceLoop();
+  std::shared_ptr<ShardReplica> LocalReplica(uint64_t gid) const;
+  std::vector<uint64_t> NodesOf(uint64_t gid) const;
+
+  // PeerHandler.
+  std::string ClusterId() const override;
+  uint64_t NodeId() const override { return self_.id; }
+  raft::Node* RaftNode() const override { return node_ptr_.load(); }
+  pb::HelloResponse Hello(const pb::HelloRequest& req) override;
+  void Shard(const pb::ShardRequest& req, std::function<void(pb::ShardResponse)> done) override;
+
+  const ClusterOptions options_;
+  std::unique_ptr<storage::FileLock> lock_;
+  NodeIdentity self_;
+  std::unique_ptr<raft::LogStore> store_;
+  std::unique_ptr<PeerClients> clients_;
+  std::unique_ptr<PeerServer> server_;
+  std::unique_ptr<MetadataMachine> meta_;
+  std::unique_ptr<raft::Node> node_;
+  std::atomic<raft::Node*> node_ptr_{nullptr};
+  std::unique_ptr<Executor> executor_;
+
+  mutable std::mutex mu_;
+  Membership membership_;  // set once before the node starts
+  std::atomic<bool> member_{false};
+  std::map<uint64_t, std::shared_ptr<ShardReplica>> replicas_;  // guarded by mu_
+  std::vector<std::pair<std::shared_ptr<ShardReplica>, std::string>> dropped_;  // guarded by mu_: dir to remove
+
+  std::mutex loop_mu_;
+  std::condition_variable loop_cv_;
+  bool stop_ = false;   // guarded by loop_mu_
+  bool dirty_ = false;  // guarded by loop_mu_: the metadata changed
+  std::mutex reconcile_mu_;  // one Reconcile at a time
+  std::thread reconciler_;
+  std::thread maintenance_;
+};
+
+}  // namespace cairn::cluster
+
+#endif  // CAIRN_CLUSTER_CLUSTER_H_

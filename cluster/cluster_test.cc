@@ -1,0 +1,271 @@
+// Three cluster nodes in one process, on loopback peer ports: they form one
+// cluster, every node serves every request, replicas hold identical data, a
+// node's crash and restart lose nothing acknowledged, and the mistakes a
+// production cluster must refuse are refused.
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <future>
+#include <map>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "cluster/cluster.h"
+#include "db/key_codec.h"
+#include "gtest/gtest.h"
+
+namespace cairn::cluster {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::vector<float> Vec(uint64_t i) {
+  return {static_cast<float>(i % 97), static_cast<float>((i * 7) % 13), static_cast<float>(i % 5), 1.0f};
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::path(::testing::TempDir()) / "cairn-cluster-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    for (int i = 0; i < 3; ++i) seeds_.push_back(absl::StrCat("127.0.0.1:", FreePort()));
+  }
+  void TearDown() override {
+    nodes_.clear();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  ClusterOptions Options(int i) const {
+    ClusterOptions o;
+    o.data_dir = absl::StrCat(dir_, "/node-", i);
+    o.node_name = absl::StrCat("cairn-", i);
+    o.peer_listen = seeds_[i];
+    o.advertise = seeds_[i];
+    o.seeds = seeds_;
+    o.tick = 10ms;
+    o.election_tick = 10;
+    o.request_timeout = 10s;
+    o.db.background_maintenance = true;
+    return o;
+  }
+
+  // Opens the given nodes at once (each waits for the others to form).
+  void OpenNodes(const std::vector<int>& which) {
+    std::vector<std::future<absl::StatusOr<std::unique_ptr<Cluster>>>> fs;
+    for (int i : which) fs.push_back(std::async(std::launch::async, [this, i] { return Cluster::Open(Options(i)); }));
+    for (size_t k = 0; k < which.size(); ++k) {
+      auto c = fs[k].get();
+      ASSERT_TRUE(c.ok()) << c.status();
+      nodes_[which[k]] = std::move(*c);
+    }
+  }
+
+  Cluster& Node(int i) { return *nodes_.at(i); }
+
+  // Every replica of every shard group holds the same data, once they have
+  // applied the same entries.
+  void ExpectReplicasAlike() {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      std::map<uint64_t, std::vector<db::Shard::Checksum>> by_group;
+      for (auto& [i, n] : nodes_) {
+        auto sums = n->LocalChecksums();
+        ASSERT_TRUE(sums.ok()) << sums.status();
+        for (auto& [g, c] : *sums) by_group[g].push_back(c);
+      }
+      bool settled = true;
+      for (auto& [g, cs] : by_group) {
+        for (auto& c : cs) settled = settled && c.applied_index == cs[0].applied_index;
+      }
+      if (!settled) {
+        std::this_thread::sleep_for(20ms);
+        continue;
+      }
+      for (auto& [g, cs] : by_group) {
+        EXPECT_EQ(cs.size(), nodes_.size()) << "group " << g;
+        for (auto& c : cs) {
+          EXPECT_EQ(c.hash, cs[0].hash) << "group " << g;
+          EXPECT_EQ(c.points, cs[0].points) << "group " << g;
+        }
+      }
+      return;
+    }
+    ADD_FAILURE() << "the replicas never reached the same applied index";
+  }
+
+  std::string dir_;
+  std::vector<std::string> seeds_;
+  std::map<int, std::unique_ptr<Cluster>> nodes_;
+};
+
+TEST_F(ClusterTest, ThreeNodesFormOneClusterAndServeEveryRequestAnywhere) {
+  OpenNodes({0, 1, 2});
+  const std::string id = Node(0).cluster_id();
+  ASSERT_FALSE(id.empty());
+  EXPECT_EQ(Node(1).cluster_id(), id);
+  EXPECT_EQ(Node(2).cluster_id(), id);
+
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  cfg.num_shards = 3;
+  auto created = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ((*created)->config().replication_factor, 3u);  // the default, with 3 nodes
+
+  // Writes through node 1, reads through node 2, and the other way.
+  auto c1 = Node(1).GetCollection("docs");
+  ASSERT_TRUE(c1.ok()) << c1.status();
+  std::vector<Point> pts;
+  for (uint64_t i = 0; i < 60; ++i) pts.push_back(Point{PointId(i), Vec(i), absl::StrCat(R"({"n":)", i, "}"), ""});
+  ASSERT_TRUE((*c1)->Upsert(pts).ok());
+  auto c2 = Node(2).GetCollection("docs");
+  ASSERT_TRUE(c2.ok()) << c2.status();
+  auto count = (*c2)->Count(nullptr);
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(*count, 60u);
+  SearchParams sp;
+  sp.k = 3;
+  sp.exact = true;
+  auto hits = (*c2)->Search(Vec(17), sp);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_FALSE(hits->empty());
+  EXPECT_EQ((*hits)[0].id, PointId(17));
+  EXPECT_EQ((*hits)[0].payload, R"({"n":17})");
+  auto del = (*c2)->Delete({PointId(17)});
+  ASSERT_TRUE(del.ok());
+  EXPECT_EQ(*del, 1u);
+  auto c0 = Node(0).GetCollection("docs");
+  ASSERT_TRUE(c0.ok());
+  auto got = (*c0)->Get({PointId(17), PointId(18)}, true, false);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_FALSE((*got)[0].has_value());
+  ASSERT_TRUE((*got)[1].has_value());
+  EXPECT_EQ(Node(1).ListCollections(), (std::vector<std::string>{"docs"}));
+  ExpectReplicasAlike();
+
+  // Every node's status names the three nodes and the groups.
+  ClusterStatus st = Node(2).Status();
+  EXPECT_EQ(st.nodes.size(), 3u);
+  EXPECT_EQ(st.groups.size(), 4u);  // metadata + 3 shards
+  for (const auto& g : st.groups) {
+    EXPECT_EQ(g.replicas.size(), 3u);
+    EXPECT_TRUE(g.hosted_here);
+  }
+
+  // Bad requests are refused with what to do.
+  cfg.replication_factor = 4;
+  auto too_many = Node(1).CreateCollection("big", cfg);
+  EXPECT_EQ(too_many.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_many.status().message().find("3 nodes"), std::string::npos) << too_many.status();
+  cfg.replication_factor = 0;
+  EXPECT_EQ(Node(2).CreateCollection("docs", cfg).status().code(), absl::StatusCode::kAlreadyExists);
+}
+
+// With one replica per shard on three nodes, most shards live on another node
+// than the one asked: writes and reads are passed along the peer port.
+TEST_F(ClusterTest, RequestsReachShardsThisNodeDoesNotHold) {
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  cfg.num_shards = 6;
+  cfg.replication_factor = 1;
+  auto c = Node(0).CreateCollection("one", cfg);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ClusterStatus st = Node(0).Status();
+  int remote = 0;
+  for (const auto& g : st.groups) {
+    if (!g.collection.empty() && !g.hosted_here) ++remote;
+  }
+  EXPECT_EQ(remote, 4);  // 6 shards spread over 3 nodes: 2 here
+  std::vector<Point> pts;
+  for (uint64_t i = 0; i < 100; ++i) pts.push_back(Point{PointId(absl::StrCat("doc-", i)), Vec(i), "", "text"});
+  ASSERT_TRUE((*c)->Upsert(pts).ok());
+  auto other = Node(1).GetCollection("one");
+  ASSERT_TRUE(other.ok());
+  auto n = (*other)->Count(nullptr);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 100u);
+  ScrollRequest sr;
+  sr.limit = 1000;
+  auto page = (*other)->Scroll(sr);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->points.size(), 100u);
+  SearchParams sp;
+  sp.k = 1;
+  sp.exact = true;
+  sp.with_vector = true;
+  auto hits = (*other)->Search(Vec(42), sp);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 1u);
+  EXPECT_EQ((*hits)[0].vector, Vec(42));
+  auto info = (*other)->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->points, 100u);
+  Filter f;
+  f.must.push_back(Condition::HasId({PointId("doc-1"), PointId("doc-2")}));
+  auto deleted = (*other)->DeleteByFilter(f);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 2u);
+  EXPECT_EQ((*other)->SetPayload({PointId("doc-1")}, R"({"a":1})").code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(Node(2).DropCollection("one").ok());
+  EXPECT_EQ(Node(0).GetCollection("one").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ClusterTest, ANodeRestartsFromItsDiskAndCatchesUp) {
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  cfg.num_shards = 2;
+  auto c = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<Point> first;
+  for (uint64_t i = 0; i < 50; ++i) first.push_back(Point{PointId(i), Vec(i), "", ""});
+  ASSERT_TRUE((*c)->Upsert(first).ok());
+  nodes_.erase(2);  // down
+  std::vector<Point> second;
+  for (uint64_t i = 50; i < 120; ++i) second.push_back(Point{PointId(i), Vec(i), "", ""});
+  auto c1 = Node(1).GetCollection("docs");
+  ASSERT_TRUE(c1.ok());
+  ASSERT_TRUE((*c1)->Upsert(second).ok());  // two of three replicas: a quorum
+  OpenNodes({2});  // the same directory: a member, whatever --seeds says
+  auto c2 = Node(2).GetCollection("docs");
+  ASSERT_TRUE(c2.ok());
+  auto n = (*c2)->Count(nullptr);  // linearizable: it waits to catch up
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 120u);
+  ExpectReplicasAlike();
+}
+
+TEST_F(ClusterTest, ADirectoryOfAnotherNodeIsRefused) {
+  OpenNodes({0, 1, 2});
+  nodes_.erase(1);
+  ClusterOptions o = Options(1);
+  o.data_dir = Options(2).data_dir;  // cairn-1 on cairn-2's disk (cairn-2 still holds it, so stop it first)
+  nodes_.erase(2);
+  auto c = Cluster::Open(o);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(c.status().message().find("belongs to node \"cairn-2\""), std::string::npos) << c.status();
+}
+
+}  // namespace
+}  // namespace cairn::cluster

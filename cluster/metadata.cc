@@ -1,0 +1,248 @@
+#include "cluster/metadata.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "db/config_codec.h"
+#include "nlohmann/json.hpp"
+
+namespace cairn::cluster {
+namespace {
+
+using Json = nlohmann::json;
+
+Json NodeToJson(const NodeInfo& n) {
+  return Json{{"id", n.id}, {"name", n.name}, {"peer_address", n.peer_address}, {"zone", n.zone}};
+}
+
+NodeInfo NodeFromJson(const Json& j) {
+  NodeInfo n;
+  n.id = j.at("id").get<uint64_t>();
+  n.name = j.at("name").get<std::string>();
+  n.peer_address = j.at("peer_address").get<std::string>();
+  n.zone = j.value("zone", std::string());
+  return n;
+}
+
+}  // namespace
+
+std::vector<const ShardGroup*> MetadataState::GroupsOn(uint64_t node) const {
+  std::vector<const ShardGroup*> out;
+  for (const auto& [id, g] : groups) {
+    for (const auto& [replica, n] : g.replicas) {
+      if (n == node) out.push_back(&g);
+    }
+  }
+  return out;
+}
+
+MetadataCommand AddNodeCommand(const NodeInfo& node) {
+  return {Json{{"op", "add_node"}, {"node", NodeToJson(node)}}.dump()};
+}
+
+MetadataCommand CreateCollectionCommand(const MetadataState& state, const std::string& name,
+                                        const CollectionConfig& config,
+                                        const std::vector<std::vector<uint64_t>>& placement) {
+  Json groups = Json::array();
+  uint64_t replica = state.next_replica;
+  for (size_t s = 0; s < placement.size(); ++s) {
+    Json replicas = Json::array();
+    for (uint64_t node : placement[s]) replicas.push_back(Json{{"replica", replica++}, {"node", node}});
+    groups.push_back(Json{{"group", state.next_group + s}, {"replicas", replicas}});
+  }
+  return {Json{{"op", "create_collection"},
+               {"name", name},
+               {"config", Json::parse(db::ConfigToJson(config))},
+               {"first_group", state.next_group},
+               {"first_replica", state.next_replica},
+               {"groups", groups}}
+              .dump()};
+}
+
+MetadataCommand DropCollectionCommand(const std::string& name) {
+  return {Json{{"op", "drop_collection"}, {"name", name}}.dump()};
+}
+
+MetadataCommand UpdateConfigCommand(const std::string& name, const CollectionConfig& config) {
+  return {Json{{"op", "update_config"}, {"name", name}, {"config", Json::parse(db::ConfigToJson(config))}}.dump()};
+}
+
+absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataState& state, uint32_t num_shards,
+                                                               uint32_t replication_factor) {
+  std::vector<uint64_t> nodes;
+  for (const auto& [id, n] : state.nodes) {
+    if (!state.removed_nodes.count(id)) nodes.push_back(id);
+  }
+  if (replication_factor < 1 || replication_factor > nodes.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("config.replication_factor is ", replication_factor,
+                                                   ", but the cluster has ", nodes.size(),
+                                                   " nodes: each replica of a shard needs a node of its own"));
+  }
+  std::map<uint64_t, uint64_t> replicas, leaders;
+  for (uint64_t n : nodes) replicas[n] = leaders[n] = 0;
+  for (const auto& [id, g] : state.groups) {
+    bool first = true;
+    for (uint64_t v : g.initial_voters) {
+      auto it = g.replicas.find(v);
+      if (it == g.replicas.end() || !replicas.count(it->second)) continue;
+      ++replicas[it->second];
+      if (first) ++leaders[it->second];
+      first = false;
+    }
+  }
+  std::vector<std::vector<uint64_t>> out(num_shards);
+  for (uint32_t s = 0; s < num_shards; ++s) {
+    std::vector<uint64_t> chosen;
+    for (uint32_t r = 0; r < replication_factor; ++r) {
+      uint64_t best = 0;
+      for (uint64_t n : nodes) {
+        if (std::find(chosen.begin(), chosen.end(), n) != chosen.end()) continue;
+        // The first replica is the preferred leader: spread those first.
+        auto key = [&](uint64_t x) {
+          return r == 0 ? std::make_pair(leaders[x], replicas[x]) : std::make_pair(replicas[x], leaders[x]);
+        };
+        if (best == 0 || key(n) < key(best)) best = n;
+      }
+      chosen.push_back(best);
+      ++replicas[best];
+      if (r == 0) ++leaders[best];
+    }
+    out[s] = std::move(chosen);
+  }
+  return out;
+}
+
+MetadataMachine::MetadataMachine(std::function<void()> on_change) : on_change_(std::move(on_change)) {}
+
+MetadataState MetadataMachine::State() const {
+  std::lock_guard l(mu_);
+  return state_;
+}
+
+void MetadataMachine::SetClusterId(const std::string& id) {
+  std::lock_guard l(mu_);
+  state_.cluster_id = id;
+}
+
+absl::Status MetadataMachine::Restore(const raft::Snapshot& snapshot) {
+  if (!snapshot.data.empty()) {
+    return absl::UnimplementedError("metadata snapshots with data are not made by this version");
+  }
+  std::lock_guard l(mu_);
+  state_.applied = snapshot.meta.index;
+  return absl::OkStatus();
+}
+
+absl::Status MetadataMachine::Apply(const std::vector<raft::Entry>& entries,
+                                    std::vector<absl::StatusOr<uint64_t>>* results) {
+  bool changed = false;
+  {
+    std::lock_guard l(mu_);
+    for (const auto& e : entries) {
+      state_.applied = e.index;
+      if (e.type != raft::EntryType::kNormal || e.data.empty()) {
+        results->push_back(uint64_t{0});
+        continue;
+      }
+      auto r = ApplyOne(e.data);
+      changed = changed || r.ok();
+      results->push_back(std::move(r));
+    }
+  }
+  if (changed && on_change_) on_change_();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(const std::string& data) {
+  Json j = Json::parse(data, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("op")) {
+    return absl::InvalidArgumentError("metadata: a command that is not a JSON object with an op");
+  }
+  const std::string op = j.value("op", std::string());
+  try {
+    if (op == "add_node") {
+      NodeInfo n = NodeFromJson(j.at("node"));
+      if (n.id == 0) return absl::InvalidArgumentError("metadata: node id 0");
+      if (state_.removed_nodes.count(n.id)) {
+        return absl::FailedPreconditionError(absl::StrCat("node id ", n.id, " was removed from this cluster and may not return; "
+                                                          "start the node on an empty data directory to join as a new node"));
+      }
+      state_.nodes[n.id] = n;
+      return uint64_t{0};
+    }
+    if (op == "create_collection") {
+      const std::string name = j.at("name").get<std::string>();
+      if (state_.collections.count(name)) {
+        return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
+      }
+      if (j.at("first_group").get<uint64_t>() != state_.next_group ||
+          j.at("first_replica").get<uint64_t>() != state_.next_replica) {
+        return absl::AbortedError("metadata: the cluster changed while the collection was being placed; retry");
+      }
+      auto config = db::ConfigFromJson(j.at("config").dump());
+      if (!config.ok()) return config.status();
+      CollectionEntry c;
+      c.name = name;
+      c.config = *config;
+      std::vector<ShardGroup> groups;
+      uint64_t group = state_.next_group, replica = state_.next_replica;
+      uint32_t shard = 0;
+      for (const auto& gj : j.at("groups")) {
+        ShardGroup g;
+        g.group = gj.at("group").get<uint64_t>();
+        g.collection = name;
+        g.shard = shard++;
+        if (g.group != group++) return absl::InvalidArgumentError("metadata: group ids out of order");
+        for (const auto& rj : gj.at("replicas")) {
+          const uint64_t r = rj.at("replica").get<uint64_t>(), n = rj.at("node").get<uint64_t>();
+          if (r != replica++) return absl::InvalidArgumentError("metadata: replica ids out of order");
+          if (!state_.nodes.count(n) || state_.removed_nodes.count(n)) {
+            return absl::AbortedError(absl::StrCat("metadata: node ", n, " is not a member any more; retry"));
+          }
+          for (const auto& [other, on] : g.replicas) {
+            if (on == n) return absl::InvalidArgumentError("metadata: two replicas of a shard on one node");
+          }
+          g.replicas[r] = n;
+          g.initial_voters.push_back(r);
+        }
+        groups.push_back(std::move(g));
+      }
+      if (groups.size() != c.config.num_shards) return absl::InvalidArgumentError("metadata: a group per shard is needed");
+      for (auto& g : groups) {
+        c.groups.push_back(g.group);
+        state_.groups[g.group] = std::move(g);
+      }
+      const uint64_t first = state_.next_group;
+      state_.next_group = group;
+      state_.next_replica = replica;
+      state_.collections[name] = std::move(c);
+      return first;
+    }
+    if (op == "drop_collection") {
+      const std::string name = j.at("name").get<std::string>();
+      auto it = state_.collections.find(name);
+      if (it == state_.collections.end()) {
+        return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+      }
+      for (uint64_t g : it->second.groups) state_.groups.erase(g);
+      state_.collections.erase(it);
+      return uint64_t{0};
+    }
+    if (op == "update_config") {
+      const std::string name = j.at("name").get<std::string>();
+      auto it = state_.collections.find(name);
+      if (it == state_.collections.end()) {
+        return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+      }
+      auto config = db::ConfigFromJson(j.at("config").dump());
+      if (!config.ok()) return config.status();
+      it->second.config = *config;
+      return uint64_t{0};
+    }
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("metadata: malformed ", op, " command: ", e.what()));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("metadata: unknown op \"", op, "\""));
+}
+
+}  // namespace cairn::cluster

@@ -1,0 +1,126 @@
+// The metadata group's state machine: what every node of a cluster agrees on
+// about the cluster itself (nodes, collections, where each shard's replicas
+// are). It is the Raft group kMetadataGroup; its first voters are the first
+// three seed nodes, and every other node follows it as a learner, so every
+// node reads the shard map locally.
+//
+// Commands are small JSON documents (MetadataCommand); applying one is
+// deterministic: the proposer chooses everything that takes judgement (the
+// placement of a new collection's replicas, the group and replica ids it
+// allocates) and apply only checks it against the state at that index, and
+// refuses it (Aborted: retry with a fresh view) when the state moved on.
+//
+// The state lives in memory and is rebuilt from the log at start (the log of
+// this group is small and is not compacted yet).
+//
+// Thread-safety: all methods are thread-safe; Apply runs on the node loop's
+// apply pool, readers take a copy of the state.
+#ifndef CAIRN_CLUSTER_METADATA_H_
+#define CAIRN_CLUSTER_METADATA_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cairn/options.h"
+#include "replication/node.h"
+
+namespace cairn::cluster {
+
+// Group ids: 1 is the metadata group; shard groups count up from 2.
+inline constexpr uint64_t kMetadataGroup = 1;
+
+struct NodeInfo {
+  uint64_t id = 0;
+  std::string name;
+  std::string peer_address;  // host:port of its peer port
+  std::string zone;
+  bool operator==(const NodeInfo&) const = default;
+};
+
+// One shard of one collection: a Raft group and where its replicas are.
+struct ShardGroup {
+  uint64_t group = 0;
+  std::string collection;
+  uint32_t shard = 0;
+  // Replica id -> node id. Replica ids are never reused.
+  std::map<uint64_t, uint64_t> replicas;
+  // The replica ids that started the group (every one writes the same
+  // initial state).
+  std::vector<uint64_t> initial_voters;
+  bool operator==(const ShardGroup&) const = default;
+};
+
+struct CollectionEntry {
+  std::string name;
+  CollectionConfig config;  // replication_factor holds the value in force
+  std::vector<uint64_t> groups;  // by shard index
+};
+
+struct MetadataState {
+  std::string cluster_id;
+  std::map<uint64_t, NodeInfo> nodes;
+  std::set<uint64_t> removed_nodes;  // refused forever
+  std::map<std::string, CollectionEntry> collections;
+  std::map<uint64_t, ShardGroup> groups;
+  uint64_t next_group = kMetadataGroup + 1;
+  uint64_t next_replica = 1;
+  uint64_t applied = 0;  // the metadata log index this state is as of
+
+  // The groups with a replica on `node`.
+  std::vector<const ShardGroup*> GroupsOn(uint64_t node) const;
+};
+
+// A command for the metadata group. Build with the functions below.
+struct MetadataCommand {
+  std::string json;
+};
+MetadataCommand AddNodeCommand(const NodeInfo& node);
+// `placement[s]` lists the nodes of shard s's replicas, the preferred leader
+// first. Allocates group and replica ids from `state`.
+MetadataCommand CreateCollectionCommand(const MetadataState& state, const std::string& name,
+                                        const CollectionConfig& config,
+                                        const std::vector<std::vector<uint64_t>>& placement);
+MetadataCommand DropCollectionCommand(const std::string& name);
+MetadataCommand UpdateConfigCommand(const std::string& name, const CollectionConfig& config);
+
+// Chooses nodes for `num_shards` shards of `replication_factor` replicas:
+// never two replicas of a shard on one node; each replica (and then each
+// preferred leader, the first of a list) on the node holding fewest so far,
+// counting the groups that exist already, ties to the lower node id.
+// InvalidArgument when there are fewer nodes than replicas.
+absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataState& state, uint32_t num_shards,
+                                                               uint32_t replication_factor);
+
+class MetadataMachine final : public raft::StateMachine {
+ public:
+  // `on_change` runs after each apply that changed the state (on the apply
+  // pool: it must not block).
+  explicit MetadataMachine(std::function<void()> on_change);
+
+  absl::Status Apply(const std::vector<raft::Entry>& entries,
+                     std::vector<absl::StatusOr<uint64_t>>* results) override;
+  uint64_t AppliedIndex() const override { return 0; }  // rebuilt from the log at each start
+  absl::Status Restore(const raft::Snapshot& snapshot) override;
+
+  MetadataState State() const;
+  // Sets the cluster id the state reports (it is the node's, from its disk).
+  void SetClusterId(const std::string& id);
+
+ private:
+  absl::StatusOr<uint64_t> ApplyOne(const std::string& data);
+
+  mutable std::mutex mu_;
+  MetadataState state_;  // guarded by mu_
+  std::function<void()> on_change_;
+};
+
+}  // namespace cairn::cluster
+
+#endif  // CAIRN_CLUSTER_METADATA_H_

@@ -1,0 +1,56 @@
+// Reads of one shard, as a node sends them to another that hosts a replica
+// (cairn.internal.v1.ShardRead.request), and their answers. Binary
+// (storage/byte_codec.h): ids travel in their storage form, floats as their
+// bytes, so what a remote replica returns is bit for bit what a local one
+// would. Decoding refuses anything malformed with InvalidArgument.
+#ifndef CAIRN_CLUSTER_SHARD_WIRE_H_
+#define CAIRN_CLUSTER_SHARD_WIRE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cairn/collection.h"
+#include "db/shard.h"
+
+namespace cairn::cluster {
+
+struct ShardReadRequest {
+  enum class Op : uint8_t { kSearch = 1, kGet = 2, kCount = 3, kScroll = 4, kStats = 5 };
+  Op op = Op::kStats;
+  // kSearch: queries prepared for the metric, nq x dim.
+  std::vector<float> queries;
+  uint32_t nq = 0;
+  int k = 0, ef = 0, nprobe = 0;
+  bool exact = false;
+  bool with_payload = false, with_vector = false;  // kSearch, kGet, kScroll
+  std::string filter_json;  // kSearch, kCount, kScroll; "" for none
+  std::vector<std::string> keys;  // kGet: external keys
+  std::string after;  // kScroll
+  uint32_t limit = 0;  // kScroll
+
+  std::string Encode() const;
+  static absl::StatusOr<ShardReadRequest> Decode(std::string_view data);
+};
+
+// Runs `req` on a local replica and encodes the answer.
+absl::StatusOr<std::string> ExecuteRead(const db::Shard& shard, const ShardReadRequest& req);
+
+// The answers, decoded.
+absl::StatusOr<std::vector<std::vector<ScoredPoint>>> DecodeSearchAnswer(std::string_view data);
+absl::StatusOr<std::vector<std::optional<Record>>> DecodeGetAnswer(std::string_view data);
+absl::StatusOr<uint64_t> DecodeCountAnswer(std::string_view data);
+struct ScrollAnswer {
+  std::vector<Record> records;
+  std::string last_key;
+  bool more = false;
+};
+absl::StatusOr<ScrollAnswer> DecodeScrollAnswer(std::string_view data);
+absl::StatusOr<db::ShardStats> DecodeStatsAnswer(std::string_view data);
+
+}  // namespace cairn::cluster
+
+#endif  // CAIRN_CLUSTER_SHARD_WIRE_H_
