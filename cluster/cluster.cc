@@ -1004,6 +1004,28 @@ absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> Cluster::LocalChecksums(
   return out;
 }
 
+pb::NodeStatusResponse Cluster::NodeStatus() {
+  pb::NodeStatusResponse r;
+  r.set_node_id(self_.id);
+  raft::Node* node = node_ptr_.load();
+  if (node == nullptr) return r;
+  for (const auto& g : node->Status()) {
+    auto* gr = r.add_groups();
+    gr->set_group(g.group);
+    gr->set_leader_replica(g.leader);
+    gr->set_term(g.term);
+    gr->set_commit(g.commit);
+    gr->set_applied(g.applied);
+    gr->set_last_index(g.last_index);
+    gr->set_leader_changes(g.leader_changes);
+    gr->set_is_leader(g.role == raft::Role::kLeader);
+    for (const auto& p : g.peers) (*gr->mutable_match())[p.replica] = p.match;
+    gr->set_stopped(g.stopped);
+    gr->set_stop_reason(g.stop_reason);
+  }
+  return r;
+}
+
 ClusterStatus Cluster::Status() const {
   ClusterStatus out;
   out.cluster_id = ClusterId();
@@ -1011,40 +1033,79 @@ ClusterStatus Cluster::Status() const {
   out.node_name = self_.name;
   if (!meta_) return out;
   MetadataState st = meta_->State();
+  // Every node's report, asked at once.
+  std::map<uint64_t, pb::NodeStatusResponse> reports;
+  reports[self_.id] = const_cast<Cluster*>(this)->NodeStatus();
+  std::vector<std::pair<uint64_t, std::future<std::optional<pb::NodeStatusResponse>>>> asks;
   for (const auto& [id, n] : st.nodes) {
-    out.nodes.push_back({id, n.name, n.peer_address, n.zone, st.removed_nodes.count(id) ? "removed" : "active"});
+    if (id == self_.id || st.removed_nodes.count(id)) continue;
+    const std::string address = n.peer_address;
+    asks.push_back({id, std::async(std::launch::async, [this, address]() -> std::optional<pb::NodeStatusResponse> {
+                      pb::NodeStatusRequest req;
+                      req.set_cluster_id(membership_.cluster_id);
+                      pb::NodeStatusResponse resp;
+                      auto ctx = clients_->NewContext(1s);
+                      if (!clients_->StubFor(address)->NodeStatus(ctx.get(), req, &resp).ok()) return std::nullopt;
+                      return resp;
+                    })});
   }
-  std::map<uint64_t, raft::GroupStatus> local;
-  if (node_) {
-    for (auto& g : node_->Status()) local[g.group] = g;
+  for (auto& [id, f] : asks) {
+    if (auto r = f.get()) reports[id] = *std::move(r);
   }
-  auto fill = [&](ClusterStatus::Group& g) {
-    auto it = local.find(g.group);
-    if (it == local.end()) return;
-    const raft::GroupStatus& s = it->second;
-    g.hosted_here = true;
-    auto leader = g.replicas.find(s.leader);
-    g.leader_node = leader == g.replicas.end() ? 0 : leader->second;
-    g.term = s.term;
-    g.commit = s.commit;
-    g.applied = s.applied;
-    g.leader_changes = s.leader_changes;
-    for (const auto& p : s.peers) g.match[p.node] = p.match;
+  for (const auto& [id, n] : st.nodes) {
+    out.nodes.push_back(
+        {id, n.name, n.peer_address, n.zone, st.removed_nodes.count(id) ? "removed" : "active", reports.count(id) > 0});
+  }
+  // group -> node -> report
+  std::map<uint64_t, std::map<uint64_t, const pb::GroupReport*>> by_group;
+  for (const auto& [node, r] : reports) {
+    for (const auto& g : r.groups()) by_group[g.group()][node] = &g;
+  }
+  auto build = [&](uint64_t gid, const std::string& collection, uint32_t shard,
+                   const std::map<uint64_t, uint64_t>& replicas) {
+    ClusterStatus::Group g;
+    g.group = gid;
+    g.collection = collection;
+    g.shard = shard;
+    const auto& reps = by_group[gid];
+    const pb::GroupReport* leader = nullptr;
+    for (const auto& [node, r] : reps) {
+      if (r->is_leader() && (leader == nullptr || r->term() > leader->term())) leader = r;
+    }
+    for (const auto& [replica, node] : replicas) {
+      ClusterStatus::Replica rep;
+      rep.replica = replica;
+      rep.node = node;
+      if (auto it = reps.find(node); it != reps.end()) {
+        rep.reported = true;
+        rep.applied = it->second->applied();
+        if (leader == nullptr && it->second->term() >= g.term) {
+          g.term = it->second->term();
+          g.commit = std::max(g.commit, it->second->commit());
+        }
+      }
+      if (leader != nullptr) {
+        rep.leader = leader->leader_replica() == replica;
+        auto m = leader->match().find(replica);
+        if (m != leader->match().end()) {
+          rep.match = m->second;
+          rep.lag = leader->last_index() > m->second ? leader->last_index() - m->second : 0;
+        }
+        if (rep.leader) g.leader_node = node;
+      }
+      g.replicas.push_back(rep);
+    }
+    if (leader != nullptr) {
+      g.term = leader->term();
+      g.commit = leader->commit();
+      g.leader_changes = leader->leader_changes();
+    }
+    out.groups.push_back(std::move(g));
   };
-  ClusterStatus::Group meta;
-  meta.group = kMetadataGroup;
-  for (const auto& s : membership_.seeds) meta.replicas[s.node_id] = s.node_id;
-  fill(meta);
-  out.groups.push_back(meta);
-  for (const auto& [gid, g] : st.groups) {
-    ClusterStatus::Group cg;
-    cg.group = gid;
-    cg.collection = g.collection;
-    cg.shard = g.shard;
-    cg.replicas = g.replicas;
-    fill(cg);
-    out.groups.push_back(std::move(cg));
-  }
+  std::map<uint64_t, uint64_t> meta_replicas;
+  for (const auto& s : membership_.seeds) meta_replicas[s.node_id] = s.node_id;
+  build(kMetadataGroup, "", 0, meta_replicas);
+  for (const auto& [gid, g] : st.groups) build(gid, g.collection, g.shard, g.replicas);
   return out;
 }
 

@@ -75,7 +75,8 @@ struct ClusterOptions {
   std::chrono::milliseconds request_timeout{10000};
 };
 
-// What `cairn cluster status` shows, as this node sees it.
+// What `cairn cluster status` shows: the metadata as this node knows it,
+// with what every reachable node reports of the groups it hosts.
 struct ClusterStatus {
   std::string cluster_id;
   uint64_t node_id = 0;
@@ -85,21 +86,28 @@ struct ClusterStatus {
     std::string name;
     std::string address;
     std::string zone;
-    std::string state;  // "active" or "removed"
+    std::string state;       // "active" or "removed"
+    bool reachable = false;  // it answered for this status
   };
   std::vector<Node> nodes;
+  struct Replica {
+    uint64_t replica = 0;
+    uint64_t node = 0;
+    bool leader = false;
+    bool reported = false;  // its node answered: `applied` is known
+    uint64_t applied = 0;
+    uint64_t match = 0;  // from the leader: the last index replicated there
+    uint64_t lag = 0;    // the leader's last index - match
+  };
   struct Group {
     uint64_t group = 0;
     std::string collection;  // "" for the metadata group
     uint32_t shard = 0;
-    std::map<uint64_t, uint64_t> replicas;  // replica id -> node id
-    bool hosted_here = false;  // the fields below are known only then
     uint64_t leader_node = 0;  // 0: none known
     uint64_t term = 0;
     uint64_t commit = 0;
-    uint64_t applied = 0;
-    uint64_t leader_changes = 0;
-    std::map<uint64_t, uint64_t> match;  // node -> last index replicated there (when this node leads)
+    uint64_t leader_changes = 0;  // seen by the reporting leader's node
+    std::vector<Replica> replicas;
   };
   std::vector<Group> groups;
 };
@@ -167,6 +175,7 @@ class Cluster final : public Database, private PeerHandler {
   uint64_t NodeId() const override { return self_.id; }
   raft::Node* RaftNode() const override { return node_ptr_.load(); }
   pb::HelloResponse Hello(const pb::HelloRequest& req) override;
+  pb::NodeStatusResponse NodeStatus() override;
   void Shard(const pb::ShardRequest& req, std::function<void(pb::ShardResponse)> done) override;
 
   const ClusterOptions options_;

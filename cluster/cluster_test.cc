@@ -165,10 +165,17 @@ TEST_F(ClusterTest, ThreeNodesFormOneClusterAndServeEveryRequestAnywhere) {
   // Every node's status names the three nodes and the groups.
   ClusterStatus st = Node(2).Status();
   EXPECT_EQ(st.nodes.size(), 3u);
+  for (const auto& n : st.nodes) EXPECT_TRUE(n.reachable) << n.name;
   EXPECT_EQ(st.groups.size(), 4u);  // metadata + 3 shards
   for (const auto& g : st.groups) {
     EXPECT_EQ(g.replicas.size(), 3u);
-    EXPECT_TRUE(g.hosted_here);
+    EXPECT_NE(g.leader_node, 0u) << "group " << g.group;
+    int leaders = 0;
+    for (const auto& r : g.replicas) {
+      EXPECT_TRUE(r.reported);
+      leaders += r.leader;
+    }
+    EXPECT_EQ(leaders, 1) << "group " << g.group;
   }
 
   // Bad requests are refused with what to do.
@@ -191,11 +198,14 @@ TEST_F(ClusterTest, RequestsReachShardsThisNodeDoesNotHold) {
   auto c = Node(0).CreateCollection("one", cfg);
   ASSERT_TRUE(c.ok()) << c.status();
   ClusterStatus st = Node(0).Status();
-  int remote = 0;
+  std::map<uint64_t, int> per_node;
   for (const auto& g : st.groups) {
-    if (!g.collection.empty() && !g.hosted_here) ++remote;
+    if (g.collection.empty()) continue;
+    ASSERT_EQ(g.replicas.size(), 1u);
+    ++per_node[g.replicas[0].node];
   }
-  EXPECT_EQ(remote, 4);  // 6 shards spread over 3 nodes: 2 here
+  EXPECT_EQ(per_node.size(), 3u);  // 6 shards spread over 3 nodes: 2 each
+  for (const auto& [n, k] : per_node) EXPECT_EQ(k, 2) << n;
   std::vector<Point> pts;
   for (uint64_t i = 0; i < 100; ++i) pts.push_back(Point{PointId(absl::StrCat("doc-", i)), Vec(i), "", "text"});
   ASSERT_TRUE((*c)->Upsert(pts).ok());

@@ -375,6 +375,20 @@ class PeerServer::Service final : public pb::Peer::CallbackService {
     return reactor;
   }
 
+  grpc::ServerUnaryReactor* NodeStatus(grpc::CallbackServerContext* ctx, const pb::NodeStatusRequest* req,
+                                       pb::NodeStatusResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    if (!Authorized(ctx)) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "peer: wrong or missing cluster secret"));
+    } else if (req->cluster_id() != handler_->ClusterId()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "peer: another cluster"));
+    } else {
+      *resp = handler_->NodeStatus();
+      reactor->Finish(grpc::Status::OK);
+    }
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* Shard(grpc::CallbackServerContext* ctx, const pb::ShardRequest* req,
                                   pb::ShardResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();

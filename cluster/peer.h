@@ -101,6 +101,7 @@ class PeerHandler {
   virtual pb::HelloResponse Hello(const pb::HelloRequest& req) = 0;
   // Answers through `done`, from any thread, exactly once.
   virtual void Shard(const pb::ShardRequest& req, std::function<void(pb::ShardResponse)> done) = 0;
+  virtual pb::NodeStatusResponse NodeStatus() = 0;
 };
 
 class PeerServer {

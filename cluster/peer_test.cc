@@ -40,6 +40,7 @@ class FixedHandler final : public PeerHandler {
     r.set_code(12);
     done(r);
   }
+  pb::NodeStatusResponse NodeStatus() override { return {}; }
   raft::Node* node_ = nullptr;
 
  private:
