@@ -15,7 +15,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "api/service.h"
+#include "cluster/cluster.h"
 #include "storage/file_util.h"
 #include "cairn/database.h"
 #include "index/gpu/gpu.h"
@@ -63,6 +71,35 @@ void Usage(FILE* out) {
       "  --tls-client-ca PATH    PEM CA for client certificates: mTLS, every client must\n"
       "                          present a certificate it signed (CAIRN_TLS_CLIENT_CA)\n"
       "  Clients send their key as metadata \"authorization: Bearer KEY\".\n"
+      "\n"
+      "Cluster (a replicated, sharded cluster of cairnd nodes; see the README's cluster section):\n"
+      "  --cluster               run as a node of a cluster (CAIRN_CLUSTER=1). Each collection\n"
+      "                          is split into shards, each shard a Raft group of\n"
+      "                          replication_factor replicas on distinct nodes; any node\n"
+      "                          serves any request\n"
+      "  --node-name NAME        this node's name, unique in the cluster (CAIRN_NODE_NAME;\n"
+      "                          default the hostname, e.g. cairn-1 in a StatefulSet)\n"
+      "  --seeds LIST            peer addresses of the nodes that form the cluster, the same\n"
+      "                          comma-separated list on every node (CAIRN_SEEDS), e.g.\n"
+      "                          cairn-0.cairn-headless:7602,cairn-1.cairn-headless:7602,...\n"
+      "                          The cluster forms only once every seed answers with an empty\n"
+      "                          disk; a node that has a cluster ignores it\n"
+      "  --peer-listen HOST:PORT where the peer port listens (CAIRN_PEER_LISTEN; default the\n"
+      "                          --listen host with port 7602)\n"
+      "  --advertise HOST:PORT   this node's peer address as the others reach it (CAIRN_ADVERTISE;\n"
+      "                          default the seed whose host is the node name or starts with\n"
+      "                          \"NAME.\", else --peer-listen)\n"
+      "  --cluster-secret-file PATH  a secret every node of the cluster shares; peer calls\n"
+      "                          without it are refused (CAIRN_CLUSTER_SECRET_FILE, or the\n"
+      "                          secret itself in CAIRN_CLUSTER_SECRET). Required when the peer\n"
+      "                          port is not on loopback, unless mTLS is on\n"
+      "  --peer-tls-cert PATH, --peer-tls-key PATH, --peer-tls-ca PATH\n"
+      "                          mTLS between nodes: this node's certificate and key, and the\n"
+      "                          CA every peer's certificate must chain to\n"
+      "  --zone ZONE             this node's failure domain, shown in the status (CAIRN_ZONE)\n"
+      "  --raft-tick-ms N        the Raft clock; elections time out after 10 to 20 ticks\n"
+      "                          (CAIRN_RAFT_TICK_MS; default 100)\n"
+      "\n"
       "  --config PATH           JSON settings, keys named like the flags with underscores,\n"
       "                          e.g. {\"listen\": \"0.0.0.0:7600\", \"data_dir\": \"/data\"}\n"
       "                          (CAIRN_CONFIG); flags and CAIRN_* variables override it\n"
@@ -72,6 +109,9 @@ void Usage(FILE* out) {
       "  cairnd --data-dir /var/lib/cairn --listen 0.0.0.0:7600 --api-keys-file /etc/cairn/keys \\\n"
       "         --tls-cert /etc/cairn/tls.crt --tls-key /etc/cairn/tls.key\n"
       "  cairnd --insecure-no-auth      # development, on 127.0.0.1:7600\n"
+      "  cairnd --cluster --node-name cairn-1 --data-dir /data --listen 0.0.0.0:7600 \\\n"
+      "         --seeds cairn-0.cairn-headless:7602,cairn-1.cairn-headless:7602,cairn-2.cairn-headless:7602 \\\n"
+      "         --cluster-secret-file /etc/cairn/cluster-secret --api-keys-file /etc/cairn/keys\n"
       "  grpcurl -plaintext -H 'authorization: Bearer KEY' 127.0.0.1:7600 cairn.v1.Server/Info\n"
       "\n"
       "Exit status: 0 after a clean shutdown, 1 when it cannot start (address in use,\n"
@@ -133,7 +173,9 @@ int main(int argc, char** argv) {
     }
     static const std::set<std::string> kKeys = {
         "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
-        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb"};
+        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb",
+        "cluster", "node_name", "seeds", "peer_listen", "advertise", "cluster_secret_file", "peer_tls_cert",
+        "peer_tls_key", "peer_tls_ca", "zone", "raft_tick_ms"};
     for (const auto& [k, v] : j.items()) {
       if (!kKeys.contains(k)) {
         std::fprintf(stderr, "cairnd: config file %s: unknown key \"%s\"\n", config_path.c_str(), k.c_str());
@@ -164,6 +206,19 @@ int main(int argc, char** argv) {
   bool no_auth = Env("CAIRN_INSECURE_NO_AUTH", "") == "1";
   std::string tls_cert = Env("CAIRN_TLS_CERT", ""), tls_key = Env("CAIRN_TLS_KEY", ""),
               tls_client_ca = Env("CAIRN_TLS_CLIENT_CA", "");
+  bool cluster_mode = Env("CAIRN_CLUSTER", "") == "1";
+  char host_name[256] = {0};
+  gethostname(host_name, sizeof(host_name) - 1);
+  std::string node_name = Env("CAIRN_NODE_NAME", host_name);
+  std::string seeds = Env("CAIRN_SEEDS", "");
+  std::string peer_listen = Env("CAIRN_PEER_LISTEN", "");
+  std::string advertise = Env("CAIRN_ADVERTISE", "");
+  std::string cluster_secret_file = Env("CAIRN_CLUSTER_SECRET_FILE", "");
+  std::string cluster_secret = Env("CAIRN_CLUSTER_SECRET", "");
+  std::string peer_tls_cert = Env("CAIRN_PEER_TLS_CERT", ""), peer_tls_key = Env("CAIRN_PEER_TLS_KEY", ""),
+              peer_tls_ca = Env("CAIRN_PEER_TLS_CA", "");
+  std::string zone = Env("CAIRN_ZONE", "");
+  std::string raft_tick = Env("CAIRN_RAFT_TICK_MS", "100");
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* dst) {
@@ -215,17 +270,92 @@ int main(int argc, char** argv) {
       value(&tls_key);
     } else if (a == "--tls-client-ca") {
       value(&tls_client_ca);
+    } else if (a == "--cluster") {
+      cluster_mode = true;
+    } else if (a == "--node-name") {
+      value(&node_name);
+    } else if (a == "--seeds") {
+      value(&seeds);
+    } else if (a == "--peer-listen") {
+      value(&peer_listen);
+    } else if (a == "--advertise") {
+      value(&advertise);
+    } else if (a == "--cluster-secret-file") {
+      value(&cluster_secret_file);
+    } else if (a == "--peer-tls-cert") {
+      value(&peer_tls_cert);
+    } else if (a == "--peer-tls-key") {
+      value(&peer_tls_key);
+    } else if (a == "--peer-tls-ca") {
+      value(&peer_tls_ca);
+    } else if (a == "--zone") {
+      value(&zone);
+    } else if (a == "--raft-tick-ms") {
+      value(&raft_tick);
     } else {
       std::fprintf(stderr, "cairnd: unknown flag %s (see cairnd --help)\n", a.c_str());
       return 2;
     }
   }
-  long n_workers, n_max_mb, n_grace, n_gpu_mb;
+  long n_workers, n_max_mb, n_grace, n_gpu_mb, n_tick;
   if (!ParseInt(workers, 0, 1024, &n_workers) || !ParseInt(max_mb, 1, 2047, &n_max_mb) ||
-      !ParseInt(grace, 0, 3600, &n_grace) || !ParseInt(gpu_mb, 0, 1L << 30, &n_gpu_mb)) {
+      !ParseInt(grace, 0, 3600, &n_grace) || !ParseInt(gpu_mb, 0, 1L << 30, &n_gpu_mb) ||
+      !ParseInt(raft_tick, 1, 10000, &n_tick)) {
     std::fprintf(stderr,
                  "cairnd: --workers must be 0..1024, --max-request-mb 1..2047, "
-                 "--grace-seconds 0..3600, --gpu-memory-mb 0 or more\n");
+                 "--grace-seconds 0..3600, --gpu-memory-mb 0 or more, --raft-tick-ms 1..10000\n");
+    return 2;
+  }
+  cairn::cluster::ClusterOptions cluster_options;
+  if (cluster_mode) {
+    cluster_options.data_dir = data_dir;
+    cluster_options.node_name = node_name;
+    if (node_name.empty()) {
+      std::fprintf(stderr, "cairnd: --cluster needs a node name: --node-name or a hostname\n");
+      return 2;
+    }
+    for (const auto& s : absl::StrSplit(seeds, ',', absl::SkipWhitespace())) {
+      cluster_options.seeds.push_back(std::string(absl::StripAsciiWhitespace(s)));
+    }
+    cluster_options.peer_listen =
+        peer_listen.empty() ? listen.substr(0, listen.rfind(':')) + ":7602" : peer_listen;
+    cluster_options.advertise = advertise;
+    cluster_options.zone = zone;
+    cluster_options.tick = std::chrono::milliseconds(n_tick);
+    if (!cluster_secret_file.empty()) {
+      auto secret = cairn::storage::ReadFile(cluster_secret_file);
+      if (!secret.ok()) {
+        std::fprintf(stderr, "cairnd: --cluster-secret-file: %s\n", std::string(secret.status().message()).c_str());
+        return 2;
+      }
+      cluster_secret = std::string(absl::StripAsciiWhitespace(*secret));
+    }
+    if (!cluster_secret.empty() && cluster_secret.size() < 16) {
+      std::fprintf(stderr, "cairnd: the cluster secret is %zu characters; use at least 16 (e.g. openssl rand -hex 32)\n",
+                   cluster_secret.size());
+      return 2;
+    }
+    cluster_options.security.secret = cluster_secret;
+    for (auto [path, dst] : {std::pair{&peer_tls_cert, &cluster_options.security.tls_cert_pem},
+                             std::pair{&peer_tls_key, &cluster_options.security.tls_key_pem},
+                             std::pair{&peer_tls_ca, &cluster_options.security.tls_ca_pem}}) {
+      if (path->empty()) continue;
+      auto pem = cairn::storage::ReadFile(*path);
+      if (!pem.ok()) {
+        std::fprintf(stderr, "cairnd: %s\n", std::string(pem.status().message()).c_str());
+        return 2;
+      }
+      *dst = *std::move(pem);
+    }
+    if (!cairn::cluster::IsLoopbackAddress(cluster_options.peer_listen) && cluster_secret.empty() &&
+        peer_tls_cert.empty()) {
+      std::fprintf(stderr, "cairnd: the peer port %s is not on loopback: give --cluster-secret-file (or "
+                           "CAIRN_CLUSTER_SECRET) or --peer-tls-cert/--peer-tls-key/--peer-tls-ca, so that only "
+                           "nodes of this cluster can join\n", cluster_options.peer_listen.c_str());
+      return 2;
+    }
+  } else if (!seeds.empty() || !peer_listen.empty() || !advertise.empty()) {
+    std::fprintf(stderr, "cairnd: --seeds, --peer-listen and --advertise need --cluster\n");
     return 2;
   }
   cairn::DatabaseOptions db_options;
@@ -313,7 +443,35 @@ int main(int argc, char** argv) {
   }
 
   auto t0 = std::chrono::steady_clock::now();
-  auto db = cairn::Database::Open(data_dir, db_options);
+  // A signal while the cluster forms (which may wait for other nodes) stops
+  // the process at once: nothing is half-written in that state.
+  std::atomic<bool> serving{false};
+  std::atomic<int> got_signal{0};
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    got_signal = sig;
+    if (!serving.load()) {
+      LogEvent("stopped", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"before", "serving"}});
+      std::_Exit(0);
+    }
+  });
+  signal_thread.detach();
+  absl::StatusOr<std::unique_ptr<cairn::Database>> db = absl::UnknownError("not opened");
+  if (cluster_mode) {
+    cluster_options.db = db_options;
+    LogEvent("cluster", {{"node_name", cluster_options.node_name}, {"peer_listen", cluster_options.peer_listen},
+                         {"seeds", seeds}, {"peer_auth", !cluster_secret.empty() ? "secret" : !peer_tls_cert.empty() ? "mtls" : "none (loopback)"}});
+    auto c = cairn::cluster::Cluster::Open(cluster_options);
+    if (c.ok()) {
+      LogEvent("cluster_member", {{"cluster_id", (*c)->cluster_id()}, {"node_id", std::to_string((*c)->node_id())}});
+      db = std::unique_ptr<cairn::Database>(std::move(*c));
+    } else {
+      db = c.status();
+    }
+  } else {
+    db = cairn::Database::Open(data_dir, db_options);
+  }
   if (!db.ok()) {
     std::fprintf(stderr, "cairnd: cannot open data directory %s: %s\n", data_dir.c_str(),
                  std::string(db.status().message()).c_str());
@@ -323,12 +481,13 @@ int main(int argc, char** argv) {
   LogEvent("device", {{"setting", std::string(cairn::DeviceName(db_options.device))},
                       {"path", cairn::index::gpu::PathSummary(db_options.device)}});
   size_t collections = (*db)->ListCollections().size();
+  serving = true;  // from here a signal drains instead of stopping at once
   server.Serve(std::move(*db));
   LogEvent("serving", {{"data_dir", data_dir}, {"collections", collections},
                        {"load_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}});
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  while (got_signal.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const int sig = got_signal.load();
   LogEvent("draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"grace_seconds", n_grace}});
   server.Shutdown(std::chrono::seconds(n_grace));
   LogEvent("stopped");

@@ -18,7 +18,9 @@
 #include "api/http_server.h"
 #include "api/metrics.h"
 #include "cairn/status.h"
+#include "cairn/v1/cluster.grpc.pb.h"
 #include "cairn/v1/collections.grpc.pb.h"
+#include "cluster/cluster.h"
 #include "cairn/v1/points.grpc.pb.h"
 #include "cairn/v1/search.grpc.pb.h"
 #include "cairn/v1/server.grpc.pb.h"
@@ -171,6 +173,7 @@ struct Backend {
   // Calls running on gRPC's own threads now (see Run's `inline_ok`), at
   // most max_inline at once.
   std::atomic<int> inline_running{0};
+  std::atomic<bool> clustered{false};
   int max_inline = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
   // Checks the key, runs fn(db) and finishes the call with its status. With
@@ -202,7 +205,8 @@ struct Backend {
       Finish(reactor, method, t0, s);
       Leave();
     };
-    if (inline_ok) {
+    // In a cluster a search may wait for a shard's leader: never on gRPC's threads.
+    if (inline_ok && !clustered.load(std::memory_order_relaxed)) {
       if (inline_running.fetch_add(1, std::memory_order_acq_rel) < max_inline) {
         grpc::Status st = ToGrpc(fn(*database));
         inline_running.fetch_sub(1, std::memory_order_acq_rel);
@@ -544,6 +548,60 @@ class ServerService final : public v1::Server::CallbackService {
 };
 
 
+class ClusterService final : public v1::Cluster::CallbackService {
+ public:
+  explicit ClusterService(Backend* b) : b_(b) {}
+
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* ctx, const v1::ClusterStatusRequest* req,
+                                   v1::ClusterStatusResponse* resp) override {
+    return b_->Run(ctx, Role::kRead, "Cluster/Status", [resp](Database& db) -> absl::Status {
+      auto* c = dynamic_cast<cluster::Cluster*>(&db);
+      if (c == nullptr) {
+        resp->set_mode("single-node");
+        return absl::OkStatus();
+      }
+      const cluster::ClusterStatus st = c->Status();
+      resp->set_mode("cluster");
+      resp->set_cluster_id(st.cluster_id);
+      resp->set_node_id(st.node_id);
+      resp->set_node_name(st.node_name);
+      for (const auto& n : st.nodes) {
+        auto* pn = resp->add_nodes();
+        pn->set_id(n.id);
+        pn->set_name(n.name);
+        pn->set_address(n.address);
+        pn->set_zone(n.zone);
+        pn->set_state(n.state);
+        pn->set_reachable(n.reachable);
+      }
+      for (const auto& g : st.groups) {
+        auto* pg = resp->add_groups();
+        pg->set_group(g.group);
+        pg->set_collection(g.collection);
+        pg->set_shard(g.shard);
+        pg->set_leader_node_id(g.leader_node);
+        pg->set_term(g.term);
+        pg->set_commit(g.commit);
+        pg->set_leader_changes(g.leader_changes);
+        for (const auto& r : g.replicas) {
+          auto* pr = pg->add_replicas();
+          pr->set_replica_id(r.replica);
+          pr->set_node_id(r.node);
+          pr->set_leader(r.leader);
+          pr->set_reported(r.reported);
+          pr->set_applied(r.applied);
+          pr->set_match(r.match);
+          pr->set_lag(r.lag);
+        }
+      }
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  Backend* b_;
+};
+
 // Snapshots live in DATA/snapshots/NAME, each a data directory of one
 // collection plus snapshot.json ({"collection", "created_unix"}).
 namespace fs = std::filesystem;
@@ -740,6 +798,7 @@ struct CairnServer::Impl {
   SearchService search{&backend};
   ServerService server_service{&backend};
   SnapshotsService snapshots{&backend};
+  ClusterService cluster{&backend};
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<HttpServer> http;
   int http_port = 0;
@@ -779,7 +838,11 @@ struct CairnServer::Impl {
         "# HELP cairn_gpu_search_fallbacks_total GPU searches that failed and were served by the CPU.\n",
         "# TYPE cairn_gpu_search_fallbacks_total counter\ncairn_gpu_search_fallbacks_total ", gpu_use.fallbacks,
         "\n");
-    if (database != nullptr) {
+    if (auto* c = dynamic_cast<cluster::Cluster*>(database)) {
+      // The groups this node hosts, from its own loop: cheap, and answered
+      // even when a shard has no quorum.
+      c->AppendPrometheus(&out);
+    } else if (database != nullptr) {
       std::string points, segments, sealed, deleted, memory, storage, gpu_segments;
       for (const auto& name : database->ListCollections()) {
         auto info = database->DescribeCollection(name);
@@ -855,6 +918,7 @@ absl::StatusOr<int> CairnServer::Start() {
   builder.RegisterService(&impl_->search);
   builder.RegisterService(&impl_->server_service);
   builder.RegisterService(&impl_->snapshots);
+  builder.RegisterService(&impl_->cluster);
   impl_->server = builder.BuildAndStart();
   if (impl_->server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", impl_->options.listen,
@@ -884,6 +948,7 @@ absl::StatusOr<int> CairnServer::Start() {
 
 void CairnServer::Serve(std::unique_ptr<Database> db) {
   impl_->db = std::move(db);
+  impl_->backend.clustered = dynamic_cast<cluster::Cluster*>(impl_->db.get()) != nullptr;
   impl_->backend.db.store(impl_->db.get());
   impl_->server->GetHealthCheckService()->SetServingStatus(true);
 }

@@ -1004,6 +1004,49 @@ absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> Cluster::LocalChecksums(
   return out;
 }
 
+void Cluster::AppendPrometheus(std::string* out) const {
+  raft::Node* node = node_ptr_.load();
+  if (node == nullptr) return;
+  const MetadataState st = meta_->State();
+  std::string term, commit, applied, leader, changes, lag, stopped;
+  for (const auto& g : node->Status()) {
+    std::string label = absl::StrCat("{group=\"", g.group, "\"");
+    if (auto it = st.groups.find(g.group); it != st.groups.end()) {
+      absl::StrAppend(&label, ",collection=\"", it->second.collection, "\",shard=\"", it->second.shard, "\"");
+    } else if (g.group == kMetadataGroup) {
+      absl::StrAppend(&label, ",collection=\"\",shard=\"metadata\"");
+    }
+    absl::StrAppend(&term, "cairn_raft_term", label, "} ", g.term, "\n");
+    absl::StrAppend(&commit, "cairn_raft_commit_index", label, "} ", g.commit, "\n");
+    absl::StrAppend(&applied, "cairn_raft_applied_index", label, "} ", g.applied, "\n");
+    absl::StrAppend(&leader, "cairn_raft_is_leader", label, "} ", g.role == raft::Role::kLeader ? 1 : 0, "\n");
+    absl::StrAppend(&changes, "cairn_raft_leader_changes_total", label, "} ", g.leader_changes, "\n");
+    absl::StrAppend(&stopped, "cairn_raft_group_stopped", label, "} ", g.stopped ? 1 : 0, "\n");
+    for (const auto& p : g.peers) {
+      if (p.node == self_.id) continue;
+      absl::StrAppend(&lag, "cairn_raft_follower_lag", label, ",node=\"", p.node, "\"} ",
+                      g.last_index > p.match ? g.last_index - p.match : 0, "\n");
+    }
+  }
+  absl::StrAppend(out, "# HELP cairn_raft_term Raft term of each group hosted here.\n# TYPE cairn_raft_term gauge\n",
+                  term, "# HELP cairn_raft_commit_index Committed log index.\n# TYPE cairn_raft_commit_index gauge\n",
+                  commit, "# HELP cairn_raft_applied_index Log index applied here.\n",
+                  "# TYPE cairn_raft_applied_index gauge\n", applied,
+                  "# HELP cairn_raft_is_leader 1 when this node's replica leads the group.\n",
+                  "# TYPE cairn_raft_is_leader gauge\n", leader,
+                  "# HELP cairn_raft_leader_changes_total Leader changes seen here.\n",
+                  "# TYPE cairn_raft_leader_changes_total counter\n", changes,
+                  "# HELP cairn_raft_group_stopped 1 when the replica stopped on an error (see the log).\n",
+                  "# TYPE cairn_raft_group_stopped gauge\n", stopped,
+                  "# HELP cairn_raft_follower_lag Entries a follower lacks, seen from its leader.\n",
+                  "# TYPE cairn_raft_follower_lag gauge\n", lag,
+                  "# HELP cairn_peer_batches_sent_total Raft batches sent to other nodes.\n",
+                  "# TYPE cairn_peer_batches_sent_total counter\ncairn_peer_batches_sent_total ", clients_->sent(), "\n",
+                  "# HELP cairn_peer_batches_dropped_total Raft batches dropped (peer unreachable or queue full).\n",
+                  "# TYPE cairn_peer_batches_dropped_total counter\ncairn_peer_batches_dropped_total ",
+                  clients_->dropped(), "\n");
+}
+
 pb::NodeStatusResponse Cluster::NodeStatus() {
   pb::NodeStatusResponse r;
   r.set_node_id(self_.id);

@@ -138,6 +138,10 @@ class Cluster final : public Database, private PeerHandler {
   // Collection `name`'s configuration as this node knows it now.
   absl::StatusOr<CollectionConfig> CurrentConfig(const std::string& name) const;
   ClusterStatus Status() const;
+  // Prometheus text for the groups this node hosts (term, commit, applied,
+  // leader, leader changes, each follower's lag when leading) and the peer
+  // transport.
+  void AppendPrometheus(std::string* out) const;
   // The data checksum of each replica this node holds, by group.
   absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> LocalChecksums() const;
   uint64_t node_id() const { return self_.id; }
