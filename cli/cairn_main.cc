@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "cairn/v1/cluster.grpc.pb.h"
 #include "cairn/v1/collections.grpc.pb.h"
 #include "cairn/v1/points.grpc.pb.h"
 #include "cairn/v1/search.grpc.pb.h"
@@ -81,7 +82,7 @@ const char* kUsageText =
     "\n"
     "Commands:\n"
     "  collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE]\n"
-    "                    [--payload-index FIELD:TYPE]... [--shards N]\n"
+    "                    [--payload-index FIELD:TYPE]... [--shards N] [--replication-factor N]\n"
     "  collection list | info NAME | drop NAME\n"
     "  ingest --collection NAME [options] FILE...   load vectors: online to cairnd, or\n"
     "         offline into a data directory with --data-dir DIR\n"
@@ -89,6 +90,7 @@ const char* kUsageText =
     "  snapshot create NAME | list [NAME] | download SNAPSHOT [--output FILE] |\n"
     "           restore SNAPSHOT NEW_NAME | delete SNAPSHOT\n"
     "  info\n"
+    "  cluster status [--json]   the nodes and Raft groups of a cairnd --cluster\n"
     "\n"
     "Connection flags (or environment variables):\n"
     "  --target HOST:PORT   cairnd's gRPC address (CAIRN_TARGET; default 127.0.0.1:7600)\n"
@@ -107,7 +109,7 @@ const std::map<std::string, std::string> kCommandHelp = {
     {"collection",
      "Usage: cairn collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE] [--nlist N]\n"
      "                        [--payload-index FIELD:TYPE]... [--shards N] [--hnsw-int8 on|off]\n"
-     "                        [--rerank N] [--device auto|cpu|gpu]\n"
+     "                        [--rerank N] [--device auto|cpu|gpu] [--replication-factor N]\n"
      "       cairn collection list\n"
      "       cairn collection info NAME\n"
      "       cairn collection drop NAME\n"
@@ -120,6 +122,9 @@ const std::map<std::string, std::string> kCommandHelp = {
      "--hnsw-int8: HNSW walks sealed segments on 8-bit codes of the vectors and re-ranks the\n"
      "  candidates exactly (default on; off walks on float32, without the extra byte per\n"
      "  dimension per point of memory). Fixed once the collection exists.\n"
+     "--replication-factor N: copies of each shard on distinct nodes of a cairnd --cluster, kept\n"
+     "  alike by Raft (default: 3, or the number of nodes when fewer; more than the nodes is\n"
+     "  refused). A single-node cairnd keeps one copy. Fixed once the collection exists.\n"
      "--device: where IVF training (k-means; IVF-PQ codebooks and codes) and searches of sealed\n"
      "  flat and IVF-Flat segments run:\n"
      "  auto (default: the server's --device, by default a GPU when it has one), cpu, or gpu\n"
@@ -207,6 +212,16 @@ const std::map<std::string, std::string> kCommandHelp = {
      "Example:\n"
      "  cairn snapshot create docs && cairn snapshot list docs\n"
      "  cairn snapshot download docs-20261129T230501Z --output docs.tar\n"},
+    {"cluster",
+     "Usage: cairn cluster status [--json]\n"
+     "\n"
+     "What a node of a cairnd --cluster knows of its cluster: the nodes (name, id, peer\n"
+     "address, zone, state, whether it answered), and every Raft group (the metadata group and\n"
+     "one per shard of each collection) with its leader, term, commit index, and each replica's\n"
+     "applied index and lag behind the leader. Any node answers. A single-node cairnd says so.\n"
+     "--json prints the whole answer as JSON.\n"
+     "\n"
+     "Example:\n  cairn --target 127.0.0.1:7600 cluster status\n"},
     {"info",
      "Usage: cairn info\n\nPrints the server's version, format, SIMD level, uptime and collections, and the device\n"
      "its indexes use (the GPU, or why it has none).\n"
@@ -285,7 +300,8 @@ struct CommandShape {
 
 const std::set<std::string>& CreateFlags() {
   static const std::set<std::string> f = {"--dim",       "--metric", "--index",  "--nlist",        "--shards",
-                                          "--hnsw-int8", "--rerank", "--device", "--payload-index"};
+                                          "--hnsw-int8", "--rerank", "--device", "--payload-index",
+                                          "--replication-factor"};
   return f;
 }
 
@@ -322,6 +338,7 @@ const CommandShape* ShapeOf(const std::string& cmd) {
            "--format", "--dataset", "--max-queries"},
           0}},
         {"info", {{}, 0}},
+        {"cluster status", {{"--json"}, 0}},
         {"snapshot create", {{"--json"}, 1}},
         {"snapshot list", {{"--json"}, 1}},
         {"snapshot download", {{"--output"}, 1}},
@@ -413,6 +430,10 @@ int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig*
     return Usage("--shards is a positive integer, got '" + a.Get("--shards") + "'");
   }
   cfg->set_num_shards(static_cast<uint32_t>(n));
+  if (!ParseCount(a, "--replication-factor", 0, &n) || n > 7) {
+    return Usage("--replication-factor is 1..7 (0: the default), got '" + a.Get("--replication-factor") + "'");
+  }
+  cfg->set_replication_factor(static_cast<uint32_t>(n));
   if (a.flags.count("--hnsw-int8")) {
     const std::string v = a.Get("--hnsw-int8");
     if (v != "on" && v != "off") return Usage("--hnsw-int8 is on or off");
@@ -863,6 +884,53 @@ int SnapshotCmd(const Conn& c, const Args& a) {
   return kOk;
 }
 
+int ClusterCmd(const Conn& c, const Args& a) {
+  if (a.rest.empty()) return Usage("cluster: which subcommand? (status)");
+  if (a.rest[0] != "status") return Usage("cluster: unknown subcommand " + a.rest[0]);
+  auto stub = v1::Cluster::NewStub(c.channel);
+  grpc::ClientContext ctx;
+  c.Prepare(&ctx);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::ClusterStatusResponse st;
+  auto s = stub->Status(&ctx, v1::ClusterStatusRequest(), &st);
+  if (!s.ok()) return ServerError(s);
+  if (a.switches.count("--json")) {
+    std::printf("%s", ProtoJson(st, /*pretty=*/true, /*all_fields=*/true).c_str());
+    return kOk;
+  }
+  if (st.mode() != "cluster") {
+    std::printf("single-node: %s is not a cluster node (cairnd --cluster)\n", c.target.c_str());
+    return kOk;
+  }
+  std::map<uint64_t, std::string> names;
+  for (const auto& n : st.nodes()) names[n.id()] = n.name();
+  auto name_of = [&](uint64_t id) { return names.count(id) ? names[id] : absl::StrCat(id); };
+  std::printf("cluster %s, answered by %s\n\n", st.cluster_id().c_str(), st.node_name().c_str());
+  std::printf("%-16s %-20s %-28s %-10s %-8s %s\n", "NODE", "ID", "PEER ADDRESS", "ZONE", "STATE", "REACHABLE");
+  for (const auto& n : st.nodes()) {
+    std::printf("%-16s %-20llu %-28s %-10s %-8s %s\n", n.name().c_str(), static_cast<unsigned long long>(n.id()),
+                n.address().c_str(), n.zone().empty() ? "-" : n.zone().c_str(), n.state().c_str(),
+                n.reachable() ? "yes" : "NO");
+  }
+  std::printf("\n%-6s %-16s %-6s %-16s %-6s %-8s %s\n", "GROUP", "COLLECTION", "SHARD", "LEADER", "TERM", "COMMIT",
+              "REPLICAS (node applied/lag)");
+  for (const auto& g : st.groups()) {
+    std::vector<std::string> reps;
+    for (const auto& r : g.replicas()) {
+      reps.push_back(absl::StrCat(name_of(r.node_id()), r.leader() ? "*" : "", " ",
+                                  r.reported() ? absl::StrCat(r.applied()) : "?", "/",
+                                  g.leader_node_id() != 0 ? absl::StrCat(r.lag()) : "?"));
+    }
+    std::printf("%-6llu %-16s %-6s %-16s %-6llu %-8llu %s\n", static_cast<unsigned long long>(g.group()),
+                g.collection().empty() ? "(metadata)" : g.collection().c_str(),
+                g.collection().empty() ? "-" : absl::StrCat(g.shard()).c_str(),
+                g.leader_node_id() == 0 ? "NONE" : name_of(g.leader_node_id()).c_str(),
+                static_cast<unsigned long long>(g.term()), static_cast<unsigned long long>(g.commit()),
+                absl::StrJoin(reps, ", ").c_str());
+  }
+  return kOk;
+}
+
 int InfoCmd(const Conn& c) {
   auto stub = v1::Server::NewStub(c.channel);
   grpc::ClientContext ctx;
@@ -925,7 +993,7 @@ int main(int argc, char** argv) {
   conn.channel = grpc::CreateCustomChannel(target, creds, ch_args);
   std::string cmd = args.rest[0];
   args.rest.erase(args.rest.begin());
-  const bool has_sub = cmd == "collection" || cmd == "snapshot";
+  const bool has_sub = cmd == "collection" || cmd == "snapshot" || cmd == "cluster";
   const std::string shape = has_sub && !args.rest.empty() ? cmd + " " + args.rest[0] : cmd;
   if (std::string bad = CheckShape(shape, args, has_sub ? 2 : 1); !bad.empty()) {
     return Usage(bad + " (see cairn " + cmd + " --help)");
@@ -934,6 +1002,7 @@ int main(int argc, char** argv) {
   if (cmd == "ingest") return IngestCmd(conn, args);
   if (cmd == "search") return SearchCmd(conn, args);
   if (cmd == "info") return InfoCmd(conn);
+  if (cmd == "cluster") return ClusterCmd(conn, args);
   if (cmd == "snapshot") return SnapshotCmd(conn, args);
   return Usage("unknown command " + cmd);
 }
