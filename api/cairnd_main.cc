@@ -118,6 +118,18 @@ void Usage(FILE* out) {
       "data directory locked by another process or of another format), 2 for bad flags.\n");
 }
 
+// HOST:PORT with a port of 0..65535 (1..65535 when `zero_ok` is false).
+bool ValidAddress(const std::string& a, bool zero_ok) {
+  const size_t colon = a.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= a.size() || colon + 6 < a.size()) return false;
+  long port = 0;
+  for (size_t i = colon + 1; i < a.size(); ++i) {
+    if (a[i] < '0' || a[i] > '9') return false;
+    port = port * 10 + (a[i] - '0');
+  }
+  return port <= 65535 && (zero_ok || port > 0);
+}
+
 bool ParseInt(const std::string& s, long lo, long hi, long* out) {
   char* end = nullptr;
   long v = std::strtol(s.c_str(), &end, 10);
@@ -306,6 +318,14 @@ int main(int argc, char** argv) {
                  "--grace-seconds 0..3600, --gpu-memory-mb 0 or more, --raft-tick-ms 1..10000\n");
     return 2;
   }
+  for (const auto& [flag, addr] : {std::pair<const char*, std::string>{"--listen", listen},
+                                   {"--http-listen", http_listen.empty() ? "x:0" : http_listen},
+                                   {"--peer-listen", peer_listen.empty() ? "x:0" : peer_listen}}) {
+    if (!ValidAddress(addr, true)) {
+      std::fprintf(stderr, "cairnd: %s is HOST:PORT with a port of 0..65535, got \"%s\"\n", flag, addr.c_str());
+      return 2;
+    }
+  }
   cairn::cluster::ClusterOptions cluster_options;
   if (cluster_mode) {
     cluster_options.data_dir = data_dir;
@@ -316,6 +336,15 @@ int main(int argc, char** argv) {
     }
     for (const auto& s : absl::StrSplit(seeds, ',', absl::SkipWhitespace())) {
       cluster_options.seeds.push_back(std::string(absl::StripAsciiWhitespace(s)));
+      if (!ValidAddress(cluster_options.seeds.back(), false)) {
+        std::fprintf(stderr, "cairnd: --seeds is a comma-separated list of HOST:PORT, got \"%s\"\n",
+                     cluster_options.seeds.back().c_str());
+        return 2;
+      }
+    }
+    if (!advertise.empty() && !ValidAddress(advertise, false)) {
+      std::fprintf(stderr, "cairnd: --advertise is HOST:PORT, got \"%s\"\n", advertise.c_str());
+      return 2;
     }
     cluster_options.peer_listen =
         peer_listen.empty() ? listen.substr(0, listen.rfind(':')) + ":7602" : peer_listen;

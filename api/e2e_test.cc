@@ -954,6 +954,18 @@ TEST_F(E2ETest, RefusesToStartWithoutKeysOrWithoutAuthOffLoopback) {
   EXPECT_NE(out.find("only for loopback"), std::string::npos) << out;
   std::tie(code, out) = RunCairnd("--workers -3 --insecure-no-auth");
   EXPECT_EQ(code, 2) << out;
+  // A port past 65535 was taken modulo 65536 (176010 listened on 44938).
+  std::tie(code, out) = RunCairnd("--insecure-no-auth --listen 127.0.0.1:176010 --data-dir " + data);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("port of 0..65535"), std::string::npos) << out;
+  std::tie(code, out) = RunCairnd("--insecure-no-auth --seeds a:1 --data-dir " + data);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("need --cluster"), std::string::npos) << out;
+  // A cluster node whose peer port is reachable from elsewhere needs a secret.
+  std::tie(code, out) = RunCairnd("--insecure-no-auth --cluster --node-name n0 --peer-listen 0.0.0.0:0 "
+                                  "--seeds 127.0.0.1:1 --data-dir " + data);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("--cluster-secret-file"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(data)) << "a refused start created the data directory";
 }
 
