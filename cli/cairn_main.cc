@@ -13,6 +13,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -907,7 +908,9 @@ int ClusterCmd(const Conn& c, const Args& a) {
   auto name_of = [&](uint64_t id) { return names.count(id) ? names[id] : absl::StrCat(id); };
   std::printf("cluster %s, answered by %s\n\n", st.cluster_id().c_str(), st.node_name().c_str());
   std::printf("%-16s %-20s %-28s %-10s %-8s %s\n", "NODE", "ID", "PEER ADDRESS", "ZONE", "STATE", "REACHABLE");
-  for (const auto& n : st.nodes()) {
+  std::vector<v1::ClusterNode> nodes(st.nodes().begin(), st.nodes().end());
+  std::sort(nodes.begin(), nodes.end(), [](const auto& a, const auto& b) { return a.name() < b.name(); });
+  for (const auto& n : nodes) {
     std::printf("%-16s %-20llu %-28s %-10s %-8s %s\n", n.name().c_str(), static_cast<unsigned long long>(n.id()),
                 n.address().c_str(), n.zone().empty() ? "-" : n.zone().c_str(), n.state().c_str(),
                 n.reachable() ? "yes" : "NO");
