@@ -472,51 +472,56 @@ int main(int argc, char** argv) {
   }
 
   auto t0 = std::chrono::steady_clock::now();
-  // A signal while the cluster forms (which may wait for other nodes) stops
-  // the process at once: nothing is half-written in that state.
+  // The data opens on a thread of its own while this one waits for SIGTERM
+  // or SIGINT: sigwait must run in the main thread, or the kernel hands the
+  // signal to a thread a library started before main (OpenBLAS does) and its
+  // default action ends the process. A signal while a cluster forms (which
+  // may wait for other nodes) stops the process at once: nothing is
+  // half-written in that state.
   std::atomic<bool> serving{false};
-  std::atomic<int> got_signal{0};
-  std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    got_signal = sig;
-    if (!serving.load()) {
-      LogEvent("stopped", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"before", "serving"}});
-      std::_Exit(0);
-    }
-  });
-  signal_thread.detach();
-  absl::StatusOr<std::unique_ptr<cairn::Database>> db = absl::UnknownError("not opened");
-  if (cluster_mode) {
-    cluster_options.db = db_options;
-    LogEvent("cluster", {{"node_name", cluster_options.node_name}, {"peer_listen", cluster_options.peer_listen},
-                         {"seeds", seeds}, {"peer_auth", !cluster_secret.empty() ? "secret" : !peer_tls_cert.empty() ? "mtls" : "none (loopback)"}});
-    auto c = cairn::cluster::Cluster::Open(cluster_options);
-    if (c.ok()) {
-      LogEvent("cluster_member", {{"cluster_id", (*c)->cluster_id()}, {"node_id", std::to_string((*c)->node_id())}});
-      db = std::unique_ptr<cairn::Database>(std::move(*c));
+  std::thread opener([&] {
+    absl::StatusOr<std::unique_ptr<cairn::Database>> db = absl::UnknownError("not opened");
+    if (cluster_mode) {
+      cluster_options.db = db_options;
+      LogEvent("cluster", {{"node_name", cluster_options.node_name},
+                           {"peer_listen", cluster_options.peer_listen},
+                           {"seeds", seeds},
+                           {"peer_auth", !cluster_secret.empty()   ? "secret"
+                                         : !peer_tls_cert.empty() ? "mtls"
+                                                                  : "none (loopback)"}});
+      auto c = cairn::cluster::Cluster::Open(cluster_options);
+      if (c.ok()) {
+        LogEvent("cluster_member",
+                 {{"cluster_id", (*c)->cluster_id()}, {"node_id", std::to_string((*c)->node_id())}});
+        db = std::unique_ptr<cairn::Database>(std::move(*c));
+      } else {
+        db = c.status();
+      }
     } else {
-      db = c.status();
+      db = cairn::Database::Open(data_dir, db_options);
     }
-  } else {
-    db = cairn::Database::Open(data_dir, db_options);
-  }
-  if (!db.ok()) {
-    std::fprintf(stderr, "cairnd: cannot open data directory %s: %s\n", data_dir.c_str(),
-                 std::string(db.status().message()).c_str());
-    server.Shutdown(std::chrono::milliseconds(0));
-    return 1;
-  }
-  LogEvent("device", {{"setting", std::string(cairn::DeviceName(db_options.device))},
-                      {"path", cairn::index::gpu::PathSummary(db_options.device)}});
-  size_t collections = (*db)->ListCollections().size();
-  serving = true;  // from here a signal drains instead of stopping at once
-  server.Serve(std::move(*db));
-  LogEvent("serving", {{"data_dir", data_dir}, {"collections", collections},
-                       {"load_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}});
+    if (!db.ok()) {
+      std::fprintf(stderr, "cairnd: cannot open data directory %s: %s\n", data_dir.c_str(),
+                   std::string(db.status().message()).c_str());
+      server.Shutdown(std::chrono::milliseconds(0));
+      std::_Exit(1);
+    }
+    LogEvent("device", {{"setting", std::string(cairn::DeviceName(db_options.device))},
+                        {"path", cairn::index::gpu::PathSummary(db_options.device)}});
+    size_t collections = (*db)->ListCollections().size();
+    serving = true;  // from here a signal drains instead of stopping at once
+    server.Serve(std::move(*db));
+    LogEvent("serving", {{"data_dir", data_dir}, {"collections", collections},
+                         {"load_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}});
+  });
 
-  while (got_signal.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const int sig = got_signal.load();
+  int sig = 0;
+  sigwait(&signals, &sig);
+  if (!serving.load()) {
+    LogEvent("stopped", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"before", "serving"}});
+    std::_Exit(0);
+  }
+  opener.join();
   LogEvent("draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"grace_seconds", n_grace}});
   server.Shutdown(std::chrono::seconds(n_grace));
   LogEvent("stopped");

@@ -912,7 +912,11 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::CreateCollection(const std:
     if (c.replication_factor == 0) {
       c.replication_factor = static_cast<uint32_t>(std::min<size_t>(3, st.nodes.size() - st.removed_nodes.size()));
     }
-    CAIRN_ASSIGN_OR_RETURN(auto placement, PlaceShards(st, c.num_shards, c.replication_factor));
+    std::set<uint64_t> unreachable;
+    for (const auto& [id, n] : st.nodes) {
+      if (id != self_.id && !clients_->Reachable(id, 3s)) unreachable.insert(id);
+    }
+    CAIRN_ASSIGN_OR_RETURN(auto placement, PlaceShards(st, c.num_shards, c.replication_factor, unreachable));
     absl::Status s = ProposeMetadata(CreateCollectionCommand(st, name, c, placement), nullptr);
     if (absl::IsAborted(s)) continue;  // the map moved on: place again
     CAIRN_RETURN_IF_ERROR(s);

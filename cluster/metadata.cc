@@ -1,6 +1,7 @@
 #include "cluster/metadata.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "db/config_codec.h"
@@ -68,7 +69,8 @@ MetadataCommand UpdateConfigCommand(const std::string& name, const CollectionCon
 }
 
 absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataState& state, uint32_t num_shards,
-                                                               uint32_t replication_factor) {
+                                                               uint32_t replication_factor,
+                                                               const std::set<uint64_t>& avoid) {
   std::vector<uint64_t> nodes;
   for (const auto& [id, n] : state.nodes) {
     if (!state.removed_nodes.count(id)) nodes.push_back(id);
@@ -99,7 +101,8 @@ absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataSta
         if (std::find(chosen.begin(), chosen.end(), n) != chosen.end()) continue;
         // The first replica is the preferred leader: spread those first.
         auto key = [&](uint64_t x) {
-          return r == 0 ? std::make_pair(leaders[x], replicas[x]) : std::make_pair(replicas[x], leaders[x]);
+          const uint64_t down = avoid.count(x);
+          return r == 0 ? std::make_tuple(down, leaders[x], replicas[x]) : std::make_tuple(down, replicas[x], leaders[x]);
         };
         if (best == 0 || key(n) < key(best)) best = n;
       }

@@ -91,12 +91,14 @@ MetadataCommand DropCollectionCommand(const std::string& name);
 MetadataCommand UpdateConfigCommand(const std::string& name, const CollectionConfig& config);
 
 // Chooses nodes for `num_shards` shards of `replication_factor` replicas:
-// never two replicas of a shard on one node; each replica (and then each
+// never two replicas of a shard on one node; nodes in `avoid` (unreachable
+// now) only when the others are too few; then each replica (and then each
 // preferred leader, the first of a list) on the node holding fewest so far,
 // counting the groups that exist already, ties to the lower node id.
 // InvalidArgument when there are fewer nodes than replicas.
 absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataState& state, uint32_t num_shards,
-                                                               uint32_t replication_factor);
+                                                               uint32_t replication_factor,
+                                                               const std::set<uint64_t>& avoid = {});
 
 class MetadataMachine final : public raft::StateMachine {
  public:
