@@ -5,6 +5,7 @@
 #include <deque>
 #include <filesystem>
 #include <future>
+#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,7 @@
 #include "db/config_codec.h"
 #include "db/shard_command.h"
 #include "grpcpp/grpcpp.h"
+#include "storage/byte_codec.h"
 #include "storage/file_util.h"
 
 namespace cairn::cluster {
@@ -158,18 +160,21 @@ class ReplicatedShard final : public db::ShardAccess {
 
   absl::Status Upsert(std::vector<db::PreparedPoint> points) override {
     db::ShardCommand c;
+    c.request_id = cluster_->NewRequestId();
     c.kind = db::ShardCommand::Kind::kUpsert;
     c.points = std::move(points);
     return cluster_->ProposeToShard(group_, c.Encode(), what_).status();
   }
   absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ext_keys) override {
     db::ShardCommand c;
+    c.request_id = cluster_->NewRequestId();
     c.kind = db::ShardCommand::Kind::kDelete;
     c.ext_keys = ext_keys;
     return cluster_->ProposeToShard(group_, c.Encode(), what_);
   }
   absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override {
     db::ShardCommand c;
+    c.request_id = cluster_->NewRequestId();
     c.kind = db::ShardCommand::Kind::kDeleteByFilter;
     c.filter_json = filter.ToJson();
     return cluster_->ProposeToShard(group_, c.Encode(), what_);
@@ -177,6 +182,7 @@ class ReplicatedShard final : public db::ShardAccess {
   absl::Status SetPayload(const std::vector<std::string>& ext_keys, const db::Json& payload,
                           bool overwrite) override {
     db::ShardCommand c;
+    c.request_id = cluster_->NewRequestId();
     c.kind = db::ShardCommand::Kind::kSetPayload;
     c.ext_keys = ext_keys;
     c.payload = payload;
@@ -337,7 +343,17 @@ class ClusterCollection final : public Collection {
 
 // ---- start -------------------------------------------------------------------
 
-Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {}
+Cluster::Cluster(ClusterOptions options)
+    : options_(std::move(options)),
+      incarnation_((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) {}
+
+std::string Cluster::NewRequestId() {
+  std::string id;
+  storage::PutU64(&id, self_.id);
+  storage::PutU64(&id, incarnation_);
+  storage::PutU64(&id, next_request_.fetch_add(1));
+  return id;
+}
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(ClusterOptions options) {
   if (options.data_dir.empty()) return absl::InvalidArgumentError("cluster: a data directory is required");

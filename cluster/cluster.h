@@ -148,6 +148,9 @@ class Cluster final : public Database, private PeerHandler {
   const std::string& cluster_id() const { return membership_.cluster_id; }
   int peer_port() const;
 
+  // A request id for a ShardCommand, unique in the cluster: a retry of the
+  // command reuses it, so the write applies once.
+  std::string NewRequestId();
   // For ReplicatedShard: a write to group `gid` (an encoded ShardCommand),
   // retried until the request timeout; the apply result. `what` names the
   // shard in errors.
@@ -192,6 +195,8 @@ class Cluster final : public Database, private PeerHandler {
   std::unique_ptr<raft::Node> node_;
   std::atomic<raft::Node*> node_ptr_{nullptr};
   std::unique_ptr<Executor> executor_;
+  const uint64_t incarnation_;
+  std::atomic<uint64_t> next_request_{1};
 
   mutable std::mutex mu_;
   Membership membership_;  // set once before the node starts

@@ -39,6 +39,10 @@ inline constexpr std::string_view kMetaNextId = "next_id";
 inline constexpr std::string_view kMetaManifest = "manifest";
 // The index of the last replicated log entry applied (cluster mode only).
 inline constexpr std::string_view kMetaApplied = "applied";
+// Request ids applied (cluster mode): "r/" + id -> index and count, and
+// "ri/" + index (8 bytes big-endian) -> id, to forget them in index order.
+inline constexpr std::string_view kMetaRequestPrefix = "r/";
+inline constexpr std::string_view kMetaRequestIndexPrefix = "ri/";
 
 }  // namespace cairn::db
 

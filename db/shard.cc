@@ -19,6 +19,7 @@
 namespace cairn::db {
 namespace fs = std::filesystem;
 using storage::Cf;
+using storage::ByteReader;
 using storage::PutBytes;
 using storage::PutU64;
 
@@ -535,6 +536,7 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
     first_id = next_id_;
     return absl::OkStatus();
   };
+  absl::flat_hash_map<std::string, std::string> batch_requests;  // written in this call, not yet readable
   uint64_t prev = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
     const LogEntry& e = entries[i];
@@ -544,6 +546,28 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
     if (e.index <= through) {
       r.skipped = true;
       continue;
+    }
+    if (e.command != nullptr && !e.command->request_id.empty()) {
+      // Applied before (a retry)? Then its first result, and nothing else.
+      const std::string key = std::string(kMetaRequestPrefix) + e.command->request_id;
+      std::optional<std::string> seen;
+      if (auto it = batch_requests.find(key); it != batch_requests.end()) {
+        seen = it->second;
+      } else {
+        CAIRN_ASSIGN_OR_RETURN(seen, kv_->Get(Cf::kMeta, key));
+      }
+      // Remembered for the window's entries whatever was pruned yet, so
+      // that every replica decides alike however its calls were batched.
+      if (seen) {
+        ByteReader rd{*seen};
+        const uint64_t first_index = rd.U64();
+        const uint64_t count = rd.U64();
+        if (rd.ok && e.index - first_index <= options_.request_id_window) {
+          r.count = count;
+          through = e.index;
+          continue;
+        }
+      }
     }
     if (e.command != nullptr) {
       const ShardCommand& c = *e.command;
@@ -582,6 +606,15 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
         next_id_ = first_id;
         return s;
       }
+      if (s.ok() && !c.request_id.empty()) {
+        std::string v;
+        PutU64(&v, e.index);
+        PutU64(&v, r.count);
+        const std::string key = std::string(kMetaRequestPrefix) + c.request_id;
+        txn.batch.Put(Cf::kMeta, key, v);
+        txn.batch.Put(Cf::kMeta, std::string(kMetaRequestIndexPrefix) + InternalKey(e.index), c.request_id);
+        batch_requests[key] = v;
+      }
       txn.EndOp(s.ok());
       if (!s.ok()) {
         r.status = s;
@@ -589,6 +622,20 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
       }
     }
     through = e.index;
+  }
+  // Ids older than the window are forgotten, in index order.
+  if (through > options_.request_id_window) {
+    const std::string prefix(kMetaRequestIndexPrefix);
+    const std::string end = prefix + InternalKey(through - options_.request_id_window);
+    auto it = kv_->NewIterator(Cf::kMeta);
+    // From where the last call stopped: not over the deletions again.
+    for (it->Seek(prefix + InternalKey(requests_pruned_through_ + 1));
+         it->Valid() && it->key() < end && it->key().substr(0, prefix.size()) == prefix; it->Next()) {
+      txn.group_batch.Delete(Cf::kMeta, it->key());
+      txn.group_batch.Delete(Cf::kMeta, std::string(kMetaRequestPrefix) + std::string(it->value()));
+    }
+    CAIRN_RETURN_IF_ERROR(it->status());
+    requests_pruned_through_ = through - options_.request_id_window - 1;
   }
   return flush();
 }

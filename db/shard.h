@@ -65,6 +65,9 @@ struct ShardOptions {
   int index_threads = 0;
   // DatabaseOptions::growing_checkpoint_points.
   uint64_t checkpoint_points = 50000;
+  // Apply: how many log entries a request id is remembered for (a retry
+  // later than that would apply again). Default: 200,000.
+  uint64_t request_id_window = 200000;
 };
 
 // A point ready for a shard: validated, payload parsed and re-serialized.
@@ -162,6 +165,11 @@ class Shard final : public ShardAccess {
   // Applies `entries` (ascending indexes) as few WriteBatches as it can (a
   // delete by filter starts a new one, so it sees every entry before it),
   // each holding the applied index. Fills `results`, one per entry.
+  // A command whose request id was applied within the last
+  // options.request_id_window entries is not applied again: its result is the first
+  // one (a retry of a write whose answer was lost changes nothing twice,
+  // which keeps histories linearizable). The ids are kept in the same
+  // batches as the data.
   // A non-OK return is a failure of this replica (its disk, or a command it
   // cannot read), not of the entries: the entries from the first one not
   // applied must be applied again after a reopen.
@@ -312,6 +320,7 @@ class Shard final : public ShardAccess {
   std::atomic<uint64_t> growing_saved_{0};
   bool bulk_loading_ = false;   // guarded by commit_mu_
   std::atomic<uint64_t> applied_index_{0};  // written with commit_mu_ held
+  uint64_t requests_pruned_through_ = 0;    // guarded by commit_mu_: request ids forgotten below
 
   mutable std::shared_mutex state_mu_;
   std::shared_ptr<index::Segment> growing_;                // guarded by state_mu_

@@ -260,6 +260,44 @@ TEST_F(ShardApplyTest, EntriesAtOrBelowTheAppliedIndexAreSkippedAcrossAReopen) {
   EXPECT_EQ(one->vector, (std::vector<float>{7, 8, 14, -7}));
 }
 
+// A retry of a write whose answer was lost comes back with the same request
+// id, possibly after other writes to the same point: applying it again would
+// bring back an overwritten version.
+TEST_F(ShardApplyTest, ACommandRetriedWithItsRequestIdAppliesOnce) {
+  ShardOptions o = Options();
+  o.request_id_window = 4;
+  const std::string dir = (fs::path(dir_) / "a").string();
+  ShardCommand first = UpsertCmd({Point(1, 1, Json{{"v", 1}}), Point(2, 2, Json::object())});
+  first.request_id = "req-1";
+  ShardCommand second = UpsertCmd({Point(1, 5, Json{{"v", 2}})});
+  second.request_id = "req-2";
+  auto payload_of_1 = [](Shard& s) {
+    std::vector<std::optional<Record>> out;
+    EXPECT_TRUE(s.Get({ExternalKey(PointId(1))}, true, false, &out).ok());
+    return out[0] ? out[0]->payload : "";
+  };
+  {
+    auto s = Shard::Open(dir, o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    std::vector<Shard::ApplyResult> r;
+    ASSERT_TRUE((*s)->Apply({{1, &first}, {2, &second}, {3, &first}}, &r).ok());
+    EXPECT_EQ(r[2].count, 2u);  // the first application's result
+    EXPECT_EQ(payload_of_1(**s), R"({"v":2})");
+  }
+  auto s = Shard::Open(dir, o);  // the ids are on disk with the data
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<Shard::ApplyResult> r;
+  ASSERT_TRUE((*s)->Apply({{4, &first}}, &r).ok());
+  EXPECT_EQ(payload_of_1(**s), R"({"v":2})");
+  // Past the window (4 entries after it), the id is forgotten: applied again.
+  ASSERT_TRUE((*s)->Apply({{5, nullptr}, {6, nullptr}, {7, nullptr}, {8, &first}}, &r).ok());
+  EXPECT_EQ(payload_of_1(**s), R"({"v":1})");
+  // An id survives a decode.
+  auto d = ShardCommand::Decode(first.Encode());
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->request_id, "req-1");
+}
+
 TEST_F(ShardApplyTest, EntriesWithoutACommandMoveTheAppliedIndex) {
   auto shard = Open("a");
   ASSERT_NE(shard, nullptr);

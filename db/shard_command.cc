@@ -39,6 +39,7 @@ std::string ShardCommand::Encode() const {
   std::string out;
   out.push_back(kFormat);
   out.push_back(static_cast<char>(kind));
+  PutBytes(&out, request_id);
   switch (kind) {
     case Kind::kUpsert:
       PutU64(&out, points.size());
@@ -72,6 +73,8 @@ absl::StatusOr<ShardCommand> ShardCommand::Decode(std::string_view data) {
   ShardCommand c;
   c.kind = static_cast<Kind>(kind);
   ByteReader r{data.substr(2)};
+  c.request_id = r.Bytes();
+  if (!r.ok || c.request_id.size() > 64) return Malformed("request id");
   switch (c.kind) {
     case Kind::kUpsert: {
       const uint64_t n = r.U64();

@@ -5,7 +5,7 @@
 // on every replica (see shard.h).
 //
 // Encoding (little-endian, storage/byte_codec.h): a format byte (1), a kind
-// byte, then the kind's fields. Decode refuses anything else with DataLoss:
+// byte, the request id, then the kind's fields. Decode refuses anything else with DataLoss:
 // a replica must never apply half of a command it cannot read.
 #ifndef CAIRN_DB_SHARD_COMMAND_H_
 #define CAIRN_DB_SHARD_COMMAND_H_
@@ -24,6 +24,10 @@ namespace cairn::db {
 struct ShardCommand {
   enum class Kind : uint8_t { kUpsert = 1, kDelete = 2, kDeleteByFilter = 3, kSetPayload = 4 };
   Kind kind = Kind::kUpsert;
+  // Names the client's request: a command proposed again with the same id
+  // (a retry after a lost answer) is applied once (see Shard::Apply). Empty:
+  // none, applied each time.
+  std::string request_id;
   std::vector<PreparedPoint> points;  // kUpsert
   std::vector<std::string> ext_keys;  // kDelete, kSetPayload (ExternalKey form)
   std::string filter_json;            // kDeleteByFilter (Filter::ToJson form)

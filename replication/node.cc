@@ -502,6 +502,17 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
     if (g->rd.leader != g->leader) {
       g->leader = g->rd.leader;
       ++g->leader_changes;
+      // Proposals forwarded to a leader that is gone would wait out their
+      // deadline: their callers hear now and retry (they may still commit,
+      // so only what is idempotent may be retried).
+      for (auto it = g->proposals.begin(); it != g->proposals.end();) {
+        if (it->second.index == 0) {
+          it->second.done(absl::UnavailableError("the group's leader changed before the proposal was acknowledged; retry"));
+          it = g->proposals.erase(it);
+        } else {
+          ++it;
+        }
+      }
       // Reads asked of a leader that is gone may never be answered.
       if (!g->reads_asked.empty()) {
         for (auto& [ctx, rs] : g->reads_asked) {

@@ -158,7 +158,8 @@ class Node {
   // Proposes `data` to the group (forwarded to its leader). done() runs once:
   // with the state machine's result once this replica applied the entry;
   // Unavailable when no leader is known, the entry was lost to a leader
-  // change, or the group is not hosted here; ResourceExhausted when the
+  // change, the leader it was forwarded to changed before acknowledging it
+  // (it may still be applied), or the group is not hosted here; ResourceExhausted when the
   // leader holds too much uncommitted data; DeadlineExceeded past
   // `deadline` (the entry may still be applied).
   void Propose(uint64_t group, std::string data, std::chrono::steady_clock::time_point deadline,
