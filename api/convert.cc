@@ -283,6 +283,12 @@ absl::Status FromProto(const v1::SearchParams& p, SearchParams* out) {
   out->exact = p.exact();
   out->with_payload = p.with_payload();
   out->with_vector = p.with_vector();
+  switch (p.consistency()) {
+    case v1::READ_CONSISTENCY_LINEARIZABLE: out->consistency = ReadConsistency::kLinearizable; break;
+    case v1::READ_CONSISTENCY_LOCAL: out->consistency = ReadConsistency::kLocal; break;
+    default: return absl::InvalidArgumentError(absl::StrCat("search: unknown consistency ", p.consistency()));
+  }
+  out->max_staleness_ms = p.max_staleness_ms();
   return absl::OkStatus();
 }
 

@@ -185,6 +185,7 @@ const std::map<std::string, std::string> kCommandHelp = {
     {"search",
      "Usage: cairn search --collection NAME (--vector X1,X2,... | --queries FILE) [--k N] [--ef N]\n"
      "                    [--nprobe N] [--exact] [--filter JSON] [--json]\n"
+     "                    [--consistency linearizable|local] [--max-staleness-ms N]\n"
      "\n"
      "Prints the k nearest points (default 10) with score and payload; --json prints the\n"
      "response as JSON (one line per query). --filter takes the API's filter JSON.\n"
@@ -192,6 +193,10 @@ const std::map<std::string, std::string> kCommandHelp = {
      "--format, --dataset (HDF5, default test) and --max-queries N apply), sent in batches. A JSON\n"
      "Lines query is {\"vector\": [...]} (\"id\" optional) or a bare [...].\n"
      "--exact searches by brute force (the ground truth for recall checks).\n"
+     "--consistency (a cairnd --cluster): linearizable (default) sees every write acknowledged\n"
+     "  before the search, through any node; local answers from what the serving replicas have\n"
+     "  applied without asking the shard leaders (cheaper, may miss the latest writes), refused\n"
+     "  by a replica that has not heard from its leader within --max-staleness-ms (default 5000).\n"
      "\n"
      "Examples:\n"
      "  cairn search --collection docs --vector 0.1,0.9,0.1,0.1 --k 3 \\\n"
@@ -336,7 +341,7 @@ const CommandShape* ShapeOf(const std::string& cmd) {
         {"ingest", {ingest, SIZE_MAX}},
         {"search",
          {{"--collection", "--vector", "--queries", "--k", "--ef", "--nprobe", "--exact", "--filter", "--json",
-           "--format", "--dataset", "--max-queries"},
+           "--format", "--dataset", "--max-queries", "--consistency", "--max-staleness-ms"},
           0}},
         {"info", {{}, 0}},
         {"cluster status", {{"--json"}, 0}},
@@ -691,6 +696,15 @@ int SearchCmd(const Conn& c, const Args& a) {
   }
   params.set_nprobe(static_cast<uint32_t>(n));
   params.set_exact(a.Has("--exact"));
+  if (const std::string c = a.Get("--consistency", "linearizable"); c == "local") {
+    params.set_consistency(v1::READ_CONSISTENCY_LOCAL);
+  } else if (c != "linearizable") {
+    return Usage("search: --consistency is linearizable or local, got '" + c + "'");
+  }
+  if (!ParseCount(a, "--max-staleness-ms", 0, &n) || n > UINT32_MAX) {
+    return Usage("search: --max-staleness-ms is a count of milliseconds, got '" + a.Get("--max-staleness-ms") + "'");
+  }
+  params.set_max_staleness_ms(static_cast<uint32_t>(n));
   params.set_with_payload(true);
   if (std::string f = a.Get("--filter"); !f.empty()) {
     google::protobuf::util::JsonParseOptions o;

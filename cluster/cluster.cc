@@ -232,7 +232,14 @@ class ReplicatedShard final : public db::ShardAccess {
   }
   absl::Status Search(const float* queries, size_t nq, const SearchParams& params,
                       std::vector<std::vector<ScoredPoint>>* out) const override {
-    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+    std::optional<std::chrono::milliseconds> staleness;
+    std::shared_ptr<ShardReplica> local;
+    if (params.consistency == ReadConsistency::kLocal) {
+      staleness = std::chrono::milliseconds(params.max_staleness_ms == 0 ? 5000 : params.max_staleness_ms);
+      CAIRN_ASSIGN_OR_RETURN(local, cluster_->FreshReplica(group_, *staleness, what_));
+    } else {
+      CAIRN_ASSIGN_OR_RETURN(local, cluster_->ReadableReplica(group_, what_));
+    }
     if (local) return local->shard().Search(queries, nq, params, out);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kSearch;
@@ -245,7 +252,7 @@ class ReplicatedShard final : public db::ShardAccess {
     q.with_payload = params.with_payload;
     q.with_vector = params.with_vector;
     if (params.filter) q.filter_json = params.filter->ToJson();
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_, staleness));
     CAIRN_ASSIGN_OR_RETURN(*out, DecodeSearchAnswer(body));
     return absl::OkStatus();
   }
@@ -686,7 +693,30 @@ absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::ReadableReplica(uint64_t 
                                              last.message(), ")"));
 }
 
-absl::StatusOr<std::string> Cluster::RemoteRead(uint64_t gid, const ShardReadRequest& q, const std::string& what) {
+absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::FreshReplica(uint64_t gid, std::chrono::milliseconds staleness,
+                                                                     const std::string& what) {
+  auto local = LocalReplica(gid);
+  if (!local) {
+    if (!meta_->State().groups.count(gid)) {
+      return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
+    }
+    return std::shared_ptr<ShardReplica>();
+  }
+  CAIRN_ASSIGN_OR_RETURN(raft::GroupStatus st, node_->GroupStatusOf(gid));
+  if (st.stopped) return absl::UnavailableError(absl::StrCat(what, ": the replica here stopped: ", st.stop_reason));
+  const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - st.leader_contact);
+  if (age > staleness) {
+    return absl::UnavailableError(absl::StrCat(what, ": the replica on node ", self_.name, " has not heard from its ",
+                                               "leader for ", age.count() > 3600000 ? std::string("ever")
+                                                                                    : absl::StrCat(age.count(), " ms"),
+                                               ", more than the ", staleness.count(),
+                                               " ms a local read allows; read linearizably or retry"));
+  }
+  return local;
+}
+
+absl::StatusOr<std::string> Cluster::RemoteRead(uint64_t gid, const ShardReadRequest& q, const std::string& what,
+                                                std::optional<std::chrono::milliseconds> staleness) {
   const auto deadline = Clock::now() + options_.request_timeout;
   absl::Status last = absl::UnavailableError("not tried");
   const std::string request = q.Encode();
@@ -705,7 +735,8 @@ absl::StatusOr<std::string> Cluster::RemoteRead(uint64_t gid, const ShardReadReq
       req.set_cluster_id(membership_.cluster_id);
       req.set_group(gid);
       req.set_timeout_ms(2000);
-      req.mutable_read()->set_consistency(0);
+      req.mutable_read()->set_consistency(staleness ? 1 : 0);
+      if (staleness) req.mutable_read()->set_max_staleness_ms(static_cast<uint32_t>(staleness->count()));
       req.mutable_read()->set_request(request);
       pb::ShardResponse resp;
       auto ctx = clients_->NewContext(3s);
@@ -782,6 +813,12 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
         done(resp);
       };
       if (req.read().consistency() == 1) {
+        auto fresh = FreshReplica(gid, std::chrono::milliseconds(req.read().max_staleness_ms()),
+                                  absl::StrCat("group ", gid));
+        if (!fresh.ok()) {
+          SetStatus(fresh.status(), &resp);
+          return done(resp);
+        }
         executor_->Post(std::move(run));
         return;
       }
@@ -928,9 +965,20 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::CreateCollection(const std:
     if (c.replication_factor == 0) {
       c.replication_factor = static_cast<uint32_t>(std::min<size_t>(3, st.nodes.size() - st.removed_nodes.size()));
     }
+    // Nodes that do not answer now get replicas only when the others are too few.
     std::set<uint64_t> unreachable;
+    std::vector<std::pair<uint64_t, std::future<bool>>> probes;
     for (const auto& [id, n] : st.nodes) {
-      if (id != self_.id && !clients_->Reachable(id, 3s)) unreachable.insert(id);
+      if (id == self_.id || st.removed_nodes.count(id)) continue;
+      const std::string address = n.peer_address;
+      probes.push_back({id, std::async(std::launch::async, [this, address] {
+                          auto ctx = clients_->NewContext(1s);
+                          pb::HelloResponse resp;
+                          return clients_->StubFor(address)->Hello(ctx.get(), pb::HelloRequest(), &resp).ok();
+                        })});
+    }
+    for (auto& [id, f] : probes) {
+      if (!f.get()) unreachable.insert(id);
     }
     CAIRN_ASSIGN_OR_RETURN(auto placement, PlaceShards(st, c.num_shards, c.replication_factor, unreachable));
     absl::Status s = ProposeMetadata(CreateCollectionCommand(st, name, c, placement), nullptr);

@@ -27,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -158,8 +159,15 @@ class Cluster final : public Database, private PeerHandler {
   // For ReplicatedShard: the local replica of `gid` once a linearizable read
   // of it is safe, or null when this node holds none.
   absl::StatusOr<std::shared_ptr<ShardReplica>> ReadableReplica(uint64_t gid, const std::string& what);
-  // For ReplicatedShard: a read run on a node holding a replica of `gid`.
-  absl::StatusOr<std::string> RemoteRead(uint64_t gid, const ShardReadRequest& req, const std::string& what);
+  // For ReplicatedShard: the local replica of `gid` when it heard from its
+  // leader within `staleness` (a local read), null when this node holds
+  // none; Unavailable when it has not.
+  absl::StatusOr<std::shared_ptr<ShardReplica>> FreshReplica(uint64_t gid, std::chrono::milliseconds staleness,
+                                                             const std::string& what);
+  // For ReplicatedShard: a read run on a node holding a replica of `gid`;
+  // with a staleness, a local read there.
+  absl::StatusOr<std::string> RemoteRead(uint64_t gid, const ShardReadRequest& req, const std::string& what,
+                                         std::optional<std::chrono::milliseconds> staleness = std::nullopt);
 
  private:
   class Executor;

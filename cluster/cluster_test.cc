@@ -265,6 +265,42 @@ TEST_F(ClusterTest, ANodeRestartsFromItsDiskAndCatchesUp) {
   ExpectReplicasAlike();
 }
 
+// A local read answers from the replica's own data without asking the
+// leader, as long as the replica heard from a leader within the bound.
+TEST_F(ClusterTest, LocalReadsAnswerWithoutTheLeaderWithinTheirStaleness) {
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  auto c = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<Point> pts;
+  for (uint64_t i = 0; i < 10; ++i) pts.push_back(Point{PointId(i), Vec(i), "", ""});
+  ASSERT_TRUE((*c)->Upsert(pts).ok());
+  auto c2 = Node(2).GetCollection("docs");
+  ASSERT_TRUE(c2.ok());
+  ASSERT_TRUE((*c2)->Count(nullptr).ok());  // node 2 has applied the upsert
+  SearchParams sp;
+  sp.k = 1;
+  sp.exact = true;
+  sp.consistency = ReadConsistency::kLocal;
+  auto hit = (*c2)->Search(Vec(3), sp);
+  ASSERT_TRUE(hit.ok()) << hit.status();
+  EXPECT_EQ((*hit)[0].id, PointId(3));
+  // Alone, node 2 answers local reads while its last news of a leader is
+  // recent enough for the read, and refuses them after.
+  nodes_.erase(0);
+  nodes_.erase(1);
+  sp.max_staleness_ms = 60000;
+  hit = (*c2)->Search(Vec(3), sp);
+  ASSERT_TRUE(hit.ok()) << hit.status();
+  EXPECT_EQ((*hit)[0].id, PointId(3));
+  std::this_thread::sleep_for(300ms);
+  sp.max_staleness_ms = 100;
+  hit = (*c2)->Search(Vec(3), sp);
+  EXPECT_EQ(hit.status().code(), absl::StatusCode::kUnavailable) << hit.status();
+  EXPECT_NE(hit.status().message().find("has not heard from its leader"), std::string::npos) << hit.status();
+}
+
 TEST_F(ClusterTest, ADirectoryOfAnotherNodeIsRefused) {
   OpenNodes({0, 1, 2});
   nodes_.erase(1);

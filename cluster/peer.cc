@@ -140,9 +140,6 @@ class PeerClients::Link {
     thread_.join();
   }
   const std::string& address() const { return address_; }
-  std::chrono::steady_clock::time_point last_ok() const {
-    return std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(last_ok_.load()));
-  }
 
   // False when the queue is full (the batch is dropped).
   bool Push(std::vector<GroupMessage> batch) {
@@ -192,10 +189,7 @@ class PeerClients::Link {
         batch.set_from_node(owner_->self_);
         batch.set_to_node(node_);
         ok = writer->Write(batch);
-        if (ok) {
-          owner_->sent_++;
-          last_ok_.store(std::chrono::steady_clock::now().time_since_epoch().count());
-        }
+        if (ok) owner_->sent_++;
         batch.Clear();
         bytes = 0;
       };
@@ -247,7 +241,6 @@ class PeerClients::Link {
   std::deque<std::vector<GroupMessage>> queue_;
   size_t queued_ = 0;
   std::unique_ptr<grpc::ClientContext> ctx_;  // of the open stream
-  std::atomic<std::chrono::steady_clock::rep> last_ok_{0};
   std::thread thread_;
 };
 
@@ -282,12 +275,6 @@ void PeerClients::SetAddress(uint64_t node, const std::string& address) {
     old = std::move(link);
     link = std::make_unique<Link>(this, node, address);
   }
-}
-
-bool PeerClients::Reachable(uint64_t node, std::chrono::milliseconds within) const {
-  std::lock_guard l(mu_);
-  auto it = links_.find(node);
-  return it != links_.end() && std::chrono::steady_clock::now() - it->second->last_ok() < within;
 }
 
 void PeerClients::Send(uint64_t to_node, std::vector<GroupMessage> batch) {

@@ -72,9 +72,6 @@ class PeerClients final : public raft::Transport {
   std::unique_ptr<pb::Peer::Stub> StubFor(const std::string& address);
   std::unique_ptr<grpc::ClientContext> NewContext(std::chrono::milliseconds timeout) const;
 
-  // Whether a batch reached `node` in the last `within` (false for a node
-  // never sent to).
-  bool Reachable(uint64_t node, std::chrono::milliseconds within) const;
   // Batches sent and dropped (queue full or no address), for metrics.
   uint64_t sent() const { return sent_.load(); }
   uint64_t dropped() const { return dropped_.load(); }

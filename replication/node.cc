@@ -117,6 +117,7 @@ struct Node::Group {
   uint64_t applied = 0;
   uint64_t leader = kNone;
   uint64_t leader_changes = 0;
+  Clock::time_point leader_contact{};  // the last message from the current leader
   bool stopped = false;
   std::string stop_reason;
   std::map<uint64_t, Pending> proposals;  // by sequence number
@@ -299,6 +300,7 @@ void Node::Deliver(uint64_t from, std::vector<Transport::GroupMessage> batch) {
       auto sender = g.spec.nodes.find(gm.msg.from);
       if (sender == g.spec.nodes.end() || sender->second != from) continue;
       (void)g.raft->Step(gm.msg);
+      if (gm.msg.from == g.raft->leader()) g.leader_contact = Clock::now();
     }
   });
   cv_.notify_all();
@@ -641,6 +643,7 @@ void Node::PublishStatus() {
     s.applied = g->applied;
     s.last_index = g->raft->log().LastIndex();
     s.leader_changes = g->leader_changes;
+    s.leader_contact = s.role == Role::kLeader ? Clock::now() : g->leader_contact;
     s.stopped = g->stopped;
     s.stop_reason = g->stop_reason;
     if (s.role == Role::kLeader) {

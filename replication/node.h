@@ -126,6 +126,9 @@ struct GroupStatus {
   uint64_t applied = 0;
   uint64_t last_index = 0;
   uint64_t leader_changes = 0;
+  // When this replica last heard from its group's leader (now, when it is
+  // the leader); the epoch when never.
+  std::chrono::steady_clock::time_point leader_contact{};
   bool stopped = false;      // the state machine failed
   std::string stop_reason;
   struct Peer {

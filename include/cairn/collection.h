@@ -27,6 +27,20 @@
 
 namespace cairn {
 
+// What a read of a replicated collection (cairnd --cluster) may return.
+enum class ReadConsistency {
+  // Every write acknowledged before the read began is seen, whichever node
+  // serves it: the replica asks its shard's leader for the commit index
+  // (Raft's ReadIndex, one round shared by the reads waiting at that moment)
+  // and waits until it has applied that far. The default.
+  kLinearizable = 0,
+  // What the replica serving the read has applied, without asking the
+  // leader: cheaper, and it can miss the latest writes. A replica that has
+  // not heard from its shard's leader within SearchParams::max_staleness_ms
+  // refuses it (Unavailable) rather than answer from older data.
+  kLocal = 1,
+};
+
 struct SearchParams {
   // Number of results. Required: 1..DatabaseOptions::max_k.
   int k = 10;
@@ -42,6 +56,12 @@ struct SearchParams {
   bool with_payload = true;
   // Return each result's vector. Default: false.
   bool with_vector = false;
+  // Replicated collections only (the embedded engine is always current).
+  // Default: kLinearizable.
+  ReadConsistency consistency = ReadConsistency::kLinearizable;
+  // kLocal: how long since the replica last heard from its shard's leader
+  // it may still answer. 0: 5,000 ms.
+  uint32_t max_staleness_ms = 0;
 };
 
 struct ScrollRequest {
