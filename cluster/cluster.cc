@@ -971,10 +971,12 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::CreateCollection(const std:
     for (const auto& [id, n] : st.nodes) {
       if (id == self_.id || st.removed_nodes.count(id)) continue;
       const std::string address = n.peer_address;
-      probes.push_back({id, std::async(std::launch::async, [this, address] {
+      // The node itself must answer: not a new node (a wiped disk) at its address.
+      probes.push_back({id, std::async(std::launch::async, [this, address, id = id] {
                           auto ctx = clients_->NewContext(1s);
                           pb::HelloResponse resp;
-                          return clients_->StubFor(address)->Hello(ctx.get(), pb::HelloRequest(), &resp).ok();
+                          return clients_->StubFor(address)->Hello(ctx.get(), pb::HelloRequest(), &resp).ok() &&
+                                 resp.node_id() == id && resp.cluster_id() == membership_.cluster_id;
                         })});
     }
     for (auto& [id, f] : probes) {
