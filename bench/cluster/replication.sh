@@ -8,6 +8,7 @@
 # INDEX flat measures the log (the apply is cheap); hnsw adds index builds,
 # which every replica does for itself.
 # Usage: bench/cluster/replication.sh [N=100000] [DIM=64] [INDEX=flat]   (after make)
+# INGEST_FLAGS passes flags to both ingests, e.g. INGEST_FLAGS="--inflight 16".
 set -euo pipefail
 n=${1:-100000}; dim=${2:-64}; index=${3:-flat}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -16,10 +17,14 @@ work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 "${PYTHON:-/usr/bin/python3}" - "$work/v.fvecs" "$n" "$dim" <<'PY'
-import sys, numpy as np
+import array, random, struct, sys
 n, d = int(sys.argv[2]), int(sys.argv[3])
-x = np.random.default_rng(1).random((n, d), dtype=np.float32)
-np.hstack([np.full((n, 1), d, dtype=np.int32).view(np.float32), x]).tofile(sys.argv[1])
+rng = random.Random(1)
+with open(sys.argv[1], "wb") as f:
+    head = struct.pack("<i", d)
+    for _ in range(n):
+        f.write(head)
+        array.array("f", (rng.random() for _ in range(d))).tofile(f)
 PY
 tck=$(getconf CLK_TCK)
 cpu() { awk -v t="$tck" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
@@ -34,7 +39,7 @@ ready() {  # PORT
 }
 ingest() {  # TARGET -> seconds
   local t0; t0=$(now_ms)
-  "$bin/cairn" --target "$1" ingest --collection v "$work/v.fvecs" >/dev/null 2>&1
+  "$bin/cairn" --target "$1" ingest --collection v ${INGEST_FLAGS:-} "$work/v.fvecs" >/dev/null 2>&1
   calc "($(now_ms) - $t0) / 1000"
 }
 
