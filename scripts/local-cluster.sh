@@ -25,7 +25,11 @@ die() { echo "local-cluster: $*" >&2; exit 1; }
 
 nodes() { ls -d "$DIR"/cairn-* 2>/dev/null | sed 's/.*cairn-//' | sort -n; }
 pid_of() { cat "$DIR/cairn-$1/pid" 2>/dev/null || true; }
-alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# Running, and not a zombie waiting for a parent that does not reap it.
+alive() {
+  local p; p=$(pid_of "$1")
+  [ -n "$p" ] && [ -r "/proc/$p/stat" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]
+}
 
 start_node() {
   local i=$1 n=$2 seeds="" j
