@@ -56,6 +56,19 @@ absl::StatusOr<NodeIdentity> LoadOrCreateIdentity(const std::string& data_dir, c
   }
   fs::create_directories(data_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("create ", data_dir, ": ", ec.message()));
+  // A new node needs an empty directory: never one holding a single-node
+  // database or anything else.
+  for (const auto& e : fs::directory_iterator(data_dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n == "LOCK" || n == "node.json.tmp") continue;
+    if (n == "CAIRN") {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the data directory ", data_dir, " holds a single-node database: serve it without --cluster, or give this "
+          "node an empty directory (copy collections into the cluster with cairn ingest)"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat("the data directory ", data_dir,
+                                                      " is not empty and not a cluster node's (found ", n, ")"));
+  }
   NodeIdentity id{NewNodeId(), name};
   CAIRN_RETURN_IF_ERROR(
       storage::WriteFileAtomic(path, Json{{"node_id", id.id}, {"name", id.name}, {"format", 1}}.dump(2) + "\n"));

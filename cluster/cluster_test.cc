@@ -301,6 +301,30 @@ TEST_F(ClusterTest, LocalReadsAnswerWithoutTheLeaderWithinTheirStaleness) {
   EXPECT_NE(hit.status().message().find("has not heard from its leader"), std::string::npos) << hit.status();
 }
 
+// A single-node database is not a cluster node's disk, nor the other way round.
+TEST(ClusterDirTest, SingleNodeAndClusterDirectoriesAreNotMixedUp) {
+  std::string tmpl = (fs::path(::testing::TempDir()) / "cairn-mixed-XXXXXX").string();
+  ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+  const std::string single = tmpl + "/single", node = tmpl + "/node";
+  {
+    auto db = Database::Open(single, {});
+    ASSERT_TRUE(db.ok()) << db.status();
+  }
+  ClusterOptions o;
+  o.data_dir = single;
+  o.node_name = "n0";
+  o.seeds = {"127.0.0.1:1"};
+  auto c = Cluster::Open(o);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(c.status().message().find("single-node database"), std::string::npos) << c.status();
+  EXPECT_FALSE(fs::exists(single + "/node.json"));
+  ASSERT_TRUE(LoadOrCreateIdentity(node, "n0").ok());
+  auto db = Database::Open(node, {});
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(db.status().message().find("cairnd --cluster"), std::string::npos) << db.status();
+  fs::remove_all(tmpl);
+}
+
 TEST_F(ClusterTest, ADirectoryOfAnotherNodeIsRefused) {
   OpenNodes({0, 1, 2});
   nodes_.erase(1);

@@ -359,6 +359,10 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
   auto check_empty = [&]() -> absl::Status {
     for (const auto& e : fs::directory_iterator(dir, ec)) {
       std::string n = e.path().filename().string();
+      if (n == "node.json") {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "directory ", dir, " belongs to a node of a cluster: serve it with cairnd --cluster"));
+      }
       if (n != "LOCK" && n != "CAIRN.tmp") {
         return absl::FailedPreconditionError(absl::StrCat(
             "directory ", dir, " is not empty and not a Cairn data directory (found ", n, ")"));
