@@ -1078,7 +1078,7 @@ void Cluster::AppendPrometheus(std::string* out) const {
   raft::Node* node = node_ptr_.load();
   if (node == nullptr) return;
   const MetadataState st = meta_->State();
-  std::string term, commit, applied, leader, changes, lag, stopped;
+  std::string term, commit, applied, leader, changes, lag, stopped, latency;
   for (const auto& g : node->Status()) {
     std::string label = absl::StrCat("{group=\"", g.group, "\"");
     if (auto it = st.groups.find(g.group); it != st.groups.end()) {
@@ -1092,6 +1092,8 @@ void Cluster::AppendPrometheus(std::string* out) const {
     absl::StrAppend(&leader, "cairn_raft_is_leader", label, "} ", g.role == raft::Role::kLeader ? 1 : 0, "\n");
     absl::StrAppend(&changes, "cairn_raft_leader_changes_total", label, "} ", g.leader_changes, "\n");
     absl::StrAppend(&stopped, "cairn_raft_group_stopped", label, "} ", g.stopped ? 1 : 0, "\n");
+    absl::StrAppend(&latency, "cairn_raft_proposal_seconds_sum", label, "} ", g.proposal_seconds, "\n",
+                    "cairn_raft_proposal_seconds_count", label, "} ", g.proposals_applied, "\n");
     for (const auto& p : g.peers) {
       if (p.node == self_.id) continue;
       absl::StrAppend(&lag, "cairn_raft_follower_lag", label, ",node=\"", p.node, "\"} ",
@@ -1108,6 +1110,8 @@ void Cluster::AppendPrometheus(std::string* out) const {
                   "# TYPE cairn_raft_leader_changes_total counter\n", changes,
                   "# HELP cairn_raft_group_stopped 1 when the replica stopped on an error (see the log).\n",
                   "# TYPE cairn_raft_group_stopped gauge\n", stopped,
+                  "# HELP cairn_raft_proposal_seconds From proposing a write through this node to applying it here.\n",
+                  "# TYPE cairn_raft_proposal_seconds summary\n", latency,
                   "# HELP cairn_raft_follower_lag Entries a follower lacks, seen from its leader.\n",
                   "# TYPE cairn_raft_follower_lag gauge\n", lag,
                   "# HELP cairn_peer_batches_sent_total Raft batches sent to other nodes.\n",

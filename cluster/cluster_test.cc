@@ -161,6 +161,16 @@ TEST_F(ClusterTest, ThreeNodesFormOneClusterAndServeEveryRequestAnywhere) {
   ASSERT_TRUE((*got)[1].has_value());
   EXPECT_EQ(Node(1).ListCollections(), (std::vector<std::string>{"docs"}));
   ExpectReplicasAlike();
+  // The metrics of node 1, which took the upsert: its proposals were applied.
+  std::string metrics;
+  Node(1).AppendPrometheus(&metrics);
+  EXPECT_NE(metrics.find("cairn_raft_is_leader{group=\"2\",collection=\"docs\",shard=\"0\"}"), std::string::npos)
+      << metrics;
+  uint64_t proposals = 0;
+  for (size_t at = 0; (at = metrics.find("cairn_raft_proposal_seconds_count{", at)) != std::string::npos; ++at) {
+    proposals += std::stoull(metrics.substr(metrics.find("} ", at) + 2));
+  }
+  EXPECT_GE(proposals, 3u) << metrics;  // one upsert per shard, at least
 
   // Every node's status names the three nodes and the groups.
   ClusterStatus st = Node(2).Status();

@@ -107,6 +107,7 @@ struct Node::Inbox {
 struct Node::Pending {
   ProposeDone done;
   Clock::time_point deadline;
+  Clock::time_point start;
   uint64_t index = 0;  // where the leader appended it, when proposed on the leader
 };
 
@@ -117,6 +118,8 @@ struct Node::Group {
   uint64_t applied = 0;
   uint64_t leader = kNone;
   uint64_t leader_changes = 0;
+  uint64_t proposals_applied = 0;
+  double proposal_seconds = 0;
   Clock::time_point leader_contact{};  // the last message from the current leader
   bool stopped = false;
   std::string stop_reason;
@@ -239,7 +242,7 @@ void Node::Propose(uint64_t group, std::string data, Clock::time_point deadline,
         const uint64_t seq = next_seq_++;
         absl::Status s = g.raft->Propose(Wrap(Origin{options_.node_id, incarnation_, seq}, data));
         if (!s.ok()) return done(s);
-        Pending p{std::move(done), deadline, 0};
+        Pending p{std::move(done), deadline, Clock::now(), 0};
         if (g.raft->role() == Role::kLeader) p.index = g.raft->log().LastIndex();
         g.proposals.emplace(seq, std::move(p));
       });
@@ -575,6 +578,8 @@ void Node::ApplyCommitted(Group& g, const Ready& rd) {
     if (ours) {
       auto p = g.proposals.find(o.seq);
       if (p != g.proposals.end()) {
+        ++g.proposals_applied;
+        g.proposal_seconds += std::chrono::duration<double>(Clock::now() - p->second.start).count();
         p->second.done(std::move(results[i]));
         g.proposals.erase(p);
       }
@@ -643,6 +648,8 @@ void Node::PublishStatus() {
     s.applied = g->applied;
     s.last_index = g->raft->log().LastIndex();
     s.leader_changes = g->leader_changes;
+    s.proposals_applied = g->proposals_applied;
+    s.proposal_seconds = g->proposal_seconds;
     s.leader_contact = s.role == Role::kLeader ? Clock::now() : g->leader_contact;
     s.stopped = g->stopped;
     s.stop_reason = g->stop_reason;

@@ -126,6 +126,10 @@ struct GroupStatus {
   uint64_t applied = 0;
   uint64_t last_index = 0;
   uint64_t leader_changes = 0;
+  // Proposals made through this node that were applied here, and the
+  // seconds from proposing to applying them, summed.
+  uint64_t proposals_applied = 0;
+  double proposal_seconds = 0;
   // When this replica last heard from its group's leader (now, when it is
   // the leader); the epoch when never.
   std::chrono::steady_clock::time_point leader_contact{};
