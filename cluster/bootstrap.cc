@@ -117,8 +117,11 @@ Decision Decide(const NodeIdentity& self, const std::vector<std::string>& seeds,
     m.initial_voters.assign(r.initial_voters().begin(), r.initial_voters().end());
     for (const auto& mem : r.members()) m.seeds.push_back({mem.node_id(), mem.name(), mem.peer_address()});
     d.membership = std::move(m);
-    if (std::find(d.membership.initial_voters.begin(), d.membership.initial_voters.end(), self.id) !=
-        d.membership.initial_voters.end()) {
+    // One of the seeds it formed with (a voter or a learner of the metadata
+    // group): this node took part and has not written it down yet.
+    bool member = false;
+    for (const auto& s : d.membership.seeds) member = member || s.node_id == self.id;
+    if (member) {
       d.kind = Decision::Kind::kAdopt;
     } else {
       d.kind = Decision::Kind::kJoin;

@@ -15,8 +15,8 @@
 // one names the same seeds: then all compute the same cluster id (a hash of
 // the seeds' sorted node ids) and the same initial voters (the first three
 // seeds in seed order), so they agree without another round. A seed that has
-// a cluster whose initial voters include this node's id means this node
-// formed it and crashed before writing its record: it adopts that record.
+// a cluster whose seeds include this node's id means this node took part in
+// forming it and has not written its record yet: it adopts that record.
 // Any other answer with a cluster means the cluster exists and this node must
 // join it (a membership operation); anything else means wait.
 #ifndef CAIRN_CLUSTER_BOOTSTRAP_H_
@@ -68,7 +68,7 @@ struct Decision {
   enum class Kind {
     kWait,   // not every seed answered, or they disagree: ask again later
     kForm,   // every seed is empty: form the cluster with `membership`
-    kAdopt,  // a seed formed the cluster with this node among its voters
+    kAdopt,  // the seeds formed the cluster with this node among them
     kJoin,   // the cluster exists without this node: join it
   };
   Kind kind = Kind::kWait;

@@ -47,7 +47,7 @@ class ClusterTest : public ::testing::Test {
     std::string tmpl = (fs::path(::testing::TempDir()) / "cairn-cluster-XXXXXX").string();
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
     dir_ = tmpl;
-    for (int i = 0; i < 3; ++i) seeds_.push_back(absl::StrCat("127.0.0.1:", FreePort()));
+    for (int i = 0; i < 5; ++i) seeds_.push_back(absl::StrCat("127.0.0.1:", FreePort()));
   }
   void TearDown() override {
     nodes_.clear();
@@ -55,13 +55,14 @@ class ClusterTest : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
 
-  ClusterOptions Options(int i) const {
+  // Node i of a cluster of `size` seeds.
+  ClusterOptions Options(int i, int size = 3) const {
     ClusterOptions o;
     o.data_dir = absl::StrCat(dir_, "/node-", i);
     o.node_name = absl::StrCat("cairn-", i);
     o.peer_listen = seeds_[i];
     o.advertise = seeds_[i];
-    o.seeds = seeds_;
+    o.seeds.assign(seeds_.begin(), seeds_.begin() + size);
     o.tick = 10ms;
     o.election_tick = 10;
     o.request_timeout = 10s;
@@ -70,9 +71,11 @@ class ClusterTest : public ::testing::Test {
   }
 
   // Opens the given nodes at once (each waits for the others to form).
-  void OpenNodes(const std::vector<int>& which) {
+  void OpenNodes(const std::vector<int>& which, int size = 3) {
     std::vector<std::future<absl::StatusOr<std::unique_ptr<Cluster>>>> fs;
-    for (int i : which) fs.push_back(std::async(std::launch::async, [this, i] { return Cluster::Open(Options(i)); }));
+    for (int i : which) {
+      fs.push_back(std::async(std::launch::async, [this, i, size] { return Cluster::Open(Options(i, size)); }));
+    }
     for (size_t k = 0; k < which.size(); ++k) {
       auto c = fs[k].get();
       ASSERT_TRUE(c.ok()) << c.status();
@@ -273,6 +276,34 @@ TEST_F(ClusterTest, ANodeRestartsFromItsDiskAndCatchesUp) {
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(*n, 120u);
   ExpectReplicasAlike();
+}
+
+// Five seeds: the metadata group's voters are the first three, the other two
+// follow it as learners; either serves requests like any node.
+TEST_F(ClusterTest, FiveNodesWithMetadataLearnersServeAlike) {
+  OpenNodes({0, 1, 2, 3, 4}, 5);
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  cfg.num_shards = 5;
+  auto c = Node(4).CreateCollection("docs", cfg);  // through a learner of the metadata group
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->config().replication_factor, 3u);
+  std::vector<Point> pts;
+  for (uint64_t i = 0; i < 100; ++i) pts.push_back(Point{PointId(i), Vec(i), "", ""});
+  ASSERT_TRUE((*c)->Upsert(pts).ok());
+  auto c3 = Node(3).GetCollection("docs");
+  ASSERT_TRUE(c3.ok()) << c3.status();
+  auto n = (*c3)->Count(nullptr);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 100u);
+  // 5 shards x 3 replicas over 5 nodes: 3 each, and one preferred leader each.
+  std::map<uint64_t, int> per_node;
+  for (const auto& g : Node(0).Status().groups) {
+    if (g.collection.empty()) continue;
+    for (const auto& r : g.replicas) ++per_node[r.node];
+  }
+  EXPECT_EQ(per_node.size(), 5u);
+  for (const auto& [node, k] : per_node) EXPECT_EQ(k, 3) << node;
 }
 
 // A local read answers from the replica's own data without asking the

@@ -92,25 +92,67 @@ absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataSta
       first = false;
     }
   }
+  // Each shard on the nodes holding fewest replicas (reachable ones first),
+  // its preferred leader the one of them leading fewest.
   std::vector<std::vector<uint64_t>> out(num_shards);
   for (uint32_t s = 0; s < num_shards; ++s) {
-    std::vector<uint64_t> chosen;
-    for (uint32_t r = 0; r < replication_factor; ++r) {
-      uint64_t best = 0;
-      for (uint64_t n : nodes) {
-        if (std::find(chosen.begin(), chosen.end(), n) != chosen.end()) continue;
-        // The first replica is the preferred leader: spread those first.
-        auto key = [&](uint64_t x) {
-          const uint64_t down = avoid.count(x);
-          return r == 0 ? std::make_tuple(down, leaders[x], replicas[x]) : std::make_tuple(down, replicas[x], leaders[x]);
-        };
-        if (best == 0 || key(n) < key(best)) best = n;
-      }
-      chosen.push_back(best);
-      ++replicas[best];
-      if (r == 0) ++leaders[best];
-    }
+    std::vector<uint64_t> order = nodes;
+    std::sort(order.begin(), order.end(), [&](uint64_t a, uint64_t b) {
+      return std::make_tuple(avoid.count(a), replicas[a], leaders[a], a) <
+             std::make_tuple(avoid.count(b), replicas[b], leaders[b], b);
+    });
+    std::vector<uint64_t> chosen(order.begin(), order.begin() + replication_factor);
+    auto leader = std::min_element(chosen.begin(), chosen.end(), [&](uint64_t a, uint64_t b) {
+      return std::make_tuple(avoid.count(a), leaders[a], replicas[a], a) <
+             std::make_tuple(avoid.count(b), leaders[b], replicas[b], b);
+    });
+    std::iter_swap(chosen.begin(), leader);
+    for (uint64_t n : chosen) ++replicas[n];
+    ++leaders[chosen[0]];
     out[s] = std::move(chosen);
+  }
+  // Even out the preferred leaders: while a node leads two more than another
+  // that a chain of these shards connects it to (a leads a shard holding b,
+  // b one holding c, ...), pass the lead along the chain.
+  // Each pass moves one lead; a node leads at most every shard, so this ends.
+  for (size_t pass = 0; pass <= static_cast<size_t>(num_shards) * nodes.size(); ++pass) {
+    std::vector<uint64_t> by_leads = nodes;
+    std::sort(by_leads.begin(), by_leads.end(), [&](uint64_t a, uint64_t b) { return leaders[a] > leaders[b]; });
+    uint64_t from = 0, to = 0;
+    std::map<uint64_t, std::pair<uint64_t, size_t>> came;  // node -> (previous node, shard)
+    for (uint64_t start : by_leads) {
+      if (avoid.count(start) || to != 0) break;
+      // Breadth-first over "x leads shard s, which y also holds": s moves to y.
+      came.clear();
+      came[start] = {0, 0};
+      std::vector<uint64_t> queue = {start};
+      for (size_t q = 0; q < queue.size() && to == 0; ++q) {
+        const uint64_t x = queue[q];
+        for (size_t sh = 0; sh < out.size() && to == 0; ++sh) {
+          if (out[sh][0] != x) continue;
+          for (size_t k = 1; k < out[sh].size(); ++k) {
+            const uint64_t y = out[sh][k];
+            if (came.count(y) || avoid.count(y)) continue;
+            came[y] = {x, sh};
+            if (leaders[y] + 2 <= leaders[start]) {
+              to = y;
+              break;
+            }
+            queue.push_back(y);
+          }
+        }
+      }
+      if (to != 0) from = start;
+    }
+    if (to == 0) break;
+    ++leaders[to];
+    --leaders[from];
+    for (uint64_t y = to; y != from;) {
+      const auto [x, sh] = came[y];
+      auto it = std::find(out[sh].begin(), out[sh].end(), y);
+      std::iter_swap(out[sh].begin(), it);
+      y = x;
+    }
   }
   return out;
 }
