@@ -44,6 +44,28 @@ void SetStatus(const absl::Status& s, pb::ShardResponse* r) {
   r->set_message(std::string(s.message()));
 }
 
+const absl::Status& StatusOf(const absl::Status& s) { return s; }
+template <typename T>
+const absl::Status& StatusOf(const absl::StatusOr<T>& s) {
+  return s.status();
+}
+
+// Calls `attempt` until it succeeds or fails in a way `retry` says a retry
+// cannot cure, pausing 10 ms, doubling to 200 ms, between attempts, until
+// `deadline`; then its last answer.
+template <typename Fn, typename Pred = bool (*)(const absl::Status&)>
+auto RetryUntil(Clock::time_point deadline, Fn attempt, Pred retry = Retryable) -> decltype(attempt()) {
+  decltype(attempt()) last = absl::DeadlineExceededError("not tried before the deadline");
+  auto backoff = std::chrono::milliseconds(10);
+  while (Clock::now() < deadline) {
+    last = attempt();
+    if (last.ok() || !retry(StatusOf(last))) return last;
+    std::this_thread::sleep_for(std::min<Clock::duration>(backoff, deadline - Clock::now()));
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
+  }
+  return last;
+}
+
 std::string HostOf(const std::string& address) {
   auto colon = address.rfind(':');
   return colon == std::string::npos ? address : address.substr(0, colon);
@@ -377,8 +399,6 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(ClusterOptions options) {
   return c;
 }
 
-int Cluster::peer_port() const { return server_ ? server_->port() : 0; }
-
 absl::Status Cluster::Start() {
   std::error_code ec;
   fs::create_directories(options_.data_dir, ec);
@@ -416,7 +436,6 @@ absl::Status Cluster::Start() {
     }
     loop_cv_.notify_all();
   });
-  meta_->SetClusterId(membership_.cluster_id);
   raft::NodeOptions no;
   no.node_id = self_.id;
   no.store = store_.get();
@@ -582,23 +601,19 @@ absl::Status Cluster::ReadIndexAndWait(uint64_t gid, Clock::time_point deadline)
 }
 
 absl::Status Cluster::ProposeMetadata(const MetadataCommand& cmd, uint64_t* result) {
+  // Aborted: the command was placed on a view that moved on; its caller places it again.
   const auto deadline = Clock::now() + options_.request_timeout;
-  absl::Status last;
-  auto backoff = 20ms;
-  while (Clock::now() < deadline) {
-    auto r = ProposeAndWait(kMetadataGroup, cmd.json, std::min(deadline, Clock::now() + 2s));
-    if (r.ok()) {
-      if (result) *result = *r;
-      return absl::OkStatus();
-    }
-    last = r.status();
-    if (!Retryable(last) || absl::IsAborted(last)) return last;
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
+  auto r = RetryUntil(
+      deadline, [&] { return ProposeAndWait(kMetadataGroup, cmd.json, std::min(deadline, Clock::now() + 2s)); },
+      [](const absl::Status& s) { return Retryable(s) && !absl::IsAborted(s); });
+  if (r.ok()) {
+    if (result) *result = *r;
+    return absl::OkStatus();
   }
+  if (!Retryable(r.status()) || absl::IsAborted(r.status())) return r.status();
   return absl::UnavailableError(absl::StrCat("the metadata group accepted no change within ",
                                              options_.request_timeout.count(), " ms: no leader or no quorum (",
-                                             last.message(), ")"));
+                                             r.status().message(), ")"));
 }
 
 std::shared_ptr<ShardReplica> Cluster::LocalReplica(uint64_t gid) const {
@@ -608,7 +623,8 @@ std::shared_ptr<ShardReplica> Cluster::LocalReplica(uint64_t gid) const {
 }
 
 std::vector<uint64_t> Cluster::NodesOf(uint64_t gid) const {
-  MetadataState st = meta_->State();
+  const auto st_ptr = meta_->State();
+  const MetadataState& st = *st_ptr;
   std::vector<uint64_t> out;
   auto it = st.groups.find(gid);
   if (it == st.groups.end()) return out;
@@ -623,81 +639,64 @@ std::vector<uint64_t> Cluster::NodesOf(uint64_t gid) const {
   return out;
 }
 
+absl::StatusOr<pb::ShardResponse> Cluster::SendToReplica(uint64_t gid, const pb::ShardRequest& req, size_t* next_node) {
+  const std::vector<uint64_t> nodes = NodesOf(gid);
+  if (nodes.empty()) return absl::FailedPreconditionError("the collection was dropped");
+  const uint64_t node = nodes[(*next_node)++ % nodes.size()];
+  const auto st = meta_->State();
+  auto n = st->nodes.find(node);
+  if (n == st->nodes.end()) return absl::UnavailableError(absl::StrCat("node ", node, " has no address yet"));
+  pb::ShardResponse resp;
+  auto ctx = clients_->NewContext(3s);
+  grpc::Status gs = clients_->StubFor(n->second.peer_address)->Shard(ctx.get(), req, &resp);
+  if (!gs.ok()) return absl::UnavailableError(absl::StrCat("node ", n->second.name, ": ", gs.error_message()));
+  CAIRN_RETURN_IF_ERROR(FromShardResponse(resp));
+  return resp;
+}
+
 absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string& command, const std::string& what) {
-  const auto deadline = Clock::now() + options_.request_timeout;
-  absl::Status last = absl::UnavailableError("not tried");
-  auto backoff = 10ms;
   size_t next_node = 0;
-  while (Clock::now() < deadline) {
-    if (!meta_->State().groups.count(gid)) {
+  const auto deadline = Clock::now() + options_.request_timeout;
+  auto r = RetryUntil(deadline, [&]() -> absl::StatusOr<uint64_t> {
+    if (!meta_->State()->groups.count(gid)) {
       return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
     }
-    absl::StatusOr<uint64_t> r;
-    if (LocalReplica(gid)) {
-      r = ProposeAndWait(gid, command, std::min(deadline, Clock::now() + 2s));
-    } else {
-      std::vector<uint64_t> nodes = NodesOf(gid);
-      if (nodes.empty()) return absl::FailedPreconditionError(absl::StrCat(what, " has no replicas"));
-      const uint64_t node = nodes[next_node++ % nodes.size()];
-      MetadataState st = meta_->State();
-      auto n = st.nodes.find(node);
-      if (n == st.nodes.end()) {
-        r = absl::UnavailableError(absl::StrCat("node ", node, " has no address yet"));
-      } else {
-        pb::ShardRequest req;
-        req.set_cluster_id(membership_.cluster_id);
-        req.set_group(gid);
-        req.set_timeout_ms(2000);
-        req.set_command(command);
-        pb::ShardResponse resp;
-        auto ctx = clients_->NewContext(3s);
-        grpc::Status gs = clients_->StubFor(n->second.peer_address)->Shard(ctx.get(), req, &resp);
-        if (!gs.ok()) {
-          r = absl::UnavailableError(absl::StrCat("node ", n->second.name, ": ", gs.error_message()));
-        } else if (absl::Status s = FromShardResponse(resp); !s.ok()) {
-          r = s;
-        } else {
-          r = resp.result();
-        }
-      }
-    }
-    if (r.ok() || !Retryable(r.status())) return r;
-    last = r.status();
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
-  }
+    if (LocalReplica(gid)) return ProposeAndWait(gid, command, std::min(deadline, Clock::now() + 2s));
+    pb::ShardRequest req;
+    req.set_cluster_id(membership_.cluster_id);
+    req.set_group(gid);
+    req.set_timeout_ms(2000);
+    req.set_command(command);
+    CAIRN_ASSIGN_OR_RETURN(pb::ShardResponse resp, SendToReplica(gid, req, &next_node));
+    return resp.result();
+  });
+  if (r.ok() || !Retryable(r.status())) return r;
   return absl::UnavailableError(absl::StrCat(what, " took no write within ", options_.request_timeout.count(),
-                                             " ms: it has no leader or no quorum (", last.message(), ")"));
+                                             " ms: it has no leader or no quorum (", r.status().message(), ")"));
 }
 
 absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::ReadableReplica(uint64_t gid, const std::string& what) {
   auto local = LocalReplica(gid);
   if (!local) {
-    if (!meta_->State().groups.count(gid)) {
+    if (!meta_->State()->groups.count(gid)) {
       return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
     }
     return std::shared_ptr<ShardReplica>();
   }
   const auto deadline = Clock::now() + options_.request_timeout;
-  absl::Status last;
-  auto backoff = 10ms;
-  while (Clock::now() < deadline) {
-    last = ReadIndexAndWait(gid, std::min(deadline, Clock::now() + 2s));
-    if (last.ok()) return local;
-    if (!Retryable(last)) return last;
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
-  }
+  absl::Status s = RetryUntil(deadline, [&] { return ReadIndexAndWait(gid, std::min(deadline, Clock::now() + 2s)); });
+  if (s.ok()) return local;
+  if (!Retryable(s)) return s;
   return absl::UnavailableError(absl::StrCat(what, " could not confirm a linearizable read within ",
                                              options_.request_timeout.count(), " ms: it has no leader or no quorum (",
-                                             last.message(), ")"));
+                                             s.message(), ")"));
 }
 
 absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::FreshReplica(uint64_t gid, std::chrono::milliseconds staleness,
                                                                      const std::string& what) {
   auto local = LocalReplica(gid);
   if (!local) {
-    if (!meta_->State().groups.count(gid)) {
+    if (!meta_->State()->groups.count(gid)) {
       return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
     }
     return std::shared_ptr<ShardReplica>();
@@ -717,44 +716,25 @@ absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::FreshReplica(uint64_t gid
 
 absl::StatusOr<std::string> Cluster::RemoteRead(uint64_t gid, const ShardReadRequest& q, const std::string& what,
                                                 std::optional<std::chrono::milliseconds> staleness) {
-  const auto deadline = Clock::now() + options_.request_timeout;
-  absl::Status last = absl::UnavailableError("not tried");
-  const std::string request = q.Encode();
+  pb::ShardRequest req;
+  req.set_cluster_id(membership_.cluster_id);
+  req.set_group(gid);
+  req.set_timeout_ms(2000);
+  req.mutable_read()->set_consistency(staleness ? 1 : 0);
+  if (staleness) req.mutable_read()->set_max_staleness_ms(static_cast<uint32_t>(staleness->count()));
+  req.mutable_read()->set_request(q.Encode());
   size_t next_node = 0;
-  auto backoff = 10ms;
-  while (Clock::now() < deadline) {
-    std::vector<uint64_t> nodes = NodesOf(gid);
-    if (nodes.empty()) {
+  auto r = RetryUntil(Clock::now() + options_.request_timeout, [&]() -> absl::StatusOr<std::string> {
+    auto resp = SendToReplica(gid, req, &next_node);
+    if (absl::IsFailedPrecondition(resp.status()) && NodesOf(gid).empty()) {
       return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
     }
-    const uint64_t node = nodes[next_node++ % nodes.size()];
-    MetadataState st = meta_->State();
-    auto n = st.nodes.find(node);
-    if (n != st.nodes.end()) {
-      pb::ShardRequest req;
-      req.set_cluster_id(membership_.cluster_id);
-      req.set_group(gid);
-      req.set_timeout_ms(2000);
-      req.mutable_read()->set_consistency(staleness ? 1 : 0);
-      if (staleness) req.mutable_read()->set_max_staleness_ms(static_cast<uint32_t>(staleness->count()));
-      req.mutable_read()->set_request(request);
-      pb::ShardResponse resp;
-      auto ctx = clients_->NewContext(3s);
-      grpc::Status gs = clients_->StubFor(n->second.peer_address)->Shard(ctx.get(), req, &resp);
-      if (!gs.ok()) {
-        last = absl::UnavailableError(absl::StrCat("node ", n->second.name, ": ", gs.error_message()));
-      } else if (absl::Status s = FromShardResponse(resp); !s.ok()) {
-        if (!Retryable(s)) return s;
-        last = s;
-      } else {
-        return resp.body();
-      }
-    }
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
-  }
+    if (!resp.ok()) return resp.status();
+    return std::move(*resp->mutable_body());
+  });
+  if (r.ok() || !Retryable(r.status())) return r;
   return absl::UnavailableError(absl::StrCat(what, " answered no read within ", options_.request_timeout.count(),
-                                             " ms (", last.message(), ")"));
+                                             " ms (", r.status().message(), ")"));
 }
 
 // ---- the peer port's requests ------------------------------------------------
@@ -854,7 +834,8 @@ void Cluster::ReconcileLoop() {
 
 void Cluster::Reconcile() {
   std::lock_guard rl(reconcile_mu_);
-  const MetadataState st = meta_->State();
+  const auto st_ptr = meta_->State();
+  const MetadataState& st = *st_ptr;
   for (const auto& [id, n] : st.nodes) {
     if (id != self_.id) clients_->SetAddress(id, n.peer_address);
   }
@@ -959,7 +940,8 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::CreateCollection(const std:
   CAIRN_RETURN_IF_ERROR(db::ValidateConfig(config));
   CAIRN_RETURN_IF_ERROR(ReadIndexAndWait(kMetadataGroup, Clock::now() + options_.request_timeout));
   for (int attempt = 0; attempt < 5; ++attempt) {
-    MetadataState st = meta_->State();
+    const auto st_ptr = meta_->State();
+    const MetadataState& st = *st_ptr;
     if (st.collections.count(name)) return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
     CollectionConfig c = config;
     if (c.replication_factor == 0) {
@@ -994,21 +976,21 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::CreateCollection(const std:
 
 absl::StatusOr<std::shared_ptr<Collection>> Cluster::GetCollection(const std::string& name) const {
   auto* self = const_cast<Cluster*>(this);
-  MetadataState st = meta_->State();
-  auto it = st.collections.find(name);
-  if (it == st.collections.end()) {
+  auto st = meta_->State();
+  auto it = st->collections.find(name);
+  if (it == st->collections.end()) {
     // Created through another node a moment ago? Catch up, then look again.
     CAIRN_RETURN_IF_ERROR(self->ReadIndexAndWait(kMetadataGroup, Clock::now() + options_.request_timeout));
     st = meta_->State();
-    it = st.collections.find(name);
-    if (it == st.collections.end()) {
+    it = st->collections.find(name);
+    if (it == st->collections.end()) {
       return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
     }
   }
   auto update = [self, name](const CollectionConfig& update) -> absl::Status {
-    MetadataState st = self->meta_->State();
-    auto it = st.collections.find(name);
-    if (it == st.collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+    const auto st = self->meta_->State();
+    auto it = st->collections.find(name);
+    if (it == st->collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
     CAIRN_RETURN_IF_ERROR(db::ValidateConfig(update));
     CAIRN_RETURN_IF_ERROR(db::CheckConfigUpdate(it->second.config, update));
     CollectionConfig next = it->second.config;
@@ -1026,7 +1008,8 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::GetCollection(const std::st
 }
 
 absl::StatusOr<CollectionConfig> Cluster::CurrentConfig(const std::string& name) const {
-  MetadataState st = meta_->State();
+  const auto st_ptr = meta_->State();
+  const MetadataState& st = *st_ptr;
   auto it = st.collections.find(name);
   if (it == st.collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
   return it->second.config;
@@ -1034,7 +1017,7 @@ absl::StatusOr<CollectionConfig> Cluster::CurrentConfig(const std::string& name)
 
 std::vector<std::string> Cluster::ListCollections() const {
   std::vector<std::string> out;
-  for (const auto& [name, c] : meta_->State().collections) out.push_back(name);
+  for (const auto& [name, c] : meta_->State()->collections) out.push_back(name);
   return out;
 }
 
@@ -1077,7 +1060,8 @@ absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> Cluster::LocalChecksums(
 void Cluster::AppendPrometheus(std::string* out) const {
   raft::Node* node = node_ptr_.load();
   if (node == nullptr) return;
-  const MetadataState st = meta_->State();
+  const auto st_ptr = meta_->State();
+  const MetadataState& st = *st_ptr;
   std::string term, commit, applied, leader, changes, lag, stopped, latency;
   for (const auto& g : node->Status()) {
     std::string label = absl::StrCat("{group=\"", g.group, "\"");
@@ -1149,7 +1133,8 @@ ClusterStatus Cluster::Status() const {
   out.node_id = self_.id;
   out.node_name = self_.name;
   if (!meta_) return out;
-  MetadataState st = meta_->State();
+  const auto st_ptr = meta_->State();
+  const MetadataState& st = *st_ptr;
   // Every node's report, asked at once.
   std::map<uint64_t, pb::NodeStatusResponse> reports;
   reports[self_.id] = const_cast<Cluster*>(this)->NodeStatus();

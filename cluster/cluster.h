@@ -147,7 +147,6 @@ class Cluster final : public Database, private PeerHandler {
   absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> LocalChecksums() const;
   uint64_t node_id() const { return self_.id; }
   const std::string& cluster_id() const { return membership_.cluster_id; }
-  int peer_port() const;
 
   // A request id for a ShardCommand, unique in the cluster: a retry of the
   // command reuses it, so the write applies once.
@@ -179,6 +178,9 @@ class Cluster final : public Database, private PeerHandler {
   absl::StatusOr<uint64_t> ProposeAndWait(uint64_t gid, const std::string& data,
                                           std::chrono::steady_clock::time_point deadline);
   absl::Status ReadIndexAndWait(uint64_t gid, std::chrono::steady_clock::time_point deadline);
+  // Sends `req` to the next node (*next_node, counted up) holding a replica
+  // of `gid`; its answer, or why there is none.
+  absl::StatusOr<pb::ShardResponse> SendToReplica(uint64_t gid, const pb::ShardRequest& req, size_t* next_node);
   void Reconcile();
   void ReconcileLoop();
   void MaintenanceLoop();

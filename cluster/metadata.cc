@@ -157,48 +157,50 @@ absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataSta
   return out;
 }
 
-MetadataMachine::MetadataMachine(std::function<void()> on_change) : on_change_(std::move(on_change)) {}
+MetadataMachine::MetadataMachine(std::function<void()> on_change)
+    : state_(std::make_shared<const MetadataState>()), on_change_(std::move(on_change)) {}
 
-MetadataState MetadataMachine::State() const {
+std::shared_ptr<const MetadataState> MetadataMachine::State() const {
   std::lock_guard l(mu_);
   return state_;
-}
-
-void MetadataMachine::SetClusterId(const std::string& id) {
-  std::lock_guard l(mu_);
-  state_.cluster_id = id;
 }
 
 absl::Status MetadataMachine::Restore(const raft::Snapshot& snapshot) {
   if (!snapshot.data.empty()) {
     return absl::UnimplementedError("metadata snapshots with data are not made by this version");
   }
+  auto next = std::make_shared<MetadataState>(*State());
+  next->applied = snapshot.meta.index;
   std::lock_guard l(mu_);
-  state_.applied = snapshot.meta.index;
+  state_ = std::move(next);
   return absl::OkStatus();
 }
 
 absl::Status MetadataMachine::Apply(const std::vector<raft::Entry>& entries,
                                     std::vector<absl::StatusOr<uint64_t>>* results) {
+  // Applies run one at a time (the node loop's apply of this group): the
+  // copy made here is the only writer.
   bool changed = false;
+  auto next = std::make_shared<MetadataState>(*State());
+  for (const auto& e : entries) {
+    next->applied = e.index;
+    if (e.type != raft::EntryType::kNormal || e.data.empty()) {
+      results->push_back(uint64_t{0});
+      continue;
+    }
+    auto r = ApplyOne(*next, e.data);
+    changed = changed || r.ok();
+    results->push_back(std::move(r));
+  }
   {
     std::lock_guard l(mu_);
-    for (const auto& e : entries) {
-      state_.applied = e.index;
-      if (e.type != raft::EntryType::kNormal || e.data.empty()) {
-        results->push_back(uint64_t{0});
-        continue;
-      }
-      auto r = ApplyOne(e.data);
-      changed = changed || r.ok();
-      results->push_back(std::move(r));
-    }
+    state_ = std::move(next);
   }
   if (changed && on_change_) on_change_();
   return absl::OkStatus();
 }
 
-absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(const std::string& data) {
+absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const std::string& data) {
   Json j = Json::parse(data, nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.contains("op")) {
     return absl::InvalidArgumentError("metadata: a command that is not a JSON object with an op");
@@ -208,20 +210,20 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(const std::string& data) {
     if (op == "add_node") {
       NodeInfo n = NodeFromJson(j.at("node"));
       if (n.id == 0) return absl::InvalidArgumentError("metadata: node id 0");
-      if (state_.removed_nodes.count(n.id)) {
+      if (state.removed_nodes.count(n.id)) {
         return absl::FailedPreconditionError(absl::StrCat("node id ", n.id, " was removed from this cluster and may not return; "
                                                           "start the node on an empty data directory to join as a new node"));
       }
-      state_.nodes[n.id] = n;
+      state.nodes[n.id] = n;
       return uint64_t{0};
     }
     if (op == "create_collection") {
       const std::string name = j.at("name").get<std::string>();
-      if (state_.collections.count(name)) {
+      if (state.collections.count(name)) {
         return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
       }
-      if (j.at("first_group").get<uint64_t>() != state_.next_group ||
-          j.at("first_replica").get<uint64_t>() != state_.next_replica) {
+      if (j.at("first_group").get<uint64_t>() != state.next_group ||
+          j.at("first_replica").get<uint64_t>() != state.next_replica) {
         return absl::AbortedError("metadata: the cluster changed while the collection was being placed; retry");
       }
       auto config = db::ConfigFromJson(j.at("config").dump());
@@ -230,7 +232,7 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(const std::string& data) {
       c.name = name;
       c.config = *config;
       std::vector<ShardGroup> groups;
-      uint64_t group = state_.next_group, replica = state_.next_replica;
+      uint64_t group = state.next_group, replica = state.next_replica;
       uint32_t shard = 0;
       for (const auto& gj : j.at("groups")) {
         ShardGroup g;
@@ -241,7 +243,7 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(const std::string& data) {
         for (const auto& rj : gj.at("replicas")) {
           const uint64_t r = rj.at("replica").get<uint64_t>(), n = rj.at("node").get<uint64_t>();
           if (r != replica++) return absl::InvalidArgumentError("metadata: replica ids out of order");
-          if (!state_.nodes.count(n) || state_.removed_nodes.count(n)) {
+          if (!state.nodes.count(n) || state.removed_nodes.count(n)) {
             return absl::AbortedError(absl::StrCat("metadata: node ", n, " is not a member any more; retry"));
           }
           for (const auto& [other, on] : g.replicas) {
@@ -255,28 +257,28 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(const std::string& data) {
       if (groups.size() != c.config.num_shards) return absl::InvalidArgumentError("metadata: a group per shard is needed");
       for (auto& g : groups) {
         c.groups.push_back(g.group);
-        state_.groups[g.group] = std::move(g);
+        state.groups[g.group] = std::move(g);
       }
-      const uint64_t first = state_.next_group;
-      state_.next_group = group;
-      state_.next_replica = replica;
-      state_.collections[name] = std::move(c);
+      const uint64_t first = state.next_group;
+      state.next_group = group;
+      state.next_replica = replica;
+      state.collections[name] = std::move(c);
       return first;
     }
     if (op == "drop_collection") {
       const std::string name = j.at("name").get<std::string>();
-      auto it = state_.collections.find(name);
-      if (it == state_.collections.end()) {
+      auto it = state.collections.find(name);
+      if (it == state.collections.end()) {
         return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
       }
-      for (uint64_t g : it->second.groups) state_.groups.erase(g);
-      state_.collections.erase(it);
+      for (uint64_t g : it->second.groups) state.groups.erase(g);
+      state.collections.erase(it);
       return uint64_t{0};
     }
     if (op == "update_config") {
       const std::string name = j.at("name").get<std::string>();
-      auto it = state_.collections.find(name);
-      if (it == state_.collections.end()) {
+      auto it = state.collections.find(name);
+      if (it == state.collections.end()) {
         return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
       }
       auto config = db::ConfigFromJson(j.at("config").dump());

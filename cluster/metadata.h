@@ -64,7 +64,6 @@ struct CollectionEntry {
 };
 
 struct MetadataState {
-  std::string cluster_id;
   std::map<uint64_t, NodeInfo> nodes;
   std::set<uint64_t> removed_nodes;  // refused forever
   std::map<std::string, CollectionEntry> collections;
@@ -111,15 +110,15 @@ class MetadataMachine final : public raft::StateMachine {
   uint64_t AppliedIndex() const override { return 0; }  // rebuilt from the log at each start
   absl::Status Restore(const raft::Snapshot& snapshot) override;
 
-  MetadataState State() const;
-  // Sets the cluster id the state reports (it is the node's, from its disk).
-  void SetClusterId(const std::string& id);
+  // The state as of the last apply: an immutable snapshot, cheap to take
+  // (requests read it on every call; applies, which are rare, copy it).
+  std::shared_ptr<const MetadataState> State() const;
 
  private:
-  absl::StatusOr<uint64_t> ApplyOne(const std::string& data);
+  absl::StatusOr<uint64_t> ApplyOne(MetadataState& state, const std::string& data);
 
   mutable std::mutex mu_;
-  MetadataState state_;  // guarded by mu_
+  std::shared_ptr<const MetadataState> state_;  // guarded by mu_ (the pointer)
   std::function<void()> on_change_;
 };
 

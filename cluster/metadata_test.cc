@@ -83,7 +83,7 @@ TEST(MetadataMachineTest, CommandsAreCheckedAgainstTheStateAtTheirIndex) {
   cfg.dimension = 8;
   cfg.num_shards = 2;
   cfg.replication_factor = 3;
-  const MetadataState before = m.State();
+  const MetadataState before = *m.State();
   auto placement = PlaceShards(before, 2, 3);
   ASSERT_TRUE(placement.ok());
   const MetadataCommand create = CreateCollectionCommand(before, "docs", cfg, *placement);
@@ -95,7 +95,7 @@ TEST(MetadataMachineTest, CommandsAreCheckedAgainstTheStateAtTheirIndex) {
   // Placed on a stale view (the ids it allocated are gone): retry.
   const MetadataCommand stale = CreateCollectionCommand(before, "other", cfg, *placement);
   EXPECT_EQ(ApplyAt(m, 7, stale).status().code(), absl::StatusCode::kAborted);
-  const MetadataState st = m.State();
+  const MetadataState st = *m.State();
   ASSERT_EQ(st.collections.count("docs"), 1u);
   EXPECT_EQ(st.collections.at("docs").groups.size(), 2u);
   EXPECT_EQ(st.groups.size(), 2u);
@@ -107,10 +107,10 @@ TEST(MetadataMachineTest, CommandsAreCheckedAgainstTheStateAtTheirIndex) {
   EXPECT_EQ(st.GroupsOn(10).size(), 2u);
   // Drop: the groups go with it.
   ASSERT_TRUE(ApplyAt(m, 8, DropCollectionCommand("docs")).ok());
-  EXPECT_TRUE(m.State().groups.empty());
+  EXPECT_TRUE(m.State()->groups.empty());
   EXPECT_EQ(ApplyAt(m, 9, DropCollectionCommand("docs")).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(ApplyAt(m, 10, MetadataCommand{"not json"}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(m.State().applied, 10u);
+  EXPECT_EQ(m.State()->applied, 10u);
   EXPECT_GE(changes, 5);
 }
 

@@ -283,7 +283,10 @@ void PeerClients::Send(uint64_t to_node, std::vector<GroupMessage> batch) {
   if (it == links_.end() || !it->second->Push(std::move(batch))) dropped_++;
 }
 
-std::shared_ptr<grpc::Channel> PeerClients::ChannelFor(const std::string& address) const {
+std::shared_ptr<grpc::Channel> PeerClients::ChannelFor(const std::string& address) {
+  std::lock_guard l(channels_mu_);
+  auto& channel = channels_[address];
+  if (channel) return channel;
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (security_.tls()) {
     grpc::SslCredentialsOptions o;
@@ -294,7 +297,8 @@ std::shared_ptr<grpc::Channel> PeerClients::ChannelFor(const std::string& addres
   } else {
     creds = grpc::InsecureChannelCredentials();
   }
-  return grpc::CreateCustomChannel(address, creds, ChannelArgs());
+  channel = grpc::CreateCustomChannel(address, creds, ChannelArgs());
+  return channel;
 }
 
 std::unique_ptr<pb::Peer::Stub> PeerClients::StubFor(const std::string& address) {

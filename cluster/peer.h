@@ -67,8 +67,9 @@ class PeerClients final : public raft::Transport {
 
   void Send(uint64_t to_node, std::vector<GroupMessage> batch) override;
 
-  // A stub for unary calls to `address`, and a context carrying the secret
-  // and a deadline.
+  // A stub for unary calls to `address` (over one channel per address, kept:
+  // a forwarded request does not open a connection), and a context carrying
+  // the secret and a deadline.
   std::unique_ptr<pb::Peer::Stub> StubFor(const std::string& address);
   std::unique_ptr<grpc::ClientContext> NewContext(std::chrono::milliseconds timeout) const;
 
@@ -78,7 +79,7 @@ class PeerClients final : public raft::Transport {
 
  private:
   class Link;
-  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address) const;
+  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);
 
   const uint64_t self_;
   const PeerSecurity security_;
@@ -86,6 +87,8 @@ class PeerClients final : public raft::Transport {
   std::string cluster_id_;                        // guarded by mu_
   raft::Node* node_ = nullptr;                    // guarded by mu_
   std::map<uint64_t, std::unique_ptr<Link>> links_;  // guarded by mu_
+  std::mutex channels_mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;  // guarded by channels_mu_
   std::atomic<uint64_t> sent_{0}, dropped_{0};
 };
 

@@ -134,7 +134,6 @@ struct Node::Group {
   std::multimap<uint64_t, Reader> reads_waiting;            // by the index to apply
 
   Ready rd;
-  bool has_rd = false;
 };
 
 Node::Node(NodeOptions options)
@@ -463,7 +462,6 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
   for (auto& [id, g] : groups_) {
     if (g->stopped || !g->raft->HasReady()) continue;
     g->rd = g->raft->GetReady();
-    g->has_rd = true;
     ready.push_back(g.get());
     work.push_back({g->log.get(), &g->rd});
   }
@@ -528,7 +526,6 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
     }
     if (!g->stopped) g->raft->Advance(g->rd);
     g->rd = Ready();
-    g->has_rd = false;
   }
   ExpireDeadlines();
   PublishStatus();
