@@ -518,6 +518,13 @@ bool SameOnEveryReplica(const absl::Status& s) {
 }
 }  // namespace
 
+absl::StatusOr<uint64_t> Shard::SyncApplied() {
+  // Read first: everything through it is in the write-ahead log already.
+  const uint64_t applied = applied_index();
+  CAIRN_RETURN_IF_ERROR(kv_->SyncWal());
+  return applied;
+}
+
 absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<ApplyResult>* results) {
   results->assign(entries.size(), ApplyResult{});
   std::lock_guard commit(commit_mu_);

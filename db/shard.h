@@ -176,6 +176,10 @@ class Shard final : public ShardAccess {
   absl::Status Apply(const std::vector<LogEntry>& entries, std::vector<ApplyResult>* results);
   // The last log index Apply wrote (0 when none).
   uint64_t applied_index() const { return applied_index_.load(std::memory_order_acquire); }
+  // Makes what Apply wrote durable (a shard opened without synced writes
+  // loses its last writes in a power loss) and returns the applied index
+  // that is now durable: the Raft log may be compacted up to it.
+  absl::StatusOr<uint64_t> SyncApplied();
   // A hash of the shard's points (ids, vectors, payloads, payload index) and
   // its id counter, with the applied index it was taken at: replicas that
   // applied the same entries have the same checksum. Reads every record.

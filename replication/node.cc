@@ -120,6 +120,10 @@ struct Node::Group {
   uint64_t leader_changes = 0;
   uint64_t proposals_applied = 0;
   double proposal_seconds = 0;
+  uint64_t compactions = 0;
+  uint64_t snapshots_installed = 0;
+  bool compactable = true;  // false once the state machine said it takes no snapshots
+  uint64_t compact_not_before = 0;  // after a failed compaction: the applied index to try again at
   Clock::time_point leader_contact{};  // the last message from the current leader
   bool stopped = false;
   std::string stop_reason;
@@ -289,6 +293,15 @@ void Node::TransferLeadership(uint64_t group, uint64_t replica) {
   cv_.notify_all();
 }
 
+void Node::ReportSnapshot(uint64_t group, uint64_t replica, bool ok) {
+  std::lock_guard l(mu_);
+  inbox_->tasks.push_back([this, group, replica, ok] {
+    auto it = groups_.find(group);
+    if (it != groups_.end() && !it->second->stopped) it->second->raft->ReportSnapshot(replica, ok);
+  });
+  cv_.notify_all();
+}
+
 void Node::Deliver(uint64_t from, std::vector<Transport::GroupMessage> batch) {
   std::lock_guard l(mu_);
   if (stop_) return;
@@ -364,19 +377,33 @@ absl::Status Node::OpenGroup(GroupSpec spec) {
   c.id = spec.replica;
   c.storage = g->log.get();
   const uint64_t snap_index = g->log->GetSnapshotMeta().index;
-  const uint64_t sm_applied = spec.state_machine->AppliedIndex();
-  if (sm_applied > g->log->LastIndex() && sm_applied > snap_index) {
+  uint64_t sm_applied = spec.state_machine->AppliedIndex();
+  if (sm_applied < snap_index) {
+    // A snapshot from a leader that was persisted and not installed (a crash
+    // in between): install it now. Other snapshots (the group's first state,
+    // or one this replica made itself) hold nothing the state machine lacks.
+    Snapshot snap = g->log->GetSnapshot();
+    if (!snap.data.empty()) {
+      CAIRN_RETURN_IF_ERROR(spec.state_machine->Restore(snap));
+      sm_applied = spec.state_machine->AppliedIndex();
+    }
+  }
+  const uint64_t commit = std::max(g->log->InitialHardState().commit, snap_index);
+  // A state machine ahead of a log that never took a snapshot lost its log.
+  // (After a leader's snapshot it may be ahead: the leader's files were newer
+  // than the snapshot's index, and Apply skips what they hold.)
+  if (sm_applied > std::max(g->log->LastIndex(), commit) && snap_index <= 1) {
     return absl::DataLossError(absl::StrCat("group ", spec.group, ": the state machine has applied ", sm_applied,
                                             " but the log ends at ", g->log->LastIndex()));
   }
-  c.applied = std::max(sm_applied, snap_index);
+  c.applied = std::min(std::max(sm_applied, snap_index), commit);
   c.election_tick = options_.election_tick;
   c.heartbeat_tick = options_.heartbeat_tick;
   std::mt19937_64 rng(options_.seed != 0 ? options_.seed ^ spec.group
                                          : static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^ spec.group);
   c.rand = [rng](uint64_t n) mutable { return rng() % n; };
+  g->applied = c.applied;
   CAIRN_ASSIGN_OR_RETURN(g->raft, Raft::Create(std::move(c)));
-  g->applied = std::max(sm_applied, snap_index);
   g->spec = std::move(spec);
   groups_.emplace(g->spec.group, std::move(g));
   return absl::OkStatus();
@@ -526,6 +553,7 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
     }
     if (!g->stopped) g->raft->Advance(g->rd);
     g->rd = Ready();
+    if (!g->stopped) MaybeCompact(*g);
   }
   ExpireDeadlines();
   PublishStatus();
@@ -545,6 +573,7 @@ void Node::ApplyCommitted(Group& g, const Ready& rd) {
   if (rd.snapshot) {
     if (absl::Status s = g.spec.state_machine->Restore(*rd.snapshot); !s.ok()) return stop(s);
     g.applied = rd.snapshot->meta.index;
+    if (!rd.snapshot->data.empty()) ++g.snapshots_installed;
   }
   if (rd.committed.empty()) return;
   std::vector<Entry> entries;
@@ -593,6 +622,40 @@ void Node::ApplyCommitted(Group& g, const Ready& rd) {
     }
   }
   g.applied = last;
+}
+
+void Node::MaybeCompact(Group& g) {
+  if (options_.compact_after_entries == 0 || !g.compactable || g.applied < g.compact_not_before) return;
+  const uint64_t held = g.applied + 1 - std::min(g.applied + 1, g.log->FirstIndex());  // applied entries in the log
+  uint64_t keep = options_.keep_entries;
+  if (g.raft->role() == Role::kLeader) {
+    // What the slowest follower still needs, within bounds.
+    for (const auto& [replica, node] : g.spec.nodes) {
+      const Progress* p = g.raft->progress(replica);
+      if (p == nullptr || replica == g.spec.replica || p->match() >= g.applied) continue;
+      keep = std::max(keep, std::min(g.applied - p->match(), options_.max_keep_entries));
+    }
+  }
+  if (held <= keep + options_.compact_after_entries) return;
+  auto c = g.spec.state_machine->PrepareCompaction();
+  if (absl::IsUnimplemented(c.status())) {
+    g.compactable = false;
+    return;
+  }
+  absl::Status s = c.status();
+  if (s.ok()) {
+    const uint64_t index = std::min(c->index, g.applied);
+    if (index <= g.log->GetSnapshotMeta().index) return;
+    s = g.log->CreateSnapshot(index, g.raft->conf(), std::move(c->data), keep);
+    if (s.ok()) ++g.compactions;
+  }
+  if (!s.ok()) {
+    // The log only grows longer: report, and try again after as many entries.
+    g.compact_not_before = g.applied + options_.compact_after_entries;
+    std::fprintf(stderr, "cairn: node %llu: cannot compact the log of group %llu: %s\n",
+                 static_cast<unsigned long long>(options_.node_id), static_cast<unsigned long long>(g.spec.group),
+                 s.ToString().c_str());
+  }
 }
 
 void Node::ExpireDeadlines() {
@@ -644,6 +707,10 @@ void Node::PublishStatus() {
     s.commit = g->raft->log().committed();
     s.applied = g->applied;
     s.last_index = g->raft->log().LastIndex();
+    s.snapshot_index = g->log->GetSnapshotMeta().index;
+    s.first_index = g->log->FirstIndex();
+    s.compactions = g->compactions;
+    s.snapshots_installed = g->snapshots_installed;
     s.leader_changes = g->leader_changes;
     s.proposals_applied = g->proposals_applied;
     s.proposal_seconds = g->proposal_seconds;

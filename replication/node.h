@@ -62,9 +62,26 @@ class StateMachine {
   // it out again after a restart (entries after it are applied again).
   virtual uint64_t AppliedIndex() const = 0;
   // Replaces the whole state with a snapshot the group's leader sent (its
-  // data as that leader's Raft snapshot holds it). A non-OK return stops the
-  // group, as for Apply.
+  // data as that leader's Raft snapshot holds it); the state may then be
+  // ahead of the snapshot's index, if Apply skips what it applied already.
+  // A non-OK return stops the group. Also called when the group opens and
+  // the log's snapshot (one a leader sent, with data) is ahead of
+  // AppliedIndex(): a crash came between persisting it and installing it.
   virtual absl::Status Restore(const Snapshot& snapshot) = 0;
+
+  // Where the group's log may be compacted to.
+  struct Compaction {
+    uint64_t index = 0;  // applied and durable through here
+    std::string data;    // what a snapshot at `index` carries
+  };
+  // Makes everything applied durable and says through which index, with the
+  // data a Raft snapshot there carries (a state machine whose state is files
+  // returns no data, and its transport sends the files). The node compacts
+  // at most to the index it has handed out. Unimplemented (the default): the
+  // group's log is never compacted.
+  virtual absl::StatusOr<Compaction> PrepareCompaction() {
+    return absl::UnimplementedError("this state machine takes no snapshots");
+  }
 };
 
 // Sends batches of messages to other nodes. Best effort: a message lost is
@@ -97,6 +114,15 @@ struct NodeOptions {
   int apply_threads = 2;
   // Seed of election timeouts; 0 draws one from the clock. Default: 0.
   uint64_t seed = 0;
+  // A group's log is compacted (Raft §7) once it holds this many applied
+  // entries beyond those it keeps; 0 never compacts. Default: 20,000.
+  uint64_t compact_after_entries = 20000;
+  // Entries kept before the compaction point, so that a follower a little
+  // behind catches up from the log rather than from a snapshot. A leader
+  // keeps what its slowest follower still needs, up to max_keep_entries;
+  // a follower further behind is sent a snapshot. Default: 5,000 and 200,000.
+  uint64_t keep_entries = 5000;
+  uint64_t max_keep_entries = 200000;
 };
 
 // A group to host: this node's replica of it.
@@ -125,6 +151,10 @@ struct GroupStatus {
   uint64_t commit = 0;
   uint64_t applied = 0;
   uint64_t last_index = 0;
+  uint64_t snapshot_index = 0;  // the log's snapshot: entries up to it may be gone
+  uint64_t first_index = 0;     // the first entry the log still holds
+  uint64_t compactions = 0;
+  uint64_t snapshots_installed = 0;  // snapshots a leader sent that were applied here
   uint64_t leader_changes = 0;
   // Proposals made through this node that were applied here, and the
   // seconds from proposing to applying them, summed.
@@ -182,6 +212,9 @@ class Node {
   void Campaign(uint64_t group);
   // Hands the group's leadership to `replica` (leader only, best effort).
   void TransferLeadership(uint64_t group, uint64_t replica);
+  // The transport finished sending `replica` of `group` a snapshot (ok), or
+  // gave up: the leader probes it again (and may send another snapshot).
+  void ReportSnapshot(uint64_t group, uint64_t replica, bool ok);
 
   // Messages from node `from` (the transport calls this).
   void Deliver(uint64_t from, std::vector<Transport::GroupMessage> batch);
@@ -205,6 +238,7 @@ class Node {
   absl::Status OpenGroup(GroupSpec spec);
   void CloseGroup(uint64_t group, bool drop_log);
   void ApplyCommitted(Group& g, const Ready& rd);
+  void MaybeCompact(Group& g);
   void FailAll(Group& g, const absl::Status& s);
   void ExpireDeadlines();
   void PublishStatus();

@@ -94,6 +94,9 @@ class NodeTest : public ::testing::Test {
     o.tick = 10ms;
     o.election_tick = 10;
     o.seed = n;
+    o.compact_after_entries = compact_after_;
+    o.keep_entries = keep_;
+    o.max_keep_entries = max_keep_;
     auto node = Node::Start(o);
     ASSERT_TRUE(node.ok()) << node.status();
     nodes_[n] = std::move(*node);
@@ -118,6 +121,16 @@ class NodeTest : public ::testing::Test {
     hub_.Attach(n, nullptr);
     nodes_.erase(n);
     stores_.erase(n);
+  }
+
+  // Restarts every node with logs compacted every 20 entries, keeping 5
+  // (10 for a follower behind).
+  void RestartCompactingEarly() {
+    compact_after_ = 20;
+    keep_ = 5;
+    max_keep_ = 10;
+    for (uint64_t n : kNodes) StopNode(n);
+    for (uint64_t n : kNodes) StartNode(n, /*first=*/false);
   }
 
   RecordingMachine& Machine(uint64_t group, uint64_t node) { return *machines_.at({group, node}); }
@@ -172,6 +185,7 @@ class NodeTest : public ::testing::Test {
     return want;
   }
 
+  uint64_t compact_after_ = 20000, keep_ = 5000, max_keep_ = 200000;
   std::string dir_;
   LocalHub hub_;
   std::map<uint64_t, std::unique_ptr<LogStore>> stores_;
@@ -297,6 +311,64 @@ TEST_F(NodeTest, AReadOnALaggingFollowerWaitsForWhatWasAcknowledged) {
   }
   ASSERT_TRUE(r.ok()) << r;
   EXPECT_TRUE(Machine(kGroupA, follower).Contains("w19"));
+}
+
+// Raft §7: logs are compacted behind a snapshot; a follower that was down
+// while its peers compacted past what it has is sent the snapshot, and then
+// the entries after it. Restarts after compaction start from the snapshot.
+TEST_F(NodeTest, AFollowerBehindTheCompactedLogCatchesUpFromASnapshot) {
+  RestartCompactingEarly();
+  const uint64_t leader = WaitForLeader(kGroupA);
+  const uint64_t down = leader == 3 ? 2 : 3;
+  const uint64_t up = 6 - leader - down;
+  StopNode(down);
+  std::vector<std::string> acked;
+  for (int i = 0; i < 200; ++i) {
+    const std::string d = absl::StrCat("w", i);
+    ProposeUntilAcked(i % 2 == 0 ? leader : up, kGroupA, d);
+    acked.push_back(d);
+  }
+  auto st = nodes_.at(WaitForLeader(kGroupA))->GroupStatusOf(kGroupA);
+  ASSERT_TRUE(st.ok());
+  EXPECT_GT(st->compactions, 0u);
+  EXPECT_GT(st->first_index, 150u) << "the log kept what the follower needs past max_keep_entries";
+  EXPECT_EQ(Machine(kGroupA, down).restores(), 0);
+  StartNode(down, /*first=*/false);
+  ProposeUntilAcked(down, kGroupA, "after");
+  acked.push_back("after");
+  auto log = Converged(kGroupA);
+  EXPECT_EQ(log, acked);
+  EXPECT_EQ(Machine(kGroupA, down).restores(), 1);
+  auto down_st = nodes_.at(down)->GroupStatusOf(kGroupA);
+  ASSERT_TRUE(down_st.ok());
+  EXPECT_EQ(down_st->snapshots_installed, 1u);
+  // Every node restarts from its compacted log (with the state machine's
+  // own state) and goes on.
+  for (uint64_t n : kNodes) StopNode(n);
+  for (uint64_t n : kNodes) StartNode(n, /*first=*/false);
+  ProposeUntilAcked(down, kGroupA, "restarted");
+  acked.push_back("restarted");
+  EXPECT_EQ(Converged(kGroupA), acked);
+}
+
+// A snapshot persisted in the log but not installed (a crash in between) is
+// installed when the group opens.
+TEST_F(NodeTest, ASnapshotPersistedButNotInstalledIsInstalledAtOpen) {
+  RestartCompactingEarly();
+  const uint64_t leader = WaitForLeader(kGroupA);
+  const uint64_t down = leader == 3 ? 2 : 3;
+  StopNode(down);
+  for (int i = 0; i < 100; ++i) ProposeUntilAcked(leader, kGroupA, absl::StrCat("w", i));
+  StartNode(down, /*first=*/false);
+  ASSERT_TRUE(Machine(kGroupA, down).WaitFor(100));
+  StopNode(down);
+  // The state machine loses what it installed, as if the crash came first.
+  machines_[{kGroupA, down}] = std::make_unique<RecordingMachine>();
+  StartNode(down, /*first=*/false);
+  ProposeUntilAcked(leader, kGroupA, "after");
+  auto log = Converged(kGroupA);
+  ASSERT_EQ(log.size(), 101u);
+  EXPECT_GE(Machine(kGroupA, down).restores(), 1);
 }
 
 TEST_F(NodeTest, BadGroupsAreRefused) {

@@ -269,6 +269,13 @@ absl::Status KvStore::Flush() {
   return FromRocks(s, "flush");
 }
 
+absl::Status KvStore::SyncWal() {
+  if (write_failed_.load()) return absl::FailedPreconditionError("an earlier write failed: reopen the store");
+  rocksdb::Status s = rep_->db->SyncWAL();
+  if (!s.ok()) write_failed_.store(true);
+  return FromRocks(s, "sync the write-ahead log");
+}
+
 uint64_t KvStore::ApproximateMemoryBytes() const {
   uint64_t total = 0, v = 0;
   for (const char* prop : {"rocksdb.cur-size-all-mem-tables", "rocksdb.estimate-table-readers-mem"}) {

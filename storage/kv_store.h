@@ -117,6 +117,9 @@ class KvStore {
 
   // Flushes memtables to SST files (shortens WAL replay on the next open).
   absl::Status Flush();
+  // Makes every write made so far durable (fsyncs the write-ahead log): for
+  // a store opened without synced writes.
+  absl::Status SyncWal();
   // Memtables, table readers and block cache, in bytes (RocksDB's estimate).
   uint64_t ApproximateMemoryBytes() const;
 
