@@ -120,11 +120,17 @@ class Cluster::Executor {
 
 class ShardReplica final : public raft::StateMachine {
  public:
-  ShardReplica(uint64_t group, std::string collection, std::unique_ptr<db::Shard> shard)
-      : group_(group), collection_(std::move(collection)), shard_(std::move(shard)) {}
+  ShardReplica(uint64_t group, std::string collection, std::string dir, db::ShardOptions options,
+               std::unique_ptr<db::Shard> shard)
+      : group_(group),
+        collection_(std::move(collection)),
+        dir_(std::move(dir)),
+        options_(std::move(options)),
+        shard_(std::move(shard)) {}
 
   absl::Status Apply(const std::vector<raft::Entry>& entries,
                      std::vector<absl::StatusOr<uint64_t>>* results) override {
+    CAIRN_ASSIGN_OR_RETURN(auto shard, Serving());
     std::vector<db::ShardCommand> cmds;
     cmds.reserve(entries.size());
     std::vector<db::Shard::LogEntry> log;
@@ -144,7 +150,7 @@ class ShardReplica final : public raft::StateMachine {
       if (entries[i].type == raft::EntryType::kNormal && !entries[i].data.empty()) log[i].command = &cmds[next++];
     }
     std::vector<db::Shard::ApplyResult> res;
-    CAIRN_RETURN_IF_ERROR(shard_->Apply(log, &res));
+    CAIRN_RETURN_IF_ERROR(shard->Apply(log, &res));
     for (const auto& r : res) {
       if (r.status.ok()) {
         results->push_back(r.count);
@@ -154,21 +160,71 @@ class ShardReplica final : public raft::StateMachine {
     }
     return absl::OkStatus();
   }
-  uint64_t AppliedIndex() const override { return shard_->applied_index(); }
+  uint64_t AppliedIndex() const override {
+    auto shard = Serving();
+    return shard.ok() ? (*shard)->applied_index() : 0;
+  }
+  // Installs the files the snapshot's descriptor names, which the
+  // SnapshotReceiver staged and verified beside the replica's directory.
   absl::Status Restore(const raft::Snapshot& snapshot) override {
-    // The only snapshot a shard group has yet is its first state: empty.
-    if (snapshot.data.empty() && snapshot.meta.index <= 1) return absl::OkStatus();
-    return absl::UnimplementedError("installing a shard snapshot from files is not supported by this version");
+    if (snapshot.data.empty()) {
+      // The group's first state (empty), or a snapshot this replica made of
+      // itself, whose data its files already hold.
+      if (snapshot.meta.index <= 1 || AppliedIndex() >= snapshot.meta.index) return absl::OkStatus();
+      return absl::FailedPreconditionError(absl::StrCat("group ", group_, ": a snapshot at ", snapshot.meta.index,
+                                                        " without files, and the replica is behind it"));
+    }
+    CAIRN_ASSIGN_OR_RETURN(SnapshotDescriptor desc, SnapshotDescriptor::Decode(snapshot.data));
+    const std::string staged = dir_ + ".staged";
+    if (!IsStagedComplete(staged, desc.id)) {
+      return absl::FailedPreconditionError(absl::StrCat("group ", group_, ": the files of snapshot ", desc.id,
+                                                        " are not staged in ", staged));
+    }
+    std::shared_ptr<db::Shard> old;
+    {
+      std::lock_guard l(mu_);
+      old = std::move(shard_);
+    }
+    // Requests that hold the old files finish first (they are short).
+    for (int i = 0; i < 1000 && old && old.use_count() > 1; ++i) std::this_thread::sleep_for(10ms);
+    old.reset();
+    CAIRN_RETURN_IF_ERROR(InstallStaged(staged, dir_));
+    CAIRN_ASSIGN_OR_RETURN(auto opened, db::Shard::Open(dir_, options_));
+    std::lock_guard l(mu_);
+    shard_ = std::move(opened);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<Compaction> PrepareCompaction() override {
+    CAIRN_ASSIGN_OR_RETURN(auto shard, Serving());
+    // The files are the snapshot: the log's snapshot needs no data.
+    CAIRN_ASSIGN_OR_RETURN(uint64_t durable, shard->SyncApplied());
+    return Compaction{durable, {}};
+  }
+  // A copy of the replica's files in `dir` (a new directory), for a snapshot.
+  absl::Status Checkpoint(const std::string& dir) const {
+    CAIRN_ASSIGN_OR_RETURN(auto shard, Serving());
+    return db::Shard::SnapshotAll({shard.get()}, {dir});
   }
 
+  // The shard, or Unavailable while a snapshot is being installed.
+  absl::StatusOr<std::shared_ptr<db::Shard>> Serving() const {
+    std::lock_guard l(mu_);
+    if (!shard_) {
+      return absl::UnavailableError(absl::StrCat("the replica of group ", group_, " is installing a snapshot; retry"));
+    }
+    return shard_;
+  }
   uint64_t group() const { return group_; }
   const std::string& collection() const { return collection_; }
-  db::Shard& shard() { return *shard_; }
+  const std::string& dir() const { return dir_; }
 
  private:
   const uint64_t group_;
   const std::string collection_;
-  std::unique_ptr<db::Shard> shard_;
+  const std::string dir_;
+  const db::ShardOptions options_;
+  mutable std::mutex mu_;
+  std::shared_ptr<db::Shard> shard_;  // guarded by mu_; null while installing a snapshot
 };
 
 namespace {
@@ -215,7 +271,10 @@ class ReplicatedShard final : public db::ShardAccess {
   absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
                    std::vector<std::optional<Record>>* out) const override {
     CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
-    if (local) return local->shard().Get(ext_keys, with_payload, with_vector, out);
+    if (local) {
+      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
+      return shard->Get(ext_keys, with_payload, with_vector, out);
+    }
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kGet;
     q.keys = ext_keys;
@@ -227,7 +286,10 @@ class ReplicatedShard final : public db::ShardAccess {
   }
   absl::StatusOr<uint64_t> Count(const Filter* filter) const override {
     CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
-    if (local) return local->shard().Count(filter);
+    if (local) {
+      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
+      return shard->Count(filter);
+    }
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kCount;
     if (filter) q.filter_json = filter->ToJson();
@@ -237,7 +299,10 @@ class ReplicatedShard final : public db::ShardAccess {
   absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter, bool with_payload,
                       bool with_vector, std::vector<Record>* out, std::string* last_key, bool* more) const override {
     CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
-    if (local) return local->shard().Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
+    if (local) {
+      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
+      return shard->Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
+    }
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kScroll;
     q.after = after;
@@ -262,7 +327,10 @@ class ReplicatedShard final : public db::ShardAccess {
     } else {
       CAIRN_ASSIGN_OR_RETURN(local, cluster_->ReadableReplica(group_, what_));
     }
-    if (local) return local->shard().Search(queries, nq, params, out);
+    if (local) {
+      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
+      return shard->Search(queries, nq, params, out);
+    }
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kSearch;
     q.nq = static_cast<uint32_t>(nq);
@@ -280,7 +348,10 @@ class ReplicatedShard final : public db::ShardAccess {
   }
   absl::StatusOr<db::ShardStats> ReadStats() const override {
     CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
-    if (local) return local->shard().Stats();
+    if (local) {
+      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
+      return shard->Stats();
+    }
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kStats;
     CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
@@ -399,6 +470,30 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Open(ClusterOptions options) {
   return c;
 }
 
+// The node loop's transport: Raft messages go to the peer clients, except a
+// shard's InstallSnapshot, which goes to the snapshot sender (it makes the
+// checkpoint the message then names).
+class Cluster::SnapshotRouter final : public raft::Transport {
+ public:
+  explicit SnapshotRouter(Cluster* c) : c_(c) {}
+  void Send(uint64_t to_node, std::vector<GroupMessage> batch) override {
+    std::vector<GroupMessage> rest;
+    rest.reserve(batch.size());
+    for (auto& gm : batch) {
+      if (gm.msg.type == raft::MessageType::kSnap && gm.group != kMetadataGroup && gm.msg.snapshot &&
+          gm.msg.snapshot->meta.index > 1) {
+        c_->sender_->Offer(to_node, std::move(gm));
+      } else {
+        rest.push_back(std::move(gm));
+      }
+    }
+    if (!rest.empty()) c_->clients_->Send(to_node, std::move(rest));
+  }
+
+ private:
+  Cluster* const c_;
+};
+
 absl::Status Cluster::Start() {
   std::error_code ec;
   fs::create_directories(options_.data_dir, ec);
@@ -436,12 +531,16 @@ absl::Status Cluster::Start() {
     }
     loop_cv_.notify_all();
   });
+  StartSnapshotTransfers();
   raft::NodeOptions no;
   no.node_id = self_.id;
   no.store = store_.get();
-  no.transport = clients_.get();
+  no.transport = transport_.get();
   no.tick = options_.tick;
   no.election_tick = options_.election_tick;
+  no.compact_after_entries = options_.log_compact_entries;
+  no.keep_entries = options_.log_keep_entries;
+  no.max_keep_entries = options_.log_max_keep_entries;
   CAIRN_ASSIGN_OR_RETURN(node_, raft::Node::Start(no));
   clients_->SetNode(node_.get());
   node_ptr_.store(node_.get());
@@ -566,19 +665,24 @@ Cluster::~Cluster() {
   loop_cv_.notify_all();
   if (reconciler_.joinable()) reconciler_.join();
   if (maintenance_.joinable()) maintenance_.join();
-  // Receiving stops first, then the loop (which sends through the clients),
-  // then the clients, then the replicas.
+  // Receiving stops first (snapshot fetches too), then the loop (which
+  // sends through the clients and the snapshot sender), then the clients,
+  // then the replicas.
   if (server_) server_->Shutdown(1s);
+  receiver_.reset();
   if (clients_) clients_->SetNode(nullptr);
   node_ptr_.store(nullptr);
   node_.reset();
+  sender_.reset();
   executor_.reset();
   clients_.reset();
   std::lock_guard l(mu_);
   for (auto& [gid, r] : replicas_) {
     // A clean close: growing segments are saved so that the next start loads them.
-    absl::Status s = r->shard().SealIfOnlyAWrite(options_.db.seal_on_close_points);
-    if (s.ok()) s = r->shard().CheckpointGrowing(/*at_close=*/true);
+    auto shard = r->Serving();
+    if (!shard.ok()) continue;
+    absl::Status s = (*shard)->SealIfOnlyAWrite(options_.db.seal_on_close_points);
+    if (s.ok()) s = (*shard)->CheckpointGrowing(/*at_close=*/true);
     if (!s.ok()) Log(absl::StrCat("group ", gid, ": saving the growing segment at close failed: ", s.ToString()));
   }
   replicas_.clear();
@@ -784,7 +888,8 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
       // The read runs on the executor, not on the node loop's thread.
       auto run = [this, local, q = *std::move(q), done] {
         pb::ShardResponse resp;
-        auto body = ExecuteRead(local->shard(), q);
+        auto shard = local->Serving();
+        auto body = shard.ok() ? ExecuteRead(**shard, q) : absl::StatusOr<std::string>(shard.status());
         if (body.ok()) {
           resp.set_body(*std::move(body));
         } else {
@@ -850,13 +955,18 @@ void Cluster::Reconcile() {
     }
     db::ShardOptions so = db::ShardOptionsFor(g->collection, coll->second.config, options_.db);
     so.sync_writes = false;  // the Raft log is the write-ahead log
-    const std::string dir = (fs::path(options_.data_dir) / "groups" / std::to_string(g->group)).string();
+    const std::string dir = GroupDir(g->group);
+    // A snapshot install a crash interrupted is finished (or undone) first.
+    if (absl::Status s = RecoverInstall(dir + ".staged", dir); !s.ok()) {
+      Log(absl::StrCat("cannot recover the replica of group ", g->group, " in ", dir, ": ", s.ToString()));
+      continue;
+    }
     auto shard = db::Shard::Open(dir, so);
     if (!shard.ok()) {
       Log(absl::StrCat("cannot open the replica of group ", g->group, " in ", dir, ": ", shard.status().ToString()));
       continue;
     }
-    auto rep = std::make_shared<ShardReplica>(g->group, g->collection, std::move(*shard));
+    auto rep = std::make_shared<ShardReplica>(g->group, g->collection, dir, so, std::move(*shard));
     raft::GroupSpec spec;
     spec.group = g->group;
     spec.replica = replica;
@@ -886,15 +996,20 @@ void Cluster::Reconcile() {
       auto coll = st.collections.find(g->second.collection);
       if (coll != st.collections.end()) {
         const CollectionConfig& c = coll->second.config;
-        rep->shard().SetTunables(
-            {c.index.ef_search, c.index.nprobe, c.index.rerank_factor, c.seal_threshold, c.compaction_deleted_ratio});
+        if (auto shard = rep->Serving(); shard.ok()) {
+          (*shard)->SetTunables(
+              {c.index.ef_search, c.index.nprobe, c.index.rerank_factor, c.seal_threshold, c.compaction_deleted_ratio});
+        }
       }
     }
   }
   for (uint64_t gid : gone) {
     (void)node_->RemoveGroup(gid, /*drop_log=*/true);
+    receiver_->Cancel(gid);
+    std::error_code ec;
+    fs::remove_all(GroupDir(gid) + ".staged", ec);
     std::lock_guard l(mu_);
-    dropped_.push_back({replicas_[gid], (fs::path(options_.data_dir) / "groups" / std::to_string(gid)).string()});
+    dropped_.push_back({replicas_[gid], GroupDir(gid)});
     replicas_.erase(gid);
   }
   // Files of dropped replicas go once no request holds them.
@@ -923,9 +1038,11 @@ void Cluster::MaintenanceLoop() {
       for (auto& [gid, r] : replicas_) reps.push_back(r);
     }
     for (auto& r : reps) {
-      absl::Status s = r->shard().Seal(/*force=*/false);
-      if (s.ok()) s = r->shard().Compact(/*force=*/false);
-      if (s.ok()) s = r->shard().CheckpointGrowing(/*at_close=*/false);
+      auto shard = r->Serving();
+      if (!shard.ok()) continue;  // installing a snapshot
+      absl::Status s = (*shard)->Seal(/*force=*/false);
+      if (s.ok()) s = (*shard)->Compact(/*force=*/false);
+      if (s.ok()) s = (*shard)->CheckpointGrowing(/*at_close=*/false);
       if (!s.ok()) Log(absl::StrCat("maintenance of group ", r->group(), " failed: ", s.ToString()));
     }
     l.lock();
@@ -1052,9 +1169,113 @@ absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> Cluster::LocalChecksums(
   }
   std::map<uint64_t, db::Shard::Checksum> out;
   for (auto& r : reps) {
-    CAIRN_ASSIGN_OR_RETURN(out[r->group()], r->shard().DataChecksum());
+    CAIRN_ASSIGN_OR_RETURN(auto shard, r->Serving());
+    CAIRN_ASSIGN_OR_RETURN(out[r->group()], shard->DataChecksum());
   }
   return out;
+}
+
+// ---- snapshot transfers ---------------------------------------------------------
+
+std::string Cluster::GroupDir(uint64_t gid) const {
+  return (fs::path(options_.data_dir) / "groups" / std::to_string(gid)).string();
+}
+
+std::string Cluster::PeerAddress(uint64_t node) const {
+  const auto st = meta_->State();
+  auto it = st->nodes.find(node);
+  return it == st->nodes.end() ? std::string() : it->second.peer_address;
+}
+
+void Cluster::StartSnapshotTransfers() {
+  transport_ = std::make_unique<SnapshotRouter>(this);
+  SnapshotSender::Hooks sh;
+  sh.checkpoint = [this](uint64_t gid, const std::string& dir) -> absl::Status {
+    auto rep = LocalReplica(gid);
+    if (!rep) return absl::NotFoundError(absl::StrCat("group ", gid, " has no replica here"));
+    return rep->Checkpoint(dir);
+  };
+  sh.send = [this](uint64_t to_node, raft::Transport::GroupMessage gm) {
+    std::vector<raft::Transport::GroupMessage> batch;
+    batch.push_back(std::move(gm));
+    clients_->Send(to_node, std::move(batch));
+  };
+  sh.report = [this](uint64_t gid, uint64_t replica, bool ok) {
+    if (raft::Node* node = node_ptr_.load()) node->ReportSnapshot(gid, replica, ok);
+  };
+  sender_ = std::make_unique<SnapshotSender>(self_.id, (fs::path(options_.data_dir) / "snapshots-out").string(),
+                                             std::move(sh), TransferOptions());
+  SnapshotReceiver::Hooks rh;
+  rh.group_dir = [this](uint64_t gid) { return GroupDir(gid); };
+  rh.read_chunk = [this](uint64_t node, const std::string& id, const std::string& path, uint64_t offset,
+                         uint32_t length) -> absl::StatusOr<std::string> {
+    const std::string address = PeerAddress(node);
+    if (address.empty()) return absl::UnavailableError(absl::StrCat("node ", node, " has no known address"));
+    pb::SnapshotChunkRequest req;
+    req.set_cluster_id(membership_.cluster_id);
+    req.set_snapshot_id(id);
+    req.set_path(path);
+    req.set_offset(offset);
+    req.set_length(length);
+    pb::SnapshotChunk chunk;
+    auto ctx = clients_->NewContext(30s);
+    grpc::Status s = clients_->StubFor(address)->FetchSnapshotChunk(ctx.get(), req, &chunk);
+    if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    return std::move(*chunk.mutable_data());
+  };
+  rh.done = [this](uint64_t node, const std::string& id, bool ok, const std::string& error) {
+    const std::string address = PeerAddress(node);
+    if (address.empty()) return;
+    pb::SnapshotDoneRequest req;
+    req.set_cluster_id(membership_.cluster_id);
+    req.set_snapshot_id(id);
+    req.set_ok(ok);
+    req.set_error(error);
+    pb::SnapshotDoneResponse resp;
+    auto ctx = clients_->NewContext(5s);
+    (void)clients_->StubFor(address)->SnapshotDone(ctx.get(), req, &resp);
+  };
+  rh.deliver = [this](uint64_t from, raft::Transport::GroupMessage gm) {
+    std::vector<raft::Transport::GroupMessage> batch;
+    batch.push_back(std::move(gm));
+    if (raft::Node* node = node_ptr_.load()) node->Deliver(from, std::move(batch));
+  };
+  rh.reached = [this](uint64_t gid, uint64_t index) {
+    raft::Node* node = node_ptr_.load();
+    if (node == nullptr) return false;
+    auto st = node->GroupStatusOf(gid);
+    return st.ok() && (st->snapshot_index >= index || st->applied >= index);
+  };
+  FetchOptions fo;
+  fo.rate_bytes_per_second = options_.snapshot_rate_bytes;
+  receiver_ = std::make_unique<SnapshotReceiver>(std::move(rh), fo);
+}
+
+void Cluster::DeliverRaft(uint64_t from, std::vector<raft::Transport::GroupMessage> batch) {
+  raft::Node* node = node_ptr_.load();
+  if (node == nullptr) return;
+  std::vector<raft::Transport::GroupMessage> rest;
+  rest.reserve(batch.size());
+  for (auto& gm : batch) {
+    // A shard's snapshot reaches Raft once its files are here.
+    if (gm.msg.type == raft::MessageType::kSnap && gm.group != kMetadataGroup && gm.msg.snapshot &&
+        !gm.msg.snapshot->data.empty()) {
+      receiver_->Offer(from, std::move(gm));
+    } else {
+      rest.push_back(std::move(gm));
+    }
+  }
+  node->Deliver(from, std::move(rest));
+}
+
+absl::StatusOr<std::string> Cluster::ReadSnapshotChunk(const std::string& id, const std::string& path,
+                                                       uint64_t offset, uint32_t length) {
+  if (!sender_) return absl::UnavailableError("this node is starting");
+  return sender_->ReadChunk(id, path, offset, length);
+}
+
+void Cluster::SnapshotDone(const std::string& id, bool ok, const std::string& error) {
+  if (sender_) sender_->Done(id, ok, error);
 }
 
 void Cluster::AppendPrometheus(std::string* out) const {
@@ -1062,7 +1283,7 @@ void Cluster::AppendPrometheus(std::string* out) const {
   if (node == nullptr) return;
   const auto st_ptr = meta_->State();
   const MetadataState& st = *st_ptr;
-  std::string term, commit, applied, leader, changes, lag, stopped, latency;
+  std::string term, commit, applied, leader, changes, lag, stopped, latency, first, compactions, installed;
   for (const auto& g : node->Status()) {
     std::string label = absl::StrCat("{group=\"", g.group, "\"");
     if (auto it = st.groups.find(g.group); it != st.groups.end()) {
@@ -1076,6 +1297,9 @@ void Cluster::AppendPrometheus(std::string* out) const {
     absl::StrAppend(&leader, "cairn_raft_is_leader", label, "} ", g.role == raft::Role::kLeader ? 1 : 0, "\n");
     absl::StrAppend(&changes, "cairn_raft_leader_changes_total", label, "} ", g.leader_changes, "\n");
     absl::StrAppend(&stopped, "cairn_raft_group_stopped", label, "} ", g.stopped ? 1 : 0, "\n");
+    absl::StrAppend(&first, "cairn_raft_log_first_index", label, "} ", g.first_index, "\n");
+    absl::StrAppend(&compactions, "cairn_raft_log_compactions_total", label, "} ", g.compactions, "\n");
+    absl::StrAppend(&installed, "cairn_raft_snapshots_installed_total", label, "} ", g.snapshots_installed, "\n");
     absl::StrAppend(&latency, "cairn_raft_proposal_seconds_sum", label, "} ", g.proposal_seconds, "\n",
                     "cairn_raft_proposal_seconds_count", label, "} ", g.proposals_applied, "\n");
     for (const auto& p : g.peers) {
@@ -1098,6 +1322,26 @@ void Cluster::AppendPrometheus(std::string* out) const {
                   "# TYPE cairn_raft_proposal_seconds summary\n", latency,
                   "# HELP cairn_raft_follower_lag Entries a follower lacks, seen from its leader.\n",
                   "# TYPE cairn_raft_follower_lag gauge\n", lag,
+                  "# HELP cairn_raft_log_first_index The first entry the Raft log still holds (compacted before).\n",
+                  "# TYPE cairn_raft_log_first_index gauge\n", first,
+                  "# HELP cairn_raft_log_compactions_total Times the Raft log was compacted behind a snapshot.\n",
+                  "# TYPE cairn_raft_log_compactions_total counter\n", compactions,
+                  "# HELP cairn_raft_snapshots_installed_total Snapshots from a leader installed here.\n",
+                  "# TYPE cairn_raft_snapshots_installed_total counter\n", installed);
+  const auto sent = sender_->stats();
+  const auto received = receiver_->stats();
+  absl::StrAppend(out, "# HELP cairn_snapshot_transfers_total Shard snapshot transfers, by direction and result.\n",
+                  "# TYPE cairn_snapshot_transfers_total counter\n",
+                  "cairn_snapshot_transfers_total{direction=\"sent\",result=\"ok\"} ", sent.succeeded, "\n",
+                  "cairn_snapshot_transfers_total{direction=\"sent\",result=\"failed\"} ", sent.failed, "\n",
+                  "cairn_snapshot_transfers_total{direction=\"received\",result=\"ok\"} ", received.succeeded, "\n",
+                  "cairn_snapshot_transfers_total{direction=\"received\",result=\"failed\"} ", received.failed,
+                  "\n", "# HELP cairn_snapshot_bytes_total Snapshot bytes served, fetched, and kept (the receiver ",
+                  "had them).\n# TYPE cairn_snapshot_bytes_total counter\n",
+                  "cairn_snapshot_bytes_total{kind=\"served\"} ", sent.bytes_served, "\n",
+                  "cairn_snapshot_bytes_total{kind=\"fetched\"} ", received.bytes.bytes_fetched, "\n",
+                  "cairn_snapshot_bytes_total{kind=\"kept\"} ", received.bytes.bytes_kept, "\n");
+  absl::StrAppend(out,
                   "# HELP cairn_peer_batches_sent_total Raft batches sent to other nodes.\n",
                   "# TYPE cairn_peer_batches_sent_total counter\ncairn_peer_batches_sent_total ", clients_->sent(), "\n",
                   "# HELP cairn_peer_batches_dropped_total Raft batches dropped (peer unreachable or queue full).\n",

@@ -37,6 +37,7 @@
 #include "cluster/metadata.h"
 #include "cluster/peer.h"
 #include "cluster/shard_wire.h"
+#include "cluster/snapshot_transfer.h"
 #include "db/shard.h"
 #include "replication/node.h"
 
@@ -74,6 +75,16 @@ struct ClusterOptions {
   // How long a request retries a shard with no leader or no quorum before
   // it fails with Unavailable. Default: 10 s.
   std::chrono::milliseconds request_timeout{10000};
+  // Raft log compaction (raft::NodeOptions): a shard group's log is cut
+  // behind a snapshot after this many applied entries, keeping keep_entries
+  // (more for a follower behind, up to max_keep_entries). Defaults: 20,000,
+  // 5,000, 200,000.
+  uint64_t log_compact_entries = 20000;
+  uint64_t log_keep_entries = 5000;
+  uint64_t log_max_keep_entries = 200000;
+  // Snapshot files a replica fetches per second, at most, per transfer
+  // (0: no bound). Default: 128 MiB/s.
+  uint64_t snapshot_rate_bytes = 128ull << 20;
 };
 
 // What `cairn cluster status` shows: the metadata as this node knows it,
@@ -194,12 +205,23 @@ class Cluster final : public Database, private PeerHandler {
   pb::HelloResponse Hello(const pb::HelloRequest& req) override;
   pb::NodeStatusResponse NodeStatus() override;
   void Shard(const pb::ShardRequest& req, std::function<void(pb::ShardResponse)> done) override;
+  void DeliverRaft(uint64_t from, std::vector<raft::Transport::GroupMessage> batch) override;
+  absl::StatusOr<std::string> ReadSnapshotChunk(const std::string& id, const std::string& path, uint64_t offset,
+                                                uint32_t length) override;
+  void SnapshotDone(const std::string& id, bool ok, const std::string& error) override;
+  void StartSnapshotTransfers();
+  std::string GroupDir(uint64_t gid) const;
+  std::string PeerAddress(uint64_t node) const;
 
   const ClusterOptions options_;
   std::unique_ptr<storage::FileLock> lock_;
   NodeIdentity self_;
   std::unique_ptr<raft::LogStore> store_;
   std::unique_ptr<PeerClients> clients_;
+  class SnapshotRouter;
+  std::unique_ptr<SnapshotRouter> transport_;  // the node loop's: clients_, with snapshots through sender_
+  std::unique_ptr<SnapshotSender> sender_;
+  std::unique_ptr<SnapshotReceiver> receiver_;
   std::unique_ptr<PeerServer> server_;
   std::unique_ptr<MetadataMachine> meta_;
   std::unique_ptr<raft::Node> node_;

@@ -11,6 +11,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -67,6 +68,9 @@ class ClusterTest : public ::testing::Test {
     o.election_tick = 10;
     o.request_timeout = 10s;
     o.db.background_maintenance = true;
+    o.log_compact_entries = compact_after_;
+    o.log_keep_entries = 5;
+    o.log_max_keep_entries = 10;
     return o;
   }
 
@@ -115,10 +119,23 @@ class ClusterTest : public ::testing::Test {
     ADD_FAILURE() << "the replicas never reached the same applied index";
   }
 
+  uint64_t compact_after_ = 20000;
   std::string dir_;
   std::vector<std::string> seeds_;
   std::map<int, std::unique_ptr<Cluster>> nodes_;
 };
+
+// The value of a Prometheus sample whose line starts with `prefix`, summed.
+double Metric(Cluster& c, const std::string& prefix) {
+  std::string text;
+  c.AppendPrometheus(&text);
+  double sum = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(prefix, 0) == 0) sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
 
 TEST_F(ClusterTest, ThreeNodesFormOneClusterAndServeEveryRequestAnywhere) {
   OpenNodes({0, 1, 2});
@@ -275,6 +292,68 @@ TEST_F(ClusterTest, ANodeRestartsFromItsDiskAndCatchesUp) {
   auto n = (*c2)->Count(nullptr);  // linearizable: it waits to catch up
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(*n, 120u);
+  ExpectReplicasAlike();
+}
+
+// Raft §7 with files: a replica that was down while its group compacted its
+// log past what the replica has catches up from a snapshot of the leader's
+// files (checkpoint and sealed segments), and then from the log.
+TEST_F(ClusterTest, AReplicaBehindTheCompactedLogCatchesUpFromSnapshotFiles) {
+  compact_after_ = 20;
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  cfg.num_shards = 1;
+  cfg.seal_threshold = 1000;
+  auto c = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE((*c)->Upsert({Point{PointId(uint64_t{0}), Vec(0), "", ""}}).ok());
+  nodes_.erase(2);  // down
+  auto c1 = Node(1).GetCollection("docs");
+  ASSERT_TRUE(c1.ok());
+  for (uint64_t b = 0; b < 60; ++b) {
+    std::vector<Point> batch;
+    for (uint64_t i = b * 25 + 1; i <= b * 25 + 25; ++i) {
+      batch.push_back(Point{PointId(i), Vec(i), absl::StrCat("{\"b\":", b, "}"), ""});
+    }
+    ASSERT_TRUE((*c1)->Upsert(batch).ok());
+  }
+  ASSERT_TRUE((*c1)->Delete({PointId(uint64_t{5}), PointId(uint64_t{6})}).ok());
+  // Sealed segments exist on the nodes that stayed (they travel as files).
+  for (int i = 0; i < 200; ++i) {
+    auto info = (*c1)->Info();
+    ASSERT_TRUE(info.ok()) << info.status();
+    if (info->sealed_segments > 0) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_GT(Metric(Node(0), "cairn_raft_log_compactions_total{group=\"") +
+                Metric(Node(1), "cairn_raft_log_compactions_total{group=\""),
+            0);
+  OpenNodes({2});
+  auto c2 = Node(2).GetCollection("docs");
+  ASSERT_TRUE(c2.ok());
+  auto n = (*c2)->Count(nullptr);  // linearizable: it waits to catch up
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 1499u);
+  ExpectReplicasAlike();
+  EXPECT_GE(Metric(Node(2), "cairn_raft_snapshots_installed_total{"), 1);
+  EXPECT_GE(Metric(Node(2), "cairn_snapshot_transfers_total{direction=\"received\",result=\"ok\"}"), 1);
+  EXPECT_GT(Metric(Node(2), "cairn_snapshot_bytes_total{kind=\"fetched\"}"), 0);
+  // The installed replica serves searches, and writes go on everywhere.
+  SearchParams p;
+  p.k = 1;
+  auto hits = (*c2)->Search(Vec(77), p);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 1u);
+  EXPECT_EQ((*hits)[0].score, 0.0f);
+  ASSERT_TRUE((*c2)->Upsert({Point{PointId(uint64_t{5000}), Vec(5000), "", ""}}).ok());
+  ExpectReplicasAlike();
+  // And it restarts from the installed files.
+  nodes_.erase(2);
+  OpenNodes({2});
+  auto again = (*Node(2).GetCollection("docs"))->Count(nullptr);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, 1500u);
   ExpectReplicasAlike();
 }
 

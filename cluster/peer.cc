@@ -346,15 +346,13 @@ class PeerServer::Service final : public pb::Peer::CallbackService {
           Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, why));
           return;
         }
-        if (raft::Node* node = s_->handler_->RaftNode()) {
-          std::vector<raft::Transport::GroupMessage> msgs;
-          msgs.reserve(batch_.messages_size());
-          for (const auto& m : batch_.messages()) {
-            auto gm = DecodeRaftMessage(m);
-            if (gm.ok()) msgs.push_back(std::move(*gm));
-          }
-          node->Deliver(batch_.from_node(), std::move(msgs));
+        std::vector<raft::Transport::GroupMessage> msgs;
+        msgs.reserve(batch_.messages_size());
+        for (const auto& m : batch_.messages()) {
+          auto gm = DecodeRaftMessage(m);
+          if (gm.ok()) msgs.push_back(std::move(*gm));
         }
+        s_->handler_->DeliverRaft(batch_.from_node(), std::move(msgs));
         batch_.Clear();
         StartRead(&batch_);
       }
@@ -382,10 +380,8 @@ class PeerServer::Service final : public pb::Peer::CallbackService {
   grpc::ServerUnaryReactor* NodeStatus(grpc::CallbackServerContext* ctx, const pb::NodeStatusRequest* req,
                                        pb::NodeStatusResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    if (!Authorized(ctx)) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "peer: wrong or missing cluster secret"));
-    } else if (req->cluster_id() != handler_->ClusterId()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "peer: another cluster"));
+    if (grpc::Status refused = Refused(ctx, req->cluster_id()); !refused.ok()) {
+      reactor->Finish(refused);
     } else {
       *resp = handler_->NodeStatus();
       reactor->Finish(grpc::Status::OK);
@@ -393,18 +389,38 @@ class PeerServer::Service final : public pb::Peer::CallbackService {
     return reactor;
   }
 
+  grpc::ServerUnaryReactor* FetchSnapshotChunk(grpc::CallbackServerContext* ctx, const pb::SnapshotChunkRequest* req,
+                                               pb::SnapshotChunk* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    if (grpc::Status refused = Refused(ctx, req->cluster_id()); !refused.ok()) {
+      reactor->Finish(refused);
+      return reactor;
+    }
+    auto chunk = handler_->ReadSnapshotChunk(req->snapshot_id(), req->path(), req->offset(), req->length());
+    if (chunk.ok()) {
+      resp->set_data(*std::move(chunk));
+      reactor->Finish(grpc::Status::OK);
+    } else {
+      reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(chunk.status().code()),
+                                   std::string(chunk.status().message())));
+    }
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* SnapshotDone(grpc::CallbackServerContext* ctx, const pb::SnapshotDoneRequest* req,
+                                         pb::SnapshotDoneResponse*) override {
+    auto* reactor = ctx->DefaultReactor();
+    grpc::Status refused = Refused(ctx, req->cluster_id());
+    if (refused.ok()) handler_->SnapshotDone(req->snapshot_id(), req->ok(), req->error());
+    reactor->Finish(refused);
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* Shard(grpc::CallbackServerContext* ctx, const pb::ShardRequest* req,
                                   pb::ShardResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    if (!Authorized(ctx)) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "peer: wrong or missing cluster secret"));
-      return reactor;
-    }
-    const std::string ours = handler_->ClusterId();
-    if (ours.empty() || req->cluster_id() != ours) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                   absl::StrCat("peer: request for cluster \"", req->cluster_id(),
-                                                "\"; this node is in \"", ours, "\"")));
+    if (grpc::Status refused = Refused(ctx, req->cluster_id()); !refused.ok()) {
+      reactor->Finish(refused);
       return reactor;
     }
     handler_->Shard(*req, [reactor, resp](pb::ShardResponse r) {
@@ -415,6 +431,20 @@ class PeerServer::Service final : public pb::Peer::CallbackService {
   }
 
  private:
+  // Why a call from `ctx` for cluster `cluster_id` is refused (OK: it is not).
+  grpc::Status Refused(grpc::CallbackServerContext* ctx, const std::string& cluster_id) const {
+    if (!Authorized(ctx)) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "peer: wrong or missing cluster secret");
+    }
+    const std::string ours = handler_->ClusterId();
+    if (ours.empty() || cluster_id != ours) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("peer: request for cluster \"", cluster_id, "\"; this node is in \"", ours,
+                                       "\""));
+    }
+    return grpc::Status::OK;
+  }
+
   bool Authorized(grpc::CallbackServerContext* ctx) const {
     if (security_.secret.empty()) return true;
     const auto& md = ctx->client_metadata();

@@ -105,6 +105,16 @@ class PeerHandler {
   // Answers through `done`, from any thread, exactly once.
   virtual void Shard(const pb::ShardRequest& req, std::function<void(pb::ShardResponse)> done) = 0;
   virtual pb::NodeStatusResponse NodeStatus() = 0;
+  // Raft messages from node `from`. Default: to RaftNode(), when running.
+  virtual void DeliverRaft(uint64_t from, std::vector<raft::Transport::GroupMessage> batch) {
+    if (raft::Node* node = RaftNode()) node->Deliver(from, std::move(batch));
+  }
+  // Snapshot files this node serves (SnapshotSender::ReadChunk and Done).
+  virtual absl::StatusOr<std::string> ReadSnapshotChunk(const std::string& id, const std::string& path,
+                                                        uint64_t offset, uint32_t length) {
+    return absl::UnimplementedError("this node serves no snapshots");
+  }
+  virtual void SnapshotDone(const std::string& id, bool ok, const std::string& error) {}
 };
 
 class PeerServer {
