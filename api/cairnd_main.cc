@@ -99,6 +99,12 @@ void Usage(FILE* out) {
       "  --zone ZONE             this node's failure domain, shown in the status (CAIRN_ZONE)\n"
       "  --raft-tick-ms N        the Raft clock; elections time out after 10 to 20 ticks\n"
       "                          (CAIRN_RAFT_TICK_MS; default 100)\n"
+      "  --raft-log-compact-entries N  a shard group's Raft log is cut behind a snapshot after\n"
+      "                          N applied entries (CAIRN_RAFT_LOG_COMPACT_ENTRIES; default\n"
+      "                          20000), keeping N/4 (at most 5000) and up to 10 N for a\n"
+      "                          follower behind; one further behind catches up from files\n"
+      "  --snapshot-max-mbps N   MiB per second a replica fetches a snapshot's files at, at most\n"
+      "                          (CAIRN_SNAPSHOT_MAX_MBPS; default 128; 0: no bound)\n"
       "\n"
       "  --config PATH           JSON settings, keys named like the flags with underscores,\n"
       "                          e.g. {\"listen\": \"0.0.0.0:7600\", \"data_dir\": \"/data\"}\n"
@@ -187,7 +193,7 @@ int main(int argc, char** argv) {
         "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
         "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb",
         "cluster", "node_name", "seeds", "peer_listen", "advertise", "cluster_secret_file", "peer_tls_cert",
-        "peer_tls_key", "peer_tls_ca", "zone", "raft_tick_ms"};
+        "peer_tls_key", "peer_tls_ca", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps"};
     for (const auto& [k, v] : j.items()) {
       if (!kKeys.contains(k)) {
         std::fprintf(stderr, "cairnd: config file %s: unknown key \"%s\"\n", config_path.c_str(), k.c_str());
@@ -231,6 +237,8 @@ int main(int argc, char** argv) {
               peer_tls_ca = Env("CAIRN_PEER_TLS_CA", "");
   std::string zone = Env("CAIRN_ZONE", "");
   std::string raft_tick = Env("CAIRN_RAFT_TICK_MS", "100");
+  std::string compact_entries = Env("CAIRN_RAFT_LOG_COMPACT_ENTRIES", "20000");
+  std::string snapshot_mbps = Env("CAIRN_SNAPSHOT_MAX_MBPS", "128");
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* dst) {
@@ -304,18 +312,24 @@ int main(int argc, char** argv) {
       value(&zone);
     } else if (a == "--raft-tick-ms") {
       value(&raft_tick);
+    } else if (a == "--raft-log-compact-entries") {
+      value(&compact_entries);
+    } else if (a == "--snapshot-max-mbps") {
+      value(&snapshot_mbps);
     } else {
       std::fprintf(stderr, "cairnd: unknown flag %s (see cairnd --help)\n", a.c_str());
       return 2;
     }
   }
-  long n_workers, n_max_mb, n_grace, n_gpu_mb, n_tick;
+  long n_workers, n_max_mb, n_grace, n_gpu_mb, n_tick, n_compact, n_snap_mbps;
   if (!ParseInt(workers, 0, 1024, &n_workers) || !ParseInt(max_mb, 1, 2047, &n_max_mb) ||
       !ParseInt(grace, 0, 3600, &n_grace) || !ParseInt(gpu_mb, 0, 1L << 30, &n_gpu_mb) ||
-      !ParseInt(raft_tick, 1, 10000, &n_tick)) {
+      !ParseInt(raft_tick, 1, 10000, &n_tick) || !ParseInt(compact_entries, 10, 100000000, &n_compact) ||
+      !ParseInt(snapshot_mbps, 0, 1L << 20, &n_snap_mbps)) {
     std::fprintf(stderr,
                  "cairnd: --workers must be 0..1024, --max-request-mb 1..2047, "
-                 "--grace-seconds 0..3600, --gpu-memory-mb 0 or more, --raft-tick-ms 1..10000\n");
+                 "--grace-seconds 0..3600, --gpu-memory-mb 0 or more, --raft-tick-ms 1..10000, "
+                 "--raft-log-compact-entries 10..100000000, --snapshot-max-mbps 0 or more\n");
     return 2;
   }
   for (const auto& [flag, addr] : {std::pair<const char*, std::string>{"--listen", listen},
@@ -351,6 +365,12 @@ int main(int argc, char** argv) {
     cluster_options.advertise = advertise;
     cluster_options.zone = zone;
     cluster_options.tick = std::chrono::milliseconds(n_tick);
+    cluster_options.log_compact_entries = static_cast<uint64_t>(n_compact);
+    // Keep a quarter as much behind the snapshot (at most the default), and
+    // up to ten times as much for a follower that is behind.
+    cluster_options.log_keep_entries = std::min<uint64_t>(cluster_options.log_keep_entries, n_compact / 4);
+    cluster_options.log_max_keep_entries = 10 * static_cast<uint64_t>(n_compact);
+    cluster_options.snapshot_rate_bytes = static_cast<uint64_t>(n_snap_mbps) << 20;
     if (!cluster_secret_file.empty()) {
       auto secret = cairn::storage::ReadFile(cluster_secret_file);
       if (!secret.ok()) {

@@ -29,6 +29,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -64,7 +65,9 @@ int FreePort() {
   return ntohs(a.sin_port);
 }
 
-int HttpStatus(int port, const std::string& path) {
+// The whole answer (status line, headers, body) to GET `path`; "" when
+// nothing answers.
+std::string HttpGet(int port, const std::string& path) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -72,14 +75,30 @@ int HttpStatus(int port, const std::string& path) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
     ::close(fd);
-    return -1;
+    return "";
   }
-  const std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  const std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
   (void)!::write(fd, req.data(), req.size());
-  char buf[64] = {0};
-  ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) out.append(buf, static_cast<size_t>(n));
   ::close(fd);
-  return n >= 12 ? std::atoi(buf + 9) : -1;
+  return out;
+}
+
+int HttpStatus(int port, const std::string& path) {
+  const std::string r = HttpGet(port, path);
+  return r.size() >= 12 ? std::atoi(r.c_str() + 9) : -1;
+}
+
+// The sum of the samples of /metrics whose line starts with `prefix`.
+double MetricSum(int port, const std::string& prefix) {
+  std::istringstream in(HttpGet(port, "/metrics"));
+  double sum = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(prefix, 0) == 0) sum += std::atof(line.c_str() + line.rfind(' ') + 1);
+  }
+  return sum;
 }
 
 // One cairnd --cluster process.
@@ -113,6 +132,10 @@ class Node {
                                        "--seeds",
                                        seeds_,
                                        "--raft-tick-ms",
+                                       "20",
+                                       // Logs compacted often: a node that was down or
+                                       // paused catches up from snapshot files.
+                                       "--raft-log-compact-entries",
                                        "20",
                                        "--grace-seconds",
                                        "5",
@@ -177,6 +200,7 @@ class Node {
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
   const std::string& dir() const { return dir_; }
   int index() const { return index_; }
+  int http_port() const { return http_; }
 
  private:
   const int index_;
@@ -414,11 +438,15 @@ TEST_F(ClusterFaultTest, FaultsLoseNoAcknowledgedWriteAndHistoriesStayLinearizab
     history = history_;
   }
   auto lin = sim::CheckKvLinearizable(history);
+  double snapshots = 0;
+  for (auto& n : nodes_) snapshots += MetricSum(n->http_port(), "cairn_raft_snapshots_installed_total{");
   std::printf("[ cluster  ] rounds %d, faults %d, operations %zu (%llu acknowledged writes, %llu reads), "
-              "longest write gap after a leader kill %.2f s, linearizable %s (%llu states searched)\n",
+              "longest write gap after a leader kill %.2f s, snapshots installed %.0f, linearizable %s "
+              "(%llu states searched)\n",
               rounds_, faults, history.size(), static_cast<unsigned long long>(acked_.load()),
-              static_cast<unsigned long long>(reads_.load()), worst_gap,
+              static_cast<unsigned long long>(reads_.load()), worst_gap, snapshots,
               lin.gave_up ? "undecided" : lin.ok ? "yes" : "NO", static_cast<unsigned long long>(lin.states_explored));
+  EXPECT_GT(snapshots, 0) << "no node caught up from a snapshot: the test no longer covers them";
   EXPECT_TRUE(lin.ok) << "key " << lin.key << ":\n" << lin.explanation;
   EXPECT_FALSE(lin.gave_up);
   EXPECT_GT(acked_.load(), 50u);
