@@ -6,6 +6,11 @@
 //
 //   build/bin/grpc_bench                      # Fashion-MNIST when installed
 //   build/bin/grpc_bench --synthetic 100000 128 --queries 2000 --threads 1,2,4
+//
+// With --target HOST:PORT it uses a running cairnd instead (a node of a
+// cluster: bench/cluster/consistency.sh) and compares, on the same data,
+// linearizable searches (the default) with local ones: QPS, p50/p99 and
+// recall@10 against exact search for each.
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -84,12 +89,107 @@ double CpuSeconds() {
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+// Creates collection `name` on `channel` and loads the data by client-streaming
+// upsert; seconds it took.
+double CreateAndLoad(const std::shared_ptr<grpc::Channel>& channel, const std::string& name,
+                     const cairn::datasets::Dataset& data, uint32_t shards) {
+  auto collections = cairn::v1::Collections::NewStub(channel);
+  auto points = cairn::v1::Points::NewStub(channel);
+  {
+    grpc::ClientContext ctx;
+    cairn::v1::CreateCollectionRequest req;
+    req.set_name(name);
+    req.mutable_config()->set_dimension(static_cast<uint32_t>(data.dim));
+    if (shards > 0) req.mutable_config()->set_num_shards(shards);
+    cairn::v1::CollectionInfo info;
+    auto s = collections->Create(&ctx, req, &info);
+    if (!s.ok()) Die(s.error_message());
+  }
+  const size_t n = data.n(), dim = data.dim;
+  auto t0 = Clock::now();
+  grpc::ClientContext ctx;
+  cairn::v1::UpsertResponse resp;
+  auto writer = points->UpsertStream(&ctx, &resp);
+  for (size_t s = 0; s < n; s += 1000) {
+    cairn::v1::UpsertRequest req;
+    req.set_collection(name);
+    for (size_t i = s; i < std::min(n, s + 1000); ++i) {
+      auto* p = req.add_points();
+      p->mutable_id()->set_num(i);
+      p->mutable_vector()->Add(data.base.begin() + i * dim, data.base.begin() + (i + 1) * dim);
+    }
+    if (!writer->Write(req)) break;
+  }
+  writer->WritesDone();
+  auto s = writer->Finish();
+  if (!s.ok()) Die(s.error_message());
+  return Since(t0);
+}
+
+cairn::v1::SearchRequest Request(const cairn::datasets::Dataset& data, const std::string& name, size_t q) {
+  cairn::v1::SearchRequest req;
+  req.set_collection(name);
+  req.mutable_vector()->Add(data.queries.begin() + q * data.dim, data.queries.begin() + (q + 1) * data.dim);
+  req.mutable_params()->set_k(10);
+  req.mutable_params()->set_ef(64);
+  return req;
+}
+
+// A running cairnd (a cluster node): linearizable against local searches.
+int RunAgainstTarget(const cairn::datasets::Dataset& data, size_t nq, const std::vector<int>& thread_counts,
+                     const std::string& target, uint32_t shards) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  const std::string name = "bench_consistency";
+  const double ingest = CreateAndLoad(channel, name, data, shards);
+  std::printf("loaded %zu points into %u shards through %s in %.2f s\n", data.n(), shards, target.c_str(), ingest);
+  auto search = cairn::v1::Search::NewStub(channel);
+  auto ids = [&](size_t q, cairn::v1::ReadConsistency c, bool exact) {
+    auto req = Request(data, name, q);
+    req.mutable_params()->set_consistency(c);
+    req.mutable_params()->set_exact(exact);
+    grpc::ClientContext ctx;
+    cairn::v1::SearchResponse resp;
+    auto s = search->Search(&ctx, req, &resp);
+    if (!s.ok() || resp.hits_size() != 10) Die("search failed: " + s.error_message());
+    std::vector<uint64_t> out;
+    for (const auto& h : resp.hits()) out.push_back(h.id().num());
+    return out;
+  };
+  // Recall@10 against exact search, over the first 200 queries.
+  const size_t nr = std::min<size_t>(200, nq);
+  std::vector<std::vector<uint64_t>> truth(nr);
+  for (size_t q = 0; q < nr; ++q) truth[q] = ids(q, cairn::v1::READ_CONSISTENCY_LINEARIZABLE, true);
+  std::printf("\n%-14s %-8s %-10s %-9s %-9s %-9s\n", "consistency", "threads", "qps", "p50_ms", "p99_ms",
+              "recall@10");
+  for (auto c : {cairn::v1::READ_CONSISTENCY_LINEARIZABLE, cairn::v1::READ_CONSISTENCY_LOCAL}) {
+    const char* cname = c == cairn::v1::READ_CONSISTENCY_LOCAL ? "local" : "linearizable";
+    size_t found = 0;
+    for (size_t q = 0; q < nr; ++q) {
+      auto got = ids(q, c, false);
+      for (uint64_t id : got) found += std::count(truth[q].begin(), truth[q].end(), id);
+    }
+    const double recall = static_cast<double>(found) / static_cast<double>(nr * 10);
+    for (int t : thread_counts) {
+      Result r = Measure(nq, t, [&](size_t q) { ids(q, c, false); });
+      std::printf("%-14s %-8d %-10.0f %-9.3f %-9.3f %-9.4f\n", cname, t, r.qps, r.p50_ms, r.p99_ms, recall);
+      std::printf("{\"bench\":\"cluster_search_consistency\",\"dataset\":\"%s\",\"consistency\":\"%s\","
+                  "\"threads\":%d,\"qps\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"recall_at_10\":%.4f}\n",
+                  data.name.c_str(), cname, t, r.qps, r.p50_ms, r.p99_ms, recall);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   size_t max_queries = 2000, syn_n = 0, syn_dim = 0;
   std::vector<int> thread_counts = {1, 2, 4};
   std::string dir = "/tmp/cairn-grpc-bench";
+  std::string target;
+  uint32_t shards = 2;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--queries" && i + 1 < argc) max_queries = std::strtoull(argv[++i], nullptr, 10);
@@ -100,8 +200,11 @@ int main(int argc, char** argv) {
       thread_counts.clear();
       for (auto p : absl::StrSplit(argv[++i], ',')) thread_counts.push_back(std::atoi(std::string(p).c_str()));
     } else if (a == "--data" && i + 1 < argc) dir = argv[++i];
+    else if (a == "--target" && i + 1 < argc) target = argv[++i];
+    else if (a == "--shards" && i + 1 < argc) shards = static_cast<uint32_t>(std::strtoul(argv[++i], nullptr, 10));
     else {
-      std::printf("Usage: grpc_bench [--queries N] [--synthetic N DIM] [--threads 1,2,4] [--data DIR]\n");
+      std::printf("Usage: grpc_bench [--queries N] [--synthetic N DIM] [--threads 1,2,4] [--data DIR]\n"
+                  "                  [--target HOST:PORT [--shards N]]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -115,6 +218,7 @@ int main(int argc, char** argv) {
   const size_t dim = data.dim, n = data.n(), nq = std::min(max_queries, data.nq());
   std::printf("# %s: n=%zu dim=%zu queries=%zu, HNSW M=32 efC=100, search ef=64 k=10\n", data.name.c_str(), n,
               dim, nq);
+  if (!target.empty()) return RunAgainstTarget(data, nq, thread_counts, target, shards);
   std::filesystem::remove_all(dir);
 
   // 1. cairnd: online ingest by client-streaming upsert, then search over gRPC.
@@ -143,50 +247,13 @@ int main(int argc, char** argv) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(), args);
-  auto collections = cairn::v1::Collections::NewStub(channel);
-  auto points = cairn::v1::Points::NewStub(channel);
   auto search = cairn::v1::Search::NewStub(channel);
-  {
-    grpc::ClientContext ctx;
-    cairn::v1::CreateCollectionRequest req;
-    req.set_name("bench");
-    req.mutable_config()->set_dimension(static_cast<uint32_t>(dim));
-    cairn::v1::CollectionInfo info;
-    auto s = collections->Create(&ctx, req, &info);
-    if (!s.ok()) Die(s.error_message());
-  }
-  auto t0 = Clock::now();
-  {
-    grpc::ClientContext ctx;
-    cairn::v1::UpsertResponse resp;
-    auto writer = points->UpsertStream(&ctx, &resp);
-    for (size_t s = 0; s < n; s += 1000) {
-      cairn::v1::UpsertRequest req;
-      req.set_collection("bench");
-      for (size_t i = s; i < std::min(n, s + 1000); ++i) {
-        auto* p = req.add_points();
-        p->mutable_id()->set_num(i);
-        p->mutable_vector()->Add(data.base.begin() + i * dim, data.base.begin() + (i + 1) * dim);
-      }
-      if (!writer->Write(req)) break;
-    }
-    writer->WritesDone();
-    auto s = writer->Finish();
-    if (!s.ok()) Die(s.error_message());
-  }
-  double ingest = Since(t0);
+  const double ingest = CreateAndLoad(channel, "bench", data, 0);
   std::printf("online ingest (client-streaming upsert, batches of 1000, durable): %.2f s, %.0f vectors/s, %.1f MB/s\n",
               ingest, n / ingest, n * dim * 4 / ingest / 1e6);
 
   // Query q as a Search request (k=10, ef=64).
-  auto request = [&](size_t q) {
-    cairn::v1::SearchRequest req;
-    req.set_collection("bench");
-    req.mutable_vector()->Add(data.queries.begin() + q * dim, data.queries.begin() + (q + 1) * dim);
-    req.mutable_params()->set_k(10);
-    req.mutable_params()->set_ef(64);
-    return req;
-  };
+  auto request = [&](size_t q) { return Request(data, "bench", q); };
   auto grpc_search = [&](size_t q) {
     grpc::ClientContext ctx;
     cairn::v1::SearchResponse resp;

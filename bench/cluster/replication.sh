@@ -12,31 +12,8 @@
 set -euo pipefail
 n=${1:-100000}; dim=${2:-64}; index=${3:-flat}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=$root/build/bin
-work=$(mktemp -d)
-pids=()
-trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
-"${PYTHON:-/usr/bin/python3}" - "$work/v.fvecs" "$n" "$dim" <<'PY'
-import array, random, struct, sys
-n, d = int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(1)
-with open(sys.argv[1], "wb") as f:
-    head = struct.pack("<i", d)
-    for _ in range(n):
-        f.write(head)
-        array.array("f", (rng.random() for _ in range(d))).tofile(f)
-PY
-tck=$(getconf CLK_TCK)
-cpu() { awk -v t="$tck" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
-ready() {  # PORT
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "not ready: see $work" >&2; exit 1
-}
+. "$root/bench/cluster/common.sh"
+gen_fvecs "$work/v.fvecs" "$n" "$dim" 1
 ingest() {  # TARGET -> seconds
   local t0; t0=$(now_ms)
   "$bin/cairn" --target "$1" ingest --collection v ${INGEST_FLAGS:-} "$work/v.fvecs" >/dev/null 2>&1
