@@ -302,6 +302,26 @@ void Node::ReportSnapshot(uint64_t group, uint64_t replica, bool ok) {
   cv_.notify_all();
 }
 
+absl::Status Node::ProposeConfChange(uint64_t group, const ConfChange& cc) {
+  auto promise = std::make_shared<std::promise<absl::Status>>();
+  auto result = promise->get_future();
+  {
+    std::lock_guard l(mu_);
+    if (stop_) return absl::CancelledError("the node is stopping");
+    inbox_->tasks.push_back([this, promise, group, cc] {
+      auto it = groups_.find(group);
+      if (stop_now_ || it == groups_.end() || it->second->stopped) {
+        promise->set_value(
+            absl::UnavailableError(absl::StrCat("group ", group, " is not served by node ", options_.node_id)));
+        return;
+      }
+      promise->set_value(it->second->raft->ProposeConfChange(cc));
+    });
+  }
+  cv_.notify_all();
+  return result.get();
+}
+
 void Node::Deliver(uint64_t from, std::vector<Transport::GroupMessage> batch) {
   std::lock_guard l(mu_);
   if (stop_) return;
@@ -717,6 +737,8 @@ void Node::PublishStatus() {
     s.leader_contact = s.role == Role::kLeader ? Clock::now() : g->leader_contact;
     s.stopped = g->stopped;
     s.stop_reason = g->stop_reason;
+    s.voters = g->raft->conf().voters;
+    s.learners = g->raft->conf().learners;
     if (s.role == Role::kLeader) {
       for (const auto& [replica, node] : g->spec.nodes) {
         const Progress* p = g->raft->progress(replica);

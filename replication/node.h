@@ -165,6 +165,9 @@ struct GroupStatus {
   std::chrono::steady_clock::time_point leader_contact{};
   bool stopped = false;      // the state machine failed
   std::string stop_reason;
+  // The group's membership as this replica applied it (replica ids).
+  std::vector<uint64_t> voters;
+  std::vector<uint64_t> learners;
   struct Peer {
     uint64_t replica = 0;
     uint64_t node = 0;
@@ -215,6 +218,11 @@ class Node {
   // The transport finished sending `replica` of `group` a snapshot (ok), or
   // gave up: the leader probes it again (and may send another snapshot).
   void ReportSnapshot(uint64_t group, uint64_t replica, bool ok);
+  // Proposes a membership change of the group (forwarded to its leader).
+  // OK means proposed, not applied: callers watch GroupStatus's voters and
+  // learners. FailedPrecondition: another change is pending; Unavailable: no
+  // leader known, or the group is not hosted here.
+  absl::Status ProposeConfChange(uint64_t group, const ConfChange& cc);
 
   // Messages from node `from` (the transport calls this).
   void Deliver(uint64_t from, std::vector<Transport::GroupMessage> batch);

@@ -371,6 +371,82 @@ TEST_F(NodeTest, ASnapshotPersistedButNotInstalledIsInstalledAtOpen) {
   EXPECT_GE(Machine(kGroupA, down).restores(), 1);
 }
 
+// Replacing a lost member one change at a time (dissertation §4.1): node 4
+// joins group A as a learner, catches up from a snapshot (the log was
+// compacted), becomes a voter, and the lost replica is removed; the group
+// then commits with the new member and without the old one.
+TEST_F(NodeTest, ALostMemberIsReplacedByALearnerThatCatchesUpAndIsPromoted) {
+  RestartCompactingEarly();
+  const uint64_t leader = WaitForLeader(kGroupA);
+  const uint64_t lost = leader == 3 ? 2 : 3;
+  const uint64_t kept = 6 - leader - lost;
+  StopNode(lost);  // its disk is gone for good
+  for (int i = 0; i < 60; ++i) ProposeUntilAcked(leader, kGroupA, absl::StrCat("w", i));
+
+  const uint64_t kNew = 4, new_replica = ReplicaOf(kGroupA, kNew);
+  auto members = Members(kGroupA);
+  members[new_replica] = kNew;
+  {
+    auto store = LogStore::Open(absl::StrCat(dir_, "/node-4"));
+    ASSERT_TRUE(store.ok()) << store.status();
+    stores_[kNew] = std::move(*store);
+    NodeOptions o;
+    o.node_id = kNew;
+    o.store = stores_[kNew].get();
+    o.transport = hub_.TransportFor(kNew);
+    o.tick = 10ms;
+    o.compact_after_entries = compact_after_;
+    o.keep_entries = keep_;
+    o.max_keep_entries = max_keep_;
+    auto node = Node::Start(o);
+    ASSERT_TRUE(node.ok()) << node.status();
+    nodes_[kNew] = std::move(*node);
+    hub_.Attach(kNew, nodes_[kNew].get());
+    machines_[{kGroupA, kNew}] = std::make_unique<RecordingMachine>();
+    GroupSpec spec;  // no initial voters: it waits for the leader
+    spec.group = kGroupA;
+    spec.replica = new_replica;
+    spec.nodes = members;
+    spec.state_machine = machines_[{kGroupA, kNew}].get();
+    ASSERT_TRUE(nodes_[kNew]->AddGroup(spec).ok());
+  }
+  for (uint64_t n : {leader, kept}) ASSERT_TRUE(nodes_.at(n)->SetReplicaNodes(kGroupA, members).ok());
+  auto conf_has = [&](uint64_t node, bool voter, uint64_t replica) {
+    auto st = nodes_.at(node)->GroupStatusOf(kGroupA);
+    if (!st.ok()) return false;
+    const auto& v = voter ? st->voters : st->learners;
+    return std::find(v.begin(), v.end(), replica) != v.end();
+  };
+  auto change = [&](ConfChange::Type type, uint64_t replica, bool voter, bool present) {
+    const auto deadline = Clock::now() + kWait;
+    while (Clock::now() < deadline) {
+      const uint64_t l = WaitForLeader(kGroupA);
+      if (conf_has(l, voter, replica) == present) return true;
+      (void)nodes_.at(l)->ProposeConfChange(kGroupA, ConfChange{type, replica});
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  };
+  ASSERT_TRUE(change(ConfChange::Type::kAddLearner, new_replica, /*voter=*/false, true));
+  ASSERT_TRUE(Machine(kGroupA, kNew).WaitFor(60));  // by snapshot: the log was compacted
+  EXPECT_EQ(Machine(kGroupA, kNew).restores(), 1);
+  ASSERT_TRUE(change(ConfChange::Type::kAddVoter, new_replica, /*voter=*/true, true));
+  ASSERT_TRUE(change(ConfChange::Type::kRemove, ReplicaOf(kGroupA, lost), /*voter=*/true, false));
+  // With the other old member cut off, the group commits only if node 4's
+  // replica votes in place of the lost one.
+  hub_.Isolate(kept, {1, 2, 3, 4});
+  ProposeUntilAcked(leader == kept ? kNew : leader, kGroupA, "with node 4");
+  hub_.Heal();
+  ProposeUntilAcked(kept, kGroupA, "after");
+  ASSERT_TRUE(Machine(kGroupA, kNew).WaitFor(Machine(kGroupA, leader).log().size()));
+  EXPECT_EQ(Machine(kGroupA, kNew).log(), Machine(kGroupA, leader).log());
+  EXPECT_EQ(Machine(kGroupA, kNew).log(), Machine(kGroupA, kept).log());
+  auto st = nodes_.at(kNew)->GroupStatusOf(kGroupA);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->voters.size(), 3u);
+  EXPECT_TRUE(st->learners.empty());
+}
+
 TEST_F(NodeTest, BadGroupsAreRefused) {
   GroupSpec spec;
   spec.group = kGroupA;
