@@ -64,6 +64,18 @@ MetadataCommand DropCollectionCommand(const std::string& name) {
   return {Json{{"op", "drop_collection"}, {"name", name}}.dump()};
 }
 
+MetadataCommand ReplaceNodeCommand(uint64_t old_id, const NodeInfo& new_node) {
+  return {Json{{"op", "replace_node"}, {"old", old_id}, {"node", NodeToJson(new_node)}}.dump()};
+}
+
+MetadataCommand AddReplicaCommand(const MetadataState& state, uint64_t group, uint64_t node) {
+  return {Json{{"op", "add_replica"}, {"group", group}, {"replica", state.next_replica}, {"node", node}}.dump()};
+}
+
+MetadataCommand RemoveReplicaCommand(uint64_t group, uint64_t replica) {
+  return {Json{{"op", "remove_replica"}, {"group", group}, {"replica", replica}}.dump()};
+}
+
 MetadataCommand UpdateConfigCommand(const std::string& name, const CollectionConfig& config) {
   return {Json{{"op", "update_config"}, {"name", name}, {"config", Json::parse(db::ConfigToJson(config))}}.dump()};
 }
@@ -215,6 +227,49 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
                                                           "start the node on an empty data directory to join as a new node"));
       }
       state.nodes[n.id] = n;
+      return uint64_t{0};
+    }
+    if (op == "replace_node") {
+      const uint64_t old_id = j.at("old").get<uint64_t>();
+      NodeInfo n = NodeFromJson(j.at("node"));
+      auto old = state.nodes.find(old_id);
+      if (old == state.nodes.end() || state.removed_nodes.count(old_id)) {
+        return absl::FailedPreconditionError(absl::StrCat("node ", old_id, " is not a member to replace"));
+      }
+      if (n.id == 0 || state.nodes.count(n.id) || state.removed_nodes.count(n.id)) {
+        return absl::FailedPreconditionError(absl::StrCat("node id ", n.id, " is known already: not a new node"));
+      }
+      if (n.name != old->second.name) {
+        return absl::InvalidArgumentError(absl::StrCat("node \"", n.name, "\" cannot take the place of node \"",
+                                                       old->second.name, "\": the names differ"));
+      }
+      state.nodes[n.id] = n;
+      state.removed_nodes.insert(old_id);
+      state.replaced_by[old_id] = n.id;
+      return uint64_t{0};
+    }
+    if (op == "add_replica") {
+      const uint64_t gid = j.at("group").get<uint64_t>(), r = j.at("replica").get<uint64_t>(),
+                     node = j.at("node").get<uint64_t>();
+      auto g = state.groups.find(gid);
+      if (g == state.groups.end()) return absl::NotFoundError(absl::StrCat("group ", gid, " does not exist"));
+      if (r != state.next_replica) return absl::AbortedError("metadata: replica ids moved on; retry");
+      if (!state.nodes.count(node) || state.removed_nodes.count(node)) {
+        return absl::FailedPreconditionError(absl::StrCat("node ", node, " is not a member"));
+      }
+      for (const auto& [other, on] : g->second.replicas) {
+        if (on == node) {
+          return absl::AlreadyExistsError(absl::StrCat("group ", gid, " has a replica on node ", node, " already"));
+        }
+      }
+      g->second.replicas[r] = node;
+      ++state.next_replica;
+      return r;
+    }
+    if (op == "remove_replica") {
+      const uint64_t gid = j.at("group").get<uint64_t>(), r = j.at("replica").get<uint64_t>();
+      auto g = state.groups.find(gid);
+      if (g != state.groups.end()) g->second.replicas.erase(r);
       return uint64_t{0};
     }
     if (op == "create_collection") {

@@ -66,6 +66,9 @@ struct CollectionEntry {
 struct MetadataState {
   std::map<uint64_t, NodeInfo> nodes;
   std::set<uint64_t> removed_nodes;  // refused forever
+  // A removed node -> the node that took its place (the same name on a
+  // wiped disk): its replicas move there (Cluster's replacement loop).
+  std::map<uint64_t, uint64_t> replaced_by;
   std::map<std::string, CollectionEntry> collections;
   std::map<uint64_t, ShardGroup> groups;
   uint64_t next_group = kMetadataGroup + 1;
@@ -87,6 +90,13 @@ MetadataCommand CreateCollectionCommand(const MetadataState& state, const std::s
                                         const CollectionConfig& config,
                                         const std::vector<std::vector<uint64_t>>& placement);
 MetadataCommand DropCollectionCommand(const std::string& name);
+// Node `new_node` (a fresh id) takes the place of node `old_id` of the same
+// name, which is removed and refused forever.
+MetadataCommand ReplaceNodeCommand(uint64_t old_id, const NodeInfo& new_node);
+// A replica of `group` on `node`, with the next replica id of `state`.
+MetadataCommand AddReplicaCommand(const MetadataState& state, uint64_t group, uint64_t node);
+// Replica `replica` leaves `group`'s map (once Raft removed it).
+MetadataCommand RemoveReplicaCommand(uint64_t group, uint64_t replica);
 MetadataCommand UpdateConfigCommand(const std::string& name, const CollectionConfig& config);
 
 // Chooses nodes for `num_shards` shards of `replication_factor` replicas:

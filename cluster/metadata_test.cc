@@ -1,6 +1,7 @@
 // The metadata group's state machine and placement: replicas and preferred
 // leaders spread evenly, never two replicas of a shard on one node, nodes that
 // are down used last; commands checked against the state at their index.
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -112,6 +113,70 @@ TEST(MetadataMachineTest, CommandsAreCheckedAgainstTheStateAtTheirIndex) {
   EXPECT_EQ(ApplyAt(m, 10, MetadataCommand{"not json"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(m.State()->applied, 10u);
   EXPECT_GE(changes, 5);
+}
+
+// A wiped node comes back under its name with a new id: it takes the old
+// one's place, the old id is refused forever, and replicas move by adding
+// one on the new node and removing the old one.
+TEST(MetadataMachineTest, ANodeIsReplacedUnderItsNameAndItsReplicasMove) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  for (uint64_t id : {10, 20, 30}) {
+    ASSERT_TRUE(ApplyAt(m, index++, AddNodeCommand({id, absl::StrCat("n", id), "h:1", ""})).ok());
+  }
+  CollectionConfig cfg;
+  cfg.dimension = 8;
+  cfg.num_shards = 1;
+  cfg.replication_factor = 3;
+  auto placement = PlaceShards(*m.State(), 1, 3);
+  ASSERT_TRUE(placement.ok());
+  auto gid = ApplyAt(m, index++, CreateCollectionCommand(*m.State(), "docs", cfg, *placement));
+  ASSERT_TRUE(gid.ok()) << gid.status();
+
+  // Another name, a known id, or a node that is not a member: refused.
+  EXPECT_EQ(ApplyAt(m, index++, ReplaceNodeCommand(30, {99, "other", "h:2", ""})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyAt(m, index++, ReplaceNodeCommand(30, {20, "n30", "h:2", ""})).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ApplyAt(m, index++, ReplaceNodeCommand(77, {99, "n30", "h:2", ""})).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(ApplyAt(m, index++, ReplaceNodeCommand(30, {99, "n30", "h:2", ""})).ok());
+  MetadataState st = *m.State();
+  EXPECT_TRUE(st.removed_nodes.count(30));
+  EXPECT_EQ(st.replaced_by.at(30), 99u);
+  EXPECT_EQ(st.nodes.at(99).peer_address, "h:2");
+  // The old id never comes back, not even through add_node; it cannot be
+  // replaced twice.
+  EXPECT_EQ(ApplyAt(m, index++, AddNodeCommand({30, "n30", "h:1", ""})).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ApplyAt(m, index++, ReplaceNodeCommand(30, {98, "n30", "h:2", ""})).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Placement never picks a removed node.
+  auto again = PlaceShards(st, 3, 3);
+  ASSERT_TRUE(again.ok());
+  for (const auto& shard : *again) EXPECT_EQ(std::count(shard.begin(), shard.end(), 30u), 0);
+
+  // The replica on 30 moves to 99: added (with the next replica id), then
+  // the old one removed.
+  auto added = ApplyAt(m, index++, AddReplicaCommand(st, *gid, 99));
+  ASSERT_TRUE(added.ok()) << added.status();
+  EXPECT_EQ(*added, st.next_replica);
+  EXPECT_EQ(ApplyAt(m, index++, AddReplicaCommand(st, *gid, 99)).status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(ApplyAt(m, index++, AddReplicaCommand(*m.State(), *gid, 99)).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(ApplyAt(m, index++, AddReplicaCommand(*m.State(), *gid, 30)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  uint64_t old_replica = 0;
+  for (const auto& [r, n] : m.State()->groups.at(*gid).replicas) {
+    if (n == 30) old_replica = r;
+  }
+  ASSERT_NE(old_replica, 0u);
+  ASSERT_TRUE(ApplyAt(m, index++, RemoveReplicaCommand(*gid, old_replica)).ok());
+  ASSERT_TRUE(ApplyAt(m, index++, RemoveReplicaCommand(*gid, old_replica)).ok());  // idempotent
+  st = *m.State();
+  EXPECT_EQ(st.groups.at(*gid).replicas.size(), 3u);
+  EXPECT_TRUE(st.GroupsOn(30).empty());
+  EXPECT_EQ(st.GroupsOn(99).size(), 1u);
 }
 
 }  // namespace
