@@ -477,6 +477,8 @@ class Cluster::SnapshotRouter final : public raft::Transport {
  public:
   explicit SnapshotRouter(Cluster* c) : c_(c) {}
   void Send(uint64_t to_node, std::vector<GroupMessage> batch) override {
+    // A removed node is never addressed (its replicas leave their groups).
+    if (c_->meta_ && c_->meta_->State()->removed_nodes.count(to_node)) return;
     std::vector<GroupMessage> rest;
     rest.reserve(batch.size());
     for (auto& gm : batch) {
@@ -548,8 +550,14 @@ absl::Status Cluster::Start() {
   spec.group = kMetadataGroup;
   spec.replica = self_.id;
   spec.nodes = meta_nodes;
-  spec.initial_voters = membership_.initial_voters;
-  spec.initial_learners = learners;
+  // The initial voters write group 0's first state (with the other seeds as
+  // learners) and elect its first leader; every other node, a learner among
+  // the seeds or a node that joined later, waits for the leader to send it.
+  if (std::find(membership_.initial_voters.begin(), membership_.initial_voters.end(), self_.id) !=
+      membership_.initial_voters.end()) {
+    spec.initial_voters = membership_.initial_voters;
+    spec.initial_learners = learners;
+  }
   spec.state_machine = meta_.get();
   CAIRN_RETURN_IF_ERROR(node_->AddGroup(spec));
 
@@ -561,15 +569,25 @@ absl::Status Cluster::Start() {
   NodeInfo info{self_.id, self_.name, options_.advertise, options_.zone};
   auto last_log = Clock::now();
   while (true) {
-    absl::Status s = ProposeMetadata(AddNodeCommand(info), nullptr);
+    absl::Status s = ProposeMetadataAnywhere(AddNodeCommand(info));
     if (s.ok()) break;
     if (!Retryable(s)) return s;
     if (Clock::now() - last_log > 10s) {
       Log(absl::StrCat("waiting for a quorum of the metadata group to register this node: ", s.ToString()));
       last_log = Clock::now();
     }
-    std::lock_guard l(loop_mu_);
-    if (stop_) return absl::CancelledError("stopping");
+    std::unique_lock l(loop_mu_);
+    if (loop_cv_.wait_for(l, 200ms, [this] { return stop_; })) return absl::CancelledError("stopping");
+  }
+  // Caught up with the metadata (a node that just joined waits to be added
+  // to group 0 and sent its log), then this node's replicas open.
+  while (true) {
+    absl::Status s = MetadataReadIndex();
+    if (s.ok()) break;
+    if (!Retryable(s)) return s;
+    Log(absl::StrCat("waiting to catch up with the metadata group: ", s.ToString()));
+    std::unique_lock l(loop_mu_);
+    if (loop_cv_.wait_for(l, 200ms, [this] { return stop_; })) return absl::CancelledError("stopping");
   }
   Reconcile();
   Log(absl::StrCat("node \"", self_.name, "\" is a member of cluster ", membership_.cluster_id));
@@ -584,11 +602,18 @@ pb::HelloResponse Cluster::SelfHello() const {
   if (member_.load(std::memory_order_acquire)) {
     r.set_cluster_id(membership_.cluster_id);
     for (uint64_t v : membership_.initial_voters) r.add_initial_voters(v);
-    for (const auto& s : membership_.seeds) {
+    // The members: the seeds it formed with (a seed adopting the cluster
+    // needs them all) and the nodes that joined since, without the removed.
+    const auto st = meta_ ? meta_->State() : std::make_shared<const MetadataState>();
+    std::map<uint64_t, NodeInfo> members;
+    for (const auto& s : membership_.seeds) members[s.node_id] = NodeInfo{s.node_id, s.name, s.address, ""};
+    for (const auto& [id, n] : st->nodes) members[id] = n;
+    for (const auto& [id, n] : members) {
+      if (st->removed_nodes.count(id)) continue;
       auto* m = r.add_members();
-      m->set_node_id(s.node_id);
-      m->set_name(s.name);
-      m->set_peer_address(s.address);
+      m->set_node_id(id);
+      m->set_name(n.name);
+      m->set_peer_address(n.peer_address);
     }
   }
   return r;
@@ -643,10 +668,12 @@ absl::Status Cluster::AwaitMembership() {
                        absl::StrJoin(membership_.initial_voters, ",")));
       return absl::OkStatus();
     }
-    const std::string why = d.kind == Decision::Kind::kJoin
-                                ? absl::StrCat(d.why, "; this node is not one of its members and adding members "
-                                                      "is not supported by this version, so it waits")
-                                : d.why;
+    std::string why = d.why;
+    if (d.kind == Decision::Kind::kJoin) {
+      auto joined = Join(d.membership);
+      if (joined.ok()) return absl::OkStatus();
+      why = absl::StrCat(d.why, "; joining it: ", joined.message());
+    }
     if (why != last_why || Clock::now() - last_log > 10s) {
       Log(why);
       last_why = why;
@@ -655,6 +682,43 @@ absl::Status Cluster::AwaitMembership() {
     std::unique_lock l(loop_mu_);
     if (loop_cv_.wait_for(l, 500ms, [this] { return stop_; })) return absl::CancelledError("stopping");
   }
+}
+
+absl::Status Cluster::Join(const Membership& cluster) {
+  // A node of this name in the cluster is this node's former self (its disk
+  // was wiped): this node takes its place, once it is sure that one is gone.
+  // Otherwise this is a new node.
+  const Membership::Seed* former = nullptr;
+  for (const auto& m : cluster.seeds) {
+    if (m.name == self_.name && m.node_id != self_.id) former = &m;
+  }
+  if (former != nullptr && former->address != options_.advertise) {
+    pb::HelloResponse resp;
+    auto ctx = clients_->NewContext(1s);
+    if (clients_->StubFor(former->address)->Hello(ctx.get(), pb::HelloRequest(), &resp).ok() &&
+        resp.node_id() == former->node_id) {
+      return absl::FailedPreconditionError(absl::StrCat("node \"", self_.name, "\" (id ", former->node_id,
+                                                        ") is alive at ", former->address,
+                                                        ": two nodes may not share a name"));
+    }
+  }
+  // Registered through the members (this node has no node loop yet).
+  membership_ = cluster;
+  membership_.seeds.push_back({self_.id, self_.name, options_.advertise});
+  NodeInfo info{self_.id, self_.name, options_.advertise, options_.zone};
+  absl::Status s = ProposeMetadataAnywhere(former ? ReplaceNodeCommand(former->node_id, info) : AddNodeCommand(info));
+  if (absl::IsFailedPrecondition(s)) {
+    // Replaced already (this node stopped before writing its record down),
+    // or the former one was removed meanwhile: as a node of its own.
+    s = ProposeMetadataAnywhere(AddNodeCommand(info));
+  }
+  if (!s.ok()) return s;
+  CAIRN_RETURN_IF_ERROR(store_->PutMeta(kMembershipKey, membership_.Encode()));
+  member_.store(true, std::memory_order_release);
+  Log(former ? absl::StrCat("joined cluster ", membership_.cluster_id, " in place of node ", former->node_id,
+                            " (the same name on a wiped disk); that id is refused from now on")
+             : absl::StrCat("joined cluster ", membership_.cluster_id, " as a new node"));
+  return absl::OkStatus();
 }
 
 Cluster::~Cluster() {
@@ -718,6 +782,59 @@ absl::Status Cluster::ProposeMetadata(const MetadataCommand& cmd, uint64_t* resu
   return absl::UnavailableError(absl::StrCat("the metadata group accepted no change within ",
                                              options_.request_timeout.count(), " ms: no leader or no quorum (",
                                              r.status().message(), ")"));
+}
+
+absl::Status Cluster::MetadataReadIndex() {
+  const auto deadline = Clock::now() + options_.request_timeout;
+  absl::Status s = RetryUntil(deadline, [&] {
+    return ReadIndexAndWait(kMetadataGroup, std::min(deadline, Clock::now() + 2s));
+  });
+  if (s.ok() || !Retryable(s)) return s;
+  return absl::UnavailableError(absl::StrCat("the metadata group confirmed no read within ",
+                                             options_.request_timeout.count(), " ms: no leader or no quorum (",
+                                             s.message(), ")"));
+}
+
+absl::Status Cluster::ProposeMetadataAnywhere(const MetadataCommand& cmd) {
+  absl::Status last;
+  if (raft::Node* node = node_ptr_.load()) {
+    auto r = ProposeAndWait(kMetadataGroup, cmd.json, Clock::now() + 2s);
+    if (r.ok() || !Retryable(r.status())) return r.status();
+    last = r.status();
+  }
+  // This node's replica of group 0 knows no leader (it has not joined the
+  // group yet, or it is cut off): through the other members.
+  std::vector<std::string> addresses;
+  if (meta_) {
+    for (const auto& [id, n] : meta_->State()->nodes) {
+      if (id != self_.id) addresses.push_back(n.peer_address);
+    }
+  }
+  for (const auto& m : membership_.seeds) {
+    if (m.node_id != self_.id) addresses.push_back(m.address);
+  }
+  std::sort(addresses.begin(), addresses.end());
+  addresses.erase(std::unique(addresses.begin(), addresses.end()), addresses.end());
+  for (const auto& address : addresses) {
+    if (address == options_.advertise) continue;
+    pb::ShardRequest req;
+    req.set_cluster_id(membership_.cluster_id);
+    req.set_group(kMetadataGroup);
+    req.set_timeout_ms(2000);
+    req.set_metadata(cmd.json);
+    pb::ShardResponse resp;
+    auto ctx = clients_->NewContext(3s);
+    grpc::Status g = clients_->StubFor(address)->Shard(ctx.get(), req, &resp);
+    if (!g.ok()) {
+      // Down, starting, or not in the cluster yet: another member may answer.
+      last = absl::UnavailableError(absl::StrCat(address, ": ", g.error_message()));
+      continue;
+    }
+    absl::Status s = FromShardResponse(resp);
+    if (s.ok() || !Retryable(s)) return s;
+    last = s;
+  }
+  return last.ok() ? absl::UnavailableError("no member of the metadata group answered") : last;
 }
 
 std::shared_ptr<ShardReplica> Cluster::LocalReplica(uint64_t gid) const {
@@ -874,6 +991,18 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
         done(resp);
       });
       return;
+    case pb::ShardRequest::kMetadata:
+      // A node that has not joined group 0 yet (or is cut off) registers itself.
+      node->Propose(kMetadataGroup, req.metadata(), deadline, [done](absl::StatusOr<uint64_t> r) {
+        pb::ShardResponse resp;
+        if (r.ok()) {
+          resp.set_result(*r);
+        } else {
+          SetStatus(r.status(), &resp);
+        }
+        done(resp);
+      });
+      return;
     case pb::ShardRequest::kRead: {
       auto local = LocalReplica(gid);
       if (!local) {
@@ -933,7 +1062,97 @@ void Cluster::ReconcileLoop() {
     dirty_ = false;
     l.unlock();
     Reconcile();
+    MoveReplicas();
     l.lock();
+  }
+}
+
+namespace {
+
+// The node that holds what `node` held: itself, or the node that took its
+// place (after a chain of replacements), or 0 when it was removed for good.
+uint64_t Successor(const MetadataState& st, uint64_t node) {
+  for (size_t hops = 0; hops <= st.replaced_by.size() && st.removed_nodes.count(node); ++hops) {
+    auto it = st.replaced_by.find(node);
+    if (it == st.replaced_by.end()) return 0;
+    node = it->second;
+  }
+  return st.removed_nodes.count(node) ? 0 : node;
+}
+
+// A learner within this many entries of the commit index is caught up.
+constexpr uint64_t kCaughtUp = 64;
+
+}  // namespace
+
+void Cluster::MoveReplicas() {
+  const auto st = meta_->State();
+  auto in = [](const std::vector<uint64_t>& v, uint64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+  for (const raft::GroupStatus& gs : node_->Status()) {
+    if (gs.role != raft::Role::kLeader || gs.stopped) continue;
+    auto change = [&](raft::ConfChange::Type type, uint64_t replica, const char* what) {
+      if (node_->ProposeConfChange(gs.group, raft::ConfChange{type, replica}).ok()) {
+        Log(absl::StrCat("group ", gs.group, ": ", what, " ", replica));
+      }
+    };
+    // One step of moving replica `from` to `to`: `to` joins as a learner,
+    // catches up (from a snapshot when the log was compacted), becomes a
+    // voter when `from` was one, and then `from` is removed. True once
+    // `from` is out of the group.
+    auto move = [&](uint64_t from, uint64_t to) {
+      const bool to_voter = in(gs.voters, to), to_learner = in(gs.learners, to);
+      const bool from_voter = in(gs.voters, from), from_in = from_voter || in(gs.learners, from);
+      if (!to_voter && !to_learner) {
+        change(raft::ConfChange::Type::kAddLearner, to, "adding learner");
+      } else if (to_learner && from_voter) {
+        uint64_t match = 0;
+        for (const auto& p : gs.peers) {
+          if (p.replica == to) match = p.match;
+        }
+        if (match + kCaughtUp >= gs.commit) change(raft::ConfChange::Type::kAddVoter, to, "promoting caught-up learner");
+      } else if (from_in) {
+        change(raft::ConfChange::Type::kRemove, from, "removing replaced member");
+      } else {
+        return true;
+      }
+      return false;
+    };
+    if (gs.group == kMetadataGroup) {
+      // Every member follows the metadata (a learner at least); a node that
+      // took the place of a voter takes its vote too.
+      bool busy = false;
+      for (const auto& [old, successor] : st->replaced_by) {
+        const uint64_t to = Successor(*st, old);
+        if (to != 0 && (in(gs.voters, old) || in(gs.learners, old))) {
+          move(old, to);
+          busy = true;
+          break;
+        }
+      }
+      for (const auto& [id, n] : st->nodes) {
+        if (busy || st->removed_nodes.count(id) || in(gs.voters, id) || in(gs.learners, id)) continue;
+        change(raft::ConfChange::Type::kAddLearner, id, "adding metadata learner");
+        break;
+      }
+      continue;
+    }
+    auto g = st->groups.find(gs.group);
+    if (g == st->groups.end()) continue;
+    for (const auto& [replica, on] : g->second.replicas) {
+      if (!st->removed_nodes.count(on)) continue;
+      const uint64_t to_node = Successor(*st, on);
+      if (to_node == 0) continue;  // no node took its place (yet)
+      uint64_t to = 0;
+      for (const auto& [r, n] : g->second.replicas) {
+        if (n == to_node) to = r;
+      }
+      if (to == 0) {
+        (void)ProposeMetadataAnywhere(AddReplicaCommand(*st, gs.group, to_node));
+      } else if (move(replica, to)) {
+        (void)ProposeMetadataAnywhere(RemoveReplicaCommand(gs.group, replica));
+      }
+      break;  // one change at a time
+    }
   }
 }
 
@@ -943,6 +1162,21 @@ void Cluster::Reconcile() {
   const MetadataState& st = *st_ptr;
   for (const auto& [id, n] : st.nodes) {
     if (id != self_.id) clients_->SetAddress(id, n.peer_address);
+  }
+  // Where each group's replicas are, for the node loop (members come and go).
+  auto set_nodes = [this](uint64_t gid, std::map<uint64_t, uint64_t> nodes) {
+    auto& known = replica_nodes_[gid];
+    if (known == nodes) return;
+    if (node_->SetReplicaNodes(gid, nodes).ok()) known = std::move(nodes);
+  };
+  {
+    std::map<uint64_t, uint64_t> members;
+    for (const auto& [id, n] : st.nodes) members[id] = id;
+    for (const auto& s : membership_.seeds) members[s.node_id] = s.node_id;
+    set_nodes(kMetadataGroup, std::move(members));
+  }
+  for (const auto& [gid, g] : st.groups) {
+    if (LocalReplica(gid)) set_nodes(gid, g.replicas);
   }
   // Replicas the map places here and this node does not have yet.
   for (const ShardGroup* g : st.GroupsOn(self_.id)) {
@@ -971,12 +1205,17 @@ void Cluster::Reconcile() {
     spec.group = g->group;
     spec.replica = replica;
     spec.nodes = g->replicas;
-    spec.initial_voters = g->initial_voters;
+    // A replica added later (in place of a lost one) starts empty and waits
+    // for the leader; the first ones write the group's first state.
+    if (std::find(g->initial_voters.begin(), g->initial_voters.end(), replica) != g->initial_voters.end()) {
+      spec.initial_voters = g->initial_voters;
+    }
     spec.state_machine = rep.get();
     {
       std::lock_guard l(mu_);
       replicas_[g->group] = rep;
     }
+    replica_nodes_[g->group] = spec.nodes;
     if (absl::Status s = node_->AddGroup(spec); !s.ok()) {
       Log(absl::StrCat("cannot start group ", g->group, ": ", s.ToString()));
       std::lock_guard l(mu_);
@@ -1005,6 +1244,7 @@ void Cluster::Reconcile() {
   }
   for (uint64_t gid : gone) {
     (void)node_->RemoveGroup(gid, /*drop_log=*/true);
+    replica_nodes_.erase(gid);
     receiver_->Cancel(gid);
     std::error_code ec;
     fs::remove_all(GroupDir(gid) + ".staged", ec);
@@ -1055,7 +1295,7 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::CreateCollection(const std:
                                                                       const CollectionConfig& config) {
   CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
   CAIRN_RETURN_IF_ERROR(db::ValidateConfig(config));
-  CAIRN_RETURN_IF_ERROR(ReadIndexAndWait(kMetadataGroup, Clock::now() + options_.request_timeout));
+  CAIRN_RETURN_IF_ERROR(MetadataReadIndex());
   for (int attempt = 0; attempt < 5; ++attempt) {
     const auto st_ptr = meta_->State();
     const MetadataState& st = *st_ptr;
@@ -1097,7 +1337,7 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::GetCollection(const std::st
   auto it = st->collections.find(name);
   if (it == st->collections.end()) {
     // Created through another node a moment ago? Catch up, then look again.
-    CAIRN_RETURN_IF_ERROR(self->ReadIndexAndWait(kMetadataGroup, Clock::now() + options_.request_timeout));
+    CAIRN_RETURN_IF_ERROR(self->MetadataReadIndex());
     st = meta_->State();
     it = st->collections.find(name);
     if (it == st->collections.end()) {
@@ -1254,6 +1494,15 @@ void Cluster::StartSnapshotTransfers() {
 void Cluster::DeliverRaft(uint64_t from, std::vector<raft::Transport::GroupMessage> batch) {
   raft::Node* node = node_ptr_.load();
   if (node == nullptr) return;
+  if (meta_->State()->removed_nodes.count(from)) {
+    // A node removed from the cluster (replaced after its disk was wiped, or
+    // a copy of that disk started again): never heard again.
+    static std::atomic<int> logged{0};
+    if (logged++ % 1000 == 0) {
+      Log(absl::StrCat("refused Raft messages from node ", from, ", which was removed from the cluster"));
+    }
+    return;
+  }
   std::vector<raft::Transport::GroupMessage> rest;
   rest.reserve(batch.size());
   for (auto& gm : batch) {
@@ -1367,6 +1616,8 @@ pb::NodeStatusResponse Cluster::NodeStatus() {
     for (const auto& p : g.peers) (*gr->mutable_match())[p.replica] = p.match;
     gr->set_stopped(g.stopped);
     gr->set_stop_reason(g.stop_reason);
+    for (uint64_t v : g.voters) gr->add_voters(v);
+    for (uint64_t l : g.learners) gr->add_learners(l);
   }
   return r;
 }
@@ -1448,8 +1699,19 @@ ClusterStatus Cluster::Status() const {
     }
     out.groups.push_back(std::move(g));
   };
+  // The metadata group's members (replica id = node id): as its leader has
+  // them, else every member node.
   std::map<uint64_t, uint64_t> meta_replicas;
-  for (const auto& s : membership_.seeds) meta_replicas[s.node_id] = s.node_id;
+  for (const auto& [node, r] : by_group[kMetadataGroup]) {
+    if (!r->is_leader()) continue;
+    for (uint64_t v : r->voters()) meta_replicas[v] = v;
+    for (uint64_t l : r->learners()) meta_replicas[l] = l;
+  }
+  if (meta_replicas.empty()) {
+    for (const auto& [id, n] : st.nodes) {
+      if (!st.removed_nodes.count(id)) meta_replicas[id] = id;
+    }
+  }
   build(kMetadataGroup, "", 0, meta_replicas);
   for (const auto& [gid, g] : st.groups) build(gid, g.collection, g.shard, g.replicas);
   return out;

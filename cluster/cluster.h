@@ -186,14 +186,27 @@ class Cluster final : public Database, private PeerHandler {
   absl::Status AwaitMembership();
   pb::HelloResponse SelfHello() const;
   absl::Status ProposeMetadata(const MetadataCommand& cmd, uint64_t* result);
+  // Proposes through this node's replica of group 0, or through another
+  // member when that one knows no leader (a node joining). Not retried.
+  absl::Status ProposeMetadataAnywhere(const MetadataCommand& cmd);
+  // Becomes a member of the existing `cluster`: in place of a lost node of
+  // the same name, or as a new node. Writes the membership record.
+  absl::Status Join(const Membership& cluster);
   absl::StatusOr<uint64_t> ProposeAndWait(uint64_t gid, const std::string& data,
                                           std::chrono::steady_clock::time_point deadline);
   absl::Status ReadIndexAndWait(uint64_t gid, std::chrono::steady_clock::time_point deadline);
+  // A linearizable read point of the metadata group, retried until the
+  // request timeout; then this node's state of it is current.
+  absl::Status MetadataReadIndex();
   // Sends `req` to the next node (*next_node, counted up) holding a replica
   // of `gid`; its answer, or why there is none.
   absl::StatusOr<pb::ShardResponse> SendToReplica(uint64_t gid, const pb::ShardRequest& req, size_t* next_node);
   void Reconcile();
   void ReconcileLoop();
+  // For every group this node leads: moves replicas off nodes that were
+  // replaced, one membership change at a time; makes every member follow
+  // the metadata group.
+  void MoveReplicas();
   void MaintenanceLoop();
   std::shared_ptr<ShardReplica> LocalReplica(uint64_t gid) const;
   std::vector<uint64_t> NodesOf(uint64_t gid) const;
@@ -241,6 +254,8 @@ class Cluster final : public Database, private PeerHandler {
   bool stop_ = false;   // guarded by loop_mu_
   bool dirty_ = false;  // guarded by loop_mu_: the metadata changed
   std::mutex reconcile_mu_;  // one Reconcile at a time
+  // The replica -> node map each group's loop was given. Guarded by reconcile_mu_.
+  std::map<uint64_t, std::map<uint64_t, uint64_t>> replica_nodes_;
   std::thread reconciler_;
   std::thread maintenance_;
 };

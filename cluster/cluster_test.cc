@@ -11,6 +11,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -355,6 +356,81 @@ TEST_F(ClusterTest, AReplicaBehindTheCompactedLogCatchesUpFromSnapshotFiles) {
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, 1500u);
   ExpectReplicasAlike();
+}
+
+// A node whose disk was wiped comes back under its name with a new id: it
+// joins in place of its former self (never forming a cluster of its own),
+// every replica the old id held is re-created on it from the leaders'
+// snapshots, the old id leaves every group, and the new replicas count in
+// the quorums.
+TEST_F(ClusterTest, AWipedNodeJoinsInPlaceOfItsFormerSelf) {
+  compact_after_ = 20;
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  cfg.num_shards = 2;
+  auto c = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (uint64_t b = 0; b < 30; ++b) {
+    std::vector<Point> batch;
+    for (uint64_t i = b * 10; i < b * 10 + 10; ++i) batch.push_back(Point{PointId(i), Vec(i), "", ""});
+    ASSERT_TRUE((*c)->Upsert(batch).ok());
+  }
+  const uint64_t old_id = Node(2).node_id();
+  nodes_.erase(2);
+  fs::remove_all(Options(2).data_dir);
+  ASSERT_TRUE((*c)->Upsert({Point{PointId(uint64_t{300}), Vec(300), "", ""}}).ok());
+  OpenNodes({2});
+  const uint64_t new_id = Node(2).node_id();
+  EXPECT_NE(new_id, old_id);
+  EXPECT_EQ(Node(2).cluster_id(), Node(0).cluster_id());
+  // Every group, the metadata's too, ends on the three live nodes.
+  const std::set<uint64_t> live = {Node(0).node_id(), Node(1).node_id(), new_id};
+  bool moved = false;
+  ClusterStatus st;
+  for (int i = 0; i < 600 && !moved; ++i) {
+    st = Node(0).Status();
+    moved = st.groups.size() == 3;
+    for (const auto& g : st.groups) {
+      std::set<uint64_t> on;
+      for (const auto& r : g.replicas) on.insert(r.node);
+      moved = moved && on == live;
+    }
+    if (!moved) std::this_thread::sleep_for(50ms);
+  }
+  if (!moved) {
+    for (const auto& g : st.groups) {
+      std::string reps;
+      for (const auto& r : g.replicas) absl::StrAppend(&reps, " ", r.replica, "@", r.node);
+      ADD_FAILURE() << "group " << g.group << " leader " << g.leader_node << ":" << reps;
+    }
+  }
+  ASSERT_TRUE(moved) << "the replicas of the wiped node did not move to its new id within 30 s";
+  for (const auto& n : st.nodes) {
+    if (n.id == old_id) EXPECT_EQ(n.state, "removed");
+    if (n.id == new_id) EXPECT_EQ(n.state, "active");
+  }
+  auto c2 = Node(2).GetCollection("docs");
+  ASSERT_TRUE(c2.ok()) << c2.status();
+  auto n = (*c2)->Count(nullptr);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 301u);
+  ExpectReplicasAlike();
+  // With node 0 down, writes need node 2's new replicas to vote.
+  nodes_.erase(0);
+  auto c1 = Node(1).GetCollection("docs");
+  ASSERT_TRUE(c1.ok());
+  ASSERT_TRUE((*c1)->Upsert({Point{PointId(uint64_t{301}), Vec(301), "", ""}}).ok());
+  auto n2 = (*c2)->Count(nullptr);
+  ASSERT_TRUE(n2.ok()) << n2.status();
+  EXPECT_EQ(*n2, 302u);
+  // The new node restarts as a member like any other.
+  nodes_.erase(2);
+  OpenNodes({2});
+  EXPECT_EQ(Node(2).node_id(), new_id);
+  auto again = (*Node(2).GetCollection("docs"))->Count(nullptr);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, 302u);
 }
 
 // Five seeds: the metadata group's voters are the first three, the other two

@@ -339,7 +339,12 @@ class PeerServer::Service final : public pb::Peer::CallbackService {
               ours.empty() ? "this node is not in a cluster yet"
                            : absl::StrCat("batch for cluster \"", batch_.cluster_id(), "\" node ", batch_.to_node(),
                                           ", but this is cluster \"", ours, "\" node ", s_->handler_->NodeId());
-          if (!ours.empty()) {
+          // Logged once a minute at most: a peer retries its stream.
+          static std::atomic<int64_t> last_log_s{0};
+          const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(
+                                    std::chrono::steady_clock::now().time_since_epoch())
+                                    .count();
+          if (!ours.empty() && now_s - last_log_s.exchange(now_s) >= 60) {
             std::fprintf(stderr, "cairn: peer: refused Raft messages from node %llu: %s\n",
                          static_cast<unsigned long long>(batch_.from_node()), why.c_str());
           }

@@ -268,12 +268,21 @@ class ClusterFaultTest : public ::testing::Test {
     return -1;
   }
 
-  // Reads `key` through `node` into the history (a failed read says nothing).
-  void Read(Node& node, uint64_t client, const std::string& key) {
-    sim::HistoryOp op;
-    op.client = client;
-    op.op.key = key;
-    op.op.kind = sim::KvOp::Kind::kGet;
+  // Point `key` with payload {"v": value} through `node`.
+  static grpc::Status Put(Node& node, const std::string& key, const std::string& value, float x = 0) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 3s);
+    v1::UpsertRequest req;
+    req.set_collection(kCollection);
+    auto* p = req.add_points();
+    p->mutable_id()->set_str(key);
+    for (float f : {1.0f, 2.0f, 3.0f, x}) p->add_vector(f);
+    (*p->mutable_payload()->mutable_fields())["v"].set_string_value(value);
+    v1::UpsertResponse resp;
+    return v1::Points::NewStub(node.channel())->Upsert(&ctx, req, &resp);
+  }
+  // The "v" of point `key` through `node` (sim::kAbsent when there is none).
+  static grpc::Status Get(Node& node, const std::string& key, std::string* value) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + 3s);
     v1::GetPointsRequest req;
@@ -281,18 +290,29 @@ class ClusterFaultTest : public ::testing::Test {
     req.add_ids()->set_str(key);
     req.set_with_payload(true);
     v1::GetPointsResponse resp;
-    op.call = Now();
     grpc::Status s = v1::Points::NewStub(node.channel())->Get(&ctx, req, &resp);
-    op.ret = Now();
-    if (!s.ok()) return;
-    op.completed = true;
+    if (!s.ok()) return s;
     if (resp.results_size() != 1 || !resp.results(0).found()) {
-      op.output = std::string(sim::kAbsent);
+      *value = std::string(sim::kAbsent);
     } else {
       const auto& fields = resp.results(0).record().payload().fields();
       auto v = fields.find("v");
-      op.output = v == fields.end() ? "<no v>" : v->second.string_value();
+      *value = v == fields.end() ? "<no v>" : v->second.string_value();
     }
+    return s;
+  }
+
+  // Reads `key` through `node` into the history (a failed read says nothing).
+  void Read(Node& node, uint64_t client, const std::string& key) {
+    sim::HistoryOp op;
+    op.client = client;
+    op.op.key = key;
+    op.op.kind = sim::KvOp::Kind::kGet;
+    op.call = Now();
+    grpc::Status s = Get(node, key, &op.output);
+    op.ret = Now();
+    if (!s.ok()) return;
+    op.completed = true;
     reads_.fetch_add(1);
     std::lock_guard l(mu_);
     history_.push_back(std::move(op));
@@ -313,20 +333,11 @@ class ClusterFaultTest : public ::testing::Test {
           sim::HistoryOp op;
           op.client = static_cast<uint64_t>(c);
           op.op.key = key;
-          grpc::ClientContext ctx;
-          ctx.set_deadline(std::chrono::system_clock::now() + 3s);
           op.call = Now();
           if (put) {
             op.op.kind = sim::KvOp::Kind::kPut;
             op.op.value = absl::StrCat("c", c, "-", n++);
-            v1::UpsertRequest req;
-            req.set_collection(kCollection);
-            auto* p = req.add_points();
-            p->mutable_id()->set_str(key);
-            for (float x : {1.0f, 2.0f, 3.0f, static_cast<float>(n % 100)}) p->add_vector(x);
-            (*p->mutable_payload()->mutable_fields())["v"].set_string_value(op.op.value);
-            v1::UpsertResponse resp;
-            grpc::Status s = v1::Points::NewStub(node.channel())->Upsert(&ctx, req, &resp);
+            grpc::Status s = Put(node, key, op.op.value, static_cast<float>(n % 100));
             op.ret = Now();
             // A failed write may still have been applied: it stays open.
             op.completed = s.ok();
@@ -489,7 +500,7 @@ TEST_F(ClusterFaultTest, FaultsLoseNoAcknowledgedWriteAndHistoriesStayLinearizab
   }
 }
 
-TEST_F(ClusterFaultTest, AWipedNodeNeverFormsAClusterAndAnotherNodesDiskIsRefused) {
+TEST_F(ClusterFaultTest, AWipedNodeJoinsInPlaceOfItsFormerSelfAndAnotherNodesDiskIsRefused) {
   for (auto& n : nodes_) n->Start();
   for (auto& n : nodes_) ASSERT_TRUE(n->WaitReady()) << n->Log();
   const std::string cluster_id = Status(*nodes_[0]).cluster_id();
@@ -506,28 +517,77 @@ TEST_F(ClusterFaultTest, AWipedNodeNeverFormsAClusterAndAnotherNodesDiskIsRefuse
   nodes_[1]->Start();
   ASSERT_TRUE(nodes_[1]->WaitReady()) << nodes_[1]->Log();
 
-  // cairn-2's disk is wiped while it is down: with its peers up, it must not
-  // bootstrap a second cluster (and, unable to join in this version, waits).
+  // A collection whose shards have a replica on every node.
+  {
+    auto stub = v1::Collections::NewStub(nodes_[1]->channel());
+    grpc::ClientContext ctx;
+    v1::CreateCollectionRequest req;
+    req.set_name(kCollection);
+    req.mutable_config()->set_dimension(4);
+    req.mutable_config()->set_num_shards(2);
+    v1::CollectionInfo info;
+    grpc::Status s = stub->Create(&ctx, req, &info);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  for (int k = 0; k < kKeys; ++k) {
+    grpc::Status s = Put(*nodes_[0], absl::StrCat("k", k), absl::StrCat("v", k));
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  uint64_t old_id = 0;
+  const auto before = Status(*nodes_[0]);
+  for (const auto& n : before.nodes()) {
+    if (n.name() == "cairn-2") old_id = n.id();
+  }
+  ASSERT_NE(old_id, 0u);
+
+  // cairn-2's disk is wiped while it is down: it must not bootstrap a second
+  // cluster, but join this one with a new id in place of its former self.
+  nodes_[2]->Kill(SIGKILL);
   fs::remove_all(nodes_[2]->dir() + "/data");
   const size_t log_before = nodes_[2]->Log().size();
   nodes_[2]->Start();
-  EXPECT_FALSE(nodes_[2]->WaitReady(5s)) << "a wiped node started serving:\n" << nodes_[2]->Log();
-  EXPECT_TRUE(nodes_[2]->Running());
+  ASSERT_TRUE(nodes_[2]->WaitReady()) << nodes_[2]->Log();
   const std::string log = nodes_[2]->Log().substr(log_before);
-  EXPECT_NE(log.find(absl::StrCat("is in cluster ", cluster_id)), std::string::npos) << log;
+  EXPECT_NE(log.find(absl::StrCat("joined cluster ", cluster_id, " in place of node ", old_id)), std::string::npos)
+      << log;
   EXPECT_EQ(log.find("formed"), std::string::npos) << log;
-  // The two others still serve, in the same cluster.
-  auto st = Status(*nodes_[0]);
-  EXPECT_EQ(st.cluster_id(), cluster_id);
-  auto stub = v1::Collections::NewStub(nodes_[1]->channel());
-  grpc::ClientContext ctx;
-  v1::CreateCollectionRequest req;
-  req.set_name("after");
-  req.mutable_config()->set_dimension(2);
-  req.mutable_config()->set_replication_factor(2);
-  v1::CollectionInfo info;
-  grpc::Status s = stub->Create(&ctx, req, &info);
-  EXPECT_TRUE(s.ok()) << s.error_message();
+  // Every group ends on the three live nodes, the old id removed.
+  bool moved = false;
+  for (int i = 0; i < 600 && !moved; ++i) {
+    auto st = Status(*nodes_[0]);
+    EXPECT_EQ(st.cluster_id(), cluster_id);
+    uint64_t new_id = 0;
+    for (const auto& n : st.nodes()) {
+      if (n.name() == "cairn-2" && n.state() == "active") new_id = n.id();
+      if (n.id() == old_id) moved = n.state() == "removed";
+    }
+    moved = moved && new_id != 0 && new_id != old_id && st.groups_size() == 3;
+    for (const auto& g : st.groups()) {
+      bool on_new = false;
+      for (const auto& r : g.replicas()) {
+        moved = moved && r.node_id() != old_id;
+        on_new = on_new || r.node_id() == new_id;
+      }
+      moved = moved && on_new;
+    }
+    if (!moved) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(moved) << "the groups did not move off the wiped node's old id within 30 s";
+  // Its data came back: every key reads the same through it.
+  for (int k = 0; k < kKeys; ++k) {
+    std::string v;
+    grpc::Status s = Get(*nodes_[2], absl::StrCat("k", k), &v);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(v, absl::StrCat("v", k));
+  }
+  // And its replicas count: with cairn-0 down, writes need cairn-2's votes.
+  nodes_[0]->Kill(SIGKILL);
+  grpc::Status put = grpc::Status::CANCELLED;
+  for (int attempt = 0; attempt < 10 && !put.ok(); ++attempt) put = Put(*nodes_[1], "k0", "after");
+  ASSERT_TRUE(put.ok()) << put.error_message();
+  std::string v;
+  ASSERT_TRUE(Get(*nodes_[2], "k0", &v).ok());
+  EXPECT_EQ(v, "after");
 }
 
 }  // namespace
