@@ -14,7 +14,9 @@
 //     node's disk is refused.
 //
 // CAIRN_CLUSTER_ROUNDS sets the fault rounds (default 2: about a minute; the
-// slow label runs 20). CAIRN_TEST_SEED picks the faults; the seed is printed.
+// slow label runs 20), CAIRN_CLUSTER_NODES the nodes (default 3; the slow
+// label runs 5), CAIRN_CLUSTER_SOAK_SECONDS a time to keep going for (the
+// slow label soaks 600 s). CAIRN_TEST_SEED picks the faults; it is printed.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -338,12 +340,16 @@ class ClusterFaultTest : public ::testing::Test {
     rng_.seed(seed_);
     const char* r = std::getenv("CAIRN_CLUSTER_ROUNDS");
     rounds_ = r ? std::atoi(r) : 2;
+    const char* soak = std::getenv("CAIRN_CLUSTER_SOAK_SECONDS");
+    soak_ = std::chrono::seconds(soak ? std::atoi(soak) : 0);
+    const char* n = std::getenv("CAIRN_CLUSTER_NODES");
+    size_ = std::clamp(n ? std::atoi(n) : 3, 3, 9);
     dir_ = (fs::path(::testing::TempDir()) / absl::StrCat("cairn-cluster-", ::getpid())).string();
     fs::remove_all(dir_);
     std::vector<std::string> peers;
-    for (int i = 0; i < 3; ++i) peers.push_back(absl::StrCat("127.0.0.1:", FreePort()));
+    for (int i = 0; i < size_; ++i) peers.push_back(absl::StrCat("127.0.0.1:", FreePort()));
     std::string seeds = absl::StrJoin(peers, ",");
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < size_; ++i) {
       nodes_.push_back(std::make_unique<Node>(i, absl::StrCat(dir_, "/cairn-", i), FreePort(), FreePort(), peers[i],
                                               seeds));
     }
@@ -541,7 +547,7 @@ class ClusterFaultTest : public ::testing::Test {
     }
     ASSERT_EQ(sums.size(), 2u);
     for (const auto& [group, cs] : sums) {
-      ASSERT_EQ(cs.size(), 3u) << "group " << group;
+      ASSERT_EQ(cs.size(), 3u) << "group " << group;  // the default replication factor
       // Applied indexes may differ by the leaders' no-op entries of elections
       // during the shutdown (no client writes then); the data may not.
       for (const auto& [node, c] : cs) {
@@ -569,24 +575,32 @@ class ClusterFaultTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
 
-  // Replaces the nodes with three in network namespaces of their own; false
+  // Replaces the nodes with as many in network namespaces of their own; false
   // when namespaces cannot be made here (not root).
   bool UseNetworkNamespaces() {
-    netns_ = Netns::Create(3);
+    netns_ = Netns::Create(size_);
     if (!netns_) return false;
     const std::string secret = dir_ + "/cluster-secret";
     fs::create_directories(dir_);
     std::ofstream(secret) << "a secret the nodes of this test share";
     std::vector<std::string> peers;
-    for (int i = 0; i < 3; ++i) peers.push_back(absl::StrCat(netns_->Ip(i), ":7602"));
+    for (int i = 0; i < size_; ++i) peers.push_back(absl::StrCat(netns_->Ip(i), ":7602"));
     nodes_.clear();
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < size_; ++i) {
       nodes_.push_back(std::make_unique<Node>(i, absl::StrCat(dir_, "/cairn-", i), 7600, 7601, peers[i],
                                               absl::StrJoin(peers, ","), netns_->Ip(i), netns_->Name(i), secret));
     }
     return true;
   }
 
+  // Whether round `round` runs: the rounds asked for, and then more until
+  // the soak time has passed since `start`.
+  bool MoreRounds(int round, Clock::time_point start) const {
+    return round < rounds_ || Clock::now() - start < soak_;
+  }
+
+  int size_ = 3;  // nodes
+  std::chrono::seconds soak_{0};
   std::unique_ptr<Netns> netns_;  // destroyed after the nodes
   std::string dir_;
   std::vector<std::unique_ptr<Node>> nodes_;
@@ -604,8 +618,9 @@ TEST_F(ClusterFaultTest, FaultsLoseNoAcknowledgedWriteAndHistoriesStayLinearizab
   std::thread clients([&] { RunClients(&stop, 4); });
   std::this_thread::sleep_for(2s);
   double worst_gap = 0;
-  int faults = 0;
-  for (int round = 0; round < rounds_; ++round) {
+  int faults = 0, rounds = 0;
+  const auto start = Clock::now();
+  for (int round = 0; MoreRounds(round, start); ++round, ++rounds) {
     // kill -9 of a shard's leader; how long until writes are acknowledged again.
     const int leader = LeaderOfAShard();
     ASSERT_GE(leader, 0);
@@ -647,8 +662,9 @@ TEST_F(ClusterFaultTest, FaultsLoseNoAcknowledgedWriteAndHistoriesStayLinearizab
   stop = true;
   clients.join();
 
-  CheckHistoryAndReplicas(absl::StrFormat("rounds %d, faults %d, longest write gap after a leader kill %.2f s",
-                                          rounds_, faults, worst_gap),
+  CheckHistoryAndReplicas(absl::StrFormat("%d nodes, rounds %d, faults %d, longest write gap after a leader kill "
+                                          "%.2f s",
+                                          size_, rounds, faults, worst_gap),
                           /*expect_snapshots=*/true);
 }
 
@@ -674,39 +690,47 @@ TEST_F(ClusterFaultTest, PartitionsLoseNoAcknowledgedWriteAndHeal) {
     netns_->Heal();
     std::this_thread::sleep_for(1s);
   };
-  for (int round = 0; round < rounds_; ++round) {
-    // The leader of a shard, cut off from both others: the majority elects
-    // another and goes on; the old leader commits nothing alone.
+  int rounds = 0;
+  const auto start = Clock::now();
+  for (int round = 0; MoreRounds(round, start); ++round, ++rounds) {
+    // The leader of a shard, cut off from every other node: the majority
+    // elects another and goes on; the old leader commits nothing alone.
     const int leader = LeaderOfAShard();
     ASSERT_GE(leader, 0);
-    for (int other = 0; other < 3; ++other) {
+    for (int other = 0; other < size_; ++other) {
       if (other == leader) continue;
       netns_->Cut(leader, other);
       netns_->Cut(other, leader);
     }
     cut_for(3s);
     // One direction only: a's packets to b are lost, b's to a arrive.
-    const int a = static_cast<int>(rng_() % 3), b = (a + 1 + static_cast<int>(rng_() % 2)) % 3;
+    const int a = static_cast<int>(rng_() % size_);
+    const int b = (a + 1 + static_cast<int>(rng_() % (size_ - 1))) % size_;
     netns_->Cut(a, b);
     cut_for(3s);
-    // A random node alone, the other two together.
-    const int alone = static_cast<int>(rng_() % 3);
-    for (int other = 0; other < 3; ++other) {
-      if (other == alone) continue;
-      netns_->Cut(alone, other);
-      netns_->Cut(other, alone);
+    // Two halves (with three nodes, a node alone and the other two).
+    std::vector<int> order(size_);
+    for (int i = 0; i < size_; ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), rng_);
+    for (int i = 0; i < size_ / 2; ++i) {
+      for (int j = size_ / 2; j < size_; ++j) {
+        netns_->Cut(order[i], order[j]);
+        netns_->Cut(order[j], order[i]);
+      }
     }
     cut_for(3s);
   }
   stop = true;
   clients.join();
   EXPECT_GT(acked_while_cut, 0u) << "no write was acknowledged during a partition: the majority must go on";
-  CheckHistoryAndReplicas(absl::StrFormat("partition rounds %d, partitions %d, writes acknowledged while cut %llu",
-                                          rounds_, partitions, static_cast<unsigned long long>(acked_while_cut)),
+  CheckHistoryAndReplicas(absl::StrFormat("%d nodes, partition rounds %d, partitions %d, writes acknowledged while "
+                                          "cut %llu",
+                                          size_, rounds, partitions, static_cast<unsigned long long>(acked_while_cut)),
                           /*expect_snapshots=*/false);
 }
 
 TEST_F(ClusterFaultTest, AWipedNodeJoinsInPlaceOfItsFormerSelfAndAnotherNodesDiskIsRefused) {
+  if (size_ != 3) GTEST_SKIP() << "written for three nodes, each holding a replica of every shard";
   ASSERT_NO_FATAL_FAILURE(StartAll());
   const std::string cluster_id = Status(*nodes_[0]).cluster_id();
   ASSERT_FALSE(cluster_id.empty());
