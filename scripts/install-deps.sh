@@ -13,6 +13,7 @@ PACKAGES=(
   python3-grpcio python3-protobuf openssl
   libhdf5-dev
   dataset-fashion-mnist
+  iproute2  # ip netns: the cluster partition tests (as root)
 )
 
 missing=()
