@@ -8,6 +8,9 @@
 #   scripts/local-cluster.sh status        cairn cluster status (through node 0)
 #   scripts/local-cluster.sh kill I        kill -9 node I (try a failover)
 #   scripts/local-cluster.sh restart I     start node I again on its data
+#   scripts/local-cluster.sh wipe-node I   kill -9 node I, delete its data, start
+#                                          it again: it joins under a new id in
+#                                          place of its former self
 #   scripts/local-cluster.sh stop          SIGTERM every node, wait for them
 #   scripts/local-cluster.sh wipe          stop, then delete DIR
 #
@@ -83,6 +86,18 @@ case "$cmd" in
     wait_ready "$i"
     echo "local-cluster: node $i serving again"
     ;;
+  wipe-node)
+    i=${2:?wipe-node I}
+    [ -d "$DIR/cairn-$i" ] || die "no node $i in $DIR"
+    if alive "$i"; then
+      kill -9 "$(pid_of "$i")"
+      for t in $(seq 1 100); do alive "$i" || break; sleep 0.1; done
+    fi
+    rm -rf "$DIR/cairn-$i/data"
+    start_node "$i" "$(cat "$DIR/cairn-$i/nodes")"
+    wait_ready "$i"
+    echo "local-cluster: node $i serving again on an empty disk (see: $0 status)"
+    ;;
   stop | wipe)
     for i in $(nodes); do
       if alive "$i"; then kill -TERM "$(pid_of "$i")"; fi
@@ -99,7 +114,7 @@ case "$cmd" in
     fi
     ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 1
     ;;
 esac
