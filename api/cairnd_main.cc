@@ -99,7 +99,7 @@ void Usage(FILE* out) {
       "  --zone ZONE             this node's failure domain, shown in the status (CAIRN_ZONE)\n"
       "  --raft-tick-ms N        the Raft clock; elections time out after 10 to 20 ticks\n"
       "                          (CAIRN_RAFT_TICK_MS; default 100)\n"
-      "  --raft-log-compact-entries N  a shard group's Raft log is cut behind a snapshot after\n"
+      "  --raft-log-compact-entries N  a group's Raft log is cut behind a snapshot after\n"
       "                          N applied entries (CAIRN_RAFT_LOG_COMPACT_ENTRIES; default\n"
       "                          20000), keeping N/4 (at most 5000) and up to 10 N for a\n"
       "                          follower behind; one further behind catches up from files\n"

@@ -797,7 +797,7 @@ absl::Status Cluster::MetadataReadIndex() {
 
 absl::Status Cluster::ProposeMetadataAnywhere(const MetadataCommand& cmd) {
   absl::Status last;
-  if (raft::Node* node = node_ptr_.load()) {
+  if (node_ptr_.load() != nullptr) {
     auto r = ProposeAndWait(kMetadataGroup, cmd.json, Clock::now() + 2s);
     if (r.ok() || !Retryable(r.status())) return r.status();
     last = r.status();

@@ -75,7 +75,7 @@ struct ClusterOptions {
   // How long a request retries a shard with no leader or no quorum before
   // it fails with Unavailable. Default: 10 s.
   std::chrono::milliseconds request_timeout{10000};
-  // Raft log compaction (raft::NodeOptions): a shard group's log is cut
+  // Raft log compaction (raft::NodeOptions): a group's log is cut
   // behind a snapshot after this many applied entries, keeping keep_entries
   // (more for a follower behind, up to max_keep_entries). Defaults: 20,000,
   // 5,000, 200,000.

@@ -407,8 +407,12 @@ TEST_F(ClusterTest, AWipedNodeJoinsInPlaceOfItsFormerSelf) {
   }
   ASSERT_TRUE(moved) << "the replicas of the wiped node did not move to its new id within 30 s";
   for (const auto& n : st.nodes) {
-    if (n.id == old_id) EXPECT_EQ(n.state, "removed");
-    if (n.id == new_id) EXPECT_EQ(n.state, "active");
+    if (n.id == old_id) {
+      EXPECT_EQ(n.state, "removed");
+    }
+    if (n.id == new_id) {
+      EXPECT_EQ(n.state, "active");
+    }
   }
   auto c2 = Node(2).GetCollection("docs");
   ASSERT_TRUE(c2.ok()) << c2.status();
@@ -431,6 +435,38 @@ TEST_F(ClusterTest, AWipedNodeJoinsInPlaceOfItsFormerSelf) {
   auto again = (*Node(2).GetCollection("docs"))->Count(nullptr);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, 302u);
+}
+
+// The metadata group's log is compacted too: nodes restart from its
+// snapshot (the whole state) and the entries after it, and a node that joins
+// later receives the snapshot.
+TEST_F(ClusterTest, TheMetadataLogIsCompactedAndItsSnapshotServesRestartsAndJoins) {
+  compact_after_ = 20;
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(Node(i % 3).CreateCollection(absl::StrCat("c", i), cfg).ok());
+    if (i % 2 == 1) {
+      ASSERT_TRUE(Node(0).DropCollection(absl::StrCat("c", i - 1)).ok());
+    }
+  }
+  double compactions = 0;
+  for (int i = 0; i < 3; ++i) compactions += Metric(Node(i), "cairn_raft_log_compactions_total{group=\"1\"");
+  EXPECT_GT(compactions, 0);
+  const auto want = Node(0).ListCollections();
+  ASSERT_EQ(want.size(), 10u);
+  nodes_.erase(1);
+  OpenNodes({1});
+  EXPECT_EQ(Node(1).ListCollections(), want);
+  // A wiped node learns the metadata from the leader's snapshot.
+  nodes_.erase(2);
+  fs::remove_all(Options(2).data_dir);
+  OpenNodes({2});
+  EXPECT_EQ(Node(2).ListCollections(), want);
+  auto c = Node(2).GetCollection("c19");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE((*c)->Upsert({Point{PointId(uint64_t{1}), Vec(1), "", ""}}).ok());
 }
 
 // Five seeds: the metadata group's voters are the first three, the other two

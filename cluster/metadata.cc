@@ -4,6 +4,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "cairn/status.h"
 #include "db/config_codec.h"
 #include "nlohmann/json.hpp"
 
@@ -169,6 +170,74 @@ absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataSta
   return out;
 }
 
+std::string EncodeMetadataState(const MetadataState& st) {
+  Json nodes = Json::array(), collections = Json::array(), groups = Json::array(), replaced = Json::array();
+  for (const auto& [id, n] : st.nodes) nodes.push_back(NodeToJson(n));
+  for (const auto& [old, now] : st.replaced_by) replaced.push_back(Json::array({old, now}));
+  for (const auto& [name, c] : st.collections) {
+    collections.push_back(Json{{"name", name}, {"config", Json::parse(db::ConfigToJson(c.config))}, {"groups", c.groups}});
+  }
+  for (const auto& [id, g] : st.groups) {
+    Json replicas = Json::array();
+    for (const auto& [r, n] : g.replicas) replicas.push_back(Json::array({r, n}));
+    groups.push_back(Json{{"group", g.group},
+                          {"collection", g.collection},
+                          {"shard", g.shard},
+                          {"replicas", replicas},
+                          {"initial_voters", g.initial_voters}});
+  }
+  return Json{{"format", 1},
+              {"applied", st.applied},
+              {"next_group", st.next_group},
+              {"next_replica", st.next_replica},
+              {"nodes", nodes},
+              {"removed_nodes", st.removed_nodes},
+              {"replaced_by", replaced},
+              {"collections", collections},
+              {"groups", groups}}
+      .dump();
+}
+
+absl::StatusOr<MetadataState> DecodeMetadataState(std::string_view data) {
+  Json j = Json::parse(data, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || j.value("format", 0) != 1) {
+    return absl::DataLossError("metadata snapshot: not a metadata state of a known format");
+  }
+  try {
+    MetadataState st;
+    st.applied = j.at("applied").get<uint64_t>();
+    st.next_group = j.at("next_group").get<uint64_t>();
+    st.next_replica = j.at("next_replica").get<uint64_t>();
+    for (const auto& n : j.at("nodes")) {
+      NodeInfo info = NodeFromJson(n);
+      st.nodes[info.id] = info;
+    }
+    st.removed_nodes = j.at("removed_nodes").get<std::set<uint64_t>>();
+    for (const auto& r : j.at("replaced_by")) st.replaced_by[r.at(0).get<uint64_t>()] = r.at(1).get<uint64_t>();
+    for (const auto& c : j.at("collections")) {
+      CollectionEntry e;
+      e.name = c.at("name").get<std::string>();
+      auto config = db::ConfigFromJson(c.at("config").dump());
+      if (!config.ok()) return absl::DataLossError(absl::StrCat("metadata snapshot: ", config.status().message()));
+      e.config = *config;
+      e.groups = c.at("groups").get<std::vector<uint64_t>>();
+      st.collections[e.name] = std::move(e);
+    }
+    for (const auto& g : j.at("groups")) {
+      ShardGroup sg;
+      sg.group = g.at("group").get<uint64_t>();
+      sg.collection = g.at("collection").get<std::string>();
+      sg.shard = g.at("shard").get<uint32_t>();
+      for (const auto& r : g.at("replicas")) sg.replicas[r.at(0).get<uint64_t>()] = r.at(1).get<uint64_t>();
+      sg.initial_voters = g.at("initial_voters").get<std::vector<uint64_t>>();
+      st.groups[sg.group] = std::move(sg);
+    }
+    return st;
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("metadata snapshot: malformed: ", e.what()));
+  }
+}
+
 MetadataMachine::MetadataMachine(std::function<void()> on_change)
     : state_(std::make_shared<const MetadataState>()), on_change_(std::move(on_change)) {}
 
@@ -178,14 +247,26 @@ std::shared_ptr<const MetadataState> MetadataMachine::State() const {
 }
 
 absl::Status MetadataMachine::Restore(const raft::Snapshot& snapshot) {
-  if (!snapshot.data.empty()) {
-    return absl::UnimplementedError("metadata snapshots with data are not made by this version");
+  std::shared_ptr<MetadataState> next;
+  if (snapshot.data.empty()) {
+    // The group's first state (empty).
+    next = std::make_shared<MetadataState>(*State());
+  } else {
+    CAIRN_ASSIGN_OR_RETURN(auto decoded, DecodeMetadataState(snapshot.data));
+    next = std::make_shared<MetadataState>(std::move(decoded));
   }
-  auto next = std::make_shared<MetadataState>(*State());
   next->applied = snapshot.meta.index;
-  std::lock_guard l(mu_);
-  state_ = std::move(next);
+  {
+    std::lock_guard l(mu_);
+    state_ = std::move(next);
+  }
+  if (on_change_) on_change_();
   return absl::OkStatus();
+}
+
+absl::StatusOr<raft::StateMachine::Compaction> MetadataMachine::PrepareCompaction() {
+  const auto st = State();
+  return Compaction{st->applied, EncodeMetadataState(*st)};
 }
 
 absl::Status MetadataMachine::Apply(const std::vector<raft::Entry>& entries,

@@ -10,8 +10,9 @@
 // allocates) and apply only checks it against the state at that index, and
 // refuses it (Aborted: retry with a fresh view) when the state moved on.
 //
-// The state lives in memory and is rebuilt from the log at start (the log of
-// this group is small and is not compacted yet).
+// The state lives in memory and is rebuilt at start from the log: its
+// snapshot (the whole state, when the log was compacted) and the entries
+// after it.
 //
 // Thread-safety: all methods are thread-safe; Apply runs on the node loop's
 // apply pool, readers take a copy of the state.
@@ -79,6 +80,11 @@ struct MetadataState {
   std::vector<const ShardGroup*> GroupsOn(uint64_t node) const;
 };
 
+// The whole state as bytes (a snapshot of the metadata group), and back.
+// DataLoss when malformed.
+std::string EncodeMetadataState(const MetadataState& state);
+absl::StatusOr<MetadataState> DecodeMetadataState(std::string_view data);
+
 // A command for the metadata group. Build with the functions below.
 struct MetadataCommand {
   std::string json;
@@ -117,8 +123,12 @@ class MetadataMachine final : public raft::StateMachine {
 
   absl::Status Apply(const std::vector<raft::Entry>& entries,
                      std::vector<absl::StatusOr<uint64_t>>* results) override;
-  uint64_t AppliedIndex() const override { return 0; }  // rebuilt from the log at each start
+  // The state is rebuilt at each start, from the log's snapshot (its data is
+  // the whole state) and the entries after it.
+  uint64_t AppliedIndex() const override { return 0; }
   absl::Status Restore(const raft::Snapshot& snapshot) override;
+  // The whole state as of the last apply, as a snapshot's data.
+  absl::StatusOr<Compaction> PrepareCompaction() override;
 
   // The state as of the last apply: an immutable snapshot, cheap to take
   // (requests read it on every call; applies, which are rare, copy it).

@@ -179,5 +179,49 @@ TEST(MetadataMachineTest, ANodeIsReplacedUnderItsNameAndItsReplicasMove) {
   EXPECT_EQ(st.GroupsOn(99).size(), 1u);
 }
 
+// The metadata group's snapshot is its whole state: a machine restored from
+// it holds what the one that took it held.
+TEST(MetadataMachineTest, ASnapshotRestoresTheWholeState) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  for (uint64_t id : {10, 20, 30}) {
+    ASSERT_TRUE(ApplyAt(m, index++, AddNodeCommand({id, absl::StrCat("n", id), "h:1", "z"})).ok());
+  }
+  CollectionConfig cfg;
+  cfg.dimension = 8;
+  cfg.num_shards = 2;
+  cfg.replication_factor = 2;
+  auto placement = PlaceShards(*m.State(), 2, 2);
+  ASSERT_TRUE(placement.ok());
+  ASSERT_TRUE(ApplyAt(m, index++, CreateCollectionCommand(*m.State(), "docs", cfg, *placement)).ok());
+  ASSERT_TRUE(ApplyAt(m, index++, ReplaceNodeCommand(30, {99, "n30", "h:2", ""})).ok());
+  auto compaction = m.PrepareCompaction();
+  ASSERT_TRUE(compaction.ok()) << compaction.status();
+  EXPECT_EQ(compaction->index, index - 1);
+
+  int changes = 0;
+  MetadataMachine restored([&] { ++changes; });
+  raft::Snapshot snap;
+  snap.meta.index = compaction->index;
+  snap.data = compaction->data;
+  ASSERT_TRUE(restored.Restore(snap).ok());
+  EXPECT_EQ(changes, 1);
+  const MetadataState& st = *restored.State();
+  EXPECT_EQ(EncodeMetadataState(st), EncodeMetadataState(*m.State()));
+  EXPECT_EQ(st.collections.at("docs").config.dimension, 8u);
+  EXPECT_EQ(st.groups.size(), 2u);
+  EXPECT_EQ(st.replaced_by.at(30), 99u);
+  EXPECT_TRUE(st.removed_nodes.count(30));
+  EXPECT_EQ(st.nodes.at(10).zone, "z");
+  EXPECT_EQ(st.next_replica, m.State()->next_replica);
+  // It goes on from there as the original does.
+  ASSERT_TRUE(ApplyAt(restored, index, DropCollectionCommand("docs")).ok());
+  EXPECT_TRUE(restored.State()->groups.empty());
+  snap.data = "{\"format\": 7}";
+  EXPECT_EQ(restored.Restore(snap).code(), absl::StatusCode::kDataLoss);
+  snap.data = "not json";
+  EXPECT_EQ(restored.Restore(snap).code(), absl::StatusCode::kDataLoss);
+}
+
 }  // namespace
 }  // namespace cairn::cluster
