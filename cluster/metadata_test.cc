@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "cairn/status.h"
 #include "cluster/metadata.h"
 #include "gtest/gtest.h"
 
@@ -115,22 +116,28 @@ TEST(MetadataMachineTest, CommandsAreCheckedAgainstTheStateAtTheirIndex) {
   EXPECT_GE(changes, 5);
 }
 
+// Nodes 10, 20, 30 (zone "z"), then collection "docs" of dimension 8, from
+// log index *index on; the collection's first group.
+absl::StatusOr<uint64_t> ThreeNodesAndACollection(MetadataMachine& m, uint64_t* index, uint32_t shards,
+                                                  uint32_t replication_factor) {
+  for (uint64_t id : {10, 20, 30}) {
+    CAIRN_RETURN_IF_ERROR(ApplyAt(m, (*index)++, AddNodeCommand({id, absl::StrCat("n", id), "h:1", "z"})).status());
+  }
+  CollectionConfig cfg;
+  cfg.dimension = 8;
+  cfg.num_shards = shards;
+  cfg.replication_factor = replication_factor;
+  CAIRN_ASSIGN_OR_RETURN(auto placement, PlaceShards(*m.State(), shards, replication_factor));
+  return ApplyAt(m, (*index)++, CreateCollectionCommand(*m.State(), "docs", cfg, placement));
+}
+
 // A wiped node comes back under its name with a new id: it takes the old
 // one's place, the old id is refused forever, and replicas move by adding
 // one on the new node and removing the old one.
 TEST(MetadataMachineTest, ANodeIsReplacedUnderItsNameAndItsReplicasMove) {
   MetadataMachine m([] {});
   uint64_t index = 1;
-  for (uint64_t id : {10, 20, 30}) {
-    ASSERT_TRUE(ApplyAt(m, index++, AddNodeCommand({id, absl::StrCat("n", id), "h:1", ""})).ok());
-  }
-  CollectionConfig cfg;
-  cfg.dimension = 8;
-  cfg.num_shards = 1;
-  cfg.replication_factor = 3;
-  auto placement = PlaceShards(*m.State(), 1, 3);
-  ASSERT_TRUE(placement.ok());
-  auto gid = ApplyAt(m, index++, CreateCollectionCommand(*m.State(), "docs", cfg, *placement));
+  auto gid = ThreeNodesAndACollection(m, &index, /*shards=*/1, /*replication_factor=*/3);
   ASSERT_TRUE(gid.ok()) << gid.status();
 
   // Another name, a known id, or a node that is not a member: refused.
@@ -184,16 +191,7 @@ TEST(MetadataMachineTest, ANodeIsReplacedUnderItsNameAndItsReplicasMove) {
 TEST(MetadataMachineTest, ASnapshotRestoresTheWholeState) {
   MetadataMachine m([] {});
   uint64_t index = 1;
-  for (uint64_t id : {10, 20, 30}) {
-    ASSERT_TRUE(ApplyAt(m, index++, AddNodeCommand({id, absl::StrCat("n", id), "h:1", "z"})).ok());
-  }
-  CollectionConfig cfg;
-  cfg.dimension = 8;
-  cfg.num_shards = 2;
-  cfg.replication_factor = 2;
-  auto placement = PlaceShards(*m.State(), 2, 2);
-  ASSERT_TRUE(placement.ok());
-  ASSERT_TRUE(ApplyAt(m, index++, CreateCollectionCommand(*m.State(), "docs", cfg, *placement)).ok());
+  ASSERT_TRUE(ThreeNodesAndACollection(m, &index, /*shards=*/2, /*replication_factor=*/2).ok());
   ASSERT_TRUE(ApplyAt(m, index++, ReplaceNodeCommand(30, {99, "n30", "h:2", ""})).ok());
   auto compaction = m.PrepareCompaction();
   ASSERT_TRUE(compaction.ok()) << compaction.status();
