@@ -133,6 +133,38 @@ TEST_P(ConcurrencyTest, WritersSearchersDeletersAndSealingTogether) {
   EXPECT_EQ((*r)[0].score, 0.0f);
 }
 
+// A point replaced over and over while it is read: every read sees one
+// whole version of it, never an id without its payload or vector.
+TEST_P(ConcurrencyTest, AGetNeverSeesHalfOfAReplacedPoint) {
+  auto db = Database::Open(dir_.string());
+  ASSERT_TRUE(db.ok()) << db.status();
+  CollectionConfig config;
+  config.dimension = kDim;
+  config.num_shards = static_cast<uint32_t>(GetParam());
+  auto coll = (*db)->CreateCollection("c", config);
+  ASSERT_TRUE(coll.ok()) << coll.status();
+  const PointId key(std::string("k"));
+  ASSERT_TRUE((*coll)->Upsert({{key, VectorOf(0), "{\"v\":0}", ""}}).ok());
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    for (int i = 1; i <= 3000; ++i) {
+      ASSERT_TRUE((*coll)->Upsert({{key, VectorOf(i), "{\"v\":" + std::to_string(i) + "}", ""}}).ok());
+    }
+    done = true;
+  });
+  int reads = 0, torn = 0;
+  while (!done.load()) {
+    auto got = (*coll)->Get({key}, /*with_payload=*/true, /*with_vector=*/true);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE((*got)[0].has_value());
+    ++reads;
+    if ((*got)[0]->payload.find("\"v\"") == std::string::npos || (*got)[0]->vector.size() != kDim) ++torn;
+  }
+  writer.join();
+  EXPECT_GT(reads, 0);
+  EXPECT_EQ(torn, 0) << "of " << reads << " reads";
+}
+
 INSTANTIATE_TEST_SUITE_P(Shards, ConcurrencyTest, ::testing::Values(1, 3));
 
 }  // namespace
