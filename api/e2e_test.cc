@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -51,9 +52,13 @@ class Cairnd {
   void Start() {
     int fds[2];
     ASSERT_EQ(pipe(fds), 0);
+    const pid_t parent = getpid();
     pid_ = fork();
     ASSERT_GE(pid_, 0);
     if (pid_ == 0) {
+      // The server dies with the test, also when the test crashes or is killed.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
       dup2(fds[1], STDERR_FILENO);
       close(fds[0]);
       close(fds[1]);

@@ -477,8 +477,6 @@ class Cluster::SnapshotRouter final : public raft::Transport {
  public:
   explicit SnapshotRouter(Cluster* c) : c_(c) {}
   void Send(uint64_t to_node, std::vector<GroupMessage> batch) override {
-    // A removed node is never addressed (its replicas leave their groups).
-    if (c_->meta_ && c_->meta_->State()->removed_nodes.count(to_node)) return;
     std::vector<GroupMessage> rest;
     rest.reserve(batch.size());
     for (auto& gm : batch) {
@@ -975,34 +973,28 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
     SetStatus(absl::UnavailableError("this node is starting"), &resp);
     return done(resp);
   }
+  // Proposes `data` to `group` here; the answer carries the apply result.
+  auto propose = [&](uint64_t group, const std::string& data) {
+    node->Propose(group, data, deadline, [done](absl::StatusOr<uint64_t> r) {
+      pb::ShardResponse resp;
+      if (r.ok()) {
+        resp.set_result(*r);
+      } else {
+        SetStatus(r.status(), &resp);
+      }
+      done(resp);
+    });
+  };
   switch (req.kind_case()) {
     case pb::ShardRequest::kCommand:
       if (!LocalReplica(gid)) {
         SetStatus(absl::UnavailableError(absl::StrCat("group ", gid, " has no replica on node ", self_.name)), &resp);
         return done(resp);
       }
-      node->Propose(gid, req.command(), deadline, [done](absl::StatusOr<uint64_t> r) {
-        pb::ShardResponse resp;
-        if (r.ok()) {
-          resp.set_result(*r);
-        } else {
-          SetStatus(r.status(), &resp);
-        }
-        done(resp);
-      });
-      return;
+      return propose(gid, req.command());
     case pb::ShardRequest::kMetadata:
       // A node that has not joined group 0 yet (or is cut off) registers itself.
-      node->Propose(kMetadataGroup, req.metadata(), deadline, [done](absl::StatusOr<uint64_t> r) {
-        pb::ShardResponse resp;
-        if (r.ok()) {
-          resp.set_result(*r);
-        } else {
-          SetStatus(r.status(), &resp);
-        }
-        done(resp);
-      });
-      return;
+      return propose(kMetadataGroup, req.metadata());
     case pb::ShardRequest::kRead: {
       auto local = LocalReplica(gid);
       if (!local) {
@@ -1160,8 +1152,14 @@ void Cluster::Reconcile() {
   std::lock_guard rl(reconcile_mu_);
   const auto st_ptr = meta_->State();
   const MetadataState& st = *st_ptr;
+  // A removed node is never addressed again (its replicas leave their groups).
   for (const auto& [id, n] : st.nodes) {
-    if (id != self_.id) clients_->SetAddress(id, n.peer_address);
+    if (id == self_.id) continue;
+    if (st.removed_nodes.count(id)) {
+      clients_->Forget(id);
+    } else {
+      clients_->SetAddress(id, n.peer_address);
+    }
   }
   // Where each group's replicas are, for the node loop (members come and go).
   auto set_nodes = [this](uint64_t gid, std::map<uint64_t, uint64_t> nodes) {

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <future>
 #include <map>
@@ -118,6 +119,40 @@ class ClusterTest : public ::testing::Test {
       return;
     }
     ADD_FAILURE() << "the replicas never reached the same applied index";
+  }
+
+  // Opens nodes 0-2 with logs compacted every 20 entries and creates "docs"
+  // (dimension 4) through node 0; null (with a failure) when it cannot.
+  std::shared_ptr<Collection> OpenCompactingWithDocs(uint32_t shards, uint64_t seal_threshold = 0) {
+    compact_after_ = 20;
+    OpenNodes({0, 1, 2});
+    if (nodes_.size() != 3) return nullptr;
+    CollectionConfig cfg;
+    cfg.dimension = 4;
+    cfg.num_shards = shards;
+    if (seal_threshold > 0) cfg.seal_threshold = seal_threshold;
+    auto c = Node(0).CreateCollection("docs", cfg);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *c : nullptr;
+  }
+  // Points [from, to), `per` to a request, payload {"b": request number}.
+  static void UpsertRange(Collection& c, uint64_t from, uint64_t to, uint64_t per) {
+    for (uint64_t first = from; first < to; first += per) {
+      std::vector<Point> batch;
+      for (uint64_t i = first; i < std::min(to, first + per); ++i) {
+        batch.push_back(Point{PointId(i), Vec(i), absl::StrCat("{\"b\":", (first - from) / per, "}"), ""});
+      }
+      ASSERT_TRUE(c.Upsert(batch).ok());
+    }
+  }
+  // The points of "docs", counted (linearizably) through node i.
+  uint64_t DocsThrough(int i) {
+    auto c = Node(i).GetCollection("docs");
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return 0;
+    auto n = (*c)->Count(nullptr);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : 0;
   }
 
   uint64_t compact_after_ = 20000;
@@ -300,25 +335,13 @@ TEST_F(ClusterTest, ANodeRestartsFromItsDiskAndCatchesUp) {
 // log past what the replica has catches up from a snapshot of the leader's
 // files (checkpoint and sealed segments), and then from the log.
 TEST_F(ClusterTest, AReplicaBehindTheCompactedLogCatchesUpFromSnapshotFiles) {
-  compact_after_ = 20;
-  OpenNodes({0, 1, 2});
-  CollectionConfig cfg;
-  cfg.dimension = 4;
-  cfg.num_shards = 1;
-  cfg.seal_threshold = 1000;
-  auto c = Node(0).CreateCollection("docs", cfg);
-  ASSERT_TRUE(c.ok()) << c.status();
-  ASSERT_TRUE((*c)->Upsert({Point{PointId(uint64_t{0}), Vec(0), "", ""}}).ok());
+  auto c = OpenCompactingWithDocs(/*shards=*/1, /*seal_threshold=*/1000);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Upsert({Point{PointId(uint64_t{0}), Vec(0), "", ""}}).ok());
   nodes_.erase(2);  // down
   auto c1 = Node(1).GetCollection("docs");
   ASSERT_TRUE(c1.ok());
-  for (uint64_t b = 0; b < 60; ++b) {
-    std::vector<Point> batch;
-    for (uint64_t i = b * 25 + 1; i <= b * 25 + 25; ++i) {
-      batch.push_back(Point{PointId(i), Vec(i), absl::StrCat("{\"b\":", b, "}"), ""});
-    }
-    ASSERT_TRUE((*c1)->Upsert(batch).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(**c1, 1, 1501, 25));
   ASSERT_TRUE((*c1)->Delete({PointId(uint64_t{5}), PointId(uint64_t{6})}).ok());
   // Sealed segments exist on the nodes that stayed (they travel as files).
   for (int i = 0; i < 200; ++i) {
@@ -331,16 +354,14 @@ TEST_F(ClusterTest, AReplicaBehindTheCompactedLogCatchesUpFromSnapshotFiles) {
                 Metric(Node(1), "cairn_raft_log_compactions_total{group=\""),
             0);
   OpenNodes({2});
-  auto c2 = Node(2).GetCollection("docs");
-  ASSERT_TRUE(c2.ok());
-  auto n = (*c2)->Count(nullptr);  // linearizable: it waits to catch up
-  ASSERT_TRUE(n.ok()) << n.status();
-  EXPECT_EQ(*n, 1499u);
+  EXPECT_EQ(DocsThrough(2), 1499u);  // linearizable: it waits to catch up
   ExpectReplicasAlike();
   EXPECT_GE(Metric(Node(2), "cairn_raft_snapshots_installed_total{"), 1);
   EXPECT_GE(Metric(Node(2), "cairn_snapshot_transfers_total{direction=\"received\",result=\"ok\"}"), 1);
   EXPECT_GT(Metric(Node(2), "cairn_snapshot_bytes_total{kind=\"fetched\"}"), 0);
   // The installed replica serves searches, and writes go on everywhere.
+  auto c2 = Node(2).GetCollection("docs");
+  ASSERT_TRUE(c2.ok());
   SearchParams p;
   p.k = 1;
   auto hits = (*c2)->Search(Vec(77), p);
@@ -352,9 +373,7 @@ TEST_F(ClusterTest, AReplicaBehindTheCompactedLogCatchesUpFromSnapshotFiles) {
   // And it restarts from the installed files.
   nodes_.erase(2);
   OpenNodes({2});
-  auto again = (*Node(2).GetCollection("docs"))->Count(nullptr);
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(*again, 1500u);
+  EXPECT_EQ(DocsThrough(2), 1500u);
   ExpectReplicasAlike();
 }
 
@@ -364,22 +383,13 @@ TEST_F(ClusterTest, AReplicaBehindTheCompactedLogCatchesUpFromSnapshotFiles) {
 // snapshots, the old id leaves every group, and the new replicas count in
 // the quorums.
 TEST_F(ClusterTest, AWipedNodeJoinsInPlaceOfItsFormerSelf) {
-  compact_after_ = 20;
-  OpenNodes({0, 1, 2});
-  CollectionConfig cfg;
-  cfg.dimension = 4;
-  cfg.num_shards = 2;
-  auto c = Node(0).CreateCollection("docs", cfg);
-  ASSERT_TRUE(c.ok()) << c.status();
-  for (uint64_t b = 0; b < 30; ++b) {
-    std::vector<Point> batch;
-    for (uint64_t i = b * 10; i < b * 10 + 10; ++i) batch.push_back(Point{PointId(i), Vec(i), "", ""});
-    ASSERT_TRUE((*c)->Upsert(batch).ok());
-  }
+  auto c = OpenCompactingWithDocs(/*shards=*/2);
+  ASSERT_NE(c, nullptr);
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 0, 300, 10));
   const uint64_t old_id = Node(2).node_id();
   nodes_.erase(2);
   fs::remove_all(Options(2).data_dir);
-  ASSERT_TRUE((*c)->Upsert({Point{PointId(uint64_t{300}), Vec(300), "", ""}}).ok());
+  ASSERT_TRUE(c->Upsert({Point{PointId(uint64_t{300}), Vec(300), "", ""}}).ok());
   OpenNodes({2});
   const uint64_t new_id = Node(2).node_id();
   EXPECT_NE(new_id, old_id);
@@ -414,27 +424,19 @@ TEST_F(ClusterTest, AWipedNodeJoinsInPlaceOfItsFormerSelf) {
       EXPECT_EQ(n.state, "active");
     }
   }
-  auto c2 = Node(2).GetCollection("docs");
-  ASSERT_TRUE(c2.ok()) << c2.status();
-  auto n = (*c2)->Count(nullptr);
-  ASSERT_TRUE(n.ok()) << n.status();
-  EXPECT_EQ(*n, 301u);
+  EXPECT_EQ(DocsThrough(2), 301u);
   ExpectReplicasAlike();
   // With node 0 down, writes need node 2's new replicas to vote.
   nodes_.erase(0);
   auto c1 = Node(1).GetCollection("docs");
   ASSERT_TRUE(c1.ok());
   ASSERT_TRUE((*c1)->Upsert({Point{PointId(uint64_t{301}), Vec(301), "", ""}}).ok());
-  auto n2 = (*c2)->Count(nullptr);
-  ASSERT_TRUE(n2.ok()) << n2.status();
-  EXPECT_EQ(*n2, 302u);
+  EXPECT_EQ(DocsThrough(2), 302u);
   // The new node restarts as a member like any other.
   nodes_.erase(2);
   OpenNodes({2});
   EXPECT_EQ(Node(2).node_id(), new_id);
-  auto again = (*Node(2).GetCollection("docs"))->Count(nullptr);
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(*again, 302u);
+  EXPECT_EQ(DocsThrough(2), 302u);
 }
 
 // The metadata group's log is compacted too: nodes restart from its

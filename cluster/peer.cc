@@ -277,6 +277,15 @@ void PeerClients::SetAddress(uint64_t node, const std::string& address) {
   }
 }
 
+void PeerClients::Forget(uint64_t node) {
+  std::unique_ptr<Link> old;
+  std::lock_guard l(mu_);
+  auto it = links_.find(node);
+  if (it == links_.end()) return;
+  old = std::move(it->second);
+  links_.erase(it);
+}
+
 void PeerClients::Send(uint64_t to_node, std::vector<GroupMessage> batch) {
   std::lock_guard l(mu_);
   auto it = links_.find(to_node);

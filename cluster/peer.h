@@ -62,12 +62,15 @@ class PeerClients final : public raft::Transport {
   void SetClusterId(const std::string& id);
   // Where node `node`'s peer port is. A new address replaces the old stream.
   void SetAddress(uint64_t node, const std::string& address);
+  // Stops sending to `node` (removed from the cluster): batches for it are
+  // dropped from now on.
+  void Forget(uint64_t node);
   // Who hears of unreachable peers (nullptr: nobody).
   void SetNode(raft::Node* node);
 
   void Send(uint64_t to_node, std::vector<GroupMessage> batch) override;
 
-  // A stub for unary calls to `address` (over one channel per address, kept:
+  // The gRPC client for unary calls to `address` (over one channel per address, kept:
   // a forwarded request does not open a connection), and a context carrying
   // the secret and a deadline.
   std::unique_ptr<pb::Peer::Stub> StubFor(const std::string& address);

@@ -108,12 +108,6 @@ absl::Status FetchFile(const SnapshotFile& f, const std::string& path, uint64_t 
 
 // ---- descriptor -------------------------------------------------------------------
 
-uint64_t SnapshotDescriptor::bytes() const {
-  uint64_t n = 0;
-  for (const auto& f : files) n += f.size;
-  return n;
-}
-
 std::string SnapshotDescriptor::Encode() const {
   std::string out;
   PutString(&out, kDescriptorMagic);
@@ -311,7 +305,11 @@ void SnapshotSender::Offer(uint64_t to_node, raft::Transport::GroupMessage gm) {
 void SnapshotSender::Run() {
   std::unique_lock l(mu_);
   while (!stop_) {
-    cv_.wait_for(l, std::chrono::milliseconds(100), [this] { return stop_ || !offers_.empty(); });
+    // Idle, it sleeps until an offer; with transfers or retries to watch, it
+    // looks again every 100 ms.
+    const auto wait = transfers_.empty() && retries_.empty() ? std::chrono::milliseconds(3600 * 1000)
+                                                              : std::chrono::milliseconds(100);
+    cv_.wait_for(l, wait, [this] { return stop_ || !offers_.empty(); });
     if (stop_) break;
     const auto now = Clock::now();
     for (auto it = transfers_.begin(); it != transfers_.end();) {
@@ -435,6 +433,7 @@ void SnapshotSender::Done(const std::string& id, bool ok, const std::string& err
                  static_cast<unsigned long long>(it->second.to_node), error.c_str());
   }
   EndLocked(id, ok);
+  cv_.notify_all();  // a retry to time
 }
 
 void SnapshotSender::EndLocked(const std::string& id, bool ok) {

@@ -65,7 +65,6 @@ struct SnapshotDescriptor {
   uint64_t source_node = 0;  // serves the files
   std::vector<SnapshotFile> files;
 
-  uint64_t bytes() const;
   std::string Encode() const;
   // DataLoss when malformed; InvalidArgument when a path is unsafe.
   static absl::StatusOr<SnapshotDescriptor> Decode(std::string_view data);

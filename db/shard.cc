@@ -1016,30 +1016,22 @@ absl::Status Shard::Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
 absl::Status Shard::Get(const std::vector<std::string>& ext_keys, bool with_payload,
                         bool with_vector, std::vector<std::optional<Record>>* out) const {
   out->assign(ext_keys.size(), std::nullopt);
-  // Reads are not one snapshot: a point replaced between reading its id and
-  // reading its payload (a new internal id, the old one's payload deleted)
-  // would come back without a payload. Internal ids are never reused, so
-  // when the ids read again are the same, what was read belongs to them.
-  std::vector<std::optional<std::string>> ids, again, payloads, vectors;
+  // One point in time for the ids and what they point to: a point replaced
+  // in between must not come back as an id without its payload.
+  const auto view = kv_->NewReadView();
+  std::vector<std::optional<std::string>> ids;
+  CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kIds, ext_keys, &ids, view.get()));
   std::vector<std::string> keys;
   std::vector<size_t> where;
-  for (int attempt = 0;; ++attempt) {
-    CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kIds, ext_keys, &ids));
-    keys.clear();
-    where.clear();
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] && ids[i]->size() == 8) {
-        keys.push_back(*ids[i]);
-        where.push_back(i);
-      }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] && ids[i]->size() == 8) {
+      keys.push_back(*ids[i]);
+      where.push_back(i);
     }
-    if (with_payload) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kPayloads, keys, &payloads));
-    if (with_vector) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kVectors, keys, &vectors));
-    if (!with_payload && !with_vector) break;
-    CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kIds, ext_keys, &again));
-    if (again == ids) break;
-    if (attempt >= 100) return absl::AbortedError("get: the points kept changing while being read; retry");
   }
+  std::vector<std::optional<std::string>> payloads, vectors;
+  if (with_payload) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kPayloads, keys, &payloads, view.get()));
+  if (with_vector) CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kVectors, keys, &vectors, view.get()));
   for (size_t j = 0; j < keys.size(); ++j) {
     Record r;
     CAIRN_ASSIGN_OR_RETURN(r.id, DecodeExternalKey(ext_keys[where[j]]));

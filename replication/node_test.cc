@@ -83,7 +83,8 @@ class NodeTest : public ::testing::Test {
     return m;
   }
 
-  void StartNode(uint64_t n, bool first) {
+  // Node n's loop on its log store, attached to the network, hosting nothing.
+  void StartLoop(uint64_t n) {
     auto store = LogStore::Open(absl::StrCat(dir_, "/node-", n));
     ASSERT_TRUE(store.ok()) << store.status();
     stores_[n] = std::move(*store);
@@ -101,6 +102,10 @@ class NodeTest : public ::testing::Test {
     ASSERT_TRUE(node.ok()) << node.status();
     nodes_[n] = std::move(*node);
     hub_.Attach(n, nodes_[n].get());
+  }
+
+  void StartNode(uint64_t n, bool first) {
+    ASSERT_NO_FATAL_FAILURE(StartLoop(n));
     for (uint64_t g : {kGroupA, kGroupB}) {
       auto& sm = machines_[{g, n}];
       if (!sm) sm = std::make_unique<RecordingMachine>();
@@ -387,21 +392,7 @@ TEST_F(NodeTest, ALostMemberIsReplacedByALearnerThatCatchesUpAndIsPromoted) {
   auto members = Members(kGroupA);
   members[new_replica] = kNew;
   {
-    auto store = LogStore::Open(absl::StrCat(dir_, "/node-4"));
-    ASSERT_TRUE(store.ok()) << store.status();
-    stores_[kNew] = std::move(*store);
-    NodeOptions o;
-    o.node_id = kNew;
-    o.store = stores_[kNew].get();
-    o.transport = hub_.TransportFor(kNew);
-    o.tick = 10ms;
-    o.compact_after_entries = compact_after_;
-    o.keep_entries = keep_;
-    o.max_keep_entries = max_keep_;
-    auto node = Node::Start(o);
-    ASSERT_TRUE(node.ok()) << node.status();
-    nodes_[kNew] = std::move(*node);
-    hub_.Attach(kNew, nodes_[kNew].get());
+    ASSERT_NO_FATAL_FAILURE(StartLoop(kNew));
     machines_[{kGroupA, kNew}] = std::make_unique<RecordingMachine>();
     GroupSpec spec;  // no initial voters: it waits for the leader
     spec.group = kGroupA;

@@ -226,8 +226,16 @@ absl::StatusOr<std::optional<std::string>> KvStore::Get(Cf cf, std::string_view 
   return std::optional<std::string>(std::move(value));
 }
 
+KvStore::ReadView::~ReadView() {
+  store_->rep_->db->ReleaseSnapshot(static_cast<const rocksdb::Snapshot*>(snapshot_));
+}
+
+std::unique_ptr<KvStore::ReadView> KvStore::NewReadView() const {
+  return std::unique_ptr<ReadView>(new ReadView(this, rep_->db->GetSnapshot()));
+}
+
 absl::Status KvStore::MultiGet(Cf cf, absl::Span<const std::string> keys,
-                               std::vector<std::optional<std::string>>* out) const {
+                               std::vector<std::optional<std::string>>* out, const ReadView* at) const {
   out->assign(keys.size(), std::nullopt);
   if (keys.empty()) return absl::OkStatus();
   std::vector<rocksdb::Slice> slices;
@@ -235,8 +243,10 @@ absl::Status KvStore::MultiGet(Cf cf, absl::Span<const std::string> keys,
   for (const auto& k : keys) slices.emplace_back(k);
   std::vector<rocksdb::PinnableSlice> values(keys.size());
   std::vector<rocksdb::Status> statuses(keys.size());
-  rep_->db->MultiGet(rocksdb::ReadOptions(), rep_->handles[static_cast<int>(cf)], keys.size(),
-                     slices.data(), values.data(), statuses.data());
+  rocksdb::ReadOptions ro;
+  if (at != nullptr) ro.snapshot = static_cast<const rocksdb::Snapshot*>(at->snapshot_);
+  rep_->db->MultiGet(ro, rep_->handles[static_cast<int>(cf)], keys.size(), slices.data(), values.data(),
+                     statuses.data());
   for (size_t i = 0; i < keys.size(); ++i) {
     if (statuses[i].IsNotFound()) continue;
     if (!statuses[i].ok()) return FromRocks(statuses[i], "multiget");

@@ -100,9 +100,27 @@ class KvStore {
 
   absl::Status Write(const WriteBatch& batch);
   absl::StatusOr<std::optional<std::string>> Get(Cf cf, std::string_view key) const;
-  // out[i] is the value of keys[i], or nullopt when absent.
-  absl::Status MultiGet(Cf cf, absl::Span<const std::string> keys,
-                        std::vector<std::optional<std::string>>* out) const;
+
+  // A point in time to read at: reads through it see every write made before
+  // it and none after, across column families. Released when destroyed;
+  // REQUIRES: destroyed before the store.
+  class ReadView {
+   public:
+    ~ReadView();
+    ReadView(const ReadView&) = delete;
+    ReadView& operator=(const ReadView&) = delete;
+
+   private:
+    friend class KvStore;
+    ReadView(const KvStore* store, const void* snapshot) : store_(store), snapshot_(snapshot) {}
+    const KvStore* store_;
+    const void* snapshot_;  // a rocksdb::Snapshot
+  };
+  std::unique_ptr<ReadView> NewReadView() const;
+  // out[i] is the value of keys[i], or nullopt when absent; as of `at` when
+  // given, else now.
+  absl::Status MultiGet(Cf cf, absl::Span<const std::string> keys, std::vector<std::optional<std::string>>* out,
+                        const ReadView* at = nullptr) const;
   std::unique_ptr<KvIterator> NewIterator(Cf cf) const;
 
   // A consistent copy (hard links where possible) in `dir`, which must not

@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -225,8 +226,12 @@ class Node {
   // Starts the process on data directory `data` (default its own) as `name`.
   void Start(const std::string& data = "", const std::string& name = "") {
     fs::create_directories(dir_);
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
+      // The node dies with the test, also when the test crashes or is killed.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) std::_Exit(127);
       const std::string log = dir_ + "/log";
       FILE* f = std::freopen(log.c_str(), "a", stderr);
       (void)f;
@@ -376,11 +381,11 @@ class ClusterFaultTest : public ::testing::Test {
   }
 
   v1::ClusterStatusResponse Status(Node& n) {
-    auto stub = v1::Cluster::NewStub(n.channel());
+    auto cluster = v1::Cluster::NewStub(n.channel());
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + 5s);
     v1::ClusterStatusResponse r;
-    (void)stub->Status(&ctx, {}, &r);
+    (void)cluster->Status(&ctx, {}, &r);
     return r;
   }
 
@@ -577,14 +582,14 @@ class ClusterFaultTest : public ::testing::Test {
   }
   // Creates the test's collection (4 dimensions, 2 shards) through `node`.
   void CreateCollection(Node& node) {
-    auto stub = v1::Collections::NewStub(node.channel());
+    auto collections = v1::Collections::NewStub(node.channel());
     grpc::ClientContext ctx;
     v1::CreateCollectionRequest req;
     req.set_name(kCollection);
     req.mutable_config()->set_dimension(4);
     req.mutable_config()->set_num_shards(2);
     v1::CollectionInfo info;
-    grpc::Status s = stub->Create(&ctx, req, &info);
+    grpc::Status s = collections->Create(&ctx, req, &info);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
 
