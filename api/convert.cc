@@ -283,13 +283,24 @@ absl::Status FromProto(const v1::SearchParams& p, SearchParams* out) {
   out->exact = p.exact();
   out->with_payload = p.with_payload();
   out->with_vector = p.with_vector();
-  switch (p.consistency()) {
-    case v1::READ_CONSISTENCY_LINEARIZABLE: out->consistency = ReadConsistency::kLinearizable; break;
-    case v1::READ_CONSISTENCY_LOCAL: out->consistency = ReadConsistency::kLocal; break;
-    default: return absl::InvalidArgumentError(absl::StrCat("search: unknown consistency ", p.consistency()));
-  }
-  out->max_staleness_ms = p.max_staleness_ms();
+  CAIRN_ASSIGN_OR_RETURN(ReadOptions read, ReadOptionsFromProto(p.consistency(), p.max_staleness_ms(), "search"));
+  out->consistency = read.consistency;
+  out->max_staleness_ms = read.max_staleness_ms;
   return absl::OkStatus();
+}
+
+absl::StatusOr<ReadOptions> ReadOptionsFromProto(int consistency, uint32_t max_staleness_ms,
+                                                 const std::string& what) {
+  ReadOptions out;
+  switch (consistency) {
+    case v1::READ_CONSISTENCY_LINEARIZABLE: out.consistency = ReadConsistency::kLinearizable; break;
+    case v1::READ_CONSISTENCY_LOCAL: out.consistency = ReadConsistency::kLocal; break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": unknown consistency ", consistency, " (0 linearizable, 1 local)"));
+  }
+  out.max_staleness_ms = max_staleness_ms;
+  return out;
 }
 
 }  // namespace cairn::api

@@ -43,6 +43,11 @@ absl::StatusOr<std::vector<Point>> FromProto(const v1::UpsertRequest& req);
 void ToProto(const Record& r, v1::Record* out);
 void ToProto(const ScoredPoint& p, v1::ScoredPoint* out);
 
+// How a read asked to be served; InvalidArgument for an unknown consistency
+// (`what` names the request in the message).
+absl::StatusOr<ReadOptions> ReadOptionsFromProto(int consistency, uint32_t max_staleness_ms,
+                                                 const std::string& what);
+
 // Fills SearchParams (except filter) from the request's, checking ranges.
 absl::Status FromProto(const v1::SearchParams& p, SearchParams* out);
 

@@ -503,6 +503,26 @@ TEST_F(E2ETest, SearchBatchDeleteByIdsOverwritePayloadWithVector) {
     CountResponse cr;
     ASSERT_TRUE(points_->Count(&cctx, c, &cr).ok());
     EXPECT_EQ(cr.count(), 1u);
+    // A single node is always current: a local read answers the same; a
+    // consistency this server does not know is refused.
+    c.set_consistency(READ_CONSISTENCY_LOCAL);
+    grpc::ClientContext lctx;
+    ASSERT_TRUE(points_->Count(&lctx, c, &cr).ok());
+    EXPECT_EQ(cr.count(), 1u);
+    c.set_consistency(static_cast<ReadConsistency>(7));
+    grpc::ClientContext bctx;
+    auto bad = points_->Count(&bctx, c, &cr);
+    EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(bad.error_message().find("unknown consistency 7"), std::string::npos) << bad.error_message();
+    g.set_consistency(static_cast<ReadConsistency>(7));
+    grpc::ClientContext bgctx;
+    EXPECT_EQ(points_->Get(&bgctx, g, &gr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    ScrollRequest sr;
+    sr.set_collection("docs");
+    sr.set_consistency(static_cast<ReadConsistency>(7));
+    ScrollResponse page;
+    grpc::ClientContext bsctx;
+    EXPECT_EQ(points_->Scroll(&bsctx, sr, &page).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   }
   {  // set payload on a missing id: NOT_FOUND, nothing changes
     grpc::ClientContext ctx;

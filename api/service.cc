@@ -406,7 +406,9 @@ class PointsService final : public v1::Points::CallbackService {
     return b_->Run(ctx, Role::kRead, "Points/Get", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto ids, FromProto(req->ids(), "ids"));
-      CAIRN_ASSIGN_OR_RETURN(auto records, c->Get(ids, req->with_payload(), req->with_vector()));
+      CAIRN_ASSIGN_OR_RETURN(ReadOptions read,
+                             ReadOptionsFromProto(req->consistency(), req->max_staleness_ms(), "get"));
+      CAIRN_ASSIGN_OR_RETURN(auto records, c->Get(ids, req->with_payload(), req->with_vector(), read));
       for (const auto& r : records) {
         auto* l = resp->add_results();
         l->set_found(r.has_value());
@@ -454,7 +456,9 @@ class PointsService final : public v1::Points::CallbackService {
     return b_->Run(ctx, Role::kRead, "Points/Count", [req, resp](Database& db) -> absl::Status {
       CAIRN_ASSIGN_OR_RETURN(auto c, Open(db, req->collection()));
       CAIRN_ASSIGN_OR_RETURN(auto filter, FromProto(req->filter(), req->has_filter()));
-      CAIRN_ASSIGN_OR_RETURN(uint64_t n, c->Count(filter ? &*filter : nullptr));
+      CAIRN_ASSIGN_OR_RETURN(ReadOptions read,
+                             ReadOptionsFromProto(req->consistency(), req->max_staleness_ms(), "count"));
+      CAIRN_ASSIGN_OR_RETURN(uint64_t n, c->Count(filter ? &*filter : nullptr, read));
       resp->set_count(n);
       return absl::OkStatus();
     });
@@ -471,6 +475,10 @@ class PointsService final : public v1::Points::CallbackService {
       sr.filter = filter ? &*filter : nullptr;
       sr.with_payload = req->with_payload();
       sr.with_vector = req->with_vector();
+      CAIRN_ASSIGN_OR_RETURN(ReadOptions read,
+                             ReadOptionsFromProto(req->consistency(), req->max_staleness_ms(), "scroll"));
+      sr.consistency = read.consistency;
+      sr.max_staleness_ms = read.max_staleness_ms;
       CAIRN_ASSIGN_OR_RETURN(ScrollPage page, c->Scroll(sr));
       for (const auto& r : page.points) ToProto(r, resp->add_points());
       resp->set_next_cursor(page.next_cursor);

@@ -269,8 +269,9 @@ class ReplicatedShard final : public db::ShardAccess {
   }
 
   absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
-                   std::vector<std::optional<Record>>* out) const override {
-    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+                   const ReadOptions& read, std::vector<std::optional<Record>>* out) const override {
+    std::optional<std::chrono::milliseconds> staleness;
+    CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
     if (local) {
       CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
       return shard->Get(ext_keys, with_payload, with_vector, out);
@@ -280,12 +281,13 @@ class ReplicatedShard final : public db::ShardAccess {
     q.keys = ext_keys;
     q.with_payload = with_payload;
     q.with_vector = with_vector;
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_, staleness));
     CAIRN_ASSIGN_OR_RETURN(*out, DecodeGetAnswer(body));
     return absl::OkStatus();
   }
-  absl::StatusOr<uint64_t> Count(const Filter* filter) const override {
-    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+  absl::StatusOr<uint64_t> Count(const Filter* filter, const ReadOptions& read) const override {
+    std::optional<std::chrono::milliseconds> staleness;
+    CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
     if (local) {
       CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
       return shard->Count(filter);
@@ -293,12 +295,14 @@ class ReplicatedShard final : public db::ShardAccess {
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kCount;
     if (filter) q.filter_json = filter->ToJson();
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_, staleness));
     return DecodeCountAnswer(body);
   }
   absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter, bool with_payload,
-                      bool with_vector, std::vector<Record>* out, std::string* last_key, bool* more) const override {
-    CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
+                      bool with_vector, const ReadOptions& read, std::vector<Record>* out, std::string* last_key,
+                      bool* more) const override {
+    std::optional<std::chrono::milliseconds> staleness;
+    CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
     if (local) {
       CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
       return shard->Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
@@ -310,7 +314,7 @@ class ReplicatedShard final : public db::ShardAccess {
     if (filter) q.filter_json = filter->ToJson();
     q.with_payload = with_payload;
     q.with_vector = with_vector;
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_, staleness));
     CAIRN_ASSIGN_OR_RETURN(ScrollAnswer a, DecodeScrollAnswer(body));
     for (auto& r : a.records) out->push_back(std::move(r));
     *last_key = a.last_key;
@@ -320,13 +324,7 @@ class ReplicatedShard final : public db::ShardAccess {
   absl::Status Search(const float* queries, size_t nq, const SearchParams& params,
                       std::vector<std::vector<ScoredPoint>>* out) const override {
     std::optional<std::chrono::milliseconds> staleness;
-    std::shared_ptr<ShardReplica> local;
-    if (params.consistency == ReadConsistency::kLocal) {
-      staleness = std::chrono::milliseconds(params.max_staleness_ms == 0 ? 5000 : params.max_staleness_ms);
-      CAIRN_ASSIGN_OR_RETURN(local, cluster_->FreshReplica(group_, *staleness, what_));
-    } else {
-      CAIRN_ASSIGN_OR_RETURN(local, cluster_->ReadableReplica(group_, what_));
-    }
+    CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor({params.consistency, params.max_staleness_ms}, &staleness));
     if (local) {
       CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
       return shard->Search(queries, nq, params, out);
@@ -361,6 +359,18 @@ class ReplicatedShard final : public db::ShardAccess {
   void set_dimension(size_t dim) { dim_ = dim; }
 
  private:
+  // The replica here to read from as `read` asks, after the wait it needs
+  // (a ReadIndex round, or a check of the staleness bound); null when this
+  // node holds none, and the read goes to one that does with `*staleness`.
+  absl::StatusOr<std::shared_ptr<ShardReplica>> ReplicaFor(
+      const ReadOptions& read, std::optional<std::chrono::milliseconds>* staleness) const {
+    if (read.consistency == ReadConsistency::kLocal) {
+      *staleness = std::chrono::milliseconds(read.max_staleness_ms == 0 ? 5000 : read.max_staleness_ms);
+      return cluster_->FreshReplica(group_, **staleness, what_);
+    }
+    return cluster_->ReadableReplica(group_, what_);
+  }
+
   Cluster* const cluster_;
   const uint64_t group_;
   const std::string what_;
@@ -397,8 +407,8 @@ class ClusterCollection final : public Collection {
   }
   absl::Status Upsert(absl::Span<const Point> points) override { return impl_->Upsert(points); }
   absl::StatusOr<std::vector<std::optional<Record>>> Get(absl::Span<const PointId> ids, bool with_payload,
-                                                         bool with_vector) const override {
-    return impl_->Get(ids, with_payload, with_vector);
+                                                         bool with_vector, const ReadOptions& read) const override {
+    return impl_->Get(ids, with_payload, with_vector, read);
   }
   absl::StatusOr<uint64_t> Delete(absl::Span<const PointId> ids) override { return impl_->Delete(ids); }
   absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override { return impl_->DeleteByFilter(filter); }
@@ -408,7 +418,9 @@ class ClusterCollection final : public Collection {
   absl::Status OverwritePayload(absl::Span<const PointId> ids, std::string_view payload_json) override {
     return impl_->OverwritePayload(ids, payload_json);
   }
-  absl::StatusOr<uint64_t> Count(const Filter* filter) const override { return impl_->Count(filter); }
+  absl::StatusOr<uint64_t> Count(const Filter* filter, const ReadOptions& read) const override {
+    return impl_->Count(filter, read);
+  }
   absl::StatusOr<ScrollPage> Scroll(const ScrollRequest& request) const override { return impl_->Scroll(request); }
   absl::StatusOr<std::vector<ScoredPoint>> Search(absl::Span<const float> query,
                                                   const SearchParams& params) const override {

@@ -285,6 +285,20 @@ TEST_F(ClusterTest, RequestsReachShardsThisNodeDoesNotHold) {
   auto page = (*other)->Scroll(sr);
   ASSERT_TRUE(page.ok()) << page.status();
   EXPECT_EQ(page->points.size(), 100u);
+  // Local reads of shards held elsewhere are served by the node holding them.
+  const ReadOptions local{ReadConsistency::kLocal, 60000};
+  n = (*other)->Count(nullptr, local);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 100u);
+  sr.consistency = ReadConsistency::kLocal;
+  page = (*other)->Scroll(sr);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->points.size(), 100u);
+  auto got = (*other)->Get({PointId("doc-7"), PointId("doc-1000")}, true, true, local);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE((*got)[0].has_value());
+  EXPECT_EQ((*got)[0]->vector, Vec(7));
+  EXPECT_FALSE((*got)[1].has_value());
   SearchParams sp;
   sp.k = 1;
   sp.exact = true;
@@ -528,11 +542,32 @@ TEST_F(ClusterTest, LocalReadsAnswerWithoutTheLeaderWithinTheirStaleness) {
   hit = (*c2)->Search(Vec(3), sp);
   ASSERT_TRUE(hit.ok()) << hit.status();
   EXPECT_EQ((*hit)[0].id, PointId(3));
+  // Get, Count and Scroll take the same choice.
+  ReadOptions read{ReadConsistency::kLocal, 60000};
+  auto got = (*c2)->Get({PointId(3)}, false, true, read);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE((*got)[0].has_value());
+  EXPECT_EQ((*got)[0]->vector, Vec(3));
+  auto n = (*c2)->Count(nullptr, read);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 10u);
+  ScrollRequest sr;
+  sr.consistency = ReadConsistency::kLocal;
+  sr.max_staleness_ms = 60000;
+  auto page = (*c2)->Scroll(sr);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->points.size(), 10u);
+
   std::this_thread::sleep_for(300ms);
   sp.max_staleness_ms = 100;
   hit = (*c2)->Search(Vec(3), sp);
   EXPECT_EQ(hit.status().code(), absl::StatusCode::kUnavailable) << hit.status();
   EXPECT_NE(hit.status().message().find("has not heard from its leader"), std::string::npos) << hit.status();
+  read.max_staleness_ms = 100;
+  sr.max_staleness_ms = 100;
+  EXPECT_EQ((*c2)->Get({PointId(3)}, false, false, read).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*c2)->Count(nullptr, read).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*c2)->Scroll(sr).status().code(), absl::StatusCode::kUnavailable);
 }
 
 // A single-node database is not a cluster node's disk, nor the other way round.

@@ -411,7 +411,7 @@ absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {
 }
 
 absl::StatusOr<std::vector<std::optional<Record>>> CollectionImpl::Get(
-    absl::Span<const PointId> ids, bool with_payload, bool with_vector) const {
+    absl::Span<const PointId> ids, bool with_payload, bool with_vector, const ReadOptions& read) const {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   CAIRN_RETURN_IF_ERROR(ValidateIds(ids));
@@ -427,7 +427,7 @@ absl::StatusOr<std::vector<std::optional<Record>>> CollectionImpl::Get(
   for (size_t s = 0; s < access_.size(); ++s) {
     if (keys[s].empty()) continue;
     std::vector<std::optional<Record>> part;
-    CAIRN_RETURN_IF_ERROR(access_[s]->Get(keys[s], with_payload, with_vector, &part));
+    CAIRN_RETURN_IF_ERROR(access_[s]->Get(keys[s], with_payload, with_vector, read, &part));
     for (size_t j = 0; j < part.size(); ++j) out[where[s][j]] = std::move(part[j]);
   }
   return out;
@@ -488,7 +488,7 @@ absl::Status CollectionImpl::SetPayloadImpl(absl::Span<const PointId> ids,
     for (size_t s = 0; s < access_.size(); ++s) {
       if (keys[s].empty()) continue;
       std::vector<std::optional<Record>> recs;
-      CAIRN_RETURN_IF_ERROR(access_[s]->Get(keys[s], false, false, &recs));
+      CAIRN_RETURN_IF_ERROR(access_[s]->Get(keys[s], false, false, ReadOptions(), &recs));
       for (size_t j = 0; j < recs.size(); ++j) {
         if (!recs[j]) {
           auto pid = DecodeExternalKey(keys[s][j]);
@@ -513,13 +513,13 @@ absl::Status CollectionImpl::OverwritePayload(absl::Span<const PointId> ids,
   return SetPayloadImpl(ids, payload_json, true);
 }
 
-absl::StatusOr<uint64_t> CollectionImpl::Count(const Filter* filter) const {
+absl::StatusOr<uint64_t> CollectionImpl::Count(const Filter* filter, const ReadOptions& read) const {
   std::shared_lock lock(close_mu_);
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   CAIRN_RETURN_IF_ERROR(ValidateFilter(filter));
   uint64_t total = 0;
   for (const auto* s : access_) {
-    CAIRN_ASSIGN_OR_RETURN(uint64_t n, s->Count(filter));
+    CAIRN_ASSIGN_OR_RETURN(uint64_t n, s->Count(filter, read));
     total += n;
   }
   return total;
@@ -544,13 +544,14 @@ absl::StatusOr<ScrollPage> CollectionImpl::Scroll(const ScrollRequest& req) cons
     after = raw.substr(2);
     if (shard >= access_.size()) return absl::InvalidArgumentError("scroll: cursor names no shard");
   }
+  const ReadOptions read{req.consistency, req.max_staleness_ms};
   ScrollPage page;
   while (shard < access_.size()) {
     uint32_t want = req.limit - static_cast<uint32_t>(page.points.size());
     std::string last;
     bool more = false;
-    CAIRN_RETURN_IF_ERROR(access_[shard]->Scroll(after, want, req.filter, req.with_payload,
-                                                 req.with_vector, &page.points, &last, &more));
+    CAIRN_RETURN_IF_ERROR(access_[shard]->Scroll(after, want, req.filter, req.with_payload, req.with_vector,
+                                                 read, &page.points, &last, &more));
     if (!last.empty()) after = last;
     auto cursor_at = [](size_t s, const std::string& key) {
       std::string raw;

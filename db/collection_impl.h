@@ -42,13 +42,14 @@ class CollectionImpl final : public Collection {
   absl::Status Upsert(absl::Span<const Point> points) override;
   absl::StatusOr<std::vector<std::optional<Record>>> Get(absl::Span<const PointId> ids,
                                                          bool with_payload,
-                                                         bool with_vector) const override;
+                                                         bool with_vector,
+                                                         const ReadOptions& read) const override;
   absl::StatusOr<uint64_t> Delete(absl::Span<const PointId> ids) override;
   absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override;
   absl::Status SetPayload(absl::Span<const PointId> ids, std::string_view payload_json) override;
   absl::Status OverwritePayload(absl::Span<const PointId> ids,
                                 std::string_view payload_json) override;
-  absl::StatusOr<uint64_t> Count(const Filter* filter) const override;
+  absl::StatusOr<uint64_t> Count(const Filter* filter, const ReadOptions& read) const override;
   absl::StatusOr<ScrollPage> Scroll(const ScrollRequest& request) const override;
   absl::StatusOr<std::vector<ScoredPoint>> Search(absl::Span<const float> query,
                                                   const SearchParams& params) const override;

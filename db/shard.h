@@ -119,15 +119,17 @@ class ShardAccess {
   // Merge (or overwrite) `payload` into each point. NotFound if any is absent.
   virtual absl::Status SetPayload(const std::vector<std::string>& ext_keys, const Json& payload,
                                   bool overwrite) = 0;
+  // `read` chooses how a replicated shard serves a read; a Shard is always
+  // current and ignores it.
   virtual absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
-                           std::vector<std::optional<Record>>* out) const = 0;
-  virtual absl::StatusOr<uint64_t> Count(const Filter* filter) const = 0;
+                           const ReadOptions& read, std::vector<std::optional<Record>>* out) const = 0;
+  virtual absl::StatusOr<uint64_t> Count(const Filter* filter, const ReadOptions& read) const = 0;
   // Up to `limit` points with external key > `after` (all when empty), in
   // external key order. `*last_key` is the last key returned; `*more` tells
   // whether any point follows it.
   virtual absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter, bool with_payload,
-                              bool with_vector, std::vector<Record>* out, std::string* last_key,
-                              bool* more) const = 0;
+                              bool with_vector, const ReadOptions& read, std::vector<Record>* out,
+                              std::string* last_key, bool* more) const = 0;
   // `queries` are prepared for the metric (normalized for cosine).
   virtual absl::Status Search(const float* queries, size_t nq, const SearchParams& params,
                               std::vector<std::vector<ScoredPoint>>* out) const = 0;
@@ -191,11 +193,22 @@ class Shard final : public ShardAccess {
   absl::StatusOr<Checksum> DataChecksum() const;
 
   absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
-                   std::vector<std::optional<Record>>* out) const override;
-  absl::StatusOr<uint64_t> Count(const Filter* filter) const override;
+                   std::vector<std::optional<Record>>* out) const;
+  absl::StatusOr<uint64_t> Count(const Filter* filter) const;
   absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter,
                       bool with_payload, bool with_vector, std::vector<Record>* out,
-                      std::string* last_key, bool* more) const override;
+                      std::string* last_key, bool* more) const;
+  // ShardAccess: a Shard is always current, whatever `read` asks.
+  absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
+                   const ReadOptions&, std::vector<std::optional<Record>>* out) const override {
+    return Get(ext_keys, with_payload, with_vector, out);
+  }
+  absl::StatusOr<uint64_t> Count(const Filter* filter, const ReadOptions&) const override { return Count(filter); }
+  absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter, bool with_payload,
+                      bool with_vector, const ReadOptions&, std::vector<Record>* out, std::string* last_key,
+                      bool* more) const override {
+    return Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
+  }
   absl::Status Search(const float* queries, size_t nq, const SearchParams& params,
                       std::vector<std::vector<ScoredPoint>>* out) const override;
   absl::StatusOr<ShardStats> ReadStats() const override { return Stats(); }

@@ -36,9 +36,19 @@ enum class ReadConsistency {
   kLinearizable = 0,
   // What the replica serving the read has applied, without asking the
   // leader: cheaper, and it can miss the latest writes. A replica that has
-  // not heard from its shard's leader within SearchParams::max_staleness_ms
-  // refuses it (Unavailable) rather than answer from older data.
+  // not heard from its shard's leader within max_staleness_ms refuses it
+  // (Unavailable) rather than answer from older data.
   kLocal = 1,
+};
+
+// How a read (Get, Count) is served by a replicated collection. The embedded
+// engine and a single-node server are always current and ignore it.
+struct ReadOptions {
+  // Default: kLinearizable.
+  ReadConsistency consistency = ReadConsistency::kLinearizable;
+  // kLocal: how long since the replica last heard from its shard's leader
+  // it may still answer. 0: 5,000 ms.
+  uint32_t max_staleness_ms = 0;
 };
 
 struct SearchParams {
@@ -72,6 +82,9 @@ struct ScrollRequest {
   const Filter* filter = nullptr;
   bool with_payload = true;
   bool with_vector = false;
+  // Replicated collections only; each page is read with it (see ReadOptions).
+  ReadConsistency consistency = ReadConsistency::kLinearizable;
+  uint32_t max_staleness_ms = 0;
 };
 
 struct ScrollPage {
@@ -140,7 +153,7 @@ class Collection {
   // Points by id, in the order asked; nullopt where an id is absent.
   virtual absl::StatusOr<std::vector<std::optional<Record>>> Get(
       absl::Span<const PointId> ids, bool with_payload = true,
-      bool with_vector = false) const = 0;
+      bool with_vector = false, const ReadOptions& read = {}) const = 0;
 
   // Deletes points; ids that are absent are ignored. Returns how many existed.
   virtual absl::StatusOr<uint64_t> Delete(absl::Span<const PointId> ids) = 0;
@@ -157,7 +170,8 @@ class Collection {
                                         std::string_view payload_json) = 0;
 
   // Live points, or those matching `filter` when not null.
-  virtual absl::StatusOr<uint64_t> Count(const Filter* filter = nullptr) const = 0;
+  virtual absl::StatusOr<uint64_t> Count(const Filter* filter = nullptr,
+                                         const ReadOptions& read = {}) const = 0;
 
   // Pages through points in a stable order (by shard, then by id).
   virtual absl::StatusOr<ScrollPage> Scroll(const ScrollRequest& request) const = 0;
