@@ -7,6 +7,8 @@
 #include <future>
 #include <random>
 
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -14,6 +16,7 @@
 #include "db/collection_impl.h"
 #include "db/config_codec.h"
 #include "db/shard_command.h"
+#include "db/snapshot_dir.h"
 #include "grpcpp/grpcpp.h"
 #include "storage/byte_codec.h"
 #include "storage/file_util.h"
@@ -1019,10 +1022,16 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
         return done(resp);
       }
       // The read runs on the executor, not on the node loop's thread.
-      auto run = [this, local, q = *std::move(q), done] {
+      auto run = [this, gid, local, q = *std::move(q), done] {
         pb::ShardResponse resp;
-        auto shard = local->Serving();
-        auto body = shard.ok() ? ExecuteRead(**shard, q) : absl::StatusOr<std::string>(shard.status());
+        absl::StatusOr<std::string> body;
+        if (q.op == ShardReadRequest::Op::kExport) {
+          auto desc = sender_->Export(gid, 0);
+          body = desc.ok() ? absl::StatusOr<std::string>(desc->Encode()) : desc.status();
+        } else {
+          auto shard = local->Serving();
+          body = shard.ok() ? ExecuteRead(**shard, q) : absl::StatusOr<std::string>(shard.status());
+        }
         if (body.ok()) {
           resp.set_body(*std::move(body));
         } else {
@@ -1399,16 +1408,97 @@ absl::Status Cluster::DropCollection(const std::string& name) {
   return absl::OkStatus();
 }
 
-absl::Status Cluster::Snapshot(const std::string&, const std::string&) {
-  return absl::FailedPreconditionError(
-      "snapshots of a replicated collection are not supported by this version; every shard has "
-      "replication_factor copies on distinct nodes");
+absl::Status Cluster::Snapshot(const std::string& name, const std::string& target) {
+  CAIRN_RETURN_IF_ERROR(MetadataReadIndex());
+  const auto st = meta_->State();
+  auto it = st->collections.find(name);
+  if (it == st->collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+  const CollectionConfig config = it->second.config;
+  const std::vector<uint64_t> groups = it->second.groups;
+  return db::WriteSnapshotDir(target, name, config, [&](const std::string& cdir) -> absl::Status {
+    for (size_t s = 0; s < groups.size(); ++s) {
+      const std::string what = absl::StrCat("shard ", s, " of collection \"", name, "\" (group ", groups[s], ")");
+      CAIRN_RETURN_IF_ERROR(CopyShard(groups[s], what, (fs::path(cdir) / db::ShardDirName(s)).string()));
+    }
+    return absl::OkStatus();
+  });
 }
 
-absl::StatusOr<std::shared_ptr<Collection>> Cluster::RestoreCollection(const std::string&, const std::string&) {
-  return absl::FailedPreconditionError(
-      "restoring a snapshot into a cluster is not supported by this version; restore it on a single node and "
-      "re-ingest");
+absl::Status Cluster::CopyShard(uint64_t gid, const std::string& what, const std::string& dir) {
+  // Every write acknowledged before the copy began is in it: the replica
+  // copied first waits as for a linearizable read.
+  CAIRN_ASSIGN_OR_RETURN(auto local, ReadableReplica(gid, what));
+  if (local) return local->Checkpoint(dir);
+  ShardReadRequest q;
+  q.op = ShardReadRequest::Op::kExport;
+  CAIRN_ASSIGN_OR_RETURN(std::string body, RemoteRead(gid, q, what));
+  CAIRN_ASSIGN_OR_RETURN(SnapshotDescriptor desc, SnapshotDescriptor::Decode(body));
+  FetchOptions fo;
+  fo.rate_bytes_per_second = options_.snapshot_rate_bytes;
+  const uint64_t source = desc.source_node;
+  auto fetched = FetchSnapshot(
+      desc, dir, /*live=*/"",
+      [&](const std::string& path, uint64_t offset, uint32_t length) {
+        return FetchSnapshotChunk(source, desc.id, path, offset, length);
+      },
+      fo);
+  TellSnapshotDone(source, desc.id, fetched.ok(), fetched.ok() ? "" : fetched.status().ToString());
+  if (!fetched.ok()) return absl::Status(fetched.status().code(), absl::StrCat(what, ": ", fetched.status().message()));
+  std::error_code ec;
+  fs::remove(fs::path(dir) / kCompleteMarker, ec);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Collection>> Cluster::RestoreCollection(const std::string& snapshot_dir,
+                                                                       const std::string& name) {
+  CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
+  CAIRN_ASSIGN_OR_RETURN(db::SnapshotContents snap, db::ReadSnapshotDir(snapshot_dir));
+  // The snapshot's points are written again through the collection's Raft
+  // groups, from a copy of it opened as a single-node database (the
+  // snapshot itself is left as it was).
+  const fs::path work = fs::path(options_.data_dir) / "restores" / absl::StrCat(name, "-", absl::BytesToHexString(NewRequestId()));
+  std::error_code ec;
+  fs::remove_all(work, ec);
+  auto cleanup = absl::MakeCleanup([&] { fs::remove_all(work, ec); });
+  CAIRN_RETURN_IF_ERROR(db::CopyTree(snapshot_dir, work));
+  fs::remove(work / "LOCK", ec);
+  DatabaseOptions dbo = options_.db;
+  dbo.background_maintenance = false;
+  CAIRN_ASSIGN_OR_RETURN(auto source_db, Database::Open(work.string(), dbo));
+  const std::string source_name = snap.collection_dir.filename().string();
+  CAIRN_ASSIGN_OR_RETURN(auto source, source_db->GetCollection(source_name));
+  CollectionConfig config = snap.config;
+  CAIRN_ASSIGN_OR_RETURN(auto target, CreateCollection(name, config));
+  absl::Status s = [&]() -> absl::Status {
+    ScrollRequest sr;
+    sr.limit = static_cast<uint32_t>(std::min<uint64_t>(1000, options_.db.max_batch_points));
+    sr.with_payload = true;
+    sr.with_vector = true;
+    while (true) {
+      CAIRN_ASSIGN_OR_RETURN(ScrollPage page, source->Scroll(sr));
+      // Writes of at most 4 MiB each: every one is a Raft entry.
+      std::vector<Point> points;
+      uint64_t bytes = 0;
+      for (size_t i = 0; i < page.points.size(); ++i) {
+        Record& r = page.points[i];
+        bytes += r.vector.size() * sizeof(float) + r.payload.size() + r.text.size();
+        points.push_back(Point{r.id, std::move(r.vector), std::move(r.payload), std::move(r.text)});
+        if (bytes >= (4u << 20) || i + 1 == page.points.size()) {
+          CAIRN_RETURN_IF_ERROR(target->Upsert(points));
+          points.clear();
+          bytes = 0;
+        }
+      }
+      if (page.next_cursor.empty()) return absl::OkStatus();
+      sr.cursor = page.next_cursor;
+    }
+  }();
+  if (!s.ok()) {
+    // Nothing is left of a restore that failed half-way.
+    (void)DropCollection(name);
+    return absl::Status(s.code(), absl::StrCat("restore ", name, " from ", snapshot_dir, ": ", s.message()));
+  }
+  return target;
 }
 
 absl::StatusOr<std::map<uint64_t, db::Shard::Checksum>> Cluster::LocalChecksums() const {
@@ -1458,32 +1548,9 @@ void Cluster::StartSnapshotTransfers() {
   SnapshotReceiver::Hooks rh;
   rh.group_dir = [this](uint64_t gid) { return GroupDir(gid); };
   rh.read_chunk = [this](uint64_t node, const std::string& id, const std::string& path, uint64_t offset,
-                         uint32_t length) -> absl::StatusOr<std::string> {
-    const std::string address = PeerAddress(node);
-    if (address.empty()) return absl::UnavailableError(absl::StrCat("node ", node, " has no known address"));
-    pb::SnapshotChunkRequest req;
-    req.set_cluster_id(membership_.cluster_id);
-    req.set_snapshot_id(id);
-    req.set_path(path);
-    req.set_offset(offset);
-    req.set_length(length);
-    pb::SnapshotChunk chunk;
-    auto ctx = clients_->NewContext(30s);
-    grpc::Status s = clients_->StubFor(address)->FetchSnapshotChunk(ctx.get(), req, &chunk);
-    if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-    return std::move(*chunk.mutable_data());
-  };
+                         uint32_t length) { return FetchSnapshotChunk(node, id, path, offset, length); };
   rh.done = [this](uint64_t node, const std::string& id, bool ok, const std::string& error) {
-    const std::string address = PeerAddress(node);
-    if (address.empty()) return;
-    pb::SnapshotDoneRequest req;
-    req.set_cluster_id(membership_.cluster_id);
-    req.set_snapshot_id(id);
-    req.set_ok(ok);
-    req.set_error(error);
-    pb::SnapshotDoneResponse resp;
-    auto ctx = clients_->NewContext(5s);
-    (void)clients_->StubFor(address)->SnapshotDone(ctx.get(), req, &resp);
+    TellSnapshotDone(node, id, ok, error);
   };
   rh.deliver = [this](uint64_t from, raft::Transport::GroupMessage gm) {
     std::vector<raft::Transport::GroupMessage> batch;
@@ -1499,6 +1566,36 @@ void Cluster::StartSnapshotTransfers() {
   FetchOptions fo;
   fo.rate_bytes_per_second = options_.snapshot_rate_bytes;
   receiver_ = std::make_unique<SnapshotReceiver>(std::move(rh), fo);
+}
+
+absl::StatusOr<std::string> Cluster::FetchSnapshotChunk(uint64_t node, const std::string& id,
+                                                        const std::string& path, uint64_t offset, uint32_t length) {
+  const std::string address = PeerAddress(node);
+  if (address.empty()) return absl::UnavailableError(absl::StrCat("node ", node, " has no known address"));
+  pb::SnapshotChunkRequest req;
+  req.set_cluster_id(membership_.cluster_id);
+  req.set_snapshot_id(id);
+  req.set_path(path);
+  req.set_offset(offset);
+  req.set_length(length);
+  pb::SnapshotChunk chunk;
+  auto ctx = clients_->NewContext(30s);
+  grpc::Status s = clients_->StubFor(address)->FetchSnapshotChunk(ctx.get(), req, &chunk);
+  if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  return std::move(*chunk.mutable_data());
+}
+
+void Cluster::TellSnapshotDone(uint64_t node, const std::string& id, bool ok, const std::string& error) {
+  const std::string address = PeerAddress(node);
+  if (address.empty()) return;
+  pb::SnapshotDoneRequest req;
+  req.set_cluster_id(membership_.cluster_id);
+  req.set_snapshot_id(id);
+  req.set_ok(ok);
+  req.set_error(error);
+  pb::SnapshotDoneResponse resp;
+  auto ctx = clients_->NewContext(5s);
+  (void)clients_->StubFor(address)->SnapshotDone(ctx.get(), req, &resp);
 }
 
 void Cluster::DeliverRaft(uint64_t from, std::vector<raft::Transport::GroupMessage> batch) {

@@ -223,6 +223,15 @@ class Cluster final : public Database, private PeerHandler {
                                                 uint32_t length) override;
   void SnapshotDone(const std::string& id, bool ok, const std::string& error) override;
   void StartSnapshotTransfers();
+  // A chunk of snapshot `id`'s file from the node serving it.
+  absl::StatusOr<std::string> FetchSnapshotChunk(uint64_t node, const std::string& id, const std::string& path,
+                                                 uint64_t offset, uint32_t length);
+  // Tells the node serving snapshot `id` that this node is done with it.
+  void TellSnapshotDone(uint64_t node, const std::string& id, bool ok, const std::string& error);
+  // Writes a copy of group `gid`'s shard into `dir` holding every write
+  // acknowledged before the call: from the replica here, or fetched from a
+  // node that holds one.
+  absl::Status CopyShard(uint64_t gid, const std::string& what, const std::string& dir);
   std::string GroupDir(uint64_t gid) const;
   std::string PeerAddress(uint64_t node) const;
 

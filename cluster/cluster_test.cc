@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cluster/cluster.h"
+#include "db/snapshot_dir.h"
 #include "db/key_codec.h"
 #include "gtest/gtest.h"
 
@@ -568,6 +569,87 @@ TEST_F(ClusterTest, LocalReadsAnswerWithoutTheLeaderWithinTheirStaleness) {
   EXPECT_EQ((*c2)->Get({PointId(3)}, false, false, read).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ((*c2)->Count(nullptr, read).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ((*c2)->Scroll(sr).status().code(), absl::StatusCode::kUnavailable);
+}
+
+// A snapshot through any node holds every shard, copied from a replica here
+// or fetched from the node holding one; it is a single-node data directory,
+// and restores into the cluster under a new name.
+TEST_F(ClusterTest, SnapshotsCopyEveryShardAndRestoreIntoTheCluster) {
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  cfg.num_shards = 3;
+  cfg.replication_factor = 1;  // node 0 holds one shard; the others are fetched
+  auto c = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<Point> pts;
+  for (uint64_t i = 0; i < 300; ++i) {
+    pts.push_back(Point{PointId(i), Vec(i), absl::StrCat("{\"n\":", i, "}"), absl::StrCat("text ", i)});
+  }
+  ASSERT_TRUE((*c)->Upsert(pts).ok());
+  const std::string snap = dir_ + "/snap-docs";
+  ASSERT_TRUE(Node(0).Snapshot("docs", snap).ok());
+  // Nodes 1 and 2 each served their shard's files.
+  for (int i : {1, 2}) {
+    EXPECT_EQ(Metric(Node(i), "cairn_snapshot_transfers_total{direction=\"sent\",result=\"ok\"}"), 1) << i;
+  }
+  EXPECT_EQ(Node(0).Snapshot("docs", snap).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(Node(0).Snapshot("nope", dir_ + "/snap-nope").code(), absl::StatusCode::kNotFound);
+  // Writes after the snapshot are not in it.
+  ASSERT_TRUE((*c)->Upsert({Point{PointId(1000), Vec(1000), "", ""}}).ok());
+  ASSERT_TRUE((*c)->Delete({PointId(0)}).ok());
+
+  // The snapshot is a single-node data directory (opened from a copy: it
+  // stays as it was for the restore below).
+  const std::string copy = dir_ + "/snap-copy";
+  ASSERT_TRUE(db::CopyTree(snap, copy).ok());
+  {
+    auto single = Database::Open(copy, {});
+    ASSERT_TRUE(single.ok()) << single.status();
+    auto sc = (*single)->GetCollection("docs");
+    ASSERT_TRUE(sc.ok()) << sc.status();
+    auto n = (*sc)->Count();
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(*n, 300u);
+    auto got = (*sc)->Get({PointId(0), PointId(299), PointId(1000)}, true, true);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE((*got)[0].has_value());
+    EXPECT_EQ((*got)[0]->vector, Vec(0));
+    ASSERT_TRUE((*got)[1].has_value());
+    EXPECT_EQ((*got)[1]->payload, R"({"n":299})");
+    EXPECT_EQ((*got)[1]->text, "text 299");
+    EXPECT_FALSE((*got)[2].has_value());
+  }
+
+  // Restored through another node, as a new collection of the cluster.
+  auto restored = Node(1).RestoreCollection(snap, "docs-restored");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  auto through2 = Node(2).GetCollection("docs-restored");
+  ASSERT_TRUE(through2.ok()) << through2.status();
+  auto n = (*through2)->Count();
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 300u);
+  auto got = (*through2)->Get({PointId(0), PointId(42)}, true, true);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE((*got)[0].has_value());
+  ASSERT_TRUE((*got)[1].has_value());
+  EXPECT_EQ((*got)[1]->vector, Vec(42));
+  EXPECT_EQ((*got)[1]->payload, R"({"n":42})");
+  EXPECT_EQ((*got)[1]->text, "text 42");
+  EXPECT_EQ((*through2)->config().num_shards, 3u);
+  EXPECT_EQ(Node(1).RestoreCollection(snap, "docs").status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(Node(1).RestoreCollection(dir_ + "/node-1", "other").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Node(0).GetCollection("other").status().code(), absl::StatusCode::kNotFound);
+  // Nothing is left of the copies: the exported checkpoints are gone once
+  // fetched, and so is the restore's working copy.
+  for (int i = 0; i < 3; ++i) {
+    std::error_code ec;
+    const fs::path out = fs::path(dir_) / absl::StrCat("node-", i) / "snapshots-out";
+    EXPECT_TRUE(!fs::exists(out, ec) || fs::is_empty(out, ec)) << out;
+    const fs::path restores = fs::path(dir_) / absl::StrCat("node-", i) / "restores";
+    EXPECT_TRUE(!fs::exists(restores, ec) || fs::is_empty(restores, ec)) << restores;
+  }
 }
 
 // A single-node database is not a cluster node's disk, nor the other way round.

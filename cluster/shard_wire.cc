@@ -105,13 +105,14 @@ std::string ShardReadRequest::Encode() const {
       PutFlags(&out, with_payload, with_vector);
       break;
     case Op::kStats:
+    case Op::kExport:
       break;
   }
   return out;
 }
 
 absl::StatusOr<ShardReadRequest> ShardReadRequest::Decode(std::string_view data) {
-  if (data.empty() || data[0] < 1 || data[0] > 5) return Malformed("op");
+  if (data.empty() || data[0] < 1 || data[0] > 6) return Malformed("op");
   ShardReadRequest q;
   q.op = static_cast<Op>(data[0]);
   ByteReader r{data.substr(1)};
@@ -148,6 +149,7 @@ absl::StatusOr<ShardReadRequest> ShardReadRequest::Decode(std::string_view data)
       if (!ReadByte(&r, &flags)) return Malformed("scroll flags");
       break;
     case Op::kStats:
+    case Op::kExport:
       break;
   }
   if (!r.ok || !r.in.empty()) return Malformed("request");
@@ -222,6 +224,8 @@ absl::StatusOr<std::string> ExecuteRead(const db::Shard& shard, const ShardReadR
       }
       return out;
     }
+    case ShardReadRequest::Op::kExport:
+      return absl::InvalidArgumentError("an export is not a read of the shard's data");
   }
   return Malformed("op");
 }

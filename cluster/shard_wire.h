@@ -19,7 +19,9 @@
 namespace cairn::cluster {
 
 struct ShardReadRequest {
-  enum class Op : uint8_t { kSearch = 1, kGet = 2, kCount = 3, kScroll = 4, kStats = 5 };
+  // kExport: a copy of the replica's files for the asking node (a backup),
+  // answered with a SnapshotDescriptor by the cluster, not by ExecuteRead.
+  enum class Op : uint8_t { kSearch = 1, kGet = 2, kCount = 3, kScroll = 4, kStats = 5, kExport = 6 };
   Op op = Op::kStats;
   // kSearch: queries prepared for the metric, nq x dim.
   std::vector<float> queries;

@@ -213,8 +213,8 @@ absl::StatusOr<FetchStats> FetchSnapshot(const SnapshotDescriptor& desc, const s
       stats.bytes_kept += f.size;
       continue;
     }
-    const std::string live_copy = (fs::path(live) / f.path).string();
-    if (SameFile(live_copy, f)) {
+    const std::string live_copy = live.empty() ? std::string() : (fs::path(live) / f.path).string();
+    if (!live_copy.empty() && SameFile(live_copy, f)) {
       fs::remove(path, ec);
       CAIRN_RETURN_IF_ERROR(storage::LinkOrCopyFile(live_copy, path));
       ++stats.files_kept;
@@ -341,6 +341,37 @@ void SnapshotSender::Run() {
   }
 }
 
+absl::StatusOr<SnapshotDescriptor> SnapshotSender::Checkpoint(uint64_t gid, const std::string& id) {
+  const std::string dir = (fs::path(root_) / id).string();
+  std::error_code ec;
+  fs::create_directories(root_, ec);
+  absl::Status s = hooks_.checkpoint(gid, dir);
+  SnapshotDescriptor desc;
+  desc.id = id;
+  desc.source_node = self_;
+  if (s.ok()) {
+    auto files = ListSnapshotFiles(dir);
+    if (files.ok()) {
+      desc.files = *std::move(files);
+    } else {
+      s = files.status();
+    }
+  }
+  if (!s.ok()) {
+    fs::remove_all(dir, ec);
+    return s;
+  }
+  return desc;
+}
+
+void SnapshotSender::RegisterLocked(const SnapshotDescriptor& desc, uint64_t gid, uint64_t replica,
+                                    uint64_t to_node) {
+  Transfer t{gid, replica, to_node, (fs::path(root_) / desc.id).string(), {}, Clock::now()};
+  for (const auto& f : desc.files) t.sizes[f.path] = f.size;
+  transfers_[desc.id] = std::move(t);
+  ++stats_.started;
+}
+
 void SnapshotSender::Start(uint64_t to_node, raft::Transport::GroupMessage gm) {
   const uint64_t gid = gm.group, replica = gm.msg.to;
   std::string id;
@@ -362,37 +393,38 @@ void SnapshotSender::Start(uint64_t to_node, raft::Transport::GroupMessage gm) {
     }
     id = absl::StrCat(self_, "-", gid, "-", replica, "-", next_id_++, "-", std::random_device{}());
   }
-  const std::string dir = (fs::path(root_) / id).string();
-  std::error_code ec;
-  fs::create_directories(root_, ec);
-  absl::Status s = hooks_.checkpoint(gid, dir);
-  SnapshotDescriptor desc;
-  desc.id = id;
-  desc.source_node = self_;
-  if (s.ok()) {
-    auto files = ListSnapshotFiles(dir);
-    if (files.ok()) {
-      desc.files = *std::move(files);
-    } else {
-      s = files.status();
-    }
-  }
+  auto desc = Checkpoint(gid, id);
   std::lock_guard l(mu_);
-  if (!s.ok()) {
+  if (!desc.ok()) {
     std::fprintf(stderr, "cairn: cannot make a snapshot of group %llu for node %llu: %s\n",
                  static_cast<unsigned long long>(gid), static_cast<unsigned long long>(to_node),
-                 s.ToString().c_str());
-    fs::remove_all(dir, ec);
+                 desc.status().ToString().c_str());
     ++stats_.failed;
     retries_.push_back({Clock::now() + options_.retry_after, gid, replica});
     return;
   }
-  Transfer t{gid, replica, to_node, dir, {}, Clock::now()};
-  for (const auto& f : desc.files) t.sizes[f.path] = f.size;
-  transfers_[id] = std::move(t);
-  ++stats_.started;
-  gm.msg.snapshot->data = desc.Encode();
+  RegisterLocked(*desc, gid, replica, to_node);
+  gm.msg.snapshot->data = desc->Encode();
   hooks_.send(to_node, std::move(gm));
+}
+
+absl::StatusOr<SnapshotDescriptor> SnapshotSender::Export(uint64_t gid, uint64_t to_node) {
+  std::string id;
+  {
+    std::lock_guard l(mu_);
+    if (transfers_.size() >= options_.max_transfers) {
+      return absl::UnavailableError(absl::StrCat("node ", self_, " is serving ", transfers_.size(),
+                                                 " snapshot transfers, its most at once; retry"));
+    }
+    id = absl::StrCat(self_, "-", gid, "-export-", next_id_++, "-", std::random_device{}());
+  }
+  CAIRN_ASSIGN_OR_RETURN(SnapshotDescriptor desc, Checkpoint(gid, id));
+  {
+    std::lock_guard l(mu_);
+    RegisterLocked(desc, gid, kExportReplica, to_node);
+  }
+  cv_.notify_all();  // the idle timeout watches it
+  return desc;
 }
 
 absl::StatusOr<std::string> SnapshotSender::ReadChunk(const std::string& id, const std::string& path,
@@ -442,6 +474,10 @@ void SnapshotSender::EndLocked(const std::string& id, bool ok) {
   fs::remove_all(it->second.dir, ec);
   const uint64_t gid = it->second.gid, replica = it->second.replica;
   transfers_.erase(it);
+  if (replica == kExportReplica) {
+    ++(ok ? stats_.succeeded : stats_.failed);
+    return;  // Raft does not wait for it
+  }
   if (ok) {
     ++stats_.succeeded;
     // Raft probes the replica from past the snapshot.

@@ -111,7 +111,7 @@ struct FetchOptions {
 };
 
 // Fetches the descriptor's files into `staged` (created when missing), keeping
-// the files there or in `live` that match, resuming partial ones; verifies
+// the files there or in `live` (none when empty) that match, resuming partial ones; verifies
 // every file, syncs, and writes the complete marker last. Files in `staged`
 // that the descriptor does not name are removed. DataLoss when a file's CRC
 // does not match after fetching it whole.
@@ -148,6 +148,11 @@ class SnapshotSender {
   // A Raft InstallSnapshot message for `to_node`: its data is replaced by the
   // descriptor of a fresh checkpoint.
   void Offer(uint64_t to_node, raft::Transport::GroupMessage gm);
+  // A copy of group `gid`'s replica here for node `to_node`, which need not be
+  // in the group (a backup of the collection): a checkpoint made now, served
+  // like a Raft snapshot's files until Done or the idle timeout, of which
+  // Raft hears nothing. Unavailable while max_transfers are being served.
+  absl::StatusOr<SnapshotDescriptor> Export(uint64_t gid, uint64_t to_node);
   // NotFound for an unknown transfer; InvalidArgument for a path it does not hold.
   absl::StatusOr<std::string> ReadChunk(const std::string& id, const std::string& path, uint64_t offset,
                                         uint32_t length);
@@ -166,8 +171,14 @@ class SnapshotSender {
     std::map<std::string, uint64_t> sizes;  // by path
     std::chrono::steady_clock::time_point last_activity;
   };
+  // The replica of an Export's transfer (Raft numbers replicas from 1).
+  static constexpr uint64_t kExportReplica = 0;
   void Run();
   void Start(uint64_t to_node, raft::Transport::GroupMessage gm);
+  // Writes a checkpoint of `gid` into root_/`id` and lists its files.
+  absl::StatusOr<SnapshotDescriptor> Checkpoint(uint64_t gid, const std::string& id);
+  // REQUIRES: mu_ held.
+  void RegisterLocked(const SnapshotDescriptor& desc, uint64_t gid, uint64_t replica, uint64_t to_node);
   // REQUIRES: mu_ held. Ends `id`; Raft hears of it at once (ok) or later.
   void EndLocked(const std::string& id, bool ok);
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "cairn/status.h"
 #include "db/config_codec.h"
+#include "db/snapshot_dir.h"
 #include "db/key_codec.h"
 #include "db/shard_loader.h"
 #include "index/gpu/gpu.h"
@@ -170,7 +171,7 @@ absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
       new CollectionImpl(name, dir, config, options, std::move(wake_maintenance)));
   const ShardOptions so = ShardOptionsFor(name, config, options);
   for (uint32_t i = 0; i < config.num_shards; ++i) {
-    std::string sdir = (fs::path(dir) / absl::StrFormat("shard-%04d", i)).string();
+    std::string sdir = (fs::path(dir) / ShardDirName(i)).string();
     CAIRN_ASSIGN_OR_RETURN(auto shard, Shard::Open(sdir, so));
     c->access_.push_back(shard.get());
     c->shards_.push_back(std::move(shard));
@@ -674,7 +675,7 @@ absl::Status CollectionImpl::SnapshotShards(const std::string& dir) {
   std::vector<std::string> dirs;
   for (size_t i = 0; i < shards_.size(); ++i) {
     shards.push_back(shards_[i].get());
-    dirs.push_back((fs::path(dir) / absl::StrFormat("shard-%04d", i)).string());
+    dirs.push_back((fs::path(dir) / ShardDirName(i)).string());
   }
   return Shard::SnapshotAll(shards, dirs);
 }

@@ -27,6 +27,7 @@
 #include "cairn/status.h"
 #include "db/collection_impl.h"
 #include "db/config_codec.h"
+#include "db/snapshot_dir.h"
 #include "index/gpu/gpu.h"
 #include "storage/file_util.h"
 
@@ -172,68 +173,27 @@ class DatabaseImpl final : public Database {
   absl::Status Snapshot(const std::string& name, const std::string& target) override {
     CAIRN_ASSIGN_OR_RETURN(auto base, GetCollection(name));
     auto* c = static_cast<CollectionImpl*>(base.get());
-    // "snap/" names the directory "snap": without this, the temp directory
-    // would be "snap/.tmp", inside the target it is renamed to.
-    fs::path target_path = fs::path(target).lexically_normal();
-    if (!target_path.has_filename()) target_path = target_path.parent_path();
-    const std::string target_dir = target_path.string();
-    std::error_code ec;
-    if (fs::exists(target_dir, ec)) {
-      return absl::AlreadyExistsError(absl::StrCat("snapshot target ", target_dir, " already exists"));
-    }
-    fs::path tmp = fs::path(target_dir + ".tmp");
-    fs::remove_all(tmp, ec);
-    fs::path cdir = tmp / "collections" / name;
-    fs::create_directories(cdir, ec);
-    if (ec) return absl::InternalError(absl::StrCat("create ", cdir.string(), ": ", ec.message()));
-    CAIRN_RETURN_IF_ERROR(WriteFormatFile(tmp.string()));
-    CAIRN_RETURN_IF_ERROR(storage::WriteFileSynced((cdir / "collection.json").string(),
-                                                   db::ConfigToJson(c->config())));
-    absl::Status s = c->SnapshotShards(cdir.string());
-    if (!s.ok()) {
-      fs::remove_all(tmp, ec);
-      return s;
-    }
-    fs::rename(tmp, target_dir, ec);
-    if (ec) {
-      std::error_code ignored;
-      fs::remove_all(tmp, ignored);
-      return absl::InternalError(absl::StrCat("rename to ", target_dir, ": ", ec.message()));
-    }
-    return storage::SyncDir(fs::path(target_dir).parent_path().empty()
-                                ? "."
-                                : fs::path(target_dir).parent_path().string());
+    return db::WriteSnapshotDir(target, name, c->config(),
+                                [c](const std::string& cdir) { return c->SnapshotShards(cdir); });
   }
 
   absl::StatusOr<std::shared_ptr<Collection>> RestoreCollection(const std::string& snapshot_dir,
                                                                 const std::string& name) override {
     CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
-    std::error_code ec;
-    fs::path src_root = fs::path(snapshot_dir) / "collections";
-    std::vector<fs::path> found;
-    for (const auto& e : fs::directory_iterator(src_root, ec)) {
-      if (e.is_directory() && e.path().filename().string()[0] != '.') found.push_back(e.path());
-    }
-    if (ec || found.size() != 1 || !fs::exists(fs::path(snapshot_dir) / "CAIRN")) {
-      return absl::InvalidArgumentError(absl::StrCat(snapshot_dir, " is not a snapshot of one collection"));
-    }
-    CAIRN_ASSIGN_OR_RETURN(std::string text, storage::ReadFile((found[0] / "collection.json").string()));
-    auto config = db::ConfigFromJson(text);
-    absl::Status valid = config.ok() ? db::ValidateConfig(*config) : config.status();
-    if (!valid.ok()) return absl::DataLossError(absl::StrCat("snapshot config: ", valid.message()));
-
+    CAIRN_ASSIGN_OR_RETURN(db::SnapshotContents snap, db::ReadSnapshotDir(snapshot_dir));
     std::lock_guard l(mu_);
     if (collections_.contains(name)) {
       return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
     }
+    std::error_code ec;
     fs::path cdir = fs::path(dir_) / "collections";
     fs::path tmp = cdir / (".tmp-" + name);
     fs::remove_all(tmp, ec);
-    CAIRN_RETURN_IF_ERROR(CopyTree(found[0], tmp));
+    CAIRN_RETURN_IF_ERROR(db::CopyTree(snap.collection_dir, tmp));
     fs::rename(tmp, cdir / name, ec);
     if (ec) return absl::InternalError(absl::StrCat("rename to ", (cdir / name).string(), ": ", ec.message()));
     CAIRN_RETURN_IF_ERROR(storage::SyncDir(cdir.string()));
-    auto c = CollectionImpl::Open(name, (cdir / name).string(), *config, options_, Waker());
+    auto c = CollectionImpl::Open(name, (cdir / name).string(), snap.config, options_, Waker());
     if (!c.ok()) {
       fs::remove_all(cdir / name, ec);
       return c.status();
@@ -244,35 +204,6 @@ class DatabaseImpl final : public Database {
 
   const std::string& dir() const override { return dir_; }
   const DatabaseOptions& options() const override { return options_; }
-
-  // Copies a directory tree: files RocksDB and Cairn never change after
-  // writing them (SST, blob, segment files) are hard-linked, the rest copied.
-  static absl::Status CopyTree(const fs::path& from, const fs::path& to) {
-    std::error_code ec;
-    fs::create_directories(to, ec);
-    if (ec) return absl::InternalError(absl::StrCat("create ", to.string(), ": ", ec.message()));
-    for (const auto& e : fs::directory_iterator(from, ec)) {
-      fs::path target = to / e.path().filename();
-      if (e.is_directory()) {
-        CAIRN_RETURN_IF_ERROR(CopyTree(e.path(), target));
-        continue;
-      }
-      std::string ext = e.path().extension().string();
-      if (ext == ".sst" || ext == ".blob" || ext == ".cseg") {
-        CAIRN_RETURN_IF_ERROR(storage::LinkOrCopyFile(e.path().string(), target.string()));
-      } else {
-        CAIRN_ASSIGN_OR_RETURN(std::string data, storage::ReadFile(e.path().string()));
-        CAIRN_RETURN_IF_ERROR(storage::WriteFileSynced(target.string(), data));
-      }
-    }
-    if (ec) return absl::InternalError(absl::StrCat("list ", from.string(), ": ", ec.message()));
-    return storage::SyncDir(to.string());
-  }
-
-  static absl::Status WriteFormatFile(const std::string& dir) {
-    nlohmann::json j{{"format_version", kFormatVersion}};
-    return storage::WriteFileAtomic((fs::path(dir) / "CAIRN").string(), j.dump() + "\n");
-  }
 
  private:
   std::function<void()> Waker() {
@@ -389,7 +320,7 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& dir,
     // A new directory; check again now that we hold the lock.
     CAIRN_RETURN_IF_ERROR(check_empty());
     fs::remove(fs::path(dir) / "CAIRN.tmp", ec);
-    CAIRN_RETURN_IF_ERROR(DatabaseImpl::WriteFormatFile(dir));
+    CAIRN_RETURN_IF_ERROR(db::WriteFormatFile(dir));
   }
   auto database = std::make_unique<DatabaseImpl>(dir, options, std::move(lock));
   CAIRN_RETURN_IF_ERROR(database->Load());
