@@ -502,7 +502,8 @@ class Cluster::SnapshotRouter final : public raft::Transport {
         rest.push_back(std::move(gm));
       }
     }
-    if (!rest.empty()) c_->clients_->Send(to_node, std::move(rest));
+    // An empty batch is a keepalive and goes too.
+    if (!rest.empty() || batch.empty()) c_->clients_->Send(to_node, std::move(rest));
   }
 
  private:
@@ -1639,7 +1640,7 @@ void Cluster::AppendPrometheus(std::string* out) const {
   if (node == nullptr) return;
   const auto st_ptr = meta_->State();
   const MetadataState& st = *st_ptr;
-  std::string term, commit, applied, leader, changes, lag, stopped, latency, first, compactions, installed;
+  std::string term, commit, applied, leader, changes, lag, stopped, latency, first, compactions, installed, quiet;
   for (const auto& g : node->Status()) {
     std::string label = absl::StrCat("{group=\"", g.group, "\"");
     if (auto it = st.groups.find(g.group); it != st.groups.end()) {
@@ -1653,6 +1654,7 @@ void Cluster::AppendPrometheus(std::string* out) const {
     absl::StrAppend(&leader, "cairn_raft_is_leader", label, "} ", g.role == raft::Role::kLeader ? 1 : 0, "\n");
     absl::StrAppend(&changes, "cairn_raft_leader_changes_total", label, "} ", g.leader_changes, "\n");
     absl::StrAppend(&stopped, "cairn_raft_group_stopped", label, "} ", g.stopped ? 1 : 0, "\n");
+    absl::StrAppend(&quiet, "cairn_raft_quiesced", label, "} ", g.quiesced ? 1 : 0, "\n");
     absl::StrAppend(&first, "cairn_raft_log_first_index", label, "} ", g.first_index, "\n");
     absl::StrAppend(&compactions, "cairn_raft_log_compactions_total", label, "} ", g.compactions, "\n");
     absl::StrAppend(&installed, "cairn_raft_snapshots_installed_total", label, "} ", g.snapshots_installed, "\n");
@@ -1674,6 +1676,8 @@ void Cluster::AppendPrometheus(std::string* out) const {
                   "# TYPE cairn_raft_leader_changes_total counter\n", changes,
                   "# HELP cairn_raft_group_stopped 1 when the replica stopped on an error (see the log).\n",
                   "# TYPE cairn_raft_group_stopped gauge\n", stopped,
+                  "# HELP cairn_raft_quiesced 1 while the group is idle and quiet (no heartbeats, no election timer).\n",
+                  "# TYPE cairn_raft_quiesced gauge\n", quiet,
                   "# HELP cairn_raft_proposal_seconds From proposing a write through this node to applying it here.\n",
                   "# TYPE cairn_raft_proposal_seconds summary\n", latency,
                   "# HELP cairn_raft_follower_lag Entries a follower lacks, seen from its leader.\n",

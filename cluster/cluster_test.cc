@@ -321,6 +321,51 @@ TEST_F(ClusterTest, RequestsReachShardsThisNodeDoesNotHold) {
   EXPECT_EQ(Node(0).GetCollection("one").status().code(), absl::StatusCode::kNotFound);
 }
 
+// Over the peer port: idle groups go quiet; when the node leading a quiet
+// shard dies, the others hear no keepalive from it, wake and elect another
+// leader, and writes go on.
+TEST_F(ClusterTest, AQuietShardWhoseLeaderDiesElectsAnother) {
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 4;
+  auto c = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE((*c)->Upsert({Point{PointId(1), Vec(1), "", ""}}).ok());
+  auto quiet = [&] {
+    double n = 0;
+    for (auto& [i, node] : nodes_) n += Metric(*node, "cairn_raft_quiesced");
+    return n;
+  };
+  for (int i = 0; i < 500 && quiet() < 6; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(quiet(), 6);  // 2 groups x 3 replicas
+  int leader = -1;
+  for (const auto& g : Node(0).Status().groups) {
+    if (g.collection != "docs") continue;
+    for (auto& [i, node] : nodes_) {
+      if (node->node_id() == g.leader_node) leader = i;
+    }
+  }
+  ASSERT_GE(leader, 0);
+  const uint64_t dead = nodes_.at(leader)->node_id();
+  nodes_.erase(leader);
+  const int other = leader == 0 ? 1 : 0;
+  // With no request to wake it, the shard gets a leader on a live node.
+  auto live_leader = [&] {
+    for (const auto& g : Node(other).Status().groups) {
+      if (g.collection == "docs") return g.leader_node != 0 && g.leader_node != dead;
+    }
+    return false;
+  };
+  for (int i = 0; i < 1000 && !live_leader(); ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(live_leader());
+  auto through = Node(other).GetCollection("docs");
+  ASSERT_TRUE(through.ok()) << through.status();
+  ASSERT_TRUE((*through)->Upsert({Point{PointId(2), Vec(2), "", ""}}).ok());
+  auto n = (*through)->Count();
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 2u);
+}
+
 TEST_F(ClusterTest, ANodeRestartsFromItsDiskAndCatchesUp) {
   OpenNodes({0, 1, 2});
   CollectionConfig cfg;
@@ -533,6 +578,16 @@ TEST_F(ClusterTest, LocalReadsAnswerWithoutTheLeaderWithinTheirStaleness) {
   sp.exact = true;
   sp.consistency = ReadConsistency::kLocal;
   auto hit = (*c2)->Search(Vec(3), sp);
+  ASSERT_TRUE(hit.ok()) << hit.status();
+  EXPECT_EQ((*hit)[0].id, PointId(3));
+  // Idle, the groups go quiet: no heartbeats, yet a replica stays as current
+  // as its leader's node's last keepalive, and local reads with a tight
+  // bound are answered.
+  for (int i = 0; i < 500 && Metric(Node(2), "cairn_raft_quiesced") < 2; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(Metric(Node(2), "cairn_raft_quiesced"), 2);  // the metadata group and the shard
+  std::this_thread::sleep_for(300ms);
+  sp.max_staleness_ms = 200;
+  hit = (*c2)->Search(Vec(3), sp);
   ASSERT_TRUE(hit.ok()) << hit.status();
   EXPECT_EQ((*hit)[0].id, PointId(3));
   // Alone, node 2 answers local reads while its last news of a leader is

@@ -86,6 +86,7 @@ void EncodeRaftMessage(uint64_t group, const raft::Message& m, pb::RaftMessage* 
   out->set_reject(m.reject);
   out->set_reject_hint(m.reject_hint);
   out->set_context(m.context);
+  out->set_quiesce(m.quiesce);
 }
 
 absl::StatusOr<raft::Transport::GroupMessage> DecodeRaftMessage(const pb::RaftMessage& in) {
@@ -120,6 +121,7 @@ absl::StatusOr<raft::Transport::GroupMessage> DecodeRaftMessage(const pb::RaftMe
   m.reject = in.reject();
   m.reject_hint = in.reject_hint();
   m.context = in.context();
+  m.quiesce = in.quiesce();
   return gm;
 }
 
@@ -183,8 +185,13 @@ class PeerClients::Link {
       bool ok = true;
       pb::RaftBatch batch;
       size_t bytes = 0;
+      // An empty batch queued is a keepalive: it goes out even without messages.
+      bool keepalive = false;
+      for (const auto& b : work) keepalive = keepalive || b.empty();
+      bool wrote = false;
       auto flush = [&] {
-        if (batch.messages_size() == 0 || !ok) return;
+        if ((batch.messages_size() == 0 && (wrote || !keepalive)) || !ok) return;
+        wrote = true;
         batch.set_cluster_id(cluster_id);
         batch.set_from_node(owner_->self_);
         batch.set_to_node(node_);

@@ -242,6 +242,7 @@ TEST(PeerCodecTest, EveryFieldRoundTrips) {
   m.reject = true;
   m.reject_hint = 42;
   m.context = "ctx";
+  m.quiesce = true;
   pb::RaftMessage wire;
   EncodeRaftMessage(11, m, &wire);
   auto back = DecodeRaftMessage(wire);
@@ -262,6 +263,7 @@ TEST(PeerCodecTest, EveryFieldRoundTrips) {
   EXPECT_TRUE(b.reject);
   EXPECT_EQ(b.reject_hint, 42u);
   EXPECT_EQ(b.context, "ctx");
+  EXPECT_TRUE(b.quiesce);
   wire.set_type(200);
   EXPECT_FALSE(DecodeRaftMessage(wire).ok());
 }

@@ -144,7 +144,8 @@ Node::Node(NodeOptions options)
     : options_(std::move(options)),
       incarnation_(std::random_device{}() ^ (static_cast<uint64_t>(Clock::now().time_since_epoch().count()) << 1)),
       pool_(std::make_unique<ApplyPool>(options_.apply_threads)),
-      inbox_(std::make_unique<Inbox>()) {}
+      inbox_(std::make_unique<Inbox>()),
+      started_(Clock::now()) {}
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Start(NodeOptions options) {
   if (options.node_id == kNone) return absl::InvalidArgumentError("node: node_id must be nonzero");
@@ -326,6 +327,10 @@ void Node::Deliver(uint64_t from, std::vector<Transport::GroupMessage> batch) {
   std::lock_guard l(mu_);
   if (stop_) return;
   inbox_->tasks.push_back([this, from, batch = std::move(batch)] {
+    const auto now = Clock::now();
+    auto& heard = heard_[from];
+    if (now - std::max(heard, started_) >= 3 * options_.tick) revived_.insert(from);
+    heard = now;
     for (const auto& gm : batch) {
       auto it = groups_.find(gm.group);
       // A group not (yet) hosted here: dropped, and Raft sends again.
@@ -419,6 +424,7 @@ absl::Status Node::OpenGroup(GroupSpec spec) {
   c.applied = std::min(std::max(sm_applied, snap_index), commit);
   c.election_tick = options_.election_tick;
   c.heartbeat_tick = options_.heartbeat_tick;
+  c.quiesce = options_.quiesce;
   std::mt19937_64 rng(options_.seed != 0 ? options_.seed ^ spec.group
                                          : static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^ spec.group);
   c.rand = [rng](uint64_t n) mutable { return rng() % n; };
@@ -483,7 +489,9 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
 
   for (auto& t : tasks) t();
   const auto now = Clock::now();
-  if (now >= next_tick_) {
+  const bool tick = now >= next_tick_;
+  if (tick) {
+    if (options_.quiesce) WakeQuietGroups(now);
     for (auto& [id, g] : groups_) {
       if (!g->stopped) g->raft->Tick();
     }
@@ -530,6 +538,15 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
       out[node->second].push_back({g->spec.group, std::move(m)});
     }
     g->rd.messages.clear();
+  }
+  if (tick && options_.quiesce) {
+    // Keepalives: every node this one shares a group with hears from it each
+    // tick, so that quiet groups can tell a silent node from an idle one.
+    for (const auto& [id, g] : groups_) {
+      for (const auto& [replica, node] : g->spec.nodes) {
+        if (node != options_.node_id) out[node];
+      }
+    }
   }
   for (auto& [node, batch] : out) options_.transport->Send(node, std::move(batch));
   // Apply, groups in parallel.
@@ -715,6 +732,34 @@ void Node::ExpireDeadlines() {
   }
 }
 
+Clock::time_point Node::HeardFrom(uint64_t node) const {
+  auto it = heard_.find(node);
+  return it == heard_.end() ? started_ : std::max(it->second, started_);
+}
+
+void Node::WakeQuietGroups(Clock::time_point now) {
+  const auto silence = options_.tick * options_.election_tick;
+  for (auto& [id, g] : groups_) {
+    if (g->stopped || !g->raft->quiesced()) continue;
+    if (g->raft->role() == Role::kLeader) {
+      // A member back from a restart, a pause or a partition may have missed
+      // the quiet heartbeat, or be campaigning: heartbeats again.
+      for (const auto& [replica, node] : g->spec.nodes) {
+        if (node != options_.node_id && revived_.count(node)) {
+          g->raft->Unquiesce(/*leader_lost=*/false);
+          break;
+        }
+      }
+      continue;
+    }
+    auto leader = g->spec.nodes.find(g->raft->leader());
+    if (leader == g->spec.nodes.end() || now - HeardFrom(leader->second) >= silence) {
+      g->raft->Unquiesce(/*leader_lost=*/true);
+    }
+  }
+  revived_.clear();
+}
+
 void Node::PublishStatus() {
   std::map<uint64_t, GroupStatus> st;
   for (const auto& [id, g] : groups_) {
@@ -734,7 +779,12 @@ void Node::PublishStatus() {
     s.leader_changes = g->leader_changes;
     s.proposals_applied = g->proposals_applied;
     s.proposal_seconds = g->proposal_seconds;
+    s.quiesced = g->raft->quiesced();
     s.leader_contact = s.role == Role::kLeader ? Clock::now() : g->leader_contact;
+    if (s.quiesced && s.role != Role::kLeader) {
+      auto leader = g->spec.nodes.find(s.leader);
+      if (leader != g->spec.nodes.end()) s.leader_contact = std::max(s.leader_contact, HeardFrom(leader->second));
+    }
     s.stopped = g->stopped;
     s.stop_reason = g->stop_reason;
     s.voters = g->raft->conf().voters;

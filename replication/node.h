@@ -35,6 +35,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -85,7 +86,9 @@ class StateMachine {
 };
 
 // Sends batches of messages to other nodes. Best effort: a message lost is
-// Raft's business (it retries). Must not block the loop for long.
+// Raft's business (it retries). Must not block the loop for long. An empty
+// batch is a keepalive: it must reach the other node's Deliver too (the
+// node loop tells from them which nodes are up, for quiet groups).
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -123,6 +126,14 @@ struct NodeOptions {
   // a follower further behind is sent a snapshot. Default: 5,000 and 200,000.
   uint64_t keep_entries = 5000;
   uint64_t max_keep_entries = 200000;
+  // Idle groups go quiet (raft::Config::quiesce): no heartbeats and no
+  // election timers until a proposal, a read or a message wakes them. The
+  // loop sends every node it shares a group with a keepalive (an empty batch)
+  // each tick, wakes a quiet follower when its leader's node has been silent
+  // for an election timeout (it campaigns), and a quiet leader when a
+  // member's node is heard again after a silence of 3 ticks or more (a
+  // restart, a pause, a healed partition). Default: on.
+  bool quiesce = true;
 };
 
 // A group to host: this node's replica of it.
@@ -162,7 +173,10 @@ struct GroupStatus {
   double proposal_seconds = 0;
   // When this replica last heard from its group's leader (now, when it is
   // the leader); the epoch when never.
+  // A quiet follower counts its leader's node's keepalives: it holds what
+  // the leader committed (a write would have woken it).
   std::chrono::steady_clock::time_point leader_contact{};
+  bool quiesced = false;     // idle: no heartbeats, no election timer
   bool stopped = false;      // the state machine failed
   std::string stop_reason;
   // The group's membership as this replica applied it (replica ids).
@@ -250,6 +264,11 @@ class Node {
   void FailAll(Group& g, const absl::Status& s);
   void ExpireDeadlines();
   void PublishStatus();
+  // Tick time: wakes quiet groups whose members' nodes fell silent or came
+  // back (NodeOptions::quiesce).
+  void WakeQuietGroups(std::chrono::steady_clock::time_point now);
+  // When `node` last sent this one a batch (this node's start at the earliest).
+  std::chrono::steady_clock::time_point HeardFrom(uint64_t node) const;
 
   const NodeOptions options_;
   const uint64_t incarnation_;
@@ -266,6 +285,9 @@ class Node {
   uint64_t next_seq_ = 1;
   std::chrono::steady_clock::time_point next_tick_{};
   bool stop_now_ = false;  // the loop has ended: what is left is cancelled
+  const std::chrono::steady_clock::time_point started_;
+  std::map<uint64_t, std::chrono::steady_clock::time_point> heard_;  // by node: its last batch
+  std::set<uint64_t> revived_;  // nodes heard again after a silence, since the last tick
 
   mutable std::mutex status_mu_;
   std::map<uint64_t, GroupStatus> status_;  // guarded by status_mu_

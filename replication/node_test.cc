@@ -438,6 +438,57 @@ TEST_F(NodeTest, ALostMemberIsReplacedByALearnerThatCatchesUpAndIsPromoted) {
   EXPECT_TRUE(st->learners.empty());
 }
 
+// Idle groups go quiet: the nodes then exchange keepalives only. A proposal
+// wakes its group; a quiet group whose leader's node dies elects another
+// leader; a restarted node is heard again and its groups carry on.
+TEST_F(NodeTest, IdleGroupsGoQuietAndWakeForWritesAndForALostLeader) {
+  ProposeUntilAcked(1, kGroupA, "a");
+  ProposeUntilAcked(2, kGroupB, "b");
+  auto all_quiet = [&] {
+    for (auto& [n, node] : nodes_) {
+      for (const auto& st : node->Status()) {
+        if (!st.quiesced) return false;
+      }
+    }
+    return true;
+  };
+  auto wait_quiet = [&] {
+    const auto deadline = Clock::now() + kWait;
+    while (!all_quiet() && Clock::now() < deadline) std::this_thread::sleep_for(5ms);
+    return all_quiet();
+  };
+  ASSERT_TRUE(wait_quiet());
+  const uint64_t delivered = hub_.delivered();
+  std::this_thread::sleep_for(300ms);  // 30 ticks, 3 election timeouts
+  EXPECT_EQ(hub_.delivered(), delivered) << "quiet groups sent Raft messages";
+  EXPECT_TRUE(all_quiet());
+  // A quiet follower is as current as its leader's node's last keepalive.
+  for (auto& [n, node] : nodes_) {
+    for (const auto& st : node->Status()) {
+      EXPECT_LT(Clock::now() - st.leader_contact, 200ms) << "node " << n << " group " << st.group;
+    }
+  }
+  // A write wakes the group, and it applies everywhere.
+  auto r = Propose(3, kGroupA, "c");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Converged(kGroupA), (std::vector<std::string>{"a", "c"}));
+  ASSERT_TRUE(wait_quiet());
+
+  // The leader's node dies while the group is quiet: the followers hear no
+  // keepalive for an election timeout, wake and elect another leader.
+  // With no request to wake it, the group still gets a leader.
+  const uint64_t leader = WaitForLeader(kGroupA);
+  StopNode(leader);
+  EXPECT_NE(WaitForLeader(kGroupA), 0u);
+  const uint64_t other = leader == 1 ? 2 : 1;
+  ProposeUntilAcked(other, kGroupA, "d");
+  // It comes back: heard again, it catches up.
+  StartNode(leader, /*first=*/false);
+  ProposeUntilAcked(leader, kGroupA, "e");
+  EXPECT_EQ(Converged(kGroupA), (std::vector<std::string>{"a", "c", "d", "e"}));
+  EXPECT_TRUE(wait_quiet());
+}
+
 TEST_F(NodeTest, BadGroupsAreRefused) {
   GroupSpec spec;
   spec.group = kGroupA;

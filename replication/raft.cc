@@ -199,6 +199,7 @@ void Raft::Reset(uint64_t term) {
   pending_reads_.clear();
   reads_before_commit_.clear();
   transferred_in_term_ = false;
+  quiesced_ = false;
 }
 
 void Raft::BecomeFollower(uint64_t term, uint64_t leader) {
@@ -384,6 +385,31 @@ void Raft::BroadcastHeartbeat(const std::string& context) {
   }
 }
 
+bool Raft::CanQuiesce() const {
+  if (!cfg_.quiesce || role_ != Role::kLeader || lead_transferee_ != kNone) return false;
+  if (!pending_reads_.empty() || !reads_before_commit_.empty()) return false;
+  const uint64_t last = log_.LastIndex();
+  if (log_.committed() != last || log_.applied() != last || pending_conf_index_ > last) return false;
+  for (const auto& [id, pr] : prs_) {
+    if (id != id_ && (pr.match() != last || !pr.recent_active())) return false;
+  }
+  return true;
+}
+
+void Raft::Unquiesce(bool leader_lost) {
+  if (!quiesced_) return;
+  quiesced_ = false;
+  if (role_ == Role::kLeader) {
+    // Check-quorum counts only answers that come after waking.
+    election_elapsed_ = 0;
+    for (auto& [id, pr] : prs_) {
+      if (id != id_) pr.set_recent_active(false);
+    }
+  } else if (leader_lost) {
+    election_elapsed_ = std::max(election_elapsed_, cfg_.election_tick);
+  }
+}
+
 bool Raft::MaybeCommit() {
   std::vector<uint64_t> matches;
   for (uint64_t v : conf_.voters) {
@@ -474,6 +500,7 @@ absl::Status Raft::TransferLeadership(uint64_t to) {
   }
   if (to == id_) return absl::OkStatus();
   if (!IsVoter(to)) return absl::InvalidArgumentError(absl::StrCat("raft: node ", to, " is not a voter"));
+  Unquiesce(/*leader_lost=*/false);
   if (lead_transferee_ == to) return absl::OkStatus();
   AbortTransfer();
   // The transfer must finish within one election timeout or it is abandoned.
@@ -502,6 +529,7 @@ void Raft::ReportUnreachable(uint64_t id) {
 void Raft::ReportSnapshot(uint64_t id, bool ok) {
   auto it = prs_.find(id);
   if (role_ != Role::kLeader || it == prs_.end() || it->second.state() != Progress::State::kSnapshot) return;
+  Unquiesce(/*leader_lost=*/false);
   // Success: probe from past the snapshot once the follower answers.
   // Failure: probe from its match again, after the next heartbeat reply.
   it->second.SnapshotDone(ok);
@@ -513,6 +541,8 @@ absl::Status Raft::Step(const Message& m) {
   if (m.to != kNone && m.to != id_ && m.type != MessageType::kProp && m.type != MessageType::kReadIndex) {
     return absl::InvalidArgumentError(absl::StrCat("raft: message for node ", m.to, " stepped into node ", id_));
   }
+  // Anything but the quiet heartbeat and its answer wakes a quiet replica.
+  if (quiesced_ && !m.quiesce) Unquiesce(/*leader_lost=*/false);
   const bool is_vote = m.type == MessageType::kVote || m.type == MessageType::kPreVote;
   if (m.term == 0) {
     // Local or relayed (proposal, read): handled by role below.
@@ -857,6 +887,14 @@ void Raft::HandleHeartbeat(const Message& m) {
   r.to = m.from;
   r.index = m.index;
   r.context = m.context;
+  // A follower holding exactly the log the leader committed goes quiet with
+  // it; one that does not stays awake (and its election timer wakes the group
+  // if need be).
+  if (m.quiesce && cfg_.quiesce && m.from == leader_ && log_.LastIndex() == m.commit &&
+      log_.committed() == m.commit) {
+    quiesced_ = true;
+    r.quiesce = true;
+  }
   Send(std::move(r));
 }
 
@@ -891,6 +929,7 @@ void Raft::Tick() {
   ++ticks_;
   if (ticks_ >= static_cast<uint64_t>(cfg_.election_tick)) startup_guard_ = false;
   if (lead_transferee_ != kNone && ticks_ >= transfer_deadline_) AbortTransfer();
+  if (quiesced_) return;
   if (role_ != Role::kLeader) {
     if (election_elapsed_ < std::numeric_limits<int>::max()) ++election_elapsed_;
     // A node that cannot campaign (a learner, or one that believes so) keeps
@@ -922,6 +961,21 @@ void Raft::Tick() {
   }
   if (heartbeat_elapsed_ >= cfg_.heartbeat_tick) {
     heartbeat_elapsed_ = 0;
+    if (CanQuiesce()) {
+      // The last heartbeat until something happens.
+      for (auto& [id, pr] : prs_) {
+        if (id == id_) continue;
+        Message m;
+        m.type = MessageType::kHeartbeat;
+        m.to = id;
+        m.commit = log_.committed();
+        m.index = ticks_;
+        m.quiesce = true;
+        Send(std::move(m));
+      }
+      quiesced_ = true;
+      return;
+    }
     // Carry the newest pending read, so ordinary heartbeats confirm it too.
     BroadcastHeartbeat(pending_reads_.empty() ? std::string() : EncodeReadSeq(pending_reads_.rbegin()->first));
   }

@@ -21,7 +21,8 @@
 // entries by counting (§5.4.2), ReadIndex reads (§6.4) and optional lease
 // reads, leadership transfer (dissertation §3.10), learners, one-server-at-a-
 // time membership change (dissertation §4.1), log compaction and
-// InstallSnapshot (§7), proposal forwarding from followers.
+// InstallSnapshot (§7), proposal forwarding from followers, quiescence of
+// idle groups.
 //
 // Membership changes take effect when the entry is applied (on Advance), as
 // in etcd. Thread-safety: none; one owner.
@@ -86,6 +87,17 @@ struct Config {
   // which this leader began a leadership transfer. Requires check_quorum.
   // Default: off (a heartbeat round per read batch).
   bool lease_reads = false;
+  // An idle group goes quiet: once every member holds the leader's whole log,
+  // committed and applied on the leader, with no read, transfer or change
+  // pending, and every member answered within the election timeout, the
+  // leader's next heartbeat is marked quiesce and is its last; a follower
+  // holding that log stops its election timer too. Ticks then do nothing
+  // until a proposal, a read, or any message other than that heartbeat (and
+  // its answer) wakes the replica, or the driver calls Unquiesce. The driver
+  // must watch the members' nodes: wake a follower whose leader's node fell
+  // silent, and a leader when a member's node comes back (raft::Node does).
+  // Default: off.
+  bool quiesce = false;
   // Followers reject proposals instead of forwarding them to the leader.
   // Default: off (forward).
   bool disable_proposal_forwarding = false;
@@ -131,6 +143,13 @@ class Raft {
   // The transport finished (or failed) sending `id` a snapshot.
   void ReportSnapshot(uint64_t id, bool ok);
 
+  // Wakes a quiet replica (see Config::quiesce). `leader_lost`: the leader's
+  // node fell silent, so a follower counts an election timeout as passed and
+  // campaigns within its random part. A leader starts a fresh check-quorum
+  // period in which every member must answer again.
+  void Unquiesce(bool leader_lost);
+  bool quiesced() const { return quiesced_; }
+
   bool HasReady() const;
   Ready GetReady();
   // REQUIRES: `rd` is the Ready just returned, fully handled.
@@ -171,6 +190,8 @@ class Raft {
   void BroadcastHeartbeat(const std::string& context);
   bool MaybeCommit();
   bool CommittedInCurrentTerm() const;
+  // The leader may go quiet now (Config::quiesce).
+  bool CanQuiesce() const;
   absl::Status AppendProposal(std::vector<Entry> entries);
   void AbortTransfer() { lead_transferee_ = kNone; }
 
@@ -217,6 +238,7 @@ class Raft {
   bool transferred_in_term_ = false;  // a transfer began: no lease reads this term
   uint64_t pending_conf_index_ = 0;
   uint64_t uncommitted_bytes_ = 0;
+  bool quiesced_ = false;
 
   // ReadIndex requests awaiting a quorum's heartbeat acks (§6.4), in order.
   struct PendingRead {

@@ -723,5 +723,79 @@ TEST(RaftTest, UncommittedBytesAreBounded) {
   EXPECT_TRUE(net.raft(1).Propose(std::string(30, 'y')).ok());
 }
 
+// Quiescence: an idle group stops sending heartbeats once every member holds
+// the whole log; a proposal wakes it, and it goes quiet again.
+TEST(RaftTest, AnIdleGroupGoesQuietAndAProposalWakesIt) {
+  TestNetwork net({1, 2, 3}, [](Config& c) { c.quiesce = true; });
+  net.Elect(1);
+  ASSERT_TRUE(net.raft(1).Propose("a").ok());
+  net.Settle();
+  net.TickAll(3);
+  for (uint64_t id : {1, 2, 3}) EXPECT_TRUE(net.raft(id).quiesced()) << id;
+  const uint64_t sent = net.sent();
+  net.TickAll(50);  // five election timeouts: no messages, no election
+  EXPECT_EQ(net.sent(), sent);
+  EXPECT_EQ(net.raft(1).role(), Role::kLeader);
+  EXPECT_EQ(net.raft(2).term(), net.raft(1).term());
+
+  ASSERT_TRUE(net.raft(1).Propose("b").ok());
+  EXPECT_FALSE(net.raft(1).quiesced());
+  net.Settle();
+  EXPECT_EQ(net.applied(3), (std::vector<std::string>{"a", "b"}));
+  net.TickAll(3);
+  for (uint64_t id : {1, 2, 3}) EXPECT_TRUE(net.raft(id).quiesced()) << id;
+  // A read wakes the group too, and is answered.
+  ASSERT_TRUE(net.raft(2).ReadIndex("r").ok());
+  net.Settle();
+  ASSERT_EQ(net.reads(2).size(), 1u);
+  EXPECT_EQ(net.reads(2)[0].context, "r");
+}
+
+// The leader stays awake while a member does not answer or lacks entries.
+TEST(RaftTest, AGroupWithAMemberBehindDoesNotGoQuiet) {
+  TestNetwork net({1, 2, 3}, [](Config& c) { c.quiesce = true; });
+  net.Elect(1);
+  net.Cut(1, 3);
+  ASSERT_TRUE(net.raft(1).Propose("a").ok());
+  net.Settle();
+  net.TickAll(30);
+  EXPECT_FALSE(net.raft(1).quiesced());
+  EXPECT_FALSE(net.raft(3).quiesced());
+  net.Heal();
+  net.TickAll(30);
+  EXPECT_EQ(net.applied(3), (std::vector<std::string>{"a"}));
+  for (uint64_t id : {1, 2, 3}) EXPECT_TRUE(net.raft(id).quiesced()) << id;
+}
+
+// A quiet group whose leader is gone: the driver wakes the followers
+// (Unquiesce with the leader lost) and they elect a new leader within an
+// election timeout. A follower woken alone does not unseat a live leader.
+TEST(RaftTest, QuietFollowersWokenForALostLeaderElectAnother) {
+  TestNetwork net({1, 2, 3}, [](Config& c) { c.quiesce = true; });
+  net.Elect(1);
+  ASSERT_TRUE(net.raft(1).Propose("a").ok());
+  net.Settle();
+  net.TickAll(3);
+  ASSERT_TRUE(net.raft(2).quiesced());
+  const uint64_t term = net.raft(1).term();
+  // Node 2 alone believes the leader lost: its pre-vote wakes the others,
+  // who still trust the leader; nothing changes.
+  net.raft(2).Unquiesce(/*leader_lost=*/true);
+  net.TickAll(40);
+  EXPECT_EQ(net.Leader(), 1u);
+  EXPECT_EQ(net.raft(1).term(), term);
+  // The leader really is gone.
+  net.TickAll(3);
+  ASSERT_TRUE(net.raft(2).quiesced());
+  net.Isolate(1);
+  net.raft(2).Unquiesce(/*leader_lost=*/true);
+  net.raft(3).Unquiesce(/*leader_lost=*/true);
+  for (int i = 0; i < 10 && net.raft(2).role() != Role::kLeader && net.raft(3).role() != Role::kLeader; ++i) {
+    net.Tick(2, 1);
+    net.Tick(3, 1);
+  }
+  EXPECT_TRUE(net.raft(2).role() == Role::kLeader || net.raft(3).role() == Role::kLeader);
+}
+
 }  // namespace
 }  // namespace cairn::raft

@@ -111,6 +111,7 @@ struct Message {
   bool reject = false;
   uint64_t reject_hint = 0;  // AppResp: where the follower suggests the leader look
   std::string context;       // ReadIndex / heartbeat: the read's context; Vote: "transfer"
+  bool quiesce = false;      // Heartbeat: the group goes quiet (Config::quiesce); HeartbeatResp: its answer
 };
 
 // A read that is safe once the application has applied `index` (§6.4).

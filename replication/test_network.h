@@ -124,6 +124,9 @@ class TestNetwork {
     Settle();
   }
 
+  // Messages the nodes have sent so far.
+  uint64_t sent() const { return sent_; }
+
   uint64_t Leader() {
     for (auto& [id, n] : nodes_) {
       if (n.raft->role() == Role::kLeader) return id;
@@ -154,6 +157,7 @@ class TestNetwork {
     if (!n.raft->HasReady()) return false;
     Ready rd = n.raft->GetReady();
     EXPECT_TRUE(n.storage->SaveReady(rd).ok());
+    sent_ += rd.messages.size();
     for (Message& m : rd.messages) queue_.push_back(std::move(m));
     for (const Entry& e : rd.committed) {
       if (e.type == EntryType::kNormal && !e.data.empty()) n.applied.push_back(e.data);
@@ -170,6 +174,7 @@ class TestNetwork {
   std::set<std::pair<uint64_t, uint64_t>> cut_;
   std::set<MessageType> blocked_;
   std::map<MessageType, int> pass_before_block_;
+  uint64_t sent_ = 0;
 };
 
 }  // namespace cairn::raft
