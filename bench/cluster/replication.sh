@@ -14,10 +14,12 @@ n=${1:-100000}; dim=${2:-64}; index=${3:-flat}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 . "$root/bench/cluster/common.sh"
 gen_fvecs "$work/v.fvecs" "$n" "$dim" 1
-ingest() {  # TARGET -> seconds
-  local t0; t0=$(now_ms)
-  "$bin/cairn" --target "$1" ingest --collection v ${INGEST_FLAGS:-} "$work/v.fvecs" >/dev/null 2>&1
-  calc "($(now_ms) - $t0) / 1000"
+ingest() {  # TARGET -> "seconds client-CPU-seconds"
+  local t0 c; t0=$(now_ms)
+  # `times` in the subshell: the CPU the client (its child) used.
+  c=$( ("$bin/cairn" --target "$1" ingest --collection v ${INGEST_FLAGS:-} "$work/v.fvecs" >/dev/null 2>&1; times) |
+      tail -1 | awk '{ split($1, u, "m"); split($2, s, "m"); printf "%.3f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }')
+  echo "$(calc "($(now_ms) - $t0) / 1000") $c"
 }
 
 # One node.
@@ -27,7 +29,7 @@ pids+=($!); single=$!
 ready 7751
 "$bin/cairn" --target 127.0.0.1:7750 collection create v --dim "$dim" --index "$index" >/dev/null
 c0=$(cpu $single)
-t_single=$(ingest 127.0.0.1:7750)
+read -r t_single client_single < <(ingest 127.0.0.1:7750)
 c_single=$(calc "$(cpu $single) - $c0")
 kill -TERM $single; wait $single 2>/dev/null || true
 
@@ -45,15 +47,31 @@ leader=$("$bin/cairn" --target 127.0.0.1:7760 cluster status | awk '$2 == "v" {p
 gateway=0; [ "$leader" = n0 ] && gateway=1
 declare -A c1
 for i in 0 1 2; do c1[$i]=$(cpu ${node[$i]}); done
-t_cluster=$(ingest "127.0.0.1:77$((6 + gateway))0")
+read -r t_cluster client_cluster < <(ingest "127.0.0.1:77$((6 + gateway))0")
 echo "N=$n DIM=$dim INDEX=$index; shard leader $leader, client sent to n$gateway"
-printf '%-34s %10s %14s\n' "" "writes/s" "CPU s/1k writes"
-printf '%-34s %10.0f %14.3f\n' "single node" "$(calc "$n / $t_single")" "$(calc "$c_single * 1000 / $n")"
+printf '%-44s %10s %16s\n' "" "writes/s" "CPU s/1k writes"
+per_k() { calc "$1 * 1000 / $n"; }
+printf '%-44s %10.0f %16.3f\n' "single node" "$(calc "$n / $t_single")" "$(per_k "$c_single")"
+printf '%-44s %10s %16.3f\n' "  its client (cairn ingest)" "" "$(per_k "$client_single")"
+replicas=0; busiest=0
 for i in 0 1 2; do
   role=follower; [ "n$i" = "$leader" ] && role=leader
   [ $i = $gateway ] && role="$role, took the client's writes"
   d=$(calc "$(cpu ${node[$i]}) - ${c1[$i]}")
-  printf '%-34s %10s %14.3f\n' "cluster n$i ($role)" "" "$(calc "$d * 1000 / $n")"
+  replicas=$(calc "$replicas + $d")
+  busiest=$(awk -v a="$busiest" -v b="$d" 'BEGIN { print (b > a) ? b : a }')
+  printf '%-44s %10s %16.3f\n' "cluster n$i ($role)" "" "$(per_k "$d")"
 done
-printf '%-34s %10.0f\n' "cluster (3 replicas)" "$(calc "$n / $t_cluster")"
+printf '%-44s %10s %16.3f\n' "  its client (cairn ingest)" "" "$(per_k "$client_cluster")"
+printf '%-44s %10.0f\n' "cluster (3 replicas)" "$(calc "$n / $t_cluster")"
 printf 'cluster / single: %.2f\n' "$(calc "$t_single / $t_cluster")"
+# On one machine every process shares its cores: the cluster cannot write
+# faster than the cores divided by the CPU per write of the client and the
+# three replicas together. With a machine per replica (the product), each
+# replica's own CPU per write bounds it instead.
+cores=$(nproc)
+ceiling=$(calc "$cores * $n / ($client_cluster + $replicas)")
+printf 'CPU ceiling of the cluster here (%s cores / client + 3 replicas per write): %.0f writes/s, ratio %.2f; measured %.0f%% of it\n' \
+  "$cores" "$ceiling" "$(calc "$ceiling * $t_single / $n")" "$(calc "100 * $n / $t_cluster / $ceiling")"
+printf 'a replica on a machine of its own (%s cores / busiest replica per write): %.0f writes/s\n' \
+  "$cores" "$(calc "$cores * $n / $busiest")"
