@@ -407,6 +407,13 @@ void Raft::Unquiesce(bool leader_lost) {
     }
   } else if (leader_lost) {
     election_elapsed_ = std::max(election_elapsed_, cfg_.election_tick);
+  } else if (leader_ != kNone) {
+    // Awake, this member times out unless its leader heartbeats again: an
+    // answer wakes a leader that is still quiet.
+    Message m;
+    m.type = MessageType::kHeartbeatResp;
+    m.to = leader_;
+    Send(std::move(m));
   }
 }
 
@@ -696,6 +703,7 @@ absl::Status Raft::StepLeader(const Message& m) {
     }
     case MessageType::kHeartbeatResp: {
       pr.set_recent_active(true);
+      if (m.quiesce && quiesced_) quiesce_acks_.insert(m.from);
       pr.AckedHeartbeatSentAt(m.index);
       pr.OnHeartbeatResponse();
       if (pr.match() < log_.LastIndex()) SendAppend(m.from, true);
@@ -929,7 +937,16 @@ void Raft::Tick() {
   ++ticks_;
   if (ticks_ >= static_cast<uint64_t>(cfg_.election_tick)) startup_guard_ = false;
   if (lead_transferee_ != kNone && ticks_ >= transfer_deadline_) AbortTransfer();
-  if (quiesced_) return;
+  if (quiesced_) {
+    // A member that missed the quiet heartbeat (or whose answer was lost)
+    // would time out and campaign: the leader wakes and tries again, well
+    // within that member's election timeout.
+    if (role_ != Role::kLeader || ticks_ - quiesced_at_ < static_cast<uint64_t>((cfg_.election_tick - 1) / 2)) return;
+    bool all = true;
+    for (const auto& [id, pr] : prs_) all = all && (id == id_ || quiesce_acks_.count(id));
+    if (all) return;
+    Unquiesce(/*leader_lost=*/false);
+  }
   if (role_ != Role::kLeader) {
     if (election_elapsed_ < std::numeric_limits<int>::max()) ++election_elapsed_;
     // A node that cannot campaign (a learner, or one that believes so) keeps
@@ -974,6 +991,8 @@ void Raft::Tick() {
         Send(std::move(m));
       }
       quiesced_ = true;
+      quiesced_at_ = ticks_;
+      quiesce_acks_.clear();
       return;
     }
     // Carry the newest pending read, so ordinary heartbeats confirm it too.

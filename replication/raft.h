@@ -91,7 +91,9 @@ struct Config {
   // committed and applied on the leader, with no read, transfer or change
   // pending, and every member answered within the election timeout, the
   // leader's next heartbeat is marked quiesce and is its last; a follower
-  // holding that log stops its election timer too. Ticks then do nothing
+  // holding that log stops its election timer too and says so. A leader
+  // that does not hear every member go quiet within half an election
+  // timeout wakes and tries again later. Ticks then do nothing
   // until a proposal, a read, or any message other than that heartbeat (and
   // its answer) wakes the replica, or the driver calls Unquiesce. The driver
   // must watch the members' nodes: wake a follower whose leader's node fell
@@ -239,6 +241,8 @@ class Raft {
   uint64_t pending_conf_index_ = 0;
   uint64_t uncommitted_bytes_ = 0;
   bool quiesced_ = false;
+  uint64_t quiesced_at_ = 0;            // leader: the tick it went quiet
+  std::set<uint64_t> quiesce_acks_;     // leader: members that went quiet with it
 
   // ReadIndex requests awaiting a quorum's heartbeat acks (§6.4), in order.
   struct PendingRead {

@@ -797,5 +797,65 @@ TEST(RaftTest, QuietFollowersWokenForALostLeaderElectAnother) {
   EXPECT_TRUE(net.raft(2).role() == Role::kLeader || net.raft(3).role() == Role::kLeader);
 }
 
+// Found by the simulator with quiescence (seed 1185): a follower that missed
+// the quiet heartbeat stayed awake, timed out and, without pre-vote, deposed
+// the leader. The leader now wakes when a member has not gone quiet within
+// half an election timeout.
+TEST(RaftTest, AQuietLeaderWakesWhenAMemberMissedTheQuietHeartbeat) {
+  TestNetwork net({1, 2, 3}, [](Config& c) {
+    c.quiesce = true;
+    c.pre_vote = false;
+    c.check_quorum = false;
+  });
+  net.Elect(1);
+  ASSERT_TRUE(net.raft(1).Propose("a").ok());
+  net.Settle();
+  net.TickAll(3);
+  ASSERT_TRUE(net.raft(1).quiesced());
+  // A read wakes the group; the quiet heartbeat that follows misses node 3.
+  ASSERT_TRUE(net.raft(1).ReadIndex("r").ok());
+  net.Settle();
+  net.Cut(1, 3);
+  net.Tick(1, 1);
+  ASSERT_TRUE(net.raft(1).quiesced());
+  EXPECT_FALSE(net.raft(3).quiesced());
+  net.Heal();
+  const uint64_t term = net.raft(1).term();
+  net.TickAll(60);
+  EXPECT_EQ(net.raft(1).term(), term);
+  EXPECT_EQ(net.Leader(), 1u);
+  for (uint64_t id : {1, 2, 3}) EXPECT_TRUE(net.raft(id).quiesced()) << id;
+}
+
+// Found by the simulator with quiescence (seed 1514): a follower woken by a
+// stray message (not its leader's) timed out while its leader stayed quiet.
+// Waking, a follower now tells its leader, which heartbeats again.
+TEST(RaftTest, AFollowerWokenByAStrayMessageWakesItsLeader) {
+  TestNetwork net({1, 2, 3}, [](Config& c) {
+    c.quiesce = true;
+    c.pre_vote = false;
+    c.check_quorum = false;
+  });
+  net.Elect(1);
+  ASSERT_TRUE(net.raft(1).Propose("a").ok());
+  net.Settle();
+  net.TickAll(3);
+  ASSERT_TRUE(net.raft(3).quiesced());
+  const uint64_t term = net.raft(1).term();
+  Message stray;
+  stray.type = MessageType::kHeartbeatResp;  // meaningless to a follower
+  stray.from = 2;
+  stray.to = 3;
+  stray.term = term;
+  ASSERT_TRUE(net.raft(3).Step(stray).ok());
+  EXPECT_FALSE(net.raft(3).quiesced());
+  net.Settle();
+  EXPECT_FALSE(net.raft(1).quiesced());
+  net.TickAll(60);
+  EXPECT_EQ(net.raft(1).term(), term);
+  EXPECT_EQ(net.Leader(), 1u);
+  for (uint64_t id : {1, 2, 3}) EXPECT_TRUE(net.raft(id).quiesced()) << id;
+}
+
 }  // namespace
 }  // namespace cairn::raft

@@ -25,6 +25,8 @@ the history is linearizable. The same seed always replays the same run.
   --quiet-ticks N   healed ticks in which everything must finish (default 400)
   --clients N       concurrent clients (default 5)
   --no-partitions, --no-crashes, --no-message-faults, --no-membership, --no-snapshots
+  --quiesce         idle groups go quiet; the driver wakes them as the node loop
+                    does (keepalives each tick); clients pause between operations
   --trace N         print the last N events of a failing seed (default 0)
   --keep-going      run every seed even after a failure
 
@@ -79,6 +81,8 @@ int main(int argc, char** argv) {
       base.membership = false;
     } else if (a == "--no-snapshots") {
       base.snapshots = false;
+    } else if (a == "--quiesce") {
+      base.quiesce = true;
     } else if (a == "--keep-going") {
       keep_going = true;
     } else {

@@ -61,6 +61,12 @@ struct Node {
   std::map<std::string, PendingRead> read_owners;  // context -> who asked
   std::set<std::pair<uint64_t, uint64_t>> writes;  // (client, seq) proposed here
   uint64_t down_until = 0;
+  // The driver's keepalive bookkeeping (Simulation::Keepalives): when each
+  // other node was last heard, from this incarnation's start at the earliest.
+  uint64_t started = 0;
+  std::map<uint64_t, uint64_t> heard;
+  std::set<uint64_t> revived;  // heard again after a silence, since the last tick
+  bool quiet = false;           // as of the last tick, for the stats
   // Removed from the group: shut down for good, as an operator would (a
   // removed id never rejoins; a new member gets a new id).
   bool decommissioned = false;
@@ -173,6 +179,7 @@ class Simulation {
     cfg.pre_vote = pre_vote_;
     cfg.check_quorum = check_quorum_;
     cfg.lease_reads = lease_reads_;
+    cfg.quiesce = o_.quiesce;
     cfg.max_size_per_msg = 1 + Rand(2) * 400;  // one entry per message, or a few
     cfg.max_inflight_msgs = 1 + Rand(8);
     auto node_rng = std::make_shared<std::mt19937_64>(rng_());
@@ -181,6 +188,9 @@ class Simulation {
     if (!r.ok()) Fail(absl::StrCat("node ", node.id, " does not start: ", r.status().ToString()));
     node.raft = std::move(*r);
     node.incarnation++;
+    node.started = now_;
+    node.heard.clear();
+    node.revived.clear();
     // The state machine restarts from the snapshot; the entries after it are
     // handed out again (compaction may keep entries before it: not those).
     const raft::Snapshot snap = node.storage->GetSnapshot();
@@ -351,12 +361,51 @@ class Simulation {
       node.decommissioned = true;
       node.raft.reset();
     }
+    if (o_.quiesce) Keepalives();
     for (auto& [id, node] : nodes_) {
       if (!node.raft) continue;
       stats_.steps++;
       node.raft->Tick();
       Process(node);
+      if (node.raft && node.raft->quiesced() && !node.quiet) stats_.quiesced++;
+      node.quiet = node.raft && node.raft->quiesced();
     }
+  }
+
+  // What raft::Node does for quiet groups: keepalives between nodes, and the
+  // wake-ups they decide.
+  void Keepalives() {
+    for (auto& [to, b] : nodes_) {
+      if (!b.raft) continue;
+      for (auto& [from, a] : nodes_) {
+        if (from == to || !a.raft || !Connected(from, to) || Chance(drop_)) continue;
+        const uint64_t last = std::max(b.heard[from], b.started);
+        if (now_ - last >= 3 * kUnitsPerTick) b.revived.insert(from);
+        b.heard[from] = now_;
+      }
+    }
+    const uint64_t silence = static_cast<uint64_t>(kElectionTick) * kUnitsPerTick;
+    for (auto& [id, node] : nodes_) {
+      if (!node.raft || !node.raft->quiesced()) continue;
+      if (node.raft->role() == Role::kLeader) {
+        if (!node.revived.empty()) {
+          Trace("node ", id, ": a member is back, wake the quiet leader");
+          stats_.woken++;
+          node.raft->Unquiesce(/*leader_lost=*/false);
+        }
+      } else {
+        const uint64_t leader = node.raft->leader();
+        const uint64_t last = leader == 0 ? node.started : std::max(node.heard[leader], node.started);
+        if (now_ - last >= silence) {
+          Trace("node ", id, ": leader ", leader, " silent, wake the quiet follower");
+          stats_.woken++;
+          node.raft->Unquiesce(/*leader_lost=*/true);
+        }
+      }
+      node.revived.clear();
+      Process(node);
+    }
+    for (auto& [id, node] : nodes_) node.revived.clear();
   }
 
   // ---- the driver: Ready handling -------------------------------------------------------
@@ -593,7 +642,7 @@ class Simulation {
     h.output = result;
     h.ret = ++event_clock_;
     c.busy = false;
-    c.next_try = now_ + Rand(3 * kUnitsPerTick);
+    c.next_try = now_ + Rand((o_.quiesce ? 40 : 3) * kUnitsPerTick);
     stats_.ops_completed++;
   }
 
@@ -611,7 +660,8 @@ class Simulation {
       absl::StrAppend(&out, "\n  node ", id, ": ", std::string(raft::RoleName(r.role())), " term ", r.term(),
                       " leader ", r.leader(), " voters ", absl::StrJoin(r.conf().voters, ","), " learners ",
                       absl::StrJoin(r.conf().learners, ","), " commit ", r.log().committed(), " applied ",
-                      r.log().applied(), " last ", r.log().LastIndex(), " (term ", r.log().LastTerm(), ") first ", r.log().FirstIndex(), " vote ", r.vote());
+                      r.log().applied(), " last ", r.log().LastIndex(), " (term ", r.log().LastTerm(), ") first ", r.log().FirstIndex(), " vote ", r.vote(),
+                      r.quiesced() ? " quiet" : "");
     }
     return out;
   }
@@ -686,6 +736,8 @@ void SimStats::Add(const SimStats& o) {
   ops_completed += o.ops_completed;
   ops_unfinished += o.ops_unfinished;
   reads_via_read_index += o.reads_via_read_index;
+  quiesced += o.quiesced;
+  woken += o.woken;
   max_term = std::max(max_term, o.max_term);
   committed += o.committed;
 }
@@ -695,7 +747,9 @@ std::string SimStats::ToString() const {
                       "), partitions ", partitions, ", crashes ", crashes, ", elections won ", leaders,
                       ", membership changes ", conf_changes, ", snapshots taken ", snapshots_taken, " / sent ",
                       snapshots_sent, ", client ops ", ops_completed, " (ReadIndex reads ", reads_via_read_index,
-                      "), entries committed ", committed, ", highest term ", max_term);
+                      "), entries committed ", committed, ", highest term ", max_term,
+                      quiesced > 0 ? absl::StrCat(", went quiet ", quiesced, " times, woken by the driver ", woken)
+                                   : std::string());
 }
 
 SimResult RunSimulation(const SimOptions& options) { return Simulation(options).Run(); }

@@ -42,6 +42,13 @@ struct SimOptions {
   bool message_faults = true;  // drop, duplicate, delay/reorder
   bool membership = true;
   bool snapshots = true;
+  // Idle groups go quiet (raft::Config::quiesce), and the driver plays the
+  // node loop's part: a keepalive from every live node to every other each
+  // tick (lost as messages are, cut by partitions), a quiet follower woken
+  // when it has not heard its leader's node for an election timeout, a quiet
+  // leader when a member is heard again after 3 ticks of silence. Clients
+  // pause up to 40 ticks between operations so that the group goes idle.
+  bool quiesce = false;
   // Keep the last `trace_lines` events, printed with a violation.
   int trace_lines = 0;
   // A broken driver, to show the checks can fail: it never persists the term
@@ -63,6 +70,8 @@ struct SimStats {
   uint64_t ops_completed = 0;
   uint64_t ops_unfinished = 0;  // given up on (only during faults)
   uint64_t reads_via_read_index = 0;
+  uint64_t quiesced = 0;  // times a replica went quiet
+  uint64_t woken = 0;     // times the driver woke one (a silent leader, a member back)
   uint64_t max_term = 0;
   uint64_t committed = 0;  // highest index applied anywhere
 
