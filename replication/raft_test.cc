@@ -797,21 +797,29 @@ TEST(RaftTest, QuietFollowersWokenForALostLeaderElectAnother) {
   EXPECT_TRUE(net.raft(2).role() == Role::kLeader || net.raft(3).role() == Role::kLeader);
 }
 
+// A group that goes quiet, with neither pre-vote nor check-quorum to shield
+// the leader from a follower that times out.
+void QuietNoPreVote(Config& c) {
+  c.quiesce = true;
+  c.pre_vote = false;
+  c.check_quorum = false;
+}
+// Elects node 1, commits an entry and lets the group go quiet.
+void GoQuiet(TestNetwork& net) {
+  net.Elect(1);
+  ASSERT_TRUE(net.raft(1).Propose("a").ok());
+  net.Settle();
+  net.TickAll(3);
+  for (uint64_t id : {1, 2, 3}) ASSERT_TRUE(net.raft(id).quiesced()) << id;
+}
+
 // Found by the simulator with quiescence (seed 1185): a follower that missed
 // the quiet heartbeat stayed awake, timed out and, without pre-vote, deposed
 // the leader. The leader now wakes when a member has not gone quiet within
 // half an election timeout.
 TEST(RaftTest, AQuietLeaderWakesWhenAMemberMissedTheQuietHeartbeat) {
-  TestNetwork net({1, 2, 3}, [](Config& c) {
-    c.quiesce = true;
-    c.pre_vote = false;
-    c.check_quorum = false;
-  });
-  net.Elect(1);
-  ASSERT_TRUE(net.raft(1).Propose("a").ok());
-  net.Settle();
-  net.TickAll(3);
-  ASSERT_TRUE(net.raft(1).quiesced());
+  TestNetwork net({1, 2, 3}, QuietNoPreVote);
+  ASSERT_NO_FATAL_FAILURE(GoQuiet(net));
   // A read wakes the group; the quiet heartbeat that follows misses node 3.
   ASSERT_TRUE(net.raft(1).ReadIndex("r").ok());
   net.Settle();
@@ -831,16 +839,8 @@ TEST(RaftTest, AQuietLeaderWakesWhenAMemberMissedTheQuietHeartbeat) {
 // stray message (not its leader's) timed out while its leader stayed quiet.
 // Waking, a follower now tells its leader, which heartbeats again.
 TEST(RaftTest, AFollowerWokenByAStrayMessageWakesItsLeader) {
-  TestNetwork net({1, 2, 3}, [](Config& c) {
-    c.quiesce = true;
-    c.pre_vote = false;
-    c.check_quorum = false;
-  });
-  net.Elect(1);
-  ASSERT_TRUE(net.raft(1).Propose("a").ok());
-  net.Settle();
-  net.TickAll(3);
-  ASSERT_TRUE(net.raft(3).quiesced());
+  TestNetwork net({1, 2, 3}, QuietNoPreVote);
+  ASSERT_NO_FATAL_FAILURE(GoQuiet(net));
   const uint64_t term = net.raft(1).term();
   Message stray;
   stray.type = MessageType::kHeartbeatResp;  // meaningless to a follower
