@@ -127,6 +127,11 @@ struct Node::Group {
   Clock::time_point leader_contact{};  // the last message from the current leader
   bool stopped = false;
   std::string stop_reason;
+  // A snapshot is being installed off the loop: the group's Ready (`rd`,
+  // persisted and sent) waits for it, and no other Ready is taken meanwhile.
+  bool installing = false;
+  uint64_t install_id = 0;
+  std::thread installer;
   std::map<uint64_t, Pending> proposals;  // by sequence number
 
   struct Reader {
@@ -167,6 +172,9 @@ Node::~Node() {
   }
   cv_.notify_all();
   if (loop_.joinable()) loop_.join();
+  for (auto& [id, g] : groups_) {
+    if (g->installer.joinable()) g->installer.join();
+  }
   // Tasks never run end their callers' waits with Cancelled (they hold
   // promises and callbacks); the groups' pending work ends here too.
   for (auto& t : inbox_->tasks) t();
@@ -437,6 +445,8 @@ absl::Status Node::OpenGroup(GroupSpec spec) {
 
 void Node::CloseGroup(uint64_t group, bool drop_log) {
   auto it = groups_.find(group);
+  // An install under way finishes first: it holds the state machine.
+  if (it->second->installer.joinable()) it->second->installer.join();
   FailAll(*it->second, absl::CancelledError(absl::StrCat("group ", group, " was removed from this node")));
   groups_.erase(it);
   if (drop_log) {
@@ -475,7 +485,7 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
   // Wait for work or the next tick.
   auto has_ready = [this] {
     for (const auto& [id, g] : groups_) {
-      if (!g->stopped && g->raft->HasReady()) return true;
+      if (!g->stopped && !g->installing && g->raft->HasReady()) return true;
     }
     return false;
   };
@@ -515,7 +525,7 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
   std::vector<Group*> ready;
   std::vector<std::pair<RocksLogStorage*, const Ready*>> work;
   for (auto& [id, g] : groups_) {
-    if (g->stopped || !g->raft->HasReady()) continue;
+    if (g->stopped || g->installing || !g->raft->HasReady()) continue;
     g->rd = g->raft->GetReady();
     ready.push_back(g.get());
     work.push_back({g->log.get(), &g->rd});
@@ -549,69 +559,104 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
     }
   }
   for (auto& [node, batch] : out) options_.transport->Send(node, std::move(batch));
-  // Apply, groups in parallel.
+  // Apply, groups in parallel; a snapshot is installed off the loop, so
+  // that opening a large one stalls no other group.
   std::vector<std::function<void()>> apply;
   for (Group* g : ready) {
-    if (g->rd.snapshot || !g->rd.committed.empty()) apply.push_back([this, g] { ApplyCommitted(*g, g->rd); });
+    if (g->rd.snapshot) {
+      StartInstall(*g);
+    } else if (!g->rd.committed.empty()) {
+      apply.push_back([this, g] { ApplyCommitted(*g, g->rd); });
+    }
   }
   if (!apply.empty()) pool_->RunAll(std::move(apply));
   for (Group* g : ready) {
-    for (auto& rs : g->rd.reads) {
-      auto asked = g->reads_asked.find(rs.context);
-      if (asked == g->reads_asked.end()) continue;
-      for (auto& r : asked->second) g->reads_waiting.emplace(rs.index, std::move(r));
-      g->reads_asked.erase(asked);
-    }
-    while (!g->reads_waiting.empty() && g->reads_waiting.begin()->first <= g->applied) {
-      g->reads_waiting.begin()->second.done(absl::OkStatus());
-      g->reads_waiting.erase(g->reads_waiting.begin());
-    }
-    if (g->rd.leader != g->leader) {
-      g->leader = g->rd.leader;
-      ++g->leader_changes;
-      // Proposals forwarded to a leader that is gone would wait out their
-      // deadline: their callers hear now and retry (they may still commit,
-      // so only what is idempotent may be retried).
-      for (auto it = g->proposals.begin(); it != g->proposals.end();) {
-        if (it->second.index == 0) {
-          it->second.done(absl::UnavailableError("the group's leader changed before the proposal was acknowledged; retry"));
-          it = g->proposals.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      // Reads asked of a leader that is gone may never be answered.
-      if (!g->reads_asked.empty()) {
-        for (auto& [ctx, rs] : g->reads_asked) {
-          for (auto& r : rs) r.done(absl::UnavailableError("the group's leader changed; retry"));
-        }
-        g->reads_asked.clear();
-      }
-    }
-    if (!g->stopped) g->raft->Advance(g->rd);
-    g->rd = Ready();
-    if (!g->stopped) MaybeCompact(*g);
+    if (!g->installing) AfterApply(*g);
   }
   ExpireDeadlines();
   PublishStatus();
   lk.lock();
 }
 
-void Node::ApplyCommitted(Group& g, const Ready& rd) {
-  auto stop = [&](const absl::Status& s) {
-    g.stopped = true;
-    g.stop_reason = s.ToString();
-    std::fprintf(stderr, "cairn: node %llu: group %llu stopped: %s\n",
-                 static_cast<unsigned long long>(options_.node_id), static_cast<unsigned long long>(g.spec.group),
-                 g.stop_reason.c_str());
-    FailAll(g, absl::UnavailableError(absl::StrCat("group ", g.spec.group, " stopped on node ", options_.node_id,
-                                                   ": ", g.stop_reason)));
-  };
-  if (rd.snapshot) {
-    if (absl::Status s = g.spec.state_machine->Restore(*rd.snapshot); !s.ok()) return stop(s);
-    g.applied = rd.snapshot->meta.index;
-    if (!rd.snapshot->data.empty()) ++g.snapshots_installed;
+void Node::AfterApply(Group& g) {
+  for (auto& rs : g.rd.reads) {
+    auto asked = g.reads_asked.find(rs.context);
+    if (asked == g.reads_asked.end()) continue;
+    for (auto& r : asked->second) g.reads_waiting.emplace(rs.index, std::move(r));
+    g.reads_asked.erase(asked);
   }
+  while (!g.reads_waiting.empty() && g.reads_waiting.begin()->first <= g.applied) {
+    g.reads_waiting.begin()->second.done(absl::OkStatus());
+    g.reads_waiting.erase(g.reads_waiting.begin());
+  }
+  if (g.rd.leader != g.leader) {
+    g.leader = g.rd.leader;
+    ++g.leader_changes;
+    // Proposals forwarded to a leader that is gone would wait out their
+    // deadline: their callers hear now and retry (they may still commit,
+    // so only what is idempotent may be retried).
+    for (auto it = g.proposals.begin(); it != g.proposals.end();) {
+      if (it->second.index == 0) {
+        it->second.done(absl::UnavailableError("the group's leader changed before the proposal was acknowledged; retry"));
+        it = g.proposals.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // Reads asked of a leader that is gone may never be answered.
+    if (!g.reads_asked.empty()) {
+      for (auto& [ctx, rs] : g.reads_asked) {
+        for (auto& r : rs) r.done(absl::UnavailableError("the group's leader changed; retry"));
+      }
+      g.reads_asked.clear();
+    }
+  }
+  if (!g.stopped) g.raft->Advance(g.rd);
+  g.rd = Ready();
+  if (!g.stopped) MaybeCompact(g);
+}
+
+void Node::StartInstall(Group& g) {
+  g.installing = true;
+  g.install_id = next_seq_++;
+  if (g.installer.joinable()) g.installer.join();
+  g.installer = std::thread([this, gid = g.spec.group, id = g.install_id, sm = g.spec.state_machine,
+                             snap = *g.rd.snapshot] {
+    absl::Status s = sm->Restore(snap);
+    std::lock_guard l(mu_);
+    if (stop_) return;
+    inbox_->tasks.push_back([this, gid, id, s] { FinishInstall(gid, id, s); });
+    cv_.notify_all();
+  });
+}
+
+void Node::FinishInstall(uint64_t group, uint64_t install_id, const absl::Status& s) {
+  auto it = groups_.find(group);
+  if (it == groups_.end() || !it->second->installing || it->second->install_id != install_id) return;
+  Group& g = *it->second;
+  g.installer.join();
+  g.installing = false;
+  if (!s.ok()) {
+    StopGroup(g, s);
+  } else {
+    g.applied = g.rd.snapshot->meta.index;
+    if (!g.rd.snapshot->data.empty()) ++g.snapshots_installed;
+    if (!g.rd.committed.empty()) ApplyCommitted(g, g.rd);
+  }
+  AfterApply(g);
+}
+
+void Node::StopGroup(Group& g, const absl::Status& s) {
+  g.stopped = true;
+  g.stop_reason = s.ToString();
+  std::fprintf(stderr, "cairn: node %llu: group %llu stopped: %s\n", static_cast<unsigned long long>(options_.node_id),
+               static_cast<unsigned long long>(g.spec.group), g.stop_reason.c_str());
+  FailAll(g, absl::UnavailableError(absl::StrCat("group ", g.spec.group, " stopped on node ", options_.node_id, ": ",
+                                                 g.stop_reason)));
+}
+
+void Node::ApplyCommitted(Group& g, const Ready& rd) {
+  auto stop = [&](const absl::Status& s) { StopGroup(g, s); };
   if (rd.committed.empty()) return;
   std::vector<Entry> entries;
   std::vector<Origin> origins(rd.committed.size());

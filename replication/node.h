@@ -5,7 +5,9 @@
 // collects the Ready of every group that has one, writes all of them to the
 // node's LogStore with one fsync, sends the messages batched per destination
 // node, applies the committed entries (each group in order, groups in
-// parallel on a small pool), and advances the groups.
+// parallel on a small pool), and advances the groups. A snapshot a leader
+// sent is installed on a thread of its own; its group takes no other Ready
+// until it is done, and the other groups go on.
 //
 //   Node::Start(options)         the loop runs until the Node is destroyed
 //   AddGroup({gid, replica, nodes, initial voters, state machine})
@@ -259,7 +261,17 @@ class Node {
   void Turn(std::unique_lock<std::mutex>& lk);
   absl::Status OpenGroup(GroupSpec spec);
   void CloseGroup(uint64_t group, bool drop_log);
+  // Applies rd.committed (not its snapshot) to the state machine.
   void ApplyCommitted(Group& g, const Ready& rd);
+  // After the group's Ready was applied: reads served, leader changes
+  // handled, Advance, compaction.
+  void AfterApply(Group& g);
+  // Installs rd.snapshot on a thread of its own; FinishInstall (on the loop,
+  // through the inbox) applies the rest of the Ready and advances.
+  void StartInstall(Group& g);
+  void FinishInstall(uint64_t group, uint64_t install_id, const absl::Status& s);
+  // The state machine failed: the group stops, its callers hear why.
+  void StopGroup(Group& g, const absl::Status& s);
   void MaybeCompact(Group& g);
   void FailAll(Group& g, const absl::Status& s);
   void ExpireDeadlines();

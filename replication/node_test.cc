@@ -356,6 +356,34 @@ TEST_F(NodeTest, AFollowerBehindTheCompactedLogCatchesUpFromASnapshot) {
   EXPECT_EQ(Converged(kGroupA), acked);
 }
 
+// Installing a snapshot runs off the node loop: while one group's replica
+// opens a large snapshot, the node's other groups go on committing and
+// answering through it.
+TEST_F(NodeTest, AGroupInstallingASnapshotStallsNoOtherGroup) {
+  RestartCompactingEarly();
+  const uint64_t leader = WaitForLeader(kGroupA);
+  const uint64_t down = leader == 3 ? 2 : 3;
+  const uint64_t up = 6 - leader - down;
+  StopNode(down);
+  for (int i = 0; i < 100; ++i) ProposeUntilAcked(i % 2 == 0 ? leader : up, kGroupA, absl::StrCat("w", i));
+  Machine(kGroupA, down).HoldRestores();
+  StartNode(down, /*first=*/false);
+  ASSERT_TRUE(Machine(kGroupA, down).WaitForHeldRestore());
+  // Group B through the node that is installing A's snapshot: writes commit
+  // and apply there, and its linearizable reads are answered.
+  for (int i = 0; i < 5; ++i) {
+    auto r = Propose(down, kGroupB, absl::StrCat("b", i), 5s);
+    EXPECT_TRUE(r.ok()) << r.status();
+  }
+  EXPECT_TRUE(Read(down, kGroupB).ok());
+  EXPECT_EQ(Machine(kGroupA, down).restores(), 0);
+  Machine(kGroupA, down).ReleaseRestores();
+  ProposeUntilAcked(down, kGroupA, "after");
+  EXPECT_EQ(Machine(kGroupA, down).restores(), 1);
+  EXPECT_EQ(Converged(kGroupA).back(), "after");
+  EXPECT_EQ(Converged(kGroupB).size(), 5u);
+}
+
 // A snapshot persisted in the log but not installed (a crash in between) is
 // installed when the group opens.
 TEST_F(NodeTest, ASnapshotPersistedButNotInstalledIsInstalledAtOpen) {

@@ -46,6 +46,14 @@ class RecordingMachine final : public StateMachine {
     return applied_;
   }
   absl::Status Restore(const Snapshot& snapshot) override {
+    {
+      // A held install waits (a large snapshot being opened).
+      std::unique_lock g(gate_mu_);
+      restoring_ = true;
+      gate_cv_.notify_all();
+      gate_cv_.wait_for(g, kWait, [&] { return !held_; });
+      restoring_ = false;
+    }
     std::lock_guard l(mu_);
     std::vector<std::string> log;
     storage::ByteReader r{snapshot.data};
@@ -66,6 +74,21 @@ class RecordingMachine final : public StateMachine {
       c.data.append(d);
     }
     return c;
+  }
+  // Installs wait in Restore until released (or kWait).
+  void HoldRestores() {
+    std::lock_guard g(gate_mu_);
+    held_ = true;
+  }
+  void ReleaseRestores() {
+    std::lock_guard g(gate_mu_);
+    held_ = false;
+    gate_cv_.notify_all();
+  }
+  // Waits until an install is waiting in Restore.
+  bool WaitForHeldRestore() {
+    std::unique_lock g(gate_mu_);
+    return gate_cv_.wait_for(g, kWait, [&] { return restoring_; });
   }
   // Snapshots installed.
   int restores() const {
@@ -89,6 +112,10 @@ class RecordingMachine final : public StateMachine {
  private:
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
+  std::mutex gate_mu_;
+  std::condition_variable gate_cv_;
+  bool held_ = false;       // guarded by gate_mu_
+  bool restoring_ = false;  // guarded by gate_mu_
   uint64_t applied_ = 0;
   int restores_ = 0;
   std::vector<std::string> log_;
