@@ -15,6 +15,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -136,6 +137,15 @@ class NodeTest : public ::testing::Test {
     max_keep_ = 10;
     for (uint64_t n : kNodes) StopNode(n);
     for (uint64_t n : kNodes) StartNode(n, /*first=*/false);
+  }
+
+  // Stops a node following group A's leader: {A's leader, the node down,
+  // the other one}.
+  std::tuple<uint64_t, uint64_t, uint64_t> StopAFollowerOfA() {
+    const uint64_t leader = WaitForLeader(kGroupA);
+    const uint64_t down = leader == 3 ? 2 : 3;
+    StopNode(down);
+    return {leader, down, 6 - leader - down};
   }
 
   RecordingMachine& Machine(uint64_t group, uint64_t node) { return *machines_.at({group, node}); }
@@ -323,10 +333,7 @@ TEST_F(NodeTest, AReadOnALaggingFollowerWaitsForWhatWasAcknowledged) {
 // the entries after it. Restarts after compaction start from the snapshot.
 TEST_F(NodeTest, AFollowerBehindTheCompactedLogCatchesUpFromASnapshot) {
   RestartCompactingEarly();
-  const uint64_t leader = WaitForLeader(kGroupA);
-  const uint64_t down = leader == 3 ? 2 : 3;
-  const uint64_t up = 6 - leader - down;
-  StopNode(down);
+  const auto [leader, down, up] = StopAFollowerOfA();
   std::vector<std::string> acked;
   for (int i = 0; i < 200; ++i) {
     const std::string d = absl::StrCat("w", i);
@@ -361,10 +368,7 @@ TEST_F(NodeTest, AFollowerBehindTheCompactedLogCatchesUpFromASnapshot) {
 // answering through it.
 TEST_F(NodeTest, AGroupInstallingASnapshotStallsNoOtherGroup) {
   RestartCompactingEarly();
-  const uint64_t leader = WaitForLeader(kGroupA);
-  const uint64_t down = leader == 3 ? 2 : 3;
-  const uint64_t up = 6 - leader - down;
-  StopNode(down);
+  const auto [leader, down, up] = StopAFollowerOfA();
   for (int i = 0; i < 100; ++i) ProposeUntilAcked(i % 2 == 0 ? leader : up, kGroupA, absl::StrCat("w", i));
   Machine(kGroupA, down).HoldRestores();
   StartNode(down, /*first=*/false);
