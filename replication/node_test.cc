@@ -373,8 +373,15 @@ TEST_F(NodeTest, AGroupInstallingASnapshotStallsNoOtherGroup) {
   Machine(kGroupA, down).HoldRestores();
   StartNode(down, /*first=*/false);
   ASSERT_TRUE(Machine(kGroupA, down).WaitForHeldRestore());
-  // Group B through the node that is installing A's snapshot: writes commit
-  // and apply there, and its linearizable reads are answered.
+  // Group B through the node that is installing A's snapshot: it hears its
+  // leader, writes commit and apply there, and its linearizable reads are
+  // answered.
+  auto b_leader_known = [&] {
+    auto st = nodes_.at(down)->GroupStatusOf(kGroupB);
+    return st.ok() && st->leader != kNone;
+  };
+  for (int i = 0; i < 500 && !b_leader_known(); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(b_leader_known());
   for (int i = 0; i < 5; ++i) {
     auto r = Propose(down, kGroupB, absl::StrCat("b", i), 5s);
     EXPECT_TRUE(r.ok()) << r.status();
