@@ -788,9 +788,14 @@ void Node::WakeQuietGroups(Clock::time_point now) {
     if (g->stopped || !g->raft->quiesced()) continue;
     if (g->raft->role() == Role::kLeader) {
       // A member back from a restart, a pause or a partition may have missed
-      // the quiet heartbeat, or be campaigning: heartbeats again.
+      // the quiet heartbeat, or be campaigning; a voter gone silent may have
+      // cost this leader its quorum, which only an awake leader checks (and
+      // then steps down): heartbeats again.
+      const auto& voters = g->raft->conf().voters;
       for (const auto& [replica, node] : g->spec.nodes) {
-        if (node != options_.node_id && revived_.count(node)) {
+        if (node == options_.node_id) continue;
+        const bool voter = std::find(voters.begin(), voters.end(), replica) != voters.end();
+        if (revived_.count(node) || (voter && now - HeardFrom(node) >= silence)) {
           g->raft->Unquiesce(/*leader_lost=*/false);
           break;
         }
@@ -829,6 +834,20 @@ void Node::PublishStatus() {
     if (s.quiesced && s.role != Role::kLeader) {
       auto leader = g->spec.nodes.find(s.leader);
       if (leader != g->spec.nodes.end()) s.leader_contact = std::max(s.leader_contact, HeardFrom(leader->second));
+    } else if (s.role == Role::kLeader) {
+      // A leader is current as of when it last heard a quorum of its voters'
+      // nodes (itself included): it cannot have been replaced before. (Quiet,
+      // it hears their keepalives; awake, their answers too.)
+      const auto& voters = g->raft->conf().voters;
+      std::vector<Clock::time_point> heard;
+      for (uint64_t v : voters) {
+        auto node = g->spec.nodes.find(v);
+        if (node == g->spec.nodes.end()) continue;
+        heard.push_back(node->second == options_.node_id ? Clock::now() : HeardFrom(node->second));
+      }
+      std::sort(heard.begin(), heard.end(), std::greater<>());
+      const size_t quorum = voters.size() / 2 + 1;
+      s.leader_contact = heard.size() >= quorum ? heard[quorum - 1] : Clock::time_point{};
     }
     s.stopped = g->stopped;
     s.stop_reason = g->stop_reason;

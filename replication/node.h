@@ -134,7 +134,9 @@ struct NodeOptions {
   // each tick, wakes a quiet follower when its leader's node has been silent
   // for an election timeout (it campaigns), and a quiet leader when a
   // member's node is heard again after a silence of 3 ticks or more (a
-  // restart, a pause, a healed partition). Default: on.
+  // restart, a pause, a healed partition) or a voter's node has been silent
+  // for an election timeout (awake, check-quorum steps it down if it lost
+  // its quorum). Default: on.
   bool quiesce = true;
 };
 
@@ -176,7 +178,8 @@ struct GroupStatus {
   // When this replica last heard from its group's leader (now, when it is
   // the leader); the epoch when never.
   // A quiet follower counts its leader's node's keepalives: it holds what
-  // the leader committed (a write would have woken it).
+  // the leader committed (a write would have woken it). A leader: when it
+  // last heard a quorum of its voters' nodes.
   std::chrono::steady_clock::time_point leader_contact{};
   bool quiesced = false;     // idle: no heartbeats, no election timer
   bool stopped = false;      // the state machine failed

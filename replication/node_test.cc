@@ -528,6 +528,34 @@ TEST_F(NodeTest, IdleGroupsGoQuietAndWakeForWritesAndForALostLeader) {
   EXPECT_TRUE(wait_quiet());
 }
 
+// A quiet leader cut off from its group does not stay leader: with its
+// voters' nodes silent it wakes, and check-quorum steps it down; meanwhile
+// its leader contact (what local reads trust) is when it last heard a quorum.
+TEST_F(NodeTest, AnIsolatedQuietLeaderStepsDown) {
+  ProposeUntilAcked(1, kGroupA, "a");
+  const uint64_t leader = WaitForLeader(kGroupA);
+  auto quiet = [&](uint64_t n) {
+    auto st = nodes_.at(n)->GroupStatusOf(kGroupA);
+    return st.ok() && st->quiesced;
+  };
+  for (int i = 0; i < 500 && !(quiet(1) && quiet(2) && quiet(3)); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(quiet(leader));
+  hub_.Isolate(leader, {1, 2, 3});
+  std::this_thread::sleep_for(150ms);  // more than an election timeout (100 ms)
+  auto st = nodes_.at(leader)->GroupStatusOf(kGroupA);
+  ASSERT_TRUE(st.ok());
+  EXPECT_GE(Clock::now() - st->leader_contact, 100ms) << "an isolated leader looks current";
+  auto stepped_down = [&] {
+    auto s = nodes_.at(leader)->GroupStatusOf(kGroupA);
+    return s.ok() && s->role != Role::kLeader;
+  };
+  for (int i = 0; i < 500 && !stepped_down(); ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(stepped_down());
+  hub_.Heal();
+  ProposeUntilAcked(leader, kGroupA, "b");
+  EXPECT_EQ(Converged(kGroupA), (std::vector<std::string>{"a", "b"}));
+}
+
 TEST_F(NodeTest, BadGroupsAreRefused) {
   GroupSpec spec;
   spec.group = kGroupA;

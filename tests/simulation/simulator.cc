@@ -388,8 +388,12 @@ class Simulation {
     for (auto& [id, node] : nodes_) {
       if (!node.raft || !node.raft->quiesced()) continue;
       if (node.raft->role() == Role::kLeader) {
-        if (!node.revived.empty()) {
-          Trace("node ", id, ": a member is back, wake the quiet leader");
+        bool silent_voter = false;
+        for (uint64_t v : node.raft->conf().voters) {
+          if (v != id && now_ - std::max(node.heard[v], node.started) >= silence) silent_voter = true;
+        }
+        if (!node.revived.empty() || silent_voter) {
+          Trace("node ", id, silent_voter ? ": a voter is silent" : ": a member is back", ", wake the quiet leader");
           stats_.woken++;
           node.raft->Unquiesce(/*leader_lost=*/false);
         }

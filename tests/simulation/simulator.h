@@ -46,7 +46,8 @@ struct SimOptions {
   // node loop's part: a keepalive from every live node to every other each
   // tick (lost as messages are, cut by partitions), a quiet follower woken
   // when it has not heard its leader's node for an election timeout, a quiet
-  // leader when a member is heard again after 3 ticks of silence. Clients
+  // leader when a member is heard again after 3 ticks of silence or a voter
+  // has been silent for an election timeout. Clients
   // pause up to 40 ticks between operations so that the group goes idle.
   bool quiesce = false;
   // Keep the last `trace_lines` events, printed with a violation.
