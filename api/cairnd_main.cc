@@ -105,6 +105,9 @@ void Usage(FILE* out) {
       "                          follower behind; one further behind catches up from files\n"
       "  --snapshot-max-mbps N   MiB per second a replica fetches a snapshot's files at, at most\n"
       "                          (CAIRN_SNAPSHOT_MAX_MBPS; default 128; 0: no bound)\n"
+      "  --raft-quiesce on|off   idle groups go quiet: no heartbeats, one keepalive per node\n"
+      "                          pair per tick; a write, a read or a silent leader wakes them\n"
+      "                          (CAIRN_RAFT_QUIESCE; default on)\n"
       "\n"
       "  --config PATH           JSON settings, keys named like the flags with underscores,\n"
       "                          e.g. {\"listen\": \"0.0.0.0:7600\", \"data_dir\": \"/data\"}\n"
@@ -193,7 +196,8 @@ int main(int argc, char** argv) {
         "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
         "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb",
         "cluster", "node_name", "seeds", "peer_listen", "advertise", "cluster_secret_file", "peer_tls_cert",
-        "peer_tls_key", "peer_tls_ca", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps"};
+        "peer_tls_key", "peer_tls_ca", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps",
+        "raft_quiesce"};
     for (const auto& [k, v] : j.items()) {
       if (!kKeys.contains(k)) {
         std::fprintf(stderr, "cairnd: config file %s: unknown key \"%s\"\n", config_path.c_str(), k.c_str());
@@ -238,6 +242,7 @@ int main(int argc, char** argv) {
   std::string zone = Env("CAIRN_ZONE", "");
   std::string raft_tick = Env("CAIRN_RAFT_TICK_MS", "100");
   std::string compact_entries = Env("CAIRN_RAFT_LOG_COMPACT_ENTRIES", "20000");
+  std::string raft_quiesce = Env("CAIRN_RAFT_QUIESCE", "on");
   std::string snapshot_mbps = Env("CAIRN_SNAPSHOT_MAX_MBPS", "128");
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -316,6 +321,8 @@ int main(int argc, char** argv) {
       value(&compact_entries);
     } else if (a == "--snapshot-max-mbps") {
       value(&snapshot_mbps);
+    } else if (a == "--raft-quiesce") {
+      value(&raft_quiesce);
     } else {
       std::fprintf(stderr, "cairnd: unknown flag %s (see cairnd --help)\n", a.c_str());
       return 2;
@@ -330,6 +337,10 @@ int main(int argc, char** argv) {
                  "cairnd: --workers must be 0..1024, --max-request-mb 1..2047, "
                  "--grace-seconds 0..3600, --gpu-memory-mb 0 or more, --raft-tick-ms 1..10000, "
                  "--raft-log-compact-entries 10..100000000, --snapshot-max-mbps 0 or more\n");
+    return 2;
+  }
+  if (raft_quiesce != "on" && raft_quiesce != "off" && raft_quiesce != "1" && raft_quiesce != "0") {
+    std::fprintf(stderr, "cairnd: --raft-quiesce is on or off, got \"%s\"\n", raft_quiesce.c_str());
     return 2;
   }
   for (const auto& [flag, addr] : {std::pair<const char*, std::string>{"--listen", listen},
@@ -371,6 +382,7 @@ int main(int argc, char** argv) {
     cluster_options.log_keep_entries = std::min<uint64_t>(cluster_options.log_keep_entries, n_compact / 4);
     cluster_options.log_max_keep_entries = 10 * static_cast<uint64_t>(n_compact);
     cluster_options.snapshot_rate_bytes = static_cast<uint64_t>(n_snap_mbps) << 20;
+    cluster_options.quiesce = raft_quiesce == "on" || raft_quiesce == "1";
     if (!cluster_secret_file.empty()) {
       auto secret = cairn::storage::ReadFile(cluster_secret_file);
       if (!secret.ok()) {

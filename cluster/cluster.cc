@@ -555,6 +555,7 @@ absl::Status Cluster::Start() {
   no.tick = options_.tick;
   no.election_tick = options_.election_tick;
   no.compact_after_entries = options_.log_compact_entries;
+  no.quiesce = options_.quiesce;
   no.keep_entries = options_.log_keep_entries;
   no.max_keep_entries = options_.log_max_keep_entries;
   CAIRN_ASSIGN_OR_RETURN(node_, raft::Node::Start(no));

@@ -80,6 +80,9 @@ struct ClusterOptions {
   // (more for a follower behind, up to max_keep_entries). Defaults: 20,000,
   // 5,000, 200,000.
   uint64_t log_compact_entries = 20000;
+  // Idle groups go quiet: no heartbeats, one keepalive per node pair per
+  // tick instead (raft::NodeOptions::quiesce). Default: on.
+  bool quiesce = true;
   uint64_t log_keep_entries = 5000;
   uint64_t log_max_keep_entries = 200000;
   // Snapshot files a replica fetches per second, at most, per transfer

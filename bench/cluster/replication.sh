@@ -9,21 +9,28 @@
 # which every replica does for itself.
 # Usage: bench/cluster/replication.sh [N=100000] [DIM=64] [INDEX=flat]   (after make)
 # INGEST_FLAGS passes flags to both ingests, e.g. INGEST_FLAGS="--inflight 16".
+# PIN=1 (a machine of 8 cores or more) gives the client and each server
+# CORES_PER_NODE cores of their own (default 2; the single node gets the
+# cores the first replica gets later): the ratio then measures replication,
+# not three servers sharing one machine's CPU.
 set -euo pipefail
 n=${1:-100000}; dim=${2:-64}; index=${3:-flat}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 . "$root/bench/cluster/common.sh"
 gen_fvecs "$work/v.fvecs" "$n" "$dim" 1
+pin_next; client_pin=("${pinned[@]}")
 ingest() {  # TARGET -> "seconds client-CPU-seconds"
   local t0 c; t0=$(now_ms)
   # `times` in the subshell: the CPU the client (its child) used.
-  c=$( ("$bin/cairn" --target "$1" ingest --collection v ${INGEST_FLAGS:-} "$work/v.fvecs" >/dev/null 2>&1; times) |
+  c=$( ("${client_pin[@]}" "$bin/cairn" --target "$1" ingest --collection v ${INGEST_FLAGS:-} "$work/v.fvecs" >/dev/null 2>&1; times) |
       tail -1 | awk '{ split($1, u, "m"); split($2, s, "m"); printf "%.3f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }')
   echo "$(calc "($(now_ms) - $t0) / 1000") $c"
 }
 
-# One node.
-"$bin/cairnd" --data-dir "$work/single" --listen 127.0.0.1:7750 --http-listen 127.0.0.1:7751 \
+# One node, on the cores the first replica gets later.
+first_server_core=$next_core
+pin_next
+"${pinned[@]}" "$bin/cairnd" --data-dir "$work/single" --listen 127.0.0.1:7750 --http-listen 127.0.0.1:7751 \
   --insecure-no-auth >"$work/single.log" 2>&1 &
 pids+=($!); single=$!
 ready 7751
@@ -35,8 +42,10 @@ kill -TERM $single; wait $single 2>/dev/null || true
 
 # Three nodes.
 seeds=127.0.0.1:7762,127.0.0.1:7772,127.0.0.1:7782
+next_core=$first_server_core
 for i in 0 1 2; do
-  "$bin/cairnd" --cluster --node-name "n$i" --data-dir "$work/n$i" --listen "127.0.0.1:77$((6 + i))0" \
+  pin_next
+  "${pinned[@]}" "$bin/cairnd" --cluster --node-name "n$i" --data-dir "$work/n$i" --listen "127.0.0.1:77$((6 + i))0" \
     --http-listen "127.0.0.1:77$((6 + i))1" --peer-listen "127.0.0.1:77$((6 + i))2" --seeds "$seeds" \
     --insecure-no-auth >"$work/n$i.log" 2>&1 &
   pids+=($!); node[$i]=$!
@@ -69,6 +78,10 @@ printf 'cluster / single: %.2f\n' "$(calc "$t_single / $t_cluster")"
 # faster than the cores divided by the CPU per write of the client and the
 # three replicas together. With a machine per replica (the product), each
 # replica's own CPU per write bounds it instead.
+if [ "${PIN:-0}" = 1 ]; then
+  echo "pinned: the client and each server on ${CORES_PER_NODE:-2} cores of their own"
+  exit 0
+fi
 cores=$(nproc)
 ceiling=$(calc "$cores * $n / ($client_cluster + $replicas)")
 printf 'CPU ceiling of the cluster here (%s cores / client + 3 replicas per write): %.0f writes/s, ratio %.2f; measured %.0f%% of it\n' \
