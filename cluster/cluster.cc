@@ -275,10 +275,7 @@ class ReplicatedShard final : public db::ShardAccess {
                    const ReadOptions& read, std::vector<std::optional<Record>>* out) const override {
     std::optional<std::chrono::milliseconds> staleness;
     CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
-    if (local) {
-      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
-      return shard->Get(ext_keys, with_payload, with_vector, out);
-    }
+    if (auto shard = ServingHere(local)) return shard->Get(ext_keys, with_payload, with_vector, out);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kGet;
     q.keys = ext_keys;
@@ -291,10 +288,7 @@ class ReplicatedShard final : public db::ShardAccess {
   absl::StatusOr<uint64_t> Count(const Filter* filter, const ReadOptions& read) const override {
     std::optional<std::chrono::milliseconds> staleness;
     CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
-    if (local) {
-      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
-      return shard->Count(filter);
-    }
+    if (auto shard = ServingHere(local)) return shard->Count(filter);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kCount;
     if (filter) q.filter_json = filter->ToJson();
@@ -306,10 +300,7 @@ class ReplicatedShard final : public db::ShardAccess {
                       bool* more) const override {
     std::optional<std::chrono::milliseconds> staleness;
     CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
-    if (local) {
-      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
-      return shard->Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
-    }
+    if (auto shard = ServingHere(local)) return shard->Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kScroll;
     q.after = after;
@@ -328,10 +319,7 @@ class ReplicatedShard final : public db::ShardAccess {
                       std::vector<std::vector<ScoredPoint>>* out) const override {
     std::optional<std::chrono::milliseconds> staleness;
     CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor({params.consistency, params.max_staleness_ms}, &staleness));
-    if (local) {
-      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
-      return shard->Search(queries, nq, params, out);
-    }
+    if (auto shard = ServingHere(local)) return shard->Search(queries, nq, params, out);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kSearch;
     q.nq = static_cast<uint32_t>(nq);
@@ -349,10 +337,7 @@ class ReplicatedShard final : public db::ShardAccess {
   }
   absl::StatusOr<db::ShardStats> ReadStats() const override {
     CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
-    if (local) {
-      CAIRN_ASSIGN_OR_RETURN(auto shard, local->Serving());
-      return shard->Stats();
-    }
+    if (auto shard = ServingHere(local)) return shard->Stats();
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kStats;
     CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
@@ -362,6 +347,13 @@ class ReplicatedShard final : public db::ShardAccess {
   void set_dimension(size_t dim) { dim_ = dim; }
 
  private:
+  // The shard of the replica here, or null (none here, or it is installing a
+  // snapshot): then a node holding another replica answers.
+  static std::shared_ptr<db::Shard> ServingHere(const std::shared_ptr<ShardReplica>& replica) {
+    if (!replica) return nullptr;
+    auto shard = replica->Serving();
+    return shard.ok() ? *std::move(shard) : nullptr;
+  }
   // The replica here to read from as `read` asks, after the wait it needs
   // (a ReadIndex round, or a check of the staleness bound); null when this
   // node holds none, and the read goes to one that does with `*staleness`.
@@ -1430,7 +1422,12 @@ absl::Status Cluster::CopyShard(uint64_t gid, const std::string& what, const std
   // Every write acknowledged before the copy began is in it: the replica
   // copied first waits as for a linearizable read.
   CAIRN_ASSIGN_OR_RETURN(auto local, ReadableReplica(gid, what));
-  if (local) return local->Checkpoint(dir);
+  if (local && local->Serving().ok()) {
+    absl::Status s = local->Checkpoint(dir);
+    if (!absl::IsUnavailable(s)) return s;
+    std::error_code ec;
+    fs::remove_all(dir, ec);  // it began installing a snapshot: another replica serves the copy
+  }
   ShardReadRequest q;
   q.op = ShardReadRequest::Op::kExport;
   CAIRN_ASSIGN_OR_RETURN(std::string body, RemoteRead(gid, q, what));
