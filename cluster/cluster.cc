@@ -1020,7 +1020,7 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
         pb::ShardResponse resp;
         absl::StatusOr<std::string> body;
         if (q.op == ShardReadRequest::Op::kExport) {
-          auto desc = sender_->Export(gid, 0);
+          auto desc = sender_->Export(gid);
           body = desc.ok() ? absl::StatusOr<std::string>(desc->Encode()) : desc.status();
         } else {
           auto shard = local->Serving();
@@ -1422,7 +1422,7 @@ absl::Status Cluster::CopyShard(uint64_t gid, const std::string& what, const std
   // Every write acknowledged before the copy began is in it: the replica
   // copied first waits as for a linearizable read.
   CAIRN_ASSIGN_OR_RETURN(auto local, ReadableReplica(gid, what));
-  if (local && local->Serving().ok()) {
+  if (local) {
     absl::Status s = local->Checkpoint(dir);
     if (!absl::IsUnavailable(s)) return s;
     std::error_code ec;

@@ -122,19 +122,23 @@ class ClusterTest : public ::testing::Test {
     ADD_FAILURE() << "the replicas never reached the same applied index";
   }
 
-  // Opens nodes 0-2 with logs compacted every 20 entries and creates "docs"
-  // (dimension 4) through node 0; null (with a failure) when it cannot.
-  std::shared_ptr<Collection> OpenCompactingWithDocs(uint32_t shards, uint64_t seal_threshold = 0) {
-    compact_after_ = 20;
+  // Opens nodes 0-2 and creates "docs" (dimension 4; `shards` shards, 0 for
+  // the default) through node 0; null (with a failure) when it cannot.
+  std::shared_ptr<Collection> OpenWithDocs(uint32_t shards = 0, uint64_t seal_threshold = 0) {
     OpenNodes({0, 1, 2});
     if (nodes_.size() != 3) return nullptr;
     CollectionConfig cfg;
     cfg.dimension = 4;
-    cfg.num_shards = shards;
+    if (shards > 0) cfg.num_shards = shards;
     if (seal_threshold > 0) cfg.seal_threshold = seal_threshold;
     auto c = Node(0).CreateCollection("docs", cfg);
     EXPECT_TRUE(c.ok()) << c.status();
     return c.ok() ? *c : nullptr;
+  }
+  // As OpenWithDocs, with logs compacted every 20 entries.
+  std::shared_ptr<Collection> OpenCompactingWithDocs(uint32_t shards, uint64_t seal_threshold = 0) {
+    compact_after_ = 20;
+    return OpenWithDocs(shards, seal_threshold);
   }
   // Points [from, to), `per` to a request, payload {"b": request number}.
   static void UpsertRange(Collection& c, uint64_t from, uint64_t to, uint64_t per) {
@@ -325,12 +329,9 @@ TEST_F(ClusterTest, RequestsReachShardsThisNodeDoesNotHold) {
 // shard dies, the others hear no keepalive from it, wake and elect another
 // leader, and writes go on.
 TEST_F(ClusterTest, AQuietShardWhoseLeaderDiesElectsAnother) {
-  OpenNodes({0, 1, 2});
-  CollectionConfig cfg;
-  cfg.dimension = 4;
-  auto c = Node(0).CreateCollection("docs", cfg);
-  ASSERT_TRUE(c.ok()) << c.status();
-  ASSERT_TRUE((*c)->Upsert({Point{PointId(1), Vec(1), "", ""}}).ok());
+  auto c = OpenWithDocs();
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Upsert({Point{PointId(1), Vec(1), "", ""}}).ok());
   auto quiet = [&] {
     double n = 0;
     for (auto& [i, node] : nodes_) n += Metric(*node, "cairn_raft_quiesced");
@@ -562,14 +563,11 @@ TEST_F(ClusterTest, FiveNodesWithMetadataLearnersServeAlike) {
 // A local read answers from the replica's own data without asking the
 // leader, as long as the replica heard from a leader within the bound.
 TEST_F(ClusterTest, LocalReadsAnswerWithoutTheLeaderWithinTheirStaleness) {
-  OpenNodes({0, 1, 2});
-  CollectionConfig cfg;
-  cfg.dimension = 4;
-  auto c = Node(0).CreateCollection("docs", cfg);
-  ASSERT_TRUE(c.ok()) << c.status();
+  auto c = OpenWithDocs();
+  ASSERT_NE(c, nullptr);
   std::vector<Point> pts;
   for (uint64_t i = 0; i < 10; ++i) pts.push_back(Point{PointId(i), Vec(i), "", ""});
-  ASSERT_TRUE((*c)->Upsert(pts).ok());
+  ASSERT_TRUE(c->Upsert(pts).ok());
   auto c2 = Node(2).GetCollection("docs");
   ASSERT_TRUE(c2.ok());
   ASSERT_TRUE((*c2)->Count(nullptr).ok());  // node 2 has applied the upsert

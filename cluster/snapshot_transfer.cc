@@ -408,7 +408,7 @@ void SnapshotSender::Start(uint64_t to_node, raft::Transport::GroupMessage gm) {
   hooks_.send(to_node, std::move(gm));
 }
 
-absl::StatusOr<SnapshotDescriptor> SnapshotSender::Export(uint64_t gid, uint64_t to_node) {
+absl::StatusOr<SnapshotDescriptor> SnapshotSender::Export(uint64_t gid) {
   std::string id;
   {
     std::lock_guard l(mu_);
@@ -421,7 +421,7 @@ absl::StatusOr<SnapshotDescriptor> SnapshotSender::Export(uint64_t gid, uint64_t
   CAIRN_ASSIGN_OR_RETURN(SnapshotDescriptor desc, Checkpoint(gid, id));
   {
     std::lock_guard l(mu_);
-    RegisterLocked(desc, gid, kExportReplica, to_node);
+    RegisterLocked(desc, gid, kExportReplica, /*to_node=*/0);
   }
   cv_.notify_all();  // the idle timeout watches it
   return desc;

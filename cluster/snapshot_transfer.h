@@ -148,11 +148,11 @@ class SnapshotSender {
   // A Raft InstallSnapshot message for `to_node`: its data is replaced by the
   // descriptor of a fresh checkpoint.
   void Offer(uint64_t to_node, raft::Transport::GroupMessage gm);
-  // A copy of group `gid`'s replica here for node `to_node`, which need not be
-  // in the group (a backup of the collection): a checkpoint made now, served
+  // A copy of group `gid`'s replica here for a node that need not be in the
+  // group (a backup of the collection): a checkpoint made now, served
   // like a Raft snapshot's files until Done or the idle timeout, of which
   // Raft hears nothing. Unavailable while max_transfers are being served.
-  absl::StatusOr<SnapshotDescriptor> Export(uint64_t gid, uint64_t to_node);
+  absl::StatusOr<SnapshotDescriptor> Export(uint64_t gid);
   // NotFound for an unknown transfer; InvalidArgument for a path it does not hold.
   absl::StatusOr<std::string> ReadChunk(const std::string& id, const std::string& path, uint64_t offset,
                                         uint32_t length);

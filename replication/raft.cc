@@ -389,7 +389,7 @@ bool Raft::CanQuiesce() const {
   if (!cfg_.quiesce || role_ != Role::kLeader || lead_transferee_ != kNone) return false;
   if (!pending_reads_.empty() || !reads_before_commit_.empty()) return false;
   const uint64_t last = log_.LastIndex();
-  if (log_.committed() != last || log_.applied() != last || pending_conf_index_ > last) return false;
+  if (log_.committed() != last || log_.applied() != last) return false;  // conf changes applied too
   for (const auto& [id, pr] : prs_) {
     if (id != id_ && (pr.match() != last || !pr.recent_active())) return false;
   }

@@ -406,7 +406,6 @@ class Simulation {
           node.raft->Unquiesce(/*leader_lost=*/true);
         }
       }
-      node.revived.clear();
       Process(node);
     }
     for (auto& [id, node] : nodes_) node.revived.clear();
