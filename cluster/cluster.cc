@@ -1,4 +1,5 @@
 #include "cluster/cluster.h"
+#include "cluster/placement.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -1075,17 +1076,6 @@ void Cluster::ReconcileLoop() {
 }
 
 namespace {
-
-// The node that holds what `node` held: itself, or the node that took its
-// place (after a chain of replacements), or 0 when it was removed for good.
-uint64_t Successor(const MetadataState& st, uint64_t node) {
-  for (size_t hops = 0; hops <= st.replaced_by.size() && st.removed_nodes.count(node); ++hops) {
-    auto it = st.replaced_by.find(node);
-    if (it == st.replaced_by.end()) return 0;
-    node = it->second;
-  }
-  return st.removed_nodes.count(node) ? 0 : node;
-}
 
 // A learner within this many entries of the commit index is caught up.
 constexpr uint64_t kCaughtUp = 64;

@@ -13,8 +13,17 @@ namespace {
 
 using Json = nlohmann::json;
 
+NodeState NodeStateFromName(const std::string& name) {
+  if (name == "draining") return NodeState::kDraining;
+  if (name == "dead") return NodeState::kDead;
+  if (name.empty() || name == "active") return NodeState::kActive;
+  throw std::invalid_argument("unknown node state \"" + name + "\"");
+}
+
 Json NodeToJson(const NodeInfo& n) {
-  return Json{{"id", n.id}, {"name", n.name}, {"peer_address", n.peer_address}, {"zone", n.zone}};
+  Json j{{"id", n.id}, {"name", n.name}, {"peer_address", n.peer_address}, {"zone", n.zone}};
+  if (n.state != NodeState::kActive) j["state"] = NodeStateName(n.state);
+  return j;
 }
 
 NodeInfo NodeFromJson(const Json& j) {
@@ -23,10 +32,54 @@ NodeInfo NodeFromJson(const Json& j) {
   n.name = j.at("name").get<std::string>();
   n.peer_address = j.at("peer_address").get<std::string>();
   n.zone = j.value("zone", std::string());
+  n.state = NodeStateFromName(j.value("state", std::string()));
   return n;
 }
 
+Json OpToJson(uint64_t group, const GroupOp& op) {
+  return Json{{"group", group}, {"id", op.id},         {"kind", OpKindName(op.kind)}, {"from", op.from},
+              {"to", op.to},    {"to_node", op.to_node}, {"reason", op.reason},         {"step", op.step}};
+}
+
+GroupOp OpFromJson(const Json& j) {
+  GroupOp op;
+  op.id = j.at("id").get<uint64_t>();
+  const std::string kind = j.at("kind").get<std::string>();
+  if (kind == "move") {
+    op.kind = GroupOp::Kind::kMove;
+  } else if (kind == "transfer_leader") {
+    op.kind = GroupOp::Kind::kTransferLeader;
+  } else {
+    throw std::invalid_argument("unknown op kind \"" + kind + "\"");
+  }
+  op.from = j.value("from", uint64_t{0});
+  op.to = j.value("to", uint64_t{0});
+  op.to_node = j.value("to_node", uint64_t{0});
+  op.reason = j.value("reason", std::string());
+  op.step = j.value("step", std::string());
+  return op;
+}
+
 }  // namespace
+
+const char* NodeStateName(NodeState s) {
+  switch (s) {
+    case NodeState::kActive:
+      return "active";
+    case NodeState::kDraining:
+      return "draining";
+    case NodeState::kDead:
+      return "dead";
+  }
+  return "active";
+}
+
+const char* OpKindName(GroupOp::Kind k) { return k == GroupOp::Kind::kMove ? "move" : "transfer_leader"; }
+
+bool MetadataState::Is(uint64_t node, NodeState s) const {
+  auto it = nodes.find(node);
+  return it != nodes.end() && !removed_nodes.count(node) && it->second.state == s;
+}
 
 std::vector<const ShardGroup*> MetadataState::GroupsOn(uint64_t node) const {
   std::vector<const ShardGroup*> out;
@@ -81,17 +134,48 @@ MetadataCommand UpdateConfigCommand(const std::string& name, const CollectionCon
   return {Json{{"op", "update_config"}, {"name", name}, {"config", Json::parse(db::ConfigToJson(config))}}.dump()};
 }
 
+MetadataCommand SetNodeStateCommand(uint64_t node, NodeState state) {
+  return {Json{{"op", "set_node_state"}, {"node", node}, {"state", NodeStateName(state)}}.dump()};
+}
+
+MetadataCommand RemoveNodeCommand(uint64_t node) { return {Json{{"op", "remove_node"}, {"node", node}}.dump()}; }
+
+MetadataCommand StartMoveCommand(const MetadataState& state, uint64_t group, uint64_t from, uint64_t to_node,
+                                 const std::string& reason) {
+  return {Json{{"op", "start_op"},
+               {"kind", "move"},
+               {"group", group},
+               {"from", from},
+               {"to", to_node == 0 ? 0 : state.next_replica},
+               {"to_node", to_node},
+               {"reason", reason}}
+              .dump()};
+}
+
+MetadataCommand StartTransferCommand(uint64_t group, uint64_t to, const std::string& reason) {
+  return {Json{{"op", "start_op"}, {"kind", "transfer_leader"}, {"group", group}, {"to", to}, {"reason", reason}}
+              .dump()};
+}
+
+MetadataCommand OpStepCommand(uint64_t group, uint64_t op, const std::string& step) {
+  return {Json{{"op", "op_step"}, {"group", group}, {"id", op}, {"step", step}}.dump()};
+}
+
+MetadataCommand EndOpCommand(uint64_t group, uint64_t op, bool abandoned) {
+  return {Json{{"op", "end_op"}, {"group", group}, {"id", op}, {"abandoned", abandoned}}.dump()};
+}
+
 absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataState& state, uint32_t num_shards,
                                                                uint32_t replication_factor,
                                                                const std::set<uint64_t>& avoid) {
   std::vector<uint64_t> nodes;
   for (const auto& [id, n] : state.nodes) {
-    if (!state.removed_nodes.count(id)) nodes.push_back(id);
+    if (state.Is(id, NodeState::kActive)) nodes.push_back(id);
   }
   if (replication_factor < 1 || replication_factor > nodes.size()) {
     return absl::InvalidArgumentError(absl::StrCat("config.replication_factor is ", replication_factor,
                                                    ", but the cluster has ", nodes.size(),
-                                                   " nodes: each replica of a shard needs a node of its own"));
+                                                   " active nodes: each replica of a shard needs a node of its own"));
   }
   std::map<uint64_t, uint64_t> replicas, leaders;
   for (uint64_t n : nodes) replicas[n] = leaders[n] = 0;
@@ -171,7 +255,9 @@ absl::StatusOr<std::vector<std::vector<uint64_t>>> PlaceShards(const MetadataSta
 }
 
 std::string EncodeMetadataState(const MetadataState& st) {
-  Json nodes = Json::array(), collections = Json::array(), groups = Json::array(), replaced = Json::array();
+  Json nodes = Json::array(), collections = Json::array(), groups = Json::array(), replaced = Json::array(),
+       ops = Json::array();
+  for (const auto& [g, op] : st.ops) ops.push_back(OpToJson(g, op));
   for (const auto& [id, n] : st.nodes) nodes.push_back(NodeToJson(n));
   for (const auto& [old, now] : st.replaced_by) replaced.push_back(Json::array({old, now}));
   for (const auto& [name, c] : st.collections) {
@@ -194,7 +280,8 @@ std::string EncodeMetadataState(const MetadataState& st) {
               {"removed_nodes", st.removed_nodes},
               {"replaced_by", replaced},
               {"collections", collections},
-              {"groups", groups}}
+              {"groups", groups},
+              {"ops", ops}}
       .dump();
 }
 
@@ -232,6 +319,7 @@ absl::StatusOr<MetadataState> DecodeMetadataState(std::string_view data) {
       sg.initial_voters = g.at("initial_voters").get<std::vector<uint64_t>>();
       st.groups[sg.group] = std::move(sg);
     }
+    for (const auto& o : j.value("ops", Json::array())) st.ops[o.at("group").get<uint64_t>()] = OpFromJson(o);
     return st;
   } catch (const std::exception& e) {
     return absl::DataLossError(absl::StrCat("metadata snapshot: malformed: ", e.what()));
@@ -407,7 +495,10 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
       if (it == state.collections.end()) {
         return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
       }
-      for (uint64_t g : it->second.groups) state.groups.erase(g);
+      for (uint64_t g : it->second.groups) {
+        state.groups.erase(g);
+        state.ops.erase(g);
+      }
       state.collections.erase(it);
       return uint64_t{0};
     }
@@ -420,6 +511,103 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
       auto config = db::ConfigFromJson(j.at("config").dump());
       if (!config.ok()) return config.status();
       it->second.config = *config;
+      return uint64_t{0};
+    }
+    if (op == "set_node_state") {
+      const uint64_t id = j.at("node").get<uint64_t>();
+      const NodeState to = NodeStateFromName(j.at("state").get<std::string>());
+      auto n = state.nodes.find(id);
+      if (n == state.nodes.end() || state.removed_nodes.count(id)) {
+        return absl::FailedPreconditionError(absl::StrCat("node ", id, " is not a member of this cluster"));
+      }
+      if (to == NodeState::kDead && n->second.state == NodeState::kDraining) return uint64_t{0};  // it drains anyway
+      n->second.state = to;
+      return uint64_t{0};
+    }
+    if (op == "remove_node") {
+      const uint64_t id = j.at("node").get<uint64_t>();
+      auto n = state.nodes.find(id);
+      if (n == state.nodes.end()) return absl::NotFoundError(absl::StrCat("node ", id, " is not a member of this cluster"));
+      if (state.removed_nodes.count(id)) return uint64_t{0};
+      if (n->second.state == NodeState::kActive) {
+        return absl::FailedPreconditionError(absl::StrCat("node \"", n->second.name, "\" is active: drain it first (cairn cluster drain ",
+                                                          n->second.name, ") and remove it once it holds no replica"));
+      }
+      if (auto held = state.GroupsOn(id); !held.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "node \"", n->second.name, "\" still holds ", held.size(), " replica(s) (group ", held[0]->group, ", ",
+            held[0]->collection, " shard ", held[0]->shard, "...): removing it now would leave those shards below "
+            "their replication factor; wait until the drain has moved them (cairn cluster nodes)"));
+      }
+      for (const auto& [g, o] : state.ops) {
+        if (o.to_node == id) {
+          return absl::FailedPreconditionError(absl::StrCat("node \"", n->second.name, "\" is the target of an operation on group ", g));
+        }
+      }
+      state.removed_nodes.insert(id);
+      return uint64_t{0};
+    }
+    if (op == "start_op") {
+      const uint64_t gid = j.at("group").get<uint64_t>();
+      auto g = state.groups.find(gid);
+      if (g == state.groups.end()) return absl::NotFoundError(absl::StrCat("group ", gid, " does not exist"));
+      if (state.ops.count(gid)) {
+        return absl::FailedPreconditionError(absl::StrCat("group ", gid, " has an operation in progress"));
+      }
+      GroupOp o;
+      o.id = state.applied;
+      o.reason = j.value("reason", std::string());
+      o.to = j.value("to", uint64_t{0});
+      if (j.at("kind").get<std::string>() == "transfer_leader") {
+        o.kind = GroupOp::Kind::kTransferLeader;
+        if (!g->second.replicas.count(o.to)) {
+          return absl::FailedPreconditionError(absl::StrCat("group ", gid, " has no replica ", o.to));
+        }
+        o.to_node = g->second.replicas.at(o.to);
+        o.step = "transfer";
+      } else {
+        o.kind = GroupOp::Kind::kMove;
+        o.from = j.value("from", uint64_t{0});
+        o.to_node = j.value("to_node", uint64_t{0});
+        if (o.from == 0 && o.to_node == 0) return absl::InvalidArgumentError("metadata: a move with neither end");
+        if (o.from != 0 && !g->second.replicas.count(o.from)) {
+          return absl::FailedPreconditionError(absl::StrCat("group ", gid, " has no replica ", o.from));
+        }
+        if (o.to_node != 0) {
+          if (!state.Is(o.to_node, NodeState::kActive)) {
+            return absl::FailedPreconditionError(absl::StrCat("node ", o.to_node, " is not an active member"));
+          }
+          for (const auto& [r, on] : g->second.replicas) {
+            if (on == o.to_node) {
+              return absl::AlreadyExistsError(absl::StrCat("group ", gid, " has a replica on node ", o.to_node, " already"));
+            }
+          }
+          if (o.to != state.next_replica) return absl::AbortedError("metadata: replica ids moved on; retry");
+          g->second.replicas[o.to] = o.to_node;
+          ++state.next_replica;
+        } else {
+          o.to = 0;
+        }
+        o.step = o.to != 0 ? "add_learner" : "remove_old";
+      }
+      state.ops[gid] = o;
+      return o.id;
+    }
+    if (op == "op_step" || op == "end_op") {
+      const uint64_t gid = j.at("group").get<uint64_t>(), id = j.at("id").get<uint64_t>();
+      auto o = state.ops.find(gid);
+      if (o == state.ops.end() || o->second.id != id) {
+        return absl::NotFoundError(absl::StrCat("group ", gid, " has no operation ", id));
+      }
+      if (op == "op_step") {
+        o->second.step = j.at("step").get<std::string>();
+        return uint64_t{0};
+      }
+      auto g = state.groups.find(gid);
+      if (g != state.groups.end() && o->second.kind == GroupOp::Kind::kMove) {
+        g->second.replicas.erase(j.value("abandoned", false) ? o->second.to : o->second.from);
+      }
+      state.ops.erase(o);
       return uint64_t{0};
     }
   } catch (const std::exception& e) {

@@ -37,13 +37,40 @@ namespace cairn::cluster {
 // Group ids: 1 is the metadata group; shard groups count up from 2.
 inline constexpr uint64_t kMetadataGroup = 1;
 
+// What the cluster does with a node (a removed node is in removed_nodes).
+enum class NodeState {
+  kActive,    // serves and holds replicas
+  kDraining,  // its replicas and leaderships move off (cairn cluster drain)
+  kDead,      // not heard from for the dead-node timeout: its replicas are re-created elsewhere
+};
+const char* NodeStateName(NodeState s);
+
 struct NodeInfo {
   uint64_t id = 0;
   std::string name;
   std::string peer_address;  // host:port of its peer port
   std::string zone;
+  NodeState state = NodeState::kActive;
   bool operator==(const NodeInfo&) const = default;
 };
+
+// A change to one shard group, carried out step by step by the group's
+// leader; at most one per group. Its id is the metadata index that started it.
+struct GroupOp {
+  enum class Kind { kMove, kTransferLeader };
+  uint64_t id = 0;
+  Kind kind = Kind::kMove;
+  // A move: the replica that leaves (0: none, a replica is added) and the
+  // replica that comes (0: none, one is removed), on to_node.
+  // A leadership transfer: `to` is the replica to lead.
+  uint64_t from = 0;
+  uint64_t to = 0;
+  uint64_t to_node = 0;
+  std::string reason;  // why the controller started it, for status
+  std::string step;    // the last step reached; "abandon" when it is being undone
+  bool operator==(const GroupOp&) const = default;
+};
+const char* OpKindName(GroupOp::Kind k);
 
 // One shard of one collection: a Raft group and where its replicas are.
 struct ShardGroup {
@@ -72,12 +99,15 @@ struct MetadataState {
   std::map<uint64_t, uint64_t> replaced_by;
   std::map<std::string, CollectionEntry> collections;
   std::map<uint64_t, ShardGroup> groups;
+  std::map<uint64_t, GroupOp> ops;  // by group
   uint64_t next_group = kMetadataGroup + 1;
   uint64_t next_replica = 1;
   uint64_t applied = 0;  // the metadata log index this state is as of
 
   // The groups with a replica on `node`.
   std::vector<const ShardGroup*> GroupsOn(uint64_t node) const;
+  // A member (not removed) in `state`.
+  bool Is(uint64_t node, NodeState state) const;
 };
 
 // The whole state as bytes (a snapshot of the metadata group), and back.
@@ -104,9 +134,27 @@ MetadataCommand AddReplicaCommand(const MetadataState& state, uint64_t group, ui
 // Replica `replica` leaves `group`'s map (once Raft removed it).
 MetadataCommand RemoveReplicaCommand(uint64_t group, uint64_t replica);
 MetadataCommand UpdateConfigCommand(const std::string& name, const CollectionConfig& config);
+// Node `node` goes to `state`: draining from active or dead, active from
+// draining or dead, dead from active.
+MetadataCommand SetNodeStateCommand(uint64_t node, NodeState state);
+// Node `node` leaves the cluster for good: refused unless it is draining or
+// dead and holds no replica and no operation targets it.
+MetadataCommand RemoveNodeCommand(uint64_t node);
+// Starts a move of `group`'s replica `from` (0: none) to a new replica on
+// `to_node` (0: none), with the next replica id of `state`. The result is
+// the op's id.
+MetadataCommand StartMoveCommand(const MetadataState& state, uint64_t group, uint64_t from, uint64_t to_node,
+                                 const std::string& reason);
+// Starts a transfer of `group`'s leadership to its replica `to`.
+MetadataCommand StartTransferCommand(uint64_t group, uint64_t to, const std::string& reason);
+// Op `op` of `group` reached `step` ("abandon": it is to be undone).
+MetadataCommand OpStepCommand(uint64_t group, uint64_t op, const std::string& step);
+// Op `op` of `group` is over: a move's leaving replica leaves the map, or,
+// when `abandoned`, its new replica does.
+MetadataCommand EndOpCommand(uint64_t group, uint64_t op, bool abandoned);
 
-// Chooses nodes for `num_shards` shards of `replication_factor` replicas:
-// never two replicas of a shard on one node; nodes in `avoid` (unreachable
+// Chooses active nodes for `num_shards` shards of `replication_factor`
+// replicas: never two replicas of a shard on one node; nodes in `avoid` (unreachable
 // now) only when the others are too few; then each replica (and then each
 // preferred leader, the first of a list) on the node holding fewest so far,
 // counting the groups that exist already, ties to the lower node id.

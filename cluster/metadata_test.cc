@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
 #include "cluster/metadata.h"
+#include "cluster/placement.h"
 #include "gtest/gtest.h"
 
 namespace cairn::cluster {
@@ -63,7 +64,7 @@ TEST(PlaceShardsTest, NodesDownAreUsedLastAndTooFewNodesAreRefused) {
   for (const auto& shard : *p) EXPECT_NE(shard[0], 40u) << "a node that is down as preferred leader";
   auto refused = PlaceShards(st, 1, 5);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(refused.status().message().find("4 nodes"), std::string::npos) << refused.status();
+  EXPECT_NE(refused.status().message().find("4 active nodes"), std::string::npos) << refused.status();
 }
 
 // Applies one command at `index`; its result.
@@ -219,6 +220,284 @@ TEST(MetadataMachineTest, ASnapshotRestoresTheWholeState) {
   EXPECT_EQ(restored.Restore(snap).code(), absl::StatusCode::kDataLoss);
   snap.data = "not json";
   EXPECT_EQ(restored.Restore(snap).code(), absl::StatusCode::kDataLoss);
+}
+
+// Node states and operations: drain, death and removal, and a move's
+// durable steps, each checked at apply.
+TEST(MetadataMachineTest, NodeStatesAndOperationsAreCheckedAtApply) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  auto gid = ThreeNodesAndACollection(m, &index, /*shards=*/1, /*replication_factor=*/2);
+  ASSERT_TRUE(gid.ok()) << gid.status();
+  ASSERT_TRUE(ApplyAt(m, index++, AddNodeCommand({40, "n40", "h:4", "z"})).ok());
+  const ShardGroup g = m.State()->groups.at(*gid);
+  uint64_t leaving = 0, holder = 0, spare = 0;
+  for (uint64_t n : {10, 20, 30}) {
+    bool holds = false;
+    for (const auto& [r, on] : g.replicas) {
+      if (on == n) {
+        holds = true;
+        if (leaving == 0) {
+          leaving = r;
+          holder = n;
+        }
+      }
+    }
+    if (!holds) spare = n;
+  }
+  ASSERT_NE(spare, 0u);
+
+  // An active node is not removed; nor a draining one that holds a replica.
+  EXPECT_EQ(ApplyAt(m, index++, RemoveNodeCommand(holder)).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(ApplyAt(m, index++, SetNodeStateCommand(holder, NodeState::kDraining)).ok());
+  EXPECT_TRUE(m.State()->Is(holder, NodeState::kDraining));
+  // A draining node stays draining when it dies (it empties either way).
+  ASSERT_TRUE(ApplyAt(m, index++, SetNodeStateCommand(holder, NodeState::kDead)).ok());
+  EXPECT_TRUE(m.State()->Is(holder, NodeState::kDraining));
+  auto refused = ApplyAt(m, index++, RemoveNodeCommand(holder));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("still holds 1 replica"), std::string::npos) << refused.status();
+
+  // A move onto a draining node, of a replica the group lacks, or with no
+  // end: refused.
+  EXPECT_EQ(ApplyAt(m, index++, StartMoveCommand(*m.State(), *gid, leaving, holder, "t")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ApplyAt(m, index++, StartMoveCommand(*m.State(), *gid, 999, spare, "t")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ApplyAt(m, index++, StartMoveCommand(*m.State(), *gid, 0, 0, "t")).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The move: the new replica is in the map at once, the old one until it ends.
+  const MetadataState before = *m.State();
+  auto op = ApplyAt(m, index++, StartMoveCommand(before, *gid, leaving, spare, "drain"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  const uint64_t fresh = before.next_replica;
+  EXPECT_EQ(m.State()->groups.at(*gid).replicas.at(fresh), spare);
+  EXPECT_TRUE(m.State()->groups.at(*gid).replicas.count(leaving));
+  EXPECT_EQ(m.State()->ops.at(*gid).step, "add_learner");
+  // One operation per group at a time; the target of one is not removed.
+  EXPECT_EQ(ApplyAt(m, index++, StartTransferCommand(*gid, fresh, "t")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(ApplyAt(m, index++, SetNodeStateCommand(spare, NodeState::kDraining)).ok());
+  EXPECT_EQ(ApplyAt(m, index++, RemoveNodeCommand(spare)).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(ApplyAt(m, index++, SetNodeStateCommand(spare, NodeState::kActive)).ok());
+  // Steps and the end name the op: a stale id is refused.
+  EXPECT_EQ(ApplyAt(m, index++, OpStepCommand(*gid, *op + 1, "promote")).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(ApplyAt(m, index++, OpStepCommand(*gid, *op, "promote")).ok());
+  EXPECT_EQ(m.State()->ops.at(*gid).step, "promote");
+  // The state with an op in progress survives a snapshot.
+  auto decoded = DecodeMetadataState(EncodeMetadataState(*m.State()));
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->ops, m.State()->ops);
+  EXPECT_EQ(decoded->nodes, m.State()->nodes);
+  ASSERT_TRUE(ApplyAt(m, index++, EndOpCommand(*gid, *op, /*abandoned=*/false)).ok());
+  EXPECT_TRUE(m.State()->ops.empty());
+  EXPECT_FALSE(m.State()->groups.at(*gid).replicas.count(leaving));
+  // Drained: it is removed, for good.
+  ASSERT_TRUE(ApplyAt(m, index++, RemoveNodeCommand(holder)).ok());
+  EXPECT_TRUE(m.State()->removed_nodes.count(holder));
+  EXPECT_EQ(ApplyAt(m, index++, SetNodeStateCommand(holder, NodeState::kActive)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // An abandoned move takes its new replica out of the map again.
+  op = ApplyAt(m, index++, StartMoveCommand(*m.State(), *gid, 0, 40, "replication_factor"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  const uint64_t abandoned = m.State()->next_replica - 1;
+  EXPECT_EQ(m.State()->groups.at(*gid).replicas.at(abandoned), 40u);
+  ASSERT_TRUE(ApplyAt(m, index++, EndOpCommand(*gid, *op, /*abandoned=*/true)).ok());
+  EXPECT_FALSE(m.State()->groups.at(*gid).replicas.count(abandoned));
+  EXPECT_EQ(m.State()->groups.at(*gid).replicas.size(), 2u);
+}
+
+// The controller's plan carried out on a metadata machine until it has
+// nothing left to do: each move ends at once, each transfer moves the
+// simulated leader. The leader of a group is its lowest replica on a live
+// node unless a transfer moved it.
+class Controller {
+ public:
+  explicit Controller(MetadataMachine& m) : m_(m) {}
+  uint64_t index = 1000;
+  std::map<uint64_t, uint64_t> leader;  // group -> replica
+  int moves = 0, transfers = 0;
+
+  ControllerView View() const {
+    ControllerView v;
+    const MetadataState& st = *m_.State();
+    for (const auto& [gid, g] : st.groups) {
+      GroupView& gv = v[gid];
+      gv.last_index = 100;
+      gv.bytes = 1000 * gid;
+      for (const auto& [r, n] : g.replicas) {
+        gv.match[r] = 100;
+        gv.voters.push_back(r);
+        const bool live = st.Is(n, NodeState::kActive) || st.Is(n, NodeState::kDraining);
+        if (gv.leader == 0 && live) gv.leader = r;
+      }
+      auto it = leader.find(gid);
+      if (it != leader.end() && g.replicas.count(it->second)) gv.leader = it->second;
+    }
+    return v;
+  }
+
+  // Runs plans until one is empty (at most `rounds`); false if it never is.
+  bool Settle(int rounds = 200) {
+    for (int round = 0; round < rounds; ++round) {
+      auto plan = PlanOperations(*m_.State(), View());
+      if (plan.empty()) return true;
+      std::set<uint64_t> groups;
+      for (const PlannedOp& p : plan) {
+        EXPECT_TRUE(groups.insert(p.group).second) << "two operations on group " << p.group;
+        MetadataCommand start = p.kind == GroupOp::Kind::kMove
+                                    ? StartMoveCommand(*m_.State(), p.group, p.from, p.to_node, p.reason)
+                                    : StartTransferCommand(p.group, p.to, p.reason);
+        auto op = ApplyAt(m_, index++, start);
+        EXPECT_TRUE(op.ok()) << op.status() << " " << start.json;
+        if (!op.ok()) return false;
+      }
+      for (const PlannedOp& p : plan) {
+        const uint64_t id = m_.State()->ops.at(p.group).id;
+        if (p.kind == GroupOp::Kind::kTransferLeader) {
+          leader[p.group] = p.to;
+          ++transfers;
+        } else {
+          ++moves;
+        }
+        EXPECT_TRUE(ApplyAt(m_, index++, EndOpCommand(p.group, id, false)).ok());
+      }
+    }
+    return false;
+  }
+
+  // Replicas (and leaders) per active node, and whether every group has its
+  // factor on distinct live nodes.
+  std::map<uint64_t, int> Count(bool leaders) const {
+    const MetadataState& st = *m_.State();
+    const ControllerView v = View();
+    std::map<uint64_t, int> out;
+    for (const auto& [id, n] : st.nodes) {
+      if (st.Is(id, NodeState::kActive)) out[id] = 0;
+    }
+    for (const auto& [gid, g] : st.groups) {
+      for (const auto& [r, n] : g.replicas) {
+        if (out.count(n) && (!leaders || v.at(gid).leader == r)) ++out[n];
+      }
+    }
+    return out;
+  }
+  void ExpectFactorMet() const {
+    const MetadataState& st = *m_.State();
+    for (const auto& [gid, g] : st.groups) {
+      std::set<uint64_t> nodes;
+      for (const auto& [r, n] : g.replicas) {
+        EXPECT_TRUE(st.Is(n, NodeState::kActive)) << "group " << gid << " on node " << n;
+        nodes.insert(n);
+      }
+      EXPECT_EQ(nodes.size(), g.replicas.size()) << "two replicas of group " << gid << " on one node";
+      EXPECT_EQ(g.replicas.size(), st.collections.at(g.collection).config.replication_factor) << "group " << gid;
+    }
+  }
+
+ private:
+  MetadataMachine& m_;
+};
+
+int Spread(const std::map<uint64_t, int>& counts) {
+  int lo = 1 << 30, hi = 0;
+  for (const auto& [n, c] : counts) {
+    lo = std::min(lo, c);
+    hi = std::max(hi, c);
+  }
+  return hi - lo;
+}
+
+// Scale up, drain, a dead node, and the replication factor changed: the
+// controller's operations bring every shard to its factor on distinct
+// active nodes, within one replica (and one leader) per node.
+TEST(PlacementTest, TheControllerRebalancesDrainsAndRestoresTheFactor) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  ASSERT_TRUE(ThreeNodesAndACollection(m, &index, /*shards=*/6, /*replication_factor=*/3).ok());
+  Controller c(m);
+  ASSERT_TRUE(c.Settle());
+  EXPECT_EQ(c.moves, 0) << "a balanced cluster moves nothing";
+
+  // Scale up to 5: the new nodes take their share (18 replicas: 3 or 4 each).
+  ASSERT_TRUE(ApplyAt(m, c.index++, AddNodeCommand({40, "n40", "h:4", ""})).ok());
+  ASSERT_TRUE(ApplyAt(m, c.index++, AddNodeCommand({50, "n50", "h:5", ""})).ok());
+  ASSERT_TRUE(c.Settle());
+  EXPECT_GT(c.moves, 0);
+  EXPECT_LE(Spread(c.Count(false)), 1);
+  EXPECT_LE(Spread(c.Count(true)), 1);
+  EXPECT_GE(c.Count(false).at(40), 3);
+  c.ExpectFactorMet();
+
+  // Drain 10 (it leads some groups): its leaderships, then its replicas, go.
+  ASSERT_TRUE(ApplyAt(m, c.index++, SetNodeStateCommand(10, NodeState::kDraining)).ok());
+  c.transfers = 0;
+  ASSERT_TRUE(c.Settle());
+  EXPECT_TRUE(m.State()->GroupsOn(10).empty());
+  EXPECT_LE(Spread(c.Count(false)), 1);
+  c.ExpectFactorMet();
+  ASSERT_TRUE(ApplyAt(m, c.index++, RemoveNodeCommand(10)).ok());
+
+  // 50 dies: its replicas are re-created on the other three.
+  ASSERT_TRUE(ApplyAt(m, c.index++, SetNodeStateCommand(50, NodeState::kDead)).ok());
+  ASSERT_TRUE(c.Settle());
+  EXPECT_TRUE(m.State()->GroupsOn(50).empty());
+  c.ExpectFactorMet();
+  EXPECT_LE(Spread(c.Count(false)), 1);
+
+  // It comes back: it is used again.
+  ASSERT_TRUE(ApplyAt(m, c.index++, SetNodeStateCommand(50, NodeState::kActive)).ok());
+  ASSERT_TRUE(c.Settle());
+  EXPECT_GE(c.Count(false).at(50), 4);  // 18 replicas over 4 nodes
+  EXPECT_LE(Spread(c.Count(false)), 1);
+
+  // The factor lowered to 2, then raised to 4.
+  for (uint32_t rf : {2u, 4u}) {
+    CollectionConfig cfg = m.State()->collections.at("docs").config;
+    cfg.replication_factor = rf;
+    ASSERT_TRUE(ApplyAt(m, c.index++, UpdateConfigCommand("docs", cfg)).ok());
+    ASSERT_TRUE(c.Settle());
+    c.ExpectFactorMet();
+    EXPECT_LE(Spread(c.Count(false)), 1) << "rf " << rf;
+  }
+}
+
+// Zones: a new replica goes to a zone the shard does not use yet; moves
+// respect one snapshot into and one out of a node at a time.
+TEST(PlacementTest, ZonesAreSpreadAndSnapshotsLimitedPerNode) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  for (uint64_t id : {10, 20, 30, 40, 50, 60}) {
+    const std::string zone = absl::StrCat("z", id <= 20 ? 1 : id <= 40 ? 2 : 3);
+    ASSERT_TRUE(ApplyAt(m, index++, AddNodeCommand({id, absl::StrCat("n", id), "h:1", zone})).ok());
+  }
+  CollectionConfig cfg;
+  cfg.dimension = 8;
+  cfg.num_shards = 4;
+  cfg.replication_factor = 3;
+  // Every replica in zones 1 and 2 at first (as if 50 and 60 came later).
+  MetadataState st = *m.State();
+  std::vector<std::vector<uint64_t>> placement = {{10, 30, 20}, {20, 40, 10}, {30, 10, 40}, {40, 20, 30}};
+  ASSERT_TRUE(ApplyAt(m, index++, CreateCollectionCommand(st, "docs", cfg, placement)).ok());
+  Controller c(m);
+  c.index = index;
+  auto plan = PlanOperations(*m.State(), c.View());
+  std::map<uint64_t, int> into, out_of;
+  for (const PlannedOp& p : plan) {
+    if (p.kind != GroupOp::Kind::kMove || p.to_node == 0) continue;
+    EXPECT_EQ(++into[p.to_node], 1) << "two snapshots into node " << p.to_node;
+    const ShardGroup& g = m.State()->groups.at(p.group);
+    EXPECT_EQ(++out_of[g.replicas.at(c.View().at(p.group).leader)], 1) << "two snapshots out of one leader's node";
+  }
+  EXPECT_FALSE(plan.empty());
+  ASSERT_TRUE(c.Settle());
+  for (const auto& [gid, g] : m.State()->groups) {
+    std::set<std::string> zones;
+    for (const auto& [r, n] : g.replicas) zones.insert(m.State()->nodes.at(n).zone);
+    EXPECT_EQ(zones.size(), 3u) << "group " << gid << " not spread over the three zones";
+  }
+  EXPECT_LE(Spread(c.Count(false)), 1);
 }
 
 }  // namespace
