@@ -1,5 +1,4 @@
 #include "cluster/cluster.h"
-#include "cluster/placement.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -14,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cairn/status.h"
+#include "cluster/placement.h"
 #include "db/collection_impl.h"
 #include "db/config_codec.h"
 #include "db/shard_command.h"
@@ -124,9 +124,10 @@ class Cluster::Executor {
 
 class ShardReplica final : public raft::StateMachine {
  public:
-  ShardReplica(uint64_t group, std::string collection, std::string dir, db::ShardOptions options,
+  ShardReplica(uint64_t group, uint64_t replica, std::string collection, std::string dir, db::ShardOptions options,
                std::unique_ptr<db::Shard> shard)
       : group_(group),
+        replica_(replica),
         collection_(std::move(collection)),
         dir_(std::move(dir)),
         options_(std::move(options)),
@@ -219,11 +220,32 @@ class ShardReplica final : public raft::StateMachine {
     return shard_;
   }
   uint64_t group() const { return group_; }
+  uint64_t replica() const { return replica_; }
   const std::string& collection() const { return collection_; }
   const std::string& dir() const { return dir_; }
+  // The bytes of its files, as of the last MeasureBytes.
+  uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
+  void MeasureBytes() {
+    uint64_t total = 0;
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(dir_, ec); !ec && it != fs::recursive_directory_iterator();
+         it.increment(ec)) {
+      std::error_code fec;
+      if (it->is_regular_file(fec)) total += it->file_size(fec);
+    }
+    bytes_.store(total, std::memory_order_relaxed);
+  }
+  // This replica votes in its group: it holds what was committed before it
+  // joined, so it may serve reads. (A replica added by a move is a learner
+  // until it has caught up.)
+  bool voter_seen() const { return voter_seen_.load(std::memory_order_acquire); }
+  void set_voter_seen() { voter_seen_.store(true, std::memory_order_release); }
 
  private:
+  std::atomic<uint64_t> bytes_{0};
+  std::atomic<bool> voter_seen_{false};
   const uint64_t group_;
+  const uint64_t replica_;
   const std::string collection_;
   const std::string dir_;
   const db::ShardOptions options_;
@@ -597,6 +619,7 @@ absl::Status Cluster::Start() {
     std::unique_lock l(loop_mu_);
     if (loop_cv_.wait_for(l, 200ms, [this] { return stop_; })) return absl::CancelledError("stopping");
   }
+  RemoveOrphanReplicas();
   Reconcile();
   Log(absl::StrCat("node \"", self_.name, "\" is a member of cluster ", membership_.cluster_id));
   return absl::OkStatus();
@@ -904,8 +927,19 @@ absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string
                                              " ms: it has no leader or no quorum (", r.status().message(), ")"));
 }
 
-absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::ReadableReplica(uint64_t gid, const std::string& what) {
+std::shared_ptr<ShardReplica> Cluster::VotingReplica(uint64_t gid) const {
   auto local = LocalReplica(gid);
+  if (!local || local->voter_seen()) return local;
+  raft::Node* node = node_ptr_.load();
+  if (node == nullptr) return nullptr;
+  auto gs = node->GroupStatusOf(gid);
+  if (!gs.ok() || std::find(gs->voters.begin(), gs->voters.end(), gs->replica) == gs->voters.end()) return nullptr;
+  local->set_voter_seen();
+  return local;
+}
+
+absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::ReadableReplica(uint64_t gid, const std::string& what) {
+  auto local = VotingReplica(gid);
   if (!local) {
     if (!meta_->State()->groups.count(gid)) {
       return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
@@ -923,7 +957,7 @@ absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::ReadableReplica(uint64_t 
 
 absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::FreshReplica(uint64_t gid, std::chrono::milliseconds staleness,
                                                                      const std::string& what) {
-  auto local = LocalReplica(gid);
+  auto local = VotingReplica(gid);
   if (!local) {
     if (!meta_->State()->groups.count(gid)) {
       return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
@@ -1006,9 +1040,11 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
       // A node that has not joined group 0 yet (or is cut off) registers itself.
       return propose(kMetadataGroup, req.metadata());
     case pb::ShardRequest::kRead: {
-      auto local = LocalReplica(gid);
+      auto local = VotingReplica(gid);
       if (!local) {
-        SetStatus(absl::UnavailableError(absl::StrCat("group ", gid, " has no replica on node ", self_.name)), &resp);
+        SetStatus(absl::UnavailableError(absl::StrCat("group ", gid, " has no replica on node ", self_.name,
+                                                      " that may serve reads (none, or one catching up)")),
+                  &resp);
         return done(resp);
       }
       auto q = ShardReadRequest::Decode(req.read().request());
@@ -1070,7 +1106,8 @@ void Cluster::ReconcileLoop() {
     dirty_ = false;
     l.unlock();
     Reconcile();
-    MoveReplicas();
+    DriveOps();
+    Control();
     l.lock();
   }
 }
@@ -1082,73 +1119,259 @@ constexpr uint64_t kCaughtUp = 64;
 
 }  // namespace
 
-void Cluster::MoveReplicas() {
+void Cluster::DriveOps() {
   const auto st = meta_->State();
   auto in = [](const std::vector<uint64_t>& v, uint64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
   for (const raft::GroupStatus& gs : node_->Status()) {
     if (gs.role != raft::Role::kLeader || gs.stopped) continue;
-    auto change = [&](raft::ConfChange::Type type, uint64_t replica, const char* what) {
+    auto change = [&](raft::ConfChange::Type type, uint64_t replica, const std::string& what) {
       if (node_->ProposeConfChange(gs.group, raft::ConfChange{type, replica}).ok()) {
         Log(absl::StrCat("group ", gs.group, ": ", what, " ", replica));
       }
     };
-    // One step of moving replica `from` to `to`: `to` joins as a learner,
-    // catches up (from a snapshot when the log was compacted), becomes a
-    // voter when `from` was one, and then `from` is removed. True once
-    // `from` is out of the group.
-    auto move = [&](uint64_t from, uint64_t to) {
-      const bool to_voter = in(gs.voters, to), to_learner = in(gs.learners, to);
-      const bool from_voter = in(gs.voters, from), from_in = from_voter || in(gs.learners, from);
-      if (!to_voter && !to_learner) {
-        change(raft::ConfChange::Type::kAddLearner, to, "adding learner");
-      } else if (to_learner && from_voter) {
-        uint64_t match = 0;
-        for (const auto& p : gs.peers) {
-          if (p.replica == to) match = p.match;
-        }
-        if (match + kCaughtUp >= gs.commit) change(raft::ConfChange::Type::kAddVoter, to, "promoting caught-up learner");
-      } else if (from_in) {
-        change(raft::ConfChange::Type::kRemove, from, "removing replaced member");
-      } else {
-        return true;
+    auto match_of = [&](uint64_t replica) -> uint64_t {
+      for (const auto& p : gs.peers) {
+        if (p.replica == replica) return p.match;
       }
-      return false;
+      return 0;
+    };
+    auto caught_up = [&](uint64_t replica) { return match_of(replica) + kCaughtUp >= gs.commit; };
+    // This leader hands its leadership to a voter holding its whole log.
+    auto hand_off = [&] {
+      for (uint64_t v : gs.voters) {
+        if (v != gs.replica && match_of(v) >= gs.last_index) {
+          node_->TransferLeadership(gs.group, v);
+          return;
+        }
+      }
     };
     if (gs.group == kMetadataGroup) {
-      // Every member follows the metadata (a learner at least); a node that
-      // took the place of a voter takes its vote too.
-      bool busy = false;
-      for (const auto& [old, successor] : st->replaced_by) {
-        const uint64_t to = Successor(*st, old);
-        if (to != 0 && (in(gs.voters, old) || in(gs.learners, old))) {
-          move(old, to);
-          busy = true;
-          break;
-        }
+      DriveMetadataMembers(*st, gs);
+      continue;
+    }
+    auto op_it = st->ops.find(gs.group);
+    if (op_it == st->ops.end()) continue;
+    const GroupOp& op = op_it->second;
+    auto record = [&](const std::string& step) {
+      if (op.step != step) (void)ProposeMetadataAnywhere(OpStepCommand(gs.group, op.id, step));
+    };
+    auto end = [&](bool abandoned) {
+      if (ProposeMetadataAnywhere(EndOpCommand(gs.group, op.id, abandoned)).ok()) {
+        Log(absl::StrCat("group ", gs.group, ": ", OpKindName(op.kind), " (", op.reason, ") ",
+                         abandoned ? "abandoned" : "done"));
       }
-      for (const auto& [id, n] : st->nodes) {
-        if (busy || st->removed_nodes.count(id) || in(gs.voters, id) || in(gs.learners, id)) continue;
-        change(raft::ConfChange::Type::kAddLearner, id, "adding metadata learner");
-        break;
+    };
+    if (op.kind == GroupOp::Kind::kTransferLeader) {
+      if (gs.replica == op.to) {
+        end(false);
+      } else if (in(gs.voters, op.to) && match_of(op.to) >= gs.last_index) {
+        node_->TransferLeadership(gs.group, op.to);
       }
       continue;
     }
-    auto g = st->groups.find(gs.group);
-    if (g == st->groups.end()) continue;
-    for (const auto& [replica, on] : g->second.replicas) {
-      if (!st->removed_nodes.count(on)) continue;
-      const uint64_t to_node = Successor(*st, on);
-      if (to_node == 0) continue;  // no node took its place (yet)
-      uint64_t to = 0;
-      for (const auto& [r, n] : g->second.replicas) {
-        if (n == to_node) to = r;
+    // A move, one membership change at a time (dissertation 4.1).
+    const bool to_voter = op.to != 0 && in(gs.voters, op.to), to_learner = op.to != 0 && in(gs.learners, op.to);
+    const bool from_voter = op.from != 0 && in(gs.voters, op.from), from_in = from_voter || in(gs.learners, op.from);
+    if (op.step == "abandon") {
+      if (to_voter || to_learner) {
+        if (op.to == gs.replica) {
+          hand_off();
+        } else {
+          change(raft::ConfChange::Type::kRemove, op.to, "abandoning move: removing");
+        }
+      } else {
+        end(true);
       }
-      if (to == 0) {
-        (void)ProposeMetadataAnywhere(AddReplicaCommand(*st, gs.group, to_node));
-      } else if (move(replica, to)) {
-        (void)ProposeMetadataAnywhere(RemoveReplicaCommand(gs.group, replica));
+      continue;
+    }
+    if (op.to != 0 && !to_voter && !to_learner) {
+      record("add_learner");
+      change(raft::ConfChange::Type::kAddLearner, op.to, absl::StrCat("move (", op.reason, "): adding learner"));
+    } else if (to_learner && (from_voter || op.from == 0)) {
+      if (caught_up(op.to)) {
+        record("promote");
+        change(raft::ConfChange::Type::kAddVoter, op.to, "move: promoting caught-up learner");
+      } else {
+        record("catch_up");
       }
-      break;  // one change at a time
+    } else if (from_in) {
+      record("remove_old");
+      if (op.from == gs.replica) {
+        hand_off();  // the leader leaves: another leads first
+      } else {
+        change(raft::ConfChange::Type::kRemove, op.from, "move: removing");
+      }
+    } else {
+      end(false);
+    }
+  }
+}
+
+void Cluster::DriveMetadataMembers(const MetadataState& st, const raft::GroupStatus& gs) {
+  auto in = [](const std::vector<uint64_t>& v, uint64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+  auto change = [&](raft::ConfChange::Type type, uint64_t node, const char* what) {
+    if (node_->ProposeConfChange(kMetadataGroup, raft::ConfChange{type, node}).ok()) {
+      Log(absl::StrCat("metadata group: ", what, " ", node));
+    }
+  };
+  uint64_t match_of_self = gs.last_index;
+  auto match_of = [&](uint64_t node) -> uint64_t {
+    if (node == self_.id) return match_of_self;
+    for (const auto& p : gs.peers) {
+      if (p.replica == node) return p.match;
+    }
+    return 0;
+  };
+  // Every member follows the metadata (a learner at least).
+  for (const auto& [id, n] : st.nodes) {
+    if (st.removed_nodes.count(id) || in(gs.voters, id) || in(gs.learners, id)) continue;
+    change(raft::ConfChange::Type::kAddLearner, id, "adding learner");
+    return;
+  }
+  // Three voters (fewer with fewer active nodes), on active nodes of
+  // distinct zones when it can: a caught-up learner is promoted first, then
+  // a voter on a node that is not active is demoted (removed when the node
+  // was removed). A removed node's learner leaves.
+  // A voter that has not registered yet (a seed starting) counts as active.
+  auto active_node = [&](uint64_t n) { return !st.nodes.count(n) || st.Is(n, NodeState::kActive); };
+  size_t active = 0, good = 0;
+  std::set<std::string> voter_zones;
+  for (const auto& [id, n] : st.nodes) active += st.Is(id, NodeState::kActive);
+  for (uint64_t v : gs.voters) {
+    if (active_node(v)) {
+      ++good;
+      if (st.nodes.count(v)) voter_zones.insert(st.nodes.at(v).zone);
+    }
+  }
+  const size_t want = std::min<size_t>(3, active);
+  if (good < want) {
+    uint64_t best = 0;
+    std::tuple<bool, bool, uint64_t> best_key;
+    for (uint64_t l : gs.learners) {
+      if (!st.Is(l, NodeState::kActive) || match_of(l) + kCaughtUp < gs.commit) continue;
+      // The successor of a replaced voter first, then a zone no voter uses.
+      bool successor = false;
+      for (uint64_t v : gs.voters) successor = successor || Successor(st, v) == l;
+      auto key = std::make_tuple(!successor, voter_zones.count(st.nodes.at(l).zone) > 0, l);
+      if (best == 0 || key < best_key) {
+        best = l;
+        best_key = key;
+      }
+    }
+    if (best != 0) change(raft::ConfChange::Type::kAddVoter, best, "promoting caught-up learner");
+    return;
+  }
+  for (uint64_t v : gs.voters) {
+    // A dead voter keeps its vote until three active ones are there without
+    // it (it may come back); a draining one leaves once enough are.
+    if (active_node(v) || (st.Is(v, NodeState::kDead) && good < 3)) continue;
+    if (v == self_.id) {
+      // The leader leaves its vote: a caught-up active voter leads first.
+      for (uint64_t o : gs.voters) {
+        if (o != v && active_node(o) && match_of(o) >= gs.last_index) {
+          node_->TransferLeadership(kMetadataGroup, o);
+          break;
+        }
+      }
+      return;
+    }
+    if (st.removed_nodes.count(v)) {
+      change(raft::ConfChange::Type::kRemove, v, "removing the vote of removed node");
+    } else {
+      change(raft::ConfChange::Type::kAddLearner, v, "demoting to learner the voter on inactive node");
+    }
+    return;
+  }
+  for (uint64_t l : gs.learners) {
+    if (st.removed_nodes.count(l)) {
+      change(raft::ConfChange::Type::kRemove, l, "removing removed node");
+      return;
+    }
+  }
+}
+
+void Cluster::Control() {
+  raft::Node* node = node_ptr_.load();
+  if (node == nullptr) return;
+  auto meta = node->GroupStatusOf(kMetadataGroup);
+  const auto now = Clock::now();
+  if (!meta.ok() || meta->role != raft::Role::kLeader) {
+    controlling_since_.reset();
+    return;
+  }
+  if (!controlling_since_) controlling_since_ = now;
+  if (now - last_control_ < 1s) return;
+  last_control_ = now;
+  auto st = meta_->State();
+  // 1. Nodes: dead after the timeout of silence, active again when heard.
+  const auto heard = node->LastHeard();
+  for (const auto& [id, n] : st->nodes) {
+    if (id == self_.id || st->removed_nodes.count(id)) continue;
+    auto h = heard.find(id);
+    const auto last = std::max(*controlling_since_, h == heard.end() ? Clock::time_point{} : h->second);
+    const auto silent = now - last;
+    if (n.state == NodeState::kActive && silent > options_.dead_node_timeout) {
+      Log(absl::StrCat("node ", n.name, " (", id, ") has been silent for ",
+                       std::chrono::duration_cast<std::chrono::seconds>(silent).count(),
+                       " s: marking it dead; its replicas will be re-created elsewhere"));
+      (void)ProposeMetadataAnywhere(SetNodeStateCommand(id, NodeState::kDead));
+    } else if (n.state == NodeState::kDead && h != heard.end() && silent < options_.tick * options_.election_tick) {
+      Log(absl::StrCat("node ", n.name, " (", id, ") is back: active again"));
+      (void)ProposeMetadataAnywhere(SetNodeStateCommand(id, NodeState::kActive));
+    }
+  }
+  // Moves whose target is no longer active are undone; transfers that did
+  // not happen in 30 s are given up.
+  st = meta_->State();
+  for (uint64_t gid : OpsToAbandon(*st)) {
+    const GroupOp& op = st->ops.at(gid);
+    Log(absl::StrCat("group ", gid, ": abandoning a ", OpKindName(op.kind), " to node ", op.to_node,
+                     ", no longer active"));
+    // A move's new replica leaves the group first; a transfer just ends.
+    (void)ProposeMetadataAnywhere(op.kind == GroupOp::Kind::kMove ? OpStepCommand(gid, op.id, "abandon")
+                                                                    : EndOpCommand(gid, op.id, /*abandoned=*/true));
+  }
+  std::map<uint64_t, Clock::time_point> seen;
+  for (const auto& [gid, op] : st->ops) {
+    auto it = op_seen_.find(op.id);
+    seen[op.id] = it == op_seen_.end() ? now : it->second;
+    if (op.kind == GroupOp::Kind::kTransferLeader && now - seen[op.id] > 30s) {
+      (void)ProposeMetadataAnywhere(EndOpCommand(gid, op.id, /*abandoned=*/true));
+    }
+  }
+  op_seen_ = std::move(seen);
+  // 2-6: what the leaders report (nodes silent for an election timeout are
+  // not asked), then the plan.
+  std::set<uint64_t> silent;
+  for (const auto& [id, n] : st->nodes) {
+    auto h = heard.find(id);
+    if (id != self_.id && (h == heard.end() || now - h->second > options_.tick * options_.election_tick)) silent.insert(id);
+  }
+  ControllerView view;
+  for (const auto& [id, r] : Reports(*st, silent)) {
+    for (const auto& g : r.groups()) {
+      if (!g.is_leader() || g.group() == kMetadataGroup) continue;
+      GroupView& v = view[g.group()];
+      v.leader = g.leader_replica();
+      v.last_index = g.last_index();
+      v.match.insert(g.match().begin(), g.match().end());
+      v.voters.assign(g.voters().begin(), g.voters().end());
+      v.bytes = g.bytes();
+    }
+  }
+  for (const PlannedOp& p : PlanOperations(*st, view)) {
+    st = meta_->State();
+    absl::Status s;
+    if (p.kind == GroupOp::Kind::kMove) {
+      s = ProposeMetadata(StartMoveCommand(*st, p.group, p.from, p.to_node, p.reason), nullptr);
+    } else {
+      s = ProposeMetadata(StartTransferCommand(p.group, p.to, p.reason), nullptr);
+    }
+    if (s.ok()) {
+      Log(absl::StrCat("group ", p.group, ": ", OpKindName(p.kind), " (", p.reason, ")",
+                       p.from != 0 ? absl::StrCat(" of replica ", p.from) : std::string(),
+                       p.to_node != 0 ? absl::StrCat(" to node ", p.to_node) : std::string(),
+                       p.to != 0 ? absl::StrCat(" to replica ", p.to) : std::string()));
     }
   }
 }
@@ -1193,6 +1416,12 @@ void Cluster::Reconcile() {
     db::ShardOptions so = db::ShardOptionsFor(g->collection, coll->second.config, options_.db);
     so.sync_writes = false;  // the Raft log is the write-ahead log
     const std::string dir = GroupDir(g->group);
+    // What is on disk for this group may be an earlier replica's (moved off
+    // this node, then back as a new replica): it goes, log included.
+    if (absl::Status s = ClaimGroupDir(g->group, replica); !s.ok()) {
+      Log(absl::StrCat("cannot prepare the directory of group ", g->group, ": ", s.ToString()));
+      continue;
+    }
     // A snapshot install a crash interrupted is finished (or undone) first.
     if (absl::Status s = RecoverInstall(dir + ".staged", dir); !s.ok()) {
       Log(absl::StrCat("cannot recover the replica of group ", g->group, " in ", dir, ": ", s.ToString()));
@@ -1203,7 +1432,7 @@ void Cluster::Reconcile() {
       Log(absl::StrCat("cannot open the replica of group ", g->group, " in ", dir, ": ", shard.status().ToString()));
       continue;
     }
-    auto rep = std::make_shared<ShardReplica>(g->group, g->collection, dir, so, std::move(*shard));
+    auto rep = std::make_shared<ShardReplica>(g->group, replica, g->collection, dir, so, std::move(*shard));
     raft::GroupSpec spec;
     spec.group = g->group;
     spec.replica = replica;
@@ -1231,7 +1460,10 @@ void Cluster::Reconcile() {
     std::lock_guard l(mu_);
     for (auto& [gid, rep] : replicas_) {
       auto g = st.groups.find(gid);
-      if (g == st.groups.end()) {
+      // Dropped with its collection, or moved off this node (Raft removed it
+      // before the map did).
+      auto placed = g == st.groups.end() ? nullptr : &g->second.replicas;
+      if (placed == nullptr || !placed->count(rep->replica()) || placed->at(rep->replica()) != self_.id) {
         gone.push_back(gid);
         continue;
       }
@@ -1251,6 +1483,8 @@ void Cluster::Reconcile() {
     receiver_->Cancel(gid);
     std::error_code ec;
     fs::remove_all(GroupDir(gid) + ".staged", ec);
+    fs::remove(GroupDir(gid) + ".replica", ec);
+    Log(absl::StrCat("group ", gid, ": the replica here left the group; its files go"));
     std::lock_guard l(mu_);
     dropped_.push_back({replicas_[gid], GroupDir(gid)});
     replicas_.erase(gid);
@@ -1269,9 +1503,55 @@ void Cluster::Reconcile() {
   }
 }
 
+absl::Status Cluster::ClaimGroupDir(uint64_t gid, uint64_t replica) {
+  const std::string dir = GroupDir(gid), marker = dir + ".replica";
+  std::error_code ec;
+  fs::create_directories(fs::path(dir).parent_path(), ec);
+  if (fs::exists(marker, ec)) {
+    CAIRN_ASSIGN_OR_RETURN(std::string held, storage::ReadFile(marker));
+    if (held == std::to_string(replica)) return absl::OkStatus();
+    Log(absl::StrCat("group ", gid, ": the files here are those of replica ", held, ", not of replica ", replica,
+                     ": removing them"));
+    CAIRN_RETURN_IF_ERROR(ForgetGroup(gid));
+  }
+  // (A directory without a marker was written before markers were: it is
+  // this replica's.)
+  return storage::WriteFileAtomic(marker, std::to_string(replica));
+}
+
+absl::Status Cluster::ForgetGroup(uint64_t gid) {
+  const std::string dir = GroupDir(gid);
+  std::error_code ec;
+  for (const std::string& p : {dir, dir + ".staged", dir + ".old"}) {
+    fs::remove_all(p, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot remove ", p, ": ", ec.message()));
+  }
+  fs::remove(dir + ".replica", ec);
+  return store_->DropGroup(gid);
+}
+
+void Cluster::RemoveOrphanReplicas() {
+  std::lock_guard rl(reconcile_mu_);
+  const auto st = meta_->State();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(fs::path(options_.data_dir) / "groups", ec)) {
+    const std::string name = e.path().filename().string();
+    uint64_t gid = 0;
+    if (!absl::SimpleAtoi(name, &gid) || gid == kMetadataGroup || gid >= st->next_group || LocalReplica(gid)) continue;
+    auto g = st->groups.find(gid);
+    bool here = false;
+    if (g != st->groups.end()) {
+      for (const auto& [r, n] : g->second.replicas) here = here || n == self_.id;
+    }
+    if (here) continue;
+    Log(absl::StrCat("group ", gid, ": no replica of it is placed on this node any more; removing its files"));
+    if (absl::Status s = ForgetGroup(gid); !s.ok()) Log(s.ToString());
+  }
+}
+
 void Cluster::MaintenanceLoop() {
   std::unique_lock l(loop_mu_);
-  while (!stop_) {
+  for (uint64_t round = 0; !stop_; ++round) {
     loop_cv_.wait_for(l, 1s, [this] { return stop_; });
     if (stop_) break;
     l.unlock();
@@ -1287,9 +1567,103 @@ void Cluster::MaintenanceLoop() {
       if (s.ok()) s = (*shard)->Compact(/*force=*/false);
       if (s.ok()) s = (*shard)->CheckpointGrowing(/*at_close=*/false);
       if (!s.ok()) Log(absl::StrCat("maintenance of group ", r->group(), " failed: ", s.ToString()));
+      if (round % 10 == 0) r->MeasureBytes();  // for the controller's balance of bytes
     }
     l.lock();
   }
+}
+
+// ---- nodes coming and going ---------------------------------------------------
+
+absl::StatusOr<uint64_t> Cluster::ResolveNode(const MetadataState& st, const std::string& node) const {
+  uint64_t id = 0;
+  const bool numeric = absl::SimpleAtoi(node, &id);
+  for (const auto& [nid, n] : st.nodes) {
+    if (st.removed_nodes.count(nid)) continue;
+    if (n.name == node || (numeric && nid == id)) return nid;
+  }
+  if (numeric && st.removed_nodes.count(id)) {
+    return absl::FailedPreconditionError(absl::StrCat("node ", id, " was removed from the cluster already"));
+  }
+  return absl::NotFoundError(absl::StrCat("no node \"", node, "\" in this cluster; cairn cluster nodes lists them"));
+}
+
+absl::Status Cluster::DrainNode(const std::string& node) {
+  CAIRN_RETURN_IF_ERROR(MetadataReadIndex());
+  const auto st = meta_->State();
+  CAIRN_ASSIGN_OR_RETURN(uint64_t id, ResolveNode(*st, node));
+  if (st->Is(id, NodeState::kDraining)) return absl::OkStatus();
+  size_t others = 0;
+  for (const auto& [nid, n] : st->nodes) others += nid != id && st->Is(nid, NodeState::kActive);
+  for (const auto& [name, c] : st->collections) {
+    if (c.config.replication_factor > others) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "draining node \"", st->nodes.at(id).name, "\" would leave ", others, " active node(s), fewer than the ",
+          c.config.replication_factor, " replicas of collection \"", name,
+          "\": add a node first, or lower its replication factor (cairn collection update ", name,
+          " --replication-factor N)"));
+    }
+  }
+  CAIRN_RETURN_IF_ERROR(ProposeMetadata(SetNodeStateCommand(id, NodeState::kDraining), nullptr));
+  Log(absl::StrCat("node ", st->nodes.at(id).name, " (", id, ") is draining"));
+  return absl::OkStatus();
+}
+
+absl::Status Cluster::ActivateNode(const std::string& node) {
+  CAIRN_RETURN_IF_ERROR(MetadataReadIndex());
+  const auto st = meta_->State();
+  CAIRN_ASSIGN_OR_RETURN(uint64_t id, ResolveNode(*st, node));
+  return ProposeMetadata(SetNodeStateCommand(id, NodeState::kActive), nullptr);
+}
+
+absl::Status Cluster::RemoveNode(const std::string& node) {
+  CAIRN_RETURN_IF_ERROR(MetadataReadIndex());
+  const auto st = meta_->State();
+  CAIRN_ASSIGN_OR_RETURN(uint64_t id, ResolveNode(*st, node));
+  const std::string& name = st->nodes.at(id).name;
+  if (st->Is(id, NodeState::kActive)) {
+    return absl::FailedPreconditionError(absl::StrCat("node \"", name, "\" is active: drain it first (cairn cluster drain ",
+                                                      name, "), then remove it once it holds no replica"));
+  }
+  // Its vote in the metadata group leaves first (the metadata leader moves
+  // it off a draining or dead node), so that the group keeps its majority.
+  auto meta = node_->GroupStatusOf(kMetadataGroup);
+  if (meta.ok() && std::find(meta->voters.begin(), meta->voters.end(), id) != meta->voters.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "node \"", name, "\" still votes in the metadata group: its vote moves to an active node once one has caught "
+        "up (seconds; a dead voter keeps it while fewer than three active nodes vote); retry"));
+  }
+  CAIRN_RETURN_IF_ERROR(ProposeMetadata(RemoveNodeCommand(id), nullptr));
+  Log(absl::StrCat("node ", name, " (", id, ") was removed from the cluster; its id is refused from now on"));
+  return absl::OkStatus();
+}
+
+size_t Cluster::HandOffLeadership(std::chrono::milliseconds timeout) {
+  raft::Node* node = node_ptr_.load();
+  if (node == nullptr) return 0;
+  const auto deadline = Clock::now() + timeout;
+  size_t leading = 0;
+  for (int round = 0;; ++round) {
+    leading = 0;
+    for (const raft::GroupStatus& gs : node->Status()) {
+      if (gs.role != raft::Role::kLeader || gs.stopped) continue;
+      ++leading;
+      // The voter holding most of the log (ties: the lowest id).
+      uint64_t best = 0, best_match = 0;
+      for (const auto& p : gs.peers) {
+        if (p.replica == gs.replica || p.learner) continue;
+        if (std::find(gs.voters.begin(), gs.voters.end(), p.replica) == gs.voters.end()) continue;
+        if (best == 0 || p.match > best_match) {
+          best = p.replica;
+          best_match = p.match;
+        }
+      }
+      if (best != 0 && round % 10 == 0) node->TransferLeadership(gs.group, best);
+    }
+    if (leading == 0 || Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(50ms, options_.tick));
+  }
+  return leading;
 }
 
 // ---- Database ----------------------------------------------------------------
@@ -1305,7 +1679,9 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::CreateCollection(const std:
     if (st.collections.count(name)) return absl::AlreadyExistsError(absl::StrCat("collection \"", name, "\" already exists"));
     CollectionConfig c = config;
     if (c.replication_factor == 0) {
-      c.replication_factor = static_cast<uint32_t>(std::min<size_t>(3, st.nodes.size() - st.removed_nodes.size()));
+      size_t active = 0;
+      for (const auto& [id, n] : st.nodes) active += st.Is(id, NodeState::kActive);
+      c.replication_factor = static_cast<uint32_t>(std::min<size_t>(3, std::max<size_t>(active, 1)));
     }
     // Nodes that do not answer now get replicas only when the others are too few.
     std::set<uint64_t> unreachable;
@@ -1714,6 +2090,7 @@ pb::NodeStatusResponse Cluster::NodeStatus() {
     gr->set_is_leader(g.role == raft::Role::kLeader);
     for (const auto& p : g.peers) (*gr->mutable_match())[p.replica] = p.match;
     gr->set_stopped(g.stopped);
+    if (auto rep = LocalReplica(g.group)) gr->set_bytes(rep->bytes());
     gr->set_stop_reason(g.stop_reason);
     for (uint64_t v : g.voters) gr->add_voters(v);
     for (uint64_t l : g.learners) gr->add_learners(l);
@@ -1721,20 +2098,14 @@ pb::NodeStatusResponse Cluster::NodeStatus() {
   return r;
 }
 
-ClusterStatus Cluster::Status() const {
-  ClusterStatus out;
-  out.cluster_id = ClusterId();
-  out.node_id = self_.id;
-  out.node_name = self_.name;
-  if (!meta_) return out;
-  const auto st_ptr = meta_->State();
-  const MetadataState& st = *st_ptr;
+std::map<uint64_t, pb::NodeStatusResponse> Cluster::Reports(const MetadataState& st,
+                                                             const std::set<uint64_t>& skip) const {
   // Every node's report, asked at once.
   std::map<uint64_t, pb::NodeStatusResponse> reports;
   reports[self_.id] = const_cast<Cluster*>(this)->NodeStatus();
   std::vector<std::pair<uint64_t, std::future<std::optional<pb::NodeStatusResponse>>>> asks;
   for (const auto& [id, n] : st.nodes) {
-    if (id == self_.id || st.removed_nodes.count(id)) continue;
+    if (id == self_.id || st.removed_nodes.count(id) || skip.count(id)) continue;
     const std::string address = n.peer_address;
     asks.push_back({id, std::async(std::launch::async, [this, address]() -> std::optional<pb::NodeStatusResponse> {
                       pb::NodeStatusRequest req;
@@ -1748,9 +2119,40 @@ ClusterStatus Cluster::Status() const {
   for (auto& [id, f] : asks) {
     if (auto r = f.get()) reports[id] = *std::move(r);
   }
+  return reports;
+}
+
+ClusterStatus Cluster::Status() const {
+  ClusterStatus out;
+  out.cluster_id = ClusterId();
+  out.node_id = self_.id;
+  out.node_name = self_.name;
+  if (!meta_) return out;
+  const auto st_ptr = meta_->State();
+  const MetadataState& st = *st_ptr;
+  const auto reports = Reports(st);
   for (const auto& [id, n] : st.nodes) {
-    out.nodes.push_back(
-        {id, n.name, n.peer_address, n.zone, st.removed_nodes.count(id) ? "removed" : "active", reports.count(id) > 0});
+    ClusterStatus::Node node;
+    node.id = id;
+    node.name = n.name;
+    node.address = n.peer_address;
+    node.zone = n.zone;
+    node.state = st.removed_nodes.count(id) ? "removed" : NodeStateName(n.state);
+    node.reachable = reports.count(id) > 0;
+    node.replicas = st.GroupsOn(id).size();
+    if (auto r = reports.find(id); r != reports.end()) {
+      for (const auto& g : r->second.groups()) {
+        node.bytes += g.bytes();
+        if (g.is_leader() && g.group() != kMetadataGroup) ++node.leaders;
+      }
+    }
+    out.nodes.push_back(std::move(node));
+  }
+  for (const auto& [gid, op] : st.ops) {
+    auto g = st.groups.find(gid);
+    out.operations.push_back({gid, g == st.groups.end() ? "" : g->second.collection,
+                              g == st.groups.end() ? 0 : g->second.shard, OpKindName(op.kind), op.from, op.to,
+                              op.to_node, op.reason, op.step});
   }
   // group -> node -> report
   std::map<uint64_t, std::map<uint64_t, const pb::GroupReport*>> by_group;
@@ -1812,6 +2214,24 @@ ClusterStatus Cluster::Status() const {
     }
   }
   build(kMetadataGroup, "", 0, meta_replicas);
+  // Votes, and who has not caught up with the metadata yet (as its leader
+  // sees them).
+  for (const auto& [node, r] : by_group[kMetadataGroup]) {
+    if (!r->is_leader()) continue;
+    for (auto& n : out.nodes) {
+      n.metadata_voter = std::find(r->voters().begin(), r->voters().end(), n.id) != r->voters().end();
+      auto m = r->match().find(n.id);
+      const bool member = n.metadata_voter || std::find(r->learners().begin(), r->learners().end(), n.id) !=
+                                                   r->learners().end();
+      if (n.state == "active" && n.id != node &&
+          (!member || m == r->match().end() || m->second + kCaughtUp < r->commit())) {
+        n.state = "joining";
+      }
+    }
+  }
+  for (auto& n : out.nodes) {
+    n.removable = (n.state == "draining" || n.state == "dead") && n.replicas == 0 && !n.metadata_voter;
+  }
   for (const auto& [gid, g] : st.groups) build(gid, g.collection, g.shard, g.replicas);
   return out;
 }

@@ -28,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -88,6 +89,9 @@ struct ClusterOptions {
   // Snapshot files a replica fetches per second, at most, per transfer
   // (0: no bound). Default: 128 MiB/s.
   uint64_t snapshot_rate_bytes = 128ull << 20;
+  // A node the metadata leader has not heard from for this long is dead:
+  // its replicas are re-created on other nodes. Default: 30 minutes.
+  std::chrono::milliseconds dead_node_timeout{30 * 60 * 1000};
 };
 
 // What `cairn cluster status` shows: the metadata as this node knows it,
@@ -101,8 +105,16 @@ struct ClusterStatus {
     std::string name;
     std::string address;
     std::string zone;
-    std::string state;       // "active" or "removed"
+    // "joining" (not caught up with the metadata yet), "active",
+    // "draining", "dead" or "removed".
+    std::string state;
     bool reachable = false;  // it answered for this status
+    uint64_t replicas = 0;   // shard replicas the map places on it
+    uint64_t leaders = 0;    // shard groups it leads
+    uint64_t bytes = 0;      // on disk, of the replicas it reported
+    bool metadata_voter = false;
+    // Draining (or dead), no replica, no vote: cairn cluster remove takes it.
+    bool removable = false;
   };
   std::vector<Node> nodes;
   struct Replica {
@@ -125,6 +137,16 @@ struct ClusterStatus {
     std::vector<Replica> replicas;
   };
   std::vector<Group> groups;
+  // The operations in progress (README: "Operations").
+  struct Operation {
+    uint64_t group = 0;
+    std::string collection;
+    uint32_t shard = 0;
+    std::string kind;  // "move" or "transfer_leader"
+    uint64_t from_replica = 0, to_replica = 0, to_node = 0;
+    std::string reason, step;
+  };
+  std::vector<Operation> operations;
 };
 
 class ShardReplica;
@@ -149,6 +171,24 @@ class Cluster final : public Database, private PeerHandler {
                                                                 const std::string& name) override;
   const std::string& dir() const override { return options_.data_dir; }
   const DatabaseOptions& options() const override { return options_.db; }
+
+  // Node `node` (a name or an id) starts draining: the controller moves its
+  // replicas and leaderships to other nodes. NotFound for an unknown node;
+  // FailedPrecondition when the other active nodes are too few for some
+  // collection's replication factor.
+  absl::Status DrainNode(const std::string& node);
+  // Node `node` (draining or dead) is active again: replicas may be placed
+  // on it.
+  absl::Status ActivateNode(const std::string& node);
+  // Node `node` leaves the cluster for good (its id is refused forever).
+  // FailedPrecondition, with the reason, when it is active, holds a replica,
+  // is the target of a move, or still votes in the metadata group.
+  absl::Status RemoveNode(const std::string& node);
+  // Hands every leadership this node holds to a caught-up voter of its
+  // group and waits (at most `timeout`) until this node leads none: called
+  // before a planned stop, so that clients wait for no election. The number
+  // of groups it still leads.
+  size_t HandOffLeadership(std::chrono::milliseconds timeout);
 
   // Collection `name`'s configuration as this node knows it now.
   absl::StatusOr<CollectionConfig> CurrentConfig(const std::string& name) const;
@@ -206,10 +246,32 @@ class Cluster final : public Database, private PeerHandler {
   absl::StatusOr<pb::ShardResponse> SendToReplica(uint64_t gid, const pb::ShardRequest& req, size_t* next_node);
   void Reconcile();
   void ReconcileLoop();
-  // For every group this node leads: moves replicas off nodes that were
-  // replaced, one membership change at a time; makes every member follow
-  // the metadata group.
-  void MoveReplicas();
+  // For every shard group this node leads: the next step of its operation
+  // (README: "Operations"); for the metadata group: its members.
+  void DriveOps();
+  // The metadata group's leader: every member node follows it, three
+  // voters on active nodes.
+  void DriveMetadataMembers(const MetadataState& st, const raft::GroupStatus& gs);
+  // On the metadata group's leader, once a second: nodes marked dead or
+  // active again, operations abandoned, and the placement controller's
+  // new operations (placement.h).
+  void Control();
+  // Every node's Peer.NodeStatus but those in `skip` (this node's own
+  // without asking), by node.
+  std::map<uint64_t, pb::NodeStatusResponse> Reports(const MetadataState& st, const std::set<uint64_t>& skip = {}) const;
+  // Makes group `gid`'s directory replica `replica`'s: files of another
+  // replica of it (an earlier one on this node) go, with its log.
+  absl::Status ClaimGroupDir(uint64_t gid, uint64_t replica);
+  // Removes the files and log of group `gid` on this node.
+  absl::Status ForgetGroup(uint64_t gid);
+  // At start, once caught up with the metadata: the files of replicas the
+  // map no longer places here (moved off while this node was down) go.
+  void RemoveOrphanReplicas();
+  // The local replica of `gid` when it may serve reads: it votes (a replica
+  // a move added is a learner until caught up). Null otherwise.
+  std::shared_ptr<ShardReplica> VotingReplica(uint64_t gid) const;
+  // The member named `node` (a name or an id): its id.
+  absl::StatusOr<uint64_t> ResolveNode(const MetadataState& st, const std::string& node) const;
   void MaintenanceLoop();
   std::shared_ptr<ShardReplica> LocalReplica(uint64_t gid) const;
   std::vector<uint64_t> NodesOf(uint64_t gid) const;
@@ -268,6 +330,12 @@ class Cluster final : public Database, private PeerHandler {
   std::mutex reconcile_mu_;  // one Reconcile at a time
   // The replica -> node map each group's loop was given. Guarded by reconcile_mu_.
   std::map<uint64_t, std::map<uint64_t, uint64_t>> replica_nodes_;
+  // Control()'s: when this node started leading the metadata group, when it
+  // last ran, and when it first saw each operation (by op id). Reconciler
+  // thread only.
+  std::optional<std::chrono::steady_clock::time_point> controlling_since_;
+  std::chrono::steady_clock::time_point last_control_{};
+  std::map<uint64_t, std::chrono::steady_clock::time_point> op_seen_;
   std::thread reconciler_;
   std::thread maintenance_;
 };

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -94,7 +95,8 @@ class ClusterTest : public ::testing::Test {
 
   // Every replica of every shard group holds the same data, once they have
   // applied the same entries.
-  void ExpectReplicasAlike() {
+  // `per_group`: the replicas of each group (0: one on every node).
+  void ExpectReplicasAlike(size_t per_group = 0) {
     for (int attempt = 0; attempt < 200; ++attempt) {
       std::map<uint64_t, std::vector<db::Shard::Checksum>> by_group;
       for (auto& [i, n] : nodes_) {
@@ -111,7 +113,7 @@ class ClusterTest : public ::testing::Test {
         continue;
       }
       for (auto& [g, cs] : by_group) {
-        EXPECT_EQ(cs.size(), nodes_.size()) << "group " << g;
+        EXPECT_EQ(cs.size(), per_group == 0 ? nodes_.size() : per_group) << "group " << g;
         for (auto& c : cs) {
           EXPECT_EQ(c.hash, cs[0].hash) << "group " << g;
           EXPECT_EQ(c.points, cs[0].points) << "group " << g;
@@ -158,6 +160,28 @@ class ClusterTest : public ::testing::Test {
     auto n = (*c)->Count(nullptr);
     EXPECT_TRUE(n.ok()) << n.status();
     return n.ok() ? *n : 0;
+  }
+
+  // Waits (at most `seconds`) until `done` holds for node i's status; the
+  // last status.
+  ClusterStatus AwaitStatus(int i, int seconds, const std::function<bool(const ClusterStatus&)>& done) {
+    ClusterStatus st;
+    for (int k = 0; k < seconds * 10; ++k) {
+      st = Node(i).Status();
+      if (done(st)) return st;
+      std::this_thread::sleep_for(100ms);
+    }
+    std::string what;
+    for (const auto& n : st.nodes) {
+      absl::StrAppend(&what, "\n node ", n.name, " ", n.state, " replicas ", n.replicas, " leaders ", n.leaders,
+                      n.metadata_voter ? " voter" : "");
+    }
+    for (const auto& o : st.operations) {
+      absl::StrAppend(&what, "\n op group ", o.group, " ", o.kind, " ", o.reason, " step ", o.step, " ",
+                      o.from_replica, "->", o.to_replica, "@", o.to_node);
+    }
+    ADD_FAILURE() << "the cluster did not settle within " << seconds << " s:" << what;
+    return st;
   }
 
   uint64_t compact_after_ = 20000;
@@ -253,7 +277,7 @@ TEST_F(ClusterTest, ThreeNodesFormOneClusterAndServeEveryRequestAnywhere) {
   cfg.replication_factor = 4;
   auto too_many = Node(1).CreateCollection("big", cfg);
   EXPECT_EQ(too_many.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(too_many.status().message().find("3 nodes"), std::string::npos) << too_many.status();
+  EXPECT_NE(too_many.status().message().find("3 active nodes"), std::string::npos) << too_many.status();
   cfg.replication_factor = 0;
   EXPECT_EQ(Node(2).CreateCollection("docs", cfg).status().code(), absl::StatusCode::kAlreadyExists);
 }
@@ -498,6 +522,88 @@ TEST_F(ClusterTest, AWipedNodeJoinsInPlaceOfItsFormerSelf) {
   OpenNodes({2});
   EXPECT_EQ(Node(2).node_id(), new_id);
   EXPECT_EQ(DocsThrough(2), 302u);
+}
+
+// Scale up, drain, remove: a fourth node joins and the controller moves
+// replicas onto it until each node holds three or two; draining a node moves
+// its replicas and leaderships off; removing it is refused until then, and
+// refused for an active node. Nothing written is lost along the way, and
+// replicas of each shard end identical.
+TEST_F(ClusterTest, ANewNodeTakesItsShareAndADrainedNodeIsRemoved) {
+  auto c = OpenWithDocs(/*shards=*/3);
+  ASSERT_NE(c, nullptr);
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 0, 300, 20));
+  OpenNodes({3});
+  const uint64_t fourth = Node(3).node_id();
+  auto balanced = [](const ClusterStatus& st) {
+    if (!st.operations.empty() || st.nodes.size() != 4) return false;
+    for (const auto& n : st.nodes) {
+      if (n.state != "active" || n.replicas < 2 || n.replicas > 3) return false;
+    }
+    for (const auto& g : st.groups) {
+      if (g.collection.empty()) continue;
+      if (g.replicas.size() != 3) return false;
+      for (const auto& r : g.replicas) {
+        if (!r.reported || r.lag > 0) return false;
+      }
+    }
+    return true;
+  };
+  ClusterStatus st = AwaitStatus(3, 90, balanced);
+  ASSERT_TRUE(balanced(st));
+  // Writes and reads go on through the new node, which now holds replicas.
+  auto c3 = Node(3).GetCollection("docs");
+  ASSERT_TRUE(c3.ok()) << c3.status();
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(**c3, 300, 400, 20));
+  EXPECT_EQ(DocsThrough(3), 400u);
+  ExpectReplicasAlike(/*per_group=*/3);
+
+  // An active node is not removed; an unknown one is not found.
+  auto refused = Node(1).RemoveNode("cairn-0");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("drain it first"), std::string::npos) << refused;
+  EXPECT_EQ(Node(1).RemoveNode("cairn-9").code(), absl::StatusCode::kNotFound);
+  // Drain node 0: its replicas go to the three others (every group on the
+  // one node that lacks it), its leaderships too.
+  ASSERT_TRUE(Node(1).DrainNode("cairn-0").ok());
+  EXPECT_TRUE(Node(2).DrainNode(absl::StrCat(Node(0).node_id())).ok()) << "draining twice is no error";
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 400, 450, 10));  // writes during the drain
+  auto drained = [&](const ClusterStatus& st) {
+    for (const auto& n : st.nodes) {
+      if (n.name == "cairn-0" && !n.removable) return false;
+    }
+    return st.operations.empty();
+  };
+  st = AwaitStatus(1, 90, drained);
+  ASSERT_TRUE(drained(st));
+  for (const auto& n : st.nodes) {
+    if (n.name == "cairn-0") {
+      EXPECT_EQ(n.state, "draining");
+      EXPECT_EQ(n.leaders, 0u);
+    } else {
+      EXPECT_EQ(n.replicas, 3u) << n.name;
+    }
+  }
+  ASSERT_TRUE(Node(1).RemoveNode("cairn-0").ok());
+  EXPECT_EQ(Node(1).RemoveNode("cairn-0").code(), absl::StatusCode::kNotFound);
+  const uint64_t removed = Node(0).node_id();
+  nodes_.erase(0);
+  // The three left hold everything, the new node included.
+  EXPECT_EQ(DocsThrough(3), 450u);
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(**c3, 450, 500, 10));
+  EXPECT_EQ(DocsThrough(1), 500u);
+  ExpectReplicasAlike();
+  st = Node(3).Status();
+  for (const auto& n : st.nodes) {
+    if (n.id == removed) {
+      EXPECT_EQ(n.state, "removed");
+    }
+  }
+  EXPECT_NE(std::find_if(st.nodes.begin(), st.nodes.end(), [&](const auto& n) { return n.id == fourth && n.metadata_voter; }),
+            st.nodes.end())
+      << "the new node took the removed node's metadata vote";
+  // The removed node's files of its replicas were dropped as they left.
+  EXPECT_FALSE(fs::exists(absl::StrCat(Options(0).data_dir, "/groups/2")));
 }
 
 // The metadata group's log is compacted too: nodes restart from its

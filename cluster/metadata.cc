@@ -395,6 +395,9 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
         return absl::FailedPreconditionError(absl::StrCat("node id ", n.id, " was removed from this cluster and may not return; "
                                                           "start the node on an empty data directory to join as a new node"));
       }
+      // A node says who and where it is at every start; what the cluster does
+      // with it (draining, dead) stays.
+      if (auto known = state.nodes.find(n.id); known != state.nodes.end()) n.state = known->second.state;
       state.nodes[n.id] = n;
       return uint64_t{0};
     }

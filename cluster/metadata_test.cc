@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
@@ -498,6 +499,36 @@ TEST(PlacementTest, ZonesAreSpreadAndSnapshotsLimitedPerNode) {
     EXPECT_EQ(zones.size(), 3u) << "group " << gid << " not spread over the three zones";
   }
   EXPECT_LE(Spread(c.Count(false)), 1);
+}
+
+// An operation whose target node stopped being active (it died, drains, or
+// was removed) is to be undone; one whose target is active is not.
+TEST(PlacementTest, OperationsTowardsNodesNoLongerActiveAreAbandoned) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  auto gid = ThreeNodesAndACollection(m, &index, /*shards=*/2, /*replication_factor=*/2);
+  ASSERT_TRUE(gid.ok()) << gid.status();
+  const ShardGroup first = m.State()->groups.at(*gid), second = m.State()->groups.at(*gid + 1);
+  uint64_t free_node = 0;
+  for (uint64_t n : {10, 20, 30}) {
+    bool holds = false;
+    for (const auto& [r, on] : first.replicas) holds = holds || on == n;
+    if (!holds) free_node = n;
+  }
+  ASSERT_TRUE(ApplyAt(m, index++, StartMoveCommand(*m.State(), *gid, 0, free_node, "t")).ok());
+  uint64_t lead = 0, lead_node = 0;
+  for (const auto& [r, on] : second.replicas) {
+    if (on != free_node) std::tie(lead, lead_node) = std::make_pair(r, on);
+  }
+  ASSERT_TRUE(ApplyAt(m, index++, StartTransferCommand(*gid + 1, lead, "t")).ok());
+  EXPECT_TRUE(OpsToAbandon(*m.State()).empty());
+  ASSERT_TRUE(ApplyAt(m, index++, SetNodeStateCommand(free_node, NodeState::kDead)).ok());
+  EXPECT_EQ(OpsToAbandon(*m.State()), std::vector<uint64_t>{*gid});
+  ASSERT_TRUE(ApplyAt(m, index++, SetNodeStateCommand(lead_node, NodeState::kDraining)).ok());
+  EXPECT_EQ(OpsToAbandon(*m.State()).size(), 2u);
+  // Marked for undoing, a move is not listed again.
+  ASSERT_TRUE(ApplyAt(m, index++, OpStepCommand(*gid, m.State()->ops.at(*gid).id, "abandon")).ok());
+  EXPECT_EQ(OpsToAbandon(*m.State()), std::vector<uint64_t>{*gid + 1});
 }
 
 }  // namespace

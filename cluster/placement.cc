@@ -18,8 +18,7 @@ uint64_t Successor(const MetadataState& st, uint64_t node) {
 std::vector<uint64_t> OpsToAbandon(const MetadataState& st) {
   std::vector<uint64_t> out;
   for (const auto& [gid, op] : st.ops) {
-    if (op.kind == GroupOp::Kind::kMove && op.to_node != 0 && op.step != "abandon" &&
-        !st.Is(op.to_node, NodeState::kActive)) {
+    if (op.to_node != 0 && op.step != "abandon" && !st.Is(op.to_node, NodeState::kActive)) {
       out.push_back(gid);
     }
   }

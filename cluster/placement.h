@@ -44,8 +44,9 @@ struct PlannedOp {
 // other move goes into its target node or out of its leader's node.
 std::vector<PlannedOp> PlanOperations(const MetadataState& state, const ControllerView& view);
 
-// The operations in progress to undo: moves whose new replica's node is no
-// longer active (it died, drains or was removed before the move ended).
+// The operations in progress to undo: those whose target node (of a move's
+// new replica, of a transfer's new leader) is no longer active: it died,
+// drains or was removed before the operation ended.
 std::vector<uint64_t> OpsToAbandon(const MetadataState& state);
 
 // The node that holds what `node` held: itself, or the node that took its

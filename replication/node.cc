@@ -374,6 +374,11 @@ std::vector<GroupStatus> Node::Status() const {
   return out;
 }
 
+std::map<uint64_t, Clock::time_point> Node::LastHeard() const {
+  std::lock_guard l(status_mu_);
+  return heard_published_;
+}
+
 absl::StatusOr<GroupStatus> Node::GroupStatusOf(uint64_t group) const {
   std::lock_guard l(status_mu_);
   auto it = status_.find(group);
@@ -862,8 +867,11 @@ void Node::PublishStatus() {
     }
     st.emplace(id, std::move(s));
   }
+  std::map<uint64_t, Clock::time_point> heard;
+  for (const auto& [node, at] : heard_) heard[node] = std::max(at, started_);
   std::lock_guard l(status_mu_);
   status_ = std::move(st);
+  heard_published_ = std::move(heard);
 }
 
 }  // namespace cairn::raft

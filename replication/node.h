@@ -250,6 +250,9 @@ class Node {
 
   // As of the end of the loop's last turn.
   std::vector<GroupStatus> Status() const;
+  // When each peer node last sent this one a batch (keepalives included; this
+  // node's start at the earliest), as of the loop's last turn.
+  std::map<uint64_t, std::chrono::steady_clock::time_point> LastHeard() const;
   absl::StatusOr<GroupStatus> GroupStatusOf(uint64_t group) const;
   uint64_t node_id() const { return options_.node_id; }
 
@@ -306,6 +309,7 @@ class Node {
 
   mutable std::mutex status_mu_;
   std::map<uint64_t, GroupStatus> status_;  // guarded by status_mu_
+  std::map<uint64_t, std::chrono::steady_clock::time_point> heard_published_;  // guarded by status_mu_
 
   std::thread loop_;
 };
