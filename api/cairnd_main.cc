@@ -108,6 +108,12 @@ void Usage(FILE* out) {
       "  --raft-quiesce on|off   idle groups go quiet: no heartbeats, one keepalive per node\n"
       "                          pair per tick; a write, a read or a silent leader wakes them\n"
       "                          (CAIRN_RAFT_QUIESCE; default on)\n"
+      "  --dead-node-timeout D   a node silent this long is dead: its replicas are re-created\n"
+      "                          on other nodes (it is used again if it comes back), e.g. 30m,\n"
+      "                          90s, 2h (CAIRN_DEAD_NODE_TIMEOUT; default 30m). Nodes are\n"
+      "                          never removed by silence: see cairn cluster drain/remove\n"
+      "  On SIGTERM a cluster node first hands the leaderships it holds to caught-up replicas\n"
+      "  (at most 10 s), so that a rolling restart costs clients no election timeout.\n"
       "\n"
       "  --config PATH           JSON settings, keys named like the flags with underscores,\n"
       "                          e.g. {\"listen\": \"0.0.0.0:7600\", \"data_dir\": \"/data\"}\n"
@@ -197,7 +203,7 @@ int main(int argc, char** argv) {
         "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb",
         "cluster", "node_name", "seeds", "peer_listen", "advertise", "cluster_secret_file", "peer_tls_cert",
         "peer_tls_key", "peer_tls_ca", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps",
-        "raft_quiesce"};
+        "raft_quiesce", "dead_node_timeout"};
     for (const auto& [k, v] : j.items()) {
       if (!kKeys.contains(k)) {
         std::fprintf(stderr, "cairnd: config file %s: unknown key \"%s\"\n", config_path.c_str(), k.c_str());
@@ -243,6 +249,7 @@ int main(int argc, char** argv) {
   std::string raft_tick = Env("CAIRN_RAFT_TICK_MS", "100");
   std::string compact_entries = Env("CAIRN_RAFT_LOG_COMPACT_ENTRIES", "20000");
   std::string raft_quiesce = Env("CAIRN_RAFT_QUIESCE", "on");
+  std::string dead_node_timeout = Env("CAIRN_DEAD_NODE_TIMEOUT", "30m");
   std::string snapshot_mbps = Env("CAIRN_SNAPSHOT_MAX_MBPS", "128");
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -323,6 +330,8 @@ int main(int argc, char** argv) {
       value(&snapshot_mbps);
     } else if (a == "--raft-quiesce") {
       value(&raft_quiesce);
+    } else if (a == "--dead-node-timeout") {
+      value(&dead_node_timeout);
     } else {
       std::fprintf(stderr, "cairnd: unknown flag %s (see cairnd --help)\n", a.c_str());
       return 2;
@@ -338,6 +347,22 @@ int main(int argc, char** argv) {
                  "--grace-seconds 0..3600, --gpu-memory-mb 0 or more, --raft-tick-ms 1..10000, "
                  "--raft-log-compact-entries 10..100000000, --snapshot-max-mbps 0 or more\n");
     return 2;
+  }
+  // A duration: a number of seconds, or with a unit s, m or h (30m).
+  long n_dead_seconds = 0;
+  {
+    std::string v = dead_node_timeout;
+    long unit = 1;
+    if (!v.empty() && (v.back() == 's' || v.back() == 'm' || v.back() == 'h')) {
+      unit = v.back() == 'h' ? 3600 : v.back() == 'm' ? 60 : 1;
+      v.pop_back();
+    }
+    if (!ParseInt(v, 1, 30L * 24 * 3600, &n_dead_seconds) || n_dead_seconds * unit > 30L * 24 * 3600) {
+      std::fprintf(stderr, "cairnd: --dead-node-timeout is a duration such as 30m, 90s or 2h (1 s to 30 days), got \"%s\"\n",
+                   dead_node_timeout.c_str());
+      return 2;
+    }
+    n_dead_seconds *= unit;
   }
   if (raft_quiesce != "on" && raft_quiesce != "off" && raft_quiesce != "1" && raft_quiesce != "0") {
     std::fprintf(stderr, "cairnd: --raft-quiesce is on or off, got \"%s\"\n", raft_quiesce.c_str());
@@ -383,6 +408,7 @@ int main(int argc, char** argv) {
     cluster_options.log_max_keep_entries = 10 * static_cast<uint64_t>(n_compact);
     cluster_options.snapshot_rate_bytes = static_cast<uint64_t>(n_snap_mbps) << 20;
     cluster_options.quiesce = raft_quiesce == "on" || raft_quiesce == "1";
+    cluster_options.dead_node_timeout = std::chrono::seconds(n_dead_seconds);
     if (!cluster_secret_file.empty()) {
       auto secret = cairn::storage::ReadFile(cluster_secret_file);
       if (!secret.ok()) {
@@ -511,6 +537,7 @@ int main(int argc, char** argv) {
   // may wait for other nodes) stops the process at once: nothing is
   // half-written in that state.
   std::atomic<bool> serving{false};
+  std::atomic<cairn::cluster::Cluster*> cluster_node{nullptr};  // owned by the server once serving
   std::thread opener([&] {
     absl::StatusOr<std::unique_ptr<cairn::Database>> db = absl::UnknownError("not opened");
     if (cluster_mode) {
@@ -525,6 +552,7 @@ int main(int argc, char** argv) {
       if (c.ok()) {
         LogEvent("cluster_member",
                  {{"cluster_id", (*c)->cluster_id()}, {"node_id", std::to_string((*c)->node_id())}});
+        cluster_node = c->get();
         db = std::unique_ptr<cairn::Database>(std::move(*c));
       } else {
         db = c.status();
@@ -554,6 +582,14 @@ int main(int argc, char** argv) {
     std::_Exit(0);
   }
   opener.join();
+  if (auto* c = cluster_node.load()) {
+    // Leaderships go to caught-up replicas before the node stops answering.
+    const auto h0 = std::chrono::steady_clock::now();
+    const size_t still = c->HandOffLeadership(std::chrono::seconds(10));
+    LogEvent("leadership_handed_off",
+             {{"still_leading", still},
+              {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - h0).count()}});
+  }
   LogEvent("draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"grace_seconds", n_grace}});
   server.Shutdown(std::chrono::seconds(n_grace));
   LogEvent("stopped");

@@ -292,6 +292,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
       if (req->has_rerank_factor()) config.index.rerank_factor = clamp(req->rerank_factor());
       if (req->has_seal_threshold()) config.seal_threshold = req->seal_threshold();
       if (req->has_compaction_deleted_ratio()) config.compaction_deleted_ratio = req->compaction_deleted_ratio();
+      if (req->has_replication_factor()) config.replication_factor = req->replication_factor();
       CAIRN_RETURN_IF_ERROR(c->UpdateConfig(config));
       CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
       ToProto(info, resp);
@@ -573,14 +574,18 @@ class ClusterService final : public v1::Cluster::CallbackService {
       resp->set_cluster_id(st.cluster_id);
       resp->set_node_id(st.node_id);
       resp->set_node_name(st.node_name);
-      for (const auto& n : st.nodes) {
-        auto* pn = resp->add_nodes();
-        pn->set_id(n.id);
-        pn->set_name(n.name);
-        pn->set_address(n.address);
-        pn->set_zone(n.zone);
-        pn->set_state(n.state);
-        pn->set_reachable(n.reachable);
+      for (const auto& n : st.nodes) NodeToProto(n, resp->add_nodes());
+      for (const auto& o : st.operations) {
+        auto* po = resp->add_operations();
+        po->set_group(o.group);
+        po->set_collection(o.collection);
+        po->set_shard(o.shard);
+        po->set_kind(o.kind);
+        po->set_from_replica(o.from_replica);
+        po->set_to_replica(o.to_replica);
+        po->set_to_node_id(o.to_node);
+        po->set_reason(o.reason);
+        po->set_step(o.step);
       }
       for (const auto& g : st.groups) {
         auto* pg = resp->add_groups();
@@ -606,7 +611,55 @@ class ClusterService final : public v1::Cluster::CallbackService {
     });
   }
 
+  grpc::ServerUnaryReactor* DrainNode(grpc::CallbackServerContext* ctx, const v1::NodeRequest* req,
+                                      v1::ClusterNode* resp) override {
+    return ChangeNode(ctx, "Cluster/DrainNode", req, resp, &cluster::Cluster::DrainNode);
+  }
+  grpc::ServerUnaryReactor* ActivateNode(grpc::CallbackServerContext* ctx, const v1::NodeRequest* req,
+                                         v1::ClusterNode* resp) override {
+    return ChangeNode(ctx, "Cluster/ActivateNode", req, resp, &cluster::Cluster::ActivateNode);
+  }
+  grpc::ServerUnaryReactor* RemoveNode(grpc::CallbackServerContext* ctx, const v1::NodeRequest* req,
+                                       v1::ClusterNode* resp) override {
+    return ChangeNode(ctx, "Cluster/RemoveNode", req, resp, &cluster::Cluster::RemoveNode);
+  }
+
  private:
+  static void NodeToProto(const cluster::ClusterStatus::Node& n, v1::ClusterNode* pn) {
+    pn->set_id(n.id);
+    pn->set_name(n.name);
+    pn->set_address(n.address);
+    pn->set_zone(n.zone);
+    pn->set_state(n.state);
+    pn->set_reachable(n.reachable);
+    pn->set_replicas(n.replicas);
+    pn->set_leaders(n.leaders);
+    pn->set_bytes(n.bytes);
+    pn->set_metadata_voter(n.metadata_voter);
+    pn->set_removable(n.removable);
+  }
+  // Runs `change` on the node named in `req` and answers with the node as
+  // the status then shows it.
+  grpc::ServerUnaryReactor* ChangeNode(grpc::CallbackServerContext* ctx, const char* method, const v1::NodeRequest* req,
+                                       v1::ClusterNode* resp,
+                                       absl::Status (cluster::Cluster::*change)(const std::string&)) {
+    return b_->Run(ctx, Role::kAdmin, method, [req, resp, change](Database& db) -> absl::Status {
+      auto* c = dynamic_cast<cluster::Cluster*>(&db);
+      if (c == nullptr) {
+        return absl::FailedPreconditionError("this server runs in single-node mode: it has no other nodes");
+      }
+      if (req->node().empty()) return absl::InvalidArgumentError("node: name a node (its name or id)");
+      CAIRN_RETURN_IF_ERROR((c->*change)(req->node()));
+      for (const auto& n : c->Status().nodes) {
+        if (n.name == req->node() || std::to_string(n.id) == req->node()) {
+          NodeToProto(n, resp);
+          if (n.state != "removed") break;
+        }
+      }
+      return absl::OkStatus();
+    });
+  }
+
   Backend* b_;
 };
 

@@ -21,6 +21,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -85,6 +86,7 @@ const char* kUsageText =
     "  collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE]\n"
     "                    [--payload-index FIELD:TYPE]... [--shards N] [--replication-factor N]\n"
     "  collection list | info NAME | drop NAME\n"
+    "  collection update NAME [--replication-factor N] [--ef-search N] [--nprobe N] ...\n"
     "  ingest --collection NAME [options] FILE...   load vectors: online to cairnd, or\n"
     "         offline into a data directory with --data-dir DIR\n"
     "  search --collection NAME (--vector X1,X2,... | --queries FILE) [--k N] [--filter JSON]\n"
@@ -92,6 +94,7 @@ const char* kUsageText =
     "           restore SNAPSHOT NEW_NAME | delete SNAPSHOT\n"
     "  info\n"
     "  cluster status [--json]   the nodes and Raft groups of a cairnd --cluster\n"
+    "  cluster nodes [--json] | drain NODE | activate NODE | remove NODE\n"
     "\n"
     "Connection flags (or environment variables):\n"
     "  --target HOST:PORT   cairnd's gRPC address (CAIRN_TARGET; default 127.0.0.1:7600)\n"
@@ -114,6 +117,8 @@ const std::map<std::string, std::string> kCommandHelp = {
      "       cairn collection list\n"
      "       cairn collection info NAME\n"
      "       cairn collection drop NAME\n"
+     "       cairn collection update NAME [--replication-factor N] [--ef-search N] [--nprobe N]\n"
+     "                        [--rerank N] [--seal-threshold N] [--compaction-deleted-ratio X]\n"
      "\n"
      "TYPE of --index: hnsw (default), flat, ivf_flat, ivf_pq, ivf_sq8, hnsw_sq.\n"
      "TYPE of --payload-index: keyword, integer, float, bool (repeat the flag per field).\n"
@@ -125,14 +130,20 @@ const std::map<std::string, std::string> kCommandHelp = {
      "  dimension per point of memory). Fixed once the collection exists.\n"
      "--replication-factor N: copies of each shard on distinct nodes of a cairnd --cluster, kept\n"
      "  alike by Raft (default: 3, or the number of nodes when fewer; more than the nodes is\n"
-     "  refused). A single-node cairnd keeps one copy. Fixed once the collection exists.\n"
+     "  refused). A single-node cairnd keeps one copy. `collection update` changes it online on\n"
+     "  a cluster: replicas are added (copied from the leader) or removed in the background;\n"
+     "  `cairn cluster status` shows the moves under way.\n"
+     "update: what may change on an existing collection: the replication factor (cluster),\n"
+     "  HNSW's --ef-search, IVF's --nprobe, --rerank, --seal-threshold (points in a growing\n"
+     "  segment before it is sealed) and --compaction-deleted-ratio (0..1].\n"
      "--device: where IVF training (k-means; IVF-PQ codebooks and codes) and searches of sealed\n"
      "  flat and IVF-Flat segments run:\n"
      "  auto (default: the server's --device, by default a GPU when it has one), cpu, or gpu\n"
      "  (refused by a server without a GPU). Fixed once the collection exists.\n"
      "\n"
      "Example:\n"
-     "  cairn collection create docs --dim 384 --metric cosine --payload-index lang:keyword\n"},
+     "  cairn collection create docs --dim 384 --metric cosine --payload-index lang:keyword\n"
+     "  cairn collection update docs --replication-factor 5\n"},
     {"ingest",
      "Usage: cairn ingest --collection NAME [options] FILE...\n"
      "\n"
@@ -220,14 +231,31 @@ const std::map<std::string, std::string> kCommandHelp = {
      "  cairn snapshot download docs-20261129T230501Z --output docs.tar\n"},
     {"cluster",
      "Usage: cairn cluster status [--json]\n"
+     "       cairn cluster nodes [--json]\n"
+     "       cairn cluster drain NODE\n"
+     "       cairn cluster activate NODE\n"
+     "       cairn cluster remove NODE\n"
      "\n"
-     "What a node of a cairnd --cluster knows of its cluster: the nodes (name, id, peer\n"
-     "address, zone, state, whether it answered), and every Raft group (the metadata group and\n"
-     "one per shard of each collection) with its leader, term, commit index, and each replica's\n"
-     "applied index and lag behind the leader. Any node answers. A single-node cairnd says so.\n"
-     "--json prints the whole answer as JSON.\n"
+     "status: what a node of a cairnd --cluster knows of its cluster: the nodes, every Raft\n"
+     "  group (the metadata group and one per shard of each collection) with its leader, term,\n"
+     "  commit index, and each replica's applied index and lag behind the leader, and the\n"
+     "  operations under way (replicas and leaderships moving). Any node answers.\n"
+     "nodes: each node's name, id, zone, state, replicas and leaders held, bytes on disk, and\n"
+     "  whether it votes in the metadata group. States: joining (catching up with the\n"
+     "  metadata), active, draining, dead (silent for cairnd's --dead-node-timeout, 30 min by\n"
+     "  default: its replicas are re-created on other nodes), removed.\n"
+     "drain NODE (a name or an id): moves every replica and leadership off the node. Refused\n"
+     "  when the other active nodes would be fewer than a collection's replication factor.\n"
+     "  When `nodes` shows it removable, `remove` takes it; then scale the StatefulSet down.\n"
+     "activate NODE: a draining (or dead) node takes replicas again.\n"
+     "remove NODE: the node leaves the cluster for good; its id is refused from then on (a pod\n"
+     "  started again on an empty disk joins as a new node). Refused for an active node (drain\n"
+     "  it first), a node that still holds a replica or votes in the metadata group. Stopping\n"
+     "  a pod never removes it. drain, activate and remove need the admin role.\n"
+     "--json prints the whole answer as JSON. A single-node cairnd says it is not a cluster.\n"
      "\n"
-     "Example:\n  cairn --target 127.0.0.1:7600 cluster status\n"},
+     "Example:\n  cairn --target 127.0.0.1:7600 cluster status\n"
+     "  cairn cluster drain cairn-4 && cairn cluster nodes && cairn cluster remove cairn-4\n"},
     {"info",
      "Usage: cairn info\n\nPrints the server's version, format, SIMD level, uptime and collections, and the device\n"
      "its indexes use (the GPU, or why it has none).\n"
@@ -345,6 +373,14 @@ const CommandShape* ShapeOf(const std::string& cmd) {
           0}},
         {"info", {{}, 0}},
         {"cluster status", {{"--json"}, 0}},
+        {"cluster nodes", {{"--json"}, 0}},
+        {"cluster drain", {{}, 1}},
+        {"cluster activate", {{}, 1}},
+        {"cluster remove", {{}, 1}},
+        {"collection update",
+         {{"--replication-factor", "--ef-search", "--nprobe", "--rerank", "--seal-threshold",
+           "--compaction-deleted-ratio"},
+          1}},
         {"snapshot create", {{"--json"}, 1}},
         {"snapshot list", {{"--json"}, 1}},
         {"snapshot download", {{"--output"}, 1}},
@@ -486,6 +522,52 @@ int CollectionCmd(const Conn& c, const Args& a) {
     auto s = stub->Delete(&ctx, req, &resp);
     if (!s.ok()) return ServerError(s);
     std::printf("dropped %s\n", name.c_str());
+    return kOk;
+  }
+  if (sub == "update") {
+    v1::UpdateCollectionRequest req;
+    req.set_name(name);
+    struct Count {
+      const char* flag;
+      uint64_t max;
+      void (v1::UpdateCollectionRequest::*set)(uint32_t);
+    };
+    for (const Count& f : {Count{"--replication-factor", 7, &v1::UpdateCollectionRequest::set_replication_factor},
+                           Count{"--ef-search", 1u << 30, &v1::UpdateCollectionRequest::set_ef_search},
+                           Count{"--nprobe", 1u << 30, &v1::UpdateCollectionRequest::set_nprobe},
+                           Count{"--rerank", 100, &v1::UpdateCollectionRequest::set_rerank_factor}}) {
+      if (!a.flags.count(f.flag)) continue;
+      uint64_t n = 0;
+      const uint64_t min = std::string(f.flag) == "--rerank" ? 0 : 1;
+      if (!ParseCount(a, f.flag, 0, &n) || n < min || n > f.max) {
+        return Usage(absl::StrCat(f.flag, " is ", min, "..", f.max, ", got '", a.Get(f.flag), "'"));
+      }
+      (req.*f.set)(static_cast<uint32_t>(n));
+    }
+    if (a.flags.count("--seal-threshold")) {
+      uint64_t n = 0;
+      if (!ParseCount(a, "--seal-threshold", 0, &n) || n == 0) {
+        return Usage("--seal-threshold is a positive number of points, got '" + a.Get("--seal-threshold") + "'");
+      }
+      req.set_seal_threshold(n);
+    }
+    if (a.flags.count("--compaction-deleted-ratio")) {
+      double r = 0;
+      if (!absl::SimpleAtod(a.Get("--compaction-deleted-ratio"), &r) || !(r > 0 && r <= 1)) {
+        return Usage("--compaction-deleted-ratio is in (0, 1], got '" + a.Get("--compaction-deleted-ratio") + "'");
+      }
+      req.set_compaction_deleted_ratio(r);
+    }
+    if (a.flags.empty()) return Usage("collection update: what to change? (see cairn collection --help)");
+    v1::CollectionInfo info;
+    auto s = stub->Update(&ctx, req, &info);
+    if (!s.ok()) return ServerError(s);
+    std::printf("updated %s", name.c_str());
+    if (req.has_replication_factor()) {
+      std::printf(": %u replicas per shard; the cluster adds or removes them in the background "
+                  "(cairn cluster status shows the moves)", req.replication_factor());
+    }
+    std::printf("\n");
     return kOk;
   }
   if (sub != "create") return Usage("collection: unknown subcommand " + sub);
@@ -899,16 +981,71 @@ int SnapshotCmd(const Conn& c, const Args& a) {
   return kOk;
 }
 
+// A byte count for people: 1.5 GiB.
+std::string HumanBytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(b, " B") : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+void PrintNodes(const v1::ClusterStatusResponse& st) {
+  std::printf("%-16s %-20s %-28s %-10s %-9s %-9s %-8s %-8s %-10s %s\n", "NODE", "ID", "PEER ADDRESS", "ZONE", "STATE",
+              "REACHABLE", "REPLICAS", "LEADERS", "BYTES", "METADATA");
+  std::vector<v1::ClusterNode> nodes(st.nodes().begin(), st.nodes().end());
+  std::sort(nodes.begin(), nodes.end(), [](const auto& a, const auto& b) {
+    return std::make_tuple(a.state() == "removed", a.name()) < std::make_tuple(b.state() == "removed", b.name());
+  });
+  for (const auto& n : nodes) {
+    std::printf("%-16s %-20llu %-28s %-10s %-9s %-9s %-8llu %-8llu %-10s %s\n", n.name().c_str(),
+                static_cast<unsigned long long>(n.id()), n.address().c_str(), n.zone().empty() ? "-" : n.zone().c_str(),
+                n.state().c_str(), n.state() == "removed" ? "-" : n.reachable() ? "yes" : "NO",
+                static_cast<unsigned long long>(n.replicas()), static_cast<unsigned long long>(n.leaders()),
+                HumanBytes(n.bytes()).c_str(),
+                n.metadata_voter() ? "voter" : n.removable() ? "removable" : n.state() == "removed" ? "-" : "learner");
+  }
+}
+
 int ClusterCmd(const Conn& c, const Args& a) {
-  if (a.rest.empty()) return Usage("cluster: which subcommand? (status)");
-  if (a.rest[0] != "status") return Usage("cluster: unknown subcommand " + a.rest[0]);
+  if (a.rest.empty()) return Usage("cluster: which subcommand? (status, nodes, drain, activate, remove)");
+  const std::string& sub = a.rest[0];
   auto stub = v1::Cluster::NewStub(c.channel);
   grpc::ClientContext ctx;
   c.Prepare(&ctx);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  if (sub == "drain" || sub == "activate" || sub == "remove") {
+    if (a.rest.size() < 2) return Usage("cluster " + sub + ": which node? (a name or an id; cairn cluster nodes)");
+    v1::NodeRequest req;
+    req.set_node(a.rest[1]);
+    v1::ClusterNode n;
+    auto s = sub == "drain"      ? stub->DrainNode(&ctx, req, &n)
+             : sub == "activate" ? stub->ActivateNode(&ctx, req, &n)
+                                 : stub->RemoveNode(&ctx, req, &n);
+    if (!s.ok()) return ServerError(s);
+    if (sub == "drain") {
+      std::printf("node %s is draining: its replicas and leaderships move to other nodes (%llu replicas left);\n"
+                  "`cairn cluster nodes` shows it removable once it holds none\n",
+                  n.name().c_str(), static_cast<unsigned long long>(n.replicas()));
+    } else if (sub == "activate") {
+      std::printf("node %s is %s\n", n.name().c_str(), n.state().c_str());
+    } else {
+      std::printf("node %s (id %llu) was removed from the cluster; its id is refused from now on\n", n.name().c_str(),
+                  static_cast<unsigned long long>(n.id()));
+    }
+    return kOk;
+  }
+  if (sub != "status" && sub != "nodes") return Usage("cluster: unknown subcommand " + sub);
   v1::ClusterStatusResponse st;
   auto s = stub->Status(&ctx, v1::ClusterStatusRequest(), &st);
   if (!s.ok()) return ServerError(s);
+  if (sub == "nodes") {
+    st.clear_groups();
+    st.clear_operations();
+  }
   if (a.switches.count("--json")) {
     std::printf("%s", ProtoJson(st, /*pretty=*/true, /*all_fields=*/true).c_str());
     return kOk;
@@ -921,13 +1058,20 @@ int ClusterCmd(const Conn& c, const Args& a) {
   for (const auto& n : st.nodes()) names[n.id()] = n.name();
   auto name_of = [&](uint64_t id) { return names.count(id) ? names[id] : absl::StrCat(id); };
   std::printf("cluster %s, answered by %s\n\n", st.cluster_id().c_str(), st.node_name().c_str());
-  std::printf("%-16s %-20s %-28s %-10s %-8s %s\n", "NODE", "ID", "PEER ADDRESS", "ZONE", "STATE", "REACHABLE");
-  std::vector<v1::ClusterNode> nodes(st.nodes().begin(), st.nodes().end());
-  std::sort(nodes.begin(), nodes.end(), [](const auto& a, const auto& b) { return a.name() < b.name(); });
-  for (const auto& n : nodes) {
-    std::printf("%-16s %-20llu %-28s %-10s %-8s %s\n", n.name().c_str(), static_cast<unsigned long long>(n.id()),
-                n.address().c_str(), n.zone().empty() ? "-" : n.zone().c_str(), n.state().c_str(),
-                n.reachable() ? "yes" : "NO");
+  PrintNodes(st);
+  if (sub == "nodes") return kOk;
+  if (st.operations_size() > 0) {
+    std::printf("\n%-6s %-16s %-6s %-16s %-20s %-12s %s\n", "GROUP", "COLLECTION", "SHARD", "OPERATION", "REASON",
+                "STEP", "REPLICAS");
+    for (const auto& o : st.operations()) {
+      std::string what = o.kind() == "move" ? absl::StrCat(o.from_replica() ? absl::StrCat(o.from_replica()) : "-",
+                                                           " -> ", o.to_replica() ? absl::StrCat(o.to_replica()) : "-")
+                                            : absl::StrCat("lead -> ", o.to_replica());
+      if (o.to_node_id() != 0) absl::StrAppend(&what, " on ", name_of(o.to_node_id()));
+      std::printf("%-6llu %-16s %-6u %-16s %-20s %-12s %s\n", static_cast<unsigned long long>(o.group()),
+                  o.collection().c_str(), o.shard(), o.kind().c_str(), o.reason().c_str(), o.step().c_str(),
+                  what.c_str());
+    }
   }
   std::printf("\n%-6s %-16s %-6s %-16s %-6s %-8s %s\n", "GROUP", "COLLECTION", "SHARD", "LEADER", "TERM", "COMMIT",
               "REPLICAS (node applied/lag)");

@@ -1728,8 +1728,18 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::GetCollection(const std::st
     auto it = st->collections.find(name);
     if (it == st->collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
     CAIRN_RETURN_IF_ERROR(db::ValidateConfig(update));
-    CAIRN_RETURN_IF_ERROR(db::CheckConfigUpdate(it->second.config, update));
+    CAIRN_RETURN_IF_ERROR(db::CheckConfigUpdate(it->second.config, update, /*replication_factor_may_change=*/true));
     CollectionConfig next = it->second.config;
+    if (update.replication_factor != 0 && update.replication_factor != next.replication_factor) {
+      size_t active = 0;
+      for (const auto& [id, n] : st->nodes) active += st->Is(id, NodeState::kActive);
+      if (update.replication_factor > active) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "config.replication_factor is ", update.replication_factor, ", but the cluster has ", active,
+            " active nodes: each replica of a shard needs a node of its own; add nodes first"));
+      }
+      next.replication_factor = update.replication_factor;
+    }
     next.index.ef_search = update.index.ef_search;
     next.index.nprobe = update.index.nprobe;
     next.index.rerank_factor = update.index.rerank_factor;

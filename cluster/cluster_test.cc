@@ -75,6 +75,7 @@ class ClusterTest : public ::testing::Test {
     o.log_compact_entries = compact_after_;
     o.log_keep_entries = 5;
     o.log_max_keep_entries = 10;
+    o.dead_node_timeout = dead_after_;
     return o;
   }
 
@@ -185,6 +186,7 @@ class ClusterTest : public ::testing::Test {
   }
 
   uint64_t compact_after_ = 20000;
+  std::chrono::milliseconds dead_after_ = 30min;
   std::string dir_;
   std::vector<std::string> seeds_;
   std::map<int, std::unique_ptr<Cluster>> nodes_;
@@ -604,6 +606,118 @@ TEST_F(ClusterTest, ANewNodeTakesItsShareAndADrainedNodeIsRemoved) {
       << "the new node took the removed node's metadata vote";
   // The removed node's files of its replicas were dropped as they left.
   EXPECT_FALSE(fs::exists(absl::StrCat(Options(0).data_dir, "/groups/2")));
+}
+
+// A node silent past the dead-node timeout is marked dead and its replicas
+// are re-created on the other nodes; when it comes back it is active again,
+// its stale copies go, and it takes its share again. Writes never stop.
+TEST_F(ClusterTest, ADeadNodesReplicasAreRecreatedAndItIsUsedAgainWhenBack) {
+  dead_after_ = 2s;
+  auto c = OpenWithDocs(/*shards=*/2);
+  ASSERT_NE(c, nullptr);
+  OpenNodes({3});
+  auto settled = [](const ClusterStatus& st) {
+    if (!st.operations.empty()) return false;
+    for (const auto& g : st.groups) {
+      if (!g.collection.empty() && g.replicas.size() != 3) return false;
+    }
+    for (const auto& n : st.nodes) {
+      if (n.state != "active" || n.replicas < 1) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(settled(AwaitStatus(0, 90, settled)));
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 0, 200, 20));
+  // Node 2 stops (a pod gone for good, or for long).
+  const uint64_t gone = Node(2).node_id();
+  nodes_.erase(2);
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 200, 300, 20));
+  auto replaced = [&](const ClusterStatus& st) {
+    bool dead = false;
+    for (const auto& n : st.nodes) dead = dead || (n.id == gone && n.state == "dead" && n.replicas == 0);
+    if (!dead || !st.operations.empty()) return false;
+    for (const auto& g : st.groups) {
+      if (!g.collection.empty() && g.replicas.size() != 3) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(replaced(AwaitStatus(0, 90, replaced)));
+  EXPECT_EQ(DocsThrough(3), 300u);
+  ExpectReplicasAlike(/*per_group=*/3);
+  // Back: active again, and used again (6 replicas over 4 nodes).
+  OpenNodes({2});
+  ASSERT_TRUE(settled(AwaitStatus(0, 90, settled)));
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 300, 320, 20));
+  EXPECT_EQ(DocsThrough(2), 320u);
+  ExpectReplicasAlike(/*per_group=*/3);
+}
+
+// The replication factor changes online: lowered, each shard loses a
+// replica; raised, it gets one back, copied from the leader.
+TEST_F(ClusterTest, TheReplicationFactorChangesOnline) {
+  auto c = OpenWithDocs(/*shards=*/2);
+  ASSERT_NE(c, nullptr);
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 0, 100, 20));
+  auto with = [&](size_t rf) {
+    return [rf](const ClusterStatus& st) {
+      if (!st.operations.empty()) return false;
+      for (const auto& g : st.groups) {
+        if (g.collection.empty()) continue;
+        if (g.replicas.size() != rf) return false;
+        for (const auto& r : g.replicas) {
+          if (!r.reported || r.lag > 0) return false;
+        }
+      }
+      return true;
+    };
+  };
+  CollectionConfig cfg = c->config();
+  cfg.replication_factor = 4;
+  auto refused = c->UpdateConfig(cfg);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("3 active nodes"), std::string::npos) << refused;
+  cfg.replication_factor = 2;
+  ASSERT_TRUE(c->UpdateConfig(cfg).ok());
+  ASSERT_TRUE(with(2)(AwaitStatus(1, 60, with(2))));
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 100, 150, 10));
+  EXPECT_EQ(DocsThrough(2), 150u);
+  auto now = Node(2).CurrentConfig("docs");
+  ASSERT_TRUE(now.ok());
+  EXPECT_EQ(now->replication_factor, 2u);
+  cfg.replication_factor = 3;
+  ASSERT_TRUE(c->UpdateConfig(cfg).ok());
+  ASSERT_TRUE(with(3)(AwaitStatus(1, 60, with(3))));
+  EXPECT_EQ(DocsThrough(0), 150u);
+  ExpectReplicasAlike();
+}
+
+// A node about to stop hands its leaderships to caught-up replicas: then it
+// leads nothing, and the others lead every group.
+TEST_F(ClusterTest, AStoppingNodeHandsOffItsLeaderships) {
+  auto c = OpenWithDocs(/*shards=*/3);
+  ASSERT_NE(c, nullptr);
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 0, 60, 20));
+  auto leads = [&](int i) {
+    size_t n = 0;
+    for (const auto& g : Node(i).Status().groups) {
+      if (g.leader_node == Node(i).node_id()) ++n;
+    }
+    return n;
+  };
+  int busiest = 0;
+  for (int i = 1; i < 3; ++i) {
+    if (leads(i) > leads(busiest)) busiest = i;
+  }
+  ASSERT_GT(leads(busiest), 0u);
+  EXPECT_EQ(Node(busiest).HandOffLeadership(10s), 0u);
+  EXPECT_EQ(leads(busiest), 0u);
+  nodes_.erase(busiest);
+  // Every group still has a leader among the two left: writes go on at once.
+  const int other = busiest == 0 ? 1 : 0;
+  auto c2 = Node(other).GetCollection("docs");
+  ASSERT_TRUE(c2.ok());
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(**c2, 60, 90, 10));
+  EXPECT_EQ(DocsThrough(other), 90u);
 }
 
 // The metadata group's log is compacted too: nodes restart from its

@@ -131,7 +131,8 @@ absl::Status ValidateCollectionName(std::string_view name) {
   return absl::OkStatus();
 }
 
-absl::Status CheckConfigUpdate(const CollectionConfig& c, const CollectionConfig& update) {
+absl::Status CheckConfigUpdate(const CollectionConfig& c, const CollectionConfig& update,
+                               bool replication_factor_may_change) {
   auto fixed = [](const char* field) {
     return absl::InvalidArgumentError(absl::StrCat(
         "config.", field, " cannot change on an existing collection; create a new collection and re-ingest"));
@@ -154,8 +155,11 @@ absl::Status CheckConfigUpdate(const CollectionConfig& c, const CollectionConfig
       return fixed("payload_indexes");
     }
   }
-  if (update.replication_factor != 0 && update.replication_factor != c.replication_factor) {
-    return fixed("replication_factor");
+  if (!replication_factor_may_change && update.replication_factor > 1 &&
+      update.replication_factor != c.replication_factor) {
+    return absl::InvalidArgumentError(
+        "config.replication_factor: a single-node server holds one copy of each collection; replicas are for a "
+        "cairnd --cluster");
   }
   return absl::OkStatus();
 }

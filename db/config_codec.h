@@ -19,7 +19,10 @@ absl::Status ValidateCollectionName(std::string_view name);
 // Whether `update` changes only what UpdateConfig may change on a collection
 // configured as `current` (the tunables); InvalidArgument names the first
 // other field that differs.
-absl::Status CheckConfigUpdate(const CollectionConfig& current, const CollectionConfig& update);
+// `replication_factor_may_change`: a cluster changes it online; a single
+// node refuses any other value than its own.
+absl::Status CheckConfigUpdate(const CollectionConfig& current, const CollectionConfig& update,
+                               bool replication_factor_may_change = false);
 
 }  // namespace cairn::db
 

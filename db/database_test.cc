@@ -241,6 +241,7 @@ TEST_F(DatabaseTest, UpdateConfigChangesTunablesPersistsAndRefusesFixedFields) {
            {"index.hnsw_int8", [](CollectionConfig& x) { x.index.hnsw_int8 = !x.index.hnsw_int8; }},
            {"index.device", [](CollectionConfig& x) { x.index.device = Device::kCpu; }},
            {"num_shards", [](CollectionConfig& x) { x.num_shards = 2; }},
+           {"replication_factor", [](CollectionConfig& x) { x.replication_factor = 3; }},  // a cluster's
            {"payload_indexes", [](CollectionConfig& x) { x.payload_indexes.push_back({"a", PayloadType::kBool}); }}}) {
     CollectionConfig bad = c->config();
     mutate(bad);

@@ -8,6 +8,8 @@
 #   scripts/local-cluster.sh status        cairn cluster status (through node 0)
 #   scripts/local-cluster.sh kill I        kill -9 node I (try a failover)
 #   scripts/local-cluster.sh restart I     start node I again on its data
+#   scripts/local-cluster.sh add           start one more node (the next number):
+#                                          it joins, and replicas move onto it
 #   scripts/local-cluster.sh wipe-node I   kill -9 node I, delete its data, start
 #                                          it again: it joins under a new id in
 #                                          place of its former self
@@ -79,6 +81,14 @@ case "$cmd" in
     kill -9 "$(pid_of "$i")"
     echo "local-cluster: killed node $i (kill -9)"
     ;;
+  add)
+    n=$(cat "$DIR/cairn-0/nodes" 2>/dev/null) || die "no cluster in $DIR: start one first"
+    i=$(($(nodes | tail -1) + 1))
+    [ "$i" -le 9 ] || die "nodes 0..9 only"
+    start_node "$i" "$n"  # its seeds: the nodes that formed the cluster
+    wait_ready "$i"
+    echo "local-cluster: node $i joined; replicas move onto it (see: $0 status)"
+    ;;
   restart)
     i=${2:?restart I}
     [ -d "$DIR/cairn-$i" ] || die "no node $i in $DIR"
@@ -114,7 +124,7 @@ case "$cmd" in
     fi
     ;;
   *)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || exit 1
     ;;
 esac
