@@ -26,7 +26,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <functional>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -465,7 +467,9 @@ class ClusterFaultTest : public ::testing::Test {
         std::mt19937_64 rng(seed_ * 31 + static_cast<uint64_t>(c));
         uint64_t n = 0;
         while (!stop->load()) {
-          Node& node = *nodes_[rng() % nodes_.size()];
+          const size_t pick = rng() % nodes_.size();
+          if (!up_[pick].load()) continue;
+          Node& node = *nodes_[pick];
           const std::string key = absl::StrCat("k", rng() % kKeys);
           const bool put = rng() % 2 == 0;
           sim::HistoryOp op;
@@ -514,7 +518,10 @@ class ClusterFaultTest : public ::testing::Test {
   // is linearizable per key, and every replica of every shard holds the
   // same data (every node is stopped, and each replica's files are opened
   // and checksummed). Prints a line that starts with `report`.
-  void CheckHistoryAndReplicas(const std::string& report, bool expect_snapshots) {
+  void CheckHistoryAndReplicas(const std::string& report, bool expect_snapshots, std::vector<int> members = {}) {
+    if (members.empty()) {
+      for (int i = 0; i < static_cast<int>(nodes_.size()); ++i) members.push_back(i);
+    }
     // The history: linearizable per key.
     std::vector<sim::HistoryOp> history;
     {
@@ -540,7 +547,7 @@ class ClusterFaultTest : public ::testing::Test {
     // same entries, then stop every node and read its files.
     bool settled = false;
     for (int attempt = 0; attempt < 600 && !settled; ++attempt) {
-      auto st = Status(*nodes_[0]);
+      auto st = Status(*nodes_[members[0]]);
       settled = st.groups_size() > 0;
       for (const auto& g : st.groups()) {
         for (const auto& r : g.replicas()) settled = settled && r.reported() && r.applied() == g.commit();
@@ -549,13 +556,15 @@ class ClusterFaultTest : public ::testing::Test {
     }
     ASSERT_TRUE(settled) << "the replicas did not reach their groups' commit index within 30 s";
     std::map<std::string, std::vector<std::pair<int, db::Shard::Checksum>>> sums;
-    for (auto& n : nodes_) EXPECT_EQ(n->Kill(SIGTERM), 0) << n->Log();
+    for (int i : members) EXPECT_EQ(nodes_[i]->Kill(SIGTERM), 0) << nodes_[i]->Log();
     CollectionConfig cfg;
     cfg.dimension = 4;
     const db::ShardOptions so = db::ShardOptionsFor(kCollection, cfg, DatabaseOptions{});
-    for (auto& n : nodes_) {
+    for (int i : members) {
+      auto& n = nodes_[i];
       for (const auto& entry : fs::directory_iterator(n->dir() + "/data/groups")) {
-        if (entry.path().filename().string().find('.') != std::string::npos) continue;  // a staged snapshot
+        // A staged snapshot, or the marker naming the replica.
+        if (entry.path().filename().string().find('.') != std::string::npos) continue;
         auto shard = db::Shard::Open(entry.path().string(), so);
         ASSERT_TRUE(shard.ok()) << shard.status();
         auto c = (*shard)->DataChecksum();
@@ -626,6 +635,9 @@ class ClusterFaultTest : public ::testing::Test {
   std::vector<sim::HistoryOp> history_;
   Clock::time_point last_ack_;
   std::atomic<uint64_t> acked_{0}, reads_{0};
+  // The nodes clients use (all by default; the elastic test starts some later
+  // and removes others).
+  std::array<std::atomic<bool>, 9> up_{true, true, true, true, true, true, true, true, true};
 };
 
 TEST_F(ClusterFaultTest, FaultsLoseNoAcknowledgedWriteAndHistoriesStayLinearizable) {
@@ -757,6 +769,200 @@ TEST_F(ClusterFaultTest, PartitionsLoseNoAcknowledgedWriteAndHeal) {
                                           size_, rounds, partitions, degraded,
                                           static_cast<unsigned long long>(acked_while_cut)),
                           /*expect_snapshots=*/false);
+}
+
+// An elastic cluster under load: three nodes grow to five (the node sending a
+// move's snapshot killed mid-move), a node stays down past the dead-node
+// timeout (its replicas re-created elsewhere) and comes back, the node
+// leading most groups is drained and removed, then another, and the three
+// left are restarted one by one (each hands its leaderships off first).
+// Clients write and read through every live node all along; at the end the
+// history is linearizable and every shard's three replicas hold the same data.
+TEST_F(ClusterFaultTest, ScaleUpDeadNodeDrainRemoveAndRollingRestartUnderLoad) {
+  if (size_ != 3) GTEST_SKIP() << "written for three seeds";
+  ::setenv("CAIRN_DEAD_NODE_TIMEOUT", "4s", 1);
+  struct Unset {
+    ~Unset() { ::unsetenv("CAIRN_DEAD_NODE_TIMEOUT"); }
+  } unset;
+  // Five nodes whose seeds are the first three (a StatefulSet's first pods).
+  std::vector<std::string> peers;
+  for (int i = 0; i < 5; ++i) peers.push_back(absl::StrCat("127.0.0.1:", FreePort()));
+  const std::string seeds = absl::StrJoin(peers.begin(), peers.begin() + 3, ",");
+  nodes_.clear();
+  for (int i = 0; i < 5; ++i) {
+    nodes_.push_back(std::make_unique<Node>(i, absl::StrCat(dir_, "/cairn-", i), FreePort(), FreePort(), peers[i], seeds));
+    up_[i] = i < 3;
+  }
+  for (int i = 0; i < 3; ++i) nodes_[i]->Start();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(nodes_[i]->WaitReady()) << nodes_[i]->Log();
+  ASSERT_NO_FATAL_FAILURE(CreateCollection(*nodes_[0]));
+  std::atomic<bool> stop{false};
+  std::thread clients([&] { RunClients(&stop, 4); });
+  std::this_thread::sleep_for(2s);
+
+  auto index_of = [](const std::string& name) { return std::atoi(name.c_str() + 6); };
+  auto status = [&] {
+    for (int i = 0; i < 5; ++i) {
+      if (up_[i]) {
+        auto st = Status(*nodes_[i]);
+        if (!st.cluster_id().empty()) return st;
+      }
+    }
+    return v1::ClusterStatusResponse();
+  };
+  // Every shard at its three replicas, caught up, no operation left, and
+  // `more` holds.
+  auto await = [&](int seconds, const std::function<bool(const v1::ClusterStatusResponse&)>& more) {
+    v1::ClusterStatusResponse st;
+    for (int k = 0; k < seconds * 10; ++k) {
+      st = status();
+      bool ok = st.groups_size() == 3 && st.operations_size() == 0 && more(st);
+      for (const auto& g : st.groups()) {
+        if (g.collection().empty()) continue;
+        ok = ok && g.replicas_size() == 3 && g.leader_node_id() != 0;
+        for (const auto& r : g.replicas()) ok = ok && r.reported() && r.lag() == 0;
+      }
+      if (ok) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    ADD_FAILURE() << "the cluster did not settle within " << seconds << " s:\n" << st.DebugString();
+    return false;
+  };
+  auto node_state = [&](const v1::ClusterStatusResponse& st, int i) -> const v1::ClusterNode* {
+    const v1::ClusterNode* out = nullptr;
+    for (const auto& n : st.nodes()) {
+      if (index_of(n.name()) == i && (out == nullptr || n.state() != "removed")) out = &n;
+    }
+    return out;
+  };
+
+  // Scale up to five. When the first move starts, the node leading its group
+  // (the one sending the snapshot) is killed; the move ends all the same.
+  nodes_[3]->Start();
+  nodes_[4]->Start();
+  ASSERT_TRUE(nodes_[3]->WaitReady()) << nodes_[3]->Log();
+  ASSERT_TRUE(nodes_[4]->WaitReady()) << nodes_[4]->Log();
+  up_[3] = up_[4] = true;
+  int killed_mid_move = -1;
+  for (int k = 0; k < 300 && killed_mid_move < 0; ++k) {
+    auto st = status();
+    for (const auto& o : st.operations()) {
+      if (o.kind() != "move") continue;
+      for (const auto& g : st.groups()) {
+        if (g.group() != o.group() || g.leader_node_id() == 0) continue;
+        for (const auto& n : st.nodes()) {
+          if (n.id() == g.leader_node_id()) killed_mid_move = index_of(n.name());
+        }
+      }
+    }
+    if (killed_mid_move < 0) std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_GE(killed_mid_move, 0) << "no move started after two nodes joined";
+  up_[killed_mid_move] = false;
+  nodes_[killed_mid_move]->Kill(SIGKILL);
+  std::this_thread::sleep_for(1s);
+  nodes_[killed_mid_move]->Start();
+  ASSERT_TRUE(nodes_[killed_mid_move]->WaitReady()) << nodes_[killed_mid_move]->Log();
+  up_[killed_mid_move] = true;
+  ASSERT_TRUE(await(120, [&](const v1::ClusterStatusResponse& st) {
+    for (int i = 0; i < 5; ++i) {
+      auto* n = node_state(st, i);
+      if (n == nullptr || n->state() != "active" || n->replicas() < 1 || n->replicas() > 2) return false;
+    }
+    return true;
+  }));
+
+  // A node down past the dead-node timeout: its replicas are re-created on the
+  // other four; back, it is active again and takes its share.
+  const int dead = 4;
+  up_[dead] = false;
+  nodes_[dead]->Kill(SIGKILL);
+  ASSERT_TRUE(await(120, [&](const v1::ClusterStatusResponse& st) {
+    auto* n = node_state(st, dead);
+    return n != nullptr && n->state() == "dead" && n->replicas() == 0;
+  }));
+  nodes_[dead]->Start();
+  ASSERT_TRUE(nodes_[dead]->WaitReady()) << nodes_[dead]->Log();
+  up_[dead] = true;
+  ASSERT_TRUE(await(120, [&](const v1::ClusterStatusResponse& st) {
+    auto* n = node_state(st, dead);
+    return n != nullptr && n->state() == "active" && n->replicas() >= 1;
+  }));
+
+  // Drain the node leading most groups, remove it, stop it; then another.
+  std::vector<int> members = {0, 1, 2, 3, 4};
+  for (int drains = 0; drains < 2; ++drains) {
+    auto st = status();
+    int busiest = -1;
+    uint64_t most = 0;
+    for (const auto& n : st.nodes()) {
+      if (n.state() == "active" && (busiest < 0 || n.leaders() > most)) {
+        busiest = index_of(n.name());
+        most = n.leaders();
+      }
+    }
+    ASSERT_GE(busiest, 0);
+    auto cluster = v1::Cluster::NewStub(nodes_[members[0] == busiest ? members[1] : members[0]]->channel());
+    v1::NodeRequest req;
+    req.set_node(absl::StrCat("cairn-", busiest));
+    {
+      grpc::ClientContext ctx;
+      v1::ClusterNode out;
+      ASSERT_TRUE(cluster->RemoveNode(&ctx, req, &out).error_code() == grpc::StatusCode::FAILED_PRECONDITION)
+          << "an active node was removed";
+    }
+    {
+      grpc::ClientContext ctx;
+      v1::ClusterNode out;
+      grpc::Status s = cluster->DrainNode(&ctx, req, &out);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+    }
+    ASSERT_TRUE(await(120, [&](const v1::ClusterStatusResponse& st) {
+      auto* n = node_state(st, busiest);
+      return n != nullptr && n->removable() && n->leaders() == 0;
+    }));
+    {
+      grpc::ClientContext ctx;
+      v1::ClusterNode out;
+      grpc::Status s = cluster->RemoveNode(&ctx, req, &out);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+      EXPECT_EQ(out.state(), "removed");
+    }
+    up_[busiest] = false;
+    EXPECT_EQ(nodes_[busiest]->Kill(SIGTERM), 0) << nodes_[busiest]->Log();
+    members.erase(std::find(members.begin(), members.end(), busiest));
+  }
+  ASSERT_EQ(members.size(), 3u);
+  ASSERT_TRUE(await(60, [](const v1::ClusterStatusResponse&) { return true; }));
+
+  // A rolling restart: each node hands its leaderships off on SIGTERM, so
+  // writes barely pause.
+  double worst_gap = 0;
+  for (int i : members) {
+    const uint64_t before = acked_.load();
+    const auto stopped_at = Clock::now();
+    up_[i] = false;
+    int code = -1;
+    std::thread stopper([&] { code = nodes_[i]->Kill(SIGTERM); });
+    while (acked_.load() < before + 20 && Clock::now() - stopped_at < 30s) std::this_thread::sleep_for(1ms);
+    const double gap = std::chrono::duration<double>(Clock::now() - stopped_at).count();
+    stopper.join();
+    EXPECT_EQ(code, 0) << nodes_[i]->Log();
+    EXPECT_NE(nodes_[i]->Log().find("leadership_handed_off"), std::string::npos);
+    worst_gap = std::max(worst_gap, gap);
+    std::printf("[ restart  ] cairn-%d: 20 writes acknowledged %.3f s after its SIGTERM\n", i, gap);
+    nodes_[i]->Start();
+    ASSERT_TRUE(nodes_[i]->WaitReady()) << nodes_[i]->Log();
+    up_[i] = true;
+    ASSERT_TRUE(await(60, [](const v1::ClusterStatusResponse&) { return true; }));
+  }
+  stop = true;
+  clients.join();
+  CheckHistoryAndReplicas(absl::StrFormat("scale 3 -> 5 (a move's sender killed mid-move), a node dead past the "
+                                          "timeout and back, two drains and removals, a rolling restart (longest "
+                                          "time to 20 acknowledged writes after a SIGTERM %.3f s)",
+                                          worst_gap),
+                          /*expect_snapshots=*/false, members);
 }
 
 TEST_F(ClusterFaultTest, AWipedNodeJoinsInPlaceOfItsFormerSelfAndAnotherNodesDiskIsRefused) {
