@@ -1101,7 +1101,11 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
 void Cluster::ReconcileLoop() {
   std::unique_lock l(loop_mu_);
   while (!stop_) {
-    loop_cv_.wait_for(l, 1s, [this] { return stop_ || dirty_; });
+    // While an operation is under way its steps wait on Raft (a learner
+    // catching up, a membership change committing), not on the metadata:
+    // look again soon.
+    const auto period = meta_->State()->ops.empty() ? 1000ms : 100ms;
+    loop_cv_.wait_for(l, period, [this] { return stop_ || dirty_; });
     if (stop_) break;
     dirty_ = false;
     l.unlock();
