@@ -1027,9 +1027,10 @@ int ClusterCmd(const Conn& c, const Args& a) {
                                  : stub->RemoveNode(&ctx, req, &n);
     if (!s.ok()) return ServerError(s);
     if (sub == "drain") {
-      std::printf("node %s is draining: its replicas and leaderships move to other nodes (%llu replicas left);\n"
+      std::printf("node %s is draining: its replicas and leaderships move to other nodes (it holds %llu %s);\n"
                   "`cairn cluster nodes` shows it removable once it holds none\n",
-                  n.name().c_str(), static_cast<unsigned long long>(n.replicas()));
+                  n.name().c_str(), static_cast<unsigned long long>(n.replicas()),
+                  n.replicas() == 1 ? "replica" : "replicas");
     } else if (sub == "activate") {
       std::printf("node %s is %s\n", n.name().c_str(), n.state().c_str());
     } else {

@@ -1175,7 +1175,7 @@ void Cluster::DriveOps() {
     }
     // A move, one membership change at a time (dissertation 4.1).
     const bool to_voter = op.to != 0 && in(gs.voters, op.to), to_learner = op.to != 0 && in(gs.learners, op.to);
-    const bool from_voter = op.from != 0 && in(gs.voters, op.from), from_in = from_voter || in(gs.learners, op.from);
+    const bool from_in = op.from != 0 && (in(gs.voters, op.from) || in(gs.learners, op.from));
     if (op.step == "abandon") {
       if (to_voter || to_learner) {
         if (op.to == gs.replica) {
@@ -1191,7 +1191,7 @@ void Cluster::DriveOps() {
     if (op.to != 0 && !to_voter && !to_learner) {
       record("add_learner");
       change(raft::ConfChange::Type::kAddLearner, op.to, absl::StrCat("move (", op.reason, "): adding learner"));
-    } else if (to_learner && (from_voter || op.from == 0)) {
+    } else if (to_learner) {
       if (caught_up(op.to)) {
         record("promote");
         change(raft::ConfChange::Type::kAddVoter, op.to, "move: promoting caught-up learner");
@@ -1335,22 +1335,23 @@ void Cluster::Control() {
     (void)ProposeMetadataAnywhere(op.kind == GroupOp::Kind::kMove ? OpStepCommand(gid, op.id, "abandon")
                                                                     : EndOpCommand(gid, op.id, /*abandoned=*/true));
   }
-  std::map<uint64_t, Clock::time_point> seen;
-  for (const auto& [gid, op] : st->ops) {
-    auto it = op_seen_.find(op.id);
-    seen[op.id] = it == op_seen_.end() ? now : it->second;
-    if (op.kind == GroupOp::Kind::kTransferLeader && now - seen[op.id] > 30s) {
-      (void)ProposeMetadataAnywhere(EndOpCommand(gid, op.id, /*abandoned=*/true));
-    }
-  }
-  op_seen_ = std::move(seen);
-  // 2-6: what the leaders report (nodes silent for an election timeout are
-  // not asked), then the plan.
+  // Nodes silent for an election timeout: not asked for reports, given no
+  // replica or leadership, and a transfer to one of them is given up.
   std::set<uint64_t> silent;
   for (const auto& [id, n] : st->nodes) {
     auto h = heard.find(id);
     if (id != self_.id && (h == heard.end() || now - h->second > options_.tick * options_.election_tick)) silent.insert(id);
   }
+  std::map<uint64_t, Clock::time_point> seen;
+  for (const auto& [gid, op] : st->ops) {
+    auto it = op_seen_.find(op.id);
+    seen[op.id] = it == op_seen_.end() ? now : it->second;
+    if (op.kind == GroupOp::Kind::kTransferLeader && (now - seen[op.id] > 30s || silent.count(op.to_node))) {
+      (void)ProposeMetadataAnywhere(EndOpCommand(gid, op.id, /*abandoned=*/true));
+    }
+  }
+  op_seen_ = std::move(seen);
+  // 2-6: what the leaders report, then the plan.
   ControllerView view;
   for (const auto& [id, r] : Reports(*st, silent)) {
     for (const auto& g : r.groups()) {
@@ -1363,7 +1364,7 @@ void Cluster::Control() {
       v.bytes = g.bytes();
     }
   }
-  for (const PlannedOp& p : PlanOperations(*st, view)) {
+  for (const PlannedOp& p : PlanOperations(*st, view, silent)) {
     st = meta_->State();
     absl::Status s;
     if (p.kind == GroupOp::Kind::kMove) {

@@ -501,6 +501,30 @@ TEST(PlacementTest, ZonesAreSpreadAndSnapshotsLimitedPerNode) {
   EXPECT_LE(Spread(c.Count(false)), 1);
 }
 
+// A node that is silent now (not dead yet) gets no new replica and no
+// leadership.
+TEST(PlacementTest, SilentNodesGetNoReplicaAndNoLeadership) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  ASSERT_TRUE(ThreeNodesAndACollection(m, &index, /*shards=*/6, /*replication_factor=*/3).ok());
+  ASSERT_TRUE(ApplyAt(m, index++, AddNodeCommand({40, "n40", "h:4", ""})).ok());
+  Controller c(m);
+  // Every group led from node 10: leadership balance would move some.
+  for (const auto& [gid, g] : m.State()->groups) {
+    for (const auto& [r, n] : g.replicas) {
+      if (n == 10) c.leader[gid] = r;
+    }
+  }
+  auto plan = PlanOperations(*m.State(), c.View(), /*unreachable=*/{20, 40});
+  EXPECT_FALSE(plan.empty());
+  for (const PlannedOp& p : plan) {
+    EXPECT_NE(p.to_node, 40u) << "a replica placed on a silent node";
+    if (p.kind == GroupOp::Kind::kTransferLeader) {
+      EXPECT_EQ(m.State()->groups.at(p.group).replicas.at(p.to), 30u) << "a leadership for a silent node";
+    }
+  }
+}
+
 // An operation whose target node stopped being active (it died, drains, or
 // was removed) is to be undone; one whose target is active is not.
 TEST(PlacementTest, OperationsTowardsNodesNoLongerActiveAreAbandoned) {

@@ -29,7 +29,8 @@ namespace {
 
 class Planner {
  public:
-  Planner(const MetadataState& st, const ControllerView& view) : st_(st), view_(view) {
+  Planner(const MetadataState& st, const ControllerView& view, const std::set<uint64_t>& unreachable)
+      : st_(st), view_(view), unreachable_(unreachable) {
     for (const auto& [id, n] : st_.nodes) {
       if (st_.Is(id, NodeState::kActive)) replicas_[id] = 0;
     }
@@ -111,7 +112,7 @@ class Planner {
     uint64_t best = 0;
     std::tuple<int, uint64_t, uint64_t, uint64_t> best_key;
     for (const auto& [node, count] : replicas_) {
-      if (Holds(g, node) || in_.count(node)) continue;
+      if (Holds(g, node) || in_.count(node) || unreachable_.count(node)) continue;
       auto key = std::make_tuple(ZoneClash(g, node, from), count, Bytes(node), node);
       if (best == 0 || key < best_key) {
         best = node;
@@ -157,7 +158,10 @@ class Planner {
       auto node = g.replicas.find(r);
       auto m = v->match.find(r);
       if (r == v->leader || node == g.replicas.end() || m == v->match.end()) continue;
-      if (!st_.Is(node->second, NodeState::kActive) || (on_node != 0 && node->second != on_node)) continue;
+      if (!st_.Is(node->second, NodeState::kActive) || unreachable_.count(node->second) ||
+          (on_node != 0 && node->second != on_node)) {
+        continue;
+      }
       if (m->second >= v->last_index) return r;
     }
     return 0;
@@ -181,7 +185,8 @@ class Planner {
       const uint64_t was = g.replicas.at(lost);
       reason = st_.removed_nodes.count(was) ? "replace" : "dead";
       const uint64_t succ = Successor(st_, was);
-      if (succ != 0 && succ != was && st_.Is(succ, NodeState::kActive) && !Holds(g, succ) && !in_.count(succ)) {
+      if (succ != 0 && succ != was && st_.Is(succ, NodeState::kActive) && !Holds(g, succ) && !in_.count(succ) &&
+          !unreachable_.count(succ)) {
         to = succ;
       }
     }
@@ -252,6 +257,7 @@ class Planner {
       for (auto hi = order.rbegin(); hi != order.rend() && !moved; ++hi) {
         for (auto lo = order.begin(); lo != order.end() && !moved; ++lo) {
           if (hi->first < lo->first + 2) break;
+          if (unreachable_.count(lo->second)) continue;
           moved = BalanceOne(hi->second, lo->second);
         }
       }
@@ -314,6 +320,7 @@ class Planner {
 
   const MetadataState& st_;
   const ControllerView& view_;
+  const std::set<uint64_t>& unreachable_;
   std::map<uint64_t, uint64_t> replicas_;  // active node -> replicas in the map (planned ones counted)
   bool zones_ = false;                     // zones are given
   std::set<uint64_t> busy_;                // groups with an operation
@@ -324,8 +331,9 @@ class Planner {
 
 }  // namespace
 
-std::vector<PlannedOp> PlanOperations(const MetadataState& state, const ControllerView& view) {
-  return Planner(state, view).Plan();
+std::vector<PlannedOp> PlanOperations(const MetadataState& state, const ControllerView& view,
+                                      const std::set<uint64_t>& unreachable) {
+  return Planner(state, view, unreachable).Plan();
 }
 
 }  // namespace cairn::cluster

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -42,7 +43,10 @@ struct PlannedOp {
 // active nodes, leaders balanced. A move that adds a replica needs its
 // group's leader known (it sends the snapshot) and is started only when no
 // other move goes into its target node or out of its leader's node.
-std::vector<PlannedOp> PlanOperations(const MetadataState& state, const ControllerView& view);
+// Nodes in `unreachable` (silent now, not dead yet) get no new replica and
+// no leadership.
+std::vector<PlannedOp> PlanOperations(const MetadataState& state, const ControllerView& view,
+                                      const std::set<uint64_t>& unreachable = {});
 
 // The operations in progress to undo: those whose target node (of a move's
 // new replica, of a transfer's new leader) is no longer active: it died,
