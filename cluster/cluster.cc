@@ -1335,12 +1335,18 @@ void Cluster::Control() {
     (void)ProposeMetadataAnywhere(op.kind == GroupOp::Kind::kMove ? OpStepCommand(gid, op.id, "abandon")
                                                                     : EndOpCommand(gid, op.id, /*abandoned=*/true));
   }
-  // Nodes silent for an election timeout: not asked for reports, given no
-  // replica or leadership, and a transfer to one of them is given up.
+  // Nodes silent for an election timeout (or stopping): not asked for
+  // reports, given no replica or leadership, and a transfer to one of them
+  // is given up.
   std::set<uint64_t> silent;
   for (const auto& [id, n] : st->nodes) {
     auto h = heard.find(id);
     if (id != self_.id && (h == heard.end() || now - h->second > options_.tick * options_.election_tick)) silent.insert(id);
+  }
+  // What the leaders report; a node that says it is stopping counts as silent.
+  const auto reports = Reports(*st, silent);
+  for (const auto& [id, r] : reports) {
+    if (r.stopping()) silent.insert(id);
   }
   std::map<uint64_t, Clock::time_point> seen;
   for (const auto& [gid, op] : st->ops) {
@@ -1351,9 +1357,9 @@ void Cluster::Control() {
     }
   }
   op_seen_ = std::move(seen);
-  // 2-6: what the leaders report, then the plan.
+  // 2-6: the plan.
   ControllerView view;
-  for (const auto& [id, r] : Reports(*st, silent)) {
+  for (const auto& [id, r] : reports) {
     for (const auto& g : r.groups()) {
       if (!g.is_leader() || g.group() == kMetadataGroup) continue;
       GroupView& v = view[g.group()];
@@ -1646,6 +1652,10 @@ absl::Status Cluster::RemoveNode(const std::string& node) {
 size_t Cluster::HandOffLeadership(std::chrono::milliseconds timeout) {
   raft::Node* node = node_ptr_.load();
   if (node == nullptr) return 0;
+  // What is handed off must not come back: this node declines transfers,
+  // and tells the controller it is stopping.
+  stopping_ = true;
+  node->DeclineLeadership();
   const auto deadline = Clock::now() + timeout;
   size_t leading = 0;
   for (int round = 0;; ++round) {
@@ -2091,6 +2101,7 @@ void Cluster::AppendPrometheus(std::string* out) const {
 pb::NodeStatusResponse Cluster::NodeStatus() {
   pb::NodeStatusResponse r;
   r.set_node_id(self_.id);
+  r.set_stopping(stopping_.load());
   raft::Node* node = node_ptr_.load();
   if (node == nullptr) return r;
   for (const auto& g : node->Status()) {

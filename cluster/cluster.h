@@ -320,6 +320,7 @@ class Cluster final : public Database, private PeerHandler {
   mutable std::mutex mu_;
   Membership membership_;  // set once before the node starts
   std::atomic<bool> member_{false};
+  std::atomic<bool> stopping_{false};  // HandOffLeadership was called
   std::map<uint64_t, std::shared_ptr<ShardReplica>> replicas_;  // guarded by mu_
   std::vector<std::pair<std::shared_ptr<ShardReplica>, std::string>> dropped_;  // guarded by mu_: dir to remove
 

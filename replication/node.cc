@@ -347,6 +347,7 @@ void Node::Deliver(uint64_t from, std::vector<Transport::GroupMessage> batch) {
       // Only a member's node speaks for it.
       auto sender = g.spec.nodes.find(gm.msg.from);
       if (sender == g.spec.nodes.end() || sender->second != from) continue;
+      if (gm.msg.type == MessageType::kTimeoutNow && decline_leadership_.load()) continue;
       (void)g.raft->Step(gm.msg);
       if (gm.msg.from == g.raft->leader()) g.leader_contact = Clock::now();
     }

@@ -30,6 +30,7 @@
 #ifndef CAIRN_REPLICATION_NODE_H_
 #define CAIRN_REPLICATION_NODE_H_
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -234,6 +235,10 @@ class Node {
   void Campaign(uint64_t group);
   // Hands the group's leadership to `replica` (leader only, best effort).
   void TransferLeadership(uint64_t group, uint64_t replica);
+  // This node is about to stop: from now on its replicas decline the
+  // leaderships other replicas hand them (TimeoutNow), so that what it hands
+  // off does not come back. Elections still run as usual.
+  void DeclineLeadership() { decline_leadership_.store(true); }
   // The transport finished sending `replica` of `group` a snapshot (ok), or
   // gave up: the leader probes it again (and may send another snapshot).
   void ReportSnapshot(uint64_t group, uint64_t replica, bool ok);
@@ -290,6 +295,7 @@ class Node {
 
   const NodeOptions options_;
   const uint64_t incarnation_;
+  std::atomic<bool> decline_leadership_{false};
   std::unique_ptr<ApplyPool> pool_;
 
   // The inbox: what other threads hand the loop.

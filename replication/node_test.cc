@@ -307,6 +307,32 @@ TEST_F(NodeTest, AnIsolatedLeaderCommitsNothingAndTheMajorityGoesOn) {
   EXPECT_EQ(log, (std::vector<std::string>{"before", "majority", "healed"}));
 }
 
+// A node about to stop declines the leaderships handed to it (so that what
+// it handed off does not come back); a transfer to another node still works.
+TEST_F(NodeTest, ANodeThatDeclinesLeadershipIsHandedNone) {
+  const uint64_t leader = WaitForLeader(kGroupA);
+  ProposeUntilAcked(leader, kGroupA, "w");
+  const uint64_t declining = leader == 1 ? 2 : 1, other = 6 - leader - declining;
+  nodes_.at(declining)->DeclineLeadership();
+  auto leads = [&](uint64_t n) {
+    auto s = nodes_.at(n)->GroupStatusOf(kGroupA);
+    return s.ok() && s->role == Role::kLeader;
+  };
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    nodes_.at(leader)->TransferLeadership(kGroupA, ReplicaOf(kGroupA, declining));
+    std::this_thread::sleep_for(100ms);  // ten ticks: a transfer takes one round trip
+    EXPECT_FALSE(leads(declining)) << "a node that declines leadership took it";
+  }
+  EXPECT_TRUE(leads(leader));
+  bool moved = false;
+  for (int attempt = 0; attempt < 50 && !moved; ++attempt) {
+    nodes_.at(leader)->TransferLeadership(kGroupA, ReplicaOf(kGroupA, other));
+    std::this_thread::sleep_for(20ms);
+    moved = leads(other);
+  }
+  EXPECT_TRUE(moved) << "the transfer to a node that does not decline did not happen";
+}
+
 TEST_F(NodeTest, AReadOnALaggingFollowerWaitsForWhatWasAcknowledged) {
   const uint64_t leader = WaitForLeader(kGroupA);
   const uint64_t follower = leader == 3 ? 2 : 3;
