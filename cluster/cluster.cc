@@ -1296,7 +1296,7 @@ void Cluster::DriveMetadataMembers(const MetadataState& st, const raft::GroupSta
 
 void Cluster::Control() {
   raft::Node* node = node_ptr_.load();
-  if (node == nullptr) return;
+  if (node == nullptr || stopping_.load()) return;  // a stopping node hands its leadership off
   auto meta = node->GroupStatusOf(kMetadataGroup);
   const auto now = Clock::now();
   if (!meta.ok() || meta->role != raft::Role::kLeader) {
@@ -1359,10 +1359,14 @@ void Cluster::Control() {
   op_seen_ = std::move(seen);
   // 2-6: the plan.
   ControllerView view;
+  std::map<uint64_t, uint64_t> view_term;  // a deposed leader not yet told is not the one to trust
   for (const auto& [id, r] : reports) {
     for (const auto& g : r.groups()) {
       if (!g.is_leader() || g.group() == kMetadataGroup) continue;
+      if (auto t = view_term.find(g.group()); t != view_term.end() && t->second > g.term()) continue;
+      view_term[g.group()] = g.term();
       GroupView& v = view[g.group()];
+      v = GroupView();
       v.leader = g.leader_replica();
       v.last_index = g.last_index();
       v.match.insert(g.match().begin(), g.match().end());
