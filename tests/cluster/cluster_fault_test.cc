@@ -28,11 +28,13 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <functional>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -127,6 +129,7 @@ class Netns {
   // Nullptr when namespaces cannot be made here (not root, no `ip`).
   static std::unique_ptr<Netns> Create(int nodes) {
     if (::geteuid() != 0) return nullptr;
+    SweepStale();
     auto n = std::unique_ptr<Netns>(new Netns(nodes));
     if (!n->ok_) return nullptr;
     return n;
@@ -160,7 +163,7 @@ class Netns {
 
  private:
   explicit Netns(int nodes) : nodes_(nodes) {
-    tag_ = static_cast<int>(::getpid() % 10000);
+    tag_ = static_cast<int>(::getpid());  // in every name: SweepStale knows the owner
     prefix_ = absl::StrCat("10.213.", ::getpid() % 200 + 20, ".");
     bridge_ = absl::StrCat("czb", tag_);
     ok_ = Run(absl::StrCat("ip link add ", bridge_, " type bridge")) == 0 &&
@@ -175,6 +178,24 @@ class Netns {
             Run(absl::StrCat("ip netns exec ", Name(i), " ip addr add ", Ip(i), "/24 dev ", ns_end)) == 0 &&
             Run(absl::StrCat("ip netns exec ", Name(i), " ip link set ", ns_end, " up")) == 0 &&
             Run(absl::StrCat("ip netns exec ", Name(i), " ip link set lo up")) == 0;
+    }
+  }
+  // What earlier runs left when killed before their destructor ran (kill -9,
+  // a crash): namespaces and links named after a process that is gone.
+  static void SweepStale() {
+    auto stale = [](const std::string& name, const std::string& prefix) {
+      if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size() || !std::isdigit(name[prefix.size()])) return false;
+      const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+      return pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+    };
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/var/run/netns", ec)) {
+      const std::string name = e.path().filename().string();
+      if (stale(name, "cz")) Run("ip netns del " + name);
+    }
+    for (const auto& e : fs::directory_iterator("/sys/class/net", ec)) {
+      const std::string name = e.path().filename().string();
+      if (stale(name, "czb") || stale(name, "czh")) Run("ip link del " + name);
     }
   }
   std::string HostEnd(int i) const { return absl::StrCat("czh", tag_, "-", i); }
