@@ -4,8 +4,10 @@
 #include <cstdio>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <random>
+#include <utility>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
@@ -1103,13 +1105,16 @@ void Cluster::ReconcileLoop() {
   while (!stop_) {
     // While an operation is under way its steps wait on Raft (a learner
     // catching up, a membership change committing), not on the metadata:
-    // look again soon.
+    // look again soon (the replicas this node opens change only with it).
     const auto period = meta_->State()->ops.empty() ? 1000ms : 100ms;
     loop_cv_.wait_for(l, period, [this] { return stop_ || dirty_; });
     if (stop_) break;
-    dirty_ = false;
+    const bool dirty = std::exchange(dirty_, false);
     l.unlock();
-    Reconcile();
+    if (dirty || Clock::now() - last_reconcile_ >= 1s) {
+      Reconcile();
+      last_reconcile_ = Clock::now();
+    }
     DriveOps();
     Control();
     l.lock();
@@ -1121,33 +1126,48 @@ namespace {
 // A learner within this many entries of the commit index is caught up.
 constexpr uint64_t kCaughtUp = 64;
 
+bool Contains(const std::vector<uint64_t>& v, uint64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+// The last index replica `r` holds, as `gs` (a leader's status) knows it.
+uint64_t MatchOf(const raft::GroupStatus& gs, uint64_t r) {
+  if (r == gs.replica) return gs.last_index;
+  for (const auto& p : gs.peers) {
+    if (p.replica == r) return p.match;
+  }
+  return 0;
+}
+
+// The voter other than `gs`'s own replica that holds most of the log and
+// passes `ok` (ties: the first); 0 when none. With `whole_log`, only one that
+// holds all of it.
+uint64_t BestVoter(const raft::GroupStatus& gs, bool whole_log, const std::function<bool(uint64_t)>& ok = nullptr) {
+  uint64_t best = 0;
+  for (uint64_t v : gs.voters) {
+    if (v == gs.replica || (ok && !ok(v)) || (whole_log && MatchOf(gs, v) < gs.last_index)) continue;
+    if (best == 0 || MatchOf(gs, v) > MatchOf(gs, best)) best = v;
+  }
+  return best;
+}
+
 }  // namespace
+
+void Cluster::ChangeMembers(uint64_t group, raft::ConfChange::Type type, uint64_t replica, const std::string& what) {
+  if (node_->ProposeConfChange(group, raft::ConfChange{type, replica}).ok()) {
+    Log(absl::StrCat(group == kMetadataGroup ? std::string("metadata group") : absl::StrCat("group ", group), ": ",
+                     what, " ", replica));
+  }
+}
 
 void Cluster::DriveOps() {
   const auto st = meta_->State();
-  auto in = [](const std::vector<uint64_t>& v, uint64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
   for (const raft::GroupStatus& gs : node_->Status()) {
     if (gs.role != raft::Role::kLeader || gs.stopped) continue;
     auto change = [&](raft::ConfChange::Type type, uint64_t replica, const std::string& what) {
-      if (node_->ProposeConfChange(gs.group, raft::ConfChange{type, replica}).ok()) {
-        Log(absl::StrCat("group ", gs.group, ": ", what, " ", replica));
-      }
+      ChangeMembers(gs.group, type, replica, what);
     };
-    auto match_of = [&](uint64_t replica) -> uint64_t {
-      for (const auto& p : gs.peers) {
-        if (p.replica == replica) return p.match;
-      }
-      return 0;
-    };
-    auto caught_up = [&](uint64_t replica) { return match_of(replica) + kCaughtUp >= gs.commit; };
     // This leader hands its leadership to a voter holding its whole log.
     auto hand_off = [&] {
-      for (uint64_t v : gs.voters) {
-        if (v != gs.replica && match_of(v) >= gs.last_index) {
-          node_->TransferLeadership(gs.group, v);
-          return;
-        }
-      }
+      if (uint64_t v = BestVoter(gs, /*whole_log=*/true); v != 0) node_->TransferLeadership(gs.group, v);
     };
     if (gs.group == kMetadataGroup) {
       DriveMetadataMembers(*st, gs);
@@ -1168,14 +1188,14 @@ void Cluster::DriveOps() {
     if (op.kind == GroupOp::Kind::kTransferLeader) {
       if (gs.replica == op.to) {
         end(false);
-      } else if (in(gs.voters, op.to) && match_of(op.to) >= gs.last_index) {
+      } else if (Contains(gs.voters, op.to) && MatchOf(gs, op.to) >= gs.last_index) {
         node_->TransferLeadership(gs.group, op.to);
       }
       continue;
     }
     // A move, one membership change at a time (dissertation 4.1).
-    const bool to_voter = op.to != 0 && in(gs.voters, op.to), to_learner = op.to != 0 && in(gs.learners, op.to);
-    const bool from_in = op.from != 0 && (in(gs.voters, op.from) || in(gs.learners, op.from));
+    const bool to_voter = op.to != 0 && Contains(gs.voters, op.to), to_learner = op.to != 0 && Contains(gs.learners, op.to);
+    const bool from_in = op.from != 0 && (Contains(gs.voters, op.from) || Contains(gs.learners, op.from));
     if (op.step == "abandon") {
       if (to_voter || to_learner) {
         if (op.to == gs.replica) {
@@ -1192,7 +1212,7 @@ void Cluster::DriveOps() {
       record("add_learner");
       change(raft::ConfChange::Type::kAddLearner, op.to, absl::StrCat("move (", op.reason, "): adding learner"));
     } else if (to_learner) {
-      if (caught_up(op.to)) {
+      if (MatchOf(gs, op.to) + kCaughtUp >= gs.commit) {
         record("promote");
         change(raft::ConfChange::Type::kAddVoter, op.to, "move: promoting caught-up learner");
       } else {
@@ -1212,23 +1232,13 @@ void Cluster::DriveOps() {
 }
 
 void Cluster::DriveMetadataMembers(const MetadataState& st, const raft::GroupStatus& gs) {
-  auto in = [](const std::vector<uint64_t>& v, uint64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+  // Replica ids of the metadata group are node ids.
   auto change = [&](raft::ConfChange::Type type, uint64_t node, const char* what) {
-    if (node_->ProposeConfChange(kMetadataGroup, raft::ConfChange{type, node}).ok()) {
-      Log(absl::StrCat("metadata group: ", what, " ", node));
-    }
-  };
-  uint64_t match_of_self = gs.last_index;
-  auto match_of = [&](uint64_t node) -> uint64_t {
-    if (node == self_.id) return match_of_self;
-    for (const auto& p : gs.peers) {
-      if (p.replica == node) return p.match;
-    }
-    return 0;
+    ChangeMembers(kMetadataGroup, type, node, what);
   };
   // Every member follows the metadata (a learner at least).
   for (const auto& [id, n] : st.nodes) {
-    if (st.removed_nodes.count(id) || in(gs.voters, id) || in(gs.learners, id)) continue;
+    if (st.removed_nodes.count(id) || Contains(gs.voters, id) || Contains(gs.learners, id)) continue;
     change(raft::ConfChange::Type::kAddLearner, id, "adding learner");
     return;
   }
@@ -1252,7 +1262,7 @@ void Cluster::DriveMetadataMembers(const MetadataState& st, const raft::GroupSta
     uint64_t best = 0;
     std::tuple<bool, bool, uint64_t> best_key;
     for (uint64_t l : gs.learners) {
-      if (!st.Is(l, NodeState::kActive) || match_of(l) + kCaughtUp < gs.commit) continue;
+      if (!st.Is(l, NodeState::kActive) || MatchOf(gs, l) + kCaughtUp < gs.commit) continue;
       // The successor of a replaced voter first, then a zone no voter uses.
       bool successor = false;
       for (uint64_t v : gs.voters) successor = successor || Successor(st, v) == l;
@@ -1271,11 +1281,8 @@ void Cluster::DriveMetadataMembers(const MetadataState& st, const raft::GroupSta
     if (active_node(v) || (st.Is(v, NodeState::kDead) && good < 3)) continue;
     if (v == self_.id) {
       // The leader leaves its vote: a caught-up active voter leads first.
-      for (uint64_t o : gs.voters) {
-        if (o != v && active_node(o) && match_of(o) >= gs.last_index) {
-          node_->TransferLeadership(kMetadataGroup, o);
-          break;
-        }
+      if (uint64_t o = BestVoter(gs, /*whole_log=*/true, active_node); o != 0) {
+        node_->TransferLeadership(kMetadataGroup, o);
       }
       return;
     }
@@ -1667,16 +1674,8 @@ size_t Cluster::HandOffLeadership(std::chrono::milliseconds timeout) {
     for (const raft::GroupStatus& gs : node->Status()) {
       if (gs.role != raft::Role::kLeader || gs.stopped) continue;
       ++leading;
-      // The voter holding most of the log (ties: the lowest id).
-      uint64_t best = 0, best_match = 0;
-      for (const auto& p : gs.peers) {
-        if (p.replica == gs.replica || p.learner) continue;
-        if (std::find(gs.voters.begin(), gs.voters.end(), p.replica) == gs.voters.end()) continue;
-        if (best == 0 || p.match > best_match) {
-          best = p.replica;
-          best_match = p.match;
-        }
-      }
+      // The voter holding most of the log (Raft sends it the rest first).
+      const uint64_t best = BestVoter(gs, /*whole_log=*/false);
       if (best != 0 && round % 10 == 0) node->TransferLeadership(gs.group, best);
     }
     if (leading == 0 || Clock::now() >= deadline) break;

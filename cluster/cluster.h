@@ -252,6 +252,8 @@ class Cluster final : public Database, private PeerHandler {
   // The metadata group's leader: every member node follows it, three
   // voters on active nodes.
   void DriveMetadataMembers(const MetadataState& st, const raft::GroupStatus& gs);
+  // Proposes a membership change of `group`, logged with `what` when taken.
+  void ChangeMembers(uint64_t group, raft::ConfChange::Type type, uint64_t replica, const std::string& what);
   // On the metadata group's leader, once a second: nodes marked dead or
   // active again, operations abandoned, and the placement controller's
   // new operations (placement.h).
@@ -332,10 +334,11 @@ class Cluster final : public Database, private PeerHandler {
   // The replica -> node map each group's loop was given. Guarded by reconcile_mu_.
   std::map<uint64_t, std::map<uint64_t, uint64_t>> replica_nodes_;
   // Control()'s: when this node started leading the metadata group, when it
-  // last ran, and when it first saw each operation (by op id). Reconciler
-  // thread only.
+  // last ran, and when it first saw each operation (by op id); when the
+  // reconciler last ran Reconcile. Reconciler thread only.
   std::optional<std::chrono::steady_clock::time_point> controlling_since_;
   std::chrono::steady_clock::time_point last_control_{};
+  std::chrono::steady_clock::time_point last_reconcile_{};
   std::map<uint64_t, std::chrono::steady_clock::time_point> op_seen_;
   std::thread reconciler_;
   std::thread maintenance_;

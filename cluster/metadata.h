@@ -129,6 +129,9 @@ MetadataCommand DropCollectionCommand(const std::string& name);
 // Node `new_node` (a fresh id) takes the place of node `old_id` of the same
 // name, which is removed and refused forever.
 MetadataCommand ReplaceNodeCommand(uint64_t old_id, const NodeInfo& new_node);
+// Logs written before operations existed moved replicas with these two
+// commands; they are still applied (and built by tests of that path), while
+// moves now go through StartMoveCommand/EndOpCommand.
 // A replica of `group` on `node`, with the next replica id of `state`.
 MetadataCommand AddReplicaCommand(const MetadataState& state, uint64_t group, uint64_t node);
 // Replica `replica` leaves `group`'s map (once Raft removed it).

@@ -1,6 +1,7 @@
 #include "cluster/placement.h"
 
 #include <algorithm>
+#include <functional>
 #include <set>
 #include <tuple>
 
@@ -35,8 +36,10 @@ class Planner {
       if (st_.Is(id, NodeState::kActive)) replicas_[id] = 0;
     }
     for (const auto& [gid, g] : st_.groups) {
+      auto v = view_.find(gid);
       for (const auto& [r, n] : g.replicas) {
         if (replicas_.count(n)) ++replicas_[n];
+        if (v != view_.end()) bytes_[n] += v->second.bytes;  // the leader's copy stands for each
       }
     }
     // Zones count when every active node names one and there are two or more.
@@ -100,12 +103,8 @@ class Planner {
     return n;
   }
   uint64_t Bytes(uint64_t node) const {
-    uint64_t b = 0;
-    for (const auto& [gid, g] : st_.groups) {
-      auto v = view_.find(gid);
-      if (v != view_.end() && Holds(g, node)) b += v->second.bytes;
-    }
-    return b;
+    auto it = bytes_.find(node);
+    return it == bytes_.end() ? 0 : it->second;
   }
   // The best node for a new replica of `g` replacing `from` (0: none).
   uint64_t BestNode(const ShardGroup& g, uint64_t from) const {
@@ -245,24 +244,29 @@ class Planner {
     if (victim != 0) Move(g, victim, 0, "replication_factor");
   }
 
-  void Balance() {
-    // One move out of the most loaded node into the least loaded per pass,
-    // while they differ by two or more and a group allows it.
+  // Passes over pairs of nodes, the one counted most against the one counted
+  // least, while their counts differ by two or more: `one(high, low)` acts on
+  // a pair (and updates `counts`) or declines it; a pass ends at the first
+  // pair acted on, and the passes end when one acts on none.
+  void EvenOut(const std::map<uint64_t, uint64_t>& counts, const std::function<bool(uint64_t, uint64_t)>& one) {
     for (size_t pass = 0; pass < st_.groups.size(); ++pass) {
       std::vector<std::pair<uint64_t, uint64_t>> order;  // (count, node)
-      for (const auto& [n, c] : replicas_) order.push_back({c, n});
-      if (order.size() < 2) return;
+      for (const auto& [n, c] : counts) order.push_back({c, n});
       std::sort(order.begin(), order.end());
-      bool moved = false;
-      for (auto hi = order.rbegin(); hi != order.rend() && !moved; ++hi) {
-        for (auto lo = order.begin(); lo != order.end() && !moved; ++lo) {
+      bool acted = false;
+      for (auto hi = order.rbegin(); hi != order.rend() && !acted; ++hi) {
+        for (auto lo = order.begin(); lo != order.end() && !acted; ++lo) {
           if (hi->first < lo->first + 2) break;
-          if (unreachable_.count(lo->second)) continue;
-          moved = BalanceOne(hi->second, lo->second);
+          acted = one(hi->second, lo->second);
         }
       }
-      if (!moved) return;
+      if (!acted) return;
     }
+  }
+
+  // A replica moves out of the most loaded node into the least loaded.
+  void Balance() {
+    EvenOut(replicas_, [this](uint64_t high, uint64_t low) { return !unreachable_.count(low) && BalanceOne(high, low); });
   }
   bool BalanceOne(uint64_t from_node, uint64_t to_node) {
     const ShardGroup* best = nullptr;
@@ -287,6 +291,8 @@ class Planner {
     return true;
   }
 
+  // A leadership moves from the node leading most to one leading fewest that
+  // holds a caught-up replica of the group.
   void Leaders() {
     std::map<uint64_t, uint64_t> leads;  // active node -> groups led
     for (const auto& [n, c] : replicas_) leads[n] = 0;
@@ -294,34 +300,25 @@ class Planner {
       auto it = leads.find(LeaderNode(g));
       if (it != leads.end()) ++it->second;
     }
-    for (size_t pass = 0; pass < st_.groups.size(); ++pass) {
-      bool moved = false;
-      std::vector<std::pair<uint64_t, uint64_t>> order;  // (leads, node)
-      for (const auto& [n, c] : leads) order.push_back({c, n});
-      std::sort(order.begin(), order.end());
-      for (auto hi = order.rbegin(); hi != order.rend() && !moved; ++hi) {
-        for (auto lo = order.begin(); lo != order.end() && !moved; ++lo) {
-          if (hi->first < lo->first + 2) break;
-          for (const auto& [gid, g] : st_.groups) {
-            if (busy_.count(gid) || LeaderNode(g) != hi->second) continue;
-            if (uint64_t to = CaughtUpVoter(g, lo->second); to != 0) {
-              Transfer(g, to, "leader_balance");
-              --leads[hi->second];
-              ++leads[lo->second];
-              moved = true;
-              break;
-            }
-          }
+    EvenOut(leads, [&](uint64_t high, uint64_t low) {
+      for (const auto& [gid, g] : st_.groups) {
+        if (busy_.count(gid) || LeaderNode(g) != high) continue;
+        if (uint64_t to = CaughtUpVoter(g, low); to != 0) {
+          Transfer(g, to, "leader_balance");
+          --leads[high];
+          ++leads[low];
+          return true;
         }
       }
-      if (!moved) return;
-    }
+      return false;
+    });
   }
 
   const MetadataState& st_;
   const ControllerView& view_;
   const std::set<uint64_t>& unreachable_;
   std::map<uint64_t, uint64_t> replicas_;  // active node -> replicas in the map (planned ones counted)
+  std::map<uint64_t, uint64_t> bytes_;     // node -> bytes of the replicas the map places on it
   bool zones_ = false;                     // zones are given
   std::set<uint64_t> busy_;                // groups with an operation
   std::set<uint64_t> in_;                  // nodes a move goes into

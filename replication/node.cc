@@ -580,7 +580,7 @@ void Node::Turn(std::unique_lock<std::mutex>& lk) {
     if (!g->installing) AfterApply(*g);
   }
   ExpireDeadlines();
-  PublishStatus();
+  PublishStatus(/*heard_too=*/tick);
   lk.lock();
 }
 
@@ -816,7 +816,7 @@ void Node::WakeQuietGroups(Clock::time_point now) {
   revived_.clear();
 }
 
-void Node::PublishStatus() {
+void Node::PublishStatus(bool heard_too) {
   std::map<uint64_t, GroupStatus> st;
   for (const auto& [id, g] : groups_) {
     GroupStatus s;
@@ -869,10 +869,12 @@ void Node::PublishStatus() {
     st.emplace(id, std::move(s));
   }
   std::map<uint64_t, Clock::time_point> heard;
-  for (const auto& [node, at] : heard_) heard[node] = std::max(at, started_);
+  if (heard_too) {
+    for (const auto& [node, at] : heard_) heard[node] = std::max(at, started_);
+  }
   std::lock_guard l(status_mu_);
   status_ = std::move(st);
-  heard_published_ = std::move(heard);
+  if (heard_too) heard_published_ = std::move(heard);
 }
 
 }  // namespace cairn::raft

@@ -256,7 +256,7 @@ class Node {
   // As of the end of the loop's last turn.
   std::vector<GroupStatus> Status() const;
   // When each peer node last sent this one a batch (keepalives included; this
-  // node's start at the earliest), as of the loop's last turn.
+  // node's start at the earliest), as of the loop's last tick.
   std::map<uint64_t, std::chrono::steady_clock::time_point> LastHeard() const;
   absl::StatusOr<GroupStatus> GroupStatusOf(uint64_t group) const;
   uint64_t node_id() const { return options_.node_id; }
@@ -286,7 +286,8 @@ class Node {
   void MaybeCompact(Group& g);
   void FailAll(Group& g, const absl::Status& s);
   void ExpireDeadlines();
-  void PublishStatus();
+  // `heard_too` (on ticks): LastHeard's copy too.
+  void PublishStatus(bool heard_too);
   // Tick time: wakes quiet groups whose members' nodes fell silent or came
   // back (NodeOptions::quiesce).
   void WakeQuietGroups(std::chrono::steady_clock::time_point now);
