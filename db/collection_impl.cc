@@ -176,15 +176,18 @@ absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
     c->access_.push_back(shard.get());
     c->shards_.push_back(std::move(shard));
   }
+  c->router_ = HashRouter::Even(config.num_shards);
   return c;
 }
 
 std::shared_ptr<CollectionImpl> CollectionImpl::OverShards(const std::string& name, const CollectionConfig& config,
                                                            const DatabaseOptions& options,
-                                                           std::vector<std::shared_ptr<ShardAccess>> shards) {
+                                                           std::vector<std::shared_ptr<ShardAccess>> shards,
+                                                           std::optional<HashRouter> router) {
   auto c = std::shared_ptr<CollectionImpl>(new CollectionImpl(name, "", config, options, nullptr));
   c->remote_ = std::move(shards);
   for (auto& s : c->remote_) c->access_.push_back(s.get());
+  c->router_ = router ? *std::move(router) : HashRouter::Even(static_cast<uint32_t>(c->access_.size()));
   return c;
 }
 
@@ -232,7 +235,7 @@ absl::Status CollectionImpl::CheckOpen() const {
 }
 
 size_t CollectionImpl::ShardOf(const std::string& ext_key) const {
-  return access_.size() == 1 ? 0 : StableHash(ext_key) % access_.size();
+  return router_.ShardOf(ext_key);
 }
 
 absl::Status CollectionImpl::ValidateIds(absl::Span<const PointId> ids) const {

@@ -6,11 +6,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <vector>
 
 #include "cairn/collection.h"
+#include "db/hash_class.h"
 #include "db/shard.h"
 
 namespace cairn::db {
@@ -29,10 +31,13 @@ class CollectionImpl final : public Collection {
   // it checks requests, routes them and merges results as for local shards.
   // What needs the shards themselves (UpdateConfig, Seal, Compact, bulk
   // loads, snapshots) is the owner's to do, and fails here with
-  // FailedPrecondition.
+  // FailedPrecondition. `router` maps ids to `shards` (the hash classes of a
+  // collection whose shards were split); by default shard s of n holds the
+  // ids whose hash is s modulo n.
   static std::shared_ptr<CollectionImpl> OverShards(const std::string& name, const CollectionConfig& config,
                                                     const DatabaseOptions& options,
-                                                    std::vector<std::shared_ptr<ShardAccess>> shards);
+                                                    std::vector<std::shared_ptr<ShardAccess>> shards,
+                                                    std::optional<HashRouter> router = std::nullopt);
   ~CollectionImpl() override;
 
   const std::string& name() const override { return name_; }
@@ -95,6 +100,7 @@ class CollectionImpl final : public Collection {
   std::vector<std::unique_ptr<Shard>> shards_;  // local shards (empty over remote ones)
   std::vector<std::shared_ptr<ShardAccess>> remote_;  // OverShards: the shards
   std::vector<ShardAccess*> access_;  // the data path: shards_ or remote_
+  HashRouter router_ = HashRouter::Even(1);  // id -> index in access_
   absl::Status CheckLocal(const char* what) const;
 };
 

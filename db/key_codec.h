@@ -43,6 +43,8 @@ inline constexpr std::string_view kMetaApplied = "applied";
 // "ri/" + index (8 bytes big-endian) -> id, to forget them in index order.
 inline constexpr std::string_view kMetaRequestPrefix = "r/";
 inline constexpr std::string_view kMetaRequestIndexPrefix = "ri/";
+// The shard's hash class and last split (Shard::SplitRecord), once split.
+inline constexpr std::string_view kMetaSplit = "split";
 
 }  // namespace cairn::db
 

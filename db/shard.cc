@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cairn/status.h"
@@ -184,6 +185,17 @@ absl::Status Shard::Load() {
   if (applied) {
     if (applied->size() != 8) return absl::DataLossError("malformed applied index");
     applied_index_ = DecodeInternalKey(*applied);
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto split, kv_->Get(Cf::kMeta, kMetaSplit));
+  if (split) {
+    ByteReader rd{*split};
+    const uint64_t modulus = rd.U64(), residue = rd.U64();
+    split_.child_group = rd.U64();
+    split_.index = rd.U64();
+    if (!rd.ok || !rd.in.empty() || modulus == 0 || modulus > kMaxHashModulus || residue >= modulus) {
+      return absl::DataLossError("malformed split record");
+    }
+    split_.cls = HashClass{static_cast<uint32_t>(modulus), static_cast<uint32_t>(residue)};
   }
   CAIRN_ASSIGN_OR_RETURN(auto manifest_text, kv_->Get(Cf::kMeta, kMetaManifest));
   std::vector<std::string> files;
@@ -514,9 +526,96 @@ namespace {
 // Errors that every replica meets alike for the same entry on the same data:
 // the entry is refused and changes nothing. Anything else is this replica's.
 bool SameOnEveryReplica(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kNotFound || s.code() == absl::StatusCode::kInvalidArgument;
+  return s.code() == absl::StatusCode::kNotFound || s.code() == absl::StatusCode::kInvalidArgument ||
+         IsMovedBySplit(s);
 }
+constexpr char kMovedBySplit[] = "moved by a shard split: ";
 }  // namespace
+
+absl::Status MovedBySplitError(const std::string& what) {
+  return absl::AbortedError(absl::StrCat(kMovedBySplit, what, "; route it again with the new shard map"));
+}
+
+bool IsMovedBySplit(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kAborted && absl::StartsWith(s.message(), kMovedBySplit);
+}
+
+Shard::SplitRecord Shard::split_record() const {
+  std::lock_guard l(split_mu_);
+  return split_;
+}
+
+absl::Status Shard::CheckOwned(const ShardCommand& c) const {
+  const HashClass cls = split_record().cls;
+  if (cls.modulus == 0) return absl::OkStatus();
+  auto outside = [&](const std::string& key) {
+    if (cls.Contains(key)) return absl::OkStatus();
+    auto id = DecodeExternalKey(key);
+    return MovedBySplitError(absl::StrCat("point ", id.ok() ? id->ToString() : "?", " is in another shard now"));
+  };
+  for (const auto& p : c.points) CAIRN_RETURN_IF_ERROR(outside(p.ext_key));
+  for (const auto& k : c.ext_keys) CAIRN_RETURN_IF_ERROR(outside(k));
+  return absl::OkStatus();
+}
+
+absl::Status Shard::KeepHashClass(HashClass cls, uint64_t applied) {
+  std::lock_guard commit(commit_mu_);
+  if (bulk_loading_) return absl::FailedPreconditionError("a bulk load is running");
+  return KeepHashClassLocked(SplitRecord{cls, 0, 0}, applied, /*forget_requests=*/true);
+}
+
+absl::Status Shard::KeepHashClassLocked(const SplitRecord& record, uint64_t applied, bool forget_requests) {
+  // The points outside the class, from the id map (external key -> id).
+  std::vector<std::string> outside;
+  {
+    auto it = kv_->NewIterator(Cf::kIds);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      if (!record.cls.Contains(it->key())) outside.emplace_back(it->key());
+    }
+    CAIRN_RETURN_IF_ERROR(it->status());
+  }
+  // Deleted in batches: a crash between two leaves a shard whose applied
+  // index is still before the split, which applies it again.
+  constexpr size_t kBatch = 4096;
+  for (size_t at = 0; at < outside.size(); at += kBatch) {
+    const std::vector<std::string> keys(outside.begin() + at,
+                                        outside.begin() + std::min(outside.size(), at + kBatch));
+    Txn txn;
+    txn.shard = this;
+    const uint64_t first_id = next_id_;
+    txn.BeginOp();
+    uint64_t deleted = 0;
+    CAIRN_RETURN_IF_ERROR(PrepareDelete(txn, keys, {}, &deleted));
+    txn.EndOp(true);
+    CAIRN_RETURN_IF_ERROR(WriteTxnLocked(txn, first_id, 0));
+  }
+  Txn txn;
+  txn.shard = this;
+  if (forget_requests) {
+    for (std::string_view prefix : {kMetaRequestPrefix, kMetaRequestIndexPrefix}) {
+      auto it = kv_->NewIterator(Cf::kMeta);
+      for (it->Seek(prefix); it->Valid() && it->key().substr(0, prefix.size()) == prefix; it->Next()) {
+        txn.group_batch.Delete(Cf::kMeta, it->key());
+      }
+      CAIRN_RETURN_IF_ERROR(it->status());
+    }
+    requests_pruned_through_ = 0;
+  }
+  std::string v;
+  PutU64(&v, record.cls.modulus);
+  PutU64(&v, record.cls.residue);
+  PutU64(&v, record.child_group);
+  PutU64(&v, record.index);
+  txn.group_batch.Put(Cf::kMeta, kMetaSplit, v);
+  {
+    // Held across the write: a reader sees the class only once it is so.
+    std::lock_guard l(split_mu_);
+    CAIRN_RETURN_IF_ERROR(WriteTxnLocked(txn, next_id_, applied));
+    split_ = record;
+  }
+  if (applied != 0) applied_index_.store(applied, std::memory_order_release);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<uint64_t> Shard::SyncApplied() {
   // Read first: everything through it is in the write-ahead log already.
@@ -576,11 +675,40 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
         }
       }
     }
+    if (e.command != nullptr && e.command->kind == ShardCommand::Kind::kSplit) {
+      // Everything before it is written first: the child's copy is as of the
+      // entry before.
+      CAIRN_RETURN_IF_ERROR(flush());
+      const ShardCommand& c = *e.command;
+      const SplitRecord now = split_record();
+      if (now.child_group == c.child_group && now.cls == c.keep) {
+        r.count = now.index;  // proposed again: split already
+        through = e.index;
+        continue;
+      }
+      if (now.cls.modulus != 0 && now.cls.KeepHalf() != c.keep) {
+        r.status = absl::InvalidArgumentError(absl::StrCat("a split to (", c.keep.modulus, ", ", c.keep.residue,
+                                                           ") of a shard of class (", now.cls.modulus, ", ",
+                                                           now.cls.residue, ")"));
+        through = e.index;
+        continue;
+      }
+      CAIRN_RETURN_IF_ERROR(KeepHashClassLocked(SplitRecord{c.keep, c.child_group, e.index}, e.index,
+                                                /*forget_requests=*/false));
+      r.count = e.index;
+      through = written = e.index;
+      txn = Txn();
+      txn.shard = this;
+      first_id = next_id_;
+      continue;
+    }
     if (e.command != nullptr) {
       const ShardCommand& c = *e.command;
-      absl::Status s;
+      absl::Status s = CheckOwned(c);
       txn.BeginOp();
-      switch (c.kind) {
+      if (s.ok()) switch (c.kind) {
+        case ShardCommand::Kind::kSplit:
+          break;
         case ShardCommand::Kind::kUpsert:
           s = PrepareUpsert(txn, c.points);
           r.count = c.points.size();

@@ -47,6 +47,7 @@
 
 #include "absl/status/statusor.h"
 #include "cairn/collection.h"
+#include "db/hash_class.h"
 #include "db/id_cache.h"
 #include "db/payload_index.h"
 #include "index/segment.h"
@@ -103,6 +104,12 @@ struct ShardStats {
 };
 
 struct ShardCommand;
+
+// The error a split shard's replicas give a write or read of ids it no
+// longer holds (Aborted, the same on every replica): the caller routes the
+// request again with the collection's new shard map.
+absl::Status MovedBySplitError(const std::string& what);
+bool IsMovedBySplit(const absl::Status& s);
 
 // Threads for index builds: `configured`, or every core when 0.
 int IndexThreads(int configured);
@@ -178,6 +185,22 @@ class Shard final : public ShardAccess {
   absl::Status Apply(const std::vector<LogEntry>& entries, std::vector<ApplyResult>* results);
   // The last log index Apply wrote (0 when none).
   uint64_t applied_index() const { return applied_index_.load(std::memory_order_acquire); }
+
+  // Splits (cluster mode). A split command (ShardCommand::kSplit) applied at
+  // index i deletes the points outside the class the shard keeps and records
+  // it, with the split; from then on Apply refuses writes of ids outside it
+  // (MovedBySplitError). The child's replica starts from a copy of the shard
+  // as of i - 1 on which KeepHashClass keeps the other half.
+  struct SplitRecord {
+    HashClass cls;             // what the shard holds now (modulus 0: all it was sent)
+    uint64_t child_group = 0;  // the last split: the group that took the other half
+    uint64_t index = 0;        // and the log index it was applied at
+  };
+  SplitRecord split_record() const;
+  // Keeps only the points of `cls` and sets the applied index to `applied`
+  // (back, for a child whose group's log starts over); forgets the request
+  // ids it remembered (they name another group's log indexes).
+  absl::Status KeepHashClass(HashClass cls, uint64_t applied);
   // Makes what Apply wrote durable (a shard opened without synced writes
   // loses its last writes in a power loss) and returns the applied index
   // that is now durable: the Raft log may be compacted up to it.
@@ -338,6 +361,13 @@ class Shard final : public ShardAccess {
   bool bulk_loading_ = false;   // guarded by commit_mu_
   std::atomic<uint64_t> applied_index_{0};  // written with commit_mu_ held
   uint64_t requests_pruned_through_ = 0;    // guarded by commit_mu_: request ids forgotten below
+  mutable std::mutex split_mu_;
+  SplitRecord split_;  // guarded by split_mu_ (written with commit_mu_ held too)
+  // REQUIRES: commit_mu_ held. Deletes the points outside `cls` and writes the
+  // record and `applied` with the last batch.
+  absl::Status KeepHashClassLocked(const SplitRecord& record, uint64_t applied, bool forget_requests);
+  // The write's ids are all in the class (REQUIRES: commit_mu_ held).
+  absl::Status CheckOwned(const ShardCommand& c) const;
 
   mutable std::shared_mutex state_mu_;
   std::shared_ptr<index::Segment> growing_;                // guarded by state_mu_

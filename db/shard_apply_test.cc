@@ -395,5 +395,143 @@ TEST_F(ShardApplyTest, ReplicasAgreeHoweverTheyBatchSealOrCrash) {
   }
 }
 
+namespace split {
+
+ShardCommand SplitCmd(HashClass keep, HashClass child, uint64_t child_group) {
+  ShardCommand c;
+  c.kind = ShardCommand::Kind::kSplit;
+  c.keep = keep;
+  c.child = child;
+  c.child_group = child_group;
+  return c;
+}
+
+}  // namespace split
+
+TEST(HashRouterTest, EvenRoutingIsTheHashModuloTheShardCountAndSplitsRefineIt) {
+  const HashRouter even = HashRouter::Even(3);
+  std::vector<std::string> keys;
+  for (uint64_t id = 0; id < 500; ++id) keys.push_back(ExternalKey(PointId(id)));
+  for (const auto& k : keys) EXPECT_EQ(even.ShardOf(k), StableHash(k) % 3);
+  // Shard 0 of 3 split, then its child (6, 3) split again.
+  const std::vector<HashClass> classes = {{6, 0}, {3, 1}, {3, 2}, {12, 3}, {12, 9}};
+  auto router = HashRouter::Build(classes);
+  ASSERT_TRUE(router.ok()) << router.status();
+  std::vector<int> per_shard(classes.size());
+  for (const auto& k : keys) {
+    const size_t s = router->ShardOf(k);
+    ASSERT_LT(s, classes.size());
+    EXPECT_TRUE(classes[s].Contains(k));
+    // A key that stayed in an unsplit shard goes where it always went.
+    if (s == 1 || s == 2) EXPECT_EQ(s, even.ShardOf(k));
+    ++per_shard[s];
+  }
+  for (int n : per_shard) EXPECT_GT(n, 0);
+  EXPECT_FALSE(HashRouter::Build({{4, 0}, {2, 1}}).ok());          // residue 2 of 4 is nobody's
+  EXPECT_FALSE(HashRouter::Build({{2, 0}, {2, 1}, {4, 1}}).ok());  // overlap
+  EXPECT_FALSE(HashRouter::Build({{3, 0}, {2, 1}}).ok());          // 2 does not divide 3
+  EXPECT_FALSE(HashRouter::Build({}).ok());
+}
+
+TEST(ShardCommandTest, ASplitRoundTripsAndAMalformedOneIsRefused) {
+  auto c = split::SplitCmd({4, 1}, {4, 3}, 17);
+  auto back = ShardCommand::Decode(c.Encode());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->kind, ShardCommand::Kind::kSplit);
+  EXPECT_EQ(back->keep, (HashClass{4, 1}));
+  EXPECT_EQ(back->child, (HashClass{4, 3}));
+  EXPECT_EQ(back->child_group, 17u);
+  for (const auto& bad : {split::SplitCmd({4, 1}, {4, 1}, 17), split::SplitCmd({4, 1}, {8, 3}, 17),
+                          split::SplitCmd({4, 5}, {4, 3}, 17), split::SplitCmd({4, 1}, {4, 3}, 0)}) {
+    EXPECT_EQ(ShardCommand::Decode(bad.Encode()).status().code(), absl::StatusCode::kDataLoss);
+  }
+}
+
+TEST_F(ShardApplyTest, ASplitLeavesEachHalfOnOneSideAndRefusesWritesOfTheOther) {
+  auto parent = Open("parent");
+  ASSERT_NE(parent, nullptr);
+  std::vector<PreparedPoint> points;
+  for (uint64_t id = 1; id <= 300; ++id) points.push_back(Point(id, static_cast<float>(id), Json{{"color", "red"}}));
+  std::vector<ShardCommand> cmds = {UpsertCmd(points)};
+  cmds[0].request_id = "load";
+  ASSERT_TRUE(ApplyRange(*parent, cmds, 0, 1)[0].status.ok());
+  // The child's first state: a copy as of the entry before the split.
+  const std::string child_dir = (fs::path(dir_) / "child").string();
+  ASSERT_TRUE(Shard::SnapshotAll({parent.get()}, {child_dir}).ok());
+  const HashClass keep{2, 1}, moved{2, 0};
+  cmds.push_back(split::SplitCmd(keep, moved, 9));
+  auto results = ApplyRange(*parent, cmds, 1, 2);
+  ASSERT_TRUE(results[0].status.ok()) << results[0].status;
+  EXPECT_EQ(results[0].count, 2u);  // the index it was applied at
+  EXPECT_EQ(parent->split_record().cls, keep);
+  EXPECT_EQ(parent->split_record().child_group, 9u);
+  EXPECT_EQ(parent->split_record().index, 2u);
+  EXPECT_EQ(parent->applied_index(), 2u);
+  {
+    auto child = Shard::Open(child_dir, Options());
+    ASSERT_TRUE(child.ok()) << child.status();
+    ASSERT_TRUE((*child)->KeepHashClass(moved, 1).ok());
+    EXPECT_EQ((*child)->applied_index(), 1u);
+    EXPECT_EQ((*child)->split_record().cls, moved);
+    uint64_t in_parent = 0, in_child = 0;
+    for (uint64_t id = 1; id <= 300; ++id) {
+      const std::string key = ExternalKey(PointId(id));
+      const bool p = GetOne(*parent, id).has_value(), c = GetOne(**child, id).has_value();
+      EXPECT_NE(p, c) << "point " << id << " is on one side exactly";
+      EXPECT_EQ(p, keep.Contains(key)) << id;
+      in_parent += p;
+      in_child += c;
+    }
+    EXPECT_EQ(in_parent + in_child, 300u);
+    EXPECT_EQ(*parent->Count(nullptr), in_parent);
+    EXPECT_EQ(*(*child)->Count(nullptr), in_child);
+    // The child forgot the parent's request ids: its log starts over, and
+    // the same id there is another request.
+    std::vector<ShardCommand> child_cmds = {UpsertCmd({Point(1000, 1, Json::object())})};
+    child_cmds[0].request_id = "load";
+    for (uint64_t id = 1000;; ++id) {
+      if (moved.Contains(ExternalKey(PointId(id)))) {
+        child_cmds[0].points[0] = Point(id, 1, Json::object());
+        break;
+      }
+    }
+    std::vector<Shard::LogEntry> entries = {{2, &child_cmds[0]}};
+    std::vector<Shard::ApplyResult> r;
+    ASSERT_TRUE((*child)->Apply(entries, &r).ok());
+    EXPECT_TRUE(r[0].status.ok()) << r[0].status;
+    EXPECT_EQ(r[0].count, 1u);
+    EXPECT_EQ(*(*child)->Count(nullptr), in_child + 1);
+  }
+  // A write naming an id of the other half changes nothing, on every replica alike.
+  uint64_t mine = 0, theirs = 0;
+  for (uint64_t id = 500; mine == 0 || theirs == 0; ++id) {
+    (keep.Contains(ExternalKey(PointId(id))) ? mine : theirs) = id;
+  }
+  const uint64_t before = *parent->Count(nullptr);
+  cmds.push_back(UpsertCmd({Point(mine, 1, Json::object()), Point(theirs, 2, Json::object())}));
+  cmds.push_back(DeleteCmd({theirs}));
+  cmds.push_back(UpsertCmd({Point(mine, 1, Json::object())}));
+  cmds.push_back(split::SplitCmd(keep, moved, 9));  // proposed again: nothing more
+  results = ApplyRange(*parent, cmds, 2, 6);
+  EXPECT_TRUE(IsMovedBySplit(results[0].status)) << results[0].status;
+  EXPECT_TRUE(IsMovedBySplit(results[1].status)) << results[1].status;
+  EXPECT_TRUE(results[2].status.ok()) << results[2].status;
+  EXPECT_TRUE(results[3].status.ok()) << results[3].status;
+  EXPECT_EQ(results[3].count, 2u);
+  EXPECT_EQ(*parent->Count(nullptr), before + 1);
+  EXPECT_EQ(parent->applied_index(), 6u);
+  // A split that does not refine the class is refused alike.
+  cmds.push_back(split::SplitCmd({4, 0}, {4, 2}, 10));
+  results = ApplyRange(*parent, cmds, 6, 7);
+  EXPECT_EQ(results[0].status.code(), absl::StatusCode::kInvalidArgument);
+  // The record survives a reopen.
+  parent.reset();
+  parent = Open("parent");
+  ASSERT_NE(parent, nullptr);
+  EXPECT_EQ(parent->split_record().cls, keep);
+  EXPECT_EQ(parent->split_record().index, 2u);
+  EXPECT_EQ(*parent->Count(nullptr), before + 1);
+}
+
 }  // namespace
 }  // namespace cairn::db

@@ -62,6 +62,13 @@ std::string ShardCommand::Encode() const {
       PutBytes(&out, payload.dump());
       out.push_back(overwrite ? 1 : 0);
       break;
+    case Kind::kSplit:
+      PutU64(&out, keep.modulus);
+      PutU64(&out, keep.residue);
+      PutU64(&out, child.modulus);
+      PutU64(&out, child.residue);
+      PutU64(&out, child_group);
+      break;
   }
   return out;
 }
@@ -69,7 +76,7 @@ std::string ShardCommand::Encode() const {
 absl::StatusOr<ShardCommand> ShardCommand::Decode(std::string_view data) {
   if (data.size() < 2 || data[0] != kFormat) return Malformed("header");
   const auto kind = static_cast<uint8_t>(data[1]);
-  if (kind < 1 || kind > 4) return Malformed(absl::StrCat("kind ", kind));
+  if (kind < 1 || kind > 5) return Malformed(absl::StrCat("kind ", kind));
   ShardCommand c;
   c.kind = static_cast<Kind>(kind);
   ByteReader r{data.substr(2)};
@@ -114,6 +121,17 @@ absl::StatusOr<ShardCommand> ShardCommand::Decode(std::string_view data) {
       if (c.payload.is_discarded() || !c.payload.is_object()) return Malformed("payload");
       c.overwrite = r.in[0] != 0;
       r.in.remove_prefix(1);
+      break;
+    }
+    case Kind::kSplit: {
+      const uint64_t km = r.U64(), kr = r.U64(), cm = r.U64(), cr = r.U64();
+      c.child_group = r.U64();
+      if (!r.ok || km == 0 || km > kMaxHashModulus || cm != km || kr >= km || cr >= km || kr == cr ||
+          c.child_group == 0) {
+        return Malformed("split");
+      }
+      c.keep = HashClass{static_cast<uint32_t>(km), static_cast<uint32_t>(kr)};
+      c.child = HashClass{static_cast<uint32_t>(cm), static_cast<uint32_t>(cr)};
       break;
     }
   }

@@ -22,7 +22,7 @@
 namespace cairn::db {
 
 struct ShardCommand {
-  enum class Kind : uint8_t { kUpsert = 1, kDelete = 2, kDeleteByFilter = 3, kSetPayload = 4 };
+  enum class Kind : uint8_t { kUpsert = 1, kDelete = 2, kDeleteByFilter = 3, kSetPayload = 4, kSplit = 5 };
   Kind kind = Kind::kUpsert;
   // Names the client's request: a command proposed again with the same id
   // (a retry after a lost answer) is applied once (see Shard::Apply). Empty:
@@ -33,6 +33,10 @@ struct ShardCommand {
   std::string filter_json;            // kDeleteByFilter (Filter::ToJson form)
   Json payload;                       // kSetPayload: an object
   bool overwrite = false;             // kSetPayload: replace instead of merge
+  // kSplit: the shard keeps the ids of class `keep` (its class's modulus
+  // doubled) and group `child_group` takes those of class `child`.
+  HashClass keep, child;
+  uint64_t child_group = 0;
 
   std::string Encode() const;
   // DataLoss when `data` is not an encoded command.
