@@ -36,9 +36,23 @@ NodeInfo NodeFromJson(const Json& j) {
   return n;
 }
 
+Json PairsToJson(const std::map<uint64_t, uint64_t>& m) {
+  Json out = Json::array();
+  for (const auto& [a, b] : m) out.push_back(Json::array({a, b}));
+  return out;
+}
+
+std::map<uint64_t, uint64_t> PairsFromJson(const Json& j) {
+  std::map<uint64_t, uint64_t> out;
+  for (const auto& p : j) out[p.at(0).get<uint64_t>()] = p.at(1).get<uint64_t>();
+  return out;
+}
+
 Json OpToJson(uint64_t group, const GroupOp& op) {
-  return Json{{"group", group}, {"id", op.id},         {"kind", OpKindName(op.kind)}, {"from", op.from},
-              {"to", op.to},    {"to_node", op.to_node}, {"reason", op.reason},         {"step", op.step}};
+  Json j{{"group", group}, {"id", op.id},         {"kind", OpKindName(op.kind)}, {"from", op.from},
+         {"to", op.to},    {"to_node", op.to_node}, {"reason", op.reason},         {"step", op.step}};
+  if (!op.child_replicas.empty()) j["child_replicas"] = PairsToJson(op.child_replicas);
+  return j;
 }
 
 GroupOp OpFromJson(const Json& j) {
@@ -49,6 +63,8 @@ GroupOp OpFromJson(const Json& j) {
     op.kind = GroupOp::Kind::kMove;
   } else if (kind == "transfer_leader") {
     op.kind = GroupOp::Kind::kTransferLeader;
+  } else if (kind == "split") {
+    op.kind = GroupOp::Kind::kSplit;
   } else {
     throw std::invalid_argument("unknown op kind \"" + kind + "\"");
   }
@@ -57,6 +73,7 @@ GroupOp OpFromJson(const Json& j) {
   op.to_node = j.value("to_node", uint64_t{0});
   op.reason = j.value("reason", std::string());
   op.step = j.value("step", std::string());
+  if (j.contains("child_replicas")) op.child_replicas = PairsFromJson(j.at("child_replicas"));
   return op;
 }
 
@@ -74,7 +91,24 @@ const char* NodeStateName(NodeState s) {
   return "active";
 }
 
-const char* OpKindName(GroupOp::Kind k) { return k == GroupOp::Kind::kMove ? "move" : "transfer_leader"; }
+const char* OpKindName(GroupOp::Kind k) {
+  switch (k) {
+    case GroupOp::Kind::kMove:
+      return "move";
+    case GroupOp::Kind::kTransferLeader:
+      return "transfer_leader";
+    case GroupOp::Kind::kSplit:
+      return "split";
+  }
+  return "move";
+}
+
+db::HashClass MetadataState::ClassOf(const ShardGroup& g) const {
+  if (g.cls.modulus != 0) return g.cls;
+  auto c = collections.find(g.collection);
+  const uint32_t n = c == collections.end() ? 1 : std::max<uint32_t>(c->second.config.num_shards, 1);
+  return db::HashClass{n, g.shard};
+}
 
 bool MetadataState::Is(uint64_t node, NodeState s) const {
   auto it = nodes.find(node);
@@ -155,6 +189,20 @@ MetadataCommand StartMoveCommand(const MetadataState& state, uint64_t group, uin
 MetadataCommand StartTransferCommand(uint64_t group, uint64_t to, const std::string& reason) {
   return {Json{{"op", "start_op"}, {"kind", "transfer_leader"}, {"group", group}, {"to", to}, {"reason", reason}}
               .dump()};
+}
+
+MetadataCommand StartSplitCommand(const MetadataState& state, uint64_t group, const std::string& reason) {
+  return {Json{{"op", "start_op"},
+               {"kind", "split"},
+               {"group", group},
+               {"to", state.next_group},
+               {"first_replica", state.next_replica},
+               {"reason", reason}}
+              .dump()};
+}
+
+MetadataCommand EndSplitCommand(uint64_t group, uint64_t op, uint64_t split_index) {
+  return {Json{{"op", "end_op"}, {"group", group}, {"id", op}, {"split_index", split_index}}.dump()};
 }
 
 MetadataCommand OpStepCommand(uint64_t group, uint64_t op, const std::string& step) {
@@ -266,11 +314,17 @@ std::string EncodeMetadataState(const MetadataState& st) {
   for (const auto& [id, g] : st.groups) {
     Json replicas = Json::array();
     for (const auto& [r, n] : g.replicas) replicas.push_back(Json::array({r, n}));
-    groups.push_back(Json{{"group", g.group},
-                          {"collection", g.collection},
-                          {"shard", g.shard},
-                          {"replicas", replicas},
-                          {"initial_voters", g.initial_voters}});
+    Json jg{{"group", g.group},
+            {"collection", g.collection},
+            {"shard", g.shard},
+            {"replicas", replicas},
+            {"initial_voters", g.initial_voters}};
+    if (g.cls.modulus != 0) jg["class"] = Json::array({g.cls.modulus, g.cls.residue});
+    if (g.split_from != 0) {
+      jg["split_from"] = g.split_from;
+      jg["split_index"] = g.split_index;
+    }
+    groups.push_back(std::move(jg));
   }
   return Json{{"format", 1},
               {"applied", st.applied},
@@ -317,6 +371,11 @@ absl::StatusOr<MetadataState> DecodeMetadataState(std::string_view data) {
       sg.shard = g.at("shard").get<uint32_t>();
       for (const auto& r : g.at("replicas")) sg.replicas[r.at(0).get<uint64_t>()] = r.at(1).get<uint64_t>();
       sg.initial_voters = g.at("initial_voters").get<std::vector<uint64_t>>();
+      if (g.contains("class")) {
+        sg.cls = db::HashClass{g.at("class").at(0).get<uint32_t>(), g.at("class").at(1).get<uint32_t>()};
+      }
+      sg.split_from = g.value("split_from", uint64_t{0});
+      sg.split_index = g.value("split_index", uint64_t{0});
       st.groups[sg.group] = std::move(sg);
     }
     for (const auto& o : j.value("ops", Json::array())) st.ops[o.at("group").get<uint64_t>()] = OpFromJson(o);
@@ -561,7 +620,20 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
       o.id = state.applied;
       o.reason = j.value("reason", std::string());
       o.to = j.value("to", uint64_t{0});
-      if (j.at("kind").get<std::string>() == "transfer_leader") {
+      if (j.at("kind").get<std::string>() == "split") {
+        o.kind = GroupOp::Kind::kSplit;
+        const db::HashClass cls = state.ClassOf(g->second);
+        if (cls.modulus * 2 > db::kMaxHashModulus) {
+          return absl::FailedPreconditionError(absl::StrCat("group ", gid, " owns 1/", cls.modulus,
+                                                            " of the id hash: it cannot be split further"));
+        }
+        if (o.to != state.next_group || j.at("first_replica").get<uint64_t>() != state.next_replica) {
+          return absl::AbortedError("metadata: group or replica ids moved on; retry");
+        }
+        for (const auto& [r, n] : g->second.replicas) o.child_replicas[state.next_replica++] = n;
+        ++state.next_group;
+        o.step = "split";
+      } else if (j.at("kind").get<std::string>() == "transfer_leader") {
         o.kind = GroupOp::Kind::kTransferLeader;
         if (!g->second.replicas.count(o.to)) {
           return absl::FailedPreconditionError(absl::StrCat("group ", gid, " has no replica ", o.to));
@@ -609,6 +681,27 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
       auto g = state.groups.find(gid);
       if (g != state.groups.end() && o->second.kind == GroupOp::Kind::kMove) {
         g->second.replicas.erase(j.value("abandoned", false) ? o->second.to : o->second.from);
+      }
+      if (g != state.groups.end() && o->second.kind == GroupOp::Kind::kSplit) {
+        const uint64_t split_index = j.at("split_index").get<uint64_t>();
+        auto coll = state.collections.find(g->second.collection);
+        if (split_index == 0 || coll == state.collections.end()) {
+          return absl::InvalidArgumentError(absl::StrCat("metadata: the split of group ", gid, " needs its index"));
+        }
+        // The group keeps one half of its class, the new one takes the other.
+        const db::HashClass cls = state.ClassOf(g->second);
+        ShardGroup child;
+        child.group = o->second.to;
+        child.collection = g->second.collection;
+        child.shard = static_cast<uint32_t>(coll->second.groups.size());
+        child.replicas = o->second.child_replicas;
+        for (const auto& [r, n] : child.replicas) child.initial_voters.push_back(r);
+        child.cls = cls.MovedHalf();
+        child.split_from = gid;
+        child.split_index = split_index;
+        g->second.cls = cls.KeepHalf();
+        coll->second.groups.push_back(child.group);
+        state.groups[child.group] = std::move(child);
       }
       state.ops.erase(o);
       return uint64_t{0};

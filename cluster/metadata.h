@@ -30,6 +30,7 @@
 
 #include "absl/status/statusor.h"
 #include "cairn/options.h"
+#include "db/hash_class.h"
 #include "replication/node.h"
 
 namespace cairn::cluster {
@@ -57,17 +58,21 @@ struct NodeInfo {
 // A change to one shard group, carried out step by step by the group's
 // leader; at most one per group. Its id is the metadata index that started it.
 struct GroupOp {
-  enum class Kind { kMove, kTransferLeader };
+  enum class Kind { kMove, kTransferLeader, kSplit };
   uint64_t id = 0;
   Kind kind = Kind::kMove;
   // A move: the replica that leaves (0: none, a replica is added) and the
   // replica that comes (0: none, one is removed), on to_node.
   // A leadership transfer: `to` is the replica to lead.
+  // A split: `to` is the new group, with a replica beside each of the
+  // group's (child_replicas: replica id -> node); never abandoned (once its
+  // Raft entry is committed it cannot be undone).
   uint64_t from = 0;
   uint64_t to = 0;
   uint64_t to_node = 0;
   std::string reason;  // why the controller started it, for status
   std::string step;    // the last step reached; "abandon" when it is being undone
+  std::map<uint64_t, uint64_t> child_replicas;  // a split's
   bool operator==(const GroupOp&) const = default;
 };
 const char* OpKindName(GroupOp::Kind k);
@@ -82,6 +87,14 @@ struct ShardGroup {
   // The replica ids that started the group (every one writes the same
   // initial state).
   std::vector<uint64_t> initial_voters;
+  // The ids it owns (db/hash_class.h); modulus 0: as created, shard s of the
+  // collection's num_shards.
+  db::HashClass cls;
+  // A group a split made: its parent, and the parent's log index of the
+  // split (its initial voters start from a copy of the parent's replica
+  // there).
+  uint64_t split_from = 0;
+  uint64_t split_index = 0;
   bool operator==(const ShardGroup&) const = default;
 };
 
@@ -108,6 +121,8 @@ struct MetadataState {
   std::vector<const ShardGroup*> GroupsOn(uint64_t node) const;
   // A member (not removed) in `state`.
   bool Is(uint64_t node, NodeState state) const;
+  // The hash class group `g` owns.
+  db::HashClass ClassOf(const ShardGroup& g) const;
 };
 
 // The whole state as bytes (a snapshot of the metadata group), and back.
@@ -150,6 +165,12 @@ MetadataCommand StartMoveCommand(const MetadataState& state, uint64_t group, uin
                                  const std::string& reason);
 // Starts a transfer of `group`'s leadership to its replica `to`.
 MetadataCommand StartTransferCommand(uint64_t group, uint64_t to, const std::string& reason);
+// Starts splitting `group` in two (GroupOp::kSplit), with the next group and
+// replica ids of `state`.
+MetadataCommand StartSplitCommand(const MetadataState& state, uint64_t group, const std::string& reason);
+// Split `op` of `group` was applied at the group's log index `split_index`:
+// the group keeps half its class and the new group, now routed to, the other.
+MetadataCommand EndSplitCommand(uint64_t group, uint64_t op, uint64_t split_index);
 // Op `op` of `group` reached `step` ("abandon": it is to be undone).
 MetadataCommand OpStepCommand(uint64_t group, uint64_t op, const std::string& step);
 // Op `op` of `group` is over: a move's leaving replica leaves the map, or,

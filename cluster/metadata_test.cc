@@ -413,6 +413,70 @@ int Spread(const std::map<uint64_t, int>& counts) {
 // Scale up, drain, a dead node, and the replication factor changed: the
 // controller's operations bring every shard to its factor on distinct
 // active nodes, within one replica (and one leader) per node.
+// A split: the new group and its replicas are allocated at start, beside the
+// group's; at the end the group keeps half its class and the new one, routed
+// to after the others, takes the other half.
+TEST(MetadataMachineTest, ASplitAllocatesAChildBesideTheGroupAndSwitchesRoutingAtItsEnd) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  auto gid = ThreeNodesAndACollection(m, &index, /*shards=*/2, /*replication_factor=*/2);
+  ASSERT_TRUE(gid.ok()) << gid.status();
+  const MetadataState before = *m.State();
+  const ShardGroup parent = before.groups.at(*gid);
+  EXPECT_EQ(before.ClassOf(parent), (db::HashClass{2, parent.shard}));
+  // Ids that moved on are refused (another command took them).
+  MetadataState stale = before;
+  ++stale.next_group;
+  EXPECT_EQ(ApplyAt(m, index++, StartSplitCommand(stale, *gid, "t")).status().code(), absl::StatusCode::kAborted);
+  auto op = ApplyAt(m, index++, StartSplitCommand(before, *gid, "cairn collection split"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  const GroupOp started = m.State()->ops.at(*gid);
+  EXPECT_EQ(started.kind, GroupOp::Kind::kSplit);
+  EXPECT_EQ(started.to, before.next_group);
+  EXPECT_EQ(started.step, "split");
+  ASSERT_EQ(started.child_replicas.size(), parent.replicas.size());
+  std::multiset<uint64_t> parent_nodes, child_nodes;
+  for (const auto& [r, n] : parent.replicas) parent_nodes.insert(n);
+  for (const auto& [r, n] : started.child_replicas) {
+    child_nodes.insert(n);
+    EXPECT_GE(r, before.next_replica);
+  }
+  EXPECT_EQ(parent_nodes, child_nodes);
+  // Not routed to yet; no other operation meanwhile; it survives a snapshot.
+  EXPECT_EQ(m.State()->collections.at("docs").groups.size(), 2u);
+  EXPECT_FALSE(m.State()->groups.count(started.to));
+  EXPECT_EQ(ApplyAt(m, index++, StartSplitCommand(*m.State(), *gid, "t")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto decoded = DecodeMetadataState(EncodeMetadataState(*m.State()));
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->ops, m.State()->ops);
+  // Its end needs the split's index.
+  EXPECT_EQ(ApplyAt(m, index++, EndOpCommand(*gid, *op, false)).status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(ApplyAt(m, index++, EndSplitCommand(*gid, *op, 42)).ok());
+  const MetadataState& st = *m.State();
+  EXPECT_TRUE(st.ops.empty());
+  const ShardGroup& kept = st.groups.at(*gid);
+  const ShardGroup& child = st.groups.at(started.to);
+  EXPECT_EQ(kept.cls, (db::HashClass{4, parent.shard}));
+  EXPECT_EQ(child.cls, (db::HashClass{4, parent.shard + 2}));
+  EXPECT_EQ(child.replicas, started.child_replicas);
+  EXPECT_EQ(child.initial_voters.size(), child.replicas.size());
+  EXPECT_EQ(child.split_from, *gid);
+  EXPECT_EQ(child.split_index, 42u);
+  EXPECT_EQ(child.shard, 2u);
+  EXPECT_EQ(st.collections.at("docs").groups.back(), started.to);
+  // The classes of the collection still partition the hash.
+  std::vector<db::HashClass> classes;
+  for (uint64_t g : st.collections.at("docs").groups) classes.push_back(st.ClassOf(st.groups.at(g)));
+  EXPECT_TRUE(db::HashRouter::Build(classes).ok());
+  decoded = DecodeMetadataState(EncodeMetadataState(st));
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->groups, st.groups);
+  // A drop takes the new group too.
+  ASSERT_TRUE(ApplyAt(m, index++, DropCollectionCommand("docs")).ok());
+  EXPECT_TRUE(m.State()->groups.empty());
+}
+
 TEST(PlacementTest, TheControllerRebalancesDrainsAndRestoresTheFactor) {
   MetadataMachine m([] {});
   uint64_t index = 1;
