@@ -586,6 +586,7 @@ class ClusterService final : public v1::Cluster::CallbackService {
         po->set_to_node_id(o.to_node);
         po->set_reason(o.reason);
         po->set_step(o.step);
+        po->set_new_group(o.new_group);
       }
       for (const auto& g : st.groups) {
         auto* pg = resp->add_groups();
@@ -622,6 +623,22 @@ class ClusterService final : public v1::Cluster::CallbackService {
   grpc::ServerUnaryReactor* RemoveNode(grpc::CallbackServerContext* ctx, const v1::NodeRequest* req,
                                        v1::ClusterNode* resp) override {
     return ChangeNode(ctx, "Cluster/RemoveNode", req, resp, &cluster::Cluster::RemoveNode);
+  }
+  grpc::ServerUnaryReactor* SplitShards(grpc::CallbackServerContext* ctx, const v1::SplitShardsRequest* req,
+                                        v1::SplitShardsResponse* resp) override {
+    return b_->Run(ctx, Role::kAdmin, "Cluster/SplitShards", [req, resp](Database& db) -> absl::Status {
+      auto* c = dynamic_cast<cluster::Cluster*>(&db);
+      if (c == nullptr) {
+        return absl::FailedPreconditionError(
+            "this server runs in single-node mode: a collection's shards are split in a cluster (cairnd --cluster); "
+            "here its shard count is set at creation (--shards)");
+      }
+      if (req->collection().empty()) return absl::InvalidArgumentError("collection: name a collection");
+      CAIRN_ASSIGN_OR_RETURN(auto map, c->ShardMapOf(req->collection()));
+      CAIRN_RETURN_IF_ERROR(c->SplitCollection(req->collection()));
+      resp->set_splitting(static_cast<uint32_t>(map.groups.size()));
+      return absl::OkStatus();
+    });
   }
 
  private:

@@ -21,6 +21,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -119,6 +120,7 @@ const std::map<std::string, std::string> kCommandHelp = {
      "       cairn collection drop NAME\n"
      "       cairn collection update NAME [--replication-factor N] [--ef-search N] [--nprobe N]\n"
      "                        [--rerank N] [--seal-threshold N] [--compaction-deleted-ratio X]\n"
+     "       cairn collection split NAME [--wait]\n"
      "\n"
      "TYPE of --index: hnsw (default), flat, ivf_flat, ivf_pq, ivf_sq8, hnsw_sq.\n"
      "TYPE of --payload-index: keyword, integer, float, bool (repeat the flag per field).\n"
@@ -136,6 +138,12 @@ const std::map<std::string, std::string> kCommandHelp = {
      "update: what may change on an existing collection: the replication factor (cluster),\n"
      "  HNSW's --ef-search, IVF's --nprobe, --rerank, --seal-threshold (points in a growing\n"
      "  segment before it is sealed) and --compaction-deleted-ratio (0..1].\n"
+     "split (cluster): splits every shard of the collection in two, online: each shard keeps half\n"
+     "  its ids (by their hash) and a new shard on the same nodes takes the other half; the cluster\n"
+     "  then moves replicas to balance the nodes. Searches and writes go on meanwhile; a write that\n"
+     "  reaches a shard just split is sent on to the new one. --wait returns once every split is\n"
+     "  done. Refused while a shard has another operation under way, past 256 shards, and by a\n"
+     "  single-node server (its shard count is set at creation with --shards).\n"
      "--device: where IVF training (k-means; IVF-PQ codebooks and codes) and searches of sealed\n"
      "  flat and IVF-Flat segments run:\n"
      "  auto (default: the server's --device, by default a GPU when it has one), cpu, or gpu\n"
@@ -366,6 +374,7 @@ const CommandShape* ShapeOf(const std::string& cmd) {
         {"collection list", {{}, 0}},
         {"collection info", {{}, 1}},
         {"collection drop", {{}, 1}},
+        {"collection split", {{"--wait"}, 1}},
         {"ingest", {ingest, SIZE_MAX}},
         {"search",
          {{"--collection", "--vector", "--queries", "--k", "--ef", "--nprobe", "--exact", "--filter", "--json",
@@ -492,7 +501,7 @@ int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig*
 }
 
 int CollectionCmd(const Conn& c, const Args& a) {
-  if (a.rest.empty()) return Usage("collection: create, list, info or drop?");
+  if (a.rest.empty()) return Usage("collection: create, list, info, drop, update or split?");
   auto stub = v1::Collections::NewStub(c.channel);
   const std::string& sub = a.rest[0];
   grpc::ClientContext ctx;
@@ -523,6 +532,36 @@ int CollectionCmd(const Conn& c, const Args& a) {
     if (!s.ok()) return ServerError(s);
     std::printf("dropped %s\n", name.c_str());
     return kOk;
+  }
+  if (sub == "split") {
+    auto cluster = v1::Cluster::NewStub(c.channel);
+    v1::SplitShardsRequest req;
+    req.set_collection(name);
+    v1::SplitShardsResponse resp;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto s = cluster->SplitShards(&ctx, req, &resp);
+    if (!s.ok()) return ServerError(s);
+    std::printf("splitting the %u shard(s) of %s: `cairn cluster status` shows the splits under way\n",
+                resp.splitting(), name.c_str());
+    if (!a.switches.count("--wait")) return kOk;
+    // Until no split of the collection is under way.
+    for (int polls = 0;; ++polls) {
+      if (cairn::cli::g_interrupted.load()) return kInterrupted;
+      grpc::ClientContext sctx;
+      c.Prepare(&sctx);
+      sctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      v1::ClusterStatusResponse st;
+      auto ss = cluster->Status(&sctx, v1::ClusterStatusRequest(), &st);
+      if (!ss.ok()) return ServerError(ss);
+      size_t under_way = 0, shards = 0;
+      for (const auto& o : st.operations()) under_way += o.kind() == "split" && o.collection() == name;
+      for (const auto& g : st.groups()) shards += g.collection() == name;
+      if (under_way == 0) {
+        std::printf("done: %s has %zu shards\n", name.c_str(), shards);
+        return kOk;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(polls < 20 ? 100 : 500));
+    }
   }
   if (sub == "update") {
     v1::UpdateCollectionRequest req;

@@ -37,7 +37,9 @@ void Log(const std::string& what) { std::fprintf(stderr, "cairn: cluster: %s\n",
 
 // Errors a retry (on this replica or another) may cure.
 bool Retryable(const absl::Status& s) {
-  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsCancelled(s) || absl::IsAborted(s);
+  // A shard split since is not asked again: the caller routes anew.
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsCancelled(s) ||
+         (absl::IsAborted(s) && !db::IsMovedBySplit(s));
 }
 
 absl::Status FromShardResponse(const pb::ShardResponse& r) {
@@ -157,7 +159,24 @@ class ShardReplica final : public raft::StateMachine {
       if (entries[i].type == raft::EntryType::kNormal && !entries[i].data.empty()) log[i].command = &cmds[next++];
     }
     std::vector<db::Shard::ApplyResult> res;
-    CAIRN_RETURN_IF_ERROR(shard->Apply(log, &res));
+    // A split: the entries before it are applied first, then the new group's
+    // first state is copied from the shard as they left it.
+    size_t from = 0;
+    for (size_t i = 0; i < log.size(); ++i) {
+      const db::ShardCommand* c = log[i].command;
+      if (c == nullptr || c->kind != db::ShardCommand::Kind::kSplit || log[i].index <= shard->applied_index()) continue;
+      if (shard->split_record().child_group == c->child_group) continue;
+      std::vector<db::Shard::ApplyResult> part;
+      CAIRN_RETURN_IF_ERROR(shard->Apply({log.begin() + from, log.begin() + i}, &part));
+      res.insert(res.end(), part.begin(), part.end());
+      from = i;
+      CAIRN_RETURN_IF_ERROR(WriteSplitChild(*shard, *c));
+    }
+    {
+      std::vector<db::Shard::ApplyResult> part;
+      CAIRN_RETURN_IF_ERROR(shard->Apply({log.begin() + from, log.end()}, &part));
+      res.insert(res.end(), part.begin(), part.end());
+    }
     for (const auto& r : res) {
       if (r.status.ok()) {
         results->push_back(r.count);
@@ -213,6 +232,11 @@ class ShardReplica final : public raft::StateMachine {
     return db::Shard::SnapshotAll({shard.get()}, {dir});
   }
 
+  // Where a split's new group `child` finds its first state on this node.
+  static std::string SplitChildDir(const std::string& groups_dir, uint64_t child) {
+    return (fs::path(groups_dir) / absl::StrCat(child, ".split")).string();
+  }
+
   // The shard, or Unavailable while a snapshot is being installed.
   absl::StatusOr<std::shared_ptr<db::Shard>> Serving() const {
     std::lock_guard l(mu_);
@@ -244,6 +268,26 @@ class ShardReplica final : public raft::StateMachine {
   void set_voter_seen() { voter_seen_.store(true, std::memory_order_release); }
 
  private:
+  // Writes the first state of split `c`'s new group beside this replica:
+  // a copy of the shard keeping the other half of its class, its applied
+  // index 1 (the new group's log starts over, from a first state at 1).
+  absl::Status WriteSplitChild(db::Shard& shard, const db::ShardCommand& c) const {
+    const std::string final_dir = SplitChildDir(fs::path(dir_).parent_path().string(), c.child_group);
+    const std::string tmp = final_dir + ".tmp";
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    CAIRN_RETURN_IF_ERROR(db::Shard::SnapshotAll({&shard}, {tmp}));
+    {
+      CAIRN_ASSIGN_OR_RETURN(auto child, db::Shard::Open(tmp, options_));
+      CAIRN_RETURN_IF_ERROR(child->KeepHashClass(c.child, 1));
+      CAIRN_RETURN_IF_ERROR(child->SyncApplied().status());
+    }
+    fs::remove_all(final_dir, ec);
+    fs::rename(tmp, final_dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+    return storage::SyncDir(fs::path(dir_).parent_path().string());
+  }
+
   std::atomic<uint64_t> bytes_{0};
   std::atomic<bool> voter_seen_{false};
   const uint64_t group_;
@@ -258,66 +302,83 @@ class ShardReplica final : public raft::StateMachine {
 namespace {
 
 // A shard of a replicated collection, reached through its Raft group.
+//
+// A write its group refuses because the shard was split meanwhile
+// (MovedBySplitError: the command changed nothing) is sent again, once this
+// node knows the new shard map, to the shards that now hold its ids; a read
+// refused so fails with that error, and the collection retries it whole with
+// the new map (ClusterCollection).
 class ReplicatedShard final : public db::ShardAccess {
  public:
-  ReplicatedShard(Cluster* cluster, const std::string& collection, uint32_t shard, uint64_t group)
-      : cluster_(cluster), group_(group), what_(absl::StrCat("shard ", shard, " of collection \"", collection,
-                                                            "\" (group ", group, ")")) {}
+  // `recorded`: the class the group's replicas hold (ShardGroup::cls).
+  // `cls`: the class of ids it holds; `recorded`: as the group's replicas
+  // record it (ShardGroup::cls).
+  ReplicatedShard(Cluster* cluster, const std::string& collection, uint32_t shard, uint64_t group,
+                  db::HashClass cls, db::HashClass recorded)
+      : cluster_(cluster), collection_(collection), group_(group), cls_(cls), recorded_(recorded),
+        what_(What(collection, shard, group)) {}
 
   absl::Status Upsert(std::vector<db::PreparedPoint> points) override {
-    db::ShardCommand c;
-    c.request_id = cluster_->NewRequestId();
-    c.kind = db::ShardCommand::Kind::kUpsert;
-    c.points = std::move(points);
-    return cluster_->ProposeToShard(group_, c.Encode(), what_).status();
+    return Routed<db::PreparedPoint>(
+               group_, recorded_, what_, std::move(points), [](const db::PreparedPoint& p) { return p.ext_key; },
+               [&](uint64_t gid, db::HashClass, const std::string& what, std::vector<db::PreparedPoint> part) {
+                 db::ShardCommand c;
+                 c.kind = db::ShardCommand::Kind::kUpsert;
+                 c.points = std::move(part);
+                 return Propose(gid, std::move(c), what);
+               })
+        .status();
   }
   absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ext_keys) override {
-    db::ShardCommand c;
-    c.request_id = cluster_->NewRequestId();
-    c.kind = db::ShardCommand::Kind::kDelete;
-    c.ext_keys = ext_keys;
-    return cluster_->ProposeToShard(group_, c.Encode(), what_);
+    return Routed<std::string>(group_, recorded_, what_, ext_keys, [](const std::string& k) { return k; },
+                               [&](uint64_t gid, db::HashClass, const std::string& what, std::vector<std::string> part) {
+                                 db::ShardCommand c;
+                                 c.kind = db::ShardCommand::Kind::kDelete;
+                                 c.ext_keys = std::move(part);
+                                 return Propose(gid, std::move(c), what);
+                               });
   }
   absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override {
-    db::ShardCommand c;
-    c.request_id = cluster_->NewRequestId();
-    c.kind = db::ShardCommand::Kind::kDeleteByFilter;
-    c.filter_json = filter.ToJson();
-    return cluster_->ProposeToShard(group_, c.Encode(), what_);
+    return DeleteByFilterIn(group_, recorded_, cls_, what_, filter.ToJson());
   }
   absl::Status SetPayload(const std::vector<std::string>& ext_keys, const db::Json& payload,
                           bool overwrite) override {
-    db::ShardCommand c;
-    c.request_id = cluster_->NewRequestId();
-    c.kind = db::ShardCommand::Kind::kSetPayload;
-    c.ext_keys = ext_keys;
-    c.payload = payload;
-    c.overwrite = overwrite;
-    return cluster_->ProposeToShard(group_, c.Encode(), what_).status();
+    return Routed<std::string>(group_, recorded_, what_, ext_keys, [](const std::string& k) { return k; },
+                               [&](uint64_t gid, db::HashClass, const std::string& what, std::vector<std::string> part) {
+                                 db::ShardCommand c;
+                                 c.kind = db::ShardCommand::Kind::kSetPayload;
+                                 c.ext_keys = std::move(part);
+                                 c.payload = payload;
+                                 c.overwrite = overwrite;
+                                 return Propose(gid, std::move(c), what);
+                               })
+        .status();
   }
 
   absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
                    const ReadOptions& read, std::vector<std::optional<Record>>* out) const override {
     std::optional<std::chrono::milliseconds> staleness;
     CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
-    if (auto shard = ServingHere(local)) return shard->Get(ext_keys, with_payload, with_vector, out);
+    CAIRN_ASSIGN_OR_RETURN(auto shard, ServingHere(local));
+    if (shard) return shard->Get(ext_keys, with_payload, with_vector, out);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kGet;
     q.keys = ext_keys;
     q.with_payload = with_payload;
     q.with_vector = with_vector;
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_, staleness));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, Remote(q, staleness));
     CAIRN_ASSIGN_OR_RETURN(*out, DecodeGetAnswer(body));
     return absl::OkStatus();
   }
   absl::StatusOr<uint64_t> Count(const Filter* filter, const ReadOptions& read) const override {
     std::optional<std::chrono::milliseconds> staleness;
     CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
-    if (auto shard = ServingHere(local)) return shard->Count(filter);
+    CAIRN_ASSIGN_OR_RETURN(auto shard, ServingHere(local));
+    if (shard) return shard->Count(filter);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kCount;
     if (filter) q.filter_json = filter->ToJson();
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_, staleness));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, Remote(q, staleness));
     return DecodeCountAnswer(body);
   }
   absl::Status Scroll(const std::string& after, uint32_t limit, const Filter* filter, bool with_payload,
@@ -325,7 +386,8 @@ class ReplicatedShard final : public db::ShardAccess {
                       bool* more) const override {
     std::optional<std::chrono::milliseconds> staleness;
     CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor(read, &staleness));
-    if (auto shard = ServingHere(local)) return shard->Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
+    CAIRN_ASSIGN_OR_RETURN(auto shard, ServingHere(local));
+    if (shard) return shard->Scroll(after, limit, filter, with_payload, with_vector, out, last_key, more);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kScroll;
     q.after = after;
@@ -333,7 +395,7 @@ class ReplicatedShard final : public db::ShardAccess {
     if (filter) q.filter_json = filter->ToJson();
     q.with_payload = with_payload;
     q.with_vector = with_vector;
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_, staleness));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, Remote(q, staleness));
     CAIRN_ASSIGN_OR_RETURN(ScrollAnswer a, DecodeScrollAnswer(body));
     for (auto& r : a.records) out->push_back(std::move(r));
     *last_key = a.last_key;
@@ -344,7 +406,8 @@ class ReplicatedShard final : public db::ShardAccess {
                       std::vector<std::vector<ScoredPoint>>* out) const override {
     std::optional<std::chrono::milliseconds> staleness;
     CAIRN_ASSIGN_OR_RETURN(auto local, ReplicaFor({params.consistency, params.max_staleness_ms}, &staleness));
-    if (auto shard = ServingHere(local)) return shard->Search(queries, nq, params, out);
+    CAIRN_ASSIGN_OR_RETURN(auto shard, ServingHere(local));
+    if (shard) return shard->Search(queries, nq, params, out);
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kSearch;
     q.nq = static_cast<uint32_t>(nq);
@@ -356,28 +419,86 @@ class ReplicatedShard final : public db::ShardAccess {
     q.with_payload = params.with_payload;
     q.with_vector = params.with_vector;
     if (params.filter) q.filter_json = params.filter->ToJson();
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_, staleness));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, Remote(q, staleness));
     CAIRN_ASSIGN_OR_RETURN(*out, DecodeSearchAnswer(body));
     return absl::OkStatus();
   }
   absl::StatusOr<db::ShardStats> ReadStats() const override {
     CAIRN_ASSIGN_OR_RETURN(auto local, cluster_->ReadableReplica(group_, what_));
-    if (auto shard = ServingHere(local)) return shard->Stats();
+    CAIRN_ASSIGN_OR_RETURN(auto shard, ServingHere(local));
+    if (shard) return shard->Stats();
     ShardReadRequest q;
     q.op = ShardReadRequest::Op::kStats;
-    CAIRN_ASSIGN_OR_RETURN(std::string body, cluster_->RemoteRead(group_, q, what_));
+    CAIRN_ASSIGN_OR_RETURN(std::string body, Remote(q));
     return DecodeStatsAnswer(body);
   }
 
   void set_dimension(size_t dim) { dim_ = dim; }
 
  private:
+  static std::string What(const std::string& collection, size_t shard, uint64_t group) {
+    return absl::StrCat("shard ", shard, " of collection \"", collection, "\" (group ", group, ")");
+  }
+  absl::StatusOr<uint64_t> Propose(uint64_t gid, db::ShardCommand c, const std::string& what) const {
+    c.request_id = cluster_->NewRequestId();
+    return cluster_->ProposeToShard(gid, c.Encode(), what);
+  }
+  // Sends `items` to group `gid`, which holds `recorded`; when its shard was
+  // split since, each again to the shard that holds its id now. The counts
+  // summed.
+  template <typename T, typename KeyOf, typename Send>
+  absl::StatusOr<uint64_t> Routed(uint64_t gid, db::HashClass recorded, const std::string& what, std::vector<T> items,
+                                  const KeyOf& key_of, const Send& send) const {
+    auto r = send(gid, recorded, what, items);
+    if (r.ok() || !db::IsMovedBySplit(r.status())) return r;
+    CAIRN_ASSIGN_OR_RETURN(Cluster::ShardMap map, cluster_->ShardMapAfterSplit(collection_, gid, recorded));
+    std::map<size_t, std::vector<T>> parts;
+    for (auto& item : items) parts[map.router.ShardOf(key_of(item))].push_back(std::move(item));
+    uint64_t total = 0;
+    for (auto& [s, part] : parts) {
+      CAIRN_ASSIGN_OR_RETURN(uint64_t n, Routed(map.groups[s], map.recorded[s], What(collection_, s, map.groups[s]),
+                                                std::move(part), key_of, send));
+      total += n;
+    }
+    return total;
+  }
+  // A delete by filter of group `gid`'s ids; when its shard was split since,
+  // of each shard that now holds a part of them.
+  absl::StatusOr<uint64_t> DeleteByFilterIn(uint64_t gid, db::HashClass recorded, db::HashClass cls,
+                                            const std::string& what, const std::string& filter_json) const {
+    db::ShardCommand c;
+    c.kind = db::ShardCommand::Kind::kDeleteByFilter;
+    c.filter_json = filter_json;
+    c.expect = recorded;
+    auto r = Propose(gid, c, what);
+    if (r.ok() || !db::IsMovedBySplit(r.status())) return r;
+    CAIRN_ASSIGN_OR_RETURN(Cluster::ShardMap map, cluster_->ShardMapAfterSplit(collection_, gid, recorded));
+    uint64_t total = 0;
+    for (size_t s = 0; s < map.groups.size(); ++s) {
+      if (!map.classes[s].Within(cls)) continue;
+      CAIRN_ASSIGN_OR_RETURN(uint64_t n, DeleteByFilterIn(map.groups[s], map.recorded[s], map.classes[s],
+                                                          What(collection_, s, map.groups[s]), filter_json));
+      total += n;
+    }
+    return total;
+  }
+
   // The shard of the replica here, or null (none here, or it is installing a
   // snapshot): then a node holding another replica answers.
-  static std::shared_ptr<db::Shard> ServingHere(const std::shared_ptr<ShardReplica>& replica) {
+  // A replica behind a split this node knows of is not read either; one
+  // split since fails the read with MovedBySplitError.
+  absl::StatusOr<std::shared_ptr<db::Shard>> ServingHere(const std::shared_ptr<ShardReplica>& replica) const {
     if (!replica) return nullptr;
     auto shard = replica->Serving();
-    return shard.ok() ? *std::move(shard) : nullptr;
+    if (!shard.ok()) return nullptr;
+    const absl::Status held = CheckHashClass(**shard, recorded_);
+    if (db::IsMovedBySplit(held)) return held;
+    return held.ok() ? *std::move(shard) : nullptr;
+  }
+  absl::StatusOr<std::string> Remote(ShardReadRequest q,
+                                     std::optional<std::chrono::milliseconds> staleness = std::nullopt) const {
+    q.expect = recorded_;
+    return cluster_->RemoteRead(group_, q, what_, staleness);
   }
   // The replica here to read from as `read` asks, after the wait it needs
   // (a ReadIndex round, or a check of the staleness bound); null when this
@@ -392,7 +513,9 @@ class ReplicatedShard final : public db::ShardAccess {
   }
 
   Cluster* const cluster_;
+  const std::string collection_;
   const uint64_t group_;
+  const db::HashClass cls_, recorded_;
   const std::string what_;
   size_t dim_ = 0;
 };
@@ -403,16 +526,8 @@ class ReplicatedShard final : public db::ShardAccess {
 class ClusterCollection final : public Collection {
  public:
   ClusterCollection(Cluster* cluster, std::string name, CollectionConfig config,
-                    const std::vector<uint64_t>& groups, std::function<absl::Status(const CollectionConfig&)> update)
-      : cluster_(cluster), name_(std::move(name)), config_(std::move(config)), update_(std::move(update)) {
-    std::vector<std::shared_ptr<db::ShardAccess>> shards;
-    for (size_t s = 0; s < groups.size(); ++s) {
-      auto rs = std::make_shared<ReplicatedShard>(cluster, name_, static_cast<uint32_t>(s), groups[s]);
-      rs->set_dimension(config_.dimension);
-      shards.push_back(std::move(rs));
-    }
-    impl_ = db::CollectionImpl::OverShards(name_, config_, cluster->options(), std::move(shards));
-  }
+                    std::function<absl::Status(const CollectionConfig&)> update)
+      : cluster_(cluster), name_(std::move(name)), config_(std::move(config)), update_(std::move(update)) {}
 
   const std::string& name() const override { return name_; }
   CollectionConfig config() const override {
@@ -421,34 +536,47 @@ class ClusterCollection final : public Collection {
   }
   absl::Status UpdateConfig(const CollectionConfig& config) override { return update_(config); }
   absl::StatusOr<CollectionInfo> Info() const override {
-    CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, impl_->Info());
+    CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, Read([&](const db::CollectionImpl& c) { return c.Info(); }));
     info.config = config();
     return info;
   }
-  absl::Status Upsert(absl::Span<const Point> points) override { return impl_->Upsert(points); }
+  absl::Status Upsert(absl::Span<const Point> points) override {
+    CAIRN_ASSIGN_OR_RETURN(auto impl, Current());
+    return impl->Upsert(points);
+  }
   absl::StatusOr<std::vector<std::optional<Record>>> Get(absl::Span<const PointId> ids, bool with_payload,
                                                          bool with_vector, const ReadOptions& read) const override {
-    return impl_->Get(ids, with_payload, with_vector, read);
+    return Read([&](const db::CollectionImpl& c) { return c.Get(ids, with_payload, with_vector, read); });
   }
-  absl::StatusOr<uint64_t> Delete(absl::Span<const PointId> ids) override { return impl_->Delete(ids); }
-  absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override { return impl_->DeleteByFilter(filter); }
+  absl::StatusOr<uint64_t> Delete(absl::Span<const PointId> ids) override {
+    CAIRN_ASSIGN_OR_RETURN(auto impl, Current());
+    return impl->Delete(ids);
+  }
+  absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override {
+    CAIRN_ASSIGN_OR_RETURN(auto impl, Current());
+    return impl->DeleteByFilter(filter);
+  }
   absl::Status SetPayload(absl::Span<const PointId> ids, std::string_view payload_json) override {
-    return impl_->SetPayload(ids, payload_json);
+    CAIRN_ASSIGN_OR_RETURN(auto impl, Current());
+    return impl->SetPayload(ids, payload_json);
   }
   absl::Status OverwritePayload(absl::Span<const PointId> ids, std::string_view payload_json) override {
-    return impl_->OverwritePayload(ids, payload_json);
+    CAIRN_ASSIGN_OR_RETURN(auto impl, Current());
+    return impl->OverwritePayload(ids, payload_json);
   }
   absl::StatusOr<uint64_t> Count(const Filter* filter, const ReadOptions& read) const override {
-    return impl_->Count(filter, read);
+    return Read([&](const db::CollectionImpl& c) { return c.Count(filter, read); });
   }
-  absl::StatusOr<ScrollPage> Scroll(const ScrollRequest& request) const override { return impl_->Scroll(request); }
+  absl::StatusOr<ScrollPage> Scroll(const ScrollRequest& request) const override {
+    return Read([&](const db::CollectionImpl& c) { return c.Scroll(request); });
+  }
   absl::StatusOr<std::vector<ScoredPoint>> Search(absl::Span<const float> query,
                                                   const SearchParams& params) const override {
-    return impl_->Search(query, params);
+    return Read([&](const db::CollectionImpl& c) { return c.Search(query, params); });
   }
   absl::StatusOr<std::vector<std::vector<ScoredPoint>>> SearchBatch(absl::Span<const float> queries,
                                                                     const SearchParams& params) const override {
-    return impl_->SearchBatch(queries, params);
+    return Read([&](const db::CollectionImpl& c) { return c.SearchBatch(queries, params); });
   }
   absl::Status Seal() override {
     return absl::FailedPreconditionError(
@@ -464,11 +592,49 @@ class ClusterCollection final : public Collection {
   }
 
  private:
+  // Requests are checked, routed and merged over the shard map this node
+  // knows now: built again when a split changed it.
+  absl::StatusOr<std::shared_ptr<db::CollectionImpl>> Current() const {
+    CAIRN_ASSIGN_OR_RETURN(Cluster::ShardMap map, cluster_->ShardMapOf(name_));
+    std::lock_guard l(mu_);
+    if (impl_ && map.groups == map_.groups && map.recorded == map_.recorded) return impl_;
+    std::vector<std::shared_ptr<db::ShardAccess>> shards;
+    for (size_t s = 0; s < map.groups.size(); ++s) {
+      auto rs = std::make_shared<ReplicatedShard>(cluster_, name_, static_cast<uint32_t>(s), map.groups[s],
+                                                  map.classes[s], map.recorded[s]);
+      rs->set_dimension(config_.dimension);
+      shards.push_back(std::move(rs));
+    }
+    impl_ = db::CollectionImpl::OverShards(name_, config_, cluster_->options(), std::move(shards), map.router);
+    map_ = std::move(map);
+    return impl_;
+  }
+  // A read over the current map; one a shard split meanwhile refused is
+  // read again, whole, once this node knows the new map.
+  template <typename Fn>
+  auto Read(const Fn& fn) const -> decltype(fn(std::declval<const db::CollectionImpl&>())) {
+    while (true) {
+      CAIRN_ASSIGN_OR_RETURN(auto impl, Current());
+      auto r = fn(*impl);
+      if (r.ok() || !db::IsMovedBySplit(r.status())) return r;
+      Cluster::ShardMap seen;
+      {
+        std::lock_guard l(mu_);
+        seen = map_;
+      }
+      CAIRN_RETURN_IF_ERROR(cluster_->AwaitShardMap(name_, [&](const Cluster::ShardMap& m) {
+                                      return m.groups != seen.groups || m.recorded != seen.recorded;
+                                    }).status());
+    }
+  }
+
   Cluster* const cluster_;
   const std::string name_;
   const CollectionConfig config_;
   std::function<absl::Status(const CollectionConfig&)> update_;
-  std::shared_ptr<db::CollectionImpl> impl_;
+  mutable std::mutex mu_;
+  mutable Cluster::ShardMap map_;                        // guarded by mu_
+  mutable std::shared_ptr<db::CollectionImpl> impl_;     // guarded by mu_
 };
 
 }  // namespace
@@ -1185,6 +1351,10 @@ void Cluster::DriveOps() {
                          abandoned ? "abandoned" : "done"));
       }
     };
+    if (op.kind == GroupOp::Kind::kSplit) {
+      DriveSplit(*st, gs, op);
+      continue;
+    }
     if (op.kind == GroupOp::Kind::kTransferLeader) {
       if (gs.replica == op.to) {
         end(false);
@@ -1229,6 +1399,38 @@ void Cluster::DriveOps() {
       end(false);
     }
   }
+}
+
+void Cluster::DriveSplit(const MetadataState& st, const raft::GroupStatus& gs, const GroupOp& op) {
+  auto group = st.groups.find(gs.group);
+  auto replica = LocalReplica(gs.group);
+  if (group == st.groups.end() || !replica) return;
+  auto shard = replica->Serving();
+  if (!shard.ok()) return;
+  const db::Shard::SplitRecord done = (*shard)->split_record();
+  if (done.child_group == op.to) {
+    // Applied here, so committed: the new group takes its half.
+    if (ProposeMetadataAnywhere(EndSplitCommand(gs.group, op.id, done.index)).ok()) {
+      Log(absl::StrCat("group ", gs.group, ": split at index ", done.index, "; group ", op.to,
+                       " holds the other half of its ids"));
+    }
+    return;
+  }
+  // The split's entry, proposed again while it is not applied (a second one
+  // changes nothing).
+  auto& last = split_proposed_[op.id];
+  const auto now = Clock::now();
+  if (now - last < 3s) return;
+  last = now;
+  const db::HashClass cls = st.ClassOf(group->second);
+  db::ShardCommand c;
+  c.kind = db::ShardCommand::Kind::kSplit;
+  c.keep = cls.KeepHalf();
+  c.child = cls.MovedHalf();
+  c.child_group = op.to;
+  node_->Propose(gs.group, c.Encode(), now + 10s, [](absl::StatusOr<uint64_t>) {});
+  Log(absl::StrCat("group ", gs.group, ": splitting (", op.reason, "): keeps 1/", c.keep.modulus,
+                   " of the id hash, group ", op.to, " takes the other half"));
 }
 
 void Cluster::DriveMetadataMembers(const MetadataState& st, const raft::GroupStatus& gs) {
@@ -1438,11 +1640,41 @@ void Cluster::Reconcile() {
     db::ShardOptions so = db::ShardOptionsFor(g->collection, coll->second.config, options_.db);
     so.sync_writes = false;  // the Raft log is the write-ahead log
     const std::string dir = GroupDir(g->group);
+    // The first replicas write the group's first state; a replica added
+    // later (in place of a lost one) starts empty and waits for the leader.
+    bool first = std::find(g->initial_voters.begin(), g->initial_voters.end(), replica) != g->initial_voters.end();
+    std::string split_copy;
+    if (first && g->split_from != 0 && !fs::exists(dir)) {
+      // A split's new group: its first state is the copy this node's
+      // replica of the parent wrote when it applied the split. (The applied
+      // index is read first: a copy the apply writes is there before it.)
+      auto parent = LocalReplica(g->split_from);
+      const uint64_t parent_applied = parent ? parent->AppliedIndex() : 0;
+      split_copy = ShardReplica::SplitChildDir(fs::path(dir).parent_path().string(), g->group);
+      if (!fs::exists(split_copy)) {
+        if (parent && parent_applied < g->split_index) continue;  // it applies the split soon
+        // No copy here (the parent's replica here was installed from a
+        // snapshot past the split, or is gone): the leader sends one.
+        first = false;
+        split_copy.clear();
+      }
+    }
     // What is on disk for this group may be an earlier replica's (moved off
     // this node, then back as a new replica): it goes, log included.
     if (absl::Status s = ClaimGroupDir(g->group, replica); !s.ok()) {
       Log(absl::StrCat("cannot prepare the directory of group ", g->group, ": ", s.ToString()));
       continue;
+    }
+    if (!split_copy.empty()) {
+      std::error_code ec;
+      fs::rename(split_copy, dir, ec);
+      if (absl::Status s = ec ? absl::InternalError(ec.message()) : storage::SyncDir(fs::path(dir).parent_path().string());
+          !s.ok()) {
+        Log(absl::StrCat("cannot install the first state of group ", g->group, " from ", split_copy, ": ", s.ToString()));
+        continue;
+      }
+      Log(absl::StrCat("group ", g->group, ": starts from the split of group ", g->split_from, " at index ",
+                       g->split_index));
     }
     // A snapshot install a crash interrupted is finished (or undone) first.
     if (absl::Status s = RecoverInstall(dir + ".staged", dir); !s.ok()) {
@@ -1459,11 +1691,7 @@ void Cluster::Reconcile() {
     spec.group = g->group;
     spec.replica = replica;
     spec.nodes = g->replicas;
-    // A replica added later (in place of a lost one) starts empty and waits
-    // for the leader; the first ones write the group's first state.
-    if (std::find(g->initial_voters.begin(), g->initial_voters.end(), replica) != g->initial_voters.end()) {
-      spec.initial_voters = g->initial_voters;
-    }
+    if (first) spec.initial_voters = g->initial_voters;
     spec.state_machine = rep.get();
     {
       std::lock_guard l(mu_);
@@ -1511,6 +1739,7 @@ void Cluster::Reconcile() {
     dropped_.push_back({replicas_[gid], GroupDir(gid)});
     replicas_.erase(gid);
   }
+  RemoveStaleSplitCopies(st);
   // Files of dropped replicas go once no request holds them.
   std::lock_guard l(mu_);
   for (auto it = dropped_.begin(); it != dropped_.end();) {
@@ -1544,12 +1773,32 @@ absl::Status Cluster::ClaimGroupDir(uint64_t gid, uint64_t replica) {
 absl::Status Cluster::ForgetGroup(uint64_t gid) {
   const std::string dir = GroupDir(gid);
   std::error_code ec;
-  for (const std::string& p : {dir, dir + ".staged", dir + ".old"}) {
+  for (const std::string& p : {dir, dir + ".staged", dir + ".old", dir + ".split", dir + ".split.tmp"}) {
     fs::remove_all(p, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot remove ", p, ": ", ec.message()));
   }
   fs::remove(dir + ".replica", ec);
   return store_->DropGroup(gid);
+}
+
+void Cluster::RemoveStaleSplitCopies(const MetadataState& st) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(fs::path(options_.data_dir) / "groups", ec)) {
+    const std::string name = e.path().filename().string();
+    const auto dot = name.find(".split");
+    uint64_t gid = 0;
+    if (dot == std::string::npos || !absl::SimpleAtoi(name.substr(0, dot), &gid)) continue;
+    // Kept while its split is under way, and until the replica here opens.
+    bool wanted = false;
+    for (const auto& [parent, op] : st.ops) wanted = wanted || (op.kind == GroupOp::Kind::kSplit && op.to == gid);
+    if (auto g = st.groups.find(gid); g != st.groups.end() && !LocalReplica(gid)) {
+      for (const auto& [r, n] : g->second.replicas) wanted = wanted || n == self_.id;
+    }
+    if (wanted) continue;
+    std::error_code rec;
+    fs::remove_all(e.path(), rec);
+    Log(absl::StrCat("group ", gid, ": removed the copy a split left here (", name, "), which no replica here needs"));
+  }
 }
 
 void Cluster::RemoveOrphanReplicas() {
@@ -1768,7 +2017,85 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::GetCollection(const std::st
     return absl::OkStatus();
   };
   return std::shared_ptr<Collection>(
-      std::make_shared<ClusterCollection>(self, name, it->second.config, it->second.groups, update));
+      std::make_shared<ClusterCollection>(self, name, it->second.config, update));
+}
+
+absl::StatusOr<Cluster::ShardMap> Cluster::ShardMapOf(const std::string& collection) const {
+  const auto st = meta_->State();
+  auto it = st->collections.find(collection);
+  if (it == st->collections.end()) {
+    return absl::NotFoundError(absl::StrCat("collection \"", collection, "\" does not exist"));
+  }
+  ShardMap map;
+  for (uint64_t gid : it->second.groups) {
+    auto g = st->groups.find(gid);
+    if (g == st->groups.end()) return absl::InternalError(absl::StrCat("the metadata has no group ", gid));
+    map.groups.push_back(gid);
+    map.classes.push_back(st->ClassOf(g->second));
+    map.recorded.push_back(g->second.cls);
+  }
+  CAIRN_ASSIGN_OR_RETURN(map.router, db::HashRouter::Build(map.classes));
+  return map;
+}
+
+absl::StatusOr<Cluster::ShardMap> Cluster::AwaitShardMap(const std::string& collection,
+                                                         const std::function<bool(const ShardMap&)>& ready) const {
+  const auto deadline = Clock::now() + options_.request_timeout;
+  auto pause = 5ms;
+  while (true) {
+    CAIRN_ASSIGN_OR_RETURN(ShardMap map, ShardMapOf(collection));
+    if (ready(map)) return map;
+    if (Clock::now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat("a split of collection \"", collection, "\" did not reach node ",
+                                                 self_.name, " within ", options_.request_timeout.count(),
+                                                 " ms; retry"));
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::milliseconds>(pause * 2, 100ms);
+  }
+}
+
+absl::StatusOr<Cluster::ShardMap> Cluster::ShardMapAfterSplit(const std::string& collection, uint64_t gid,
+                                                              db::HashClass was) const {
+  return AwaitShardMap(collection, [&](const ShardMap& m) {
+    for (size_t s = 0; s < m.groups.size(); ++s) {
+      if (m.groups[s] == gid) return m.recorded[s] != was;
+    }
+    return true;  // gone: the caller finds out
+  });
+}
+
+absl::Status Cluster::SplitCollection(const std::string& name) {
+  CAIRN_RETURN_IF_ERROR(MetadataReadIndex());
+  const auto st = meta_->State();
+  auto it = st->collections.find(name);
+  if (it == st->collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+  const std::vector<uint64_t> groups = it->second.groups;
+  if (groups.size() * 2 > 256) {
+    return absl::FailedPreconditionError(absl::StrCat("collection \"", name, "\" has ", groups.size(),
+                                                      " shards: splitting each would pass 256, the most a "
+                                                      "collection has"));
+  }
+  for (uint64_t gid : groups) {
+    if (auto op = st->ops.find(gid); op != st->ops.end()) {
+      return absl::FailedPreconditionError(absl::StrCat("shard ", st->groups.at(gid).shard, " of collection \"", name,
+                                                        "\" has a ", OpKindName(op->second.kind),
+                                                        " in progress (cairn cluster status); split once it is done"));
+    }
+  }
+  for (uint64_t gid : groups) {
+    // Placed on the latest state (it allocates ids); again when another
+    // command took them first.
+    absl::Status s;
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      s = ProposeMetadata(StartSplitCommand(*meta_->State(), gid, "cairn collection split"), nullptr);
+      if (!absl::IsAborted(s)) break;
+      (void)MetadataReadIndex();
+    }
+    CAIRN_RETURN_IF_ERROR(s);
+  }
+  Log(absl::StrCat("collection ", name, ": splitting its ", groups.size(), " shard(s)"));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<CollectionConfig> Cluster::CurrentConfig(const std::string& name) const {
@@ -1801,6 +2128,11 @@ absl::Status Cluster::Snapshot(const std::string& name, const std::string& targe
   const auto st = meta_->State();
   auto it = st->collections.find(name);
   if (it == st->collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+  if (it->second.initial_shards != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "collection \"", name, "\" had its shards split: snapshots of split collections are not supported yet (a "
+        "snapshot's shards are routed by the id hash modulo their count, which a split collection's are not)"));
+  }
   const CollectionConfig config = it->second.config;
   const std::vector<uint64_t> groups = it->second.groups;
   return db::WriteSnapshotDir(target, name, config, [&](const std::string& cdir) -> absl::Status {
@@ -2179,9 +2511,10 @@ ClusterStatus Cluster::Status() const {
   }
   for (const auto& [gid, op] : st.ops) {
     auto g = st.groups.find(gid);
+    const bool split = op.kind == GroupOp::Kind::kSplit;
     out.operations.push_back({gid, g == st.groups.end() ? "" : g->second.collection,
-                              g == st.groups.end() ? 0 : g->second.shard, OpKindName(op.kind), op.from, op.to,
-                              op.to_node, op.reason, op.step});
+                              g == st.groups.end() ? 0 : g->second.shard, OpKindName(op.kind), op.from,
+                              split ? 0 : op.to, op.to_node, op.reason, op.step, split ? op.to : 0});
   }
   // group -> node -> report
   std::map<uint64_t, std::map<uint64_t, const pb::GroupReport*>> by_group;

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -142,9 +143,10 @@ struct ClusterStatus {
     uint64_t group = 0;
     std::string collection;
     uint32_t shard = 0;
-    std::string kind;  // "move" or "transfer_leader"
+    std::string kind;  // "move", "transfer_leader" or "split"
     uint64_t from_replica = 0, to_replica = 0, to_node = 0;
     std::string reason, step;
+    uint64_t new_group = 0;  // a split's: the group taking half the ids
   };
   std::vector<Operation> operations;
 };
@@ -189,6 +191,32 @@ class Cluster final : public Database, private PeerHandler {
   // before a planned stop, so that clients wait for no election. The number
   // of groups it still leads.
   size_t HandOffLeadership(std::chrono::milliseconds timeout);
+
+  // Splits every shard of collection `name` in two, online: each becomes
+  // two groups on the same nodes, each holding half its ids (README:
+  // "Splitting a shard"); the controller then balances them. NotFound for
+  // an unknown collection; FailedPrecondition when a shard has an operation
+  // in progress or cannot be split further. Returns once the splits are
+  // started; `cairn cluster status` shows them until they are done.
+  absl::Status SplitCollection(const std::string& name);
+
+  // A collection's shards as routed: its groups in shard order, the class
+  // of ids each holds as routed, and as its replicas record it (modulus 0:
+  // never split; what reads and filtered writes expect them to hold).
+  struct ShardMap {
+    std::vector<uint64_t> groups;
+    std::vector<db::HashClass> classes;
+    std::vector<db::HashClass> recorded;
+    db::HashRouter router = db::HashRouter::Even(1);
+  };
+  absl::StatusOr<ShardMap> ShardMapOf(const std::string& collection) const;
+  // The map once `ready` accepts it (a split this node learns of), waiting
+  // for it up to the request timeout; Unavailable past it.
+  absl::StatusOr<ShardMap> AwaitShardMap(const std::string& collection,
+                                         const std::function<bool(const ShardMap&)>& ready) const;
+  // The map once this node knows group `gid` no longer holds `was` (its
+  // replicas' record: it was split).
+  absl::StatusOr<ShardMap> ShardMapAfterSplit(const std::string& collection, uint64_t gid, db::HashClass was) const;
 
   // Collection `name`'s configuration as this node knows it now.
   absl::StatusOr<CollectionConfig> CurrentConfig(const std::string& name) const;
@@ -249,6 +277,9 @@ class Cluster final : public Database, private PeerHandler {
   // For every shard group this node leads: the next step of its operation
   // (README: "Operations"); for the metadata group: its members.
   void DriveOps();
+  // A split's steps on its group's leader: the split's entry, then its end
+  // once applied here (README: "Splitting a shard").
+  void DriveSplit(const MetadataState& st, const raft::GroupStatus& gs, const GroupOp& op);
   // The metadata group's leader: every member node follows it, three
   // voters on active nodes.
   void DriveMetadataMembers(const MetadataState& st, const raft::GroupStatus& gs);
@@ -266,6 +297,10 @@ class Cluster final : public Database, private PeerHandler {
   absl::Status ClaimGroupDir(uint64_t gid, uint64_t replica);
   // Removes the files and log of group `gid` on this node.
   absl::Status ForgetGroup(uint64_t gid);
+  // The first states split applies wrote here for new groups that no
+  // replica here will open (the split's collection was dropped, or the
+  // group's replica here moved off first).
+  void RemoveStaleSplitCopies(const MetadataState& st);
   // At start, once caught up with the metadata: the files of replicas the
   // map no longer places here (moved off while this node was down) go.
   void RemoveOrphanReplicas();
@@ -340,6 +375,8 @@ class Cluster final : public Database, private PeerHandler {
   std::chrono::steady_clock::time_point last_control_{};
   std::chrono::steady_clock::time_point last_reconcile_{};
   std::map<uint64_t, std::chrono::steady_clock::time_point> op_seen_;
+  // DriveOps': when this node last proposed each split's entry (by op id).
+  std::map<uint64_t, std::chrono::steady_clock::time_point> split_proposed_;
   std::thread reconciler_;
   std::thread maintenance_;
 };

@@ -106,7 +106,9 @@ const char* OpKindName(GroupOp::Kind k) {
 db::HashClass MetadataState::ClassOf(const ShardGroup& g) const {
   if (g.cls.modulus != 0) return g.cls;
   auto c = collections.find(g.collection);
-  const uint32_t n = c == collections.end() ? 1 : std::max<uint32_t>(c->second.config.num_shards, 1);
+  const uint32_t n = c == collections.end()                ? 1
+                     : c->second.initial_shards != 0          ? c->second.initial_shards
+                                                              : std::max<uint32_t>(c->second.config.num_shards, 1);
   return db::HashClass{n, g.shard};
 }
 
@@ -309,7 +311,9 @@ std::string EncodeMetadataState(const MetadataState& st) {
   for (const auto& [id, n] : st.nodes) nodes.push_back(NodeToJson(n));
   for (const auto& [old, now] : st.replaced_by) replaced.push_back(Json::array({old, now}));
   for (const auto& [name, c] : st.collections) {
-    collections.push_back(Json{{"name", name}, {"config", Json::parse(db::ConfigToJson(c.config))}, {"groups", c.groups}});
+    Json jc{{"name", name}, {"config", Json::parse(db::ConfigToJson(c.config))}, {"groups", c.groups}};
+    if (c.initial_shards != 0) jc["initial_shards"] = c.initial_shards;
+    collections.push_back(std::move(jc));
   }
   for (const auto& [id, g] : st.groups) {
     Json replicas = Json::array();
@@ -362,6 +366,7 @@ absl::StatusOr<MetadataState> DecodeMetadataState(std::string_view data) {
       if (!config.ok()) return absl::DataLossError(absl::StrCat("metadata snapshot: ", config.status().message()));
       e.config = *config;
       e.groups = c.at("groups").get<std::vector<uint64_t>>();
+      e.initial_shards = c.value("initial_shards", uint32_t{0});
       st.collections[e.name] = std::move(e);
     }
     for (const auto& g : j.at("groups")) {
@@ -627,6 +632,11 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
           return absl::FailedPreconditionError(absl::StrCat("group ", gid, " owns 1/", cls.modulus,
                                                             " of the id hash: it cannot be split further"));
         }
+        auto coll = state.collections.find(g->second.collection);
+        if (coll != state.collections.end() && coll->second.groups.size() >= 256) {
+          return absl::FailedPreconditionError(absl::StrCat("collection \"", g->second.collection,
+                                                            "\" has 256 shards, the most a collection has"));
+        }
         if (o.to != state.next_group || j.at("first_replica").get<uint64_t>() != state.next_replica) {
           return absl::AbortedError("metadata: group or replica ids moved on; retry");
         }
@@ -700,7 +710,9 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
         child.split_from = gid;
         child.split_index = split_index;
         g->second.cls = cls.KeepHalf();
+        if (coll->second.initial_shards == 0) coll->second.initial_shards = coll->second.config.num_shards;
         coll->second.groups.push_back(child.group);
+        coll->second.config.num_shards = static_cast<uint32_t>(coll->second.groups.size());
         state.groups[child.group] = std::move(child);
       }
       state.ops.erase(o);

@@ -102,6 +102,10 @@ struct CollectionEntry {
   std::string name;
   CollectionConfig config;  // replication_factor holds the value in force
   std::vector<uint64_t> groups;  // by shard index
+  // The shard count it was created with, once splits changed
+  // config.num_shards (0: config.num_shards): the classes of groups never
+  // split are (initial_shards, shard).
+  uint32_t initial_shards = 0;
 };
 
 struct MetadataState {

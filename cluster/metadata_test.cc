@@ -465,6 +465,10 @@ TEST(MetadataMachineTest, ASplitAllocatesAChildBesideTheGroupAndSwitchesRoutingA
   EXPECT_EQ(child.split_index, 42u);
   EXPECT_EQ(child.shard, 2u);
   EXPECT_EQ(st.collections.at("docs").groups.back(), started.to);
+  EXPECT_EQ(st.collections.at("docs").config.num_shards, 3u);
+  EXPECT_EQ(st.collections.at("docs").initial_shards, 2u);
+  EXPECT_EQ(st.ClassOf(st.groups.at(st.collections.at("docs").groups[1 - parent.shard])),
+            (db::HashClass{2, 1 - parent.shard}));
   // The classes of the collection still partition the hash.
   std::vector<db::HashClass> classes;
   for (uint64_t g : st.collections.at("docs").groups) classes.push_back(st.ClassOf(st.groups.at(g)));

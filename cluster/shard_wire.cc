@@ -108,6 +108,10 @@ std::string ShardReadRequest::Encode() const {
     case Op::kExport:
       break;
   }
+  if (expect.modulus != 0) {
+    PutU64(&out, expect.modulus);
+    PutU64(&out, expect.residue);
+  }
   return out;
 }
 
@@ -152,13 +156,28 @@ absl::StatusOr<ShardReadRequest> ShardReadRequest::Decode(std::string_view data)
     case Op::kExport:
       break;
   }
+  if (r.ok && r.in.size() == 16) {
+    const uint64_t modulus = r.U64(), residue = r.U64();
+    if (modulus == 0 || modulus > db::kMaxHashModulus || residue >= modulus) return Malformed("hash class");
+    q.expect = db::HashClass{static_cast<uint32_t>(modulus), static_cast<uint32_t>(residue)};
+  }
   if (!r.ok || !r.in.empty()) return Malformed("request");
   q.with_payload = (flags & 1) != 0;
   q.with_vector = (flags & 2) != 0;
   return q;
 }
 
+absl::Status CheckHashClass(const db::Shard& shard, db::HashClass expect) {
+  const db::HashClass has = shard.split_record().cls;
+  if (has == expect) return absl::OkStatus();
+  if (has.modulus > expect.modulus) {
+    return db::MovedBySplitError(absl::StrCat("the shard holds 1/", has.modulus, " of the id hash now"));
+  }
+  return absl::UnavailableError("this replica has not applied its shard's split yet; another replica answers");
+}
+
 absl::StatusOr<std::string> ExecuteRead(const db::Shard& shard, const ShardReadRequest& req) {
+  if (req.op != ShardReadRequest::Op::kExport) CAIRN_RETURN_IF_ERROR(CheckHashClass(shard, req.expect));
   std::string out;
   CAIRN_ASSIGN_OR_RETURN(std::unique_ptr<Filter> filter, FilterOf(req.filter_json));
   switch (req.op) {

@@ -33,12 +33,21 @@ struct ShardReadRequest {
   std::vector<std::string> keys;  // kGet: external keys
   std::string after;  // kScroll
   uint32_t limit = 0;  // kScroll
+  // The class of ids the reader's shard map gives the shard (modulus 0: as
+  // created): a replica holding another refuses the read (CheckHashClass).
+  db::HashClass expect;
 
   std::string Encode() const;
   static absl::StatusOr<ShardReadRequest> Decode(std::string_view data);
 };
 
-// Runs `req` on a local replica and encodes the answer.
+// OK when `shard` holds the class `expect` names. A shard split since: the
+// MovedBySplitError a reader routes again on; a replica that has not applied
+// a split the reader knows of: Unavailable (another replica serves it).
+absl::Status CheckHashClass(const db::Shard& shard, db::HashClass expect);
+
+// Runs `req` on a local replica and encodes the answer (checking the class
+// it expects first, but for kExport).
 absl::StatusOr<std::string> ExecuteRead(const db::Shard& shard, const ShardReadRequest& req);
 
 // The answers, decoded.

@@ -28,6 +28,10 @@ struct HashClass {
   // The two halves a split makes of this class.
   HashClass KeepHalf() const { return {modulus * 2, residue}; }
   HashClass MovedHalf() const { return {modulus * 2, residue + modulus}; }
+  // Every key of this class is in `outer`.
+  bool Within(HashClass outer) const {
+    return outer.modulus == 0 || (modulus != 0 && modulus % outer.modulus == 0 && residue % outer.modulus == outer.residue);
+  }
   bool operator==(const HashClass&) const = default;
 };
 

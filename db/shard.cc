@@ -717,6 +717,10 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
           s = PrepareDelete(txn, c.ext_keys, {}, &r.count);
           break;
         case ShardCommand::Kind::kDeleteByFilter: {
+          if (const HashClass has = split_record().cls; has != c.expect) {
+            s = MovedBySplitError(absl::StrCat("the shard holds 1/", has.modulus, " of the id hash now"));
+            break;
+          }
           auto filter = Filter::FromJson(c.filter_json);
           if (!filter.ok()) {
             s = filter.status();

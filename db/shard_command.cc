@@ -56,6 +56,10 @@ std::string ShardCommand::Encode() const {
       break;
     case Kind::kDeleteByFilter:
       PutBytes(&out, filter_json);
+      if (expect.modulus != 0) {
+        PutU64(&out, expect.modulus);
+        PutU64(&out, expect.residue);
+      }
       break;
     case Kind::kSetPayload:
       PutStrings(&out, ext_keys);
@@ -112,6 +116,11 @@ absl::StatusOr<ShardCommand> ShardCommand::Decode(std::string_view data) {
     case Kind::kDeleteByFilter:
       c.filter_json = r.Bytes();
       if (!r.ok) return Malformed("filter");
+      if (r.in.size() == 16) {
+        const uint64_t modulus = r.U64(), residue = r.U64();
+        if (modulus == 0 || modulus > kMaxHashModulus || residue >= modulus) return Malformed("filter's class");
+        c.expect = HashClass{static_cast<uint32_t>(modulus), static_cast<uint32_t>(residue)};
+      }
       break;
     case Kind::kSetPayload: {
       if (!ReadStrings(&r, &c.ext_keys)) return Malformed("ids");

@@ -31,6 +31,10 @@ struct ShardCommand {
   std::vector<PreparedPoint> points;  // kUpsert
   std::vector<std::string> ext_keys;  // kDelete, kSetPayload (ExternalKey form)
   std::string filter_json;            // kDeleteByFilter (Filter::ToJson form)
+  // kDeleteByFilter: the class the proposer's shard map gives the shard
+  // (Shard::SplitRecord::cls): a shard split since refuses it
+  // (MovedBySplitError), as the ids it matched are partly in another.
+  HashClass expect;
   Json payload;                       // kSetPayload: an object
   bool overwrite = false;             // kSetPayload: replace instead of merge
   // kSplit: the shard keeps the ids of class `keep` (its class's modulus
