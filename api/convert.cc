@@ -187,6 +187,7 @@ absl::StatusOr<CollectionConfig> FromProto(const v1::CollectionConfig& c) {
   out.replication_factor = c.replication_factor();
   if (c.seal_threshold() != 0) out.seal_threshold = c.seal_threshold();
   if (c.compaction_deleted_ratio() != 0) out.compaction_deleted_ratio = c.compaction_deleted_ratio();
+  out.split_points = c.split_points();
   return out;
 }
 
@@ -223,6 +224,7 @@ void ToProto(const CollectionConfig& c, v1::CollectionConfig* out) {
   out->set_replication_factor(c.replication_factor);
   out->set_seal_threshold(c.seal_threshold);
   out->set_compaction_deleted_ratio(c.compaction_deleted_ratio);
+  out->set_split_points(c.split_points);
 }
 
 void ToProto(const CollectionInfo& info, v1::CollectionInfo* out) {

@@ -293,6 +293,7 @@ class CollectionsService final : public v1::Collections::CallbackService {
       if (req->has_seal_threshold()) config.seal_threshold = req->seal_threshold();
       if (req->has_compaction_deleted_ratio()) config.compaction_deleted_ratio = req->compaction_deleted_ratio();
       if (req->has_replication_factor()) config.replication_factor = req->replication_factor();
+      if (req->has_split_points()) config.split_points = req->split_points();
       CAIRN_RETURN_IF_ERROR(c->UpdateConfig(config));
       CAIRN_ASSIGN_OR_RETURN(CollectionInfo info, c->Info());
       ToProto(info, resp);

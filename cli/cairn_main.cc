@@ -88,6 +88,7 @@ const char* kUsageText =
     "                    [--payload-index FIELD:TYPE]... [--shards N] [--replication-factor N]\n"
     "  collection list | info NAME | drop NAME\n"
     "  collection update NAME [--replication-factor N] [--ef-search N] [--nprobe N] ...\n"
+    "  collection split NAME [--wait]\n"
     "  ingest --collection NAME [options] FILE...   load vectors: online to cairnd, or\n"
     "         offline into a data directory with --data-dir DIR\n"
     "  search --collection NAME (--vector X1,X2,... | --queries FILE) [--k N] [--filter JSON]\n"
@@ -115,11 +116,13 @@ const std::map<std::string, std::string> kCommandHelp = {
      "Usage: cairn collection create NAME --dim N [--metric l2|ip|cosine] [--index TYPE] [--nlist N]\n"
      "                        [--payload-index FIELD:TYPE]... [--shards N] [--hnsw-int8 on|off]\n"
      "                        [--rerank N] [--device auto|cpu|gpu] [--replication-factor N]\n"
+     "                        [--split-points N]\n"
      "       cairn collection list\n"
      "       cairn collection info NAME\n"
      "       cairn collection drop NAME\n"
      "       cairn collection update NAME [--replication-factor N] [--ef-search N] [--nprobe N]\n"
      "                        [--rerank N] [--seal-threshold N] [--compaction-deleted-ratio X]\n"
+     "                        [--split-points N]\n"
      "       cairn collection split NAME [--wait]\n"
      "\n"
      "TYPE of --index: hnsw (default), flat, ivf_flat, ivf_pq, ivf_sq8, hnsw_sq.\n"
@@ -137,13 +140,16 @@ const std::map<std::string, std::string> kCommandHelp = {
      "  `cairn cluster status` shows the moves under way.\n"
      "update: what may change on an existing collection: the replication factor (cluster),\n"
      "  HNSW's --ef-search, IVF's --nprobe, --rerank, --seal-threshold (points in a growing\n"
-     "  segment before it is sealed) and --compaction-deleted-ratio (0..1].\n"
+     "  segment before it is sealed), --compaction-deleted-ratio (0..1] and --split-points\n"
+     "  (cluster).\n"
      "split (cluster): splits every shard of the collection in two, online: each shard keeps half\n"
      "  its ids (by their hash) and a new shard on the same nodes takes the other half; the cluster\n"
      "  then moves replicas to balance the nodes. Searches and writes go on meanwhile; a write that\n"
      "  reaches a shard just split is sent on to the new one. --wait returns once every split is\n"
      "  done. Refused while a shard has another operation under way, past 256 shards, and by a\n"
      "  single-node server (its shard count is set at creation with --shards).\n"
+     "--split-points N (cluster): the cluster splits, by itself, a shard holding more than N\n"
+     "  points (0: never, the default; otherwise at least 1000). `collection update` changes it.\n"
      "--device: where IVF training (k-means; IVF-PQ codebooks and codes) and searches of sealed\n"
      "  flat and IVF-Flat segments run:\n"
      "  auto (default: the server's --device, by default a GPU when it has one), cpu, or gpu\n"
@@ -343,7 +349,7 @@ struct CommandShape {
 const std::set<std::string>& CreateFlags() {
   static const std::set<std::string> f = {"--dim",       "--metric", "--index",  "--nlist",        "--shards",
                                           "--hnsw-int8", "--rerank", "--device", "--payload-index",
-                                          "--replication-factor"};
+                                          "--replication-factor", "--split-points"};
   return f;
 }
 
@@ -387,7 +393,7 @@ const CommandShape* ShapeOf(const std::string& cmd) {
         {"cluster activate", {{}, 1}},
         {"cluster remove", {{}, 1}},
         {"collection update",
-         {{"--replication-factor", "--ef-search", "--nprobe", "--rerank", "--seal-threshold",
+         {{"--replication-factor", "--split-points", "--ef-search", "--nprobe", "--rerank", "--seal-threshold",
            "--compaction-deleted-ratio"},
           1}},
         {"snapshot create", {{"--json"}, 1}},
@@ -485,6 +491,12 @@ int ConfigFromFlags(const Args& a, const std::string& cmd, v1::CollectionConfig*
     return Usage("--replication-factor is 1..7 (0: the default), got '" + a.Get("--replication-factor") + "'");
   }
   cfg->set_replication_factor(static_cast<uint32_t>(n));
+  if (a.flags.count("--split-points")) {
+    if (!ParseCount(a, "--split-points", 0, &n) || (n != 0 && n < 1000)) {
+      return Usage("--split-points is 0 (never) or at least 1000, got '" + a.Get("--split-points") + "'");
+    }
+    cfg->set_split_points(n);
+  }
   if (a.flags.count("--hnsw-int8")) {
     const std::string v = a.Get("--hnsw-int8");
     if (v != "on" && v != "off") return Usage("--hnsw-int8 is on or off");
@@ -596,6 +608,13 @@ int CollectionCmd(const Conn& c, const Args& a) {
         return Usage("--compaction-deleted-ratio is in (0, 1], got '" + a.Get("--compaction-deleted-ratio") + "'");
       }
       req.set_compaction_deleted_ratio(r);
+    }
+    if (a.flags.count("--split-points")) {
+      uint64_t n = 0;
+      if (!ParseCount(a, "--split-points", 0, &n) || (n != 0 && n < 1000)) {
+        return Usage("--split-points is 0 (never) or at least 1000, got '" + a.Get("--split-points") + "'");
+      }
+      req.set_split_points(n);
     }
     if (a.flags.empty()) return Usage("collection update: what to change? (see cairn collection --help)");
     v1::CollectionInfo info;

@@ -1581,7 +1581,16 @@ void Cluster::Control() {
       v.match.insert(g.match().begin(), g.match().end());
       v.voters.assign(g.voters().begin(), g.voters().end());
       v.bytes = g.bytes();
+      v.points = g.points();
     }
+  }
+  // A shard past its collection's split_points splits (one start a round).
+  if (uint64_t gid = SplitDue(*st, view); gid != 0) {
+    const uint64_t points = view.at(gid).points;
+    if (ProposeMetadata(StartSplitCommand(*st, gid, "split_points"), nullptr).ok()) {
+      Log(absl::StrCat("group ", gid, ": split (split_points): it holds ", points, " points"));
+    }
+    st = meta_->State();
   }
   for (const PlannedOp& p : PlanOperations(*st, view, silent)) {
     st = meta_->State();
@@ -2012,6 +2021,7 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::GetCollection(const std::st
     next.index.rerank_factor = update.index.rerank_factor;
     next.seal_threshold = update.seal_threshold;
     next.compaction_deleted_ratio = update.compaction_deleted_ratio;
+    next.split_points = update.split_points;
     CAIRN_RETURN_IF_ERROR(self->ProposeMetadata(UpdateConfigCommand(name, next), nullptr));
     self->Reconcile();
     return absl::OkStatus();
@@ -2451,7 +2461,10 @@ pb::NodeStatusResponse Cluster::NodeStatus() {
     gr->set_is_leader(g.role == raft::Role::kLeader);
     for (const auto& p : g.peers) (*gr->mutable_match())[p.replica] = p.match;
     gr->set_stopped(g.stopped);
-    if (auto rep = LocalReplica(g.group)) gr->set_bytes(rep->bytes());
+    if (auto rep = LocalReplica(g.group)) {
+      gr->set_bytes(rep->bytes());
+      if (auto shard = rep->Serving(); shard.ok()) gr->set_points((*shard)->Stats().points);
+    }
     gr->set_stop_reason(g.stop_reason);
     for (uint64_t v : g.voters) gr->add_voters(v);
     for (uint64_t l : g.learners) gr->add_learners(l);

@@ -795,6 +795,32 @@ TEST_F(ClusterTest, ShardsSplitOnlineUnderWritesAndSearches) {
   EXPECT_EQ(Node(0).Snapshot("docs", dir_ + "/snap").code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// A collection that sets split_points has its shards split by the cluster
+// as they pass it, until none does.
+TEST_F(ClusterTest, AShardPastItsSplitPointsIsSplitByTheCluster) {
+  auto c = OpenWithDocs(/*shards=*/1);
+  ASSERT_NE(c, nullptr);
+  ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 0, 2500, 250));
+  CollectionConfig cfg = c->config();
+  cfg.split_points = 1000;
+  ASSERT_TRUE(c->UpdateConfig(cfg).ok());
+  auto settled = [&](const ClusterStatus& st) {
+    if (!st.operations.empty()) return false;
+    auto map = Node(0).ShardMapOf("docs");
+    auto sums = Node(0).LocalChecksums();
+    if (!map.ok() || !sums.ok() || map->groups.size() < 3) return false;
+    uint64_t total = 0;
+    for (uint64_t gid : map->groups) {
+      if (!sums->count(gid) || sums->at(gid).points > 1000) return false;
+      total += sums->at(gid).points;
+    }
+    return total == 2500;
+  };
+  ASSERT_TRUE(settled(AwaitStatus(0, 90, settled)));
+  EXPECT_EQ(DocsThrough(2), 2500u);
+  ExpectReplicasAlike();
+}
+
 // A node about to stop hands its leaderships to caught-up replicas: then it
 // leads nothing, and the others lead every group.
 TEST_F(ClusterTest, AStoppingNodeHandsOffItsLeaderships) {

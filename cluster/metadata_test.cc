@@ -481,6 +481,26 @@ TEST(MetadataMachineTest, ASplitAllocatesAChildBesideTheGroupAndSwitchesRoutingA
   EXPECT_TRUE(m.State()->groups.empty());
 }
 
+TEST(PlacementTest, AShardPastItsCollectionsSplitPointsIsSplitFirstTheFurthest) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  ASSERT_TRUE(ThreeNodesAndACollection(m, &index, /*shards=*/3, /*replication_factor=*/2).ok());
+  const auto& groups = m.State()->collections.at("docs").groups;
+  ControllerView view;
+  for (size_t s = 0; s < groups.size(); ++s) view[groups[s]].points = 1500 + 1000 * s;
+  EXPECT_EQ(SplitDue(*m.State(), view), 0u) << "split_points 0: never";
+  CollectionConfig cfg = m.State()->collections.at("docs").config;
+  cfg.split_points = 2000;
+  ASSERT_TRUE(ApplyAt(m, index++, UpdateConfigCommand("docs", cfg)).ok());
+  EXPECT_EQ(SplitDue(*m.State(), view), groups[2]);
+  // Not a group with an operation under way: the next one past the limit.
+  auto op = ApplyAt(m, index++, StartSplitCommand(*m.State(), groups[2], "t"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  EXPECT_EQ(SplitDue(*m.State(), view), groups[1]);
+  view[groups[1]].points = 2000;
+  EXPECT_EQ(SplitDue(*m.State(), view), 0u) << "at the limit is not past it";
+}
+
 TEST(PlacementTest, TheControllerRebalancesDrainsAndRestoresTheFactor) {
   MetadataMachine m([] {});
   uint64_t index = 1;

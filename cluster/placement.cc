@@ -26,6 +26,23 @@ std::vector<uint64_t> OpsToAbandon(const MetadataState& st) {
   return out;
 }
 
+uint64_t SplitDue(const MetadataState& st, const ControllerView& view) {
+  uint64_t best = 0;
+  double best_ratio = 1.0;
+  for (const auto& [gid, v] : view) {
+    auto g = st.groups.find(gid);
+    if (g == st.groups.end() || st.ops.count(gid)) continue;
+    auto c = st.collections.find(g->second.collection);
+    if (c == st.collections.end() || c->second.config.split_points == 0 || c->second.groups.size() >= 256) continue;
+    const double ratio = static_cast<double>(v.points) / static_cast<double>(c->second.config.split_points);
+    if (ratio > best_ratio) {
+      best = gid;
+      best_ratio = ratio;
+    }
+  }
+  return best;
+}
+
 namespace {
 
 class Planner {

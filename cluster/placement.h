@@ -22,6 +22,7 @@ struct GroupView {
   std::map<uint64_t, uint64_t> match;  // replica -> last index known there
   std::vector<uint64_t> voters;        // as the leader applied them
   uint64_t bytes = 0;                  // the leader's copy on disk
+  uint64_t points = 0;                 // and the points it holds
 };
 using ControllerView = std::map<uint64_t, GroupView>;  // by group
 
@@ -52,6 +53,11 @@ std::vector<PlannedOp> PlanOperations(const MetadataState& state, const Controll
 // new replica, of a transfer's new leader) is no longer active: it died,
 // drains or was removed before the operation ended.
 std::vector<uint64_t> OpsToAbandon(const MetadataState& state);
+
+// The shard group to split now because its leader reports more points than
+// its collection's split_points (the one furthest past it), or 0. Never a
+// group with an operation, nor one whose collection has 256 shards.
+uint64_t SplitDue(const MetadataState& state, const ControllerView& view);
 
 // The node that holds what `node` held: itself, or the node that took its
 // place (after a chain of replacements), or 0 when it was removed for good.

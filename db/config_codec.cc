@@ -17,6 +17,7 @@ std::string ConfigToJson(const CollectionConfig& c) {
   if (c.replication_factor != 0) j["replication_factor"] = c.replication_factor;
   j["seal_threshold"] = c.seal_threshold;
   j["compaction_deleted_ratio"] = c.compaction_deleted_ratio;
+  if (c.split_points != 0) j["split_points"] = c.split_points;
   j["index"] = {{"type", std::string(IndexTypeName(c.index.type))},
                 {"hnsw_m", c.index.hnsw_m},
                 {"ef_construction", c.index.ef_construction},
@@ -49,6 +50,7 @@ absl::StatusOr<CollectionConfig> ConfigFromJson(std::string_view text) {
     c.replication_factor = j.value("replication_factor", c.replication_factor);
     c.seal_threshold = j.value("seal_threshold", c.seal_threshold);
     c.compaction_deleted_ratio = j.value("compaction_deleted_ratio", c.compaction_deleted_ratio);
+    c.split_points = j.value("split_points", c.split_points);
     if (j.contains("index")) {
       const Json& ix = j["index"];
       CAIRN_ASSIGN_OR_RETURN(c.index.type, ParseIndexType(ix.value("type", std::string("hnsw"))));
@@ -88,6 +90,7 @@ absl::Status ValidateConfig(const CollectionConfig& c) {
   if (c.num_shards < 1 || c.num_shards > 256) return bad("num_shards", "must be 1..256");
   if (c.replication_factor > 7) return bad("replication_factor", "must be 0 (the default) to 7");
   if (c.seal_threshold < 1000) return bad("seal_threshold", "must be >= 1000");
+  if (c.split_points != 0 && c.split_points < 1000) return bad("split_points", "must be 0 (never) or >= 1000");
   if (!(c.compaction_deleted_ratio > 0 && c.compaction_deleted_ratio <= 1)) {
     return bad("compaction_deleted_ratio", "must be in (0, 1]");
   }
@@ -154,6 +157,11 @@ absl::Status CheckConfigUpdate(const CollectionConfig& c, const CollectionConfig
         update.payload_indexes[i].type != c.payload_indexes[i].type) {
       return fixed("payload_indexes");
     }
+  }
+  if (!replication_factor_may_change && update.split_points != 0) {
+    return absl::InvalidArgumentError(
+        "config.split_points: a single-node server's shard count is set at creation; shards split in a cairnd "
+        "--cluster");
   }
   if (!replication_factor_may_change && update.replication_factor > 1 &&
       update.replication_factor != c.replication_factor) {

@@ -91,6 +91,11 @@ class DatabaseImpl final : public Database {
       const std::string& name, const CollectionConfig& config) override {
     CAIRN_RETURN_IF_ERROR(db::ValidateCollectionName(name));
     CAIRN_RETURN_IF_ERROR(db::ValidateConfig(config));
+    if (config.split_points != 0) {
+      return absl::InvalidArgumentError(
+          "config.split_points is set, but this database does not split shards (its shard count is set at "
+          "creation); shards split in a cluster (cairnd --cluster)");
+    }
     if (config.replication_factor > 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           "config.replication_factor is ", config.replication_factor,

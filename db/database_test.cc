@@ -131,6 +131,9 @@ TEST_F(DatabaseTest, BadConfigsAreInvalidArgumentNamingTheField) {
       // One copy here: replicas need a cluster.
       {"replication_factor", [](auto& c) { c.replication_factor = 3; }},
       {"seal_threshold", [](auto& c) { c.seal_threshold = 999; }},
+      {"split_points", [](auto& c) { c.split_points = 999; }},
+      // The shard count is set at creation here: splits need a cluster.
+      {"split_points", [](auto& c) { c.split_points = 5000; }},
       {"compaction_deleted_ratio", [](auto& c) { c.compaction_deleted_ratio = 0; }},
       {"compaction_deleted_ratio", [](auto& c) { c.compaction_deleted_ratio = 1.5; }},
       {"compaction_deleted_ratio", [nan](auto& c) { c.compaction_deleted_ratio = nan; }},

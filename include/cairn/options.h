@@ -107,6 +107,12 @@ struct CollectionConfig {
   // Sealed segments whose deleted fraction passes this are rewritten by
   // compaction. Default: 0.2.
   double compaction_deleted_ratio = 0.2;
+  // A cluster (cairnd --cluster) splits a shard holding more than this many
+  // points in two, online (as `cairn collection split` does for every
+  // shard). 0: never. The embedded library and single-node cairnd refuse a
+  // nonzero value (their shard count is set at creation). Default: 0;
+  // otherwise at least 1000.
+  uint64_t split_points = 0;
 };
 
 struct DatabaseOptions {
