@@ -567,10 +567,13 @@ class ClusterFaultTest : public ::testing::Test {
     // Every replica of every shard: the same data. Wait until all applied the
     // same entries, then stop every node and read its files.
     bool settled = false;
+    size_t shards = 0;
     for (int attempt = 0; attempt < 600 && !settled; ++attempt) {
       auto st = Status(*nodes_[members[0]]);
       settled = st.groups_size() > 0;
+      shards = 0;
       for (const auto& g : st.groups()) {
+        shards += g.collection() == kCollection;
         for (const auto& r : g.replicas()) settled = settled && r.reported() && r.applied() == g.commit();
       }
       if (!settled) std::this_thread::sleep_for(50ms);
@@ -593,7 +596,7 @@ class ClusterFaultTest : public ::testing::Test {
         sums[entry.path().filename().string()].push_back({n->index(), *c});
       }
     }
-    ASSERT_EQ(sums.size(), 2u);
+    ASSERT_EQ(sums.size(), shards);
     for (const auto& [group, cs] : sums) {
       ASSERT_EQ(cs.size(), 3u) << "group " << group;  // the default replication factor
       // Applied indexes may differ by the leaders' no-op entries of elections
@@ -984,6 +987,60 @@ TEST_F(ClusterFaultTest, ScaleUpDeadNodeDrainRemoveAndRollingRestartUnderLoad) {
                                           "time to 20 acknowledged writes after a SIGTERM %.3f s)",
                                           worst_gap),
                           /*expect_snapshots=*/false, members);
+}
+
+// Both shards split under load while the node leading one of them is killed
+// (-9) at a random moment of the split and restarted: the splits end, every
+// shard has its three replicas alike, the history is linearizable.
+TEST_F(ClusterFaultTest, ShardsSplitUnderLoadWhileTheSplitLeaderIsKilled) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  ASSERT_NO_FATAL_FAILURE(CreateCollection(*nodes_[0]));
+  std::atomic<bool> stop{false};
+  std::thread clients([&] { RunClients(&stop, 4); });
+  std::this_thread::sleep_for(1500ms);
+  const int leader = LeaderOfAShard();
+  ASSERT_GE(leader, 0);
+  {
+    auto cluster = v1::Cluster::NewStub(nodes_[(leader + 1) % size_]->channel());
+    grpc::ClientContext ctx;
+    v1::SplitShardsRequest req;
+    req.set_collection(kCollection);
+    v1::SplitShardsResponse resp;
+    grpc::Status s = cluster->SplitShards(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.splitting(), 2u);
+  }
+  const auto kill_after = std::chrono::milliseconds(rng_() % 500);
+  std::this_thread::sleep_for(kill_after);
+  up_[leader] = false;
+  nodes_[leader]->Kill(SIGKILL);
+  std::this_thread::sleep_for(1s);
+  nodes_[leader]->Start();
+  ASSERT_TRUE(nodes_[leader]->WaitReady()) << nodes_[leader]->Log();
+  up_[leader] = true;
+  bool split = false;
+  v1::ClusterStatusResponse st;
+  for (int k = 0; k < 1200 && !split; ++k) {
+    st = Status(*nodes_[(leader + 1) % size_]);
+    size_t shards = 0;
+    split = st.operations_size() == 0;
+    for (const auto& g : st.groups()) {
+      if (g.collection() != kCollection) continue;
+      ++shards;
+      split = split && g.replicas_size() == 3 && g.leader_node_id() != 0;
+      for (const auto& r : g.replicas()) split = split && r.reported() && r.lag() == 0;
+    }
+    split = split && shards == 4;
+    if (!split) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(split) << "the splits did not end within 120 s:\n" << st.DebugString();
+  std::this_thread::sleep_for(1s);  // clients go on over the new shard map
+  stop = true;
+  clients.join();
+  CheckHistoryAndReplicas(absl::StrFormat("both shards split under load, the leader of one (cairn-%d) killed (-9) "
+                                          "%lld ms after the split started and restarted",
+                                          leader, static_cast<long long>(kill_after.count())),
+                          /*expect_snapshots=*/false);
 }
 
 TEST_F(ClusterFaultTest, AWipedNodeJoinsInPlaceOfItsFormerSelfAndAnotherNodesDiskIsRefused) {
