@@ -10,7 +10,13 @@
 // With --target HOST:PORT it uses a running cairnd instead (a node of a
 // cluster: bench/cluster/consistency.sh) and compares, on the same data,
 // linearizable searches (the default) with local ones: QPS, p50/p99 and
-// recall@10 against exact search for each.
+// recall@10 against exact search for each. With --target and --load
+// COLLECTION SECONDS it only searches that collection (random queries of its
+// dimension, k=10) for that long and prints one JSON line: QPS, p50/p99 and
+// the calls that failed; --latency-log FILE also writes each call's end
+// (Unix ms), latency (ms) and outcome (1 ok, 0 failed) as a line, so that a
+// script can take the figures of any time window (bench/cluster/elastic.sh:
+// while a cluster moves replicas or splits shards).
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -24,6 +30,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -182,6 +190,88 @@ int RunAgainstTarget(const cairn::datasets::Dataset& data, size_t nq, const std:
   return 0;
 }
 
+std::atomic<bool> g_stop_load{false};
+
+// Searches `collection` through `target` for `seconds` (or until SIGTERM)
+// with `threads` clients; one JSON line.
+int SearchLoad(const std::string& target, const std::string& collection, double seconds, int threads,
+               const std::string& latency_log) {
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  uint32_t dim = 0;
+  {
+    grpc::ClientContext ctx;
+    cairn::v1::GetCollectionRequest req;
+    req.set_name(collection);
+    cairn::v1::CollectionInfo info;
+    auto s = cairn::v1::Collections::NewStub(channel)->Get(&ctx, req, &info);
+    if (!s.ok()) Die(s.error_message());
+    dim = info.config().dimension();
+  }
+  auto search = cairn::v1::Search::NewStub(channel);
+  signal(SIGTERM, [](int) { g_stop_load.store(true); });
+  std::atomic<uint64_t> errors{0};
+  std::mutex mu;
+  std::vector<double> lat;
+  std::string first_error;
+  struct Call {
+    int64_t end_ms;
+    double ms;
+    bool ok;
+  };
+  std::vector<Call> calls;
+  const auto t0 = Clock::now();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      std::mt19937 rng(static_cast<uint32_t>(t + 1));
+      std::uniform_real_distribution<float> u(0, 1);
+      std::vector<double> mine;
+      std::vector<Call> my_calls;
+      while (Since(t0) < seconds && !g_stop_load.load()) {
+        cairn::v1::SearchRequest req;
+        req.set_collection(collection);
+        for (uint32_t d = 0; d < dim; ++d) req.add_vector(u(rng));
+        req.mutable_params()->set_k(10);
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        cairn::v1::SearchResponse resp;
+        const auto s0 = Clock::now();
+        auto s = search->Search(&ctx, req, &resp);
+        const int64_t end_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count();
+        my_calls.push_back({end_ms, Since(s0) * 1000, s.ok()});
+        if (s.ok()) {
+          mine.push_back(Since(s0) * 1000);
+        } else {
+          ++errors;
+          std::lock_guard l(mu);
+          if (first_error.empty()) first_error = s.error_message();
+        }
+      }
+      std::lock_guard l(mu);
+      lat.insert(lat.end(), mine.begin(), mine.end());
+      calls.insert(calls.end(), my_calls.begin(), my_calls.end());
+    });
+  }
+  for (auto& t : ts) t.join();
+  const double secs = Since(t0);
+  if (!latency_log.empty()) {
+    FILE* f = std::fopen(latency_log.c_str(), "w");
+    if (f == nullptr) Die("cannot write " + latency_log);
+    for (const Call& c : calls) std::fprintf(f, "%lld %.3f %d\n", static_cast<long long>(c.end_ms), c.ms, c.ok ? 1 : 0);
+    std::fclose(f);
+  }
+  std::sort(lat.begin(), lat.end());
+  const size_t n = lat.size();
+  std::printf("{\"bench\":\"cluster_search_load\",\"collection\":\"%s\",\"threads\":%d,\"seconds\":%.2f,"
+              "\"searches\":%zu,\"qps\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"errors\":%llu,\"first_error\":\"%s\"}\n",
+              collection.c_str(), threads, secs, n, n / secs, n ? lat[n / 2] : 0.0,
+              n ? lat[std::min(n - 1, n * 99 / 100)] : 0.0, static_cast<unsigned long long>(errors.load()),
+              first_error.substr(0, 200).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -190,6 +280,8 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/cairn-grpc-bench";
   std::string target;
   uint32_t shards = 2;
+  std::string load, latency_log;
+  double load_seconds = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--queries" && i + 1 < argc) max_queries = std::strtoull(argv[++i], nullptr, 10);
@@ -201,12 +293,20 @@ int main(int argc, char** argv) {
       for (auto p : absl::StrSplit(argv[++i], ',')) thread_counts.push_back(std::atoi(std::string(p).c_str()));
     } else if (a == "--data" && i + 1 < argc) dir = argv[++i];
     else if (a == "--target" && i + 1 < argc) target = argv[++i];
+    else if (a == "--load" && i + 2 < argc) {
+      load = argv[++i];
+      load_seconds = std::strtod(argv[++i], nullptr);
+    } else if (a == "--latency-log" && i + 1 < argc) latency_log = argv[++i];
     else if (a == "--shards" && i + 1 < argc) shards = static_cast<uint32_t>(std::strtoul(argv[++i], nullptr, 10));
     else {
       std::printf("Usage: grpc_bench [--queries N] [--synthetic N DIM] [--threads 1,2,4] [--data DIR]\n"
-                  "                  [--target HOST:PORT [--shards N]]\n");
+                  "                  [--target HOST:PORT [--shards N | --load COLLECTION SECONDS [--latency-log FILE]]]\n");
       return a == "--help" ? 0 : 2;
     }
+  }
+  if (!load.empty()) {
+    if (target.empty()) Die("--load needs --target");
+    return SearchLoad(target, load, load_seconds, thread_counts.empty() ? 1 : thread_counts[0], latency_log);
   }
   cairn::datasets::Dataset data;
   if (syn_n > 0) {

@@ -1189,7 +1189,7 @@ int main(int argc, char** argv) {
   }
   Args args;
   std::string error;
-  if (!Parse(all, {"--json", "--skip-bad", "--resume", "--exact"}, &args, &error)) return Usage(error);
+  if (!Parse(all, {"--json", "--skip-bad", "--resume", "--exact", "--wait"}, &args, &error)) return Usage(error);
   if (args.rest.empty()) return Usage("no command");
   std::string target = args.Get("--target", Env("CAIRN_TARGET", "127.0.0.1:7600"));
   Conn conn;

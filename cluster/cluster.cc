@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "cairn/status.h"
 #include "cluster/placement.h"
 #include "db/collection_impl.h"
@@ -268,25 +269,49 @@ class ShardReplica final : public raft::StateMachine {
   void set_voter_seen() { voter_seen_.store(true, std::memory_order_release); }
 
  private:
-  // Writes the first state of split `c`'s new group beside this replica:
-  // a copy of the shard keeping the other half of its class, its applied
-  // index 1 (the new group's log starts over, from a first state at 1).
+  // Takes the copy of the shard split `c`'s new group starts from, beside
+  // this replica: the shard as it is (hard links), with a note of the class
+  // the new group keeps (PrepareSplitCopy reads it where the copy is opened,
+  // off the apply path).
   absl::Status WriteSplitChild(db::Shard& shard, const db::ShardCommand& c) const {
     const std::string final_dir = SplitChildDir(fs::path(dir_).parent_path().string(), c.child_group);
     const std::string tmp = final_dir + ".tmp";
     std::error_code ec;
     fs::remove_all(tmp, ec);
     CAIRN_RETURN_IF_ERROR(db::Shard::SnapshotAll({&shard}, {tmp}));
-    {
-      CAIRN_ASSIGN_OR_RETURN(auto child, db::Shard::Open(tmp, options_));
-      CAIRN_RETURN_IF_ERROR(child->KeepHashClass(c.child, 1));
-      CAIRN_RETURN_IF_ERROR(child->SyncApplied().status());
-    }
+    CAIRN_RETURN_IF_ERROR(storage::WriteFileAtomic((fs::path(tmp) / kSplitNote).string(),
+                                                   absl::StrCat(c.child.modulus, " ", c.child.residue)));
     fs::remove_all(final_dir, ec);
     fs::rename(tmp, final_dir, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
     return storage::SyncDir(fs::path(dir_).parent_path().string());
   }
+
+ public:
+  // A copy a split took (WriteSplitChild), opened as `shard` in `dir`: keeps
+  // the new group's class in it and sets its applied index to 1 (the group's
+  // log starts over, from a first state at 1), then drops the note. Nothing
+  // to do for any other shard. Done again after a crash before the note goes.
+  static absl::Status PrepareSplitCopy(db::Shard& shard, const std::string& dir) {
+    const std::string note = (fs::path(dir) / kSplitNote).string();
+    if (!fs::exists(note)) return absl::OkStatus();
+    CAIRN_ASSIGN_OR_RETURN(std::string text, storage::ReadFile(note));
+    uint32_t modulus = 0, residue = 0;
+    std::vector<std::string> parts = absl::StrSplit(text, ' ');
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &modulus) || !absl::SimpleAtoi(parts[1], &residue) ||
+        modulus == 0 || residue >= modulus) {
+      return absl::DataLossError(absl::StrCat("malformed ", note));
+    }
+    CAIRN_RETURN_IF_ERROR(shard.KeepHashClass(db::HashClass{modulus, residue}, 1));
+    CAIRN_RETURN_IF_ERROR(shard.SyncApplied().status());
+    std::error_code ec;
+    fs::remove(note, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot remove ", note, ": ", ec.message()));
+    return storage::SyncDir(dir);
+  }
+
+ private:
+  static constexpr char kSplitNote[] = "split-copy";
 
   std::atomic<uint64_t> bytes_{0};
   std::atomic<bool> voter_seen_{false};
@@ -1649,41 +1674,47 @@ void Cluster::Reconcile() {
     db::ShardOptions so = db::ShardOptionsFor(g->collection, coll->second.config, options_.db);
     so.sync_writes = false;  // the Raft log is the write-ahead log
     const std::string dir = GroupDir(g->group);
-    // The first replicas write the group's first state; a replica added
-    // later (in place of a lost one) starts empty and waits for the leader.
-    bool first = std::find(g->initial_voters.begin(), g->initial_voters.end(), replica) != g->initial_voters.end();
-    std::string split_copy;
-    if (first && g->split_from != 0 && !fs::exists(dir)) {
-      // A split's new group: its first state is the copy this node's
-      // replica of the parent wrote when it applied the split. (The applied
-      // index is read first: a copy the apply writes is there before it.)
-      auto parent = LocalReplica(g->split_from);
-      const uint64_t parent_applied = parent ? parent->AppliedIndex() : 0;
-      split_copy = ShardReplica::SplitChildDir(fs::path(dir).parent_path().string(), g->group);
-      if (!fs::exists(split_copy)) {
-        if (parent && parent_applied < g->split_index) continue;  // it applies the split soon
-        // No copy here (the parent's replica here was installed from a
-        // snapshot past the split, or is gone): the leader sends one.
-        first = false;
-        split_copy.clear();
-      }
-    }
     // What is on disk for this group may be an earlier replica's (moved off
     // this node, then back as a new replica): it goes, log included.
     if (absl::Status s = ClaimGroupDir(g->group, replica); !s.ok()) {
       Log(absl::StrCat("cannot prepare the directory of group ", g->group, ": ", s.ToString()));
       continue;
     }
-    if (!split_copy.empty()) {
-      std::error_code ec;
-      fs::rename(split_copy, dir, ec);
-      if (absl::Status s = ec ? absl::InternalError(ec.message()) : storage::SyncDir(fs::path(dir).parent_path().string());
-          !s.ok()) {
-        Log(absl::StrCat("cannot install the first state of group ", g->group, " from ", split_copy, ": ", s.ToString()));
-        continue;
+    // The first replicas write the group's first state; a replica added
+    // later (in place of a lost one) starts empty and waits for the leader.
+    bool first = std::find(g->initial_voters.begin(), g->initial_voters.end(), replica) != g->initial_voters.end();
+    bool from_copy = false;
+    if (g->split_from != 0 && first) {
+      // A split's new group: its first state is the copy this node's replica
+      // of the parent took when it applied the split; `<dir>.first-state`
+      // records that it was installed. Without a copy (the parent's replica
+      // here was installed from a snapshot past the split, or is gone) the
+      // replica starts empty, for good, and the leader sends it one. (The
+      // parent's applied index is read first: a copy the apply takes is
+      // there before the index passes the split.)
+      const std::string marker = dir + ".first-state";
+      if (!fs::exists(marker) && !fs::exists(dir)) {
+        auto parent = LocalReplica(g->split_from);
+        const uint64_t parent_applied = parent ? parent->AppliedIndex() : 0;
+        const std::string copy = ShardReplica::SplitChildDir(fs::path(dir).parent_path().string(), g->group);
+        if (fs::exists(copy)) {
+          std::error_code ec;
+          absl::Status s = storage::WriteFileAtomic(marker, absl::StrCat(g->split_from, " ", g->split_index));
+          if (s.ok()) fs::rename(copy, dir, ec);
+          if (s.ok() && ec) s = absl::InternalError(ec.message());
+          if (s.ok()) s = storage::SyncDir(fs::path(dir).parent_path().string());
+          if (!s.ok()) {
+            Log(absl::StrCat("cannot install the first state of group ", g->group, " from ", copy, ": ", s.ToString()));
+            continue;
+          }
+          Log(absl::StrCat("group ", g->group, ": starts from the split of group ", g->split_from, " at index ",
+                           g->split_index));
+          from_copy = true;
+        } else if (parent && parent_applied < g->split_index) {
+          continue;  // it applies the split soon
+        }
       }
-      Log(absl::StrCat("group ", g->group, ": starts from the split of group ", g->split_from, " at index ",
-                       g->split_index));
+      first = fs::exists(marker);
     }
     // A snapshot install a crash interrupted is finished (or undone) first.
     if (absl::Status s = RecoverInstall(dir + ".staged", dir); !s.ok()) {
@@ -1693,6 +1724,10 @@ void Cluster::Reconcile() {
     auto shard = db::Shard::Open(dir, so);
     if (!shard.ok()) {
       Log(absl::StrCat("cannot open the replica of group ", g->group, " in ", dir, ": ", shard.status().ToString()));
+      continue;
+    }
+    if (absl::Status s = ShardReplica::PrepareSplitCopy(**shard, dir); !s.ok()) {
+      Log(absl::StrCat("cannot prepare the first state of group ", g->group, " in ", dir, ": ", s.ToString()));
       continue;
     }
     auto rep = std::make_shared<ShardReplica>(g->group, replica, g->collection, dir, so, std::move(*shard));
@@ -1711,6 +1746,11 @@ void Cluster::Reconcile() {
       Log(absl::StrCat("cannot start group ", g->group, ": ", s.ToString()));
       std::lock_guard l(mu_);
       replicas_.erase(g->group);
+    } else if (from_copy) {
+      // The parent's leader campaigns at once: the new group's ids wait for
+      // no election timeout.
+      auto parent = node_->GroupStatusOf(g->split_from);
+      if (parent.ok() && parent->role == raft::Role::kLeader) node_->Campaign(g->group);
     }
   }
   // Replicas of dropped collections; tunables of the others.
@@ -1743,6 +1783,7 @@ void Cluster::Reconcile() {
     std::error_code ec;
     fs::remove_all(GroupDir(gid) + ".staged", ec);
     fs::remove(GroupDir(gid) + ".replica", ec);
+    fs::remove(GroupDir(gid) + ".first-state", ec);
     Log(absl::StrCat("group ", gid, ": the replica here left the group; its files go"));
     std::lock_guard l(mu_);
     dropped_.push_back({replicas_[gid], GroupDir(gid)});
@@ -1787,6 +1828,7 @@ absl::Status Cluster::ForgetGroup(uint64_t gid) {
     if (ec) return absl::InternalError(absl::StrCat("cannot remove ", p, ": ", ec.message()));
   }
   fs::remove(dir + ".replica", ec);
+  fs::remove(dir + ".first-state", ec);
   return store_->DropGroup(gid);
 }
 
@@ -2087,22 +2129,37 @@ absl::Status Cluster::SplitCollection(const std::string& name) {
                                                       "collection has"));
   }
   for (uint64_t gid : groups) {
-    if (auto op = st->ops.find(gid); op != st->ops.end()) {
+    if (auto op = st->ops.find(gid); op != st->ops.end() && op->second.kind == GroupOp::Kind::kSplit) {
       return absl::FailedPreconditionError(absl::StrCat("shard ", st->groups.at(gid).shard, " of collection \"", name,
-                                                        "\" has a ", OpKindName(op->second.kind),
-                                                        " in progress (cairn cluster status); split once it is done"));
+                                                        "\" is being split already (cairn cluster status); split "
+                                                        "again once it is done"));
     }
   }
+  // A shard with another operation under way (a move, a leadership
+  // transfer) is split once it ends.
+  const auto deadline = Clock::now() + 3 * options_.request_timeout;
   for (uint64_t gid : groups) {
-    // Placed on the latest state (it allocates ids); again when another
-    // command took them first.
-    absl::Status s;
-    for (int attempt = 0; attempt < 10; ++attempt) {
-      s = ProposeMetadata(StartSplitCommand(*meta_->State(), gid, "cairn collection split"), nullptr);
-      if (!absl::IsAborted(s)) break;
-      (void)MetadataReadIndex();
+    while (true) {
+      // Placed on the latest state (it allocates ids); again when another
+      // command took them first.
+      const auto now_st = meta_->State();
+      absl::Status s;
+      if (auto op = now_st->ops.find(gid); op != now_st->ops.end()) {
+        s = absl::FailedPreconditionError(absl::StrCat("shard ", now_st->groups.at(gid).shard, " of collection \"",
+                                                       name, "\" has a ", OpKindName(op->second.kind),
+                                                       " under way that did not end within ",
+                                                       3 * options_.request_timeout.count(),
+                                                       " ms; split once it is done (cairn cluster status)"));
+      } else {
+        s = ProposeMetadata(StartSplitCommand(*now_st, gid, "cairn collection split"), nullptr);
+        if (s.ok()) break;
+        // Refused for another reason than an operation started meanwhile.
+        if (absl::IsFailedPrecondition(s) && !meta_->State()->ops.count(gid)) return s;
+      }
+      if (!absl::IsAborted(s) && !absl::IsFailedPrecondition(s)) return s;
+      if (Clock::now() >= deadline) return s;
+      std::this_thread::sleep_for(50ms);
     }
-    CAIRN_RETURN_IF_ERROR(s);
   }
   Log(absl::StrCat("collection ", name, ": splitting its ", groups.size(), " shard(s)"));
   return absl::OkStatus();

@@ -98,14 +98,17 @@ struct Shard::Txn {
   }
   // Removes live point `old` (its vector, payload, index keys, reverse id).
   absl::Status RemovePoint(uint64_t old) {
-    CAIRN_ASSIGN_OR_RETURN(std::string value, LookupPayload(old));
-    std::string_view pj, text;
-    if (!DecodePayloadValue(value, &pj, &text)) return absl::DataLossError("malformed payload record");
-    Json payload = Json::parse(pj, nullptr, false);
-    if (!payload.is_discarded()) {
-      for (auto& key : shard->payload_index_.KeysFor(payload, old)) {
-        batch.Delete(Cf::kPayloadIndex, key);
-        plan.index_remove.push_back(std::move(key));
+    // Its payload index keys (none to look up without indexed fields).
+    if (!shard->options_.payload_indexes.empty()) {
+      CAIRN_ASSIGN_OR_RETURN(std::string value, LookupPayload(old));
+      std::string_view pj, text;
+      if (!DecodePayloadValue(value, &pj, &text)) return absl::DataLossError("malformed payload record");
+      Json payload = Json::parse(pj, nullptr, false);
+      if (!payload.is_discarded()) {
+        for (auto& key : shard->payload_index_.KeysFor(payload, old)) {
+          batch.Delete(Cf::kPayloadIndex, key);
+          plan.index_remove.push_back(std::move(key));
+        }
       }
     }
     const std::string ik = InternalKey(old);

@@ -7,10 +7,16 @@
 #  2. re-replication: with 4 nodes, one is killed (kill -9) and stays down;
 #     --dead-node-timeout is 5 s: the time from the kill until every shard has
 #     3 replicas on live nodes again (the timeout included);
-#  3. writes during moves: the same M points ingested (cairn ingest, one
-#     client) into the quiet 4-node cluster, then again while a 5th node joins
-#     and replicas move onto it: records/s both ways, and the errors the
-#     client saw.
+#  3. writes and searches during moves: M points ingested (cairn ingest, one
+#     client) into the quiet 4-node cluster, then M more while a 5th node
+#     joins and replicas move onto it, one client searching throughout
+#     (grpc_bench --load, k=10, each call logged): records/s of each ingest;
+#     searches/s and p99 while the quiet ingest ran and from the 5th node's
+#     start until the cluster settled; the errors the clients saw;
+#  4. a split: the same on the settled 5-node cluster, quiet, then while
+#     `cairn collection split v --wait` splits its 3 shards into 6 (searches
+#     measured from the split's start to its end); the time the split took,
+#     and searches on the 6 shards after it.
 # Logs are compacted every 100 entries (--raft-log-compact-entries), so that a
 # new replica is copied as a large shard's would be: from the leader's files
 # (a snapshot, fetched at most --snapshot-max-mbps 64), not by replaying its log.
@@ -64,6 +70,28 @@ print(sum(int(n["bytes"]) for n in json.load(sys.stdin)["nodes"] if n["name"] ==
 snapshots_installed() {  # HTTP_PORT
   curl -sf "http://127.0.0.1:$1/metrics" | awk 'index($0, "cairn_raft_snapshots_installed_total{") == 1 {s += $2} END {printf "%.0f", s}'
 }
+searcher() {  # LOG: one client searching v until SIGTERM, each call logged (grpc_bench --latency-log)
+  "$bin/grpc_bench" --target 127.0.0.1:7700 --load v 3600 --threads 1 --latency-log "$1" >/dev/null &
+  pids+=($!); search_pid=$!
+}
+stop_searcher() { kill -TERM "$search_pid"; wait "$search_pid"; }
+window() {  # LOG FROM_MS TO_MS: searches/s, p99 ms and failed calls in that window
+  "${PYTHON:-/usr/bin/python3}" - "$@" <<'PY'
+import sys
+lo, hi = int(sys.argv[2]), int(sys.argv[3])
+lat, bad = [], 0
+for line in open(sys.argv[1]):
+    t, ms, ok = line.split()
+    if lo <= int(t) < hi:
+        if ok == "1":
+            lat.append(float(ms))
+        else:
+            bad += 1
+lat.sort()
+p99 = lat[min(len(lat) - 1, len(lat) * 99 // 100)] if lat else 0
+print("%.0f %.2f %d" % (len(lat) / max((hi - lo) / 1000, 1e-3), p99, bad))
+PY
+}
 ingest_rate() {  # FILE START_ID: records/s and errors+retries of one cairn ingest
   "$bin/cairn" --target 127.0.0.1:7700 ingest --collection v --start-id "$2" --json "$1" 2>/dev/null |
     "${PYTHON:-/usr/bin/python3}" -c '
@@ -93,18 +121,56 @@ start_node 3  # a new node under the old name: it replaces the dead one
 ready 7731
 await_settled "" 2 3 >/dev/null
 
-echo "3. writes: $m points, quiet, then while a 5th node joins"
-read -r quiet quiet_err < <(ingest_rate "$work/b.fvecs" "$n")
+report() {  # WHAT QUIET_W BUSY_W QUIET_S BUSY_S: writes (records/s errors) and searches (qps p99 errors)
+  local qw qwe bw bwe qs qp qse bs bp bse
+  read -r qw qwe <<<"$2"; read -r bw bwe <<<"$3"; read -r qs qp qse <<<"$4"; read -r bs bp bse <<<"$5"
+  echo "   writes: quiet $qw records/s, $1 $bw records/s (ratio $(calc "$bw / $qw")), errors and retries $qwe / $bwe"
+  echo "   searches: quiet $qs/s p99 $qp ms, $1 $bs/s p99 $bp ms (ratio $(calc "$bs / $qs")), failed $qse / $bse"
+}
+count_points() {  # I: the points of v, counted through node I
+  "$bin/cairn" --target "127.0.0.1:77$1""0" collection info v | grep -o '"points": *"*[0-9]*' | grep -o '[0-9]*$'
+}
+
+echo "3. writes and searches: $m points ingested while one client searches, quiet, then while a 5th node joins"
+searcher "$work/lat3"
+sleep 1
+q0=$(now_ms); quiet_w=$(ingest_rate "$work/b.fvecs" "$n"); q1=$(now_ms)
+m0=$(now_ms)
 ingest_rate "$work/b.fvecs" "$((n + m))" >"$work/moving" &
 ingester=$!
 start_node 4
-wait "$ingester"
-read -r moving moving_err <"$work/moving"
-ops=$(status_json | "${PYTHON:-/usr/bin/python3}" -c 'import json,sys; print(len(json.load(sys.stdin).get("operations", [])))')
-echo "   quiet: $quiet records/s ($quiet_err errors and retries); during moves: $moving records/s" \
-  "($moving_err errors and retries; $ops operations still under way at the end); ratio $(calc "$moving / $quiet")"
+ready 7741
 await_settled "" 1 2 >/dev/null
-count=$("$bin/cairn" --target 127.0.0.1:7740 collection info v | grep -o '"points": *"*[0-9]*' | grep -o '[0-9]*$')
+m1=$(now_ms)
+wait "$ingester"
+stop_searcher
+report "during moves" "$quiet_w" "$(cat "$work/moving")" "$(window "$work/lat3" "$q0" "$q1")" \
+  "$(window "$work/lat3" "$m0" "$m1")"
+echo "   (the moves: $(calc "($m1 - $m0) / 1000") s from the 5th node's start until settled; searches measured over it)"
+count=$(count_points 4)
 [ "$count" = "$((n + 2 * m))" ] || { echo "the cluster counts $count points, not $((n + 2 * m))" >&2; exit 1; }
 echo "   settled; $count points counted through the 5th node"
+
+echo "4. a split of the 3 shards into 6: $m points ingested while one client searches, quiet, then during the split"
+searcher "$work/lat4"
+sleep 1
+q0=$(now_ms); quiet_w=$(ingest_rate "$work/b.fvecs" "$((n + 2 * m))"); q1=$(now_ms)
+s0=$(now_ms)
+ingest_rate "$work/b.fvecs" "$((n + 3 * m))" >"$work/splitting" &
+ingester=$!
+"$bin/cairn" --target 127.0.0.1:7700 collection split v --wait >/dev/null
+s1=$(now_ms)
+wait "$ingester"
+sleep 4
+a1=$(now_ms)
+stop_searcher
+report "during the split" "$quiet_w" "$(cat "$work/splitting")" "$(window "$work/lat4" "$q0" "$q1")" \
+  "$(window "$work/lat4" "$s0" "$s1")"
+read -r after_qps after_p99 after_bad <<<"$(window "$work/lat4" "$((a1 - 3000))" "$a1")"
+echo "   the split took $(calc "($s1 - $s0) / 1000") s ($((n + 2 * m)) points in 3 shards when it started);" \
+  "searches after it, on 6 shards, no writes: $after_qps/s p99 $after_p99 ms"
+count=$(count_points 0)
+[ "$count" = "$((n + 4 * m))" ] || { echo "the cluster counts $count points, not $((n + 4 * m))" >&2; exit 1; }
+echo "   $count points counted after it, in $(status_json | "${PYTHON:-/usr/bin/python3}" -c '
+import json,sys; print(sum(1 for g in json.load(sys.stdin)["groups"] if g["collection"] == "v"))') shards"
 echo "N=$n, M=$m, DIM=$dim; 3 shards x 3 replicas, flat index, snapshots at most 64 MiB/s"
