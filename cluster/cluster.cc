@@ -1839,8 +1839,10 @@ void Cluster::RemoveStaleSplitCopies(const MetadataState& st) {
     const auto dot = name.find(".split");
     uint64_t gid = 0;
     if (dot == std::string::npos || !absl::SimpleAtoi(name.substr(0, dot), &gid)) continue;
-    // Kept while its split is under way, and until the replica here opens.
-    bool wanted = false;
+    // Kept while its split is under way (or not known here yet: this node's
+    // metadata may lag its replica of the group being split), and until the
+    // replica here opens.
+    bool wanted = gid >= st.next_group;
     for (const auto& [parent, op] : st.ops) wanted = wanted || (op.kind == GroupOp::Kind::kSplit && op.to == gid);
     if (auto g = st.groups.find(gid); g != st.groups.end() && !LocalReplica(gid)) {
       for (const auto& [r, n] : g->second.replicas) wanted = wanted || n == self_.id;
@@ -1871,6 +1873,8 @@ void Cluster::RemoveOrphanReplicas() {
   }
 }
 
+constexpr size_t kDropForeignBatch = 2048;
+
 void Cluster::MaintenanceLoop() {
   std::unique_lock l(loop_mu_);
   for (uint64_t round = 0; !stop_; ++round) {
@@ -1887,6 +1891,14 @@ void Cluster::MaintenanceLoop() {
       if (!shard.ok()) continue;  // installing a snapshot
       absl::Status s = (*shard)->Seal(/*force=*/false);
       if (s.ok()) s = (*shard)->Compact(/*force=*/false);
+      // What a split left outside the shard's class leaves storage in
+      // batches that keep the shard's writers waiting no longer than a few
+      // milliseconds each.
+      for (auto t0 = Clock::now(); s.ok() && Clock::now() - t0 < 250ms;) {
+        auto more = (*shard)->DropForeign(kDropForeignBatch);
+        s = more.status();
+        if (!more.ok() || !*more) break;
+      }
       if (s.ok()) s = (*shard)->CheckpointGrowing(/*at_close=*/false);
       if (!s.ok()) Log(absl::StrCat("maintenance of group ", r->group(), " failed: ", s.ToString()));
       if (round % 10 == 0) r->MeasureBytes();  // for the controller's balance of bytes

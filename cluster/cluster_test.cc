@@ -821,6 +821,22 @@ TEST_F(ClusterTest, AShardPastItsSplitPointsIsSplitByTheCluster) {
   ExpectReplicasAlike();
 }
 
+// The copies splits leave: one for a group this node's metadata does not
+// know yet (its replica of the parent applied the split first) stays; one
+// for a group whose replica here is open already goes.
+TEST_F(ClusterTest, ASplitsCopyStaysUntilItsGroupIsKnownAndOpenedHere) {
+  auto c = OpenWithDocs(/*shards=*/1);
+  ASSERT_NE(c, nullptr);
+  const std::string groups = Options(0).data_dir + "/groups";
+  const std::string future = groups + "/1000000.split.tmp", opened = groups + "/2.split";
+  fs::create_directories(future);
+  fs::create_directories(opened);
+  ASSERT_TRUE(fs::exists(groups + "/2")) << "group 2 is the collection's shard";
+  for (int i = 0; i < 50 && fs::exists(opened); ++i) std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(fs::exists(opened));
+  EXPECT_TRUE(fs::exists(future));
+}
+
 // A node about to stop hands its leaderships to caught-up replicas: then it
 // leads nothing, and the others lead every group.
 TEST_F(ClusterTest, AStoppingNodeHandsOffItsLeaderships) {

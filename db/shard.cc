@@ -215,10 +215,17 @@ absl::Status Shard::Load() {
       growing_max_id = m["growing"].value("max_id", uint64_t{0});
     }
   }
-  // Live set.
+  // Live set: without the points a split left outside the class (still in
+  // storage until DropForeign deletes them).
   {
     auto it = kv_->NewIterator(Cf::kRids);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) live_.add(DecodeInternalKey(it->key()));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      if (split_.cls.Contains(it->value())) {
+        live_.add(DecodeInternalKey(it->key()));
+      } else {
+        foreign_left_.store(true, std::memory_order_relaxed);
+      }
+    }
     CAIRN_RETURN_IF_ERROR(it->status());
   }
   // Payload index.
@@ -296,6 +303,7 @@ absl::Status Shard::Load() {
     if (it->value().size() != dim * sizeof(float)) {
       return absl::DataLossError(absl::StrCat("vector record of ", it->value().size(), " bytes"));
     }
+    if (!live_.contains(DecodeInternalKey(it->key()))) continue;  // outside the class (a split)
     ids.push_back(DecodeInternalKey(it->key()));
     const float* f = reinterpret_cast<const float*>(it->value().data());
     vecs.insert(vecs.end(), f, f + dim);
@@ -569,28 +577,13 @@ absl::Status Shard::KeepHashClass(HashClass cls, uint64_t applied) {
 
 absl::Status Shard::KeepHashClassLocked(const SplitRecord& record, uint64_t applied, bool forget_requests) {
   // The points outside the class, from the id map (external key -> id).
-  std::vector<std::string> outside;
+  std::vector<uint64_t> outside;
   {
     auto it = kv_->NewIterator(Cf::kIds);
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      if (!record.cls.Contains(it->key())) outside.emplace_back(it->key());
+      if (!record.cls.Contains(it->key()) && it->value().size() == 8) outside.push_back(DecodeInternalKey(it->value()));
     }
     CAIRN_RETURN_IF_ERROR(it->status());
-  }
-  // Deleted in batches: a crash between two leaves a shard whose applied
-  // index is still before the split, which applies it again.
-  constexpr size_t kBatch = 4096;
-  for (size_t at = 0; at < outside.size(); at += kBatch) {
-    const std::vector<std::string> keys(outside.begin() + at,
-                                        outside.begin() + std::min(outside.size(), at + kBatch));
-    Txn txn;
-    txn.shard = this;
-    const uint64_t first_id = next_id_;
-    txn.BeginOp();
-    uint64_t deleted = 0;
-    CAIRN_RETURN_IF_ERROR(PrepareDelete(txn, keys, {}, &deleted));
-    txn.EndOp(true);
-    CAIRN_RETURN_IF_ERROR(WriteTxnLocked(txn, first_id, 0));
   }
   Txn txn;
   txn.shard = this;
@@ -617,7 +610,64 @@ absl::Status Shard::KeepHashClassLocked(const SplitRecord& record, uint64_t appl
     split_ = record;
   }
   if (applied != 0) applied_index_.store(applied, std::memory_order_release);
+  // The points outside leave at once in memory (reads, searches and counts
+  // no longer see them) and later from storage (DropForeign).
+  HideLocked(outside);
+  {
+    std::lock_guard l(drop_mu_);
+    drop_after_.clear();  // the new class leaves other ids outside
+  }
+  foreign_left_.store(!outside.empty(), std::memory_order_release);
   return absl::OkStatus();
+}
+
+void Shard::HideLocked(const std::vector<uint64_t>& ids) {
+  std::vector<std::shared_ptr<index::Segment>> segs;
+  {
+    std::unique_lock state(state_mu_);
+    ++epoch_;
+    for (uint64_t id : ids) {
+      live_.remove(id);
+      id_cache_.Erase(id);
+    }
+    segs = AllSegmentsLocked();
+  }
+  for (uint64_t id : ids) {
+    for (auto& s : segs) {
+      if (id >= s->min_id() && id <= s->max_id() && s->MarkDeleted(id)) break;
+    }
+  }
+}
+
+absl::StatusOr<bool> Shard::DropForeign(size_t max_points) {
+  if (!foreign_left_.load(std::memory_order_acquire)) return false;
+  const HashClass cls = split_record().cls;
+  std::vector<std::string> keys;
+  {
+    std::lock_guard l(drop_mu_);
+    // From where the last call stopped (ids only move out of the class
+    // once, at the split).
+    auto it = kv_->NewIterator(Cf::kIds);
+    if (drop_after_.empty()) {
+      it->SeekToFirst();
+    } else {
+      it->Seek(drop_after_);
+    }
+    for (; it->Valid() && keys.size() < max_points; it->Next()) {
+      if (!cls.Contains(it->key())) keys.emplace_back(it->key());
+    }
+    CAIRN_RETURN_IF_ERROR(it->status());
+    if (keys.empty()) {
+      // (Unless a split of the shard came meanwhile: it left others.)
+      if (split_record().cls == cls) foreign_left_.store(false, std::memory_order_release);
+      drop_after_.clear();
+      return false;
+    }
+    drop_after_ = keys.back();
+  }
+  uint64_t deleted = 0;
+  CAIRN_RETURN_IF_ERROR(Commit([&](Txn& txn) { return PrepareDelete(txn, keys, {}, &deleted); }));
+  return true;
 }
 
 absl::StatusOr<uint64_t> Shard::SyncApplied() {
@@ -786,12 +836,33 @@ absl::StatusOr<Shard::Checksum> Shard::DataChecksum() const {
   // No write runs while commit_mu_ is held: the column families are read at
   // one applied index.
   std::lock_guard commit(commit_mu_);
+  std::shared_lock state(state_mu_);
   Checksum c;
   c.applied_index = applied_index_.load(std::memory_order_relaxed);
   uint64_t h = StableHash(InternalKey(next_id_));
+  // What a split left outside the class (deleted from storage later, at
+  // each replica's pace) is not the shard's data.
+  const HashClass cls = split_record().cls;
+  auto outside = [&](Cf cf, std::string_view key, std::string_view value) {
+    if (cls.modulus == 0) return false;
+    switch (cf) {
+      case Cf::kIds:
+        return !cls.Contains(key);
+      case Cf::kRids:
+        return !cls.Contains(value);
+      case Cf::kVectors:
+      case Cf::kPayloads:
+        return key.size() == 8 && !live_.contains(DecodeInternalKey(key));
+      case Cf::kPayloadIndex:
+        return key.size() >= 8 && !live_.contains(DecodeInternalKey(key.substr(key.size() - 8)));
+      default:
+        return false;
+    }
+  };
   for (Cf cf : {Cf::kIds, Cf::kRids, Cf::kVectors, Cf::kPayloads, Cf::kPayloadIndex}) {
     auto it = kv_->NewIterator(cf);
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      if (outside(cf, it->key(), it->value())) continue;
       std::string rec;
       PutU64(&rec, h);
       rec.push_back(static_cast<char>(cf));
@@ -1158,8 +1229,9 @@ absl::Status Shard::Get(const std::vector<std::string>& ext_keys, bool with_payl
   CAIRN_RETURN_IF_ERROR(kv_->MultiGet(Cf::kIds, ext_keys, &ids, view.get()));
   std::vector<std::string> keys;
   std::vector<size_t> where;
+  const HashClass cls = split_record().cls;
   for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] && ids[i]->size() == 8) {
+    if (ids[i] && ids[i]->size() == 8 && cls.Contains(ext_keys[i])) {
       keys.push_back(*ids[i]);
       where.push_back(i);
     }
@@ -1203,11 +1275,13 @@ absl::Status Shard::Scroll(const std::string& after, uint32_t limit, const Filte
   }
   *more = false;
   std::vector<std::string> ext_keys;
+  const HashClass cls = split_record().cls;
   auto it = kv_->NewIterator(Cf::kIds);
   if (after.empty()) it->SeekToFirst();
   else it->Seek(after);
   for (; it->Valid(); it->Next()) {
     if (!after.empty() && it->key() == after) continue;
+    if (!cls.Contains(it->key())) continue;  // left by a split, not deleted yet
     if (match && (it->value().size() != 8 || !match->contains(DecodeInternalKey(it->value())))) continue;
     if (ext_keys.size() == limit) {
       *more = true;

@@ -187,10 +187,13 @@ class Shard final : public ShardAccess {
   uint64_t applied_index() const { return applied_index_.load(std::memory_order_acquire); }
 
   // Splits (cluster mode). A split command (ShardCommand::kSplit) applied at
-  // index i deletes the points outside the class the shard keeps and records
-  // it, with the split; from then on Apply refuses writes of ids outside it
-  // (MovedBySplitError). The child's replica starts from a copy of the shard
-  // as of i - 1 on which KeepHashClass keeps the other half.
+  // index i records the class of ids the shard keeps, with the split; the
+  // points outside it leave memory at once (no read, search or count sees
+  // them again, after a reopen too) and storage later, in batches
+  // (DropForeign, from background maintenance); from then on Apply refuses
+  // writes of ids outside it (MovedBySplitError). The child's replica starts
+  // from a copy of the shard as of i - 1 on which KeepHashClass keeps the
+  // other half.
   struct SplitRecord {
     HashClass cls;             // what the shard holds now (modulus 0: all it was sent)
     uint64_t child_group = 0;  // the last split: the group that took the other half
@@ -201,6 +204,9 @@ class Shard final : public ShardAccess {
   // (back, for a child whose group's log starts over); forgets the request
   // ids it remembered (they name another group's log indexes).
   absl::Status KeepHashClass(HashClass cls, uint64_t applied);
+  // Deletes from storage up to `max_points` of the points a split left
+  // outside the shard's class; whether some were left to delete.
+  absl::StatusOr<bool> DropForeign(size_t max_points);
   // Makes what Apply wrote durable (a shard opened without synced writes
   // loses its last writes in a power loss) and returns the applied index
   // that is now durable: the Raft log may be compacted up to it.
@@ -363,9 +369,16 @@ class Shard final : public ShardAccess {
   uint64_t requests_pruned_through_ = 0;    // guarded by commit_mu_: request ids forgotten below
   mutable std::mutex split_mu_;
   SplitRecord split_;  // guarded by split_mu_ (written with commit_mu_ held too)
-  // REQUIRES: commit_mu_ held. Deletes the points outside `cls` and writes the
-  // record and `applied` with the last batch.
+  // REQUIRES: commit_mu_ held. Writes the record and `applied`, and hides the
+  // points outside the record's class (HideLocked).
   absl::Status KeepHashClassLocked(const SplitRecord& record, uint64_t applied, bool forget_requests);
+  // Points `ids` leave the live set and the segments (tombstones), not
+  // storage. REQUIRES: commit_mu_ held.
+  void HideLocked(const std::vector<uint64_t>& ids);
+  // Points outside the class may still be in storage (DropForeign's work).
+  std::atomic<bool> foreign_left_{false};
+  std::mutex drop_mu_;
+  std::string drop_after_;  // guarded by drop_mu_: where DropForeign goes on
   // The write's ids are all in the class (REQUIRES: commit_mu_ held).
   absl::Status CheckOwned(const ShardCommand& c) const;
 
