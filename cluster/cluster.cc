@@ -1351,6 +1351,11 @@ void Cluster::ChangeMembers(uint64_t group, raft::ConfChange::Type type, uint64_
 
 void Cluster::DriveOps() {
   const auto st = meta_->State();
+  for (auto it = split_proposed_.begin(); it != split_proposed_.end();) {
+    bool live = false;
+    for (const auto& [gid, op] : st->ops) live = live || op.id == it->first;
+    it = live ? std::next(it) : split_proposed_.erase(it);
+  }
   for (const raft::GroupStatus& gs : node_->Status()) {
     if (gs.role != raft::Role::kLeader || gs.stopped) continue;
     auto change = [&](raft::ConfChange::Type type, uint64_t replica, const std::string& what) {
@@ -1790,6 +1795,7 @@ void Cluster::Reconcile() {
     replicas_.erase(gid);
   }
   RemoveStaleSplitCopies(st);
+  FlushBeforeSplits(st);
   // Files of dropped replicas go once no request holds them.
   std::lock_guard l(mu_);
   for (auto it = dropped_.begin(); it != dropped_.end();) {
@@ -1830,6 +1836,23 @@ absl::Status Cluster::ForgetGroup(uint64_t gid) {
   fs::remove(dir + ".replica", ec);
   fs::remove(dir + ".first-state", ec);
   return store_->DropGroup(gid);
+}
+
+void Cluster::FlushBeforeSplits(const MetadataState& st) {
+  std::set<uint64_t> ops;
+  for (const auto& [gid, op] : st.ops) {
+    if (op.kind != GroupOp::Kind::kSplit) continue;
+    ops.insert(op.id);
+    if (split_flushed_.count(op.id)) continue;
+    split_flushed_.insert(op.id);
+    auto rep = LocalReplica(gid);
+    auto shard = rep ? rep->Serving() : absl::StatusOr<std::shared_ptr<db::Shard>>(absl::NotFoundError(""));
+    if (!shard.ok()) continue;
+    if (absl::Status s = (*shard)->FlushStorage(); !s.ok()) {
+      Log(absl::StrCat("group ", gid, ": flushing before its split failed (the split copies more): ", s.ToString()));
+    }
+  }
+  for (auto it = split_flushed_.begin(); it != split_flushed_.end();) it = ops.count(*it) ? std::next(it) : split_flushed_.erase(it);
 }
 
 void Cluster::RemoveStaleSplitCopies(const MetadataState& st) {

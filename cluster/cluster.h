@@ -301,6 +301,10 @@ class Cluster final : public Database, private PeerHandler {
   // replica here will open (the split's collection was dropped, or the
   // group's replica here moved off first).
   void RemoveStaleSplitCopies(const MetadataState& st);
+  // Before a split's entry is applied, every replica of the group writes its
+  // memory tables to files, off the apply path: the copy the apply takes is
+  // then hard links only, and the group's reads wait for no flush.
+  void FlushBeforeSplits(const MetadataState& st);
   // At start, once caught up with the metadata: the files of replicas the
   // map no longer places here (moved off while this node was down) go.
   void RemoveOrphanReplicas();
@@ -377,6 +381,8 @@ class Cluster final : public Database, private PeerHandler {
   std::map<uint64_t, std::chrono::steady_clock::time_point> op_seen_;
   // DriveOps': when this node last proposed each split's entry (by op id).
   std::map<uint64_t, std::chrono::steady_clock::time_point> split_proposed_;
+  // The splits (op ids) whose group this node flushed. Guarded by reconcile_mu_.
+  std::set<uint64_t> split_flushed_;
   std::thread reconciler_;
   std::thread maintenance_;
 };

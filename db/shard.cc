@@ -670,6 +670,8 @@ absl::StatusOr<bool> Shard::DropForeign(size_t max_points) {
   return true;
 }
 
+absl::Status Shard::FlushStorage() { return kv_->Flush(); }
+
 absl::StatusOr<uint64_t> Shard::SyncApplied() {
   // Read first: everything through it is in the write-ahead log already.
   const uint64_t applied = applied_index();

@@ -211,6 +211,9 @@ class Shard final : public ShardAccess {
   // loses its last writes in a power loss) and returns the applied index
   // that is now durable: the Raft log may be compacted up to it.
   absl::StatusOr<uint64_t> SyncApplied();
+  // Writes the store's memory tables to files: a copy taken next
+  // (SnapshotAll) then only links files. Writes go on meanwhile.
+  absl::Status FlushStorage();
   // A hash of the shard's points (ids, vectors, payloads, payload index) and
   // its id counter, with the applied index it was taken at: replicas that
   // applied the same entries have the same checksum. Reads every record.
