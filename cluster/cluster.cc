@@ -1848,8 +1848,12 @@ void Cluster::FlushBeforeSplits(const MetadataState& st) {
     auto rep = LocalReplica(gid);
     auto shard = rep ? rep->Serving() : absl::StatusOr<std::shared_ptr<db::Shard>>(absl::NotFoundError(""));
     if (!shard.ok()) continue;
-    if (absl::Status s = (*shard)->FlushStorage(); !s.ok()) {
-      Log(absl::StrCat("group ", gid, ": flushing before its split failed (the split copies more): ", s.ToString()));
+    // A saved copy of an HNSW growing segment too: the new group's replicas
+    // load it instead of building the graph again.
+    absl::Status s = (*shard)->CheckpointGrowing(/*at_close=*/true);
+    if (s.ok()) s = (*shard)->FlushStorage();
+    if (!s.ok()) {
+      Log(absl::StrCat("group ", gid, ": preparing for its split failed (the split takes longer): ", s.ToString()));
     }
   }
   for (auto it = split_flushed_.begin(); it != split_flushed_.end();) it = ops.count(*it) ? std::next(it) : split_flushed_.erase(it);

@@ -302,8 +302,10 @@ class Cluster final : public Database, private PeerHandler {
   // group's replica here moved off first).
   void RemoveStaleSplitCopies(const MetadataState& st);
   // Before a split's entry is applied, every replica of the group writes its
-  // memory tables to files, off the apply path: the copy the apply takes is
-  // then hard links only, and the group's reads wait for no flush.
+  // memory tables to files and saves its growing segment (HNSW), off the
+  // apply path: the copy the apply takes is then hard links only, the
+  // group's reads wait for no flush, and the new group's replicas load the
+  // graph instead of building it.
   void FlushBeforeSplits(const MetadataState& st);
   // At start, once caught up with the metadata: the files of replicas the
   // map no longer places here (moved off while this node was down) go.
