@@ -1351,10 +1351,17 @@ void Cluster::ChangeMembers(uint64_t group, raft::ConfChange::Type type, uint64_
 
 void Cluster::DriveOps() {
   const auto st = meta_->State();
+  auto live = [&](uint64_t op_id) {
+    for (const auto& [gid, op] : st->ops) {
+      if (op.id == op_id) return true;
+    }
+    return false;
+  };
   for (auto it = split_proposed_.begin(); it != split_proposed_.end();) {
-    bool live = false;
-    for (const auto& [gid, op] : st->ops) live = live || op.id == it->first;
-    it = live ? std::next(it) : split_proposed_.erase(it);
+    it = live(it->first / 2) ? std::next(it) : split_proposed_.erase(it);
+  }
+  for (auto it = split_open_seen_.begin(); it != split_open_seen_.end();) {
+    it = live(it->first) ? std::next(it) : split_open_seen_.erase(it);
   }
   for (const raft::GroupStatus& gs : node_->Status()) {
     if (gs.role != raft::Role::kLeader || gs.stopped) continue;
@@ -1437,30 +1444,55 @@ void Cluster::DriveSplit(const MetadataState& st, const raft::GroupStatus& gs, c
   if (group == st.groups.end() || !replica) return;
   auto shard = replica->Serving();
   if (!shard.ok()) return;
-  const db::Shard::SplitRecord done = (*shard)->split_record();
-  if (done.child_group == op.to) {
-    // Applied here, so committed: the new group takes its half.
-    if (ProposeMetadataAnywhere(EndSplitCommand(gs.group, op.id, done.index)).ok()) {
-      Log(absl::StrCat("group ", gs.group, ": split at index ", done.index, "; group ", op.to,
-                       " holds the other half of its ids"));
+  const db::Shard::SplitRecord rec = (*shard)->split_record();
+  const auto now = Clock::now();
+  // One of the group's entries, proposed again every 3 s while not applied
+  // (a second one applied changes nothing).
+  auto propose = [&](db::ShardCommand::Kind kind, db::HashClass keep, db::HashClass moved, const char* what) {
+    auto& last = split_proposed_[op.id * 2 + (kind == db::ShardCommand::Kind::kSplitDone)];
+    if (now - last < 3s) return;
+    last = now;
+    db::ShardCommand c;
+    c.kind = kind;
+    c.keep = keep;
+    c.child = moved;
+    c.child_group = op.to;
+    node_->Propose(gs.group, c.Encode(), now + 10s, [](absl::StatusOr<uint64_t>) {});
+    Log(absl::StrCat("group ", gs.group, ": split (", op.reason, "): ", what));
+  };
+  if (op.step == "split") {
+    if (rec.child_group == op.to) {
+      // Fenced here, so committed: the new group's replicas open.
+      (void)ProposeMetadataAnywhere(SplitFencedCommand(gs.group, op.id, rec.index));
+      return;
+    }
+    const db::HashClass cls = st.ClassOf(group->second);
+    propose(db::ShardCommand::Kind::kSplit, cls.KeepHalf(), cls.MovedHalf(),
+            absl::StrCat("fencing the half group ", op.to, " takes (1/", cls.modulus * 2, " of the id hash)").c_str());
+    return;
+  }
+  if (op.step == "open") {
+    // Routed to once it has a leader (its replicas are beside this group's:
+    // this node holds one), or after 15 s whatever it has.
+    auto [seen, fresh] = split_open_seen_.try_emplace(op.id, now);
+    auto child = node_->GroupStatusOf(op.to);
+    const bool leads = child.ok() && child->leader != raft::kNone;
+    if ((leads || now - seen->second > 15s) && ProposeMetadataAnywhere(SwitchSplitCommand(gs.group, op.id)).ok()) {
+      Log(absl::StrCat("group ", gs.group, ": split at index ", op.split_index, "; group ", op.to,
+                       leads ? " leads" : " has no leader yet", " and now holds the other half of its ids"));
     }
     return;
   }
-  // The split's entry, proposed again while it is not applied (a second one
-  // changes nothing).
-  auto& last = split_proposed_[op.id];
-  const auto now = Clock::now();
-  if (now - last < 3s) return;
-  last = now;
-  const db::HashClass cls = st.ClassOf(group->second);
-  db::ShardCommand c;
-  c.kind = db::ShardCommand::Kind::kSplit;
-  c.keep = cls.KeepHalf();
-  c.child = cls.MovedHalf();
-  c.child_group = op.to;
-  node_->Propose(gs.group, c.Encode(), now + 10s, [](absl::StatusOr<uint64_t>) {});
-  Log(absl::StrCat("group ", gs.group, ": splitting (", op.reason, "): keeps 1/", c.keep.modulus,
-                   " of the id hash, group ", op.to, " takes the other half"));
+  if (op.step == "hide") {
+    auto child = st.groups.find(op.to);
+    if (rec.cls == rec.writes && rec.child_group == op.to) {
+      if (ProposeMetadataAnywhere(EndOpCommand(gs.group, op.id, false)).ok()) {
+        Log(absl::StrCat("group ", gs.group, ": split done"));
+      }
+    } else if (child != st.groups.end() && rec.fenced()) {
+      propose(db::ShardCommand::Kind::kSplitDone, rec.writes, child->second.cls, "the moved half leaves it");
+    }
+  }
 }
 
 void Cluster::DriveMetadataMembers(const MetadataState& st, const raft::GroupStatus& gs) {
@@ -1664,11 +1696,28 @@ void Cluster::Reconcile() {
     for (const auto& s : membership_.seeds) members[s.node_id] = s.node_id;
     set_nodes(kMetadataGroup, std::move(members));
   }
+  // The groups splits make, before they are routed to: their replicas open
+  // (and elect) from the split's fence on.
+  std::map<uint64_t, ShardGroup> opening;
+  for (const auto& [gid, op] : st.ops) {
+    if (op.kind == GroupOp::Kind::kSplit && op.step == "open" && !st.groups.count(op.to)) {
+      opening[op.to] = st.SplitChild(gid, op);
+    }
+  }
   for (const auto& [gid, g] : st.groups) {
     if (LocalReplica(gid)) set_nodes(gid, g.replicas);
   }
+  for (const auto& [gid, g] : opening) {
+    if (LocalReplica(gid)) set_nodes(gid, g.replicas);
+  }
   // Replicas the map places here and this node does not have yet.
-  for (const ShardGroup* g : st.GroupsOn(self_.id)) {
+  std::vector<const ShardGroup*> here = st.GroupsOn(self_.id);
+  for (const auto& [gid, g] : opening) {
+    for (const auto& [r, n] : g.replicas) {
+      if (n == self_.id) here.push_back(&g);
+    }
+  }
+  for (const ShardGroup* g : here) {
     if (LocalReplica(g->group)) continue;
     auto coll = st.collections.find(g->collection);
     if (coll == st.collections.end()) continue;
@@ -1766,12 +1815,14 @@ void Cluster::Reconcile() {
       auto g = st.groups.find(gid);
       // Dropped with its collection, or moved off this node (Raft removed it
       // before the map did).
-      auto placed = g == st.groups.end() ? nullptr : &g->second.replicas;
+      auto placed = g != st.groups.end() ? &g->second.replicas
+                    : opening.count(gid) ? &opening.at(gid).replicas
+                                         : nullptr;
       if (placed == nullptr || !placed->count(rep->replica()) || placed->at(rep->replica()) != self_.id) {
         gone.push_back(gid);
         continue;
       }
-      auto coll = st.collections.find(g->second.collection);
+      auto coll = st.collections.find(rep->collection());
       if (coll != st.collections.end()) {
         const CollectionConfig& c = coll->second.config;
         if (auto shard = rep->Serving(); shard.ok()) {

@@ -277,8 +277,9 @@ class Cluster final : public Database, private PeerHandler {
   // For every shard group this node leads: the next step of its operation
   // (README: "Operations"); for the metadata group: its members.
   void DriveOps();
-  // A split's steps on its group's leader: the split's entry, then its end
-  // once applied here (README: "Splitting a shard").
+  // A split's steps on its group's leader (README: "Splitting a shard"):
+  // the fence entry, its index recorded, the switch once the new group
+  // leads, the entry that hides the moved half, the end.
   void DriveSplit(const MetadataState& st, const raft::GroupStatus& gs, const GroupOp& op);
   // The metadata group's leader: every member node follows it, three
   // voters on active nodes.
@@ -381,8 +382,10 @@ class Cluster final : public Database, private PeerHandler {
   std::chrono::steady_clock::time_point last_control_{};
   std::chrono::steady_clock::time_point last_reconcile_{};
   std::map<uint64_t, std::chrono::steady_clock::time_point> op_seen_;
-  // DriveOps': when this node last proposed each split's entry (by op id).
+  // DriveOps': when this node last proposed each split's entries (by op id
+  // * 2, + 1 for its end), and when it first saw each split at step "open".
   std::map<uint64_t, std::chrono::steady_clock::time_point> split_proposed_;
+  std::map<uint64_t, std::chrono::steady_clock::time_point> split_open_seen_;
   // The splits (op ids) whose group this node flushed. Guarded by reconcile_mu_.
   std::set<uint64_t> split_flushed_;
   std::thread reconciler_;

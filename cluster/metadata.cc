@@ -52,6 +52,7 @@ Json OpToJson(uint64_t group, const GroupOp& op) {
   Json j{{"group", group}, {"id", op.id},         {"kind", OpKindName(op.kind)}, {"from", op.from},
          {"to", op.to},    {"to_node", op.to_node}, {"reason", op.reason},         {"step", op.step}};
   if (!op.child_replicas.empty()) j["child_replicas"] = PairsToJson(op.child_replicas);
+  if (op.split_index != 0) j["split_index"] = op.split_index;
   return j;
 }
 
@@ -74,6 +75,7 @@ GroupOp OpFromJson(const Json& j) {
   op.reason = j.value("reason", std::string());
   op.step = j.value("step", std::string());
   if (j.contains("child_replicas")) op.child_replicas = PairsFromJson(j.at("child_replicas"));
+  op.split_index = j.value("split_index", uint64_t{0});
   return op;
 }
 
@@ -101,6 +103,22 @@ const char* OpKindName(GroupOp::Kind k) {
       return "split";
   }
   return "move";
+}
+
+ShardGroup MetadataState::SplitChild(uint64_t gid, const GroupOp& op) const {
+  ShardGroup child;
+  auto g = groups.find(gid);
+  if (g == groups.end()) return child;
+  auto coll = collections.find(g->second.collection);
+  child.group = op.to;
+  child.collection = g->second.collection;
+  child.shard = coll == collections.end() ? 0 : static_cast<uint32_t>(coll->second.groups.size());
+  child.replicas = op.child_replicas;
+  for (const auto& [r, n] : child.replicas) child.initial_voters.push_back(r);
+  child.cls = ClassOf(g->second).MovedHalf();
+  child.split_from = gid;
+  child.split_index = op.split_index;
+  return child;
 }
 
 db::HashClass MetadataState::ClassOf(const ShardGroup& g) const {
@@ -203,8 +221,12 @@ MetadataCommand StartSplitCommand(const MetadataState& state, uint64_t group, co
               .dump()};
 }
 
-MetadataCommand EndSplitCommand(uint64_t group, uint64_t op, uint64_t split_index) {
-  return {Json{{"op", "end_op"}, {"group", group}, {"id", op}, {"split_index", split_index}}.dump()};
+MetadataCommand SplitFencedCommand(uint64_t group, uint64_t op, uint64_t split_index) {
+  return {Json{{"op", "split_fenced"}, {"group", group}, {"id", op}, {"split_index", split_index}}.dump()};
+}
+
+MetadataCommand SwitchSplitCommand(uint64_t group, uint64_t op) {
+  return {Json{{"op", "split_switch"}, {"group", group}, {"id", op}}.dump()};
 }
 
 MetadataCommand OpStepCommand(uint64_t group, uint64_t op, const std::string& step) {
@@ -678,6 +700,39 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
       state.ops[gid] = o;
       return o.id;
     }
+    if (op == "split_fenced" || op == "split_switch") {
+      const uint64_t gid = j.at("group").get<uint64_t>(), id = j.at("id").get<uint64_t>();
+      auto o = state.ops.find(gid);
+      auto g = state.groups.find(gid);
+      if (o == state.ops.end() || o->second.id != id || o->second.kind != GroupOp::Kind::kSplit ||
+          g == state.groups.end()) {
+        return absl::NotFoundError(absl::StrCat("group ", gid, " has no split ", id));
+      }
+      GroupOp& sp = o->second;
+      if (op == "split_fenced") {
+        if (sp.step != "split") return uint64_t{0};  // recorded already
+        const uint64_t index = j.at("split_index").get<uint64_t>();
+        if (index == 0) return absl::InvalidArgumentError("metadata: a split's fence needs its index");
+        sp.split_index = index;
+        sp.step = "open";
+        return uint64_t{0};
+      }
+      if (sp.step == "hide") return uint64_t{0};  // switched already
+      if (sp.step != "open") {
+        return absl::FailedPreconditionError(absl::StrCat("the split of group ", gid, " is not fenced yet"));
+      }
+      // The group keeps one half of its class, the new one takes the other.
+      auto coll = state.collections.find(g->second.collection);
+      if (coll == state.collections.end()) return absl::NotFoundError("metadata: the split's collection is gone");
+      ShardGroup child = state.SplitChild(gid, sp);
+      g->second.cls = state.ClassOf(g->second).KeepHalf();
+      if (coll->second.initial_shards == 0) coll->second.initial_shards = coll->second.config.num_shards;
+      coll->second.groups.push_back(child.group);
+      coll->second.config.num_shards = static_cast<uint32_t>(coll->second.groups.size());
+      state.groups[child.group] = std::move(child);
+      sp.step = "hide";
+      return uint64_t{0};
+    }
     if (op == "op_step" || op == "end_op") {
       const uint64_t gid = j.at("group").get<uint64_t>(), id = j.at("id").get<uint64_t>();
       auto o = state.ops.find(gid);
@@ -692,28 +747,9 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
       if (g != state.groups.end() && o->second.kind == GroupOp::Kind::kMove) {
         g->second.replicas.erase(j.value("abandoned", false) ? o->second.to : o->second.from);
       }
-      if (g != state.groups.end() && o->second.kind == GroupOp::Kind::kSplit) {
-        const uint64_t split_index = j.at("split_index").get<uint64_t>();
-        auto coll = state.collections.find(g->second.collection);
-        if (split_index == 0 || coll == state.collections.end()) {
-          return absl::InvalidArgumentError(absl::StrCat("metadata: the split of group ", gid, " needs its index"));
-        }
-        // The group keeps one half of its class, the new one takes the other.
-        const db::HashClass cls = state.ClassOf(g->second);
-        ShardGroup child;
-        child.group = o->second.to;
-        child.collection = g->second.collection;
-        child.shard = static_cast<uint32_t>(coll->second.groups.size());
-        child.replicas = o->second.child_replicas;
-        for (const auto& [r, n] : child.replicas) child.initial_voters.push_back(r);
-        child.cls = cls.MovedHalf();
-        child.split_from = gid;
-        child.split_index = split_index;
-        g->second.cls = cls.KeepHalf();
-        if (coll->second.initial_shards == 0) coll->second.initial_shards = coll->second.config.num_shards;
-        coll->second.groups.push_back(child.group);
-        coll->second.config.num_shards = static_cast<uint32_t>(coll->second.groups.size());
-        state.groups[child.group] = std::move(child);
+      if (o->second.kind == GroupOp::Kind::kSplit && o->second.step != "hide") {
+        return absl::FailedPreconditionError(absl::StrCat("the split of group ", gid, " is not switched yet: it "
+                                                          "cannot be undone, only finished"));
       }
       state.ops.erase(o);
       return uint64_t{0};

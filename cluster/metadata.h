@@ -73,6 +73,7 @@ struct GroupOp {
   std::string reason;  // why the controller started it, for status
   std::string step;    // the last step reached; "abandon" when it is being undone
   std::map<uint64_t, uint64_t> child_replicas;  // a split's
+  uint64_t split_index = 0;  // a split's fence entry, once applied (step "open" on)
   bool operator==(const GroupOp&) const = default;
 };
 const char* OpKindName(GroupOp::Kind k);
@@ -127,6 +128,9 @@ struct MetadataState {
   bool Is(uint64_t node, NodeState state) const;
   // The hash class group `g` owns.
   db::HashClass ClassOf(const ShardGroup& g) const;
+  // The group split `op` of group `gid` makes (its replicas open it from
+  // step "open" on; it is routed to from step "hide" on).
+  ShardGroup SplitChild(uint64_t gid, const GroupOp& op) const;
 };
 
 // The whole state as bytes (a snapshot of the metadata group), and back.
@@ -169,12 +173,17 @@ MetadataCommand StartMoveCommand(const MetadataState& state, uint64_t group, uin
                                  const std::string& reason);
 // Starts a transfer of `group`'s leadership to its replica `to`.
 MetadataCommand StartTransferCommand(uint64_t group, uint64_t to, const std::string& reason);
-// Starts splitting `group` in two (GroupOp::kSplit), with the next group and
-// replica ids of `state`.
+// Starts splitting `group` in two (GroupOp::kSplit, step "split"), with the
+// next group and replica ids of `state`. Its steps (cluster/README.md,
+// "Splitting a shard"): the group's leader fences the moved half with a
+// Raft entry; SplitFencedCommand records the entry's index (step "open":
+// the new group's replicas open); SwitchSplitCommand routes the moved half
+// to the new group once it has a leader (step "hide"); the group's leader
+// then hides that half from the group with a second entry, and
+// EndOpCommand ends the split.
 MetadataCommand StartSplitCommand(const MetadataState& state, uint64_t group, const std::string& reason);
-// Split `op` of `group` was applied at the group's log index `split_index`:
-// the group keeps half its class and the new group, now routed to, the other.
-MetadataCommand EndSplitCommand(uint64_t group, uint64_t op, uint64_t split_index);
+MetadataCommand SplitFencedCommand(uint64_t group, uint64_t op, uint64_t split_index);
+MetadataCommand SwitchSplitCommand(uint64_t group, uint64_t op);
 // Op `op` of `group` reached `step` ("abandon": it is to be undone).
 MetadataCommand OpStepCommand(uint64_t group, uint64_t op, const std::string& step);
 // Op `op` of `group` is over: a move's leaving replica leaves the map, or,

@@ -450,9 +450,20 @@ TEST(MetadataMachineTest, ASplitAllocatesAChildBesideTheGroupAndSwitchesRoutingA
   auto decoded = DecodeMetadataState(EncodeMetadataState(*m.State()));
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(decoded->ops, m.State()->ops);
-  // Its end needs the split's index.
-  EXPECT_EQ(ApplyAt(m, index++, EndOpCommand(*gid, *op, false)).status().code(), absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(ApplyAt(m, index++, EndSplitCommand(*gid, *op, 42)).ok());
+  // It cannot end before it is switched; the fence's index is recorded,
+  // then the switch routes to the new group.
+  EXPECT_EQ(ApplyAt(m, index++, EndOpCommand(*gid, *op, false)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ApplyAt(m, index++, SwitchSplitCommand(*gid, *op)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(ApplyAt(m, index++, SplitFencedCommand(*gid, *op, 42)).ok());
+  EXPECT_EQ(m.State()->ops.at(*gid).step, "open");
+  EXPECT_EQ(m.State()->ops.at(*gid).split_index, 42u);
+  EXPECT_EQ(m.State()->SplitChild(*gid, m.State()->ops.at(*gid)).split_index, 42u);
+  EXPECT_FALSE(m.State()->groups.count(started.to)) << "opened, not routed to yet";
+  ASSERT_TRUE(ApplyAt(m, index++, SwitchSplitCommand(*gid, *op)).ok());
+  EXPECT_EQ(m.State()->ops.at(*gid).step, "hide");
+  ASSERT_TRUE(ApplyAt(m, index++, EndOpCommand(*gid, *op, false)).ok());
   const MetadataState& st = *m.State();
   EXPECT_TRUE(st.ops.empty());
   const ShardGroup& kept = st.groups.at(*gid);

@@ -195,10 +195,15 @@ absl::Status Shard::Load() {
     const uint64_t modulus = rd.U64(), residue = rd.U64();
     split_.child_group = rd.U64();
     split_.index = rd.U64();
-    if (!rd.ok || !rd.in.empty() || modulus == 0 || modulus > kMaxHashModulus || residue >= modulus) {
+    // (A record of four numbers holds no fence: writes name the class.)
+    const bool four = rd.ok && rd.in.empty();
+    const uint64_t wmod = four ? modulus : rd.U64(), wres = four ? residue : rd.U64();
+    if (!rd.ok || !rd.in.empty() || modulus > kMaxHashModulus || (modulus != 0 && residue >= modulus) ||
+        wmod > kMaxHashModulus || (wmod != 0 && wres >= wmod) || (wmod == 0 && modulus != 0)) {
       return absl::DataLossError("malformed split record");
     }
     split_.cls = HashClass{static_cast<uint32_t>(modulus), static_cast<uint32_t>(residue)};
+    split_.writes = HashClass{static_cast<uint32_t>(wmod), static_cast<uint32_t>(wres)};
   }
   CAIRN_ASSIGN_OR_RETURN(auto manifest_text, kv_->Get(Cf::kMeta, kMetaManifest));
   std::vector<std::string> files;
@@ -557,7 +562,7 @@ Shard::SplitRecord Shard::split_record() const {
 }
 
 absl::Status Shard::CheckOwned(const ShardCommand& c) const {
-  const HashClass cls = split_record().cls;
+  const HashClass cls = split_record().writes;
   if (cls.modulus == 0) return absl::OkStatus();
   auto outside = [&](const std::string& key) {
     if (cls.Contains(key)) return absl::OkStatus();
@@ -572,7 +577,7 @@ absl::Status Shard::CheckOwned(const ShardCommand& c) const {
 absl::Status Shard::KeepHashClass(HashClass cls, uint64_t applied) {
   std::lock_guard commit(commit_mu_);
   if (bulk_loading_) return absl::FailedPreconditionError("a bulk load is running");
-  return KeepHashClassLocked(SplitRecord{cls, 0, 0}, applied, /*forget_requests=*/true);
+  return KeepHashClassLocked(SplitRecord{cls, cls, 0, 0}, applied, /*forget_requests=*/true);
 }
 
 absl::Status Shard::KeepHashClassLocked(const SplitRecord& record, uint64_t applied, bool forget_requests) {
@@ -597,19 +602,7 @@ absl::Status Shard::KeepHashClassLocked(const SplitRecord& record, uint64_t appl
     }
     requests_pruned_through_ = 0;
   }
-  std::string v;
-  PutU64(&v, record.cls.modulus);
-  PutU64(&v, record.cls.residue);
-  PutU64(&v, record.child_group);
-  PutU64(&v, record.index);
-  txn.group_batch.Put(Cf::kMeta, kMetaSplit, v);
-  {
-    // Held across the write: a reader sees the class only once it is so.
-    std::lock_guard l(split_mu_);
-    CAIRN_RETURN_IF_ERROR(WriteTxnLocked(txn, next_id_, applied));
-    split_ = record;
-  }
-  if (applied != 0) applied_index_.store(applied, std::memory_order_release);
+  CAIRN_RETURN_IF_ERROR(WriteSplitRecordLocked(txn, record, applied));
   // The points outside leave at once in memory (reads, searches and counts
   // no longer see them) and later from storage (DropForeign).
   HideLocked(outside);
@@ -618,6 +611,25 @@ absl::Status Shard::KeepHashClassLocked(const SplitRecord& record, uint64_t appl
     drop_after_.clear();  // the new class leaves other ids outside
   }
   foreign_left_.store(!outside.empty(), std::memory_order_release);
+  return absl::OkStatus();
+}
+
+absl::Status Shard::WriteSplitRecordLocked(Txn& txn, const SplitRecord& record, uint64_t applied) {
+  std::string v;
+  PutU64(&v, record.cls.modulus);
+  PutU64(&v, record.cls.residue);
+  PutU64(&v, record.child_group);
+  PutU64(&v, record.index);
+  PutU64(&v, record.writes.modulus);
+  PutU64(&v, record.writes.residue);
+  txn.group_batch.Put(Cf::kMeta, kMetaSplit, v);
+  {
+    // Held across the write: a reader sees the record only once it is so.
+    std::lock_guard l(split_mu_);
+    CAIRN_RETURN_IF_ERROR(WriteTxnLocked(txn, next_id_, applied));
+    split_ = record;
+  }
+  if (applied != 0) applied_index_.store(applied, std::memory_order_release);
   return absl::OkStatus();
 }
 
@@ -730,31 +742,43 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
         }
       }
     }
-    if (e.command != nullptr && e.command->kind == ShardCommand::Kind::kSplit) {
+    if (e.command != nullptr &&
+        (e.command->kind == ShardCommand::Kind::kSplit || e.command->kind == ShardCommand::Kind::kSplitDone)) {
       // Everything before it is written first: the child's copy is as of the
-      // entry before.
+      // entry before the fence.
       CAIRN_RETURN_IF_ERROR(flush());
       const ShardCommand& c = *e.command;
       const SplitRecord now = split_record();
-      if (now.child_group == c.child_group && now.cls == c.keep) {
-        r.count = now.index;  // proposed again: split already
-        through = e.index;
-        continue;
+      const bool fence = c.kind == ShardCommand::Kind::kSplit;
+      bool wrote = false;
+      if (now.child_group == c.child_group && (fence || now.cls == c.keep)) {
+        r.count = now.index;  // proposed again: done already
+      } else if (fence && (now.fenced() || (now.cls.modulus != 0 && now.cls.KeepHalf() != c.keep))) {
+        r.status = absl::InvalidArgumentError(absl::StrCat(
+            "a split to (", c.keep.modulus, ", ", c.keep.residue, ") of a shard of class (", now.cls.modulus, ", ",
+            now.cls.residue, ")", now.fenced() ? " with a split under way" : ""));
+      } else if (!fence && (now.child_group != c.child_group || now.writes != c.keep)) {
+        r.status = absl::InvalidArgumentError(absl::StrCat("the end of a split to group ", c.child_group,
+                                                           ", which is not the split under way"));
+      } else if (fence) {
+        Txn t;
+        t.shard = this;
+        CAIRN_RETURN_IF_ERROR(WriteSplitRecordLocked(t, SplitRecord{now.cls, c.keep, c.child_group, e.index}, e.index));
+        r.count = e.index;
+        wrote = true;
+      } else {
+        CAIRN_RETURN_IF_ERROR(KeepHashClassLocked(SplitRecord{c.keep, c.keep, c.child_group, now.index}, e.index,
+                                                  /*forget_requests=*/false));
+        r.count = now.index;
+        wrote = true;
       }
-      if (now.cls.modulus != 0 && now.cls.KeepHalf() != c.keep) {
-        r.status = absl::InvalidArgumentError(absl::StrCat("a split to (", c.keep.modulus, ", ", c.keep.residue,
-                                                           ") of a shard of class (", now.cls.modulus, ", ",
-                                                           now.cls.residue, ")"));
-        through = e.index;
-        continue;
+      through = e.index;
+      if (wrote) {
+        written = e.index;
+        txn = Txn();
+        txn.shard = this;
+        first_id = next_id_;
       }
-      CAIRN_RETURN_IF_ERROR(KeepHashClassLocked(SplitRecord{c.keep, c.child_group, e.index}, e.index,
-                                                /*forget_requests=*/false));
-      r.count = e.index;
-      through = written = e.index;
-      txn = Txn();
-      txn.shard = this;
-      first_id = next_id_;
       continue;
     }
     if (e.command != nullptr) {
@@ -763,6 +787,7 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
       txn.BeginOp();
       if (s.ok()) switch (c.kind) {
         case ShardCommand::Kind::kSplit:
+        case ShardCommand::Kind::kSplitDone:
           break;
         case ShardCommand::Kind::kUpsert:
           s = PrepareUpsert(txn, c.points);
@@ -772,8 +797,11 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
           s = PrepareDelete(txn, c.ext_keys, {}, &r.count);
           break;
         case ShardCommand::Kind::kDeleteByFilter: {
-          if (const HashClass has = split_record().cls; has != c.expect) {
-            s = MovedBySplitError(absl::StrCat("the shard holds 1/", has.modulus, " of the id hash now"));
+          // The class it may delete from: what its proposer's map names, when
+          // that is what writes may name here (a fence: the kept half).
+          const SplitRecord rec = split_record();
+          if (rec.writes != c.expect) {
+            s = MovedBySplitError(absl::StrCat("the shard holds 1/", rec.writes.modulus, " of the id hash now"));
             break;
           }
           auto filter = Filter::FromJson(c.filter_json);
@@ -788,6 +816,17 @@ absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<Appl
           std::vector<std::string> keys;
           std::vector<uint64_t> ids;
           CAIRN_RETURN_IF_ERROR(MatchFilter(*filter, &keys, &ids));
+          if (rec.fenced()) {
+            // The fenced half is the new group's.
+            size_t w = 0;
+            for (size_t k = 0; k < keys.size(); ++k) {
+              if (!rec.writes.Contains(keys[k])) continue;
+              keys[w] = std::move(keys[k]);
+              ids[w++] = ids[k];
+            }
+            keys.resize(w);
+            ids.resize(w);
+          }
           s = PrepareDelete(txn, keys, ids, &r.count);
           break;
         }

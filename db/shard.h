@@ -186,18 +186,22 @@ class Shard final : public ShardAccess {
   // The last log index Apply wrote (0 when none).
   uint64_t applied_index() const { return applied_index_.load(std::memory_order_acquire); }
 
-  // Splits (cluster mode). A split command (ShardCommand::kSplit) applied at
-  // index i records the class of ids the shard keeps, with the split; the
-  // points outside it leave memory at once (no read, search or count sees
-  // them again, after a reopen too) and storage later, in batches
-  // (DropForeign, from background maintenance); from then on Apply refuses
-  // writes of ids outside it (MovedBySplitError). The child's replica starts
-  // from a copy of the shard as of i - 1 on which KeepHashClass keeps the
-  // other half.
+  // Splits (cluster mode), in two entries. The split (ShardCommand::kSplit)
+  // applied at index i fences the half that moves: from then on Apply
+  // refuses writes of its ids (MovedBySplitError), while reads still see
+  // the whole class (the moved half no longer changes here). The child's
+  // replica starts from a copy of the shard as of i - 1 on which
+  // KeepHashClass keeps the other half. Once the child serves, kSplitDone
+  // makes the shard hold its half only: the other points leave memory at
+  // once (no read, search or count sees them again, after a reopen too)
+  // and storage later, in batches (DropForeign, from background
+  // maintenance).
   struct SplitRecord {
-    HashClass cls;             // what the shard holds now (modulus 0: all it was sent)
-    uint64_t child_group = 0;  // the last split: the group that took the other half
-    uint64_t index = 0;        // and the log index it was applied at
+    HashClass cls;             // what the shard holds (modulus 0: all it was sent)
+    HashClass writes;          // what writes may name: cls, or its kept half while a split is fenced
+    uint64_t child_group = 0;  // the last split: the group that takes the other half
+    uint64_t index = 0;        // and the log index of its fence
+    bool fenced() const { return writes != cls; }
   };
   SplitRecord split_record() const;
   // Keeps only the points of `cls` and sets the applied index to `applied`
@@ -375,6 +379,8 @@ class Shard final : public ShardAccess {
   // REQUIRES: commit_mu_ held. Writes the record and `applied`, and hides the
   // points outside the record's class (HideLocked).
   absl::Status KeepHashClassLocked(const SplitRecord& record, uint64_t applied, bool forget_requests);
+  // Writes `record` and `applied` with `txn`. REQUIRES: commit_mu_ held.
+  absl::Status WriteSplitRecordLocked(Txn& txn, const SplitRecord& record, uint64_t applied);
   // Points `ids` leave the live set and the segments (tombstones), not
   // storage. REQUIRES: commit_mu_ held.
   void HideLocked(const std::vector<uint64_t>& ids);

@@ -442,6 +442,12 @@ TEST(ShardCommandTest, ASplitRoundTripsAndAMalformedOneIsRefused) {
   EXPECT_EQ(back->keep, (HashClass{4, 1}));
   EXPECT_EQ(back->child, (HashClass{4, 3}));
   EXPECT_EQ(back->child_group, 17u);
+  auto done = split::SplitCmd({4, 1}, {4, 3}, 17);
+  done.kind = ShardCommand::Kind::kSplitDone;
+  back = ShardCommand::Decode(done.Encode());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->kind, ShardCommand::Kind::kSplitDone);
+  EXPECT_EQ(back->keep, (HashClass{4, 1}));
   for (const auto& bad : {split::SplitCmd({4, 1}, {4, 1}, 17), split::SplitCmd({4, 1}, {8, 3}, 17),
                           split::SplitCmd({4, 5}, {4, 3}, 17), split::SplitCmd({4, 1}, {4, 3}, 0)}) {
     EXPECT_EQ(ShardCommand::Decode(bad.Encode()).status().code(), absl::StatusCode::kDataLoss);
@@ -460,14 +466,43 @@ TEST_F(ShardApplyTest, ASplitLeavesEachHalfOnOneSideAndRefusesWritesOfTheOther) 
   const std::string child_dir = (fs::path(dir_) / "child").string();
   ASSERT_TRUE(Shard::SnapshotAll({parent.get()}, {child_dir}).ok());
   const HashClass keep{2, 1}, moved{2, 0};
+  // The fence: writes of the moved half are refused from now on, reads
+  // still see the whole shard (that half no longer changes here).
+  uint64_t mine = 0, theirs = 0;
+  for (uint64_t id = 500; mine == 0 || theirs == 0; ++id) {
+    (keep.Contains(ExternalKey(PointId(id))) ? mine : theirs) = id;
+  }
   cmds.push_back(split::SplitCmd(keep, moved, 9));
-  auto results = ApplyRange(*parent, cmds, 1, 2);
+  cmds.push_back(UpsertCmd({Point(theirs, 2, Json::object())}));
+  cmds.push_back(DeleteByFilterCmd(R"({"must":[{"key":"color","match":{"value":"red"}}]})"));  // the old map's
+  cmds.push_back(split::SplitCmd({4, 0}, {4, 2}, 10));  // another split meanwhile
+  auto results = ApplyRange(*parent, cmds, 1, 5);
   ASSERT_TRUE(results[0].status.ok()) << results[0].status;
   EXPECT_EQ(results[0].count, 2u);  // the index it was applied at
+  EXPECT_TRUE(IsMovedBySplit(results[1].status)) << results[1].status;
+  EXPECT_TRUE(IsMovedBySplit(results[2].status)) << results[2].status;
+  EXPECT_EQ(results[3].status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(parent->split_record().fenced());
+  EXPECT_EQ(parent->split_record().writes, keep);
+  EXPECT_EQ(parent->split_record().cls, HashClass{});
+  EXPECT_EQ(*parent->Count(nullptr), 300u);
+  // A delete by filter of the new map's takes the kept half only.
+  ShardCommand kept_delete = DeleteByFilterCmd(R"({"must":[{"key":"color","match":{"value":"blue"}}]})");
+  kept_delete.expect = keep;
+  cmds.push_back(kept_delete);
+  results = ApplyRange(*parent, cmds, 5, 6);
+  EXPECT_TRUE(results[0].status.ok()) << results[0].status;
+  // The end: the shard holds its half only.
+  ShardCommand done = split::SplitCmd(keep, moved, 9);
+  done.kind = ShardCommand::Kind::kSplitDone;
+  cmds.push_back(done);
+  results = ApplyRange(*parent, cmds, 6, 7);
+  ASSERT_TRUE(results[0].status.ok()) << results[0].status;
+  EXPECT_FALSE(parent->split_record().fenced());
   EXPECT_EQ(parent->split_record().cls, keep);
   EXPECT_EQ(parent->split_record().child_group, 9u);
   EXPECT_EQ(parent->split_record().index, 2u);
-  EXPECT_EQ(parent->applied_index(), 2u);
+  EXPECT_EQ(parent->applied_index(), 7u);
   {
     auto child = Shard::Open(child_dir, Options());
     ASSERT_TRUE(child.ok()) << child.status();
@@ -496,7 +531,7 @@ TEST_F(ShardApplyTest, ASplitLeavesEachHalfOnOneSideAndRefusesWritesOfTheOther) 
         break;
       }
     }
-    std::vector<Shard::LogEntry> entries = {{2, &child_cmds[0]}};
+    std::vector<Shard::LogEntry> entries = {{2, &child_cmds[0]}};  // the child's log
     std::vector<Shard::ApplyResult> r;
     ASSERT_TRUE((*child)->Apply(entries, &r).ok());
     EXPECT_TRUE(r[0].status.ok()) << r[0].status;
@@ -504,27 +539,22 @@ TEST_F(ShardApplyTest, ASplitLeavesEachHalfOnOneSideAndRefusesWritesOfTheOther) 
     EXPECT_EQ(*(*child)->Count(nullptr), in_child + 1);
   }
   // A write naming an id of the other half changes nothing, on every replica alike.
-  uint64_t mine = 0, theirs = 0;
-  for (uint64_t id = 500; mine == 0 || theirs == 0; ++id) {
-    (keep.Contains(ExternalKey(PointId(id))) ? mine : theirs) = id;
-  }
   const uint64_t before = *parent->Count(nullptr);
   cmds.push_back(UpsertCmd({Point(mine, 1, Json::object()), Point(theirs, 2, Json::object())}));
   cmds.push_back(DeleteCmd({theirs}));
   cmds.push_back(UpsertCmd({Point(mine, 1, Json::object())}));
-  cmds.push_back(split::SplitCmd(keep, moved, 9));  // proposed again: nothing more
-  results = ApplyRange(*parent, cmds, 2, 6);
+  cmds.push_back(split::SplitCmd(keep, moved, 9));  // both proposed again: nothing more
+  cmds.push_back(done);
+  results = ApplyRange(*parent, cmds, 7, 12);
   EXPECT_TRUE(IsMovedBySplit(results[0].status)) << results[0].status;
   EXPECT_TRUE(IsMovedBySplit(results[1].status)) << results[1].status;
   EXPECT_TRUE(results[2].status.ok()) << results[2].status;
   EXPECT_TRUE(results[3].status.ok()) << results[3].status;
   EXPECT_EQ(results[3].count, 2u);
+  EXPECT_TRUE(results[4].status.ok()) << results[4].status;
   EXPECT_EQ(*parent->Count(nullptr), before + 1);
-  EXPECT_EQ(parent->applied_index(), 6u);
-  // A split that does not refine the class is refused alike.
-  cmds.push_back(split::SplitCmd({4, 0}, {4, 2}, 10));
-  results = ApplyRange(*parent, cmds, 6, 7);
-  EXPECT_EQ(results[0].status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parent->applied_index(), 12u);
+  EXPECT_EQ(parent->split_record().cls, keep);
   // The record survives a reopen, and what the split left outside stays
   // unseen: by Get, Scroll, Count, search.
   const Shard::Checksum sum = ChecksumOf(*parent);
@@ -532,6 +562,7 @@ TEST_F(ShardApplyTest, ASplitLeavesEachHalfOnOneSideAndRefusesWritesOfTheOther) 
   parent = Open("parent");
   ASSERT_NE(parent, nullptr);
   EXPECT_EQ(parent->split_record().cls, keep);
+  EXPECT_FALSE(parent->split_record().fenced());
   EXPECT_EQ(parent->split_record().index, 2u);
   EXPECT_EQ(*parent->Count(nullptr), before + 1);
   EXPECT_EQ(ChecksumOf(*parent).hash, sum.hash);

@@ -66,6 +66,7 @@ std::string ShardCommand::Encode() const {
       PutBytes(&out, payload.dump());
       out.push_back(overwrite ? 1 : 0);
       break;
+    case Kind::kSplitDone:
     case Kind::kSplit:
       PutU64(&out, keep.modulus);
       PutU64(&out, keep.residue);
@@ -80,7 +81,7 @@ std::string ShardCommand::Encode() const {
 absl::StatusOr<ShardCommand> ShardCommand::Decode(std::string_view data) {
   if (data.size() < 2 || data[0] != kFormat) return Malformed("header");
   const auto kind = static_cast<uint8_t>(data[1]);
-  if (kind < 1 || kind > 5) return Malformed(absl::StrCat("kind ", kind));
+  if (kind < 1 || kind > 6) return Malformed(absl::StrCat("kind ", kind));
   ShardCommand c;
   c.kind = static_cast<Kind>(kind);
   ByteReader r{data.substr(2)};
@@ -132,6 +133,7 @@ absl::StatusOr<ShardCommand> ShardCommand::Decode(std::string_view data) {
       r.in.remove_prefix(1);
       break;
     }
+    case Kind::kSplitDone:
     case Kind::kSplit: {
       const uint64_t km = r.U64(), kr = r.U64(), cm = r.U64(), cr = r.U64();
       c.child_group = r.U64();

@@ -22,7 +22,7 @@
 namespace cairn::db {
 
 struct ShardCommand {
-  enum class Kind : uint8_t { kUpsert = 1, kDelete = 2, kDeleteByFilter = 3, kSetPayload = 4, kSplit = 5 };
+  enum class Kind : uint8_t { kUpsert = 1, kDelete = 2, kDeleteByFilter = 3, kSetPayload = 4, kSplit = 5, kSplitDone = 6 };
   Kind kind = Kind::kUpsert;
   // Names the client's request: a command proposed again with the same id
   // (a retry after a lost answer) is applied once (see Shard::Apply). Empty:
@@ -37,8 +37,11 @@ struct ShardCommand {
   HashClass expect;
   Json payload;                       // kSetPayload: an object
   bool overwrite = false;             // kSetPayload: replace instead of merge
-  // kSplit: the shard keeps the ids of class `keep` (its class's modulus
-  // doubled) and group `child_group` takes those of class `child`.
+  // kSplit: the shard will keep the ids of class `keep` (its class's
+  // modulus doubled) and group `child_group` takes those of class `child`;
+  // from now on writes of `child` ids are refused (the new group starts
+  // from a copy as of this entry). kSplitDone (the new group serves): the
+  // shard holds `keep` only.
   HashClass keep, child;
   uint64_t child_group = 0;
 
