@@ -1480,6 +1480,10 @@ void Cluster::DriveSplit(const MetadataState& st, const raft::GroupStatus& gs, c
     if ((leads || now - seen->second > 15s) && ProposeMetadataAnywhere(SwitchSplitCommand(gs.group, op.id)).ok()) {
       Log(absl::StrCat("group ", gs.group, ": split at index ", op.split_index, "; group ", op.to,
                        leads ? " leads" : " has no leader yet", " and now holds the other half of its ids"));
+      // Applied here: reads over the new map wait for the moved half to
+      // leave this group, so that goes at once, not at the next turn.
+      propose(db::ShardCommand::Kind::kSplitDone, rec.writes, st.ClassOf(group->second).MovedHalf(),
+              "the moved half leaves it");
     }
     return;
   }
