@@ -162,11 +162,14 @@ class ShardReplica final : public raft::StateMachine {
     std::vector<db::Shard::ApplyResult> res;
     // A split: the entries before it are applied first, then the new group's
     // first state is copied from the shard as they left it.
+    // (A split proposed again may come twice in one call: the copy is the
+    // first one's, on every replica alike.)
     size_t from = 0;
+    std::set<uint64_t> copied;
     for (size_t i = 0; i < log.size(); ++i) {
       const db::ShardCommand* c = log[i].command;
       if (c == nullptr || c->kind != db::ShardCommand::Kind::kSplit || log[i].index <= shard->applied_index()) continue;
-      if (shard->split_record().child_group == c->child_group) continue;
+      if (shard->split_record().child_group == c->child_group || !copied.insert(c->child_group).second) continue;
       std::vector<db::Shard::ApplyResult> part;
       CAIRN_RETURN_IF_ERROR(shard->Apply({log.begin() + from, log.begin() + i}, &part));
       res.insert(res.end(), part.begin(), part.end());
@@ -703,8 +706,10 @@ class Cluster::SnapshotRouter final : public raft::Transport {
     std::vector<GroupMessage> rest;
     rest.reserve(batch.size());
     for (auto& gm : batch) {
+      // The group's first state (index 1) is empty but for a split's new
+      // group, whose first state is the split's copy: files then too.
       if (gm.msg.type == raft::MessageType::kSnap && gm.group != kMetadataGroup && gm.msg.snapshot &&
-          gm.msg.snapshot->meta.index > 1) {
+          (gm.msg.snapshot->meta.index > 1 || c_->MadeBySplit(gm.group))) {
         c_->sender_->Offer(to_node, std::move(gm));
       } else {
         rest.push_back(std::move(gm));
@@ -1650,11 +1655,16 @@ void Cluster::Control() {
       v.points = g.points();
     }
   }
-  // A shard past its collection's split_points splits (one start a round).
+  // The next split: queued by cairn collection split, or a shard past its
+  // collection's split_points; one at a time.
   if (uint64_t gid = SplitDue(*st, view); gid != 0) {
-    const uint64_t points = view.at(gid).points;
-    if (ProposeMetadata(StartSplitCommand(*st, gid, "split_points"), nullptr).ok()) {
-      Log(absl::StrCat("group ", gid, ": split (split_points): it holds ", points, " points"));
+    const auto& coll = st->collections.at(st->groups.at(gid).collection);
+    const bool queued = std::find(coll.split_queue.begin(), coll.split_queue.end(), gid) != coll.split_queue.end();
+    const uint64_t points = view.count(gid) ? view.at(gid).points : 0;
+    if (ProposeMetadata(StartSplitCommand(*st, gid, queued ? "cairn collection split" : "split_points"), nullptr)
+            .ok()) {
+      Log(absl::StrCat("group ", gid, ": split (", queued ? "cairn collection split" : "split_points", "): it holds ",
+                       points, " points"));
     }
     st = meta_->State();
   }
@@ -1751,11 +1761,12 @@ void Cluster::Reconcile() {
       // parent's applied index is read first: a copy the apply takes is
       // there before the index passes the split.)
       const std::string marker = dir + ".first-state";
-      if (!fs::exists(marker) && !fs::exists(dir)) {
+      if (!fs::exists(dir)) {
         auto parent = LocalReplica(g->split_from);
         const uint64_t parent_applied = parent ? parent->AppliedIndex() : 0;
         const std::string copy = ShardReplica::SplitChildDir(fs::path(dir).parent_path().string(), g->group);
         if (fs::exists(copy)) {
+          // (The note first: a crash before the rename installs it again.)
           std::error_code ec;
           absl::Status s = storage::WriteFileAtomic(marker, absl::StrCat(g->split_from, " ", g->split_index));
           if (s.ok()) fs::rename(copy, dir, ec);
@@ -1768,6 +1779,12 @@ void Cluster::Reconcile() {
           Log(absl::StrCat("group ", g->group, ": starts from the split of group ", g->split_from, " at index ",
                            g->split_index));
           from_copy = true;
+        } else if (fs::exists(marker)) {
+          // Noted, and then lost (nothing removes a copy a replica here
+          // still needs): never bootstrap empty; the leader sends a copy.
+          Log(absl::StrCat("group ", g->group, ": its first state was noted but is missing; it waits for a snapshot"));
+          std::error_code ec;
+          fs::remove(marker, ec);
         } else if (parent && parent_applied < g->split_index) {
           continue;  // it applies the split soon
         }
@@ -2166,6 +2183,15 @@ absl::StatusOr<std::shared_ptr<Collection>> Cluster::GetCollection(const std::st
       std::make_shared<ClusterCollection>(self, name, it->second.config, update));
 }
 
+bool Cluster::MadeBySplit(uint64_t gid) const {
+  const auto st = meta_->State();
+  if (auto g = st->groups.find(gid); g != st->groups.end()) return g->second.split_from != 0;
+  for (const auto& [parent, op] : st->ops) {
+    if (op.kind == GroupOp::Kind::kSplit && op.to == gid) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<Cluster::ShardMap> Cluster::ShardMapOf(const std::string& collection) const {
   const auto st = meta_->State();
   auto it = st->collections.find(collection);
@@ -2212,50 +2238,9 @@ absl::StatusOr<Cluster::ShardMap> Cluster::ShardMapAfterSplit(const std::string&
 }
 
 absl::Status Cluster::SplitCollection(const std::string& name) {
-  CAIRN_RETURN_IF_ERROR(MetadataReadIndex());
-  const auto st = meta_->State();
-  auto it = st->collections.find(name);
-  if (it == st->collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
-  const std::vector<uint64_t> groups = it->second.groups;
-  if (groups.size() * 2 > 256) {
-    return absl::FailedPreconditionError(absl::StrCat("collection \"", name, "\" has ", groups.size(),
-                                                      " shards: splitting each would pass 256, the most a "
-                                                      "collection has"));
-  }
-  for (uint64_t gid : groups) {
-    if (auto op = st->ops.find(gid); op != st->ops.end() && op->second.kind == GroupOp::Kind::kSplit) {
-      return absl::FailedPreconditionError(absl::StrCat("shard ", st->groups.at(gid).shard, " of collection \"", name,
-                                                        "\" is being split already (cairn cluster status); split "
-                                                        "again once it is done"));
-    }
-  }
-  // A shard with another operation under way (a move, a leadership
-  // transfer) is split once it ends.
-  const auto deadline = Clock::now() + 3 * options_.request_timeout;
-  for (uint64_t gid : groups) {
-    while (true) {
-      // Placed on the latest state (it allocates ids); again when another
-      // command took them first.
-      const auto now_st = meta_->State();
-      absl::Status s;
-      if (auto op = now_st->ops.find(gid); op != now_st->ops.end()) {
-        s = absl::FailedPreconditionError(absl::StrCat("shard ", now_st->groups.at(gid).shard, " of collection \"",
-                                                       name, "\" has a ", OpKindName(op->second.kind),
-                                                       " under way that did not end within ",
-                                                       3 * options_.request_timeout.count(),
-                                                       " ms; split once it is done (cairn cluster status)"));
-      } else {
-        s = ProposeMetadata(StartSplitCommand(*now_st, gid, "cairn collection split"), nullptr);
-        if (s.ok()) break;
-        // Refused for another reason than an operation started meanwhile.
-        if (absl::IsFailedPrecondition(s) && !meta_->State()->ops.count(gid)) return s;
-      }
-      if (!absl::IsAborted(s) && !absl::IsFailedPrecondition(s)) return s;
-      if (Clock::now() >= deadline) return s;
-      std::this_thread::sleep_for(50ms);
-    }
-  }
-  Log(absl::StrCat("collection ", name, ": splitting its ", groups.size(), " shard(s)"));
+  uint64_t shards = 0;
+  CAIRN_RETURN_IF_ERROR(ProposeMetadata(QueueSplitsCommand(name), &shards));
+  Log(absl::StrCat("collection ", name, ": its ", shards, " shard(s) are queued to split, one at a time"));
   return absl::OkStatus();
 }
 
@@ -2672,6 +2657,13 @@ ClusterStatus Cluster::Status() const {
       }
     }
     out.nodes.push_back(std::move(node));
+  }
+  for (const auto& [name, c] : st.collections) {
+    for (uint64_t gid : c.split_queue) {
+      auto g = st.groups.find(gid);
+      out.operations.push_back({gid, name, g == st.groups.end() ? 0 : g->second.shard, "split", 0, 0, 0,
+                                "cairn collection split", "queued", 0});
+    }
   }
   for (const auto& [gid, op] : st.ops) {
     auto g = st.groups.find(gid);

@@ -233,6 +233,8 @@ class Cluster final : public Database, private PeerHandler {
   // A request id for a ShardCommand, unique in the cluster: a retry of the
   // command reuses it, so the write applies once.
   std::string NewRequestId();
+  // Group `gid` is a split's new group (its first state is not empty).
+  bool MadeBySplit(uint64_t gid) const;
   // For ReplicatedShard: a write to group `gid` (an encoded ShardCommand),
   // retried until the request timeout; the apply result. `what` names the
   // shard in errors.

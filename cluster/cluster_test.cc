@@ -22,6 +22,7 @@
 #include "cluster/cluster.h"
 #include "db/snapshot_dir.h"
 #include "db/key_codec.h"
+#include "cluster/test_ports.h"
 #include "gtest/gtest.h"
 
 namespace cairn::cluster {
@@ -30,18 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using testing_ports::FreePort;
 
 std::vector<float> Vec(uint64_t i) {
   return {static_cast<float>(i % 97), static_cast<float>((i * 7) % 13), static_cast<float>(i % 5), 1.0f};

@@ -225,6 +225,10 @@ MetadataCommand SplitFencedCommand(uint64_t group, uint64_t op, uint64_t split_i
   return {Json{{"op", "split_fenced"}, {"group", group}, {"id", op}, {"split_index", split_index}}.dump()};
 }
 
+MetadataCommand QueueSplitsCommand(const std::string& name) {
+  return {Json{{"op", "queue_splits"}, {"name", name}}.dump()};
+}
+
 MetadataCommand SwitchSplitCommand(uint64_t group, uint64_t op) {
   return {Json{{"op", "split_switch"}, {"group", group}, {"id", op}}.dump()};
 }
@@ -335,6 +339,7 @@ std::string EncodeMetadataState(const MetadataState& st) {
   for (const auto& [name, c] : st.collections) {
     Json jc{{"name", name}, {"config", Json::parse(db::ConfigToJson(c.config))}, {"groups", c.groups}};
     if (c.initial_shards != 0) jc["initial_shards"] = c.initial_shards;
+    if (!c.split_queue.empty()) jc["split_queue"] = c.split_queue;
     collections.push_back(std::move(jc));
   }
   for (const auto& [id, g] : st.groups) {
@@ -389,6 +394,7 @@ absl::StatusOr<MetadataState> DecodeMetadataState(std::string_view data) {
       e.config = *config;
       e.groups = c.at("groups").get<std::vector<uint64_t>>();
       e.initial_shards = c.value("initial_shards", uint32_t{0});
+      e.split_queue = c.value("split_queue", std::vector<uint64_t>());
       st.collections[e.name] = std::move(e);
     }
     for (const auto& g : j.at("groups")) {
@@ -665,6 +671,7 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
         for (const auto& [r, n] : g->second.replicas) o.child_replicas[state.next_replica++] = n;
         ++state.next_group;
         o.step = "split";
+        if (coll != state.collections.end()) std::erase(coll->second.split_queue, gid);
       } else if (j.at("kind").get<std::string>() == "transfer_leader") {
         o.kind = GroupOp::Kind::kTransferLeader;
         if (!g->second.replicas.count(o.to)) {
@@ -699,6 +706,35 @@ absl::StatusOr<uint64_t> MetadataMachine::ApplyOne(MetadataState& state, const s
       }
       state.ops[gid] = o;
       return o.id;
+    }
+    if (op == "queue_splits") {
+      const std::string name = j.at("name").get<std::string>();
+      auto c = state.collections.find(name);
+      if (c == state.collections.end()) return absl::NotFoundError(absl::StrCat("collection \"", name, "\" does not exist"));
+      CollectionEntry& e = c->second;
+      bool splitting = !e.split_queue.empty();
+      for (uint64_t gid : e.groups) {
+        auto o = state.ops.find(gid);
+        splitting = splitting || (o != state.ops.end() && o->second.kind == GroupOp::Kind::kSplit);
+      }
+      if (splitting) {
+        return absl::FailedPreconditionError(absl::StrCat("collection \"", name, "\" is being split already (cairn "
+                                                          "cluster status); split again once that is done"));
+      }
+      if (e.groups.size() * 2 > 256) {
+        return absl::FailedPreconditionError(absl::StrCat("collection \"", name, "\" has ", e.groups.size(),
+                                                          " shards: splitting each would pass 256, the most a "
+                                                          "collection has"));
+      }
+      for (uint64_t gid : e.groups) {
+        auto g = state.groups.find(gid);
+        if (g != state.groups.end() && state.ClassOf(g->second).modulus * 2 > db::kMaxHashModulus) {
+          return absl::FailedPreconditionError(absl::StrCat("shard ", g->second.shard, " of collection \"", name,
+                                                            "\" cannot be split further"));
+        }
+      }
+      e.split_queue = e.groups;
+      return static_cast<uint64_t>(e.groups.size());
     }
     if (op == "split_fenced" || op == "split_switch") {
       const uint64_t gid = j.at("group").get<uint64_t>(), id = j.at("id").get<uint64_t>();

@@ -107,6 +107,9 @@ struct CollectionEntry {
   // config.num_shards (0: config.num_shards): the classes of groups never
   // split are (initial_shards, shard).
   uint32_t initial_shards = 0;
+  // Shard groups `cairn collection split` asked to split, not started yet:
+  // the cluster splits one shard at a time (SplitDue).
+  std::vector<uint64_t> split_queue;
 };
 
 struct MetadataState {
@@ -184,6 +187,10 @@ MetadataCommand StartTransferCommand(uint64_t group, uint64_t to, const std::str
 MetadataCommand StartSplitCommand(const MetadataState& state, uint64_t group, const std::string& reason);
 MetadataCommand SplitFencedCommand(uint64_t group, uint64_t op, uint64_t split_index);
 MetadataCommand SwitchSplitCommand(uint64_t group, uint64_t op);
+// Queues every shard of collection `name` for a split (cairn collection
+// split): FailedPrecondition when one is queued or being split already, or
+// when the collection would pass 256 shards.
+MetadataCommand QueueSplitsCommand(const std::string& name);
 // Op `op` of `group` reached `step` ("abandon": it is to be undone).
 MetadataCommand OpStepCommand(uint64_t group, uint64_t op, const std::string& step);
 // Op `op` of `group` is over: a move's leaving replica leaves the map, or,

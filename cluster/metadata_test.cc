@@ -503,13 +503,28 @@ TEST(PlacementTest, AShardPastItsCollectionsSplitPointsIsSplitFirstTheFurthest) 
   CollectionConfig cfg = m.State()->collections.at("docs").config;
   cfg.split_points = 2000;
   ASSERT_TRUE(ApplyAt(m, index++, UpdateConfigCommand("docs", cfg)).ok());
-  EXPECT_EQ(SplitDue(*m.State(), view), groups[2]);
-  // Not a group with an operation under way: the next one past the limit.
-  auto op = ApplyAt(m, index++, StartSplitCommand(*m.State(), groups[2], "t"));
-  ASSERT_TRUE(op.ok()) << op.status();
+  EXPECT_EQ(SplitDue(*m.State(), view), groups[2]) << "the furthest past it";
+  view[groups[2]].points = 2000;
   EXPECT_EQ(SplitDue(*m.State(), view), groups[1]);
   view[groups[1]].points = 2000;
   EXPECT_EQ(SplitDue(*m.State(), view), 0u) << "at the limit is not past it";
+  // cairn collection split queues every shard; they split one at a time,
+  // before any past split_points.
+  view[groups[0]].points = 9000;
+  auto queued = ApplyAt(m, index++, QueueSplitsCommand("docs"));
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  EXPECT_EQ(*queued, 3u);
+  EXPECT_EQ(ApplyAt(m, index++, QueueSplitsCommand("docs")).status().code(), absl::StatusCode::kFailedPrecondition)
+      << "queued already";
+  EXPECT_EQ(ApplyAt(m, index++, QueueSplitsCommand("nope")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(SplitDue(*m.State(), view), groups[0]);
+  auto op = ApplyAt(m, index++, StartSplitCommand(*m.State(), groups[0], "t"));
+  ASSERT_TRUE(op.ok()) << op.status();
+  EXPECT_EQ(m.State()->collections.at("docs").split_queue, (std::vector<uint64_t>{groups[1], groups[2]}));
+  EXPECT_EQ(SplitDue(*m.State(), view), 0u) << "one split at a time";
+  auto decoded = DecodeMetadataState(EncodeMetadataState(*m.State()));
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(decoded->collections.at("docs").split_queue, m.State()->collections.at("docs").split_queue);
 }
 
 TEST(PlacementTest, TheControllerRebalancesDrainsAndRestoresTheFactor) {

@@ -27,6 +27,14 @@ std::vector<uint64_t> OpsToAbandon(const MetadataState& st) {
 }
 
 uint64_t SplitDue(const MetadataState& st, const ControllerView& view) {
+  for (const auto& [gid, op] : st.ops) {
+    if (op.kind == GroupOp::Kind::kSplit) return 0;
+  }
+  for (const auto& [name, c] : st.collections) {
+    for (uint64_t gid : c.split_queue) {
+      if (!st.ops.count(gid) && st.groups.count(gid)) return gid;
+    }
+  }
   uint64_t best = 0;
   double best_ratio = 1.0;
   for (const auto& [gid, v] : view) {

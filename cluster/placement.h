@@ -54,9 +54,12 @@ std::vector<PlannedOp> PlanOperations(const MetadataState& state, const Controll
 // drains or was removed before the operation ended.
 std::vector<uint64_t> OpsToAbandon(const MetadataState& state);
 
-// The shard group to split now because its leader reports more points than
-// its collection's split_points (the one furthest past it), or 0. Never a
-// group with an operation, nor one whose collection has 256 shards.
+// The shard group to split now, or 0: none while a split is under way (one
+// at a time in the cluster: each copies and opens a shard's files on its
+// nodes); else the first queued by `cairn collection split` that has no
+// operation; else one whose leader reports more points than its
+// collection's split_points (the one furthest past it). Never one whose
+// collection has 256 shards.
 uint64_t SplitDue(const MetadataState& state, const ControllerView& view);
 
 // The node that holds what `node` held: itself, or the node that took its

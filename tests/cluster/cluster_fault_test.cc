@@ -55,6 +55,7 @@
 #include "cairn/v1/points.grpc.pb.h"
 #include "db/collection_impl.h"
 #include "db/shard.h"
+#include "cluster/test_ports.h"
 #include "gtest/gtest.h"
 #include "tests/simulation/linearizability.h"
 
@@ -66,17 +67,7 @@ namespace v1 = ::cairn::v1;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using testing_ports::FreePort;
 
 // The whole answer (status line, headers, body) to GET `path`; "" when
 // nothing answers.
