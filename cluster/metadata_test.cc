@@ -496,7 +496,7 @@ TEST(PlacementTest, AShardPastItsCollectionsSplitPointsIsSplitFirstTheFurthest) 
   MetadataMachine m([] {});
   uint64_t index = 1;
   ASSERT_TRUE(ThreeNodesAndACollection(m, &index, /*shards=*/3, /*replication_factor=*/2).ok());
-  const auto& groups = m.State()->collections.at("docs").groups;
+  const std::vector<uint64_t> groups = m.State()->collections.at("docs").groups;  // a copy: applies replace the state
   ControllerView view;
   for (size_t s = 0; s < groups.size(); ++s) view[groups[s]].points = 1500 + 1000 * s;
   EXPECT_EQ(SplitDue(*m.State(), view), 0u) << "split_points 0: never";
