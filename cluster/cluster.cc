@@ -338,7 +338,6 @@ namespace {
 // the new map (ClusterCollection).
 class ReplicatedShard final : public db::ShardAccess {
  public:
-  // `recorded`: the class the group's replicas hold (ShardGroup::cls).
   // `cls`: the class of ids it holds; `recorded`: as the group's replicas
   // record it (ShardGroup::cls).
   ReplicatedShard(Cluster* cluster, const std::string& collection, uint32_t shard, uint64_t group,
@@ -347,40 +346,31 @@ class ReplicatedShard final : public db::ShardAccess {
         what_(What(collection, shard, group)) {}
 
   absl::Status Upsert(std::vector<db::PreparedPoint> points) override {
-    return Routed<db::PreparedPoint>(
-               group_, recorded_, what_, std::move(points), [](const db::PreparedPoint& p) { return p.ext_key; },
-               [&](uint64_t gid, db::HashClass, const std::string& what, std::vector<db::PreparedPoint> part) {
-                 db::ShardCommand c;
-                 c.kind = db::ShardCommand::Kind::kUpsert;
-                 c.points = std::move(part);
-                 return Propose(gid, std::move(c), what);
-               })
+    return Routed<db::PreparedPoint>(group_, recorded_, what_, std::move(points),
+                                     [](const db::PreparedPoint& p) { return p.ext_key; },
+                                     [](std::vector<db::PreparedPoint> part) {
+                                       db::ShardCommand c;
+                                       c.kind = db::ShardCommand::Kind::kUpsert;
+                                       c.points = std::move(part);
+                                       return c;
+                                     })
         .status();
   }
   absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ext_keys) override {
-    return Routed<std::string>(group_, recorded_, what_, ext_keys, [](const std::string& k) { return k; },
-                               [&](uint64_t gid, db::HashClass, const std::string& what, std::vector<std::string> part) {
-                                 db::ShardCommand c;
-                                 c.kind = db::ShardCommand::Kind::kDelete;
-                                 c.ext_keys = std::move(part);
-                                 return Propose(gid, std::move(c), what);
-                               });
+    db::ShardCommand c;
+    c.kind = db::ShardCommand::Kind::kDelete;
+    return RoutedKeys(c, ext_keys);
   }
   absl::StatusOr<uint64_t> DeleteByFilter(const Filter& filter) override {
     return DeleteByFilterIn(group_, recorded_, cls_, what_, filter.ToJson());
   }
   absl::Status SetPayload(const std::vector<std::string>& ext_keys, const db::Json& payload,
                           bool overwrite) override {
-    return Routed<std::string>(group_, recorded_, what_, ext_keys, [](const std::string& k) { return k; },
-                               [&](uint64_t gid, db::HashClass, const std::string& what, std::vector<std::string> part) {
-                                 db::ShardCommand c;
-                                 c.kind = db::ShardCommand::Kind::kSetPayload;
-                                 c.ext_keys = std::move(part);
-                                 c.payload = payload;
-                                 c.overwrite = overwrite;
-                                 return Propose(gid, std::move(c), what);
-                               })
-        .status();
+    db::ShardCommand c;
+    c.kind = db::ShardCommand::Kind::kSetPayload;
+    c.payload = payload;
+    c.overwrite = overwrite;
+    return RoutedKeys(c, ext_keys).status();
   }
 
   absl::Status Get(const std::vector<std::string>& ext_keys, bool with_payload, bool with_vector,
@@ -471,13 +461,13 @@ class ReplicatedShard final : public db::ShardAccess {
     c.request_id = cluster_->NewRequestId();
     return cluster_->ProposeToShard(gid, c.Encode(), what);
   }
-  // Sends `items` to group `gid`, which holds `recorded`; when its shard was
-  // split since, each again to the shard that holds its id now. The counts
-  // summed.
-  template <typename T, typename KeyOf, typename Send>
+  // Proposes the command `make(items)` to group `gid`, which holds
+  // `recorded`; when its shard was split since, each item again to the
+  // shard that holds its id now. The counts summed.
+  template <typename T, typename KeyOf, typename Make>
   absl::StatusOr<uint64_t> Routed(uint64_t gid, db::HashClass recorded, const std::string& what, std::vector<T> items,
-                                  const KeyOf& key_of, const Send& send) const {
-    auto r = send(gid, recorded, what, items);
+                                  const KeyOf& key_of, const Make& make) const {
+    auto r = Propose(gid, make(items), what);
     if (r.ok() || !db::IsMovedBySplit(r.status())) return r;
     CAIRN_ASSIGN_OR_RETURN(Cluster::ShardMap map, cluster_->ShardMapAfterSplit(collection_, gid, recorded));
     std::map<size_t, std::vector<T>> parts;
@@ -485,10 +475,19 @@ class ReplicatedShard final : public db::ShardAccess {
     uint64_t total = 0;
     for (auto& [s, part] : parts) {
       CAIRN_ASSIGN_OR_RETURN(uint64_t n, Routed(map.groups[s], map.recorded[s], What(collection_, s, map.groups[s]),
-                                                std::move(part), key_of, send));
+                                                std::move(part), key_of, make));
       total += n;
     }
     return total;
+  }
+  // `base` (a delete or a payload change) of the points `ext_keys`, routed.
+  absl::StatusOr<uint64_t> RoutedKeys(const db::ShardCommand& base, const std::vector<std::string>& ext_keys) const {
+    return Routed<std::string>(group_, recorded_, what_, ext_keys, [](const std::string& k) { return k; },
+                               [&](std::vector<std::string> part) {
+                                 db::ShardCommand c = base;
+                                 c.ext_keys = std::move(part);
+                                 return c;
+                               });
   }
   // A delete by filter of group `gid`'s ids; when its shard was split since,
   // of each shard that now holds a part of them.
@@ -623,8 +622,15 @@ class ClusterCollection final : public Collection {
   // Requests are checked, routed and merged over the shard map this node
   // knows now: built again when a split changed it.
   absl::StatusOr<std::shared_ptr<db::CollectionImpl>> Current() const {
+    // (The map is looked at again only when the metadata changed.)
+    const uint64_t at = cluster_->MetadataIndex();
+    {
+      std::lock_guard l(mu_);
+      if (impl_ && at == map_at_) return impl_;
+    }
     CAIRN_ASSIGN_OR_RETURN(Cluster::ShardMap map, cluster_->ShardMapOf(name_));
     std::lock_guard l(mu_);
+    map_at_ = at;
     if (impl_ && map.groups == map_.groups && map.recorded == map_.recorded) return impl_;
     std::vector<std::shared_ptr<db::ShardAccess>> shards;
     for (size_t s = 0; s < map.groups.size(); ++s) {
@@ -662,6 +668,7 @@ class ClusterCollection final : public Collection {
   std::function<absl::Status(const CollectionConfig&)> update_;
   mutable std::mutex mu_;
   mutable Cluster::ShardMap map_;                        // guarded by mu_
+  mutable uint64_t map_at_ = 0;                          // guarded by mu_: the metadata index map_ is as of
   mutable std::shared_ptr<db::CollectionImpl> impl_;     // guarded by mu_
 };
 
@@ -1658,13 +1665,12 @@ void Cluster::Control() {
   // The next split: queued by cairn collection split, or a shard past its
   // collection's split_points; one at a time.
   if (uint64_t gid = SplitDue(*st, view); gid != 0) {
-    const auto& coll = st->collections.at(st->groups.at(gid).collection);
-    const bool queued = std::find(coll.split_queue.begin(), coll.split_queue.end(), gid) != coll.split_queue.end();
+    const auto& queue = st->collections.at(st->groups.at(gid).collection).split_queue;
+    const char* reason =
+        std::find(queue.begin(), queue.end(), gid) != queue.end() ? "cairn collection split" : "split_points";
     const uint64_t points = view.count(gid) ? view.at(gid).points : 0;
-    if (ProposeMetadata(StartSplitCommand(*st, gid, queued ? "cairn collection split" : "split_points"), nullptr)
-            .ok()) {
-      Log(absl::StrCat("group ", gid, ": split (", queued ? "cairn collection split" : "split_points", "): it holds ",
-                       points, " points"));
+    if (ProposeMetadata(StartSplitCommand(*st, gid, reason), nullptr).ok()) {
+      Log(absl::StrCat("group ", gid, ": split (", reason, "): it holds ", points, " points"));
     }
     st = meta_->State();
   }
@@ -1918,7 +1924,8 @@ void Cluster::FlushBeforeSplits(const MetadataState& st) {
     if (split_flushed_.count(op.id)) continue;
     split_flushed_.insert(op.id);
     auto rep = LocalReplica(gid);
-    auto shard = rep ? rep->Serving() : absl::StatusOr<std::shared_ptr<db::Shard>>(absl::NotFoundError(""));
+    if (!rep) continue;
+    auto shard = rep->Serving();
     if (!shard.ok()) continue;
     // A saved copy of an HNSW growing segment too: the new group's replicas
     // load it instead of building the graph again.
@@ -2599,7 +2606,7 @@ pb::NodeStatusResponse Cluster::NodeStatus() {
     gr->set_stopped(g.stopped);
     if (auto rep = LocalReplica(g.group)) {
       gr->set_bytes(rep->bytes());
-      if (auto shard = rep->Serving(); shard.ok()) gr->set_points((*shard)->Stats().points);
+      if (auto shard = rep->Serving(); shard.ok()) gr->set_points((*shard)->Count(nullptr).value_or(0));
     }
     gr->set_stop_reason(g.stop_reason);
     for (uint64_t v : g.voters) gr->add_voters(v);

@@ -210,6 +210,9 @@ class Cluster final : public Database, private PeerHandler {
     db::HashRouter router = db::HashRouter::Even(1);
   };
   absl::StatusOr<ShardMap> ShardMapOf(const std::string& collection) const;
+  // The metadata log index this node's state is as of (it changes with every
+  // metadata change).
+  uint64_t MetadataIndex() const { return meta_->State()->applied; }
   // The map once `ready` accepts it (a split this node learns of), waiting
   // for it up to the request timeout; Unavailable past it.
   absl::StatusOr<ShardMap> AwaitShardMap(const std::string& collection,

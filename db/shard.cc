@@ -195,9 +195,7 @@ absl::Status Shard::Load() {
     const uint64_t modulus = rd.U64(), residue = rd.U64();
     split_.child_group = rd.U64();
     split_.index = rd.U64();
-    // (A record of four numbers holds no fence: writes name the class.)
-    const bool four = rd.ok && rd.in.empty();
-    const uint64_t wmod = four ? modulus : rd.U64(), wres = four ? residue : rd.U64();
+    const uint64_t wmod = rd.U64(), wres = rd.U64();
     if (!rd.ok || !rd.in.empty() || modulus > kMaxHashModulus || (modulus != 0 && residue >= modulus) ||
         wmod > kMaxHashModulus || (wmod != 0 && wres >= wmod) || (wmod == 0 && modulus != 0)) {
       return absl::DataLossError("malformed split record");

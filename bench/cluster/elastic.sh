@@ -131,43 +131,45 @@ count_points() {  # I: the points of v, counted through node I
   "$bin/cairn" --target "127.0.0.1:77$1""0" collection info v | grep -o '"points": *"*[0-9]*' | grep -o '[0-9]*$'
 }
 
+# One client searches throughout; M points are ingested quiet from START_ID,
+# then M more while CMD... runs. Sets quiet_w (records/s errors), q0/q1 (the
+# quiet ingest's window), busy0/busy1 (CMD's) and $work/busy (the second
+# ingest's records/s errors); the searcher is still running (stop_searcher).
+under_load() {  # LOG START_ID CMD...
+  local log=$1 start=$2 ingester
+  shift 2
+  searcher "$log"
+  sleep 1
+  q0=$(now_ms); quiet_w=$(ingest_rate "$work/b.fvecs" "$start"); q1=$(now_ms)
+  busy0=$(now_ms)
+  ingest_rate "$work/b.fvecs" "$((start + m))" >"$work/busy" &
+  ingester=$!
+  "$@"
+  busy1=$(now_ms)
+  wait "$ingester"
+}
+join_fifth() { start_node 4; ready 7741; await_settled "" 1 2 >/dev/null; }
+split_all() { "$bin/cairn" --target 127.0.0.1:7700 collection split v --wait >/dev/null; }
+
 echo "3. writes and searches: $m points ingested while one client searches, quiet, then while a 5th node joins"
-searcher "$work/lat3"
-sleep 1
-q0=$(now_ms); quiet_w=$(ingest_rate "$work/b.fvecs" "$n"); q1=$(now_ms)
-m0=$(now_ms)
-ingest_rate "$work/b.fvecs" "$((n + m))" >"$work/moving" &
-ingester=$!
-start_node 4
-ready 7741
-await_settled "" 1 2 >/dev/null
-m1=$(now_ms)
-wait "$ingester"
+under_load "$work/lat3" "$n" join_fifth
 stop_searcher
-report "during moves" "$quiet_w" "$(cat "$work/moving")" "$(window "$work/lat3" "$q0" "$q1")" \
-  "$(window "$work/lat3" "$m0" "$m1")"
-echo "   (the moves: $(calc "($m1 - $m0) / 1000") s from the 5th node's start until settled; searches measured over it)"
+report "during moves" "$quiet_w" "$(cat "$work/busy")" "$(window "$work/lat3" "$q0" "$q1")" \
+  "$(window "$work/lat3" "$busy0" "$busy1")"
+echo "   (the moves: $(calc "($busy1 - $busy0) / 1000") s from the 5th node's start until settled; searches measured over it)"
 count=$(count_points 4)
 [ "$count" = "$((n + 2 * m))" ] || { echo "the cluster counts $count points, not $((n + 2 * m))" >&2; exit 1; }
 echo "   settled; $count points counted through the 5th node"
 
 echo "4. a split of the 3 shards into 6: $m points ingested while one client searches, quiet, then during the split"
-searcher "$work/lat4"
-sleep 1
-q0=$(now_ms); quiet_w=$(ingest_rate "$work/b.fvecs" "$((n + 2 * m))"); q1=$(now_ms)
-s0=$(now_ms)
-ingest_rate "$work/b.fvecs" "$((n + 3 * m))" >"$work/splitting" &
-ingester=$!
-"$bin/cairn" --target 127.0.0.1:7700 collection split v --wait >/dev/null
-s1=$(now_ms)
-wait "$ingester"
+under_load "$work/lat4" "$((n + 2 * m))" split_all
 sleep 4
 a1=$(now_ms)
 stop_searcher
-report "during the split" "$quiet_w" "$(cat "$work/splitting")" "$(window "$work/lat4" "$q0" "$q1")" \
-  "$(window "$work/lat4" "$s0" "$s1")"
+report "during the split" "$quiet_w" "$(cat "$work/busy")" "$(window "$work/lat4" "$q0" "$q1")" \
+  "$(window "$work/lat4" "$busy0" "$busy1")"
 read -r after_qps after_p99 after_bad <<<"$(window "$work/lat4" "$((a1 - 3000))" "$a1")"
-echo "   the split took $(calc "($s1 - $s0) / 1000") s ($((n + 2 * m)) points in 3 shards when it started);" \
+echo "   the split took $(calc "($busy1 - $busy0) / 1000") s ($((n + 2 * m)) points in 3 shards when it started);" \
   "searches after it, on 6 shards, no writes: $after_qps/s p99 $after_p99 ms"
 count=$(count_points 0)
 [ "$count" = "$((n + 4 * m))" ] || { echo "the cluster counts $count points, not $((n + 4 * m))" >&2; exit 1; }
