@@ -104,11 +104,22 @@ class Refusal final : public Reactor {
   void OnDone() override { delete this; }
 };
 
-// What every service needs: the database (null while loading), the pool and
-// the keys.
+// What every service needs: the database (null while loading), the worker
+// lanes and the keys.
 struct Backend {
   std::atomic<Database*> db{nullptr};
-  std::unique_ptr<WorkerPool> pool;
+  // Requests run in three lanes of their own threads, by the role they need:
+  // reads, writes and admin calls. A write that waits (for a quorum, or for a
+  // shard's new map during a split) or a long admin call (a snapshot) never
+  // holds up a search, and the other way round.
+  std::unique_ptr<WorkerPool> reads, writes, admin;
+  WorkerPool& Lane(Role role) {
+    switch (role) {
+      case Role::kRead: return *reads;
+      case Role::kWrite: return *writes;
+      default: return *admin;
+    }
+  }
   std::optional<ApiKeys> keys;
   RequestMetrics metrics;
   // Calls accepted and not yet finished, for draining; new calls are refused
@@ -179,8 +190,8 @@ struct Backend {
   // Checks the key, runs fn(db) and finishes the call with its status. With
   // `inline_ok` (short calls of bounded cost: a plain vector search) fn runs
   // on the gRPC thread that took the call, saving the two thread hand-offs of
-  // the pool, as long as fewer than max_inline such calls run; otherwise, and
-  // for every other call, on the pool.
+  // its lane, as long as fewer than max_inline such calls run; otherwise, and
+  // for every other call, on its lane.
   template <typename Fn>
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, Role need, const char* method, Fn fn,
                                 bool inline_ok = false) {
@@ -215,7 +226,7 @@ struct Backend {
       }
       inline_running.fetch_sub(1, std::memory_order_acq_rel);
     }
-    bool queued = pool->Submit([ctx, database, finish, fn = std::move(fn)]() mutable {
+    bool queued = Lane(need).Submit([ctx, database, finish, fn = std::move(fn)]() mutable {
       if (ctx->IsCancelled()) {
         finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
         return;
@@ -319,7 +330,7 @@ class UpsertStreamReactor final : public grpc::ServerReadReactor<v1::UpsertReque
       Done(grpc::Status::OK);
       return;
     }
-    bool queued = b_->pool->Submit([this] {
+    bool queued = b_->writes->Submit([this] {
       absl::Status s = Apply();
       if (!s.ok()) {
         Done(ToGrpc(absl::Status(s.code(), absl::StrCat("message ", messages_, " (", AppliedSoFar(), "): ",
@@ -713,7 +724,7 @@ absl::StatusOr<v1::SnapshotInfo> ReadSnapshotInfo(const fs::path& dir) {
   return info;
 }
 
-// Streams a snapshot's tar archive, one chunk per write, reading on the pool.
+// Streams a snapshot's tar archive, one chunk per write, reading on the admin lane.
 class DownloadReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk> {
  public:
   DownloadReactor(Backend* b, TarStream tar) : b_(b), tar_(std::move(tar)) { Produce(); }
@@ -732,7 +743,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk>
 
  private:
   void Produce() {
-    bool queued = b_->pool->Submit([this] {
+    bool queued = b_->admin->Submit([this] {
       chunk_.Clear();
       chunk_.set_offset(offset_);
       std::string* data = chunk_.mutable_data();
@@ -961,7 +972,10 @@ CairnServer::CairnServer(ServerOptions options) : impl_(std::make_unique<Impl>()
   int threads = impl_->options.worker_threads > 0
                     ? impl_->options.worker_threads
                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  impl_->backend.pool = std::make_unique<WorkerPool>(threads, impl_->options.max_queued_requests);
+  const int queued = impl_->options.max_queued_requests;
+  impl_->backend.reads = std::make_unique<WorkerPool>(threads, queued);
+  impl_->backend.writes = std::make_unique<WorkerPool>(threads, queued);
+  impl_->backend.admin = std::make_unique<WorkerPool>(std::min(threads, 2), queued);
   impl_->backend.keys = impl_->options.api_keys;
 }
 
@@ -1046,7 +1060,10 @@ void CairnServer::Shutdown(std::chrono::milliseconds grace) {
     impl_->server->Shutdown(std::chrono::system_clock::now() + flush);
     impl_->server.reset();
   }
-  impl_->backend.pool.reset();  // runs what was queued, then joins
+  // Each runs what was queued, then joins.
+  impl_->backend.reads.reset();
+  impl_->backend.writes.reset();
+  impl_->backend.admin.reset();
   impl_->backend.db.store(nullptr);
   if (impl_->http) impl_->http->Stop();
   impl_->db.reset();

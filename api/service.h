@@ -30,9 +30,11 @@ struct ServerOptions {
   // host:port of the HTTP endpoints /metrics (Prometheus), /healthz and
   // /readyz; empty turns them off. Default: 127.0.0.1:7601.
   std::string http_listen = "127.0.0.1:7601";
-  // Threads that run requests. 0: the number of cores. Default: 0.
+  // Threads that run requests, in each of the read and write lanes (admin
+  // calls have a lane of at most 2). 0: the number of cores. Default: 0.
   int worker_threads = 0;
-  // Requests waiting for a worker before new ones are refused. Default: 1024.
+  // Requests waiting for a worker, per lane, before new ones are refused.
+  // Default: 1024.
   int max_queued_requests = 1024;
   // Largest request message, in bytes. Default: 64 MiB.
   int max_request_bytes = 64 << 20;

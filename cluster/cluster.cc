@@ -291,13 +291,11 @@ class ShardReplica final : public raft::StateMachine {
   }
 
  public:
-  // A copy a split took (WriteSplitChild), opened as `shard` in `dir`: keeps
-  // the new group's class in it and sets its applied index to 1 (the group's
-  // log starts over, from a first state at 1), then drops the note. Nothing
-  // to do for any other shard. Done again after a crash before the note goes.
-  static absl::Status PrepareSplitCopy(db::Shard& shard, const std::string& dir) {
+  // The class a split's copy in `dir` keeps (its note), or every key ({})
+  // for a directory that is no such copy, or no longer one.
+  static absl::StatusOr<db::HashClass> SplitCopyClass(const std::string& dir) {
     const std::string note = (fs::path(dir) / kSplitNote).string();
-    if (!fs::exists(note)) return absl::OkStatus();
+    if (!fs::exists(note)) return db::HashClass{};
     CAIRN_ASSIGN_OR_RETURN(std::string text, storage::ReadFile(note));
     uint32_t modulus = 0, residue = 0;
     std::vector<std::string> parts = absl::StrSplit(text, ' ');
@@ -305,8 +303,19 @@ class ShardReplica final : public raft::StateMachine {
         modulus == 0 || residue >= modulus) {
       return absl::DataLossError(absl::StrCat("malformed ", note));
     }
-    CAIRN_RETURN_IF_ERROR(shard.KeepHashClass(db::HashClass{modulus, residue}, 1));
+    return db::HashClass{modulus, residue};
+  }
+  // A copy a split took (WriteSplitChild), opened as `shard` in `dir` (with
+  // load_class = SplitCopyClass(dir)): keeps the new group's class in it and
+  // sets its applied index to 1 (the group's log starts over, from a first
+  // state at 1), then drops the note. Nothing to do for any other shard.
+  // Done again after a crash before the note goes.
+  static absl::Status PrepareSplitCopy(db::Shard& shard, const std::string& dir) {
+    CAIRN_ASSIGN_OR_RETURN(db::HashClass cls, SplitCopyClass(dir));
+    if (cls.modulus == 0) return absl::OkStatus();
+    CAIRN_RETURN_IF_ERROR(shard.KeepHashClass(cls, 1));
     CAIRN_RETURN_IF_ERROR(shard.SyncApplied().status());
+    const std::string note = (fs::path(dir) / kSplitNote).string();
     std::error_code ec;
     fs::remove(note, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot remove ", note, ": ", ec.message()));
@@ -1309,7 +1318,11 @@ void Cluster::ReconcileLoop() {
     // While an operation is under way its steps wait on Raft (a learner
     // catching up, a membership change committing), not on the metadata:
     // look again soon (the replicas this node opens change only with it).
-    const auto period = meta_->State()->ops.empty() ? 1000ms : 100ms;
+    // So too while splits are queued: the next starts when one ends.
+    const auto st = meta_->State();
+    bool busy = !st->ops.empty();
+    for (const auto& [name, c] : st->collections) busy = busy || !c.split_queue.empty();
+    const auto period = busy ? 100ms : 1000ms;
     loop_cv_.wait_for(l, period, [this] { return stop_ || dirty_; });
     if (stop_) break;
     const bool dirty = std::exchange(dirty_, false);
@@ -1374,6 +1387,9 @@ void Cluster::DriveOps() {
   }
   for (auto it = split_open_seen_.begin(); it != split_open_seen_.end();) {
     it = live(it->first) ? std::next(it) : split_open_seen_.erase(it);
+  }
+  for (auto it = split_campaigned_.begin(); it != split_campaigned_.end();) {
+    it = live(it->first) ? std::next(it) : split_campaigned_.erase(it);
   }
   for (const raft::GroupStatus& gs : node_->Status()) {
     if (gs.role != raft::Role::kLeader || gs.stopped) continue;
@@ -1489,6 +1505,14 @@ void Cluster::DriveSplit(const MetadataState& st, const raft::GroupStatus& gs, c
     auto [seen, fresh] = split_open_seen_.try_emplace(op.id, now);
     auto child = node_->GroupStatusOf(op.to);
     const bool leads = child.ok() && child->leader != raft::kNone;
+    if (auto [last, fresh] = split_campaigned_.try_emplace(op.id, now);
+        !leads && child.ok() && !fresh && now - last->second >= 150ms) {
+      // Its replica here campaigned when it opened, perhaps before the
+      // others had opened theirs (they dropped its votes): again, rather
+      // than after an election timeout.
+      last->second = now;
+      node_->Campaign(op.to);
+    }
     if ((leads || now - seen->second > 15s) && ProposeMetadataAnywhere(SwitchSplitCommand(gs.group, op.id)).ok()) {
       Log(absl::StrCat("group ", gs.group, ": split at index ", op.split_index, "; group ", op.to,
                        leads ? " leads" : " has no leader yet", " and now holds the other half of its ids"));
@@ -1802,7 +1826,22 @@ void Cluster::Reconcile() {
       Log(absl::StrCat("cannot recover the replica of group ", g->group, " in ", dir, ": ", s.ToString()));
       continue;
     }
-    auto shard = db::Shard::Open(dir, so);
+    // A split's copy loads only the half its group keeps.
+    auto copy_class = ShardReplica::SplitCopyClass(dir);
+    if (!copy_class.ok()) {
+      Log(absl::StrCat("cannot open the replica of group ", g->group, " in ", dir, ": ", copy_class.status().ToString()));
+      continue;
+    }
+    db::ShardOptions open_options = so;
+    open_options.load_class = *copy_class;
+    // Its vectors from the replica here of the group it was split from, in
+    // memory (the same points under the same ids), not read from storage.
+    std::shared_ptr<db::Shard> parent_shard;
+    if (copy_class->modulus != 0 && g->split_from != 0) {
+      if (auto parent = LocalReplica(g->split_from)) parent_shard = parent->Serving().value_or(nullptr);
+    }
+    auto shard = db::Shard::Open(dir, open_options, parent_shard.get());
+    parent_shard.reset();
     if (!shard.ok()) {
       Log(absl::StrCat("cannot open the replica of group ", g->group, " in ", dir, ": ", shard.status().ToString()));
       continue;
@@ -1999,8 +2038,9 @@ void Cluster::MaintenanceLoop() {
       if (s.ok()) s = (*shard)->Compact(/*force=*/false);
       // What a split left outside the shard's class leaves storage in
       // batches that keep the shard's writers waiting no longer than a few
-      // milliseconds each.
-      for (auto t0 = Clock::now(); s.ok() && Clock::now() - t0 < 250ms;) {
+      // milliseconds each, for at most 50 ms of each round (a second): the
+      // cost is spread, not taken from the requests while a split runs.
+      for (auto t0 = Clock::now(); s.ok() && Clock::now() - t0 < 50ms;) {
         auto more = (*shard)->DropForeign(kDropForeignBatch);
         s = more.status();
         if (!more.ok() || !*more) break;

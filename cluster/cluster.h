@@ -391,6 +391,9 @@ class Cluster final : public Database, private PeerHandler {
   // * 2, + 1 for its end), and when it first saw each split at step "open".
   std::map<uint64_t, std::chrono::steady_clock::time_point> split_proposed_;
   std::map<uint64_t, std::chrono::steady_clock::time_point> split_open_seen_;
+  // When this node last made the new group's replica here campaign (or
+  // first saw it without a leader).
+  std::map<uint64_t, std::chrono::steady_clock::time_point> split_campaigned_;
   // The splits (op ids) whose group this node flushed. Guarded by reconcile_mu_.
   std::set<uint64_t> split_flushed_;
   std::thread reconciler_;

@@ -164,8 +164,8 @@ std::string Shard::SegmentPath(const std::string& file) const {
   return (fs::path(dir_) / "segments" / file).string();
 }
 
-absl::StatusOr<std::unique_ptr<Shard>> Shard::Open(const std::string& dir,
-                                                   const ShardOptions& options) {
+absl::StatusOr<std::unique_ptr<Shard>> Shard::Open(const std::string& dir, const ShardOptions& options,
+                                                   const Shard* vectors_from) {
   std::error_code ec;
   fs::create_directories(fs::path(dir) / "segments", ec);
   if (ec) return absl::InternalError(absl::StrCat("create ", dir, ": ", ec.message()));
@@ -173,11 +173,11 @@ absl::StatusOr<std::unique_ptr<Shard>> Shard::Open(const std::string& dir,
   kv_options.sync = options.sync_writes;
   CAIRN_ASSIGN_OR_RETURN(auto kv, storage::KvStore::Open((fs::path(dir) / "kv").string(), kv_options));
   auto shard = std::unique_ptr<Shard>(new Shard(dir, options, std::move(kv)));
-  CAIRN_RETURN_IF_ERROR(shard->Load());
+  CAIRN_RETURN_IF_ERROR(shard->Load(vectors_from));
   return shard;
 }
 
-absl::Status Shard::Load() {
+absl::Status Shard::Load(const Shard* vectors_from) {
   // Meta: next id and manifest.
   CAIRN_ASSIGN_OR_RETURN(auto next, kv_->Get(Cf::kMeta, kMetaNextId));
   if (next) {
@@ -202,6 +202,11 @@ absl::Status Shard::Load() {
     }
     split_.cls = HashClass{static_cast<uint32_t>(modulus), static_cast<uint32_t>(residue)};
     split_.writes = HashClass{static_cast<uint32_t>(wmod), static_cast<uint32_t>(wres)};
+  }
+  if (options_.load_class.modulus != 0) {
+    // A split's copy: it reads and takes writes as the class it keeps (which
+    // KeepHashClass then records).
+    split_.cls = split_.writes = options_.load_class;
   }
   CAIRN_ASSIGN_OR_RETURN(auto manifest_text, kv_->Get(Cf::kMeta, kMetaManifest));
   std::vector<std::string> files;
@@ -291,10 +296,11 @@ absl::Status Shard::Load() {
     std::string name = entry.path().filename().string();
     if (std::find(files.begin(), files.end(), name) == files.end()) fs::remove(entry.path(), ec);
   }
+  const size_t dim = options_.dimension;
+  if (vectors_from != nullptr) return ReplayFrom(*vectors_from, replay_from);
   auto it = kv_->NewIterator(Cf::kVectors);
   std::vector<uint64_t> ids;
   std::vector<float> vecs;
-  const size_t dim = options_.dimension;
   auto flush = [&]() -> absl::Status {
     index::PrepareVectors(options_.metric, vecs.data(), ids.size(), dim);
     CAIRN_RETURN_IF_ERROR(growing_->Add(vecs.data(), ids.data(), ids.size(), IndexThreads(options_.index_threads)));
@@ -315,6 +321,77 @@ absl::Status Shard::Load() {
   CAIRN_RETURN_IF_ERROR(it->status());
   if (!ids.empty()) CAIRN_RETURN_IF_ERROR(flush());
   return absl::OkStatus();
+}
+
+absl::Status Shard::ReplayFrom(const Shard& source, uint64_t from) {
+  // As Load's replay from storage, in id order: the live points from `from`
+  // on, their vectors from `source`'s memory, the rest from storage (a point
+  // without a vector record is left out, as there).
+  const size_t dim = options_.dimension;
+  std::vector<uint64_t> ids;
+  std::vector<float> vecs;
+  std::vector<bool> found;
+  auto flush = [&]() -> absl::Status {
+    vecs.assign(ids.size() * dim, 0.0f);
+    found.assign(ids.size(), false);
+    source.CopyVectorsInMemory(ids, vecs.data(), &found);
+    std::vector<uint64_t> rest;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (!found[i]) rest.push_back(ids[i]);
+    }
+    if (!rest.empty()) {
+      std::vector<float> raw;
+      std::vector<bool> got;
+      CAIRN_RETURN_IF_ERROR(RawVectors(rest, &raw, &got));
+      size_t w = 0;
+      for (size_t i = 0, j = 0; i < ids.size(); ++i) {
+        const bool keep = found[i] || got[j];
+        if (!found[i]) {
+          if (got[j]) std::memcpy(&vecs[i * dim], &raw[j * dim], dim * sizeof(float));
+          ++j;
+        }
+        if (!keep) continue;
+        if (w != i) {
+          ids[w] = ids[i];
+          std::memcpy(&vecs[w * dim], &vecs[i * dim], dim * sizeof(float));
+        }
+        ++w;
+      }
+      ids.resize(w);
+    }
+    if (!ids.empty()) {
+      CAIRN_RETURN_IF_ERROR(growing_->Add(vecs.data(), ids.data(), ids.size(), IndexThreads(options_.index_threads)));
+    }
+    ids.clear();
+    return absl::OkStatus();
+  };
+  for (uint64_t id : live_) {
+    if (id < from) continue;
+    ids.push_back(id);
+    if (ids.size() == kReplayChunk) CAIRN_RETURN_IF_ERROR(flush());
+  }
+  if (!ids.empty()) CAIRN_RETURN_IF_ERROR(flush());
+  return absl::OkStatus();
+}
+
+void Shard::CopyVectorsInMemory(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const {
+  std::vector<std::shared_ptr<index::Segment>> segs;
+  {
+    std::shared_lock state(state_mu_);
+    segs = AllSegmentsLocked();
+  }
+  for (const auto& seg : segs) {
+    if (seg->size() == 0) continue;
+    auto lo = std::lower_bound(sorted_ids.begin(), sorted_ids.end(), seg->min_id());
+    auto hi = std::upper_bound(sorted_ids.begin(), sorted_ids.end(), seg->max_id());
+    if (lo >= hi) continue;
+    const size_t at = static_cast<size_t>(lo - sorted_ids.begin());
+    std::vector<bool> part(static_cast<size_t>(hi - lo), false);
+    seg->CopyVectors(absl::MakeConstSpan(&*lo, part.size()), out + at * options_.dimension, &part);
+    for (size_t i = 0; i < part.size(); ++i) {
+      if (part[i]) (*found)[at + i] = true;
+    }
+  }
 }
 
 // ---- writes ----------------------------------------------------------------
@@ -579,9 +656,10 @@ absl::Status Shard::KeepHashClass(HashClass cls, uint64_t applied) {
 }
 
 absl::Status Shard::KeepHashClassLocked(const SplitRecord& record, uint64_t applied, bool forget_requests) {
-  // The points outside the class, from the id map (external key -> id).
+  // The points outside the class, from the id map (external key -> id);
+  // none in memory when Load left them out already (load_class).
   std::vector<uint64_t> outside;
-  {
+  if (!(options_.load_class == record.cls)) {
     auto it = kv_->NewIterator(Cf::kIds);
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       if (!record.cls.Contains(it->key()) && it->value().size() == 8) outside.push_back(DecodeInternalKey(it->value()));
@@ -608,7 +686,7 @@ absl::Status Shard::KeepHashClassLocked(const SplitRecord& record, uint64_t appl
     std::lock_guard l(drop_mu_);
     drop_after_.clear();  // the new class leaves other ids outside
   }
-  foreign_left_.store(!outside.empty(), std::memory_order_release);
+  if (!outside.empty()) foreign_left_.store(true, std::memory_order_release);
   return absl::OkStatus();
 }
 

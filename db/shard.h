@@ -69,6 +69,10 @@ struct ShardOptions {
   // Apply: how many log entries a request id is remembered for (a retry
   // later than that would apply again). Default: 200,000.
   uint64_t request_id_window = 200000;
+  // Open only: the points outside this class are not loaded (a split's copy
+  // opened for its new group, which then keeps the class: KeepHashClass).
+  // Default: every point.
+  HashClass load_class;
 };
 
 // A point ready for a shard: validated, payload parsed and re-serialized.
@@ -146,8 +150,13 @@ class ShardAccess {
 class Shard final : public ShardAccess {
  public:
   class Loader;
-  static absl::StatusOr<std::unique_ptr<Shard>> Open(const std::string& dir,
-                                                     const ShardOptions& options);
+  // `vectors_from`, when given, is a shard whose internal ids name the same
+  // points as this one's (this one is a copy of it, as a split takes): the
+  // vectors open rebuilds its growing segment from are copied from that
+  // shard's segments in memory where they are there, instead of read from
+  // storage. It is only read, and only during Open.
+  static absl::StatusOr<std::unique_ptr<Shard>> Open(const std::string& dir, const ShardOptions& options,
+                                                     const Shard* vectors_from = nullptr);
   ~Shard();
 
   absl::Status Upsert(std::vector<PreparedPoint> points) override;
@@ -295,7 +304,13 @@ class Shard final : public ShardAccess {
   };
 
   Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvStore> kv);
-  absl::Status Load();
+  absl::Status Load(const Shard* vectors_from);
+  // Load's last step with a source of vectors: rebuilds the growing segment
+  // from the live points from internal id `from` on.
+  absl::Status ReplayFrom(const Shard& source, uint64_t from);
+  // The vectors (prepared) of `sorted_ids` that this shard's segments hold
+  // in memory, deleted or not, copied as Segment::CopyVectors does.
+  void CopyVectorsInMemory(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const;
   absl::Status Commit(std::function<absl::Status(Txn&)> prepare);
   // Writes `txn` (with the id counter and, when nonzero, `applied` as the
   // applied index) and applies its plans to memory; on failure restores the

@@ -605,5 +605,89 @@ TEST_F(ShardApplyTest, ASplitLeavesEachHalfOnOneSideAndRefusesWritesOfTheOther) 
   EXPECT_EQ(ChecksumOf(*parent).hash, sum.hash);
 }
 
+// A split's copy opened for its new group loads only the class it keeps, and
+// takes the vectors of its growing segment from the parent's memory (or from
+// storage where the parent has none): the same shard either way, whatever
+// the metric (a vector prepared once, never twice).
+TEST_F(ShardApplyTest, ASplitsCopyLoadsItsHalfOnlyWithVectorsFromTheParentsMemory) {
+  for (Metric metric : {Metric::kL2, Metric::kCosine}) {
+    SCOPED_TRACE(static_cast<int>(metric));
+    ShardOptions o = Options();
+    o.metric = metric;
+    const std::string parent_dir = (fs::path(dir_) / absl::StrCat("parent-", static_cast<int>(metric))).string();
+    auto parent = Shard::Open(parent_dir, o);
+    ASSERT_TRUE(parent.ok()) << parent.status();
+    std::vector<ShardCommand> cmds;
+    for (uint64_t from : {1, 151}) {
+      std::vector<PreparedPoint> points;
+      for (uint64_t id = from; id < from + 150; ++id) {
+        points.push_back(Point(id, static_cast<float>(id % 37) - 11.5f, Json{{"color", id % 2 ? "red" : "blue"}}));
+      }
+      cmds.push_back(UpsertCmd(points));
+      cmds.back().request_id = absl::StrCat("load-", from);
+    }
+    ASSERT_TRUE(ApplyRange(**parent, cmds, 0, 1)[0].status.ok());
+    ASSERT_TRUE((*parent)->Seal(/*force=*/true).ok());  // ids 1..150 in a sealed segment, the rest growing
+    ASSERT_TRUE(ApplyRange(**parent, cmds, 1, 2)[0].status.ok());
+    auto empty = Shard::Open((fs::path(parent_dir) / "empty").string(), o);
+    ASSERT_TRUE(empty.ok()) << empty.status();
+    const HashClass moved{2, 1};
+    std::vector<std::unique_ptr<Shard>> copies;
+    for (const Shard* source : {static_cast<const Shard*>(nullptr), static_cast<const Shard*>(parent->get()),
+                                static_cast<const Shard*>(empty->get())}) {
+      const std::string dir = absl::StrCat(parent_dir, "-copy-", copies.size());
+      ASSERT_TRUE(Shard::SnapshotAll({parent->get()}, {dir}).ok());
+      ShardOptions co = o;
+      co.load_class = moved;
+      auto copy = Shard::Open(dir, co, source);
+      ASSERT_TRUE(copy.ok()) << copy.status();
+      copies.push_back(std::move(*copy));
+    }
+    size_t in_class = 0;
+    for (uint64_t id = 1; id <= 300; ++id) in_class += moved.Contains(ExternalKey(PointId(id)));
+    ASSERT_GT(in_class, 100u);
+    ASSERT_LT(in_class, 200u);
+    for (auto& c : copies) {
+      EXPECT_EQ(*c->Count(nullptr), in_class);
+      for (uint64_t id = 1; id <= 300; ++id) {
+        auto r = GetOne(*c, id);
+        ASSERT_EQ(r.has_value(), moved.Contains(ExternalKey(PointId(id)))) << id;
+        if (r) EXPECT_EQ(r->vector, Point(id, static_cast<float>(id % 37) - 11.5f, Json::object()).vector) << id;
+      }
+    }
+    // Searches over the graph and exact ones find the same points at the
+    // same scores in each copy, and only points of the class.
+    for (bool exact : {false, true}) {
+      for (float x : {-3.0f, 0.5f, 7.0f}) {
+        SearchParams p;
+        p.k = 20;
+        p.ef = 400;
+        p.exact = exact;
+        const std::vector<float> q = {x, 1 - x, 2 * x + 1, -x};
+        std::vector<std::vector<std::vector<ScoredPoint>>> hits(copies.size());
+        for (size_t i = 0; i < copies.size(); ++i) ASSERT_TRUE(copies[i]->Search(q.data(), 1, p, &hits[i]).ok());
+        ASSERT_EQ(hits[0][0].size(), 20u);
+        for (size_t i = 1; i < copies.size(); ++i) {
+          ASSERT_EQ(hits[i][0].size(), hits[0][0].size()) << "copy " << i;
+          for (size_t j = 0; j < hits[0][0].size(); ++j) {
+            EXPECT_EQ(hits[i][0][j].id, hits[0][0][j].id) << "copy " << i << " hit " << j;
+            EXPECT_EQ(hits[i][0][j].score, hits[0][0][j].score) << "copy " << i << " hit " << j;
+          }
+        }
+        for (const auto& h : hits[0][0]) EXPECT_TRUE(moved.Contains(ExternalKey(h.id))) << h.id.ToString();
+      }
+    }
+    // The class kept (as for the new group): nothing else changes, and each
+    // copy holds the same data.
+    for (auto& c : copies) {
+      ASSERT_TRUE(c->KeepHashClass(moved, 1).ok());
+      EXPECT_EQ(c->split_record().cls, moved);
+      EXPECT_EQ(*c->Count(nullptr), in_class);
+    }
+    EXPECT_EQ(ChecksumOf(*copies[1]).hash, ChecksumOf(*copies[0]).hash);
+    EXPECT_EQ(ChecksumOf(*copies[2]).hash, ChecksumOf(*copies[0]).hash);
+  }
+}
+
 }  // namespace
 }  // namespace cairn::db

@@ -809,6 +809,22 @@ const faiss::Index* Segment::FlatStorage() const {
 
 bool Segment::HasExactVectors() const { return type_ == IndexType::kFlat || type_ == IndexType::kHnsw; }
 
+void Segment::CopyVectors(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const {
+  if (!HasExactVectors()) return;
+  std::shared_lock lock(mu_);
+  const auto* flat = static_cast<const faiss::IndexFlat*>(FlatStorage());
+  const float* xb = flat->get_xb();
+  size_t p = 0;
+  for (size_t i = 0; i < sorted_ids.size() && p < ids_.size(); ++i) {
+    const uint64_t id = sorted_ids[i];
+    if (id < ids_[p]) continue;
+    if (ids_[p] != id) p = static_cast<size_t>(std::lower_bound(ids_.begin() + p, ids_.end(), id) - ids_.begin());
+    if (p == ids_.size() || ids_[p] != id) continue;
+    std::memcpy(out + i * dim_, xb + p * dim_, dim_ * sizeof(float));
+    (*found)[i] = true;
+  }
+}
+
 absl::Status Segment::SearchExact(const float* queries, size_t nq,
                                   const SegmentSearchParams& params, float* scores,
                                   int64_t* ids) const {

@@ -146,6 +146,12 @@ class Segment {
   void ScoreIds(const float* query, absl::Span<const uint64_t> ids,
                 std::vector<std::pair<float, uint64_t>>* out) const;
 
+  // Copies the stored vectors (as prepared for the metric) of the ids in
+  // `sorted_ids` that this segment holds, deleted or not, to out[i * dim]
+  // and sets (*found)[i]; leaves the others. Copies nothing unless
+  // HasExactVectors(). REQUIRES: sorted_ids ascending; found sized like it.
+  void CopyVectors(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const;
+
   // Marks `id` deleted; returns false when it is not here or already deleted.
   bool MarkDeleted(uint64_t id);
   bool IsLive(uint64_t id) const;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -264,6 +265,50 @@ TEST_P(SegmentTypeTest, TombstonesAreNeverReturned) {
   auto live = [&](size_t i) { return !deleted.count(d.ids[i]); };
   double recall = Recall(Metric::kL2, d, after, kQueries, kK, live);
   EXPECT_GE(recall, GetParam().min_recall - 0.15) << "recall among live points";
+}
+
+TEST_P(SegmentTypeTest, CopyVectorsGivesTheStoredVectorsOfTheIdsItHolds) {
+  auto seg = Copy();
+  ASSERT_NE(seg, nullptr);
+  const Dataset& d = Data();
+  // Every 5th point (one in three of them deleted) and ids it never held:
+  // between two of its ids (they are 3 apart), below and above them all.
+  std::vector<uint64_t> ids = {1, d.ids[0] + 1};
+  std::vector<int64_t> row = {-1, -1};
+  for (size_t i = 0; i < kN; i += 5) {
+    ids.push_back(d.ids[i]);
+    row.push_back(static_cast<int64_t>(i));
+    if (i % 3 == 0) {
+      ASSERT_TRUE(seg->MarkDeleted(d.ids[i]));
+    }
+  }
+  ids.push_back(d.ids[kN - 1] + 2);
+  row.push_back(-1);
+  std::vector<size_t> order(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a] < ids[b]; });
+  {
+    std::vector<uint64_t> sorted_ids;
+    std::vector<int64_t> sorted_rows;
+    for (size_t o : order) {
+      sorted_ids.push_back(ids[o]);
+      sorted_rows.push_back(row[o]);
+    }
+    ids.swap(sorted_ids);
+    row.swap(sorted_rows);
+  }
+  std::vector<float> out(ids.size() * kDim, -7.0f);
+  std::vector<bool> found(ids.size(), false);
+  seg->CopyVectors(ids, out.data(), &found);
+  for (size_t j = 0; j < ids.size(); ++j) {
+    if (row[j] < 0 || !seg->HasExactVectors()) {
+      EXPECT_FALSE(found[j]) << ids[j];
+      for (size_t k = 0; k < kDim; ++k) EXPECT_EQ(out[j * kDim + k], -7.0f) << "left as it was";
+      continue;
+    }
+    ASSERT_TRUE(found[j]) << ids[j];
+    for (size_t k = 0; k < kDim; ++k) EXPECT_EQ(out[j * kDim + k], d.x[static_cast<size_t>(row[j]) * kDim + k]);
+  }
 }
 
 TEST_P(SegmentTypeTest, AllowedPositionsAreRespected) {

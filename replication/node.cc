@@ -810,6 +810,9 @@ void Node::WakeQuietGroups(Clock::time_point now) {
     }
     auto leader = g->spec.nodes.find(g->raft->leader());
     if (leader == g->spec.nodes.end() || now - HeardFrom(leader->second) >= silence) {
+      // Quiet, it was as current as the leader's node's last keepalive; it
+      // stays so (for local reads) until another leader is heard.
+      if (leader != g->spec.nodes.end()) g->leader_contact = std::max(g->leader_contact, HeardFrom(leader->second));
       g->raft->Unquiesce(/*leader_lost=*/true);
     }
   }
@@ -854,6 +857,8 @@ void Node::PublishStatus(bool heard_too) {
       std::sort(heard.begin(), heard.end(), std::greater<>());
       const size_t quorum = voters.size() / 2 + 1;
       s.leader_contact = heard.size() >= quorum ? heard[quorum - 1] : Clock::time_point{};
+      // Kept: once it steps down (no quorum heard), it is as current as this.
+      g->leader_contact = std::max(g->leader_contact, s.leader_contact);
     }
     s.stopped = g->stopped;
     s.stop_reason = g->stop_reason;

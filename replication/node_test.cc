@@ -554,6 +554,32 @@ TEST_F(NodeTest, IdleGroupsGoQuietAndWakeForWritesAndForALostLeader) {
   EXPECT_TRUE(wait_quiet());
 }
 
+// A quiet follower cut off from its leader wakes and campaigns; what it holds
+// is as current as the leader's last keepalive it heard, and its leader
+// contact (what local reads trust) says so, not when the group went quiet.
+TEST_F(NodeTest, AQuietFollowerCutOffKeepsItsLastContactWithTheLeader) {
+  ProposeUntilAcked(1, kGroupA, "a");
+  const uint64_t leader = WaitForLeader(kGroupA);
+  const uint64_t follower = leader == 1 ? 2 : 1;
+  auto quiet = [&](uint64_t n) {
+    auto st = nodes_.at(n)->GroupStatusOf(kGroupA);
+    return st.ok() && st->quiesced;
+  };
+  for (int i = 0; i < 500 && !(quiet(1) && quiet(2) && quiet(3)); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(quiet(follower));
+  std::this_thread::sleep_for(1s);  // quiet: keepalives only
+  const auto cut = Clock::now();
+  hub_.Isolate(follower, {1, 2, 3});
+  for (int i = 0; i < 500 && quiet(follower); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_FALSE(quiet(follower)) << "the follower did not wake";
+  auto st = nodes_.at(follower)->GroupStatusOf(kGroupA);
+  ASSERT_TRUE(st.ok());
+  EXPECT_NE(st->role, Role::kLeader);
+  EXPECT_GT(st->leader_contact, cut - 300ms) << "its contact is older than the last keepalive before the cut";
+  EXPECT_LE(st->leader_contact, cut);
+  hub_.Heal();
+}
+
 // A quiet leader cut off from its group does not stay leader: with its
 // voters' nodes silent it wakes, and check-quorum steps it down; meanwhile
 // its leader contact (what local reads trust) is when it last heard a quorum.
@@ -566,6 +592,7 @@ TEST_F(NodeTest, AnIsolatedQuietLeaderStepsDown) {
   };
   for (int i = 0; i < 500 && !(quiet(1) && quiet(2) && quiet(3)); ++i) std::this_thread::sleep_for(10ms);
   ASSERT_TRUE(quiet(leader));
+  const auto cut = Clock::now();
   hub_.Isolate(leader, {1, 2, 3});
   std::this_thread::sleep_for(150ms);  // more than an election timeout (100 ms)
   auto st = nodes_.at(leader)->GroupStatusOf(kGroupA);
@@ -577,6 +604,11 @@ TEST_F(NodeTest, AnIsolatedQuietLeaderStepsDown) {
   };
   for (int i = 0; i < 500 && !stepped_down(); ++i) std::this_thread::sleep_for(10ms);
   EXPECT_TRUE(stepped_down());
+  // Stepped down, it is still as current as when it last heard a quorum.
+  st = nodes_.at(leader)->GroupStatusOf(kGroupA);
+  ASSERT_TRUE(st.ok());
+  EXPECT_GT(st->leader_contact, cut - 300ms) << "a deposed leader looks as if it never led";
+  EXPECT_LE(st->leader_contact, cut + 50ms);
   hub_.Heal();
   ProposeUntilAcked(leader, kGroupA, "b");
   EXPECT_EQ(Converged(kGroupA), (std::vector<std::string>{"a", "b"}));

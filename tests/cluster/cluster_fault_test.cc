@@ -235,6 +235,8 @@ class Node {
       : index_(index), dir_(std::move(dir)), grpc_(grpc_port), http_(http_port), peer_(std::move(peer)),
         seeds_(std::move(seeds)), host_(std::move(host)), netns_(std::move(netns)),
         secret_file_(std::move(secret_file)) {}
+  // Flags added to the command line of the next Start.
+  void set_extra_args(std::vector<std::string> args) { extra_args_ = std::move(args); }
   ~Node() { Kill(SIGKILL); }
 
   // Starts the process on data directory `data` (default its own) as `name`.
@@ -275,6 +277,7 @@ class Node {
                                        "--log-format",
                                        "logfmt"};
       if (!secret_file_.empty()) args.insert(args.end(), {"--cluster-secret-file", secret_file_});
+      args.insert(args.end(), extra_args_.begin(), extra_args_.end());
       if (!netns_.empty()) {
         // Off loopback: API keys instead of --insecure-no-auth.
         args.erase(std::find(args.begin(), args.end(), "--insecure-no-auth"));
@@ -355,6 +358,7 @@ class Node {
   const std::string dir_;
   const int grpc_, http_;
   const std::string peer_, seeds_, host_, netns_, secret_file_;
+  std::vector<std::string> extra_args_;
   pid_t pid_ = -1;
   int exit_code_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
@@ -1032,6 +1036,49 @@ TEST_F(ClusterFaultTest, ShardsSplitUnderLoadWhileTheSplitLeaderIsKilled) {
                                           "%lld ms after the split started and restarted",
                                           leader, static_cast<long long>(kill_after.count())),
                           /*expect_snapshots=*/false);
+}
+
+// Writes that wait (here for a quorum that is paused) run in a lane of their
+// own: a read that needs no quorum is answered meanwhile, even with a single
+// request thread per lane.
+TEST_F(ClusterFaultTest, WritesWaitingForAQuorumDoNotHoldUpReads) {
+  for (auto& n : nodes_) n->set_extra_args({"--workers", "1"});
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  ASSERT_NO_FATAL_FAILURE(CreateCollection(*nodes_[0]));
+  grpc::Status put;
+  for (int i = 0; i < 100 && !(put = Put(*nodes_[0], "k", "1")).ok(); ++i) std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(put.ok()) << put.error_message();
+  nodes_[1]->Signal(SIGSTOP);
+  nodes_[2]->Signal(SIGSTOP);
+  std::atomic<int> writes_done{0};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 3; ++w) {
+    writers.emplace_back([&, w] {
+      (void)Put(*nodes_[0], absl::StrCat("w", w), "2");  // no quorum: fails after its deadline
+      ++writes_done;
+    });
+  }
+  std::this_thread::sleep_for(500ms);
+  ASSERT_EQ(writes_done.load(), 0) << "a write was answered without a quorum";
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 2s);
+  v1::GetPointsRequest req;
+  req.set_collection(kCollection);
+  req.add_ids()->set_str("k");
+  req.set_with_payload(true);
+  req.set_consistency(v1::READ_CONSISTENCY_LOCAL);
+  req.set_max_staleness_ms(60000);
+  v1::GetPointsResponse resp;
+  grpc::Status s = v1::Points::NewStub(nodes_[0]->channel())->Get(&ctx, req, &resp);
+  const int done_at_read = writes_done.load();
+  nodes_[1]->Signal(SIGCONT);
+  nodes_[2]->Signal(SIGCONT);
+  for (auto& t : writers) t.join();
+  ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+  ASSERT_EQ(resp.results_size(), 1);
+  EXPECT_TRUE(resp.results(0).found());
+  EXPECT_EQ(resp.results(0).record().payload().fields().at("v").string_value(), "1");
+  EXPECT_EQ(done_at_read, 0) << "the read was answered only after the waiting writes";
 }
 
 TEST_F(ClusterFaultTest, AWipedNodeJoinsInPlaceOfItsFormerSelfAndAnotherNodesDiskIsRefused) {
