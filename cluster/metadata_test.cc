@@ -578,6 +578,45 @@ TEST(PlacementTest, TheControllerRebalancesDrainsAndRestoresTheFactor) {
   }
 }
 
+// Replicas are not balanced while splits are queued or run (the shards
+// would be copied whole, and split after); the factor is kept meanwhile.
+TEST(PlacementTest, BalanceWaitsForTheSplitsToEnd) {
+  MetadataMachine m([] {});
+  uint64_t index = 1;
+  ASSERT_TRUE(ThreeNodesAndACollection(m, &index, /*shards=*/6, /*replication_factor=*/3).ok());
+  Controller c(m);
+  c.index = index;
+  ASSERT_TRUE(ApplyAt(m, c.index++, QueueSplitsCommand("docs")).ok());
+  ASSERT_TRUE(ApplyAt(m, c.index++, AddNodeCommand({40, "n40", "h:4", ""})).ok());
+  for (const PlannedOp& p : PlanOperations(*m.State(), c.View())) {
+    EXPECT_NE(p.reason, "balance") << "group " << p.group << " moved while splits are queued";
+  }
+  // A node lost meanwhile still has its replicas re-created.
+  ASSERT_TRUE(ApplyAt(m, c.index++, SetNodeStateCommand(30, NodeState::kDead)).ok());
+  auto plan = PlanOperations(*m.State(), c.View());
+  EXPECT_FALSE(plan.empty());
+  for (const PlannedOp& p : plan) EXPECT_NE(p.reason, "balance");
+  ASSERT_TRUE(ApplyAt(m, c.index++, SetNodeStateCommand(30, NodeState::kActive)).ok());
+  // The splits run, one at a time; while the last one runs, still none.
+  const std::vector<uint64_t> queue = m.State()->collections.at("docs").split_queue;
+  ASSERT_EQ(queue.size(), 6u);
+  for (uint64_t gid : queue) {
+    auto op = ApplyAt(m, c.index++, StartSplitCommand(*m.State(), gid, "cairn collection split"));
+    ASSERT_TRUE(op.ok()) << op.status();
+    for (const PlannedOp& p : PlanOperations(*m.State(), c.View())) EXPECT_NE(p.reason, "balance");
+    ASSERT_TRUE(ApplyAt(m, c.index++, SplitFencedCommand(gid, *op, 50)).ok());
+    ASSERT_TRUE(ApplyAt(m, c.index++, SwitchSplitCommand(gid, *op)).ok());
+    ASSERT_TRUE(ApplyAt(m, c.index++, EndOpCommand(gid, *op, false)).ok());
+  }
+  EXPECT_TRUE(m.State()->collections.at("docs").split_queue.empty());
+  // Then the new node takes its share of the 12 shards.
+  ASSERT_TRUE(c.Settle());
+  EXPECT_GT(c.moves, 0);
+  EXPECT_LE(Spread(c.Count(false)), 1);
+  EXPECT_GE(c.Count(false).at(40), 9);  // 36 replicas over 4 nodes
+  c.ExpectFactorMet();
+}
+
 // Zones: a new replica goes to a zone the shard does not use yet; moves
 // respect one snapshot into and one out of a node at a time.
 TEST(PlacementTest, ZonesAreSpreadAndSnapshotsLimitedPerNode) {

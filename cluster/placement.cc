@@ -82,12 +82,24 @@ class Planner {
     for (const auto& [gid, g] : st_.groups) Drain(g);
     for (const auto& [gid, g] : st_.groups) ZoneSpread(g);
     for (const auto& [gid, g] : st_.groups) AboveFactor(g);
-    Balance();
+    // Replicas are balanced once splits are over: a shard about to split
+    // would be copied whole, and each split's new group needs placing after.
+    if (!SplitsUnderWay()) Balance();
     Leaders();
     return std::move(out_);
   }
 
  private:
+  // A split runs, or one is queued.
+  bool SplitsUnderWay() const {
+    for (const auto& [gid, op] : st_.ops) {
+      if (op.kind == GroupOp::Kind::kSplit) return true;
+    }
+    for (const auto& [name, c] : st_.collections) {
+      if (!c.split_queue.empty()) return true;
+    }
+    return false;
+  }
   // A node that serves (active or draining).
   bool Live(uint64_t node) const {
     return st_.Is(node, NodeState::kActive) || st_.Is(node, NodeState::kDraining);
