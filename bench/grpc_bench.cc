@@ -12,8 +12,10 @@
 // linearizable searches (the default) with local ones: QPS, p50/p99 and
 // recall@10 against exact search for each. With --target and --load
 // COLLECTION SECONDS it only searches that collection (random queries of its
-// dimension, k=10) for that long and prints one JSON line: QPS, p50/p99 and
-// the calls that failed; --latency-log FILE also writes each call's end
+// dimension, k=10) for that long and prints one JSON line: calls/s, p50/p99
+// and the calls that failed; with --writes FIRST_ID BATCH it upserts instead,
+// BATCH new points a call (ids from FIRST_ID on; "points_written" counts the
+// acknowledged ones); --latency-log FILE also writes each call's end
 // (Unix ms), latency (ms) and outcome (1 ok, 0 failed) as a line, so that a
 // script can take the figures of any time window (bench/cluster/elastic.sh:
 // while a cluster moves replicas or splits shards).
@@ -194,8 +196,11 @@ std::atomic<bool> g_stop_load{false};
 
 // Searches `collection` through `target` for `seconds` (or until SIGTERM)
 // with `threads` clients; one JSON line.
-int SearchLoad(const std::string& target, const std::string& collection, double seconds, int threads,
-               const std::string& latency_log) {
+// The load of --load: searches (random queries, k=10) or, with `write_batch`
+// > 0, upserts of that many new points a call (random vectors, ids from
+// `first_id` on, each call the next ones).
+int Load(const std::string& target, const std::string& collection, double seconds, int threads,
+         const std::string& latency_log, uint64_t first_id, uint32_t write_batch) {
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   uint32_t dim = 0;
   {
@@ -208,8 +213,9 @@ int SearchLoad(const std::string& target, const std::string& collection, double 
     dim = info.config().dimension();
   }
   auto search = cairn::v1::Search::NewStub(channel);
+  auto points = cairn::v1::Points::NewStub(channel);
   signal(SIGTERM, [](int) { g_stop_load.store(true); });
-  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> errors{0}, next_id{first_id};
   std::mutex mu;
   std::vector<double> lat;
   std::string first_error;
@@ -223,20 +229,34 @@ int SearchLoad(const std::string& target, const std::string& collection, double 
   std::vector<std::thread> ts;
   for (int t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
-      std::mt19937 rng(static_cast<uint32_t>(t + 1));
+      std::mt19937 rng(static_cast<uint32_t>(t + 1 + first_id));
       std::uniform_real_distribution<float> u(0, 1);
       std::vector<double> mine;
       std::vector<Call> my_calls;
       while (Since(t0) < seconds && !g_stop_load.load()) {
-        cairn::v1::SearchRequest req;
-        req.set_collection(collection);
-        for (uint32_t d = 0; d < dim; ++d) req.add_vector(u(rng));
-        req.mutable_params()->set_k(10);
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-        cairn::v1::SearchResponse resp;
+        grpc::Status s;
         const auto s0 = Clock::now();
-        auto s = search->Search(&ctx, req, &resp);
+        if (write_batch == 0) {
+          cairn::v1::SearchRequest req;
+          req.set_collection(collection);
+          for (uint32_t d = 0; d < dim; ++d) req.add_vector(u(rng));
+          req.mutable_params()->set_k(10);
+          cairn::v1::SearchResponse resp;
+          s = search->Search(&ctx, req, &resp);
+        } else {
+          cairn::v1::UpsertRequest req;
+          req.set_collection(collection);
+          const uint64_t id = next_id.fetch_add(write_batch);
+          for (uint32_t i = 0; i < write_batch; ++i) {
+            auto* p = req.add_points();
+            p->mutable_id()->set_num(id + i);
+            for (uint32_t d = 0; d < dim; ++d) p->add_vector(u(rng));
+          }
+          cairn::v1::UpsertResponse resp;
+          s = points->Upsert(&ctx, req, &resp);
+        }
         const int64_t end_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch())
                                    .count();
@@ -264,9 +284,11 @@ int SearchLoad(const std::string& target, const std::string& collection, double 
   }
   std::sort(lat.begin(), lat.end());
   const size_t n = lat.size();
-  std::printf("{\"bench\":\"cluster_search_load\",\"collection\":\"%s\",\"threads\":%d,\"seconds\":%.2f,"
-              "\"searches\":%zu,\"qps\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"errors\":%llu,\"first_error\":\"%s\"}\n",
-              collection.c_str(), threads, secs, n, n / secs, n ? lat[n / 2] : 0.0,
+  std::printf("{\"bench\":\"%s\",\"collection\":\"%s\",\"threads\":%d,\"seconds\":%.2f,"
+              "\"calls\":%zu,\"per_second\":%.1f,\"points_written\":%llu,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+              "\"errors\":%llu,\"first_error\":\"%s\"}\n",
+              write_batch == 0 ? "cluster_search_load" : "cluster_write_load", collection.c_str(), threads, secs, n,
+              n / secs, static_cast<unsigned long long>(n * write_batch), n ? lat[n / 2] : 0.0,
               n ? lat[std::min(n - 1, n * 99 / 100)] : 0.0, static_cast<unsigned long long>(errors.load()),
               first_error.substr(0, 200).c_str());
   return 0;
@@ -282,6 +304,8 @@ int main(int argc, char** argv) {
   uint32_t shards = 2;
   std::string load, latency_log;
   double load_seconds = 0;
+  uint64_t first_id = 0;
+  uint32_t write_batch = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--queries" && i + 1 < argc) max_queries = std::strtoull(argv[++i], nullptr, 10);
@@ -297,16 +321,22 @@ int main(int argc, char** argv) {
       load = argv[++i];
       load_seconds = std::strtod(argv[++i], nullptr);
     } else if (a == "--latency-log" && i + 1 < argc) latency_log = argv[++i];
+    else if (a == "--writes" && i + 2 < argc) {
+      first_id = std::strtoull(argv[++i], nullptr, 10);
+      write_batch = static_cast<uint32_t>(std::strtoul(argv[++i], nullptr, 10));
+    }
     else if (a == "--shards" && i + 1 < argc) shards = static_cast<uint32_t>(std::strtoul(argv[++i], nullptr, 10));
     else {
       std::printf("Usage: grpc_bench [--queries N] [--synthetic N DIM] [--threads 1,2,4] [--data DIR]\n"
-                  "                  [--target HOST:PORT [--shards N | --load COLLECTION SECONDS [--latency-log FILE]]]\n");
+                  "                  [--target HOST:PORT [--shards N | --load COLLECTION SECONDS\n"
+                  "                   [--writes FIRST_ID BATCH] [--latency-log FILE]]]\n");
       return a == "--help" ? 0 : 2;
     }
   }
   if (!load.empty()) {
     if (target.empty()) Die("--load needs --target");
-    return SearchLoad(target, load, load_seconds, thread_counts.empty() ? 1 : thread_counts[0], latency_log);
+    return Load(target, load, load_seconds, thread_counts.empty() ? 1 : thread_counts[0], latency_log, first_id,
+                write_batch);
   }
   cairn::datasets::Dataset data;
   if (syn_n > 0) {

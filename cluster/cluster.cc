@@ -1143,11 +1143,19 @@ absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string
 
 std::shared_ptr<ShardReplica> Cluster::VotingReplica(uint64_t gid) const {
   auto local = LocalReplica(gid);
-  if (!local || local->voter_seen()) return local;
+  if (!local) return local;
   raft::Node* node = node_ptr_.load();
   if (node == nullptr) return nullptr;
   auto gs = node->GroupStatusOf(gid);
-  if (!gs.ok() || std::find(gs->voters.begin(), gs->voters.end(), gs->replica) == gs->voters.end()) return nullptr;
+  // Stopped, or no longer in its group (a move took it out, and the map
+  // does not say so yet): it applies nothing more, so it serves no read.
+  if (!gs.ok() || gs->stopped) return nullptr;
+  const bool voter = std::find(gs->voters.begin(), gs->voters.end(), gs->replica) != gs->voters.end();
+  if (local->voter_seen()) {
+    const bool learner = std::find(gs->learners.begin(), gs->learners.end(), gs->replica) != gs->learners.end();
+    return voter || learner ? local : nullptr;
+  }
+  if (!voter) return nullptr;
   local->set_voter_seen();
   return local;
 }
@@ -1161,7 +1169,17 @@ absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::ReadableReplica(uint64_t 
     return std::shared_ptr<ShardReplica>();
   }
   const auto deadline = Clock::now() + options_.request_timeout;
-  absl::Status s = RetryUntil(deadline, [&] { return ReadIndexAndWait(gid, std::min(deadline, Clock::now() + 2s)); });
+  bool here = true;
+  absl::Status s = RetryUntil(deadline, [&] {
+    // The replica here may leave its group meanwhile: then a node holding
+    // one answers.
+    if (!VotingReplica(gid)) {
+      here = false;
+      return absl::OkStatus();
+    }
+    return ReadIndexAndWait(gid, std::min(deadline, Clock::now() + 2s));
+  });
+  if (!here) return std::shared_ptr<ShardReplica>();
   if (s.ok()) return local;
   if (!Retryable(s)) return s;
   return absl::UnavailableError(absl::StrCat(what, " could not confirm a linearizable read within ",

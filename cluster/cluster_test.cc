@@ -563,6 +563,31 @@ TEST_F(ClusterTest, ANewNodeTakesItsShareAndADrainedNodeIsRemoved) {
   EXPECT_EQ(Node(1).RemoveNode("cairn-9").code(), absl::StatusCode::kNotFound);
   // Drain node 0: its replicas go to the three others (every group on the
   // one node that lacks it), its leaderships too.
+  // Reads through the node being drained go on all along: as each of its
+  // replicas leaves its group, another node's answers (none waits for a
+  // replica that no longer applies anything).
+  std::atomic<bool> stop_reads{false};
+  std::atomic<int> reads{0};
+  std::vector<std::string> read_errors;
+  std::thread reader([&] {
+    auto c0 = Node(0).GetCollection("docs");
+    if (!c0.ok()) {
+      read_errors.push_back(c0.status().ToString());
+      return;
+    }
+    while (!stop_reads.load()) {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto n = (*c0)->Count(nullptr);
+      const auto took = std::chrono::steady_clock::now() - t0;
+      if (!n.ok()) {
+        read_errors.push_back(n.status().ToString());
+      } else if (took > 5s) {
+        read_errors.push_back(absl::StrCat("a count took ", std::chrono::duration<double>(took).count(), " s"));
+      }
+      ++reads;
+      std::this_thread::sleep_for(5ms);
+    }
+  });
   ASSERT_TRUE(Node(1).DrainNode("cairn-0").ok());
   EXPECT_TRUE(Node(2).DrainNode(absl::StrCat(Node(0).node_id())).ok()) << "draining twice is no error";
   ASSERT_NO_FATAL_FAILURE(UpsertRange(*c, 400, 450, 10));  // writes during the drain
@@ -573,7 +598,12 @@ TEST_F(ClusterTest, ANewNodeTakesItsShareAndADrainedNodeIsRemoved) {
     return st.operations.empty();
   };
   st = AwaitStatus(1, 90, drained);
+  stop_reads = true;
+  reader.join();
   ASSERT_TRUE(drained(st));
+  EXPECT_GT(reads.load(), 10);
+  EXPECT_TRUE(read_errors.empty()) << read_errors.size() << " reads through the drained node failed or waited, first: "
+                                   << read_errors.front();
   for (const auto& n : st.nodes) {
     if (n.name == "cairn-0") {
       EXPECT_EQ(n.state, "draining");
