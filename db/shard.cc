@@ -1456,7 +1456,34 @@ absl::Status Shard::LiveVectorsOf(const index::Segment& segment, std::vector<uin
     if (segment.IsLive(id)) ids->push_back(id);
   }
   std::vector<bool> found;
-  CAIRN_RETURN_IF_ERROR(RawVectors(*ids, vecs, &found));
+  if (segment.HasExactVectors()) {
+    // From the segment's memory (as stored: prepared), not read back from
+    // storage; the few it lacks from storage.
+    const size_t dim = options_.dimension;
+    vecs->assign(ids->size() * dim, 0.0f);
+    found.assign(ids->size(), false);
+    segment.CopyVectors(*ids, vecs->data(), &found);
+    std::vector<uint64_t> rest;
+    std::vector<size_t> at;
+    for (size_t i = 0; i < ids->size(); ++i) {
+      if (!found[i]) {
+        rest.push_back((*ids)[i]);
+        at.push_back(i);
+      }
+    }
+    if (!rest.empty()) {
+      std::vector<float> raw;
+      std::vector<bool> got;
+      CAIRN_RETURN_IF_ERROR(RawVectors(rest, &raw, &got));
+      for (size_t j = 0; j < rest.size(); ++j) {
+        if (!got[j]) continue;
+        std::memcpy(&(*vecs)[at[j] * dim], &raw[j * dim], dim * sizeof(float));
+        found[at[j]] = true;
+      }
+    }
+  } else {
+    CAIRN_RETURN_IF_ERROR(RawVectors(*ids, vecs, &found));
+  }
   // Points deleted since the tombstone check have no vector any more.
   size_t w = 0;
   const size_t dim = options_.dimension;

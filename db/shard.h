@@ -347,7 +347,10 @@ class Shard final : public ShardAccess {
                                               std::optional<std::vector<std::pair<uint64_t, Json>>>* scan) const;
   absl::Status ExactScan(const float* query, const std::vector<uint64_t>& ids, int k,
                          std::vector<std::pair<float, uint64_t>>* best) const;
-  // Live ids of `segment` and their vectors (prepared for the metric).
+  // Live ids of `segment` and their vectors (prepared for the metric), from
+  // the segment's memory where it keeps them exactly, else from storage. A
+  // point deleted meanwhile may be among them: callers mark deleted what the
+  // live set lacks once they hold the state lock.
   absl::Status LiveVectorsOf(const index::Segment& segment, std::vector<uint64_t>* ids,
                              std::vector<float>* vecs) const;
   absl::Status RawVectors(const std::vector<uint64_t>& ids, std::vector<float>* out,

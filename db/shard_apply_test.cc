@@ -424,7 +424,9 @@ TEST(HashRouterTest, EvenRoutingIsTheHashModuloTheShardCountAndSplitsRefineIt) {
     ASSERT_LT(s, classes.size());
     EXPECT_TRUE(classes[s].Contains(k));
     // A key that stayed in an unsplit shard goes where it always went.
-    if (s == 1 || s == 2) EXPECT_EQ(s, even.ShardOf(k));
+    if (s == 1 || s == 2) {
+      EXPECT_EQ(s, even.ShardOf(k));
+    }
     ++per_shard[s];
   }
   for (int n : per_shard) EXPECT_GT(n, 0);
@@ -652,7 +654,9 @@ TEST_F(ShardApplyTest, ASplitsCopyLoadsItsHalfOnlyWithVectorsFromTheParentsMemor
       for (uint64_t id = 1; id <= 300; ++id) {
         auto r = GetOne(*c, id);
         ASSERT_EQ(r.has_value(), moved.Contains(ExternalKey(PointId(id)))) << id;
-        if (r) EXPECT_EQ(r->vector, Point(id, static_cast<float>(id % 37) - 11.5f, Json::object()).vector) << id;
+        if (r) {
+          EXPECT_EQ(r->vector, Point(id, static_cast<float>(id % 37) - 11.5f, Json::object()).vector) << id;
+        }
       }
     }
     // Searches over the graph and exact ones find the same points at the
