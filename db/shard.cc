@@ -335,30 +335,8 @@ absl::Status Shard::ReplayFrom(const Shard& source, uint64_t from) {
     vecs.assign(ids.size() * dim, 0.0f);
     found.assign(ids.size(), false);
     source.CopyVectorsInMemory(ids, vecs.data(), &found);
-    std::vector<uint64_t> rest;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (!found[i]) rest.push_back(ids[i]);
-    }
-    if (!rest.empty()) {
-      std::vector<float> raw;
-      std::vector<bool> got;
-      CAIRN_RETURN_IF_ERROR(RawVectors(rest, &raw, &got));
-      size_t w = 0;
-      for (size_t i = 0, j = 0; i < ids.size(); ++i) {
-        const bool keep = found[i] || got[j];
-        if (!found[i]) {
-          if (got[j]) std::memcpy(&vecs[i * dim], &raw[j * dim], dim * sizeof(float));
-          ++j;
-        }
-        if (!keep) continue;
-        if (w != i) {
-          ids[w] = ids[i];
-          std::memcpy(&vecs[w * dim], &vecs[i * dim], dim * sizeof(float));
-        }
-        ++w;
-      }
-      ids.resize(w);
-    }
+    CAIRN_RETURN_IF_ERROR(FillFromStorage(ids, &vecs, &found));
+    KeepFound(found, dim, &ids, &vecs);
     if (!ids.empty()) {
       CAIRN_RETURN_IF_ERROR(growing_->Add(vecs.data(), ids.data(), ids.size(), IndexThreads(options_.index_threads)));
     }
@@ -372,6 +350,42 @@ absl::Status Shard::ReplayFrom(const Shard& source, uint64_t from) {
   }
   if (!ids.empty()) CAIRN_RETURN_IF_ERROR(flush());
   return absl::OkStatus();
+}
+
+absl::Status Shard::FillFromStorage(const std::vector<uint64_t>& ids, std::vector<float>* vecs,
+                                    std::vector<bool>* found) const {
+  std::vector<uint64_t> rest;
+  std::vector<size_t> at;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!(*found)[i]) {
+      rest.push_back(ids[i]);
+      at.push_back(i);
+    }
+  }
+  if (rest.empty()) return absl::OkStatus();
+  const size_t dim = options_.dimension;
+  std::vector<float> raw;
+  std::vector<bool> got;
+  CAIRN_RETURN_IF_ERROR(RawVectors(rest, &raw, &got));
+  for (size_t j = 0; j < rest.size(); ++j) {
+    if (!got[j]) continue;
+    std::memcpy(&(*vecs)[at[j] * dim], &raw[j * dim], dim * sizeof(float));
+    (*found)[at[j]] = true;
+  }
+  return absl::OkStatus();
+}
+
+void Shard::KeepFound(const std::vector<bool>& found, size_t dim, std::vector<uint64_t>* ids,
+                      std::vector<float>* vecs) {
+  size_t w = 0;
+  for (size_t i = 0; i < ids->size(); ++i) {
+    if (!found[i]) continue;
+    (*ids)[w] = (*ids)[i];
+    if (w != i) std::memcpy(&(*vecs)[w * dim], &(*vecs)[i * dim], dim * sizeof(float));
+    ++w;
+  }
+  ids->resize(w);
+  vecs->resize(w * dim);
 }
 
 void Shard::CopyVectorsInMemory(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const {
@@ -1456,45 +1470,19 @@ absl::Status Shard::LiveVectorsOf(const index::Segment& segment, std::vector<uin
     if (segment.IsLive(id)) ids->push_back(id);
   }
   std::vector<bool> found;
+  const size_t dim = options_.dimension;
   if (segment.HasExactVectors()) {
     // From the segment's memory (as stored: prepared), not read back from
-    // storage; the few it lacks from storage.
-    const size_t dim = options_.dimension;
+    // storage; what it lacks from storage.
     vecs->assign(ids->size() * dim, 0.0f);
     found.assign(ids->size(), false);
     segment.CopyVectors(*ids, vecs->data(), &found);
-    std::vector<uint64_t> rest;
-    std::vector<size_t> at;
-    for (size_t i = 0; i < ids->size(); ++i) {
-      if (!found[i]) {
-        rest.push_back((*ids)[i]);
-        at.push_back(i);
-      }
-    }
-    if (!rest.empty()) {
-      std::vector<float> raw;
-      std::vector<bool> got;
-      CAIRN_RETURN_IF_ERROR(RawVectors(rest, &raw, &got));
-      for (size_t j = 0; j < rest.size(); ++j) {
-        if (!got[j]) continue;
-        std::memcpy(&(*vecs)[at[j] * dim], &raw[j * dim], dim * sizeof(float));
-        found[at[j]] = true;
-      }
-    }
+    CAIRN_RETURN_IF_ERROR(FillFromStorage(*ids, vecs, &found));
   } else {
     CAIRN_RETURN_IF_ERROR(RawVectors(*ids, vecs, &found));
   }
   // Points deleted since the tombstone check have no vector any more.
-  size_t w = 0;
-  const size_t dim = options_.dimension;
-  for (size_t i = 0; i < ids->size(); ++i) {
-    if (!found[i]) continue;
-    (*ids)[w] = (*ids)[i];
-    if (w != i) std::memcpy(&(*vecs)[w * dim], &(*vecs)[i * dim], dim * sizeof(float));
-    ++w;
-  }
-  ids->resize(w);
-  vecs->resize(w * dim);
+  KeepFound(found, dim, ids, vecs);
   return absl::OkStatus();
 }
 

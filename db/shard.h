@@ -308,6 +308,13 @@ class Shard final : public ShardAccess {
   // Load's last step with a source of vectors: rebuilds the growing segment
   // from the live points from internal id `from` on.
   absl::Status ReplayFrom(const Shard& source, uint64_t from);
+  // The vectors (prepared) of the ids not `found` yet, read from storage into
+  // vecs[i * dim]; sets found[i] for those it has.
+  absl::Status FillFromStorage(const std::vector<uint64_t>& ids, std::vector<float>* vecs,
+                               std::vector<bool>* found) const;
+  // Keeps the ids (and their vectors) that were found, in order.
+  static void KeepFound(const std::vector<bool>& found, size_t dim, std::vector<uint64_t>* ids,
+                        std::vector<float>* vecs);
   // The vectors (prepared) of `sorted_ids` that this shard's segments hold
   // in memory, deleted or not, copied as Segment::CopyVectors does.
   void CopyVectorsInMemory(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const;
