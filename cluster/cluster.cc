@@ -305,13 +305,12 @@ class ShardReplica final : public raft::StateMachine {
     }
     return db::HashClass{modulus, residue};
   }
-  // A copy a split took (WriteSplitChild), opened as `shard` in `dir` (with
-  // load_class = SplitCopyClass(dir)): keeps the new group's class in it and
-  // sets its applied index to 1 (the group's log starts over, from a first
-  // state at 1), then drops the note. Nothing to do for any other shard.
+  // A copy a split took (WriteSplitChild), opened as `shard` in `dir` with
+  // load_class = cls = SplitCopyClass(dir): keeps the class in it and sets
+  // its applied index to 1 (the group's log starts over, from a first state
+  // at 1), then drops the note. Nothing to do for any other shard (cls {}).
   // Done again after a crash before the note goes.
-  static absl::Status PrepareSplitCopy(db::Shard& shard, const std::string& dir) {
-    CAIRN_ASSIGN_OR_RETURN(db::HashClass cls, SplitCopyClass(dir));
+  static absl::Status PrepareSplitCopy(db::Shard& shard, const std::string& dir, db::HashClass cls) {
     if (cls.modulus == 0) return absl::OkStatus();
     CAIRN_RETURN_IF_ERROR(shard.KeepHashClass(cls, 1));
     CAIRN_RETURN_IF_ERROR(shard.SyncApplied().status());
@@ -1146,18 +1145,18 @@ std::shared_ptr<ShardReplica> Cluster::VotingReplica(uint64_t gid) const {
   if (!local) return local;
   raft::Node* node = node_ptr_.load();
   if (node == nullptr) return nullptr;
-  auto gs = node->GroupStatusOf(gid);
   // Stopped, or no longer in its group (a move took it out, and the map
   // does not say so yet): it applies nothing more, so it serves no read.
-  if (!gs.ok() || gs->stopped) return nullptr;
-  const bool voter = std::find(gs->voters.begin(), gs->voters.end(), gs->replica) != gs->voters.end();
-  if (local->voter_seen()) {
-    const bool learner = std::find(gs->learners.begin(), gs->learners.end(), gs->replica) != gs->learners.end();
-    return voter || learner ? local : nullptr;
+  switch (node->MembershipOf(gid)) {
+    case raft::Membership::kVoter:
+      if (!local->voter_seen()) local->set_voter_seen();
+      return local;
+    case raft::Membership::kLearner:
+      return local->voter_seen() ? local : nullptr;
+    case raft::Membership::kNone:
+      break;
   }
-  if (!voter) return nullptr;
-  local->set_voter_seen();
-  return local;
+  return nullptr;
 }
 
 absl::StatusOr<std::shared_ptr<ShardReplica>> Cluster::ReadableReplica(uint64_t gid, const std::string& what) {
@@ -1338,9 +1337,7 @@ void Cluster::ReconcileLoop() {
     // look again soon (the replicas this node opens change only with it).
     // So too while splits are queued: the next starts when one ends.
     const auto st = meta_->State();
-    bool busy = !st->ops.empty();
-    for (const auto& [name, c] : st->collections) busy = busy || !c.split_queue.empty();
-    const auto period = busy ? 100ms : 1000ms;
+    const auto period = !st->ops.empty() || st->SplitsUnderWay() ? 100ms : 1000ms;
     loop_cv_.wait_for(l, period, [this] { return stop_ || dirty_; });
     if (stop_) break;
     const bool dirty = std::exchange(dirty_, false);
@@ -1864,7 +1861,7 @@ void Cluster::Reconcile() {
       Log(absl::StrCat("cannot open the replica of group ", g->group, " in ", dir, ": ", shard.status().ToString()));
       continue;
     }
-    if (absl::Status s = ShardReplica::PrepareSplitCopy(**shard, dir); !s.ok()) {
+    if (absl::Status s = ShardReplica::PrepareSplitCopy(**shard, dir, *copy_class); !s.ok()) {
       Log(absl::StrCat("cannot prepare the first state of group ", g->group, " in ", dir, ": ", s.ToString()));
       continue;
     }

@@ -121,6 +121,21 @@ ShardGroup MetadataState::SplitChild(uint64_t gid, const GroupOp& op) const {
   return child;
 }
 
+bool MetadataState::SplitRunning() const {
+  for (const auto& [gid, op] : ops) {
+    if (op.kind == GroupOp::Kind::kSplit) return true;
+  }
+  return false;
+}
+
+bool MetadataState::SplitsUnderWay() const {
+  if (SplitRunning()) return true;
+  for (const auto& [name, c] : collections) {
+    if (!c.split_queue.empty()) return true;
+  }
+  return false;
+}
+
 db::HashClass MetadataState::ClassOf(const ShardGroup& g) const {
   if (g.cls.modulus != 0) return g.cls;
   auto c = collections.find(g.collection);

@@ -129,6 +129,10 @@ struct MetadataState {
   std::vector<const ShardGroup*> GroupsOn(uint64_t node) const;
   // A member (not removed) in `state`.
   bool Is(uint64_t node, NodeState state) const;
+  // A split operation runs.
+  bool SplitRunning() const;
+  // A split runs, or one is queued (CollectionEntry::split_queue).
+  bool SplitsUnderWay() const;
   // The hash class group `g` owns.
   db::HashClass ClassOf(const ShardGroup& g) const;
   // The group split `op` of group `gid` makes (its replicas open it from

@@ -27,9 +27,7 @@ std::vector<uint64_t> OpsToAbandon(const MetadataState& st) {
 }
 
 uint64_t SplitDue(const MetadataState& st, const ControllerView& view) {
-  for (const auto& [gid, op] : st.ops) {
-    if (op.kind == GroupOp::Kind::kSplit) return 0;
-  }
+  if (st.SplitRunning()) return 0;
   for (const auto& [name, c] : st.collections) {
     for (uint64_t gid : c.split_queue) {
       if (!st.ops.count(gid) && st.groups.count(gid)) return gid;
@@ -84,22 +82,12 @@ class Planner {
     for (const auto& [gid, g] : st_.groups) AboveFactor(g);
     // Replicas are balanced once splits are over: a shard about to split
     // would be copied whole, and each split's new group needs placing after.
-    if (!SplitsUnderWay()) Balance();
+    if (!st_.SplitsUnderWay()) Balance();
     Leaders();
     return std::move(out_);
   }
 
  private:
-  // A split runs, or one is queued.
-  bool SplitsUnderWay() const {
-    for (const auto& [gid, op] : st_.ops) {
-      if (op.kind == GroupOp::Kind::kSplit) return true;
-    }
-    for (const auto& [name, c] : st_.collections) {
-      if (!c.split_queue.empty()) return true;
-    }
-    return false;
-  }
   // A node that serves (active or draining).
   bool Live(uint64_t node) const {
     return st_.Is(node, NodeState::kActive) || st_.Is(node, NodeState::kDraining);

@@ -387,6 +387,16 @@ absl::StatusOr<GroupStatus> Node::GroupStatusOf(uint64_t group) const {
   return it->second;
 }
 
+Membership Node::MembershipOf(uint64_t group) const {
+  std::lock_guard l(status_mu_);
+  auto it = status_.find(group);
+  if (it == status_.end() || it->second.stopped) return Membership::kNone;
+  const GroupStatus& s = it->second;
+  if (std::find(s.voters.begin(), s.voters.end(), s.replica) != s.voters.end()) return Membership::kVoter;
+  if (std::find(s.learners.begin(), s.learners.end(), s.replica) != s.learners.end()) return Membership::kLearner;
+  return Membership::kNone;
+}
+
 // ---- the loop ----------------------------------------------------------------
 
 absl::Status Node::OpenGroup(GroupSpec spec) {

@@ -197,6 +197,13 @@ struct GroupStatus {
   std::vector<Peer> peers;  // leader only
 };
 
+// What a replica is in its group, as it applied the membership.
+enum class Membership : uint8_t {
+  kNone,  // not hosted here, stopped, or taken out of the group
+  kVoter,
+  kLearner,
+};
+
 class Node {
  public:
   // InvalidArgument for missing options.
@@ -259,6 +266,9 @@ class Node {
   // node's start at the earliest), as of the loop's last tick.
   std::map<uint64_t, std::chrono::steady_clock::time_point> LastHeard() const;
   absl::StatusOr<GroupStatus> GroupStatusOf(uint64_t group) const;
+  // The replica's membership in `group` as last published (no copy of its
+  // status: cheap enough for every read).
+  Membership MembershipOf(uint64_t group) const;
   uint64_t node_id() const { return options_.node_id; }
 
  private:
