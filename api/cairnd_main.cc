@@ -18,6 +18,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <stop_token>
 #include <thread>
 
 #include "absl/strings/str_split.h"
@@ -64,7 +67,9 @@ void Usage(FILE* out) {
       "Security:\n"
       "  --api-keys-file PATH    API keys with roles, one \"ROLE KEY\" per line; roles are\n"
       "                          read, write, admin (CAIRN_API_KEYS_FILE; or the keys\n"
-      "                          themselves in CAIRN_API_KEYS as \"read:KEY,admin:KEY\")\n"
+      "                          themselves in CAIRN_API_KEYS as \"read:KEY,admin:KEY\").\n"
+      "                          The file is read again when it changes (within 2 s):\n"
+      "                          keys rotate without a restart\n"
       "  --insecure-no-auth      serve without API keys; refused unless listening on a\n"
       "                          loopback address (CAIRN_INSECURE_NO_AUTH=1)\n"
       "  --tls-cert PATH         PEM certificate chain; with --tls-key turns on TLS\n"
@@ -114,8 +119,9 @@ void Usage(FILE* out) {
       "                          on other nodes (it is used again if it comes back), e.g. 30m,\n"
       "                          90s, 2h (CAIRN_DEAD_NODE_TIMEOUT; default 30m). Nodes are\n"
       "                          never removed by silence: see cairn cluster drain/remove\n"
-      "  On SIGTERM a cluster node first hands the leaderships it holds to caught-up replicas\n"
-      "  (at most 10 s), so that a rolling restart costs clients no election timeout.\n"
+      "  On SIGTERM a cluster node answers /readyz with 503 at once, then hands the\n"
+      "  leaderships it holds to caught-up replicas (at most 10 s), so that a rolling\n"
+      "  restart costs clients no election timeout, then drains (--grace-seconds).\n"
       "\n"
       "  --config PATH           JSON settings, keys named like the flags with underscores,\n"
       "                          e.g. {\"listen\": \"0.0.0.0:7600\", \"data_dir\": \"/data\"}\n"
@@ -233,6 +239,7 @@ int main(int argc, char** argv) {
   std::string gpu_mb = Env("CAIRN_GPU_MEMORY_MB", "0");
   std::string keys_file = Env("CAIRN_API_KEYS_FILE", "");
   std::string keys_inline = Env("CAIRN_API_KEYS", "");
+  std::string keys_text;  // the keys file as read at start
   bool no_auth = Env("CAIRN_INSECURE_NO_AUTH", "") == "1";
   std::string tls_cert = Env("CAIRN_TLS_CERT", ""), tls_key = Env("CAIRN_TLS_KEY", ""),
               tls_client_ca = Env("CAIRN_TLS_CLIENT_CA", "");
@@ -474,6 +481,7 @@ int main(int argc, char** argv) {
     if (!keys_file.empty()) {
       auto text = cairn::storage::ReadFile(keys_file);
       keys = text.ok() ? cairn::api::ApiKeys::ParseFile(*text) : text.status();
+      if (text.ok()) keys_text = *text;
     } else if (!keys_inline.empty()) {
       keys = cairn::api::ApiKeys::ParseList(keys_inline);
     }
@@ -531,6 +539,39 @@ int main(int argc, char** argv) {
     std::rename((port_file + ".tmp").c_str(), port_file.c_str());
   }
 
+  // The keys file is read again when it changes (a Kubernetes Secret mounted
+  // as a directory is updated in place): new keys apply within 2 s; a file
+  // that does not parse is logged and the keys in use are kept.
+  std::jthread keys_watcher;
+  if (!keys_file.empty() && options.api_keys) {
+    keys_watcher = std::jthread([&server, keys_file, last = keys_text](std::stop_token stop) mutable {
+      std::mutex mu;
+      std::condition_variable_any cv;
+      while (true) {
+        {
+          std::unique_lock l(mu);
+          cv.wait_for(l, stop, std::chrono::seconds(2), [] { return false; });
+        }
+        if (stop.stop_requested()) return;
+        auto text = cairn::storage::ReadFile(keys_file);
+        if (!text.ok() || *text == last) continue;  // a missing file mid-update: keep the keys
+        last = *text;
+        auto keys = cairn::api::ApiKeys::ParseFile(*text);
+        if (keys.ok() && keys->size() == 0) keys = absl::InvalidArgumentError("the API keys list is empty");
+        if (!keys.ok()) {
+          LogEvent("api_keys_not_reloaded", {{"file", keys_file},
+                                             {"error", std::string(keys.status().message())},
+                                             {"kept", "the keys in use"}});
+          continue;
+        }
+        const size_t n = keys->size();
+        if (auto s = server.SetApiKeys(*std::move(keys)); s.ok()) {
+          LogEvent("api_keys_reloaded", {{"file", keys_file}, {"api_keys", n}});
+        }
+      }
+    });
+  }
+
   auto t0 = std::chrono::steady_clock::now();
   // The data opens on a thread of its own while this one waits for SIGTERM
   // or SIGINT: sigwait must run in the main thread, or the kernel hands the
@@ -584,6 +625,9 @@ int main(int argc, char** argv) {
     std::_Exit(0);
   }
   opener.join();
+  // Not ready from this moment (/readyz 503), so that clients are sent
+  // elsewhere while leaderships move and calls drain.
+  server.StopReady();
   if (auto* c = cluster_node.load()) {
     // Leaderships go to caught-up replicas before the node stops answering.
     const auto h0 = std::chrono::steady_clock::now();

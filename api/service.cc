@@ -120,7 +120,8 @@ struct Backend {
       default: return *admin;
     }
   }
-  std::optional<ApiKeys> keys;
+  // Null when auth is off; replaced whole when the keys file changes.
+  std::atomic<std::shared_ptr<const ApiKeys>> keys;
   RequestMetrics metrics;
   // Calls accepted and not yet finished, for draining; new calls are refused
   // once draining starts.
@@ -158,6 +159,7 @@ struct Backend {
 
   // OK when the call's key has at least role `need` (or auth is off).
   grpc::Status Authorize(const grpc::CallbackServerContext* ctx, Role need) const {
+    const std::shared_ptr<const ApiKeys> keys = this->keys.load();
     if (!keys) return grpc::Status::OK;
     const auto& md = ctx->client_metadata();
     std::string key;
@@ -976,7 +978,9 @@ CairnServer::CairnServer(ServerOptions options) : impl_(std::make_unique<Impl>()
   impl_->backend.reads = std::make_unique<WorkerPool>(threads, queued);
   impl_->backend.writes = std::make_unique<WorkerPool>(threads, queued);
   impl_->backend.admin = std::make_unique<WorkerPool>(std::min(threads, 2), queued);
-  impl_->backend.keys = impl_->options.api_keys;
+  if (impl_->options.api_keys) {
+    impl_->backend.keys = std::make_shared<const ApiKeys>(*impl_->options.api_keys);
+  }
 }
 
 CairnServer::~CairnServer() { Shutdown(std::chrono::milliseconds(0)); }
@@ -1044,6 +1048,19 @@ void CairnServer::Serve(std::unique_ptr<Database> db) {
   impl_->backend.clustered = dynamic_cast<cluster::Cluster*>(impl_->db.get()) != nullptr;
   impl_->backend.db.store(impl_->db.get());
   impl_->server->GetHealthCheckService()->SetServingStatus(true);
+}
+
+void CairnServer::StopReady() {
+  impl_->draining = true;
+  if (impl_->server) impl_->server->GetHealthCheckService()->SetServingStatus(false);
+}
+
+absl::Status CairnServer::SetApiKeys(ApiKeys keys) {
+  if (!impl_->backend.keys.load()) {
+    return absl::FailedPreconditionError("this server runs without API keys; it cannot take new ones");
+  }
+  impl_->backend.keys = std::make_shared<const ApiKeys>(std::move(keys));
+  return absl::OkStatus();
 }
 
 void CairnServer::Shutdown(std::chrono::milliseconds grace) {

@@ -7,7 +7,7 @@
 // says NOT_SERVING; after Load, SERVING; during Shutdown, NOT_SERVING again.
 //
 // Thread-safety: Start, Load and Shutdown are called from one thread, in
-// that order; everything else is internal.
+// that order; StopReady and SetApiKeys from any thread before Shutdown.
 #ifndef CAIRN_API_SERVICE_H_
 #define CAIRN_API_SERVICE_H_
 
@@ -60,6 +60,15 @@ class CairnServer {
   int http_port() const;
   // Takes the opened database and starts answering (health SERVING).
   void Serve(std::unique_ptr<Database> db);
+  // From now on /readyz answers 503 "draining" and health NOT_SERVING,
+  // while calls are still served: what SIGTERM does first, so that load
+  // balancers stop sending calls before a cluster node hands off its
+  // leaderships and Shutdown refuses calls.
+  void StopReady();
+  // Replaces the API keys (the keys file, read again after it changed);
+  // calls from then on are checked against `keys`. FailedPrecondition when
+  // the server was started without keys (auth off stays off).
+  absl::Status SetApiKeys(ApiKeys keys);
   // Health NOT_SERVING, stop accepting calls, let calls in flight finish
   // (cancelling them after `grace`), then close the database.
   void Shutdown(std::chrono::milliseconds grace);

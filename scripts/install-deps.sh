@@ -14,6 +14,7 @@ PACKAGES=(
   libhdf5-dev
   dataset-fashion-mnist
   iproute2  # ip netns: the cluster partition tests (as root)
+  yamllint shellcheck python3-yaml bubblewrap  # operator-manifests/test
 )
 
 missing=()

@@ -2,7 +2,8 @@
 # The cairn CLI against a cairnd with TLS and API keys (certificates made here
 # by openssl): every connection setting from CAIRN_* variables or flags, roles
 # enforced, clear failures (exit 3) for a missing key, a wrong role, an
-# untrusted server and plaintext to a TLS port.
+# untrusted server and plaintext to a TLS port; keys rotated by replacing the
+# keys file while cairnd runs.
 # Usage: cli_tls_test.sh CAIRND CAIRN WORKDIR
 set -euo pipefail
 cairnd="$1"; cairn="$2"; work="$3"
@@ -43,6 +44,28 @@ set -e
 [[ $rogue == 3 ]] || fail "untrusted server certificate: exit $rogue"
 [[ $plain == 3 ]] || fail "plaintext to a TLS port: exit $plain"
 [[ $noca == 2 ]] && grep -q "missing.crt" "$work/noca.log" || fail "missing CA file: $noca $(cat "$work/noca.log")"
+
+# Key rotation without a restart: the keys file replaced as Kubernetes
+# replaces a mounted Secret (a new file moved into place), the new keys
+# apply within seconds; a file that no longer parses keeps the keys in use.
+printf 'admin rotated-admin-key-0123456789\nread reader-key-0123456789\n' >"$work/keys.new"
+mv "$work/keys.new" "$work/keys"
+for _ in $(seq 100); do
+  CAIRN_API_KEY=rotated-admin-key-0123456789 "$cairn" info >/dev/null 2>&1 && break
+  sleep 0.1
+done
+CAIRN_API_KEY=rotated-admin-key-0123456789 "$cairn" info >/dev/null || fail "the rotated key is not taken within 10 s"
+set +e
+CAIRN_API_KEY=admin-key-0123456789 "$cairn" info >/dev/null 2>"$work/old.log"; old=$?
+set -e
+[[ $old == 3 ]] && grep -q "UNAUTHENTICATED" "$work/old.log" || fail "the replaced key still works: $old"
+printf 'superuser not-a-role-0123456789\n' >"$work/keys.new"; mv "$work/keys.new" "$work/keys"
+logged=""
+while IFS= read -r -t 10 line <&"${SERVER[0]}"; do
+  [[ $line == *'"event":"api_keys_not_reloaded"'* ]] && { logged=$line; break; }
+done
+[[ $logged == *superuser* ]] || fail "a broken keys file was not reported: $logged"
+CAIRN_API_KEY=rotated-admin-key-0123456789 "$cairn" info >/dev/null || fail "a broken keys file dropped the keys in use"
 
 kill -TERM "$pid"; wait "$pid" || true
 rm -rf "$work"

@@ -1081,6 +1081,36 @@ TEST_F(ClusterFaultTest, WritesWaitingForAQuorumDoNotHoldUpReads) {
   EXPECT_EQ(done_at_read, 0) << "the read was answered only after the waiting writes";
 }
 
+// SIGTERM turns /readyz to 503 at once, before the leaderships move: load
+// balancers (a Kubernetes Service) stop sending calls while the node still
+// serves them. The other nodes are paused and the Raft clock is slow (200 ms
+// ticks: a leader cut off steps down after 2 s at the earliest), so that the
+// hand-off cannot end within the second in which /readyz must turn.
+TEST_F(ClusterFaultTest, SigtermTurnsReadyzOffBeforeTheLeadershipsMove) {
+  for (auto& n : nodes_) n->set_extra_args({"--raft-tick-ms", "200"});
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  ASSERT_NO_FATAL_FAILURE(CreateCollection(*nodes_[0]));
+  const int leader = LeaderOfAShard();
+  ASSERT_GE(leader, 0);
+  Node& n = *nodes_[leader];
+  ASSERT_EQ(HttpStatus(n.host(), n.http_port(), "/readyz"), 200);
+  for (auto& other : nodes_) {
+    if (other.get() != &n) other->Signal(SIGSTOP);
+  }
+  n.Signal(SIGTERM);
+  int status = 200;
+  const auto deadline = Clock::now() + 1s;
+  while (Clock::now() < deadline && (status = HttpStatus(n.host(), n.http_port(), "/readyz")) == 200) {
+    std::this_thread::sleep_for(10ms);
+  }
+  const bool still_running = n.Running();
+  for (auto& other : nodes_) other->Signal(SIGCONT);
+  EXPECT_EQ(status, 503) << "/readyz still answers 200 a second after SIGTERM";
+  EXPECT_TRUE(still_running) << "the node stopped instead of handing off its leaderships first";
+  EXPECT_EQ(n.WaitExit(60s), std::optional<int>(0));
+  EXPECT_NE(n.Log().find("leadership_handed_off"), std::string::npos);
+}
+
 TEST_F(ClusterFaultTest, AWipedNodeJoinsInPlaceOfItsFormerSelfAndAnotherNodesDiskIsRefused) {
   if (size_ != 3) GTEST_SKIP() << "written for three nodes, each holding a replica of every shard";
   ASSERT_NO_FATAL_FAILURE(StartAll());
