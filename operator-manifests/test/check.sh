@@ -98,7 +98,7 @@ echo "golden renders match"
 echo "== 6. image and scripts"
 (cd "$here" && npx dockerfile-utils lint "$om/image/Dockerfile")
 "$py" "$here/check_image.py" "$om/image/Dockerfile" "$om/../scripts/install-deps.sh" "$bin/cairnd" "$bin/cairn"
-shellcheck "$here/check.sh" "$om/overlays/dev/generate-key.sh"
+shellcheck "$here/check.sh" "$here/podsim.sh" "$om/overlays/dev/generate-key.sh"
 shellcheck -s sh "$om/components/backup/backup.sh"
 
 echo "== 7. the backup script against cairnd"
