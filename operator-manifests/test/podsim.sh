@@ -2,7 +2,7 @@
 # Runs the rendered prod and dev overlays with podsim.py's kubelet through
 # the scenarios of podsim_test.py (ctest operator_manifests_pods): as root,
 # with bubblewrap and kubectl; skipped (77) otherwise.
-# Usage: operator-manifests/test/podsim.sh BIN_DIR   (PODSIM_POINTS: step 7's points)
+# Usage: operator-manifests/test/podsim.sh BIN_DIR   (PODSIM_POINTS: step 8's points)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 om=$(dirname "$here")

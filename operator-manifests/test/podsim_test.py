@@ -14,8 +14,10 @@ prod overlay, three pods, one client writing through the Service all along:
      acknowledged write is there;
   6. one volume wiped: the pod joins the same cluster as a new member (never
      a second cluster) and gets its replicas back;
+  7. a node drain: evictions go through the PodDisruptionBudget, one pod at
+     a time;
 dev overlay, one pod:
-  7. the startup budget holds for a data directory of N points (offline
+  8. the startup budget holds for a data directory of N points (offline
      ingest into the pod's volume; PODSIM_POINTS, default 200000;
      PODSIM_ONLY=startup runs this one alone).
 
@@ -150,10 +152,11 @@ class Writer(threading.Thread):
             time.sleep(0.01)
 
     def longest_gap(self, t0, t1):
+        """(seconds, start) of the longest time without an acknowledged write."""
         with self.lock:
             times = [t for t in self.ack_times if t0 <= t <= t1]
         points = [t0] + times + [t1]
-        return max(b - a for a, b in zip(points, points[1:]))
+        return max((b - a, a) for a, b in zip(points, points[1:]))
 
     def snapshot(self):
         with self.lock:
@@ -291,9 +294,12 @@ def prod_scenarios(rendered, bin_dir, dockerfile, gen, state):
         errors0 = writer.errors
         took = sim.rolling_update()
         t1 = time.monotonic()
-        gap = writer.longest_gap(t0, t1)
+        gap, at = writer.longest_gap(t0, t1)
+        near = sorted((round(t - at, 2), p.name, e) for p in sim.pods for t, e in p.events if abs(t - at - gap / 2) < 3)
         print(f"   {t1 - t0:.1f} s for three pods ({', '.join(f'{k} {v:.1f} s' for k, v in took.items())} from "
               f"deletion to ready); longest write gap {gap:.2f} s; {writer.errors - errors0} calls failed", flush=True)
+        print(f"   (the gap began {at - t0:.1f} s into the update; pod events around it, s from its start: {near})",
+              flush=True)
         check_all_there(client, writer, "after the rolling update", sim)
 
         print("5. all three pods killed (-9), restarted on their volumes", flush=True)
@@ -328,6 +334,21 @@ def prod_scenarios(rendered, bin_dir, dockerfile, gen, state):
             fail(f"{victim.name}: {[(n.id, n.state) for n in mine]} (old id {old_id})", sim)
         print(f"   ready {ready_s:.1f} s after the deletion, in the same cluster under a new id; every shard at 3 "
               f"replicas {done - t0:.1f} s after it", flush=True)
+        print("7. a node drain: evictions through the PodDisruptionBudget", flush=True)
+        if not sim.evict(2):
+            fail("the first eviction was refused with every pod ready", sim)
+        sim.pods[2].start()
+        refused = not sim.evict(1)  # cairn-2 is not ready yet: one pod is down already
+        if not refused:
+            fail("a second eviction was allowed while a pod was down (maxUnavailable 1)", sim)
+        if not sim.pods[2].wait_ready(60):
+            fail("cairn-2 did not come back", sim)
+        if not sim.evict(1):
+            fail("an eviction was refused with every pod ready again", sim)
+        sim.pods[1].start()
+        if not sim.pods[1].wait_ready(60):
+            fail("cairn-1 did not come back", sim)
+        print("   one pod at a time: a second eviction refused while the first pod was down", flush=True)
         writer.stop.set()
         writer.join()
         check_all_there(client, writer, "at the end", sim)
@@ -341,7 +362,7 @@ def prod_scenarios(rendered, bin_dir, dockerfile, gen, state):
 
 
 def startup_budget(rendered, bin_dir, dockerfile, state, points):
-    print(f"7. the startup budget, one pod (dev) on a data directory of {points} points", flush=True)
+    print(f"8. the startup budget, one pod (dev) on a data directory of {points} points", flush=True)
     sim = podsim.PodSim(os.path.join(rendered, "dev.yaml"), state, bin_dir, dockerfile, {})
     try:
         pod = sim.pods[0]
