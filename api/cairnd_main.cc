@@ -103,6 +103,11 @@ void Usage(FILE* out) {
       "  --peer-tls-cert PATH, --peer-tls-key PATH, --peer-tls-ca PATH\n"
       "                          mTLS between nodes: this node's certificate and key, and the\n"
       "                          CA every peer's certificate must chain to\n"
+      "  --peer-tls-server-name NAME  the name every peer's certificate is checked\n"
+      "                          against (CAIRN_PEER_TLS_SERVER_NAME; default the host of\n"
+      "                          the peer's address). A name all nodes' certificates carry\n"
+      "                          serves pods that come and go; gRPC does not match a\n"
+      "                          wildcard such as *.cairn-headless\n"
       "  --zone ZONE             this node's failure domain, shown in the status (CAIRN_ZONE)\n"
       "  --raft-tick-ms N        the Raft clock; elections time out after 10 to 20 ticks\n"
       "                          (CAIRN_RAFT_TICK_MS; default 100)\n"
@@ -210,7 +215,7 @@ int main(int argc, char** argv) {
         "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
         "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb",
         "cluster", "node_name", "seeds", "peer_listen", "advertise", "cluster_secret_file", "peer_tls_cert",
-        "peer_tls_key", "peer_tls_ca", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps",
+        "peer_tls_key", "peer_tls_ca", "peer_tls_server_name", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps",
         "raft_quiesce", "dead_node_timeout"};
     for (const auto& [k, v] : j.items()) {
       if (!kKeys.contains(k)) {
@@ -254,6 +259,7 @@ int main(int argc, char** argv) {
   std::string cluster_secret = Env("CAIRN_CLUSTER_SECRET", "");
   std::string peer_tls_cert = Env("CAIRN_PEER_TLS_CERT", ""), peer_tls_key = Env("CAIRN_PEER_TLS_KEY", ""),
               peer_tls_ca = Env("CAIRN_PEER_TLS_CA", "");
+  std::string peer_tls_server_name = Env("CAIRN_PEER_TLS_SERVER_NAME", "");
   std::string zone = Env("CAIRN_ZONE", "");
   std::string raft_tick = Env("CAIRN_RAFT_TICK_MS", "100");
   std::string compact_entries = Env("CAIRN_RAFT_LOG_COMPACT_ENTRIES", "20000");
@@ -329,6 +335,8 @@ int main(int argc, char** argv) {
       value(&peer_tls_key);
     } else if (a == "--peer-tls-ca") {
       value(&peer_tls_ca);
+    } else if (a == "--peer-tls-server-name") {
+      value(&peer_tls_server_name);
     } else if (a == "--zone") {
       value(&zone);
     } else if (a == "--raft-tick-ms") {
@@ -432,6 +440,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     cluster_options.security.secret = cluster_secret;
+    cluster_options.security.tls_server_name = peer_tls_server_name;
     for (auto [path, dst] : {std::pair{&peer_tls_cert, &cluster_options.security.tls_cert_pem},
                              std::pair{&peer_tls_key, &cluster_options.security.tls_key_pem},
                              std::pair{&peer_tls_ca, &cluster_options.security.tls_ca_pem}}) {
@@ -588,9 +597,10 @@ int main(int argc, char** argv) {
       LogEvent("cluster", {{"node_name", cluster_options.node_name},
                            {"peer_listen", cluster_options.peer_listen},
                            {"seeds", seeds},
-                           {"peer_auth", !cluster_secret.empty()   ? "secret"
-                                         : !peer_tls_cert.empty() ? "mtls"
-                                                                  : "none (loopback)"}});
+                           {"peer_auth", !peer_tls_cert.empty() && !cluster_secret.empty() ? "mtls+secret"
+                                         : !peer_tls_cert.empty()                          ? "mtls"
+                                         : !cluster_secret.empty()                         ? "secret"
+                                                                                           : "none (loopback)"}});
       auto c = cairn::cluster::Cluster::Open(cluster_options);
       if (c.ok()) {
         LogEvent("cluster_member",

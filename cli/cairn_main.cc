@@ -102,6 +102,9 @@ const char* kUsageText =
     "  --target HOST:PORT   cairnd's gRPC address (CAIRN_TARGET; default 127.0.0.1:7600)\n"
     "  --api-key KEY        API key (CAIRN_API_KEY)\n"
     "  --tls-ca FILE        verify cairnd's TLS certificate with this CA (CAIRN_TLS_CA)\n"
+    "  --tls-server-name N  the name cairnd's certificate is checked against (default the\n"
+    "                       target's host; CAIRN_TLS_SERVER_NAME), e.g. cairn for a pod\n"
+    "                       called by its address\n"
     "\n"
     "Examples:\n"
     "  cairn collection create docs --dim 384 --metric cosine --payload-index lang:keyword\n"
@@ -412,7 +415,7 @@ const CommandShape* ShapeOf(const std::string& cmd) {
 std::string CheckShape(const std::string& cmd, const Args& args, size_t words) {
   const CommandShape* shape = ShapeOf(cmd);
   if (shape == nullptr) return "";  // an unknown subcommand: the command says so
-  static const std::set<std::string> kConnection = {"--target", "--api-key", "--tls-ca"};
+  static const std::set<std::string> kConnection = {"--target", "--api-key", "--tls-ca", "--tls-server-name"};
   auto known = [&](const std::string& f) { return shape->flags.count(f) > 0 || kConnection.count(f) > 0; };
   for (const auto& [flag, values] : args.flags) {
     if (!known(flag)) return "unknown flag " + flag + " for `cairn " + cmd + "`";
@@ -1210,6 +1213,9 @@ int main(int argc, char** argv) {
   grpc::ChannelArguments ch_args;
   ch_args.SetMaxSendMessageSize(64 << 20);
   ch_args.SetMaxReceiveMessageSize(64 << 20);
+  if (std::string name = args.Get("--tls-server-name", Env("CAIRN_TLS_SERVER_NAME", "")); !name.empty() && !ca.empty()) {
+    ch_args.SetSslTargetNameOverride(name);
+  }
   conn.channel = grpc::CreateCustomChannel(target, creds, ch_args);
   std::string cmd = args.rest[0];
   args.rest.erase(args.rest.begin());

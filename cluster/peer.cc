@@ -304,16 +304,18 @@ std::shared_ptr<grpc::Channel> PeerClients::ChannelFor(const std::string& addres
   auto& channel = channels_[address];
   if (channel) return channel;
   std::shared_ptr<grpc::ChannelCredentials> creds;
+  grpc::ChannelArguments args = ChannelArgs();
   if (security_.tls()) {
     grpc::SslCredentialsOptions o;
     o.pem_root_certs = security_.tls_ca_pem;
     o.pem_private_key = security_.tls_key_pem;
     o.pem_cert_chain = security_.tls_cert_pem;
     creds = grpc::SslCredentials(o);
+    if (!security_.tls_server_name.empty()) args.SetSslTargetNameOverride(security_.tls_server_name);
   } else {
     creds = grpc::InsecureChannelCredentials();
   }
-  channel = grpc::CreateCustomChannel(address, creds, ChannelArgs());
+  channel = grpc::CreateCustomChannel(address, creds, args);
   return channel;
 }
 

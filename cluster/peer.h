@@ -45,6 +45,10 @@ struct PeerSecurity {
   std::string tls_cert_pem;
   std::string tls_key_pem;
   std::string tls_ca_pem;
+  // The name each peer's certificate is checked against; empty: the host of
+  // the address called. One name that every node's certificate carries
+  // serves nodes that come and go without a wildcard certificate.
+  std::string tls_server_name;
 
   bool tls() const { return !tls_cert_pem.empty(); }
 };

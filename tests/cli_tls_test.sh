@@ -45,6 +45,15 @@ set -e
 [[ $plain == 3 ]] || fail "plaintext to a TLS port: exit $plain"
 [[ $noca == 2 ]] && grep -q "missing.crt" "$work/noca.log" || fail "missing CA file: $noca $(cat "$work/noca.log")"
 
+# --tls-server-name: the certificate checked against another name than the
+# target's host (a pod called by its address); a name it lacks is refused.
+CAIRN_API_KEY=admin-key-0123456789 "$cairn" --tls-server-name localhost info >/dev/null \
+  || fail "--tls-server-name localhost (a name the certificate has)"
+set +e
+CAIRN_API_KEY=admin-key-0123456789 CAIRN_TLS_SERVER_NAME=other.example "$cairn" info >/dev/null 2>"$work/name.log"; name=$?
+set -e
+[[ $name == 3 ]] || fail "a server name the certificate lacks was accepted: $name $(cat "$work/name.log")"
+
 # Key rotation without a restart: the keys file replaced as Kubernetes
 # replaces a mounted Secret (a new file moved into place), the new keys
 # apply within seconds; a file that no longer parses keeps the keys in use.

@@ -18,5 +18,9 @@ cp -r "$om/base" "$om/overlays" "$om/components" "$work/"
 printf 'admin placeholder-rendered-by-podsim-only\n' >"$work/overlays/dev/api-keys"
 kubectl kustomize "$work/overlays/prod" >"$work/prod.yaml"
 kubectl kustomize "$work/overlays/dev" >"$work/dev.yaml"
+mkdir -p "$work/prod-tls"
+printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../overlays/prod\ncomponents:\n  - ../components/tls-cert-manager\n' \
+  >"$work/prod-tls/kustomization.yaml"
+kubectl kustomize "$work/prod-tls" >"$work/prod-tls.yaml"
 "$om/../clients/python/generate.sh" "$work/gen" >/dev/null
 "$py" "$here/podsim_test.py" "$work" "$bin" "$om/image/Dockerfile" "$work/gen"

@@ -19,10 +19,14 @@ prod overlay, three pods, one client writing through the Service all along:
 dev overlay, one pod:
   8. the startup budget holds for a data directory of N points (offline
      ingest into the pod's volume; PODSIM_POINTS, default 200000;
-     PODSIM_ONLY=startup runs this one alone).
+     PODSIM_ONLY=startup runs this one alone);
+prod overlay with the tls-cert-manager component, certificates made here as
+cert-manager would make them from the rendered Certificate:
+  9. the three pods form one cluster over peer mTLS; clients verify the
+     server against the CA; plaintext is refused.
 
 Usage: podsim_test.py RENDERED_DIR BIN_DIR DOCKERFILE PY_CLIENT_DIR
-(RENDERED_DIR holds prod.yaml and dev.yaml; PY_CLIENT_DIR the generated
+(RENDERED_DIR holds prod.yaml, prod-tls.yaml and dev.yaml; PY_CLIENT_DIR the generated
 Python client, clients/python/generate.sh). Prints each scenario's timings.
 """
 import json
@@ -361,6 +365,70 @@ def prod_scenarios(rendered, bin_dir, dockerfile, gen, state):
         sim.close()
 
 
+def make_certificates(rendered, work):
+    """What cert-manager would issue for the tls-cert-manager component: a CA
+    and one node certificate with the Certificate's dnsNames and usages."""
+    import yaml
+    objects = [o for o in yaml.safe_load_all(open(rendered)) if o]
+    cert = next(o for o in objects if o["kind"] == "Certificate" and o["metadata"]["name"] == "cairn-node")
+    san = ",".join(f"DNS:{n}" for n in cert["spec"]["dnsNames"])
+    usages = {"server auth": "serverAuth", "client auth": "clientAuth"}
+    eku = ",".join(usages[u] for u in cert["spec"]["usages"])
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=work, check=True, capture_output=True)
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=cairn-ca")
+    run("req", *key, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=cairn-node")
+    with open(os.path.join(work, "ext.cnf"), "w") as f:
+        f.write(f"subjectAltName={san}\nextendedKeyUsage={eku}\n")
+    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tls.crt",
+        "-days", "2", "-extfile", "ext.cnf")
+    return {k: open(os.path.join(work, k), "rb").read() for k in ("tls.crt", "tls.key", "ca.crt")}, cert["spec"]
+
+
+def tls_scenario(rendered, bin_dir, dockerfile, gen, state):
+    print("9. prod with tls-cert-manager: clients over TLS, nodes over mTLS", flush=True)
+    os.makedirs(state)
+    tls, spec = make_certificates(os.path.join(rendered, "prod-tls.yaml"), state)
+    secrets = {"cairn-secrets": {"api-keys": f"admin {KEY}\n".encode(),
+                                 "cluster-secret": os.urandom(16).hex().encode()},
+               spec["secretName"]: tls}
+    sim = podsim.PodSim(os.path.join(rendered, "prod-tls.yaml"), os.path.join(state, "pods"), bin_dir, dockerfile,
+                        secrets)
+    try:
+        sys.path.insert(0, gen)
+        import grpc
+        from cairn.v1 import cluster_pb2, cluster_pb2_grpc
+        t0 = time.monotonic()
+        sim.start_all()
+        if not sim.wait_all_ready(120):
+            fail("the three pods did not all turn ready over mTLS", sim)
+        creds = grpc.ssl_channel_credentials(root_certificates=tls["ca.crt"])
+        ids = set()
+        for p in sim.pods:
+            # The pod's address, checked against the name clients use: cairn.
+            ch = grpc.secure_channel(f"{p.ip}:7600", creds, options=[("grpc.ssl_target_name_override", "cairn")])
+            st = cluster_pb2_grpc.ClusterStub(ch).Status(cluster_pb2.ClusterStatusRequest(),
+                                                        metadata=[("authorization", f"Bearer {KEY}")], timeout=5)
+            ids.add(st.cluster_id)
+            if sum(1 for n in st.nodes if n.state == "active" and n.reachable) != 3:
+                fail(f"{p.name} sees {[(n.name, n.state, n.reachable) for n in st.nodes]}", sim)
+        if len(ids) != 1:
+            fail(f"{len(ids)} clusters over mTLS", sim)
+        plain = cluster_pb2_grpc.ClusterStub(grpc.insecure_channel(f"{sim.pods[0].ip}:7600"))
+        try:
+            plain.Status(cluster_pb2.ClusterStatusRequest(), metadata=[("authorization", f"Bearer {KEY}")], timeout=3)
+            fail("a plaintext call to the TLS port was answered", sim)
+        except grpc.RpcError:
+            pass
+        logs = "".join(p.log() for p in sim.pods)
+        if logs.count('"peer_auth":"mtls+secret"') != 3 or logs.count('"tls":true') != 3:
+            fail("the pods did not run with TLS and peer mTLS", sim)
+        print(f"   one cluster over mTLS ({', '.join(spec['dnsNames'])}), ready {time.monotonic() - t0:.1f} s "
+              f"after the start; clients verified against the CA; plaintext refused", flush=True)
+    finally:
+        sim.close()
+
+
 def startup_budget(rendered, bin_dir, dockerfile, state, points):
     print(f"8. the startup budget, one pod (dev) on a data directory of {points} points", flush=True)
     sim = podsim.PodSim(os.path.join(rendered, "dev.yaml"), state, bin_dir, dockerfile, {})
@@ -406,6 +474,8 @@ def main():
             prod_scenarios(rendered, bin_dir, dockerfile, gen, os.path.join(state, "prod"))
         startup_budget(rendered, bin_dir, dockerfile, os.path.join(state, "dev"),
                        int(os.environ.get("PODSIM_POINTS", "200000")))
+        if os.environ.get("PODSIM_ONLY") != "startup":
+            tls_scenario(rendered, bin_dir, dockerfile, gen, os.path.join(state, "tls"))
     finally:
         shutil.rmtree(state, ignore_errors=True)
     print("podsim: all scenarios passed")

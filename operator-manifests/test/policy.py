@@ -157,7 +157,7 @@ def check_containers(r, o, pod, replicas, objects):
             r.check(any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])),
                     "cairn:gpu-toleration", cw, "a GPU pod must tolerate the nvidia.com/gpu taint")
     for v in spec.get("volumes", []):
-        if "secret" in v:
+        if "secret" in v and not v["secret"].get("optional"):
             n = v["secret"]["secretName"]
             known = n in EXTERNAL_SECRETS or n in CERT_SECRETS or any(
                 x["kind"] == "Secret" and x["metadata"]["name"] == n for x in objects)

@@ -6,6 +6,11 @@
 # that node, then deleted there.
 set -eu
 : "${BACKUP_DIR:=/backup}" "${KEEP:=7}" "${CAIRN_NODES:?the nodes to try, comma-separated HOST:PORT}"
+# With the tls-cert-manager component the nodes serve TLS: verify them with
+# its CA (mounted when it exists).
+if [ -z "${CAIRN_TLS_CA:-}" ] && [ -f /etc/cairn/tls/ca.crt ]; then
+  export CAIRN_TLS_CA=/etc/cairn/tls/ca.crt
+fi
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 work="$BACKUP_DIR/$stamp.partial"
 target=""
