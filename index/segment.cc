@@ -965,8 +965,16 @@ uint64_t Segment::MemoryBytes() const {
              static_cast<uint64_t>(h->storage->ntotal) * h->storage->sa_code_size();
     if (codes_) bytes += codes_->MemoryBytes();
   } else if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
+    // The lists' codes and ids, the coarse centroids, and the quantizer's
+    // own tables: PQ codebooks and, for L2, the precomputed distance tables
+    // (nlist x M x ksub floats, often more than the codes), SQ ranges.
     bytes += static_cast<uint64_t>(ivf->ntotal) * (ivf->code_size + sizeof(idx_t)) +
              static_cast<uint64_t>(ivf->nlist) * dim_ * sizeof(float);
+    if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {
+      bytes += (pq->pq.centroids.size() + pq->precomputed_table.size()) * sizeof(float);
+    } else if (auto* sq = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(ivf)) {
+      bytes += sq->sq.trained.size() * sizeof(float);
+    }
   } else {
     bytes += static_cast<uint64_t>(index_->ntotal) * dim_ * sizeof(float);
   }

@@ -554,6 +554,25 @@ TEST_F(SegmentTest, SmallSegmentOfTrainedTypeIsStoredFlat) {
   EXPECT_EQ(Recall(Metric::kL2, d, r, 5, kK, All()), 1.0);
 }
 
+// An IVF-PQ segment's memory holds its precomputed distance tables (for L2,
+// nlist x M x 256 floats: here 8x its codes), not only its codes.
+TEST_F(SegmentTest, IvfPqMemoryCountsItsDistanceTables) {
+  constexpr size_t kN = 10000, kLists = 64, kM = 8;
+  const Dataset d = MakeClustered(kN, 1, kDim, TestSeed() + 9);
+  IndexSpec spec;
+  spec.type = IndexType::kIvfPq;
+  spec.nlist = kLists;
+  spec.pq_m = kM;
+  auto seg = Segment::Build(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), kN, 2);
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  ASSERT_EQ((*seg)->type(), IndexType::kIvfPq);
+  const uint64_t codes = kN * (kM + sizeof(int64_t));
+  const uint64_t tables = kLists * kM * 256 * sizeof(float);
+  const uint64_t fixed = kN * sizeof(uint64_t) + kN / 8 + (kLists + 256) * kDim * sizeof(float);
+  EXPECT_GE((*seg)->MemoryBytes(), codes + tables + kN * sizeof(uint64_t));
+  EXPECT_LE((*seg)->MemoryBytes(), codes + tables + fixed + 4096);
+}
+
 TEST_F(SegmentTest, LossySegmentsHaveNoExactSearch) {
   const Dataset d = MakeClustered(5000, 1, kDim, TestSeed() + 4);
   IndexSpec spec;
