@@ -158,6 +158,14 @@ bool ValidAddress(const std::string& a, bool zero_ok) {
   return port <= 65535 && (zero_ok || port > 0);
 }
 
+// The keys a keys file holds; InvalidArgument for a file that does not
+// parse or lists none.
+absl::StatusOr<cairn::api::ApiKeys> KeysOfFile(const std::string& text) {
+  auto keys = cairn::api::ApiKeys::ParseFile(text);
+  if (keys.ok() && keys->size() == 0) return absl::InvalidArgumentError("the API keys list is empty");
+  return keys;
+}
+
 bool ParseInt(const std::string& s, long lo, long hi, long* out) {
   char* end = nullptr;
   long v = std::strtol(s.c_str(), &end, 10);
@@ -489,7 +497,7 @@ int main(int argc, char** argv) {
         "for development on a loopback address");
     if (!keys_file.empty()) {
       auto text = cairn::storage::ReadFile(keys_file);
-      keys = text.ok() ? cairn::api::ApiKeys::ParseFile(*text) : text.status();
+      keys = text.ok() ? KeysOfFile(*text) : text.status();
       if (text.ok()) keys_text = *text;
     } else if (!keys_inline.empty()) {
       keys = cairn::api::ApiKeys::ParseList(keys_inline);
@@ -565,8 +573,7 @@ int main(int argc, char** argv) {
         auto text = cairn::storage::ReadFile(keys_file);
         if (!text.ok() || *text == last) continue;  // a missing file mid-update: keep the keys
         last = *text;
-        auto keys = cairn::api::ApiKeys::ParseFile(*text);
-        if (keys.ok() && keys->size() == 0) keys = absl::InvalidArgumentError("the API keys list is empty");
+        auto keys = KeysOfFile(*text);
         if (!keys.ok()) {
           LogEvent("api_keys_not_reloaded", {{"file", keys_file},
                                              {"error", std::string(keys.status().message())},

@@ -1064,9 +1064,8 @@ absl::Status CairnServer::SetApiKeys(ApiKeys keys) {
 }
 
 void CairnServer::Shutdown(std::chrono::milliseconds grace) {
-  impl_->draining = true;
+  StopReady();
   if (impl_->server) {
-    impl_->server->GetHealthCheckService()->SetServingStatus(false);
     // Let calls in flight finish (refusing new ones), then stop gRPC with a
     // short flush window: waiting in gRPC's own Shutdown also waits out idle
     // client connections, seconds for nothing.

@@ -25,6 +25,7 @@ pod keeps its address across restarts, the Service is the list of ready pods
 
 Needs root (network namespaces, bubblewrap's user namespace).
 """
+import base64
 import json
 import math
 import os
@@ -63,15 +64,13 @@ def quantity(q, divisor="1"):
 
 def image_env(dockerfile):
     """ENV of the Dockerfile's last stage: what the image gives every container."""
-    env, last = {}, None
+    env = {}
     text = open(dockerfile).read().replace("\\\n", " ")
     for line in text.splitlines():
         if line.startswith("FROM "):
-            last = {}
-        elif line.startswith("ENV ") and last is not None:
-            for k, v in re.findall(r"(\w+)=(\S+)", line[4:]):
-                last[k] = v
-    env.update(last or {})
+            env = {}
+        elif line.startswith("ENV "):
+            env.update(re.findall(r"(\w+)=(\S+)", line[4:]))
     return env
 
 
@@ -151,7 +150,6 @@ class Pod:
         self.proc = None
         self.pid = None          # cairnd's pid (bwrap's child)
         self.ready = False
-        self.started = False     # the startup probe succeeded
         self.restarts = 0
         self.events = []         # (time, what)
         self.deleting = False
@@ -285,7 +283,7 @@ class Pod:
 
     def _supervise(self, stop):
         while not stop.is_set():
-            self.ready = self.started = False
+            self.ready = False
             proc = self._spawn()
             self._probe(stop, proc)
             if stop.is_set():
@@ -327,7 +325,6 @@ class Pod:
                 stop.wait(startup.get("periodSeconds", 10))
             if stop.is_set() or proc.poll() is not None:
                 return
-        self.started = True
         self.note("startup probe passed")
         live_fails, ready_fails, next_live, next_ready = 0, 0, 0.0, 0.0
         while not stop.is_set() and proc.poll() is None:
@@ -463,7 +460,6 @@ class PodSim:
     def secret_data(self, name):
         if name in self.external_secrets:
             return self.external_secrets[name]
-        import base64
         o = next(o for o in self.objects if o["kind"] == "Secret" and o["metadata"]["name"] == name)
         return {k: base64.b64decode(v) for k, v in o.get("data", {}).items()}
 

@@ -57,11 +57,6 @@ def selects(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def cpu_cores(q):
-    q = str(q)
-    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
-
-
 def config_of(objects, pod):
     """cairnd's settings in a pod: its --config JSON (from the ConfigMap
     mounted where CAIRN_CONFIG points), with CAIRN_* variables over it."""
