@@ -238,6 +238,7 @@ void ToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
   out->set_storage_memory_bytes(info.storage_memory_bytes);
   out->set_gpu_segments(info.gpu_segments);
   out->set_gpu_memory_bytes(info.gpu_memory_bytes);
+  out->set_unindexed_points(info.unindexed_points);
 }
 
 absl::StatusOr<std::vector<Point>> FromProto(const v1::UpsertRequest& req) {

@@ -935,7 +935,7 @@ struct CairnServer::Impl {
       // even when a shard has no quorum.
       c->AppendPrometheus(&out);
     } else if (database != nullptr) {
-      std::string points, segments, sealed, deleted, memory, storage, gpu_segments;
+      std::string points, segments, sealed, deleted, memory, storage, gpu_segments, unindexed;
       for (const auto& name : database->ListCollections()) {
         auto info = database->DescribeCollection(name);
         if (!info.ok()) continue;
@@ -947,6 +947,7 @@ struct CairnServer::Impl {
         absl::StrAppend(&memory, "cairn_collection_index_memory_bytes", label, info->index_memory_bytes, "\n");
         absl::StrAppend(&storage, "cairn_collection_storage_memory_bytes", label, info->storage_memory_bytes, "\n");
         absl::StrAppend(&gpu_segments, "cairn_collection_gpu_segments", label, info->gpu_segments, "\n");
+        absl::StrAppend(&unindexed, "cairn_collection_unindexed_points", label, info->unindexed_points, "\n");
       }
       absl::StrAppend(&out, "# HELP cairn_collection_points Live points per collection.\n",
                       "# TYPE cairn_collection_points gauge\n", points,
@@ -961,7 +962,9 @@ struct CairnServer::Impl {
                       "# HELP cairn_collection_storage_memory_bytes RocksDB memtables, table readers, block cache.\n",
                       "# TYPE cairn_collection_storage_memory_bytes gauge\n", storage,
                       "# HELP cairn_collection_gpu_segments Sealed segments searched on a GPU copy.\n",
-                      "# TYPE cairn_collection_gpu_segments gauge\n", gpu_segments);
+                      "# TYPE cairn_collection_gpu_segments gauge\n", gpu_segments,
+                      "# HELP cairn_collection_unindexed_points Points written and not yet indexed (searched exactly).\n",
+                      "# TYPE cairn_collection_unindexed_points gauge\n", unindexed);
     }
     return {200, "text/plain; version=0.0.4; charset=utf-8", out};
   }

@@ -238,7 +238,7 @@ absl::StatusOr<std::string> ExecuteRead(const db::Shard& shard, const ShardReadR
       const db::ShardStats s = shard.Stats();
       for (uint64_t v : {s.points, s.segments, s.sealed_segments, s.deleted_in_segments, s.index_memory_bytes,
                          s.storage_memory_bytes, s.growing_points, s.growing_saved_points, s.gpu_segments,
-                         s.gpu_memory_bytes}) {
+                         s.gpu_memory_bytes, s.tail_points, s.unindexed_points}) {
         PutU64(&out, v);
       }
       return out;
@@ -317,6 +317,11 @@ absl::StatusOr<db::ShardStats> DecodeStatsAnswer(std::string_view data) {
                       &s.storage_memory_bytes, &s.growing_points, &s.growing_saved_points, &s.gpu_segments,
                       &s.gpu_memory_bytes}) {
     *v = r.U64();
+  }
+  // Added later: absent in the answer of a node of an earlier version.
+  if (!r.in.empty()) {
+    s.tail_points = r.U64();
+    s.unindexed_points = r.U64();
   }
   if (!r.ok || !r.in.empty()) return Malformed("stats answer");
   return s;

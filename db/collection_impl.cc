@@ -290,6 +290,7 @@ absl::StatusOr<CollectionInfo> CollectionImpl::Info() const {
     info.storage_memory_bytes += st.storage_memory_bytes;
     info.gpu_segments += st.gpu_segments;
     info.gpu_memory_bytes += st.gpu_memory_bytes;
+    info.unindexed_points += st.unindexed_points;
   }
   return info;
 }

@@ -358,6 +358,7 @@ TEST_F(DbTest, BatchSearchEqualsSingleSearches) {
   UpsertRows(
       *c, x, dim, 0, 3000, [](size_t i) { return PointId(uint64_t{i}); },
       [](size_t i) { return "{\"g\": " + std::to_string(i % 3) + "}"; });
+  testing_util::WaitIndexed(*c);  // the same index for both
   Filter g0 = ParseFilter(R"({"must": [{"key": "g", "match": {"value": 0}}]})");
   for (const Filter* f : {static_cast<const Filter*>(nullptr), static_cast<const Filter*>(&g0)}) {
     for (bool exact : {false, true}) {

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -28,6 +29,11 @@ namespace {
 
 constexpr size_t kMaxGroupOps = 64;
 constexpr size_t kReplayChunk = 8192;
+// The tail's chunks hold up to kTailChunk points; the indexer adds a chunk
+// to the growing segment kIndexStep points at a time, so a search waits for
+// at most one step's insertions (the segment's lock) rather than a chunk's.
+constexpr size_t kTailChunk = 4096;
+constexpr size_t kIndexStep = 256;
 // Filtered searches scan exactly when the filter matches at most this many
 // points, or this fraction of the shard: cheaper than a graph walk that skips
 // most of what it visits, and exact.
@@ -36,18 +42,26 @@ constexpr double kExactScanFraction = 0.05;
 constexpr uint64_t kExactScanFloats = 2'500'000;
 const std::vector<uint64_t> kNoIds;
 
-// Keeps the best k of (score, id) pairs.
+// Keeps the best k of (score, id) pairs, each id once (a tail chunk being
+// indexed is searched with the growing segment that takes its points: the
+// same point may come from both).
 void KeepBest(Metric metric, size_t k, std::vector<std::pair<float, uint64_t>>* v) {
   auto better = [metric](const auto& a, const auto& b) {
     if (a.first != b.first) return index::Better(metric, a.first, b.first);
     return a.second < b.second;
   };
-  if (v->size() > k) {
-    std::partial_sort(v->begin(), v->begin() + static_cast<ptrdiff_t>(k), v->end(), better);
-    v->resize(k);
-  } else {
-    std::sort(v->begin(), v->end(), better);
+  std::sort(v->begin(), v->end(), better);
+  absl::flat_hash_set<uint64_t> seen;
+  size_t kept = 0;
+  for (size_t i = 0; i < v->size() && kept < k; ++i) {
+    if (seen.insert((*v)[i].second).second) (*v)[kept++] = (*v)[i];
   }
+  v->resize(kept);
+}
+
+uint64_t TailLimit(const ShardOptions& o) {
+  if (o.index.type == IndexType::kFlat || o.tail_floats == 0 || o.dimension == 0) return 0;
+  return std::max<uint64_t>(kTailChunk, o.tail_floats / o.dimension);
 }
 
 }  // namespace
@@ -146,6 +160,8 @@ Shard::Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvS
       tunables_{options_.index.ef_search, options_.index.nprobe, options_.index.rerank_factor,
                 options_.seal_threshold, options_.compaction_deleted_ratio},
       kv_(std::move(kv)),
+      tail_limit_(TailLimit(options_)),
+      train_points_(tail_limit_ > 0 ? index::Segment::GrowingTrainPoints(options_.index) : 0),
       payload_index_(options_.payload_indexes) {}
 
 ShardTunables Shard::Tunables() const {
@@ -158,7 +174,7 @@ void Shard::SetTunables(const ShardTunables& t) {
   tunables_ = t;
 }
 
-Shard::~Shard() = default;
+Shard::~Shard() { StopIndexer(); }
 
 std::string Shard::SegmentPath(const std::string& file) const {
   return (fs::path(dir_) / "segments" / file).string();
@@ -174,6 +190,12 @@ absl::StatusOr<std::unique_ptr<Shard>> Shard::Open(const std::string& dir, const
   CAIRN_ASSIGN_OR_RETURN(auto kv, storage::KvStore::Open((fs::path(dir) / "kv").string(), kv_options));
   auto shard = std::unique_ptr<Shard>(new Shard(dir, options, std::move(kv)));
   CAIRN_RETURN_IF_ERROR(shard->Load(vectors_from));
+  {
+    std::lock_guard commit(shard->commit_mu_);
+    std::shared_lock state(shard->state_mu_);
+    shard->NoteGrowingSizeLocked();  // a growing segment replayed flat: trained by the indexer
+  }
+  if (shard->UsesTail() && options.index_in_background) shard->indexer_ = std::thread([s = shard.get()] { s->IndexerLoop(); });
   return shard;
 }
 
@@ -425,6 +447,7 @@ absl::Status Shard::Commit(std::function<absl::Status(Txn&)> prepare) {
     group.push_back(x);
   }
   lk.unlock();
+  WaitForTailRoom();
   {
     std::lock_guard commit(commit_mu_);
     Txn txn;
@@ -478,12 +501,24 @@ void Shard::ApplyPlan(const Plan& plan) {
     for (const auto& k : plan.index_remove) payload_index_.RemoveKey(k);
     segs = AllSegmentsLocked();
   }
+  // Every segment that may hold it: a tail chunk being indexed shares its
+  // ids with the growing segment.
   for (uint64_t id : plan.delete_ids) {
     for (auto& s : segs) {
-      if (id >= s->min_id() && id <= s->max_id() && s->MarkDeleted(id)) break;
+      if (id >= s->min_id() && id <= s->max_id()) s->MarkDeleted(id);
     }
   }
-  if (!plan.add_ids.empty()) {
+  // A flat growing segment (an IVF collection's, untrained) takes points
+  // directly while the tail is empty; growing_ and tail_ change only with
+  // commit_mu_ held, as it is here.
+  bool direct = !UsesTail();
+  if (!direct && !plan.add_ids.empty()) {
+    std::shared_lock state(state_mu_);
+    direct = tail_.empty() && growing_->type() == IndexType::kFlat;
+  }
+  if (!plan.add_ids.empty() && !direct) {
+    AppendToTail(plan.add_ids, plan.add_vectors);
+  } else if (!plan.add_ids.empty()) {
     absl::Status s = growing_->Add(plan.add_vectors.data(), plan.add_ids.data(), plan.add_ids.size(),
                                    IndexThreads(options_.index_threads));
     // The write is durable; an index failure here is a bug, not a user error.
@@ -496,6 +531,197 @@ void Shard::ApplyPlan(const Plan& plan) {
   ++epoch_;
   for (uint64_t id : plan.add_ids) live_.add(id);
   for (const auto& k : plan.index_add) payload_index_.AddKey(k);
+  if (direct && !plan.add_ids.empty()) NoteGrowingSizeLocked();
+}
+
+// ---- the tail and its indexer ----------------------------------------------
+
+void Shard::AppendToTail(const std::vector<uint64_t>& ids, const std::vector<float>& vecs) {
+  // REQUIRES: commit_mu_ held: the indexer freezes chunks with it held, so
+  // the last chunk cannot be frozen between the check and the add.
+  const size_t dim = options_.dimension;
+  IndexSpec flat;
+  flat.type = IndexType::kFlat;
+  flat.device = Device::kCpu;
+  for (size_t done = 0; done < ids.size();) {
+    std::shared_ptr<index::Segment> chunk;
+    {
+      std::shared_lock state(state_mu_);
+      if (!tail_.empty() && !tail_.back()->frozen() && tail_.back()->size() < kTailChunk) chunk = tail_.back();
+    }
+    if (chunk == nullptr) {
+      auto made = index::Segment::CreateGrowing(options_.dimension, options_.metric, flat);
+      if (!made.ok()) {
+        fprintf(stderr, "cairn: FATAL: cannot make a tail chunk: %s\n", made.status().ToString().c_str());
+        std::abort();
+      }
+      chunk = std::move(*made);
+      std::unique_lock state(state_mu_);
+      tail_.push_back(chunk);
+    }
+    const size_t n = std::min(ids.size() - done, kTailChunk - chunk->size());
+    // The write is durable; a failure here is a bug, not a user error.
+    if (absl::Status s = chunk->Add(vecs.data() + done * dim, ids.data() + done, n, 1); !s.ok()) {
+      fprintf(stderr, "cairn: FATAL: tail add failed: %s\n", s.ToString().c_str());
+      std::abort();
+    }
+    done += n;
+  }
+  tail_points_.fetch_add(ids.size(), std::memory_order_acq_rel);
+  std::lock_guard l(indexer_mu_);
+  indexer_cv_.notify_one();
+}
+
+void Shard::WaitForTailRoom() {
+  if (!UsesTail() || tail_points_.load(std::memory_order_acquire) < tail_limit_) return;
+  if (!options_.index_in_background) {
+    std::lock_guard index(index_mu_);
+    while (tail_points_.load(std::memory_order_acquire) >= tail_limit_ && IndexOneChunkLocked()) {
+    }
+    return;
+  }
+  std::unique_lock l(indexer_mu_);
+  room_cv_.wait(l, [this] { return indexer_stop_ || tail_points_.load(std::memory_order_acquire) < tail_limit_; });
+}
+
+bool Shard::IndexOneChunkLocked() {
+  std::shared_ptr<index::Segment> chunk, growing;
+  {
+    std::lock_guard commit(commit_mu_);
+    std::shared_lock state(state_mu_);
+    if (tail_.empty()) return false;
+    chunk = tail_.front();
+    growing = growing_;  // replaced only with index_mu_ held
+    chunk->Freeze();     // writers start a new chunk
+  }
+  // The chunk now changes only by tombstones. Its live points go to the
+  // growing segment in ascending id order, above every id it holds.
+  std::vector<uint64_t> ids;
+  for (uint64_t id : chunk->Ids()) {
+    if (chunk->IsLive(id)) ids.push_back(id);
+  }
+  const size_t dim = options_.dimension;
+  std::vector<float> vecs(ids.size() * dim);
+  std::vector<bool> found(ids.size(), false);
+  chunk->CopyVectors(ids, vecs.data(), &found);
+  const int threads = IndexThreads(options_.index_threads);
+  for (size_t at = 0; at < ids.size(); at += kIndexStep) {
+    const size_t n = std::min(kIndexStep, ids.size() - at);
+    if (absl::Status s = growing->Add(vecs.data() + at * dim, ids.data() + at, n, threads); !s.ok()) {
+      fprintf(stderr, "cairn: FATAL: indexing the tail failed: %s\n", s.ToString().c_str());
+      std::abort();
+    }
+  }
+  const uint64_t moved = chunk->size();
+  {
+    std::lock_guard commit(commit_mu_);  // no delete is half applied
+    std::unique_lock state(state_mu_);
+    ++epoch_;
+    for (uint64_t id : ids) {
+      if (!live_.contains(id)) growing->MarkDeleted(id);  // deleted while it was added
+    }
+    tail_.pop_front();
+    NoteGrowingSizeLocked();
+  }
+  tail_points_.fetch_sub(moved, std::memory_order_acq_rel);
+  std::lock_guard l(indexer_mu_);
+  room_cv_.notify_all();
+  return true;
+}
+
+void Shard::NoteGrowingSizeLocked() {
+  if (train_points_ == 0 || growing_->type() != IndexType::kFlat) return;
+  const uint64_t live = growing_->size() - growing_->num_deleted();
+  // One that will be sealed soon is trained by the seal instead.
+  if (live < std::max(train_points_, train_after_) || growing_->size() >= Tunables().seal_threshold) return;
+  if (train_due_.exchange(true)) return;
+  std::lock_guard l(indexer_mu_);
+  indexer_cv_.notify_one();
+}
+
+void Shard::TrainGrowingLocked() {
+  train_due_ = false;
+  std::shared_ptr<index::Segment> flat;
+  {
+    std::shared_lock state(state_mu_);
+    if (growing_->type() != IndexType::kFlat) return;
+    flat = growing_;  // replaced only with index_mu_ held
+  }
+  // Trained and filled from what it holds now, with no lock held: writers
+  // go on adding to `flat` meanwhile.
+  std::vector<uint64_t> ids;
+  std::vector<float> vecs;
+  absl::StatusOr<std::unique_ptr<index::Segment>> built = absl::UnknownError("not built");
+  if (absl::Status s = LiveVectorsOf(*flat, &ids, &vecs); !s.ok()) {
+    built = s;
+  } else {
+    built = index::Segment::BuildGrowing(options_.dimension, options_.metric, options_.index, vecs.data(),
+                                         ids.data(), ids.size(), IndexThreads(options_.index_threads));
+  }
+  if (!built.ok()) {
+    std::fprintf(stderr, "cairn: %s: training the growing segment failed (it stays flat; tried again at twice "
+                 "its size): %s\n", dir_.c_str(), built.status().ToString().c_str());
+    std::lock_guard commit(commit_mu_);
+    train_after_ = 2 * std::max<uint64_t>(ids.size(), train_points_);
+    return;
+  }
+  std::shared_ptr<index::Segment> trained = std::move(*built);
+  // The points written since: in rounds while writers go on, the last one
+  // (at most about a chunk) with writers waiting.
+  const size_t dim = options_.dimension;
+  auto catch_up = [&](size_t at_most) -> bool {
+    std::vector<uint64_t> rest;
+    for (uint64_t id : flat->Ids()) {
+      if (id > trained->max_id()) rest.push_back(id);
+    }
+    if (rest.size() > at_most) return false;
+    std::vector<float> v(rest.size() * dim);
+    std::vector<bool> found(rest.size(), false);
+    flat->CopyVectors(rest, v.data(), &found);
+    if (absl::Status s = trained->Add(v.data(), rest.data(), rest.size(), IndexThreads(options_.index_threads));
+        !s.ok()) {
+      fprintf(stderr, "cairn: FATAL: adding to the trained growing segment failed: %s\n", s.ToString().c_str());
+      std::abort();
+    }
+    return true;
+  };
+  for (int round = 0; round < 8 && !catch_up(kTailChunk); ++round) {
+    catch_up(SIZE_MAX);
+  }
+  std::lock_guard commit(commit_mu_);
+  catch_up(SIZE_MAX);
+  std::unique_lock state(state_mu_);
+  ++epoch_;
+  for (uint64_t id : trained->Ids()) {
+    if (!live_.contains(id)) trained->MarkDeleted(id);  // deleted meanwhile
+  }
+  growing_ = std::move(trained);
+}
+
+void Shard::IndexerLoop() {
+  for (;;) {
+    {
+      std::unique_lock l(indexer_mu_);
+      indexer_cv_.wait(l, [this] {
+        return indexer_stop_ || train_due_.load() || tail_points_.load(std::memory_order_acquire) > 0;
+      });
+      if (indexer_stop_) return;
+    }
+    // The tail first: writes go straight to a flat growing segment (and go
+    // on during its training) only while the tail is empty.
+    std::lock_guard index(index_mu_);
+    if (!IndexOneChunkLocked() && train_due_.load()) TrainGrowingLocked();
+  }
+}
+
+void Shard::StopIndexer() {
+  {
+    std::lock_guard l(indexer_mu_);
+    indexer_stop_ = true;
+  }
+  indexer_cv_.notify_all();
+  room_cv_.notify_all();
+  if (indexer_.joinable()) indexer_.join();
 }
 
 absl::Status Shard::PrepareUpsert(Txn& txn, const std::vector<PreparedPoint>& points) {
@@ -736,7 +962,7 @@ void Shard::HideLocked(const std::vector<uint64_t>& ids) {
   }
   for (uint64_t id : ids) {
     for (auto& s : segs) {
-      if (id >= s->min_id() && id <= s->max_id() && s->MarkDeleted(id)) break;
+      if (id >= s->min_id() && id <= s->max_id()) s->MarkDeleted(id);
     }
   }
 }
@@ -783,6 +1009,7 @@ absl::StatusOr<uint64_t> Shard::SyncApplied() {
 
 absl::Status Shard::Apply(const std::vector<LogEntry>& entries, std::vector<ApplyResult>* results) {
   results->assign(entries.size(), ApplyResult{});
+  WaitForTailRoom();
   std::lock_guard commit(commit_mu_);
   if (bulk_loading_) return absl::FailedPreconditionError("a bulk load is running; a replicated shard takes none");
   Txn txn;
@@ -1015,6 +1242,7 @@ std::vector<std::shared_ptr<index::Segment>> Shard::AllSegmentsLocked() const {
   for (const auto& s : sealed_) out.push_back(s.segment);
   for (const auto& s : frozen_) out.push_back(s);
   out.push_back(growing_);
+  for (const auto& s : tail_) out.push_back(s);
   return out;
 }
 
@@ -1432,9 +1660,23 @@ absl::Status Shard::Scroll(const std::string& after, uint32_t limit, const Filte
 
 // ---- maintenance -----------------------------------------------------------
 
+uint64_t Shard::TailPointsLocked() const {
+  // A chunk being indexed is in the growing segment up to its max id.
+  const uint64_t indexed_through = growing_->max_id();
+  uint64_t n = 0;
+  for (const auto& chunk : tail_) {
+    if (chunk->min_id() > indexed_through) {
+      n += chunk->size();
+    } else if (chunk->max_id() > indexed_through) {
+      for (uint64_t id : chunk->Ids()) n += id > indexed_through;
+    }
+  }
+  return n;
+}
+
 bool Shard::NeedsSeal() const {
   std::shared_lock state(state_mu_);
-  return growing_->size() >= Tunables().seal_threshold;
+  return growing_->size() + TailPointsLocked() >= Tunables().seal_threshold;
 }
 
 absl::Status Shard::WriteManifestLocked() {
@@ -1487,6 +1729,32 @@ absl::Status Shard::LiveVectorsOf(const index::Segment& segment, std::vector<uin
 }
 
 absl::Status Shard::Seal(bool force) {
+  {
+    std::shared_lock state(state_mu_);
+    if (!force && growing_->size() + TailPointsLocked() < Tunables().seal_threshold) return absl::OkStatus();
+  }
+  return SealLocked(force, /*index_tail=*/true);
+}
+
+absl::Status Shard::IndexTail() {
+  std::lock_guard index(index_mu_);
+  while (IndexOneChunkLocked()) {
+  }
+  if (train_due_.load()) TrainGrowingLocked();
+  return absl::OkStatus();
+}
+
+void Shard::IndexPresentTailLocked() {
+  size_t chunks;  // those there now: writers may add more meanwhile
+  {
+    std::shared_lock state(state_mu_);
+    chunks = tail_.size();
+  }
+  for (size_t i = 0; i < chunks && IndexOneChunkLocked(); ++i) {
+  }
+}
+
+absl::Status Shard::SealLocked(bool force, bool index_tail) {
   std::lock_guard maint(maintenance_mu_);
   // A segment left frozen by a seal that failed (a build or file error) is
   // sealed first: sealed_through_ must not pass ids no sealed segment holds.
@@ -1500,6 +1768,8 @@ absl::Status Shard::Seal(bool force) {
     CAIRN_RETURN_IF_ERROR(SealFrozen(stuck));
   }
   std::shared_ptr<index::Segment> frozen;
+  std::unique_lock index(index_mu_);  // until growing_ is replaced: not during the build
+  if (index_tail) IndexPresentTailLocked();
   {
     std::lock_guard commit(commit_mu_);
     std::unique_lock state(state_mu_);
@@ -1513,6 +1783,7 @@ absl::Status Shard::Seal(bool force) {
     frozen_.push_back(frozen);
     growing_ = std::move(fresh);
   }
+  index.unlock();
   return SealFrozen(frozen);
 }
 
@@ -1569,14 +1840,15 @@ absl::Status Shard::SealIfOnlyAWrite(uint64_t min_points) {
       return absl::OkStatus();
     }
   }
-  return Seal(/*force=*/true);
+  // Only what is indexed: the tail is replayed on open.
+  return SealLocked(/*force=*/true, /*index_tail=*/false);
 }
 
-bool Shard::CheckpointDueLocked(bool at_close) const {
+bool Shard::CheckpointDueLocked(bool at_close, bool with_tail) const {
   // A frozen segment not yet sealed holds ids below the growing one's: a
   // copy of the growing segment alone would make open skip them.
   if (options_.checkpoint_points == 0 || !frozen_.empty() || growing_->type() == IndexType::kFlat) return false;
-  const uint64_t n = growing_->size(), saved = growing_saved_.load();
+  const uint64_t n = growing_->size() + (with_tail ? TailPointsLocked() : 0), saved = growing_saved_.load();
   const uint64_t due = at_close ? std::min<uint64_t>(options_.checkpoint_points, kMinPointsToSaveAtClose)
                                 : std::max(options_.checkpoint_points, saved / 2);
   return n > saved && n - saved >= due;
@@ -1584,7 +1856,7 @@ bool Shard::CheckpointDueLocked(bool at_close) const {
 
 bool Shard::NeedsCheckpoint() const {
   std::shared_lock state(state_mu_);
-  return CheckpointDueLocked(/*at_close=*/false);
+  return CheckpointDueLocked(/*at_close=*/false, /*with_tail=*/true);
 }
 
 absl::Status Shard::CheckpointGrowing(bool at_close) {
@@ -1593,9 +1865,20 @@ absl::Status Shard::CheckpointGrowing(bool at_close) {
   std::shared_ptr<index::Segment> growing;
   std::string file;
   {
+    // What the indexer would do next, so that the copy holds what was
+    // written before it (bounded by the tail's limit; what a copy lacks is
+    // indexed on open instead).
+    std::lock_guard index(index_mu_);
+    {
+      std::shared_lock state(state_mu_);
+      if (!CheckpointDueLocked(at_close, /*with_tail=*/true)) return absl::OkStatus();
+    }
+    IndexPresentTailLocked();
+  }
+  {
     std::lock_guard commit(commit_mu_);
     std::shared_lock state(state_mu_);
-    if (!CheckpointDueLocked(at_close)) return absl::OkStatus();
+    if (!CheckpointDueLocked(at_close, /*with_tail=*/false)) return absl::OkStatus();
     growing = growing_;
     file = absl::StrFormat("grow-%08d.cseg", next_file_++);
   }
@@ -1719,7 +2002,10 @@ ShardStats Shard::Stats() const {
     }
   }
   st.index_memory_bytes += payload_index_.MemoryBytes() + live_.getSizeInBytes(false);
-  st.growing_points = growing_->size();
+  st.tail_points = TailPointsLocked();
+  st.growing_points = growing_->size() + st.tail_points;
+  st.unindexed_points = st.tail_points;
+  if (train_points_ > 0 && growing_->type() == IndexType::kFlat) st.unindexed_points += growing_->size();
   st.growing_saved_points = growing_saved_.load();
   st.storage_memory_bytes = kv_->ApproximateMemoryBytes();
   return st;

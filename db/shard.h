@@ -8,6 +8,21 @@
 // see earlier ones), writes them as one WriteBatch with one WAL sync, applies
 // them to memory, and wakes the others. Each operation is atomic.
 //
+// The tail: when the growing segment is an index (HNSW, not flat) and
+// options.tail_floats is not 0, a write's vectors go to the tail, flat
+// chunks scanned exactly by searches, and the shard's indexer thread moves
+// them into the growing segment in the background, oldest first. A write is
+// searchable when it is acknowledged either way. Writers wait (before the
+// WAL write) while the tail holds tail_floats floats or more, so a search
+// scans at most that many floats (plus one commit group's) exactly.
+//
+// IVF collections: the growing segment starts flat, takes writes directly
+// (while the tail is empty) and is scanned exactly; once it holds
+// Segment::GrowingTrainPoints live points, the indexer trains an index of the
+// collection's type on them (writes go on meanwhile), catches up with the
+// writes made during the training and swaps it in. From then on the tail
+// feeds it, and sealing it is a file write.
+//
 // Invariants:
 //   - internal ids are allocated ascending and never reused (meta "next_id");
 //   - a point is live iff its internal id has a kRids key; its vector key is
@@ -43,6 +58,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -69,6 +85,14 @@ struct ShardOptions {
   // Apply: how many log entries a request id is remembered for (a retry
   // later than that would apply again). Default: 200,000.
   uint64_t request_id_window = 200000;
+  // Most floats (points x dimension) the tail holds before writers wait for
+  // the indexer; 0: writes are indexed before they are acknowledged.
+  // Default: 4 Mi (16 MiB; 32,768 points at 128 dimensions).
+  uint64_t tail_floats = uint64_t{4} << 20;
+  // Whether a thread indexes the tail as it fills. When false, the tail is
+  // indexed only by IndexTail, Seal, CheckpointGrowing and by a writer that
+  // finds it full (tests and tools that want no background work).
+  bool index_in_background = true;
   // Open only: the points outside this class are not loaded (a split's copy
   // opened for its new group, which then keeps the class: KeepHashClass).
   // Default: every point.
@@ -101,7 +125,11 @@ struct ShardStats {
   uint64_t deleted_in_segments = 0;
   uint64_t index_memory_bytes = 0;
   uint64_t storage_memory_bytes = 0;
-  uint64_t growing_points = 0;
+  uint64_t growing_points = 0;   // not sealed: in the growing segment or the tail
+  uint64_t tail_points = 0;      // of them, in the tail (scanned exactly)
+  // In no index yet (scanned exactly): the tail, and an IVF collection's
+  // growing segment while it is flat (untrained).
+  uint64_t unindexed_points = 0;
   uint64_t growing_saved_points = 0;  // of them, in the growing segment's saved copy
   uint64_t gpu_segments = 0;      // sealed segments searched on a GPU copy
   uint64_t gpu_memory_bytes = 0;  // device memory of those copies
@@ -258,9 +286,12 @@ class Shard final : public ShardAccess {
                       std::vector<std::vector<ScoredPoint>>* out) const override;
   absl::StatusOr<ShardStats> ReadStats() const override { return Stats(); }
 
-  // Seals the growing segment when it holds >= seal_threshold points (any
-  // number > 0 with `force`).
+  // Seals the growing segment when it and the tail hold >= seal_threshold
+  // points (any number > 0 with `force`), indexing the tail first.
   absl::Status Seal(bool force);
+  // Moves every point of the tail into the growing segment now (what the
+  // indexer does in the background).
+  absl::Status IndexTail();
   // At close: seals the growing segment if it holds >= min_points and sealing
   // it is only a file write (it already is the target index).
   absl::Status SealIfOnlyAWrite(uint64_t min_points);
@@ -305,6 +336,30 @@ class Shard final : public ShardAccess {
 
   Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvStore> kv);
   absl::Status Load(const Shard* vectors_from);
+  // Whether writes go through the tail (a growing segment that is an index).
+  bool UsesTail() const { return tail_limit_ > 0; }
+  // Points in the tail and not (yet) in the growing segment. REQUIRES:
+  // state_mu_ held.
+  uint64_t TailPointsLocked() const;
+  // Waits, holding no lock, until the tail has room or the indexer stops
+  // (without an indexer: indexes chunks until there is room).
+  void WaitForTailRoom();
+  // Moves the tail's oldest chunk into the growing segment; false when the
+  // tail is empty. REQUIRES: index_mu_ held, commit_mu_ not held.
+  bool IndexOneChunkLocked();
+  // Indexes the chunks in the tail now. REQUIRES: index_mu_ held.
+  void IndexPresentTailLocked();
+  void IndexerLoop();
+  void StopIndexer();
+  // Trains the flat growing segment of an IVF collection into a growing
+  // index of its type (see above). REQUIRES: index_mu_ held.
+  void TrainGrowingLocked();
+  // After points were added to a flat growing segment: flags it for
+  // training when it holds enough. REQUIRES: commit_mu_ and state_mu_ held.
+  void NoteGrowingSizeLocked();
+  // Appends points to the tail, in chunks. REQUIRES: commit_mu_ held.
+  void AppendToTail(const std::vector<uint64_t>& ids, const std::vector<float>& vecs);
+  absl::Status SealLocked(bool force, bool index_tail);
   // Load's last step with a source of vectors: rebuilds the growing segment
   // from the live points from internal id `from` on.
   absl::Status ReplayFrom(const Shard& source, uint64_t from);
@@ -367,7 +422,8 @@ class Shard final : public ShardAccess {
   absl::Status WriteManifestLocked();
   // Whether CheckpointGrowing(at_close) has a copy to write. REQUIRES:
   // state_mu_ held.
-  bool CheckpointDueLocked(bool at_close) const;
+  // `with_tail`: counting the tail's points as if they were indexed.
+  bool CheckpointDueLocked(bool at_close, bool with_tail) const;
   // Seals `frozen` (in frozen_) into a segment file and switches the
   // manifest. REQUIRES: maintenance_mu_ held.
   absl::Status SealFrozen(const std::shared_ptr<index::Segment>& frozen);
@@ -385,9 +441,27 @@ class Shard final : public ShardAccess {
   std::mutex queue_mu_;
   std::deque<Writer*> writers_;
   // Held by the commit leader, and by seal/compaction/snapshot while they
-  // switch segments. Order: maintenance_mu_ -> commit_mu_ -> state_mu_.
+  // switch segments. Order: maintenance_mu_ -> index_mu_ -> commit_mu_ ->
+  // state_mu_. index_mu_ is held while points move from the tail into the
+  // growing segment, and by whatever replaces the growing segment.
   mutable std::mutex commit_mu_;
   std::mutex maintenance_mu_;
+  std::mutex index_mu_;
+  // The indexer: wakes on indexer_cv_ when the tail has points; writers
+  // waiting for room wait on room_cv_. Both with indexer_mu_.
+  const uint64_t tail_limit_;  // points; 0: no tail
+  std::mutex indexer_mu_;
+  std::condition_variable indexer_cv_;
+  std::condition_variable room_cv_;
+  bool indexer_stop_ = false;  // guarded by indexer_mu_
+  std::thread indexer_;
+  std::atomic<uint64_t> tail_points_{0};
+  // IVF collections: live points a flat growing segment is trained at (0:
+  // never), whether the indexer should train it now, and (after a training
+  // that failed) how many it waits for before the next try.
+  const uint64_t train_points_;
+  std::atomic<bool> train_due_{false};
+  uint64_t train_after_ = 0;  // guarded by commit_mu_
   uint64_t next_id_ = 1;        // guarded by commit_mu_
   uint64_t sealed_through_ = 0; // guarded by commit_mu_
   uint64_t next_file_ = 1;      // guarded by commit_mu_
@@ -418,6 +492,10 @@ class Shard final : public ShardAccess {
 
   mutable std::shared_mutex state_mu_;
   std::shared_ptr<index::Segment> growing_;                // guarded by state_mu_
+  // The tail's chunks (flat), oldest first: ids ascending, above growing_'s
+  // (a chunk being indexed is in both for a moment: searches drop the
+  // duplicates). Changed with commit_mu_ held too.
+  std::deque<std::shared_ptr<index::Segment>> tail_;       // guarded by state_mu_
   std::vector<std::shared_ptr<index::Segment>> frozen_;    // guarded by state_mu_
   std::vector<SealedRef> sealed_;                          // guarded by state_mu_
   Bitmap live_;                                            // guarded by state_mu_

@@ -165,7 +165,8 @@ absl::StatusOr<std::unique_ptr<Shard::Loader>> Shard::BeginBulkLoad(uint64_t seg
     std::lock_guard commit(commit_mu_);
     std::shared_lock state(state_mu_);
     if (bulk_loading_) return absl::FailedPreconditionError("a bulk load is already running");
-    if (!live_.isEmpty() || !sealed_.empty() || !frozen_.empty() || growing_->size() > 0) {
+    if (!live_.isEmpty() || !sealed_.empty() || !frozen_.empty() || growing_->size() > 0 ||
+        !tail_.empty()) {
       return absl::FailedPreconditionError("a bulk load needs an empty collection; this one holds points");
     }
     bulk_loading_ = true;

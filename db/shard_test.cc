@@ -13,6 +13,7 @@
 
 #include "db/key_codec.h"
 #include "db/shard.h"
+#include "db/shard_test_util.h"
 #include "gtest/gtest.h"
 
 namespace cairn::db {
@@ -22,30 +23,10 @@ namespace fs = std::filesystem;
 
 constexpr uint32_t kDim = 8;
 
-std::vector<float> VectorOf(uint64_t id, int version) {
-  std::vector<float> v(kDim);
-  uint64_t x = id * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(version) * 0xff51afd7ed558ccdull + 1;
-  for (auto& f : v) {
-    x ^= x >> 29;
-    x *= 0xbf58476d1ce4e5b9ull;
-    f = static_cast<float>(x % 10007) / 100.0f;
-  }
-  return v;
-}
+std::vector<float> VectorOf(uint64_t id, int version) { return SeededVector(id, version, kDim); }
 
-class ShardCheckpointTest : public ::testing::Test {
+class ShardCheckpointTest : public ShardDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "cairn-shard-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    shard_.reset();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
   static ShardOptions Options(IndexType type) {
     ShardOptions o;
     o.dimension = kDim;
@@ -59,26 +40,7 @@ class ShardCheckpointTest : public ::testing::Test {
     return o;
   }
 
-  void Open(const ShardOptions& o) {
-    shard_.reset();  // a shard dropped without a close step: what a crash leaves
-    auto s = Shard::Open(dir_, o);
-    ASSERT_TRUE(s.ok()) << s.status();
-    shard_ = std::move(*s);
-  }
-
-  void Upsert(uint64_t from, uint64_t to, int version) {
-    std::vector<PreparedPoint> batch;
-    for (uint64_t i = from; i < to; ++i) {
-      PreparedPoint p;
-      p.id = PointId(i);
-      p.ext_key = ExternalKey(p.id);
-      p.vector = VectorOf(i, version);
-      p.payload = Json::object();
-      p.payload_json = "{}";
-      batch.push_back(std::move(p));
-    }
-    ASSERT_TRUE(shard_->Upsert(std::move(batch)).ok());
-  }
+  void Upsert(uint64_t from, uint64_t to, int version) { ShardDirTest::Upsert(from, to, version, kDim); }
 
   std::vector<std::string> Files(const std::string& prefix) const {
     std::vector<std::string> out;
@@ -123,15 +85,14 @@ class ShardCheckpointTest : public ::testing::Test {
     return {out[0][0].id.number(), out[0][0].score};
   }
 
-  std::string dir_;
-  std::unique_ptr<Shard> shard_;
 };
 
 // After a crash, the copy is loaded and the writes after it are replayed on
 // top: new points, overwrites of saved ones, deletes of saved ones. For an
-// IVF collection too, whose growing segment is also an HNSW graph.
+// HNSW-SQ collection too, whose growing segment is also an HNSW graph (an IVF
+// collection's trained one: db/tail_test.cc).
 TEST_F(ShardCheckpointTest, CrashAfterCheckpointLoadsTheCopyAndReplaysLaterWrites) {
-  for (IndexType type : {IndexType::kHnsw, IndexType::kIvfFlat}) {
+  for (IndexType type : {IndexType::kHnsw, IndexType::kHnswSq}) {
     SCOPED_TRACE(std::string(IndexTypeName(type)));
     fs::remove_all(dir_);
     Open(Options(type));

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -180,6 +182,18 @@ void UpsertRows(Collection& c, const std::vector<float>& x, uint32_t dim, size_t
 inline void UpsertRows(Collection& c, const std::vector<float>& x, uint32_t dim) {
   UpsertRows(c, x, dim, 0, x.size() / dim, [](size_t i) { return PointId(uint64_t{i}); },
              [](size_t) { return std::string(); });
+}
+
+// Waits (up to a minute) until the background indexer has indexed every
+// point written: approximate searches then give the same answers each time.
+inline void WaitIndexed(const Collection& c) {
+  for (int i = 0; i < 6000; ++i) {
+    auto info = c.Info();
+    ASSERT_TRUE(info.ok()) << info.status();
+    if (info->unindexed_points == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  FAIL() << "the tail was not indexed within a minute";
 }
 
 // Fraction of the true top-k (point indexes; ids are the numeric point index)

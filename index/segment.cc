@@ -398,9 +398,15 @@ Segment::~Segment() = default;
 
 namespace {
 
-// The index type of a growing segment of a collection whose index is `spec`.
+bool IsIvf(IndexType t) {
+  return t == IndexType::kIvfFlat || t == IndexType::kIvfPq || t == IndexType::kIvfSq8;
+}
+
+// The index type of a new growing segment of a collection whose index is
+// `spec`. IVF types start flat: they are trained (BuildGrowing) once the
+// segment holds GrowingTrainPoints, and then stay compact as they grow.
 IndexType GrowingType(const IndexSpec& spec) {
-  return spec.type == IndexType::kFlat ? IndexType::kFlat : IndexType::kHnsw;
+  return spec.type == IndexType::kHnsw || spec.type == IndexType::kHnswSq ? IndexType::kHnsw : IndexType::kFlat;
 }
 
 }  // namespace
@@ -413,12 +419,37 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::CreateGrowing(uint32_t dim, Me
   return std::unique_ptr<Segment>(new Segment(dim, metric, type, spec, std::move(idx)));
 }
 
+size_t Segment::GrowingTrainPoints(const IndexSpec& spec) {
+  if (!IsIvf(spec.type)) return 0;
+  return std::max(kMinTrainPoints, TrainingSample(spec.type, std::max(spec.nlist, 1)));
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildGrowing(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                               const float* x, const uint64_t* ids, size_t n,
+                                                               int threads) {
+  if (!IsIvf(spec.type) || n < GrowingTrainPoints(spec)) {
+    return absl::InvalidArgumentError(absl::StrCat("a growing IVF segment needs ",
+                                                   GrowingTrainPoints(spec), " points to train; got ", n));
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(spec.type, dim, metric, spec, x, ids, n, threads));
+  seg->frozen_ = false;
+  return seg;
+}
+
 absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric metric,
                                                         const IndexSpec& spec, const float* x,
                                                         const uint64_t* ids, size_t n,
                                                         int threads) {
   IndexType type = spec.type;
   if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
+  CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(type, dim, metric, spec, x, ids, n, threads));
+  seg->BuildSearchCodes();
+  return seg;
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32_t dim, Metric metric,
+                                                          const IndexSpec& spec, const float* x,
+                                                          const uint64_t* ids, size_t n, int threads) {
   OmpThreads omp(threads);
   std::unique_ptr<faiss::Index> idx;
   // IVF-PQ also trains its codebooks and encodes its points on the GPU;
@@ -457,7 +488,6 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
   seg->ids_.assign(ids, ids + n);
   seg->deleted_.assign((n + 63) / 64, 0);
   seg->frozen_ = true;
-  seg->BuildSearchCodes();
   return seg;
 }
 
@@ -1131,7 +1161,8 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
 absl::StatusOr<std::unique_ptr<Segment>> Segment::LoadGrowing(const std::string& path, uint32_t dim,
                                                               Metric metric, const IndexSpec& spec) {
   CAIRN_ASSIGN_OR_RETURN(auto seg, Read(path, &spec));
-  if (seg->dim_ != dim || seg->metric_ != metric || seg->type_ != GrowingType(spec)) {
+  if (seg->dim_ != dim || seg->metric_ != metric ||
+      (seg->type_ != GrowingType(spec) && !(IsIvf(spec.type) && seg->type_ == spec.type))) {
     return absl::DataLossError(absl::StrCat("segment file ", path, " (dimension ", seg->dim_,
                                             ") is not a growing segment of this collection"));
   }

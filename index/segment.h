@@ -90,10 +90,22 @@ class Segment {
  public:
   ~Segment();
 
-  // An empty segment that takes writes: Flat for kFlat, HNSW over full vectors
-  // for every other type.
+  // An empty segment that takes writes: HNSW over full vectors for kHnsw and
+  // kHnswSq, Flat for every other type (IVF types until their shard trains
+  // one: BuildGrowing).
   static absl::StatusOr<std::unique_ptr<Segment>> CreateGrowing(uint32_t dim, Metric metric,
                                                                 const IndexSpec& spec);
+  // For IVF types: how many points a growing segment gathers (flat) before
+  // its shard trains it into an index of the collection's type
+  // (BuildGrowing); 0 for the other types.
+  static size_t GrowingTrainPoints(const IndexSpec& spec);
+  // A growing segment of spec.type (an IVF type) trained on a seeded sample
+  // of the n vectors and holding them: it takes writes (Add) like one made by
+  // CreateGrowing, and sealing it is a file write. InvalidArgument when n is
+  // under GrowingTrainPoints(spec).
+  static absl::StatusOr<std::unique_ptr<Segment>> BuildGrowing(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                               const float* x, const uint64_t* ids, size_t n,
+                                                               int threads);
   // A sealed segment of `spec.type` over n vectors with ascending `ids`,
   // trained on a seeded sample of them when the type needs training.
   static absl::StatusOr<std::unique_ptr<Segment>> Build(uint32_t dim, Metric metric,
@@ -105,10 +117,10 @@ class Segment {
   // `defaults` when given (the collection's current spec), else from the file.
   static absl::StatusOr<std::unique_ptr<Segment>> Load(const std::string& path,
                                                        const IndexSpec* defaults = nullptr);
-  // A growing segment (as CreateGrowing's) read from a file Save wrote of
-  // one: it takes writes after the points it holds. DataLoss when the file is
-  // corrupt or holds another kind of segment than CreateGrowing(dim, metric,
-  // spec) would make.
+  // A growing segment (as CreateGrowing's or BuildGrowing's) read from a
+  // file Save wrote of one: it takes writes after the points it holds.
+  // DataLoss when the file is corrupt or holds another kind of segment than
+  // those two make for (dim, metric, spec).
   static absl::StatusOr<std::unique_ptr<Segment>> LoadGrowing(const std::string& path, uint32_t dim,
                                                               Metric metric, const IndexSpec& spec);
 
@@ -178,6 +190,11 @@ class Segment {
 
  private:
   struct GpuCopy;  // device copies of the segment's vectors (segment.cc)
+  // Build and BuildGrowing: a segment of `type` over the n vectors, trained
+  // when the type needs it.
+  static absl::StatusOr<std::unique_ptr<Segment>> BuildOf(IndexType type, uint32_t dim, Metric metric,
+                                                          const IndexSpec& spec, const float* x,
+                                                          const uint64_t* ids, size_t n, int threads);
   Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
           std::unique_ptr<faiss::Index> index);
   std::optional<size_t> PositionOfLocked(uint64_t id) const;

@@ -467,7 +467,7 @@ TEST_F(SegmentTest, CosinePrepareVectorsNormalizes) {
 
 TEST_F(SegmentTest, GrowingSegmentAddAndSearch) {
   IndexSpec spec;
-  spec.type = IndexType::kIvfPq;  // growing segments are HNSW for trained types
+  spec.type = IndexType::kHnswSq;  // grows as HNSW over floats
   auto seg = Segment::CreateGrowing(kDim, Metric::kL2, spec);
   ASSERT_TRUE(seg.ok()) << seg.status();
   EXPECT_EQ((*seg)->type(), IndexType::kHnsw);
@@ -511,6 +511,50 @@ TEST_F(SegmentTest, GrowingSegmentAddAndSearch) {
   absl::Status s = (*seg)->Add(d.x.data(), &next, 1, 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_EQ((*seg)->size(), 2000u);
+}
+
+// An IVF collection's growing segment: flat until trained (BuildGrowing),
+// then an IVF index of its type that still takes writes, saved and loaded
+// as a growing segment.
+TEST_F(SegmentTest, IvfGrowingStartsFlatAndIsTrainedInPlace) {
+  IndexSpec spec;
+  spec.type = IndexType::kIvfSq8;
+  spec.nlist = 8;
+  auto empty = Segment::CreateGrowing(kDim, Metric::kL2, spec);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ((*empty)->type(), IndexType::kFlat);
+  const size_t train = Segment::GrowingTrainPoints(spec);
+  ASSERT_GE(train, 4096u);
+  EXPECT_EQ(Segment::GrowingTrainPoints(IndexSpec{.type = IndexType::kHnsw}), 0u);
+  const Dataset d = MakeClustered(train + 500, 10, kDim, TestSeed() + 9);
+  EXPECT_EQ(Segment::BuildGrowing(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), train - 1, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto seg = Segment::BuildGrowing(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), train, 2);
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  EXPECT_EQ((*seg)->type(), IndexType::kIvfSq8);
+  EXPECT_FALSE((*seg)->frozen());
+  ASSERT_TRUE((*seg)->Add(d.x.data() + train * kDim, d.ids.data() + train, 500, 2).ok());
+  EXPECT_EQ((*seg)->size(), train + 500);
+  ASSERT_TRUE((*seg)->Save(Path("grow.cseg")).ok());
+  auto loaded = Segment::LoadGrowing(Path("grow.cseg"), kDim, Metric::kL2, spec);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->type(), IndexType::kIvfSq8);
+  EXPECT_FALSE((*loaded)->frozen());
+  // Every point is found as its own nearest (all lists probed).
+  SegmentSearchParams p;
+  p.k = 1;
+  p.nprobe = 8;
+  for (size_t i = 0; i < train + 500; i += 211) {
+    float score;
+    int64_t id;
+    ASSERT_TRUE((*loaded)->Search(d.x.data() + i * kDim, 1, p, &score, &id, 1).ok());
+    EXPECT_EQ(id, static_cast<int64_t>(d.ids[i])) << i;
+  }
+  // Another type's growing file is refused.
+  IndexSpec pq = spec;
+  pq.type = IndexType::kIvfPq;
+  EXPECT_EQ(Segment::LoadGrowing(Path("grow.cseg"), kDim, Metric::kL2, pq).status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 TEST_F(SegmentTest, GrowingAddWithNonAscendingIdsFails) {

@@ -7,7 +7,14 @@
 #   offline   cairn ingest --data-dir: sorted files + sealed segments built
 #             directly, durable when it returns
 #   online    cairn ingest to cairnd on loopback (client-streaming upserts,
-#             each acknowledged batch durable)
+#             each acknowledged batch durable and searchable at once): the
+#             rate to the last acknowledgement, then the time until the
+#             background indexing is done (collection info's
+#             unindexed_points is 0) and the recall after it; run again with
+#             one client searching meanwhile (grpc_bench --load): its p50/p99
+#             while the ingest runs and the ingest rate with it
+#   wal       the disk's raw rate for the same synchronous writes: dd with
+#             oflag=dsync in blocks of one batch (1,000 vectors)
 #   embedded  the engine in-process, Upsert batches of 1000, each durable
 # Recall@10 (against exact neighbours) sits next to every speed figure: for
 # FAISS and for the offline load (served by cairnd) at several nprobe.
@@ -30,11 +37,11 @@ while [[ $# -gt 0 ]]; do
     --queries) nq="$2"; shift 2 ;;
     --skip-online) skip_online=1; shift ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 1 ;;
   esac
 done
-for b in cairn cairnd embedded_ingest; do
+for b in cairn cairnd embedded_ingest grpc_bench; do
   [[ -x $bin/$b ]] || { echo "missing $bin/$b: build first (cmake --build build)" >&2; exit 1; }
 done
 if ! "$py" -c 'import numpy, faiss' 2>/dev/null; then
@@ -51,6 +58,7 @@ mkdir -p "$data"
 results="$out/results.jsonl"
 : >"$results"
 now() { date +%s.%N; }
+elapsed() { "$py" -c "print($2 - $1)"; }
 emit() { echo "$1" | tee -a "$results"; }
 
 # ---- data and exact neighbours (cached) -------------------------------------
@@ -136,18 +144,64 @@ emit "$("$py" -c 'import json,sys; s=json.loads(sys.argv[1]); print(json.dumps({
 
 # ---- Cairn online and embedded --------------------------------------------------
 if [[ $skip_online == 0 ]]; then
+  echo "wal: dd oflag=dsync, blocks of one batch..." >&2
+  block=$((1000 * dim * 4))
+  count=$((256 * 1024 * 1024 / block))
+  mkdir -p "$out/wal"
+  t0=$(now)
+  dd if=/dev/zero of="$out/wal/f" bs="$block" count="$count" oflag=dsync status=none
+  t1=$(now)
+  rm -rf "$out/wal"
+  emit "$("$py" -c 'import json,sys; b,c,s,d=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]),int(sys.argv[4]); print(json.dumps({"path":"wal","records":b*c//(4*d),"seconds":round(s,3),"records_per_second":round(b*c/(4*d)/s,1),"mb_per_second":round(b*c/1e6/s,2)}))' "$block" "$count" "$(elapsed "$t0" "$t1")" "$dim")"
+
+  # $1: the path's name; $2: 1 to search meanwhile.
+  online() {
+    rm -rf "$out/online"
+    serve "$out/online"
+    "$bin/cairn" --target "$srv_target" collection create bench --dim "$dim" --index ivf_flat --nlist "$nlist" >/dev/null
+    local load_pid="" t0 t1 t2 left
+    if [[ $2 == 1 ]]; then
+      # Searches from now until 60 s on; the ingest's window is taken from the log.
+      "$bin/grpc_bench" --target "$srv_target" --load bench 60 --latency-log "$out/latency.log" >/dev/null &
+      load_pid=$!
+      sleep 0.5
+    fi
+    t0=$(now)
+    summary="$("$bin/cairn" --target "$srv_target" ingest --collection bench --json "$data/base.npy")"
+    t1=$(now)
+    # The background indexing: until nothing is left unindexed.
+    for _ in $(seq 6000); do
+      left=$("$bin/cairn" --target "$srv_target" collection info bench | "$py" -c 'import json,sys; print(json.load(sys.stdin).get("unindexedPoints", 0))')
+      [[ $left == 0 ]] && break
+      sleep 0.1
+    done
+    t2=$(now)
+    local rec="null" lat="null"
+    if [[ -n $load_pid ]]; then
+      wait "$load_pid" || true
+      lat="$("$py" - "$out/latency.log" "$t0" "$t1" <<'PY'
+import sys, json
+t0, t1 = float(sys.argv[2]) * 1000, float(sys.argv[3]) * 1000
+ms = sorted(float(l.split()[1]) for l in open(sys.argv[1]) if l.strip() and t0 <= float(l.split()[0]) <= t1)
+pick = lambda p: round(ms[min(len(ms) - 1, int(p * len(ms)))], 2) if ms else None
+print(json.dumps({"searches": len(ms), "p50_ms": pick(0.5), "p99_ms": pick(0.99)}))
+PY
+)"
+    else
+      rec="$(recall "$srv_target" bench)"
+    fi
+    kill "$srv_pid"; wait "$srv_pid" 2>/dev/null || true; srv_pid=""
+    emit "$("$py" -c 'import json,sys; s=json.loads(sys.argv[1]); print(json.dumps({"path":sys.argv[2],"records":s["points_written"],"seconds":round(s["seconds"],3),"records_per_second":round(s["records_per_second"],1),"mb_per_second":round(s["mb_per_second"],2),"indexed_seconds":round(float(sys.argv[3]),3),"recall_at_10_by_nprobe":json.loads(sys.argv[4]),"search_during_ingest":json.loads(sys.argv[5])}))' "$summary" "$1" "$(elapsed "$t0" "$t2")" "$rec" "$lat")"
+  }
   echo "cairn online: ingest to cairnd on loopback..." >&2
-  rm -rf "$out/online"
-  serve "$out/online"
-  "$bin/cairn" --target "$srv_target" collection create bench --dim "$dim" --index ivf_flat --nlist "$nlist" >/dev/null
-  summary="$("$bin/cairn" --target "$srv_target" ingest --collection bench --json "$data/base.npy")"
-  kill "$srv_pid"; wait "$srv_pid" 2>/dev/null || true; srv_pid=""
-  emit "$("$py" -c 'import json,sys; s=json.loads(sys.argv[1]); print(json.dumps({"path":"online","records":s["points_written"],"seconds":round(s["seconds"],3),"records_per_second":round(s["records_per_second"],1),"mb_per_second":round(s["mb_per_second"],2)}))' "$summary")"
+  online online 0
+  echo "cairn online with one client searching meanwhile..." >&2
+  online online_searched 1
   echo "cairn embedded: Upsert batches of 1000, durable..." >&2
   rm -rf "$out/embedded"
   emit "$("$bin/embedded_ingest" --data-dir "$out/embedded" --index ivf_flat --nlist "$nlist" "$data/base.npy")"
 fi
-rm -rf "$out/offline" "$out/online" "$out/embedded" "$out"/hits-*.jsonl
+rm -rf "$out/offline" "$out/online" "$out/embedded" "$out"/hits-*.jsonl "$out/latency.log"
 
 # ---- table ---------------------------------------------------------------------
 "$py" - "$results" "$n" "$dim" "$nlist" "$mb" <<'PY'
@@ -155,16 +209,21 @@ import sys, json
 rows = {r["path"]: r for r in map(json.loads, open(sys.argv[1]))}
 n, dim, nlist, mb = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 print(f"\n{n} x {dim} float32 ({mb} MB), IVF-Flat nlist={nlist}\n")
-print("| path | seconds | vectors/s | MB/s | recall@10 nprobe 1 / 4 / 16 |")
-print("|---|---|---|---|---|")
-for p in ("faiss", "offline", "online", "embedded"):
+print("| path | seconds | vectors/s | MB/s | indexed after (s) | recall@10 nprobe 1 / 4 / 16 | search p50 / p99 meanwhile (ms) |")
+print("|---|---|---|---|---|---|---|")
+for p in ("faiss", "offline", "online", "online_searched", "embedded", "wal"):
     if p not in rows: continue
     r = rows[p]; rec = r.get("recall_at_10_by_nprobe")
     rs = " / ".join(f"{rec[k]:.3f}" for k in ("1", "4", "16")) if rec else "-"
-    print(f"| {p} | {r['seconds']:.1f} | {r['records_per_second']:.0f} | {r['mb_per_second']:.1f} | {rs} |")
+    ix = f"{r['indexed_seconds']:.1f}" if r.get("indexed_seconds") else "-"
+    s = r.get("search_during_ingest")
+    ss = f"{s['p50_ms']} / {s['p99_ms']} ({s['searches']} searches)" if s else "-"
+    print(f"| {p} | {r['seconds']:.1f} | {r['records_per_second']:.0f} | {r['mb_per_second']:.1f} | {ix} | {rs} | {ss} |")
 o = rows.get("offline")
 if o and "faiss" in rows: print(f"\noffline vs FAISS build: {rows['faiss']['seconds'] / o['seconds']:.2f}x")
 if o and "online" in rows: print(f"offline vs online: {rows['online']['seconds'] / o['seconds']:.2f}x")
 if "online" in rows and "embedded" in rows:
     print(f"online / embedded rate: {rows['online']['records_per_second'] / rows['embedded']['records_per_second']:.2f}")
+if "online" in rows and "wal" in rows:
+    print(f"online / the disk's synchronous write rate: {rows['online']['records_per_second'] / rows['wal']['records_per_second']:.2f}")
 PY

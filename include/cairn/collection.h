@@ -104,6 +104,11 @@ struct CollectionInfo {
   uint64_t storage_memory_bytes = 0; // RocksDB memtables, table readers, block cache
   uint64_t gpu_segments = 0;         // sealed segments searched on a GPU copy (see IndexSpec::device)
   uint64_t gpu_memory_bytes = 0;     // device memory those copies hold
+  // Points written and not yet in an index, searched exactly: those the
+  // shards' background indexers have not taken yet, and an IVF collection's
+  // points while its growing segment is too small to train (under 128 x
+  // nlist points). 0 once everything is indexed.
+  uint64_t unindexed_points = 0;
 };
 
 // Loads points in bulk into an empty collection: see Collection::BeginBulkLoad.
