@@ -29,6 +29,7 @@
 #include "cluster/cluster.h"
 #include "storage/file_util.h"
 #include "cairn/database.h"
+#include "db/memory_budget.h"
 #include "index/gpu/gpu.h"
 
 namespace {
@@ -63,6 +64,11 @@ void Usage(FILE* out) {
       "  --gpu-memory-mb N       GPU memory all index copies may hold together; segments past\n"
       "                          it are searched on the CPU (CAIRN_GPU_MEMORY_MB; default 0:\n"
       "                          each copy up to 80%% of the free memory)\n"
+      "  --memory-limit-mb N     memory the collections may hold together (index and storage\n"
+      "                          memory); an upsert past it is refused with RESOURCE_EXHAUSTED\n"
+      "                          and writes nothing (CAIRN_MEMORY_LIMIT_MB; default 0: 85%% of\n"
+      "                          the container's memory limit, else of the machine's; -1: none;\n"
+      "                          single-node only for now)\n"
       "\n"
       "Security:\n"
       "  --api-keys-file PATH    API keys with roles, one \"ROLE KEY\" per line; roles are\n"
@@ -221,7 +227,7 @@ int main(int argc, char** argv) {
     }
     static const std::set<std::string> kKeys = {
         "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
-        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb",
+        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb", "memory_limit_mb",
         "cluster", "node_name", "seeds", "peer_listen", "advertise", "cluster_secret_file", "peer_tls_cert",
         "peer_tls_key", "peer_tls_ca", "peer_tls_server_name", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps",
         "raft_quiesce", "dead_node_timeout"};
@@ -250,6 +256,7 @@ int main(int argc, char** argv) {
   std::string port_file;
   std::string device = Env("CAIRN_DEVICE", "auto");
   std::string gpu_mb = Env("CAIRN_GPU_MEMORY_MB", "0");
+  std::string memory_mb = Env("CAIRN_MEMORY_LIMIT_MB", "0");
   std::string keys_file = Env("CAIRN_API_KEYS_FILE", "");
   std::string keys_inline = Env("CAIRN_API_KEYS", "");
   std::string keys_text;  // the keys file as read at start
@@ -315,6 +322,8 @@ int main(int argc, char** argv) {
       value(&device);
     } else if (a == "--gpu-memory-mb") {
       value(&gpu_mb);
+    } else if (a == "--memory-limit-mb") {
+      value(&memory_mb);
     } else if (a == "--api-keys-file") {
       value(&keys_file);
     } else if (a == "--insecure-no-auth") {
@@ -362,7 +371,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  long n_workers, n_max_mb, n_grace, n_gpu_mb, n_tick, n_compact, n_snap_mbps;
+  long n_workers, n_max_mb, n_grace, n_gpu_mb, n_tick, n_compact, n_snap_mbps, n_memory_mb;
+  if (!ParseInt(memory_mb, -1, 1L << 40, &n_memory_mb)) {
+    std::fprintf(stderr, "cairnd: --memory-limit-mb is a number of MiB, 0 (the default: 85%% of the container's or "
+                         "machine's memory) or -1 (no limit)\n");
+    return 2;
+  }
   if (!ParseInt(workers, 0, 1024, &n_workers) || !ParseInt(max_mb, 1, 2047, &n_max_mb) ||
       !ParseInt(grace, 0, 3600, &n_grace) || !ParseInt(gpu_mb, 0, 1L << 30, &n_gpu_mb) ||
       !ParseInt(raft_tick, 1, 10000, &n_tick) || !ParseInt(compact_entries, 10, 100000000, &n_compact) ||
@@ -479,6 +493,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   db_options.gpu_memory_budget = static_cast<uint64_t>(n_gpu_mb) << 20;
+  db_options.memory_limit_bytes =
+      n_memory_mb < 0 ? cairn::kNoMemoryLimit : static_cast<uint64_t>(n_memory_mb) << 20;
 
   cairn::api::ServerOptions options;
   if (no_auth) {
@@ -628,6 +644,13 @@ int main(int argc, char** argv) {
     }
     LogEvent("device", {{"setting", std::string(cairn::DeviceName(db_options.device))},
                         {"path", cairn::index::gpu::PathSummary(db_options.device)}});
+    if (!cluster_mode) {
+      const uint64_t limit = db_options.memory_limit_bytes == cairn::kNoMemoryLimit ? 0
+                             : db_options.memory_limit_bytes != 0          ? db_options.memory_limit_bytes
+                                                                           : cairn::db::DefaultMemoryLimit();
+      LogEvent("memory", {{"limit_mb", limit == 0 ? std::string("none") : std::to_string(limit >> 20)},
+                          {"source", n_memory_mb != 0 ? std::string("--memory-limit-mb") : std::string("85% of the cgroup's or machine's memory")}});
+    }
     size_t collections = (*db)->ListCollections().size();
     serving = true;  // from here a signal drains instead of stopping at once
     server.Serve(std::move(*db));

@@ -13,6 +13,7 @@
 
 #include "cairn/collection.h"
 #include "db/hash_class.h"
+#include "db/memory_budget.h"
 #include "db/shard.h"
 
 namespace cairn::db {
@@ -73,6 +74,12 @@ class CollectionImpl final : public Collection {
   void SealOnClose(uint64_t min_points);
   // Consistent copy of every shard into `dir`/shard-NNNN.
   absl::Status SnapshotShards(const std::string& dir);
+  // Upserts are admitted by `budget` (the node's memory limit) from now on.
+  void SetMemoryBudget(std::shared_ptr<MemoryBudget> budget) { budget_ = std::move(budget); }
+  // About how much memory a point takes when written: its vector in a
+  // growing segment or tail and in a storage memtable, its id, an HNSW
+  // graph's links.
+  uint64_t BytesPerPoint() const;
 
  private:
   class Loader;  // the BulkLoader
@@ -102,6 +109,7 @@ class CollectionImpl final : public Collection {
   std::vector<ShardAccess*> access_;  // the data path: shards_ or remote_
   HashRouter router_ = HashRouter::Even(1);  // id -> index in access_
   absl::Status CheckLocal(const char* what) const;
+  std::shared_ptr<MemoryBudget> budget_;  // set before the collection is shared
 };
 
 }  // namespace cairn::db

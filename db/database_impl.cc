@@ -36,13 +36,20 @@ namespace {
 
 namespace fs = std::filesystem;
 using db::CollectionImpl;
+using db::DefaultMemoryLimit;
+using db::MemoryBudget;
+using db::MemoryUsage;
 
 class DatabaseImpl final : public Database {
  public:
   DatabaseImpl(std::string dir, DatabaseOptions options, std::unique_ptr<storage::FileLock> lock)
-      : dir_(std::move(dir)), options_(options), lock_(std::move(lock)) {}
+      : dir_(std::move(dir)),
+        options_(options),
+        lock_(std::move(lock)),
+        budget_(std::make_shared<MemoryBudget>(MemoryLimitOf(options_), [this] { return MeasureMemory(); })) {}
 
   ~DatabaseImpl() override {
+    budget_->Detach();
     {
       std::lock_guard l(maint_mu_);
       stop_ = true;
@@ -78,6 +85,7 @@ class DatabaseImpl final : public Database {
       }
       CAIRN_ASSIGN_OR_RETURN(auto c, CollectionImpl::Open(name, entry.path().string(), *config,
                                                           options_, Waker()));
+      c->SetMemoryBudget(budget_);
       collections_[name] = std::move(c);
     }
     if (ec) return absl::InternalError(absl::StrCat("list ", cdir.string(), ": ", ec.message()));
@@ -127,6 +135,7 @@ class DatabaseImpl final : public Database {
       fs::remove_all(final_dir, ec);
       return c.status();
     }
+    (*c)->SetMemoryBudget(budget_);
     collections_[name] = *c;
     return std::shared_ptr<Collection>(*c);
   }
@@ -203,6 +212,7 @@ class DatabaseImpl final : public Database {
       fs::remove_all(cdir / name, ec);
       return c.status();
     }
+    (*c)->SetMemoryBudget(budget_);
     collections_[name] = *c;
     return std::shared_ptr<Collection>(*c);
   }
@@ -219,6 +229,32 @@ class DatabaseImpl final : public Database {
       }
       maint_cv_.notify_one();
     };
+  }
+
+  static uint64_t MemoryLimitOf(const DatabaseOptions& o) {
+    if (o.memory_limit_bytes == kNoMemoryLimit) return 0;
+    return o.memory_limit_bytes != 0 ? o.memory_limit_bytes : DefaultMemoryLimit();
+  }
+
+  // What the collections hold now (MemoryBudget's measure).
+  MemoryUsage MeasureMemory() const {
+    std::vector<std::shared_ptr<CollectionImpl>> cs;
+    {
+      std::lock_guard g(mu_);
+      for (auto& [n, c] : collections_) cs.push_back(c);
+    }
+    MemoryUsage u;
+    for (const auto& c : cs) {
+      auto info = c->Info();
+      if (!info.ok()) continue;  // closed or dropped meanwhile
+      u.index_bytes += info->index_memory_bytes;
+      u.storage_bytes += info->storage_memory_bytes;
+      if (const uint64_t b = info->index_memory_bytes + info->storage_memory_bytes; b > u.largest_bytes) {
+        u.largest = c->name();
+        u.largest_bytes = b;
+      }
+    }
+    return u;
   }
 
   void MaintenanceLoop() {
@@ -251,6 +287,7 @@ class DatabaseImpl final : public Database {
   bool maint_pending_ = false;  // guarded by maint_mu_
   bool stop_ = false;           // guarded by maint_mu_
   std::thread maint_thread_;
+  const std::shared_ptr<MemoryBudget> budget_;
 };
 
 }  // namespace

@@ -249,10 +249,10 @@ TEST_F(TailTest, NoTailForFlatOrWhenTurnedOff) {
 // hold a fraction of the floats' memory; every point is found throughout.
 TEST_F(TailTest, IvfGrowingSegmentIsTrainedAndThenCompact) {
   ShardOptions o = Paused();
-  o.dimension = 32;
+  o.dimension = 16;
   o.index.type = IndexType::kIvfPq;
   o.index.nlist = 16;
-  o.index.pq_m = 8;
+  o.index.pq_m = 4;
   o.index.rerank_factor = 4;
   Open(o);
   const size_t train = index::Segment::GrowingTrainPoints(o.index);
@@ -266,7 +266,7 @@ TEST_F(TailTest, IvfGrowingSegmentIsTrainedAndThenCompact) {
       PreparedPoint p;
       p.id = PointId(i);
       p.ext_key = ExternalKey(p.id);
-      p.vector.resize(32);
+      p.vector.resize(16);
       for (auto& f : p.vector) f = g(rng);
       vecs.push_back(p.vector);
       p.payload = Json{{"even", i % 2 == 0}};
@@ -288,7 +288,7 @@ TEST_F(TailTest, IvfGrowingSegmentIsTrainedAndThenCompact) {
   EXPECT_EQ(trained.points, n + 2000);
   EXPECT_EQ(trained.tail_points, 0u);
   EXPECT_EQ(trained.unindexed_points, 0u);
-  // 8 code bytes and 16 bytes of ids per point against 128 bytes of floats.
+  // 4 code bytes and 16 bytes of ids per point against 64 bytes of floats.
   EXPECT_LT(trained.index_memory_bytes, flat.index_memory_bytes / 2)
       << "flat " << flat.index_memory_bytes << ", trained " << trained.index_memory_bytes;
   for (uint64_t i = 0; i < n + 2000; i += 101) {

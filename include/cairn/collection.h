@@ -152,7 +152,8 @@ class Collection {
   // dimension, NaN/Inf, a payload that is not a JSON object, a payload value of
   // the wrong type for an indexed field, or an id repeated within the batch
   // (ambiguous: we refuse it rather than pick one); ResourceExhausted for a
-  // batch over max_batch_points / max_batch_bytes.
+  // batch over max_batch_points / max_batch_bytes, or one that would take
+  // the collections past DatabaseOptions::memory_limit_bytes.
   virtual absl::Status Upsert(absl::Span<const Point> points) = 0;
 
   // Points by id, in the order asked; nullopt where an id is absent.

@@ -115,9 +115,19 @@ struct CollectionConfig {
   uint64_t split_points = 0;
 };
 
+// DatabaseOptions::memory_limit_bytes: no limit.
+inline constexpr uint64_t kNoMemoryLimit = ~uint64_t{0};
+
 struct DatabaseOptions {
   // Create the data directory when it does not exist. Default: true.
   bool create_if_missing = true;
+  // The most memory, in bytes, the collections may hold together (their
+  // index and storage memory, as CollectionInfo reports them). An upsert
+  // that would pass it fails with ResourceExhausted, saying what holds the
+  // memory and what to do, and writes nothing; searches, reads and deletes
+  // go on. 0: 85% of the cgroup's memory limit (a container's), else of the
+  // machine's memory. kNoMemoryLimit: none. Default: 0.
+  uint64_t memory_limit_bytes = 0;
   // Sync the write-ahead log before acknowledging a write. Turning this off
   // trades durability of the last writes on power loss for speed; a process
   // crash still loses nothing. Default: true.

@@ -1,0 +1,74 @@
+// MemoryBudget: one node's memory limit, and the admission of writes under
+// it. What the node holds is measured (the index and storage memory every
+// collection reports, CollectionInfo) once a second, after each sixteenth
+// of the limit admitted, and before any refusal; the estimates of writes
+// admitted since the last measure are added to it. A write
+// that would take the total past the limit is refused with
+// RESOURCE_EXHAUSTED before anything is written; searches, reads and
+// deletes are never refused.
+//
+// Thread-safety: all methods are thread-safe. The measure function is
+// called with no lock of the budget held.
+#ifndef CAIRN_DB_MEMORY_BUDGET_H_
+#define CAIRN_DB_MEMORY_BUDGET_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace cairn::db {
+
+// What a node holds, as collections report it.
+struct MemoryUsage {
+  uint64_t index_bytes = 0;    // segments, tails, payload indexes, id maps
+  uint64_t storage_bytes = 0;  // RocksDB memtables, table readers, block caches
+  std::string largest;         // the collection holding the most
+  uint64_t largest_bytes = 0;
+  uint64_t total() const { return index_bytes + storage_bytes; }
+};
+
+// 85% of the memory this process may use: the cgroup's limit (v2
+// memory.max, else v1 memory.limit_in_bytes) when there is one, else the
+// machine's physical memory.
+uint64_t DefaultMemoryLimit();
+
+class MemoryBudget {
+ public:
+  // `limit` in bytes; 0: none (everything is admitted).
+  MemoryBudget(uint64_t limit, std::function<MemoryUsage()> measure);
+
+  uint64_t limit() const { return limit_; }
+  // Admits a write that will hold about `bytes` more (`what` names it in the
+  // error: "an upsert of 1000 points to collection docs").
+  absl::Status Admit(uint64_t bytes, std::string_view what);
+  // The last measure, with what was admitted since.
+  MemoryUsage Usage();
+  // Stops calling the measure function (its owner is going away); waits
+  // for a call in flight.
+  void Detach();
+
+ private:
+  void MeasureLocked(std::unique_lock<std::mutex>& lock);
+
+  const uint64_t limit_;
+  const std::function<MemoryUsage()> measure_;
+  std::shared_mutex measure_mu_;  // shared while measure_ runs
+  bool detached_ = false;         // guarded by measure_mu_
+  std::mutex mu_;
+  MemoryUsage measured_;                                 // guarded by mu_
+  uint64_t admitted_ = 0;                                // guarded by mu_: since measured_
+  std::chrono::steady_clock::time_point measured_at_{};  // guarded by mu_
+  bool measuring_ = false;                               // guarded by mu_
+  std::condition_variable measured_cv_;
+};
+
+}  // namespace cairn::db
+
+#endif  // CAIRN_DB_MEMORY_BUDGET_H_
