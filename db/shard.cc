@@ -50,8 +50,20 @@ void KeepBest(Metric metric, size_t k, std::vector<std::pair<float, uint64_t>>* 
     if (a.first != b.first) return index::Better(metric, a.first, b.first);
     return a.second < b.second;
   };
-  std::sort(v->begin(), v->end(), better);
+  // The best k first (duplicates are rare: only while a chunk is indexed),
+  // then every candidate in order only when the best k repeat an id.
+  const size_t top = std::min(k, v->size());
+  std::partial_sort(v->begin(), v->begin() + static_cast<ptrdiff_t>(top), v->end(), better);
   absl::flat_hash_set<uint64_t> seen;
+  seen.reserve(top);
+  bool repeated = false;
+  for (size_t i = 0; i < top && !repeated; ++i) repeated = !seen.insert((*v)[i].second).second;
+  if (!repeated) {
+    v->resize(top);
+    return;
+  }
+  std::sort(v->begin(), v->end(), better);
+  seen.clear();
   size_t kept = 0;
   for (size_t i = 0; i < v->size() && kept < k; ++i) {
     if (seen.insert((*v)[i].second).second) (*v)[kept++] = (*v)[i];

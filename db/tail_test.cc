@@ -69,10 +69,11 @@ class TailTest : public ShardDirTest {
 
   // Every point the shard's search finds, with a candidate list as large as
   // the shard: what its segments and tail hold and have not tombstoned.
-  std::multiset<uint64_t> FoundIds() const {
+  // `dim`: the shard's dimension.
+  std::multiset<uint64_t> FoundIds(uint32_t dim = kDim) const {
     const int n = static_cast<int>(shard_->Stats().points) + 10;
     std::multiset<uint64_t> ids;
-    for (const auto& h : Search(VectorOf(0, 0), n)) ids.insert(h.id.number());
+    for (const auto& h : Search(SeededVector(0, 0, dim), n)) ids.insert(h.id.number());
     return ids;
   }
 
@@ -298,7 +299,7 @@ TEST_F(TailTest, IvfGrowingSegmentIsTrainedAndThenCompact) {
     EXPECT_NEAR(hits[0].score, 0.0f, 1e-3f);
   }
   Delete({5});
-  EXPECT_EQ(FoundIds().count(5), 0u);
+  EXPECT_EQ(FoundIds(o.dimension).count(5), 0u);
   // Its saved copy is loaded after a crash, trained as it was.
   o.checkpoint_points = 1000;
   Open(o);  // a crash: replayed flat, trained again
@@ -309,7 +310,7 @@ TEST_F(TailTest, IvfGrowingSegmentIsTrainedAndThenCompact) {
   Open(o);
   EXPECT_EQ(shard_->Stats().growing_saved_points, n + 1999);  // trained from the live points
   EXPECT_LT(shard_->Stats().index_memory_bytes, flat.index_memory_bytes / 2);
-  EXPECT_EQ(FoundIds().count(5), 0u);
+  EXPECT_EQ(FoundIds(o.dimension).count(5), 0u);
   EXPECT_EQ(Search(vecs[1234], 1).at(0).id.number(), 1234u);
   // Sealing it is a write of what it is; reopening loads that.
   ASSERT_TRUE(shard_->Seal(/*force=*/true).ok());
