@@ -645,9 +645,7 @@ int main(int argc, char** argv) {
     LogEvent("device", {{"setting", std::string(cairn::DeviceName(db_options.device))},
                         {"path", cairn::index::gpu::PathSummary(db_options.device)}});
     if (!cluster_mode) {
-      const uint64_t limit = db_options.memory_limit_bytes == cairn::kNoMemoryLimit ? 0
-                             : db_options.memory_limit_bytes != 0          ? db_options.memory_limit_bytes
-                                                                           : cairn::db::DefaultMemoryLimit();
+      const uint64_t limit = cairn::db::MemoryLimitFor(db_options.memory_limit_bytes);
       LogEvent("memory", {{"limit_mb", limit == 0 ? std::string("none") : std::to_string(limit >> 20)},
                           {"source", n_memory_mb != 0 ? std::string("--memory-limit-mb") : std::string("85% of the cgroup's or machine's memory")}});
     }

@@ -36,7 +36,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using db::CollectionImpl;
-using db::DefaultMemoryLimit;
 using db::MemoryBudget;
 using db::MemoryUsage;
 
@@ -46,7 +45,7 @@ class DatabaseImpl final : public Database {
       : dir_(std::move(dir)),
         options_(options),
         lock_(std::move(lock)),
-        budget_(std::make_shared<MemoryBudget>(MemoryLimitOf(options_), [this] { return MeasureMemory(); })) {}
+        budget_(std::make_shared<MemoryBudget>(db::MemoryLimitFor(options_.memory_limit_bytes), [this] { return MeasureMemory(); })) {}
 
   ~DatabaseImpl() override {
     budget_->Detach();
@@ -229,11 +228,6 @@ class DatabaseImpl final : public Database {
       }
       maint_cv_.notify_one();
     };
-  }
-
-  static uint64_t MemoryLimitOf(const DatabaseOptions& o) {
-    if (o.memory_limit_bytes == kNoMemoryLimit) return 0;
-    return o.memory_limit_bytes != 0 ? o.memory_limit_bytes : DefaultMemoryLimit();
   }
 
   // What the collections hold now (MemoryBudget's measure).

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "cairn/options.h"
 
 namespace cairn::db {
 namespace {
@@ -39,6 +40,11 @@ uint64_t DefaultMemoryLimit() {
   // cgroup v1 says "no limit" with a huge number.
   if (limit == 0 || (physical > 0 && limit > physical)) limit = physical;
   return limit / 100 * 85;
+}
+
+uint64_t MemoryLimitFor(uint64_t configured) {
+  if (configured == kNoMemoryLimit) return 0;
+  return configured != 0 ? configured : DefaultMemoryLimit();
 }
 
 MemoryBudget::MemoryBudget(uint64_t limit, std::function<MemoryUsage()> measure)

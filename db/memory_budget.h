@@ -38,6 +38,9 @@ struct MemoryUsage {
 // memory.max, else v1 memory.limit_in_bytes) when there is one, else the
 // machine's physical memory.
 uint64_t DefaultMemoryLimit();
+// The limit DatabaseOptions::memory_limit_bytes asks for, in bytes (0: none):
+// `configured` itself, DefaultMemoryLimit() for 0, none for kNoMemoryLimit.
+uint64_t MemoryLimitFor(uint64_t configured);
 
 class MemoryBudget {
  public:
