@@ -173,11 +173,19 @@ struct CodeDistance {
 };
 
 // Filters that keep less than this fraction of a segment walk in two hops
-// (see Walk). Above it, the one-hop walk is faster at the same recall
-// (Fashion-MNIST, bench/ann: at 50% one hop reached recall 0.966 at 15,300
-// QPS and two hops 0.974 at 11,500; at 10% one hop 0.992 at 6,500 and two
-// hops 0.966 at 13,000).
+// (see Walk) while the graph's layer-0 lists fit in kTwoHopCacheBytes; on a
+// larger graph, below kTwoHopBelowLarge. A two-hop step reads a neighbor
+// list for about every distance it computes, a one-hop walk computes about
+// 1/fraction times as many distances on one list per step: which costs less
+// depends on whether the lists are in cache. bench/ann, recall@10 >= 0.95,
+// 2 threads, 10% of points allowed: Fashion-MNIST (60k x 784, lists 15 MB)
+// two hops 41,200 QPS at recall 0.966, one hop 19,000 at 0.992 (its lowest
+// ef); synthetic-1m-128 (lists 256 MB) two hops 3,400 QPS at 0.958, one hop
+// 8,000 at 0.949 and 6,200 at 0.966 (int8 walk; float walk: 3,100 at 0.949
+// against 6,450 at 0.949).
 constexpr double kTwoHopBelow = 0.3;
+constexpr double kTwoHopBelowLarge = 0.03;
+constexpr size_t kTwoHopCacheBytes = 64u << 20;
 
 // Vectors prefetched ahead of the one being scored: enough to cover a trip to
 // memory on indexes larger than the caches.
@@ -197,8 +205,9 @@ template <typename Dist>
 void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s) {
   // Not for inner product: the best matches of unnormalized vectors are the
   // long ones wherever they lie, not a neighbourhood the two hops stay in.
-  const bool two_hop = hq.allowed != nullptr && hq.allowed_fraction < kTwoHopBelow &&
-                       hq.metric != Metric::kInnerProduct;
+  const size_t lists_bytes = g.size * static_cast<size_t>(g.cum_neighbors[1]) * sizeof(int32_t);
+  const double below = lists_bytes <= kTwoHopCacheBytes ? kTwoHopBelow : kTwoHopBelowLarge;
+  const bool two_hop = hq.allowed != nullptr && hq.allowed_fraction < below && hq.metric != Metric::kInnerProduct;
   Walk(g, hq, dist, s, two_hop);
   if (!two_hop) return;
   const double expected = std::min<double>(static_cast<double>(std::max(hq.ef, 1)),

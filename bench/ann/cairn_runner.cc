@@ -15,6 +15,7 @@
 //   cairn_runner --dataset fashion-mnist --base base.npy --queries queries.npy --gt gt.npy
 //                --metric l2 --index hnsw --sweep 16,32,64 --threads 1 [--filtered DIR] [--grpc 1,2]
 #include <grpcpp/grpcpp.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -122,6 +123,16 @@ double PeakRssMb() {
   return ru.ru_maxrss / 1024.0;
 }
 
+// The process's resident memory now (VmRSS), in MiB.
+double RssMb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;
+  }
+  return 0;
+}
+
 struct Latency {
   double qps = 0, p50_ms = 0, p99_ms = 0;
 };
@@ -164,13 +175,16 @@ int main(int argc, char** argv) {
   auto get = [&](const std::string& k, const std::string& d = "") { return a.count(k) ? a[k] : d; };
   if (!a.count("--base") || !a.count("--queries") || !a.count("--gt")) {
     std::fprintf(stderr, "usage: cairn_runner --dataset NAME --base B.npy --queries Q.npy --gt GT.npy [--metric l2|ip|cosine]\n"
-                         "  [--index hnsw|ivf_flat|ivf_pq|ivf_sq8|hnsw_sq] [--m 32] [--ef-construction 100] [--nlist N]\n"
+                         "  [--index hnsw|ivf_flat|ivf_pq|ivf_sq8|hnsw_sq] [--m 32] [--ef-construction 100] [--nlist N] [--pq-m M]\n"
+                         "  [--rerank F]\n"
                          "  [--sweep 16,32,64] [--threads 1] [--max-queries N] [--data-dir DIR] [--filtered DIR]\n"
-                         "  [--grpc 1,2] [--cairnd PATH]\n");
+                         "  [--grpc 1,2] [--cairnd PATH] [--buckets 500,100,10,1] [--reuse 1] [--embedded 0]\n");
     return 2;
   }
   const std::string dataset = get("--dataset", "data");
-  const Npy base = LoadNpy(get("--base")), queries = LoadNpy(get("--queries")), gt = LoadNpy(get("--gt"));
+  const Npy queries = LoadNpy(get("--queries")), gt = LoadNpy(get("--gt"));
+  const double rss_without_data = RssMb();
+  Npy base = LoadNpy(get("--base"));
   if (base.f.empty() || queries.f.empty() || gt.i.empty() || base.cols != queries.cols) Die("bad inputs");
   const size_t n = base.rows, dim = base.cols;
   const size_t nq = std::min<size_t>(queries.rows, std::strtoull(get("--max-queries", "1000000").c_str(), nullptr, 10));
@@ -189,28 +203,36 @@ int main(int argc, char** argv) {
   config.index.hnsw_m = std::atoi(get("--m", "32").c_str());
   config.index.ef_construction = std::atoi(get("--ef-construction", "100").c_str());
   if (a.count("--nlist")) config.index.nlist = std::atoi(get("--nlist").c_str());
+  if (a.count("--pq-m")) config.index.pq_m = std::atoi(get("--pq-m").c_str());
   if (a.count("--rerank")) config.index.rerank_factor = std::atoi(get("--rerank").c_str());
   config.index.hnsw_int8 = get("--hnsw-int8", "1") != "0";
   config.payload_indexes = {{"bucket", cairn::PayloadType::kInteger}};
   config.seal_threshold = std::max<uint64_t>(1000, n);
   const bool ivf = index_name.rfind("ivf", 0) == 0;
-  std::string index_desc = ivf ? absl::StrCat(index_name, "(nlist=", config.index.nlist, ")")
+  std::string index_desc = ivf ? absl::StrCat(index_name, "(nlist=", config.index.nlist,
+                                              index_name == "ivf_pq" ? absl::StrCat(",m=", config.index.pq_m, ",rerank=",
+                                                                                    config.index.rerank_factor)
+                                                                     : "",
+                                              ")")
                                : absl::StrCat(index_name, "(M=", config.index.hnsw_m, ",efC=", config.index.ef_construction,
                                               index_name == "hnsw" ? (config.index.hnsw_int8 ? ",int8 walk" : ",f32 walk") : "", ")");
   const std::string common = Common(dataset, index_desc, threads);
 
   // Build: the bulk load (storage written and the index built, durable), one segment.
   const std::string dir = get("--data-dir", "/tmp/cairn-runner");
-  std::filesystem::remove_all(dir);
+  // --reuse 1: search the collection an earlier --reuse run with the same
+  // options left in --data-dir (no build row), to try search settings quickly.
+  const bool reuse = get("--reuse", "0") == "1" && std::filesystem::exists(dir);
+  if (!reuse) std::filesystem::remove_all(dir);
   cairn::DatabaseOptions dbo;
   dbo.index_threads = threads;
   dbo.background_maintenance = false;
   auto db = cairn::Database::Open(dir, dbo);
   if (!db.ok()) Die(db.status().ToString());
-  auto coll = (*db)->CreateCollection("bench", config);
+  auto coll = reuse ? (*db)->GetCollection("bench") : (*db)->CreateCollection("bench", config);
   if (!coll.ok()) Die(coll.status().ToString());
   auto t0 = Clock::now();
-  {
+  if (!reuse) {
     cairn::BulkLoadOptions blo;
     blo.segment_size = n;
     auto loader = (*coll)->BeginBulkLoad(blo);
@@ -229,13 +251,45 @@ int main(int argc, char** argv) {
     if (!done.ok()) Die(done.status().ToString());
   }
   const double build = Since(t0);
-  std::printf("{\"kind\":\"build\",%s,\"build_seconds\":%.3f,\"peak_rss_mb\":%.1f}\n", common.c_str(), build, PeakRssMb());
+  if (!reuse) std::printf("{\"kind\":\"build\",%s,\"build_seconds\":%.3f,\"peak_rss_mb\":%.1f}\n", common.c_str(), build, PeakRssMb());
   std::fflush(stdout);
 
   std::vector<int> sweep;
   for (absl::string_view s : absl::StrSplit(get("--sweep", ivf ? "1,2,4,8,16,32,64" : "10,16,24,32,48,64,96,128,256"), ',')) {
     sweep.push_back(std::atoi(std::string(s).c_str()));
   }
+  const std::vector<float> qv(queries.f.begin(), queries.f.begin() + static_cast<ptrdiff_t>(nq * dim));
+
+  if (!reuse) {
+    // Serving memory: the input vectors given back, the database closed and
+    // opened again as a restarted server finds it, the queries run once at
+    // the sweep's widest setting. Its RSS less the process's before it read
+    // the base vectors is what the database holds: index, id maps, RocksDB's
+    // block cache and memtables.
+    std::vector<float>().swap(base.f);
+    coll->reset();
+    db->reset();
+    malloc_trim(0);
+    db = cairn::Database::Open(dir, dbo);
+    if (!db.ok()) Die(db.status().ToString());
+    coll = (*db)->GetCollection("bench");
+    if (!coll.ok()) Die(coll.status().ToString());
+    cairn::SearchParams warm;
+    warm.k = 10;
+    warm.with_payload = false;
+    if (ivf) warm.nprobe = sweep.back();
+    else warm.ef = sweep.back();
+    if (auto w = (*coll)->SearchBatch(qv, warm); !w.ok()) Die(w.status().ToString());
+    auto info = (*coll)->Info();
+    if (!info.ok()) Die(info.status().ToString());
+    const double rss = RssMb();
+    std::printf("{\"kind\":\"memory\",%s,\"points\":%zu,\"rss_mb\":%.1f,\"process_mb\":%.1f,\"index_mb\":%.1f,"
+                "\"storage_mb\":%.1f,\"bytes_per_vector\":%.1f}\n",
+                common.c_str(), n, rss, rss_without_data, info->index_memory_bytes / 1048576.0,
+                info->storage_memory_bytes / 1048576.0, (rss - rss_without_data) * 1048576.0 / static_cast<double>(n));
+    std::fflush(stdout);
+  }
+
   const std::string pname = ivf ? "nprobe" : "ef";
   auto params_for = [&](int v, int k) {
     cairn::SearchParams p;
@@ -248,8 +302,6 @@ int main(int argc, char** argv) {
   auto to_ids = [](const std::vector<cairn::ScoredPoint>& hits, size_t k, int64_t* out) {
     for (size_t j = 0; j < k; ++j) out[j] = j < hits.size() ? static_cast<int64_t>(hits[j].id.number()) : -1;
   };
-  const std::vector<float> qv(queries.f.begin(), queries.f.begin() + static_cast<ptrdiff_t>(nq * dim));
-
   // Embedded (and filtered): batch of every query, then one query at a time.
   auto run_embedded = [&](const std::string& path, const cairn::Filter* filter, const Npy& truth) {
     {
@@ -288,11 +340,15 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   };
-  run_embedded("embedded", nullptr, gt);
+  if (get("--embedded", "1") != "0") run_embedded("embedded", nullptr, gt);
 
   if (a.count("--filtered")) {
     // DIR/gt-bucket-lt-B.npy: exact neighbours among points with bucket < B.
-    for (int b : {500, 100, 10, 1}) {
+    std::vector<int> buckets;  // of 1000: 50%, 10%, 1%, 0.1% by default
+    for (absl::string_view s : absl::StrSplit(get("--buckets", "500,100,10,1"), ',')) {
+      buckets.push_back(std::atoi(std::string(s).c_str()));
+    }
+    for (int b : buckets) {
       const std::string f = absl::StrCat(get("--filtered"), "/gt-bucket-lt-", b, ".npy");
       if (!std::filesystem::exists(f)) continue;
       const Npy ft = LoadNpy(f);
@@ -405,6 +461,6 @@ int main(int argc, char** argv) {
     kill(pid, SIGTERM);
     waitpid(pid, nullptr, 0);
   }
-  std::filesystem::remove_all(dir);
+  if (get("--reuse", "0") != "1") std::filesystem::remove_all(dir);  // kept for the next --reuse run
   return 0;
 }

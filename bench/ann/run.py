@@ -12,6 +12,10 @@ JSON line per measurement:
   {"kind":"build", "engine", "index", "dataset", "threads", "build_seconds", "peak_rss_mb"}
   {"kind":"search", ..., "path", "param", "recall10", "recall100", "qps_batch",
    "qps_single", "p50_ms", "p99_ms"}
+  {"kind":"memory", ..., "points", "rss_mb", "process_mb", "bytes_per_vector"}
+The memory line is what the engine holds while serving: its RSS once the input
+vectors are given back (Cairn: the database closed and opened again) and the
+queries have run, less the process's RSS before it read the base vectors.
 qps_batch: every query in one call; qps_single: one query per call (on
 `threads` threads). Recall is against exact neighbours computed here (FAISS
 IndexFlat, cached beside the data).
@@ -65,9 +69,9 @@ def nlist_for(n):
     return max(16, int(n ** 0.5))
 
 
-def rows_of(npy):
+def shape_of(npy):
     import numpy as np
-    return np.load(npy, mmap_mode="r").shape[0]
+    return np.load(npy, mmap_mode="r").shape
 
 
 def read_idx(path):
@@ -103,7 +107,8 @@ DATASETS = {
                                read_idx("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")), "l2"),
     "synthetic-1m-128": (lambda: synthetic(1_000_000, 128, 10_000, 128), "l2"),
     "synthetic-1m-768-cosine": (lambda: synthetic(1_000_000, 768, 10_000, 768), "cosine"),
-    "synthetic-10m-128": (lambda: synthetic(10_000_000, 128, 10_000, 10128), "l2"),
+    # 1,000 queries: exact neighbours over 10M points take minutes per thousand.
+    "synthetic-10m-128": (lambda: synthetic(10_000_000, 128, 1_000, 10128), "l2"),
 }
 
 
@@ -139,6 +144,22 @@ def prepare(name, out):
 
 
 # ---- Python peers (each runs as: run.py --peer NAME ...) ----------------------
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pq_m(dim):
+    """PQ sub-quantizers for every IVF-PQ engine: the most that leave 4+ dimensions each."""
+    return max(mm for mm in range(1, 65) if dim % mm == 0 and mm <= dim // 4)
+
+
+REFINE = 10  # IVF-PQ engines re-rank k x REFINE candidates with the exact vectors
+
 
 def recall(gt, found, k):
     hit = 0
@@ -182,14 +203,17 @@ def measure(search_batch, search_one, q, gt, threads, before_single=None):
 def run_peer(args):
     import numpy as np
     d = args.data
-    base, q, gt = np.load(f"{d}/base.npy"), np.load(f"{d}/queries.npy"), np.load(f"{d}/gt.npy")
+    q, gt = np.load(f"{d}/queries.npy"), np.load(f"{d}/gt.npy")
     q, gt = q[:args.max_queries], gt[:args.max_queries]
+    rss_without_data = rss_mb()
+    base = np.load(f"{d}/base.npy")
     metric, threads, n, dim = args.metric, args.threads, len(base), base.shape[1]
     common = {"dataset": args.dataset, "threads": threads}
     if args.peer.startswith("faiss"):
         import faiss
         faiss.omp_set_num_threads(threads)
         fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        ivfpq = None
         if args.peer == "faiss-hnsw":
             index = faiss.IndexHNSWFlat(dim, HNSW_M, fm)
             index.hnsw.efConstruction = HNSW_EFC
@@ -201,9 +225,13 @@ def run_peer(args):
                 index = faiss.IndexIVFFlat(quant, dim, nlist, fm)
                 desc = f"IndexIVFFlat(nlist={nlist})"
             else:
-                m = max(mm for mm in range(1, 65) if dim % mm == 0 and mm <= dim // 4)
-                index = faiss.IndexIVFPQ(quant, dim, nlist, m, 8, fm)
-                desc = f"IndexIVFPQ(nlist={nlist},m={m})"
+                # Re-ranked with the exact vectors, kept in memory, as
+                # Cairn's (from disk) and LanceDB's are.
+                m = pq_m(dim)
+                ivfpq = faiss.IndexIVFPQ(quant, dim, nlist, m, 8, fm)
+                index = faiss.IndexRefineFlat(ivfpq)
+                index.k_factor = REFINE
+                desc = f"IndexIVFPQ(nlist={nlist},m={m})+RefineFlat({REFINE})"
             sweep = NPROBE_SWEEP
         t = time.perf_counter()
         if not index.is_trained:
@@ -212,12 +240,21 @@ def run_peer(args):
         build = time.perf_counter() - t
         print(json.dumps({"kind": "build", "engine": args.peer, "index": desc, **common, "build_seconds": build,
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+        del base
+        ivf_of = {"faiss-ivf": index, "faiss-ivfpq": ivfpq}.get(args.peer)  # where nprobe is set
+        if ivf_of is not None:
+            ivf_of.nprobe = NPROBE_SWEEP[-1]
+        index.search(q, 10)
+        rss = rss_mb()
+        print(json.dumps({"kind": "memory", "engine": args.peer, "index": desc, **common, "points": n, "rss_mb": rss,
+                          "process_mb": rss_without_data, "bytes_per_vector": (rss - rss_without_data) * 2**20 / n}),
+              flush=True)
         for v in sweep:
             if args.peer == "faiss-hnsw":
                 index.hnsw.efSearch = v
                 param = f"ef={v}"
             else:
-                index.nprobe = v
+                ivf_of.nprobe = v
                 param = f"nprobe={v}"
             r = measure(lambda x, k: index.search(x, k)[1], lambda x, k: index.search(x, k)[1], q, gt, threads)
             print(json.dumps({"kind": "search", "engine": args.peer, "index": desc, **common, "path": "embedded",
@@ -233,6 +270,13 @@ def run_peer(args):
         desc = f"hnswlib(M={HNSW_M},efC={HNSW_EFC})"
         print(json.dumps({"kind": "build", "engine": "hnswlib", "index": desc, **common, "build_seconds": build,
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+        del base
+        index.set_ef(EF_SWEEP[-1])
+        index.knn_query(q, 10)
+        rss = rss_mb()
+        print(json.dumps({"kind": "memory", "engine": "hnswlib", "index": desc, **common, "points": n, "rss_mb": rss,
+                          "process_mb": rss_without_data, "bytes_per_vector": (rss - rss_without_data) * 2**20 / n}),
+              flush=True)
         for v in EF_SWEEP:
             # hnswlib needs ef >= k (as Cairn and FAISS raise it themselves).
             def batch(x, k, v=v):
@@ -328,11 +372,16 @@ def main():
                     if t == threads[-1] and "grpc" in paths:
                         cmd += ["--grpc", "1,2"]
                     run_engine(cmd, results, f"cairn (threads={t})")
-                elif e in ("cairn-f32", "cairn-ivf"):
+                elif e in ("cairn-f32", "cairn-ivf", "cairn-ivfpq"):
                     # HNSW walking on float32 vectors instead of int8 codes,
-                    # and IVF-Flat with the peers' nlist: embedded only.
-                    cmd = runner + (["--index", "hnsw", "--hnsw-int8", "0"] if e == "cairn-f32" else
-                                    ["--index", "ivf_flat", "--nlist", str(nlist_for(rows_of(f"{d}/base.npy")))])
+                    # IVF-Flat with the peers' nlist, IVF-PQ with their nlist,
+                    # m and refine (re-ranked from disk): embedded only.
+                    rows, dim = shape_of(f"{d}/base.npy")
+                    nlist = str(nlist_for(rows))
+                    cmd = runner + {"cairn-f32": ["--index", "hnsw", "--hnsw-int8", "0"],
+                                    "cairn-ivf": ["--index", "ivf_flat", "--nlist", nlist],
+                                    "cairn-ivfpq": ["--index", "ivf_pq", "--nlist", nlist, "--pq-m", str(pq_m(dim)),
+                                                    "--rerank", str(REFINE)]}[e]
                     run_engine(cmd, results, f"{e} (threads={t})")
                 elif e in ("faiss-hnsw", "faiss-ivf", "faiss-ivfpq", "hnswlib"):
                     if e == "hnswlib" and not have_hnswlib:
@@ -342,7 +391,7 @@ def main():
                                 "--max-queries", str(args.max_queries)], results, f"{e} (threads={t})")
                 elif e in ("lancedb", "usearch") and node_ok:
                     work = os.path.join(args.out, f"{e}-data")
-                    run_engine(["node", os.path.join(ROOT, "bench", "ann", "node", f"{e}.mjs"), d, name,
+                    run_engine(["node", "--expose-gc", os.path.join(ROOT, "bench", "ann", "node", f"{e}.mjs"), d, name,
                                 "l2" if metric == "l2" else "ip", str(t), str(args.max_queries), work],
                                results, f"{e} (threads={t})",
                                env={**os.environ, "LANCE_CPU_THREADS": str(t), "RAYON_NUM_THREADS": str(t),
