@@ -485,7 +485,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32
     if (n > 0) idx->add(static_cast<idx_t>(n), x);
   }));
   auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, type, spec, std::move(idx)));
-  seg->ids_.assign(ids, ids + n);
+  seg->ids_.Assign(ids, n);
   seg->deleted_.assign((n + 63) / 64, 0);
   seg->frozen_ = true;
   return seg;
@@ -504,7 +504,7 @@ absl::Status Segment::Add(const float* x, const uint64_t* ids, size_t n, int thr
   }
   OmpThreads omp(threads);
   CAIRN_RETURN_IF_ERROR(CatchFaiss("add", [&] { index_->add(static_cast<idx_t>(n), x); }));
-  ids_.insert(ids_.end(), ids, ids + n);
+  ids_.Append(ids, n);
   deleted_.resize((ids_.size() + 63) / 64, 0);
   return absl::OkStatus();
 }
@@ -512,6 +512,7 @@ absl::Status Segment::Add(const float* x, const uint64_t* ids, size_t n, int thr
 void Segment::Freeze() {
   std::unique_lock lock(mu_);
   frozen_ = true;
+  ids_.ShrinkToFit();
 }
 
 void Segment::BuildSearchCodes() {
@@ -848,7 +849,7 @@ void Segment::CopyVectors(absl::Span<const uint64_t> sorted_ids, float* out, std
   for (size_t i = 0; i < sorted_ids.size() && p < ids_.size(); ++i) {
     const uint64_t id = sorted_ids[i];
     if (id < ids_[p]) continue;
-    if (ids_[p] != id) p = static_cast<size_t>(std::lower_bound(ids_.begin() + p, ids_.end(), id) - ids_.begin());
+    if (ids_[p] != id) p = ids_.LowerBound(id);
     if (p == ids_.size() || ids_[p] != id) continue;
     std::memcpy(out + i * dim_, xb + p * dim_, dim_ * sizeof(float));
     (*found)[i] = true;
@@ -915,9 +916,9 @@ void Segment::ScoreIds(const float* query, absl::Span<const uint64_t> ids,
 }
 
 std::optional<size_t> Segment::PositionOfLocked(uint64_t id) const {
-  auto it = std::lower_bound(ids_.begin(), ids_.end(), id);
-  if (it == ids_.end() || *it != id) return std::nullopt;
-  return static_cast<size_t>(it - ids_.begin());
+  const size_t p = ids_.LowerBound(id);
+  if (p == ids_.size() || ids_[p] != id) return std::nullopt;
+  return p;
 }
 
 void Segment::PositionsOf(absl::Span<const uint64_t> sorted_ids, PositionSet* out) const {
@@ -963,7 +964,7 @@ bool Segment::IsLive(uint64_t id) const {
 
 std::vector<uint64_t> Segment::Ids() const {
   std::shared_lock lock(mu_);
-  return ids_;
+  return ids_.ToVector();
 }
 
 size_t Segment::size() const {
@@ -988,7 +989,7 @@ uint64_t Segment::max_id() const {
 
 uint64_t Segment::MemoryBytes() const {
   std::shared_lock lock(mu_);
-  uint64_t bytes = ids_.size() * sizeof(uint64_t) + deleted_.size() * 8;
+  uint64_t bytes = ids_.MemoryBytes() + deleted_.size() * 8;
   if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(index_.get())) {
     bytes += h->hnsw.neighbors.size() * sizeof(faiss::HNSW::storage_idx_t) +
              h->hnsw.offsets.size() * sizeof(size_t) + h->hnsw.levels.size() * sizeof(int) +
@@ -1061,7 +1062,7 @@ absl::Status Segment::Save(const std::string& path, SavedExtent* extent) const {
     PutU32(&header, static_cast<uint32_t>(metric_));
     PutU32(&header, static_cast<uint32_t>(type_));
     PutU64(&header, ids_.size());
-    header.append(reinterpret_cast<const char*>(ids_.data()), ids_.size() * 8);
+    for (size_t p = 0; p < ids_.size(); ++p) PutU64(&header, ids_[p]);
     PutU64(&header, 0);  // the index's size, filled in below
     CAIRN_RETURN_IF_ERROR(file->Append(header));
     absl::Status written = CatchFaiss("write", [&] { faiss::write_index(index_.get(), &writer); });
@@ -1145,7 +1146,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
   }
   auto seg = std::unique_ptr<Segment>(
       new Segment(dim, static_cast<Metric>(metric), spec.type, spec, std::move(idx)));
-  seg->ids_ = std::move(ids);
+  seg->ids_.Assign(ids.data(), ids.size());
   seg->deleted_.assign((n + 63) / 64, 0);
   return seg;
 }

@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "cairn/options.h"
+#include "index/id_column.h"
 #include "index/gpu/cuda_backend.h"
 
 namespace faiss {
@@ -224,7 +225,7 @@ class Segment {
   const IndexSpec spec_;
   mutable std::shared_mutex mu_;
   std::unique_ptr<faiss::Index> index_;
-  std::vector<uint64_t> ids_;   // position -> internal id, ascending
+  IdColumn ids_;   // position -> internal id, ascending
   std::vector<uint64_t> deleted_;  // bitset over positions
   std::shared_ptr<const Int8Codes> codes_;  // HNSW walk codes, once frozen
   size_t num_deleted_ = 0;
