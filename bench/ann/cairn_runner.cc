@@ -222,7 +222,8 @@ int main(int argc, char** argv) {
   const std::string dir = get("--data-dir", "/tmp/cairn-runner");
   // --reuse 1: search the collection an earlier --reuse run with the same
   // options left in --data-dir (no build row), to try search settings quickly.
-  const bool reuse = get("--reuse", "0") == "1" && std::filesystem::exists(dir);
+  const bool keep_dir = get("--reuse", "0") == "1";
+  const bool reuse = keep_dir && std::filesystem::exists(dir);
   if (!reuse) std::filesystem::remove_all(dir);
   cairn::DatabaseOptions dbo;
   dbo.index_threads = threads;
@@ -461,6 +462,6 @@ int main(int argc, char** argv) {
     kill(pid, SIGTERM);
     waitpid(pid, nullptr, 0);
   }
-  if (get("--reuse", "0") != "1") std::filesystem::remove_all(dir);  // kept for the next --reuse run
+  if (!keep_dir) std::filesystem::remove_all(dir);  // kept for the next --reuse run
   return 0;
 }

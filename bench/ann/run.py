@@ -153,6 +153,14 @@ def rss_mb():
     return 0.0
 
 
+def print_memory(engine, desc, common, n, rss_without_data):
+    """The memory line: RSS now (input given back, queries run) less RSS before the base was read."""
+    rss = rss_mb()
+    print(json.dumps({"kind": "memory", "engine": engine, "index": desc, **common, "points": n, "rss_mb": rss,
+                      "process_mb": rss_without_data, "bytes_per_vector": (rss - rss_without_data) * 2**20 / n}),
+          flush=True)
+
+
 def pq_m(dim):
     """PQ sub-quantizers for every IVF-PQ engine: the most that leave 4+ dimensions each."""
     return max(mm for mm in range(1, 65) if dim % mm == 0 and mm <= dim // 4)
@@ -245,10 +253,7 @@ def run_peer(args):
         if ivf_of is not None:
             ivf_of.nprobe = NPROBE_SWEEP[-1]
         index.search(q, 10)
-        rss = rss_mb()
-        print(json.dumps({"kind": "memory", "engine": args.peer, "index": desc, **common, "points": n, "rss_mb": rss,
-                          "process_mb": rss_without_data, "bytes_per_vector": (rss - rss_without_data) * 2**20 / n}),
-              flush=True)
+        print_memory(args.peer, desc, common, n, rss_without_data)
         for v in sweep:
             if args.peer == "faiss-hnsw":
                 index.hnsw.efSearch = v
@@ -273,10 +278,7 @@ def run_peer(args):
         del base
         index.set_ef(EF_SWEEP[-1])
         index.knn_query(q, 10)
-        rss = rss_mb()
-        print(json.dumps({"kind": "memory", "engine": "hnswlib", "index": desc, **common, "points": n, "rss_mb": rss,
-                          "process_mb": rss_without_data, "bytes_per_vector": (rss - rss_without_data) * 2**20 / n}),
-              flush=True)
+        print_memory("hnswlib", desc, common, n, rss_without_data)
         for v in EF_SWEEP:
             # hnswlib needs ef >= k (as Cairn and FAISS raise it themselves).
             def batch(x, k, v=v):
@@ -392,7 +394,8 @@ def main():
                 elif e in ("lancedb", "usearch") and node_ok:
                     work = os.path.join(args.out, f"{e}-data")
                     run_engine(["node", "--expose-gc", os.path.join(ROOT, "bench", "ann", "node", f"{e}.mjs"), d, name,
-                                "l2" if metric == "l2" else "ip", str(t), str(args.max_queries), work],
+                                "l2" if metric == "l2" else "ip", str(t), str(args.max_queries), work,
+                                str(pq_m(shape_of(f"{d}/base.npy")[1])), str(REFINE)],
                                results, f"{e} (threads={t})",
                                env={**os.environ, "LANCE_CPU_THREADS": str(t), "RAYON_NUM_THREADS": str(t),
                                     "LANCE_IO_THREADS": str(max(2, t))})

@@ -1,9 +1,9 @@
-// LanceDB peer: node lancedb.mjs DATA_DIR DATASET l2|ip THREADS MAX_QUERIES WORK_DIR
-// Two of its indexes: IVF_PQ (refine factor 10: exact re-rank of 10k candidates,
+// LanceDB peer: node lancedb.mjs DATA_DIR DATASET l2|ip THREADS MAX_QUERIES WORK_DIR PQ_M REFINE
+// Two of its indexes: IVF_PQ (refine factor REFINE: exact re-rank of k x REFINE candidates,
 // without which its recall stays low) swept over nprobes, and IVF_HNSW_SQ (one
 // partition, m=32, efConstruction=100) swept over ef; above 2M vectors (or with
-// LANCEDB_ONLY_IVF_PQ=1) only IVF_PQ. IVF_PQ uses the harness's PQ size (the most sub-vectors leaving 4+
-// dimensions each), as the other IVF-PQ engines do. The table lives on local
+// LANCEDB_ONLY_IVF_PQ=1) only IVF_PQ. IVF_PQ uses the harness's PQ size (PQ_M sub-vectors), as the other
+// IVF-PQ engines do. The table lives on local
 // disk in WORK_DIR. With IVF_PQ alone, after its build a "memory" line: the RSS once the
 // base vectors are dropped and the queries have run, less the RSS before they
 // were read. Threads: LANCE_CPU_THREADS set by the harness; one query
@@ -12,14 +12,13 @@ import { rmSync } from "node:fs";
 import * as lancedb from "@lancedb/lancedb";
 import { loadNpy, recall, percentile, peakRssMb, rssMb } from "./npy.mjs";
 
-const [dir, dataset, metric, threadsArg, maxQ, work] = process.argv.slice(2);
+const [dir, dataset, metric, threadsArg, maxQ, work, pqM, refineArg] = process.argv.slice(2);
 const threads = Number(threadsArg);
 const queries = loadNpy(`${dir}/queries.npy`), gt = loadNpy(`${dir}/gt.npy`);
 const rssWithoutData = rssMb();
 let base = loadNpy(`${dir}/base.npy`);
 const nq = Math.min(queries.rows, Number(maxQ)), dim = base.cols, n = base.rows;
-let subVectors = 1;
-for (let m = 1; m <= 64; m++) if (dim % m === 0 && m <= dim / 4) subVectors = m;
+const subVectors = Number(pqM), refine = Number(refineArg);
 const distanceType = metric === "l2" ? "l2" : "dot";
 rmSync(work, { recursive: true, force: true });
 const db = await lancedb.connect(work);
@@ -78,7 +77,7 @@ for (const [at, kind] of kinds.entries()) {
     : lancedb.Index.hnswSq({ distanceType, numPartitions: 1, m: 32, efConstruction: 100 });
   await table.createIndex("vector", { config, replace: true });
   const build = (performance.now() - t) / 1000;
-  const desc = kind === "ivf_pq" ? `IVF_PQ(partitions=${partitions},m=${subVectors},refine=10)` : "IVF_HNSW_SQ(m=32,efC=100)";
+  const desc = kind === "ivf_pq" ? `IVF_PQ(partitions=${partitions},m=${subVectors},refine=${refine})` : "IVF_HNSW_SQ(m=32,efC=100)";
   const common = { engine: "lancedb", index: desc, dataset, threads };
   console.log(JSON.stringify({ kind: "build", ...common, build_seconds: build, peak_rss_mb: peakRssMb() }));
   if (at === kinds.length - 1) {
@@ -88,7 +87,7 @@ for (const [at, kind] of kinds.entries()) {
   if (kind === "ivf_pq") {
     for (let q = 0; q < nq; q++) {
       await table.query().nearestTo(Array.from(queries.data.subarray(q * dim, (q + 1) * dim))).distanceType(distanceType)
-        .nprobes(64).refineFactor(10).limit(10).select(["id"]).toArray();
+        .nprobes(64).refineFactor(refine).limit(10).select(["id"]).toArray();
     }
     if (kinds.length === 1) {
       const rss = rssMb();
@@ -97,7 +96,7 @@ for (const [at, kind] of kinds.entries()) {
     }
   }
   if (kind === "ivf_pq") {
-    await sweep(table, { ...common, param: "nprobe" }, [1, 2, 4, 8, 16, 32, 64], (q, v) => q.nprobes(v).refineFactor(10));
+    await sweep(table, { ...common, param: "nprobe" }, [1, 2, 4, 8, 16, 32, 64], (q, v) => q.nprobes(v).refineFactor(refine));
   } else {
     // LanceDB needs ef >= k (Cairn and FAISS raise it to k themselves).
     await sweep(table, { ...common, param: "ef" }, [10, 16, 24, 32, 48, 64, 96, 128, 256], (q, v, k) => q.ef(Math.max(v, k)));
