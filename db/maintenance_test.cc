@@ -33,19 +33,7 @@ constexpr int kK = 10;
 // Every search a test compares: exact and index, with and without a filter.
 std::vector<std::vector<ScoredPoint>> Searches(const Collection& c, const std::vector<float>& queries,
                                                bool with_index = true) {
-  std::vector<std::vector<ScoredPoint>> out;
-  Filter f = ParseFilter(R"({"must": [{"key": "g", "range": {"gte": 1}}]})");
-  for (size_t q = 0; q < queries.size() / kDim; ++q) {
-    for (const Filter* filter : {static_cast<const Filter*>(nullptr), static_cast<const Filter*>(&f)}) {
-      for (bool exact : {true, false}) {
-        if (!exact && !with_index) continue;
-        auto r = c.Search(Row(queries, q, kDim), {.k = kK, .exact = exact, .filter = filter});
-        EXPECT_TRUE(r.ok()) << r.status();
-        out.push_back(r.ok() ? *r : std::vector<ScoredPoint>{});
-      }
-    }
-  }
-  return out;
+  return testing_util::SearchesOf(c, queries, kDim, kK, with_index);
 }
 
 // The exact-search results of Searches(with_index=true), in order.
@@ -57,26 +45,11 @@ std::vector<std::vector<ScoredPoint>> ExactOnly(const std::vector<std::vector<Sc
 
 void ExpectSame(const std::vector<std::vector<ScoredPoint>>& a,
                 const std::vector<std::vector<ScoredPoint>>& b, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i].size(), b[i].size()) << what << " search " << i;
-    for (size_t j = 0; j < a[i].size(); ++j) {
-      EXPECT_EQ(a[i][j].id, b[i][j].id) << what << " search " << i << " rank " << j;
-      EXPECT_NEAR(a[i][j].score, b[i][j].score, 1e-5) << what << " search " << i << " rank " << j;
-      EXPECT_EQ(a[i][j].payload, b[i][j].payload) << what;
-    }
-  }
+  testing_util::ExpectSameSearches(a, b, what);
 }
 
 size_t SegmentFiles(const std::string& collection_dir) {
-  size_t n = 0;
-  for (const auto& shard : fs::directory_iterator(collection_dir)) {
-    if (!shard.is_directory()) continue;
-    for (const auto& f : fs::directory_iterator(shard.path() / "segments")) {
-      if (f.path().extension() == ".cseg") ++n;
-    }
-  }
-  return n;
+  return testing_util::SegmentDirFiles(collection_dir, ".cseg").size();
 }
 
 class MaintenanceTest : public DbTest {

@@ -244,6 +244,7 @@ absl::Status Shard::Load(const Shard* vectors_from) {
   }
   CAIRN_ASSIGN_OR_RETURN(auto manifest_text, kv_->Get(Cf::kMeta, kMetaManifest));
   std::vector<std::string> files;
+  std::vector<std::string> vector_files;  // per segment file, "" for none
   std::string growing_file;
   uint64_t growing_max_id = 0;
   if (manifest_text) {
@@ -251,7 +252,10 @@ absl::Status Shard::Load(const Shard* vectors_from) {
     if (m.is_discarded() || !m.contains("segments")) return absl::DataLossError("malformed manifest");
     sealed_through_ = m.value("sealed_through", uint64_t{0});
     next_file_ = m.value("next_file", uint64_t{1});
-    for (const auto& s : m["segments"]) files.push_back(s.at("file").get<std::string>());
+    for (const auto& s : m["segments"]) {
+      files.push_back(s.at("file").get<std::string>());
+      vector_files.push_back(s.value("vectors", std::string()));
+    }
     if (m.contains("growing") && m["growing"].is_object()) {
       growing_file = m["growing"].value("file", std::string());
       growing_max_id = m["growing"].value("max_id", uint64_t{0});
@@ -277,7 +281,9 @@ absl::Status Shard::Load(const Shard* vectors_from) {
     CAIRN_RETURN_IF_ERROR(it->status());
   }
   // Sealed segments, with tombstones for points deleted since they were built.
-  for (const auto& file : files) {
+  bool dropped_vector_file = false;
+  for (size_t i = 0, n = files.size(); i < n; ++i) {
+    const std::string file = files[i];  // files grows below
     CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Load(SegmentPath(file), &options_.index));
     if (seg->dim() != options_.dimension) {
       return absl::DataLossError(absl::StrCat("segment ", file, " has dimension ", seg->dim()));
@@ -285,7 +291,21 @@ absl::Status Shard::Load(const Shard* vectors_from) {
     for (uint64_t id : seg->Ids()) {
       if (!live_.contains(id)) seg->MarkDeleted(id);
     }
-    sealed_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file});
+    std::string vectors = vector_files[i];
+    if (!vectors.empty()) {
+      // Derived state: without it, re-ranking reads the vectors from storage.
+      auto vf = index::VectorFile::Open(SegmentPath(vectors), seg->dim(), seg->size());
+      if (vf.ok()) {
+        seg->AttachVectorFile(*std::move(vf));
+        files.push_back(vectors);
+      } else {
+        std::fprintf(stderr, "cairn: %s: %s; segment %s re-ranks from storage\n", dir_.c_str(),
+                     vf.status().ToString().c_str(), file.c_str());
+        vectors.clear();
+        dropped_vector_file = true;
+      }
+    }
+    sealed_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file, vectors});
   }
   // The growing segment: its saved copy when there is a good one, with
   // tombstones for points deleted since; then the writes after it.
@@ -322,6 +342,13 @@ absl::Status Shard::Load(const Shard* vectors_from) {
     CAIRN_ASSIGN_OR_RETURN(auto growing, index::Segment::CreateGrowing(options_.dimension, options_.metric,
                                                                        options_.index));
     growing_ = std::move(growing);
+  }
+  if (dropped_vector_file) {
+    std::lock_guard commit(commit_mu_);
+    if (absl::Status st = WriteManifestLocked(); !st.ok()) {
+      std::fprintf(stderr, "cairn: %s: cannot drop the unusable vector file from the manifest: %s\n", dir_.c_str(),
+                   st.ToString().c_str());
+    }
   }
   // Files the manifest does not name are leftovers of an interrupted seal or
   // save (or an unusable saved copy).
@@ -1385,12 +1412,62 @@ absl::Status Shard::RawVectors(const std::vector<uint64_t>& ids, std::vector<flo
   return absl::OkStatus();
 }
 
+absl::Status Shard::VectorsOf(const index::Segment& segment, const std::vector<uint64_t>& ids,
+                              std::vector<float>* out, std::vector<bool>* found) const {
+  if (segment.vector_file() == nullptr) return RawVectors(ids, out, found);
+  out->assign(ids.size() * options_.dimension, 0.0f);
+  found->assign(ids.size(), false);
+  CAIRN_RETURN_IF_ERROR(segment.ReadVectors(ids, out->data(), found));
+  return FillFromStorage(ids, out, found);
+}
+
+absl::StatusOr<std::string> Shard::SaveVectorFile(index::Segment& segment, const std::string& segment_file,
+                                                  const float* vecs) const {
+  if (segment.HasExactVectors() || segment.size() == 0) return std::string();
+  const std::string name = fs::path(segment_file).replace_extension(".vec").string();
+  const size_t dim = options_.dimension;
+  if (vecs != nullptr) {
+    CAIRN_RETURN_IF_ERROR(index::VectorFile::Write(SegmentPath(name), options_.dimension, vecs, segment.size()));
+  } else {
+    // From storage in id order (a sequential read): a row for every
+    // position, zeros for a point deleted meanwhile (never read: searches
+    // skip deleted positions).
+    const std::vector<uint64_t> ids = segment.Ids();
+    CAIRN_ASSIGN_OR_RETURN(auto w, index::VectorFile::Writer::Create(SegmentPath(name), options_.dimension));
+    auto it = kv_->NewIterator(Cf::kVectors);
+    it->Seek(InternalKey(ids.front()));
+    std::vector<float> chunk;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      while (it->Valid() && DecodeInternalKey(it->key()) < ids[i]) it->Next();
+      CAIRN_RETURN_IF_ERROR(it->status());
+      const size_t at = chunk.size();
+      chunk.resize(at + dim, 0.0f);
+      if (it->Valid() && DecodeInternalKey(it->key()) == ids[i]) {
+        if (it->value().size() != dim * sizeof(float)) return absl::DataLossError("malformed vector record");
+        std::memcpy(&chunk[at], it->value().data(), dim * sizeof(float));
+        index::PrepareVectors(options_.metric, &chunk[at], 1, dim);
+      }
+      if (chunk.size() == kReplayChunk * dim || i + 1 == ids.size()) {
+        CAIRN_RETURN_IF_ERROR(w->Append(chunk.data(), chunk.size() / dim));
+        chunk.clear();
+      }
+    }
+    CAIRN_RETURN_IF_ERROR(w->Close());
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto file, index::VectorFile::Open(SegmentPath(name), options_.dimension, segment.size()));
+  segment.AttachVectorFile(std::move(file));
+  return name;
+}
+
 absl::Status Shard::ExactScan(const float* query, const std::vector<uint64_t>& ids, int k,
                               std::vector<std::pair<float, uint64_t>>* best) const {
   // REQUIRES: state_mu_ held (shared). `ids` ascending and live.
   std::vector<std::pair<float, uint64_t>> cand;
   cand.reserve(ids.size());
-  std::vector<uint64_t> need_raw;
+  const size_t dim = options_.dimension;
+  std::vector<uint64_t> chunk;
+  std::vector<float> vecs;
+  std::vector<bool> found;
   for (const auto& seg : AllSegmentsLocked()) {
     if (seg->size() == 0) continue;
     auto lo = std::lower_bound(ids.begin(), ids.end(), seg->min_id());
@@ -1399,21 +1476,18 @@ absl::Status Shard::ExactScan(const float* query, const std::vector<uint64_t>& i
     absl::Span<const uint64_t> part(&*lo, static_cast<size_t>(hi - lo));
     if (seg->HasExactVectors()) {
       seg->ScoreIds(query, part, &cand);
-    } else {
-      for (uint64_t id : part) {
-        if (seg->IsLive(id)) need_raw.push_back(id);
-      }
+      continue;
     }
-  }
-  const size_t dim = options_.dimension;
-  for (size_t off = 0; off < need_raw.size(); off += 1024) {
-    std::vector<uint64_t> chunk(need_raw.begin() + static_cast<ptrdiff_t>(off),
-                                need_raw.begin() + static_cast<ptrdiff_t>(std::min(off + 1024, need_raw.size())));
-    std::vector<float> vecs;
-    std::vector<bool> found;
-    CAIRN_RETURN_IF_ERROR(RawVectors(chunk, &vecs, &found));
-    for (size_t i = 0; i < chunk.size(); ++i) {
-      if (found[i]) cand.emplace_back(index::Score(options_.metric, query, &vecs[i * dim], dim), chunk[i]);
+    // Lossy segment: its full vectors from its vector file or storage.
+    for (size_t i = 0; i < part.size();) {
+      chunk.clear();
+      for (; i < part.size() && chunk.size() < 1024; ++i) {
+        if (seg->IsLive(part[i])) chunk.push_back(part[i]);
+      }
+      CAIRN_RETURN_IF_ERROR(VectorsOf(*seg, chunk, &vecs, &found));
+      for (size_t j = 0; j < chunk.size(); ++j) {
+        if (found[j]) cand.emplace_back(index::Score(options_.metric, query, &vecs[j * dim], dim), chunk[j]);
+      }
     }
   }
   KeepBest(options_.metric, static_cast<size_t>(k), &cand);
@@ -1509,7 +1583,7 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
             for (auto& p : part) cids.push_back(p.second);
             std::vector<float> vecs;
             std::vector<bool> found;
-            CAIRN_RETURN_IF_ERROR(RawVectors(cids, &vecs, &found));
+            CAIRN_RETURN_IF_ERROR(VectorsOf(*seg, cids, &vecs, &found));
             std::vector<std::pair<float, uint64_t>> rescored;
             for (size_t i = 0; i < cids.size(); ++i) {
               if (found[i]) {
@@ -1706,6 +1780,7 @@ absl::Status Shard::WriteManifestLocked() {
                       {"min_id", s.segment->min_id()},
                       {"max_id", s.segment->max_id()},
                       {"type", std::string(IndexTypeName(s.segment->type()))}});
+      if (!s.vectors.empty()) segs.back()["vectors"] = s.vectors;
     }
   }
   m["segments"] = segs;
@@ -1733,9 +1808,10 @@ absl::Status Shard::LiveVectorsOf(const index::Segment& segment, std::vector<uin
     segment.CopyVectors(*ids, vecs->data(), &found);
     CAIRN_RETURN_IF_ERROR(FillFromStorage(*ids, vecs, &found));
   } else {
-    CAIRN_RETURN_IF_ERROR(RawVectors(*ids, vecs, &found));
+    CAIRN_RETURN_IF_ERROR(VectorsOf(segment, *ids, vecs, &found));
   }
-  // Points deleted since the tombstone check have no vector any more.
+  // Points deleted since the tombstone check have no vector any more (or,
+  // read from a vector file, are marked deleted by the caller).
   KeepFound(found, dim, ids, vecs);
   return absl::OkStatus();
 }
@@ -1802,12 +1878,12 @@ absl::Status Shard::SealLocked(bool force, bool index_tail) {
 absl::Status Shard::SealFrozen(const std::shared_ptr<index::Segment>& frozen) {
   // Build the sealed segment without blocking writers or searches.
   std::shared_ptr<index::Segment> sealed;
+  std::vector<float> vecs;  // in the sealed segment's position order, when it was built here
   if (frozen->type() == options_.index.type) {
     sealed = frozen;  // the growing index already is the target index
     sealed->BuildSearchCodes();
   } else {
     std::vector<uint64_t> ids;
-    std::vector<float> vecs;
     CAIRN_RETURN_IF_ERROR(LiveVectorsOf(*frozen, &ids, &vecs));
     CAIRN_ASSIGN_OR_RETURN(auto built, index::Segment::Build(options_.dimension, options_.metric,
                                                              options_.index, vecs.data(), ids.data(),
@@ -1819,6 +1895,7 @@ absl::Status Shard::SealFrozen(const std::shared_ptr<index::Segment>& frozen) {
     std::lock_guard commit(commit_mu_);
     file = absl::StrFormat("seg-%08d.cseg", next_file_++);
   }
+  CAIRN_ASSIGN_OR_RETURN(std::string vectors, SaveVectorFile(*sealed, file, vecs.empty() ? nullptr : vecs.data()));
   CAIRN_RETURN_IF_ERROR(sealed->Save(SegmentPath(file)));
   std::string dropped;
   {
@@ -1827,7 +1904,7 @@ absl::Status Shard::SealFrozen(const std::shared_ptr<index::Segment>& frozen) {
       std::unique_lock state(state_mu_);
       ++epoch_;
       frozen_.erase(std::find(frozen_.begin(), frozen_.end(), frozen));
-      sealed_.push_back(SealedRef{sealed, file});
+      sealed_.push_back(SealedRef{sealed, file, vectors});
       for (uint64_t id : sealed->Ids()) {
         if (!live_.contains(id)) sealed->MarkDeleted(id);
       }
@@ -1934,7 +2011,7 @@ absl::Status Shard::Compact(bool force) {
     std::vector<float> vecs;
     CAIRN_RETURN_IF_ERROR(LiveVectorsOf(*old.segment, &ids, &vecs));
     std::shared_ptr<index::Segment> rebuilt;
-    std::string file;
+    std::string file, vectors;
     if (!ids.empty()) {
       CAIRN_ASSIGN_OR_RETURN(auto built, index::Segment::Build(options_.dimension, options_.metric,
                                                                options_.index, vecs.data(), ids.data(),
@@ -1944,6 +2021,7 @@ absl::Status Shard::Compact(bool force) {
         std::lock_guard commit(commit_mu_);
         file = absl::StrFormat("seg-%08d.cseg", next_file_++);
       }
+      CAIRN_ASSIGN_OR_RETURN(vectors, SaveVectorFile(*rebuilt, file, vecs.data()));
       CAIRN_RETURN_IF_ERROR(rebuilt->Save(SegmentPath(file)));
     }
     {
@@ -1956,7 +2034,7 @@ absl::Status Shard::Compact(bool force) {
           for (uint64_t id : rebuilt->Ids()) {
             if (!live_.contains(id)) rebuilt->MarkDeleted(id);
           }
-          *it = SealedRef{rebuilt, file};
+          *it = SealedRef{rebuilt, file, vectors};
         } else {
           sealed_.erase(it);
         }
@@ -1966,6 +2044,7 @@ absl::Status Shard::Compact(bool force) {
     }
     std::error_code ec;
     fs::remove(SegmentPath(old.file), ec);
+    if (!old.vectors.empty()) fs::remove(SegmentPath(old.vectors), ec);
   }
   return absl::OkStatus();
 }
@@ -1984,7 +2063,10 @@ absl::Status Shard::SnapshotAll(const std::vector<Shard*>& shards,
     if (ec) return absl::InternalError(absl::StrCat("create ", target_dirs[i], ": ", ec.message()));
     CAIRN_RETURN_IF_ERROR(shards[i]->kv_->CreateCheckpoint((fs::path(target_dirs[i]) / "kv").string()));
     std::shared_lock state(shards[i]->state_mu_);
-    for (const auto& seg : shards[i]->sealed_) files[i].push_back(seg.file);
+    for (const auto& seg : shards[i]->sealed_) {
+      files[i].push_back(seg.file);
+      if (!seg.vectors.empty()) files[i].push_back(seg.vectors);
+    }
     if (!shards[i]->growing_file_.empty()) files[i].push_back(shards[i]->growing_file_);
   }
   commit.clear();

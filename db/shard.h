@@ -332,6 +332,7 @@ class Shard final : public ShardAccess {
   struct SealedRef {
     std::shared_ptr<index::Segment> segment;
     std::string file;
+    std::string vectors;  // its vector file, if it has one
   };
 
   Shard(std::string dir, ShardOptions options, std::unique_ptr<storage::KvStore> kv);
@@ -417,6 +418,17 @@ class Shard final : public ShardAccess {
                              std::vector<float>* vecs) const;
   absl::Status RawVectors(const std::vector<uint64_t>& ids, std::vector<float>* out,
                           std::vector<bool>* found) const;
+  // The vectors (prepared) of `ids` (any order), each sized and set as
+  // RawVectors does: from `segment`'s vector file where it has one, the
+  // rest (and damaged rows) from storage.
+  absl::Status VectorsOf(const index::Segment& segment, const std::vector<uint64_t>& ids,
+                         std::vector<float>* out, std::vector<bool>* found) const;
+  // For a sealed segment that keeps its vectors lossily: writes its vector
+  // file (beside `segment_file`, from `vecs` in position order, or from
+  // storage when null), fsynced, attaches it and returns its name; "" for the
+  // other types.
+  absl::StatusOr<std::string> SaveVectorFile(index::Segment& segment, const std::string& segment_file,
+                                             const float* vecs) const;
   absl::Status Resolve(const std::vector<std::pair<float, uint64_t>>& hits,
                        const SearchParams& params, std::vector<ScoredPoint>* out) const;
   absl::Status WriteManifestLocked();

@@ -145,8 +145,9 @@ absl::Status Shard::Loader::StartSegment() {
     const ShardOptions& o = shard_->options_;
     CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Build(o.dimension, o.metric, o.index, vecs.data(), ids.data(),
                                                            ids.size(), IndexThreads(o.index_threads)));
+    CAIRN_ASSIGN_OR_RETURN(std::string vectors, shard_->SaveVectorFile(*seg, file, vecs.data()));
     CAIRN_RETURN_IF_ERROR(seg->Save(shard_->SegmentPath(file)));
-    built_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file});
+    built_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file, vectors});
     return absl::OkStatus();
   });
   seg_ids_ = {};

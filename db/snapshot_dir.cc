@@ -79,7 +79,7 @@ absl::Status CopyTree(const fs::path& from, const fs::path& to) {
       continue;
     }
     std::string ext = e.path().extension().string();
-    if (ext == ".sst" || ext == ".blob" || ext == ".cseg") {
+    if (ext == ".sst" || ext == ".blob" || ext == ".cseg" || ext == ".vec") {
       CAIRN_RETURN_IF_ERROR(storage::LinkOrCopyFile(e.path().string(), target.string()));
     } else {
       CAIRN_ASSIGN_OR_RETURN(std::string data, storage::ReadFile(e.path().string()));

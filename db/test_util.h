@@ -250,6 +250,55 @@ inline Filter ParseFilter(std::string_view json) {
   return f.ok() ? *std::move(f) : Filter();
 }
 
+// Every search the maintenance tests compare, for each of the queries (rows
+// of `dim`): exact and (with_index) approximate, with and without a filter on
+// an integer field "g" (g >= 1).
+inline std::vector<std::vector<ScoredPoint>> SearchesOf(const Collection& c, const std::vector<float>& queries,
+                                                        uint32_t dim, int k, bool with_index = true) {
+  std::vector<std::vector<ScoredPoint>> out;
+  Filter f = ParseFilter(R"({"must": [{"key": "g", "range": {"gte": 1}}]})");
+  for (size_t q = 0; q < queries.size() / dim; ++q) {
+    for (const Filter* filter : {static_cast<const Filter*>(nullptr), static_cast<const Filter*>(&f)}) {
+      for (bool exact : {true, false}) {
+        if (!exact && !with_index) continue;
+        auto r = c.Search(Row(queries, q, dim), {.k = k, .exact = exact, .filter = filter});
+        EXPECT_TRUE(r.ok()) << r.status();
+        out.push_back(r.ok() ? *r : std::vector<ScoredPoint>{});
+      }
+    }
+  }
+  return out;
+}
+
+// The same answers, search by search: ids, scores (within tol) and payloads.
+inline void ExpectSameSearches(const std::vector<std::vector<ScoredPoint>>& a,
+                               const std::vector<std::vector<ScoredPoint>>& b, const std::string& what,
+                               float tol = 1e-5f) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].size(), b[i].size()) << what << " search " << i;
+    for (size_t j = 0; j < a[i].size(); ++j) {
+      EXPECT_EQ(a[i][j].id, b[i][j].id) << what << " search " << i << " rank " << j;
+      EXPECT_NEAR(a[i][j].score, b[i][j].score, tol) << what << " search " << i << " rank " << j;
+      EXPECT_EQ(a[i][j].payload, b[i][j].payload) << what;
+    }
+  }
+}
+
+// The files ending in `ext` in the segments directories of every shard of
+// the collection at `collection_dir`, sorted.
+inline std::vector<std::filesystem::path> SegmentDirFiles(const std::string& collection_dir, const std::string& ext) {
+  std::vector<std::filesystem::path> out;
+  for (const auto& shard : std::filesystem::directory_iterator(collection_dir)) {
+    if (!shard.is_directory()) continue;
+    for (const auto& f : std::filesystem::directory_iterator(shard.path() / "segments")) {
+      if (f.path().extension() == ext) out.push_back(f.path());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 }  // namespace cairn::testing_util
 
 #endif  // CAIRN_DB_TEST_UTIL_H_

@@ -962,6 +962,43 @@ bool Segment::IsLive(uint64_t id) const {
   return pos && !((deleted_[*pos >> 6] >> (*pos & 63)) & 1);
 }
 
+void Segment::AttachVectorFile(std::shared_ptr<const VectorFile> file) {
+  std::shared_lock lock(mu_);
+  if (file->rows() != ids_.size() || !frozen_) {
+    std::fprintf(stderr, "cairn: FATAL: vector file %s has %llu rows for a%s segment of %zu points\n",
+                 file->path().c_str(), static_cast<unsigned long long>(file->rows()), frozen_ ? "" : " growing",
+                 ids_.size());
+    std::abort();
+  }
+  vector_file_.store(std::move(file));
+}
+
+absl::Status Segment::ReadVectors(absl::Span<const uint64_t> ids, float* out, std::vector<bool>* found) const {
+  const auto file = vector_file_.load();
+  if (file == nullptr) return absl::OkStatus();
+  std::vector<uint64_t> rows;
+  std::vector<size_t> at;
+  {
+    std::shared_lock lock(mu_);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (auto p = PositionOfLocked(ids[i])) {
+        rows.push_back(*p);
+        at.push_back(i);
+      }
+    }
+  }
+  if (rows.empty()) return absl::OkStatus();
+  std::vector<float> vecs(rows.size() * dim_);
+  std::vector<bool> ok(rows.size(), false);
+  CAIRN_RETURN_IF_ERROR(file->Read(rows, vecs.data(), &ok));
+  for (size_t j = 0; j < rows.size(); ++j) {
+    if (!ok[j]) continue;
+    std::memcpy(out + at[j] * dim_, &vecs[j * dim_], size_t{dim_} * sizeof(float));
+    (*found)[at[j]] = true;
+  }
+  return absl::OkStatus();
+}
+
 std::vector<uint64_t> Segment::Ids() const {
   std::shared_lock lock(mu_);
   return ids_.ToVector();

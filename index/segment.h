@@ -34,6 +34,7 @@
 #include "absl/types/span.h"
 #include "cairn/options.h"
 #include "index/id_column.h"
+#include "index/vector_file.h"
 #include "index/gpu/cuda_backend.h"
 
 namespace faiss {
@@ -165,6 +166,19 @@ class Segment {
   // HasExactVectors(). REQUIRES: sorted_ids ascending; found sized like it.
   void CopyVectors(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const;
 
+  // Attaches the file holding this segment's full vectors in position order
+  // (written by the shard when it seals a segment that stores them lossily):
+  // ReadVectors reads from it from then on. REQUIRES: frozen; file->rows() ==
+  // size().
+  void AttachVectorFile(std::shared_ptr<const VectorFile> file);
+  std::shared_ptr<const VectorFile> vector_file() const { return vector_file_.load(); }
+  // Reads the vectors of the ids this segment holds (deleted or not; `ids` in
+  // any order) from its vector file to out[i * dim], setting (*found)[i];
+  // leaves the others, and reads nothing without a vector file. Rows found
+  // damaged are left unset. Internal when the file cannot be read.
+  // REQUIRES: found sized like ids.
+  absl::Status ReadVectors(absl::Span<const uint64_t> ids, float* out, std::vector<bool>* found) const;
+
   // Marks `id` deleted; returns false when it is not here or already deleted.
   bool MarkDeleted(uint64_t id);
   bool IsLive(uint64_t id) const;
@@ -228,6 +242,7 @@ class Segment {
   IdColumn ids_;   // position -> internal id, ascending
   std::vector<uint64_t> deleted_;  // bitset over positions
   std::shared_ptr<const Int8Codes> codes_;  // HNSW walk codes, once frozen
+  std::atomic<std::shared_ptr<const VectorFile>> vector_file_;
   size_t num_deleted_ = 0;
   bool frozen_ = false;
   // The GPU copy, once made; searches read it without locks. gpu_mu_ is held

@@ -117,6 +117,15 @@ absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
   table.block_cache = rep->cache;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   table.cache_index_and_filter_blocks = true;
+  // Partitioned index and filters: a large file's index (a 512 MB vectors file
+  // has about 2 MB of it) would not fit one shard of the cache and be read
+  // back from disk on every lookup; partitions of 4 KiB are cached like data,
+  // and only their small top level is pinned.
+  table.index_type = rocksdb::BlockBasedTableOptions::kTwoLevelIndexSearch;
+  table.partition_filters = true;
+  table.metadata_block_size = 4096;
+  table.pin_top_level_index_and_filter = true;
+  table.cache_index_and_filter_blocks_with_high_priority = true;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (int i = 0; i < kNumCf; ++i) {
