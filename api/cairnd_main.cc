@@ -69,6 +69,9 @@ void Usage(FILE* out) {
       "                          and writes nothing (CAIRN_MEMORY_LIMIT_MB; default 0: 85%% of\n"
       "                          the container's memory limit, else of the machine's; -1: none;\n"
       "                          single-node only for now)\n"
+      "  --storage-cache-mb N    RocksDB block cache and memtables of every shard together, one\n"
+      "                          cache (CAIRN_STORAGE_CACHE_MB; default 0: an eighth of the\n"
+      "                          memory limit, 256 MiB to 8 GiB, at most a quarter of the limit)\n"
       "\n"
       "Security:\n"
       "  --api-keys-file PATH    API keys with roles, one \"ROLE KEY\" per line; roles are\n"
@@ -227,7 +230,7 @@ int main(int argc, char** argv) {
     }
     static const std::set<std::string> kKeys = {
         "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
-        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb", "memory_limit_mb",
+        "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb", "memory_limit_mb", "storage_cache_mb",
         "cluster", "node_name", "seeds", "peer_listen", "advertise", "cluster_secret_file", "peer_tls_cert",
         "peer_tls_key", "peer_tls_ca", "peer_tls_server_name", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps",
         "raft_quiesce", "dead_node_timeout"};
@@ -257,6 +260,7 @@ int main(int argc, char** argv) {
   std::string device = Env("CAIRN_DEVICE", "auto");
   std::string gpu_mb = Env("CAIRN_GPU_MEMORY_MB", "0");
   std::string memory_mb = Env("CAIRN_MEMORY_LIMIT_MB", "0");
+  std::string storage_cache_mb = Env("CAIRN_STORAGE_CACHE_MB", "0");
   std::string keys_file = Env("CAIRN_API_KEYS_FILE", "");
   std::string keys_inline = Env("CAIRN_API_KEYS", "");
   std::string keys_text;  // the keys file as read at start
@@ -324,6 +328,8 @@ int main(int argc, char** argv) {
       value(&gpu_mb);
     } else if (a == "--memory-limit-mb") {
       value(&memory_mb);
+    } else if (a == "--storage-cache-mb") {
+      value(&storage_cache_mb);
     } else if (a == "--api-keys-file") {
       value(&keys_file);
     } else if (a == "--insecure-no-auth") {
@@ -371,7 +377,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  long n_workers, n_max_mb, n_grace, n_gpu_mb, n_tick, n_compact, n_snap_mbps, n_memory_mb;
+  long n_workers, n_max_mb, n_grace, n_gpu_mb, n_tick, n_compact, n_snap_mbps, n_memory_mb, n_storage_cache_mb;
+  if (!ParseInt(storage_cache_mb, 0, 1L << 30, &n_storage_cache_mb) || (n_storage_cache_mb > 0 && n_storage_cache_mb < 8)) {
+    std::fprintf(stderr, "cairnd: --storage-cache-mb is a number of MiB, 0 (the default: sized from the memory limit) "
+                         "or at least 8\n");
+    return 2;
+  }
   if (!ParseInt(memory_mb, -1, 1L << 40, &n_memory_mb)) {
     std::fprintf(stderr, "cairnd: --memory-limit-mb is a number of MiB, 0 (the default: 85%% of the container's or "
                          "machine's memory) or -1 (no limit)\n");
@@ -495,6 +506,7 @@ int main(int argc, char** argv) {
   db_options.gpu_memory_budget = static_cast<uint64_t>(n_gpu_mb) << 20;
   db_options.memory_limit_bytes =
       n_memory_mb < 0 ? cairn::kNoMemoryLimit : static_cast<uint64_t>(n_memory_mb) << 20;
+  db_options.storage_cache_bytes = static_cast<uint64_t>(n_storage_cache_mb) << 20;
 
   cairn::api::ServerOptions options;
   if (no_auth) {
@@ -647,7 +659,8 @@ int main(int argc, char** argv) {
     if (!cluster_mode) {
       const uint64_t limit = cairn::db::MemoryLimitFor(db_options.memory_limit_bytes);
       LogEvent("memory", {{"limit_mb", limit == 0 ? std::string("none") : std::to_string(limit >> 20)},
-                          {"source", n_memory_mb != 0 ? std::string("--memory-limit-mb") : std::string("85% of the cgroup's or machine's memory")}});
+                          {"source", n_memory_mb != 0 ? std::string("--memory-limit-mb") : std::string("85% of the cgroup's or machine's memory")},
+                          {"storage_cache_mb", std::to_string(cairn::db::StorageMemoryFor(db_options.storage_cache_bytes, limit) >> 20)}});
     }
     size_t collections = (*db)->ListCollections().size();
     serving = true;  // from here a signal drains instead of stopping at once

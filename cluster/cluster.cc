@@ -686,6 +686,7 @@ class ClusterCollection final : public Collection {
 
 Cluster::Cluster(ClusterOptions options)
     : options_(std::move(options)),
+      kv_memory_(db::NewKvMemory(options_.db)),
       incarnation_((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) {}
 
 std::string Cluster::NewRequestId() {
@@ -1784,7 +1785,7 @@ void Cluster::Reconcile() {
     for (const auto& [r, n] : g->replicas) {
       if (n == self_.id) replica = r;
     }
-    db::ShardOptions so = db::ShardOptionsFor(g->collection, coll->second.config, options_.db);
+    db::ShardOptions so = db::ShardOptionsFor(g->collection, coll->second.config, options_.db, kv_memory_);
     so.sync_writes = false;  // the Raft log is the write-ahead log
     const std::string dir = GroupDir(g->group);
     // What is on disk for this group may be an earlier replica's (moved off

@@ -350,6 +350,8 @@ class Cluster final : public Database, private PeerHandler {
   std::string PeerAddress(uint64_t node) const;
 
   const ClusterOptions options_;
+  // One block cache and memtable budget for every replica's store.
+  const std::shared_ptr<storage::KvMemory> kv_memory_;
   std::unique_ptr<storage::FileLock> lock_;
   NodeIdentity self_;
   std::unique_ptr<raft::LogStore> store_;

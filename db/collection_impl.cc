@@ -130,9 +130,15 @@ absl::Status ValidateFilter(const Filter* f) {
 
 }  // namespace
 
+std::shared_ptr<storage::KvMemory> NewKvMemory(const DatabaseOptions& options) {
+  const uint64_t bytes = StorageMemoryFor(options.storage_cache_bytes, MemoryLimitFor(options.memory_limit_bytes));
+  return storage::KvMemory::Create(bytes, bytes / 2);
+}
+
 ShardOptions ShardOptionsFor(const std::string& name, const CollectionConfig& config,
-                             const DatabaseOptions& options) {
+                             const DatabaseOptions& options, std::shared_ptr<storage::KvMemory> kv_memory) {
   ShardOptions so;
+  so.kv_memory = std::move(kv_memory);
   so.dimension = config.dimension;
   so.metric = config.metric;
   so.index = config.index;
@@ -166,10 +172,11 @@ CollectionImpl::~CollectionImpl() = default;
 
 absl::StatusOr<std::shared_ptr<CollectionImpl>> CollectionImpl::Open(
     const std::string& name, const std::string& dir, const CollectionConfig& config,
-    const DatabaseOptions& options, std::function<void()> wake_maintenance) {
+    const DatabaseOptions& options, std::function<void()> wake_maintenance,
+    std::shared_ptr<storage::KvMemory> kv_memory) {
   auto c = std::shared_ptr<CollectionImpl>(
       new CollectionImpl(name, dir, config, options, std::move(wake_maintenance)));
-  const ShardOptions so = ShardOptionsFor(name, config, options);
+  const ShardOptions so = ShardOptionsFor(name, config, options, std::move(kv_memory));
   for (uint32_t i = 0; i < config.num_shards; ++i) {
     std::string sdir = (fs::path(dir) / ShardDirName(i)).string();
     CAIRN_ASSIGN_OR_RETURN(auto shard, Shard::Open(sdir, so));

@@ -20,14 +20,21 @@ namespace cairn::db {
 
 // The options of collection `name`'s shards (says once when it asks for a
 // GPU this node lacks).
-ShardOptions ShardOptionsFor(const std::string& name, const CollectionConfig& config, const DatabaseOptions& options);
+ShardOptions ShardOptionsFor(const std::string& name, const CollectionConfig& config, const DatabaseOptions& options,
+                             std::shared_ptr<storage::KvMemory> kv_memory = nullptr);
+
+// The block cache and memtable budget that the shard stores of a node share
+// (DatabaseOptions::storage_cache_bytes), half of it for memtables.
+std::shared_ptr<storage::KvMemory> NewKvMemory(const DatabaseOptions& options);
 
 class CollectionImpl final : public Collection {
  public:
-  // Opens (creating when absent) the shards under `dir`.
+  // Opens (creating when absent) the shards under `dir`, their stores
+  // sharing `kv_memory` when given.
   static absl::StatusOr<std::shared_ptr<CollectionImpl>> Open(
       const std::string& name, const std::string& dir, const CollectionConfig& config,
-      const DatabaseOptions& options, std::function<void()> wake_maintenance);
+      const DatabaseOptions& options, std::function<void()> wake_maintenance,
+      std::shared_ptr<storage::KvMemory> kv_memory = nullptr);
   // A collection whose shards live elsewhere (replicated, in cluster mode):
   // it checks requests, routes them and merges results as for local shards.
   // What needs the shards themselves (UpdateConfig, Seal, Compact, bulk

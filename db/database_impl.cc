@@ -45,7 +45,8 @@ class DatabaseImpl final : public Database {
       : dir_(std::move(dir)),
         options_(options),
         lock_(std::move(lock)),
-        budget_(std::make_shared<MemoryBudget>(db::MemoryLimitFor(options_.memory_limit_bytes), [this] { return MeasureMemory(); })) {}
+        budget_(std::make_shared<MemoryBudget>(db::MemoryLimitFor(options_.memory_limit_bytes), [this] { return MeasureMemory(); })),
+        kv_memory_(db::NewKvMemory(options_)) {}
 
   ~DatabaseImpl() override {
     budget_->Detach();
@@ -83,7 +84,7 @@ class DatabaseImpl final : public Database {
         return absl::DataLossError(absl::StrCat("collection ", name, ": ", valid.message()));
       }
       CAIRN_ASSIGN_OR_RETURN(auto c, CollectionImpl::Open(name, entry.path().string(), *config,
-                                                          options_, Waker()));
+                                                          options_, Waker(), kv_memory_));
       c->SetMemoryBudget(budget_);
       collections_[name] = std::move(c);
     }
@@ -129,7 +130,7 @@ class DatabaseImpl final : public Database {
     fs::rename(tmp, final_dir, ec);
     if (ec) return absl::InternalError(absl::StrCat("rename to ", final_dir.string(), ": ", ec.message()));
     CAIRN_RETURN_IF_ERROR(storage::SyncDir(cdir.string()));
-    auto c = CollectionImpl::Open(name, final_dir.string(), config, options_, Waker());
+    auto c = CollectionImpl::Open(name, final_dir.string(), config, options_, Waker(), kv_memory_);
     if (!c.ok()) {
       fs::remove_all(final_dir, ec);
       return c.status();
@@ -206,7 +207,7 @@ class DatabaseImpl final : public Database {
     fs::rename(tmp, cdir / name, ec);
     if (ec) return absl::InternalError(absl::StrCat("rename to ", (cdir / name).string(), ": ", ec.message()));
     CAIRN_RETURN_IF_ERROR(storage::SyncDir(cdir.string()));
-    auto c = CollectionImpl::Open(name, (cdir / name).string(), snap.config, options_, Waker());
+    auto c = CollectionImpl::Open(name, (cdir / name).string(), snap.config, options_, Waker(), kv_memory_);
     if (!c.ok()) {
       fs::remove_all(cdir / name, ec);
       return c.status();
@@ -238,6 +239,7 @@ class DatabaseImpl final : public Database {
       for (auto& [n, c] : collections_) cs.push_back(c);
     }
     MemoryUsage u;
+    u.storage_bytes = kv_memory_->BlockCacheBytes();  // shared: the collections report their memtables
     for (const auto& c : cs) {
       auto info = c->Info();
       if (!info.ok()) continue;  // closed or dropped meanwhile
@@ -282,6 +284,8 @@ class DatabaseImpl final : public Database {
   bool stop_ = false;           // guarded by maint_mu_
   std::thread maint_thread_;
   const std::shared_ptr<MemoryBudget> budget_;
+  // One block cache and memtable budget for every shard's store.
+  const std::shared_ptr<storage::KvMemory> kv_memory_;
 };
 
 }  // namespace
@@ -296,6 +300,13 @@ static absl::Status ValidateOptions(const DatabaseOptions& o) {
   if (o.max_k < 1 || o.max_k > 1000000) return bad("max_k", "must be 1..1000000");
   if (o.max_queries < 1) return bad("max_queries", "must be >= 1");
   if (o.max_payload_bytes < 2) return bad("max_payload_bytes", "must be >= 2");
+  if (o.storage_cache_bytes != 0 && o.storage_cache_bytes < (uint64_t{8} << 20)) {
+    return bad("storage_cache_bytes", "must be 0 (sized from the memory limit) or at least 8 MiB");
+  }
+  if (const uint64_t limit = db::MemoryLimitFor(o.memory_limit_bytes);
+      o.storage_cache_bytes != 0 && limit != 0 && o.storage_cache_bytes >= limit) {
+    return bad("storage_cache_bytes", "must be below the memory limit (memory_limit_bytes), which counts it");
+  }
   return absl::OkStatus();
 }
 

@@ -47,6 +47,12 @@ uint64_t MemoryLimitFor(uint64_t configured) {
   return configured != 0 ? configured : DefaultMemoryLimit();
 }
 
+uint64_t StorageMemoryFor(uint64_t configured, uint64_t limit) {
+  if (configured != 0) return configured;
+  if (limit == 0) return uint64_t{1} << 30;
+  return std::min(limit / 4, std::clamp<uint64_t>(limit / 8, uint64_t{256} << 20, uint64_t{8} << 30));
+}
+
 MemoryBudget::MemoryBudget(uint64_t limit, std::function<MemoryUsage()> measure)
     : limit_(limit), measure_(std::move(measure)) {}
 

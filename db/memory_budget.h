@@ -41,6 +41,11 @@ uint64_t DefaultMemoryLimit();
 // The limit DatabaseOptions::memory_limit_bytes asks for, in bytes (0: none):
 // `configured` itself, DefaultMemoryLimit() for 0, none for kNoMemoryLimit.
 uint64_t MemoryLimitFor(uint64_t configured);
+// The shared block cache and memtable budget that DatabaseOptions::
+// storage_cache_bytes asks for: `configured` itself, else an eighth of
+// `limit` (MemoryLimitFor's; 0: none) between 256 MiB and 8 GiB but at most
+// a quarter of it, 1 GiB without a limit.
+uint64_t StorageMemoryFor(uint64_t configured, uint64_t limit);
 
 class MemoryBudget {
  public:

@@ -88,6 +88,32 @@ TEST_F(MemoryLimitTest, NoLimitAdmitsEverything) {
   EXPECT_EQ(docs->Info()->points, 20u * 256);
 }
 
+TEST(StorageMemory, IsAnEighthOfTheLimitWithinBounds) {
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  EXPECT_EQ(db::StorageMemoryFor(100 * kMiB, 1024 * kMiB), 100 * kMiB);  // as configured
+  EXPECT_EQ(db::StorageMemoryFor(0, 0), 1024 * kMiB);                   // no limit
+  EXPECT_EQ(db::StorageMemoryFor(0, 16384 * kMiB), 2048 * kMiB);
+  EXPECT_EQ(db::StorageMemoryFor(0, 1024 * kMiB), 256 * kMiB);
+  EXPECT_EQ(db::StorageMemoryFor(0, 48 * kMiB), 12 * kMiB);  // a quarter of a small limit
+  EXPECT_EQ(db::StorageMemoryFor(0, 1024 * 1024 * kMiB), 8192 * kMiB);
+}
+
+TEST_F(MemoryLimitTest, StorageCacheOptionIsChecked) {
+  DatabaseOptions o = TestOptions();
+  o.storage_cache_bytes = 1 << 20;
+  auto small = Database::Open(dir_, o);
+  EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(small.status().message(), "storage_cache_bytes")) << small.status();
+  o.memory_limit_bytes = 64ull << 20;
+  o.storage_cache_bytes = 64ull << 20;
+  EXPECT_EQ(Database::Open(dir_, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.storage_cache_bytes = 16ull << 20;
+  OpenDb(o);
+  auto docs = Create("docs", Config(kDim, Metric::kL2, IndexType::kFlat));
+  ASSERT_NE(docs, nullptr);
+  ASSERT_TRUE(docs->Upsert(Batch(0, 256)).ok());
+}
+
 TEST(DefaultMemoryLimit, IsMostOfWhatTheProcessMayUse) {
   const uint64_t physical =
       static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));

@@ -199,6 +199,7 @@ absl::StatusOr<std::unique_ptr<Shard>> Shard::Open(const std::string& dir, const
   if (ec) return absl::InternalError(absl::StrCat("create ", dir, ": ", ec.message()));
   storage::KvOptions kv_options;
   kv_options.sync = options.sync_writes;
+  kv_options.memory = options.kv_memory;
   CAIRN_ASSIGN_OR_RETURN(auto kv, storage::KvStore::Open((fs::path(dir) / "kv").string(), kv_options));
   auto shard = std::unique_ptr<Shard>(new Shard(dir, options, std::move(kv)));
   CAIRN_RETURN_IF_ERROR(shard->Load(vectors_from));

@@ -97,6 +97,9 @@ struct ShardOptions {
   // opened for its new group, which then keeps the class: KeepHashClass).
   // Default: every point.
   HashClass load_class;
+  // The node's shared block cache and memtable budget; null: the shard's
+  // store has a cache of its own.
+  std::shared_ptr<storage::KvMemory> kv_memory;
 };
 
 // A point ready for a shard: validated, payload parsed and re-serialized.

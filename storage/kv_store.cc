@@ -1,5 +1,6 @@
 #include "storage/kv_store.h"
 
+#include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
@@ -7,6 +8,7 @@
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
+#include <rocksdb/write_buffer_manager.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -80,11 +82,35 @@ void WriteBatch::Append(const WriteBatch& other) {
   bytes_ += other.bytes_;
 }
 
+struct KvMemory::Rep {
+  std::shared_ptr<rocksdb::Cache> cache;
+  std::shared_ptr<rocksdb::WriteBufferManager> write_buffers;
+};
+
+KvMemory::KvMemory(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
+KvMemory::~KvMemory() = default;
+
+std::shared_ptr<KvMemory> KvMemory::Create(uint64_t capacity_bytes, uint64_t write_buffer_bytes) {
+  auto rep = std::make_unique<Rep>();
+  rep->cache = rocksdb::NewLRUCache(capacity_bytes);
+  rep->write_buffers = std::make_shared<rocksdb::WriteBufferManager>(write_buffer_bytes, rep->cache);
+  return std::shared_ptr<KvMemory>(new KvMemory(std::move(rep)));
+}
+
+uint64_t KvMemory::capacity_bytes() const { return rep_->cache->GetCapacity(); }
+uint64_t KvMemory::write_buffer_bytes() const { return rep_->write_buffers->buffer_size(); }
+uint64_t KvMemory::MemtableBytes() const { return rep_->write_buffers->memory_usage(); }
+uint64_t KvMemory::BlockCacheBytes() const {
+  const uint64_t usage = rep_->cache->GetUsage(), memtables = MemtableBytes();
+  return usage > memtables ? usage - memtables : 0;
+}
+
 struct KvStore::Rep {
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::WriteOptions write_options;
-  std::shared_ptr<rocksdb::Cache> cache;
+  std::shared_ptr<KvMemory> memory;      // shared, when given
+  std::shared_ptr<rocksdb::Cache> cache;  // the shared one or its own
   std::vector<rocksdb::ColumnFamilyOptions> cf_options;
 
   ~Rep() {
@@ -112,7 +138,13 @@ absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
   db_options.max_open_files = 512;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
 
-  rep->cache = rocksdb::NewLRUCache(64ull << 20);
+  rep->memory = options.memory;
+  if (rep->memory != nullptr) {
+    rep->cache = rep->memory->rep_->cache;
+    db_options.write_buffer_manager = rep->memory->rep_->write_buffers;
+  } else {
+    rep->cache = rocksdb::NewLRUCache(64ull << 20);
+  }
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rep->cache;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
@@ -302,7 +334,7 @@ uint64_t KvStore::ApproximateMemoryBytes() const {
       if (rep_->db->GetIntProperty(h, prop, &v)) total += v;
     }
   }
-  return total + rep_->cache->GetUsage();
+  return rep_->memory != nullptr ? total : total + rep_->cache->GetUsage();
 }
 
 }  // namespace cairn::storage

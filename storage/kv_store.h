@@ -33,10 +33,39 @@ namespace cairn::storage {
 enum class Cf : int { kMeta = 0, kVectors, kPayloads, kIds, kRids, kPayloadIndex };
 inline constexpr int kNumCf = 6;
 
+// Memory several stores share (a node's shard replicas): one LRU block
+// cache, and one write buffer manager that charges every store's memtables
+// to that cache. The cache's capacity bounds blocks and memtables together;
+// once the memtables pass `write_buffer_bytes` the largest is flushed.
+// Thread-safe; stores keep it alive while open.
+class KvMemory {
+ public:
+  // REQUIRES: write_buffer_bytes < capacity_bytes.
+  static std::shared_ptr<KvMemory> Create(uint64_t capacity_bytes, uint64_t write_buffer_bytes);
+  ~KvMemory();
+  uint64_t capacity_bytes() const;
+  uint64_t write_buffer_bytes() const;
+  // Memtable bytes of every store, as charged to the cache.
+  uint64_t MemtableBytes() const;
+  // Cached blocks (data, index, filter) of every store: the cache's usage
+  // less the memtables' charge.
+  uint64_t BlockCacheBytes() const;
+
+ private:
+  friend class KvStore;
+  struct Rep;
+  explicit KvMemory(std::unique_ptr<Rep> rep);
+  std::unique_ptr<Rep> rep_;
+};
+
 struct KvOptions {
   bool create_if_missing = true;
   // fsync the WAL before Write returns. Concurrent writers share a sync.
   bool sync = true;
+  // Shared memory for caches and memtables; null: the store has a 64 MiB
+  // block cache of its own and its memtables are bounded only per column
+  // family.
+  std::shared_ptr<KvMemory> memory;
 };
 
 // A set of puts and deletes applied atomically by KvStore::Write.
@@ -138,7 +167,8 @@ class KvStore {
   // Makes every write made so far durable (fsyncs the write-ahead log): for
   // a store opened without synced writes.
   absl::Status SyncWal();
-  // Memtables, table readers and block cache, in bytes (RocksDB's estimate).
+  // Memtables, table readers and block cache, in bytes (RocksDB's estimate);
+  // without the block cache when it is shared (KvMemory reports that).
   uint64_t ApproximateMemoryBytes() const;
 
   const std::string& path() const { return path_; }

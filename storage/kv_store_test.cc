@@ -3,7 +3,9 @@
 
 #include <stdlib.h>
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -195,6 +197,55 @@ TEST_F(KvStoreTest, ReopenKeepsData) {
   ASSERT_NE(kv, nullptr);
   EXPECT_EQ(Scan(*kv, Cf::kVectors), rows);
   EXPECT_GT(kv->ApproximateMemoryBytes(), 0u);
+}
+
+// Stores sharing a KvMemory: their memtables are charged to one cache and
+// flushed once together they pass the write buffer limit; cached blocks are
+// reported by the KvMemory, not by each store.
+TEST_F(KvStoreTest, SharedMemoryBoundsTheMemtablesOfEveryStore) {
+  constexpr uint64_t kWriteBuffers = 4ull << 20;
+  auto memory = KvMemory::Create(64ull << 20, kWriteBuffers);
+  KvOptions options;
+  options.sync = false;
+  options.memory = memory;
+  auto a = OpenOrDie(Path("a"), options);
+  auto b = OpenOrDie(Path("b"), options);
+  ASSERT_TRUE(a && b);
+  // 24 MiB into each store: under the 32 MiB a column family's memtable
+  // holds before flushing itself, so only the shared limit flushes them.
+  const std::string value(1024, 'p');
+  for (int i = 0; i < 24 * 1024; i += 256) {
+    for (KvStore* kv : {a.get(), b.get()}) {
+      WriteBatch batch;
+      for (int j = i; j < i + 256; ++j) batch.Put(Cf::kPayloads, "k" + std::to_string(100000 + j), value);
+      ASSERT_TRUE(kv->Write(batch).ok());
+    }
+  }
+  // Flushes are decided on writes and run in the background: small writes
+  // (bounded in number and time) until they have caught up.
+  for (int i = 0; i < 750 && memory->MemtableBytes() > 3 * kWriteBuffers; ++i) {
+    for (KvStore* kv : {a.get(), b.get()}) {
+      WriteBatch nudge;
+      nudge.Put(Cf::kMeta, "nudge", std::to_string(i));
+      ASSERT_TRUE(kv->Write(nudge).ok());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_LE(memory->MemtableBytes(), 3 * kWriteBuffers);  // of the 48 MiB written
+  EXPECT_GT(memory->MemtableBytes(), 0u);
+  EXPECT_LE(a->ApproximateMemoryBytes() + b->ApproximateMemoryBytes(), 5 * kWriteBuffers);
+  // Reads fill the one cache; the stores do not count it.
+  const uint64_t a_before = a->ApproximateMemoryBytes();
+  for (int i = 0; i < 24 * 1024; i += 97) {
+    for (KvStore* kv : {a.get(), b.get()}) {
+      auto got = kv->Get(Cf::kPayloads, "k" + std::to_string(100000 + i));
+      ASSERT_TRUE(got.ok() && got->has_value());
+      EXPECT_EQ(**got, value);
+    }
+  }
+  EXPECT_GT(memory->BlockCacheBytes(), 1ull << 20);
+  EXPECT_LE(memory->BlockCacheBytes() + memory->MemtableBytes(), memory->capacity_bytes() + (1ull << 20));
+  EXPECT_LT(a->ApproximateMemoryBytes(), a_before + (1ull << 20));
 }
 
 TEST_F(KvStoreTest, OpenMissingWithoutCreateFails) {

@@ -101,7 +101,7 @@ struct CollectionInfo {
   uint64_t sealed_segments = 0;
   uint64_t deleted_in_segments = 0;  // tombstones not yet compacted away
   uint64_t index_memory_bytes = 0;   // resident index memory (estimate)
-  uint64_t storage_memory_bytes = 0; // RocksDB memtables, table readers, block cache
+  uint64_t storage_memory_bytes = 0; // RocksDB memtables and table readers (the block cache is shared: DatabaseOptions::storage_cache_bytes)
   uint64_t gpu_segments = 0;         // sealed segments searched on a GPU copy (see IndexSpec::device)
   uint64_t gpu_memory_bytes = 0;     // device memory those copies hold
   // Points written and not yet in an index, searched exactly: those the

@@ -128,6 +128,14 @@ struct DatabaseOptions {
   // go on. 0: 85% of the cgroup's memory limit (a container's), else of the
   // machine's memory. kNoMemoryLimit: none. Default: 0.
   uint64_t memory_limit_bytes = 0;
+  // Memory for RocksDB's block cache and memtables, shared by every shard
+  // of the database: one LRU cache whose capacity bounds cached blocks and
+  // memtables together (memtables are flushed once they pass half of it).
+  // Part of what memory_limit_bytes counts. 0: an eighth of the memory
+  // limit, between 256 MiB and 8 GiB but at most a quarter of the limit
+  // (1 GiB without a limit); otherwise at least 8 MiB and below the limit.
+  // Default: 0.
+  uint64_t storage_cache_bytes = 0;
   // Sync the write-ahead log before acknowledging a write. Turning this off
   // trades durability of the last writes on power loss for speed; a process
   // crash still loses nothing. Default: true.
