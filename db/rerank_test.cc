@@ -129,6 +129,12 @@ TEST_F(RerankTest, SealedLossySegmentsReRankFromTheirVectorFiles) {
       reopen([&] { fs::remove(vecs[0]); }, "without the vector file: from storage");
       reopen([] {}, "reopened without the vector file, which the manifest no longer names");
       EXPECT_TRUE(testing_util::SegmentDirFiles(CollectionDir(name), ".vec").empty());
+      // Maintenance writes it again (from storage), and it is used.
+      ASSERT_TRUE(c->Compact().ok());
+      ASSERT_EQ(testing_util::SegmentDirFiles(CollectionDir(name), ".vec"), vecs);
+      ExpectSame(with_file, Searches(*c), "rewritten by maintenance");
+      reopen([] {}, "reopened with the rewritten vector file");
+      EXPECT_EQ(testing_util::SegmentDirFiles(CollectionDir(name), ".vec"), vecs);
     }
   }
 }

@@ -2047,7 +2047,36 @@ absl::Status Shard::Compact(bool force) {
     fs::remove(SegmentPath(old.file), ec);
     if (!old.vectors.empty()) fs::remove(SegmentPath(old.vectors), ec);
   }
+  WriteMissingVectorFilesLocked();
   return absl::OkStatus();
+}
+
+void Shard::WriteMissingVectorFilesLocked() {
+  std::vector<SealedRef> bare;
+  {
+    std::shared_lock state(state_mu_);
+    for (const auto& s : sealed_) {
+      if (s.vectors.empty() && !s.segment->HasExactVectors() && s.segment->size() > 0) bare.push_back(s);
+    }
+  }
+  for (const auto& s : bare) {
+    // Derived state: a failure leaves the segment re-ranking from storage.
+    auto vectors = SaveVectorFile(*s.segment, s.file, nullptr);
+    absl::Status st = vectors.status();
+    if (st.ok()) {
+      std::lock_guard commit(commit_mu_);
+      {
+        std::unique_lock state(state_mu_);
+        auto it = std::find_if(sealed_.begin(), sealed_.end(), [&](const SealedRef& r) { return r.file == s.file; });
+        if (it != sealed_.end()) it->vectors = *vectors;
+      }
+      st = WriteManifestLocked();
+    }
+    if (!st.ok()) {
+      std::fprintf(stderr, "cairn: %s: cannot write the vector file of segment %s: %s\n", dir_.c_str(),
+                   s.file.c_str(), st.ToString().c_str());
+    }
+  }
 }
 
 absl::Status Shard::SnapshotAll(const std::vector<Shard*>& shards,

@@ -310,6 +310,9 @@ class Shard final : public ShardAccess {
   absl::Status CheckpointGrowing(bool at_close);
   static constexpr uint64_t kMinPointsToSaveAtClose = 1000;  // fewer rebuild in well under a second
   bool NeedsCheckpoint() const;
+  // Rewrites the sealed segments whose deleted fraction passes the tunable
+  // ratio (every one with deletes when `force`), then writes the vector files
+  // lossy segments lack.
   absl::Status Compact(bool force);
   bool NeedsSeal() const;
 
@@ -439,6 +442,10 @@ class Shard final : public ShardAccess {
   // state_mu_ held.
   // `with_tail`: counting the tail's points as if they were indexed.
   bool CheckpointDueLocked(bool at_close, bool with_tail) const;
+  // Writes the vector file of each sealed lossy segment that has none (one
+  // sealed before vector files existed, or whose file was lost), from
+  // storage; logs a failure. REQUIRES: maintenance_mu_ held.
+  void WriteMissingVectorFilesLocked();
   // Seals `frozen` (in frozen_) into a segment file and switches the
   // manifest. REQUIRES: maintenance_mu_ held.
   absl::Status SealFrozen(const std::shared_ptr<index::Segment>& frozen);
