@@ -2128,7 +2128,9 @@ ShardStats Shard::Stats() const {
   st.index_memory_bytes += payload_index_.MemoryBytes() + live_.getSizeInBytes(false);
   st.tail_points = TailPointsLocked();
   st.growing_points = growing_->size() + st.tail_points;
-  st.unindexed_points = st.tail_points;
+  // Searches scan a chunk exactly until it has moved entirely (it is then
+  // dropped): it counts until then, so that 0 means answers are the index's.
+  for (const auto& chunk : tail_) st.unindexed_points += chunk->size();
   if (train_points_ > 0 && growing_->type() == IndexType::kFlat) st.unindexed_points += growing_->size();
   st.growing_saved_points = growing_saved_.load();
   st.storage_memory_bytes = kv_->ApproximateMemoryBytes();

@@ -5,6 +5,8 @@
 // read on a follower sees every write acknowledged before it began.
 #include <stdlib.h>
 
+#include <algorithm>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -522,11 +524,17 @@ TEST_F(NodeTest, IdleGroupsGoQuietAndWakeForWritesAndForALostLeader) {
     while (!all_quiet() && Clock::now() < deadline) std::this_thread::sleep_for(5ms);
     return all_quiet();
   };
-  ASSERT_TRUE(wait_quiet());
-  const uint64_t delivered = hub_.delivered();
-  std::this_thread::sleep_for(300ms);  // 30 ticks, 3 election timeouts
-  EXPECT_EQ(hub_.delivered(), delivered) << "quiet groups sent Raft messages";
-  EXPECT_TRUE(all_quiet());
+  // Silent for a whole window of 30 ticks (3 election timeouts). On a
+  // starved machine a keepalive can come late and wake a group; it must go
+  // quiet again, and one of a few windows must then be silent.
+  bool silent = false;
+  for (int window = 0; window < 5 && !silent; ++window) {
+    ASSERT_TRUE(wait_quiet());
+    const uint64_t delivered = hub_.delivered();
+    std::this_thread::sleep_for(300ms);
+    silent = hub_.delivered() == delivered && all_quiet();
+  }
+  EXPECT_TRUE(silent) << "quiet groups sent Raft messages in every window";
   // A quiet follower is as current as its leader's node's last keepalive.
   for (auto& [n, node] : nodes_) {
     for (const auto& st : node->Status()) {
@@ -536,7 +544,9 @@ TEST_F(NodeTest, IdleGroupsGoQuietAndWakeForWritesAndForALostLeader) {
   // A write wakes the group, and it applies everywhere.
   auto r = Propose(3, kGroupA, "c");
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(Converged(kGroupA), (std::vector<std::string>{"a", "c"}));
+  std::vector<std::string> ac = Converged(kGroupA);
+  ac.erase(std::unique(ac.begin(), ac.end()), ac.end());  // "a" was retried until acknowledged
+  EXPECT_EQ(ac, (std::vector<std::string>{"a", "c"}));
   ASSERT_TRUE(wait_quiet());
 
   // The leader's node dies while the group is quiet: the followers hear no
@@ -550,7 +560,13 @@ TEST_F(NodeTest, IdleGroupsGoQuietAndWakeForWritesAndForALostLeader) {
   // It comes back: heard again, it catches up.
   StartNode(leader, /*first=*/false);
   ProposeUntilAcked(leader, kGroupA, "e");
-  EXPECT_EQ(Converged(kGroupA), (std::vector<std::string>{"a", "c", "d", "e"}));
+  // A proposal that timed out may have committed before its retry did: the
+  // retried entries are there at least once, in order.
+  auto once = [](std::vector<std::string> v) {
+    v.erase(std::unique(v.begin(), v.end()), v.end());
+    return v;
+  };
+  EXPECT_EQ(once(Converged(kGroupA)), (std::vector<std::string>{"a", "c", "d", "e"}));
   EXPECT_TRUE(wait_quiet());
 }
 
