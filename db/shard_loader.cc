@@ -59,7 +59,7 @@ absl::Status Shard::Loader::Add(PreparedPoint p) {
   for (auto& key : shard_->payload_index_.KeysFor(p.payload, id)) index_keys_.push_back(std::move(key));
   ids_.emplace_back(std::move(p.ext_key), id);
   seg_ids_.push_back(id);
-  seg_vecs_.insert(seg_vecs_.end(), p.vector.begin(), p.vector.end());
+  seg_vecs_.Append(p.vector);
   if (seg_ids_.size() >= segment_size_) return StartSegment();
   return absl::OkStatus();
 }
@@ -141,11 +141,14 @@ absl::Status Shard::Loader::StartSegment() {
   const ShardOptions& o = shard_->options_;
   index::PrepareVectors(o.metric, seg_vecs_.data(), seg_ids_.size(), o.dimension);
   pending_ = std::async(std::launch::async, [this, file, ids = std::move(seg_ids_),
-                                             vecs = std::move(seg_vecs_)]() -> absl::Status {
+                                             vecs = std::move(seg_vecs_)]() mutable -> absl::Status {
     const ShardOptions& o = shard_->options_;
-    CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Build(o.dimension, o.metric, o.index, vecs.data(), ids.data(),
+    // An HNSW (or flat) segment takes the buffer as its vectors: one copy.
+    CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Build(o.dimension, o.metric, o.index, &vecs, ids.data(),
                                                            ids.size(), IndexThreads(o.index_threads)));
-    CAIRN_ASSIGN_OR_RETURN(std::string vectors, shard_->SaveVectorFile(*seg, file, vecs.data()));
+    // A lossy one keeps its codes and writes the buffer to its vector file.
+    CAIRN_ASSIGN_OR_RETURN(std::string vectors,
+                           shard_->SaveVectorFile(*seg, file, vecs.empty() ? nullptr : vecs.data()));
     CAIRN_RETURN_IF_ERROR(seg->Save(shard_->SegmentPath(file)));
     built_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file, vectors});
     return absl::OkStatus();

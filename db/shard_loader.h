@@ -36,7 +36,7 @@ class Shard::Loader {
   std::vector<std::pair<std::string, uint64_t>> ids_;  // external key, internal id
   std::vector<std::string> index_keys_;
   std::vector<uint64_t> seg_ids_;
-  std::vector<float> seg_vecs_;
+  index::VectorBuffer seg_vecs_;  // prepared when its segment starts
   std::future<absl::Status> pending_;
   std::vector<SealedRef> built_;  // written by the build thread, read after WaitSegment
 };

@@ -6,6 +6,7 @@
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexScalarQuantizer.h>
+#include <faiss/impl/FaissAssert.h>
 #include <faiss/impl/HNSW.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
@@ -83,6 +84,24 @@ class FastFlat final : public faiss::IndexFlat {
  public:
   FastFlat(int d, faiss::MetricType metric) : faiss::IndexFlat(d, metric) {}
 
+  // Takes `rows` (whole vectors) as its storage, to be announced by the
+  // next add of as many rows at get_xb(): IndexHNSW::add adds to its storage
+  // and then links the graph over the same vectors, so they are held once.
+  void Adopt(std::vector<uint8_t>&& rows) {
+    FAISS_THROW_IF_NOT(ntotal == 0 && rows.size() % code_size == 0);
+    codes = std::move(rows);
+    adopted_ = static_cast<idx_t>(codes.size() / code_size);
+  }
+  void add(idx_t n, const float* x) override {
+    if (adopted_ > 0) {
+      FAISS_THROW_IF_NOT(n == adopted_ && x == get_xb());
+      ntotal = n;
+      adopted_ = 0;
+      return;
+    }
+    faiss::IndexFlat::add(n, x);
+  }
+
   faiss::FlatCodesDistanceComputer* get_FlatCodesDistanceComputer() const override {
     return new Dis(*this);
   }
@@ -151,6 +170,7 @@ class FastFlat final : public faiss::IndexFlat {
     size_t d;
     bool l2;
   };
+  idx_t adopted_ = 0;  // rows taken by Adopt, not yet added
 };
 
 // Moves a plain IndexFlat's vectors into a FastFlat.
@@ -447,9 +467,21 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
   return seg;
 }
 
+absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                        VectorBuffer* x, const uint64_t* ids, size_t n,
+                                                        int threads) {
+  if (x->size() != n * dim) return absl::InternalError("vector buffer does not hold n rows");
+  IndexType type = spec.type;
+  if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
+  CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(type, dim, metric, spec, x->data(), ids, n, threads, x));
+  seg->BuildSearchCodes();
+  return seg;
+}
+
 absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32_t dim, Metric metric,
                                                           const IndexSpec& spec, const float* x,
-                                                          const uint64_t* ids, size_t n, int threads) {
+                                                          const uint64_t* ids, size_t n, int threads,
+                                                          VectorBuffer* adopt) {
   OmpThreads omp(threads);
   std::unique_ptr<faiss::Index> idx;
   // IVF-PQ also trains its codebooks and encodes its points on the GPU;
@@ -481,6 +513,16 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32
         return;
       }
       std::fprintf(stderr, "cairn: GPU assignment failed, adding on the CPU: %s\n", st.ToString().c_str());
+    }
+    if (n > 0 && adopt != nullptr) {
+      // Flat, or HNSW over flat storage: the vectors become the storage.
+      auto* hnsw = dynamic_cast<faiss::IndexHNSW*>(idx.get());
+      auto* flat = dynamic_cast<FastFlat*>(hnsw != nullptr ? hnsw->storage : idx.get());
+      if (flat != nullptr) {
+        flat->Adopt(std::move(adopt->bytes_));
+        adopt->bytes_ = {};
+        x = flat->get_xb();
+      }
     }
     if (n > 0) idx->add(static_cast<idx_t>(n), x);
   }));
@@ -1078,6 +1120,50 @@ class StreamWriter final : public faiss::IOWriter {
   uint64_t bytes_ = 0;
 };
 
+// Streams bytes [begin, end) of a file to FAISS's reader, a buffer at a time.
+class FileStreamReader final : public faiss::IOReader {
+ public:
+  FileStreamReader(const storage::ReadOnlyFile& f, uint64_t begin, uint64_t end) : f_(f), at_(begin), end_(end) {}
+  size_t operator()(void* ptr, size_t size, size_t nitems) override {
+    char* out = static_cast<char*>(ptr);
+    const size_t want = size * nitems;
+    if (want == 0) return nitems;
+    size_t done = 0;
+    while (done < want && status_.ok()) {
+      if (pos_ < buf_.size()) {
+        const size_t take = std::min(want - done, buf_.size() - pos_);
+        std::memcpy(out + done, buf_.data() + pos_, take);
+        pos_ += take;
+        done += take;
+        continue;
+      }
+      const uint64_t left = end_ - at_;
+      if (left == 0) break;
+      if (want - done >= kBuffer) {  // large arrays go straight to their place
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(want - done, left));
+        status_ = f_.ReadAt(at_, out + done, n);
+        at_ += n;
+        done += n;
+        continue;
+      }
+      buf_.resize(static_cast<size_t>(std::min<uint64_t>(kBuffer, left)));
+      status_ = f_.ReadAt(at_, buf_.data(), buf_.size());
+      at_ += buf_.size();
+      pos_ = 0;
+    }
+    return status_.ok() ? done / size : 0;
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  static constexpr size_t kBuffer = 1 << 20;
+  const storage::ReadOnlyFile& f_;
+  uint64_t at_, end_;
+  std::string buf_;
+  size_t pos_ = 0;
+  absl::Status status_;
+};
+
 }  // namespace
 
 absl::Status Segment::Save(const std::string& path, SavedExtent* extent) const {
@@ -1119,28 +1205,31 @@ absl::Status Segment::Save(const std::string& path, SavedExtent* extent) const {
 
 absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
                                                        const IndexSpec* defaults) {
-  CAIRN_ASSIGN_OR_RETURN(std::string data, storage::ReadFile(path));
+  // Read in pieces: the checksum of the whole file first (nothing is parsed
+  // before it matches, so a damaged size cannot ask for a huge allocation),
+  // then the parts, the index streamed into FAISS. Opening a segment holds
+  // its index once, not the file's bytes beside it.
+  CAIRN_ASSIGN_OR_RETURN(auto file, storage::ReadOnlyFile::Open(path));
   auto corrupt = [&](std::string_view why) {
     return absl::DataLossError(absl::StrCat("segment file ", path, " is corrupt: ", std::string(why)));
   };
-  if (data.size() < sizeof(kMagic) + 4 * 4 + 8 + 8 + 4) return corrupt("truncated header");
-  if (std::memcmp(data.data(), kMagic, sizeof(kMagic)) != 0) return corrupt("bad magic");
+  // magic, format, dim, metric, type, count; then the ids, the index's
+  // size, the index and the CRC.
+  constexpr size_t kFixed = sizeof(kMagic) + 4 * 4 + 8;
+  const uint64_t size = file->size();
+  if (size < kFixed + 8 + 4) return corrupt("truncated header");
+  char head[kFixed];
+  CAIRN_RETURN_IF_ERROR(file->ReadAt(0, head, kFixed));
+  if (std::memcmp(head, kMagic, sizeof(kMagic)) != 0) return corrupt("bad magic");
   uint32_t stored_crc;
-  std::memcpy(&stored_crc, data.data() + data.size() - 4, 4);
-  if (storage::Crc32(std::string_view(data.data(), data.size() - 4)) != stored_crc) {
-    return corrupt("checksum mismatch");
-  }
+  CAIRN_RETURN_IF_ERROR(file->ReadAt(size - 4, &stored_crc, 4));
+  CAIRN_ASSIGN_OR_RETURN(uint32_t crc, file->Crc32Of(size - 4));
+  if (crc != stored_crc) return corrupt("checksum mismatch");
   size_t off = sizeof(kMagic);
   auto u32 = [&] {
     uint32_t v;
-    std::memcpy(&v, data.data() + off, 4);
+    std::memcpy(&v, head + off, 4);
     off += 4;
-    return v;
-  };
-  auto u64 = [&] {
-    uint64_t v;
-    std::memcpy(&v, data.data() + off, 8);
-    off += 8;
     return v;
   };
   uint32_t format = u32();
@@ -1151,20 +1240,24 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
   uint32_t dim = u32();
   uint32_t metric = u32();
   uint32_t type = u32();
-  uint64_t n = u64();
+  uint64_t n;
+  std::memcpy(&n, head + off, 8);
+  off += 8;
   if (metric > 2 || type > 5) return corrupt("bad metric or type");
-  if (n > (data.size() - off) / 8) return corrupt("id count past end");
+  if (n > (size - off) / 8) return corrupt("id count past end");
   std::vector<uint64_t> ids(n);
-  std::memcpy(ids.data(), data.data() + off, n * 8);
+  CAIRN_RETURN_IF_ERROR(file->ReadAt(off, ids.data(), n * 8));
   off += n * 8;
-  if (data.size() - off < 12) return corrupt("truncated index");
-  uint64_t flen = u64();
-  if (flen != data.size() - off - 4) return corrupt("index length mismatch");
-  faiss::VectorIOReader reader;
-  reader.data.assign(data.begin() + static_cast<ptrdiff_t>(off),
-                     data.begin() + static_cast<ptrdiff_t>(off + flen));
+  if (size - off < 12) return corrupt("truncated index");
+  uint64_t flen;
+  CAIRN_RETURN_IF_ERROR(file->ReadAt(off, &flen, 8));
+  off += 8;
+  if (flen != size - off - 4) return corrupt("index length mismatch");
+  FileStreamReader reader(*file, off, off + flen);
   std::unique_ptr<faiss::Index> idx;
-  CAIRN_RETURN_IF_ERROR(CatchFaiss("read", [&] { idx.reset(faiss::read_index(&reader)); }));
+  absl::Status parsed = CatchFaiss("read", [&] { idx.reset(faiss::read_index(&reader)); });
+  CAIRN_RETURN_IF_ERROR(reader.status());  // the cause, when the file read failed
+  CAIRN_RETURN_IF_ERROR(parsed);
   if (static_cast<uint64_t>(idx->ntotal) != n || idx->d != static_cast<int>(dim)) {
     return corrupt("index does not match its id list");
   }

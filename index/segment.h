@@ -88,6 +88,25 @@ struct SegmentSearchParams {
   gpu::cuda::IvfScan gpu_ivf_scan = gpu::cuda::IvfScan::kAuto;
 };
 
+// Prepared float32 vectors, row after row, held as the bytes FAISS's flat
+// storage keeps them in: a segment that stores full vectors in memory (Flat,
+// HNSW) takes them from Build without copying them.
+class VectorBuffer {
+ public:
+  void Append(absl::Span<const float> v) {
+    const auto* b = reinterpret_cast<const uint8_t*>(v.data());
+    bytes_.insert(bytes_.end(), b, b + v.size() * sizeof(float));
+  }
+  float* data() { return reinterpret_cast<float*>(bytes_.data()); }
+  const float* data() const { return reinterpret_cast<const float*>(bytes_.data()); }
+  size_t size() const { return bytes_.size() / sizeof(float); }  // floats
+  bool empty() const { return bytes_.empty(); }
+
+ private:
+  friend class Segment;
+  std::vector<uint8_t> bytes_;
+};
+
 class Segment {
  public:
   ~Segment();
@@ -113,6 +132,13 @@ class Segment {
   static absl::StatusOr<std::unique_ptr<Segment>> Build(uint32_t dim, Metric metric,
                                                         const IndexSpec& spec, const float* x,
                                                         const uint64_t* ids, size_t n,
+                                                        int threads);
+  // Build over the n rows of `x`; a segment that keeps full vectors in
+  // memory (Flat, HNSW) takes x's memory for them and leaves x empty, so the
+  // build holds one copy of the vectors, not two. Other types leave x as it
+  // is.
+  static absl::StatusOr<std::unique_ptr<Segment>> Build(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                        VectorBuffer* x, const uint64_t* ids, size_t n,
                                                         int threads);
   // DataLoss for a truncated or corrupt file, FailedPrecondition for a file of
   // another format version. Search defaults (ef_search, nprobe) come from
@@ -206,10 +232,12 @@ class Segment {
  private:
   struct GpuCopy;  // device copies of the segment's vectors (segment.cc)
   // Build and BuildGrowing: a segment of `type` over the n vectors, trained
-  // when the type needs it.
+  // when the type needs it. With `adopt` (holding x's rows), a type whose
+  // index stores the vectors as floats takes adopt's memory for them.
   static absl::StatusOr<std::unique_ptr<Segment>> BuildOf(IndexType type, uint32_t dim, Metric metric,
                                                           const IndexSpec& spec, const float* x,
-                                                          const uint64_t* ids, size_t n, int threads);
+                                                          const uint64_t* ids, size_t n, int threads,
+                                                          VectorBuffer* adopt = nullptr);
   Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
           std::unique_ptr<faiss::Index> index);
   std::optional<size_t> PositionOfLocked(uint64_t id) const;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <random>
@@ -596,6 +597,106 @@ TEST_F(SegmentTest, SmallSegmentOfTrainedTypeIsStoredFlat) {
   SegmentSearchParams p{.k = kK};
   Results r = SearchAll(**seg, d.queries.data(), 5, p);
   EXPECT_EQ(Recall(Metric::kL2, d, r, 5, kK, All()), 1.0);
+}
+
+// Built from a VectorBuffer, a segment answers as one built from a pointer
+// to the same rows; Flat and HNSW take the buffer's memory as their vectors
+// (and leave it empty), the others leave it as it was.
+TEST_F(SegmentTest, BuildFromABufferAnswersAsBuildFromRows) {
+  const Dataset d = MakeClustered(6000, 20, kDim, TestSeed() + 6);
+  for (IndexType type : {IndexType::kFlat, IndexType::kHnsw, IndexType::kIvfSq8, IndexType::kHnswSq}) {
+    SCOPED_TRACE(TypeName(type));
+    IndexSpec spec;
+    spec.type = type;
+    spec.nlist = 32;
+    VectorBuffer buf;
+    for (size_t i = 0; i < 6000; ++i) buf.Append(absl::MakeConstSpan(&d.x[i * kDim], kDim));
+    ASSERT_EQ(buf.size(), d.x.size());
+    auto from_rows = Segment::Build(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), 6000, 1);
+    auto from_buf = Segment::Build(kDim, Metric::kL2, spec, &buf, d.ids.data(), 6000, 1);
+    ASSERT_TRUE(from_rows.ok()) << from_rows.status();
+    ASSERT_TRUE(from_buf.ok()) << from_buf.status();
+    const bool takes = type == IndexType::kFlat || type == IndexType::kHnsw;
+    EXPECT_EQ(buf.empty(), takes);
+    if (!takes) EXPECT_TRUE(std::equal(d.x.begin(), d.x.end(), buf.data()));
+    EXPECT_EQ((*from_buf)->size(), 6000u);
+    EXPECT_EQ((*from_buf)->Ids(), (*from_rows)->Ids());
+    SegmentSearchParams p{.k = kK};
+    Results a = SearchAll(**from_rows, d.queries.data(), 20, p, 1);
+    Results b = SearchAll(**from_buf, d.queries.data(), 20, p, 1);
+    EXPECT_EQ(a.ids, b.ids);
+    EXPECT_EQ(a.scores, b.scores);
+    if (takes) {
+      // The stored vectors are the rows given.
+      std::vector<float> out(d.x.size());
+      std::vector<bool> found(6000);
+      (*from_buf)->CopyVectors(d.ids, out.data(), &found);
+      EXPECT_EQ(std::count(found.begin(), found.end(), true), 6000);
+      EXPECT_EQ(out, d.x);
+    }
+  }
+  VectorBuffer short_buf;
+  short_buf.Append(absl::MakeConstSpan(d.x.data(), kDim));
+  IndexSpec spec;
+  EXPECT_FALSE(Segment::Build(kDim, Metric::kL2, spec, &short_buf, d.ids.data(), 2, 1).ok());
+}
+
+// What this process holds (VmRSS) and its peak since the last ResetPeak
+// (VmHWM), in bytes; 0 when /proc cannot tell.
+uint64_t ProcStatusBytes(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(field, 0) == 0) return std::strtoull(line.c_str() + std::strlen(field), nullptr, 10) * 1024;
+  }
+  return 0;
+}
+bool ResetPeak() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.close();
+  return !f.fail() && ProcStatusBytes("VmHWM:") > 0;
+}
+
+// A bulk load hands its buffer to an HNSW or flat segment, and opening a
+// segment streams its file: neither holds the vectors twice (they did: a
+// copy for FAISS's storage; the file's bytes and a copy for FAISS's reader).
+TEST_F(SegmentTest, BuildingAndOpeningHoldTheVectorsOnce) {
+  if (!ResetPeak()) GTEST_SKIP() << "this kernel cannot reset the peak RSS (/proc/self/clear_refs)";
+  constexpr size_t kRows = 250000, kD = 128;
+  constexpr double kBytes = kRows * kD * sizeof(float);  // 128 MB
+  std::vector<uint64_t> ids(kRows);
+  std::iota(ids.begin(), ids.end(), 1);
+  const std::string path = Path("big.cseg");
+  {
+    VectorBuffer buf;
+    std::vector<float> row(kD);
+    uint64_t state = TestSeed();
+    for (size_t i = 0; i < kRows; ++i) {
+      for (auto& v : row) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        v = static_cast<float>(state >> 40) / 16777216.0f;
+      }
+      buf.Append(row);
+    }
+    IndexSpec spec;
+    spec.type = IndexType::kFlat;
+    ASSERT_TRUE(ResetPeak());
+    const double before = static_cast<double>(ProcStatusBytes("VmRSS:"));
+    auto seg = Segment::Build(kD, Metric::kL2, spec, &buf, ids.data(), kRows, 1);
+    ASSERT_TRUE(seg.ok()) << seg.status();
+    const double grew = static_cast<double>(ProcStatusBytes("VmHWM:")) - before;
+    EXPECT_LT(grew, 0.5 * kBytes) << "the build copied the vectors";
+    ASSERT_TRUE((*seg)->Save(path).ok());
+  }
+  ASSERT_TRUE(ResetPeak());
+  const double before = static_cast<double>(ProcStatusBytes("VmRSS:"));
+  auto loaded = Segment::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const double grew = static_cast<double>(ProcStatusBytes("VmHWM:")) - before;
+  EXPECT_GT(grew, 0.9 * kBytes);  // the vectors are in memory once...
+  EXPECT_LT(grew, 1.5 * kBytes);  // ...and only once
+  EXPECT_EQ((*loaded)->size(), kRows);
 }
 
 // An IVF-PQ segment's memory holds its precomputed distance tables (for L2,

@@ -1,7 +1,5 @@
 #include "index/vector_file.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -33,26 +31,6 @@ std::string Header(uint32_t dim, uint64_t rows) {
   PutU32(&h, 0);
   PutU32(&h, storage::Crc32(h));
   return h;
-}
-
-absl::Status ErrnoError(const char* what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
-}
-
-// Reads exactly n bytes at `offset`; false at end of file.
-absl::Status PreadFully(int fd, char* buf, size_t n, uint64_t offset, const std::string& path) {
-  while (n > 0) {
-    ssize_t r = ::pread(fd, buf, n, static_cast<off_t>(offset));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("read", path);
-    }
-    if (r == 0) return absl::DataLossError(absl::StrCat(path, " ends before offset ", offset + n));
-    buf += r;
-    n -= static_cast<size_t>(r);
-    offset += static_cast<uint64_t>(r);
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -89,18 +67,16 @@ absl::Status VectorFile::Write(const std::string& path, uint32_t dim, const floa
 
 absl::StatusOr<std::shared_ptr<const VectorFile>> VectorFile::Open(const std::string& path, uint32_t dim,
                                                                    uint64_t rows) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("vector file ", path, " is missing"));
-    return ErrnoError("open", path);
-  }
-  // Owned from here: closed on every error below.
-  std::shared_ptr<const VectorFile> file(new VectorFile(path, fd, dim, rows));
+  auto opened = storage::ReadOnlyFile::Open(path);
+  if (absl::IsNotFound(opened.status())) return absl::NotFoundError(absl::StrCat("vector file ", path, " is missing"));
+  CAIRN_RETURN_IF_ERROR(opened.status());
+  const uint64_t end = (*opened)->size();
+  std::shared_ptr<const VectorFile> file(new VectorFile(std::move(*opened), dim, rows));
   auto corrupt = [&](const std::string& why) {
     return absl::DataLossError(absl::StrCat("vector file ", path, " is corrupt: ", why));
   };
   char h[kHeaderBytes];
-  absl::Status st = PreadFully(fd, h, kHeaderBytes, 0, path);
+  absl::Status st = file->file_->ReadAt(0, h, kHeaderBytes);
   if (absl::IsDataLoss(st)) return corrupt("truncated header");
   CAIRN_RETURN_IF_ERROR(st);
   uint32_t format, file_dim, crc;
@@ -120,15 +96,11 @@ absl::StatusOr<std::shared_ptr<const VectorFile>> VectorFile::Open(const std::st
                                                       file_dim, " dimensions; its segment has ", rows, " of ",
                                                       dim));
   }
-  const off_t end = ::lseek(fd, 0, SEEK_END);
-  if (end < 0) return ErrnoError("seek", path);
-  if (static_cast<uint64_t>(end) != kHeaderBytes + rows * file->row_bytes()) {
+  if (end != kHeaderBytes + rows * file->row_bytes()) {
     return corrupt(absl::StrCat(end, " bytes where its header says ", kHeaderBytes + rows * file->row_bytes()));
   }
   return file;
 }
-
-VectorFile::~VectorFile() { ::close(fd_); }
 
 absl::Status VectorFile::Read(absl::Span<const uint64_t> rows, float* out, std::vector<bool>* ok) const {
   const size_t n = rows.size();
@@ -136,7 +108,7 @@ absl::Status VectorFile::Read(absl::Span<const uint64_t> rows, float* out, std::
   std::iota(order.begin(), order.end(), 0u);
   std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return rows[a] < rows[b]; });
   if (n > 0 && rows[order.back()] >= rows_) {
-    return absl::InvalidArgumentError(absl::StrCat("row ", rows[order.back()], " of ", path_, ", which has ", rows_));
+    return absl::InvalidArgumentError(absl::StrCat("row ", rows[order.back()], " of ", path(), ", which has ", rows_));
   }
   const size_t rb = row_bytes(), vec_bytes = size_t{dim_} * sizeof(float);
   const size_t max_run = std::max<size_t>(1, kMaxReadBytes / rb);
@@ -147,7 +119,7 @@ absl::Status VectorFile::Read(absl::Span<const uint64_t> rows, float* out, std::
     while (b < n && rows[order[b]] - rows[order[b - 1]] <= 1 && rows[order[b]] - rows[order[a]] < max_run) ++b;
     const uint64_t first = rows[order[a]], count = rows[order[b - 1]] - first + 1;
     buf.resize(count * rb);
-    CAIRN_RETURN_IF_ERROR(PreadFully(fd_, buf.data(), buf.size(), kHeaderBytes + first * rb, path_));
+    CAIRN_RETURN_IF_ERROR(file_->ReadAt(kHeaderBytes + first * rb, buf.data(), buf.size()));
     uint64_t checked = UINT64_MAX;
     bool good = false;
     for (size_t j = a; j < b; ++j) {
@@ -160,7 +132,7 @@ absl::Status VectorFile::Read(absl::Span<const uint64_t> rows, float* out, std::
         checked = r;
         if (!good && corrupt_rows_.fetch_add(1, std::memory_order_relaxed) == 0) {
           std::fprintf(stderr, "cairn: vector file %s: row %llu is damaged (checksum mismatch); its vector is read from storage\n",
-                       path_.c_str(), static_cast<unsigned long long>(r));
+                       path().c_str(), static_cast<unsigned long long>(r));
         }
       }
       if (!good) continue;

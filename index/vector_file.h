@@ -57,7 +57,6 @@ class VectorFile {
   // it is missing.
   static absl::StatusOr<std::shared_ptr<const VectorFile>> Open(const std::string& path, uint32_t dim,
                                                                 uint64_t rows);
-  ~VectorFile();
   VectorFile(const VectorFile&) = delete;
   VectorFile& operator=(const VectorFile&) = delete;
 
@@ -70,17 +69,16 @@ class VectorFile {
 
   uint32_t dim() const { return dim_; }
   uint64_t rows() const { return rows_; }
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return file_->path(); }
   // Damaged rows met by reads so far (a row read twice counts twice).
   uint64_t corrupt_rows() const { return corrupt_rows_.load(std::memory_order_relaxed); }
 
  private:
-  VectorFile(std::string path, int fd, uint32_t dim, uint64_t rows)
-      : path_(std::move(path)), fd_(fd), dim_(dim), rows_(rows) {}
+  VectorFile(std::unique_ptr<storage::ReadOnlyFile> file, uint32_t dim, uint64_t rows)
+      : file_(std::move(file)), dim_(dim), rows_(rows) {}
   size_t row_bytes() const { return size_t{dim_} * sizeof(float) + 4; }
 
-  const std::string path_;
-  const int fd_;
+  const std::unique_ptr<storage::ReadOnlyFile> file_;
   const uint32_t dim_;
   const uint64_t rows_;
   mutable std::atomic<uint64_t> corrupt_rows_{0};

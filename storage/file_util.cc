@@ -6,11 +6,13 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "cairn/status.h"
 
 namespace cairn::storage {
 namespace {
@@ -76,6 +78,48 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view data) {
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus("rename to", path);
   return SyncDir(ParentDir(path));
+}
+
+absl::StatusOr<std::unique_ptr<ReadOnlyFile>> ReadOnlyFile::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("open", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    absl::Status s = ErrnoStatus("stat", path);
+    ::close(fd);
+    return s;
+  }
+  return std::unique_ptr<ReadOnlyFile>(new ReadOnlyFile(path, fd, static_cast<uint64_t>(st.st_size)));
+}
+
+ReadOnlyFile::~ReadOnlyFile() { ::close(fd_); }
+
+absl::Status ReadOnlyFile::ReadAt(uint64_t offset, void* out, size_t n) const {
+  char* buf = static_cast<char*>(out);
+  while (n > 0) {
+    ssize_t r = ::pread(fd_, buf, n, static_cast<off_t>(offset));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("read", path_);
+    }
+    if (r == 0) return absl::DataLossError(absl::StrCat(path_, " ends before offset ", offset + n));
+    buf += r;
+    n -= static_cast<size_t>(r);
+    offset += static_cast<uint64_t>(r);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> ReadOnlyFile::Crc32Of(uint64_t end) const {
+  std::string buf(std::min<uint64_t>(end, 4 << 20), '\0');
+  uint32_t crc = 0;
+  for (uint64_t at = 0; at < end;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), end - at));
+    CAIRN_RETURN_IF_ERROR(ReadAt(at, buf.data(), n));
+    crc = Crc32(std::string_view(buf.data(), n), crc);
+    at += n;
+  }
+  return crc;
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {

@@ -53,6 +53,29 @@ class SyncedFile {
   bool closed_ = false;
 };
 
+// A file read at offsets (pread), for files too large to hold whole. Reads
+// from several threads at once are fine.
+class ReadOnlyFile {
+ public:
+  // NotFound when `path` does not exist.
+  static absl::StatusOr<std::unique_ptr<ReadOnlyFile>> Open(const std::string& path);
+  ~ReadOnlyFile();
+  ReadOnlyFile(const ReadOnlyFile&) = delete;
+  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+  // Reads exactly n bytes at `offset`; DataLoss when the file ends first.
+  absl::Status ReadAt(uint64_t offset, void* out, size_t n) const;
+  // CRC32 (as Crc32) of the bytes in [0, end), read a piece at a time.
+  absl::StatusOr<uint32_t> Crc32Of(uint64_t end) const;
+  uint64_t size() const { return size_; }  // when opened
+  const std::string& path() const { return path_; }
+
+ private:
+  ReadOnlyFile(std::string path, int fd, uint64_t size) : path_(std::move(path)), fd_(fd), size_(size) {}
+  const std::string path_;
+  const int fd_;
+  const uint64_t size_;
+};
+
 // An exclusive advisory lock (flock) on a file, held until destruction.
 // Acquire fails with FailedPrecondition when another process holds it.
 class FileLock {
