@@ -67,8 +67,9 @@ void Usage(FILE* out) {
       "  --memory-limit-mb N     memory the collections may hold together (index and storage\n"
       "                          memory); an upsert past it is refused with RESOURCE_EXHAUSTED\n"
       "                          and writes nothing (CAIRN_MEMORY_LIMIT_MB; default 0: 85%% of\n"
-      "                          the container's memory limit, else of the machine's; -1: none;\n"
-      "                          single-node only for now)\n"
+      "                          the container's memory limit, else of the machine's; -1: none).\n"
+      "                          In a cluster, the node that proposes a shard's write checks\n"
+      "                          its own replicas' memory\n"
       "  --storage-cache-mb N    RocksDB block cache and memtables of every shard together, one\n"
       "                          cache (CAIRN_STORAGE_CACHE_MB; default 0: an eighth of the\n"
       "                          memory limit, 256 MiB to 8 GiB, at most a quarter of the limit)\n"
@@ -656,7 +657,7 @@ int main(int argc, char** argv) {
     }
     LogEvent("device", {{"setting", std::string(cairn::DeviceName(db_options.device))},
                         {"path", cairn::index::gpu::PathSummary(db_options.device)}});
-    if (!cluster_mode) {
+    {  // a cluster node's limit too: writes proposed on it are admitted under it
       const uint64_t limit = cairn::db::MemoryLimitFor(db_options.memory_limit_bytes);
       LogEvent("memory", {{"limit_mb", limit == 0 ? std::string("none") : std::to_string(limit >> 20)},
                           {"source", n_memory_mb != 0 ? std::string("--memory-limit-mb") : std::string("85% of the cgroup's or machine's memory")},

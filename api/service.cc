@@ -930,6 +930,21 @@ struct CairnServer::Impl {
         "# HELP cairn_gpu_search_fallbacks_total GPU searches that failed and were served by the CPU.\n",
         "# TYPE cairn_gpu_search_fallbacks_total counter\ncairn_gpu_search_fallbacks_total ", gpu_use.fallbacks,
         "\n");
+    if (database != nullptr) {
+      const NodeMemory m = database->Memory();
+      absl::StrAppend(
+          &out, "# HELP cairn_memory_limit_bytes The memory limit upserts are admitted under (0: none).\n",
+          "# TYPE cairn_memory_limit_bytes gauge\ncairn_memory_limit_bytes ", m.limit_bytes, "\n",
+          "# HELP cairn_memory_bytes What the collections (a cluster node: its replicas) hold, as the limit "
+          "counts it: indexes, and storage (RocksDB blocks, memtables, table readers).\n",
+          "# TYPE cairn_memory_bytes gauge\ncairn_memory_bytes{kind=\"index\"} ", m.index_bytes,
+          "\ncairn_memory_bytes{kind=\"storage\"} ", m.storage_bytes, "\n",
+          "# HELP cairn_storage_cache_bytes Blocks in the block cache every shard's RocksDB shares.\n",
+          "# TYPE cairn_storage_cache_bytes gauge\ncairn_storage_cache_bytes ", m.storage_cache_bytes, "\n",
+          "# HELP cairn_storage_cache_capacity_bytes The shared block cache's size, which bounds the memtables too.\n",
+          "# TYPE cairn_storage_cache_capacity_bytes gauge\ncairn_storage_cache_capacity_bytes ",
+          m.storage_cache_capacity_bytes, "\n");
+    }
     if (auto* c = dynamic_cast<cluster::Cluster*>(database)) {
       // The groups this node hosts, from its own loop: cheap, and answered
       // even when a shard has no quorum.

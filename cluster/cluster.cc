@@ -459,7 +459,10 @@ class ReplicatedShard final : public db::ShardAccess {
     return DecodeStatsAnswer(body);
   }
 
-  void set_dimension(size_t dim) { dim_ = dim; }
+  void set_config(const CollectionConfig& config) {
+    dim_ = config.dimension;
+    bytes_per_point_ = db::BytesPerPoint(config);
+  }
 
  private:
   static std::string What(const std::string& collection, size_t shard, uint64_t group) {
@@ -467,7 +470,11 @@ class ReplicatedShard final : public db::ShardAccess {
   }
   absl::StatusOr<uint64_t> Propose(uint64_t gid, db::ShardCommand c, const std::string& what) const {
     c.request_id = cluster_->NewRequestId();
-    return cluster_->ProposeToShard(gid, c.Encode(), what);
+    Cluster::Admission admit;
+    if (c.kind == db::ShardCommand::Kind::kUpsert) {
+      admit = {c.points.size() * bytes_per_point_, absl::StrCat("an upsert of ", c.points.size(), " points to ", what)};
+    }
+    return cluster_->ProposeToShard(gid, c.Encode(), what, admit);
   }
   // Proposes the command `make(items)` to group `gid`, which holds
   // `recorded`; when its shard was split since, each item again to the
@@ -553,6 +560,7 @@ class ReplicatedShard final : public db::ShardAccess {
   const db::HashClass cls_, recorded_;
   const std::string what_;
   size_t dim_ = 0;
+  uint64_t bytes_per_point_ = 0;  // the memory estimate of an upserted point
 };
 
 // A collection of the cluster: requests are checked, routed and merged by a
@@ -644,7 +652,7 @@ class ClusterCollection final : public Collection {
     for (size_t s = 0; s < map.groups.size(); ++s) {
       auto rs = std::make_shared<ReplicatedShard>(cluster_, name_, static_cast<uint32_t>(s), map.groups[s],
                                                   map.classes[s], map.recorded[s]);
-      rs->set_dimension(config_.dimension);
+      rs->set_config(config_);
       shards.push_back(std::move(rs));
     }
     impl_ = db::CollectionImpl::OverShards(name_, config_, cluster_->options(), std::move(shards), map.router);
@@ -687,6 +695,8 @@ class ClusterCollection final : public Collection {
 Cluster::Cluster(ClusterOptions options)
     : options_(std::move(options)),
       kv_memory_(db::NewKvMemory(options_.db)),
+      budget_(std::make_shared<db::MemoryBudget>(db::MemoryLimitFor(options_.db.memory_limit_bytes),
+                                                 [this] { return MeasureMemory(); })),
       incarnation_((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) {}
 
 std::string Cluster::NewRequestId() {
@@ -967,6 +977,7 @@ absl::Status Cluster::Join(const Membership& cluster) {
 }
 
 Cluster::~Cluster() {
+  budget_->Detach();
   {
     std::lock_guard l(loop_mu_);
     stop_ = true;
@@ -1120,19 +1131,48 @@ absl::StatusOr<pb::ShardResponse> Cluster::SendToReplica(uint64_t gid, const pb:
   return resp;
 }
 
-absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string& command, const std::string& what) {
+db::MemoryUsage Cluster::MeasureMemory() const {
+  std::vector<std::shared_ptr<ShardReplica>> replicas;
+  {
+    std::lock_guard l(mu_);
+    for (const auto& [gid, r] : replicas_) replicas.push_back(r);
+  }
+  db::MemoryUsage u;
+  u.storage_bytes = kv_memory_->BlockCacheBytes();  // shared: each replica reports its memtables
+  std::map<std::string, uint64_t> by_collection;
+  for (const auto& r : replicas) {
+    auto shard = r->Serving();
+    if (!shard.ok()) continue;  // installing a snapshot
+    const db::ShardStats st = (*shard)->Stats();
+    u.index_bytes += st.index_memory_bytes;
+    u.storage_bytes += st.storage_memory_bytes;
+    by_collection[r->collection()] += st.index_memory_bytes + st.storage_memory_bytes;
+  }
+  for (const auto& [name, bytes] : by_collection) {
+    if (bytes > u.largest_bytes) u.largest = name, u.largest_bytes = bytes;
+  }
+  return u;
+}
+
+absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string& command, const std::string& what,
+                                                 const Admission& admit) {
   size_t next_node = 0;
   const auto deadline = Clock::now() + options_.request_timeout;
   auto r = RetryUntil(deadline, [&]() -> absl::StatusOr<uint64_t> {
     if (!meta_->State()->groups.count(gid)) {
       return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
     }
-    if (LocalReplica(gid)) return ProposeAndWait(gid, command, std::min(deadline, Clock::now() + 2s));
+    if (LocalReplica(gid)) {
+      if (admit.bytes > 0) CAIRN_RETURN_IF_ERROR(budget_->Admit(admit.bytes, admit.what));
+      return ProposeAndWait(gid, command, std::min(deadline, Clock::now() + 2s));
+    }
     pb::ShardRequest req;
     req.set_cluster_id(membership_.cluster_id);
     req.set_group(gid);
     req.set_timeout_ms(2000);
     req.set_command(command);
+    req.set_admit_bytes(admit.bytes);
+    req.set_admit_what(admit.what);
     CAIRN_ASSIGN_OR_RETURN(pb::ShardResponse resp, SendToReplica(gid, req, &next_node));
     return resp.result();
   });
@@ -1266,6 +1306,15 @@ void Cluster::Shard(const pb::ShardRequest& req, std::function<void(pb::ShardRes
       if (!LocalReplica(gid)) {
         SetStatus(absl::UnavailableError(absl::StrCat("group ", gid, " has no replica on node ", self_.name)), &resp);
         return done(resp);
+      }
+      if (req.admit_bytes() > 0) {
+        absl::Status admitted =
+            budget_->Admit(req.admit_bytes(), req.admit_what().empty() ? absl::StrCat("a write to group ", gid)
+                                                                       : req.admit_what());
+        if (!admitted.ok()) {
+          SetStatus(admitted, &resp);
+          return done(resp);
+        }
       }
       return propose(gid, req.command());
     case pb::ShardRequest::kMetadata:

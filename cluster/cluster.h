@@ -40,6 +40,7 @@
 #include "cluster/peer.h"
 #include "cluster/shard_wire.h"
 #include "cluster/snapshot_transfer.h"
+#include "db/memory_budget.h"
 #include "db/shard.h"
 #include "replication/node.h"
 
@@ -173,6 +174,7 @@ class Cluster final : public Database, private PeerHandler {
                                                                 const std::string& name) override;
   const std::string& dir() const override { return options_.data_dir; }
   const DatabaseOptions& options() const override { return options_.db; }
+  NodeMemory Memory() const override { return db::NodeMemoryOf(*budget_, *kv_memory_); }
 
   // Node `node` (a name or an id) starts draining: the controller moves its
   // replicas and leaderships to other nodes. NotFound for an unknown node;
@@ -238,10 +240,18 @@ class Cluster final : public Database, private PeerHandler {
   std::string NewRequestId();
   // Group `gid` is a split's new group (its first state is not empty).
   bool MadeBySplit(uint64_t gid) const;
+  // What a write asks of the memory budget of the node that proposes it.
+  struct Admission {
+    uint64_t bytes = 0;  // 0: nothing (deletes, payload changes)
+    std::string what;    // the write, as a refusal names it
+  };
   // For ReplicatedShard: a write to group `gid` (an encoded ShardCommand),
   // retried until the request timeout; the apply result. `what` names the
-  // shard in errors.
-  absl::StatusOr<uint64_t> ProposeToShard(uint64_t gid, const std::string& command, const std::string& what);
+  // shard in errors. The node that proposes it (one holding a replica)
+  // admits it under its memory limit first: RESOURCE_EXHAUSTED, with
+  // nothing proposed, when it has no room.
+  absl::StatusOr<uint64_t> ProposeToShard(uint64_t gid, const std::string& command, const std::string& what,
+                                          const Admission& admit);
   // For ReplicatedShard: the local replica of `gid` once a linearizable read
   // of it is safe, or null when this node holds none.
   absl::StatusOr<std::shared_ptr<ShardReplica>> ReadableReplica(uint64_t gid, const std::string& what);
@@ -322,6 +332,8 @@ class Cluster final : public Database, private PeerHandler {
   // The member named `node` (a name or an id): its id.
   absl::StatusOr<uint64_t> ResolveNode(const MetadataState& st, const std::string& node) const;
   void MaintenanceLoop();
+  // What the replicas here hold (for budget_).
+  db::MemoryUsage MeasureMemory() const;
   std::shared_ptr<ShardReplica> LocalReplica(uint64_t gid) const;
   std::vector<uint64_t> NodesOf(uint64_t gid) const;
 
@@ -352,6 +364,9 @@ class Cluster final : public Database, private PeerHandler {
   const ClusterOptions options_;
   // One block cache and memtable budget for every replica's store.
   const std::shared_ptr<storage::KvMemory> kv_memory_;
+  // This node's memory limit: writes proposed here are admitted under it,
+  // measured over the replicas here (MeasureMemory).
+  const std::shared_ptr<db::MemoryBudget> budget_;
   std::unique_ptr<storage::FileLock> lock_;
   NodeIdentity self_;
   std::unique_ptr<raft::LogStore> store_;

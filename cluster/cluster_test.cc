@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cluster/cluster.h"
 #include "db/snapshot_dir.h"
@@ -67,6 +68,7 @@ class ClusterTest : public ::testing::Test {
     o.log_keep_entries = 5;
     o.log_max_keep_entries = 10;
     o.dead_node_timeout = dead_after_;
+    o.db.memory_limit_bytes = memory_limit_;
     return o;
   }
 
@@ -182,6 +184,7 @@ class ClusterTest : public ::testing::Test {
   }
 
   uint64_t compact_after_ = 20000;
+  uint64_t memory_limit_ = 0;  // DatabaseOptions' default
   std::chrono::milliseconds dead_after_ = 30min;
   std::string dir_;
   std::vector<std::string> seeds_;
@@ -345,6 +348,66 @@ TEST_F(ClusterTest, RequestsReachShardsThisNodeDoesNotHold) {
   EXPECT_EQ((*other)->SetPayload({PointId("doc-1")}, R"({"a":1})").code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(Node(2).DropCollection("one").ok());
   EXPECT_EQ(Node(0).GetCollection("one").status().code(), absl::StatusCode::kNotFound);
+}
+
+// A node's memory limit holds in a cluster too: the node holding the one
+// replica admits each upsert, proposed there directly or sent by a node that
+// routes it, and refuses it with RESOURCE_EXHAUSTED and nothing written once
+// its replica would take it past the limit. Reads, searches and deletes go on.
+TEST_F(ClusterTest, UpsertsPastTheMemoryLimitOfTheReplicasNodeAreRefused) {
+  memory_limit_ = 48ull << 20;
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = 256;
+  cfg.num_shards = 1;
+  cfg.replication_factor = 1;
+  auto created = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::vector<std::shared_ptr<Collection>> through;  // the collection as each node routes it
+  for (int i = 0; i < 3; ++i) {
+    auto c = Node(i).GetCollection("docs");
+    ASSERT_TRUE(c.ok()) << c.status();
+    through.push_back(*c);
+  }
+  auto vec = [](uint64_t i) {
+    std::vector<float> v(256);
+    for (size_t j = 0; j < v.size(); ++j) v[j] = static_cast<float>((i * 31 + j * 7) % 97) / 97.0f;
+    v[i % 256] += 10.0f;
+    return v;
+  };
+  absl::Status refused;
+  uint64_t written = 0;
+  std::set<int> routers;  // the nodes whose upserts were taken
+  for (int b = 0; b < 400 && refused.ok(); ++b) {  // 100 MiB of vectors at most
+    std::vector<Point> batch;
+    for (uint64_t i = written; i < written + 256; ++i) batch.push_back(Point{PointId(i), vec(i), "", ""});
+    refused = through[b % 3]->Upsert(batch);
+    if (refused.ok()) {
+      written += 256;
+      routers.insert(b % 3);
+    }
+  }
+  ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "memory limit is 48.0 MiB")) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "collection \"docs\"")) << refused;
+  EXPECT_EQ(routers.size(), 3u);  // proposed where the replica is, and sent there
+  EXPECT_GT(written, 4096u);      // most of the limit was usable
+  // Every router is refused now, and nothing of the refused batches was written.
+  for (auto& c : through) {
+    std::vector<Point> batch;
+    for (uint64_t i = written; i < written + 256; ++i) batch.push_back(Point{PointId(i), vec(i), "", ""});
+    EXPECT_EQ(c->Upsert(batch).code(), absl::StatusCode::kResourceExhausted);
+  }
+  EXPECT_EQ(DocsThrough(1), written);
+  SearchParams sp;
+  sp.k = 1;
+  auto hits = through[2]->Search(vec(7), sp);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 1u);
+  EXPECT_EQ((*hits)[0].id, PointId(uint64_t{7}));
+  auto deleted = through[1]->Delete({PointId(uint64_t{7})});
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 1u);
 }
 
 // Over the peer port: idle groups go quiet; when the node leading a quiet

@@ -386,18 +386,10 @@ absl::StatusOr<std::unique_ptr<BulkLoader>> CollectionImpl::BeginBulkLoad(const 
   return std::unique_ptr<BulkLoader>(new Loader(this, std::move(loaders)));
 }
 
-uint64_t CollectionImpl::BytesPerPoint() const {
-  const uint64_t d = config_.dimension;
-  uint64_t bytes = 8 * d + 24;  // floats in memory and in a memtable, ids
-  const IndexType t = config_.index.type;
-  if (t == IndexType::kHnsw || t == IndexType::kHnswSq) bytes += 8 * static_cast<uint64_t>(config_.index.hnsw_m);
-  return bytes;
-}
-
 absl::Status CollectionImpl::Upsert(absl::Span<const Point> points) {
   // Before close_mu_: the budget's measure reads every collection's Info.
   if (budget_ != nullptr && !points.empty()) {
-    CAIRN_RETURN_IF_ERROR(budget_->Admit(points.size() * BytesPerPoint(),
+    CAIRN_RETURN_IF_ERROR(budget_->Admit(points.size() * BytesPerPoint(config_),
                                          absl::StrCat("an upsert of ", points.size(), " points to collection ", name_)));
   }
   std::shared_lock lock(close_mu_);

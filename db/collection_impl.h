@@ -83,10 +83,6 @@ class CollectionImpl final : public Collection {
   absl::Status SnapshotShards(const std::string& dir);
   // Upserts are admitted by `budget` (the node's memory limit) from now on.
   void SetMemoryBudget(std::shared_ptr<MemoryBudget> budget) { budget_ = std::move(budget); }
-  // About how much memory a point takes when written: its vector in a
-  // growing segment or tail and in a storage memtable, its id, an HNSW
-  // graph's links.
-  uint64_t BytesPerPoint() const;
 
  private:
   class Loader;  // the BulkLoader

@@ -219,6 +219,7 @@ class DatabaseImpl final : public Database {
 
   const std::string& dir() const override { return dir_; }
   const DatabaseOptions& options() const override { return options_; }
+  NodeMemory Memory() const override { return db::NodeMemoryOf(*budget_, *kv_memory_); }
 
  private:
   std::function<void()> Waker() {

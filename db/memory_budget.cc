@@ -78,6 +78,25 @@ void MemoryBudget::MeasureLocked(std::unique_lock<std::mutex>& lock) {
   measured_cv_.notify_all();
 }
 
+uint64_t BytesPerPoint(const CollectionConfig& config) {
+  const uint64_t d = config.dimension;
+  uint64_t bytes = 8 * d + 24;  // floats in memory and in a memtable, ids
+  const IndexType t = config.index.type;
+  if (t == IndexType::kHnsw || t == IndexType::kHnswSq) bytes += 8 * static_cast<uint64_t>(config.index.hnsw_m);
+  return bytes;
+}
+
+NodeMemory NodeMemoryOf(MemoryBudget& budget, const storage::KvMemory& kv) {
+  const MemoryUsage u = budget.Usage();
+  NodeMemory m;
+  m.limit_bytes = budget.limit();
+  m.index_bytes = u.index_bytes;
+  m.storage_bytes = u.storage_bytes;
+  m.storage_cache_bytes = kv.BlockCacheBytes();
+  m.storage_cache_capacity_bytes = kv.capacity_bytes();
+  return m;
+}
+
 absl::Status MemoryBudget::Admit(uint64_t bytes, std::string_view what) {
   if (limit_ == 0) return absl::OkStatus();
   std::unique_lock lock(mu_);

@@ -22,6 +22,9 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "cairn/database.h"
+#include "cairn/options.h"
+#include "storage/kv_store.h"
 
 namespace cairn::db {
 
@@ -46,6 +49,15 @@ uint64_t MemoryLimitFor(uint64_t configured);
 // `limit` (MemoryLimitFor's; 0: none) between 256 MiB and 8 GiB but at most
 // a quarter of it, 1 GiB without a limit.
 uint64_t StorageMemoryFor(uint64_t configured, uint64_t limit);
+
+// About how much memory a point of a collection takes when written: its
+// vector in a growing segment or tail and in a storage memtable, its id, an
+// HNSW graph's links.
+uint64_t BytesPerPoint(const CollectionConfig& config);
+
+class MemoryBudget;
+// Database::Memory of a node with this budget and shared storage memory.
+NodeMemory NodeMemoryOf(MemoryBudget& budget, const storage::KvMemory& kv);
 
 class MemoryBudget {
  public:

@@ -1,6 +1,6 @@
 # Sourced by the shell tests: start_cairnd CAIRND DATA_DIR [FLAGS...] runs a
 # cairnd on a free loopback port and returns once it logs "serving", setting
-# $port and $pid (killed when the test exits).
+# $port and $pid (killed when the test exits), and $http_port with --http-listen.
 start_cairnd() {
   local bin="$1" data="$2"
   shift 2
@@ -11,6 +11,7 @@ start_cairnd() {
   local line
   while IFS= read -r line <&"${SERVER[0]}"; do
     if [[ $line =~ \"port\":([0-9]+) ]]; then port="${BASH_REMATCH[1]}"; fi
+    if [[ $line =~ \"http_port\":([0-9]+) ]]; then http_port="${BASH_REMATCH[1]}"; fi
     [[ $line == *'"event":"serving"'* ]] && break
   done
   [[ -n $port ]] || { echo "cairnd did not start"; exit 1; }

@@ -3,7 +3,9 @@
 # matches what the process holds: for a flat and an IVF-PQ collection of
 # 100,000 64-d points (loaded offline, so their segments are sealed), the
 # RSS cairnd gains over an empty start is the estimate, give or take 20% and
-# 16 MiB (what RocksDB and the process keep besides).
+# 16 MiB (what RocksDB and the process keep besides). What /metrics says the
+# node holds under its memory limit (cairn_memory_bytes: indexes and
+# storage) is that RSS, within the same bounds.
 # Usage: memory_estimate_test.sh CAIRND CAIRN WORKDIR
 set -euo pipefail
 cairnd="$1"; cairn="$2"; work="$3"
@@ -30,10 +32,15 @@ for idx in flat ivf_pq; do
   held=$(( $(rss_mib "$pid") - empty ))
   est=$("$cairn" --target "127.0.0.1:$port" collection info v | grep -o '"index_memory_bytes": *"*[0-9]*' | grep -o '[0-9]*$')
   est=$(( est / 1048576 ))
+  node=$("$py" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+           "http://127.0.0.1:$http_port/metrics" | awk '/^cairn_memory_bytes\{/ {s += $2} END {print int(s / 1048576)}')
   kill -TERM "$pid"; wait "$pid" || true
   diff=$(( held > est ? held - est : est - held ))
   echo "$idx: cairnd holds $held MiB more than empty, estimates $est MiB"
   (( diff <= est / 5 + 16 )) || fail "$idx: the estimate $est MiB is off what cairnd holds ($held MiB) by $diff MiB"
+  echo "$idx: /metrics says the node holds $node MiB under its memory limit"
+  diff=$(( held > node ? held - node : node - held ))
+  (( node > 0 && diff <= node / 5 + 16 )) || fail "$idx: cairn_memory_bytes ($node MiB) is off what cairnd holds ($held MiB)"
 done
 rm -rf "$work"
 echo "memory estimate: ok"

@@ -261,10 +261,10 @@ int main(int argc, char** argv) {
   }
   const std::vector<float> qv(queries.f.begin(), queries.f.begin() + static_cast<ptrdiff_t>(nq * dim));
 
-  if (!reuse) {
-    // Serving memory: the input vectors given back, the database closed and
-    // opened again as a restarted server finds it, the queries run once at
-    // the sweep's widest setting. Its RSS less the process's before it read
+  {
+    // Serving memory (with --reuse too): the input vectors given back, the
+    // database closed and opened again as a restarted server finds it, the
+    // queries run once at the sweep's widest setting. Its RSS less the process's before it read
     // the base vectors is what the database holds: index, id maps, RocksDB's
     // block cache and memtables.
     std::vector<float>().swap(base.f);
@@ -284,10 +284,16 @@ int main(int argc, char** argv) {
     auto info = (*coll)->Info();
     if (!info.ok()) Die(info.status().ToString());
     const double rss = RssMb();
+    // The shared block cache's blocks (bounded by its capacity, whatever the
+    // data's size), reported apart.
+    const double cache_mb = (*db)->Memory().storage_cache_bytes / 1048576.0;
     std::printf("{\"kind\":\"memory\",%s,\"points\":%zu,\"rss_mb\":%.1f,\"process_mb\":%.1f,\"index_mb\":%.1f,"
-                "\"storage_mb\":%.1f,\"bytes_per_vector\":%.1f}\n",
+                "\"storage_mb\":%.1f,\"storage_cache_mb\":%.1f,\"bytes_per_vector\":%.1f,"
+                "\"bytes_per_vector_without_cache\":%.1f}\n",
                 common.c_str(), n, rss, rss_without_data, info->index_memory_bytes / 1048576.0,
-                info->storage_memory_bytes / 1048576.0, (rss - rss_without_data) * 1048576.0 / static_cast<double>(n));
+                info->storage_memory_bytes / 1048576.0, cache_mb,
+                (rss - rss_without_data) * 1048576.0 / static_cast<double>(n),
+                (rss - rss_without_data - cache_mb) * 1048576.0 / static_cast<double>(n));
     std::fflush(stdout);
   }
 

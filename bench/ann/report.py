@@ -190,7 +190,13 @@ def goals(ds, groups, builds, memory):
             out.append(f"- {index}: recall@10 0.9 not reached (best {max(r['recall10'] for r in rs):.4f}): NOT met")
         m = memory.get((engine, index, ds, threads))
         code = next((int(p[2:]) for p in index.replace(")", ",").split(",") if p.startswith("m=")), None)
-        if m and code:
+        if m and code and "bytes_per_vector_without_cache" in m:
+            # The goal sets the block cache apart (its size is a setting, not a cost a vector).
+            held = m["bytes_per_vector_without_cache"]
+            out.append(f"- {index}: {held:.1f} bytes per vector serving, the block cache's {m['storage_cache_mb']:.0f} MB "
+                       f"apart ({m['bytes_per_vector']:.1f} with it; goal code {code} + 16 = {code + 16}): "
+                       f"{'met' if held <= code + 16 else 'NOT met'}")
+        elif m and code:
             out.append(f"- {index}: {m['bytes_per_vector']:.1f} bytes per vector serving, block cache and memtables "
                        f"included (goal code {code} + 16 = {code + 16}): {'met' if m['bytes_per_vector'] <= code + 16 else 'NOT met'}")
     # The goals are set for 1 thread; a dataset run only with more is judged

@@ -29,6 +29,20 @@ namespace cairn {
 // Version of the on-disk format this build reads and writes.
 inline constexpr int kFormatVersion = 1;
 
+// What a database (a cluster node: its replicas) holds in memory, as its
+// memory limit counts it. index + storage is what the limit is held to.
+struct NodeMemory {
+  uint64_t limit_bytes = 0;  // DatabaseOptions::memory_limit_bytes resolved; 0: none
+  uint64_t index_bytes = 0;  // segments, tails, id maps, payload indexes
+  // RocksDB: the shared block cache's blocks, memtables, table readers.
+  uint64_t storage_bytes = 0;
+  // Of storage_bytes: blocks in the shared cache, and its capacity
+  // (DatabaseOptions::storage_cache_bytes resolved), which also bounds the
+  // memtables.
+  uint64_t storage_cache_bytes = 0;
+  uint64_t storage_cache_capacity_bytes = 0;
+};
+
 class Database {
  public:
   virtual ~Database() = default;
@@ -70,6 +84,8 @@ class Database {
   virtual const std::string& dir() const = 0;
   // The options it was opened with.
   virtual const DatabaseOptions& options() const = 0;
+  // What it holds in memory now (measured at most a second ago).
+  virtual NodeMemory Memory() const = 0;
 };
 
 }  // namespace cairn

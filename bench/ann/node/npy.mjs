@@ -16,13 +16,16 @@ export function loadNpy(path) {
     const rows = Number(shape[1]), cols = Number(shape[2]);
     const f4 = header.includes("'<f4'");
     if (!f4 && !header.includes("'<i8'")) throw new Error(`${path}: dtype must be <f4 or <i8`);
-    const bytes = new Uint8Array(rows * cols * (f4 ? 4 : 8));
-    for (let off = 0; off < bytes.length;) {
-      const got = readSync(fd, bytes, off, Math.min(1 << 30, bytes.length - off), start + off);
+    // A typed array of elements, filled through byte views of at most 1 GiB:
+    // a Uint8Array of the whole file would pass V8's length limit (4 GiB).
+    const data = f4 ? new Float32Array(rows * cols) : new BigInt64Array(rows * cols);
+    for (let off = 0; off < data.byteLength;) {
+      const view = new Uint8Array(data.buffer, off, Math.min(1 << 30, data.byteLength - off));
+      const got = readSync(fd, view, 0, view.length, start + off);
       if (got <= 0) throw new Error(`${path}: short file`);
       off += got;
     }
-    return { rows, cols, data: f4 ? new Float32Array(bytes.buffer) : new BigInt64Array(bytes.buffer) };
+    return { rows, cols, data };
   } finally {
     closeSync(fd);
   }
