@@ -1158,12 +1158,17 @@ absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string
                                                  const Admission& admit) {
   size_t next_node = 0;
   const auto deadline = Clock::now() + options_.request_timeout;
+  // Admitted once: an attempt that timed out may still commit, and its retry
+  // (the same request id, applied once) must not be refused for the memory
+  // the first one takes.
+  Admission pending = admit;
   auto r = RetryUntil(deadline, [&]() -> absl::StatusOr<uint64_t> {
     if (!meta_->State()->groups.count(gid)) {
       return absl::FailedPreconditionError(absl::StrCat(what, " no longer exists: the collection was dropped"));
     }
     if (LocalReplica(gid)) {
-      if (admit.bytes > 0) CAIRN_RETURN_IF_ERROR(budget_->Admit(admit.bytes, admit.what));
+      if (pending.bytes > 0) CAIRN_RETURN_IF_ERROR(budget_->Admit(pending.bytes, pending.what));
+      pending = {};
       return ProposeAndWait(gid, command, std::min(deadline, Clock::now() + 2s));
     }
     pb::ShardRequest req;
@@ -1171,8 +1176,9 @@ absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string
     req.set_group(gid);
     req.set_timeout_ms(2000);
     req.set_command(command);
-    req.set_admit_bytes(admit.bytes);
-    req.set_admit_what(admit.what);
+    req.set_admit_bytes(pending.bytes);  // a refusal there is final (not retried)
+    req.set_admit_what(pending.what);
+    pending = {};
     CAIRN_ASSIGN_OR_RETURN(pb::ShardResponse resp, SendToReplica(gid, req, &next_node));
     return resp.result();
   });
