@@ -101,6 +101,14 @@ def synthetic(n, d, nq, seed):
     return draw(n), draw(nq)
 
 
+def prefix_of(name, n, out):
+    """The first n points of dataset `name` (prepared first), with its queries: a
+    series of sizes from one distribution (bench/ann/growth.py plots it)."""
+    import numpy as np
+    d = prepare(name, out)
+    return np.array(np.load(os.path.join(d, "base.npy"), mmap_mode="r")[:n]), np.load(os.path.join(d, "queries.npy"))
+
+
 DATASETS = {
     # name: (loader, metric)
     "fashion-mnist": (lambda: (read_idx("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
@@ -109,6 +117,9 @@ DATASETS = {
     "synthetic-1m-768-cosine": (lambda: synthetic(1_000_000, 768, 10_000, 768), "cosine"),
     # 1,000 queries: exact neighbours over 10M points take minutes per thousand.
     "synthetic-10m-128": (lambda: synthetic(10_000_000, 128, 1_000, 10128), "l2"),
+    # Its first 1M and 3M points (and its queries): how costs grow with size.
+    "synthetic-10m-128-first-1m": (lambda out: prefix_of("synthetic-10m-128", 1_000_000, out), "l2"),
+    "synthetic-10m-128-first-3m": (lambda out: prefix_of("synthetic-10m-128", 3_000_000, out), "l2"),
 }
 
 
@@ -121,7 +132,8 @@ def prepare(name, out):
         return d
     os.makedirs(d, exist_ok=True)
     log(f"{name}: preparing data and exact neighbours (cached in {d})...")
-    base, queries = DATASETS[name][0]()
+    make = DATASETS[name][0]
+    base, queries = make(out) if make.__code__.co_argcount == 1 else make()
     metric = DATASETS[name][1]
     if metric == "cosine":
         faiss.normalize_L2(base)
