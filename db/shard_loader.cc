@@ -9,8 +9,10 @@
 // index keys are sorted at the end. An external id that arrives more than
 // once keeps its last point: the earlier ones are left out of the id maps,
 // their vectors and payloads deleted and their segment slots tombstoned.
+#include <algorithm>
 #include <filesystem>
 #include <future>
+#include <numeric>
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
@@ -30,7 +32,7 @@ Shard::Loader::~Loader() {
   if (!finished_) {
     // Abandoned: segment files not in the manifest go on the next open;
     // remove them now all the same.
-    for (const auto& s : built_) fs::remove(shard_->SegmentPath(s.file), ec);
+    for (const auto& f : made_) fs::remove(shard_->SegmentPath(f), ec);
   }
   std::lock_guard commit(shard_->commit_mu_);
   shard_->bulk_loading_ = false;
@@ -58,8 +60,31 @@ absl::Status Shard::Loader::Add(PreparedPoint p) {
   CAIRN_RETURN_IF_ERROR(payloads_->Put(ik, EncodePayloadValue(p.payload_json, p.text)));
   for (auto& key : shard_->payload_index_.KeysFor(p.payload, id)) index_keys_.push_back(std::move(key));
   ids_.emplace_back(std::move(p.ext_key), id);
+  if (streams_) {
+    const ShardOptions& o = shard_->options_;
+    if (seg_writer_ == nullptr) {
+      {
+        std::lock_guard commit(shard_->commit_mu_);
+        seg_file_ = absl::StrFormat("seg-%08d.cseg", shard_->next_file_++);
+      }
+      const std::string vectors = fs::path(seg_file_).replace_extension(".vec").string();
+      CAIRN_ASSIGN_OR_RETURN(seg_writer_, index::VectorFile::Writer::Create(shard_->SegmentPath(vectors), o.dimension));
+      sample_rng_.seed(0x5eed);
+    }
+    prepared_.assign(p.vector.begin(), p.vector.end());
+    index::PrepareVectors(o.metric, prepared_.data(), 1, o.dimension);
+    CAIRN_RETURN_IF_ERROR(seg_writer_->Append(prepared_.data(), 1));
+    // Reservoir sampling: every point so far is in the sample alike likely.
+    const uint64_t row = seg_ids_.size(), cap = index::Segment::TrainingRows(o.index);
+    if (row < cap) {
+      sample_.insert(sample_.end(), prepared_.begin(), prepared_.end());
+    } else if (uint64_t j = std::uniform_int_distribution<uint64_t>(0, row)(sample_rng_); j < cap) {
+      std::copy(prepared_.begin(), prepared_.end(), sample_.begin() + static_cast<ptrdiff_t>(j * o.dimension));
+    }
+  } else {
+    seg_vecs_.Append(p.vector);
+  }
   seg_ids_.push_back(id);
-  seg_vecs_.Append(p.vector);
   if (seg_ids_.size() >= segment_size_) return StartSegment();
   return absl::OkStatus();
 }
@@ -133,11 +158,28 @@ absl::StatusOr<uint64_t> Shard::Loader::Finish() {
 // background (waiting for the one before: one build at a time).
 absl::Status Shard::Loader::StartSegment() {
   CAIRN_RETURN_IF_ERROR(WaitSegment());
+  if (streams_) {
+    CAIRN_RETURN_IF_ERROR(seg_writer_->Close());  // synced before the build reads it
+    seg_writer_.reset();
+    const std::string file = std::exchange(seg_file_, std::string());
+    const std::string vectors = fs::path(file).replace_extension(".vec").string();
+    made_.push_back(file);
+    made_.push_back(vectors);
+    pending_ = std::async(std::launch::async, [this, file, vectors, ids = std::move(seg_ids_),
+                                               sample = std::move(sample_)]() {
+      return BuildStreamedSegment(file, vectors, ids, sample);
+    });
+    seg_ids_ = {};
+    sample_ = {};
+    return absl::OkStatus();
+  }
   std::string file;
   {
     std::lock_guard commit(shard_->commit_mu_);
     file = absl::StrFormat("seg-%08d.cseg", shard_->next_file_++);
   }
+  made_.push_back(file);
+  made_.push_back(fs::path(file).replace_extension(".vec").string());
   const ShardOptions& o = shard_->options_;
   index::PrepareVectors(o.metric, seg_vecs_.data(), seg_ids_.size(), o.dimension);
   pending_ = std::async(std::launch::async, [this, file, ids = std::move(seg_ids_),
@@ -155,6 +197,45 @@ absl::Status Shard::Loader::StartSegment() {
   });
   seg_ids_ = {};
   seg_vecs_ = {};
+  return absl::OkStatus();
+}
+
+absl::Status Shard::Loader::BuildStreamedSegment(const std::string& file, const std::string& vectors,
+                                                 const std::vector<uint64_t>& ids, const std::vector<float>& sample) {
+  const ShardOptions& o = shard_->options_;
+  const size_t dim = o.dimension, n = ids.size();
+  const std::string vpath = shard_->SegmentPath(vectors);
+  CAIRN_ASSIGN_OR_RETURN(auto vf, index::VectorFile::Open(vpath, o.dimension, n));
+  auto read = [&vf](size_t first, size_t count, float* out) -> absl::Status {
+    std::vector<uint64_t> rows(count);
+    std::iota(rows.begin(), rows.end(), first);
+    std::vector<bool> ok(count, false);
+    CAIRN_RETURN_IF_ERROR(vf->Read(rows, out, &ok));
+    if (std::find(ok.begin(), ok.end(), false) != ok.end()) {
+      return absl::DataLossError(absl::StrCat("vector file ", vf->path(), " was damaged before the load read it back"));
+    }
+    return absl::OkStatus();
+  };
+  std::unique_ptr<index::Segment> seg;
+  std::string attached = vectors;
+  if (index::Segment::Streams(o.index, n)) {
+    CAIRN_ASSIGN_OR_RETURN(seg, index::Segment::BuildStreamed(o.dimension, o.metric, o.index, sample.data(),
+                                                              sample.size() / dim, read, ids.data(), n,
+                                                              IndexThreads(o.index_threads)));
+    seg->AttachVectorFile(std::move(vf));
+  } else {
+    // Too few points to train: a flat segment, which keeps the vectors itself.
+    std::vector<float> all(n * dim);
+    CAIRN_RETURN_IF_ERROR(read(0, n, all.data()));
+    CAIRN_ASSIGN_OR_RETURN(seg, index::Segment::Build(o.dimension, o.metric, o.index, all.data(), ids.data(), n,
+                                                      IndexThreads(o.index_threads)));
+    vf.reset();
+    std::error_code ec;
+    fs::remove(vpath, ec);
+    attached.clear();
+  }
+  CAIRN_RETURN_IF_ERROR(seg->Save(shard_->SegmentPath(file)));
+  built_.push_back(SealedRef{std::shared_ptr<index::Segment>(std::move(seg)), file, attached});
   return absl::OkStatus();
 }
 

@@ -3,6 +3,7 @@
 #define CAIRN_DB_SHARD_LOADER_H_
 
 #include <future>
+#include <random>
 #include <memory>
 #include <string>
 #include <utility>
@@ -14,7 +15,10 @@ namespace cairn::db {
 
 class Shard::Loader {
  public:
-  Loader(Shard* shard, uint64_t segment_size) : shard_(shard), segment_size_(segment_size) {}
+  Loader(Shard* shard, uint64_t segment_size)
+      : shard_(shard),
+        segment_size_(segment_size),
+        streams_(index::Segment::Streams(shard->options_.index, SIZE_MAX)) {}
   // Abandons the load when Finish did not succeed: nothing of it stays.
   ~Loader();
   absl::Status Start();
@@ -25,6 +29,9 @@ class Shard::Loader {
 
  private:
   absl::Status StartSegment();
+  // A streamed segment's build (in the background): from its vector file.
+  absl::Status BuildStreamedSegment(const std::string& file, const std::string& vectors,
+                                    const std::vector<uint64_t>& ids, const std::vector<float>& sample);
   absl::Status WaitSegment();
 
   Shard* shard_;
@@ -37,6 +44,16 @@ class Shard::Loader {
   std::vector<std::string> index_keys_;
   std::vector<uint64_t> seg_ids_;
   index::VectorBuffer seg_vecs_;  // prepared when its segment starts
+  // Types that keep codes, not floats (index::Segment::Streams): each
+  // point's prepared vector goes to its segment's vector file as it arrives,
+  // a seeded reservoir of them is kept to train on, and the segment is built
+  // from the file a chunk at a time: a load holds no segment's floats.
+  const bool streams_;
+  std::string seg_file_;  // the segment's file name, from its first point on
+  std::unique_ptr<index::VectorFile::Writer> seg_writer_;
+  std::vector<float> sample_, prepared_;
+  std::mt19937_64 sample_rng_;
+  std::vector<std::string> made_;  // files written, removed if the load is abandoned
   std::future<absl::Status> pending_;
   std::vector<SealedRef> built_;  // written by the build thread, read after WaitSegment
 };

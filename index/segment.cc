@@ -386,6 +386,45 @@ void AddWithLists(faiss::IndexIVF* ivf, const float* x, size_t n, const idx_t* l
   if (done < n) ivf->add_core(static_cast<idx_t>(n - done), x + done * ivf->d, nullptr, lists + done);
 }
 
+// Trains `idx` (of `type`, untrained) on the n rows of x: an IVF type's
+// centroids (and PQ codebooks) on the GPU when spec.device resolves to one,
+// else as FAISS does. Returns the GPU's centroids for AddRows (empty: none).
+std::vector<float> TrainIndex(faiss::Index* idx, IndexType type, const IndexSpec& spec, Metric metric,
+                              const float* x, size_t n) {
+  // IVF-SQ8 trains its (cheap) scalar quantizer on the CPU either way.
+  const bool gpu_train = (type == IndexType::kIvfFlat || type == IndexType::kIvfPq ||
+                          type == IndexType::kIvfSq8) && gpu::UseGpu(spec.device);
+  std::vector<float> centroids;
+  auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx);
+  if (ivf != nullptr && gpu_train) centroids = TrainCentroidsOnGpu(ivf, metric, x, n);
+  auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(idx);
+  const bool trained = ivfpq != nullptr && !centroids.empty() && TrainPqOnGpu(ivfpq, metric, centroids, x, n);
+  if (!trained) idx->train(static_cast<idx_t>(n), x);
+  return centroids;
+}
+
+// Adds the n rows of x to `idx`, assigned to their IVF lists on the GPU when
+// `gpu_centroids` holds the lists' centroids (on the CPU if that fails).
+void AddRows(faiss::Index* idx, const float* x, size_t n, Metric metric, const std::vector<float>& gpu_centroids) {
+  if (n == 0) return;
+  if (!gpu_centroids.empty()) {
+    auto* ivf = static_cast<faiss::IndexIVF*>(idx);
+    static_assert(std::is_same_v<idx_t, int64_t>);
+    std::vector<idx_t> lists(n);
+    absl::Status st = gpu::AssignNearest(x, n, static_cast<uint32_t>(ivf->d), gpu_centroids.data(), ivf->nlist,
+                                         metric, lists.data());
+    if (st.ok()) {
+      AddWithLists(ivf, x, n, lists.data());
+      return;
+    }
+    std::fprintf(stderr, "cairn: GPU assignment failed, adding on the CPU: %s\n", st.ToString().c_str());
+  }
+  idx->add(static_cast<idx_t>(n), x);
+}
+
+// A streamed build reads its vectors about this many bytes at a time.
+constexpr size_t kStreamChunkBytes = 8 << 20;
+
 }  // namespace
 
 // A segment's vectors on the GPU: one of the two.
@@ -478,16 +517,57 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
   return seg;
 }
 
+bool Segment::Streams(const IndexSpec& spec, size_t n) {
+  return (spec.type == IndexType::kIvfPq || spec.type == IndexType::kIvfSq8 || spec.type == IndexType::kHnswSq) &&
+         n >= kMinTrainPoints;
+}
+
+size_t Segment::TrainingRows(const IndexSpec& spec) {
+  return TrainingSample(spec.type, static_cast<size_t>(std::max(spec.nlist, 1)));
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildStreamed(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                                const float* sample, size_t sample_n,
+                                                                const RowReader& rows, const uint64_t* ids,
+                                                                size_t n, int threads) {
+  if (!Streams(spec, n) || sample_n == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("a streamed build is for ivf_pq, ivf_sq8 and hnsw_sq segments of ",
+                                                   kMinTrainPoints, " points or more, with a sample"));
+  }
+  OmpThreads omp(threads);
+  std::unique_ptr<faiss::Index> idx;
+  absl::Status read;
+  CAIRN_RETURN_IF_ERROR(CatchFaiss("build", [&] {
+    idx = MakeIndex(dim, metric, spec.type, spec, n);
+    auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx.get());
+    const size_t want = std::min(sample_n, TrainingSample(spec.type, ivf ? ivf->nlist : 1));
+    std::vector<float> buf;
+    if (want < sample_n) buf = RandomRows(sample, sample_n, dim, want, 0x5eed);
+    const std::vector<float> gpu_centroids =
+        TrainIndex(idx.get(), spec.type, spec, metric, want < sample_n ? buf.data() : sample, want);
+    std::vector<float> chunk;
+    const size_t rows_per_chunk = std::max<size_t>(1, kStreamChunkBytes / (sizeof(float) * dim));
+    for (size_t first = 0; first < n && read.ok(); first += rows_per_chunk) {
+      const size_t count = std::min(rows_per_chunk, n - first);
+      chunk.resize(count * dim);
+      read = rows(first, count, chunk.data());
+      if (read.ok()) AddRows(idx.get(), chunk.data(), count, metric, gpu_centroids);
+    }
+  }));
+  CAIRN_RETURN_IF_ERROR(read);
+  auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, spec.type, spec, std::move(idx)));
+  seg->ids_.Assign(ids, n);
+  seg->deleted_.assign((n + 63) / 64, 0);
+  seg->frozen_ = true;
+  return seg;
+}
+
 absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32_t dim, Metric metric,
                                                           const IndexSpec& spec, const float* x,
                                                           const uint64_t* ids, size_t n, int threads,
                                                           VectorBuffer* adopt) {
   OmpThreads omp(threads);
   std::unique_ptr<faiss::Index> idx;
-  // IVF-PQ also trains its codebooks and encodes its points on the GPU;
-  // IVF-SQ8 trains its (cheap) scalar quantizer on the CPU.
-  const bool gpu_train = (type == IndexType::kIvfFlat || type == IndexType::kIvfPq ||
-                          type == IndexType::kIvfSq8) && gpu::UseGpu(spec.device);
   std::vector<float> gpu_centroids;
   CAIRN_RETURN_IF_ERROR(CatchFaiss("build", [&] {
     idx = MakeIndex(dim, metric, type, spec, n);
@@ -496,23 +576,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32
       const size_t sample = std::min(n, TrainingSample(type, ivf ? ivf->nlist : 1));
       std::vector<float> buf;
       if (sample < n) buf = RandomRows(x, n, dim, sample, 0x5eed);
-      const float* tx = sample < n ? buf.data() : x;
-      if (ivf != nullptr && gpu_train) gpu_centroids = TrainCentroidsOnGpu(ivf, metric, tx, sample);
-      auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(idx.get());
-      const bool trained = ivfpq != nullptr && !gpu_centroids.empty() &&
-                           TrainPqOnGpu(ivfpq, metric, gpu_centroids, tx, sample);
-      if (!trained) idx->train(static_cast<idx_t>(sample), tx);
-    }
-    if (n > 0 && !gpu_centroids.empty()) {
-      auto* ivf = static_cast<faiss::IndexIVF*>(idx.get());
-      static_assert(std::is_same_v<idx_t, int64_t>);
-      std::vector<idx_t> lists(n);
-      absl::Status st = gpu::AssignNearest(x, n, dim, gpu_centroids.data(), ivf->nlist, metric, lists.data());
-      if (st.ok()) {
-        AddWithLists(ivf, x, n, lists.data());
-        return;
-      }
-      std::fprintf(stderr, "cairn: GPU assignment failed, adding on the CPU: %s\n", st.ToString().c_str());
+      gpu_centroids = TrainIndex(idx.get(), type, spec, metric, sample < n ? buf.data() : x, sample);
     }
     if (n > 0 && adopt != nullptr) {
       // Flat, or HNSW over flat storage: the vectors become the storage.
@@ -524,7 +588,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32
         x = flat->get_xb();
       }
     }
-    if (n > 0) idx->add(static_cast<idx_t>(n), x);
+    AddRows(idx.get(), x, n, metric, gpu_centroids);
   }));
   auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, type, spec, std::move(idx)));
   seg->ids_.Assign(ids, n);

@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -140,6 +141,23 @@ class Segment {
   static absl::StatusOr<std::unique_ptr<Segment>> Build(uint32_t dim, Metric metric, const IndexSpec& spec,
                                                         VectorBuffer* x, const uint64_t* ids, size_t n,
                                                         int threads);
+  // Whether a segment of `spec` over n points is built from its vectors a
+  // chunk at a time (BuildStreamed): the types that keep codes, not floats
+  // (ivf_pq, ivf_sq8, hnsw_sq), from the size at which they are trained.
+  static bool Streams(const IndexSpec& spec, size_t n);
+  // How many rows such a build trains on, at most (a caller's sample).
+  static size_t TrainingRows(const IndexSpec& spec);
+  // Reads `count` vectors (prepared) from position `first` to out.
+  using RowReader = std::function<absl::Status(size_t first, size_t count, float* out)>;
+  // A sealed segment over n vectors read through `rows` a chunk at a time,
+  // trained on the sample_n rows of `sample` (drawn by the caller from the
+  // same vectors): it holds the sample, one chunk and the index, never the
+  // n vectors. REQUIRES: Streams(spec, n), else InvalidArgument; an error
+  // of `rows` fails the build.
+  static absl::StatusOr<std::unique_ptr<Segment>> BuildStreamed(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                                const float* sample, size_t sample_n,
+                                                                const RowReader& rows, const uint64_t* ids,
+                                                                size_t n, int threads);
   // DataLoss for a truncated or corrupt file, FailedPrecondition for a file of
   // another format version. Search defaults (ef_search, nprobe) come from
   // `defaults` when given (the collection's current spec), else from the file.

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <random>
@@ -19,11 +18,14 @@
 
 #include "gtest/gtest.h"
 #include "storage/file_util.h"
+#include "storage/rss_test_util.h"
 
 namespace cairn::index {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_util::ProcStatusBytes;
+using testing_util::ResetPeakRss;
 
 constexpr uint32_t kDim = 32;
 constexpr size_t kN = 8000;
@@ -641,28 +643,11 @@ TEST_F(SegmentTest, BuildFromABufferAnswersAsBuildFromRows) {
   EXPECT_FALSE(Segment::Build(kDim, Metric::kL2, spec, &short_buf, d.ids.data(), 2, 1).ok());
 }
 
-// What this process holds (VmRSS) and its peak since the last ResetPeak
-// (VmHWM), in bytes; 0 when /proc cannot tell.
-uint64_t ProcStatusBytes(const char* field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind(field, 0) == 0) return std::strtoull(line.c_str() + std::strlen(field), nullptr, 10) * 1024;
-  }
-  return 0;
-}
-bool ResetPeak() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.close();
-  return !f.fail() && ProcStatusBytes("VmHWM:") > 0;
-}
-
 // A bulk load hands its buffer to an HNSW or flat segment, and opening a
 // segment streams its file: neither holds the vectors twice (they did: a
 // copy for FAISS's storage; the file's bytes and a copy for FAISS's reader).
 TEST_F(SegmentTest, BuildingAndOpeningHoldTheVectorsOnce) {
-  if (!ResetPeak()) GTEST_SKIP() << "this kernel cannot reset the peak RSS (/proc/self/clear_refs)";
+  if (!ResetPeakRss()) GTEST_SKIP() << "this kernel cannot reset the peak RSS (/proc/self/clear_refs)";
   constexpr size_t kRows = 250000, kD = 128;
   constexpr double kBytes = kRows * kD * sizeof(float);  // 128 MB
   std::vector<uint64_t> ids(kRows);
@@ -681,7 +666,7 @@ TEST_F(SegmentTest, BuildingAndOpeningHoldTheVectorsOnce) {
     }
     IndexSpec spec;
     spec.type = IndexType::kFlat;
-    ASSERT_TRUE(ResetPeak());
+    ASSERT_TRUE(ResetPeakRss());
     const double before = static_cast<double>(ProcStatusBytes("VmRSS:"));
     auto seg = Segment::Build(kD, Metric::kL2, spec, &buf, ids.data(), kRows, 1);
     ASSERT_TRUE(seg.ok()) << seg.status();
@@ -689,7 +674,7 @@ TEST_F(SegmentTest, BuildingAndOpeningHoldTheVectorsOnce) {
     EXPECT_LT(grew, 0.5 * kBytes) << "the build copied the vectors";
     ASSERT_TRUE((*seg)->Save(path).ok());
   }
-  ASSERT_TRUE(ResetPeak());
+  ASSERT_TRUE(ResetPeakRss());
   const double before = static_cast<double>(ProcStatusBytes("VmRSS:"));
   auto loaded = Segment::Load(path);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
