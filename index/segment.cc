@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
 #include "index/catch_faiss.h"
+#include "index/compact_lists.h"
 #include "index/distance.h"
 #include "index/gpu/gpu.h"
 #include "index/hnsw_search.h"
@@ -422,6 +423,16 @@ void AddRows(faiss::Index* idx, const float* x, size_t n, Metric metric, const s
   idx->add(static_cast<idx_t>(n), x);
 }
 
+// A sealed IVF-PQ or IVF-SQ8 index keeps its lists' ids in 4 bytes
+// (CompactInvertedLists): the other types' lists are read as FAISS lays
+// them out (Cairn's IVF-Flat scan and GPU copy).
+void CompactIvfLists(faiss::Index* idx, IndexType type) {
+  if (type != IndexType::kIvfPq && type != IndexType::kIvfSq8) return;
+  auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx);
+  if (ivf == nullptr || dynamic_cast<CompactInvertedLists*>(ivf->invlists) != nullptr) return;
+  if (auto compact = CompactInvertedLists::Compact(ivf->invlists)) ivf->replace_invlists(compact.release(), true);
+}
+
 // A streamed build reads its vectors about this many bytes at a time.
 constexpr size_t kStreamChunkBytes = 8 << 20;
 
@@ -499,20 +510,23 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric met
                                                         const IndexSpec& spec, const float* x,
                                                         const uint64_t* ids, size_t n,
                                                         int threads) {
-  IndexType type = spec.type;
-  if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
-  CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(type, dim, metric, spec, x, ids, n, threads));
-  seg->BuildSearchCodes();
-  return seg;
+  return BuildSealed(dim, metric, spec, x, ids, n, threads, nullptr);
 }
 
 absl::StatusOr<std::unique_ptr<Segment>> Segment::Build(uint32_t dim, Metric metric, const IndexSpec& spec,
                                                         VectorBuffer* x, const uint64_t* ids, size_t n,
                                                         int threads) {
   if (x->size() != n * dim) return absl::InternalError("vector buffer does not hold n rows");
+  return BuildSealed(dim, metric, spec, x->data(), ids, n, threads, x);
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildSealed(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                              const float* x, const uint64_t* ids, size_t n,
+                                                              int threads, VectorBuffer* adopt) {
   IndexType type = spec.type;
   if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
-  CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(type, dim, metric, spec, x->data(), ids, n, threads, x));
+  CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(type, dim, metric, spec, x, ids, n, threads, adopt));
+  CompactIvfLists(seg->index_.get(), seg->type_);
   seg->BuildSearchCodes();
   return seg;
 }
@@ -555,6 +569,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildStreamed(uint32_t dim, Me
     }
   }));
   CAIRN_RETURN_IF_ERROR(read);
+  CompactIvfLists(idx.get(), spec.type);
   auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, spec.type, spec, std::move(idx)));
   seg->ids_.Assign(ids, n);
   seg->deleted_.assign((n + 63) / 64, 0);
@@ -619,6 +634,7 @@ void Segment::Freeze() {
   std::unique_lock lock(mu_);
   frozen_ = true;
   ids_.ShrinkToFit();
+  CompactIvfLists(index_.get(), type_);
 }
 
 void Segment::BuildSearchCodes() {
@@ -1142,7 +1158,9 @@ uint64_t Segment::MemoryBytes() const {
     // The lists' codes and ids, the coarse centroids, and the quantizer's
     // own tables: PQ codebooks and, for L2, the precomputed distance tables
     // (nlist x M x ksub floats, often more than the codes), SQ ranges.
-    bytes += static_cast<uint64_t>(ivf->ntotal) * (ivf->code_size + sizeof(idx_t)) +
+    const auto* compact = dynamic_cast<const CompactInvertedLists*>(ivf->invlists);
+    bytes += (compact != nullptr ? compact->MemoryBytes()
+                                 : static_cast<uint64_t>(ivf->ntotal) * (ivf->code_size + sizeof(idx_t))) +
              static_cast<uint64_t>(ivf->nlist) * dim_ * sizeof(float);
     if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {
       bytes += (pq->pq.centroids.size() + pq->precomputed_table.size()) * sizeof(float);
@@ -1349,6 +1367,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
                                                        const IndexSpec* defaults) {
   CAIRN_ASSIGN_OR_RETURN(auto seg, Read(path, defaults));
   seg->frozen_ = true;
+  CompactIvfLists(seg->index_.get(), seg->type_);
   seg->BuildSearchCodes();
   return seg;
 }

@@ -256,6 +256,11 @@ class Segment {
                                                           const IndexSpec& spec, const float* x,
                                                           const uint64_t* ids, size_t n, int threads,
                                                           VectorBuffer* adopt = nullptr);
+  // Both Builds: a sealed segment (flat below the size a trained type
+  // needs), with its search codes.
+  static absl::StatusOr<std::unique_ptr<Segment>> BuildSealed(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                              const float* x, const uint64_t* ids, size_t n,
+                                                              int threads, VectorBuffer* adopt);
   Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
           std::unique_ptr<faiss::Index> index);
   std::optional<size_t> PositionOfLocked(uint64_t id) const;

@@ -620,7 +620,9 @@ TEST_F(SegmentTest, BuildFromABufferAnswersAsBuildFromRows) {
     ASSERT_TRUE(from_buf.ok()) << from_buf.status();
     const bool takes = type == IndexType::kFlat || type == IndexType::kHnsw;
     EXPECT_EQ(buf.empty(), takes);
-    if (!takes) EXPECT_TRUE(std::equal(d.x.begin(), d.x.end(), buf.data()));
+    if (!takes) {
+      EXPECT_TRUE(std::equal(d.x.begin(), d.x.end(), buf.data()));
+    }
     EXPECT_EQ((*from_buf)->size(), 6000u);
     EXPECT_EQ((*from_buf)->Ids(), (*from_rows)->Ids());
     SegmentSearchParams p{.k = kK};
@@ -696,9 +698,10 @@ TEST_F(SegmentTest, IvfPqMemoryCountsItsDistanceTables) {
   auto seg = Segment::Build(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), kN, 2);
   ASSERT_TRUE(seg.ok()) << seg.status();
   ASSERT_EQ((*seg)->type(), IndexType::kIvfPq);
-  const uint64_t codes = kN * (kM + sizeof(int64_t));
+  // Each point's code and its 4-byte position in its list (CompactInvertedLists).
+  const uint64_t codes = kN * (kM + sizeof(uint32_t));
   const uint64_t tables = kLists * kM * 256 * sizeof(float);
-  const uint64_t fixed = kN * sizeof(uint64_t) + kN / 8 + (kLists + 256) * kDim * sizeof(float);
+  const uint64_t fixed = kN * sizeof(uint64_t) + kN / 8 + (kLists + 256) * kDim * sizeof(float) + kLists * 48;
   EXPECT_GE((*seg)->MemoryBytes(), codes + tables + kN * sizeof(uint64_t));
   EXPECT_LE((*seg)->MemoryBytes(), codes + tables + fixed + 4096);
 }
