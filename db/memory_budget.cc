@@ -1,5 +1,6 @@
 #include "db/memory_budget.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -84,6 +85,12 @@ uint64_t BytesPerPoint(const CollectionConfig& config) {
   const IndexType t = config.index.type;
   if (t == IndexType::kHnsw || t == IndexType::kHnswSq) bytes += 8 * static_cast<uint64_t>(config.index.hnsw_m);
   return bytes;
+}
+
+void ReleaseFreeMemory() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 NodeMemory NodeMemoryOf(MemoryBudget& budget, const storage::KvMemory& kv) {

@@ -55,6 +55,29 @@ uint64_t StorageMemoryFor(uint64_t configured, uint64_t limit);
 // HNSW graph's links.
 uint64_t BytesPerPoint(const CollectionConfig& config);
 
+// Gives the allocator's free memory back to the system (glibc's
+// malloc_trim). Called after what frees much memory at once: a shard's open
+// (the buffers of reading its segments), a seal, a compaction, the end of a
+// bulk load. Without it those pages stay in the process's RSS, free but
+// counted, until the allocator reuses them.
+void ReleaseFreeMemory();
+
+// Calls ReleaseFreeMemory when destroyed, once armed: declared before what a
+// scope frees, it runs after that is freed.
+class ReleaseFreeMemoryAtExit {
+ public:
+  ReleaseFreeMemoryAtExit() = default;
+  ReleaseFreeMemoryAtExit(const ReleaseFreeMemoryAtExit&) = delete;
+  ReleaseFreeMemoryAtExit& operator=(const ReleaseFreeMemoryAtExit&) = delete;
+  ~ReleaseFreeMemoryAtExit() {
+    if (armed_) ReleaseFreeMemory();
+  }
+  void Arm() { armed_ = true; }
+
+ private:
+  bool armed_ = false;
+};
+
 class MemoryBudget;
 // Database::Memory of a node with this budget and shared storage memory.
 NodeMemory NodeMemoryOf(MemoryBudget& budget, const storage::KvMemory& kv);

@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "cairn/status.h"
 #include "db/key_codec.h"
+#include "db/memory_budget.h"
 #include "db/shard_command.h"
 #include "storage/byte_codec.h"
 #include "storage/file_util.h"
@@ -203,6 +204,7 @@ absl::StatusOr<std::unique_ptr<Shard>> Shard::Open(const std::string& dir, const
   CAIRN_ASSIGN_OR_RETURN(auto kv, storage::KvStore::Open((fs::path(dir) / "kv").string(), kv_options));
   auto shard = std::unique_ptr<Shard>(new Shard(dir, options, std::move(kv)));
   CAIRN_RETURN_IF_ERROR(shard->Load(vectors_from));
+  ReleaseFreeMemory();  // what reading the segments and replaying the log took for a while
   {
     std::lock_guard commit(shard->commit_mu_);
     std::shared_lock state(shard->state_mu_);
@@ -1818,10 +1820,12 @@ absl::Status Shard::LiveVectorsOf(const index::Segment& segment, std::vector<uin
 }
 
 absl::Status Shard::Seal(bool force) {
+  ReleaseFreeMemoryAtExit release;  // the growing segment's floats, once sealed
   {
     std::shared_lock state(state_mu_);
     if (!force && growing_->size() + TailPointsLocked() < Tunables().seal_threshold) return absl::OkStatus();
   }
+  release.Arm();
   return SealLocked(force, /*index_tail=*/true);
 }
 
@@ -1995,6 +1999,7 @@ absl::Status Shard::CheckpointGrowing(bool at_close) {
 }
 
 absl::Status Shard::Compact(bool force) {
+  ReleaseFreeMemoryAtExit release;  // the segments replaced, and the vectors read to rebuild them
   std::lock_guard maint(maintenance_mu_);
   std::vector<SealedRef> todo;
   {
@@ -2007,6 +2012,7 @@ absl::Status Shard::Compact(bool force) {
       }
     }
   }
+  if (!todo.empty()) release.Arm();
   for (const auto& old : todo) {
     std::vector<uint64_t> ids;
     std::vector<float> vecs;

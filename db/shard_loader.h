@@ -3,12 +3,13 @@
 #define CAIRN_DB_SHARD_LOADER_H_
 
 #include <future>
-#include <random>
 #include <memory>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "db/memory_budget.h"
 #include "db/shard.h"
 
 namespace cairn::db {
@@ -18,7 +19,9 @@ class Shard::Loader {
   Loader(Shard* shard, uint64_t segment_size)
       : shard_(shard),
         segment_size_(segment_size),
-        streams_(index::Segment::Streams(shard->options_.index, SIZE_MAX)) {}
+        streams_(index::Segment::Streams(shard->options_.index, SIZE_MAX)) {
+    release_.Arm();
+  }
   // Abandons the load when Finish did not succeed: nothing of it stays.
   ~Loader();
   absl::Status Start();
@@ -34,6 +37,9 @@ class Shard::Loader {
                                     const std::vector<uint64_t>& ids, const std::vector<float>& sample);
   absl::Status WaitSegment();
 
+  // First, so destroyed last: the load's buffers are given back to the
+  // system once freed.
+  ReleaseFreeMemoryAtExit release_;
   Shard* shard_;
   const uint64_t segment_size_;
   std::string tmp_;

@@ -686,24 +686,64 @@ TEST_F(SegmentTest, BuildingAndOpeningHoldTheVectorsOnce) {
   EXPECT_EQ((*loaded)->size(), kRows);
 }
 
-// An IVF-PQ segment's memory holds its precomputed distance tables (for L2,
-// nlist x M x 256 floats: here 8x its codes), not only its codes.
-TEST_F(SegmentTest, IvfPqMemoryCountsItsDistanceTables) {
-  constexpr size_t kN = 10000, kLists = 64, kM = 8;
-  const Dataset d = MakeClustered(kN, 1, kDim, TestSeed() + 9);
-  IndexSpec spec;
-  spec.type = IndexType::kIvfPq;
-  spec.nlist = kLists;
-  spec.pq_m = kM;
-  auto seg = Segment::Build(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), kN, 2);
-  ASSERT_TRUE(seg.ok()) << seg.status();
-  ASSERT_EQ((*seg)->type(), IndexType::kIvfPq);
-  // Each point's code and its 4-byte position in its list (CompactInvertedLists).
-  const uint64_t codes = kN * (kM + sizeof(uint32_t));
-  const uint64_t tables = kLists * kM * 256 * sizeof(float);
-  const uint64_t fixed = kN * sizeof(uint64_t) + kN / 8 + (kLists + 256) * kDim * sizeof(float) + kLists * 48;
-  EXPECT_GE((*seg)->MemoryBytes(), codes + tables + kN * sizeof(uint64_t));
-  EXPECT_LE((*seg)->MemoryBytes(), codes + tables + fixed + 4096);
+// An IVF-PQ segment keeps FAISS's precomputed distance tables (for L2,
+// nlist x M x ksub floats) only where they cost at most an eighth of its
+// codes, and its memory counts them then; a reopened segment decides alike.
+TEST_F(SegmentTest, IvfPqKeepsDistanceTablesOnlyWhereTheyAreCheap) {
+  struct Case {
+    size_t n, lists;
+    bool tables;
+  };
+  // 4-bit codes (quick to train), 4 bytes a point. 20,000 points in 64
+  // lists: tables of 32 KiB for 80 KB of codes; in 8 lists: 4 KiB.
+  for (const Case c : {Case{20000, 64, false}, Case{20000, 8, true}}) {
+    SCOPED_TRACE(c.n);
+    constexpr size_t kM = 8, kBits = 4, kCode = kM * kBits / 8;
+    const Dataset d = MakeClustered(c.n, kQueries, kDim, TestSeed() + 9);
+    IndexSpec spec;
+    spec.type = IndexType::kIvfPq;
+    spec.nlist = static_cast<int>(c.lists);
+    spec.pq_m = kM;
+    spec.pq_nbits = kBits;
+    spec.nprobe = 2;
+    auto seg = Segment::Build(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), c.n, 2);
+    ASSERT_TRUE(seg.ok()) << seg.status();
+    ASSERT_EQ((*seg)->type(), IndexType::kIvfPq);
+    // Each point's code and its 4-byte position in its list (CompactInvertedLists).
+    const uint64_t codes = c.n * (kCode + sizeof(uint32_t));
+    const uint64_t tables = c.tables ? c.lists * kM * (1 << kBits) * sizeof(float) : 0;
+    // Ids (1000 + 3i: 4 bytes each), tombstone bits, coarse and PQ centroids.
+    const uint64_t fixed = c.n * 4 + c.n / 8 + (c.lists + (1 << kBits)) * kDim * sizeof(float);
+    EXPECT_GE((*seg)->MemoryBytes(), codes + tables + fixed);
+    EXPECT_LE((*seg)->MemoryBytes(), codes + tables + fixed + c.n / 32 + c.lists * 48 + 4096);
+
+    const std::string path = Path("tables.cseg");
+    ASSERT_TRUE((*seg)->Save(path).ok());
+    auto loaded = Segment::Load(path);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ((*loaded)->MemoryBytes(), (*seg)->MemoryBytes());
+    SegmentSearchParams p{.k = kK};
+    const Results a = SearchAll(**seg, d.queries.data(), kQueries, p);
+    const Results b = SearchAll(**loaded, d.queries.data(), kQueries, p);
+    EXPECT_EQ(a.ids, b.ids);
+    EXPECT_EQ(a.scores, b.scores);
+
+    // The same index growing (no tables: each list's from its residual)
+    // answers alike, and takes the tables when it is sealed.
+    if (!c.tables) continue;
+    auto growing = Segment::BuildGrowing(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), c.n, 2);
+    ASSERT_TRUE(growing.ok()) << growing.status();
+    EXPECT_GE((*growing)->MemoryBytes(), c.n * (kCode + sizeof(int64_t)));  // FAISS's lists until sealed
+    const Results g = SearchAll(**growing, d.queries.data(), kQueries, p);
+    size_t same = 0;
+    for (size_t i = 0; i < a.ids.size(); ++i) {
+      same += a.ids[i] == g.ids[i];
+      if (a.ids[i] == g.ids[i]) EXPECT_NEAR(a.scores[i], g.scores[i], 1e-3f * (1 + a.scores[i]));
+    }
+    EXPECT_GE(same, a.ids.size() * 99 / 100);  // ties may fall either way
+    (*growing)->Freeze();
+    EXPECT_EQ((*growing)->MemoryBytes(), (*seg)->MemoryBytes());
+  }
 }
 
 TEST_F(SegmentTest, LossySegmentsHaveNoExactSearch) {

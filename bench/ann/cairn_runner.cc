@@ -12,10 +12,14 @@
 // a payload filter matching a fraction S of the points (recall against the
 // exact filtered neighbours the harness computed).
 //
+// The memory line comes from a child (this program with --serving-memory 1)
+// that opens the built database afresh, as a restarted server does, and runs
+// the queries once: what the database holds serving, without the build's
+// freed and fragmented memory.
+//
 //   cairn_runner --dataset fashion-mnist --base base.npy --queries queries.npy --gt gt.npy
 //                --metric l2 --index hnsw --sweep 16,32,64 --threads 1 [--filtered DIR] [--grpc 1,2]
 #include <grpcpp/grpcpp.h>
-#include <malloc.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -184,9 +188,14 @@ int main(int argc, char** argv) {
   const std::string dataset = get("--dataset", "data");
   const Npy queries = LoadNpy(get("--queries")), gt = LoadNpy(get("--gt"));
   const double rss_without_data = RssMb();
-  Npy base = LoadNpy(get("--base"));
-  if (base.f.empty() || queries.f.empty() || gt.i.empty() || base.cols != queries.cols) Die("bad inputs");
-  const size_t n = base.rows, dim = base.cols;
+  // --serving-memory 1 (the build's child): open --data-dir, print the memory line, exit.
+  const bool serving_only = get("--serving-memory") == "1";
+  Npy base = serving_only ? Npy{} : LoadNpy(get("--base"));
+  if ((!serving_only && (base.f.empty() || base.cols != queries.cols)) || queries.f.empty() || gt.i.empty()) {
+    Die("bad inputs");
+  }
+  const size_t dim = queries.cols;
+  size_t n = base.rows;
   const size_t nq = std::min<size_t>(queries.rows, std::strtoull(get("--max-queries", "1000000").c_str(), nullptr, 10));
   const int threads = std::atoi(get("--threads", "1").c_str());
   const std::string index_name = get("--index", "hnsw");
@@ -223,7 +232,7 @@ int main(int argc, char** argv) {
   // --reuse 1: search the collection an earlier --reuse run with the same
   // options left in --data-dir (no build row), to try search settings quickly.
   const bool keep_dir = get("--reuse", "0") == "1";
-  const bool reuse = keep_dir && std::filesystem::exists(dir);
+  const bool reuse = serving_only || (keep_dir && std::filesystem::exists(dir));
   if (!reuse) std::filesystem::remove_all(dir);
   cairn::DatabaseOptions dbo;
   dbo.index_threads = threads;
@@ -261,20 +270,10 @@ int main(int argc, char** argv) {
   }
   const std::vector<float> qv(queries.f.begin(), queries.f.begin() + static_cast<ptrdiff_t>(nq * dim));
 
-  {
-    // Serving memory (with --reuse too): the input vectors given back, the
-    // database closed and opened again as a restarted server finds it, the
-    // queries run once at the sweep's widest setting. Its RSS less the process's before it read
-    // the base vectors is what the database holds: index, id maps, RocksDB's
-    // block cache and memtables.
-    std::vector<float>().swap(base.f);
-    coll->reset();
-    db->reset();
-    malloc_trim(0);
-    db = cairn::Database::Open(dir, dbo);
-    if (!db.ok()) Die(db.status().ToString());
-    coll = (*db)->GetCollection("bench");
-    if (!coll.ok()) Die(coll.status().ToString());
+  if (serving_only) {
+    // The queries run once at the widest setting; this process's RSS less
+    // its own before it opened the database is what the database holds:
+    // index, id maps, RocksDB's block cache and memtables.
     cairn::SearchParams warm;
     warm.k = 10;
     warm.with_payload = false;
@@ -283,6 +282,7 @@ int main(int argc, char** argv) {
     if (auto w = (*coll)->SearchBatch(qv, warm); !w.ok()) Die(w.status().ToString());
     auto info = (*coll)->Info();
     if (!info.ok()) Die(info.status().ToString());
+    n = info->points;
     const double rss = RssMb();
     // The shared block cache's blocks (bounded by its capacity, whatever the
     // data's size), reported apart.
@@ -295,6 +295,41 @@ int main(int argc, char** argv) {
                 (rss - rss_without_data) * 1048576.0 / static_cast<double>(n),
                 (rss - rss_without_data - cache_mb) * 1048576.0 / static_cast<double>(n));
     std::fflush(stdout);
+    return 0;
+  }
+  {
+    // Serving memory (with --reuse too): what a restarted server holds. The
+    // input vectors are given back and the database closed; a fresh process
+    // (this program with --serving-memory 1) opens it, runs the queries once
+    // at the sweep's widest setting and prints the memory line. In this
+    // process the build's freed memory would stay in RSS, fragmented.
+    std::vector<float>().swap(base.f);
+    coll->reset();
+    db->reset();
+    std::fflush(stdout);
+    std::vector<std::string> args(argv, argv + argc);
+    args.push_back("--serving-memory");
+    args.push_back("1");
+    args.push_back("--sweep");
+    args.push_back(std::to_string(sweep.back()));
+    args.push_back("--data-dir");  // the last of a repeated flag wins
+    args.push_back(dir);
+    std::vector<char*> cargs;
+    for (auto& x : args) cargs.push_back(x.data());
+    cargs.push_back(nullptr);
+    const pid_t child = fork();
+    if (child == 0) {
+      execv("/proc/self/exe", cargs.data());
+      _exit(127);
+    }
+    int status = 0;
+    if (child < 0 || waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      Die("the serving-memory process failed");
+    }
+    db = cairn::Database::Open(dir, dbo);
+    if (!db.ok()) Die(db.status().ToString());
+    coll = (*db)->GetCollection("bench");
+    if (!coll.ok()) Die(coll.status().ToString());
   }
 
   const std::string pname = ivf ? "nprobe" : "ef";

@@ -86,9 +86,10 @@ def write(results_path, md_path, plots_dir, command, seconds):
           "HNSW indexes use M=32 and efConstruction=100 everywhere.", ""]
     for ds in datasets:
         md += [f"## {ds}", "", "### Build", "",
-               "Serving RSS: the engine's process once the input vectors are given back (Cairn: its database closed "
-               "and opened again) and the queries have run; bytes per vector: that RSS less the process's before it "
-               "read the base vectors, over the points.", "",
+               "Serving RSS: the engine's process once the input vectors are given back (Cairn: a fresh process "
+               "that opens the database, as a restarted server does) and the queries have run; bytes per vector: "
+               "that RSS less the process's before it read the base vectors (Cairn: before it opened the "
+               "database), over the points.", "",
                "| engine | index | threads | build s | peak RSS MB | serving RSS MB | bytes / vector |",
                "|---|---|---|---|---|---|---|"]
         for b in (b for b in builds if b["dataset"] == ds):

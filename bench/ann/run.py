@@ -14,8 +14,9 @@ JSON line per measurement:
    "qps_single", "p50_ms", "p99_ms"}
   {"kind":"memory", ..., "points", "rss_mb", "process_mb", "bytes_per_vector"}
 The memory line is what the engine holds while serving: its RSS once the input
-vectors are given back (Cairn: the database closed and opened again) and the
-queries have run, less the process's RSS before it read the base vectors.
+vectors are given back (Cairn: a fresh process that opens the database, as a
+restarted server does) and the queries have run, less the process's RSS before
+it read the base vectors (Cairn: before it opened the database).
 qps_batch: every query in one call; qps_single: one query per call (on
 `threads` threads). Recall is against exact neighbours computed here (FAISS
 IndexFlat, cached beside the data).
