@@ -6,7 +6,7 @@
 #    one search answered; its RSS beside the index memory it estimates
 #    (cairn_collection_index_memory_bytes) and the bytes on disk;
 #  - online ingest (flat): the RSS right after the ingest, write buffers full.
-# Usage: bench/memory.sh [N=200000] [DIM=128]   (after make; ports 7960-7961;
+# Usage: [INDEXES="ivf_pq ivf_sq8"] bench/memory.sh [N=200000] [DIM=128]   (after make; ports 7960-7961;
 # needs python3-numpy)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,7 +37,7 @@ serve() {  # DIR: starts cairnd on DIR, waits until ready
 stop() { kill "$pid"; wait "$pid" || true; pid=""; }
 
 echo "N=$n DIM=$dim, one cairnd, RSS in MiB"
-for idx in flat hnsw hnsw_sq ivf_flat ivf_pq ivf_sq8; do
+for idx in ${INDEXES:-flat hnsw hnsw_sq ivf_flat ivf_pq ivf_sq8}; do
   rm -rf d
   "$bin/cairn" ingest --data-dir d --collection v --dim "$dim" --index "$idx" a.fvecs >/dev/null 2>&1
   serve d
