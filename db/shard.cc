@@ -193,6 +193,15 @@ std::string Shard::SegmentPath(const std::string& file) const {
   return (fs::path(dir_) / "segments" / file).string();
 }
 
+std::string Shard::NewSegmentFile() {
+  std::lock_guard commit(commit_mu_);
+  return absl::StrFormat("seg-%08d.cseg", next_file_++);
+}
+
+std::string Shard::VectorFileName(const std::string& segment_file) {
+  return fs::path(segment_file).replace_extension(".vec").string();
+}
+
 absl::StatusOr<std::unique_ptr<Shard>> Shard::Open(const std::string& dir, const ShardOptions& options,
                                                    const Shard* vectors_from) {
   std::error_code ec;
@@ -1427,7 +1436,7 @@ absl::Status Shard::VectorsOf(const index::Segment& segment, const std::vector<u
 absl::StatusOr<std::string> Shard::SaveVectorFile(index::Segment& segment, const std::string& segment_file,
                                                   const float* vecs) const {
   if (segment.HasExactVectors() || segment.size() == 0) return std::string();
-  const std::string name = fs::path(segment_file).replace_extension(".vec").string();
+  const std::string name = VectorFileName(segment_file);
   const size_t dim = options_.dimension;
   if (vecs != nullptr) {
     CAIRN_RETURN_IF_ERROR(index::VectorFile::Write(SegmentPath(name), options_.dimension, vecs, segment.size()));
@@ -1895,11 +1904,7 @@ absl::Status Shard::SealFrozen(const std::shared_ptr<index::Segment>& frozen) {
                                                              ids.size(), IndexThreads(options_.index_threads)));
     sealed = std::move(built);
   }
-  std::string file;
-  {
-    std::lock_guard commit(commit_mu_);
-    file = absl::StrFormat("seg-%08d.cseg", next_file_++);
-  }
+  const std::string file = NewSegmentFile();
   CAIRN_ASSIGN_OR_RETURN(std::string vectors, SaveVectorFile(*sealed, file, vecs.empty() ? nullptr : vecs.data()));
   CAIRN_RETURN_IF_ERROR(sealed->Save(SegmentPath(file)));
   std::string dropped;
@@ -2024,10 +2029,7 @@ absl::Status Shard::Compact(bool force) {
                                                                options_.index, vecs.data(), ids.data(),
                                                                ids.size(), IndexThreads(options_.index_threads)));
       rebuilt = std::move(built);
-      {
-        std::lock_guard commit(commit_mu_);
-        file = absl::StrFormat("seg-%08d.cseg", next_file_++);
-      }
+      file = NewSegmentFile();
       CAIRN_ASSIGN_OR_RETURN(vectors, SaveVectorFile(*rebuilt, file, vecs.data()));
       CAIRN_RETURN_IF_ERROR(rebuilt->Save(SegmentPath(file)));
     }

@@ -450,6 +450,10 @@ class Shard final : public ShardAccess {
   // manifest. REQUIRES: maintenance_mu_ held.
   absl::Status SealFrozen(const std::shared_ptr<index::Segment>& frozen);
   std::string SegmentPath(const std::string& file) const;
+  // A new segment file's name (seg-NNNNNNNN.cseg). Takes commit_mu_.
+  std::string NewSegmentFile();
+  // The name of a segment file's vector file (.vec beside it).
+  static std::string VectorFileName(const std::string& segment_file);
 
   ShardTunables Tunables() const;
 

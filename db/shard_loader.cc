@@ -63,12 +63,9 @@ absl::Status Shard::Loader::Add(PreparedPoint p) {
   if (streams_) {
     const ShardOptions& o = shard_->options_;
     if (seg_writer_ == nullptr) {
-      {
-        std::lock_guard commit(shard_->commit_mu_);
-        seg_file_ = absl::StrFormat("seg-%08d.cseg", shard_->next_file_++);
-      }
-      const std::string vectors = fs::path(seg_file_).replace_extension(".vec").string();
-      CAIRN_ASSIGN_OR_RETURN(seg_writer_, index::VectorFile::Writer::Create(shard_->SegmentPath(vectors), o.dimension));
+      seg_file_ = shard_->NewSegmentFile();
+      CAIRN_ASSIGN_OR_RETURN(seg_writer_, index::VectorFile::Writer::Create(
+                                              shard_->SegmentPath(VectorFileName(seg_file_)), o.dimension));
       sample_rng_.seed(0x5eed);
     }
     prepared_.assign(p.vector.begin(), p.vector.end());
@@ -162,7 +159,7 @@ absl::Status Shard::Loader::StartSegment() {
     CAIRN_RETURN_IF_ERROR(seg_writer_->Close());  // synced before the build reads it
     seg_writer_.reset();
     const std::string file = std::exchange(seg_file_, std::string());
-    const std::string vectors = fs::path(file).replace_extension(".vec").string();
+    const std::string vectors = VectorFileName(file);
     made_.push_back(file);
     made_.push_back(vectors);
     pending_ = std::async(std::launch::async, [this, file, vectors, ids = std::move(seg_ids_),
@@ -173,13 +170,9 @@ absl::Status Shard::Loader::StartSegment() {
     sample_ = {};
     return absl::OkStatus();
   }
-  std::string file;
-  {
-    std::lock_guard commit(shard_->commit_mu_);
-    file = absl::StrFormat("seg-%08d.cseg", shard_->next_file_++);
-  }
+  const std::string file = shard_->NewSegmentFile();
   made_.push_back(file);
-  made_.push_back(fs::path(file).replace_extension(".vec").string());
+  made_.push_back(VectorFileName(file));
   const ShardOptions& o = shard_->options_;
   index::PrepareVectors(o.metric, seg_vecs_.data(), seg_ids_.size(), o.dimension);
   pending_ = std::async(std::launch::async, [this, file, ids = std::move(seg_ids_),

@@ -738,7 +738,9 @@ TEST_F(SegmentTest, IvfPqKeepsDistanceTablesOnlyWhereTheyAreCheap) {
     size_t same = 0;
     for (size_t i = 0; i < a.ids.size(); ++i) {
       same += a.ids[i] == g.ids[i];
-      if (a.ids[i] == g.ids[i]) EXPECT_NEAR(a.scores[i], g.scores[i], 1e-3f * (1 + a.scores[i]));
+      if (a.ids[i] == g.ids[i]) {
+        EXPECT_NEAR(a.scores[i], g.scores[i], 1e-3f * (1 + a.scores[i]));
+      }
     }
     EXPECT_GE(same, a.ids.size() * 99 / 100);  // ties may fall either way
     (*growing)->Freeze();
