@@ -30,6 +30,7 @@
 #include "storage/file_util.h"
 #include "cairn/database.h"
 #include "db/memory_budget.h"
+#include "index/blas_core.h"
 #include "index/gpu/gpu.h"
 
 namespace {
@@ -579,7 +580,8 @@ int main(int argc, char** argv) {
     return absl::IsInvalidArgument(port.status()) ? 2 : 1;
   }
   LogEvent("listening", {{"address", listen}, {"port", *port}, {"http_port", server.http_port()},
-                         {"tls", !options.tls_cert_pem.empty()}, {"mtls", !options.tls_client_ca_pem.empty()}});
+                         {"tls", !options.tls_cert_pem.empty()}, {"mtls", !options.tls_client_ca_pem.empty()},
+                         {"blas", cairn::index::BlasCore()}});
   if (!port_file.empty()) {
     std::ofstream(port_file + ".tmp") << *port << "\n";
     std::rename((port_file + ".tmp").c_str(), port_file.c_str());

@@ -87,8 +87,12 @@ absl::Status Shard::Loader::Add(PreparedPoint p) {
 }
 
 absl::StatusOr<uint64_t> Shard::Loader::Finish() {
+  // The last segment builds in the background while the id maps and
+  // payload index are sorted and written, unless it is built from its vector
+  // file: such a load keeps its peak low (the maps' memory would come on top
+  // of the build's) and is long enough for the maps not to matter.
   if (!seg_ids_.empty()) CAIRN_RETURN_IF_ERROR(StartSegment());
-  CAIRN_RETURN_IF_ERROR(WaitSegment());
+  if (streams_) CAIRN_RETURN_IF_ERROR(WaitSegment());
   // Id maps: the last point of each external id wins.
   std::sort(ids_.begin(), ids_.end());
   std::vector<uint64_t> dead;
@@ -119,6 +123,7 @@ absl::StatusOr<uint64_t> Shard::Loader::Finish() {
   std::vector<storage::SstWriter*> files = {vectors_.get(), payloads_.get(), ids_w.get(), rids_w.get(),
                                             index_w.get()};
   for (auto* f : files) CAIRN_RETURN_IF_ERROR(f->Finish());
+  CAIRN_RETURN_IF_ERROR(WaitSegment());
   CAIRN_RETURN_IF_ERROR(shard_->kv_->IngestFiles(files));
 
   std::lock_guard commit(shard_->commit_mu_);

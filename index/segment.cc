@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
 #include "index/catch_faiss.h"
+#include "index/blas_core.h"
 #include "index/compact_lists.h"
 #include "index/distance.h"
 #include "index/gpu/gpu.h"
@@ -38,6 +39,10 @@
 
 namespace cairn::index {
 namespace {
+
+// Links in the check of FAISS's BLAS kernels (index/blas_core.h), which
+// runs before main.
+[[maybe_unused]] const bool kBlasCoreLinked = BlasCoreSwitched();
 
 using idx_t = faiss::Index::idx_t;
 
