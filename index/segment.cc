@@ -14,6 +14,9 @@
 #include <faiss/utils/distances.h>
 #include <omp.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -409,21 +412,79 @@ std::vector<float> TrainIndex(faiss::Index* idx, IndexType type, const IndexSpec
   return centroids;
 }
 
+// Makes room in each list of an IVF index for the rows assigned to it, so
+// that adding them neither copies a list as it grows nor leaves it up to
+// twice the size of what it holds (FAISS grows a list by doubling).
+void ReserveLists(faiss::IndexIVF* ivf, size_t n, const idx_t* lists) {
+  auto* array = dynamic_cast<faiss::ArrayInvertedLists*>(ivf->invlists);
+  if (array == nullptr) return;
+  std::vector<size_t> count(ivf->nlist, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (lists[i] >= 0 && static_cast<size_t>(lists[i]) < ivf->nlist) ++count[static_cast<size_t>(lists[i])];
+  }
+  for (size_t l = 0; l < ivf->nlist; ++l) {
+    array->codes[l].reserve(array->codes[l].size() + count[l] * array->code_size);
+    array->ids[l].reserve(array->ids[l].size() + count[l]);
+  }
+}
+
+// Adds the n rows of x to an IVF index from their lists, a block at a time,
+// giving the pages of x behind each block back to the system: x is a buffer
+// nothing reads afterwards, and the build then holds the vectors about once
+// (in the lists) rather than twice. The pages read as zeros if touched again.
+void AddAndRelease(faiss::IndexIVF* ivf, const float* x, size_t n, const idx_t* lists) {
+  constexpr size_t kBlock = 65536;
+  const size_t row = static_cast<size_t>(ivf->d) * sizeof(float);
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(x);
+  uintptr_t released = (begin + page - 1) / page * page;  // whole pages of x only
+  for (size_t i = 0; i < n; i += kBlock) {
+    const size_t m = std::min(kBlock, n - i);
+    ivf->add_core(static_cast<idx_t>(m), x + i * ivf->d, nullptr, lists + i);
+    const uintptr_t end = (begin + (i + m) * row) / page * page;
+    if (end > released) {
+      ::madvise(reinterpret_cast<void*>(released), end - released, MADV_DONTNEED);
+      released = end;
+    }
+  }
+}
+
 // Adds the n rows of x to `idx`, assigned to their IVF lists on the GPU when
 // `gpu_centroids` holds the lists' centroids (on the CPU if that fails).
-void AddRows(faiss::Index* idx, const float* x, size_t n, Metric metric, const std::vector<float>& gpu_centroids) {
+// With `whole` (a segment's build adding all its rows at once) each list is
+// sized for its rows first (ReserveLists); a build adding chunk by chunk
+// leaves the lists to grow as FAISS grows them. With `release` (and whole),
+// x is a buffer the IVF index may empty as it adds (AddAndRelease).
+void AddRows(faiss::Index* idx, const float* x, size_t n, Metric metric, const std::vector<float>& gpu_centroids,
+             bool whole, bool release = false) {
   if (n == 0) return;
-  if (!gpu_centroids.empty()) {
-    auto* ivf = static_cast<faiss::IndexIVF*>(idx);
-    static_assert(std::is_same_v<idx_t, int64_t>);
+  auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx);
+  static_assert(std::is_same_v<idx_t, int64_t>);
+  if (ivf != nullptr && !gpu_centroids.empty()) {
     std::vector<idx_t> lists(n);
     absl::Status st = gpu::AssignNearest(x, n, static_cast<uint32_t>(ivf->d), gpu_centroids.data(), ivf->nlist,
                                          metric, lists.data());
     if (st.ok()) {
-      AddWithLists(ivf, x, n, lists.data());
+      if (whole) ReserveLists(ivf, n, lists.data());
+      if (whole && release) {
+        AddAndRelease(ivf, x, n, lists.data());
+      } else {
+        AddWithLists(ivf, x, n, lists.data());
+      }
       return;
     }
     std::fprintf(stderr, "cairn: GPU assignment failed, adding on the CPU: %s\n", st.ToString().c_str());
+  }
+  if (ivf != nullptr && whole) {
+    std::vector<idx_t> lists(n);
+    ivf->quantizer->assign(static_cast<idx_t>(n), x, lists.data());
+    ReserveLists(ivf, n, lists.data());
+    if (release) {
+      AddAndRelease(ivf, x, n, lists.data());
+    } else {
+      ivf->add_core(static_cast<idx_t>(n), x, nullptr, lists.data());
+    }
+    return;
   }
   idx->add(static_cast<idx_t>(n), x);
 }
@@ -591,7 +652,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildStreamed(uint32_t dim, Me
       const size_t count = std::min(rows_per_chunk, n - first);
       chunk.resize(count * dim);
       read = rows(first, count, chunk.data());
-      if (read.ok()) AddRows(idx.get(), chunk.data(), count, metric, gpu_centroids);
+      if (read.ok()) AddRows(idx.get(), chunk.data(), count, metric, gpu_centroids, false);
     }
   }));
   CAIRN_RETURN_IF_ERROR(read);
@@ -629,7 +690,13 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32
         x = flat->get_xb();
       }
     }
-    AddRows(idx.get(), x, n, metric, gpu_centroids);
+    // IVF-Flat copies the vectors into its lists, emptying the buffer as it
+    // goes (the lossy types encode them and leave the buffer to the caller,
+    // which writes it to their vector files).
+    const bool drain = adopt != nullptr && !adopt->bytes_.empty() && type == IndexType::kIvfFlat &&
+                       x == adopt->data();
+    AddRows(idx.get(), x, n, metric, gpu_centroids, true, drain);
+    if (drain) adopt->bytes_ = {};
   }));
   auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, type, spec, std::move(idx)));
   seg->ids_.Assign(ids, n);

@@ -121,6 +121,8 @@ DATASETS = {
     # Its first 1M and 3M points (and its queries): how costs grow with size.
     "synthetic-10m-128-first-1m": (lambda out: prefix_of("synthetic-10m-128", 1_000_000, out), "l2"),
     "synthetic-10m-128-first-3m": (lambda out: prefix_of("synthetic-10m-128", 3_000_000, out), "l2"),
+    # HNSW's build memory beside hnswlib's at a size that builds in minutes.
+    "synthetic-1m-768-cosine-first-200k": (lambda out: prefix_of("synthetic-1m-768-cosine", 200_000, out), "cosine"),
 }
 
 
