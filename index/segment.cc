@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -530,6 +531,37 @@ struct Segment::GpuCopy {
   std::unique_ptr<gpu::IvfFlatIndex> ivf;
 };
 
+void VectorBuffer::Unmap::operator()(uint8_t* p) const { ::munmap(p, bytes); }
+
+void VectorBuffer::Append(absl::Span<const float> v) {
+  const auto* b = reinterpret_cast<const uint8_t*>(v.data());
+  const size_t len = v.size() * sizeof(float);
+  if (blocks_.empty() || blocks_.back().size + len > blocks_.back().bytes.get_deleter().bytes) {
+    // Blocks grow from 64 KiB to kMaxBlockBytes: small buffers stay small.
+    const size_t last = blocks_.empty() ? 0 : blocks_.back().bytes.get_deleter().bytes;
+    const size_t want = std::max(len, last == 0 ? size_t{64} << 10 : std::min(kMaxBlockBytes, 2 * last));
+    void* m = ::mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    blocks_.push_back(Block{std::unique_ptr<uint8_t, Unmap>(static_cast<uint8_t*>(m), Unmap{want}), 0});
+  }
+  Block& block = blocks_.back();
+  std::memcpy(block.bytes.get() + block.size, b, len);
+  block.size += len;
+  floats_ += v.size();
+}
+
+float* VectorBuffer::data() {
+  if (!blocks_.empty()) {
+    bytes_.reserve(floats_ * sizeof(float));
+    for (Block& block : blocks_) {
+      bytes_.insert(bytes_.end(), block.bytes.get(), block.bytes.get() + block.size);
+      block.bytes.reset();
+    }
+    blocks_.clear();
+  }
+  return reinterpret_cast<float*>(bytes_.data());
+}
+
 void PrepareVectors(Metric metric, float* x, size_t n, size_t dim) {
   if (metric != Metric::kCosine) return;
   for (size_t i = 0; i < n; ++i) {
@@ -686,17 +718,17 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildOf(IndexType type, uint32
       auto* flat = dynamic_cast<FastFlat*>(hnsw != nullptr ? hnsw->storage : idx.get());
       if (flat != nullptr) {
         flat->Adopt(std::move(adopt->bytes_));
-        adopt->bytes_ = {};
+        *adopt = {};
         x = flat->get_xb();
       }
     }
     // IVF-Flat copies the vectors into its lists, emptying the buffer as it
     // goes (the lossy types encode them and leave the buffer to the caller,
     // which writes it to their vector files).
-    const bool drain = adopt != nullptr && !adopt->bytes_.empty() && type == IndexType::kIvfFlat &&
+    const bool drain = adopt != nullptr && !adopt->empty() && type == IndexType::kIvfFlat &&
                        x == adopt->data();
     AddRows(idx.get(), x, n, metric, gpu_centroids, true, drain);
-    if (drain) adopt->bytes_ = {};
+    if (drain) *adopt = {};
   }));
   auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, type, spec, std::move(idx)));
   seg->ids_.Assign(ids, n);

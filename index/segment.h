@@ -92,20 +92,33 @@ struct SegmentSearchParams {
 // Prepared float32 vectors, row after row, held as the bytes FAISS's flat
 // storage keeps them in: a segment that stores full vectors in memory (Flat,
 // HNSW) takes them from Build without copying them.
+//
+// Rows are appended to blocks mapped from the system, which data() joins
+// into one array, unmapping each block once copied: a buffer never holds its
+// rows twice (a vector that doubles holds its old and its new storage at
+// once while it copies, up to twice the rows), only the rows and one block.
 class VectorBuffer {
  public:
-  void Append(absl::Span<const float> v) {
-    const auto* b = reinterpret_cast<const uint8_t*>(v.data());
-    bytes_.insert(bytes_.end(), b, b + v.size() * sizeof(float));
-  }
-  float* data() { return reinterpret_cast<float*>(bytes_.data()); }
-  const float* data() const { return reinterpret_cast<const float*>(bytes_.data()); }
-  size_t size() const { return bytes_.size() / sizeof(float); }  // floats
-  bool empty() const { return bytes_.empty(); }
+  void Append(absl::Span<const float> v);
+  // The rows as one array (joined on the first call after an Append).
+  float* data();
+  size_t size() const { return floats_; }
+  bool empty() const { return floats_ == 0; }
 
  private:
   friend class Segment;
-  std::vector<uint8_t> bytes_;
+  static constexpr size_t kMaxBlockBytes = 32 << 20;
+  struct Unmap {
+    size_t bytes = 0;
+    void operator()(uint8_t* p) const;
+  };
+  struct Block {
+    std::unique_ptr<uint8_t, Unmap> bytes;
+    size_t size = 0;
+  };
+  std::vector<Block> blocks_;
+  std::vector<uint8_t> bytes_;  // the joined rows
+  size_t floats_ = 0;
 };
 
 class Segment {

@@ -662,6 +662,28 @@ VectorBuffer UniformRows(size_t n, size_t d) {
   return buf;
 }
 
+// A buffer grows without copying its rows (a vector of them held its old
+// and new storage at once: 128 MB for these 72 MB), and joining them holds
+// the rows and one block at most.
+TEST_F(SegmentTest, AVectorBufferHoldsItsRowsOnce) {
+  if (testing_util::kAddressSanitizer) GTEST_SKIP() << "AddressSanitizer's allocator hides what is given back";
+  if (!ResetPeakRss()) GTEST_SKIP() << "this kernel cannot reset the peak RSS (/proc/self/clear_refs)";
+  constexpr size_t kRows = 140000, kD = 128;
+  constexpr double kBytes = kRows * kD * sizeof(float);  // 72 MB
+  const double before = static_cast<double>(ProcStatusBytes("VmRSS:"));
+  VectorBuffer buf = UniformRows(kRows, kD);
+  const double appended = static_cast<double>(ProcStatusBytes("VmHWM:")) - before;
+  EXPECT_LT(appended, 1.15 * kBytes) << "appending copied the rows";
+  ASSERT_EQ(buf.size(), kRows * kD);
+  const std::vector<float> first(buf.data(), buf.data() + kD);
+  const double joined = static_cast<double>(ProcStatusBytes("VmHWM:")) - before;
+  EXPECT_LT(joined, kBytes + 40e6) << "joining held the rows twice";
+  // The rows are the ones appended, in order.
+  VectorBuffer again = UniformRows(kRows, kD);
+  EXPECT_TRUE(std::equal(first.begin(), first.end(), again.data()));
+  EXPECT_TRUE(std::equal(buf.data(), buf.data() + buf.size(), again.data()));
+}
+
 // An IVF-Flat build from a buffer copies the vectors into its lists and
 // gives the buffer's pages back as it goes: it holds them about once (it
 // held the buffer and the lists, which FAISS grows by doubling, at once).
