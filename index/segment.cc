@@ -23,8 +23,8 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
-#include <new>
 #include <mutex>
+#include <new>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -32,8 +32,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "cairn/status.h"
-#include "index/catch_faiss.h"
 #include "index/blas_core.h"
+#include "index/catch_faiss.h"
 #include "index/compact_lists.h"
 #include "index/distance.h"
 #include "index/gpu/gpu.h"
