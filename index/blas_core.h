@@ -3,9 +3,9 @@
 //
 // OpenBLAS chooses its kernels for the CPU when it is loaded. A release that
 // predates the CPU does not recognise it and falls back to its Prescott (SSE3)
-// kernels: Debian 12's OpenBLAS 0.3.21 does so on Sapphire and Emerald Rapids
-// (family 6, models 143 and 207), where its sgemm then runs about 6 times
-// slower than its AVX-512 kernels (4,000 x 4,000: 2.5 s against 0.41 s).
+// kernels: Debian 12's OpenBLAS 0.3.21 does so on Emerald Rapids (family 6,
+// model 207), where its sgemm then runs about 6 times slower than its
+// AVX-512 kernels (4,000 x 4,000: 2.5 s against 0.41 s).
 // Cairn checks this once, before main, and switches OpenBLAS to the kernels
 // the CPU supports. It changes nothing when OPENBLAS_CORETYPE is set (the
 // operator's choice), when OpenBLAS chose anything but its fallback, or when
