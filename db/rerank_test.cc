@@ -87,7 +87,10 @@ TEST_F(RerankTest, SealedLossySegmentsReRankFromTheirVectorFiles) {
       const std::string name = std::string(IndexTypeName(type)) + "-" + std::string(MetricName(metric));
       SCOPED_TRACE(name);
       OpenDb();
-      auto c = Create(name, LossyConfig(type, metric));
+      CollectionConfig config = LossyConfig(type, metric);
+      // HNSW re-ranks its walk's candidates itself, whatever the factor.
+      if (type == IndexType::kHnsw) config.index.rerank_factor = 0;
+      auto c = Create(name, config);
       ASSERT_NE(c, nullptr);
       UpsertRows(
           *c, x, kDim, 0, x.size() / kDim, [](size_t i) { return PointId(uint64_t{i}); },
@@ -96,10 +99,6 @@ TEST_F(RerankTest, SealedLossySegmentsReRankFromTheirVectorFiles) {
       const auto segs = testing_util::SegmentDirFiles(CollectionDir(name), ".cseg");
       const auto vecs = testing_util::SegmentDirFiles(CollectionDir(name), ".vec");
       ASSERT_EQ(segs.size(), 1u);
-      if (type == IndexType::kHnsw) {
-        EXPECT_TRUE(vecs.empty()) << "a segment that keeps its vectors exactly needs no vector file";
-        continue;
-      }
       ASSERT_EQ(vecs.size(), 1u);
       EXPECT_EQ(vecs[0].stem(), segs[0].stem());
       EXPECT_EQ(fs::file_size(vecs[0]), 32 + 5000 * (kDim * 4 + 4));
@@ -179,44 +178,70 @@ TEST_F(RerankTest, BulkLoadCompactionAndSnapshotsKeepVectorFilesBesideTheirSegme
   const size_t n = 12000;
   const auto x = Clustered(n, kDim, TestSeed() + 43);
   OpenDb();
-  auto c = Create("c", LossyConfig(IndexType::kIvfPq, Metric::kL2));
-  ASSERT_NE(c, nullptr);
-  auto loader = c->BeginBulkLoad({.segment_size = 6000});
-  ASSERT_TRUE(loader.ok()) << loader.status();
-  std::vector<Point> points;
-  for (size_t i = 0; i < n; ++i) points.push_back(Pt(PointId(uint64_t{i}), Row(x, i, kDim), "{\"g\": " + std::to_string(i % 3) + "}"));
-  ASSERT_TRUE((*loader)->Add(points).ok());
-  ASSERT_TRUE((*loader)->Finish().ok());
-  loader->reset();
-  auto segs = testing_util::SegmentDirFiles(CollectionDir("c"), ".cseg");
-  auto vecs = testing_util::SegmentDirFiles(CollectionDir("c"), ".vec");
-  ASSERT_EQ(segs.size(), 2u);
-  ASSERT_EQ(vecs.size(), 2u);
-  ExpectExactScores(*c, Metric::kL2, x, "bulk loaded");
+  for (IndexType type : {IndexType::kIvfPq, IndexType::kHnsw}) {
+    const std::string name(IndexTypeName(type));
+    SCOPED_TRACE(name);
+    CollectionConfig config = LossyConfig(type, Metric::kL2);
+    if (type == IndexType::kHnsw) config.index.rerank_factor = 0;
+    auto c = Create(name, config);
+    ASSERT_NE(c, nullptr);
+    auto loader = c->BeginBulkLoad({.segment_size = 6000});
+    ASSERT_TRUE(loader.ok()) << loader.status();
+    std::vector<Point> points;
+    for (size_t i = 0; i < n; ++i) {
+      points.push_back(Pt(PointId(uint64_t{i}), Row(x, i, kDim), "{\"g\": " + std::to_string(i % 3) + "}"));
+    }
+    ASSERT_TRUE((*loader)->Add(points).ok());
+    ASSERT_TRUE((*loader)->Finish().ok());
+    loader->reset();
+    auto segs = testing_util::SegmentDirFiles(CollectionDir(name), ".cseg");
+    auto vecs = testing_util::SegmentDirFiles(CollectionDir(name), ".vec");
+    ASSERT_EQ(segs.size(), 2u);
+    ASSERT_EQ(vecs.size(), 2u);
+    ExpectExactScores(*c, Metric::kL2, x, "bulk loaded");
 
-  // Compaction rewrites the segment with deletes, and its vector file (4,500
-  // points left: still trained, not flat).
-  std::vector<PointId> doomed;
-  for (uint64_t i = 0; i < 6000; i += 4) doomed.push_back(PointId(i));
-  ASSERT_EQ(*c->Delete(doomed), doomed.size());
-  ASSERT_TRUE(c->Compact(true).ok());
-  auto segs2 = testing_util::SegmentDirFiles(CollectionDir("c"), ".cseg");
-  auto vecs2 = testing_util::SegmentDirFiles(CollectionDir("c"), ".vec");
-  ASSERT_EQ(segs2.size(), 2u);
-  ASSERT_EQ(vecs2.size(), 2u);
-  for (size_t i = 0; i < 2; ++i) EXPECT_EQ(vecs2[i].stem(), segs2[i].stem());
-  EXPECT_NE(vecs2, vecs) << "the compacted segment has a new vector file, the old one is gone";
-  for (const auto& r : Searches(*c)) {
-    for (const auto& h : r) EXPECT_TRUE(h.id.number() >= 6000 || h.id.number() % 4 != 0);
+    // Compaction rewrites the segment with deletes, and its vector file (4,500
+    // points left: still trained, not flat).
+    std::vector<PointId> doomed;
+    for (uint64_t i = 0; i < 6000; i += 4) doomed.push_back(PointId(i));
+    ASSERT_EQ(*c->Delete(doomed), doomed.size());
+    ASSERT_TRUE(c->Compact(true).ok());
+    auto segs2 = testing_util::SegmentDirFiles(CollectionDir(name), ".cseg");
+    auto vecs2 = testing_util::SegmentDirFiles(CollectionDir(name), ".vec");
+    ASSERT_EQ(segs2.size(), 2u);
+    ASSERT_EQ(vecs2.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(vecs2[i].stem(), segs2[i].stem());
+    EXPECT_NE(vecs2, vecs) << "the compacted segment has a new vector file, the old one is gone";
+    for (const auto& r : Searches(*c)) {
+      for (const auto& h : r) EXPECT_TRUE(h.id.number() >= 6000 || h.id.number() % 4 != 0);
+    }
+    auto live = [](size_t i) { return i >= 6000 || i % 4 != 0; };
+    ExpectExactScores(*c, Metric::kL2, x, "compacted", live);
+
+    // A snapshot carries the vector files; the restored copy answers alike.
+    const auto compacted = Searches(*c);
+    ASSERT_TRUE(db_->Snapshot(name, root_ + "/snap-" + name).ok());
+    auto restored = db_->RestoreCollection(root_ + "/snap-" + name, name + "-copy");
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    EXPECT_EQ(testing_util::SegmentDirFiles(CollectionDir(name + "-copy"), ".vec").size(), 2u);
+    ExpectSame(compacted, Searches(**restored), "restored from a snapshot");
   }
+}
 
-  // A snapshot carries the vector files; the restored copy answers alike.
-  const auto compacted = Searches(*c);
-  ASSERT_TRUE(db_->Snapshot("c", root_ + "/snap").ok());
-  auto restored = db_->RestoreCollection(root_ + "/snap", "copy");
-  ASSERT_TRUE(restored.ok()) << restored.status();
-  EXPECT_EQ(testing_util::SegmentDirFiles(CollectionDir("copy"), ".vec").size(), 2u);
-  ExpectSame(compacted, Searches(**restored), "restored from a snapshot");
+// HNSW walking on float32 (hnsw_int8 off) keeps its vectors in memory: no
+// vector file, exact scores from memory.
+TEST_F(RerankTest, AnHnswSegmentWalkingOnFloatsKeepsThemInMemory) {
+  const auto x = Clustered(5000, kDim, TestSeed() + 44);
+  OpenDb();
+  CollectionConfig config = Config(kDim, Metric::kL2, IndexType::kHnsw, 1);
+  config.index.hnsw_int8 = false;
+  auto c = Create("f32", config);
+  ASSERT_NE(c, nullptr);
+  UpsertRows(*c, x, kDim);
+  ASSERT_TRUE(c->Seal().ok());
+  EXPECT_EQ(testing_util::SegmentDirFiles(CollectionDir("f32"), ".cseg").size(), 1u);
+  EXPECT_TRUE(testing_util::SegmentDirFiles(CollectionDir("f32"), ".vec").empty());
+  ExpectExactScores(*c, Metric::kL2, x, "float walk");
 }
 
 }  // namespace

@@ -1435,6 +1435,12 @@ absl::Status Shard::VectorsOf(const index::Segment& segment, const std::vector<u
 
 absl::StatusOr<std::string> Shard::SaveVectorFile(index::Segment& segment, const std::string& segment_file,
                                                   const float* vecs) const {
+  if (segment.CanMoveVectorsToFile()) {
+    // HNSW on int8 codes: its floats go to the file and leave memory.
+    const std::string name = VectorFileName(segment_file);
+    CAIRN_RETURN_IF_ERROR(segment.MoveVectorsToFile(SegmentPath(name)));
+    return name;
+  }
   if (segment.HasExactVectors() || segment.size() == 0) return std::string();
   const std::string name = VectorFileName(segment_file);
   const size_t dim = options_.dimension;
@@ -1486,10 +1492,7 @@ absl::Status Shard::ExactScan(const float* query, const std::vector<uint64_t>& i
     auto hi = std::upper_bound(ids.begin(), ids.end(), seg->max_id());
     if (lo >= hi) continue;
     absl::Span<const uint64_t> part(&*lo, static_cast<size_t>(hi - lo));
-    if (seg->HasExactVectors()) {
-      seg->ScoreIds(query, part, &cand);
-      continue;
-    }
+    if (seg->ScoreIds(query, part, &cand)) continue;
     // Lossy segment: its full vectors from its vector file or storage.
     for (size_t i = 0; i < part.size();) {
       chunk.clear();
@@ -1545,9 +1548,13 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
     } else {
       std::vector<float> scores(nq * k);
       std::vector<int64_t> ids(nq * k);
+      // What an HNSW segment's vector file cannot give it to re-rank with.
+      const index::RawRows raw_rows = [this](const std::vector<uint64_t>& ids, std::vector<float>* out,
+                                             std::vector<bool>* found) { return RawVectors(ids, out, found); };
       for (const auto& seg : segs) {
         if (seg->size() == 0 || seg->size() == seg->num_deleted()) continue;
         index::SegmentSearchParams sp;
+        sp.raw_rows = &raw_rows;
         sp.k = params.k;
         sp.ef = params.ef > 0 ? params.ef : tun.ef_search;
         sp.nprobe = params.nprobe > 0 ? params.nprobe : tun.nprobe;
@@ -1559,7 +1566,7 @@ absl::Status Shard::Search(const float* queries, size_t nq, const SearchParams& 
           allowed = filtered->PositionsIn(*seg);
           sp.allowed = allowed.get();
         }
-        const bool lossy = !seg->HasExactVectors();
+        const bool lossy = !seg->ScoresAreExact();
         const int rerank = tun.rerank_factor;
         if (lossy && rerank > 1 && !params.exact) sp.k = params.k * rerank;
         std::vector<float> s2(nq * static_cast<size_t>(sp.k));

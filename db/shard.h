@@ -431,8 +431,9 @@ class Shard final : public ShardAccess {
                          std::vector<float>* out, std::vector<bool>* found) const;
   // For a sealed segment that keeps its vectors lossily: writes its vector
   // file (beside `segment_file`, from `vecs` in position order, or from
-  // storage when null), fsynced, attaches it and returns its name; "" for the
-  // other types.
+  // storage when null), fsynced, attaches it and returns its name. An HNSW
+  // segment that walks on int8 codes moves its floats there
+  // (Segment::MoveVectorsToFile). "" for the other types.
   absl::StatusOr<std::string> SaveVectorFile(index::Segment& segment, const std::string& segment_file,
                                              const float* vecs) const;
   absl::Status Resolve(const std::vector<std::pair<float, uint64_t>>& hits,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 
@@ -321,39 +322,88 @@ void Walk(const HnswGraph& g, const HnswQuery& hq, const Dist& dist, Scratch& s,
 
 }  // namespace
 
-Int8Codes Int8Codes::Build(const float* x, size_t n, size_t dim) {
-  Int8Codes c;
-  c.dim_ = dim;
-  c.stride_ = (dim + 63) / 64 * 64;
-  c.lo_.assign(dim, std::numeric_limits<float>::infinity());
-  std::vector<float> hi(dim, -std::numeric_limits<float>::infinity());
+Int8Codes::Int8Codes(size_t dim)
+    : dim_(dim),
+      stride_((dim + 63) / 64 * 64),
+      lo_(dim, std::numeric_limits<float>::infinity()),
+      hi_(dim, -std::numeric_limits<float>::infinity()) {}
+
+void Int8Codes::Fit(const float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) {
-    const float* v = x + i * dim;
-    for (size_t d = 0; d < dim; ++d) {
-      c.lo_[d] = std::min(c.lo_[d], v[d]);
-      hi[d] = std::max(hi[d], v[d]);
+    const float* v = x + i * dim_;
+    for (size_t d = 0; d < dim_; ++d) {
+      lo_[d] = std::min(lo_[d], v[d]);
+      hi_[d] = std::max(hi_[d], v[d]);
     }
   }
+}
+
+void Int8Codes::Allocate(size_t n) {
   float range = 0;
-  for (size_t d = 0; d < dim; ++d) {
-    if (n == 0) c.lo_[d] = 0, hi[d] = 0;
-    range = std::max(range, hi[d] - c.lo_[d]);
+  for (size_t d = 0; d < dim_; ++d) {
+    if (lo_[d] > hi_[d]) lo_[d] = hi_[d] = 0;  // no rows seen
+    range = std::max(range, hi_[d] - lo_[d]);
   }
-  c.scale_ = range > 0 ? range / 255.0f : 1.0f;
-  const float inv = 1.0f / c.scale_;
-  c.codes_.assign(n * c.stride_, 0);
-  for (size_t i = 0; i < n; ++i) {
-    const float* v = x + i * dim;
-    uint8_t* out = c.codes_.data() + i * c.stride_;
-    for (size_t d = 0; d < dim; ++d) {
-      float t = std::nearbyint((v[d] - c.lo_[d]) * inv);
+  hi_ = {};
+  scale_ = range > 0 ? range / 255.0f : 1.0f;
+  codes_.assign(n * stride_, 0);
+}
+
+void Int8Codes::Encode(size_t first, const float* x, size_t count) {
+  const float inv = 1.0f / scale_;
+  for (size_t i = 0; i < count; ++i) {
+    const float* v = x + i * dim_;
+    uint8_t* out = codes_.data() + (first + i) * stride_;
+    for (size_t d = 0; d < dim_; ++d) {
+      float t = std::nearbyint((v[d] - lo_[d]) * inv);
       out[d] = static_cast<uint8_t>(std::clamp(t, 0.0f, 255.0f));
     }
   }
+}
+
+Int8Codes Int8Codes::Build(const float* x, size_t n, size_t dim) {
+  Int8Codes c(dim);
+  c.Fit(x, n);
+  c.Allocate(n);
+  c.Encode(0, x, n);
   return c;
 }
 
-void Int8Codes::EncodeQuery(const float* q, Metric metric, int16_t* out) const {
+// Meta: u32 dim, u32 stride, f32 scale, f32 lo[dim].
+std::string Int8Codes::Meta() const {
+  std::string out(12 + lo_.size() * sizeof(float), '\0');
+  const uint32_t d = static_cast<uint32_t>(dim_), st = static_cast<uint32_t>(stride_);
+  std::memcpy(out.data(), &d, 4);
+  std::memcpy(out.data() + 4, &st, 4);
+  std::memcpy(out.data() + 8, &scale_, 4);
+  std::memcpy(out.data() + 12, lo_.data(), lo_.size() * sizeof(float));
+  return out;
+}
+
+absl::StatusOr<Int8Codes> Int8Codes::FromMeta(std::string_view meta, size_t n) {
+  uint32_t d = 0, st = 0;
+  float scale = 0;
+  if (meta.size() >= 12) {
+    std::memcpy(&d, meta.data(), 4);
+    std::memcpy(&st, meta.data() + 4, 4);
+    std::memcpy(&scale, meta.data() + 8, 4);
+  }
+  if (meta.size() < 12 || d == 0 || d > kMaxDim || st != (d + 63) / 64 * 64 || meta.size() != 12 + size_t{d} * 4 ||
+      !(scale > 0) || !std::isfinite(scale)) {
+    return absl::InvalidArgumentError("malformed int8 code grid");
+  }
+  Int8Codes c(d);
+  c.hi_ = {};
+  c.scale_ = scale;
+  std::memcpy(c.lo_.data(), meta.data() + 12, size_t{d} * 4);
+  for (float v : c.lo_) {
+    if (!std::isfinite(v)) return absl::InvalidArgumentError("malformed int8 code grid");
+  }
+  c.codes_.assign(n * c.stride_, 0);
+  return c;
+}
+
+Int8Codes::Affine Int8Codes::EncodeQuery(const float* q, Metric metric, int16_t* out) const {
   std::fill(out, out + stride_, 0);
   if (metric == Metric::kL2) {
     // On the codes' grid; clamped so that (code - q)^2 sums stay in int32.
@@ -362,14 +412,21 @@ void Int8Codes::EncodeQuery(const float* q, Metric metric, int16_t* out) const {
       float t = std::nearbyint((q[d] - lo_[d]) * inv);
       out[d] = static_cast<int16_t>(std::clamp(t, -255.0f, 510.0f));
     }
-    return;
+    return {scale_ * scale_, 0.0f};
   }
   // q . x = q . lo + scale * (q . code): rank by q . code, q scaled to +-1023.
   float m = 0;
   for (size_t d = 0; d < dim_; ++d) m = std::max(m, std::fabs(q[d]));
-  if (m == 0) return;
+  if (m == 0) return {0.0f, 0.0f};
   const float f = 1023.0f / m;
-  for (size_t d = 0; d < dim_; ++d) out[d] = static_cast<int16_t>(std::nearbyint(q[d] * f));
+  float q_lo = 0;
+  for (size_t d = 0; d < dim_; ++d) {
+    out[d] = static_cast<int16_t>(std::nearbyint(q[d] * f));
+    q_lo += q[d] * lo_[d];
+  }
+  // The walk's distance is -(q' . code) with q' = f q: -(q . x) is about
+  // scale / f times it, less q . lo.
+  return {scale_ / f, -q_lo};
 }
 
 CodeFn CodeL2Kernel(SimdLevel level) { return KernelsFor(level).l2; }
@@ -387,13 +444,17 @@ void HnswSearch(const HnswGraph& g, const HnswQuery& hq, const float* query,
   const size_t k = hq.k;
   if (hq.codes != nullptr && hq.codes->size() == g.size) {
     s.qcode.resize(hq.codes->stride());
-    hq.codes->EncodeQuery(query, hq.metric, s.qcode.data());
+    const Int8Codes::Affine to_real = hq.codes->EncodeQuery(query, hq.metric, s.qcode.data());
     CodeDistance dist{hq.codes, s.qcode.data(), l2, hq.codes->stride()};
     Walk(g, hq, dist, s);
-    // Re-rank the walk's best with the full-precision vectors.
     for (auto& [d, i] : s.top) {
-      const float* v = hq.base + static_cast<size_t>(i) * hq.dim;
-      d = l2 ? L2Sqr(query, v, hq.dim) : -InnerProduct(query, v, hq.dim);
+      if (hq.base == nullptr) {
+        d = to_real.a * d + to_real.b;  // the caller re-ranks
+      } else {
+        // Re-rank the walk's best with the full-precision vectors.
+        const float* v = hq.base + static_cast<size_t>(i) * hq.dim;
+        d = l2 ? L2Sqr(query, v, hq.dim) : -InnerProduct(query, v, hq.dim);
+      }
     }
   } else {
     FloatDistance dist{hq.base, hq.dim, query, l2, std::min<size_t>(hq.dim * sizeof(float), 1024)};

@@ -13,8 +13,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
+
+#include "absl/status/statusor.h"
 
 #include "cairn/options.h"
 #include "index/distance.h"
@@ -34,21 +38,46 @@ class Int8Codes {
 
   static Int8Codes Build(const float* x, size_t n, size_t dim);
 
+  // The same codes built from rows that are not all in memory at once: Fit
+  // sees every row (in chunks, any order), Allocate fixes the grid and makes
+  // n zero rows, Encode then writes rows [first, first + count).
+  explicit Int8Codes(size_t dim = 0);
+  void Fit(const float* x, size_t n);
+  void Allocate(size_t n);
+  void Encode(size_t first, const float* x, size_t count);
+
   size_t dim() const { return dim_; }
   size_t stride() const { return stride_; }
   size_t size() const { return stride_ == 0 ? 0 : codes_.size() / stride_; }
   const uint8_t* row(size_t i) const { return codes_.data() + i * stride_; }
   uint64_t MemoryBytes() const { return codes_.size() + lo_.size() * sizeof(float); }
 
+  // Saved form: Meta() (dim, stride, scale, lo), then the size() x stride()
+  // bytes at data(). FromMeta makes n zero rows on that grid for a reader to
+  // fill through mutable_data(); InvalidArgument when meta is malformed.
+  std::string Meta() const;
+  static absl::StatusOr<Int8Codes> FromMeta(std::string_view meta, size_t n);
+  const uint8_t* data() const { return codes_.data(); }
+  uint8_t* mutable_data() { return codes_.data(); }
+
+  // Approximate distance from a walk distance on codes (smaller is better:
+  // code L2, or the negated code dot product): a * walk + b is about the L2
+  // distance, or the negated inner product.
+  struct Affine {
+    float a = 1;
+    float b = 0;
+  };
   // The query as int16 codes (stride() entries, zero padded): for L2 on the
-  // codes' grid, for inner product scaled to +-1023.
-  void EncodeQuery(const float* q, Metric metric, int16_t* out) const;
+  // codes' grid, for inner product scaled to +-1023. Returns how its walk
+  // distances map to real ones.
+  Affine EncodeQuery(const float* q, Metric metric, int16_t* out) const;
 
  private:
   size_t dim_ = 0;
   size_t stride_ = 0;
   float scale_ = 1;
   std::vector<float> lo_;
+  std::vector<float> hi_;  // while fitting
   std::vector<uint8_t> codes_;
 };
 
@@ -72,7 +101,9 @@ struct HnswGraph {
 };
 
 struct HnswQuery {
-  const float* base = nullptr;         // size x dim full-precision vectors
+  // size x dim full-precision vectors. Null with codes: the walk's best are
+  // returned with their approximate scores, for the caller to re-rank.
+  const float* base = nullptr;
   size_t dim = 0;
   Metric metric = Metric::kL2;         // vectors already prepared (cosine: normalized)
   const Int8Codes* codes = nullptr;    // when set, walk on codes and re-rank
@@ -84,7 +115,8 @@ struct HnswQuery {
 };
 
 // Up to q.k (score, position) pairs, best first, with exact scores (L2
-// distance, or inner product / cosine similarity).
+// distance, or inner product / cosine similarity); approximate ones when
+// q.base is null (then by the codes' order).
 void HnswSearch(const HnswGraph& g, const HnswQuery& q, const float* query,
                 std::vector<std::pair<float, int64_t>>* out);
 

@@ -51,7 +51,10 @@ namespace {
 using idx_t = faiss::Index::idx_t;
 
 constexpr char kMagic[8] = {'C', 'A', 'I', 'R', 'N', 'S', 'E', 'G'};
-constexpr uint32_t kSegmentFormat = 1;
+// 2: after the FAISS index, the int8 codes of an HNSW segment whose vectors
+// are in its vector file. Format 1 files (no codes) read as before.
+constexpr uint32_t kSegmentFormat = 2;
+constexpr uint32_t kSegmentFormatNoCodes = 1;
 // Trained index types need enough points for stable k-means; smaller
 // segments are stored flat, which is exact and as fast at that size.
 constexpr size_t kMinTrainPoints = 4096;
@@ -522,6 +525,9 @@ void FitIvfIndex(faiss::Index* idx, IndexType type, bool sealed) {
 
 // A streamed build reads its vectors about this many bytes at a time.
 constexpr size_t kStreamChunkBytes = 8 << 20;
+// Rows read back at a time to derive an HNSW segment's codes from its vector
+// file (a sequential read: small chunks cost nothing).
+constexpr size_t kCodeChunkBytes = 1 << 20;
 
 }  // namespace
 
@@ -646,7 +652,9 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildSealed(uint32_t dim, Metr
   if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
   CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(type, dim, metric, spec, x, ids, n, threads, adopt));
   FitIvfIndex(seg->index_.get(), seg->type_, true);
-  seg->BuildSearchCodes();
+  // From a buffer (a bulk load), HNSW's codes are derived by
+  // MoveVectorsToFile once the floats are written out and freed.
+  if (adopt == nullptr) seg->BuildSearchCodes();
   return seg;
 }
 
@@ -762,12 +770,21 @@ void Segment::Freeze() {
   FitIvfIndex(index_.get(), type_, true);
 }
 
+bool Segment::WalksOnCodes() const {
+  return type_ == IndexType::kHnsw && spec_.hnsw_int8 && dim_ <= Int8Codes::kMaxDim;
+}
+
+bool Segment::FloatsHeldLocked() const {
+  const faiss::Index* flat = FlatStorage();
+  return flat != nullptr && flat->ntotal == index_->ntotal;
+}
+
 void Segment::BuildSearchCodes() {
-  if (type_ != IndexType::kHnsw || !spec_.hnsw_int8 || dim_ > Int8Codes::kMaxDim) return;
+  if (!WalksOnCodes()) return;
   std::shared_ptr<const Int8Codes> codes;
   {
     std::shared_lock lock(mu_);
-    if (!frozen_ || codes_) return;
+    if (!frozen_ || codes_ || !FloatsHeldLocked()) return;
     const auto* flat = static_cast<const faiss::IndexFlat*>(
         static_cast<const faiss::IndexHNSW*>(index_.get())->storage);
     codes = std::make_shared<const Int8Codes>(Int8Codes::Build(
@@ -841,8 +858,17 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
     g.entry_point = h->hnsw.entry_point;
     g.max_level = h->hnsw.max_level;
     g.size = static_cast<size_t>(h->ntotal);
+    const bool floats = FloatsHeldLocked();
+    if (!floats && codes_ == nullptr) {
+      return absl::FailedPreconditionError("HNSW segment searched while its vectors move to their file");
+    }
+    // Without floats in memory: the walk's ef best, re-ranked with rows read
+    // from the vector file, or from the caller's store.
+    const std::shared_ptr<const VectorFile> file = floats ? nullptr : vector_file_.load();
+    const bool rerank = !floats && (file != nullptr || params.raw_rows != nullptr);
     HnswQuery hq;
-    hq.base = reinterpret_cast<const float*>(static_cast<const faiss::IndexFlat*>(h->storage)->codes.data());
+    hq.base = floats ? reinterpret_cast<const float*>(static_cast<const faiss::IndexFlat*>(h->storage)->codes.data())
+                     : nullptr;
     hq.dim = dim_;
     hq.metric = metric_;
     hq.codes = codes_.get();
@@ -850,17 +876,27 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
     hq.allowed = params.allowed;
     hq.allowed_fraction = allowed_fraction;
     hq.ef = want_ef;
-    hq.k = k;
+    hq.k = rerank ? std::max<size_t>(k, static_cast<size_t>(want_ef)) : k;
+    std::mutex failed_mu;
+    absl::Status failed;
     auto one = [&](size_t q) {
       thread_local std::vector<std::pair<float, int64_t>> found;
-      HnswSearch(g, hq, queries + q * dim_, &found);
-      for (size_t j = 0; j < found.size(); ++j) {
+      const float* query = queries + q * dim_;
+      HnswSearch(g, hq, query, &found);
+      if (rerank && !found.empty()) {
+        if (absl::Status st = Rerank(file.get(), params.raw_rows, query, &found); !st.ok()) {
+          std::lock_guard l(failed_mu);
+          failed.Update(st);
+          return;
+        }
+      }
+      for (size_t j = 0; j < found.size() && j < k; ++j) {
         scores[q * k + j] = found[j].first;
         ids[q * k + j] = static_cast<int64_t>(ids_[static_cast<size_t>(found[j].second)]);
       }
     };
     ForEachQuery(nq, threads, one);
-    return absl::OkStatus();
+    return failed;
   }
 
   if (type_ == IndexType::kIvfFlat) {
@@ -901,6 +937,50 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
                    labels.data(), sp);
   }));
   LabelsToIds(labels, worst, scores, ids);
+  return absl::OkStatus();
+}
+
+absl::Status Segment::Rerank(const VectorFile* file, const RawRows* raw, const float* query,
+                             std::vector<std::pair<float, int64_t>>* found) const {
+  thread_local std::vector<uint64_t> rows;
+  thread_local std::vector<float> vecs;
+  thread_local std::vector<bool> ok;
+  const size_t n = found->size();
+  rows.resize(n);
+  for (size_t i = 0; i < n; ++i) rows[i] = static_cast<uint64_t>((*found)[i].second);
+  vecs.resize(n * dim_);
+  ok.assign(n, false);
+  if (file != nullptr) CAIRN_RETURN_IF_ERROR(file->Read(rows, vecs.data(), &ok));
+  if (raw != nullptr && std::find(ok.begin(), ok.end(), false) != ok.end()) {
+    // No file, or damaged rows (the file reports them): from the store.
+    std::vector<uint64_t> ids;
+    std::vector<size_t> at;
+    for (size_t i = 0; i < n; ++i) {
+      if (!ok[i]) {
+        ids.push_back(ids_[static_cast<size_t>(rows[i])]);
+        at.push_back(i);
+      }
+    }
+    std::vector<float> got;
+    std::vector<bool> got_ok;
+    CAIRN_RETURN_IF_ERROR((*raw)(ids, &got, &got_ok));
+    for (size_t j = 0; j < ids.size(); ++j) {
+      if (!got_ok[j]) continue;
+      std::memcpy(&vecs[at[j] * dim_], &got[j * dim_], size_t{dim_} * sizeof(float));
+      ok[at[j]] = true;
+    }
+  }
+  // A row found nowhere (a point deleted meanwhile) keeps its codes' score.
+  for (size_t i = 0; i < n; ++i) {
+    if (ok[i]) (*found)[i].first = Score(metric_, query, &vecs[i * dim_], dim_);
+  }
+  if (metric_ == Metric::kL2) {
+    std::sort(found->begin(), found->end());
+  } else {
+    std::sort(found->begin(), found->end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+  }
   return absl::OkStatus();
 }
 
@@ -1085,11 +1165,80 @@ const faiss::Index* Segment::FlatStorage() const {
   return nullptr;
 }
 
-bool Segment::HasExactVectors() const { return type_ == IndexType::kFlat || type_ == IndexType::kHnsw; }
+bool Segment::HasExactVectors() const {
+  return type_ == IndexType::kFlat ||
+         (type_ == IndexType::kHnsw && !vectors_on_disk_.load(std::memory_order_acquire));
+}
+
+bool Segment::ScoresAreExact() const {
+  return type_ == IndexType::kFlat || type_ == IndexType::kIvfFlat || type_ == IndexType::kHnsw;
+}
+
+bool Segment::CanMoveVectorsToFile() const {
+  if (!WalksOnCodes()) return false;
+  std::shared_lock lock(mu_);
+  return frozen_ && !ids_.empty() && FloatsHeldLocked();
+}
+
+absl::Status Segment::MoveVectorsToFile(const std::string& path) {
+  if (!CanMoveVectorsToFile()) {
+    return absl::FailedPreconditionError("only a frozen HNSW segment that walks on int8 codes and holds its "
+                                         "vectors moves them to a file");
+  }
+  // Written while searches go on (the segment is frozen: nothing adds).
+  std::optional<Int8Codes> fit;
+  size_t n;
+  {
+    std::shared_lock lock(mu_);
+    n = ids_.size();
+    const float* xb = static_cast<const faiss::IndexFlat*>(FlatStorage())->get_xb();
+    CAIRN_RETURN_IF_ERROR(VectorFile::Write(path, dim_, xb, n));
+    if (codes_ == nullptr) {
+      // The codes' grid, from the floats while they are here.
+      fit.emplace(dim_);
+      fit->Fit(xb, n);
+    }
+  }
+  CAIRN_ASSIGN_OR_RETURN(auto file, VectorFile::Open(path, dim_, n));
+  std::vector<uint8_t> floats;  // freed once the lock is let go
+  {
+    std::unique_lock lock(mu_);
+    auto* flat = static_cast<faiss::IndexFlat*>(static_cast<faiss::IndexHNSW*>(index_.get())->storage);
+    floats.swap(flat->codes);
+    flat->ntotal = 0;
+    vector_file_.store(file);
+    vectors_on_disk_.store(true, std::memory_order_release);
+  }
+  std::vector<uint8_t>().swap(floats);  // given back (assigning {} would keep the capacity)
+  if (!fit) return absl::OkStatus();
+  // The codes from the file, a chunk at a time: the floats and the codes
+  // are never held together.
+  fit->Allocate(n);
+  const size_t rows_per_chunk = std::max<size_t>(1, kCodeChunkBytes / (sizeof(float) * dim_));
+  std::vector<uint64_t> rows;
+  std::vector<float> chunk;
+  std::vector<bool> ok;
+  for (size_t first = 0; first < n; first += rows_per_chunk) {
+    const size_t count = std::min(rows_per_chunk, n - first);
+    rows.resize(count);
+    std::iota(rows.begin(), rows.end(), first);
+    chunk.resize(count * dim_);
+    ok.assign(count, false);
+    CAIRN_RETURN_IF_ERROR(file->Read(rows, chunk.data(), &ok));
+    if (std::find(ok.begin(), ok.end(), false) != ok.end()) {
+      return absl::DataLossError(absl::StrCat("vector file ", path, " was damaged before its codes were read"));
+    }
+    fit->Encode(first, chunk.data(), count);
+  }
+  auto codes = std::make_shared<const Int8Codes>(*std::move(fit));
+  std::unique_lock lock(mu_);
+  codes_ = std::move(codes);
+  return absl::OkStatus();
+}
 
 void Segment::CopyVectors(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const {
-  if (!HasExactVectors()) return;
   std::shared_lock lock(mu_);
+  if (type_ != IndexType::kFlat && (type_ != IndexType::kHnsw || !FloatsHeldLocked())) return;
   const auto* flat = static_cast<const faiss::IndexFlat*>(FlatStorage());
   const float* xb = flat->get_xb();
   size_t p = 0;
@@ -1107,14 +1256,14 @@ absl::Status Segment::SearchExact(const float* queries, size_t nq,
                                   const SegmentSearchParams& params, float* scores,
                                   int64_t* ids) const {
   const faiss::Index* flat = FlatStorage();
-  if (flat == nullptr) {
-    return absl::UnimplementedError("segment does not keep full-precision vectors");
+  std::shared_lock lock(mu_);
+  if (flat == nullptr || !FloatsHeldLocked()) {
+    return absl::UnimplementedError("segment does not keep full-precision vectors in memory");
   }
   const size_t k = static_cast<size_t>(params.k);
   float worst = metric_ == Metric::kL2 ? INFINITY : -INFINITY;
   std::fill(scores, scores + nq * k, worst);
   std::fill(ids, ids + nq * k, kNoId);
-  std::shared_lock lock(mu_);
   if (ids_.empty()) return absl::OkStatus();
   PositionSelector sel;
   sel.deleted = num_deleted_ > 0 ? &deleted_ : nullptr;
@@ -1131,13 +1280,13 @@ absl::Status Segment::SearchExact(const float* queries, size_t nq,
   return absl::OkStatus();
 }
 
-void Segment::ScoreIds(const float* query, absl::Span<const uint64_t> ids,
+bool Segment::ScoreIds(const float* query, absl::Span<const uint64_t> ids,
                        std::vector<std::pair<float, uint64_t>>* out) const {
   std::shared_lock lock(mu_);
   const auto* flat = dynamic_cast<const faiss::IndexFlat*>(FlatStorage());
-  if (flat == nullptr) return;
+  if (flat == nullptr || !FloatsHeldLocked()) return false;
   const float* xb = flat->get_xb();
-  if (ids_.empty()) return;
+  if (ids_.empty()) return true;
   out->reserve(out->size() + ids.size());
   // `ids` ascend, like ids_: walk both once (position = id - first when the
   // segment's ids have no gaps) instead of a binary search per id.
@@ -1160,6 +1309,7 @@ void Segment::ScoreIds(const float* query, absl::Span<const uint64_t> ids,
     }
     out->emplace_back(Score(metric_, query, xb + p * dim_, dim_), id);
   }
+  return true;
 }
 
 std::optional<size_t> Segment::PositionOfLocked(uint64_t id) const {
@@ -1300,7 +1450,11 @@ uint64_t Segment::MemoryBytes() const {
 
 // File layout (little-endian):
 //   "CAIRNSEG" u32 format u32 dim u32 metric u32 type u64 n  u64 ids[n]
-//   u64 faiss_len  faiss_bytes[faiss_len]  u32 crc32(all of the above)
+//   u64 faiss_len  faiss_bytes[faiss_len]
+//   u64 meta_len  meta[meta_len]  codes[n x stride when meta_len > 0]
+//   u32 crc32(all of the above)
+// The codes part (format 2): Int8Codes::Meta and the codes, for an HNSW
+// segment whose floats are in its vector file (its FAISS storage is empty).
 namespace {
 
 // Streams FAISS's serialization into a file, with a running CRC.
@@ -1378,8 +1532,15 @@ absl::Status Segment::Save(const std::string& path, SavedExtent* extent) const {
   // size), the FAISS index, CRC32 of everything before it. The index is
   // streamed after a placeholder header, which is filled in once its size is
   // known; the CRCs of the two parts are combined.
+  {
+    std::shared_lock lock(mu_);
+    if (vectors_on_disk_.load() && codes_ == nullptr) {
+      return absl::FailedPreconditionError("an HNSW segment is saved once its codes are derived");
+    }
+  }
   CAIRN_ASSIGN_OR_RETURN(auto file, storage::SyncedFile::Create(path));
   std::string header;
+  uint64_t faiss_bytes = 0;
   StreamWriter writer(file.get());
   {
     // Held while the segment is read, not during the fsync: a growing
@@ -1398,11 +1559,20 @@ absl::Status Segment::Save(const std::string& path, SavedExtent* extent) const {
     absl::Status written = CatchFaiss("write", [&] { faiss::write_index(index_.get(), &writer); });
     CAIRN_RETURN_IF_ERROR(writer.status());  // the cause, when the file write failed
     CAIRN_RETURN_IF_ERROR(written);
+    faiss_bytes = writer.bytes();
+    std::string meta;
+    if (vectors_on_disk_.load()) meta = codes_->Meta();
+    std::string len;
+    PutU64(&len, meta.size());
+    writer(len.data(), 1, len.size());
+    writer(meta.data(), 1, meta.size());
+    if (!meta.empty()) writer(codes_->data(), 1, codes_->size() * codes_->stride());
+    CAIRN_RETURN_IF_ERROR(writer.status());
     if (extent != nullptr) *extent = {ids_.size(), ids_.empty() ? 0 : ids_.back()};
   }
   const size_t size_at = header.size() - 8;
   header.resize(size_at);
-  PutU64(&header, writer.bytes());
+  PutU64(&header, faiss_bytes);
   CAIRN_RETURN_IF_ERROR(file->WriteAt(size_at, std::string_view(header).substr(size_at)));
   std::string crc;
   PutU32(&crc, storage::Crc32Combine(storage::Crc32(header), writer.crc(), writer.bytes()));
@@ -1440,7 +1610,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
     return v;
   };
   uint32_t format = u32();
-  if (format != kSegmentFormat) {
+  if (format != kSegmentFormat && format != kSegmentFormatNoCodes) {
     return absl::FailedPreconditionError(absl::StrCat(
         "segment file ", path, " has format ", format, "; this build reads ", kSegmentFormat));
   }
@@ -1459,7 +1629,9 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
   uint64_t flen;
   CAIRN_RETURN_IF_ERROR(file->ReadAt(off, &flen, 8));
   off += 8;
-  if (flen != size - off - 4) return corrupt("index length mismatch");
+  if (format == kSegmentFormatNoCodes ? flen != size - off - 4 : flen > size - off - 4 - 8) {
+    return corrupt("index length mismatch");
+  }
   FileStreamReader reader(*file, off, off + flen);
   std::unique_ptr<faiss::Index> idx;
   absl::Status parsed = CatchFaiss("read", [&] { idx.reset(faiss::read_index(&reader, faiss::IO_FLAG_SKIP_PRECOMPUTE_TABLE)); });
@@ -1467,6 +1639,34 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
   CAIRN_RETURN_IF_ERROR(parsed);
   if (static_cast<uint64_t>(idx->ntotal) != n || idx->d != static_cast<int>(dim)) {
     return corrupt("index does not match its id list");
+  }
+  std::optional<Int8Codes> codes;
+  if (format != kSegmentFormatNoCodes) {
+    off += flen;
+    uint64_t mlen;
+    CAIRN_RETURN_IF_ERROR(file->ReadAt(off, &mlen, 8));
+    off += 8;
+    if (mlen > size - off - 4) return corrupt("codes length past end");
+    if (mlen == 0) {
+      if (off != size - 4) return corrupt("bytes after the index");
+    } else {
+      std::string meta(mlen, '\0');
+      CAIRN_RETURN_IF_ERROR(file->ReadAt(off, meta.data(), mlen));
+      off += mlen;
+      auto c = Int8Codes::FromMeta(meta, n);
+      if (!c.ok() || c->dim() != dim) return corrupt("bad int8 code grid");
+      if (c->size() * c->stride() != size - off - 4) return corrupt("codes length mismatch");
+      CAIRN_RETURN_IF_ERROR(file->ReadAt(off, c->mutable_data(), c->size() * c->stride()));
+      codes = *std::move(c);
+    }
+  }
+  // An HNSW segment without floats needs its codes, and only it has them.
+  const auto* hnsw_read = dynamic_cast<const faiss::IndexHNSW*>(idx.get());
+  const bool floatless = hnsw_read != nullptr && dynamic_cast<const faiss::IndexFlat*>(hnsw_read->storage) != nullptr &&
+                         hnsw_read->storage->ntotal != idx->ntotal;
+  if (floatless != codes.has_value() || (floatless && (type != static_cast<uint32_t>(IndexType::kHnsw) ||
+                                                       hnsw_read->storage->ntotal != 0))) {
+    return corrupt("vectors and codes do not match");
   }
   if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) UseFastStorage(h);
   if (auto* f = dynamic_cast<faiss::IndexFlat*>(idx.get())) idx = ToFastFlat(f);
@@ -1485,6 +1685,10 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
       new Segment(dim, static_cast<Metric>(metric), spec.type, spec, std::move(idx)));
   seg->ids_.Assign(ids.data(), ids.size());
   seg->deleted_.assign((n + 63) / 64, 0);
+  if (codes) {
+    seg->codes_ = std::make_shared<const Int8Codes>(*std::move(codes));
+    seg->vectors_on_disk_.store(true, std::memory_order_release);
+  }
   return seg;
 }
 
@@ -1500,7 +1704,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
 absl::StatusOr<std::unique_ptr<Segment>> Segment::LoadGrowing(const std::string& path, uint32_t dim,
                                                               Metric metric, const IndexSpec& spec) {
   CAIRN_ASSIGN_OR_RETURN(auto seg, Read(path, &spec));
-  if (seg->dim_ != dim || seg->metric_ != metric ||
+  if (seg->dim_ != dim || seg->metric_ != metric || seg->vectors_on_disk_.load() ||
       (seg->type_ != GrowingType(spec) && !(IsIvf(spec.type) && seg->type_ == spec.type))) {
     return absl::DataLossError(absl::StrCat("segment file ", path, " (dimension ", seg->dim_,
                                             ") is not a growing segment of this collection"));

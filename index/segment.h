@@ -76,12 +76,22 @@ struct PositionSet {
   bool Test(size_t i) const { return (i >> 6) < words.size() && ((words[i >> 6] >> (i & 63)) & 1); }
 };
 
+// Reads the prepared vectors of internal ids from where their points are
+// stored: out gets ids.size() x dim floats, found[i] whether ids[i] was.
+using RawRows = std::function<absl::Status(const std::vector<uint64_t>& ids, std::vector<float>* out,
+                                           std::vector<bool>* found)>;
+
 struct SegmentSearchParams {
   int k = 10;
   int ef = 0;      // 0: the spec's ef_search
   int nprobe = 0;  // 0: the spec's nprobe
   // When set, only these positions may be returned (tombstones still apply).
   const PositionSet* allowed = nullptr;
+  // For an HNSW segment whose vectors are on disk (MoveVectorsToFile): the
+  // rows its vector file cannot give (none attached, a damaged row), to
+  // re-rank with. Without it such candidates keep their codes' approximate
+  // scores.
+  const RawRows* raw_rows = nullptr;
   // Search on the CPU even when the segment has a GPU copy (benchmarks).
   bool force_cpu = false;
   // How a GPU copy of an IVF-Flat segment scans its lists (benchmarks; the
@@ -150,7 +160,8 @@ class Segment {
   // Build over the n rows of `x`; a segment that keeps full vectors in
   // memory (Flat, HNSW) takes x's memory for them and leaves x empty, so the
   // build holds one copy of the vectors, not two. Other types leave x as it
-  // is.
+  // is. An HNSW segment comes without its walk codes: MoveVectorsToFile (or
+  // BuildSearchCodes) derives them.
   static absl::StatusOr<std::unique_ptr<Segment>> Build(uint32_t dim, Metric metric, const IndexSpec& spec,
                                                         VectorBuffer* x, const uint64_t* ids, size_t n,
                                                         int threads);
@@ -202,6 +213,20 @@ class Segment {
   // unless the spec turns them off or the dimension is too large.
   void BuildSearchCodes();
 
+  // Whether this is a frozen HNSW segment that walks on int8 codes and holds
+  // its float32 vectors in memory: what MoveVectorsToFile takes.
+  bool CanMoveVectorsToFile() const;
+  // Writes the segment's float32 vectors to a vector file at `path`
+  // (fsynced), attaches it and frees them: from then on the segment holds
+  // its graph and int8 codes (d bytes a point, not 4d), walks on the codes
+  // and re-ranks each search's ef best with rows read from the file, so its
+  // scores stay exact. Searches go on meanwhile when the segment already has
+  // its codes; without them (Build from a VectorBuffer) the floats are freed
+  // before the codes are derived from the file a chunk at a time, so the two
+  // are never held at once, and the segment must not be searched before
+  // this returns. FailedPrecondition unless CanMoveVectorsToFile().
+  absl::Status MoveVectorsToFile(const std::string& path);
+
   // k nearest of each query among positions not deleted (and allowed). Results
   // are internal ids, best first, padded with kNoId.
   absl::Status Search(const float* queries, size_t nq, const SegmentSearchParams& params,
@@ -211,10 +236,17 @@ class Segment {
   // lists (IVF-Flat): callers fall back to raw vectors.
   absl::Status SearchExact(const float* queries, size_t nq, const SegmentSearchParams& params,
                            float* scores, int64_t* ids) const;
+  // Whether the full-precision vectors are in memory (Flat; HNSW until
+  // MoveVectorsToFile).
   bool HasExactVectors() const;
+  // Whether Search returns exact scores: Flat, IVF-Flat, and HNSW (with its
+  // vectors in memory, or re-ranking from its vector file and raw_rows).
+  // The others' callers re-rank their candidates from the raw vectors.
+  bool ScoresAreExact() const;
   // Scores `query` against the listed internal ids (those present and not
-  // deleted), appending (score, id) pairs. REQUIRES: HasExactVectors().
-  void ScoreIds(const float* query, absl::Span<const uint64_t> ids,
+  // deleted), appending (score, id) pairs; false (and nothing appended)
+  // when the vectors are not in memory (!HasExactVectors()).
+  bool ScoreIds(const float* query, absl::Span<const uint64_t> ids,
                 std::vector<std::pair<float, uint64_t>>* out) const;
 
   // Copies the stored vectors (as prepared for the metric) of the ids in
@@ -280,6 +312,15 @@ class Segment {
   // Reads a file Save wrote: a segment that is not frozen and has no search codes.
   static absl::StatusOr<std::unique_ptr<Segment>> Read(const std::string& path, const IndexSpec* defaults);
   const faiss::Index* FlatStorage() const;
+  // HNSW with int8 walk codes (spec.hnsw_int8, dim <= Int8Codes::kMaxDim).
+  bool WalksOnCodes() const;
+  // Flat, or HNSW whose storage still holds the floats. REQUIRES: mu_ held.
+  bool FloatsHeldLocked() const;
+  // Scores the walk's candidates (positions) with their rows from `file`,
+  // the rest from `raw` (either may be null), and sorts them best first.
+  // REQUIRES: mu_ held.
+  absl::Status Rerank(const VectorFile* file, const RawRows* raw, const float* query,
+                      std::vector<std::pair<float, int64_t>>* found) const;
   // One query against an IVF-Flat index over a flat quantizer: scores and
   // ids (k slots, pre-filled with the worst score and kNoId).
   void IvfFlatScan(const float* query, size_t nprobe, const PositionSet* allowed, size_t k, float* scores,
@@ -307,6 +348,8 @@ class Segment {
   std::vector<uint64_t> deleted_;  // bitset over positions
   std::shared_ptr<const Int8Codes> codes_;  // HNSW walk codes, once frozen
   std::atomic<std::shared_ptr<const VectorFile>> vector_file_;
+  // An HNSW segment whose floats are in its vector file (set once).
+  std::atomic<bool> vectors_on_disk_{false};
   size_t num_deleted_ = 0;
   bool frozen_ = false;
   // The GPU copy, once made; searches read it without locks. gpu_mu_ is held

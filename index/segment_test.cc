@@ -627,6 +627,12 @@ TEST_F(SegmentTest, BuildFromABufferAnswersAsBuildFromRows) {
     }
     EXPECT_EQ((*from_buf)->size(), 6000u);
     EXPECT_EQ((*from_buf)->Ids(), (*from_rows)->Ids());
+    if (type == IndexType::kHnsw) {
+      // Without its codes until its vectors move to their file (where
+      // from_rows' are derived from the same floats).
+      ASSERT_TRUE((*from_buf)->MoveVectorsToFile(Path("buf.vec")).ok());
+      EXPECT_FALSE((*from_buf)->HasExactVectors());
+    }
     SegmentSearchParams p{.k = kK};
     Results a = SearchAll(**from_rows, d.queries.data(), 20, p, 1);
     Results b = SearchAll(**from_buf, d.queries.data(), 20, p, 1);
@@ -825,6 +831,144 @@ TEST_F(SegmentTest, LossySegmentsHaveNoExactSearch) {
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
 }
 
+// An HNSW segment that walks on int8 codes moves its floats to a vector file:
+// it then holds the graph and the codes, re-ranks from the file with the same
+// results and exact scores, saves and loads without the floats, and, opened
+// without its file, re-ranks with the caller's rows, or else gives its codes'
+// approximate scores.
+TEST_F(SegmentTest, AnHnswSegmentMovesItsVectorsToItsFile) {
+  for (Metric m : {Metric::kL2, Metric::kInnerProduct, Metric::kCosine}) {
+    SCOPED_TRACE(MetricStr(m));
+    Dataset d = MakeClustered(4000, 30, kDim, TestSeed() + 9);
+    PrepareVectors(m, d.x.data(), 4000, kDim);
+    PrepareVectors(m, d.queries.data(), 30, kDim);
+    IndexSpec spec;
+    spec.type = IndexType::kHnsw;
+    spec.hnsw_m = 16;
+    auto built = Segment::Build(kDim, m, spec, d.x.data(), d.ids.data(), 4000, 1);
+    ASSERT_TRUE(built.ok()) << built.status();
+    Segment& seg = **built;
+    SegmentSearchParams p{.k = kK, .ef = 48};
+    const Results before = SearchAll(seg, d.queries.data(), 30, p);
+    const uint64_t mem_before = seg.MemoryBytes();
+    ASSERT_TRUE(seg.CanMoveVectorsToFile());
+    const std::string vec_path = Path("seg-" + MetricStr(m) + ".vec");
+    ASSERT_TRUE(seg.MoveVectorsToFile(vec_path).ok());
+    EXPECT_FALSE(seg.HasExactVectors());
+    EXPECT_FALSE(seg.CanMoveVectorsToFile());
+    EXPECT_FALSE(seg.MoveVectorsToFile(Path("again.vec")).ok());
+    EXPECT_LE(seg.MemoryBytes() + 4000 * kDim * sizeof(float), mem_before);
+    const Results after = SearchAll(seg, d.queries.data(), 30, p);
+    EXPECT_EQ(after.ids, before.ids);
+    EXPECT_EQ(after.scores, before.scores);
+    // The file holds the rows; memory no longer does.
+    std::vector<float> out(3 * kDim);
+    std::vector<bool> found(3, false);
+    const std::vector<uint64_t> some = {d.ids[0], d.ids[1234], d.ids[3999]};
+    ASSERT_TRUE(seg.ReadVectors(some, out.data(), &found).ok());
+    EXPECT_EQ(found, std::vector<bool>(3, true));
+    EXPECT_TRUE(std::equal(out.begin() + kDim, out.begin() + 2 * kDim, &d.x[1234 * kDim]));
+    std::vector<bool> copied(3, false);
+    seg.CopyVectors(some, out.data(), &copied);
+    EXPECT_EQ(copied, std::vector<bool>(3, false));
+    std::vector<std::pair<float, uint64_t>> scored;
+    EXPECT_FALSE(seg.ScoreIds(d.queries.data(), some, &scored));
+    EXPECT_TRUE(scored.empty());
+    Results e;
+    e.scores.resize(kK);
+    e.ids.resize(kK);
+    EXPECT_EQ(seg.SearchExact(d.queries.data(), 1, p, e.scores.data(), e.ids.data()).code(),
+              absl::StatusCode::kUnimplemented);
+
+    // Saved and opened: graph and codes, no floats.
+    const std::string seg_path = Path("seg-" + MetricStr(m) + ".cseg");
+    ASSERT_TRUE(seg.Save(seg_path).ok());
+    auto loaded = Segment::Load(seg_path);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_FALSE((*loaded)->HasExactVectors());
+    EXPECT_NEAR(static_cast<double>((*loaded)->MemoryBytes()), static_cast<double>(seg.MemoryBytes()), 1024.0);
+    const Results approx = SearchAll(**loaded, d.queries.data(), 30, p);
+    size_t same = 0;
+    double worst_gap = 0;
+    for (size_t i = 0; i < before.ids.size(); ++i) {
+      same += std::count(before.ids.begin() + (i / kK) * kK, before.ids.begin() + (i / kK + 1) * kK, approx.ids[i]);
+      worst_gap = std::max(worst_gap, std::fabs(static_cast<double>(approx.scores[i]) - before.scores[i]));
+    }
+    EXPECT_GE(static_cast<double>(same), 0.9 * static_cast<double>(before.ids.size()));
+    EXPECT_GT(worst_gap, 0.0);  // the codes' scores, not the floats'
+    // ...close to the real ones (8-bit codes of values spread over about 3).
+    EXPECT_LT(worst_gap, m == Metric::kL2 ? 0.5 : 0.1);
+    // The caller's rows (by internal id) re-rank as the file does.
+    size_t fetched = 0;
+    const RawRows raw = [&](const std::vector<uint64_t>& want, std::vector<float>* out, std::vector<bool>* found) {
+      out->assign(want.size() * kDim, 0.0f);
+      found->assign(want.size(), false);
+      for (size_t i = 0; i < want.size(); ++i) {
+        const size_t row = static_cast<size_t>((want[i] - 1000) / 3);
+        std::copy_n(&d.x[row * kDim], kDim, &(*out)[i * kDim]);
+        (*found)[i] = true;
+      }
+      fetched += want.size();
+      return absl::OkStatus();
+    };
+    SegmentSearchParams with_raw = p;
+    with_raw.raw_rows = &raw;
+    const Results from_raw = SearchAll(**loaded, d.queries.data(), 30, with_raw, 1);
+    EXPECT_EQ(from_raw.ids, before.ids);
+    EXPECT_EQ(from_raw.scores, before.scores);
+    EXPECT_GE(fetched, 30u * kK);
+    auto file = VectorFile::Open(vec_path, kDim, 4000);
+    ASSERT_TRUE(file.ok()) << file.status();
+    (*loaded)->AttachVectorFile(*file);
+    fetched = 0;
+    const Results reopened = SearchAll(**loaded, d.queries.data(), 30, with_raw);
+    EXPECT_EQ(fetched, 0u) << "the file has every row";
+    EXPECT_EQ(reopened.ids, before.ids);
+    EXPECT_EQ(reopened.scores, before.scores);
+    // Tombstones and allowed sets still apply.
+    ASSERT_TRUE((*loaded)->MarkDeleted(static_cast<uint64_t>(before.ids[0])));
+    const Results without = SearchAll(**loaded, d.queries.data(), 1, p);
+    EXPECT_EQ(std::count(without.ids.begin(), without.ids.end(), before.ids[0]), 0);
+    EXPECT_EQ(without.ids[0], before.ids[1]);
+    // Not a growing segment.
+    EXPECT_FALSE(Segment::LoadGrowing(seg_path, kDim, m, spec).ok());
+  }
+}
+
+// The floats are freed before the codes are derived from the file: a
+// segment built from a buffer never holds both (the codes are a quarter of
+// the floats: holding both was the bulk load's peak).
+TEST_F(SegmentTest, MovingVectorsToTheFileNeverHoldsFloatsAndCodesTogether) {
+  if (testing_util::kAddressSanitizer) GTEST_SKIP() << "AddressSanitizer's allocator hides what is given back";
+  if (!ResetPeakRss()) GTEST_SKIP() << "this kernel cannot reset the peak RSS (/proc/self/clear_refs)";
+  constexpr size_t kRows = 30000, kD = 512;
+  constexpr double kCodes = kRows * kD;  // 15 MB; the floats 61 MB
+  std::vector<uint64_t> ids(kRows);
+  std::iota(ids.begin(), ids.end(), 1);
+  VectorBuffer buf = UniformRows(kRows, kD);
+  const std::vector<float> probe(buf.data() + 4321 * kD, buf.data() + 4322 * kD);
+  IndexSpec spec;
+  spec.type = IndexType::kHnsw;
+  spec.hnsw_m = 8;
+  spec.ef_construction = 16;  // a quick build: the search below looks wide
+  auto seg = Segment::Build(kD, Metric::kL2, spec, &buf, ids.data(), kRows, 2);
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  ASSERT_TRUE(ResetPeakRss());
+  const double before = static_cast<double>(ProcStatusBytes("VmRSS:"));
+  ASSERT_TRUE((*seg)->MoveVectorsToFile(Path("big.vec")).ok());
+  const double grew = static_cast<double>(ProcStatusBytes("VmHWM:")) - before;
+  EXPECT_LT(grew, 0.5 * kCodes) << "the codes were made while the floats were held";
+  const double now = static_cast<double>(ProcStatusBytes("VmRSS:"));
+  EXPECT_LT(now, before - 2.5 * kCodes) << "the floats were not given back";
+  // The codes walk to the row; the file re-ranks it to distance 0.
+  SegmentSearchParams p{.k = 1, .ef = 512};
+  float score = -1;
+  int64_t id = -1;
+  ASSERT_TRUE((*seg)->Search(probe.data(), 1, p, &score, &id, 1).ok());
+  EXPECT_EQ(id, 4322);
+  EXPECT_EQ(score, 0.0f);
+}
+
 class SegmentFileTest : public TempDirTest {
  protected:
   void SetUp() override {
@@ -881,11 +1025,32 @@ TEST_F(SegmentFileTest, TruncatedFileIsDataLoss) {
 
 TEST_F(SegmentFileTest, OtherFormatVersionIsFailedPrecondition) {
   std::string other = bytes_.substr(0, bytes_.size() - 4);
-  uint32_t format = 2;
+  uint32_t format = 3;
   std::memcpy(&other[8], &format, 4);
   uint32_t crc = storage::Crc32(other);
   other.append(reinterpret_cast<const char*>(&crc), 4);
   EXPECT_EQ(LoadBytes(other).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Files of format 1 (no codes part) load as before.
+TEST_F(SegmentFileTest, AFileOfTheFormatBeforeCodesLoads) {
+  // Without the (empty) codes part: its u64 length before the checksum.
+  std::string old = bytes_.substr(0, bytes_.size() - 12);
+  uint32_t format = 1;
+  std::memcpy(&old[8], &format, 4);
+  uint32_t crc = storage::Crc32(old);
+  old.append(reinterpret_cast<const char*>(&crc), 4);
+  const std::string p = Path("format1.cseg");
+  ASSERT_TRUE(storage::WriteFileSynced(p, old).ok());
+  auto seg = Segment::Load(p);
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  auto now = Segment::Load(path_);
+  ASSERT_TRUE(now.ok());
+  SegmentSearchParams sp{.k = kK};
+  Results a = SearchAll(**seg, d_.queries.data(), 5, sp);
+  Results b = SearchAll(**now, d_.queries.data(), 5, sp);
+  EXPECT_EQ(a.ids, b.ids);
+  EXPECT_EQ(a.scores, b.scores);
 }
 
 TEST_F(SegmentFileTest, MissingFileIsNotFound) {
