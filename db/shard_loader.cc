@@ -89,10 +89,11 @@ absl::Status Shard::Loader::Add(PreparedPoint p) {
 absl::StatusOr<uint64_t> Shard::Loader::Finish() {
   // The last segment builds in the background while the id maps and
   // payload index are sorted and written, unless it is built from its vector
-  // file: such a load keeps its peak low (the maps' memory would come on top
-  // of the build's) and is long enough for the maps not to matter.
+  // file or is an HNSW graph: such loads keep their peak low (the maps'
+  // memory would come on top of the build's) and build long enough for the
+  // maps not to matter.
   if (!seg_ids_.empty()) CAIRN_RETURN_IF_ERROR(StartSegment());
-  if (streams_) CAIRN_RETURN_IF_ERROR(WaitSegment());
+  if (streams_ || shard_->options_.index.type == IndexType::kHnsw) CAIRN_RETURN_IF_ERROR(WaitSegment());
   // Id maps: the last point of each external id wins.
   std::sort(ids_.begin(), ids_.end());
   std::vector<uint64_t> dead;

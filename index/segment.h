@@ -117,7 +117,7 @@ class VectorBuffer {
 
  private:
   friend class Segment;
-  static constexpr size_t kMaxBlockBytes = 32 << 20;
+  static constexpr size_t kMaxBlockBytes = 8 << 20;
   struct Unmap {
     size_t bytes = 0;
     void operator()(uint8_t* p) const;
@@ -219,7 +219,7 @@ class Segment {
   // Writes the segment's float32 vectors to a vector file at `path`
   // (fsynced), attaches it and frees them: from then on the segment holds
   // its graph and int8 codes (d bytes a point, not 4d), walks on the codes
-  // and re-ranks each search's ef best with rows read from the file, so its
+  // and re-ranks the walk's best with rows read from the file, so its
   // scores stay exact. Searches go on meanwhile when the segment already has
   // its codes; without them (Build from a VectorBuffer) the floats are freed
   // before the codes are derived from the file a chunk at a time, so the two
