@@ -217,7 +217,7 @@ absl::Status Shard::Loader::BuildStreamedSegment(const std::string& file, const 
   };
   std::unique_ptr<index::Segment> seg;
   std::string attached = vectors;
-  if (index::Segment::Streams(o.index, n)) {
+  if (index::Segment::Streams(o.index, o.dimension, n)) {
     CAIRN_ASSIGN_OR_RETURN(seg, index::Segment::BuildStreamed(o.dimension, o.metric, o.index, sample.data(),
                                                               sample.size() / dim, read, ids.data(), n,
                                                               IndexThreads(o.index_threads)));

@@ -19,7 +19,7 @@ class Shard::Loader {
   Loader(Shard* shard, uint64_t segment_size)
       : shard_(shard),
         segment_size_(segment_size),
-        streams_(index::Segment::Streams(shard->options_.index, SIZE_MAX)) {
+        streams_(index::Segment::Streams(shard->options_.index, shard->options_.dimension, SIZE_MAX)) {
     release_.Arm();
   }
   // Abandons the load when Finish did not succeed: nothing of it stays.

@@ -48,6 +48,9 @@ class Int8Codes {
 
   size_t dim() const { return dim_; }
   size_t stride() const { return stride_; }
+  // The grid: value = lo[d] + scale * code.
+  float scale() const { return scale_; }
+  const std::vector<float>& lo() const { return lo_; }
   size_t size() const { return stride_ == 0 ? 0 : codes_.size() / stride_; }
   const uint8_t* row(size_t i) const { return codes_.data() + i * stride_; }
   uint64_t MemoryBytes() const { return codes_.size() + lo_.size() * sizeof(float); }

@@ -6,6 +6,8 @@
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexScalarQuantizer.h>
+#include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/DistanceComputer.h>
 #include <faiss/impl/FaissAssert.h>
 #include <faiss/impl/HNSW.h>
 #include <faiss/impl/IDSelector.h>
@@ -203,6 +205,97 @@ void UseFastStorage(faiss::IndexHNSW* hnsw) {
   if (hnsw->own_fields) delete hnsw->storage;
   hnsw->storage = fast.release();
   hnsw->own_fields = true;
+}
+
+// HNSW construction distances between the int8 code rows of an Int8Codes,
+// in real units (squared L2, or the negated inner product, of the vectors the
+// codes stand for) so that the distances to an inserted point and those
+// between two stored points compare. The point being inserted is a stored
+// row (SetRow); FAISS's float queries are not taken.
+class CodeRowDistance final : public faiss::DistanceComputer {
+ public:
+  // lo_dot[i] = lo . code_i for inner products (unused for L2).
+  CodeRowDistance(const Int8Codes& codes, Metric metric, const std::vector<float>& lo_dot, float lo_lo)
+      : codes_(codes),
+        l2_(metric == Metric::kL2),
+        s_(codes.scale()),
+        lo_dot_(lo_dot),
+        lo_lo_(lo_lo),
+        q_(codes.stride()),
+        tmp_(codes.stride()) {}
+  void SetRow(idx_t i) {
+    Widen(codes_.row(static_cast<size_t>(i)), q_.data());
+    q_lo_ = l2_ ? 0.0f : lo_dot_[static_cast<size_t>(i)];
+  }
+  void set_query(const float*) override {}  // construction uses SetRow
+  float operator()(idx_t j) override { return Dist(j, q_.data(), q_lo_); }
+  float symmetric_dis(idx_t i, idx_t j) override {
+    Widen(codes_.row(static_cast<size_t>(i)), tmp_.data());
+    return Dist(j, tmp_.data(), l2_ ? 0.0f : lo_dot_[static_cast<size_t>(i)]);
+  }
+
+ private:
+  void Widen(const uint8_t* c, int16_t* out) const {
+    for (size_t d = 0; d < codes_.stride(); ++d) out[d] = c[d];
+  }
+  float Dist(idx_t j, const int16_t* q, float q_lo) const {
+    const uint8_t* c = codes_.row(static_cast<size_t>(j));
+    if (l2_) return s_ * s_ * static_cast<float>(CodeL2(c, q, codes_.stride()));
+    // x . y = (lo + s a) . (lo + s b) = lo.lo + s (lo.a + lo.b) + s^2 a.b
+    return -(lo_lo_ + s_ * (q_lo + lo_dot_[static_cast<size_t>(j)]) +
+             s_ * s_ * static_cast<float>(CodeDot(c, q, codes_.stride())));
+  }
+  const Int8Codes& codes_;
+  const bool l2_;
+  const float s_;
+  const std::vector<float>& lo_dot_;
+  const float lo_lo_;
+  std::vector<int16_t> q_, tmp_;
+  float q_lo_ = 0;
+};
+
+// Links an empty HNSW graph over the rows of `codes` (FAISS's insertion, with
+// distances between codes): levels drawn as FAISS draws them, points inserted
+// from the highest level down, each level's in a seeded order on `threads`
+// threads. The index's storage stays empty.
+void LinkOnCodes(faiss::IndexHNSW* idx, const Int8Codes& codes, Metric metric, int threads) {
+  faiss::HNSW& hnsw = idx->hnsw;
+  const size_t n = codes.size();
+  std::vector<float> lo_dot;
+  float lo_lo = 0;
+  if (metric != Metric::kL2) {
+    const std::vector<float>& lo = codes.lo();
+    for (float v : lo) lo_lo += v * v;
+    lo_dot.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const uint8_t* c = codes.row(i);
+      float s = 0;
+      for (size_t d = 0; d < lo.size(); ++d) s += lo[d] * static_cast<float>(c[d]);
+      lo_dot[i] = s;
+    }
+  }
+  const int max_level = hnsw.prepare_level_tab(n, false);
+  std::vector<std::vector<int>> by_level(static_cast<size_t>(max_level) + 1);
+  for (size_t i = 0; i < n; ++i) by_level[static_cast<size_t>(hnsw.levels[i] - 1)].push_back(static_cast<int>(i));
+  std::vector<omp_lock_t> locks(n);
+  for (auto& l : locks) omp_init_lock(&l);
+  std::mt19937_64 rng(0x5eed);
+  for (int level = max_level; level >= 0; --level) {
+    std::vector<int>& points = by_level[static_cast<size_t>(level)];
+    std::shuffle(points.begin(), points.end(), rng);
+#pragma omp parallel num_threads(std::max(threads, 1))
+    {
+      faiss::VisitedTable visited(static_cast<int>(n));
+      CodeRowDistance dis(codes, metric, lo_dot, lo_lo);
+#pragma omp for schedule(dynamic, 64)
+      for (size_t i = 0; i < points.size(); ++i) {
+        dis.SetRow(points[i]);
+        hnsw.add_with_locks(dis, level, points[i], locks, visited);
+      }
+    }
+  }
+  for (auto& l : locks) omp_destroy_lock(&l);
+  idx->ntotal = static_cast<idx_t>(n);
 }
 
 faiss::MetricType FaissMetric(Metric m) {
@@ -665,12 +758,14 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildSealed(uint32_t dim, Metr
   return seg;
 }
 
-bool Segment::Streams(const IndexSpec& spec, size_t n) {
+bool Segment::Streams(const IndexSpec& spec, uint32_t dim, size_t n) {
+  if (spec.type == IndexType::kHnsw) return spec.hnsw_int8 && dim <= Int8Codes::kMaxDim && n > 0;
   return (spec.type == IndexType::kIvfPq || spec.type == IndexType::kIvfSq8 || spec.type == IndexType::kHnswSq) &&
          n >= kMinTrainPoints;
 }
 
 size_t Segment::TrainingRows(const IndexSpec& spec) {
+  if (spec.type == IndexType::kHnsw) return 0;  // codes on a grid fitted to every row
   return TrainingSample(spec.type, static_cast<size_t>(std::max(spec.nlist, 1)));
 }
 
@@ -678,10 +773,12 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildStreamed(uint32_t dim, Me
                                                                 const float* sample, size_t sample_n,
                                                                 const RowReader& rows, const uint64_t* ids,
                                                                 size_t n, int threads) {
-  if (!Streams(spec, n) || sample_n == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("a streamed build is for ivf_pq, ivf_sq8 and hnsw_sq segments of ",
+  if (!Streams(spec, dim, n) || (sample_n == 0 && spec.type != IndexType::kHnsw)) {
+    return absl::InvalidArgumentError(absl::StrCat("a streamed build is for hnsw segments that walk on int8 codes, "
+                                                   "and ivf_pq, ivf_sq8 and hnsw_sq segments of ",
                                                    kMinTrainPoints, " points or more, with a sample"));
   }
+  if (spec.type == IndexType::kHnsw) return BuildHnswOnCodes(dim, metric, spec, rows, ids, n, threads);
   OmpThreads omp(threads);
   std::unique_ptr<faiss::Index> idx;
   absl::Status read;
@@ -707,6 +804,42 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildStreamed(uint32_t dim, Me
   auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, spec.type, spec, std::move(idx)));
   seg->ids_.Assign(ids, n);
   seg->deleted_.assign((n + 63) / 64, 0);
+  seg->frozen_ = true;
+  return seg;
+}
+
+absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildHnswOnCodes(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                                   const RowReader& rows, const uint64_t* ids,
+                                                                   size_t n, int threads) {
+  // The codes' grid from every row, then the codes: two reads of the rows,
+  // a chunk at a time.
+  Int8Codes codes(dim);
+  const size_t rows_per_chunk = std::max<size_t>(1, kCodeChunkBytes / (sizeof(float) * dim));
+  std::vector<float> chunk;
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) codes.Allocate(n);
+    for (size_t first = 0; first < n; first += rows_per_chunk) {
+      const size_t count = std::min(rows_per_chunk, n - first);
+      chunk.resize(count * dim);
+      CAIRN_RETURN_IF_ERROR(rows(first, count, chunk.data()));
+      if (pass == 0) {
+        codes.Fit(chunk.data(), count);
+      } else {
+        codes.Encode(first, chunk.data(), count);
+      }
+    }
+  }
+  std::vector<float>().swap(chunk);
+  std::unique_ptr<faiss::Index> idx;
+  CAIRN_RETURN_IF_ERROR(CatchFaiss("build", [&] {
+    idx = MakeIndex(dim, metric, IndexType::kHnsw, spec, n);
+    LinkOnCodes(static_cast<faiss::IndexHNSW*>(idx.get()), codes, metric, threads);
+  }));
+  auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, IndexType::kHnsw, spec, std::move(idx)));
+  seg->ids_.Assign(ids, n);
+  seg->deleted_.assign((n + 63) / 64, 0);
+  seg->codes_ = std::make_shared<const Int8Codes>(std::move(codes));
+  seg->vectors_on_disk_.store(true, std::memory_order_release);
   seg->frozen_ = true;
   return seg;
 }

@@ -165,19 +165,25 @@ class Segment {
   static absl::StatusOr<std::unique_ptr<Segment>> Build(uint32_t dim, Metric metric, const IndexSpec& spec,
                                                         VectorBuffer* x, const uint64_t* ids, size_t n,
                                                         int threads);
-  // Whether a segment of `spec` over n points is built from its vectors a
-  // chunk at a time (BuildStreamed): the types that keep codes, not floats
-  // (ivf_pq, ivf_sq8, hnsw_sq), from the size at which they are trained.
-  static bool Streams(const IndexSpec& spec, size_t n);
-  // How many rows such a build trains on, at most (a caller's sample).
+  // Whether a segment of `spec` over n points of `dim` dimensions is built
+  // from its vectors a chunk at a time (BuildStreamed): the types that keep
+  // codes, not floats: ivf_pq, ivf_sq8 and hnsw_sq from the size at which
+  // they are trained, and hnsw walking on int8 codes (its graph is then
+  // linked on the codes, its floats left in their file).
+  static bool Streams(const IndexSpec& spec, uint32_t dim, size_t n);
+  // How many rows such a build trains on, at most (a caller's sample; 0
+  // for hnsw, which needs none).
   static size_t TrainingRows(const IndexSpec& spec);
   // Reads `count` vectors (prepared) from position `first` to out.
   using RowReader = std::function<absl::Status(size_t first, size_t count, float* out)>;
   // A sealed segment over n vectors read through `rows` a chunk at a time,
   // trained on the sample_n rows of `sample` (drawn by the caller from the
   // same vectors): it holds the sample, one chunk and the index, never the
-  // n vectors. REQUIRES: Streams(spec, n), else InvalidArgument; an error
-  // of `rows` fails the build.
+  // n vectors. An hnsw segment reads the rows twice (its codes' grid, then
+  // its codes), links its graph on the codes and holds no floats: the
+  // caller attaches the vector file it re-ranks from. REQUIRES:
+  // Streams(spec, dim, n), else InvalidArgument; an error of `rows` fails the
+  // build.
   static absl::StatusOr<std::unique_ptr<Segment>> BuildStreamed(uint32_t dim, Metric metric, const IndexSpec& spec,
                                                                 const float* sample, size_t sample_n,
                                                                 const RowReader& rows, const uint64_t* ids,
@@ -303,6 +309,10 @@ class Segment {
                                                           VectorBuffer* adopt = nullptr);
   // Both Builds: a sealed segment (flat below the size a trained type
   // needs), with its search codes.
+  // BuildStreamed for hnsw: the codes, then the graph linked on them.
+  static absl::StatusOr<std::unique_ptr<Segment>> BuildHnswOnCodes(uint32_t dim, Metric metric, const IndexSpec& spec,
+                                                                   const RowReader& rows, const uint64_t* ids,
+                                                                   size_t n, int threads);
   static absl::StatusOr<std::unique_ptr<Segment>> BuildSealed(uint32_t dim, Metric metric, const IndexSpec& spec,
                                                               const float* x, const uint64_t* ids, size_t n,
                                                               int threads, VectorBuffer* adopt);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "index/hnsw_search.h"
 #include "storage/file_util.h"
 #include "storage/rss_test_util.h"
 
@@ -933,6 +934,74 @@ TEST_F(SegmentTest, AnHnswSegmentMovesItsVectorsToItsFile) {
     // Not a growing segment.
     EXPECT_FALSE(Segment::LoadGrowing(seg_path, kDim, m, spec).ok());
   }
+}
+
+// An HNSW segment linked on its int8 codes, from rows read a chunk at a
+// time, holds no floats and finds what one linked on the floats finds, with
+// exact scores from its vector file.
+TEST_F(SegmentTest, AnHnswGraphLinkedOnCodesFindsWhatOneLinkedOnFloatsFinds) {
+  constexpr size_t kRows = 6000, kQ = 50;
+  for (Metric m : {Metric::kL2, Metric::kInnerProduct, Metric::kCosine}) {
+    SCOPED_TRACE(MetricStr(m));
+    Dataset d = MakeClustered(kRows, kQ, kDim, TestSeed() + 11);
+    PrepareVectors(m, d.x.data(), kRows, kDim);
+    PrepareVectors(m, d.queries.data(), kQ, kDim);
+    IndexSpec spec;
+    spec.type = IndexType::kHnsw;
+    spec.hnsw_m = 16;
+    auto floats = Segment::Build(kDim, m, spec, d.x.data(), d.ids.data(), kRows, 2);
+    ASSERT_TRUE(floats.ok()) << floats.status();
+    ASSERT_TRUE(Segment::Streams(spec, kDim, kRows));
+    EXPECT_EQ(Segment::TrainingRows(spec), 0u);
+    size_t reads = 0;
+    const Segment::RowReader rows = [&](size_t first, size_t count, float* out) {
+      std::copy_n(&d.x[first * kDim], count * kDim, out);
+      reads += count;
+      return absl::OkStatus();
+    };
+    auto coded = Segment::BuildStreamed(kDim, m, spec, nullptr, 0, rows, d.ids.data(), kRows, 2);
+    ASSERT_TRUE(coded.ok()) << coded.status();
+    EXPECT_EQ(reads, 2 * kRows);  // the grid, then the codes
+    EXPECT_FALSE((*coded)->HasExactVectors());
+    EXPECT_EQ((*coded)->Ids(), d.ids);
+    EXPECT_LE((*coded)->MemoryBytes() + kRows * kDim * sizeof(float), (*floats)->MemoryBytes());
+    const std::string vec_path = Path("coded-" + MetricStr(m) + ".vec");
+    ASSERT_TRUE(VectorFile::Write(vec_path, kDim, d.x.data(), kRows).ok());
+    auto file = VectorFile::Open(vec_path, kDim, kRows);
+    ASSERT_TRUE(file.ok());
+    (*coded)->AttachVectorFile(*file);
+    SegmentSearchParams p{.k = kK, .ef = 64};
+    const Results a = SearchAll(**floats, d.queries.data(), kQ, p);
+    const Results b = SearchAll(**coded, d.queries.data(), kQ, p);
+    const double ra = Recall(m, d, a, kQ, kK, All()), rb = Recall(m, d, b, kQ, kK, All());
+    EXPECT_GE(rb, 0.95);
+    EXPECT_GE(rb, ra - 0.02) << "linked on floats " << ra << ", on codes " << rb;
+    for (size_t i = 0; i < b.ids.size(); ++i) {
+      ASSERT_NE(b.ids[i], kNoId);
+      const size_t row = static_cast<size_t>((b.ids[i] - 1000) / 3);
+      EXPECT_NEAR(b.scores[i], RefScore(m, &d.queries[(i / kK) * kDim], &d.x[row * kDim], kDim), 1e-4);
+    }
+    // Saved and opened, it answers alike.
+    ASSERT_TRUE((*coded)->Save(Path("coded.cseg")).ok());
+    auto loaded = Segment::Load(Path("coded.cseg"));
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    (*loaded)->AttachVectorFile(*file);
+    const Results c = SearchAll(**loaded, d.queries.data(), kQ, p);
+    EXPECT_EQ(c.ids, b.ids);
+    EXPECT_EQ(c.scores, b.scores);
+  }
+  IndexSpec spec;
+  spec.type = IndexType::kHnsw;
+  EXPECT_FALSE(Segment::Streams(spec, Int8Codes::kMaxDim + 1, kRows)) << "walks on floats";
+  spec.hnsw_int8 = false;
+  EXPECT_FALSE(Segment::Streams(spec, kDim, kRows));
+  spec.hnsw_int8 = true;
+  // A failed read fails the build.
+  const Segment::RowReader broken = [](size_t, size_t, float*) { return absl::DataLossError("gone"); };
+  std::vector<uint64_t> ids(kRows);
+  std::iota(ids.begin(), ids.end(), 1);
+  EXPECT_EQ(Segment::BuildStreamed(kDim, Metric::kL2, spec, nullptr, 0, broken, ids.data(), kRows, 1).status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 // The floats are freed before the codes are derived from the file: a
