@@ -63,10 +63,14 @@ struct IndexSpec {
   // 0 or 1 turns re-ranking off. Default: 0.
   int rerank_factor = 0;
   // HNSW: walk sealed segments' graphs on 8-bit codes of the vectors (a
-  // quarter of the memory traffic of float32), then re-rank the ef candidates
-  // with the full-precision vectors, so returned scores stay exact. Costs one
-  // byte per dimension per point of memory; dimensions above 4096 always walk
-  // on floats. Default: true.
+  // quarter of the memory traffic of float32), then re-rank the walk's best
+  // candidates (3k of them, at most ef) with the full-precision vectors, so
+  // returned scores stay exact. A sealed segment then keeps its float32
+  // vectors on disk (its vector file, read through the page cache to
+  // re-rank), and memory holds d bytes a point for the codes instead of 4d
+  // for the floats; a bulk load links its graph on the codes and never holds
+  // the floats. Off: sealed segments keep the floats in memory and walk on
+  // them. Dimensions above 4096 always walk on floats. Default: true.
   bool hnsw_int8 = true;
   // Where IVF training (k-means; for IVF-PQ also the codebooks and codes) and
   // the searches of sealed Flat and IVF-Flat segments run. kAuto defers to DatabaseOptions::device. HNSW graphs are
