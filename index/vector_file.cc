@@ -14,7 +14,10 @@ namespace cairn::index {
 namespace {
 
 constexpr char kMagic[8] = {'C', 'A', 'I', 'R', 'N', 'V', 'E', 'C'};
-constexpr uint32_t kFormat = 1;
+// 2: rows checked by CRC-32C (storage::Crc32c). Format 1 (zlib's CRC-32,
+// a few times slower to check on each re-ranked row) is read as before.
+constexpr uint32_t kFormat = 2;
+constexpr uint32_t kFormatZlibRows = 1;
 constexpr size_t kHeaderBytes = 32;
 // One read covers at most this much: runs of adjacent rows longer than that
 // are split, so a scan of a whole segment needs no large buffer.
@@ -47,7 +50,7 @@ absl::Status VectorFile::Writer::Append(const float* x, size_t n) {
   const size_t vec_bytes = size_t{dim_} * sizeof(float);
   for (size_t i = 0; i < n; ++i) {
     row_.assign(reinterpret_cast<const char*>(x + i * dim_), vec_bytes);
-    PutU32(&row_, storage::Crc32(std::string_view(row_.data(), vec_bytes)));
+    PutU32(&row_, storage::Crc32c(std::string_view(row_.data(), vec_bytes)));
     CAIRN_RETURN_IF_ERROR(file_->Append(row_));
   }
   rows_ += n;
@@ -71,7 +74,8 @@ absl::StatusOr<std::shared_ptr<const VectorFile>> VectorFile::Open(const std::st
   if (absl::IsNotFound(opened.status())) return absl::NotFoundError(absl::StrCat("vector file ", path, " is missing"));
   CAIRN_RETURN_IF_ERROR(opened.status());
   const uint64_t end = (*opened)->size();
-  std::shared_ptr<const VectorFile> file(new VectorFile(std::move(*opened), dim, rows));
+  auto* opening = new VectorFile(std::move(*opened), dim, rows);
+  std::shared_ptr<const VectorFile> file(opening);
   auto corrupt = [&](const std::string& why) {
     return absl::DataLossError(absl::StrCat("vector file ", path, " is corrupt: ", why));
   };
@@ -87,10 +91,12 @@ absl::StatusOr<std::shared_ptr<const VectorFile>> VectorFile::Open(const std::st
   std::memcpy(&crc, h + 28, 4);
   if (std::memcmp(h, kMagic, sizeof(kMagic)) != 0) return corrupt("bad magic");
   if (storage::Crc32(std::string_view(h, 28)) != crc) return corrupt("header checksum mismatch");
-  if (format != kFormat) {
+  if (format != kFormat && format != kFormatZlibRows) {
     return absl::FailedPreconditionError(absl::StrCat("vector file ", path, " has format ", format,
-                                                      "; this build reads format ", kFormat));
+                                                      "; this build reads formats ", kFormatZlibRows, " and ",
+                                                      kFormat));
   }
+  opening->zlib_rows_ = format == kFormatZlibRows;
   if (file_dim != dim || file_rows != rows) {
     return absl::FailedPreconditionError(absl::StrCat("vector file ", path, " holds ", file_rows, " rows of ",
                                                       file_dim, " dimensions; its segment has ", rows, " of ",
@@ -128,7 +134,8 @@ absl::Status VectorFile::Read(absl::Span<const uint64_t> rows, float* out, std::
       if (r != checked) {
         uint32_t crc;
         std::memcpy(&crc, row + vec_bytes, 4);
-        good = storage::Crc32(std::string_view(row, vec_bytes)) == crc;
+        const std::string_view v(row, vec_bytes);
+        good = (zlib_rows_ ? storage::Crc32(v) : storage::Crc32c(v)) == crc;
         checked = r;
         if (!good && corrupt_rows_.fetch_add(1, std::memory_order_relaxed) == 0) {
           std::fprintf(stderr, "cairn: vector file %s: row %llu is damaged (checksum mismatch); its vector is read from storage\n",

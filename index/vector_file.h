@@ -7,7 +7,8 @@
 //
 // Layout: a 32-byte header (magic "CAIRNVEC", u32 format, u32 dim, u64 rows,
 // u32 spare, u32 CRC32 of the 28 bytes before it), then the rows, 4 x dim + 4
-// bytes each.
+// bytes each: the vector and its CRC-32C (format 2; format 1 files, whose
+// rows carry zlib's CRC-32, are read as well).
 //
 // Thread-safety: a VectorFile is immutable once open; Read may be called from
 // any number of threads (positioned reads on one descriptor). A Writer is
@@ -81,6 +82,7 @@ class VectorFile {
   const std::unique_ptr<storage::ReadOnlyFile> file_;
   const uint32_t dim_;
   const uint64_t rows_;
+  bool zlib_rows_ = false;  // format 1: rows checked by CRC-32, not CRC-32C
   mutable std::atomic<uint64_t> corrupt_rows_{0};
 };
 

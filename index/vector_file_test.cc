@@ -2,12 +2,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "gtest/gtest.h"
+#include "storage/file_util.h"
 
 namespace cairn::index {
 namespace {
@@ -114,6 +116,38 @@ TEST_F(VectorFileTest, ADamagedRowIsLeftUnsetAndTheOthersRead) {
   EXPECT_EQ(out[0], x_[39 * kDim]);
   EXPECT_EQ(out[3 * kDim], x_[42 * kDim]);
   EXPECT_GE((*f)->corrupt_rows(), 2u);
+}
+
+// Files of format 1 (rows checked by zlib's CRC-32) read as before, a
+// damaged row detected alike.
+TEST_F(VectorFileTest, AFileOfFormatOneReads) {
+  std::string bytes("CAIRNVEC", 8);
+  auto put = [&](const void* p, size_t n) { bytes.append(static_cast<const char*>(p), n); };
+  const uint32_t format = 1, dim = kDim, spare = 0;
+  const uint64_t rows = kRows;
+  put(&format, 4);
+  put(&dim, 4);
+  put(&rows, 8);
+  put(&spare, 4);
+  const uint32_t head_crc = storage::Crc32(bytes);
+  put(&head_crc, 4);
+  for (size_t r = 0; r < kRows; ++r) {
+    const std::string_view v(reinterpret_cast<const char*>(&x_[r * kDim]), kDim * 4);
+    bytes.append(v);
+    const uint32_t crc = storage::Crc32(v);
+    put(&crc, 4);
+  }
+  ASSERT_TRUE(storage::WriteFileSynced(path_, bytes).ok());
+  Damage(kHeader + 5 * kRowBytes + 3);
+  auto f = VectorFile::Open(path_, kDim, kRows);
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::vector<uint64_t> want = {4, 5, 2999};
+  std::vector<float> out(want.size() * kDim, 0.0f);
+  std::vector<bool> ok(want.size(), false);
+  ASSERT_TRUE((*f)->Read(want, out.data(), &ok).ok());
+  EXPECT_EQ(ok, (std::vector<bool>{true, false, true}));
+  EXPECT_TRUE(std::equal(out.begin(), out.begin() + kDim, &x_[4 * kDim]));
+  EXPECT_TRUE(std::equal(out.begin() + 2 * kDim, out.end(), &x_[2999 * kDim]));
 }
 
 TEST_F(VectorFileTest, OpenRefusesDamagedOrMismatchedFiles) {

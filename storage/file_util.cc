@@ -1,6 +1,7 @@
 #include "storage/file_util.h"
 
 #include <fcntl.h>
+#include <nmmintrin.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -164,6 +165,51 @@ uint32_t Crc32(std::string_view data, uint32_t seed) {
     data.remove_prefix(n);
   }
   return static_cast<uint32_t>(crc);
+}
+
+namespace {
+
+// CRC-32C's reflected polynomial, a byte at a time.
+struct Crc32cTable {
+  uint32_t t[256];
+  constexpr Crc32cTable() : t() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[i] = c;
+    }
+  }
+};
+constexpr Crc32cTable kCrc32c;
+
+__attribute__((target("sse4.2"))) uint32_t Crc32cSse42(const unsigned char* p, size_t n, uint32_t crc) {
+  uint64_t c = crc;
+  for (; n >= 8; p += 8, n -= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  for (; n > 0; ++p, --n) c32 = _mm_crc32_u8(c32, *p);
+  return c32;
+}
+
+const bool kHasSse42 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("sse4.2");
+}();
+
+}  // namespace
+
+uint32_t Crc32cPortable(std::string_view data, uint32_t seed) {
+  uint32_t c = ~seed;
+  for (unsigned char b : data) c = kCrc32c.t[(c ^ b) & 0xff] ^ (c >> 8);
+  return ~c;
+}
+
+uint32_t Crc32c(std::string_view data, uint32_t seed) {
+  if (!kHasSse42) return Crc32cPortable(data, seed);
+  return ~Crc32cSse42(reinterpret_cast<const unsigned char*>(data.data()), data.size(), ~seed);
 }
 
 uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {

@@ -344,6 +344,23 @@ TEST(Crc32Test, KnownValues) {
   EXPECT_NE(Crc32("123456780"), 0xCBF43926u);
 }
 
+TEST(Crc32cTest, KnownValuesAndBothPathsAgree) {
+  EXPECT_EQ(Crc32c("123456789"), 0xE3069283u);  // CRC-32C's check value
+  EXPECT_EQ(Crc32cPortable("123456789"), 0xE3069283u);
+  EXPECT_EQ(Crc32c(""), 0u);
+  EXPECT_EQ(Crc32c("56789", Crc32c("1234")), 0xE3069283u);
+  // Every length and alignment of the 8-byte steps, against the table.
+  std::string data(3000, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 131 + 7) & 0xff);
+  for (size_t start : {0, 1, 3, 7}) {
+    for (size_t len : {0, 1, 7, 8, 9, 63, 64, 65, 1000, 2990}) {
+      const std::string_view v(data.data() + start, len);
+      EXPECT_EQ(Crc32c(v), Crc32cPortable(v)) << start << "+" << len;
+    }
+  }
+  EXPECT_NE(Crc32c("123456780"), 0xE3069283u);
+}
+
 TEST_F(FileUtilTest, SecondFileLockOnSamePathFails) {
   const std::string path = Path("LOCK");
   auto first = FileLock::Acquire(path);
