@@ -205,16 +205,7 @@ absl::Status Shard::Loader::BuildStreamedSegment(const std::string& file, const 
   const size_t dim = o.dimension, n = ids.size();
   const std::string vpath = shard_->SegmentPath(vectors);
   CAIRN_ASSIGN_OR_RETURN(auto vf, index::VectorFile::Open(vpath, o.dimension, n));
-  auto read = [&vf](size_t first, size_t count, float* out) -> absl::Status {
-    std::vector<uint64_t> rows(count);
-    std::iota(rows.begin(), rows.end(), first);
-    std::vector<bool> ok(count, false);
-    CAIRN_RETURN_IF_ERROR(vf->Read(rows, out, &ok));
-    if (std::find(ok.begin(), ok.end(), false) != ok.end()) {
-      return absl::DataLossError(absl::StrCat("vector file ", vf->path(), " was damaged before the load read it back"));
-    }
-    return absl::OkStatus();
-  };
+  auto read = [&vf](size_t first, size_t count, float* out) { return vf->ReadRange(first, count, out); };
   std::unique_ptr<index::Segment> seg;
   std::string attached = vectors;
   if (index::Segment::Streams(o.index, o.dimension, n)) {

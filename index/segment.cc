@@ -1355,19 +1355,11 @@ absl::Status Segment::MoveVectorsToFile(const std::string& path) {
   // are never held together.
   fit->Allocate(n);
   const size_t rows_per_chunk = std::max<size_t>(1, kCodeChunkBytes / (sizeof(float) * dim_));
-  std::vector<uint64_t> rows;
   std::vector<float> chunk;
-  std::vector<bool> ok;
   for (size_t first = 0; first < n; first += rows_per_chunk) {
     const size_t count = std::min(rows_per_chunk, n - first);
-    rows.resize(count);
-    std::iota(rows.begin(), rows.end(), first);
     chunk.resize(count * dim_);
-    ok.assign(count, false);
-    CAIRN_RETURN_IF_ERROR(file->Read(rows, chunk.data(), &ok));
-    if (std::find(ok.begin(), ok.end(), false) != ok.end()) {
-      return absl::DataLossError(absl::StrCat("vector file ", path, " was damaged before its codes were read"));
-    }
+    CAIRN_RETURN_IF_ERROR(file->ReadRange(first, count, chunk.data()));
     fit->Encode(first, chunk.data(), count);
   }
   auto codes = std::make_shared<const Int8Codes>(*std::move(fit));

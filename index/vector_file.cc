@@ -108,6 +108,18 @@ absl::StatusOr<std::shared_ptr<const VectorFile>> VectorFile::Open(const std::st
   return file;
 }
 
+absl::Status VectorFile::ReadRange(uint64_t first, size_t count, float* out) const {
+  std::vector<uint64_t> rows(count);
+  std::iota(rows.begin(), rows.end(), first);
+  std::vector<bool> ok(count, false);
+  CAIRN_RETURN_IF_ERROR(Read(rows, out, &ok));
+  if (std::find(ok.begin(), ok.end(), false) != ok.end()) {
+    return absl::DataLossError(absl::StrCat("vector file ", path(), " has damaged rows in ", first, "..",
+                                            first + count - 1));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status VectorFile::Read(absl::Span<const uint64_t> rows, float* out, std::vector<bool>* ok) const {
   const size_t n = rows.size();
   std::vector<uint32_t> order(n);

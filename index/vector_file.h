@@ -67,6 +67,9 @@ class VectorFile {
   // InvalidArgument for a row past the end, Internal for a failed read.
   // REQUIRES: ok sized like rows.
   absl::Status Read(absl::Span<const uint64_t> rows, float* out, std::vector<bool>* ok) const;
+  // Rows [first, first + count) to out, in order: a sequential read back
+  // (a build from the file). DataLoss when any of them is damaged.
+  absl::Status ReadRange(uint64_t first, size_t count, float* out) const;
 
   uint32_t dim() const { return dim_; }
   uint64_t rows() const { return rows_; }
