@@ -322,6 +322,9 @@ TEST_F(DbTest, MultiShardGivesTheSameResultsAsOneShard) {
       ASSERT_TRUE(c->Upsert(std::vector<Point>(points.begin(), points.begin() + 1000)).ok());
       ASSERT_TRUE(c->Upsert(std::vector<Point>(points.begin() + 1000, points.end())).ok());
     }
+    // Upserts reach a shard's tail first (each tail chunk counts as a
+    // segment) and are indexed in the background: wait for it.
+    testing_util::WaitIndexed(*four);
     auto info = four->Info();
     ASSERT_TRUE(info.ok());
     EXPECT_EQ(info->segments, 4u);  // one growing segment per shard
