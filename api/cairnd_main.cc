@@ -74,6 +74,12 @@ void Usage(FILE* out) {
       "  --storage-cache-mb N    RocksDB block cache and memtables of every shard together, one\n"
       "                          cache (CAIRN_STORAGE_CACHE_MB; default 0: an eighth of the\n"
       "                          memory limit, 256 MiB to 8 GiB, at most a quarter of the limit)\n"
+      "  --hnsw-vectors-in-memory-percent N\n"
+      "                          sealed HNSW segments (int8 walk) keep their floats in a file and\n"
+      "                          re-rank from it; while the node holds under N%% of its memory\n"
+      "                          limit with them, they keep a copy in memory too (no reads),\n"
+      "                          freed before a write would be refused\n"
+      "                          (CAIRN_HNSW_VECTORS_IN_MEMORY_PERCENT; default 50; 0: never)\n"
       "\n"
       "Security:\n"
       "  --api-keys-file PATH    API keys with roles, one \"ROLE KEY\" per line; roles are\n"
@@ -233,6 +239,7 @@ int main(int argc, char** argv) {
     static const std::set<std::string> kKeys = {
         "listen", "http_listen", "data_dir", "workers", "max_request_mb", "grace_seconds", "api_keys_file",
         "insecure_no_auth", "tls_cert", "tls_key", "tls_client_ca", "device", "gpu_memory_mb", "memory_limit_mb", "storage_cache_mb",
+        "hnsw_vectors_in_memory_percent",
         "cluster", "node_name", "seeds", "peer_listen", "advertise", "cluster_secret_file", "peer_tls_cert",
         "peer_tls_key", "peer_tls_ca", "peer_tls_server_name", "zone", "raft_tick_ms", "raft_log_compact_entries", "snapshot_max_mbps",
         "raft_quiesce", "dead_node_timeout"};
@@ -263,6 +270,7 @@ int main(int argc, char** argv) {
   std::string gpu_mb = Env("CAIRN_GPU_MEMORY_MB", "0");
   std::string memory_mb = Env("CAIRN_MEMORY_LIMIT_MB", "0");
   std::string storage_cache_mb = Env("CAIRN_STORAGE_CACHE_MB", "0");
+  std::string vectors_percent = Env("CAIRN_HNSW_VECTORS_IN_MEMORY_PERCENT", "50");
   std::string keys_file = Env("CAIRN_API_KEYS_FILE", "");
   std::string keys_inline = Env("CAIRN_API_KEYS", "");
   std::string keys_text;  // the keys file as read at start
@@ -332,6 +340,8 @@ int main(int argc, char** argv) {
       value(&memory_mb);
     } else if (a == "--storage-cache-mb") {
       value(&storage_cache_mb);
+    } else if (a == "--hnsw-vectors-in-memory-percent") {
+      value(&vectors_percent);
     } else if (a == "--api-keys-file") {
       value(&keys_file);
     } else if (a == "--insecure-no-auth") {
@@ -383,6 +393,12 @@ int main(int argc, char** argv) {
   if (!ParseInt(storage_cache_mb, 0, 1L << 30, &n_storage_cache_mb) || (n_storage_cache_mb > 0 && n_storage_cache_mb < 8)) {
     std::fprintf(stderr, "cairnd: --storage-cache-mb is a number of MiB, 0 (the default: sized from the memory limit) "
                          "or at least 8\n");
+    return 2;
+  }
+  long n_vectors_percent;
+  if (!ParseInt(vectors_percent, 0, 100, &n_vectors_percent)) {
+    std::fprintf(stderr, "cairnd: --hnsw-vectors-in-memory-percent is a percentage of the memory limit, 0 to 100 "
+                         "(default 50; 0: HNSW floats are read from their files only)\n");
     return 2;
   }
   if (!ParseInt(memory_mb, -1, 1L << 40, &n_memory_mb)) {
@@ -509,6 +525,7 @@ int main(int argc, char** argv) {
   db_options.memory_limit_bytes =
       n_memory_mb < 0 ? cairn::kNoMemoryLimit : static_cast<uint64_t>(n_memory_mb) << 20;
   db_options.storage_cache_bytes = static_cast<uint64_t>(n_storage_cache_mb) << 20;
+  db_options.hnsw_vectors_memory_share = static_cast<double>(n_vectors_percent) / 100.0;
 
   cairn::api::ServerOptions options;
   if (no_auth) {
@@ -663,7 +680,8 @@ int main(int argc, char** argv) {
       const uint64_t limit = cairn::db::MemoryLimitFor(db_options.memory_limit_bytes);
       LogEvent("memory", {{"limit_mb", limit == 0 ? std::string("none") : std::to_string(limit >> 20)},
                           {"source", n_memory_mb != 0 ? std::string("--memory-limit-mb") : std::string("85% of the cgroup's or machine's memory")},
-                          {"storage_cache_mb", std::to_string(cairn::db::StorageMemoryFor(db_options.storage_cache_bytes, limit) >> 20)}});
+                          {"storage_cache_mb", std::to_string(cairn::db::StorageMemoryFor(db_options.storage_cache_bytes, limit) >> 20)},
+                          {"hnsw_vectors_in_memory_percent", std::to_string(n_vectors_percent)}});
     }
     size_t collections = (*db)->ListCollections().size();
     serving = true;  // from here a signal drains instead of stopping at once

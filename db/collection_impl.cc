@@ -658,6 +658,7 @@ absl::Status CollectionImpl::Seal() {
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   CAIRN_RETURN_IF_ERROR(CheckLocal("Seal here"));
   for (auto& s : shards_) CAIRN_RETURN_IF_ERROR(s->Seal(/*force=*/true));
+  KeepVectorsInMemoryLocked();
   return absl::OkStatus();
 }
 
@@ -666,7 +667,27 @@ absl::Status CollectionImpl::Compact(bool force) {
   CAIRN_RETURN_IF_ERROR(CheckOpen());
   CAIRN_RETURN_IF_ERROR(CheckLocal("Compact here"));
   for (auto& s : shards_) CAIRN_RETURN_IF_ERROR(s->Compact(force));
+  KeepVectorsInMemoryLocked();
   return absl::OkStatus();
+}
+
+void CollectionImpl::KeepVectorsInMemory() {
+  std::shared_lock lock(close_mu_);
+  if (!closed_) KeepVectorsInMemoryLocked();
+}
+
+void CollectionImpl::KeepVectorsInMemoryLocked() {
+  const double share = options_.hnsw_vectors_memory_share;
+  if (budget_ == nullptr || share <= 0) return;
+  for (auto& s : shards_) s->KeepVectorsInMemory([&](uint64_t bytes) { return budget_->Reserve(bytes, share); });
+}
+
+uint64_t CollectionImpl::ReleaseVectors() {
+  std::shared_lock lock(close_mu_);
+  if (closed_) return 0;
+  uint64_t freed = 0;
+  for (auto& s : shards_) freed += s->ReleaseVectors();
+  return freed;
 }
 
 void CollectionImpl::RunMaintenance() {
@@ -681,6 +702,7 @@ void CollectionImpl::RunMaintenance() {
               st.ToString().c_str());
     }
   }
+  KeepVectorsInMemoryLocked();
 }
 
 absl::Status CollectionImpl::SnapshotShards(const std::string& dir) {

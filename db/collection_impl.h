@@ -81,6 +81,12 @@ class CollectionImpl final : public Collection {
   void SealOnClose(uint64_t min_points);
   // Consistent copy of every shard into `dir`/shard-NNNN.
   absl::Status SnapshotShards(const std::string& dir);
+  // Brings HNSW floats from their vector files into memory while the
+  // memory budget grants them (DatabaseOptions::hnsw_vectors_memory_share);
+  // Seal, Compact and RunMaintenance do it too.
+  void KeepVectorsInMemory();
+  // Frees those floats again (the budget's reclaim): the bytes freed.
+  uint64_t ReleaseVectors();
   // Upserts are admitted by `budget` (the node's memory limit) from now on.
   void SetMemoryBudget(std::shared_ptr<MemoryBudget> budget) { budget_ = std::move(budget); }
 
@@ -89,6 +95,7 @@ class CollectionImpl final : public Collection {
   CollectionImpl(std::string name, std::string dir, CollectionConfig config,
                  DatabaseOptions options, std::function<void()> wake);
   absl::Status CheckOpen() const;
+  void KeepVectorsInMemoryLocked();  // REQUIRES: close_mu_ held, not closed
   size_t ShardOf(const std::string& ext_key) const;
   // Checks point i of a batch and prepares it for its shard.
   absl::StatusOr<PreparedPoint> PreparePoint(const Point& p, size_t i) const;

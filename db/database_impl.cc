@@ -45,7 +45,9 @@ class DatabaseImpl final : public Database {
       : dir_(std::move(dir)),
         options_(options),
         lock_(std::move(lock)),
-        budget_(std::make_shared<MemoryBudget>(db::MemoryLimitFor(options_.memory_limit_bytes), [this] { return MeasureMemory(); })),
+        budget_(std::make_shared<MemoryBudget>(
+            db::MemoryLimitFor(options_.memory_limit_bytes), [this] { return MeasureMemory(); },
+            [this] { return ReleaseVectors(); })),
         kv_memory_(db::NewKvMemory(options_)) {}
 
   ~DatabaseImpl() override {
@@ -89,6 +91,8 @@ class DatabaseImpl final : public Database {
       collections_[name] = std::move(c);
     }
     if (ec) return absl::InternalError(absl::StrCat("list ", cdir.string(), ": ", ec.message()));
+    // Open returns with the HNSW floats the memory budget grants in memory.
+    for (auto& [name, c] : collections_) c->KeepVectorsInMemory();
     if (options_.background_maintenance) {
       maint_thread_ = std::thread([this] { MaintenanceLoop(); });
     }
@@ -254,6 +258,20 @@ class DatabaseImpl final : public Database {
     return u;
   }
 
+  // Frees the HNSW floats kept in memory beside their files (MemoryBudget's
+  // reclaim, before it refuses a write).
+  uint64_t ReleaseVectors() const {
+    std::vector<std::shared_ptr<CollectionImpl>> cs;
+    {
+      std::lock_guard g(mu_);
+      for (auto& [n, c] : collections_) cs.push_back(c);
+    }
+    uint64_t freed = 0;
+    for (const auto& c : cs) freed += c->ReleaseVectors();
+    if (freed > 0) db::ReleaseFreeMemory();
+    return freed;
+  }
+
   void MaintenanceLoop() {
     std::unique_lock l(maint_mu_);
     while (!stop_) {
@@ -296,6 +314,9 @@ static absl::Status ValidateOptions(const DatabaseOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("options.", field, ": ", why));
   };
   if (o.index_threads < 0 || o.index_threads > 1024) return bad("index_threads", "must be 0..1024");
+  if (!(o.hnsw_vectors_memory_share >= 0 && o.hnsw_vectors_memory_share <= 1)) {
+    return bad("hnsw_vectors_memory_share", "must be between 0 and 1");
+  }
   if (o.max_batch_points < 1) return bad("max_batch_points", "must be >= 1");
   if (o.max_batch_bytes < 1024) return bad("max_batch_bytes", "must be >= 1024");
   if (o.max_k < 1 || o.max_k > 1000000) return bad("max_k", "must be 1..1000000");

@@ -54,8 +54,9 @@ uint64_t StorageMemoryFor(uint64_t configured, uint64_t limit) {
   return std::min(limit / 4, std::clamp<uint64_t>(limit / 8, uint64_t{256} << 20, uint64_t{8} << 30));
 }
 
-MemoryBudget::MemoryBudget(uint64_t limit, std::function<MemoryUsage()> measure)
-    : limit_(limit), measure_(std::move(measure)) {}
+MemoryBudget::MemoryBudget(uint64_t limit, std::function<MemoryUsage()> measure,
+                           std::function<uint64_t()> reclaim)
+    : limit_(limit), measure_(std::move(measure)), reclaim_(std::move(reclaim)) {}
 
 void MemoryBudget::MeasureLocked(std::unique_lock<std::mutex>& lock) {
   if (measuring_) {  // another caller measures: its result is as fresh
@@ -114,6 +115,17 @@ absl::Status MemoryBudget::Admit(uint64_t bytes, std::string_view what) {
   }
   if (measured_.total() + admitted_ + bytes > limit_) {
     MeasureLocked(lock);  // a refusal is decided on a fresh measure
+    if (measured_.total() + admitted_ + bytes > limit_ && reclaim_ != nullptr) {
+      // What Reserve granted goes first.
+      lock.unlock();
+      uint64_t freed = 0;
+      {
+        std::shared_lock alive(measure_mu_);
+        if (!detached_) freed = reclaim_();
+      }
+      lock.lock();
+      if (freed > 0) MeasureLocked(lock);
+    }
     if (measured_.total() + admitted_ + bytes > limit_) {
       std::string most;
       if (!measured_.largest.empty()) {
@@ -130,6 +142,18 @@ absl::Status MemoryBudget::Admit(uint64_t bytes, std::string_view what) {
   }
   admitted_ += bytes;
   return absl::OkStatus();
+}
+
+bool MemoryBudget::Reserve(uint64_t bytes, double share) {
+  if (limit_ == 0) return true;
+  const auto within = static_cast<uint64_t>(static_cast<double>(limit_) * std::clamp(share, 0.0, 1.0));
+  std::unique_lock lock(mu_);
+  if (std::chrono::steady_clock::now() - measured_at_ >= kMeasureEvery || admitted_ >= limit_ / 16) {
+    MeasureLocked(lock);
+  }
+  if (measured_.total() + admitted_ + bytes > within) return false;
+  admitted_ += bytes;
+  return true;
 }
 
 void MemoryBudget::Detach() {

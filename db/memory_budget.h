@@ -84,13 +84,22 @@ NodeMemory NodeMemoryOf(MemoryBudget& budget, const storage::KvMemory& kv);
 
 class MemoryBudget {
  public:
-  // `limit` in bytes; 0: none (everything is admitted).
-  MemoryBudget(uint64_t limit, std::function<MemoryUsage()> measure);
+  // `limit` in bytes; 0: none (everything is admitted). `reclaim`, when
+  // given, frees memory granted by Reserve and returns the bytes freed; it
+  // is called (with no lock of the budget held) before a write is refused,
+  // and the write is then decided on a new measure.
+  MemoryBudget(uint64_t limit, std::function<MemoryUsage()> measure,
+               std::function<uint64_t()> reclaim = nullptr);
 
   uint64_t limit() const { return limit_; }
   // Admits a write that will hold about `bytes` more (`what` names it in the
   // error: "an upsert of 1000 points to collection docs").
   absl::Status Admit(uint64_t bytes, std::string_view what);
+  // Grants `bytes` of memory that can be given back on demand (HNSW floats
+  // kept beside their vector files) while what the node holds, with them,
+  // stays within `share` of the limit; always without a limit. What is
+  // granted counts as admitted until the next measure.
+  bool Reserve(uint64_t bytes, double share);
   // The last measure, with what was admitted since.
   MemoryUsage Usage();
   // Stops calling the measure function (its owner is going away); waits
@@ -102,7 +111,8 @@ class MemoryBudget {
 
   const uint64_t limit_;
   const std::function<MemoryUsage()> measure_;
-  std::shared_mutex measure_mu_;  // shared while measure_ runs
+  const std::function<uint64_t()> reclaim_;
+  std::shared_mutex measure_mu_;  // shared while measure_ or reclaim_ runs
   bool detached_ = false;         // guarded by measure_mu_
   std::mutex mu_;
   MemoryUsage measured_;                                 // guarded by mu_

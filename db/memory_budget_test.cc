@@ -91,6 +91,128 @@ TEST_F(MemoryLimitTest, NoLimitAdmitsEverything) {
   EXPECT_EQ(docs->Info()->points, 20u * 256);
 }
 
+// n points of `dim` around a few centers, ids from `first`.
+std::vector<Point> Clustered(uint64_t first, size_t n, uint32_t dim, uint64_t seed) {
+  const std::vector<float> x = testing_util::Clustered(n, dim, seed);
+  std::vector<Point> out;
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(Pt(PointId(first + i), std::vector<float>(x.begin() + i * dim, x.begin() + (i + 1) * dim)));
+  }
+  return out;
+}
+
+std::vector<std::vector<ScoredPoint>> SearchAll(Collection& c, const std::vector<Point>& queries) {
+  std::vector<std::vector<ScoredPoint>> out;
+  for (const Point& q : queries) {
+    auto hits = c.Search(q.vector, {.k = 10, .ef = 24});
+    EXPECT_TRUE(hits.ok()) << hits.status();
+    out.push_back(hits.ok() ? *hits : std::vector<ScoredPoint>());
+  }
+  return out;
+}
+
+void ExpectSameHits(const std::vector<std::vector<ScoredPoint>>& a, const std::vector<std::vector<ScoredPoint>>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t q = 0; q < a.size(); ++q) {
+    ASSERT_EQ(a[q].size(), b[q].size()) << "query " << q;
+    for (size_t i = 0; i < a[q].size(); ++i) {
+      EXPECT_EQ(a[q][i].id, b[q][i].id) << "query " << q << " rank " << i;
+      EXPECT_EQ(a[q][i].score, b[q][i].score) << "query " << q << " rank " << i;
+    }
+  }
+}
+
+// A sealed HNSW segment (int8 walk) keeps its floats in its vector file; the
+// node also keeps them in memory while its budget holds them
+// (hnsw_vectors_memory_share): after a seal and on open, with the same
+// answers either way.
+TEST_F(MemoryLimitTest, HnswFloatsStayInMemoryWhileTheBudgetHoldsThem) {
+  constexpr uint32_t kD = 64;
+  constexpr size_t kN = 3000;
+  constexpr uint64_t kFloatBytes = kN * kD * sizeof(float);
+  DatabaseOptions o = TestOptions();
+  o.memory_limit_bytes = 512ull << 20;
+  ASSERT_EQ(o.hnsw_vectors_memory_share, 0.5);  // the default
+  OpenDb(o);
+  auto docs = Create("docs", Config(kD));
+  ASSERT_NE(docs, nullptr);
+  ASSERT_TRUE(docs->Upsert(Clustered(0, kN, kD, 5)).ok());
+  ASSERT_TRUE(docs->Seal().ok());
+  const std::vector<Point> queries = Clustered(100000, 20, kD, 6);
+  const auto in_memory = SearchAll(*docs, queries);
+  const uint64_t with_floats = docs->Info()->index_memory_bytes;
+
+  docs.reset();
+  o.hnsw_vectors_memory_share = 0;  // from the files only
+  OpenDb(o);
+  docs = Get("docs");
+  const uint64_t without = docs->Info()->index_memory_bytes;
+  EXPECT_NEAR(static_cast<double>(with_floats - without), static_cast<double>(kFloatBytes), kFloatBytes / 20.0);
+  ExpectSameHits(SearchAll(*docs, queries), in_memory);
+
+  docs.reset();
+  o.hnsw_vectors_memory_share = 0.5;  // open brings them back
+  OpenDb(o);
+  docs = Get("docs");
+  EXPECT_NEAR(static_cast<double>(docs->Info()->index_memory_bytes), static_cast<double>(with_floats),
+              kFloatBytes / 20.0);
+  ExpectSameHits(SearchAll(*docs, queries), in_memory);
+
+  // A budget that cannot hold them: they stay in the file.
+  docs.reset();
+  o.memory_limit_bytes = 16ull << 20;
+  o.storage_cache_bytes = 8ull << 20;
+  o.hnsw_vectors_memory_share = 0.01;
+  OpenDb(o);
+  docs = Get("docs");
+  EXPECT_NEAR(static_cast<double>(docs->Info()->index_memory_bytes), static_cast<double>(without),
+              kFloatBytes / 20.0);
+  ExpectSameHits(SearchAll(*docs, queries), in_memory);
+
+  o.hnsw_vectors_memory_share = 1.5;
+  docs.reset();
+  db_.reset();
+  auto bad = Database::Open(dir_, o);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "hnsw_vectors_memory_share")) << bad.status();
+}
+
+// Floats kept in memory beside their files are the first memory a node
+// gives back: a write that would pass the limit frees them and goes in.
+TEST_F(MemoryLimitTest, HnswFloatsInMemoryAreGivenBackBeforeAWriteIsRefused) {
+  constexpr uint32_t kD = 512;
+  constexpr size_t kN = 6000;
+  constexpr uint64_t kFloatBytes = kN * kD * sizeof(float);  // 11.7 MiB
+  DatabaseOptions o = TestOptions();
+  o.memory_limit_bytes = 64ull << 20;
+  o.hnsw_vectors_memory_share = 1.0;
+  OpenDb(o);
+  auto docs = Create("docs", Config(kD));
+  auto other = Create("other", Config(kDim, Metric::kL2, IndexType::kFlat));
+  ASSERT_TRUE(docs && other);
+  for (size_t b = 0; b < kN; b += 500) ASSERT_TRUE(docs->Upsert(Clustered(b, 500, kD, 7 + b)).ok());
+  ASSERT_TRUE(docs->Seal().ok());
+  const std::vector<Point> queries = Clustered(100000, 20, kD, 8);
+  const auto before = SearchAll(*docs, queries);
+  const uint64_t held = docs->Info()->index_memory_bytes;
+  ASSERT_GT(held, kFloatBytes) << "the floats came into memory";
+
+  // Fill the node with another collection until a write is refused.
+  absl::Status refused;
+  uint64_t written = 0;
+  for (int b = 0; b < 200 && refused.ok(); ++b) {
+    refused = other->Upsert(Batch(written, 64));
+    if (refused.ok()) written += 64;
+  }
+  ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  const uint64_t after = docs->Info()->index_memory_bytes;
+  EXPECT_LE(after + kFloatBytes, held + held / 50) << "the floats left memory before the refusal";
+  // The other collection got the room they made (4 KiB a point).
+  EXPECT_GT(written * kDim * sizeof(float), kFloatBytes);
+  // Searches answer as before, from the files.
+  ExpectSameHits(SearchAll(*docs, queries), before);
+}
+
 TEST(StorageMemory, IsAnEighthOfTheLimitWithinBounds) {
   constexpr uint64_t kMiB = uint64_t{1} << 20;
   EXPECT_EQ(db::StorageMemoryFor(100 * kMiB, 1024 * kMiB), 100 * kMiB);  // as configured

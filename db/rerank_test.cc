@@ -36,6 +36,13 @@ class RerankTest : public DbTest {
     DbTest::SetUp();
     queries_ = Clustered(12, kDim, TestSeed() + 41);
   }
+  // The re-rank from vector files and storage is what these tests follow:
+  // HNSW floats are not also kept in memory (MemoryLimitTest covers that;
+  // with them there, a filtered search may be an exact scan instead).
+  void OpenDb(DatabaseOptions options = testing_util::TestOptions()) {
+    options.hnsw_vectors_memory_share = 0;
+    DbTest::OpenDb(options);
+  }
   std::string CollectionDir(const std::string& name) const { return dir_ + "/collections/" + name; }
 
   CollectionConfig LossyConfig(IndexType type, Metric metric, uint32_t shards = 1) const {

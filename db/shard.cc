@@ -2066,6 +2066,34 @@ absl::Status Shard::Compact(bool force) {
   return absl::OkStatus();
 }
 
+std::vector<std::shared_ptr<index::Segment>> Shard::SealedSegments() const {
+  std::vector<std::shared_ptr<index::Segment>> segs;
+  std::shared_lock state(state_mu_);
+  for (const auto& s : sealed_) segs.push_back(s.segment);
+  return segs;
+}
+
+uint64_t Shard::KeepVectorsInMemory(const std::function<bool(uint64_t bytes)>& reserve) {
+  uint64_t in = 0;
+  for (const auto& seg : SealedSegments()) {
+    const uint64_t bytes = seg->FileVectorBytes();
+    if (bytes == 0 || !reserve(bytes)) continue;
+    if (absl::Status st = seg->LoadVectorsFromFile(); !st.ok()) {
+      std::fprintf(stderr, "cairn: %s: a segment's vectors stay in their file: %s\n", dir_.c_str(),
+                   st.ToString().c_str());
+      continue;
+    }
+    in += bytes;
+  }
+  return in;
+}
+
+uint64_t Shard::ReleaseVectors() {
+  uint64_t freed = 0;
+  for (const auto& seg : SealedSegments()) freed += seg->ReleaseVectors();
+  return freed;
+}
+
 void Shard::WriteMissingVectorFilesLocked() {
   std::vector<SealedRef> bare;
   {

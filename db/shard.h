@@ -310,6 +310,15 @@ class Shard final : public ShardAccess {
   absl::Status CheckpointGrowing(bool at_close);
   static constexpr uint64_t kMinPointsToSaveAtClose = 1000;  // fewer rebuild in well under a second
   bool NeedsCheckpoint() const;
+  // HNSW segments whose floats are in their vector files (hnsw_int8) bring
+  // them back into memory, each while `reserve` grants its bytes (the node's
+  // memory budget, DatabaseOptions::hnsw_vectors_memory_share): searches
+  // then re-rank without reads. A failed read is logged and leaves the
+  // segment on its file. Returns the bytes brought in.
+  uint64_t KeepVectorsInMemory(const std::function<bool(uint64_t bytes)>& reserve);
+  // Frees the floats KeepVectorsInMemory brought in (their files stay, and
+  // searches read them again): the bytes freed.
+  uint64_t ReleaseVectors();
   // Rewrites the sealed segments whose deleted fraction passes the tunable
   // ratio (every one with deletes when `force`), then writes the vector files
   // lossy segments lack.
@@ -447,6 +456,8 @@ class Shard final : public ShardAccess {
   // sealed before vector files existed, or whose file was lost), from
   // storage; logs a failure. REQUIRES: maintenance_mu_ held.
   void WriteMissingVectorFilesLocked();
+  // The sealed segments now (a copy of the list).
+  std::vector<std::shared_ptr<index::Segment>> SealedSegments() const;
   // Seals `frozen` (in frozen_) into a segment file and switches the
   // manifest. REQUIRES: maintenance_mu_ held.
   absl::Status SealFrozen(const std::shared_ptr<index::Segment>& frozen);

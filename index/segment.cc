@@ -684,6 +684,22 @@ float Score(Metric metric, const float* a, const float* b, size_t dim) {
   return metric == Metric::kL2 ? L2Sqr(a, b, dim) : InnerProduct(a, b, dim);
 }
 
+namespace {
+
+// (score, position) pairs best first: ascending distance for L2, descending
+// similarity otherwise; ties by position.
+void SortBestFirst(Metric metric, std::vector<std::pair<float, int64_t>>* found) {
+  if (metric == Metric::kL2) {
+    std::sort(found->begin(), found->end());
+  } else {
+    std::sort(found->begin(), found->end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+  }
+}
+
+}  // namespace
+
 Segment::Segment(uint32_t dim, Metric metric, IndexType type, const IndexSpec& spec,
                  std::unique_ptr<faiss::Index> index)
     : dim_(dim), metric_(metric), type_(type), spec_(spec), index_(std::move(index)) {}
@@ -1002,13 +1018,18 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
     if (!floats && codes_ == nullptr) {
       return absl::FailedPreconditionError("HNSW segment searched while its vectors move to their file");
     }
-    // Without floats in memory: the walk's best (by the codes), re-ranked
-    // with rows read from the vector file, or from the caller's store.
+    // A walk on the codes returns its best by the codes, re-ranked with the
+    // floats: from memory when the segment holds them, else rows read from
+    // the vector file or the caller's store. The same candidates either way,
+    // so the answers do not depend on where the floats are.
+    const float* base =
+        floats ? reinterpret_cast<const float*>(static_cast<const faiss::IndexFlat*>(h->storage)->codes.data())
+               : nullptr;
+    const bool on_codes = codes_ != nullptr;
     const std::shared_ptr<const VectorFile> file = floats ? nullptr : vector_file_.load();
-    const bool rerank = !floats && (file != nullptr || params.raw_rows != nullptr);
+    const bool rerank = on_codes && (floats || file != nullptr || params.raw_rows != nullptr);
     HnswQuery hq;
-    hq.base = floats ? reinterpret_cast<const float*>(static_cast<const faiss::IndexFlat*>(h->storage)->codes.data())
-                     : nullptr;
+    hq.base = on_codes ? nullptr : base;
     hq.dim = dim_;
     hq.metric = metric_;
     hq.codes = codes_.get();
@@ -1024,7 +1045,7 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
       const float* query = queries + q * dim_;
       HnswSearch(g, hq, query, &found);
       if (rerank && !found.empty()) {
-        if (absl::Status st = Rerank(file.get(), params.raw_rows, query, &found); !st.ok()) {
+        if (absl::Status st = Rerank(base, file.get(), params.raw_rows, query, &found); !st.ok()) {
           std::lock_guard l(failed_mu);
           failed.Update(st);
           return;
@@ -1080,8 +1101,13 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
   return absl::OkStatus();
 }
 
-absl::Status Segment::Rerank(const VectorFile* file, const RawRows* raw, const float* query,
+absl::Status Segment::Rerank(const float* base, const VectorFile* file, const RawRows* raw, const float* query,
                              std::vector<std::pair<float, int64_t>>* found) const {
+  if (base != nullptr) {
+    for (auto& [score, pos] : *found) score = Score(metric_, query, base + static_cast<size_t>(pos) * dim_, dim_);
+    SortBestFirst(metric_, found);
+    return absl::OkStatus();
+  }
   thread_local std::vector<uint64_t> rows;
   thread_local std::vector<float> vecs;
   thread_local std::vector<bool> ok;
@@ -1114,13 +1140,7 @@ absl::Status Segment::Rerank(const VectorFile* file, const RawRows* raw, const f
   for (size_t i = 0; i < n; ++i) {
     if (ok[i]) (*found)[i].first = Score(metric_, query, &vecs[i * dim_], dim_);
   }
-  if (metric_ == Metric::kL2) {
-    std::sort(found->begin(), found->end());
-  } else {
-    std::sort(found->begin(), found->end(), [](const auto& a, const auto& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    });
-  }
+  SortBestFirst(metric_, found);
   return absl::OkStatus();
 }
 
@@ -1315,7 +1335,7 @@ bool Segment::ScoresAreExact() const {
 }
 
 bool Segment::CanMoveVectorsToFile() const {
-  if (!WalksOnCodes()) return false;
+  if (!WalksOnCodes() || vector_file_.load() != nullptr) return false;  // a file: ReleaseVectors
   std::shared_lock lock(mu_);
   return frozen_ && !ids_.empty() && FloatsHeldLocked();
 }
@@ -1366,6 +1386,50 @@ absl::Status Segment::MoveVectorsToFile(const std::string& path) {
   std::unique_lock lock(mu_);
   codes_ = std::move(codes);
   return absl::OkStatus();
+}
+
+uint64_t Segment::FileVectorBytes() const {
+  if (!WalksOnCodes() || vector_file_.load() == nullptr) return 0;
+  std::shared_lock lock(mu_);
+  if (!vectors_on_disk_.load() || codes_ == nullptr) return 0;
+  return uint64_t{ids_.size()} * dim_ * sizeof(float);
+}
+
+absl::Status Segment::LoadVectorsFromFile() {
+  if (FileVectorBytes() == 0) {
+    return absl::FailedPreconditionError("only an HNSW segment whose floats are in its vector file loads them");
+  }
+  const std::shared_ptr<const VectorFile> file = vector_file_.load();
+  const size_t n = file->rows();
+  std::vector<uint8_t> floats(n * dim_ * sizeof(float));
+  const size_t rows_per_chunk = std::max<size_t>(1, kCodeChunkBytes / (sizeof(float) * dim_));
+  for (size_t first = 0; first < n; first += rows_per_chunk) {
+    CAIRN_RETURN_IF_ERROR(file->ReadRange(first, std::min(rows_per_chunk, n - first),
+                                          reinterpret_cast<float*>(floats.data()) + first * dim_));
+  }
+  std::unique_lock lock(mu_);
+  if (!vectors_on_disk_.load() || vector_file_.load() != file) return absl::OkStatus();  // raced: nothing to do
+  auto* flat = static_cast<faiss::IndexFlat*>(static_cast<faiss::IndexHNSW*>(index_.get())->storage);
+  flat->codes.swap(floats);
+  flat->ntotal = static_cast<idx_t>(n);
+  vectors_on_disk_.store(false, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+uint64_t Segment::ReleaseVectors() {
+  if (!WalksOnCodes() || vector_file_.load() == nullptr) return 0;
+  std::vector<uint8_t> floats;  // freed once the lock is let go
+  {
+    std::unique_lock lock(mu_);
+    if (vectors_on_disk_.load() || codes_ == nullptr || !frozen_ || !FloatsHeldLocked()) return 0;
+    auto* flat = static_cast<faiss::IndexFlat*>(static_cast<faiss::IndexHNSW*>(index_.get())->storage);
+    floats.swap(flat->codes);
+    flat->ntotal = 0;
+    vectors_on_disk_.store(true, std::memory_order_release);
+  }
+  const uint64_t freed = floats.size();
+  std::vector<uint8_t>().swap(floats);
+  return freed;
 }
 
 void Segment::CopyVectors(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const {
@@ -1668,6 +1732,10 @@ absl::Status Segment::Save(const std::string& path, SavedExtent* extent) const {
     std::shared_lock lock(mu_);
     if (vectors_on_disk_.load() && codes_ == nullptr) {
       return absl::FailedPreconditionError("an HNSW segment is saved once its codes are derived");
+    }
+    if (!vectors_on_disk_.load() && vector_file_.load() != nullptr && WalksOnCodes()) {
+      return absl::FailedPreconditionError("an HNSW segment whose floats have a file is saved without them "
+                                           "(ReleaseVectors first)");
     }
   }
   CAIRN_ASSIGN_OR_RETURN(auto file, storage::SyncedFile::Create(path));

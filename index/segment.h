@@ -220,7 +220,8 @@ class Segment {
   void BuildSearchCodes();
 
   // Whether this is a frozen HNSW segment that walks on int8 codes and holds
-  // its float32 vectors in memory: what MoveVectorsToFile takes.
+  // its float32 vectors in memory and no vector file yet: what
+  // MoveVectorsToFile takes.
   bool CanMoveVectorsToFile() const;
   // Writes the segment's float32 vectors to a vector file at `path`
   // (fsynced), attaches it and frees them: from then on the segment holds
@@ -232,6 +233,20 @@ class Segment {
   // are never held at once, and the segment must not be searched before
   // this returns. FailedPrecondition unless CanMoveVectorsToFile().
   absl::Status MoveVectorsToFile(const std::string& path);
+
+  // For an HNSW segment whose floats are in its vector file (MoveVectorsToFile,
+  // or a segment loaded or built so): the bytes LoadVectorsFromFile would
+  // bring into memory; 0 for any other segment.
+  uint64_t FileVectorBytes() const;
+  // Reads the floats back from the vector file into memory, keeping the file
+  // attached: searches then re-rank from memory (no reads) until
+  // ReleaseVectors. Searches go on meanwhile, from the file. DataLoss when a
+  // row is damaged (the segment stays as it was); FailedPrecondition when
+  // FileVectorBytes() is 0.
+  absl::Status LoadVectorsFromFile();
+  // Frees floats that LoadVectorsFromFile brought in (their file stays
+  // attached): the bytes freed, 0 when there were none.
+  uint64_t ReleaseVectors();
 
   // k nearest of each query among positions not deleted (and allowed). Results
   // are internal ids, best first, padded with kNoId.
@@ -326,10 +341,11 @@ class Segment {
   bool WalksOnCodes() const;
   // Flat, or HNSW whose storage still holds the floats. REQUIRES: mu_ held.
   bool FloatsHeldLocked() const;
-  // Scores the walk's candidates (positions) with their rows from `file`,
-  // the rest from `raw` (either may be null), and sorts them best first.
-  // REQUIRES: mu_ held.
-  absl::Status Rerank(const VectorFile* file, const RawRows* raw, const float* query,
+  // Scores the walk's candidates (positions) with their rows from `base`
+  // (the floats in memory) when given, else from `file` and the rest from
+  // `raw` (either may be null), and sorts them best first. REQUIRES: mu_
+  // held.
+  absl::Status Rerank(const float* base, const VectorFile* file, const RawRows* raw, const float* query,
                       std::vector<std::pair<float, int64_t>>* found) const;
   // One query against an IVF-Flat index over a flat quantizer: scores and
   // ids (k slots, pre-filled with the worst score and kNoId).
@@ -358,7 +374,8 @@ class Segment {
   std::vector<uint64_t> deleted_;  // bitset over positions
   std::shared_ptr<const Int8Codes> codes_;  // HNSW walk codes, once frozen
   std::atomic<std::shared_ptr<const VectorFile>> vector_file_;
-  // An HNSW segment whose floats are in its vector file (set once).
+  // An HNSW segment whose floats are in its vector file and not in memory
+  // (MoveVectorsToFile, ReleaseVectors; LoadVectorsFromFile clears it).
   std::atomic<bool> vectors_on_disk_{false};
   size_t num_deleted_ = 0;
   bool frozen_ = false;

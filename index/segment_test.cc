@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <fstream>
 #include <numeric>
 #include <cmath>
 #include <cstring>
@@ -934,6 +935,76 @@ TEST_F(SegmentTest, AnHnswSegmentMovesItsVectorsToItsFile) {
     // Not a growing segment.
     EXPECT_FALSE(Segment::LoadGrowing(seg_path, kDim, m, spec).ok());
   }
+}
+
+// An HNSW segment whose floats are in its file brings them back into memory
+// (searches then read no rows) and lets them go again, its answers the same
+// throughout; the file stays its durable copy.
+TEST_F(SegmentTest, AnHnswSegmentBringsItsVectorsBackFromItsFile) {
+  constexpr size_t kRows = 3000, kQ = 20;
+  Dataset d = MakeClustered(kRows, kQ, kDim, TestSeed() + 21);
+  IndexSpec spec;
+  spec.type = IndexType::kHnsw;
+  spec.hnsw_m = 16;
+  auto built = Segment::Build(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), kRows, 1);
+  ASSERT_TRUE(built.ok()) << built.status();
+  Segment& seg = **built;
+  const uint64_t float_bytes = kRows * kDim * sizeof(float);
+  // Floats with no file: nothing to load, nothing it may free.
+  EXPECT_EQ(seg.FileVectorBytes(), 0u);
+  EXPECT_EQ(seg.LoadVectorsFromFile().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(seg.ReleaseVectors(), 0u);
+  EXPECT_TRUE(seg.HasExactVectors());
+
+  SegmentSearchParams p{.k = kK, .ef = 48};
+  const Results in_memory = SearchAll(seg, d.queries.data(), kQ, p);
+  const std::string vec_path = Path("back.vec");
+  ASSERT_TRUE(seg.MoveVectorsToFile(vec_path).ok());
+  const uint64_t on_disk = seg.MemoryBytes();
+  EXPECT_EQ(seg.FileVectorBytes(), float_bytes);
+  EXPECT_EQ(seg.ReleaseVectors(), 0u);  // none in memory
+
+  ASSERT_TRUE(seg.LoadVectorsFromFile().ok());
+  EXPECT_TRUE(seg.HasExactVectors());
+  EXPECT_EQ(seg.FileVectorBytes(), 0u);
+  EXPECT_EQ(seg.MemoryBytes(), on_disk + float_bytes);
+  EXPECT_FALSE(seg.CanMoveVectorsToFile()) << "its file is written already";
+  EXPECT_EQ(seg.vector_file()->path(), vec_path);
+  const Results back = SearchAll(seg, d.queries.data(), kQ, p);
+  EXPECT_EQ(back.ids, in_memory.ids);
+  EXPECT_EQ(back.scores, in_memory.scores);
+  std::vector<float> out(kDim);
+  std::vector<bool> copied(1, false);
+  seg.CopyVectors({d.ids[77]}, out.data(), &copied);
+  ASSERT_TRUE(copied[0]);
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), &d.x[77 * kDim]));
+  // Saved, a segment whose floats have a file leaves them out: refused
+  // while they are in memory.
+  EXPECT_EQ(seg.Save(Path("back.cseg")).code(), absl::StatusCode::kFailedPrecondition);
+
+  EXPECT_EQ(seg.ReleaseVectors(), float_bytes);
+  EXPECT_EQ(seg.ReleaseVectors(), 0u);
+  EXPECT_FALSE(seg.HasExactVectors());
+  EXPECT_EQ(seg.MemoryBytes(), on_disk);
+  const Results released = SearchAll(seg, d.queries.data(), kQ, p);
+  EXPECT_EQ(released.ids, in_memory.ids);
+  EXPECT_EQ(released.scores, in_memory.scores);
+  ASSERT_TRUE(seg.Save(Path("back.cseg")).ok());
+
+  // A damaged row: the load fails and the segment stays on its file.
+  {
+    std::fstream f(vec_path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(32 + 1500 * (kDim * sizeof(float) + 4) + 8);
+    f.put('\x7f');
+  }
+  auto file = VectorFile::Open(vec_path, kDim, kRows);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto reloaded = Segment::Load(Path("back.cseg"));
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  (*reloaded)->AttachVectorFile(*file);
+  EXPECT_EQ((*reloaded)->LoadVectorsFromFile().code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE((*reloaded)->HasExactVectors());
+  EXPECT_EQ((*reloaded)->FileVectorBytes(), float_bytes);
 }
 
 // An HNSW segment linked on its int8 codes, from rows read a chunk at a

@@ -182,7 +182,8 @@ int main(int argc, char** argv) {
                          "  [--index hnsw|ivf_flat|ivf_pq|ivf_sq8|hnsw_sq] [--m 32] [--ef-construction 100] [--nlist N] [--pq-m M]\n"
                          "  [--rerank F]\n"
                          "  [--sweep 16,32,64] [--threads 1] [--max-queries N] [--data-dir DIR] [--filtered DIR]\n"
-                         "  [--grpc 1,2] [--cairnd PATH] [--buckets 500,100,10,1] [--reuse 1] [--embedded 0]\n");
+                         "  [--grpc 1,2] [--cairnd PATH] [--buckets 500,100,10,1] [--reuse 1] [--embedded 0]\n"
+                         "  [--vectors-in-memory SHARE]\n");
     return 2;
   }
   const std::string dataset = get("--dataset", "data");
@@ -218,13 +219,21 @@ int main(int argc, char** argv) {
   config.payload_indexes = {{"bucket", cairn::PayloadType::kInteger}};
   config.seal_threshold = std::max<uint64_t>(1000, n);
   const bool ivf = index_name.rfind("ivf", 0) == 0;
+  // --vectors-in-memory F: DatabaseOptions::hnsw_vectors_memory_share (0:
+  // HNSW floats are read from their files only).
+  const double vectors_share = a.count("--vectors-in-memory") ? std::atof(get("--vectors-in-memory").c_str())
+                                                              : cairn::DatabaseOptions().hnsw_vectors_memory_share;
   std::string index_desc = ivf ? absl::StrCat(index_name, "(nlist=", config.index.nlist,
                                               index_name == "ivf_pq" ? absl::StrCat(",m=", config.index.pq_m, ",rerank=",
                                                                                     config.index.rerank_factor)
                                                                      : "",
                                               ")")
                                : absl::StrCat(index_name, "(M=", config.index.hnsw_m, ",efC=", config.index.ef_construction,
-                                              index_name == "hnsw" ? (config.index.hnsw_int8 ? ",int8 walk" : ",f32 walk") : "", ")");
+                                              index_name == "hnsw" ? (!config.index.hnsw_int8     ? ",f32 walk"
+                                                                     : vectors_share == 0 ? ",int8 walk,floats on disk"
+                                                                                          : ",int8 walk")
+                                                                   : "",
+                                              ")");
   const std::string common = Common(dataset, index_desc, threads);
 
   // Build: the bulk load (storage written and the index built, durable), one segment.
@@ -237,6 +246,7 @@ int main(int argc, char** argv) {
   cairn::DatabaseOptions dbo;
   dbo.index_threads = threads;
   dbo.background_maintenance = false;
+  dbo.hnsw_vectors_memory_share = vectors_share;
   auto db = cairn::Database::Open(dir, dbo);
   if (!db.ok()) Die(db.status().ToString());
   auto coll = reuse ? (*db)->GetCollection("bench") : (*db)->CreateCollection("bench", config);

@@ -389,13 +389,16 @@ def main():
                     if t == threads[-1] and "grpc" in paths:
                         cmd += ["--grpc", "1,2"]
                     run_engine(cmd, results, f"cairn (threads={t})")
-                elif e in ("cairn-f32", "cairn-ivf", "cairn-ivfpq"):
+                elif e in ("cairn-f32", "cairn-disk", "cairn-ivf", "cairn-ivfpq"):
                     # HNSW walking on float32 vectors instead of int8 codes,
+                    # HNSW re-ranking from its vector files only (no copy of
+                    # the floats in memory),
                     # IVF-Flat with the peers' nlist, IVF-PQ with their nlist,
                     # m and refine (re-ranked from disk): embedded only.
                     rows, dim = shape_of(f"{d}/base.npy")
                     nlist = str(nlist_for(rows))
                     cmd = runner + {"cairn-f32": ["--index", "hnsw", "--hnsw-int8", "0"],
+                                    "cairn-disk": ["--index", "hnsw", "--vectors-in-memory", "0"],
                                     "cairn-ivf": ["--index", "ivf_flat", "--nlist", nlist],
                                     "cairn-ivfpq": ["--index", "ivf_pq", "--nlist", nlist, "--pq-m", str(pq_m(dim)),
                                                     "--rerank", str(REFINE)]}[e]

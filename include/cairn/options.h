@@ -140,6 +140,17 @@ struct DatabaseOptions {
   // (1 GiB without a limit); otherwise at least 8 MiB and below the limit.
   // Default: 0.
   uint64_t storage_cache_bytes = 0;
+  // Sealed HNSW segments that walk on int8 codes (IndexSpec::hnsw_int8)
+  // keep their float32 vectors in a file beside them and re-rank a search's
+  // best candidates with rows read from it. While what the node holds, with
+  // a segment's floats, stays within this share of memory_limit_bytes, the
+  // segment also keeps them in memory (4 bytes a dimension a point), and
+  // its searches read nothing: on Open, after a seal or compaction, and in
+  // background maintenance. They are memory the node gives back: before an
+  // upsert is refused for memory, every such copy is freed (the files stay)
+  // and the upsert is decided again. 0: the floats stay in their files.
+  // With no limit (kNoMemoryLimit), every segment keeps them. Default: 0.5.
+  double hnsw_vectors_memory_share = 0.5;
   // Sync the write-ahead log before acknowledging a write. Turning this off
   // trades durability of the last writes on power loss for speed; a process
   // crash still loses nothing. Default: true.
