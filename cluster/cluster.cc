@@ -695,8 +695,9 @@ class ClusterCollection final : public Collection {
 Cluster::Cluster(ClusterOptions options)
     : options_(std::move(options)),
       kv_memory_(db::NewKvMemory(options_.db)),
-      budget_(std::make_shared<db::MemoryBudget>(db::MemoryLimitFor(options_.db.memory_limit_bytes),
-                                                 [this] { return MeasureMemory(); })),
+      budget_(std::make_shared<db::MemoryBudget>(
+          db::MemoryLimitFor(options_.db.memory_limit_bytes), [this] { return MeasureMemory(); },
+          [this] { return ReleaseVectors(); })),
       incarnation_((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) {}
 
 std::string Cluster::NewRequestId() {
@@ -1152,6 +1153,20 @@ db::MemoryUsage Cluster::MeasureMemory() const {
     if (bytes > u.largest_bytes) u.largest = name, u.largest_bytes = bytes;
   }
   return u;
+}
+
+uint64_t Cluster::ReleaseVectors() const {
+  std::vector<std::shared_ptr<ShardReplica>> replicas;
+  {
+    std::lock_guard l(mu_);
+    for (const auto& [gid, r] : replicas_) replicas.push_back(r);
+  }
+  uint64_t freed = 0;
+  for (const auto& r : replicas) {
+    if (auto shard = r->Serving(); shard.ok()) freed += (*shard)->ReleaseVectors();
+  }
+  if (freed > 0) db::ReleaseFreeMemory();
+  return freed;
 }
 
 absl::StatusOr<uint64_t> Cluster::ProposeToShard(uint64_t gid, const std::string& command, const std::string& what,
@@ -2118,6 +2133,9 @@ void Cluster::MaintenanceLoop() {
       }
       if (s.ok()) s = (*shard)->CheckpointGrowing(/*at_close=*/false);
       if (!s.ok()) Log(absl::StrCat("maintenance of group ", r->group(), " failed: ", s.ToString()));
+      if (const double share = options_.db.hnsw_vectors_memory_share; share > 0) {
+        (*shard)->KeepVectorsInMemory([&](uint64_t bytes) { return budget_->Reserve(bytes, share); });
+      }
       if (round % 10 == 0) r->MeasureBytes();  // for the controller's balance of bytes
     }
     l.lock();

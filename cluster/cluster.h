@@ -334,6 +334,9 @@ class Cluster final : public Database, private PeerHandler {
   void MaintenanceLoop();
   // What the replicas here hold (for budget_).
   db::MemoryUsage MeasureMemory() const;
+  // Frees the HNSW floats the replicas here keep in memory beside their
+  // vector files (budget_'s reclaim, before it refuses a write).
+  uint64_t ReleaseVectors() const;
   std::shared_ptr<ShardReplica> LocalReplica(uint64_t gid) const;
   std::vector<uint64_t> NodesOf(uint64_t gid) const;
 

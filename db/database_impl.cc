@@ -91,10 +91,24 @@ class DatabaseImpl final : public Database {
       collections_[name] = std::move(c);
     }
     if (ec) return absl::InternalError(absl::StrCat("list ", cdir.string(), ": ", ec.message()));
-    // Open returns with the HNSW floats the memory budget grants in memory.
-    for (auto& [name, c] : collections_) c->KeepVectorsInMemory();
+    // The HNSW floats the memory budget grants come into memory: in the
+    // background when there is a maintenance thread (searches read the
+    // vector files meanwhile), else before Open returns.
+    auto keep_vectors = [this] {
+      std::vector<std::shared_ptr<CollectionImpl>> cs;
+      {
+        std::lock_guard g(mu_);
+        for (auto& [n, c] : collections_) cs.push_back(c);
+      }
+      for (auto& c : cs) c->KeepVectorsInMemory();
+    };
     if (options_.background_maintenance) {
-      maint_thread_ = std::thread([this] { MaintenanceLoop(); });
+      maint_thread_ = std::thread([this, keep_vectors] {
+        keep_vectors();
+        MaintenanceLoop();
+      });
+    } else {
+      keep_vectors();
     }
     return absl::OkStatus();
   }

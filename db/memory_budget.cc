@@ -145,6 +145,10 @@ absl::Status MemoryBudget::Admit(uint64_t bytes, std::string_view what) {
 }
 
 bool MemoryBudget::Reserve(uint64_t bytes, double share) {
+  {
+    std::shared_lock alive(measure_mu_);
+    if (detached_) return false;  // its owner is going away
+  }
   if (limit_ == 0) return true;
   const auto within = static_cast<uint64_t>(static_cast<double>(limit_) * std::clamp(share, 0.0, 1.0));
   std::unique_lock lock(mu_);

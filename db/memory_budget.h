@@ -98,7 +98,7 @@ class MemoryBudget {
   // Grants `bytes` of memory that can be given back on demand (HNSW floats
   // kept beside their vector files) while what the node holds, with them,
   // stays within `share` of the limit; always without a limit. What is
-  // granted counts as admitted until the next measure.
+  // granted counts as admitted until the next measure. False once detached.
   bool Reserve(uint64_t bytes, double share);
   // The last measure, with what was admitted since.
   MemoryUsage Usage();
