@@ -169,6 +169,12 @@ absl::StatusOr<CollectionConfig> FromProto(const v1::CollectionConfig& c) {
     case v1::DEVICE_GPU: out.index.device = Device::kGpu; break;
     default: return Bad("config.index.device", "unknown device");
   }
+  switch (ix.pq_tables()) {
+    case v1::PQ_TABLES_AUTO: out.index.pq_tables = PqTables::kAuto; break;
+    case v1::PQ_TABLES_ON: out.index.pq_tables = PqTables::kOn; break;
+    case v1::PQ_TABLES_OFF: out.index.pq_tables = PqTables::kOff; break;
+    default: return Bad("config.index.pq_tables", "unknown value (auto, on, off)");
+  }
   for (int i = 0; i < c.payload_indexes_size(); ++i) {
     const auto& p = c.payload_indexes(i);
     PayloadIndexSpec spec;
@@ -213,6 +219,9 @@ void ToProto(const CollectionConfig& c, v1::CollectionConfig* out) {
   ix->set_device(c.index.device == Device::kCpu   ? v1::DEVICE_CPU
                  : c.index.device == Device::kGpu ? v1::DEVICE_GPU
                                                   : v1::DEVICE_AUTO);
+  ix->set_pq_tables(c.index.pq_tables == PqTables::kOn    ? v1::PQ_TABLES_ON
+                    : c.index.pq_tables == PqTables::kOff ? v1::PQ_TABLES_OFF
+                                                          : v1::PQ_TABLES_AUTO);
   static constexpr v1::PayloadType kPayload[] = {v1::PAYLOAD_TYPE_KEYWORD, v1::PAYLOAD_TYPE_INTEGER,
                                                  v1::PAYLOAD_TYPE_FLOAT, v1::PAYLOAD_TYPE_BOOL};
   for (const auto& p : c.payload_indexes) {

@@ -279,6 +279,23 @@ TEST_F(E2ETest, CollectionsLifecycleAndErrors) {
   EXPECT_TRUE(info.config().index().has_hnsw_int8());
   EXPECT_TRUE(info.config().index().hnsw_int8());  // unset means the default, on
   EXPECT_EQ(info.config().index().device(), DEVICE_AUTO);
+  EXPECT_EQ(info.config().index().pq_tables(), PQ_TABLES_AUTO);
+  {
+    grpc::ClientContext pctx;
+    CreateCollectionRequest req;
+    req.set_name("pq-tables");
+    req.mutable_config()->set_dimension(8);
+    req.mutable_config()->mutable_index()->set_type(INDEX_TYPE_IVF_PQ);
+    req.mutable_config()->mutable_index()->set_pq_tables(PQ_TABLES_ON);
+    CollectionInfo made;
+    ASSERT_TRUE(collections_->Create(&pctx, req, &made).ok());
+    EXPECT_EQ(made.config().index().pq_tables(), PQ_TABLES_ON);
+    grpc::ClientContext dctx;
+    DeleteCollectionRequest del;
+    del.set_name("pq-tables");
+    DeleteCollectionResponse dr;
+    ASSERT_TRUE(collections_->Delete(&dctx, del, &dr).ok());
+  }
   {
     // device gpu: refused by a server without a usable GPU, kept by one with.
     grpc::ClientContext gctx;

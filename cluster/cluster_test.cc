@@ -350,6 +350,51 @@ TEST_F(ClusterTest, RequestsReachShardsThisNodeDoesNotHold) {
   EXPECT_EQ(Node(0).GetCollection("one").status().code(), absl::StatusCode::kNotFound);
 }
 
+// A cluster node keeps its replicas' sealed HNSW floats in memory beside
+// their vector files while its memory budget holds them: its maintenance
+// loop brings them in after the seal.
+TEST_F(ClusterTest, AReplicasSealedHnswFloatsComeIntoMemory) {
+  constexpr uint32_t kD = 256;
+  constexpr uint64_t kN = 3000;
+  memory_limit_ = 512ull << 20;
+  OpenNodes({0, 1, 2});
+  CollectionConfig cfg;
+  cfg.dimension = kD;
+  cfg.num_shards = 1;
+  cfg.replication_factor = 1;
+  cfg.seal_threshold = 1000;
+  auto created = Node(0).CreateCollection("docs", cfg);
+  ASSERT_TRUE(created.ok()) << created.status();
+  auto vec = [](uint64_t i) {
+    std::vector<float> v(kD);
+    for (size_t j = 0; j < v.size(); ++j) v[j] = static_cast<float>((i * 31 + j * 7) % 97) / 97.0f;
+    v[i % kD] += 10.0f;
+    return v;
+  };
+  std::vector<Point> batch;
+  for (uint64_t i = 0; i < kN; ++i) batch.push_back(Point{PointId(i), vec(i), "", ""});
+  ASSERT_TRUE((*created)->Upsert(batch).ok());  // one batch: one seal takes it all
+  // Sealed: graph, codes (kD bytes a point) and ids, about 600 bytes a point
+  // here; with the floats 4 x kD more.
+  CollectionInfo info;
+  for (int i = 0; i < 300; ++i) {
+    auto got = (*created)->Info();
+    ASSERT_TRUE(got.ok()) << got.status();
+    info = *got;
+    if (info.sealed_segments == 1 && info.unindexed_points == 0 && info.index_memory_bytes >= kN * 5 * kD) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(info.sealed_segments, 1u);
+  EXPECT_EQ(info.points, kN);
+  EXPECT_GE(info.index_memory_bytes, kN * 5 * kD) << "the sealed segment's floats are in memory";
+  SearchParams sp;
+  sp.k = 1;
+  auto hits = (*created)->Search(vec(7), sp);
+  ASSERT_TRUE(hits.ok()) << hits.status();
+  ASSERT_EQ(hits->size(), 1u);
+  EXPECT_EQ((*hits)[0].id, PointId(uint64_t{7}));
+}
+
 // A node's memory limit holds in a cluster too: the node holding the one
 // replica admits each upsert, proposed there directly or sent by a node that
 // routes it, and refuses it with RESOURCE_EXHAUSTED and nothing written once

@@ -28,7 +28,8 @@ std::string ConfigToJson(const CollectionConfig& c) {
                 {"pq_nbits", c.index.pq_nbits},
                 {"rerank_factor", c.index.rerank_factor},
                 {"hnsw_int8", c.index.hnsw_int8},
-                {"device", std::string(DeviceName(c.index.device))}};
+                {"device", std::string(DeviceName(c.index.device))},
+                {"pq_tables", std::string(PqTablesName(c.index.pq_tables))}};
   Json p = Json::array();
   for (const auto& f : c.payload_indexes) {
     p.push_back({{"field", f.field}, {"type", std::string(PayloadTypeName(f.type))}});
@@ -65,6 +66,7 @@ absl::StatusOr<CollectionConfig> ConfigFromJson(std::string_view text) {
       // Collections created before the option walk on floats, as they did.
       c.index.hnsw_int8 = ix.value("hnsw_int8", false);
       CAIRN_ASSIGN_OR_RETURN(c.index.device, ParseDevice(ix.value("device", std::string("auto"))));
+      CAIRN_ASSIGN_OR_RETURN(c.index.pq_tables, ParsePqTables(ix.value("pq_tables", std::string("auto"))));
     }
     if (j.contains("payload_indexes")) {
       for (const auto& p : j["payload_indexes"]) {
@@ -151,6 +153,7 @@ absl::Status CheckConfigUpdate(const CollectionConfig& c, const CollectionConfig
   if (update.index.pq_nbits != c.index.pq_nbits) return fixed("index.pq_nbits");
   if (update.index.hnsw_int8 != c.index.hnsw_int8) return fixed("index.hnsw_int8");
   if (update.index.device != c.index.device) return fixed("index.device");
+  if (update.index.pq_tables != c.index.pq_tables) return fixed("index.pq_tables");
   if (update.payload_indexes.size() != c.payload_indexes.size()) return fixed("payload_indexes");
   for (size_t i = 0; i < c.payload_indexes.size(); ++i) {
     if (update.payload_indexes[i].field != c.payload_indexes[i].field ||

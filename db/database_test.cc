@@ -243,6 +243,7 @@ TEST_F(DatabaseTest, UpdateConfigChangesTunablesPersistsAndRefusesFixedFields) {
            {"index.hnsw_m", [](CollectionConfig& x) { x.index.hnsw_m = 16; }},
            {"index.hnsw_int8", [](CollectionConfig& x) { x.index.hnsw_int8 = !x.index.hnsw_int8; }},
            {"index.device", [](CollectionConfig& x) { x.index.device = Device::kCpu; }},
+           {"index.pq_tables", [](CollectionConfig& x) { x.index.pq_tables = PqTables::kOn; }},
            {"num_shards", [](CollectionConfig& x) { x.num_shards = 2; }},
            {"replication_factor", [](CollectionConfig& x) { x.replication_factor = 3; }},  // a cluster's
            {"payload_indexes", [](CollectionConfig& x) { x.payload_indexes.push_back({"a", PayloadType::kBool}); }}}) {
@@ -330,6 +331,38 @@ TEST_F(DatabaseTest, HnswInt8PersistsAndOlderConfigsReadAsOff) {
   EXPECT_TRUE(Get("on")->config().index.hnsw_int8);
   EXPECT_FALSE(Get("off")->config().index.hnsw_int8);
   EXPECT_FALSE(Get("old")->config().index.hnsw_int8);
+}
+
+// pq_tables persists, a collection.json without it reads as auto, and an
+// unknown value is refused at open.
+TEST_F(DatabaseTest, PqTablesPersistAndOlderConfigsReadAsAuto) {
+  OpenDb();
+  CollectionConfig on = Config(8, Metric::kL2, IndexType::kIvfPq);
+  EXPECT_EQ(on.index.pq_tables, PqTables::kAuto);
+  on.index.pq_tables = PqTables::kOn;
+  CollectionConfig off = on;
+  off.index.pq_tables = PqTables::kOff;
+  ASSERT_NE(Create("on", on), nullptr);
+  ASSERT_NE(Create("off", off), nullptr);
+  ASSERT_NE(Create("old", on), nullptr);
+  CloseDb();
+  const std::string path = dir_ + "/collections/old/collection.json";
+  auto text = storage::ReadFile(path);
+  ASSERT_TRUE(text.ok());
+  auto j = nlohmann::json::parse(*text);
+  ASSERT_EQ(j["index"]["pq_tables"], "on");
+  j["index"].erase("pq_tables");
+  ASSERT_TRUE(storage::WriteFileAtomic(path, j.dump()).ok());
+  OpenDb();
+  EXPECT_EQ(Get("on")->config().index.pq_tables, PqTables::kOn);
+  EXPECT_EQ(Get("off")->config().index.pq_tables, PqTables::kOff);
+  EXPECT_EQ(Get("old")->config().index.pq_tables, PqTables::kAuto);
+  CloseDb();
+  j["index"]["pq_tables"] = "sometimes";
+  ASSERT_TRUE(storage::WriteFileAtomic(path, j.dump()).ok());
+  auto bad = Database::Open(dir_, TestOptions());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr("pq_tables")) << bad.status();
 }
 
 // The device choice persists (a collection.json without it reads as auto);

@@ -51,6 +51,22 @@ absl::StatusOr<Device> ParseDevice(std::string_view name) {
   return absl::InvalidArgumentError(absl::StrCat("unknown device \"", std::string(name), "\" (auto, cpu, gpu)"));
 }
 
+std::string_view PqTablesName(PqTables t) {
+  switch (t) {
+    case PqTables::kAuto: return "auto";
+    case PqTables::kOn: return "on";
+    case PqTables::kOff: return "off";
+  }
+  return "?";
+}
+
+absl::StatusOr<PqTables> ParsePqTables(std::string_view name) {
+  for (PqTables t : {PqTables::kAuto, PqTables::kOn, PqTables::kOff}) {
+    if (PqTablesName(t) == name) return t;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown pq_tables \"", std::string(name), "\" (auto, on, off)"));
+}
+
 absl::StatusOr<Metric> ParseMetric(std::string_view name) {
   for (Metric m : {Metric::kL2, Metric::kInnerProduct, Metric::kCosine}) {
     if (MetricName(m) == name) return m;

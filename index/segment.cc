@@ -592,17 +592,19 @@ void AddRows(faiss::Index* idx, const float* x, size_t n, Metric metric, const s
 //   out (Cairn's IVF-Flat scan and GPU copy read them).
 // - IVF-PQ (L2) keeps FAISS's precomputed distance tables, nlist x M x 256
 //   floats, only in a sealed segment where they cost at most an eighth of
-//   its codes: they save a list's residual table (about 14% of a search's
+//   its codes (IndexSpec::pq_tables kAuto; kOn: in every sealed segment,
+//   kOff: in none): they save a list's residual table (about 14% of a search's
 //   time with lists of ~3,000 points) at m KiB a list, which is 10 bytes a
 //   vector at 10M points and nlist 3,162, m 32 (a third of the codes), and
 //   more than the codes in a 500k-point segment.
-void FitIvfIndex(faiss::Index* idx, IndexType type, bool sealed) {
+void FitIvfIndex(faiss::Index* idx, IndexType type, PqTables pq_tables, bool sealed) {
   auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx);
   if (ivf == nullptr) return;
   if (auto* pq = dynamic_cast<faiss::IndexIVFPQ*>(ivf)) {
     const uint64_t table = static_cast<uint64_t>(pq->nlist) * pq->pq.M * pq->pq.ksub * sizeof(float);
+    const bool cheap = table * 8 <= static_cast<uint64_t>(pq->ntotal) * pq->code_size;
     const bool tables = sealed && pq->by_residual && pq->metric_type == faiss::METRIC_L2 &&
-                        table * 8 <= static_cast<uint64_t>(pq->ntotal) * pq->code_size;
+                        (pq_tables == PqTables::kOn || (pq_tables == PqTables::kAuto && cheap));
     if (!tables) {
       pq->use_precomputed_table = 0;  // each probed list's table from its residual
       pq->precomputed_table.resize(0);
@@ -618,13 +620,14 @@ void FitIvfIndex(faiss::Index* idx, IndexType type, bool sealed) {
 
 // A streamed build reads its vectors about this many bytes at a time.
 constexpr size_t kStreamChunkBytes = 8 << 20;
-// An HNSW segment whose vectors are on disk re-ranks the best k x this of
-// its walk's ef candidates (all ef while the vectors are in memory). On
-// 200k x 768 cosine (bench/ann, 2 threads), re-ranking 2k, 3k or 4k of them
-// instead of all ef lost at most 0.0001 of recall@10 at ef 32 to 128, and
+// An HNSW segment that walks on its codes re-ranks the best k x this of its
+// walk's ef candidates, from its vector file or from the floats in memory
+// (the same candidates either way: answers do not depend on where the floats
+// are). On 200k x 768 cosine (bench/ann, 2 threads), re-ranking 2k, 3k or 4k
+// of them instead of all ef lost at most 0.0001 of recall@10 at ef 32 to 128, and
 // each row read costs about 2 us (a pread and its checksum): at ef 128, 2k
 // answered 5,419 queries/s and all ef 3,066.
-constexpr size_t kDiskRerankPerK = 3;
+constexpr size_t kRerankPerK = 3;
 // Rows read back at a time to derive an HNSW segment's codes from its vector
 // file (a sequential read: small chunks cost nothing).
 constexpr size_t kCodeChunkBytes = 1 << 20;
@@ -742,7 +745,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildGrowing(uint32_t dim, Met
                                                    GrowingTrainPoints(spec), " points to train; got ", n));
   }
   CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(spec.type, dim, metric, spec, x, ids, n, threads));
-  FitIvfIndex(seg->index_.get(), seg->type_, false);
+  FitIvfIndex(seg->index_.get(), seg->type_, seg->spec_.pq_tables, false);
   seg->frozen_ = false;
   return seg;
 }
@@ -767,7 +770,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildSealed(uint32_t dim, Metr
   IndexType type = spec.type;
   if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
   CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(type, dim, metric, spec, x, ids, n, threads, adopt));
-  FitIvfIndex(seg->index_.get(), seg->type_, true);
+  FitIvfIndex(seg->index_.get(), seg->type_, seg->spec_.pq_tables, true);
   // From a buffer (a bulk load), HNSW's codes are derived by
   // MoveVectorsToFile once the floats are written out and freed.
   if (adopt == nullptr) seg->BuildSearchCodes();
@@ -816,7 +819,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildStreamed(uint32_t dim, Me
     }
   }));
   CAIRN_RETURN_IF_ERROR(read);
-  FitIvfIndex(idx.get(), spec.type, true);
+  FitIvfIndex(idx.get(), spec.type, spec.pq_tables, true);
   auto seg = std::unique_ptr<Segment>(new Segment(dim, metric, spec.type, spec, std::move(idx)));
   seg->ids_.Assign(ids, n);
   seg->deleted_.assign((n + 63) / 64, 0);
@@ -923,7 +926,7 @@ void Segment::Freeze() {
   std::unique_lock lock(mu_);
   frozen_ = true;
   ids_.ShrinkToFit();
-  FitIvfIndex(index_.get(), type_, true);
+  FitIvfIndex(index_.get(), type_, spec_.pq_tables, true);
 }
 
 bool Segment::WalksOnCodes() const {
@@ -1037,7 +1040,7 @@ absl::Status Segment::Search(const float* queries, size_t nq, const SegmentSearc
     hq.allowed = params.allowed;
     hq.allowed_fraction = allowed_fraction;
     hq.ef = want_ef;
-    hq.k = rerank ? std::min(std::max<size_t>(k, static_cast<size_t>(want_ef)), kDiskRerankPerK * k) : k;
+    hq.k = rerank ? std::min(std::max<size_t>(k, static_cast<size_t>(want_ef)), kRerankPerK * k) : k;
     std::mutex failed_mu;
     absl::Status failed;
     auto one = [&](size_t q) {
@@ -1896,7 +1899,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
                                                        const IndexSpec* defaults) {
   CAIRN_ASSIGN_OR_RETURN(auto seg, Read(path, defaults));
   seg->frozen_ = true;
-  FitIvfIndex(seg->index_.get(), seg->type_, true);
+  FitIvfIndex(seg->index_.get(), seg->type_, seg->spec_.pq_tables, true);
   seg->BuildSearchCodes();
   return seg;
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "index/hnsw_search.h"
 #include "storage/file_util.h"
@@ -757,16 +758,19 @@ TEST_F(SegmentTest, BuildingAndOpeningHoldTheVectorsOnce) {
 
 // An IVF-PQ segment keeps FAISS's precomputed distance tables (for L2,
 // nlist x M x ksub floats) only where they cost at most an eighth of its
-// codes, and its memory counts them then; a reopened segment decides alike.
+// codes (IndexSpec::pq_tables kAuto; kOn always, kOff never), and its memory
+// counts them then; a reopened segment decides alike.
 TEST_F(SegmentTest, IvfPqKeepsDistanceTablesOnlyWhereTheyAreCheap) {
   struct Case {
     size_t n, lists;
+    PqTables setting;
     bool tables;
   };
   // 4-bit codes (quick to train), 4 bytes a point. 20,000 points in 64
   // lists: tables of 32 KiB for 80 KB of codes; in 8 lists: 4 KiB.
-  for (const Case c : {Case{20000, 64, false}, Case{20000, 8, true}}) {
-    SCOPED_TRACE(c.n);
+  for (const Case c : {Case{20000, 64, PqTables::kAuto, false}, Case{20000, 8, PqTables::kAuto, true},
+                       Case{20000, 64, PqTables::kOn, true}, Case{20000, 8, PqTables::kOff, false}}) {
+    SCOPED_TRACE(absl::StrCat(c.lists, " lists, pq_tables ", static_cast<int>(c.setting), " (0 auto, 1 on, 2 off)"));
     constexpr size_t kM = 8, kBits = 4, kCode = kM * kBits / 8;
     const Dataset d = MakeClustered(c.n, kQueries, kDim, TestSeed() + 9);
     IndexSpec spec;
@@ -775,6 +779,7 @@ TEST_F(SegmentTest, IvfPqKeepsDistanceTablesOnlyWhereTheyAreCheap) {
     spec.pq_m = kM;
     spec.pq_nbits = kBits;
     spec.nprobe = 2;
+    spec.pq_tables = c.setting;
     auto seg = Segment::Build(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), c.n, 2);
     ASSERT_TRUE(seg.ok()) << seg.status();
     ASSERT_EQ((*seg)->type(), IndexType::kIvfPq);
@@ -788,7 +793,7 @@ TEST_F(SegmentTest, IvfPqKeepsDistanceTablesOnlyWhereTheyAreCheap) {
 
     const std::string path = Path("tables.cseg");
     ASSERT_TRUE((*seg)->Save(path).ok());
-    auto loaded = Segment::Load(path);
+    auto loaded = Segment::Load(path, &spec);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     EXPECT_EQ((*loaded)->MemoryBytes(), (*seg)->MemoryBytes());
     SegmentSearchParams p{.k = kK};

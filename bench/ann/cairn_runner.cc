@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
   if (!a.count("--base") || !a.count("--queries") || !a.count("--gt")) {
     std::fprintf(stderr, "usage: cairn_runner --dataset NAME --base B.npy --queries Q.npy --gt GT.npy [--metric l2|ip|cosine]\n"
                          "  [--index hnsw|ivf_flat|ivf_pq|ivf_sq8|hnsw_sq] [--m 32] [--ef-construction 100] [--nlist N] [--pq-m M]\n"
-                         "  [--rerank F]\n"
+                         "  [--rerank F] [--pq-tables auto|on|off]\n"
                          "  [--sweep 16,32,64] [--threads 1] [--max-queries N] [--data-dir DIR] [--filtered DIR]\n"
                          "  [--grpc 1,2] [--cairnd PATH] [--buckets 500,100,10,1] [--reuse 1] [--embedded 0]\n"
                          "  [--vectors-in-memory SHARE]\n");
@@ -215,6 +215,11 @@ int main(int argc, char** argv) {
   if (a.count("--nlist")) config.index.nlist = std::atoi(get("--nlist").c_str());
   if (a.count("--pq-m")) config.index.pq_m = std::atoi(get("--pq-m").c_str());
   if (a.count("--rerank")) config.index.rerank_factor = std::atoi(get("--rerank").c_str());
+  if (a.count("--pq-tables")) {
+    auto t = cairn::ParsePqTables(get("--pq-tables"));
+    if (!t.ok()) Die(t.status().ToString());
+    config.index.pq_tables = *t;
+  }
   config.index.hnsw_int8 = get("--hnsw-int8", "1") != "0";
   config.payload_indexes = {{"bucket", cairn::PayloadType::kInteger}};
   config.seal_threshold = std::max<uint64_t>(1000, n);
@@ -225,7 +230,10 @@ int main(int argc, char** argv) {
                                                               : cairn::DatabaseOptions().hnsw_vectors_memory_share;
   std::string index_desc = ivf ? absl::StrCat(index_name, "(nlist=", config.index.nlist,
                                               index_name == "ivf_pq" ? absl::StrCat(",m=", config.index.pq_m, ",rerank=",
-                                                                                    config.index.rerank_factor)
+                                                                                    config.index.rerank_factor,
+                                                                                    config.index.pq_tables == cairn::PqTables::kAuto
+                                                                                        ? ""
+                                                                                        : absl::StrCat(",tables=", std::string(cairn::PqTablesName(config.index.pq_tables))))
                                                                      : "",
                                               ")")
                                : absl::StrCat(index_name, "(M=", config.index.hnsw_m, ",efC=", config.index.ef_construction,
