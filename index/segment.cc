@@ -1392,7 +1392,7 @@ absl::Status Segment::MoveVectorsToFile(const std::string& path) {
 }
 
 uint64_t Segment::FileVectorBytes() const {
-  if (!WalksOnCodes() || vector_file_.load() == nullptr) return 0;
+  if (!WalksOnCodes() || vector_file_.load() == nullptr || load_failed_.load()) return 0;
   std::shared_lock lock(mu_);
   if (!vectors_on_disk_.load() || codes_ == nullptr) return 0;
   return uint64_t{ids_.size()} * dim_ * sizeof(float);
@@ -1407,8 +1407,12 @@ absl::Status Segment::LoadVectorsFromFile() {
   std::vector<uint8_t> floats(n * dim_ * sizeof(float));
   const size_t rows_per_chunk = std::max<size_t>(1, kCodeChunkBytes / (sizeof(float) * dim_));
   for (size_t first = 0; first < n; first += rows_per_chunk) {
-    CAIRN_RETURN_IF_ERROR(file->ReadRange(first, std::min(rows_per_chunk, n - first),
-                                          reinterpret_cast<float*>(floats.data()) + first * dim_));
+    absl::Status read = file->ReadRange(first, std::min(rows_per_chunk, n - first),
+                                        reinterpret_cast<float*>(floats.data()) + first * dim_);
+    if (!read.ok()) {
+      load_failed_.store(true);  // not tried again: the file serves its good rows, storage the rest
+      return read;
+    }
   }
   std::unique_lock lock(mu_);
   if (!vectors_on_disk_.load() || vector_file_.load() != file) return absl::OkStatus();  // raced: nothing to do

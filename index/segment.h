@@ -236,13 +236,13 @@ class Segment {
 
   // For an HNSW segment whose floats are in its vector file (MoveVectorsToFile,
   // or a segment loaded or built so): the bytes LoadVectorsFromFile would
-  // bring into memory; 0 for any other segment.
+  // bring into memory; 0 for any other segment, and once a load failed.
   uint64_t FileVectorBytes() const;
   // Reads the floats back from the vector file into memory, keeping the file
   // attached: searches then re-rank from memory (no reads) until
   // ReleaseVectors. Searches go on meanwhile, from the file. DataLoss when a
-  // row is damaged (the segment stays as it was); FailedPrecondition when
-  // FileVectorBytes() is 0.
+  // row is damaged (the segment stays as it was, and is not loaded again);
+  // FailedPrecondition when FileVectorBytes() is 0.
   absl::Status LoadVectorsFromFile();
   // Frees floats that LoadVectorsFromFile brought in (their file stays
   // attached): the bytes freed, 0 when there were none.
@@ -377,6 +377,7 @@ class Segment {
   // An HNSW segment whose floats are in its vector file and not in memory
   // (MoveVectorsToFile, ReleaseVectors; LoadVectorsFromFile clears it).
   std::atomic<bool> vectors_on_disk_{false};
+  std::atomic<bool> load_failed_{false};  // LoadVectorsFromFile met a damaged row
   size_t num_deleted_ = 0;
   bool frozen_ = false;
   // The GPU copy, once made; searches read it without locks. gpu_mu_ is held

@@ -544,10 +544,14 @@ TEST_F(NodeTest, IdleGroupsGoQuietAndWakeForWritesAndForALostLeader) {
     }
     return true;
   };
+  // Whether every group was seen quiet at once within kWait (a second look
+  // after the loop could meet a group a late keepalive just woke).
   auto wait_quiet = [&] {
-    const auto deadline = Clock::now() + kWait;
-    while (!all_quiet() && Clock::now() < deadline) std::this_thread::sleep_for(5ms);
-    return all_quiet();
+    for (const auto deadline = Clock::now() + kWait; Clock::now() < deadline;) {
+      if (all_quiet()) return true;
+      std::this_thread::sleep_for(5ms);
+    }
+    return false;
   };
   // Silent for a whole window of 30 ticks (3 election timeouts). On a
   // starved machine a keepalive can come late and wake a group; it must go
