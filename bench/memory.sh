@@ -29,7 +29,11 @@ query=$("${PYTHON:-/usr/bin/python3}" -c "print(','.join(['0.5'] * $dim))")
 rss() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
 metric() { curl -s 127.0.0.1:7961/metrics | awk -v m="$1" 'index($0, m "{") == 1 {s += $2} END {print int(s / 1048576)}'; }
 serve() {  # DIR: starts cairnd on DIR, waits until ready
-  "$bin/cairnd" --data-dir "$1" --listen 127.0.0.1:7960 --http-listen 127.0.0.1:7961 --insecure-no-auth 2>>log &
+  # The sizing model's floor: HNSW floats in their files only (a node with
+  # room also keeps a copy in memory, 4 x DIM bytes a point, which it gives
+  # back under pressure); HNSW_VECTORS_IN_MEMORY_PERCENT=50 measures that.
+  "$bin/cairnd" --data-dir "$1" --listen 127.0.0.1:7960 --http-listen 127.0.0.1:7961 --insecure-no-auth \
+    --hnsw-vectors-in-memory-percent "${HNSW_VECTORS_IN_MEMORY_PERCENT:-0}" 2>>log &
   pid=$!
   for _ in $(seq 300); do curl -sf 127.0.0.1:7961/readyz >/dev/null && return 0; sleep 0.2; done
   echo "cairnd did not start" >&2; cat log >&2; exit 1
