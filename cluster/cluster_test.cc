@@ -418,6 +418,9 @@ TEST_F(ClusterTest, UpsertsPastTheMemoryLimitOfTheReplicasNodeAreRefused) {
     std::vector<float> v(256);
     for (size_t j = 0; j < v.size(); ++j) v[j] = static_cast<float>((i * 31 + j * 7) % 97) / 97.0f;
     v[i % 256] += 10.0f;
+    // The pattern above repeats every 24,832 points (97 x 256); this keeps
+    // each vector its own (point 7's nearest is 7, not a copy of it).
+    v[0] += static_cast<float>(i) * 1e-4f;
     return v;
   };
   absl::Status refused;
