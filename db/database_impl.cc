@@ -95,11 +95,7 @@ class DatabaseImpl final : public Database {
     // background when there is a maintenance thread (searches read the
     // vector files meanwhile), else before Open returns.
     auto keep_vectors = [this] {
-      std::vector<std::shared_ptr<CollectionImpl>> cs;
-      {
-        std::lock_guard g(mu_);
-        for (auto& [n, c] : collections_) cs.push_back(c);
-      }
+      const std::vector<std::shared_ptr<CollectionImpl>> cs = Collections();
       for (auto& c : cs) c->KeepVectorsInMemory();
     };
     if (options_.background_maintenance) {
@@ -250,13 +246,17 @@ class DatabaseImpl final : public Database {
     };
   }
 
+  // The open collections now (a copy of the list, taken under mu_).
+  std::vector<std::shared_ptr<CollectionImpl>> Collections() const {
+    std::lock_guard g(mu_);
+    std::vector<std::shared_ptr<CollectionImpl>> cs;
+    for (const auto& [n, c] : collections_) cs.push_back(c);
+    return cs;
+  }
+
   // What the collections hold now (MemoryBudget's measure).
   MemoryUsage MeasureMemory() const {
-    std::vector<std::shared_ptr<CollectionImpl>> cs;
-    {
-      std::lock_guard g(mu_);
-      for (auto& [n, c] : collections_) cs.push_back(c);
-    }
+    const std::vector<std::shared_ptr<CollectionImpl>> cs = Collections();
     MemoryUsage u;
     u.storage_bytes = kv_memory_->BlockCacheBytes();  // shared: the collections report their memtables
     for (const auto& c : cs) {
@@ -275,11 +275,7 @@ class DatabaseImpl final : public Database {
   // Frees the HNSW floats kept in memory beside their files (MemoryBudget's
   // reclaim, before it refuses a write).
   uint64_t ReleaseVectors() const {
-    std::vector<std::shared_ptr<CollectionImpl>> cs;
-    {
-      std::lock_guard g(mu_);
-      for (auto& [n, c] : collections_) cs.push_back(c);
-    }
+    const std::vector<std::shared_ptr<CollectionImpl>> cs = Collections();
     uint64_t freed = 0;
     for (const auto& c : cs) freed += c->ReleaseVectors();
     if (freed > 0) db::ReleaseFreeMemory();
@@ -294,11 +290,7 @@ class DatabaseImpl final : public Database {
       if (stop_) break;
       maint_pending_ = false;
       l.unlock();
-      std::vector<std::shared_ptr<CollectionImpl>> cs;
-      {
-        std::lock_guard g(mu_);
-        for (auto& [n, c] : collections_) cs.push_back(c);
-      }
+      const std::vector<std::shared_ptr<CollectionImpl>> cs = Collections();
       for (auto& c : cs) c->RunMaintenance();
       l.lock();
     }
