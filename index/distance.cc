@@ -174,6 +174,7 @@ DistanceFn InnerProductKernel(SimdLevel level) {
 
 float L2Sqr(const float* a, const float* b, size_t d) { return kL2(a, b, d); }
 float InnerProduct(const float* a, const float* b, size_t d) { return kIp(a, b, d); }
+SimdLevel SupportedSimdLevel() { return Supported(); }
 SimdLevel ActiveSimdLevel() {
   static const SimdLevel level = Choose();
   return level;

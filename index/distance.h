@@ -20,6 +20,8 @@ float L2Sqr(const float* a, const float* b, size_t d);
 float InnerProduct(const float* a, const float* b, size_t d);
 
 SimdLevel ActiveSimdLevel();
+// The best level the CPU supports, whatever CAIRN_SIMD says.
+SimdLevel SupportedSimdLevel();
 const char* SimdLevelName(SimdLevel level);
 
 // The kernels of one level, for tests that compare levels. Falls back to the

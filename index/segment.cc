@@ -41,6 +41,7 @@
 #include "index/gpu/gpu.h"
 #include "index/hnsw_search.h"
 #include "index/ivf_parts.h"
+#include "index/nearest.h"
 #include "storage/file_util.h"
 
 namespace cairn::index {
@@ -121,14 +122,21 @@ class FastFlat final : public faiss::IndexFlat {
     return new Dis(*this);
   }
 
-  // Few queries: scan with the SIMD kernels. Many: FAISS's BLAS path.
+  // Few queries: scan with the SIMD kernels. Many: FAISS's BLAS path, or
+  // for the nearest one alone (an IVF quantizer assigning points, k-means
+  // assigning its training points) sgemm and a SIMD scan (index/nearest.h).
   void search(idx_t n, const float* x, idx_t k, float* distances, idx_t* labels,
               const faiss::SearchParameters* params) const override {
+    const faiss::IDSelector* sel = params ? params->sel : nullptr;
+    if (n >= 20 && k == 1 && sel == nullptr) {
+      NearestCentroids(x, static_cast<size_t>(n), get_xb(), static_cast<size_t>(ntotal), static_cast<size_t>(d),
+                       metric_type == faiss::METRIC_L2, labels, distances);
+      return;
+    }
     if (n >= 20) {
       faiss::IndexFlat::search(n, x, k, distances, labels, params);
       return;
     }
-    const faiss::IDSelector* sel = params ? params->sel : nullptr;
     const bool l2 = metric_type == faiss::METRIC_L2;
     const float* xb = get_xb();
     const size_t dim = static_cast<size_t>(d);
@@ -205,6 +213,18 @@ void UseFastStorage(faiss::IndexHNSW* hnsw) {
   if (hnsw->own_fields) delete hnsw->storage;
   hnsw->storage = fast.release();
   hnsw->own_fields = true;
+}
+
+// Gives an IVF index over a flat quantizer a FastFlat quantizer (its
+// centroids moved, not copied): later adds assign their points through it.
+void UseFastQuantizer(faiss::IndexIVF* ivf) {
+  auto* flat = dynamic_cast<faiss::IndexFlat*>(ivf->quantizer);
+  if (flat == nullptr || dynamic_cast<FastFlat*>(flat) != nullptr) return;
+  auto fast = ToFastFlat(flat);
+  fast->is_trained = flat->is_trained;
+  if (ivf->own_fields) delete ivf->quantizer;
+  ivf->quantizer = fast.release();
+  ivf->own_fields = true;
 }
 
 // HNSW construction distances between the int8 code rows of an Int8Codes,
@@ -350,7 +370,7 @@ std::unique_ptr<faiss::Index> MakeIndex(uint32_t dim, Metric metric, IndexType t
       break;
   }
   size_t nlist = std::max<size_t>(1, std::min<size_t>(spec.nlist, n / 39));
-  auto* quantizer = new faiss::IndexFlat(dim, mt);
+  auto* quantizer = new FastFlat(dim, mt);
   std::unique_ptr<faiss::IndexIVF> ivf;
   if (type == IndexType::kIvfFlat) {
     ivf = std::make_unique<faiss::IndexIVFFlat>(quantizer, dim, nlist, mt);
@@ -1877,6 +1897,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Read(const std::string& path,
   }
   if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) UseFastStorage(h);
   if (auto* f = dynamic_cast<faiss::IndexFlat*>(idx.get())) idx = ToFastFlat(f);
+  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(idx.get())) UseFastQuantizer(ivf);
   IndexSpec spec = defaults ? *defaults : IndexSpec();
   spec.type = static_cast<IndexType>(type);
   if (auto* h = dynamic_cast<faiss::IndexHNSW*>(idx.get())) {
