@@ -1,6 +1,7 @@
 // Collection::BeginBulkLoad: the offline fast path must end with exactly the
 // data that the same points upserted one batch at a time give.
 #include <filesystem>
+#include <set>
 
 #include "db/test_util.h"
 #include "storage/rss_test_util.h"
@@ -12,6 +13,7 @@ using testing_util::Clustered;
 using testing_util::Config;
 using testing_util::DbTest;
 using testing_util::Pt;
+using testing_util::ParseFilter;
 using testing_util::Row;
 
 constexpr uint32_t kDim = 16;
@@ -205,6 +207,75 @@ TEST_F(BulkPeakTest, AnHnswBulkLoadHoldsNoSegmentOfFloats) {
   const double floats = kRows * kD * sizeof(float);
   EXPECT_GT(on_floats, floats);
   EXPECT_LT(on_codes, on_floats - 0.6 * floats) << "the load held the segment's floats";
+}
+
+// An IVF-Flat load large enough to train (one segment): its lists hold the
+// exact vectors, and the scans that read vectors by id (a selective filter's
+// exact scan, compaction's rebuild) must get those, not zeros. (The load
+// once gave such a segment a vector file written before its points reached
+// storage: every row zero.)
+TEST_F(DbTest, AnIvfFlatBulkLoadScansAndCompactsItsRealVectors) {
+  OpenDb();
+  CollectionConfig cfg = LoadConfig(IndexType::kIvfFlat, 1);
+  cfg.index.nlist = 16;
+  auto c = Create("ivf", cfg);
+  ASSERT_NE(c, nullptr);
+  const size_t n = 6000;
+  const auto x = Clustered(n, kDim, testing_util::TestSeed() + 5);
+  auto group = [](size_t i) { return static_cast<int>(i % 500); };
+  {
+    auto loader = c->BeginBulkLoad();
+    ASSERT_TRUE(loader.ok()) << loader.status();
+    std::vector<Point> pts;
+    for (size_t i = 0; i < n; ++i) {
+      pts.push_back(Pt(PointId(uint64_t{i}), Row(x, i, kDim), "{\"group\":" + std::to_string(group(i)) + "}"));
+    }
+    ASSERT_TRUE((*loader)->Add(pts).ok());
+    ASSERT_TRUE((*loader)->Finish().ok());
+  }
+  ASSERT_EQ(c->Info()->sealed_segments, 1u);
+  std::set<size_t> deleted;
+  auto check = [&](const std::string& stage) {
+    SCOPED_TRACE(stage);
+    // 12 points match: the filter's exact scan scores them by id.
+    Filter f = ParseFilter(R"({"must": [{"key": "group", "match": {"value": 7}}]})");
+    for (size_t q : {size_t{3}, size_t{1234}, size_t{5999}}) {
+      const auto query = Row(x, q, kDim);
+      auto keep = [&](size_t i) { return group(i) == 7 && !deleted.count(i); };
+      const auto truth = testing_util::BruteForce(Metric::kL2, x, kDim, query.data(), 5, keep);
+      auto hits = c->Search(query, {.k = 5, .filter = &f});
+      ASSERT_TRUE(hits.ok()) << hits.status();
+      ASSERT_EQ(hits->size(), truth.size());
+      for (size_t j = 0; j < truth.size(); ++j) {
+        EXPECT_EQ((*hits)[j].id, PointId(uint64_t{truth[j].second})) << "query " << q << " rank " << j;
+        EXPECT_NEAR((*hits)[j].score, truth[j].first, 1e-3f * (1 + truth[j].first));
+      }
+    }
+    // Every point left is its own nearest, at distance 0.
+    for (size_t i = 1; i < n; i += 97) {
+      if (deleted.count(i)) continue;
+      auto hit = c->Search(Row(x, i, kDim), {.k = 1, .nprobe = 16});
+      ASSERT_TRUE(hit.ok() && hit->size() == 1) << i;
+      EXPECT_EQ((*hit)[0].id, PointId(uint64_t{i}));
+      EXPECT_NEAR((*hit)[0].score, 0.0f, 1e-4f);
+    }
+  };
+  check("loaded");
+  // A third deleted, then a forced compaction rebuilds the segment from the
+  // vectors of the points left.
+  std::vector<PointId> doomed;
+  for (size_t i = 0; i < n; i += 3) {
+    doomed.emplace_back(uint64_t{i});
+    deleted.insert(i);
+  }
+  ASSERT_EQ(*c->Delete(doomed), doomed.size());
+  ASSERT_TRUE(c->Compact(true).ok());
+  check("compacted");
+  c.reset();
+  OpenDb();
+  c = Get("ivf");
+  ASSERT_NE(c, nullptr);
+  check("reopened");
 }
 
 TEST_F(DbTest, BulkLoadNeedsAnEmptyCollectionAndBlocksWrites) {

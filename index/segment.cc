@@ -791,6 +791,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::BuildSealed(uint32_t dim, Metr
   if (IsTrained(type) && n < kMinTrainPoints) type = IndexType::kFlat;
   CAIRN_ASSIGN_OR_RETURN(auto seg, BuildOf(type, dim, metric, spec, x, ids, n, threads, adopt));
   FitIvfIndex(seg->index_.get(), seg->type_, seg->spec_.pq_tables, true);
+  seg->MapListRows();
   // From a buffer (a bulk load), HNSW's codes are derived by
   // MoveVectorsToFile once the floats are written out and freed.
   if (adopt == nullptr) seg->BuildSearchCodes();
@@ -947,6 +948,7 @@ void Segment::Freeze() {
   frozen_ = true;
   ids_.ShrinkToFit();
   FitIvfIndex(index_.get(), type_, spec_.pq_tables, true);
+  MapListRows();
 }
 
 bool Segment::WalksOnCodes() const {
@@ -1350,7 +1352,33 @@ const faiss::Index* Segment::FlatStorage() const {
 
 bool Segment::HasExactVectors() const {
   return type_ == IndexType::kFlat ||
-         (type_ == IndexType::kHnsw && !vectors_on_disk_.load(std::memory_order_acquire));
+         (type_ == IndexType::kHnsw && !vectors_on_disk_.load(std::memory_order_acquire)) ||
+         list_rows_ready_.load(std::memory_order_acquire);
+}
+
+void Segment::MapListRows() {
+  if (type_ != IndexType::kIvfFlat || list_rows_ready_.load()) return;
+  const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get());
+  const auto* lists = ivf != nullptr ? dynamic_cast<const faiss::ArrayInvertedLists*>(ivf->invlists) : nullptr;
+  if (lists == nullptr || static_cast<size_t>(ivf->ntotal) != ids_.size()) return;
+  std::vector<const float*> rows(ids_.size(), nullptr);
+  for (size_t l = 0; l < lists->nlist; ++l) {
+    const std::vector<idx_t>& positions = lists->ids[l];
+    const uint8_t* codes = lists->codes[l].data();
+    for (size_t j = 0; j < positions.size(); ++j) {
+      const idx_t p = positions[j];
+      if (p < 0 || static_cast<size_t>(p) >= rows.size() || rows[static_cast<size_t>(p)] != nullptr) return;
+      rows[static_cast<size_t>(p)] = reinterpret_cast<const float*>(codes + j * lists->code_size);
+    }
+  }
+  if (std::find(rows.begin(), rows.end(), nullptr) != rows.end()) return;
+  list_rows_ = std::move(rows);
+  list_rows_ready_.store(true, std::memory_order_release);
+}
+
+const float* Segment::FloatBaseLocked() const {
+  if (!FloatsHeldLocked()) return nullptr;
+  return static_cast<const faiss::IndexFlat*>(FlatStorage())->get_xb();
 }
 
 bool Segment::ScoresAreExact() const {
@@ -1461,16 +1489,15 @@ uint64_t Segment::ReleaseVectors() {
 
 void Segment::CopyVectors(absl::Span<const uint64_t> sorted_ids, float* out, std::vector<bool>* found) const {
   std::shared_lock lock(mu_);
-  if (type_ != IndexType::kFlat && (type_ != IndexType::kHnsw || !FloatsHeldLocked())) return;
-  const auto* flat = static_cast<const faiss::IndexFlat*>(FlatStorage());
-  const float* xb = flat->get_xb();
+  const float* base = FloatBaseLocked();
+  if (base == nullptr && list_rows_.empty()) return;
   size_t p = 0;
   for (size_t i = 0; i < sorted_ids.size() && p < ids_.size(); ++i) {
     const uint64_t id = sorted_ids[i];
     if (id < ids_[p]) continue;
     if (ids_[p] != id) p = ids_.LowerBound(id);
     if (p == ids_.size() || ids_[p] != id) continue;
-    std::memcpy(out + i * dim_, xb + p * dim_, dim_ * sizeof(float));
+    std::memcpy(out + i * dim_, RowLocked(p, base), dim_ * sizeof(float));
     (*found)[i] = true;
   }
 }
@@ -1506,9 +1533,8 @@ absl::Status Segment::SearchExact(const float* queries, size_t nq,
 bool Segment::ScoreIds(const float* query, absl::Span<const uint64_t> ids,
                        std::vector<std::pair<float, uint64_t>>* out) const {
   std::shared_lock lock(mu_);
-  const auto* flat = dynamic_cast<const faiss::IndexFlat*>(FlatStorage());
-  if (flat == nullptr || !FloatsHeldLocked()) return false;
-  const float* xb = flat->get_xb();
+  const float* base = FloatBaseLocked();
+  if (base == nullptr && list_rows_.empty()) return false;
   if (ids_.empty()) return true;
   out->reserve(out->size() + ids.size());
   // `ids` ascend, like ids_: walk both once (position = id - first when the
@@ -1528,9 +1554,9 @@ bool Segment::ScoreIds(const float* query, absl::Span<const uint64_t> ids,
     }
     if ((deleted_[p >> 6] >> (p & 63)) & 1) continue;
     if (dense && i + 1 < ids.size() && ids[i + 1] >= first && ids[i + 1] - first < ids_.size()) {
-      __builtin_prefetch(xb + (ids[i + 1] - first) * dim_);
+      __builtin_prefetch(RowLocked(static_cast<size_t>(ids[i + 1] - first), base));
     }
-    out->emplace_back(Score(metric_, query, xb + p * dim_, dim_), id);
+    out->emplace_back(Score(metric_, query, RowLocked(p, base), dim_), id);
   }
   return true;
 }
@@ -1646,7 +1672,7 @@ uint64_t Segment::max_id() const {
 
 uint64_t Segment::MemoryBytes() const {
   std::shared_lock lock(mu_);
-  uint64_t bytes = ids_.MemoryBytes() + deleted_.size() * 8;
+  uint64_t bytes = ids_.MemoryBytes() + deleted_.size() * 8 + list_rows_.capacity() * sizeof(const float*);
   if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(index_.get())) {
     bytes += h->hnsw.neighbors.size() * sizeof(faiss::HNSW::storage_idx_t) +
              h->hnsw.offsets.size() * sizeof(size_t) + h->hnsw.levels.size() * sizeof(int) +
@@ -1765,7 +1791,9 @@ absl::Status Segment::Save(const std::string& path, SavedExtent* extent) const {
                                            "(ReleaseVectors first)");
     }
   }
-  CAIRN_ASSIGN_OR_RETURN(auto file, storage::SyncedFile::Create(path));
+  // Read back only by a later open (the index is in memory): around the
+  // page cache.
+  CAIRN_ASSIGN_OR_RETURN(auto file, storage::SyncedFile::Create(path, storage::SyncedFile::Cache::kBypass));
   std::string header;
   uint64_t faiss_bytes = 0;
   StreamWriter writer(file.get());
@@ -1925,6 +1953,7 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Load(const std::string& path,
   CAIRN_ASSIGN_OR_RETURN(auto seg, Read(path, defaults));
   seg->frozen_ = true;
   FitIvfIndex(seg->index_.get(), seg->type_, seg->spec_.pq_tables, true);
+  seg->MapListRows();
   seg->BuildSearchCodes();
   return seg;
 }

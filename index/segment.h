@@ -258,7 +258,7 @@ class Segment {
   absl::Status SearchExact(const float* queries, size_t nq, const SegmentSearchParams& params,
                            float* scores, int64_t* ids) const;
   // Whether the full-precision vectors are in memory (Flat; HNSW until
-  // MoveVectorsToFile).
+  // MoveVectorsToFile; a frozen IVF-Flat segment, in its lists).
   bool HasExactVectors() const;
   // Whether Search returns exact scores: Flat, IVF-Flat, and HNSW (with its
   // vectors in memory, or re-ranking from its vector file and raw_rows).
@@ -341,6 +341,19 @@ class Segment {
   bool WalksOnCodes() const;
   // Flat, or HNSW whose storage still holds the floats. REQUIRES: mu_ held.
   bool FloatsHeldLocked() const;
+  // Maps a frozen IVF-Flat segment's positions to their rows in its lists
+  // (list_rows_); leaves other segments, and lists that are not one row per
+  // position, unmapped. REQUIRES: mu_ held exclusively, or the segment not
+  // yet shared.
+  void MapListRows();
+  // The floats of every position, in one block (Flat, HNSW holding them),
+  // else nullptr. REQUIRES: mu_ held.
+  const float* FloatBaseLocked() const;
+  // The row at position p: from `base` (FloatBaseLocked) when not null,
+  // else from the lists. REQUIRES: mu_ held; base or list_rows_ set.
+  const float* RowLocked(size_t p, const float* base) const {
+    return base != nullptr ? base + p * dim_ : list_rows_[p];
+  }
   // Scores the walk's candidates (positions) with their rows from `base`
   // (the floats in memory) when given, else from `file` and the rest from
   // `raw` (either may be null), and sorts them best first. REQUIRES: mu_
@@ -378,6 +391,11 @@ class Segment {
   // (MoveVectorsToFile, ReleaseVectors; LoadVectorsFromFile clears it).
   std::atomic<bool> vectors_on_disk_{false};
   std::atomic<bool> load_failed_{false};  // LoadVectorsFromFile met a damaged row
+  // A frozen IVF-Flat segment's rows by position, in its lists (which hold
+  // the exact vectors, and do not change once frozen): what CopyVectors and
+  // ScoreIds read. Empty otherwise.
+  std::vector<const float*> list_rows_;
+  std::atomic<bool> list_rows_ready_{false};
   size_t num_deleted_ = 0;
   bool frozen_ = false;
   // The GPU copy, once made; searches read it without locks. gpu_mu_ is held

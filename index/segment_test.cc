@@ -563,6 +563,54 @@ TEST_F(SegmentTest, IvfGrowingStartsFlatAndIsTrainedInPlace) {
             absl::StatusCode::kDataLoss);
 }
 
+// An IVF-Flat segment's lists hold its exact vectors: once frozen (built
+// sealed, loaded, or a growing one frozen) it gives them by id from there,
+// as Flat and HNSW give theirs, so no vector file is written for it.
+TEST_F(SegmentTest, AFrozenIvfFlatSegmentGivesItsVectorsFromItsLists) {
+  IndexSpec spec;
+  spec.type = IndexType::kIvfFlat;
+  spec.nlist = 16;
+  const size_t train = Segment::GrowingTrainPoints(spec);
+  const Dataset d = MakeClustered(train + 300, 1, kDim, TestSeed() + 21);
+  const size_t n = train + 300;
+  auto expect_rows = [&](const Segment& seg, const std::string& what) {
+    SCOPED_TRACE(what);
+    ASSERT_TRUE(seg.HasExactVectors());
+    std::vector<float> out(n * kDim, -7.0f);
+    std::vector<bool> found(n, false);
+    seg.CopyVectors(d.ids, out.data(), &found);
+    for (size_t i = 0; i < n; i += 37) {
+      ASSERT_TRUE(found[i]) << i;
+      for (size_t k = 0; k < kDim; ++k) ASSERT_EQ(out[i * kDim + k], d.x[i * kDim + k]) << i;
+    }
+    std::vector<uint64_t> some = {d.ids[0], d.ids[5], d.ids[n - 1]};
+    std::vector<std::pair<float, uint64_t>> scored;
+    ASSERT_TRUE(seg.ScoreIds(d.queries.data(), some, &scored));
+    ASSERT_EQ(scored.size(), 3u);
+    for (size_t j = 0; j < 3; ++j) {
+      const size_t row = (some[j] - 1000) / 3;
+      EXPECT_NEAR(scored[j].first, RefScore(Metric::kL2, d.queries.data(), &d.x[row * kDim], kDim), 1e-4);
+      EXPECT_EQ(scored[j].second, some[j]);
+    }
+  };
+  auto sealed = Segment::Build(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), n, 2);
+  ASSERT_TRUE(sealed.ok()) << sealed.status();
+  ASSERT_EQ((*sealed)->type(), IndexType::kIvfFlat);
+  expect_rows(**sealed, "built sealed");
+  ASSERT_TRUE((*sealed)->Save(Path("ivf.cseg")).ok());
+  auto loaded = Segment::Load(Path("ivf.cseg"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  expect_rows(**loaded, "loaded");
+  // Growing: its lists still take rows, so it reads them from storage until
+  // frozen.
+  auto growing = Segment::BuildGrowing(kDim, Metric::kL2, spec, d.x.data(), d.ids.data(), train, 2);
+  ASSERT_TRUE(growing.ok()) << growing.status();
+  ASSERT_TRUE((*growing)->Add(d.x.data() + train * kDim, d.ids.data() + train, 300, 2).ok());
+  EXPECT_FALSE((*growing)->HasExactVectors());
+  (*growing)->Freeze();
+  expect_rows(**growing, "growing, then frozen");
+}
+
 TEST_F(SegmentTest, GrowingAddWithNonAscendingIdsFails) {
   IndexSpec spec;
   for (IndexType type : {IndexType::kFlat, IndexType::kHnsw}) {

@@ -216,10 +216,31 @@ uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
   return static_cast<uint32_t>(::crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(length_b)));
 }
 
-absl::StatusOr<std::unique_ptr<SyncedFile>> SyncedFile::Create(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+namespace {
+constexpr size_t kSyncedBuffer = 4 << 20;  // a multiple of every block size O_DIRECT asks to align to
+}  // namespace
+
+void SyncedFile::FreeDeleter::operator()(char* p) const { std::free(p); }
+
+absl::StatusOr<std::unique_ptr<SyncedFile>> SyncedFile::Create(const std::string& path, Cache cache) {
+  constexpr int kFlags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+  int fd = -1;
+  if (cache == Cache::kBypass) {
+    fd = ::open(path.c_str(), kFlags | O_DIRECT, 0644);
+    if (fd < 0 && errno != EINVAL) return ErrnoStatus("create", path);
+  }
+  const bool direct = fd >= 0;
+  if (!direct) fd = ::open(path.c_str(), kFlags, 0644);
   if (fd < 0) return ErrnoStatus("create", path);
-  return std::unique_ptr<SyncedFile>(new SyncedFile(path, fd));
+  auto file = std::unique_ptr<SyncedFile>(new SyncedFile(path, fd));
+  if (direct) {
+    void* block = nullptr;
+    if (::posix_memalign(&block, 4096, kSyncedBuffer) != 0) {
+      return absl::ResourceExhaustedError(absl::StrCat("no memory for the write buffer of ", path));
+    }
+    file->block_.reset(static_cast<char*>(block));
+  }
+  return file;
 }
 
 SyncedFile::~SyncedFile() {
@@ -230,19 +251,60 @@ SyncedFile::~SyncedFile() {
 }
 
 absl::Status SyncedFile::Append(std::string_view data) {
-  constexpr size_t kBuffer = 4 << 20;
   size_ += data.size();
-  if (buf_.size() + data.size() < kBuffer) {
+  return block_ != nullptr ? AppendDirect(data) : AppendBuffered(data);
+}
+
+absl::Status SyncedFile::AppendBuffered(std::string_view data) {
+  if (buf_.size() + data.size() < kSyncedBuffer) {
     buf_.append(data);
     return absl::OkStatus();
   }
   if (absl::Status s = Flush(); !s.ok()) return s;
-  if (data.size() >= kBuffer) return WriteAll(fd_, data, path_);
+  if (data.size() >= kSyncedBuffer) return WriteAll(fd_, data, path_);
   buf_.append(data);
   return absl::OkStatus();
 }
 
+absl::Status SyncedFile::AppendDirect(std::string_view data) {
+  while (!data.empty()) {
+    const size_t take = std::min(kSyncedBuffer - block_used_, data.size());
+    std::memcpy(block_.get() + block_used_, data.data(), take);
+    block_used_ += take;
+    data.remove_prefix(take);
+    if (block_used_ < kSyncedBuffer) break;
+    // A whole block at an offset that is a multiple of the block's size.
+    ssize_t n;
+    do {
+      n = ::write(fd_, block_.get(), kSyncedBuffer);
+    } while (n < 0 && errno == EINTR);
+    if (n == static_cast<ssize_t>(kSyncedBuffer)) {
+      block_used_ = 0;
+      continue;
+    }
+    if (n < 0 && errno == EINVAL) {
+      // The device wants another alignment: on through the cache.
+      CAIRN_RETURN_IF_ERROR(EndDirect());
+      return AppendBuffered(data);
+    }
+    if (n < 0) return ErrnoStatus("write", path_);
+    return absl::InternalError(absl::StrCat("write ", path_, ": a direct write of a whole block was cut short"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SyncedFile::EndDirect() {
+  if (block_ == nullptr) return absl::OkStatus();
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) != 0) return ErrnoStatus("fcntl", path_);
+  absl::Status s = WriteAll(fd_, std::string_view(block_.get(), block_used_), path_);
+  block_.reset();
+  block_used_ = 0;
+  return s;
+}
+
 absl::Status SyncedFile::Flush() {
+  if (absl::Status s = EndDirect(); !s.ok()) return s;
   if (buf_.empty()) return absl::OkStatus();
   absl::Status s = WriteAll(fd_, buf_, path_);
   buf_.clear();

@@ -39,7 +39,14 @@ uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b);
 // directory) by Close. Without a successful Close the file is removed.
 class SyncedFile {
  public:
-  static absl::StatusOr<std::unique_ptr<SyncedFile>> Create(const std::string& path);
+  // kBypass writes the file's whole 4 MiB blocks around the page cache
+  // (O_DIRECT), for large files that are read back only when opened later:
+  // the cache would hold a copy nothing reads (in a container, charged to
+  // its memory limit) and Close's fsync would write it out all the same.
+  // Falls back to kKeep where the file system refuses O_DIRECT. Whatever
+  // follows the last whole block, and every WriteAt, goes through the cache.
+  enum class Cache { kKeep, kBypass };
+  static absl::StatusOr<std::unique_ptr<SyncedFile>> Create(const std::string& path, Cache cache = Cache::kKeep);
   ~SyncedFile();
   SyncedFile(const SyncedFile&) = delete;
   SyncedFile& operator=(const SyncedFile&) = delete;
@@ -51,11 +58,21 @@ class SyncedFile {
   uint64_t size() const { return size_; }
 
  private:
+  struct FreeDeleter {
+    void operator()(char* p) const;
+  };
   SyncedFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   absl::Status Flush();
+  absl::Status AppendBuffered(std::string_view data);
+  // Bypass mode: appends into the aligned block, written when full.
+  absl::Status AppendDirect(std::string_view data);
+  // Leaves bypass mode, writing what the block holds through the cache.
+  absl::Status EndDirect();
   std::string path_;
   int fd_;
   std::string buf_;
+  std::unique_ptr<char, FreeDeleter> block_;  // bypass mode while set
+  size_t block_used_ = 0;
   uint64_t size_ = 0;
   bool closed_ = false;
 };

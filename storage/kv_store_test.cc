@@ -336,6 +336,43 @@ TEST_F(FileUtilTest, LinkOrCopyFile) {
   EXPECT_FALSE(LinkOrCopyFile(Path("missing"), Path("c")).ok());
 }
 
+// Both cache modes write exactly what was appended, across the 4 MiB
+// blocks bypass mode writes around the page cache (a tail after the last
+// whole block, appends larger than a block, a header written back at 0).
+TEST_F(FileUtilTest, SyncedFileWritesWhatWasAppendedInBothCacheModes) {
+  constexpr size_t kBlock = 4 << 20;
+  std::string big(2 * kBlock + 12345, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+  for (auto cache : {SyncedFile::Cache::kKeep, SyncedFile::Cache::kBypass}) {
+    for (size_t total : {size_t{0}, size_t{1}, kBlock - 1, kBlock, kBlock + 1, 2 * kBlock + 12345}) {
+      SCOPED_TRACE(::testing::Message() << (cache == SyncedFile::Cache::kBypass ? "bypass " : "keep ") << total);
+      const std::string path = Path("f");
+      auto f = SyncedFile::Create(path, cache);
+      ASSERT_TRUE(f.ok()) << f.status();
+      // Small pieces, then one large piece, then small ones again.
+      std::string want;
+      size_t at = 0;
+      for (size_t piece : {size_t{3}, size_t{4093}, kBlock + 7, size_t{1}, size_t{65536}, big.size()}) {
+        const size_t take = std::min(piece, total - at);
+        ASSERT_TRUE((*f)->Append(std::string_view(big).substr(at, take)).ok());
+        want.append(big, at, take);
+        at += take;
+      }
+      ASSERT_EQ(want.size(), total);
+      EXPECT_EQ((*f)->size(), total);
+      if (total >= 8) {
+        ASSERT_TRUE((*f)->WriteAt(0, "HEADER!!").ok());
+        want.replace(0, 8, "HEADER!!");
+      }
+      ASSERT_TRUE((*f)->Close().ok());
+      auto got = ReadFile(path);
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ(got->size(), want.size());
+      EXPECT_TRUE(*got == want);
+    }
+  }
+}
+
 TEST(Crc32Test, KnownValues) {
   EXPECT_EQ(Crc32("123456789"), 0xCBF43926u);
   EXPECT_EQ(Crc32(""), 0u);
