@@ -14,6 +14,7 @@
 #include "db/snapshot_dir.h"
 #include "db/key_codec.h"
 #include "db/shard_loader.h"
+#include "index/distance.h"
 #include "index/gpu/gpu.h"
 #include "index/segment.h"
 #include "storage/file_util.h"
@@ -35,6 +36,16 @@ constexpr double kMinCosineNorm = 1e-18;
 // Values `metric` can score: finite, a norm of at most kMaxNorm, and for
 // cosine a direction.
 absl::Status CheckVectorValues(absl::Span<const float> v, std::string_view what, Metric metric) {
+  // The common case in one SIMD pass: a sum of squares that is finite (so is
+  // every value: a non-finite one makes it infinite or NaN) and clear of
+  // both bounds by more than float's rounding over the sum. Anything else
+  // is decided, and explained, by the exact pass below.
+  const double fast = index::InnerProduct(v.data(), v.data(), v.size());
+  constexpr double kMargin = 1e-3;
+  if (std::isfinite(fast) && fast <= kMaxNorm * kMaxNorm * (1 - kMargin) &&
+      (metric != Metric::kCosine || fast >= kMinCosineNorm * kMinCosineNorm * (1 + kMargin))) {
+    return absl::OkStatus();
+  }
   double norm2 = 0;
   for (size_t i = 0; i < v.size(); ++i) {
     if (!std::isfinite(v[i])) {

@@ -722,6 +722,16 @@ TEST_P(BadInputTest, UpsertWithHugeValues) {
   }
   std::vector<float> spread(kDim, 4e18f);  // each value fine, the norm too large
   ExpectUpsertFails(Around(Pt(50, spread)), absl::StatusCode::kInvalidArgument, "large norm");
+  // Either side of the largest norm, where float's rounding of a sum of
+  // squares cannot tell: the exact check decides.
+  const double max_norm = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / 4);
+  std::vector<float> over = Vec(kDim, 0);
+  over[0] = static_cast<float>(max_norm * 1.0001);
+  ExpectUpsertFails(Around(Pt(50, over)), absl::StatusCode::kInvalidArgument, "just over the largest norm");
+  std::vector<float> under = Vec(kDim, 0);
+  under[0] = static_cast<float>(max_norm * 0.9999);
+  ASSERT_TRUE(c_->Upsert({Pt(PointId(uint64_t{301}), under)}).ok());
+  ASSERT_EQ(*c_->Delete({PointId(uint64_t{301})}), 1u);
   std::vector<float> ok = Vec(kDim, 1);
   ok[0] = 1e18f;
   ASSERT_TRUE(c_->Upsert({Pt(PointId(uint64_t{300}), ok)}).ok());

@@ -53,9 +53,7 @@ bool DecodePayloadValue(std::string_view value, std::string_view* payload,
   return true;
 }
 
-std::string EncodeVector(absl::Span<const float> v) {
-  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-}
+std::string EncodeVector(absl::Span<const float> v) { return std::string(VectorBytes(v)); }
 
 uint64_t StableHash(std::string_view bytes) {
   uint64_t h = 14695981039346656037ull;

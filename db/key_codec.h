@@ -30,6 +30,10 @@ bool DecodePayloadValue(std::string_view value, std::string_view* payload,
                         std::string_view* text);
 
 std::string EncodeVector(absl::Span<const float> v);
+// The same bytes, without a copy (valid while v is).
+inline std::string_view VectorBytes(absl::Span<const float> v) {
+  return {reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)};
+}
 
 // Stable across processes and versions (routing depends on it): FNV-1a 64.
 uint64_t StableHash(std::string_view bytes);

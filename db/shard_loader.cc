@@ -56,7 +56,7 @@ absl::Status Shard::Loader::Start() {
 absl::Status Shard::Loader::Add(PreparedPoint p) {
   const uint64_t id = next_id_++;
   const std::string ik = InternalKey(id);
-  CAIRN_RETURN_IF_ERROR(vectors_->Put(ik, EncodeVector(p.vector)));
+  CAIRN_RETURN_IF_ERROR(vectors_->Put(ik, VectorBytes(p.vector)));
   CAIRN_RETURN_IF_ERROR(payloads_->Put(ik, EncodePayloadValue(p.payload_json, p.text)));
   for (auto& key : shard_->payload_index_.KeysFor(p.payload, id)) index_keys_.push_back(std::move(key));
   ids_.emplace_back(std::move(p.ext_key), id);

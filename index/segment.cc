@@ -695,7 +695,7 @@ void PrepareVectors(Metric metric, float* x, size_t n, size_t dim) {
   if (metric != Metric::kCosine) return;
   for (size_t i = 0; i < n; ++i) {
     float* v = x + i * dim;
-    float norm = std::sqrt(faiss::fvec_norm_L2sqr(v, dim));
+    float norm = std::sqrt(InnerProduct(v, v, dim));
     if (norm > 0) {
       float inv = 1.0f / norm;
       for (size_t j = 0; j < dim; ++j) v[j] *= inv;
