@@ -188,6 +188,11 @@ absl::Status Shard::Loader::StartSegment() {
     CAIRN_ASSIGN_OR_RETURN(auto seg, index::Segment::Build(o.dimension, o.metric, o.index, &vecs, ids.data(),
                                                            ids.size(), IndexThreads(o.index_threads)));
     // A lossy one keeps its codes and writes the buffer to its vector file.
+    // The buffer is its only source here: storage holds none of the load's
+    // points until Finish ingests its files.
+    if (vecs.empty() && !seg->HasExactVectors() && !seg->CanMoveVectorsToFile()) {
+      return absl::InternalError("bulk load: a segment that keeps no exact vectors was built without them");
+    }
     CAIRN_ASSIGN_OR_RETURN(std::string vectors,
                            shard_->SaveVectorFile(*seg, file, vecs.empty() ? nullptr : vecs.data()));
     CAIRN_RETURN_IF_ERROR(seg->Save(shard_->SegmentPath(file)));

@@ -13,7 +13,6 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
-#include <faiss/utils/distances.h>
 #include <omp.h>
 
 #include <sys/mman.h>
@@ -201,31 +200,29 @@ std::unique_ptr<FastFlat> ToFastFlat(faiss::IndexFlat* flat) {
   auto fast = std::make_unique<FastFlat>(flat->d, flat->metric_type);
   fast->codes.swap(flat->codes);
   fast->ntotal = flat->ntotal;
+  fast->is_trained = flat->is_trained;
   flat->ntotal = 0;
   return fast;
 }
 
-// Gives an HNSW-over-flat index FastFlat storage.
-void UseFastStorage(faiss::IndexHNSW* hnsw) {
-  auto* flat = dynamic_cast<faiss::IndexFlat*>(hnsw->storage);
+// Replaces the plain IndexFlat in `slot` (owned by its index when `*owned`)
+// by a FastFlat holding its vectors, which the index then owns. Leaves
+// anything else, and a FastFlat, as it is.
+void SwapInFastFlat(faiss::Index** slot, bool* owned) {
+  auto* flat = dynamic_cast<faiss::IndexFlat*>(*slot);
   if (flat == nullptr || dynamic_cast<FastFlat*>(flat) != nullptr) return;
   auto fast = ToFastFlat(flat);
-  if (hnsw->own_fields) delete hnsw->storage;
-  hnsw->storage = fast.release();
-  hnsw->own_fields = true;
+  if (*owned) delete *slot;
+  *slot = fast.release();
+  *owned = true;
 }
+
+// Gives an HNSW-over-flat index FastFlat storage.
+void UseFastStorage(faiss::IndexHNSW* hnsw) { SwapInFastFlat(&hnsw->storage, &hnsw->own_fields); }
 
 // Gives an IVF index over a flat quantizer a FastFlat quantizer (its
 // centroids moved, not copied): later adds assign their points through it.
-void UseFastQuantizer(faiss::IndexIVF* ivf) {
-  auto* flat = dynamic_cast<faiss::IndexFlat*>(ivf->quantizer);
-  if (flat == nullptr || dynamic_cast<FastFlat*>(flat) != nullptr) return;
-  auto fast = ToFastFlat(flat);
-  fast->is_trained = flat->is_trained;
-  if (ivf->own_fields) delete ivf->quantizer;
-  ivf->quantizer = fast.release();
-  ivf->own_fields = true;
-}
+void UseFastQuantizer(faiss::IndexIVF* ivf) { SwapInFastFlat(&ivf->quantizer, &ivf->own_fields); }
 
 // HNSW construction distances between the int8 code rows of an Int8Codes,
 // in real units (squared L2, or the negated inner product, of the vectors the
